@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DB ?= data/outcomes.duckdb
+DEMO_PATIENTS ?= 300
+PORT ?= 8501
+
+.PHONY: run test demo bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DB): | $(VENV)/.installed
+	$(PY) -m analytics demo --db $(DB) --patients $(DEMO_PATIENTS) --seed 7
+
+demo: $(VENV)/.installed
+	rm -f $(DB) $(DB).wal
+	$(PY) -m analytics demo --db $(DB) --patients $(DEMO_PATIENTS) --seed 7
+
+run: $(VENV)/.installed $(DB)
+	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run dashboard.py --server.port $(PORT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
+
+clean-venv:
+	rm -rf $(VENV)

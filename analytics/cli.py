@@ -1,0 +1,85 @@
+"""`python -m analytics COMMAND ...`: every command takes --db PATH.
+
+Each command's work lives in its own module, imported only when that command
+runs, so a slow import never taxes the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILED = 0, 1, 2
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help: str):
+    def register(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = (help, add_arguments)
+        return add_arguments
+    return register
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+@command("import", "import CSV or FHIR files (exit 0 all accepted, 1 some rejected, 2 nothing imported)")
+def _import(p):
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the import report as JSON")
+    p.set_defaults(run=lambda a: __import__("analytics.ingest", fromlist=["x"]).cli_import(a))
+
+
+@command("export", "export the store as CSV (or FHIR NDJSON) into DIR")
+def _export(p):
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--format", choices=["csv", "fhir"], default="csv")
+    p.set_defaults(run=lambda a: __import__("analytics.export", fromlist=["x"]).cli_export(a))
+
+
+@command("demo", "write a synthetic demo clinic through the import path")
+def _demo(p):
+    p.add_argument("--patients", type=int, default=300)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(run=lambda a: __import__("analytics.simulate", fromlist=["x"]).cli_demo(a))
+
+
+@command("durability", "cohort durability of response (Kaplan-Meier, interval-censored)")
+def _durability(p):
+    p.add_argument("--instrument", default="PHQ-9")
+    p.add_argument("--by", metavar="FIELD", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=lambda a: __import__("analytics.report", fromlist=["x"]).cli_durability(a))
+
+
+@command("intervals", "personalised maintenance-interval suggestions, one row per responder")
+def _intervals(p):
+    p.add_argument("--instrument", default="PHQ-9")
+    p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=lambda a: __import__("analytics.report", fromlist=["x"]).cli_intervals(a))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--db", metavar="PATH", default=None, help="database file (default: $OUTCOMES_DB or data/outcomes.duckdb)")
+        add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was changed by the unfinished step", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

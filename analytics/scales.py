@@ -1,0 +1,306 @@
+"""One registry of rating instruments.
+
+A scale is declared once here (what it is); `score_items` is the single backend
+that checks and totals answers against a declaration. Adding an instrument is
+one `Scale(...)` entry in `SCALES`: the store, import, export, outcome
+definitions and pages all read from this registry.
+
+Sources (see ../shared/DOMAIN.md):
+- PHQ-9: Kroenke, Spitzer & Williams 2001 (bands); NHS Data Dictionary
+  (prorate the mean of answered items when one or two are missing).
+- GAD-7: Spitzer et al. 2006 (bands).
+- MADRS: Montgomery & Asberg 1979; bands after Snaith et al. 1986.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+MAX_ITEMS = 10  # CSV columns item_1 .. item_10 hold the answers of every scale
+
+
+@dataclass(frozen=True)
+class Band:
+    low: int
+    high: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Scale:
+    code: str
+    name: str
+    rater: str  # who normally rates it: "self" or "clinician"
+    scored_items: int  # items 1..scored_items make the total
+    item_max: int
+    bands: tuple[Band, ...]
+    # Items answered but not part of the total (PHQ-9 item 10: functional difficulty).
+    extra_items: tuple[int, ...] = ()
+    # How many scored items may be missing and still give a (prorated) total.
+    max_missing_prorated: int = 0
+    remission_below: float = 0.0
+    aliases: tuple[str, ...] = ()
+    safety_item: int | None = None
+    item_labels: tuple[str, ...] = ()
+    loinc_panel: str | None = None
+    loinc_total: str | None = None
+    loinc_items: tuple[str, ...] = ()
+    item_min: int = 0
+    # Published reliability used for the reliable change index (see outcomes.py).
+    reliability: float | None = None
+    reliability_source: str = ""
+    reference_sd: float | None = None
+    reference_sd_source: str = ""
+    missing_rule: str = ""
+    anchors: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+
+    @property
+    def total_max(self) -> int:
+        return self.scored_items * self.item_max
+
+    @property
+    def all_items(self) -> tuple[int, ...]:
+        return tuple(range(1, self.scored_items + 1)) + self.extra_items
+
+    def item_range(self, item: int) -> tuple[int, int]:
+        if item in self.extra_items:
+            return (0, 3) if self.code == "PHQ-9" else (self.item_min, self.item_max)
+        return (self.item_min, self.item_max)
+
+    def band(self, total: float | None) -> str | None:
+        if total is None or (isinstance(total, float) and math.isnan(total)):
+            return None
+        for b in self.bands:
+            if b.low <= total <= b.high:
+                return b.label
+        # Prorated totals can fall between integer bands: round to the band below.
+        for b in reversed(self.bands):
+            if total >= b.low:
+                return b.label
+        return None
+
+
+PHQ9_ITEM_LABELS = (
+    "Little interest or pleasure in doing things",
+    "Feeling down, depressed, or hopeless",
+    "Trouble falling or staying asleep, or sleeping too much",
+    "Feeling tired or having little energy",
+    "Poor appetite or overeating",
+    "Feeling bad about yourself, or that you are a failure",
+    "Trouble concentrating on things",
+    "Moving or speaking slowly, or being fidgety or restless",
+    "Thoughts that you would be better off dead, or of hurting yourself",
+    "How difficult have these problems made it to work, take care of things, or get along with people",
+)
+
+GAD7_ITEM_LABELS = (
+    "Feeling nervous, anxious, or on edge",
+    "Not being able to stop or control worrying",
+    "Worrying too much about different things",
+    "Trouble relaxing",
+    "Being so restless that it is hard to sit still",
+    "Becoming easily annoyed or irritable",
+    "Feeling afraid, as if something awful might happen",
+)
+
+MADRS_ITEM_LABELS = (
+    "Apparent sadness",
+    "Reported sadness",
+    "Inner tension",
+    "Reduced sleep",
+    "Reduced appetite",
+    "Concentration difficulties",
+    "Lassitude",
+    "Inability to feel",
+    "Pessimistic thoughts",
+    "Suicidal thoughts",
+)
+
+SCALES: dict[str, Scale] = {
+    s.code: s
+    for s in (
+        Scale(
+            code="PHQ-9",
+            name="Patient Health Questionnaire-9",
+            rater="self",
+            scored_items=9,
+            item_max=3,
+            extra_items=(10,),
+            bands=(
+                Band(0, 4, "minimal"),
+                Band(5, 9, "mild"),
+                Band(10, 14, "moderate"),
+                Band(15, 19, "moderately severe"),
+                Band(20, 27, "severe"),
+            ),
+            max_missing_prorated=2,
+            remission_below=5,
+            aliases=("PHQ9", "PHQ 9", "PHQ_9", "PHQ-9"),
+            safety_item=9,
+            item_labels=PHQ9_ITEM_LABELS,
+            loinc_panel="44249-1",
+            loinc_total="44261-6",
+            loinc_items=(
+                "44250-9", "44255-8", "44259-0", "44254-1", "44251-7",
+                "44258-2", "44252-5", "44253-3", "44260-8",
+            ),
+            missing_rule=(
+                "One or two items missing: the total is the mean of the answered items "
+                "times nine, rounded to the nearest whole point (NHS Data Dictionary). "
+                "More than two missing: no total."
+            ),
+        ),
+        Scale(
+            code="MADRS",
+            name="Montgomery-Asberg Depression Rating Scale",
+            rater="clinician",
+            scored_items=10,
+            item_max=6,
+            bands=(
+                Band(0, 6, "normal"),
+                Band(7, 19, "mild"),
+                Band(20, 34, "moderate"),
+                Band(35, 60, "severe"),
+            ),
+            max_missing_prorated=0,
+            remission_below=10,
+            aliases=("MADRS", "MADRS-10", "MADRS10"),
+            item_labels=MADRS_ITEM_LABELS,
+            missing_rule=(
+                "No published proration rule exists for MADRS, so none is applied: with "
+                "any item missing the total must be given by the rater, and it must be "
+                "reachable from the answered items."
+            ),
+        ),
+        Scale(
+            code="GAD-7",
+            name="Generalized Anxiety Disorder-7",
+            rater="self",
+            scored_items=7,
+            item_max=3,
+            bands=(
+                Band(0, 4, "minimal"),
+                Band(5, 9, "mild"),
+                Band(10, 14, "moderate"),
+                Band(15, 21, "severe"),
+            ),
+            max_missing_prorated=1,
+            remission_below=5,
+            aliases=("GAD7", "GAD 7", "GAD_7", "GAD-7"),
+            item_labels=GAD7_ITEM_LABELS,
+            loinc_panel="69737-5",
+            loinc_total="70274-6",
+            missing_rule=(
+                "One item missing: prorated from the mean of the other six, rounded "
+                "(the PHQ-9 rule scaled to seven items; our choice, no published rule). "
+                "More missing: no total."
+            ),
+        ),
+    )
+}
+
+
+def _key(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalnum())
+
+
+_ALIASES = {_key(alias): s.code for s in SCALES.values() for alias in (s.code, *s.aliases)}
+
+
+def resolve(name: str | None) -> Scale | None:
+    """The scale a (possibly variant) instrument name refers to, or None."""
+    if name is None:
+        return None
+    code = _ALIASES.get(_key(str(name)))
+    return SCALES[code] if code else None
+
+
+def get(code: str) -> Scale:
+    scale = resolve(code)
+    if scale is None:
+        raise KeyError(f"unknown instrument {code!r}; known: {', '.join(SCALES)}")
+    return scale
+
+
+@dataclass(frozen=True)
+class Scored:
+    total: float | None
+    method: str  # "items", "prorated", "given" or "none"
+    problems: tuple[tuple[str, str], ...]  # (column, reason)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def score_items(
+    scale: Scale, items: Mapping[int, float | None], given_total: float | None = None
+) -> Scored:
+    """Check answers against `scale` and compute the total.
+
+    `items` maps item number (1-based) to the answer or None. Problems are
+    (column, reason) pairs; a row with problems must not be stored.
+    """
+    problems: list[tuple[str, str]] = []
+    allowed = set(scale.all_items)
+    for number, value in items.items():
+        if value is None:
+            continue
+        column = f"item_{number}"
+        if number not in allowed:
+            problems.append((column, f"{scale.code} has no item {number}; leave it empty"))
+            continue
+        lo, hi = scale.item_range(number)
+        if value != int(value) or not lo <= value <= hi:
+            problems.append((column, f"{scale.code} item {number} must be a whole number {lo}-{hi}, got {value:g}"))
+    if given_total is not None and not 0 <= given_total <= scale.total_max:
+        problems.append(("total", f"{scale.code} total must be 0-{scale.total_max}, got {given_total:g}"))
+    if problems:
+        return Scored(None, "none", tuple(problems))
+
+    scored = [items.get(i) for i in range(1, scale.scored_items + 1)]
+    answered = [v for v in scored if v is not None]
+    missing = len(scored) - len(answered)
+    if missing == 0:
+        total: float | None = float(sum(answered))
+        method = "items"
+    elif answered and missing <= scale.max_missing_prorated:
+        total = float(_round_half_up(sum(answered) / len(answered) * scale.scored_items))
+        method = "prorated"
+    else:
+        total, method = None, "none"
+
+    if given_total is not None:
+        if method == "items" and given_total != total:
+            return Scored(None, "none", (("total", f"total {given_total:g} disagrees with the items, which sum to {total:g}"),))
+        if method == "prorated" and given_total != total:
+            return Scored(None, "none", (("total", f"total {given_total:g} disagrees with the items, which prorate to {total:g} ({missing} missing)"),))
+        if method == "none":
+            low = sum(answered)
+            high = low + missing * scale.item_max
+            if not low <= given_total <= high:
+                return Scored(None, "none", (("total", f"total {given_total:g} cannot come from the answered items (possible {low:g}-{high:g})"),))
+            return Scored(float(given_total), "given", ())
+    if total is None:
+        if not answered:
+            return Scored(None, "none", (("total", f"no items and no total for {scale.code}"),))
+        return Scored(None, "none", (("total", f"{missing} of {scale.scored_items} {scale.code} items missing and no total given; {scale.missing_rule}"),))
+    return Scored(total, method, ())
+
+
+def item_columns(n: int = MAX_ITEMS) -> list[str]:
+    return [f"item_{i}" for i in range(1, n + 1)]
+
+
+def band_table() -> list[dict]:
+    """Severity bands of every scale, for charts and documentation."""
+    return [
+        {"instrument": s.code, "low": b.low, "high": b.high, "label": b.label}
+        for s in SCALES.values()
+        for b in s.bands
+    ]
+
+
+def codes() -> Sequence[str]:
+    return tuple(SCALES)

@@ -1,0 +1,255 @@
+"""The DuckDB store: schema, migrations and connections.
+
+DuckDB allows one process to hold a database file for writing and then no
+other process may open it, even read-only. The dashboard and a nightly import
+must coexist, so nothing here keeps a connection open: every use opens the
+file, does its work and closes it, retrying while another process holds the
+lock (`connect`). Within one process the same file cannot be opened twice with
+different settings either, so a process-wide lock serialises openings.
+
+Pages never come here directly: they go through `analytics.access`, which
+applies the signed-in user's scope.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import duckdb
+
+from . import scales
+
+DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
+LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
+
+ROUTES = ("iv", "im", "intranasal", "oral", "sublingual")
+PHASES = ("induction", "maintenance", "rescue")
+COMORBIDITIES = ("anxiety", "ptsd", "substance_use", "chronic_pain", "ocd", "bipolar")
+SEXES = ("F", "M", "X", "U")
+
+_process_lock = threading.RLock()
+
+
+class StoreBusy(RuntimeError):
+    """Another process held the database for longer than we were willing to wait."""
+
+
+def db_path(explicit: str | os.PathLike | None = None) -> Path:
+    """--db beats OUTCOMES_DB beats data/outcomes.duckdb."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("OUTCOMES_DB")
+    return Path(env) if env else DEFAULT_DB
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+@contextlib.contextmanager
+def connect(
+    path: str | os.PathLike | None = None,
+    *,
+    write: bool = False,
+    wait: float | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection; retries while another process holds the file.
+
+    Read connections on a missing file raise FileNotFoundError rather than
+    creating an empty database.
+    """
+    target = db_path(path)
+    if not write and not target.exists():
+        raise FileNotFoundError(f"no database at {target}: run `python -m analytics demo` or import data")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
+    delay = 0.02
+    with _process_lock:
+        while True:
+            try:
+                con = duckdb.connect(str(target), read_only=not write)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    if _is_lock_error(exc):
+                        raise StoreBusy(f"database {target} is busy (another process is writing); try again shortly") from exc
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+        try:
+            if write:
+                migrate(con)
+            yield con
+        finally:
+            con.close()
+
+
+@contextlib.contextmanager
+def transaction(path: str | os.PathLike | None = None, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A write connection inside one transaction: all or nothing."""
+    with connect(path, write=True, wait=wait) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+
+# --- schema -------------------------------------------------------------------
+
+def _in_list(values) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _schema_v1() -> list[str]:
+    item_cols = ",\n    ".join(
+        f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND 6)" for i in range(1, scales.MAX_ITEMS + 1)
+    )
+    return [
+        """CREATE TABLE instruments (
+    code VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    rater VARCHAR NOT NULL,
+    scored_items INTEGER NOT NULL CHECK (scored_items BETWEEN 1 AND 10),
+    item_max INTEGER NOT NULL,
+    total_max INTEGER NOT NULL
+)""",
+        "CREATE SEQUENCE batch_seq START 1",
+        """CREATE TABLE import_batches (
+    batch_id BIGINT PRIMARY KEY DEFAULT nextval('batch_seq'),
+    source VARCHAR NOT NULL,            -- csv, fhir, demo, ui
+    file_name VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    kind VARCHAR,                       -- patients, treatments, assessments, fhir
+    imported_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    imported_by VARCHAR,
+    rows_total INTEGER NOT NULL DEFAULT 0 CHECK (rows_total >= 0),
+    rows_inserted INTEGER NOT NULL DEFAULT 0 CHECK (rows_inserted >= 0),
+    rows_updated INTEGER NOT NULL DEFAULT 0 CHECK (rows_updated >= 0),
+    rows_unchanged INTEGER NOT NULL DEFAULT 0 CHECK (rows_unchanged >= 0),
+    rows_rejected INTEGER NOT NULL DEFAULT 0 CHECK (rows_rejected >= 0)
+)""",
+        f"""CREATE TABLE patients (
+    patient_id VARCHAR PRIMARY KEY CHECK (length(patient_id) BETWEEN 1 AND 64),
+    site VARCHAR,
+    clinician VARCHAR,
+    birth_year INTEGER CHECK (birth_year BETWEEN 1900 AND 2100),
+    sex VARCHAR CHECK (sex IN ({_in_list(SEXES)})),
+    diagnosis VARCHAR,
+    comorbidities VARCHAR NOT NULL DEFAULT '',
+    prior_failed_trials INTEGER CHECK (prior_failed_trials BETWEEN 0 AND 50),
+    enrolled_on DATE,
+    batch_id BIGINT
+)""",
+        """CREATE TABLE patient_attributes (
+    patient_id VARCHAR NOT NULL REFERENCES patients (patient_id),
+    name VARCHAR NOT NULL CHECK (length(name) > 0),
+    value VARCHAR,
+    PRIMARY KEY (patient_id, name)
+)""",
+        "CREATE SEQUENCE treatment_seq START 1",
+        f"""CREATE TABLE treatments (
+    treatment_id BIGINT PRIMARY KEY DEFAULT nextval('treatment_seq'),
+    patient_id VARCHAR NOT NULL REFERENCES patients (patient_id),
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    route VARCHAR NOT NULL CHECK (route IN ({_in_list(ROUTES)})),
+    dose_mg_per_kg DOUBLE CHECK (dose_mg_per_kg > 0 AND dose_mg_per_kg <= 5),
+    phase VARCHAR CHECK (phase IN ({_in_list(PHASES)})),
+    batch_id BIGINT,
+    UNIQUE (patient_id, administered_at)
+)""",
+        "CREATE SEQUENCE assessment_seq START 1",
+        f"""CREATE TABLE assessments (
+    assessment_id BIGINT PRIMARY KEY DEFAULT nextval('assessment_seq'),
+    patient_id VARCHAR NOT NULL REFERENCES patients (patient_id),
+    instrument VARCHAR NOT NULL REFERENCES instruments (code),
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    rater VARCHAR,
+    {item_cols},
+    total DOUBLE CHECK (total >= 0 AND total <= 60),
+    total_method VARCHAR NOT NULL CHECK (total_method IN ('items', 'prorated', 'given')),
+    batch_id BIGINT,
+    UNIQUE (patient_id, instrument, administered_at)
+)""",
+        """CREATE TABLE rejected_rows (
+    batch_id BIGINT NOT NULL,
+    file_name VARCHAR NOT NULL,
+    line INTEGER,
+    column_name VARCHAR,
+    reason VARCHAR NOT NULL,
+    raw_line VARCHAR
+)""",
+        # Corrections are new versions: the replaced values are kept here.
+        """CREATE TABLE record_history (
+    table_name VARCHAR NOT NULL,
+    record_key VARCHAR NOT NULL,
+    old_values JSON NOT NULL,
+    replaced_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    batch_id BIGINT
+)""",
+    ]
+
+
+# Each migration is a list of statements; never edit a released one, append.
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchall()[0][0]
+    if not exists:
+        return 0
+    rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
+    return rows[0][0] or 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema up to date, keeping existing data; returns the version."""
+    version = current_version(con)
+    if version < SCHEMA_VERSION:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if version == 0:
+                con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]():
+                    con.execute(statement)
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        version = SCHEMA_VERSION
+    sync_instruments(con)
+    return version
+
+
+def sync_instruments(con: duckdb.DuckDBPyConnection) -> None:
+    """Mirror the scale registry into the instruments table (FK target)."""
+    for s in scales.SCALES.values():
+        con.execute(
+            """INSERT INTO instruments VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (code) DO UPDATE SET name = excluded.name, rater = excluded.rater,
+               scored_items = excluded.scored_items, item_max = excluded.item_max, total_max = excluded.total_max""",
+            [s.code, s.name, s.rater, s.scored_items, s.item_max, s.total_max],
+        )
+
+
+def initialise(path: str | os.PathLike | None = None) -> Path:
+    """Create (or migrate) the database file and return its path."""
+    target = db_path(path)
+    with connect(target, write=True):
+        pass
+    return target
