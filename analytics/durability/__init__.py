@@ -1,0 +1,9 @@
+"""Survival estimators for how long a response lasts (durability cycles).
+
+One estimator per module; inputs are DataFrames/arrays, never the database.
+"""
+from .km import KaplanMeier, kaplan_meier
+from .logrank import logrank_test
+from .cox import cox_fit
+from .turnbull import TurnbullFit, turnbull
+from .ictest import ic_logrank_test
