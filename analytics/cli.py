@@ -45,6 +45,8 @@ def _export(p):
 def _demo(p):
     p.add_argument("--patients", type=int, default=300)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--end", metavar="YYYY-MM-DD", default=None, help="last day of the demo data (default 2026-11-20)")
+    p.add_argument("--csv", metavar="DIR", default=None, help="also write the generated CSVs into DIR")
     p.set_defaults(run=lambda a: __import__("analytics.simulate", fromlist=["x"]).cli_demo(a))
 
 
