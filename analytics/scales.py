@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
+import pandas as pd
+
 MAX_ITEMS = 10  # CSV columns item_1 .. item_10 hold the answers of every scale
 
 
@@ -237,56 +240,115 @@ def _round_half_up(x: float) -> int:
 def score_items(
     scale: Scale, items: Mapping[int, float | None], given_total: float | None = None
 ) -> Scored:
-    """Check answers against `scale` and compute the total.
+    """Check answers against `scale` and compute the total (one assessment).
 
     `items` maps item number (1-based) to the answer or None. Problems are
-    (column, reason) pairs; a row with problems must not be stored.
+    (column, reason) pairs; a row with problems must not be stored. A thin
+    wrapper over `score_frame`, which holds the only copy of the rule.
     """
-    problems: list[tuple[str, str]] = []
+    row = {f"item_{n}": (np.nan if v is None else float(v)) for n, v in items.items()}
+    frame = pd.DataFrame([row], dtype="float64") if row else pd.DataFrame(index=[0])
+    given = pd.Series([np.nan if given_total is None else float(given_total)], dtype="float64")
+    result = score_frame(scale, frame, given).iloc[0]
+    if isinstance(result["problem_column"], str):
+        return Scored(None, "none", ((result["problem_column"], result["problem_reason"]),))
+    total = result["total"]
+    return Scored(None if pd.isna(total) else float(total), result["method"], ())
+
+
+def _g(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: f"{v:g}")
+
+
+def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd.DataFrame:
+    """Check and total many assessments of one scale at once.
+
+    `items` has columns named `item_N` (any subset, float, NaN = not answered);
+    `given_total` is the rater's total or NaN, aligned with `items` by position.
+    Returns, on the same index: total (NaN when none), method ("items",
+    "prorated", "given" or "none"), and the first problem found as
+    problem_column / problem_reason (None when the row is fine). A row with a
+    problem has no total and must not be stored.
+    """
+    index = items.index
+    n_rows = len(index)
+    given = pd.Series(np.asarray(given_total, dtype="float64"), index=index)
+    problem_column = pd.Series([None] * n_rows, index=index, dtype=object)
+    problem_reason = pd.Series([None] * n_rows, index=index, dtype=object)
+
+    def flag(mask: pd.Series, column: str, reasons: pd.Series | str) -> None:
+        mask = mask & problem_column.isna()
+        if not mask.any():
+            return
+        problem_column[mask] = column
+        problem_reason[mask] = reasons if isinstance(reasons, str) else reasons.reindex(index)[mask]
+
     allowed = set(scale.all_items)
-    for number, value in items.items():
-        if value is None:
-            continue
-        column = f"item_{number}"
+
+    def item_number(column: str) -> int:
+        return int(column.split("_", 1)[1])
+
+    for column in sorted(items.columns, key=item_number):
+        number = item_number(column)
+        values = items[column].astype("float64")
+        present = values.notna()
         if number not in allowed:
-            problems.append((column, f"{scale.code} has no item {number}; leave it empty"))
+            flag(present, column, f"{scale.code} has no item {number}; leave it empty")
             continue
         lo, hi = scale.item_range(number)
-        if value != int(value) or not lo <= value <= hi:
-            problems.append((column, f"{scale.code} item {number} must be a whole number {lo}-{hi}, got {value:g}"))
-    if given_total is not None and not 0 <= given_total <= scale.total_max:
-        problems.append(("total", f"{scale.code} total must be 0-{scale.total_max}, got {given_total:g}"))
-    if problems:
-        return Scored(None, "none", tuple(problems))
+        bad = present & ((values != np.floor(values)) | (values < lo) | (values > hi))
+        if bad.any():
+            flag(bad, column, f"{scale.code} item {number} must be a whole number {lo}-{hi}, got " + _g(values[bad]))
+    bad_total = given.notna() & ((given < 0) | (given > scale.total_max))
+    if bad_total.any():
+        flag(bad_total, "total", f"{scale.code} total must be 0-{scale.total_max}, got " + _g(given[bad_total]))
 
-    scored = [items.get(i) for i in range(1, scale.scored_items + 1)]
-    answered = [v for v in scored if v is not None]
-    missing = len(scored) - len(answered)
-    if missing == 0:
-        total: float | None = float(sum(answered))
-        method = "items"
-    elif answered and missing <= scale.max_missing_prorated:
-        total = float(_round_half_up(sum(answered) / len(answered) * scale.scored_items))
-        method = "prorated"
-    else:
-        total, method = None, "none"
+    k = scale.scored_items
+    scored = np.full((n_rows, k), np.nan)
+    for number in range(1, k + 1):
+        column = f"item_{number}"
+        if column in items.columns:
+            scored[:, number - 1] = items[column].to_numpy(dtype="float64", na_value=np.nan)
+    answered = (~np.isnan(scored)).sum(axis=1)
+    missing = k - answered
+    answered_sum = np.nansum(scored, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prorated = np.floor(answered_sum / answered * k + 0.5)
+    full = missing == 0
+    can_prorate = (answered > 0) & (missing > 0) & (missing <= scale.max_missing_prorated)
+    total = pd.Series(np.where(full, answered_sum, np.where(can_prorate, prorated, np.nan)), index=index)
+    method = pd.Series(np.where(full, "items", np.where(can_prorate, "prorated", "none")), index=index, dtype=object)
+    low = pd.Series(answered_sum, index=index)
+    missing_s = pd.Series(missing, index=index)
 
-    if given_total is not None:
-        if method == "items" and given_total != total:
-            return Scored(None, "none", (("total", f"total {given_total:g} disagrees with the items, which sum to {total:g}"),))
-        if method == "prorated" and given_total != total:
-            return Scored(None, "none", (("total", f"total {given_total:g} disagrees with the items, which prorate to {total:g} ({missing} missing)"),))
-        if method == "none":
-            low = sum(answered)
-            high = low + missing * scale.item_max
-            if not low <= given_total <= high:
-                return Scored(None, "none", (("total", f"total {given_total:g} cannot come from the answered items (possible {low:g}-{high:g})"),))
-            return Scored(float(given_total), "given", ())
-    if total is None:
-        if not answered:
-            return Scored(None, "none", (("total", f"no items and no total for {scale.code}"),))
-        return Scored(None, "none", (("total", f"{missing} of {scale.scored_items} {scale.code} items missing and no total given; {scale.missing_rule}"),))
-    return Scored(total, method, ())
+    has_given = given.notna()
+    disagree = has_given & full & (given != total)
+    if disagree.any():
+        flag(disagree, "total", "total " + _g(given[disagree]) + " disagrees with the items, which sum to " + _g(total[disagree]))
+    disagree = has_given & can_prorate & (given != total)
+    if disagree.any():
+        flag(disagree, "total", "total " + _g(given[disagree]) + " disagrees with the items, which prorate to "
+             + _g(total[disagree]) + " (" + missing_s[disagree].astype(str) + " missing)")
+    only_given = has_given & (method == "none")
+    high = low + missing_s * scale.item_max
+    unreachable = only_given & ((given < low) | (given > high))
+    if unreachable.any():
+        flag(unreachable, "total", "total " + _g(given[unreachable]) + " cannot come from the answered items (possible "
+             + _g(low[unreachable]) + "-" + _g(high[unreachable]) + ")")
+    total = total.where(~only_given, given)
+    method = method.where(~only_given, "given")
+
+    no_total = total.isna()
+    flag(no_total & (pd.Series(answered, index=index) == 0), "total", f"no items and no total for {scale.code}")
+    flag(no_total, "total", missing_s.astype(str) + f" of {k} {scale.code} items missing and no total given; {scale.missing_rule}")
+
+    failed = problem_column.notna()
+    total = total.where(~failed, np.nan)
+    method = method.where(~failed, "none")
+    return pd.DataFrame(
+        {"total": total.astype("float64"), "method": method, "problem_column": problem_column, "problem_reason": problem_reason},
+        index=index,
+    )
 
 
 def item_columns(n: int = MAX_ITEMS) -> list[str]:
