@@ -141,6 +141,15 @@ SCALES: dict[str, Scale] = {
             remission_below=5,
             aliases=("PHQ9", "PHQ 9", "PHQ_9", "PHQ-9"),
             safety_item=9,
+            # RCI = 1.96 * 5.41 * sqrt(2 * (1 - 0.84)) = 6.0 points, the reliable-change
+            # criterion used for PHQ-9 by NHS Talking Therapies/IAPT (Gyani et al. 2013,
+            # Behav Res Ther 51:597). r is the 48-hour test-retest reliability of
+            # Kroenke et al. 2001; the SD is the one that r and the published 6-point
+            # criterion imply (no single source reports both; verify before quoting).
+            reliability=0.84,
+            reliability_source="Kroenke, Spitzer & Williams 2001, J Gen Intern Med 16:606 (test-retest, 48 h)",
+            reference_sd=5.41,
+            reference_sd_source="implied by the 6-point PHQ-9 reliable-change criterion, Gyani et al. 2013 (IAPT)",
             item_labels=PHQ9_ITEM_LABELS,
             loinc_panel="44249-1",
             loinc_total="44261-6",
@@ -169,6 +178,12 @@ SCALES: dict[str, Scale] = {
             max_missing_prorated=0,
             remission_below=10,
             aliases=("MADRS", "MADRS-10", "MADRS10"),
+            # RCI = 1.96 * 6.0 * sqrt(2 * (1 - 0.93)) = 4.4 points.
+            reliability=0.93,
+            reliability_source="Williams & Kobak 2008, Br J Psychiatry 192:52 (SIGMA test-retest ICC 0.93)",
+            reference_sd=6.0,
+            reference_sd_source=("baseline SD of about 5-6 points in treatment-resistant depression trials "
+                                 "(e.g. SUSTAIN-1, Murrough 2013); approximate, verify before quoting"),
             item_labels=MADRS_ITEM_LABELS,
             missing_rule=(
                 "No published proration rule exists for MADRS, so none is applied: with "
@@ -191,6 +206,12 @@ SCALES: dict[str, Scale] = {
             max_missing_prorated=1,
             remission_below=5,
             aliases=("GAD7", "GAD 7", "GAD_7", "GAD-7"),
+            # RCI = 1.96 * 3.50 * sqrt(2 * (1 - 0.83)) = 4.0 points, the IAPT GAD-7
+            # reliable-change criterion (Gyani et al. 2013); population SD 3.41 (Lowe 2008).
+            reliability=0.83,
+            reliability_source="Spitzer et al. 2006, Arch Intern Med 166:1092 (test-retest ICC 0.83)",
+            reference_sd=3.50,
+            reference_sd_source="implied by the 4-point GAD-7 criterion (Gyani et al. 2013); cf. SD 3.41, Lowe et al. 2008 Med Care 46:266",
             item_labels=GAD7_ITEM_LABELS,
             loinc_panel="69737-5",
             loinc_total="70274-6",

@@ -1,0 +1,251 @@
+"""Outcome definitions: the one configurable place.
+
+Every rule that turns scores into "baseline", "response", "remission", "loss of
+response", "reliable change" or an alert is a field of `OutcomeRules`, with its
+default and source next to it (sources: ../shared/DOMAIN.md). Course
+segmentation, durability cycles, interval suggestions and pages all take an
+`OutcomeRules`; nothing else hard-codes a threshold.
+
+Time convention (shared with course.py): an assessment without a time of day
+counts as taken at 00:00 and an infusion without a time of day as given at the
+end of that day, so a same-day assessment is a pre-dose score. Timed rows use
+their time. Durations are measured from the stored timestamps (00:00 for
+date-only rows), so "infusion on the 1st, score on the 8th" is 7 days.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from . import scales
+
+DAY = pd.Timedelta(days=1)
+_END_OF_DAY = pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class OutcomeRules:
+    # Baseline: the last score of the instrument on or before the first
+    # infusion, no more than this many days before it (issue 3; a score older
+    # than a month says little about the state the treatment started from).
+    baseline_window_days: int = 30
+    # Response: at least this fraction below baseline (50%: every trial cited
+    # in DOMAIN.md, e.g. Murrough 2013, McInnes 2022, SUSTAIN-1).
+    response_fall: float = 0.5
+    # Baselines below this cannot show a meaningful halving (a PHQ-9 of 2 -> 1
+    # is not a response); such patients get no response/durability outcomes.
+    min_baseline: float = 1.0
+    # MADRS remission: "below_10" (Hawley 2002, validated) or "12_or_below"
+    # (esketamine trials: SUSTAIN-1/2). PHQ-9 and GAD-7 use the scale
+    # registry's remission_below (PHQ-9 < 5 McInnes 2022; GAD-7 < 5 Spitzer 2006).
+    madrs_remission: str = "below_10"
+    # Loss of response: "two_consecutive" = two consecutive assessments no
+    # longer meeting response (DOMAIN.md "Loss of response"), or
+    # "madrs_relapse_22" = MADRS 22 or more on two consecutive assessments
+    # (SUSTAIN-1 relapse rule; the trial also asked the two to be 5-15 days
+    # apart, which is not enforced here).
+    loss_rule: str = "two_consecutive"
+    madrs_relapse_score: float = 22.0
+    # One out-of-response score followed by an infusion also ends the cycle:
+    # the clinic acted on it (issue 3 item 1; DOMAIN.md statistical notes).
+    loss_on_infusion: bool = True
+    # Reliable change: Jacobson & Truax 1991, RCI = z * SD * sqrt(2 * (1 - r)),
+    # with r and SD from the scale registry (scales.Scale.reliability/reference_sd).
+    rci_z: float = 1.96
+    # Derived phases (used when the `phase` column is empty): induction runs
+    # from the first infusion until the first gap longer than this many days
+    # or this many infusions (DOMAIN.md: real-world induction is 4-8 infusions
+    # over 7-28 days, McInnes 2022).
+    induction_max_gap_days: float = 14.0
+    induction_max_infusions: int = 8
+    # A rescue/last-induction infusion after which the first score is back in
+    # response starts a durability cycle too (response recaptured). Without
+    # it a clinic that doses only on symptoms would have no cycles at all.
+    cycles_after_recapture: bool = True
+    # Early response: percent fall from baseline at the last score before
+    # infusion number early_response_after + 1 (Murrough 2013: early response
+    # predicted the end-of-course response; Phillips 2019: median 3 infusions).
+    early_response_after: int = 2
+
+    def __post_init__(self):
+        if self.madrs_remission not in ("below_10", "12_or_below"):
+            raise ValueError("madrs_remission must be 'below_10' or '12_or_below'")
+        if self.loss_rule not in ("two_consecutive", "madrs_relapse_22"):
+            raise ValueError("loss_rule must be 'two_consecutive' or 'madrs_relapse_22'")
+        if not 0 < self.response_fall < 1:
+            raise ValueError("response_fall must be between 0 and 1 (0.5 = at least 50% below baseline)")
+
+    def with_(self, **changes) -> "OutcomeRules":
+        return replace(self, **changes)
+
+    def check_instrument(self, instrument: str) -> str:
+        code = scales.get(instrument).code
+        if self.loss_rule == "madrs_relapse_22" and code != "MADRS":
+            raise ValueError(f"loss_rule 'madrs_relapse_22' is a MADRS rule; it cannot be applied to {code}")
+        return code
+
+
+DEFAULT_RULES = OutcomeRules()
+
+
+# --- score-level definitions (vectorised) ---------------------------------------
+
+def remission_threshold(instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> tuple[float, bool]:
+    """(cut-off, inclusive): remission is score < cut-off, or <= it when inclusive."""
+    scale = scales.get(instrument)
+    if scale.code == "MADRS" and rules.madrs_remission == "12_or_below":
+        return 12.0, True
+    return float(scale.remission_below), False
+
+
+def is_remission(total, instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> np.ndarray:
+    cut, inclusive = remission_threshold(instrument, rules)
+    total = np.asarray(total, dtype=float)
+    return (total <= cut) if inclusive else (total < cut)
+
+
+def is_response(total, baseline, rules: OutcomeRules = DEFAULT_RULES) -> np.ndarray:
+    """At least `response_fall` below baseline; False where there is no usable baseline."""
+    total = np.asarray(total, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    with np.errstate(invalid="ignore"):
+        usable = baseline >= rules.min_baseline
+        return usable & (total <= baseline * (1 - rules.response_fall))
+
+
+def percent_fall(total, baseline) -> np.ndarray:
+    total = np.asarray(total, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(baseline > 0, 100.0 * (baseline - total) / baseline, np.nan)
+
+
+def is_out(total, baseline, instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> np.ndarray:
+    """A score that counts towards loss of response under `rules.loss_rule`."""
+    total = np.asarray(total, dtype=float)
+    if rules.loss_rule == "madrs_relapse_22":
+        rules.check_instrument(instrument)
+        return total >= rules.madrs_relapse_score
+    return ~is_response(total, baseline, rules)
+
+
+def reliable_change_index(instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> float:
+    """Smallest change in points that is reliable (Jacobson & Truax 1991)."""
+    scale = scales.get(instrument)
+    if scale.reliability is None or scale.reference_sd is None:
+        raise ValueError(f"{scale.code} has no published reliability/reference SD in the scale registry")
+    return float(rules.rci_z * scale.reference_sd * np.sqrt(2 * (1 - scale.reliability)))
+
+
+# --- clocks ---------------------------------------------------------------------
+
+def _has_time(frame: pd.DataFrame) -> np.ndarray:
+    if "has_time" in frame.columns:
+        return frame["has_time"].fillna(False).to_numpy(dtype=bool)
+    at = pd.to_datetime(frame["administered_at"])
+    return (at != at.dt.normalize()).to_numpy()
+
+
+def assessment_clock(assessments: pd.DataFrame) -> pd.Series:
+    """When an assessment counts as taken: date-only ones at 00:00."""
+    at = pd.to_datetime(assessments["administered_at"])
+    return at.where(_has_time(assessments), at.dt.normalize())
+
+
+def infusion_clock(treatments: pd.DataFrame) -> pd.Series:
+    """When an infusion counts as given: date-only ones at the end of the day."""
+    at = pd.to_datetime(treatments["administered_at"])
+    return at.where(_has_time(treatments), at.dt.normalize() + _END_OF_DAY)
+
+
+# --- baselines --------------------------------------------------------------------
+
+def baselines(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
+              rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """One row per treated patient: patient_id, first_infusion_at, baseline_score, baseline_at.
+
+    baseline_score is NaN when no score of `instrument` falls in the window.
+    """
+    code = scales.get(instrument).code
+    if treatments.empty:
+        return pd.DataFrame({"patient_id": pd.Series(dtype=object), "first_infusion_at": pd.Series(dtype="datetime64[us]"),
+                             "baseline_score": pd.Series(dtype=float), "baseline_at": pd.Series(dtype="datetime64[us]")})
+    t = pd.DataFrame({"patient_id": treatments["patient_id"].to_numpy(),
+                      "first_infusion_at": pd.to_datetime(treatments["administered_at"]).to_numpy(),
+                      "key": infusion_clock(treatments).to_numpy()})
+    first = t.sort_values("key").groupby("patient_id", sort=False).head(1)
+    a = assessments
+    if "instrument" in a.columns:
+        a = a[a["instrument"] == code]
+    a = a[a["total"].notna()]
+    scores = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "akey": assessment_clock(a).to_numpy(),
+                           "baseline_score": a["total"].to_numpy(dtype=float)})
+    merged = pd.merge_asof(first.sort_values("key"), scores.sort_values("akey"), left_on="key", right_on="akey",
+                           by="patient_id", direction="backward", allow_exact_matches=True)
+    too_old = (merged["first_infusion_at"].dt.normalize() - merged["akey"].dt.normalize()) > rules.baseline_window_days * DAY
+    merged.loc[too_old, ["baseline_score", "akey"]] = np.nan
+    out = merged.rename(columns={"akey": "baseline_at"})[["patient_id", "first_infusion_at", "baseline_score", "baseline_at"]]
+    return out.sort_values("patient_id").reset_index(drop=True)
+
+
+# --- the latest status and alerts ---------------------------------------------------
+
+def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
+                   rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """Latest state of every treated patient on `instrument`, with alerts.
+
+    Columns: patient_id, baseline_score, latest_score, latest_at, percent_fall,
+    responding, remission, ever_responded, best_score, previous_score,
+    reliable_improvement (latest vs baseline), worse_than_best, worse_than_last
+    (reliable worsening: by at least the RCI), lost_response (was responding at
+    the previous score, not now), item9_positive (latest PHQ-9 item 9 > 0),
+    alert (any of the worsening flags or item 9) and alert_reasons.
+    """
+    code = scales.get(instrument).code
+    rci = reliable_change_index(code, rules)
+    base = baselines(treatments, assessments, code, rules)
+    a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()] if "instrument" in assessments.columns \
+        else assessments[assessments["total"].notna()]
+    a = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "at": assessment_clock(a).to_numpy(),
+                      "total": a["total"].to_numpy(dtype=float)})
+    a = a.merge(base, on="patient_id", how="inner")
+    # Only scores after treatment began are outcomes (the baseline itself is not).
+    a = a[a["at"] > a["baseline_at"].fillna(pd.Timestamp.min)]
+    a = a[a["at"] >= a["first_infusion_at"].dt.normalize()].sort_values(["patient_id", "at"])
+    a["responding"] = is_response(a["total"], a["baseline_score"], rules)
+    g = a.groupby("patient_id", sort=False)
+    latest = g.tail(1).set_index("patient_id")
+    previous = a[g.cumcount(ascending=False) == 1].set_index("patient_id")
+    out = base.set_index("patient_id")
+    out["latest_score"] = latest["total"]
+    out["latest_at"] = latest["at"]
+    out["previous_score"] = previous["total"]
+    out["best_score"] = g["total"].min()
+    out["ever_responded"] = g["responding"].any().reindex(out.index).astype("boolean").fillna(False).astype(bool)
+    out["percent_fall"] = percent_fall(out["latest_score"], out["baseline_score"])
+    out["responding"] = is_response(out["latest_score"], out["baseline_score"], rules)
+    out["remission"] = is_remission(out["latest_score"], code, rules) & out["latest_score"].notna().to_numpy()
+    out["reliable_improvement"] = (out["baseline_score"] - out["latest_score"]) >= rci
+    out["worse_than_best"] = (out["latest_score"] - out["best_score"]) >= rci
+    out["worse_than_last"] = (out["latest_score"] - out["previous_score"]) >= rci
+    prev_resp = is_response(out["previous_score"], out["baseline_score"], rules)
+    out["lost_response"] = prev_resp & ~out["responding"].to_numpy() & out["latest_score"].notna().to_numpy()
+    out["item9_positive"] = False
+    if code == "PHQ-9" and "item_9" in assessments.columns:
+        phq = assessments[assessments["instrument"] == "PHQ-9"] if "instrument" in assessments.columns else assessments
+        phq = phq.assign(_at=assessment_clock(phq)).sort_values(["patient_id", "_at"]).groupby("patient_id").tail(1)
+        item9 = phq.set_index("patient_id")["item_9"].astype(float)
+        out["item9_positive"] = (item9.reindex(out.index) > 0).fillna(False).to_numpy()
+    flags = {"reliable worsening from best": "worse_than_best", "reliable worsening since last": "worse_than_last",
+             "no longer in response": "lost_response", "PHQ-9 item 9 above 0": "item9_positive"}
+    for col in flags.values():
+        out[col] = out[col].fillna(False).astype(bool)
+    out["alert"] = out[list(flags.values())].any(axis=1)
+    reasons = pd.Series("", index=out.index)
+    for text, col in flags.items():
+        reasons = reasons.where(~out[col], reasons + np.where(reasons == "", "", "; ") + text)
+    out["alert_reasons"] = reasons
+    out["rci_points"] = rci
+    return out.reset_index()
