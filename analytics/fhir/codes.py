@@ -1,0 +1,169 @@
+"""Code systems and codes the FHIR import and export understand.
+
+Sources:
+- LOINC PHQ-9 panel/total/items: /work/shared/DOMAIN.md and the US Core
+  PHQ-9 examples (Observation-PHQ9-*, QuestionnaireResponse-phq-9-example);
+  item 10 (functional difficulty) is LOINC 69722-7 in those examples.
+- LOINC GAD-7 items 69725-0, 68509-9, 69733-4, 69734-2, 69735-9, 69689-8,
+  69736-7 (items 1-7): checked against HL7's personal-health-record-format IG
+  GAD-7 QuestionnaireResponse example (linkIds in that order).
+- LOINC answer list LL358-3 (frequency): LA6568-5 Not at all = 0, LA6569-3
+  Several days = 1, LA6570-1 More than half the days = 2, LA6571-9 Nearly
+  every day = 3 (US Core PHQ-9 examples). Difficulty answers (PHQ-9 item 10):
+  LA6572-7 Not difficult at all = 0, LA6573-5 Somewhat difficult = 1,
+  LA6575-0 Very difficult = 2, LA6574-3 Extremely difficult = 3 (the order
+  used by most published PHQ-9 Questionnaires; one source swaps the last two,
+  so an ordinalValue extension, when present, wins over this table).
+- PHQ-A (PHQ-9 modified for teens) total 89204-2 and panel 89206-7 are read as
+  PHQ-9: same nine 0-3 items and 0-27 total.
+- MADRS has no LOINC code (DOMAIN.md), so a local code system is used.
+- RxNorm ingredient codes: ketamine 6130, esketamine 2119365 (from the issue;
+  not checked against RxNorm here, which is why any medication text
+  containing "ketamine" is accepted too).
+- Routes: SNOMED CT route-of-administration concepts and the HL7 v3
+  RouteOfAdministration codes.
+"""
+from __future__ import annotations
+
+from .. import scales
+
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+V3_ROUTE = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration"
+
+# Our local systems (documented in docs/fhir.md).
+LOCAL_INSTRUMENT = "urn:ketamine-outcomes:instrument"
+LOCAL_PATIENT_ID = "urn:ketamine-outcomes:patient-id"
+EXT_BASE = "urn:ketamine-outcomes:extension:"
+EXT_DIAGNOSIS = EXT_BASE + "diagnosis"
+EXT_COMORBIDITIES = EXT_BASE + "comorbidities"
+EXT_PRIOR_FAILED_TRIALS = EXT_BASE + "prior-failed-trials"
+EXT_ENROLLED_ON = EXT_BASE + "enrolled-on"
+EXT_PHASE = EXT_BASE + "phase"
+
+# Ordinal value of an answer: R4 name, and its R5 successor.
+ORDINAL_EXTENSIONS = (
+    "http://hl7.org/fhir/StructureDefinition/ordinalValue",
+    "http://hl7.org/fhir/StructureDefinition/itemWeight",
+)
+
+BODY_WEIGHT = "29463-7"
+PHQ9_DIFFICULTY = "69722-7"
+GAD7_ITEMS = ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")
+
+ANSWER_SCORES = {
+    "LA6568-5": 0, "LA6569-3": 1, "LA6570-1": 2, "LA6571-9": 3,
+    "LA6572-7": 0, "LA6573-5": 1, "LA6575-0": 2, "LA6574-3": 3,
+}
+
+KETAMINE_RXNORM = {"6130": "ketamine", "2119365": "esketamine"}
+
+
+def _build_codes() -> tuple[dict, dict, dict]:
+    """(system, code) -> instrument for totals, panels and items."""
+    totals: dict[tuple[str, str], str] = {}
+    panels: dict[tuple[str, str], str] = {}
+    items: dict[tuple[str, str], tuple[str, int]] = {}
+    phq9 = scales.get("PHQ-9")
+    gad7 = scales.get("GAD-7")
+    totals[(LOINC, phq9.loinc_total)] = phq9.code
+    totals[(LOINC, "89204-2")] = phq9.code  # PHQ-A total
+    panels[(LOINC, phq9.loinc_panel)] = phq9.code
+    panels[(LOINC, "89206-7")] = phq9.code  # PHQ-A panel
+    for number, code in enumerate(phq9.loinc_items, start=1):
+        items[(LOINC, code)] = (phq9.code, number)
+    items[(LOINC, PHQ9_DIFFICULTY)] = (phq9.code, 10)
+    totals[(LOINC, gad7.loinc_total)] = gad7.code
+    panels[(LOINC, gad7.loinc_panel)] = gad7.code
+    for number, code in enumerate(GAD7_ITEMS, start=1):
+        items[(LOINC, code)] = (gad7.code, number)
+    madrs = scales.get("MADRS")
+    totals[(LOCAL_INSTRUMENT, "MADRS-total")] = madrs.code
+    panels[(LOCAL_INSTRUMENT, "MADRS")] = madrs.code
+    for number in range(1, madrs.scored_items + 1):
+        items[(LOCAL_INSTRUMENT, f"MADRS-item-{number}")] = (madrs.code, number)
+    return totals, panels, items
+
+
+TOTAL_CODES, PANEL_CODES, ITEM_CODES = _build_codes()
+
+# A QuestionnaireResponse linkId is the bare code (LOINC or local), possibly
+# written as a path ("/44250-9") the way LHC-Forms writes it.
+LINK_ITEMS = {code: target for (_system, code), target in ITEM_CODES.items()}
+LINK_TOTALS = {code: instrument for (_system, code), instrument in TOTAL_CODES.items()}
+
+
+def item_code(instrument: str, number: int) -> tuple[str, str]:
+    """(system, code) of item `number` of `instrument`, for export."""
+    for key, target in ITEM_CODES.items():
+        if target == (instrument, number):
+            return key
+    raise KeyError((instrument, number))
+
+
+def total_code(instrument: str) -> tuple[str, str]:
+    for key, code in TOTAL_CODES.items():
+        if code == instrument and key[1] != "89204-2":
+            return key
+    raise KeyError(instrument)
+
+
+def panel_code(instrument: str) -> tuple[str, str]:
+    for key, code in PANEL_CODES.items():
+        if code == instrument and key[1] != "89206-7":
+            return key
+    raise KeyError(instrument)
+
+
+# Route codes -> our route vocabulary (store.ROUTES).
+ROUTE_CODES = {
+    (SNOMED, "47625008"): "iv",  # Intravenous route
+    (SNOMED, "78421000"): "im",  # Intramuscular route
+    (SNOMED, "46713006"): "intranasal",  # Nasal route
+    (SNOMED, "26643006"): "oral",  # Oral route
+    (SNOMED, "37839007"): "sublingual",  # Sublingual route
+    (V3_ROUTE, "IV"): "iv",
+    (V3_ROUTE, "IVINJ"): "iv",
+    (V3_ROUTE, "IVINFUS"): "iv",  # not a v3 code but seen in the wild
+    (V3_ROUTE, "IM"): "im",
+    (V3_ROUTE, "IMINJ"): "im",
+    (V3_ROUTE, "NASAL"): "intranasal",
+    (V3_ROUTE, "NASINHL"): "intranasal",
+    (V3_ROUTE, "NASINHLC"): "intranasal",
+    (V3_ROUTE, "PO"): "oral",
+    (V3_ROUTE, "SL"): "sublingual",
+}
+EXPORT_ROUTE_CODES = {
+    "iv": ("47625008", "Intravenous route"),
+    "im": ("78421000", "Intramuscular route"),
+    "intranasal": ("46713006", "Nasal route"),
+    "oral": ("26643006", "Oral route"),
+    "sublingual": ("37839007", "Sublingual route"),
+}
+
+# Free-text route words (checked in this order: "intranasal" before "nasal"...).
+ROUTE_WORDS = (
+    ("sublingual", "sublingual"),
+    ("intranasal", "intranasal"),
+    ("nasal", "intranasal"),
+    ("intramuscular", "im"),
+    ("intravenous", "iv"),
+    ("infusion", "iv"),
+    ("oral", "oral"),
+    ("by mouth", "oral"),
+)
+ROUTE_ABBREVIATIONS = {"iv": "iv", "im": "im", "in": "intranasal", "po": "oral", "sl": "sublingual"}
+
+
+def route_from_text(text: str | None) -> str | None:
+    if not text:
+        return None
+    low = text.strip().lower()
+    if low in ROUTE_ABBREVIATIONS:
+        return ROUTE_ABBREVIATIONS[low]
+    for word, route in ROUTE_WORDS:
+        if word in low:
+            return route
+    return None

@@ -1,0 +1,657 @@
+"""Turn validated FHIR resources into the raw-string row tables the CSV import uses.
+
+The output is exactly what a CSV file would have given (`patients`,
+`treatments`, `assessments` frames of strings with the CSV column names, plus
+`_line` and `_raw`), so the same validation (ranges, dates, unknown patients,
+duplicates) applies downstream in `analytics.ingest`. Only problems that are
+FHIR-specific are decided here: wrong resource, unknown code, missing
+subject, unusable date, a medication that is not ketamine, conflicting
+answers. Those become `Reject`s carrying the element path.
+
+Several resources may describe one assessment (a US Core PHQ-9 panel with
+`hasMember` item Observations, a QuestionnaireResponse and the Observations
+derived from it): they are merged on (patient, instrument, time). Agreeing
+copies merge silently; a disagreement rejects the later resource.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .. import scales
+from . import codes
+from .parse import Located, Reject
+
+PATIENT_COLUMNS = [
+    "patient_id", "site", "clinician", "birth_year", "sex", "diagnosis",
+    "comorbidities", "prior_failed_trials", "enrolled_on",
+]
+TREATMENT_COLUMNS = ["patient_id", "administered_on", "route", "dose_mg_per_kg", "phase"]
+ASSESSMENT_COLUMNS = ["patient_id", "instrument", "administered_on", "rater", *scales.item_columns(), "total"]
+EXTRA = ["_file", "_line", "_raw"]
+
+SEX = {"female": "F", "male": "M", "other": "X", "unknown": "U"}
+SKIPPED_OBSERVATION_STATUS = ("entered-in-error", "cancelled")
+SKIPPED_ADMINISTRATION_STATUS = ("not-done", "entered-in-error")
+ACCEPTED_PROCEDURE_STATUS = ("completed", "in-progress")
+
+
+class Problem(Exception):
+    """A resource cannot be imported: (element path, reason)."""
+
+    def __init__(self, column: str, reason: str):
+        super().__init__(reason)
+        self.column = column
+        self.reason = reason
+
+
+@dataclass
+class Conversion:
+    tables: dict[str, pd.DataFrame]
+    rejects: list[Reject]
+    # Things worth telling the operator that are not rejections (e.g. a dose
+    # in mg with no body weight to convert it).
+    notes: list[str] = field(default_factory=list)
+    supporting: int = 0  # Medication and body-weight resources used, not stored
+
+
+# --- small readers -----------------------------------------------------------
+
+def _number_text(value: Any) -> str:
+    """A number as the CSV would write it: 12 not 12.0, 0.5 not 0.50."""
+    if isinstance(value, Decimal):
+        value = value.normalize()
+        return format(value, "f") if value != value.to_integral() else str(int(value))
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def when_text(value: Any, column: str) -> str:
+    """A FHIR date/dateTime as the CSV's administered_on: the wall-clock time as
+    written (the offset is dropped: a visit at 20:50 local stays on its day)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None, microsecond=0).isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if value is None:
+        raise Problem(column, "no date: the assessment or administration time is required")
+    raise Problem(column, f"date {value!r} is not a full date (year-month-day needed)")
+
+
+def _codings(concept) -> list:
+    return list(getattr(concept, "coding", None) or []) if concept is not None else []
+
+
+def _concept_text(concept) -> str:
+    if concept is None:
+        return ""
+    parts = [concept.text or ""] + [c.display or "" for c in _codings(concept)]
+    return " ".join(p for p in parts if p)
+
+
+def _ordinal(element) -> float | None:
+    for ext in getattr(element, "extension", None) or []:
+        if ext.url in codes.ORDINAL_EXTENSIONS:
+            for attr in ("valueDecimal", "valueInteger"):
+                value = getattr(ext, attr, None)
+                if value is not None:
+                    return float(value)
+    return None
+
+
+def coding_score(coding) -> float | None:
+    """A score from an answer Coding: its ordinalValue, a LOINC answer code, or a numeric code."""
+    ordinal = _ordinal(coding)
+    if ordinal is not None:
+        return ordinal
+    if coding.code in codes.ANSWER_SCORES:
+        return float(codes.ANSWER_SCORES[coding.code])
+    try:
+        return float(coding.code)
+    except (TypeError, ValueError):
+        return None
+
+
+def value_score(holder, column: str, what: str) -> float | None:
+    """The numeric answer of an Observation, a component or a QR answer; None if absent."""
+    ordinal = _ordinal(holder)
+    if ordinal is not None:
+        return ordinal
+    for attr in ("valueInteger", "valueDecimal"):
+        value = getattr(holder, attr, None)
+        if value is not None:
+            return float(value)
+    quantity = getattr(holder, "valueQuantity", None)
+    if quantity is not None and quantity.value is not None:
+        return float(quantity.value)
+    text = getattr(holder, "valueString", None)
+    if text is not None:
+        try:
+            return float(text)
+        except ValueError:
+            raise Problem(column + ".valueString", f"{what}: answer {text!r} is not a number") from None
+    coding = getattr(holder, "valueCoding", None)
+    concepts = [coding] if coding is not None else _codings(getattr(holder, "valueCodeableConcept", None))
+    for c in concepts:
+        score = coding_score(c)
+        if score is not None:
+            return score
+    if concepts:
+        found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in concepts)
+        raise Problem(column, f"{what}: answer code {found} has no known score")
+    return None
+
+
+def _reference_id(reference: str | None, resource_type: str) -> str | None:
+    if reference and reference.startswith(resource_type + "/"):
+        return reference.split("/")[1]
+    return None
+
+
+def _reference_label(ref) -> str | None:
+    """Site/clinician from an Organization/Practitioner reference: its display, else its id."""
+    if ref is None:
+        return None
+    if ref.display:
+        return ref.display
+    if ref.reference and "/" in ref.reference:
+        return ref.reference.rstrip("/").split("/")[-1]
+    return None
+
+
+def _extension_value(model, url: str) -> str:
+    for ext in getattr(model, "extension", None) or []:
+        if ext.url == url:
+            for attr in ("valueString", "valueCode", "valueInteger", "valueDate", "valueDecimal"):
+                value = getattr(ext, attr, None)
+                if value is not None:
+                    return value.isoformat() if isinstance(value, dt.date) else _number_text(value)
+    return ""
+
+
+# --- the converter -------------------------------------------------------------
+
+@dataclass
+class _Assessment:
+    patient_id: str
+    instrument: str
+    when: str
+    sources: list[Located] = field(default_factory=list)
+    items: dict[int, tuple[float | None, int]] = field(default_factory=dict)  # item -> (value, line)
+    total: tuple[float, int] | None = None
+    rater: str = ""
+    empty_panels: list[Located] = field(default_factory=list)
+
+
+class Converter:
+    """Converts the resources of one import (one or more files) into row tables."""
+
+    def __init__(self, resources: Iterable[Located], identifier_system: str | None = None):
+        self.identifier_system = identifier_system or codes.LOCAL_PATIENT_ID
+        self.resources: list[Located] = []
+        self.rejects: list[Reject] = []
+        self.notes: list[str] = []
+        self.supporting = 0
+        self._by_ref: dict[str, Located] = {}
+        self._index(resources)
+        self._patient_ids: dict[str, str] = {}  # "Patient/x" or fullUrl -> patient_id
+        self._weights: dict[str, list[tuple[str, float]]] = defaultdict(list)
+
+    def _reject(self, res: Located, column: str, reason: str) -> None:
+        self.rejects.append(Reject(res.file_name, res.line, column, f"{res.label}: {reason}", res.raw))
+
+    def _index(self, resources: Iterable[Located]) -> None:
+        for res in resources:
+            keys = [k for k in (res.ref, res.full_url) if k]
+            seen = next((self._by_ref[k] for k in keys if k in self._by_ref), None)
+            if seen is not None:
+                same = "an identical copy" if seen.raw == res.raw else "a different version"
+                self._reject(res, f"{res.type}.id", f"duplicate resource: {same} is at {seen.file_name} line {seen.line}")
+                continue
+            for k in keys:
+                self._by_ref[k] = res
+            self.resources.append(res)
+
+    # -- patients --
+    def _patient_id_of(self, res: Located) -> str:
+        for ident in res.model.identifier or []:
+            if ident.system == self.identifier_system and ident.value:
+                return ident.value
+        if res.model.id:
+            return res.model.id
+        raise Problem("Patient.identifier", f"no id and no identifier of system {self.identifier_system}")
+
+    def _patient_row(self, res: Located) -> dict:
+        p = res.model
+        birth = p.birthDate
+        if isinstance(birth, (dt.date, dt.datetime)):
+            birth_year = str(birth.year)
+        elif birth:
+            birth_year = str(birth)[:4]  # partial date "1980" or "1980-04"
+        else:
+            birth_year = ""
+        gp = (p.generalPractitioner or [None])[0]
+        return {
+            "patient_id": self._patient_id_of(res),
+            "site": _reference_label(p.managingOrganization) or "",
+            "clinician": _reference_label(gp) or "",
+            "birth_year": birth_year,
+            "sex": SEX.get(p.gender or "", p.gender or ""),
+            "diagnosis": _extension_value(p, codes.EXT_DIAGNOSIS),
+            "comorbidities": _extension_value(p, codes.EXT_COMORBIDITIES),
+            "prior_failed_trials": _extension_value(p, codes.EXT_PRIOR_FAILED_TRIALS),
+            "enrolled_on": _extension_value(p, codes.EXT_ENROLLED_ON),
+            "_file": res.file_name,
+            "_line": res.line,
+            "_raw": res.raw,
+        }
+
+    def subject(self, res: Located, ref, column: str) -> str:
+        """The patient_id a subject reference points to."""
+        if ref is None:
+            raise Problem(column, "no subject: the patient it belongs to is unknown")
+        if ref.reference and ref.reference in self._patient_ids:
+            return self._patient_ids[ref.reference]
+        ident = ref.identifier
+        if ident is not None and ident.value and ident.system == self.identifier_system:
+            return ident.value
+        pid = _reference_id(ref.reference, "Patient")
+        if pid:
+            # Not in this import: taken to be a patient already in the database
+            # under the same id (ingest rejects it if there is none).
+            return pid
+        if ref.reference:
+            raise Problem(column, f"subject {ref.reference!r} is not a Patient in this import")
+        raise Problem(column, "subject has no Patient reference or identifier")
+
+    # -- main --
+    def convert(self) -> Conversion:
+        patients: list[dict] = []
+        for res in self.resources:
+            if res.type != "Patient":
+                continue
+            try:
+                row = self._patient_row(res)
+            except Problem as exc:
+                self._reject(res, exc.column, exc.reason)
+                continue
+            patients.append(row)
+            for key in (res.ref, res.full_url):
+                if key:
+                    self._patient_ids[key] = row["patient_id"]
+
+        # Body weights first: administrations in mg need them.
+        weights = set()
+        for res in self.resources:
+            if res.type == "Observation" and self._is_weight(res):
+                self._take_weight(res)
+                weights.add(id(res))
+
+        groups: dict[tuple[str, str, str], _Assessment] = {}
+        treatments: list[dict] = []
+        for res in self.resources:
+            try:
+                if res.type == "Observation" and id(res) not in weights:
+                    self._observation(res, groups)
+                elif res.type == "QuestionnaireResponse":
+                    self._questionnaire_response(res, groups)
+                elif res.type == "MedicationAdministration":
+                    treatments.append(self._administration(res))
+                elif res.type == "Procedure":
+                    treatments.append(self._procedure(res))
+                elif res.type == "Medication":
+                    self.supporting += 1
+            except Problem as exc:
+                self._reject(res, exc.column, exc.reason)
+
+        assessments = [row for row in (self._assessment_row(g) for g in groups.values()) if row]
+        self._fill_enrolment(patients, treatments, assessments)
+        return Conversion(
+            tables={
+                "patients": _frame(patients, PATIENT_COLUMNS),
+                "treatments": _frame(treatments, TREATMENT_COLUMNS),
+                "assessments": _frame(assessments, ASSESSMENT_COLUMNS),
+            },
+            rejects=self.rejects,
+            notes=self.notes,
+            supporting=self.supporting,
+        )
+
+    # -- observations --
+    @staticmethod
+    def _is_weight(res: Located) -> bool:
+        return any(c.system == codes.LOINC and c.code == codes.BODY_WEIGHT for c in _codings(res.model.code))
+
+    def _take_weight(self, res: Located) -> None:
+        obs = res.model
+        try:
+            if obs.status in SKIPPED_OBSERVATION_STATUS:
+                raise Problem("Observation.status", f"status {obs.status}: not used")
+            pid = self.subject(res, obs.subject, "Observation.subject")
+            when = when_text(_effective(obs), "Observation.effective[x]")
+            q = obs.valueQuantity
+            if q is None or q.value is None:
+                raise Problem("Observation.valueQuantity", "body weight has no value")
+            unit = (q.code or q.unit or "").strip()
+            factor = {"kg": 1.0, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237, "g": 0.001}.get(unit)
+            if factor is None:
+                raise Problem("Observation.valueQuantity.unit", f"body weight unit {unit!r} is not kg, g or [lb_av]")
+            kg = float(q.value) * factor
+            if not 2 <= kg <= 400:
+                raise Problem("Observation.valueQuantity.value", f"body weight {kg:g} kg is not plausible")
+        except Problem as exc:
+            self._reject(res, exc.column, exc.reason)
+            return
+        self._weights[pid].append((when, kg))
+        self.supporting += 1
+
+    def _instrument_codes(self, concept) -> tuple[str, str, str | None] | None:
+        """(kind, instrument, item) for a known code: kind is total, panel or item."""
+        for c in _codings(concept):
+            key = (c.system, c.code)
+            if key in codes.TOTAL_CODES:
+                return "total", codes.TOTAL_CODES[key], None
+            if key in codes.PANEL_CODES:
+                return "panel", codes.PANEL_CODES[key], None
+            if key in codes.ITEM_CODES:
+                instrument, number = codes.ITEM_CODES[key]
+                return "item", instrument, str(number)
+        return None
+
+    def _group(self, groups, pid: str, instrument: str, when: str, res: Located) -> _Assessment:
+        key = (pid, instrument, when)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Assessment(pid, instrument, when)
+        return group
+
+    def _observation(self, res: Located, groups) -> None:
+        obs = res.model
+        kind = self._instrument_codes(obs.code)
+        if kind is None:
+            found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in _codings(obs.code)) or (obs.code.text or "none")
+            raise Problem("Observation.code", f"unknown code {found}: not a PHQ-9, GAD-7 or MADRS score (see docs/fhir.md)")
+        if obs.status in SKIPPED_OBSERVATION_STATUS:
+            raise Problem("Observation.status", f"status {obs.status}: not imported")
+        kind_name, instrument, item = kind
+        pid = self.subject(res, obs.subject, "Observation.subject")
+        when = when_text(_effective(obs), "Observation.effective[x]")
+        items: dict[int, float | None] = {}
+        total: float | None = None
+        what = f"{instrument} {kind_name}"
+        if kind_name == "item":
+            items[int(item)] = value_score(obs, "Observation.value[x]", f"{instrument} item {item}")
+        else:
+            value = value_score(obs, "Observation.value[x]", what)
+            if value is not None:
+                total = value
+        for i, comp in enumerate(obs.component or []):
+            column = f"Observation.component[{i}]"
+            ckind = self._instrument_codes(comp.code)
+            if ckind is None or ckind[1] != instrument:
+                found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in _codings(comp.code)) or "none"
+                raise Problem(column + ".code", f"component code {found} is not a {instrument} item or total")
+            value = value_score(comp, column + ".value[x]", f"{instrument} component")
+            if ckind[0] == "item":
+                items[int(ckind[2])] = value
+            elif value is not None:
+                total = value
+        group = self._group(groups, pid, instrument, when, res)
+        rater = self._rater(obs.performer, pid)
+        if kind_name == "panel" and not items and total is None:
+            group.empty_panels.append(res)  # its hasMember items may be in the file
+            return
+        self._merge(group, res, items, total, rater)
+
+    def _rater(self, performers, pid: str) -> str:
+        for ref in performers or []:
+            if ref.display:
+                return ref.display
+            if ref.reference and ref.reference.startswith("Patient/"):
+                return "self"
+            if ref.reference and "/" in ref.reference:
+                return ref.reference.split("/")[-1]
+        return ""
+
+    def _merge(self, group: _Assessment, res: Located, items: dict[int, float | None], total: float | None, rater: str) -> None:
+        for number, value in items.items():
+            if number in group.items and group.items[number][0] != value:
+                previous = group.items[number]
+                raise Problem(
+                    f"{res.type}", f"{group.instrument} item {number} is {_fmt(value)} here but {_fmt(previous[0])} at line {previous[1]} for the same patient and time",
+                )
+        if total is not None and group.total is not None and group.total[0] != total:
+            raise Problem(f"{res.type}", f"{group.instrument} total is {total:g} here but {group.total[0]:g} at line {group.total[1]} for the same patient and time")
+        for number, value in items.items():
+            group.items.setdefault(number, (value, res.line))
+        if total is not None and group.total is None:
+            group.total = (total, res.line)
+        if rater and not group.rater:
+            group.rater = rater
+        group.sources.append(res)
+
+    def _assessment_row(self, group: _Assessment) -> dict | None:
+        if not group.sources:
+            for panel in group.empty_panels:
+                self._reject(panel, "Observation.hasMember", f"{group.instrument} panel has no answers: no components, no value, and no member Observations in this import")
+            return None
+        sources = group.sources + group.empty_panels
+        first = min(sources, key=lambda r: (r.file_name, r.line))
+        row = {c: "" for c in ASSESSMENT_COLUMNS}
+        row.update(patient_id=group.patient_id, instrument=group.instrument, administered_on=group.when, rater=group.rater)
+        for number, (value, _line) in group.items.items():
+            row[f"item_{number}"] = "" if value is None else _number_text(value)
+        if group.total is not None:
+            row["total"] = _number_text(group.total[0])
+        row["_file"] = first.file_name
+        row["_line"] = first.line
+        row["_raw"] = first.raw if len(sources) == 1 else "[" + ",".join(r.raw for r in sources) + "]"
+        return row
+
+    # -- questionnaire responses --
+    def _questionnaire_response(self, res: Located, groups) -> None:
+        qr = res.model
+        if qr.status == "entered-in-error":
+            raise Problem("QuestionnaireResponse.status", "status entered-in-error: not imported")
+        found: dict[str, dict] = defaultdict(lambda: {"items": {}, "total": None})
+        unknown: list[str] = []
+
+        def walk(items, path: str) -> None:
+            for i, item in enumerate(items or []):
+                here = f"{path}.item[{i}]"
+                link = (item.linkId or "").rstrip("/").split("/")[-1]
+                answers = item.answer or []
+                if link in codes.LINK_ITEMS or link in codes.LINK_TOTALS:
+                    value = None
+                    if answers:
+                        value = value_score(answers[0], here + ".answer[0]", f"linkId {item.linkId}")
+                    if link in codes.LINK_ITEMS:
+                        instrument, number = codes.LINK_ITEMS[link]
+                        found[instrument]["items"][number] = value
+                    elif value is not None:
+                        found[codes.LINK_TOTALS[link]]["total"] = value
+                else:
+                    unknown.append(item.linkId)
+                walk(item.item, here)
+                for j, answer in enumerate(answers):
+                    walk(answer.item, f"{here}.answer[{j}]")
+
+        walk(qr.item, "QuestionnaireResponse")
+        if not found:
+            raise Problem("QuestionnaireResponse.item", "no item linkId is a PHQ-9, GAD-7 or MADRS item code (see docs/fhir.md)")
+        pid = self.subject(res, qr.subject, "QuestionnaireResponse.subject")
+        when = when_text(qr.authored, "QuestionnaireResponse.authored")
+        rater = self._rater([qr.author] if qr.author else [], pid) or self._rater([qr.source] if qr.source else [], pid)
+        for instrument, answers in found.items():
+            group = self._group(groups, pid, instrument, when, res)
+            self._merge(group, res, answers["items"], answers["total"], rater)
+
+    # -- treatments --
+    def _medication_is_ketamine(self, res: Located) -> bool:
+        admin = res.model
+        concepts = [admin.medicationCodeableConcept] if admin.medicationCodeableConcept else []
+        ref = admin.medicationReference
+        if ref is not None:
+            if ref.display:
+                concepts.append(_TextConcept(ref.display))
+            target = None
+            if ref.reference and ref.reference.startswith("#"):
+                target = next((c for c in admin.contained or [] if c.id == ref.reference[1:]), None)
+                concept = getattr(target, "code", None) if target is not None else None
+            else:
+                located = self._by_ref.get(ref.reference or "")
+                concept = located.model.code if located is not None and located.type == "Medication" else None
+            if concept is not None:
+                concepts.append(concept)
+        return any(_is_ketamine(c) for c in concepts)
+
+    def _administration(self, res: Located) -> dict:
+        admin = res.model
+        if not self._medication_is_ketamine(res):
+            text = _concept_text(admin.medicationCodeableConcept) or getattr(admin.medicationReference, "reference", None) or "none"
+            raise Problem("MedicationAdministration.medication[x]", f"medication {text!r} is not ketamine or esketamine (RxNorm 6130 / 2119365, or text naming ketamine)")
+        if admin.status in SKIPPED_ADMINISTRATION_STATUS:
+            raise Problem("MedicationAdministration.status", f"status {admin.status}: no dose was given")
+        pid = self.subject(res, admin.subject, "MedicationAdministration.subject")
+        effective = admin.effectiveDateTime if admin.effectiveDateTime is not None else getattr(admin.effectivePeriod, "start", None)
+        when = when_text(effective, "MedicationAdministration.effective[x]")
+        dosage = admin.dosage
+        route = ""
+        dose = ""
+        if dosage is not None:
+            route = _route(dosage.route)
+            dose = self._dose(res, dosage.dose, pid, when)
+        if not route and _is_esketamine(admin.medicationCodeableConcept):
+            route = "intranasal"  # esketamine is licensed only as a nasal spray
+        return {
+            "patient_id": pid, "administered_on": when, "route": route, "dose_mg_per_kg": dose,
+            "phase": _extension_value(admin, codes.EXT_PHASE), "_file": res.file_name, "_line": res.line, "_raw": res.raw,
+        }
+
+    def _dose(self, res: Located, quantity, pid: str, when: str) -> str:
+        if quantity is None or quantity.value is None:
+            return ""
+        unit = (quantity.code or quantity.unit or "").replace(" ", "").lower()
+        value = float(quantity.value)
+        if unit in ("mg/kg", "mg/kg{dose}"):
+            return _number_text(value)
+        if unit == "mg":
+            weight = _nearest_weight(self._weights.get(pid, []), when)
+            if weight is None:
+                self.notes.append(f"{res.file_name} line {res.line}: {res.label}: dose {value:g} mg left empty: no body weight (LOINC 29463-7) for the patient in this import")
+                return ""
+            return _number_text(round(value / weight, 4))
+        self.notes.append(f"{res.file_name} line {res.line}: {res.label}: dose unit {quantity.unit or quantity.code!r} is not mg/kg or mg; dose left empty")
+        return ""
+
+    def _procedure(self, res: Located) -> dict:
+        proc = res.model
+        concepts = [c for c in (proc.code, *(proc.usedCode or [])) if c is not None]
+        if not any(_is_ketamine(c) for c in concepts):
+            raise Problem("Procedure.code", f"procedure {_concept_text(proc.code) or 'without code'!r} is not a ketamine or esketamine treatment")
+        if proc.status not in ACCEPTED_PROCEDURE_STATUS:
+            raise Problem("Procedure.status", f"status {proc.status}: not a treatment given")
+        pid = self.subject(res, proc.subject, "Procedure.subject")
+        performed = proc.performedDateTime if proc.performedDateTime is not None else getattr(proc.performedPeriod, "start", None)
+        when = when_text(performed, "Procedure.performed[x]")
+        text = " ".join(_concept_text(c) for c in concepts)
+        route = codes.route_from_text(text) or ("intranasal" if "esketamine" in text.lower() else "")
+        return {
+            "patient_id": pid, "administered_on": when, "route": route, "dose_mg_per_kg": "",
+            "phase": _extension_value(proc, codes.EXT_PHASE), "_file": res.file_name, "_line": res.line, "_raw": res.raw,
+        }
+
+    @staticmethod
+    def _fill_enrolment(patients: list[dict], treatments: list[dict], assessments: list[dict]) -> None:
+        """A FHIR Patient has no enrolment date: take the earliest date of their data here."""
+        first: dict[str, str] = {}
+        for row in (*treatments, *assessments):
+            day = row["administered_on"][:10]
+            if row["patient_id"] not in first or day < first[row["patient_id"]]:
+                first[row["patient_id"]] = day
+        for row in patients:
+            if not row["enrolled_on"] and row["patient_id"] in first:
+                row["enrolled_on"] = first[row["patient_id"]]
+
+
+class _TextConcept:
+    def __init__(self, text: str):
+        self.text = text
+        self.coding = []
+
+
+def _is_ketamine(concept) -> bool:
+    if any(c.system == codes.RXNORM and c.code in codes.KETAMINE_RXNORM for c in _codings(concept)):
+        return True
+    return "ketamine" in _concept_text(concept).lower()
+
+
+def _is_esketamine(concept) -> bool:
+    if concept is None:
+        return False
+    if any(c.system == codes.RXNORM and c.code == "2119365" for c in _codings(concept)):
+        return True
+    return "esketamine" in _concept_text(concept).lower() or "spravato" in _concept_text(concept).lower()
+
+
+def _route(concept) -> str:
+    """Our route name from a route CodeableConcept; the raw text when unmapped
+    (so ingest rejects it naming the value); empty when absent."""
+    if concept is None:
+        return ""
+    for c in _codings(concept):
+        if (c.system, c.code) in codes.ROUTE_CODES:
+            return codes.ROUTE_CODES[(c.system, c.code)]
+    mapped = codes.route_from_text(_concept_text(concept))
+    if mapped:
+        return mapped
+    return concept.text or next((c.code for c in _codings(concept) if c.code), "")
+
+
+def _nearest_weight(weights: list[tuple[str, float]], when: str) -> float | None:
+    """The weight measured closest to `when` (ties go to the earlier one)."""
+    if not weights:
+        return None
+    target = _as_datetime(when)
+    return min(weights, key=lambda w: (abs((_as_datetime(w[0]) - target).total_seconds()), w[0]))[1]
+
+
+def _as_datetime(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text) if len(text) > 10 else dt.datetime.fromisoformat(text + " 00:00:00")
+
+
+def _effective(obs):
+    if obs.effectiveDateTime is not None:
+        return obs.effectiveDateTime
+    if obs.effectivePeriod is not None:
+        return obs.effectivePeriod.start
+    if obs.effectiveInstant is not None:
+        return obs.effectiveInstant
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "missing" if value is None else f"{value:g}"
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns + EXTRA)
+    for column in columns + ["_raw"]:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "").astype(str)
+    return frame
+
+
+def convert(resources: Iterable[Located], identifier_system: str | None = None) -> Conversion:
+    """Convert validated resources (from one or more files) into row tables and rejects."""
+    return Converter(resources, identifier_system).convert()
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)

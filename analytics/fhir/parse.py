@@ -1,0 +1,200 @@
+"""Read FHIR R4 JSON files (a Bundle, one resource, or NDJSON) into validated resources.
+
+Every resource is validated with the `fhir.resources` R4B models (R4B is the
+closest release the package ships to R4; the resources read here did not
+change between them). A resource that fails becomes a `Reject` naming the file,
+its position (NDJSON line, or 1-based bundle entry number) and the element
+path; the others are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+# Resource types whose content we read; anything else is reported as not imported.
+IMPORTED_TYPES = ("Patient", "Observation", "QuestionnaireResponse", "MedicationAdministration", "Procedure")
+# Read only to resolve references from the imported types.
+SUPPORTING_TYPES = ("Medication",)
+BUNDLE_TYPES = ("collection", "searchset", "transaction", "batch")
+SNIFF_BYTES = 64 * 1024
+
+
+@dataclass
+class Located:
+    """One resource and where it came from."""
+
+    file_name: str
+    line: int  # NDJSON line number, or 1-based bundle entry number
+    raw: str  # the resource JSON as stored in rejected_rows
+    data: dict[str, Any]
+    model: Any  # the validated fhir.resources model
+    full_url: str | None = None
+
+    @property
+    def type(self) -> str:
+        return self.data.get("resourceType", "")
+
+    @property
+    def ref(self) -> str | None:
+        rid = self.data.get("id")
+        return f"{self.type}/{rid}" if rid else None
+
+    @property
+    def label(self) -> str:
+        return self.ref or f"{self.type} (no id)"
+
+
+@dataclass
+class Reject:
+    file_name: str
+    line: int | None
+    column: str
+    reason: str
+    raw: str
+
+
+def looks_like_fhir(head: bytes | str) -> bool:
+    """True when the start of a file is FHIR JSON: a JSON object naming a resourceType."""
+    if isinstance(head, bytes):
+        head = head.decode("utf-8", errors="replace")
+    text = head.lstrip("\ufeff \t\r\n")
+    return text.startswith("{") and '"resourceType"' in text
+
+
+def sniff_file(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as handle:
+        return looks_like_fhir(handle.read(SNIFF_BYTES))
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _error_column(resource_type: str, error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    path = ""
+    for part in first.get("loc", ()):
+        if part == "__root__":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = first.get("msg", str(error)).replace("\n", " ")
+    message = " ".join(message.split())
+    more = len(error.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return (f"{resource_type}.{path}" if path else resource_type), message
+
+
+def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", full_url: str | None = None) -> Located | Reject:
+    """Validate one resource dict with the R4B model of its type."""
+    raw = _compact(data)
+    if not isinstance(data, dict):
+        return Reject(file_name, line, prefix or "resource", "not a JSON object", raw)
+    resource_type = data.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        return Reject(file_name, line, prefix + "resourceType", "no resourceType: not a FHIR resource", raw)
+    label = f"{resource_type}/{data['id']}" if isinstance(data.get("id"), str) else resource_type
+    if resource_type not in IMPORTED_TYPES + SUPPORTING_TYPES:
+        return Reject(
+            file_name, line, prefix + resource_type,
+            f"{label}: {resource_type} resources are not imported (only {', '.join(IMPORTED_TYPES)})", raw,
+        )
+    try:
+        model = get_fhir_model_class(resource_type).model_validate(data)
+    except ValidationError as exc:
+        column, message = _error_column(resource_type, exc)
+        return Reject(file_name, line, prefix + column, f"{label} is not valid FHIR R4: {message}", raw)
+    return Located(file_name, line, raw, data, model, full_url)
+
+
+def _bundle(document: dict, file_name: str) -> tuple[list[Located], list[Reject]]:
+    raw = _compact(document)
+    entries = document.get("entry") or []
+    if not isinstance(entries, list):
+        return [], [Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw[:10000])]
+    shell = dict(document)
+    shell["entry"] = [
+        {k: v for k, v in entry.items() if k != "resource"} if isinstance(entry, dict) else entry
+        for entry in entries
+    ] or None
+    if shell["entry"] is None:
+        del shell["entry"]
+    try:
+        get_fhir_model_class("Bundle").model_validate(shell)
+    except ValidationError as exc:
+        column, message = _error_column("Bundle", exc)
+        return [], [Reject(file_name, None, column, f"the Bundle itself is not valid FHIR R4: {message}", raw[:10000])]
+    if document.get("type") not in BUNDLE_TYPES:
+        return [], [Reject(
+            file_name, None, "Bundle.type",
+            f"Bundle type {document.get('type')!r} is not imported (use {', '.join(BUNDLE_TYPES)})", raw[:10000],
+        )]
+    located: list[Located] = []
+    rejects: list[Reject] = []
+    for index, entry in enumerate(entries):
+        prefix = f"Bundle.entry[{index}]."
+        resource = entry.get("resource")
+        if resource is None:
+            method = (entry.get("request") or {}).get("method", "")
+            reason = f"{method} entries are not applied" if method else "entry has no resource"
+            rejects.append(Reject(file_name, index + 1, prefix + "resource", reason, _compact(entry)))
+            continue
+        result = validate_resource(resource, file_name, index + 1, prefix="", full_url=entry.get("fullUrl"))
+        (located if isinstance(result, Located) else rejects).append(result)
+    return located, rejects
+
+
+def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
+    """Parse one file's text: a Bundle, a single resource, or NDJSON."""
+    text = text.lstrip("\ufeff")
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return [], [Reject(file_name, None, "", "empty file", "")]
+    try:
+        first_obj = json.loads(lines[first])
+        # A Bundle is a document even when written on one line.
+        ndjson = isinstance(first_obj, dict) and first_obj.get("resourceType") != "Bundle"
+    except json.JSONDecodeError:
+        ndjson = False
+    if not ndjson:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return [], [Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", lines[exc.lineno - 1][:2000] if 0 < exc.lineno <= len(lines) else "")]
+        if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+            return _bundle(document, file_name)
+        result = validate_resource(document, file_name, 1)
+        return ([result], []) if isinstance(result, Located) else ([], [result])
+
+    located: list[Located] = []
+    rejects: list[Reject] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rejects.append(Reject(file_name, number, "", f"malformed JSON at column {exc.colno}: {exc.msg}", line[:10000]))
+            continue
+        if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+            rejects.append(Reject(file_name, number, "Bundle", "a Bundle inside NDJSON is not read: NDJSON holds one resource per line", line[:10000]))
+            continue
+        result = validate_resource(data, file_name, number)
+        (located if isinstance(result, Located) else rejects).append(result)
+    return located, rejects
+
+
+def read_file(path: str | os.PathLike, file_name: str | None = None) -> tuple[list[Located], list[Reject]]:
+    name = file_name or Path(path).name
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "")]
+    return read_text(text, name)
