@@ -200,8 +200,50 @@ def _schema_v1() -> list[str]:
     ]
 
 
+def _schema_v2() -> list[str]:
+    """Accounts, patient-level grants and the append-only audit trail (see docs/security.md)."""
+    return [
+        """CREATE TABLE users (
+    username VARCHAR PRIMARY KEY CHECK (length(username) BETWEEN 2 AND 64),
+    role VARCHAR NOT NULL CHECK (role IN ('clinician', 'director', 'admin')),
+    clinician VARCHAR,                  -- the patients.clinician handle a clinician's caseload is filed under
+    password_hash VARCHAR,              -- argon2id; NULL for accounts that only sign in through OIDC
+    disabled BOOLEAN NOT NULL DEFAULT false,
+    session_epoch INTEGER NOT NULL DEFAULT 0,   -- bumped to end every open session of the account
+    failed_attempts INTEGER NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
+    locked_until TIMESTAMP,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    created_by VARCHAR,
+    last_sign_in TIMESTAMP
+)""",
+        """CREATE TABLE patient_grants (
+    username VARCHAR NOT NULL,          -- checked against users in analytics.auth (no FK: parent updates)
+    patient_id VARCHAR NOT NULL,
+    granted_by VARCHAR NOT NULL,
+    granted_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    reason VARCHAR,
+    PRIMARY KEY (username, patient_id)
+)""",
+        # Append-only: the product has no UPDATE or DELETE on it; each row carries the hash of
+        # the previous one so that an edit made outside the product breaks the chain.
+        """CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY CHECK (seq >= 1),
+    logged_at TIMESTAMP NOT NULL,
+    actor VARCHAR NOT NULL,
+    role VARCHAR,
+    action VARCHAR NOT NULL,
+    outcome VARCHAR NOT NULL CHECK (outcome IN ('ok', 'denied', 'failed')),
+    page VARCHAR,
+    patients VARCHAR NOT NULL,          -- JSON list of patient ids
+    detail VARCHAR NOT NULL,            -- JSON object
+    prev_hash VARCHAR NOT NULL,
+    hash VARCHAR NOT NULL UNIQUE
+)""",
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
