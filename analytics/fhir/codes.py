@@ -42,6 +42,9 @@ EXT_COMORBIDITIES = EXT_BASE + "comorbidities"
 EXT_PRIOR_FAILED_TRIALS = EXT_BASE + "prior-failed-trials"
 EXT_ENROLLED_ON = EXT_BASE + "enrolled-on"
 EXT_PHASE = EXT_BASE + "phase"
+# A free-form patient attribute (an extra column of the patients CSV):
+# sub-extensions "name" and "value".
+EXT_ATTRIBUTE = EXT_BASE + "attribute"
 
 # Ordinal value of an answer: R4 name, and its R5 successor.
 ORDINAL_EXTENSIONS = (

@@ -176,6 +176,19 @@ def _extension_value(model, url: str) -> str:
     return ""
 
 
+def _attributes(patient) -> dict[str, str]:
+    """Patient attributes (extra patients-CSV columns) carried as our extension."""
+    out: dict[str, str] = {}
+    for ext in patient.extension or []:
+        if ext.url != codes.EXT_ATTRIBUTE:
+            continue
+        parts = {sub.url: sub.valueString for sub in ext.extension or []}
+        name = (parts.get("name") or "").strip().lower()
+        if name and not name.startswith("_") and name not in PATIENT_COLUMNS:
+            out[name] = parts.get("value") or ""
+    return out
+
+
 # --- the converter -------------------------------------------------------------
 
 @dataclass
@@ -248,6 +261,7 @@ class Converter:
             "comorbidities": _extension_value(p, codes.EXT_COMORBIDITIES),
             "prior_failed_trials": _extension_value(p, codes.EXT_PRIOR_FAILED_TRIALS),
             "enrolled_on": _extension_value(p, codes.EXT_ENROLLED_ON),
+            **_attributes(p),
             "_file": res.file_name,
             "_line": res.line,
             "_raw": res.raw,
@@ -642,6 +656,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    extra = sorted({k for row in rows for k in row} - set(columns) - set(EXTRA))  # patient attributes
+    columns = columns + extra
     frame = pd.DataFrame(rows, columns=columns + EXTRA)
     for column in columns + ["_raw"]:
         frame[column] = frame[column].astype(object).where(frame[column].notna(), "").astype(str)

@@ -64,7 +64,7 @@ def _concept(system: str, code: str, display: str | None = None) -> dict:
     return {"coding": [coding]}
 
 
-def patient_resource(row) -> dict:
+def patient_resource(row, attributes: list[tuple[str, str]] = ()) -> dict:
     pid = str(row["patient_id"])
     resource: dict = {
         "resourceType": "Patient",
@@ -80,6 +80,9 @@ def patient_resource(row) -> dict:
         extensions.append({"url": codes.EXT_PRIOR_FAILED_TRIALS, "valueInteger": int(row["prior_failed_trials"])})
     if _present(row["enrolled_on"]):
         extensions.append({"url": codes.EXT_ENROLLED_ON, "valueDate": pd.Timestamp(row["enrolled_on"]).strftime("%Y-%m-%d")})
+    for name, value in attributes:
+        extensions.append({"url": codes.EXT_ATTRIBUTE, "extension": [
+            {"url": "name", "valueString": str(name)}, {"url": "value", "valueString": str(value)}]})
     if extensions:
         resource["extension"] = extensions
     if _present(row["sex"]) and row["sex"] in GENDER:
@@ -166,12 +169,16 @@ def export_fhir(directory, db=None, scope: access.Scope = access.SYSTEM) -> dict
     data = access.DataAccess(db, scope)
     patients = data.patients()
     ids = patients["patient_id"].tolist()
+    attributes: dict[str, list[tuple[str, str]]] = {}
+    for row in data.attributes().to_dict("records"):
+        if _present(row["value"]):
+            attributes.setdefault(row["patient_id"], []).append((row["name"], row["value"]))
     treatments = data.treatments(ids)
     assessments = data.assessments(ids)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     plan = {
-        "Patient": [patient_resource(r) for r in patients.to_dict("records")],
+        "Patient": [patient_resource(r, attributes.get(r["patient_id"], [])) for r in patients.to_dict("records")],
         "Observation": [observation_resource(r) for r in assessments.to_dict("records")],
         "MedicationAdministration": [administration_resource(r) for r in treatments.to_dict("records")],
     }
