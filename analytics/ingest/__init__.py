@@ -1,0 +1,299 @@
+"""Validated import of patients, treatments and assessments (CSV, or frames from other sources).
+
+The work is split so the store's write lock is held briefly: files are read
+and every check that needs no database runs first, in memory; then one short
+transaction checks what needs the store (unknown patient, treatment before
+enrolment) in SQL and writes. One command is one transaction: all files
+land, or (on a refused file, an error or a kill) none of them.
+
+Public API: `import_files`, `import_tables`, `cli_import`, `ImportReport`.
+Rules and their reasons: rules.py; the format: docs/import.md.
+"""
+from __future__ import annotations
+
+import csv as stdlib_csv
+import hashlib
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from .. import store
+from . import rules, write
+from .csv import FileRefused, read_csv
+
+# Test hook: when set to a path, the import touches that file after writing and
+# before COMMIT, then waits, so a test can kill it mid-transaction.
+HOLD_BEFORE_COMMIT_ENV = "OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT"
+MESSAGES_PER_FILE = 20
+
+
+class Reject(NamedTuple):
+    file: str
+    line: int
+    column: str | None
+    reason: str
+
+
+@dataclass
+class FileResult:
+    file: str
+    kind: str | None
+    rows_total: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_rejected: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    batch_id: int | None = None
+    refused: str | None = None  # why the whole file was refused (then nothing at all was written)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_accepted(self) -> int:
+        return self.rows_inserted + self.rows_updated + self.rows_unchanged
+
+
+@dataclass
+class ImportReport:
+    files: list[FileResult] = field(default_factory=list)
+    error: str | None = None  # the transaction failed: nothing was written
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return [r for f in self.files for r in f.rejects]
+
+    @property
+    def batch_ids(self) -> list[int]:
+        return [f.batch_id for f in self.files if f.batch_id is not None]
+
+    @property
+    def written(self) -> bool:
+        return self.error is None and not any(f.refused for f in self.files)
+
+    @property
+    def exit_code(self) -> int:
+        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported."""
+        if not self.written:
+            return 2
+        accepted = sum(f.rows_accepted for f in self.files)
+        rejected = sum(f.rows_rejected for f in self.files)
+        if rejected == 0:
+            return 0
+        return 1 if accepted else 2
+
+    def messages(self, per_file: int = MESSAGES_PER_FILE) -> list[str]:
+        """Human-readable lines: each rejected row as file:line: column: reason, then a summary."""
+        out: list[str] = []
+        if self.error:
+            out.append(f"import failed, nothing was changed: {self.error}")
+        for f in self.files:
+            if f.refused:
+                out.append(f"{f.refused}")
+        for f in self.files:
+            for note in f.notes:
+                out.append(f"{f.file}: note: {note}")
+            for r in f.rejects[:per_file]:
+                out.append(f"{r.file}:{r.line}: {r.column or '(row)'}: {r.reason}")
+            if len(f.rejects) > per_file:
+                out.append(f"{f.file}: ... and {len(f.rejects) - per_file} more rejected rows "
+                           "(all are kept in rejected_rows; `python -m analytics export DIR` writes rejected.csv)")
+        if not self.written:
+            if any(f.refused for f in self.files) and not self.error:
+                out.append("nothing was imported: fix the file(s) above and run the same command again")
+            return out
+        for f in self.files:
+            out.append(
+                f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
+                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id})"
+            )
+        return out
+
+    def to_dict(self, max_rejects: int = 1000) -> dict:
+        files = []
+        for f in self.files:
+            files.append({
+                "file": f.file, "kind": f.kind, "batch_id": f.batch_id, "refused": f.refused,
+                "rows_total": f.rows_total, "rows_inserted": f.rows_inserted, "rows_updated": f.rows_updated,
+                "rows_unchanged": f.rows_unchanged, "rows_rejected": f.rows_rejected, "notes": f.notes,
+                "rejects": [r._asdict() for r in f.rejects[:max_rejects]],
+                "rejects_truncated": len(f.rejects) > max_rejects,
+            })
+        return {"exit_code": self.exit_code, "error": self.error, "files": files}
+
+
+@dataclass
+class _Job:
+    file_name: str
+    source: str
+    sha256: str
+    validated: rules.Validated
+    raw_for: Callable[[np.ndarray, np.ndarray], list[str]]  # (rows, lines) -> raw text
+    result: FileResult
+
+
+def _csv_line(frame: pd.DataFrame) -> Callable[[np.ndarray, np.ndarray], list[str]]:
+    """Raw text for rejected rows: the `_raw` column, else the row's cells re-joined as CSV."""
+    if "_raw" in frame.columns:
+        raw = frame["_raw"].to_numpy()
+        return lambda rows, lines: [None if pd.isna(raw[r]) else str(raw[r]) for r in rows]
+    cells = frame[[c for c in frame.columns if not c.startswith("_")]]
+
+    def join(rows, lines):
+        out = []
+        for r in rows:
+            buffer = io.StringIO()
+            stdlib_csv.writer(buffer, lineterminator="").writerow(["" if pd.isna(v) else v for v in cells.iloc[int(r)]])
+            out.append(buffer.getvalue())
+        return out
+    return join
+
+
+def _frame_sha256(tables: dict[str, pd.DataFrame]) -> str:
+    digest = hashlib.sha256()
+    for kind in sorted(tables):
+        digest.update(kind.encode())
+        digest.update(pd.util.hash_pandas_object(tables[kind].astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _all_rejects(job: _Job, db_rejects: pd.DataFrame | None) -> pd.DataFrame:
+    v = job.validated
+    rejects = v.rejects
+    if db_rejects is not None and len(db_rejects):
+        # db_rejects index rows of the clean frame: translate to the source rows and lines.
+        clean_rows = v.clean["_row"].to_numpy()[db_rejects["_row"].to_numpy()]
+        clean_lines = v.clean["_line"].to_numpy()[db_rejects["_row"].to_numpy()]
+        extra = pd.DataFrame({"_row": clean_rows, "_line": clean_lines,
+                              "column": db_rejects["column"].to_numpy(), "reason": db_rejects["reason"].to_numpy()})
+        rejects = pd.concat([rejects, extra], ignore_index=True)
+    rejects = rejects.sort_values("_line", kind="stable").reset_index(drop=True)
+    rejects["raw"] = job.raw_for(rejects["_row"].to_numpy(), rejects["_line"].to_numpy()) if len(rejects) else []
+    return rejects
+
+
+def _hold_for_tests() -> None:
+    marker = os.environ.get(HOLD_BEFORE_COMMIT_ENV)
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(60)
+
+
+def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
+    """The write phase: one transaction for every job, patients first."""
+    if not report.written:
+        return report
+    jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
+    try:
+        with store.transaction(db) as con:
+            for job in jobs:
+                v = job.validated
+                result = job.result
+                result.rows_total = len(v.clean) + len(v.rejects)
+                batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
+                                             kind=v.kind, user=user, rows_total=result.rows_total)
+                # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
+                clean = v.clean.copy()
+                clean["_row"] = np.arange(len(clean), dtype="int64")
+                written = write.write(con, rules.Validated(v.kind, clean, v.rejects, v.attributes, v.attribute_names, v.notes, v.given), batch_id)
+                db_rejects = written.db_rejects
+                rejects = _all_rejects(job, db_rejects)
+                write.quarantine(con, batch_id, job.file_name, rejects)
+                result.batch_id = batch_id
+                result.rows_inserted, result.rows_updated, result.rows_unchanged = written.inserted, written.updated, written.unchanged
+                result.rows_rejected = len(rejects)
+                result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
+                                  for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
+                write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
+            _hold_for_tests()
+    except (duckdb.Error, store.StoreBusy) as exc:
+        for job in jobs:
+            job.result.batch_id = None
+            job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
+        report.error = str(exc).splitlines()[0]
+    return report
+
+
+def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system") -> ImportReport:
+    """Import CSV files (kind recognised by header); patients files go first whatever the order."""
+    report = ImportReport()
+    jobs: list[_Job] = []
+    for path in paths:
+        name = str(path)
+        try:
+            parsed = read_csv(path)
+        except FileRefused as exc:
+            report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
+            continue
+        validated = rules.validate(parsed.kind, parsed.frame, trimmed=True)
+        if parsed.malformed:
+            extra = pd.DataFrame({
+                "_row": np.full(len(parsed.malformed), -1, dtype="int64"),
+                "_line": [m[0] for m in parsed.malformed],
+                "column": [m[1] for m in parsed.malformed],
+                "reason": [m[2] for m in parsed.malformed],
+            })
+            validated.rejects = pd.concat([validated.rejects, extra], ignore_index=True)
+        lines_of = parsed.raw_lines
+        result = FileResult(file=name, kind=parsed.kind, notes=validated.notes)
+        report.files.append(result)
+        jobs.append(_Job(name, "csv", parsed.sha256, validated,
+                         lambda rows, lines, lines_of=lines_of: lines_of([int(x) for x in lines]), result))
+    report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
+    return _run(jobs, report, db, user)
+
+
+def import_tables(
+    tables: dict[str, pd.DataFrame],
+    *,
+    file_name: str,
+    source: str,
+    db=None,
+    sha256: str | None = None,
+    user: str = "system",
+) -> ImportReport:
+    """Import frames of raw strings (CSV column names, optional _line and _raw) through the CSV checks."""
+    report = ImportReport()
+    jobs: list[_Job] = []
+    digest = sha256 or _frame_sha256(tables)
+    for kind in rules.KINDS:
+        if kind not in tables:
+            continue
+        frame = tables[kind].reset_index(drop=True)
+        frame.columns = [str(c).strip().lower() if not str(c).startswith("_") else str(c) for c in frame.columns]
+        missing = rules.missing_columns(kind, frame.columns)
+        if missing:
+            report.files.append(FileResult(file=file_name, kind=kind, refused=(
+                f"{file_name}: the {kind} table has no column {', '.join(missing)} "
+                f"(required: {', '.join(rules.REQUIRED[kind])}); nothing was imported")))
+            continue
+        validated = rules.validate(kind, frame)
+        result = FileResult(file=file_name, kind=kind, notes=validated.notes)
+        report.files.append(result)
+        jobs.append(_Job(file_name, source, digest, validated, _csv_line(frame), result))
+    unknown = sorted(set(tables) - set(rules.KINDS))
+    if unknown:
+        report.files.append(FileResult(file=file_name, kind=None, refused=f"{file_name}: unknown table kind(s) {', '.join(unknown)}; expected {', '.join(rules.KINDS)}"))
+    return _run(jobs, report, db, user)
+
+
+def cli_import(args) -> int:
+    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"))
+    if getattr(args, "json", False):
+        from ..cli import print_json
+        print_json(report.to_dict())
+    else:
+        stream = sys.stdout if report.exit_code == 0 else sys.stderr
+        for line in report.messages():
+            print(line, file=stream)
+    return report.exit_code
+
+
+__all__ = ["import_files", "import_tables", "cli_import", "ImportReport", "FileResult", "Reject", "FileRefused"]

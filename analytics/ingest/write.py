@@ -1,0 +1,218 @@
+"""The short write phase: checks that need the store, then inserts and updates.
+
+Runs inside the caller's transaction on a connection from
+`store.transaction`; everything row-sized happens in SQL over the validated
+frames (registered, not copied), so the write lock is held for a few set
+operations rather than a Python loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from .. import scales
+from .rules import Validated
+
+ITEMS = scales.item_columns()
+
+# Value columns compared and written per kind; optional ones only when the source had them.
+_VALUES = {
+    "patients": ["site", "clinician", "birth_year", "sex", "diagnosis", "comorbidities", "prior_failed_trials", "enrolled_on"],
+    "treatments": ["has_time", "route", "dose_mg_per_kg", "phase"],
+    "assessments": ["has_time", "rater", *ITEMS, "total", "total_method"],
+}
+_ALWAYS = {
+    "patients": {"site", "clinician", "enrolled_on"},
+    "treatments": {"has_time", "route"},
+    "assessments": {"has_time", *ITEMS, "total", "total_method"},
+}
+_SOURCE_COLUMN = {"birth_year": "birth_year", "has_time": "administered_on", "total_method": "total"}
+_KEY = {
+    "patients": ["patient_id"],
+    "treatments": ["patient_id", "administered_at"],
+    "assessments": ["patient_id", "instrument", "administered_at"],
+}
+_RECORD_KEY = {
+    "patients": "t.patient_id",
+    "treatments": "t.patient_id || '|' || strftime(t.administered_at, '%Y-%m-%dT%H:%M:%S')",
+    "assessments": "t.patient_id || '|' || t.instrument || '|' || strftime(t.administered_at, '%Y-%m-%dT%H:%M:%S')",
+}
+
+UNKNOWN_PATIENT = "unknown patient: no patient with this patient_id (import the patients file first, or in the same command)"
+
+
+@dataclass
+class Written:
+    batch_id: int
+    inserted: int
+    updated: int
+    unchanged: int
+    db_rejects: pd.DataFrame  # _row, column, reason
+
+
+def _written_columns(v: Validated) -> list[str]:
+    given = v.given
+    return [c for c in _VALUES[v.kind] if c in _ALWAYS[v.kind] or _SOURCE_COLUMN.get(c, c) in given]
+
+
+def start_batch(con: duckdb.DuckDBPyConnection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int) -> int:
+    return con.execute(
+        """INSERT INTO import_batches (source, file_name, sha256, kind, imported_by, rows_total)
+           VALUES (?, ?, ?, ?, ?, ?) RETURNING batch_id""",
+        [source, file_name, sha256, kind, user, rows_total],
+    ).fetchall()[0][0]
+
+
+def finish_batch(con, batch_id: int, inserted: int, updated: int, unchanged: int, rejected: int) -> None:
+    con.execute(
+        """UPDATE import_batches SET rows_inserted = ?, rows_updated = ?, rows_unchanged = ?, rows_rejected = ?
+           WHERE batch_id = ?""",
+        [inserted, updated, unchanged, rejected, batch_id],
+    )
+
+
+def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Written:
+    kind = v.kind
+    table = kind
+    columns = _written_columns(v)
+    keys = _KEY[kind]
+    on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
+    differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
+    incoming = v.clean
+    con.register("ingest_incoming", incoming)
+    try:
+        if kind == "patients":
+            con.register("ingest_attributes", v.attributes)
+            names = list(v.attribute_names)
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
+                    WITH current_attrs AS (
+                        SELECT a.* FROM patient_attributes a
+                        WHERE list_contains(?, a.name) AND a.patient_id IN (SELECT patient_id FROM ingest_incoming)),
+                    attr_changed AS (
+                        SELECT DISTINCT coalesce(c.patient_id, n.patient_id) AS patient_id
+                        FROM current_attrs c FULL JOIN ingest_attributes n
+                          ON c.patient_id = n.patient_id AND c.name = n.name
+                        WHERE c.value IS DISTINCT FROM n.value)
+                    SELECT i._row, i.patient_id,
+                           CASE WHEN t.patient_id IS NULL THEN 'new'
+                                WHEN ({differs}) OR d.patient_id IS NOT NULL THEN 'changed'
+                                ELSE 'same' END AS status
+                    FROM ingest_incoming i
+                    LEFT JOIN patients t ON {on}
+                    LEFT JOIN attr_changed d ON d.patient_id = i.patient_id""",
+                [names],
+            )
+            db_rejects = pd.DataFrame({"_row": pd.Series([], dtype="int64"), "column": [], "reason": []})
+        else:
+            early = ""
+            if kind == "treatments":
+                early = "WHEN p.enrolled_on IS NOT NULL AND CAST(i.administered_at AS DATE) < p.enrolled_on THEN 'before_enrolment'"
+            id_column = "treatment_id" if kind == "treatments" else "assessment_id"
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
+                    SELECT i._row, t.{id_column} AS existing_id, p.enrolled_on,
+                           CASE WHEN p.patient_id IS NULL THEN 'unknown_patient'
+                                {early}
+                                WHEN t.{id_column} IS NULL THEN 'new'
+                                WHEN {differs} THEN 'changed'
+                                ELSE 'same' END AS status
+                    FROM ingest_incoming i
+                    LEFT JOIN patients p ON p.patient_id = i.patient_id
+                    LEFT JOIN {table} t ON {on}"""
+            )
+            bad = con.execute(
+                """SELECT _row, status, enrolled_on FROM ingest_status
+                   WHERE status IN ('unknown_patient', 'before_enrolment') ORDER BY _row"""
+            ).df()
+            reasons = [
+                UNKNOWN_PATIENT if status == "unknown_patient"
+                else f"administered_on is before the patient's enrolment on {pd.Timestamp(enrolled).date().isoformat()}"
+                for status, enrolled in zip(bad["status"], bad["enrolled_on"])
+            ]
+            db_rejects = pd.DataFrame({
+                "_row": bad["_row"].astype("int64"),
+                "column": ["patient_id" if s == "unknown_patient" else "administered_on" for s in bad["status"]],
+                "reason": reasons,
+            })
+
+        counts = dict(con.execute("SELECT status, count(*) FROM ingest_status GROUP BY status").fetchall())
+        set_list = ", ".join(f"{c} = i.{c}" for c in columns)
+        if counts.get("changed"):
+            old = "to_json(t)"
+            if kind == "patients":
+                old = """json_merge_patch(to_json(t), json_object('attributes', coalesce(
+                           (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
+                           '{}'::JSON)))"""
+            con.execute(
+                f"""INSERT INTO record_history (table_name, record_key, old_values, batch_id)
+                    SELECT '{table}', {_RECORD_KEY[kind]}, {old}, ?
+                    FROM {table} t JOIN ingest_incoming i ON {on}
+                    JOIN ingest_status s ON s._row = i._row WHERE s.status = 'changed'""",
+                [batch_id],
+            )
+            key_match = " AND ".join(f"{table}.{k} = i.{k}" for k in keys)
+            con.execute(
+                f"""UPDATE {table} SET {set_list}, batch_id = ?
+                    FROM ingest_incoming i JOIN ingest_status s ON s._row = i._row
+                    WHERE s.status = 'changed' AND {key_match}""",
+                [batch_id],
+            )
+        if counts.get("new"):
+            insert_columns = [*keys, *columns]
+            select = ", ".join(
+                f"CAST(round(i.{c}) AS SMALLINT)" if c in ITEMS else
+                ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
+                for c in insert_columns
+            )
+            con.execute(
+                f"""INSERT INTO {table} ({', '.join(insert_columns)}, batch_id)
+                    SELECT {select}, ? FROM ingest_incoming i JOIN ingest_status s ON s._row = i._row
+                    WHERE s.status = 'new' ORDER BY i._row""",
+                [batch_id],
+            )
+        if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
+            con.execute(
+                """DELETE FROM patient_attributes WHERE list_contains(?, name) AND patient_id IN
+                   (SELECT patient_id FROM ingest_status WHERE status = 'changed')""",
+                [list(v.attribute_names)],
+            )
+            con.execute(
+                """INSERT INTO patient_attributes (patient_id, name, value)
+                   SELECT n.patient_id, n.name, n.value FROM ingest_attributes n
+                   JOIN ingest_status s ON s.patient_id = n.patient_id WHERE s.status IN ('new', 'changed')"""
+            )
+        con.execute("DROP TABLE ingest_status")
+    finally:
+        con.unregister("ingest_incoming")
+        if kind == "patients":
+            con.unregister("ingest_attributes")
+    return Written(batch_id, counts.get("new", 0), counts.get("changed", 0), counts.get("same", 0), db_rejects)
+
+
+def quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, file_name: str, rejects: pd.DataFrame) -> None:
+    """Store rejected rows (line, column, reason, raw); a row already quarantined identically is not added again."""
+    if rejects.empty:
+        return
+    frame = pd.DataFrame({
+        "line": rejects["_line"].astype("int64"),
+        "column_name": rejects["column"].astype(object),
+        "reason": rejects["reason"].astype(object),
+        "raw_line": rejects["raw"].astype(object),
+    })
+    con.register("ingest_rejects", frame)
+    try:
+        con.execute(
+            """INSERT INTO rejected_rows (batch_id, file_name, line, column_name, reason, raw_line)
+               SELECT ?, ?, r.line, r.column_name, r.reason, r.raw_line FROM ingest_rejects r
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM rejected_rows x WHERE x.file_name = ? AND x.line IS NOT DISTINCT FROM r.line
+                   AND x.column_name IS NOT DISTINCT FROM r.column_name AND x.reason = r.reason
+                   AND x.raw_line IS NOT DISTINCT FROM r.raw_line)
+               ORDER BY r.line""",
+            [batch_id, file_name, file_name],
+        )
+    finally:
+        con.unregister("ingest_rejects")
