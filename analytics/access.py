@@ -134,3 +134,12 @@ class DataAccess:
             [*params, text or "", int(limit)],
         )
         return frame["patient_id"].tolist()
+
+    def rejected_rows(self) -> pd.DataFrame:
+        """Quarantined import rows. Their raw text cannot be scoped to a caseload, so admins only."""
+        if self.scope.role not in ("system", "admin"):
+            raise AccessDenied("rejected import rows are visible to administrators only")
+        return self._query(
+            """SELECT r.batch_id, r.file_name, r.line, r.column_name, r.reason, r.raw_line
+               FROM rejected_rows r ORDER BY r.batch_id, r.file_name, r.line"""
+        )
