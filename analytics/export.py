@@ -1,0 +1,143 @@
+"""`python -m analytics export DIR`: the store as CSV files in the import format.
+
+patients.csv, treatments.csv and assessments.csv import back into an empty
+database to the same content (tests/test_export_roundtrip.py); rejected.csv
+lists every quarantined row. Free-text cells a spreadsheet would run as a
+formula (= + - @, and a leading quote so the rule can be undone) get a quote
+prefixed; the importer removes exactly that prefix (docs/import.md).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import access, scales
+from .ingest import rules
+
+
+def _number(values: pd.Series) -> pd.Series:
+    """Shortest text that reads back as the same float; whole numbers without '.0'."""
+    def show(v) -> str:
+        if pd.isna(v):
+            return ""
+        text = repr(float(v))
+        return text[:-2] if text.endswith(".0") else text
+    return values.map(show).astype("str")
+
+
+def _when(stamps: pd.Series, has_time: pd.Series) -> pd.Series:
+    stamps = pd.to_datetime(stamps)
+    with_seconds = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    with_fraction = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    date_only = stamps.dt.strftime("%Y-%m-%d")
+    has_fraction = (stamps.dt.microsecond != 0).to_numpy()
+    timed = has_time.astype(bool).to_numpy()
+    return pd.Series(np.where(timed, np.where(has_fraction, with_fraction, with_seconds), date_only), index=stamps.index, dtype="str")
+
+
+def _text(values: pd.Series) -> pd.Series:
+    present = values.notna()
+    out = pd.Series("", index=values.index, dtype="str")
+    if present.any():
+        out[present] = rules.escape_formula(values[present].astype("str"))
+    return out
+
+
+def patients_frame(data: access.DataAccess) -> pd.DataFrame:
+    patients = data.patients()
+    out = pd.DataFrame(index=patients.index)
+    for column in rules.PATIENT_COLUMNS:
+        values = patients[column]
+        if column in rules.TEXT_COLUMNS["patients"]:
+            out[column] = _text(values)
+        elif column == "enrolled_on":
+            out[column] = pd.to_datetime(values).dt.strftime("%Y-%m-%d").fillna("").astype("str")
+        elif column in ("birth_year", "prior_failed_trials"):
+            out[column] = values.astype("Int64").astype("str").fillna("").astype("str")
+        else:
+            out[column] = values.fillna("").astype("str")
+    attributes = data.attributes()
+    if len(attributes):
+        wide = attributes.pivot(index="patient_id", columns="name", values="value")
+        for name in sorted(wide.columns):
+            values = patients["patient_id"].map(wide[name])
+            out[name] = _text(values)
+    return out
+
+
+def treatments_frame(data: access.DataAccess) -> pd.DataFrame:
+    t = data.treatments()
+    return pd.DataFrame({
+        "patient_id": _text(t["patient_id"]),
+        "administered_on": _when(t["administered_at"], t["has_time"]),
+        "route": t["route"].astype("str"),
+        "dose_mg_per_kg": _number(t["dose_mg_per_kg"]),
+        "phase": t["phase"].fillna("").astype("str"),
+    })
+
+
+def assessments_frame(data: access.DataAccess) -> pd.DataFrame:
+    a = data.assessments()
+    out = pd.DataFrame({
+        "patient_id": _text(a["patient_id"]),
+        "instrument": a["instrument"].astype("str"),
+        "administered_on": _when(a["administered_at"], a["has_time"]),
+        "rater": _text(a["rater"]),
+    })
+    for column in scales.item_columns():
+        out[column] = _number(a[column].astype("float64"))
+    out["total"] = _number(a["total"])
+    return out
+
+
+def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
+    r = data.rejected_rows()
+    return pd.DataFrame({
+        "batch_id": r["batch_id"].astype("str"),
+        "file": _text(r["file_name"]),
+        "line": r["line"].astype("Int64").astype("str").fillna("").astype("str"),
+        "column": r["column_name"].fillna("").astype("str"),
+        "reason": _text(r["reason"]),
+        "raw_line": _text(r["raw_line"]),
+    })
+
+
+def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM) -> dict[str, Path]:
+    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    data = access.DataAccess(db, scope)
+    frames = {
+        "patients": patients_frame(data),
+        "treatments": treatments_frame(data),
+        "assessments": assessments_frame(data),
+    }
+    if scope.role in ("system", "admin"):
+        frames["rejected"] = rejected_frame(data)
+    written: dict[str, Path] = {}
+    for name, frame in frames.items():
+        path = target / f"{name}.csv"
+        frame.to_csv(path, index=False, lineterminator="\n", encoding="utf-8")
+        written[name] = path
+    return written
+
+
+def cli_export(args) -> int:
+    db = getattr(args, "db", None)
+    try:
+        if getattr(args, "format", "csv") == "fhir":
+            from .fhir import export_fhir
+            result = export_fhir(args.directory, db)
+        else:
+            result = export_csv(args.directory, db)
+    except FileNotFoundError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        for name, path in result.items():
+            print(f"{name}: {path}")
+    return 0
