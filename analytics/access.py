@@ -135,6 +135,17 @@ class DataAccess:
         )
         return frame["patient_id"].tolist()
 
+    def import_history(self, limit: int = 200) -> pd.DataFrame:
+        """Recent import batches (file names and row counts; no patient rows), admins only."""
+        if self.scope.role not in ("system", "admin"):
+            raise AccessDenied("import history is visible to administrators only")
+        return self._query(
+            """SELECT b.batch_id, b.imported_at, b.imported_by, b.source, b.file_name, b.kind, b.rows_total,
+                      b.rows_inserted, b.rows_updated, b.rows_unchanged, b.rows_rejected
+               FROM import_batches b ORDER BY b.batch_id DESC LIMIT ?""",
+            [int(limit)],
+        )
+
     def rejected_rows(self) -> pd.DataFrame:
         """Quarantined import rows. Their raw text cannot be scoped to a caseload, so admins only."""
         if self.scope.role not in ("system", "admin"):
