@@ -585,19 +585,21 @@ class _Engine:
             out_day = np.where(seen, sday[np.arange(len(idx)), np.argmax(out, axis=1)], np.inf)
             first_out[idx] = np.where(np.isnan(first_out[idx]) & seen, out_day, first_out[idx])
             delay = 1 + np.floor(_uniform(self.seed, _STREAM_DELAY, idx.astype(np.uint64), self.n_inf[idx].astype(np.uint64)) * 4)
-            rescue_day = np.where(rescue[idx] & seen, out_day + delay, np.inf)
+            triggered = rescue[idx] & seen
+            rescue_day = np.where(triggered, out_day + delay, np.inf)
             next_day = np.minimum(next_sched[idx], rescue_day)
             window_end = np.where(inside[:, -1], sday[:, -1], np.inf)
 
-            ends = next_day > self.follow_end[idx]
-            unresolved = ~seen | ~rescue[idx]
-            checkpoint = ends & unresolved & (window_end < self.follow_end[idx]) & (window_end < next_sched[idx])
+            # The window did not reach the next scheduled infusion or the end of
+            # follow-up and nothing triggered yet: look further before deciding.
+            checkpoint = ~triggered & (window_end < limit)
             search_from[idx[checkpoint]] = window_end[checkpoint]
-            finished = idx[ends & ~checkpoint]
+            ends = ~checkpoint & (next_day > self.follow_end[idx])
+            finished = idx[ends]
             active[finished] = False
             self._close_cycles(finished, cycle_start, self.follow_end[finished], first_out)
 
-            go = ~ends
+            go = ~checkpoint & ~ends
             gi = idx[go]
             if len(gi) == 0:
                 continue
@@ -775,7 +777,7 @@ class _Engine:
         a_sev = np.concatenate([scr_sev, sev])
         a_slot = np.concatenate([np.full(n, -1), si])
         on_infusion_day = np.isin(a_pid.astype(np.int64) * (self.days + 400) + a_day, infusion_keys)
-        phq_rows = self._phq_items(a_pid, a_total, a_sev, rng)
+        phq_rows = self._phq_items(a_pid, a_total, a_slot > 0, rng)
         with_time = (~on_infusion_day) & (a_slot >= 0) & (_uniform(self.seed, _STREAM_TIME, a_pid.astype(np.uint64), a_slot.astype(np.uint64)) < 0.5)
         minute = np.floor(_uniform(self.seed, _STREAM_TIME + 100, a_pid.astype(np.uint64), a_slot.astype(np.uint64)) * (16 * 60)).astype(int) + 7 * 60
         phq_when = _when(dates[a_day], with_time, minute)
@@ -811,7 +813,7 @@ class _Engine:
         assessments = assessments.iloc[np.lexsort((inst, sort_day, sort_pid))].reset_index(drop=True)
         return {"patients": patients, "treatments": treatments, "assessments": assessments}
 
-    def _phq_items(self, pid, total, sev, rng):
+    def _phq_items(self, pid, total, may_miss, rng):
         m = len(pid)
         base = np.array([1.1, 1.2, 1.0, 1.2, 0.9, 1.0, 0.9, 0.7, 0.0])
         weights = np.exp(0.3 * rng.standard_normal((m, 9))) * base[None, :]
@@ -819,8 +821,9 @@ class _Engine:
         items = _allocate(total, weights, 3).astype(float)
         functional = np.clip(np.rint(total / 7.0 + 0.5 * rng.standard_normal(m)), 0, 3)
         items = np.column_stack([items, functional])
-        # Item-level gaps: one (sometimes two) unanswered items; the total is then left to the importer's proration.
-        missing = rng.random(m) < self.cal.phq_item_missing
+        # Item-level gaps: one (sometimes two) unanswered items; the total is then left to the
+        # importer's proration. Baseline forms (screening, first infusion) are checked in clinic.
+        missing = (rng.random(m) < self.cal.phq_item_missing) & may_miss
         rows = np.flatnonzero(missing)
         items[rows, rng.integers(0, 9, len(rows))] = np.nan
         two = rows[rng.random(len(rows)) < 0.2]
@@ -967,6 +970,57 @@ def summarise_policy(clinic: SimulatedClinic) -> dict:
         "rescue_share": rescues / infusions if infusions else 0.0,
         "share_days_out_of_response": out / float(m["days_after_induction"].sum()) if years else float("nan"),
     }
+
+
+def noise_free_loss(clinic: SimulatedClinic, instrument: str = "PHQ-9") -> pd.DataFrame:
+    """What the outcome definitions would find with noise-free scores on the real assessment dates.
+
+    One row per infusion that left the patient in (latent) response. A score
+    meets response while it is at least 50% below baseline; for a noise-free
+    score that is latent severity <= 50% of the latent baseline. Loss of
+    response is dated at the first assessment no longer meeting response that
+    is followed by another assessment or by an infusion (the analytics'
+    definition); `last_in_response_on` (the infusion if none) and `lost_on`
+    bracket the true loss. Assessments on an infusion day count as pre-dose,
+    so they belong to the cycle that infusion ends.
+    """
+    if clinic.tables is None:
+        raise ValueError("noise_free_loss needs the tables (build_tables=True)")
+    eng = clinic.engine
+    a = clinic.tables["assessments"]
+    a = a[a["instrument"] == instrument]  # rows with missing items still get a (prorated) score
+    lookup = pd.Series(np.arange(eng.n), index=eng.patient_ids)
+    a_idx = lookup.loc[a["patient_id"].to_numpy()].to_numpy()
+    a_day = (pd.to_datetime(a["administered_on"].str.slice(0, 10)).to_numpy() - np.datetime64(clinic.start)).astype("timedelta64[D]").astype(np.int64)
+
+    c = clinic.truth.cycles
+    c_idx = lookup.loc[c["patient_id"].to_numpy()].to_numpy()
+    c_day = c["day"].to_numpy()
+    span = np.int64(eng.days + 400)
+    c_key = c_idx * span + c_day  # cycles are sorted by patient, day
+    pos = np.searchsorted(c_key, a_idx * span + a_day, side="left") - 1
+    own = (pos >= 0) & (c_idx[np.maximum(pos, 0)] == a_idx)
+    pos, a_day = pos[own], a_day[own]
+    benefit = c["benefit_after"].to_numpy()[pos] * np.exp(-np.log(c["benefit_after"].to_numpy()[pos] / RESPONSE_BENEFIT) / c["true_days_to_loss"].to_numpy()[pos] * (a_day - c_day[pos]))
+    in_resp_cycle = c["in_response_after"].to_numpy()[pos]
+    frame = pd.DataFrame({"cycle": pos, "day": a_day, "meets": benefit >= RESPONSE_BENEFIT})
+    frame = frame[in_resp_cycle].sort_values(["cycle", "day"], kind="stable")
+    has_next_assessment = frame["cycle"].shift(-1).eq(frame["cycle"]).to_numpy()
+    ends_with_infusion = c["next_infusion_on"].notna().to_numpy()[frame["cycle"].to_numpy()]
+    frame["confirmed"] = ~frame["meets"].to_numpy() & (has_next_assessment | ends_with_infusion)
+    lost = frame[frame["confirmed"]].groupby("cycle")["day"].first()
+    last_in = frame[frame["meets"]].groupby("cycle")["day"].last()
+
+    cycles = c[c["in_response_after"]].copy()
+    rows = np.flatnonzero(c["in_response_after"].to_numpy())
+    lost_day = lost.reindex(rows).to_numpy()
+    last_day = last_in.reindex(rows).to_numpy()
+    last_day = np.where(np.isnan(last_day), c_day[rows], last_day)
+    base = pd.Timestamp(clinic.start)
+    cycles["last_in_response_on"] = base + pd.to_timedelta(last_day, unit="D")
+    cycles["lost_on"] = base + pd.to_timedelta(lost_day, unit="D")
+    cycles["loss_seen"] = ~np.isnan(lost_day)
+    return cycles[["patient_id", "infusion_on", "phase", "true_days_to_loss", "latent_lost_on", "last_in_response_on", "lost_on", "loss_seen"]].reset_index(drop=True)
 
 
 def cohort_figures(clinic: SimulatedClinic) -> dict:
