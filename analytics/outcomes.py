@@ -162,6 +162,37 @@ def infusion_clock(treatments: pd.DataFrame) -> pd.Series:
 
 # --- baselines --------------------------------------------------------------------
 
+def _us(values) -> np.ndarray:
+    return np.asarray(values, dtype="datetime64[us]").astype(np.int64)
+
+
+_US_PER_DAY = 86_400_000_000
+
+
+def baseline_arrays(first_key: np.ndarray, first_day: np.ndarray, a_code: np.ndarray, a_key: np.ndarray,
+                    a_total: np.ndarray, rules: OutcomeRules = DEFAULT_RULES) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline rule on arrays (the one implementation; `baselines` wraps it).
+
+    first_key/first_day: per patient code, the first infusion's clock (us) and
+    its date (us at 00:00); a_*: scores, sorted by (code, key). Returns per
+    patient code (baseline score, the score's clock in us), NaN/-1 where none.
+    """
+    n = len(first_key)
+    score = np.full(n, np.nan)
+    when = np.full(n, -1, dtype=np.int64)
+    if len(a_code) == 0:
+        return score, when
+    window = rules.baseline_window_days * _US_PER_DAY
+    a_day = a_key - np.mod(a_key, _US_PER_DAY)
+    ok = (a_key <= first_key[a_code]) & (a_day >= first_day[a_code] - window)
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        last = idx[np.r_[a_code[idx][1:] != a_code[idx][:-1], True]]  # sorted: the last candidate per patient
+        score[a_code[last]] = a_total[last]
+        when[a_code[last]] = a_key[last]
+    return score, when
+
+
 def baselines(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
               rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
     """One row per treated patient: patient_id, first_infusion_at, baseline_score, baseline_at.
@@ -169,24 +200,35 @@ def baselines(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: s
     baseline_score is NaN when no score of `instrument` falls in the window.
     """
     code = scales.get(instrument).code
-    if treatments.empty:
-        return pd.DataFrame({"patient_id": pd.Series(dtype=object), "first_infusion_at": pd.Series(dtype="datetime64[us]"),
-                             "baseline_score": pd.Series(dtype=float), "baseline_at": pd.Series(dtype="datetime64[us]")})
-    t = pd.DataFrame({"patient_id": treatments["patient_id"].to_numpy(),
-                      "first_infusion_at": pd.to_datetime(treatments["administered_at"]).to_numpy(),
-                      "key": infusion_clock(treatments).to_numpy()})
-    first = t.sort_values("key").groupby("patient_id", sort=False).head(1)
     a = assessments
     if "instrument" in a.columns:
         a = a[a["instrument"] == code]
     a = a[a["total"].notna()]
-    scores = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "akey": assessment_clock(a).to_numpy(),
-                           "baseline_score": a["total"].to_numpy(dtype=float)})
-    merged = pd.merge_asof(first.sort_values("key"), scores.sort_values("akey"), left_on="key", right_on="akey",
-                           by="patient_id", direction="backward", allow_exact_matches=True)
-    too_old = (merged["first_infusion_at"].dt.normalize() - merged["akey"].dt.normalize()) > rules.baseline_window_days * DAY
-    merged.loc[too_old, ["baseline_score", "akey"]] = np.nan
-    out = merged.rename(columns={"akey": "baseline_at"})[["patient_id", "first_infusion_at", "baseline_score", "baseline_at"]]
+    t_pid = treatments["patient_id"].astype(str).to_numpy(dtype=object)
+    a_pid = a["patient_id"].astype(str).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(np.concatenate([t_pid, a_pid]))
+    t_code, a_code = codes[:len(t_pid)], codes[len(t_pid):]
+    n = len(uniques)
+    t_key = _us(infusion_clock(treatments))
+    t_at = _us(pd.to_datetime(treatments["administered_at"]))
+    first_key = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first_key, t_code, t_key)
+    treated = first_key < np.iinfo(np.int64).max
+    first_at = np.full(n, 0, dtype=np.int64)
+    order = np.lexsort((t_key, t_code))
+    firsts = order[np.r_[True, t_code[order][1:] != t_code[order][:-1]]] if len(order) else order
+    first_at[t_code[firsts]] = t_at[firsts]
+    first_day = first_key - np.mod(first_key, _US_PER_DAY)
+    a_key = _us(assessment_clock(a))
+    a_order = np.lexsort((a_key, a_code))
+    score, when = baseline_arrays(first_key, first_day, a_code[a_order], a_key[a_order],
+                                  a["total"].to_numpy(dtype=float)[a_order], rules)
+    out = pd.DataFrame({
+        "patient_id": uniques[treated],
+        "first_infusion_at": first_at[treated].astype("datetime64[us]"),
+        "baseline_score": score[treated],
+        "baseline_at": np.where(when[treated] >= 0, when[treated], np.iinfo(np.int64).min).astype("datetime64[us]"),
+    })
     return out.sort_values("patient_id").reset_index(drop=True)
 
 

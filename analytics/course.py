@@ -1,0 +1,410 @@
+"""Treatment course segmentation and durability cycles.
+
+Inputs are plain DataFrames (the shapes `analytics.access.DataAccess` returns),
+so everything here is testable without a database; `load_cycles` is the
+convenience wrapper that reads through the scoped data layer.
+
+The whole cohort is processed at once (sort + groupby/shift/cumsum), never
+patient by patient: 100,000 patients, 5M scores and 1.5M infusions take a few
+seconds.
+
+Rules (all thresholds come from `OutcomeRules`, see outcomes.py):
+
+* Scores and infusions are merged into one time line per patient. A score
+  taken on an infusion's date without a time counts as pre-dose (date-only
+  scores at 00:00, date-only infusions at the end of the day; timed rows by
+  their time; a timed score at exactly the infusion's time is pre-dose).
+* Segment k = the time from infusion k up to (not including) infusion k+1.
+* Phase, where the `phase` column is empty: induction = infusions from the
+  first until the first gap longer than `induction_max_gap_days` or the
+  `induction_max_infusions`-th infusion; after induction, an infusion whose
+  last pre-dose score was out of response, in a patient who had responded
+  before, is a rescue; any other is maintenance. A given `phase` is kept.
+* First response: the first score after the first infusion meeting response.
+* A durability cycle starts at each infusion given while in response (the
+  last score before it met response) and, with `cycles_after_recapture`, at
+  an infusion (e.g. the last induction infusion, or a rescue) after which the
+  first score is back in response. It ends at loss of response: two
+  consecutive scores out of response within the segment, or one followed by
+  the next infusion (the clinic acted on it). The event lies between the last
+  score still in response (left_days; 0 if none) and the first score of the
+  loss (right_days). Without loss the cycle is right-censored at left_days:
+  by the next infusion ("next_infusion") or by the end of the data
+  ("end_of_follow_up"). A lone out-of-response score followed by a score back
+  in response is a blip, not a loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import outcomes, scales, store
+from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
+
+CYCLE_COLUMNS = [
+    "patient_id", "cycle_no", "started_on", "left_days", "right_days", "event", "censor_reason",
+    "post_induction",
+]
+
+
+@dataclass
+class Course:
+    """The annotated time line of one instrument for a cohort."""
+    instrument: str
+    infusions: pd.DataFrame  # one row per infusion, with phase, pre-dose state, cycle start
+    scores: pd.DataFrame     # one row per post-first-infusion score, with segment and response state
+    baselines: pd.DataFrame  # outcomes.baselines()
+    patients_first_response: pd.DataFrame
+
+
+def _empty_like(columns: dict) -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=v) for k, v in columns.items()})
+
+
+def _starts(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows sorted by code: whether each row starts its group, and that start's index."""
+    new = np.r_[True, code[1:] != code[:-1]] if len(code) else np.zeros(0, dtype=bool)
+    start = np.maximum.accumulate(np.where(new, np.arange(len(code)), 0)) if len(code) else np.zeros(0, dtype=np.int64)
+    return new, start
+
+
+def _last_of_groups(idx: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Of sorted row indices `idx`, the last one of each group (group = group id per row)."""
+    if len(idx) == 0:
+        return idx
+    g = group[idx]
+    return idx[np.r_[g[1:] != g[:-1], True]]
+
+
+def _first_of_groups(idx: np.ndarray, group: np.ndarray) -> np.ndarray:
+    if len(idx) == 0:
+        return idx
+    g = group[idx]
+    return idx[np.r_[True, g[1:] != g[:-1]]]
+
+
+def _timeline_order(pid: np.ndarray, key_us: np.ndarray, kind: np.ndarray, n_pat: int) -> np.ndarray:
+    """Order by (patient, clock, kind). One int64 sort key (patient, milliseconds,
+    kind) when it fits (sub-millisecond differences between a score and an
+    infusion are treated as ties, i.e. pre-dose); otherwise a lexsort."""
+    if len(pid) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ms = (key_us - key_us.min()) // 1000
+    ms_bits = int(ms.max()).bit_length()
+    pid_bits = max(int(n_pat).bit_length(), 1)
+    if ms_bits + pid_bits + 1 <= 62:
+        composite = (pid.astype(np.int64) << (ms_bits + 1)) | (ms << 1) | kind.astype(np.int64)
+        return np.argsort(composite, kind="stable")
+    return np.lexsort((kind, key_us, pid))
+
+
+def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
+                 rules: OutcomeRules = DEFAULT_RULES) -> Course:
+    code = rules.check_instrument(instrument)
+    a = assessments
+    if "instrument" in a.columns:
+        a = a[a["instrument"] == code]
+    a = a[a["total"].notna()]
+
+    # Patients as integer codes: everything below is array work on them.
+    n_t_rows = len(treatments)
+    all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True).astype("string")
+    codes, uniques = pd.factorize(all_pid, sort=True)
+    uniques = np.asarray(uniques, dtype=object)
+    n_pat = len(uniques)
+    tc, ac = codes[:n_t_rows], codes[n_t_rows:]
+
+    # --- infusions, sorted by (patient, clock) ---------------------------------------------
+    t_key = outcomes._us(outcomes.infusion_clock(treatments))
+    t_order = np.lexsort((t_key, tc))
+    tc, t_key = tc[t_order], t_key[t_order]
+    t_at = outcomes._us(pd.to_datetime(treatments["administered_at"]))[t_order]
+    n_t = len(tc)
+    t_new, t_start = _starts(tc)
+    infusion_no = np.arange(n_t) - t_start + 1
+    n_inf = np.bincount(tc, minlength=n_pat)
+    same_next_t = np.r_[tc[1:] == tc[:-1], False] if n_t else np.zeros(0, dtype=bool)
+    t_day = t_at - np.mod(t_at, outcomes._US_PER_DAY)
+    gap_days = np.where(t_new, np.nan, (t_day - np.r_[t_day[:1], t_day[:-1]]) / outcomes._US_PER_DAY)
+    long_gap = np.nan_to_num(gap_days, nan=0.0) > rules.induction_max_gap_days
+    cum_gap = np.cumsum(long_gap)
+    broken = (cum_gap - (cum_gap[t_start] - long_gap[t_start])) > 0 if n_t else long_gap
+    derived_induction = ~broken & (infusion_no <= rules.induction_max_infusions)
+    NAT = np.iinfo(np.int64).min
+    next_key = np.where(same_next_t, np.r_[t_key[1:], 0] if n_t else t_key, NAT)
+    next_at = np.where(same_next_t, np.r_[t_at[1:], 0] if n_t else t_at, NAT)
+    first_key = np.full(n_pat, np.iinfo(np.int64).max)
+    first_key[tc[t_new]] = t_key[t_new]
+    first_at = np.zeros(n_pat, dtype=np.int64)
+    first_at[tc[t_new]] = t_at[t_new]
+
+    # --- baselines and scores after the first infusion ---------------------------------------
+    a_key = outcomes._us(outcomes.assessment_clock(a))
+    a_order = np.lexsort((a_key, ac))
+    ac, a_key = ac[a_order], a_key[a_order]
+    a_at = outcomes._us(pd.to_datetime(a["administered_at"]))[a_order]
+    a_total = a["total"].to_numpy(dtype=float)[a_order]
+    a_item9 = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float)[a_order] if "item_9" in a.columns else None
+    first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
+    base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
+    treated = n_inf > 0
+    baselines = pd.DataFrame({
+        "patient_id": uniques[treated],
+        "first_infusion_at": first_at[treated].astype("datetime64[us]"),
+        "baseline_score": base_score[treated],
+        "baseline_at": np.where(base_when[treated] >= 0, base_when[treated], NAT).astype("datetime64[us]"),
+    })
+    usable = ~np.isnan(base_score) & (np.nan_to_num(base_score, nan=-1.0) >= rules.min_baseline)
+    keep = (a_key > first_key[ac]) & usable[ac]
+    ac, a_key, a_at, a_total = ac[keep], a_key[keep], a_at[keep], a_total[keep]
+    if a_item9 is not None:
+        a_item9 = a_item9[keep]
+    a_base = base_score[ac]
+    responding = outcomes.is_response(a_total, a_base, rules)
+    out = outcomes.is_out(a_total, a_base, code, rules)
+    n_a = len(ac)
+
+    # --- one time line: at equal clocks a score comes before the infusion (pre-dose) ------------
+    pid = np.concatenate([tc, ac])
+    kind = np.concatenate([np.ones(n_t, dtype=np.int8), np.zeros(n_a, dtype=np.int8)])
+    key = np.concatenate([t_key, a_key])
+    src = np.concatenate([np.arange(n_t), np.arange(n_a)])
+    order = _timeline_order(pid, key, kind, n_pat)
+    pid, kind, src = pid[order], kind[order], src[order]
+    is_inf = kind == 1
+    _, start = _starts(pid)
+    rows = np.arange(len(pid))
+    # the infusion each score follows (every patient's time line starts with an infusion)
+    last_inf = np.maximum.accumulate(np.where(is_inf, rows, -1)) if len(pid) else rows
+    score_rows = np.flatnonzero(~is_inf)
+    a_seg_row = src[last_inf[score_rows]]            # row in the sorted infusions
+    # (scores were sorted by (patient, clock) already, so score_rows come in score order)
+    # the last score before each infusion (pre-dose), within the patient
+    last_score = np.maximum.accumulate(np.where(~is_inf, rows, -1)) if len(pid) else rows
+    inf_rows = np.flatnonzero(is_inf)
+    pre = last_score[inf_rows]
+    has_pre = pre >= start[inf_rows]
+    pre_src = np.full(n_t, -1)
+    pre_src[src[inf_rows]] = np.where(has_pre, src[np.maximum(pre, 0)], -1)
+    has_pre_t = pre_src >= 0
+    pre_score = np.where(has_pre_t, a_total[np.maximum(pre_src, 0)] if n_a else np.nan, np.nan)
+    pre_resp = has_pre_t & (responding[np.maximum(pre_src, 0)] if n_a else False)
+    pre_at = np.where(has_pre_t, a_at[np.maximum(pre_src, 0)] if n_a else NAT, NAT)
+
+    # --- loss of response within each segment ------------------------------------------------
+    seg_new, seg_start = _starts(a_seg_row)
+    pos = np.arange(n_a) - seg_start
+    same_next = np.r_[~seg_new[1:], False] if n_a else np.zeros(0, dtype=bool)
+    next_out = np.r_[out[1:], False] & same_next
+    seg_has_next_inf = same_next_t[a_seg_row] if n_a else np.zeros(0, dtype=bool)
+    cand = out & (next_out | (~same_next & seg_has_next_inf & rules.loss_on_infusion))
+    loss_row = _first_of_groups(np.flatnonzero(cand), a_seg_row)
+    loss_pos = np.full(n_t, np.iinfo(np.int64).max)
+    loss_pos[a_seg_row[loss_row]] = pos[loss_row]
+    is_loss = np.zeros(n_a, dtype=bool)
+    is_loss[loss_row] = True
+    held_before_loss = ~out & (pos < loss_pos[a_seg_row])
+    held_row = _last_of_groups(np.flatnonzero(held_before_loss), a_seg_row)
+    left_at = np.full(n_t, NAT)
+    left_at[a_seg_row[held_row]] = a_at[held_row]
+    right_at = np.full(n_t, NAT)
+    right_at[a_seg_row[loss_row]] = a_at[loss_row]
+    n_scores = np.bincount(a_seg_row, minlength=n_t) if n_a else np.zeros(n_t, dtype=np.int64)
+    first_row = np.flatnonzero(seg_new)
+    first_post_resp = np.zeros(n_t, dtype=bool)
+    first_post_resp[a_seg_row[first_row]] = responding[first_row]
+
+    # --- first response and phases --------------------------------------------------------------
+    fr_rows = _first_of_groups(np.flatnonzero(responding), ac)
+    first_response_key = np.full(n_pat, np.iinfo(np.int64).max)
+    first_response_key[ac[fr_rows]] = a_key[fr_rows]
+    first_response = pd.DataFrame({
+        "patient_id": uniques[ac[fr_rows]],
+        "first_response_at": a_at[fr_rows].astype("datetime64[us]"),
+        "infusions_to_response": infusion_no[a_seg_row[fr_rows]] if len(fr_rows) else np.zeros(0, dtype=np.int64),
+        "first_infusion_at": first_at[ac[fr_rows]].astype("datetime64[us]"),
+    })
+    first_response["days_to_response"] = (first_response["first_response_at"] - first_response["first_infusion_at"]) / DAY
+
+    responded_before = first_response_key[tc] < t_key
+    derived = np.where(derived_induction, "induction",
+                       np.where(responded_before & has_pre_t & ~pre_resp, "rescue", "maintenance")).astype(object)
+    if "phase" in treatments.columns:
+        given = treatments["phase"].to_numpy(dtype=object)[t_order]
+        given = pd.Series(given).astype("string").str.strip().str.lower()
+        has_given = (given.notna() & (given != "")).to_numpy(dtype=bool)
+        phase = np.where(has_given, given.fillna("").to_numpy(dtype=object), derived)
+    else:
+        has_given = np.zeros(n_t, dtype=bool)
+        phase = derived
+    is_induction = phase == "induction"
+    last_ind_no = np.zeros(n_pat, dtype=np.int64)
+    np.maximum.at(last_ind_no, tc[is_induction], infusion_no[is_induction])
+    last_induction = is_induction & (infusion_no == last_ind_no[tc])
+    starts_cycle = pre_resp | (first_post_resp & (last_induction | rules.cycles_after_recapture))
+    start_kind = np.where(pre_resp, "in_response", np.where(starts_cycle, "recaptured", "")).astype(object)
+
+    inf = pd.DataFrame({
+        "patient_id": pd.Categorical.from_codes(tc, categories=uniques), "code": tc,
+        "at": t_at.astype("datetime64[us]"), "key": t_key.astype("datetime64[us]"),
+        "infusion_no": infusion_no, "n_infusions": n_inf[tc], "gap_days": gap_days,
+        "route": treatments["route"].to_numpy(dtype=object)[t_order] if "route" in treatments.columns else None,
+        "phase": phase, "phase_source": np.where(has_given, "recorded", "derived"),
+        "derived_induction": derived_induction, "last_induction": last_induction,
+        "next_at": next_at.astype("datetime64[us]"), "has_next": same_next_t,
+        "pre_dose_score": pre_score, "pre_dose_responding": pre_resp, "pre_dose_at": pre_at.astype("datetime64[us]"),
+        "first_post_responding": first_post_resp, "starts_cycle": starts_cycle, "start_kind": start_kind,
+        "left_at": left_at.astype("datetime64[us]"), "right_at": right_at.astype("datetime64[us]"),
+        "n_assessments": n_scores,
+    })
+    if "treatment_id" in treatments.columns:
+        inf["treatment_id"] = treatments["treatment_id"].to_numpy()[t_order]
+    sc = pd.DataFrame({
+        "patient_id": pd.Categorical.from_codes(ac, categories=uniques), "code": ac, "at": a_at.astype("datetime64[us]"), "key": a_key.astype("datetime64[us]"),
+        "total": a_total, "baseline_score": a_base, "responding": responding, "out": out,
+        "percent_fall": outcomes.percent_fall(a_total, a_base),
+        "segment": infusion_no[a_seg_row] if n_a else np.zeros(0, dtype=np.int64), "segment_row": a_seg_row,
+        "pos": pos, "loss": is_loss, "held_before_loss": held_before_loss,
+    })
+    if a_item9 is not None:
+        sc["item_9"] = a_item9
+    return Course(code, inf, sc, baselines, first_response)
+
+
+# --- cycles -----------------------------------------------------------------------------
+
+def _comorbidity_flags(patients: pd.DataFrame) -> pd.DataFrame:
+    """has_<name> for every known comorbidity and any other listed (comma or semicolon separated)."""
+    text = patients["comorbidities"].fillna("").astype(str).str.lower().str.replace(";", ",")
+    names = set(store.COMORBIDITIES)
+    for entry in text.unique():
+        names.update(n.strip().replace(" ", "_") for n in entry.split(",") if n.strip())
+    padded = "," + text.str.replace(r"\s*,\s*", ",", regex=True).str.strip().str.replace(" ", "_") + ","
+    return pd.DataFrame({f"has_{n}": padded.str.contains("," + n + ",", regex=False).to_numpy(dtype=bool)
+                         for n in sorted(names)}, index=patients.index)
+
+
+def pivot_attributes(attributes: pd.DataFrame | None) -> pd.DataFrame:
+    """patient_attributes rows -> one column per attribute name (numeric where every value is)."""
+    if attributes is None or attributes.empty:
+        return pd.DataFrame(index=pd.Index([], name="patient_id"))
+    wide = attributes.pivot_table(index="patient_id", columns="name", values="value", aggfunc="last")
+    for col in wide.columns:
+        as_num = pd.to_numeric(wide[col], errors="coerce")
+        if as_num.notna().sum() == wide[col].notna().sum():
+            wide[col] = as_num
+    wide.columns = [str(c) for c in wide.columns]
+    return wide
+
+
+def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
+                       attributes: pd.DataFrame | None = None,
+                       rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    inf, sc = course.infusions, course.scores
+    st = inf[inf["starts_cycle"].to_numpy()]
+    at = st["at"]
+    event = st["right_at"].notna().to_numpy()
+    left = ((st["left_at"] - at) / DAY).fillna(0.0).clip(lower=0.0).to_numpy(dtype=float)
+    right = np.where(event, ((st["right_at"] - at) / DAY).clip(lower=0.0).to_numpy(dtype=float), np.inf)
+    code = st["code"].to_numpy()
+    new, start = _starts(code)
+    has_next = st["has_next"].to_numpy(dtype=bool)
+    cycles = pd.DataFrame({
+        "patient_id": st["patient_id"].to_numpy(),
+        "cycle_no": np.arange(len(st)) - start + 1,
+        "started_on": at.dt.normalize().to_numpy(),
+        "left_days": left,
+        "right_days": right,
+        "event": event,
+        "censor_reason": np.where(event, "loss", np.where(has_next, "next_infusion", "end_of_follow_up")),
+        "post_induction": st["last_induction"].to_numpy(dtype=bool),
+        "instrument": course.instrument,
+        "started_at": at.to_numpy(),
+        "infusion_no": st["infusion_no"].to_numpy(),
+        "phase": st["phase"].to_numpy(),
+        "start_kind": st["start_kind"].to_numpy(),
+        "route": st["route"].to_numpy(),
+        "interval_days": np.where(has_next, ((st["next_at"] - at) / DAY).to_numpy(dtype=float), np.inf),
+        "n_assessments": st["n_assessments"].to_numpy(dtype=int),
+        "pre_dose_score": st["pre_dose_score"].to_numpy(dtype=float),
+    })
+    # Patient-level covariates: one row per patient, then taken by position.
+    scale = scales.get(course.instrument)
+    per = course.baselines[["patient_id", "baseline_score"]].set_index("patient_id")
+    bands = {v: scale.band(v) for v in pd.unique(per["baseline_score"].dropna())}
+    per["baseline_band"] = per["baseline_score"].map(bands)
+    early = sc[sc["segment"].to_numpy() <= rules.early_response_after]
+    early = early.iloc[_last_of_groups(np.arange(len(early)), early["code"].to_numpy())] if len(early) else early
+    per["early_response"] = early.set_index("patient_id")["percent_fall"].reindex(per.index)
+    if patients is not None and not patients.empty:
+        p = patients.copy()
+        p["patient_id"] = p["patient_id"].astype(str)
+        p = p.drop_duplicates("patient_id").set_index("patient_id")
+        keep = [c for c in ("site", "clinician", "prior_failed_trials", "diagnosis", "sex", "birth_year") if c in p.columns]
+        parts = [p[keep]]
+        if "comorbidities" in p.columns:
+            parts.append(_comorbidity_flags(p))
+        per = per.join(pd.concat(parts, axis=1), how="left")
+    wide = pivot_attributes(attributes)
+    if not wide.empty:
+        wide.index = wide.index.astype(str)
+        wide = wide.rename(columns={c: (f"attr_{c}" if c in per.columns or c in cycles.columns else c) for c in wide.columns})
+        per = per.join(wide, how="left")
+    take = per.index.get_indexer(cycles["patient_id"])
+    covariates = per.iloc[np.maximum(take, 0)].reset_index(drop=True)
+    covariates[take < 0] = np.nan
+    return pd.concat([cycles.reset_index(drop=True), covariates], axis=1)
+
+
+def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,
+                 attributes: pd.DataFrame | None = None, *, instrument: str = "PHQ-9",
+                 rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """The durability cycle table (CYCLE_COLUMNS first, then covariates)."""
+    course = build_course(treatments, assessments, instrument, rules)
+    return cycles_from_course(course, patients, attributes, rules)
+
+
+def frames_from_csv_tables(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Import-format tables (text columns, `administered_on` with an optional
+    time, as simulate.py writes them) -> the shapes DataAccess returns."""
+    def timed(frame):
+        text = frame["administered_on"].astype(str).str.strip()
+        out = frame.drop(columns="administered_on").copy()
+        out["administered_at"] = pd.to_datetime(text, format="mixed")
+        out["has_time"] = text.str.len() > 10
+        return out
+    patients = tables["patients"].copy()
+    for col in ("prior_failed_trials", "birth_year"):
+        if col in patients:
+            patients[col] = pd.to_numeric(patients[col], errors="coerce")
+    core = [c for c in ("patient_id", "site", "clinician", "birth_year", "sex", "diagnosis", "comorbidities",
+                        "prior_failed_trials", "enrolled_on") if c in patients.columns]
+    extra = [c for c in patients.columns if c not in core]
+    attributes = patients.melt(id_vars="patient_id", value_vars=extra, var_name="name", value_name="value") \
+        if extra else pd.DataFrame(columns=["patient_id", "name", "value"])
+    patients["comorbidities"] = patients.get("comorbidities", pd.Series("", index=patients.index)).fillna("").astype(str).str.replace(";", ",")
+    treatments = timed(tables["treatments"])
+    treatments["phase"] = treatments["phase"].replace("", None) if "phase" in treatments else None
+    assessments = timed(tables["assessments"])
+    for col in [c for c in assessments.columns if c.startswith("item_")] + ["total"]:
+        assessments[col] = pd.to_numeric(assessments[col], errors="coerce")
+    return {"patients": patients[core], "treatments": treatments, "assessments": assessments,
+            "attributes": attributes.dropna(subset=["value"])}
+
+
+def load_course_tables(access, instrument: str = "PHQ-9") -> dict[str, pd.DataFrame]:
+    """Everything the course needs, read through the scoped data layer."""
+    return {
+        "patients": access.patients(),
+        "treatments": access.treatments(),
+        "assessments": access.assessments(instrument=instrument),
+        "attributes": access.attributes(),
+    }
+
+
+def load_cycles(access, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    t = load_course_tables(access, instrument)
+    return build_cycles(t["patients"], t["treatments"], t["assessments"], t["attributes"],
+                        instrument=instrument, rules=rules)
