@@ -1,10 +1,12 @@
 """FHIR R4 import and export (issue 7). See docs/fhir.md.
 
-Import: `import_fhir_files(files, db=..., user=...)` reads Bundles (collection,
-searchset, transaction, batch), single resources and NDJSON bulk-export files,
-validates every resource with the `fhir.resources` R4B models, converts them to
-the same raw-string row tables as CSV and hands each file to
-`analytics.ingest.import_tables`, so the CSV validation rules apply unchanged.
+Import: FHIR files go through `analytics.ingest.import_files` like CSV (it
+recognises them by content and calls `add_import_jobs`), or directly through
+`import_fhir_files`. Bundles (collection, searchset, transaction, batch),
+single resources and NDJSON bulk-export files are read, every resource is
+validated with the `fhir.resources` R4B models, converted to the same
+raw-string row tables as CSV and checked by the same rules, in the same single
+transaction as the rest of the command.
 
 Export: `export_fhir(directory, db=None, scope=SYSTEM) -> {type: path}`.
 """
@@ -16,16 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
 
+import numpy as np
 import pandas as pd
 
 from . import codes
 from .convert import Conversion, convert
 from .export import export_fhir
-from .parse import Located, Reject, looks_like_fhir, read_file, read_text, sniff_file
+from .parse import Located, Reject, looks_like_fhir, read_text, sniff_file
 
 __all__ = [
-    "export_fhir", "import_fhir_files", "convert_files", "looks_like_fhir", "sniff_file",
-    "FileTables", "IDENTIFIER_ENV",
+    "export_fhir", "import_fhir_files", "convert_files", "add_import_jobs", "looks_like_fhir",
+    "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
 ]
 
 # Which Patient.identifier system holds the pseudonymous patient id; without
@@ -33,7 +36,24 @@ __all__ = [
 IDENTIFIER_ENV = "OUTCOMES_FHIR_PATIENT_SYSTEM"
 
 FileInput = Union[str, os.PathLike, tuple[str, bytes]]
-REJECT_COLUMNS = ["line", "column", "reason", "raw"]
+REJECT_COLUMNS = ["line", "column", "reason", "raw", "resource_type"]
+# Optional columns: when no resource in a file has a value for one, the column
+# is left out, so the import does not blank what an earlier import (e.g. a
+# patients CSV with diagnoses) stored there; ingest writes only given columns.
+OPTIONAL_COLUMNS = {
+    "patients": ("birth_year", "sex", "diagnosis", "comorbidities", "prior_failed_trials"),
+    "treatments": ("dose_mg_per_kg", "phase"),
+    "assessments": ("rater",),
+}
+# The batch (table kind) a rejected resource is counted in.
+KIND_OF_TYPE = {
+    "Patient": "patients",
+    "Observation": "assessments",
+    "QuestionnaireResponse": "assessments",
+    "MedicationAdministration": "treatments",
+    "Procedure": "treatments",
+    "Medication": "treatments",
+}
 
 
 @dataclass
@@ -43,29 +63,41 @@ class FileTables:
     file_name: str
     sha256: str
     tables: dict[str, pd.DataFrame]
-    rejects: pd.DataFrame  # columns line, column, reason, raw
+    rejects: pd.DataFrame  # columns line, column, reason, raw, resource_type
     notes: list[str]
     resources: int  # resources read from the file (valid or not)
+    refused: str | None = None  # the whole file is unusable: why
+
+
+def is_fhir_file(path) -> bool:
+    """Content sniff for ingest: False (let the CSV reader explain) when unreadable."""
+    try:
+        return sniff_file(path)
+    except OSError:
+        return False
 
 
 def _load(item: FileInput) -> tuple[str, bytes]:
     if isinstance(item, tuple):
         name, content = item
         return str(name), bytes(content)
-    path = Path(item)
-    return path.name, path.read_bytes()
+    return str(item), Path(item).read_bytes()
 
 
 def identifier_system(explicit: str | None = None) -> str:
     return explicit or os.environ.get(IDENTIFIER_ENV) or codes.LOCAL_PATIENT_ID
 
 
+def _without_empty_optional(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
+    empty = [c for c in OPTIONAL_COLUMNS[kind] if c in frame.columns and not (frame[c] != "").any()]
+    return frame.drop(columns=empty)
+
+
 def convert_files(files: Iterable[FileInput], identifier_system_: str | None = None) -> list[FileTables]:
     """Read and convert FHIR files together (a bulk export's Observation.ndjson
     refers to patients in Patient.ndjson), then split the rows back per file.
 
-    Files holding Patients come first, so importing them in the returned order
-    creates patients before the rows that refer to them.
+    Files holding Patients come first.
     """
     loaded = [_load(item) for item in files]
     located: list[Located] = []
@@ -77,7 +109,7 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError as exc:
-            parse_rejects.append(Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", ""))
+            parse_rejects.append(Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "", "", True))
             counts[name] = 0
             continue
         good, bad = read_text(text, name)
@@ -90,43 +122,85 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
     out = []
     for name, _content in loaded:
         tables = {
-            kind: frame[frame["_file"] == name].drop(columns="_file").reset_index(drop=True)
+            kind: _without_empty_optional(kind, frame[frame["_file"] == name].drop(columns="_file").reset_index(drop=True))
             for kind, frame in result.tables.items()
         }
         mine = [r for r in rejects if r.file_name == name]
+        fatal = next((r for r in mine if r.fatal), None)
+        refused = None
+        if fatal is not None:
+            where = f"line {fatal.line}: " if fatal.line else ""
+            refused = f"{name}: {where}{fatal.reason}; nothing was imported from it"
         mine.sort(key=lambda r: (r.line is None, r.line or 0))
         frame = pd.DataFrame(
-            [{"line": r.line, "column": r.column, "reason": r.reason, "raw": r.raw} for r in mine],
+            [{"line": r.line, "column": r.column, "reason": r.reason, "raw": r.raw, "resource_type": r.resource_type} for r in mine],
             columns=REJECT_COLUMNS,
         )
         notes = [n for n in result.notes if n.startswith(name + " ")]
-        out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name]))
+        out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name], refused))
     out.sort(key=lambda f: 0 if len(f.tables["patients"]) else 1)
     return out
 
 
-def import_fhir_files(files: Iterable[FileInput], db=None, user: str | None = None, identifier_system: str | None = None):
-    """Import FHIR files through the CSV pipeline; one ingest report per file.
+def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | None = None,
+                    identifier_system_: str | None = None) -> None:
+    """Append FHIR files to an ingest run: a FileResult per (file, table kind) and a job for each.
 
-    `files` are paths or (name, bytes) pairs (uploads). Each file is one
-    import batch, all or nothing, exactly like a CSV file.
+    Rows are checked by `ingest.rules.validate` exactly like CSV rows; the
+    resource-level rejects join the rejects of the batch of their kind
+    (Observation -> assessments, ...; other types -> the file's first batch),
+    with `_row` -1 like CSV rows that could not be parsed.
     """
-    from .. import ingest  # late: ingest dispatches FHIR content here
+    from .. import ingest
+    from ..ingest import rules
 
-    reports = []
-    for part in convert_files(files, identifier_system):
-        report = ingest.import_tables(
-            part.tables, file_name=part.file_name, source="fhir", db=db, sha256=part.sha256,
-            user=user, rejects=part.rejects,
-        )
-        if part.notes:
-            _attach_notes(report, part.notes)
-        reports.append(report)
-    return reports
+    for part in convert_files(paths, identifier_system_):
+        if part.refused:
+            report.files.append(ingest.FileResult(file=part.file_name, kind=None, refused=part.refused))
+            continue
+        kinds_with_rows = [k for k in rules.KINDS if len(part.tables[k])]
+        fallback = kinds_with_rows[0] if kinds_with_rows else "assessments"
+        reject_kind = [KIND_OF_TYPE.get(t, fallback) for t in part.rejects["resource_type"]]
+        first = True
+        for kind in rules.KINDS:
+            frame = part.tables[kind]
+            extra = part.rejects[[k == kind for k in reject_kind]] if len(part.rejects) else part.rejects
+            if frame.empty and extra.empty:
+                continue
+            validated = rules.validate(kind, frame)
+            if len(extra):
+                validated.rejects = pd.concat([validated.rejects, pd.DataFrame({
+                    "_row": np.full(len(extra), -1, dtype="int64"),
+                    "_line": extra["line"].fillna(0).astype("int64").to_numpy(),
+                    "column": extra["column"].to_numpy(),
+                    "reason": extra["reason"].to_numpy(),
+                })], ignore_index=True)
+            notes = list(validated.notes) + (part.notes if first else [])
+            first = False
+            result = ingest.FileResult(file=part.file_name, kind=kind, notes=notes)
+            report.files.append(result)
+            jobs.append(ingest._Job(part.file_name, "fhir", part.sha256, validated, _raw_for(frame, extra), result))
+        if first:  # nothing at all in the file
+            report.files.append(ingest.FileResult(file=part.file_name, kind=None, notes=["no resources in this file"]))
 
 
-def _attach_notes(report, notes: list[str]) -> None:
-    if isinstance(report, dict):
-        report.setdefault("notes", []).extend(notes)
-    elif hasattr(report, "notes") and isinstance(report.notes, list):
-        report.notes.extend(notes)
+def _raw_for(frame: pd.DataFrame, extra: pd.DataFrame):
+    """Raw text of rejected rows: the resource JSON of the row, or of the rejected resource (row -1)."""
+    row_raw = frame["_raw"].to_numpy() if "_raw" in frame.columns else np.array([], dtype=object)
+    line_raw: dict[int, str] = {}
+    for line, raw in zip(extra["line"].fillna(0).astype("int64"), extra["raw"]):
+        line_raw.setdefault(int(line), raw)
+
+    def raw_for(rows, lines) -> list[str | None]:
+        return [str(row_raw[r]) if r >= 0 else line_raw.get(int(line)) for r, line in zip(rows, lines)]
+    return raw_for
+
+
+def import_fhir_files(files: Iterable[FileInput], db=None, user: str = "system", identifier_system: str | None = None):
+    """Import FHIR files (paths or (name, bytes) uploads) in one transaction; an ingest ImportReport."""
+    from .. import ingest
+
+    report = ingest.ImportReport()
+    jobs: list = []
+    add_import_jobs(files, report, jobs, user, identifier_system)
+    return ingest._run(jobs, report, db, user)

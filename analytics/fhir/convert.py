@@ -218,7 +218,7 @@ class Converter:
         self._weights: dict[str, list[tuple[str, float]]] = defaultdict(list)
 
     def _reject(self, res: Located, column: str, reason: str) -> None:
-        self.rejects.append(Reject(res.file_name, res.line, column, f"{res.label}: {reason}", res.raw))
+        self.rejects.append(Reject(res.file_name, res.line, column, f"{res.label}: {reason}", res.raw, res.type))
 
     def _index(self, resources: Iterable[Located]) -> None:
         for res in resources:
@@ -261,6 +261,10 @@ class Converter:
             "comorbidities": _extension_value(p, codes.EXT_COMORBIDITIES),
             "prior_failed_trials": _extension_value(p, codes.EXT_PRIOR_FAILED_TRIALS),
             "enrolled_on": _extension_value(p, codes.EXT_ENROLLED_ON),
+            # An enrolled-on extension with no value (data-absent-reason) says
+            # "not known": then no date is derived from the patient's data.
+            "_enrolment_known_absent": any(e.url == codes.EXT_ENROLLED_ON for e in p.extension or [])
+            and not _extension_value(p, codes.EXT_ENROLLED_ON),
             **_attributes(p),
             "_file": res.file_name,
             "_line": res.line,
@@ -591,8 +595,9 @@ class Converter:
             if row["patient_id"] not in first or day < first[row["patient_id"]]:
                 first[row["patient_id"]] = day
         for row in patients:
-            if not row["enrolled_on"] and row["patient_id"] in first:
+            if not row["enrolled_on"] and not row.pop("_enrolment_known_absent") and row["patient_id"] in first:
                 row["enrolled_on"] = first[row["patient_id"]]
+            row.pop("_enrolment_known_absent", None)
 
 
 class _TextConcept:

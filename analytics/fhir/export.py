@@ -80,6 +80,10 @@ def patient_resource(row, attributes: list[tuple[str, str]] = ()) -> dict:
         extensions.append({"url": codes.EXT_PRIOR_FAILED_TRIALS, "valueInteger": int(row["prior_failed_trials"])})
     if _present(row["enrolled_on"]):
         extensions.append({"url": codes.EXT_ENROLLED_ON, "valueDate": pd.Timestamp(row["enrolled_on"]).strftime("%Y-%m-%d")})
+    else:
+        # Say it is unknown, or the importer would date it from the first data.
+        extensions.append({"url": codes.EXT_ENROLLED_ON, "extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]})
     for name, value in attributes:
         extensions.append({"url": codes.EXT_ATTRIBUTE, "extension": [
             {"url": "name", "valueString": str(name)}, {"url": "value", "valueString": str(value)}]})

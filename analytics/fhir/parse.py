@@ -57,6 +57,10 @@ class Reject:
     column: str
     reason: str
     raw: str
+    resource_type: str = ""
+    # The whole file is unusable (not JSON, not a usable Bundle): it is
+    # refused, like a CSV file with a bad header, and nothing is imported.
+    fatal: bool = False
 
 
 def looks_like_fhir(head: bytes | str) -> bool:
@@ -96,6 +100,7 @@ def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", fu
     raw = _compact(data)
     if not isinstance(data, dict):
         return Reject(file_name, line, prefix or "resource", "not a JSON object", raw)
+    rtype = data.get("resourceType") if isinstance(data.get("resourceType"), str) else ""
     resource_type = data.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         return Reject(file_name, line, prefix + "resourceType", "no resourceType: not a FHIR resource", raw)
@@ -103,13 +108,13 @@ def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", fu
     if resource_type not in IMPORTED_TYPES + SUPPORTING_TYPES:
         return Reject(
             file_name, line, prefix + resource_type,
-            f"{label}: {resource_type} resources are not imported (only {', '.join(IMPORTED_TYPES)})", raw,
+            f"{label}: {resource_type} resources are not imported (only {', '.join(IMPORTED_TYPES)})", raw, rtype,
         )
     try:
         model = get_fhir_model_class(resource_type).model_validate(data)
     except ValidationError as exc:
         column, message = _error_column(resource_type, exc)
-        return Reject(file_name, line, prefix + column, f"{label} is not valid FHIR R4: {message}", raw)
+        return Reject(file_name, line, prefix + column, f"{label} is not valid FHIR R4: {message}", raw, rtype)
     return Located(file_name, line, raw, data, model, full_url)
 
 
@@ -117,7 +122,7 @@ def _bundle(document: dict, file_name: str) -> tuple[list[Located], list[Reject]
     raw = _compact(document)
     entries = document.get("entry") or []
     if not isinstance(entries, list):
-        return [], [Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw[:10000])]
+        return [], [Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw[:10000], "Bundle", True)]
     shell = dict(document)
     shell["entry"] = [
         {k: v for k, v in entry.items() if k != "resource"} if isinstance(entry, dict) else entry
@@ -129,11 +134,11 @@ def _bundle(document: dict, file_name: str) -> tuple[list[Located], list[Reject]
         get_fhir_model_class("Bundle").model_validate(shell)
     except ValidationError as exc:
         column, message = _error_column("Bundle", exc)
-        return [], [Reject(file_name, None, column, f"the Bundle itself is not valid FHIR R4: {message}", raw[:10000])]
+        return [], [Reject(file_name, None, column, f"the Bundle itself is not valid FHIR R4: {message}", raw[:10000], "Bundle", True)]
     if document.get("type") not in BUNDLE_TYPES:
         return [], [Reject(
             file_name, None, "Bundle.type",
-            f"Bundle type {document.get('type')!r} is not imported (use {', '.join(BUNDLE_TYPES)})", raw[:10000],
+            f"Bundle type {document.get('type')!r} is not imported (use {', '.join(BUNDLE_TYPES)})", raw[:10000], "Bundle", True,
         )]
     located: list[Located] = []
     rejects: list[Reject] = []
@@ -156,7 +161,7 @@ def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
-        return [], [Reject(file_name, None, "", "empty file", "")]
+        return [], [Reject(file_name, None, "", "empty file", "", "", True)]
     try:
         first_obj = json.loads(lines[first])
         # A Bundle is a document even when written on one line.
@@ -167,7 +172,8 @@ def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
-            return [], [Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", lines[exc.lineno - 1][:2000] if 0 < exc.lineno <= len(lines) else "")]
+            raw = lines[exc.lineno - 1][:2000] if 0 < exc.lineno <= len(lines) else ""
+            return [], [Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw, "", True)]
         if isinstance(document, dict) and document.get("resourceType") == "Bundle":
             return _bundle(document, file_name)
         result = validate_resource(document, file_name, 1)
@@ -196,5 +202,5 @@ def read_file(path: str | os.PathLike, file_name: str | None = None) -> tuple[li
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [], [Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "")]
+        return [], [Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "", "", True)]
     return read_text(text, name)

@@ -225,7 +225,15 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
     """Import CSV files (kind recognised by header); patients files go first whatever the order."""
     report = ImportReport()
     jobs: list[_Job] = []
+    paths = list(paths)
+    # FHIR JSON (Bundle or NDJSON) is recognised by content, whatever the file name (docs/fhir.md).
+    from .. import fhir
+    fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
+    if fhir_paths:
+        fhir.add_import_jobs(fhir_paths, report, jobs, user)
     for path in paths:
+        if path in fhir_paths:
+            continue
         name = str(path)
         try:
             parsed = read_csv(path)
