@@ -7,3 +7,5 @@ from .logrank import logrank_test
 from .cox import cox_fit
 from .turnbull import TurnbullFit, turnbull
 from .ictest import ic_logrank_test
+from .weibull import WeibullAFT, weibull_aft
+from .cohort import cohort_durability, durability_model
