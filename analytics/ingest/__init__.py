@@ -29,9 +29,11 @@ from .. import store
 from . import rules, write
 from .csv import FileRefused, read_csv
 
-# Test hook: when set to a path, the import touches that file after writing and
-# before COMMIT, then waits, so a test can kill it mid-transaction.
+# Test hook: when set to a path, the import writes its pid there after writing
+# and before COMMIT, then waits (OUTCOMES_IMPORT_HOLD_SECONDS, default 60) with
+# the write lock held, so a test can kill it mid-transaction or read meanwhile.
 HOLD_BEFORE_COMMIT_ENV = "OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT"
+HOLD_SECONDS_ENV = "OUTCOMES_IMPORT_HOLD_SECONDS"
 MESSAGES_PER_FILE = 20
 
 
@@ -183,7 +185,7 @@ def _hold_for_tests() -> None:
     marker = os.environ.get(HOLD_BEFORE_COMMIT_ENV)
     if marker:
         Path(marker).write_text(str(os.getpid()))
-        time.sleep(60)
+        time.sleep(float(os.environ.get(HOLD_SECONDS_ENV, "60")))
 
 
 def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
