@@ -1115,3 +1115,20 @@ def cli_demo(args) -> int:
         + ("" if code == 0 else f" (import exit code {code})")
     )
     return code
+
+
+def calibration_report(n_patients: int = 5000, seed: int = 7) -> dict:
+    """The figures quoted in docs/demo.md: the demo cohort, then each policy on the same patients."""
+    figures = cohort_figures(simulate_clinic(n_patients, seed))
+    policies = (Fixed(14), Fixed(21), Fixed(28), Fixed(21, rescue=True), SymptomTriggered(), Oracle(0.2), Oracle(0.5))
+    figures["policies"] = [evaluate_policy(p, n_patients=n_patients, seed=seed) for p in policies]
+    return figures
+
+
+if __name__ == "__main__":  # python -m analytics.simulate [N] [SEED]: reproduce docs/demo.md
+    import json
+
+    n_arg = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    seed_arg = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    json.dump(calibration_report(n_arg, seed_arg), sys.stdout, indent=1, default=float)
+    sys.stdout.write("\n")
