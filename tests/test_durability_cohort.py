@@ -1,0 +1,135 @@
+"""cohort_durability / durability_model: the contract the dashboard and CLI rely on."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics.durability import cohort_durability, durability_model
+from analytics.durability.synthetic import simulate_cycles
+
+TOP_KEYS = {"instrument", "n_patients", "n_cycles", "n_events", "n_censored", "median_days", "median_ci",
+            "quartiles_days", "survival", "post_induction", "groups", "logrank_p"}
+POST_KEYS = {"median_days", "median_ci", "quartiles_days", "n_cycles", "n_events", "survival"}
+GROUP_KEYS = {"n_patients", "n_cycles", "n_events", "median_days", "median_ci", "survival"}
+
+
+@pytest.fixture(scope="module")
+def cycles():
+    return simulate_cycles(240, seed=21, tau=0.3, severe_time_ratio=0.5)
+
+
+@pytest.fixture(scope="module")
+def summary(cycles):
+    return cohort_durability(cycles, instrument="PHQ-9", by="baseline_band", n_boot=100, seed=1)
+
+
+def test_contract_keys_and_json(summary):
+    assert TOP_KEYS <= summary.keys()
+    assert POST_KEYS <= summary["post_induction"].keys()
+    assert set(summary["groups"]) == {"moderate", "severe"}
+    for g in summary["groups"].values():
+        assert GROUP_KEYS <= g.keys()
+    assert {"day", "s", "lo", "hi"} == set(summary["survival"][0])
+    json.dumps(summary, allow_nan=False)   # JSON-ready: no numpy types, no NaN/inf
+
+
+def test_counts(summary, cycles):
+    assert summary["instrument"] == "PHQ-9"
+    assert summary["n_cycles"] == len(cycles)
+    assert summary["n_patients"] == cycles.patient_id.nunique()
+    assert summary["n_events"] == int(cycles.event.sum())
+    assert summary["n_events"] + summary["n_censored"] == summary["n_cycles"]
+    assert summary["post_induction"]["n_cycles"] == int(cycles.post_induction.sum())
+    assert sum(g["n_cycles"] for g in summary["groups"].values()) == len(cycles)
+
+
+def test_estimates_and_intervals_are_coherent(summary):
+    q25, q75 = summary["quartiles_days"]
+    lo, hi = summary["median_ci"]
+    assert q25 < summary["median_days"] < q75
+    assert lo <= summary["median_days"] <= hi
+    s = [p["s"] for p in summary["survival"]]
+    assert s[0] == 1.0 and all(a >= b for a, b in zip(s, s[1:]))
+    assert all(p["lo"] <= p["s"] <= p["hi"] for p in summary["survival"])
+
+
+def test_subgroups_differ_when_durations_do(summary):
+    severe, moderate = summary["groups"]["severe"], summary["groups"]["moderate"]
+    # severe cycles last half as long in the simulation
+    assert severe["median_days"] < moderate["median_days"]
+    assert severe["median_ci"][1] < moderate["median_ci"][0]
+    assert summary["logrank_p"] < 1e-3
+
+
+def test_no_subgroup_test_without_by(cycles):
+    res = cohort_durability(cycles, instrument="MADRS", n_boot=20)
+    assert res["groups"] == {} and res["logrank_p"] is None
+
+
+def test_median_not_reached_is_none_with_a_note():
+    # durations far beyond follow-up: most cycles are right-censored
+    d = simulate_cycles(80, seed=2, scale=2000.0, censor_days=(20, 60))
+    res = cohort_durability(d, instrument="PHQ-9", n_boot=30)
+    assert res["median_days"] is None
+    assert "not reached" in res["note"]
+    json.dumps(res, allow_nan=False)
+
+
+def test_bad_rows_are_quarantined_and_good_rows_kept(cycles):
+    bad = cycles.head(3).copy()
+    bad.loc[bad.index[0], "right_days"] = bad.loc[bad.index[0], "left_days"] - 1   # ends before it starts
+    bad.loc[bad.index[1], "patient_id"] = None
+    bad.loc[bad.index[2], "left_days"] = np.nan
+    d = pd.concat([cycles, bad], ignore_index=True)
+    res = cohort_durability(d, instrument="PHQ-9", n_boot=10)
+    assert res["n_cycles"] == len(cycles)
+    assert res["excluded_cycles"] == 3
+    reasons = " | ".join(e["reason"] for e in res["exclusions"])
+    assert "right_days" in reasons and "patient_id" in reasons and "left_days" in reasons
+    assert [e["row"] for e in res["exclusions"]] == [len(cycles), len(cycles) + 1, len(cycles) + 2]
+
+
+def test_missing_column_is_a_clear_error(cycles):
+    with pytest.raises(ValueError, match="right_days"):
+        cohort_durability(cycles.drop(columns=["right_days"]), instrument="PHQ-9")
+    with pytest.raises(ValueError, match="no column 'clinic'"):
+        cohort_durability(cycles, instrument="PHQ-9", by="clinic")
+
+
+def test_same_seed_same_answer(cycles):
+    a = cohort_durability(cycles, instrument="PHQ-9", n_boot=40, seed=3)
+    b = cohort_durability(cycles, instrument="PHQ-9", n_boot=40, seed=3)
+    assert a == b
+
+
+def test_interval_censored_median_is_below_right_end_dating(cycles):
+    """Dating each loss at the later assessment would overstate durability."""
+    from analytics.durability import kaplan_meier
+    res = cohort_durability(cycles, instrument="PHQ-9", n_boot=0)
+    naive = kaplan_meier(np.where(cycles.event, cycles.right_days, cycles.left_days), cycles.event).median
+    assert res["median_days"] < naive
+
+
+def test_durability_model_time_ratios(cycles):
+    res = durability_model(cycles, ["baseline_band", "site"])
+    terms = {t["term"]: t for t in res["terms"]}
+    sev = terms["baseline_band=severe"]
+    assert sev["reference"] == "moderate"          # most common level is the reference
+    assert sev["lo"] < 0.5 < sev["hi"]             # simulated time ratio 0.5
+    for name in ("site=east", "site=south", "site=north"):
+        if name in terms:                          # site has no effect
+            assert terms[name]["lo"] < 1.0 < terms[name]["hi"]
+    assert res["n_cycles"] == len(cycles)
+    json.dumps(res, allow_nan=False)
+
+
+def test_durability_model_numeric_and_missing_covariates(cycles):
+    d = cycles.copy()
+    d["severe"] = (d.baseline_band == "severe").astype(float)
+    d.loc[d.index[:5], "severe"] = np.nan
+    res = durability_model(d, ["severe"])
+    assert res["n_dropped_missing_covariate"] == 5
+    assert res["terms"][0]["term"] == "severe"
+    with pytest.raises(ValueError, match="prior_failed_trials"):
+        durability_model(d, ["prior_failed_trials"])
