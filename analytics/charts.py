@@ -1,0 +1,273 @@
+"""Plotly figure builders for the dashboard (no Streamlit here).
+
+Every figure has a title, axis titles with units and hover text. Colours are
+semi-transparent or mid-tone so the same figure reads on Streamlit's light and
+dark themes (pages draw them with the Streamlit theme).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Severity bands from mild (green) to severe (red); alpha keeps them behind the data on both themes.
+BAND_COLOURS = ["rgba(46,160,67,0.13)", "rgba(160,200,60,0.13)", "rgba(240,180,40,0.15)",
+                "rgba(240,120,40,0.16)", "rgba(220,50,50,0.17)"]
+PHASE_STYLE = {
+    "induction": ("#1f77b4", "circle"),
+    "maintenance": ("#2ca02c", "diamond"),
+    "rescue": ("#d62728", "triangle-up"),
+    None: ("#7f7f7f", "square"),
+}
+INSTRUMENT_COLOURS = {"PHQ-9": "#636efa", "MADRS": "#ab63fa", "GAD-7": "#00a2a8"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height,
+                      margin=dict(l=10, r=10, t=60, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    return fig
+
+
+def _band_colour(i: int, n: int) -> str:
+    # map n bands onto the 5-colour ramp
+    return BAND_COLOURS[round(i * (len(BAND_COLOURS) - 1) / max(n - 1, 1))]
+
+
+def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresholds: dict[str, dict],
+                     cycles: pd.DataFrame | None = None, patient_id: str = "") -> go.Figure:
+    """One timeline: a panel per instrument (own axis, severity bands shaded, baseline,
+    response and remission lines) above an infusion strip (phase and dose), durability
+    cycles drawn in the strip with their length and how they ended."""
+    codes = [c for c in thresholds]
+    rows = len(codes) + 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        row_heights=[1.0] * len(codes) + [0.45],
+                        subplot_titles=[f"{c} total (points)" for c in codes] + ["Infusions and response cycles"])
+    for r, code in enumerate(codes, start=1):
+        th = thresholds[code]
+        bands = th["bands"]
+        for i, (low, high, label) in enumerate(bands):
+            fig.add_hrect(y0=low - 0.5 if low else 0, y1=high + 0.5, fillcolor=_band_colour(i, len(bands)),
+                          line_width=0, layer="below", row=r, col=1)
+            fig.add_annotation(text=label, xref="x domain", x=1.0, xanchor="right", y=(low + high) / 2, yref=f"y{r if r > 1 else ''}",
+                               showarrow=False, font=dict(size=10), opacity=0.6)
+        a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
+        hover = [f"{code} {t:g} ({b})<br>{d:%a %d %b %Y}" for t, b, d in
+                 zip(a["total"], [_band_label(bands, v) for v in a["total"]], a["administered_at"])]
+        if code == "PHQ-9":
+            hover = [h + (f"<br><b>item 9 = {int(i9)}</b>" if pd.notna(i9) and i9 > 0 else "") for h, i9 in zip(hover, a["item_9"])]
+        fig.add_trace(go.Scatter(x=a["administered_at"], y=a["total"], mode="lines+markers", name=code,
+                                 line=dict(color=INSTRUMENT_COLOURS.get(code), width=2), marker=dict(size=7),
+                                 hovertext=hover, hoverinfo="text"), row=r, col=1)
+        if code == "PHQ-9" and "item_9" in a:
+            flagged = a[a["item_9"].fillna(0) > 0]
+            if len(flagged):
+                fig.add_trace(go.Scatter(x=flagged["administered_at"], y=flagged["total"], mode="markers",
+                                         name="item 9 positive", marker=dict(symbol="x", size=13, color="#d62728"),
+                                         hovertext=[f"PHQ-9 item 9 = {int(v)}" for v in flagged["item_9"]], hoverinfo="text"),
+                              row=r, col=1)
+        if th["baseline"] is not None:
+            fig.add_hline(y=th["baseline"], line=dict(dash="dot", color="#888"), row=r, col=1,
+                          annotation_text=f"baseline {th['baseline']:g}", annotation_position="top left")
+            fig.add_hline(y=th["response_at_or_below"], line=dict(dash="dash", color="#2ca02c"), row=r, col=1,
+                          annotation_text=f"response ≤ {th['response_at_or_below']:g}", annotation_position="top left")
+        op = "≤" if th["remission_inclusive"] else "<"
+        fig.add_hline(y=th["remission_cut"], line=dict(dash="dash", color="#17becf"), row=r, col=1,
+                      annotation_text=f"remission {op} {th['remission_cut']:g}", annotation_position="bottom left")
+        fig.update_yaxes(range=[0, th["max"]], title_text="points", row=r, col=1)
+    strip = rows
+    for phase, (colour, symbol) in PHASE_STYLE.items():
+        t = treatments[treatments["phase"].isna()] if phase is None else treatments[treatments["phase"] == phase]
+        if t.empty:
+            continue
+        dose = t["dose_mg_per_kg"]
+        fig.add_trace(go.Scatter(
+            x=t["administered_at"], y=np.full(len(t), 1.0), mode="markers",
+            name=f"{phase or 'phase not recorded'} infusion",
+            marker=dict(symbol=symbol, color=colour, size=8 + 6 * dose.fillna(0.5).clip(0, 2).to_numpy()),
+            hovertext=[f"{phase or 'infusion'}: {r.upper()} {d:g} mg/kg<br>{w:%a %d %b %Y}" if pd.notna(d) else f"{phase}: {r}"
+                       for r, d, w in zip(t["route"], dose, t["administered_at"])], hoverinfo="text"),
+            row=strip, col=1)
+    if cycles is not None and len(cycles):
+        starts, ends, labels = _cycle_spans(cycles)
+        for s, e, text, lost in zip(starts, ends, labels, cycles_lost(cycles)):
+            colour = "#d62728" if lost else "#2ca02c"
+            fig.add_trace(go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text", line=dict(color=colour, width=5),
+                                     text=["", text], textposition="top left", showlegend=False,
+                                     hovertext=[text, text], hoverinfo="text"), row=strip, col=1)
+    fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="", row=strip, col=1)
+    fig.update_xaxes(title_text="date", row=strip, col=1)
+    title = f"Patient {patient_id}: scores and infusions" if patient_id else "Scores and infusions"
+    return _layout(fig, title, height=260 * len(codes) + 200)
+
+
+def _band_label(bands, value) -> str:
+    for low, high, label in bands:
+        if low <= value <= high:
+            return label
+    return ""
+
+
+def _cycle_spans(cycles: pd.DataFrame):
+    starts = pd.to_datetime(cycles["started_at"])
+    ends = starts + pd.to_timedelta(cycles["length_days"], unit="D")
+    labels = [f"{d:.0f} d, {'lost response' if lost else 'no loss seen'}" for d, lost in zip(cycles["length_days"], cycles_lost(cycles))]
+    return starts, ends, labels
+
+
+def cycles_lost(cycles: pd.DataFrame) -> list[bool]:
+    return cycles["event"].fillna(False).astype(bool).tolist()
+
+
+def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0, zmax=item_max,
+                               colorscale="YlOrRd", colorbar=dict(title="score"),
+                               hovertemplate="%{y}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="item")
+    fig.update_xaxes(title_text="assessment date", type="category")
+    return _layout(fig, f"{instrument} items over time (which symptoms move)", height=360)
+
+
+def waterfall(w: pd.DataFrame, instrument: str) -> go.Figure:
+    colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
+    fig = go.Figure()
+    for outcome, colour in colours.items():
+        d = w[w["outcome"] == outcome]
+        fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
+                             hovertext=[f"{p}: baseline {b:g}, best {s:g} ({c:+.0f}%)" for p, b, s, c in
+                                        zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])],
+                             hoverinfo="text"))
+    fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall")
+    fig.update_layout(bargap=0.05)
+    fig.update_xaxes(title_text="patients (ordered by best change)", showticklabels=False)
+    fig.update_yaxes(title_text=f"best change in {instrument} from baseline (%)")
+    return _layout(fig, f"Best {instrument} change per patient (waterfall)")
+
+
+def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=band["week"], y=band["q3"], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=band["week"], y=band["q1"], mode="lines", line=dict(width=0), fill="tonexty",
+                             fillcolor="rgba(99,110,250,0.25)", name="interquartile range", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=band["week"], y=band["median"], mode="lines+markers", name="median",
+                             line=dict(color="#636efa", width=3),
+                             hovertext=[f"week {w}: median {m:g} (IQR {a:g}-{b:g}), n = {n}" for w, m, a, b, n in
+                                        zip(band["week"], band["median"], band["q1"], band["q3"], band["n"])],
+                             hoverinfo="text"))
+    fig.add_trace(go.Scatter(x=band["week"], y=np.full(len(band), -0.5), mode="text", text=[str(n) for n in band["n"]],
+                             textfont=dict(size=10), name="n patients", hoverinfo="skip"))
+    fig.add_hline(y=remission_cut, line=dict(dash="dash", color="#17becf"), annotation_text=f"remission cut-off {remission_cut:g}")
+    fig.update_xaxes(title_text="weeks since first infusion (week 0 = baseline)")
+    fig.update_yaxes(title_text=f"{instrument} total (points)", rangemode="tozero")
+    return _layout(fig, f"Cohort {instrument} trajectory: median and interquartile range (numbers: patients at each week)")
+
+
+def severity_movement(table: pd.DataFrame, instrument: str) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=table.to_numpy(), x=list(table.columns), y=list(table.index), colorscale="Blues",
+                               text=table.to_numpy(), texttemplate="%{text}", colorbar=dict(title="patients"),
+                               hovertemplate="baseline %{y} → latest %{x}: %{z} patients<extra></extra>"))
+    fig.update_xaxes(title_text=f"latest {instrument} band")
+    fig.update_yaxes(title_text=f"baseline {instrument} band", autorange="reversed")
+    return _layout(fig, f"Severity movement: baseline to latest {instrument} band (patients)")
+
+
+def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
+    g, lim, p0 = data["groups"], data["limits"], data["clinic_rate"]
+    fig = go.Figure()
+    for col, name, dash in (("hi998", "99.8% limits", "dot"), ("lo998", None, "dot"), ("hi95", "95% limits", "dash"), ("lo95", None, "dash")):
+        fig.add_trace(go.Scatter(x=lim["n"], y=100 * lim[col], mode="lines", line=dict(color="#888", dash=dash),
+                                 name=name or "", showlegend=name is not None, hoverinfo="skip"))
+    fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%")
+    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by], textposition="top center",
+                             marker=dict(size=12, color="#636efa"), name=by,
+                             hovertext=[f"{name}: {k}/{n} = {100 * r:.0f}% ({pos})" for name, k, n, r, pos in
+                                        zip(g[by], g["k"], g["n"], g["rate"], g["position"])], hoverinfo="text"))
+    fig.update_xaxes(title_text="evaluable patients (n)")
+    fig.update_yaxes(title_text=f"{outcome_label} rate (%)", range=[0, 100])
+    return _layout(fig, f"{outcome_label.capitalize()} by {by} against the clinic rate (funnel plot)")
+
+
+def completeness(c: pd.DataFrame) -> go.Figure:
+    fig = go.Figure(go.Bar(x=c["month"], y=100 * c["share"], marker_color="#00a2a8",
+                           hovertext=[f"{m:%b %Y}: {a} of {n} infusions ({100 * s:.0f}%)" for m, a, n, s in
+                                      zip(c["month"], c["assessed"], c["infusions"], c["share"])], hoverinfo="text"))
+    fig.update_xaxes(title_text="month")
+    fig.update_yaxes(title_text="infusions with a score in the 7 days before (%)", range=[0, 105])
+    return _layout(fig, "Measurement completeness: infusions with an assessment within 7 days before", height=340)
+
+
+def survival(curves: list[dict], title: str) -> go.Figure:
+    """curves: [{"label", "times", "survival", "lower", "upper", "n"}] (Kaplan-Meier steps with a CI band)."""
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        colour = palette[i % len(palette)]
+        t = np.concatenate([[0.0], c["times"]])
+        s = np.concatenate([[1.0], c["survival"]])
+        lo = np.concatenate([[1.0], c["lower"]])
+        hi = np.concatenate([[1.0], c["upper"]])
+        fig.add_trace(go.Scatter(x=t, y=100 * hi, mode="lines", line=dict(width=0, shape="hv"), showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0, shape="hv"), fill="tonexty",
+                                 fillcolor=_alpha(colour, 0.18), showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5, shape="hv"),
+                                 name=f"{c['label']} (n = {c['n']})",
+                                 hovertext=[f"{c['label']}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
+                                            for x, y, a, b in zip(t, s, lo, hi)], hoverinfo="text"))
+    fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median")
+    fig.update_xaxes(title_text="days since the infusion that started the cycle", rangemode="tozero")
+    fig.update_yaxes(title_text="still in response (%)", range=[0, 102])
+    return _layout(fig, title)
+
+
+def _alpha(hex_colour: str, a: float) -> str:
+    h = hex_colour.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{a})"
+
+
+def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
+    """rows: term, estimate, low, high (ratios; 1 = no difference)."""
+    fig = go.Figure(go.Scatter(
+        x=rows["estimate"], y=rows["term"], mode="markers", marker=dict(size=11, symbol="square", color="#636efa"),
+        error_x=dict(type="data", symmetric=False, array=rows["high"] - rows["estimate"], arrayminus=rows["estimate"] - rows["low"]),
+        hovertext=[f"{t}: {e:.2f} (95% CI {lo:.2f}-{hi:.2f})" for t, e, lo, hi in zip(rows["term"], rows["estimate"], rows["low"], rows["high"])],
+        hoverinfo="text", name=measure))
+    fig.add_vline(x=1, line=dict(dash="dash", color="#888"))
+    fig.update_xaxes(type="log", title_text=f"{measure} (log scale; 1 = no difference)")
+    fig.update_yaxes(title_text="", autorange="reversed")
+    return _layout(fig, f"What goes with shorter or longer response ({measure}, 95% CI)", height=max(260, 70 * len(rows) + 120))
+
+
+def interval_histogram(days: pd.Series) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=days, xbins=dict(size=3), marker_color="#00a2a8",
+                                 hovertemplate="%{x} days: %{y} patients<extra></extra>"))
+    fig.update_xaxes(title_text="suggested interval between infusions (days)")
+    fig.update_yaxes(title_text="patients")
+    return _layout(fig, "Distribution of suggested maintenance intervals", height=340)
+
+
+def infusions_per_month(m: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=m["month"], y=m["per_patient"], mode="lines+markers", name="all infusions",
+                             hovertext=[f"{mo:%b %Y}: {i} infusions, {p} patients ({r:.2f} each)" for mo, i, p, r in
+                                        zip(m["month"], m["infusions"], m["patients"], m["per_patient"])], hoverinfo="text"))
+    fig.add_trace(go.Scatter(x=m["month"], y=m["maintenance_per_patient"], mode="lines+markers", name="maintenance only",
+                             hovertemplate="%{x|%b %Y}: %{y:.2f} maintenance infusions per patient<extra></extra>"))
+    fig.update_xaxes(title_text="month")
+    fig.update_yaxes(title_text="infusions per infused patient per month", rangemode="tozero")
+    return _layout(fig, "Infusions per patient per month (falling maintenance line = tapering)", height=360)
+
+
+def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
+    """Infusions per patient-year against time out of response: lower-left is better on both."""
+    fig = go.Figure(go.Scatter(
+        x=table["infusions_per_patient_year"], y=100 * table["share_days_out_of_response"], mode="markers+text",
+        text=table["policy"], textposition="top center", marker=dict(size=12, color="#ab63fa"),
+        hovertext=[f"{p}: {i:.1f} infusions per patient-year, {100 * d:.1f}% of days out of response, "
+                   f"{100 * r:.0f}% of infusions were rescues" for p, i, d, r in
+                   zip(table["policy"], table["infusions_per_patient_year"], table["share_days_out_of_response"],
+                       table["rescue_share"])], hoverinfo="text"))
+    fig.update_xaxes(title_text="maintenance and rescue infusions per patient-year")
+    fig.update_yaxes(title_text="days out of response after induction (%)", rangemode="tozero")
+    return _layout(fig, "Maintenance policies: infusions against time out of response (simulated clinic)", height=420)

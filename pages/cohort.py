@@ -1,0 +1,111 @@
+"""Cohort outcomes (director): headline figures, waterfall, trajectory, severity movement, funnel, completeness."""
+from datetime import date
+
+import streamlit as st
+
+from analytics import charts, outcomes, scales, views
+from pages import _session as session
+
+st.title("Cohort outcomes")
+scope = session.current_scope()
+if not session.has_data():
+    session.no_database_message()
+    st.stop()
+
+f = session.frames(scope)
+if f["treatments"].empty:
+    st.info("No infusions yet: import treatments on the Data page (or build the demo clinic) to see cohort outcomes.")
+    st.stop()
+
+options = views.filter_options(f["patients"], f["treatments"])
+first_day = f["treatments"]["administered_at"].min().date()
+last_day = f["treatments"]["administered_at"].max().date()
+with st.sidebar:
+    st.header("Filters")
+    instrument = st.selectbox("Instrument", list(scales.codes()), key="cohort_instrument")
+    period = st.date_input("First infusion between", value=(first_day, last_day), min_value=first_day,
+                           max_value=max(last_day, session.today()), key="cohort_period")
+    sites = st.multiselect("Site", options["sites"], key="cohort_sites")
+    clinicians = st.multiselect("Clinician", options["clinicians"], key="cohort_clinicians")
+    routes = st.multiselect("Route (of the first infusion)", options["routes"], key="cohort_routes")
+    comorbidities = st.multiselect("Comorbidity", options["comorbidities"], key="cohort_comorbidities")
+
+start, end = (period[0], period[1]) if isinstance(period, (tuple, list)) and len(period) == 2 else (first_day, last_day)
+filters = views.Filters(instrument=instrument, sites=tuple(sites), clinicians=tuple(clinicians), routes=tuple(routes),
+                        comorbidities=tuple(comorbidities),
+                        start=None if start == first_day else start, end=None if end == last_day else end)
+
+with st.spinner("Computing cohort outcomes..."):
+    cohort = views.filter_cohort(f["patients"], f["treatments"], f["assessments"], filters)
+    induction_all = session.induction(scope, instrument)
+    induction = induction_all[induction_all["patient_id"].isin(cohort.patients["patient_id"])]
+    all_cycles = session.cycles(scope, "PHQ-9")
+    cycles = all_cycles[all_cycles["patient_id"].isin(cohort.patients["patient_id"])]
+    head = views.headline(cohort, induction, session.today(), scope.min_cell, cycles=cycles)
+
+st.caption(f"Period and filters: {head['period']}. {head['treated']} treated patients, "
+           f"{head['evaluable']} with a baseline and a score within 21 days after induction (the rates' denominator).")
+if head["patients"] == 0:
+    st.info("No patients match these filters: widen the date range or clear a filter in the sidebar.")
+    st.stop()
+
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Active patients", head["active_patients"], help=f"An infusion or assessment in the last {views.ACTIVE_DAYS} days.")
+c2.metric(f"Infusions in {head['month']}", head["infusions_this_month"])
+resp, remi = head["response"], head["remission"]
+c3.metric(f"Response after induction ({instrument})", "-" if resp.value is None else f"{100 * resp.value:.0f}%",
+          help="At least 50% below baseline at the first score after induction. 95% Wilson interval.")
+c3.caption(resp.text())
+cut, inclusive = outcomes.remission_threshold(instrument)
+c4.metric(f"Remission after induction ({instrument})", "-" if remi.value is None else f"{100 * remi.value:.0f}%",
+          help=f"{instrument} {'≤' if inclusive else '<'} {cut:g} at the first score after induction. 95% Wilson interval.")
+c4.caption(remi.text())
+median = head["median_durability_days"]
+c5.metric("Median durability (PHQ-9)", "not reached" if median is None else f"{median:.0f} days",
+          help="Median time from an infusion given in response to loss of response (Turnbull estimate; "
+               "loss lies between two scores).")
+c5.caption(f"{len(cycles)} response cycles, {int(cycles['event'].sum())} ended in loss")
+
+left, right = st.columns(2)
+with left:
+    w = views.waterfall(induction)
+    if w.empty:
+        st.info(f"No patient has both a {instrument} baseline and a later score yet.")
+    else:
+        st.plotly_chart(charts.waterfall(w, instrument), key="waterfall")
+with right:
+    band = views.trajectory_band(cohort, instrument, min_n=max(5, scope.min_cell))
+    if band.empty:
+        st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
+    else:
+        st.plotly_chart(charts.trajectory(band, instrument, cut), key="trajectory")
+
+left, right = st.columns(2)
+with left:
+    table = views.severity_movement(induction, instrument)
+    if table.to_numpy().sum() == 0:
+        st.info(f"No patient has a {instrument} baseline and a later score yet.")
+    else:
+        st.plotly_chart(charts.severity_movement(table, instrument), key="severity")
+with right:
+    by = st.radio("Compare", ["site", "clinician"], horizontal=True, key="funnel_by")
+    outcome = st.radio("Outcome", ["responded", "remitted"], horizontal=True, key="funnel_outcome",
+                       format_func=lambda o: {"responded": "response", "remitted": "remission"}[o])
+    data = views.funnel(induction, cohort.patients, by, outcome, min_cell=scope.min_cell)
+    if data["clinic_rate"] is None or data["groups"].empty:
+        st.info("Not enough evaluable patients to compare groups.")
+    else:
+        st.plotly_chart(charts.funnel(data, by, {"responded": "response", "remitted": "remission"}[outcome]), key="funnel")
+        if data.get("hidden_groups"):
+            st.caption(f"{data['hidden_groups']} group(s) with fewer than {scope.min_cell} patients are not shown.")
+        st.caption("A point outside the funnel differs from the clinic rate by more than chance would explain "
+                   "for a group of that size; inside it, differences are compatible with chance.")
+
+comp = views.completeness(cohort.treatments, cohort.assessments)
+if comp.empty:
+    st.info("No infusions in this selection, so no completeness figure.")
+else:
+    total = comp["assessed"].sum() / comp["infusions"].sum()
+    st.plotly_chart(charts.completeness(comp), key="completeness")
+    st.caption(f"Overall {100 * total:.0f}% of {int(comp['infusions'].sum())} infusions had an assessment (any instrument) "
+               f"in the {views.COMPLETENESS_DAYS} days before, the infusion day included.")
