@@ -329,6 +329,7 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
         "interval_days": np.where(has_next, ((st["next_at"] - at) / DAY).to_numpy(dtype=float), np.inf),
         "n_assessments": st["n_assessments"].to_numpy(dtype=int),
         "pre_dose_score": st["pre_dose_score"].to_numpy(dtype=float),
+        "pre_dose_remission": outcomes.is_remission(st["pre_dose_score"].to_numpy(dtype=float), course.instrument, rules),
     })
     # Patient-level covariates: one row per patient, then taken by position.
     scale = scales.get(course.instrument)
