@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from . import codes
-from .convert import Conversion, convert
+from .convert import Conversion, Converter
 from .export import export_fhir
-from .parse import Located, Reject, looks_like_fhir, read_text, sniff_file
+from .parse import Located, Reject, iter_text, looks_like_fhir, sniff_file
 
 __all__ = [
     "export_fhir", "import_fhir_files", "convert_files", "add_import_jobs", "looks_like_fhir",
@@ -99,28 +99,34 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
 
     Files holding Patients come first.
     """
-    loaded = [_load(item) for item in files]
-    located: list[Located] = []
+    loaded: list[str] = []
+    converter = Converter(identifier_system(identifier_system_))
     parse_rejects: list[Reject] = []
     counts: dict[str, int] = {}
     hashes: dict[str, str] = {}
-    for name, content in loaded:
+    for item in files:
+        name, content = _load(item)
+        loaded.append(name)
         hashes[name] = hashlib.sha256(content).hexdigest()
+        counts[name] = 0
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError as exc:
             parse_rejects.append(Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "", "", True))
-            counts[name] = 0
             continue
-        good, bad = read_text(text, name)
-        located += good
-        parse_rejects += bad
-        counts[name] = len(good) + len(bad)
+        del content
+        for parsed in iter_text(text, name):
+            counts[name] += 1
+            if isinstance(parsed, Located):
+                converter.add(parsed)
+            else:
+                parse_rejects.append(parsed)
+        del text
 
-    result: Conversion = convert(located, identifier_system(identifier_system_))
+    result: Conversion = converter.finish()
     rejects = parse_rejects + result.rejects
     out = []
-    for name, _content in loaded:
+    for name in loaded:
         tables = {
             kind: _without_empty_optional(kind, frame[frame["_file"] == name].drop(columns="_file").reset_index(drop=True))
             for kind, frame in result.tables.items()

@@ -190,150 +190,166 @@ def _attributes(patient) -> dict[str, str]:
 
 
 # --- the converter -------------------------------------------------------------
+#
+# Two phases, so a large bulk export never holds every validated model at once
+# (a model is ~30 kB): `add` extracts what matters from each resource as it is
+# validated and drops the model; `finish` resolves references between
+# resources (subjects, Medications, body weights) and merges assessments.
+
+@dataclass
+class _Subject:
+    reference: str | None
+    system: str | None
+    value: str | None
+    column: str
+
+
+def _subject(ref, column: str) -> _Subject | None:
+    if ref is None:
+        return None
+    ident = ref.identifier
+    return _Subject(ref.reference, getattr(ident, "system", None), getattr(ident, "value", None), column)
+
+
+@dataclass
+class _Source:
+    """Where an extracted resource came from (for rows and rejects)."""
+
+    file_name: str
+    line: int
+    raw: str
+    type: str
+    label: str
+
+
+@dataclass
+class _Score:
+    source: _Source
+    subject: _Subject | None
+    when: str
+    # instrument -> (items, total); a QuestionnaireResponse may hold several
+    answers: dict[str, tuple[dict[int, float | None], float | None]]
+    rater: str
+    empty_panel: str | None = None  # the panel's instrument when it had no answers
+
+
+@dataclass
+class _Weight:
+    source: _Source
+    subject: _Subject | None
+    when: str
+    kg: float
+
+
+@dataclass
+class _Treatment:
+    source: _Source
+    subject: _Subject | None
+    row: dict  # administered_on, route, phase, dose_mg_per_kg (may be pending)
+    dose_mg: float | None = None  # a dose in mg waiting for a body weight
+    medication_ref: str | None = None  # a bundled Medication still to check
+    medication_text: str = ""
+    esketamine: bool = False
+
 
 @dataclass
 class _Assessment:
     patient_id: str
     instrument: str
     when: str
-    sources: list[Located] = field(default_factory=list)
+    sources: list[_Source] = field(default_factory=list)
     items: dict[int, tuple[float | None, int]] = field(default_factory=dict)  # item -> (value, line)
     total: tuple[float, int] | None = None
     rater: str = ""
-    empty_panels: list[Located] = field(default_factory=list)
+    empty_panels: list[_Source] = field(default_factory=list)
 
 
 class Converter:
     """Converts the resources of one import (one or more files) into row tables."""
 
-    def __init__(self, resources: Iterable[Located], identifier_system: str | None = None):
+    def __init__(self, identifier_system: str | None = None):
         self.identifier_system = identifier_system or codes.LOCAL_PATIENT_ID
-        self.resources: list[Located] = []
         self.rejects: list[Reject] = []
         self.notes: list[str] = []
         self.supporting = 0
-        self._by_ref: dict[str, Located] = {}
-        self._index(resources)
+        self._seen: dict[str, tuple[_Source, str]] = {}  # "Type/id" or fullUrl -> first source
+        self._patients: list[dict] = []
         self._patient_ids: dict[str, str] = {}  # "Patient/x" or fullUrl -> patient_id
-        self._weights: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        self._medications: dict[str, tuple[bool, bool, str]] = {}  # ref -> (ketamine, esketamine, text)
+        self._records: list = []  # _Score, _Weight, _Treatment in file order
 
-    def _reject(self, res: Located, column: str, reason: str) -> None:
-        self.rejects.append(Reject(res.file_name, res.line, column, f"{res.label}: {reason}", res.raw, res.type))
+    def _reject(self, source: _Source, column: str, reason: str) -> None:
+        self.rejects.append(Reject(source.file_name, source.line, column, f"{source.label}: {reason}", source.raw, source.type))
 
-    def _index(self, resources: Iterable[Located]) -> None:
-        for res in resources:
-            keys = [k for k in (res.ref, res.full_url) if k]
-            seen = next((self._by_ref[k] for k in keys if k in self._by_ref), None)
-            if seen is not None:
-                same = "an identical copy" if seen.raw == res.raw else "a different version"
-                self._reject(res, f"{res.type}.id", f"duplicate resource: {same} is at {seen.file_name} line {seen.line}")
-                continue
-            for k in keys:
-                self._by_ref[k] = res
-            self.resources.append(res)
-
-    # -- patients --
-    def _patient_id_of(self, res: Located) -> str:
-        for ident in res.model.identifier or []:
-            if ident.system == self.identifier_system and ident.value:
-                return ident.value
-        if res.model.id:
-            return res.model.id
-        raise Problem("Patient.identifier", f"no id and no identifier of system {self.identifier_system}")
-
-    def _patient_row(self, res: Located) -> dict:
-        p = res.model
-        birth = p.birthDate
-        if isinstance(birth, (dt.date, dt.datetime)):
-            birth_year = str(birth.year)
-        elif birth:
-            birth_year = str(birth)[:4]  # partial date "1980" or "1980-04"
-        else:
-            birth_year = ""
-        gp = (p.generalPractitioner or [None])[0]
-        return {
-            "patient_id": self._patient_id_of(res),
-            "site": _reference_label(p.managingOrganization) or "",
-            "clinician": _reference_label(gp) or "",
-            "birth_year": birth_year,
-            "sex": SEX.get(p.gender or "", p.gender or ""),
-            "diagnosis": _extension_value(p, codes.EXT_DIAGNOSIS),
-            "comorbidities": _extension_value(p, codes.EXT_COMORBIDITIES),
-            "prior_failed_trials": _extension_value(p, codes.EXT_PRIOR_FAILED_TRIALS),
-            "enrolled_on": _extension_value(p, codes.EXT_ENROLLED_ON),
-            # An enrolled-on extension with no value (data-absent-reason) says
-            # "not known": then no date is derived from the patient's data.
-            "_enrolment_known_absent": any(e.url == codes.EXT_ENROLLED_ON for e in p.extension or [])
-            and not _extension_value(p, codes.EXT_ENROLLED_ON),
-            **_attributes(p),
-            "_file": res.file_name,
-            "_line": res.line,
-            "_raw": res.raw,
-        }
-
-    def subject(self, res: Located, ref, column: str) -> str:
-        """The patient_id a subject reference points to."""
-        if ref is None:
-            raise Problem(column, "no subject: the patient it belongs to is unknown")
-        if ref.reference and ref.reference in self._patient_ids:
-            return self._patient_ids[ref.reference]
-        ident = ref.identifier
-        if ident is not None and ident.value and ident.system == self.identifier_system:
-            return ident.value
-        pid = _reference_id(ref.reference, "Patient")
-        if pid:
-            # Not in this import: taken to be a patient already in the database
-            # under the same id (ingest rejects it if there is none).
-            return pid
-        if ref.reference:
-            raise Problem(column, f"subject {ref.reference!r} is not a Patient in this import")
-        raise Problem(column, "subject has no Patient reference or identifier")
-
-    # -- main --
-    def convert(self) -> Conversion:
-        patients: list[dict] = []
-        for res in self.resources:
-            if res.type != "Patient":
-                continue
-            try:
-                row = self._patient_row(res)
-            except Problem as exc:
-                self._reject(res, exc.column, exc.reason)
-                continue
-            patients.append(row)
-            for key in (res.ref, res.full_url):
-                if key:
+    # -- phase 1 --
+    def add(self, res: Located) -> None:
+        source = _Source(res.file_name, res.line, res.raw, res.type, res.label)
+        keys = [k for k in (res.ref, res.full_url) if k]
+        seen = next((self._seen[k] for k in keys if k in self._seen), None)
+        if seen is not None:
+            first, first_raw = seen
+            same = "an identical copy" if first_raw == res.raw else "a different version"
+            self._reject(source, f"{res.type}.id", f"duplicate resource: {same} is at {first.file_name} line {first.line}")
+            return
+        for k in keys:
+            self._seen[k] = (source, res.raw)
+        model = res.model
+        res.model = None  # converted below; do not keep it
+        try:
+            if res.type == "Patient":
+                row = self._patient_row(model, source)
+                self._patients.append(row)
+                for key in keys:
                     self._patient_ids[key] = row["patient_id"]
+            elif res.type == "Observation":
+                if _is_weight(model):
+                    self._records.append(self._weight(model, source))
+                else:
+                    self._records.append(self._observation(model, source))
+            elif res.type == "QuestionnaireResponse":
+                self._records.append(self._questionnaire_response(model, source))
+            elif res.type == "MedicationAdministration":
+                self._records.append(self._administration(model, source))
+            elif res.type == "Procedure":
+                self._records.append(self._procedure(model, source))
+            elif res.type == "Medication":
+                concept = model.code
+                entry = (_is_ketamine(concept), _is_esketamine(concept), _concept_text(concept))
+                for key in keys:
+                    self._medications[key] = entry
+                self.supporting += 1
+        except Problem as exc:
+            self._reject(source, exc.column, exc.reason)
 
-        # Body weights first: administrations in mg need them.
-        weights = set()
-        for res in self.resources:
-            if res.type == "Observation" and self._is_weight(res):
-                self._take_weight(res)
-                weights.add(id(res))
+    # -- phase 2 --
+    def finish(self) -> Conversion:
+        weights: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for record in self._records:
+            if isinstance(record, _Weight):
+                try:
+                    pid = self._resolve(record.subject, "Observation.subject")
+                except Problem as exc:
+                    self._reject(record.source, exc.column, exc.reason)
+                    continue
+                weights[pid].append((record.when, record.kg))
+                self.supporting += 1
 
         groups: dict[tuple[str, str, str], _Assessment] = {}
         treatments: list[dict] = []
-        for res in self.resources:
+        for record in self._records:
             try:
-                if res.type == "Observation" and id(res) not in weights:
-                    self._observation(res, groups)
-                elif res.type == "QuestionnaireResponse":
-                    self._questionnaire_response(res, groups)
-                elif res.type == "MedicationAdministration":
-                    treatments.append(self._administration(res))
-                elif res.type == "Procedure":
-                    treatments.append(self._procedure(res))
-                elif res.type == "Medication":
-                    self.supporting += 1
+                if isinstance(record, _Score):
+                    self._place_score(record, groups)
+                elif isinstance(record, _Treatment):
+                    treatments.append(self._treatment_row(record, weights))
             except Problem as exc:
-                self._reject(res, exc.column, exc.reason)
+                self._reject(record.source, exc.column, exc.reason)
 
         assessments = [row for row in (self._assessment_row(g) for g in groups.values()) if row]
-        self._fill_enrolment(patients, treatments, assessments)
+        self._fill_enrolment(self._patients, treatments, assessments)
         return Conversion(
             tables={
-                "patients": _frame(patients, PATIENT_COLUMNS),
+                "patients": _frame(self._patients, PATIENT_COLUMNS),
                 "treatments": _frame(treatments, TREATMENT_COLUMNS),
                 "assessments": _frame(assessments, ASSESSMENT_COLUMNS),
             },
@@ -342,77 +358,93 @@ class Converter:
             supporting=self.supporting,
         )
 
+    def _resolve(self, subject: _Subject | None, column: str) -> str:
+        """The patient_id a subject reference points to."""
+        if subject is None:
+            raise Problem(column, "no subject: the patient it belongs to is unknown")
+        if subject.reference and subject.reference in self._patient_ids:
+            return self._patient_ids[subject.reference]
+        if subject.value and subject.system == self.identifier_system:
+            return subject.value
+        pid = _reference_id(subject.reference, "Patient")
+        if pid:
+            # Not in this import: taken to be a patient already in the database
+            # under the same id (ingest rejects it if there is none).
+            return pid
+        if subject.reference:
+            raise Problem(column, f"subject {subject.reference!r} is not a Patient in this import")
+        raise Problem(column, "subject has no Patient reference or identifier")
+
+    # -- patients --
+    def _patient_row(self, p, source: _Source) -> dict:
+        pid = next((i.value for i in p.identifier or [] if i.system == self.identifier_system and i.value), None) or p.id
+        if not pid:
+            raise Problem("Patient.identifier", f"no id and no identifier of system {self.identifier_system}")
+        birth = p.birthDate
+        if isinstance(birth, (dt.date, dt.datetime)):
+            birth_year = str(birth.year)
+        elif birth:
+            birth_year = str(birth)[:4]  # partial date "1980" or "1980-04"
+        else:
+            birth_year = ""
+        gp = (p.generalPractitioner or [None])[0]
+        enrolled = _extension_value(p, codes.EXT_ENROLLED_ON)
+        return {
+            "patient_id": pid,
+            "site": _reference_label(p.managingOrganization) or "",
+            "clinician": _reference_label(gp) or "",
+            "birth_year": birth_year,
+            "sex": SEX.get(p.gender or "", p.gender or ""),
+            "diagnosis": _extension_value(p, codes.EXT_DIAGNOSIS),
+            "comorbidities": _extension_value(p, codes.EXT_COMORBIDITIES),
+            "prior_failed_trials": _extension_value(p, codes.EXT_PRIOR_FAILED_TRIALS),
+            "enrolled_on": enrolled,
+            # An enrolled-on extension with no value (data-absent-reason) says
+            # "not known": then no date is derived from the patient's data.
+            "_enrolment_known_absent": not enrolled and any(e.url == codes.EXT_ENROLLED_ON for e in p.extension or []),
+            **_attributes(p),
+            "_file": source.file_name,
+            "_line": source.line,
+            "_raw": source.raw,
+        }
+
     # -- observations --
-    @staticmethod
-    def _is_weight(res: Located) -> bool:
-        return any(c.system == codes.LOINC and c.code == codes.BODY_WEIGHT for c in _codings(res.model.code))
+    def _weight(self, obs, source: _Source) -> _Weight:
+        if obs.status in SKIPPED_OBSERVATION_STATUS:
+            raise Problem("Observation.status", f"status {obs.status}: not used")
+        when = when_text(_effective(obs), "Observation.effective[x]")
+        q = obs.valueQuantity
+        if q is None or q.value is None:
+            raise Problem("Observation.valueQuantity", "body weight has no value")
+        unit = (q.code or q.unit or "").strip()
+        factor = {"kg": 1.0, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237, "g": 0.001}.get(unit)
+        if factor is None:
+            raise Problem("Observation.valueQuantity.unit", f"body weight unit {unit!r} is not kg, g or [lb_av]")
+        kg = float(q.value) * factor
+        if not 2 <= kg <= 400:
+            raise Problem("Observation.valueQuantity.value", f"body weight {kg:g} kg is not plausible")
+        return _Weight(source, _subject(obs.subject, "Observation.subject"), when, kg)
 
-    def _take_weight(self, res: Located) -> None:
-        obs = res.model
-        try:
-            if obs.status in SKIPPED_OBSERVATION_STATUS:
-                raise Problem("Observation.status", f"status {obs.status}: not used")
-            pid = self.subject(res, obs.subject, "Observation.subject")
-            when = when_text(_effective(obs), "Observation.effective[x]")
-            q = obs.valueQuantity
-            if q is None or q.value is None:
-                raise Problem("Observation.valueQuantity", "body weight has no value")
-            unit = (q.code or q.unit or "").strip()
-            factor = {"kg": 1.0, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237, "g": 0.001}.get(unit)
-            if factor is None:
-                raise Problem("Observation.valueQuantity.unit", f"body weight unit {unit!r} is not kg, g or [lb_av]")
-            kg = float(q.value) * factor
-            if not 2 <= kg <= 400:
-                raise Problem("Observation.valueQuantity.value", f"body weight {kg:g} kg is not plausible")
-        except Problem as exc:
-            self._reject(res, exc.column, exc.reason)
-            return
-        self._weights[pid].append((when, kg))
-        self.supporting += 1
-
-    def _instrument_codes(self, concept) -> tuple[str, str, str | None] | None:
-        """(kind, instrument, item) for a known code: kind is total, panel or item."""
-        for c in _codings(concept):
-            key = (c.system, c.code)
-            if key in codes.TOTAL_CODES:
-                return "total", codes.TOTAL_CODES[key], None
-            if key in codes.PANEL_CODES:
-                return "panel", codes.PANEL_CODES[key], None
-            if key in codes.ITEM_CODES:
-                instrument, number = codes.ITEM_CODES[key]
-                return "item", instrument, str(number)
-        return None
-
-    def _group(self, groups, pid: str, instrument: str, when: str, res: Located) -> _Assessment:
-        key = (pid, instrument, when)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Assessment(pid, instrument, when)
-        return group
-
-    def _observation(self, res: Located, groups) -> None:
-        obs = res.model
-        kind = self._instrument_codes(obs.code)
+    def _observation(self, obs, source: _Source) -> _Score:
+        kind = _instrument_code(obs.code)
         if kind is None:
             found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in _codings(obs.code)) or (obs.code.text or "none")
             raise Problem("Observation.code", f"unknown code {found}: not a PHQ-9, GAD-7 or MADRS score (see docs/fhir.md)")
         if obs.status in SKIPPED_OBSERVATION_STATUS:
             raise Problem("Observation.status", f"status {obs.status}: not imported")
         kind_name, instrument, item = kind
-        pid = self.subject(res, obs.subject, "Observation.subject")
+        if obs.subject is None:
+            raise Problem("Observation.subject", "no subject: the patient it belongs to is unknown")
         when = when_text(_effective(obs), "Observation.effective[x]")
         items: dict[int, float | None] = {}
         total: float | None = None
-        what = f"{instrument} {kind_name}"
         if kind_name == "item":
             items[int(item)] = value_score(obs, "Observation.value[x]", f"{instrument} item {item}")
         else:
-            value = value_score(obs, "Observation.value[x]", what)
-            if value is not None:
-                total = value
+            total = value_score(obs, "Observation.value[x]", f"{instrument} {kind_name}")
         for i, comp in enumerate(obs.component or []):
             column = f"Observation.component[{i}]"
-            ckind = self._instrument_codes(comp.code)
+            ckind = _instrument_code(comp.code)
             if ckind is None or ckind[1] != instrument:
                 found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in _codings(comp.code)) or "none"
                 raise Problem(column + ".code", f"component code {found} is not a {instrument} item or total")
@@ -421,39 +453,74 @@ class Converter:
                 items[int(ckind[2])] = value
             elif value is not None:
                 total = value
-        group = self._group(groups, pid, instrument, when, res)
-        rater = self._rater(obs.performer, pid)
+        score = _Score(source, _subject(obs.subject, "Observation.subject"), when, {}, _rater(obs.performer))
         if kind_name == "panel" and not items and total is None:
-            group.empty_panels.append(res)  # its hasMember items may be in the file
+            score.empty_panel = instrument  # its hasMember items may be in the import
+        else:
+            score.answers[instrument] = (items, total)
+        return score
+
+    def _questionnaire_response(self, qr, source: _Source) -> _Score:
+        if qr.status == "entered-in-error":
+            raise Problem("QuestionnaireResponse.status", "status entered-in-error: not imported")
+        found: dict[str, tuple[dict[int, float | None], list]] = {}
+
+        def walk(items, path: str) -> None:
+            for i, item in enumerate(items or []):
+                here = f"{path}.item[{i}]"
+                link = (item.linkId or "").rstrip("/").split("/")[-1]
+                answers = item.answer or []
+                if link in codes.LINK_ITEMS or link in codes.LINK_TOTALS:
+                    value = value_score(answers[0], here + ".answer[0]", f"linkId {item.linkId}") if answers else None
+                    if link in codes.LINK_ITEMS:
+                        instrument, number = codes.LINK_ITEMS[link]
+                        found.setdefault(instrument, ({}, [None]))[0][number] = value
+                    elif value is not None:
+                        found.setdefault(codes.LINK_TOTALS[link], ({}, [None]))[1][0] = value
+                walk(item.item, here)
+                for j, answer in enumerate(answers):
+                    walk(answer.item, f"{here}.answer[{j}]")
+
+        walk(qr.item, "QuestionnaireResponse")
+        if not found:
+            raise Problem("QuestionnaireResponse.item", "no item linkId is a PHQ-9, GAD-7 or MADRS item code (see docs/fhir.md)")
+        if qr.subject is None:
+            raise Problem("QuestionnaireResponse.subject", "no subject: the patient it belongs to is unknown")
+        when = when_text(qr.authored, "QuestionnaireResponse.authored")
+        rater = _rater([qr.author] if qr.author else []) or _rater([qr.source] if qr.source else [])
+        answers = {instrument: (items, total[0]) for instrument, (items, total) in found.items()}
+        return _Score(source, _subject(qr.subject, "QuestionnaireResponse.subject"), when, answers, rater)
+
+    def _place_score(self, score: _Score, groups) -> None:
+        pid = self._resolve(score.subject, score.subject.column if score.subject else "subject")
+        if score.empty_panel:
+            self._group(groups, pid, score.empty_panel, score.when).empty_panels.append(score.source)
             return
-        self._merge(group, res, items, total, rater)
+        for instrument, (items, total) in score.answers.items():
+            self._merge(self._group(groups, pid, instrument, score.when), score.source, items, total, score.rater)
 
-    def _rater(self, performers, pid: str) -> str:
-        for ref in performers or []:
-            if ref.display:
-                return ref.display
-            if ref.reference and ref.reference.startswith("Patient/"):
-                return "self"
-            if ref.reference and "/" in ref.reference:
-                return ref.reference.split("/")[-1]
-        return ""
+    @staticmethod
+    def _group(groups, pid: str, instrument: str, when: str) -> _Assessment:
+        key = (pid, instrument, when)
+        if key not in groups:
+            groups[key] = _Assessment(pid, instrument, when)
+        return groups[key]
 
-    def _merge(self, group: _Assessment, res: Located, items: dict[int, float | None], total: float | None, rater: str) -> None:
+    @staticmethod
+    def _merge(group: _Assessment, source: _Source, items: dict[int, float | None], total: float | None, rater: str) -> None:
         for number, value in items.items():
             if number in group.items and group.items[number][0] != value:
                 previous = group.items[number]
-                raise Problem(
-                    f"{res.type}", f"{group.instrument} item {number} is {_fmt(value)} here but {_fmt(previous[0])} at line {previous[1]} for the same patient and time",
-                )
+                raise Problem(source.type, f"{group.instrument} item {number} is {_fmt(value)} here but {_fmt(previous[0])} at line {previous[1]} for the same patient and time")
         if total is not None and group.total is not None and group.total[0] != total:
-            raise Problem(f"{res.type}", f"{group.instrument} total is {total:g} here but {group.total[0]:g} at line {group.total[1]} for the same patient and time")
+            raise Problem(source.type, f"{group.instrument} total is {total:g} here but {group.total[0]:g} at line {group.total[1]} for the same patient and time")
         for number, value in items.items():
-            group.items.setdefault(number, (value, res.line))
+            group.items.setdefault(number, (value, source.line))
         if total is not None and group.total is None:
-            group.total = (total, res.line)
+            group.total = (total, source.line)
         if rater and not group.rater:
             group.rater = rater
-        group.sources.append(res)
+        group.sources.append(source)
 
     def _assessment_row(self, group: _Assessment) -> dict | None:
         if not group.sources:
@@ -473,118 +540,83 @@ class Converter:
         row["_raw"] = first.raw if len(sources) == 1 else "[" + ",".join(r.raw for r in sources) + "]"
         return row
 
-    # -- questionnaire responses --
-    def _questionnaire_response(self, res: Located, groups) -> None:
-        qr = res.model
-        if qr.status == "entered-in-error":
-            raise Problem("QuestionnaireResponse.status", "status entered-in-error: not imported")
-        found: dict[str, dict] = defaultdict(lambda: {"items": {}, "total": None})
-        unknown: list[str] = []
-
-        def walk(items, path: str) -> None:
-            for i, item in enumerate(items or []):
-                here = f"{path}.item[{i}]"
-                link = (item.linkId or "").rstrip("/").split("/")[-1]
-                answers = item.answer or []
-                if link in codes.LINK_ITEMS or link in codes.LINK_TOTALS:
-                    value = None
-                    if answers:
-                        value = value_score(answers[0], here + ".answer[0]", f"linkId {item.linkId}")
-                    if link in codes.LINK_ITEMS:
-                        instrument, number = codes.LINK_ITEMS[link]
-                        found[instrument]["items"][number] = value
-                    elif value is not None:
-                        found[codes.LINK_TOTALS[link]]["total"] = value
-                else:
-                    unknown.append(item.linkId)
-                walk(item.item, here)
-                for j, answer in enumerate(answers):
-                    walk(answer.item, f"{here}.answer[{j}]")
-
-        walk(qr.item, "QuestionnaireResponse")
-        if not found:
-            raise Problem("QuestionnaireResponse.item", "no item linkId is a PHQ-9, GAD-7 or MADRS item code (see docs/fhir.md)")
-        pid = self.subject(res, qr.subject, "QuestionnaireResponse.subject")
-        when = when_text(qr.authored, "QuestionnaireResponse.authored")
-        rater = self._rater([qr.author] if qr.author else [], pid) or self._rater([qr.source] if qr.source else [], pid)
-        for instrument, answers in found.items():
-            group = self._group(groups, pid, instrument, when, res)
-            self._merge(group, res, answers["items"], answers["total"], rater)
-
     # -- treatments --
-    def _medication_is_ketamine(self, res: Located) -> bool:
-        admin = res.model
+    def _administration(self, admin, source: _Source) -> _Treatment:
         concepts = [admin.medicationCodeableConcept] if admin.medicationCodeableConcept else []
         ref = admin.medicationReference
+        pending = None
         if ref is not None:
             if ref.display:
                 concepts.append(_TextConcept(ref.display))
-            target = None
             if ref.reference and ref.reference.startswith("#"):
                 target = next((c for c in admin.contained or [] if c.id == ref.reference[1:]), None)
-                concept = getattr(target, "code", None) if target is not None else None
-            else:
-                located = self._by_ref.get(ref.reference or "")
-                concept = located.model.code if located is not None and located.type == "Medication" else None
-            if concept is not None:
-                concepts.append(concept)
-        return any(_is_ketamine(c) for c in concepts)
-
-    def _administration(self, res: Located) -> dict:
-        admin = res.model
-        if not self._medication_is_ketamine(res):
-            text = _concept_text(admin.medicationCodeableConcept) or getattr(admin.medicationReference, "reference", None) or "none"
+                if getattr(target, "code", None) is not None:
+                    concepts.append(target.code)
+            elif ref.reference:
+                pending = ref.reference
+        text = " ".join(_concept_text(c) for c in concepts) or (pending or "none")
+        ketamine = any(_is_ketamine(c) for c in concepts)
+        if not ketamine and pending is None:
             raise Problem("MedicationAdministration.medication[x]", f"medication {text!r} is not ketamine or esketamine (RxNorm 6130 / 2119365, or text naming ketamine)")
         if admin.status in SKIPPED_ADMINISTRATION_STATUS:
             raise Problem("MedicationAdministration.status", f"status {admin.status}: no dose was given")
-        pid = self.subject(res, admin.subject, "MedicationAdministration.subject")
+        if admin.subject is None:
+            raise Problem("MedicationAdministration.subject", "no subject: the patient it belongs to is unknown")
         effective = admin.effectiveDateTime if admin.effectiveDateTime is not None else getattr(admin.effectivePeriod, "start", None)
         when = when_text(effective, "MedicationAdministration.effective[x]")
-        dosage = admin.dosage
-        route = ""
-        dose = ""
-        if dosage is not None:
-            route = _route(dosage.route)
-            dose = self._dose(res, dosage.dose, pid, when)
-        if not route and _is_esketamine(admin.medicationCodeableConcept):
-            route = "intranasal"  # esketamine is licensed only as a nasal spray
-        return {
-            "patient_id": pid, "administered_on": when, "route": route, "dose_mg_per_kg": dose,
-            "phase": _extension_value(admin, codes.EXT_PHASE), "_file": res.file_name, "_line": res.line, "_raw": res.raw,
-        }
+        route, dose, dose_mg = "", "", None
+        if admin.dosage is not None:
+            route = _route(admin.dosage.route)
+            dose, dose_mg = self._dose(source, admin.dosage.dose)
+        row = {"administered_on": when, "route": route, "dose_mg_per_kg": dose, "phase": _extension_value(admin, codes.EXT_PHASE)}
+        return _Treatment(source, _subject(admin.subject, "MedicationAdministration.subject"), row, dose_mg,
+                          None if ketamine else pending, text, any(_is_esketamine(c) for c in concepts))
 
-    def _dose(self, res: Located, quantity, pid: str, when: str) -> str:
+    def _dose(self, source: _Source, quantity) -> tuple[str, float | None]:
+        """(mg/kg text, or a dose in mg to convert once body weights are known)."""
         if quantity is None or quantity.value is None:
-            return ""
+            return "", None
         unit = (quantity.code or quantity.unit or "").replace(" ", "").lower()
-        value = float(quantity.value)
         if unit in ("mg/kg", "mg/kg{dose}"):
-            return _number_text(value)
+            return _number_text(float(quantity.value)), None
         if unit == "mg":
-            weight = _nearest_weight(self._weights.get(pid, []), when)
-            if weight is None:
-                self.notes.append(f"{res.file_name} line {res.line}: {res.label}: dose {value:g} mg left empty: no body weight (LOINC 29463-7) for the patient in this import")
-                return ""
-            return _number_text(round(value / weight, 4))
-        self.notes.append(f"{res.file_name} line {res.line}: {res.label}: dose unit {quantity.unit or quantity.code!r} is not mg/kg or mg; dose left empty")
-        return ""
+            return "", float(quantity.value)
+        self.notes.append(f"{source.file_name} line {source.line}: {source.label}: dose unit {quantity.unit or quantity.code!r} is not mg/kg or mg; dose left empty")
+        return "", None
 
-    def _procedure(self, res: Located) -> dict:
-        proc = res.model
+    def _procedure(self, proc, source: _Source) -> _Treatment:
         concepts = [c for c in (proc.code, *(proc.usedCode or [])) if c is not None]
         if not any(_is_ketamine(c) for c in concepts):
             raise Problem("Procedure.code", f"procedure {_concept_text(proc.code) or 'without code'!r} is not a ketamine or esketamine treatment")
         if proc.status not in ACCEPTED_PROCEDURE_STATUS:
             raise Problem("Procedure.status", f"status {proc.status}: not a treatment given")
-        pid = self.subject(res, proc.subject, "Procedure.subject")
+        if proc.subject is None:
+            raise Problem("Procedure.subject", "no subject: the patient it belongs to is unknown")
         performed = proc.performedDateTime if proc.performedDateTime is not None else getattr(proc.performedPeriod, "start", None)
         when = when_text(performed, "Procedure.performed[x]")
         text = " ".join(_concept_text(c) for c in concepts)
         route = codes.route_from_text(text) or ("intranasal" if "esketamine" in text.lower() else "")
-        return {
-            "patient_id": pid, "administered_on": when, "route": route, "dose_mg_per_kg": "",
-            "phase": _extension_value(proc, codes.EXT_PHASE), "_file": res.file_name, "_line": res.line, "_raw": res.raw,
-        }
+        row = {"administered_on": when, "route": route, "dose_mg_per_kg": "", "phase": _extension_value(proc, codes.EXT_PHASE)}
+        return _Treatment(source, _subject(proc.subject, "Procedure.subject"), row)
+
+    def _treatment_row(self, t: _Treatment, weights) -> dict:
+        esketamine = t.esketamine
+        if t.medication_ref is not None:
+            ketamine, esketamine, text = self._medications.get(t.medication_ref, (False, False, ""))
+            if not ketamine:
+                shown = text or f"{t.medication_ref} (not in this import)"
+                raise Problem("MedicationAdministration.medication[x]", f"medication {shown!r} is not ketamine or esketamine (RxNorm 6130 / 2119365, or text naming ketamine)")
+        pid = self._resolve(t.subject, t.subject.column)
+        row = dict(t.row)
+        if not row["route"] and esketamine:
+            row["route"] = "intranasal"  # esketamine is licensed only as a nasal spray
+        if t.dose_mg is not None:
+            weight = _nearest_weight(weights.get(pid, []), row["administered_on"])
+            if weight is None:
+                self.notes.append(f"{t.source.file_name} line {t.source.line}: {t.source.label}: dose {t.dose_mg:g} mg left empty: no body weight (LOINC 29463-7) for the patient in this import")
+            else:
+                row["dose_mg_per_kg"] = _number_text(round(t.dose_mg / weight, 4))
+        return {"patient_id": pid, **row, "_file": t.source.file_name, "_line": t.source.line, "_raw": t.source.raw}
 
     @staticmethod
     def _fill_enrolment(patients: list[dict], treatments: list[dict], assessments: list[dict]) -> None:
@@ -595,9 +627,38 @@ class Converter:
             if row["patient_id"] not in first or day < first[row["patient_id"]]:
                 first[row["patient_id"]] = day
         for row in patients:
-            if not row["enrolled_on"] and not row.pop("_enrolment_known_absent") and row["patient_id"] in first:
+            absent = row.pop("_enrolment_known_absent", False)
+            if not row["enrolled_on"] and not absent and row["patient_id"] in first:
                 row["enrolled_on"] = first[row["patient_id"]]
-            row.pop("_enrolment_known_absent", None)
+
+
+def _is_weight(obs) -> bool:
+    return any(c.system == codes.LOINC and c.code == codes.BODY_WEIGHT for c in _codings(obs.code))
+
+
+def _instrument_code(concept) -> tuple[str, str, str | None] | None:
+    """(kind, instrument, item) for a known code: kind is total, panel or item."""
+    for c in _codings(concept):
+        key = (c.system, c.code)
+        if key in codes.TOTAL_CODES:
+            return "total", codes.TOTAL_CODES[key], None
+        if key in codes.PANEL_CODES:
+            return "panel", codes.PANEL_CODES[key], None
+        if key in codes.ITEM_CODES:
+            instrument, number = codes.ITEM_CODES[key]
+            return "item", instrument, str(number)
+    return None
+
+
+def _rater(performers) -> str:
+    for ref in performers or []:
+        if ref.display:
+            return ref.display
+        if ref.reference and ref.reference.startswith("Patient/"):
+            return "self"
+        if ref.reference and "/" in ref.reference:
+            return ref.reference.split("/")[-1]
+    return ""
 
 
 class _TextConcept:
@@ -671,7 +732,10 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
 
 def convert(resources: Iterable[Located], identifier_system: str | None = None) -> Conversion:
     """Convert validated resources (from one or more files) into row tables and rejects."""
-    return Converter(resources, identifier_system).convert()
+    converter = Converter(identifier_system)
+    for res in resources:
+        converter.add(res)
+    return converter.finish()
 
 
 def dumps(data: Any) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -27,23 +26,19 @@ SNIFF_BYTES = 64 * 1024
 
 @dataclass
 class Located:
-    """One resource and where it came from."""
+    """One validated resource and where it came from."""
 
     file_name: str
     line: int  # NDJSON line number, or 1-based bundle entry number
     raw: str  # the resource JSON as stored in rejected_rows
-    data: dict[str, Any]
-    model: Any  # the validated fhir.resources model
+    type: str
+    id: str | None
+    model: Any  # the validated fhir.resources model (dropped once converted)
     full_url: str | None = None
 
     @property
-    def type(self) -> str:
-        return self.data.get("resourceType", "")
-
-    @property
     def ref(self) -> str | None:
-        rid = self.data.get("id")
-        return f"{self.type}/{rid}" if rid else None
+        return f"{self.type}/{self.id}" if self.id else None
 
     @property
     def label(self) -> str:
@@ -95,9 +90,10 @@ def _error_column(resource_type: str, error: ValidationError) -> tuple[str, str]
     return (f"{resource_type}.{path}" if path else resource_type), message
 
 
-def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", full_url: str | None = None) -> Located | Reject:
-    """Validate one resource dict with the R4B model of its type."""
-    raw = _compact(data)
+def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", full_url: str | None = None,
+                      raw: str | None = None) -> Located | Reject:
+    """Validate one resource dict with the R4B model of its type (`raw`: its JSON text, if at hand)."""
+    raw = raw.strip() if raw is not None else _compact(data)
     if not isinstance(data, dict):
         return Reject(file_name, line, prefix or "resource", "not a JSON object", raw)
     rtype = data.get("resourceType") if isinstance(data.get("resourceType"), str) else ""
@@ -115,53 +111,48 @@ def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", fu
     except ValidationError as exc:
         column, message = _error_column(resource_type, exc)
         return Reject(file_name, line, prefix + column, f"{label} is not valid FHIR R4: {message}", raw, rtype)
-    return Located(file_name, line, raw, data, model, full_url)
+    rid = data.get("id") if isinstance(data.get("id"), str) else None
+    return Located(file_name, line, raw, resource_type, rid, model, full_url)
 
 
-def _bundle(document: dict, file_name: str) -> tuple[list[Located], list[Reject]]:
-    raw = _compact(document)
+def _bundle(document: dict, file_name: str) -> Iterator[Located | Reject]:
+    raw = _compact(document)[:10000]
     entries = document.get("entry") or []
     if not isinstance(entries, list):
-        return [], [Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw[:10000], "Bundle", True)]
-    shell = dict(document)
-    shell["entry"] = [
-        {k: v for k, v in entry.items() if k != "resource"} if isinstance(entry, dict) else entry
-        for entry in entries
-    ] or None
-    if shell["entry"] is None:
-        del shell["entry"]
+        yield Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw, "Bundle", True)
+        return
+    shell = {k: v for k, v in document.items() if k != "entry"}
+    if entries:
+        shell["entry"] = [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e for e in entries]
     try:
         get_fhir_model_class("Bundle").model_validate(shell)
     except ValidationError as exc:
         column, message = _error_column("Bundle", exc)
-        return [], [Reject(file_name, None, column, f"the Bundle itself is not valid FHIR R4: {message}", raw[:10000], "Bundle", True)]
+        yield Reject(file_name, None, column, f"the Bundle itself is not valid FHIR R4: {message}", raw, "Bundle", True)
+        return
     if document.get("type") not in BUNDLE_TYPES:
-        return [], [Reject(
-            file_name, None, "Bundle.type",
-            f"Bundle type {document.get('type')!r} is not imported (use {', '.join(BUNDLE_TYPES)})", raw[:10000], "Bundle", True,
-        )]
-    located: list[Located] = []
-    rejects: list[Reject] = []
+        yield Reject(file_name, None, "Bundle.type",
+                     f"Bundle type {document.get('type')!r} is not imported (use {', '.join(BUNDLE_TYPES)})", raw, "Bundle", True)
+        return
     for index, entry in enumerate(entries):
-        prefix = f"Bundle.entry[{index}]."
+        entries[index] = None  # let the parsed JSON go as we walk
         resource = entry.get("resource")
         if resource is None:
             method = (entry.get("request") or {}).get("method", "")
             reason = f"{method} entries are not applied" if method else "entry has no resource"
-            rejects.append(Reject(file_name, index + 1, prefix + "resource", reason, _compact(entry)))
+            yield Reject(file_name, index + 1, f"Bundle.entry[{index}].resource", reason, _compact(entry))
             continue
-        result = validate_resource(resource, file_name, index + 1, prefix="", full_url=entry.get("fullUrl"))
-        (located if isinstance(result, Located) else rejects).append(result)
-    return located, rejects
+        yield validate_resource(resource, file_name, index + 1, full_url=entry.get("fullUrl"))
 
 
-def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
-    """Parse one file's text: a Bundle, a single resource, or NDJSON."""
+def iter_text(text: str, file_name: str) -> Iterator[Located | Reject]:
+    """Parse one file's text (a Bundle, a single resource, or NDJSON), one resource at a time."""
     text = text.lstrip("\ufeff")
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
-        return [], [Reject(file_name, None, "", "empty file", "", "", True)]
+        yield Reject(file_name, None, "", "empty file", "", "", True)
+        return
     try:
         first_obj = json.loads(lines[first])
         # A Bundle is a document even when written on one line.
@@ -173,34 +164,33 @@ def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
             raw = lines[exc.lineno - 1][:2000] if 0 < exc.lineno <= len(lines) else ""
-            return [], [Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw, "", True)]
+            yield Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw, "", True)
+            return
+        del lines, text
         if isinstance(document, dict) and document.get("resourceType") == "Bundle":
-            return _bundle(document, file_name)
-        result = validate_resource(document, file_name, 1)
-        return ([result], []) if isinstance(result, Located) else ([], [result])
+            yield from _bundle(document, file_name)
+        else:
+            yield validate_resource(document, file_name, 1)
+        return
 
-    located: list[Located] = []
-    rejects: list[Reject] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            rejects.append(Reject(file_name, number, "", f"malformed JSON at column {exc.colno}: {exc.msg}", line[:10000]))
+            yield Reject(file_name, number, "", f"malformed JSON at column {exc.colno}: {exc.msg}", line[:10000])
             continue
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-            rejects.append(Reject(file_name, number, "Bundle", "a Bundle inside NDJSON is not read: NDJSON holds one resource per line", line[:10000]))
+            yield Reject(file_name, number, "Bundle", "a Bundle inside NDJSON is not read: NDJSON holds one resource per line", line[:10000], "Bundle")
             continue
-        result = validate_resource(data, file_name, number)
-        (located if isinstance(result, Located) else rejects).append(result)
+        yield validate_resource(data, file_name, number, raw=line)
+
+
+def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:
+    """`iter_text` collected: (resources, rejects)."""
+    located: list[Located] = []
+    rejects: list[Reject] = []
+    for item in iter_text(text, file_name):
+        (located if isinstance(item, Located) else rejects).append(item)
     return located, rejects
-
-
-def read_file(path: str | os.PathLike, file_name: str | None = None) -> tuple[list[Located], list[Reject]]:
-    name = file_name or Path(path).name
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return [], [Reject(name, None, "", f"not UTF-8 text (byte {exc.start}): FHIR JSON must be UTF-8", "", "", True)]
-    return read_text(text, name)
