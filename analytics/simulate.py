@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
+from . import scales
+
 DEFAULT_END = date(2026, 11, 20)  # fixed so that the same seed gives the same data whatever today is
 DEFAULT_DAYS = 730
 
@@ -61,6 +63,11 @@ PHASE_NAMES = np.array(["induction", "maintenance", "rescue"], dtype=object)
 RESPONSE_BENEFIT = 0.5  # benefit at which severity is exactly 50% below baseline
 
 
+def _sem(code: str) -> float:
+    scale = scales.get(code)
+    return float(scale.reference_sd * math.sqrt(1.0 - scale.reliability))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Model constants. Sources and the achieved figures: docs/demo.md."""
@@ -75,8 +82,8 @@ class Calibration:
     # uses a lower figure so that enough patients reach maintenance.
     induction_dropout: float = 0.25
     # Peak benefit: 0.95 * sigmoid(N(mean, sd)); above 0.5 means a (latent) responder.
-    peak_logit_mean: float = 1.1
-    peak_logit_sd: float = 1.4
+    peak_logit_mean: float = 0.9
+    peak_logit_sd: float = 1.3
     ramp_a: float = 3.0  # Beta(a, b): fraction of the remaining gap to the peak each infusion closes
     ramp_b: float = 3.0
     # Durability: patient median (days) = exp(log(reference) + effects + N(0, between_sd)).
@@ -87,6 +94,9 @@ class Calibration:
     effect_anxiety_ptsd: float = -0.30
     effect_support: tuple[tuple[str, float], ...] = (("strong", 0.15), ("moderate", 0.0), ("limited", -0.15))
     effect_stress: tuple[tuple[str, float], ...] = (("low", 0.10), ("moderate", 0.0), ("high", -0.15))
+    # Benefit decays as exp(-rate * t**shape): with shape 2 it holds, then fades over the
+    # last weeks of a cycle (the patient does not hover at the threshold for months).
+    decay_shape: float = 2.0
     taper_share: float = 0.30  # responders whose benefit lasts longer with each maintenance infusion
     taper_step: float = 0.08
     taper_max: float = 2.0
@@ -95,9 +105,11 @@ class Calibration:
     baseline_mean: float = 33.0
     baseline_sd: float = 6.0
     phq_per_madrs_mean: float = 0.55
-    phq_noise_sd: float = 2.0
-    madrs_noise_sd: float = 3.0
-    gad_noise_sd: float = 1.8
+    # Measurement error = standard error of measurement, SD x sqrt(1 - test-retest
+    # reliability), from the scale registry (sources there): PHQ-9 2.2, MADRS 1.6, GAD-7 1.4.
+    phq_noise_sd: float = field(default_factory=lambda: _sem("PHQ-9"))
+    madrs_noise_sd: float = field(default_factory=lambda: _sem("MADRS"))
+    gad_noise_sd: float = field(default_factory=lambda: _sem("GAD-7"))
     phq_missing_mean: float = 0.22  # per-patient share of missed weekly PHQ-9s (Beta(2, ...))
     phq_missing_growth_per_year: float = 0.10
     phq_item_missing: float = 0.02
@@ -436,7 +448,7 @@ class _Engine:
 
     def _infuse(self, idx: np.ndarray, day: np.ndarray, phase: int) -> None:
         cal = self.cal
-        before = self.b[idx] * np.exp(-self.lam[idx] * (day - self.t[idx]))
+        before = _decay(self.b[idx], self.lam[idx], day - self.t[idx], cal.decay_shape)
         before = np.where(self.t[idx] < 0, 0.0, before)
         if phase == INDUCTION:
             after = before + (self.peak[idx] - before) * self.ramp[idx]
@@ -448,8 +460,9 @@ class _Engine:
         duration = median * np.exp(cal.durability_within_sd * z)
         lam = np.where(
             in_response,
-            np.log(np.maximum(after, 1e-9) / RESPONSE_BENEFIT) / duration,
-            math.log(2.0) / self.median_days[idx],  # a partial benefit fades with the patient's own time scale
+            np.log(np.maximum(after, 1e-9) / RESPONSE_BENEFIT) / duration ** cal.decay_shape,
+            # a partial benefit halves over the patient's own median time
+            math.log(2.0) / self.median_days[idx] ** cal.decay_shape,
         )
         self._events.append({
             "idx": idx, "day": day.astype(np.int64), "phase": np.full(len(idx), phase, np.int8),
@@ -465,7 +478,7 @@ class _Engine:
         d = day - self.t[idx][:, None] if day.ndim == 2 else day - self.t[idx]
         b = self.b[idx][:, None] if day.ndim == 2 else self.b[idx]
         lam = self.lam[idx][:, None] if day.ndim == 2 else self.lam[idx]
-        return b * np.exp(-lam * d)
+        return _decay(b, lam, d, self.cal.decay_shape)
 
     # -- the run ------------------------------------------------------------------
     def run(self, progress: Callable[[str], None] | None = None) -> None:
@@ -482,7 +495,6 @@ class _Engine:
                 self._infuse(idx, self.induction_days[idx, k], INDUCTION)
         self.induction_end = self.induction_days[np.arange(n), np.maximum(self.n_given, 1) - 1]
         completed = (self.n_given == self.n_planned) & ~self.dropped_induction
-        dropped = self.n_given < self.n_planned
         self.follow_end = np.where(
             self.dropped_induction, np.minimum(self.induction_end + self.drop_after, self.days), self.follow_end
         )
@@ -495,7 +507,6 @@ class _Engine:
         leave = self.induction_end + np.ceil(self.maintenance_leave).astype(np.int64)
         self.follow_end = np.where(self.continuing, np.minimum(self.follow_end, leave), self.follow_end)
         self.stopped_nonresponse = stopped
-        del dropped
 
         self._maintenance(progress)
 
@@ -508,7 +519,6 @@ class _Engine:
         idx = np.arange(n)
         s_hi = np.minimum((self.induction_end - self.day0 + 8) // 7 + 2, self.n_slots)
         width = int(s_hi.max())
-        sidx = np.minimum(np.arange(width)[None, :], self.n_slots - 1)
         sday = self.slot_day[:, :width]
         valid = (np.arange(width)[None, :] < s_hi[:, None]) & ~self.slot_missing[:, :width] & (sday > self.day0[:, None])
         valid &= sday <= np.minimum(self.induction_end + 8, self.follow_end)[:, None]
@@ -524,7 +534,6 @@ class _Engine:
             after.any(axis=1), meets[idx, first_after],
             np.where(during.any(axis=1), meets[idx, last_during], latent),
         )
-        del sidx
         return result
 
     def latent_at(self, idx: np.ndarray, days: np.ndarray) -> np.ndarray:
@@ -539,7 +548,7 @@ class _Engine:
         pos_c = np.maximum(pos, 0)
         hit = (pos >= 0) & (ev["idx"][order][pos_c] == idx[:, None])
         e = order[pos_c]
-        benefit = np.where(hit, ev["after"][e] * np.exp(-ev["lam"][e] * (days - ev["day"][e])), 0.0)
+        benefit = np.where(hit, _decay(ev["after"][e], ev["lam"][e], days - ev["day"][e], self.cal.decay_shape), 0.0)
         return self.baseline[idx][:, None] * (1.0 - benefit)
 
     def _event_arrays(self) -> dict[str, np.ndarray]:
@@ -834,6 +843,11 @@ class _Engine:
 
 # --- helpers -------------------------------------------------------------------------
 
+def _decay(benefit: np.ndarray, rate: np.ndarray, elapsed: np.ndarray, shape: float) -> np.ndarray:
+    """Benefit `elapsed` days after an infusion left it at `benefit`: exp(-rate * elapsed**shape)."""
+    return benefit * np.exp(-rate * np.maximum(elapsed, 0) ** shape)
+
+
 def _lookup(values: np.ndarray, mapping: dict) -> np.ndarray:
     keys = np.array(list(mapping), dtype=object)
     codes = pd.Categorical(values, categories=keys).codes
@@ -1001,7 +1015,9 @@ def noise_free_loss(clinic: SimulatedClinic, instrument: str = "PHQ-9") -> pd.Da
     pos = np.searchsorted(c_key, a_idx * span + a_day, side="left") - 1
     own = (pos >= 0) & (c_idx[np.maximum(pos, 0)] == a_idx)
     pos, a_day = pos[own], a_day[own]
-    benefit = c["benefit_after"].to_numpy()[pos] * np.exp(-np.log(c["benefit_after"].to_numpy()[pos] / RESPONSE_BENEFIT) / c["true_days_to_loss"].to_numpy()[pos] * (a_day - c_day[pos]))
+    after = c["benefit_after"].to_numpy()[pos]
+    rate = np.log(after / RESPONSE_BENEFIT) / c["true_days_to_loss"].to_numpy()[pos] ** eng.cal.decay_shape
+    benefit = _decay(after, rate, a_day - c_day[pos], eng.cal.decay_shape)
     in_resp_cycle = c["in_response_after"].to_numpy()[pos]
     frame = pd.DataFrame({"cycle": pos, "day": a_day, "meets": benefit >= RESPONSE_BENEFIT})
     frame = frame[in_resp_cycle].sort_values(["cycle", "day"], kind="stable")
