@@ -203,3 +203,64 @@ def test_dose_in_mg_without_weight_is_left_empty_with_a_note():
 ])
 def test_content_sniff(text, expected):
     assert looks_like_fhir(text) is expected
+
+
+def test_medication_references_contained_and_bundled_and_esketamine_defaults_to_nasal():
+    spravato = {"resourceType": "Medication", "id": "spravato",
+                "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "2119365", "display": "esketamine"}]}}
+    aspirin = {"resourceType": "Medication", "id": "asa", "code": {"text": "aspirin"}}
+
+    def admin(aid, ref, **extra):
+        return {"resourceType": "MedicationAdministration", "id": aid, "status": "completed",
+                "medicationReference": {"reference": ref}, "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": f"2025-01-0{aid[-1]}", **extra}
+    contained = admin("a3", "#k", contained=[{"resourceType": "Medication", "id": "k", "code": {"text": "Ketamine 10 mg/mL"}}],
+                      dosage={"route": {"coding": [{"system": "http://snomed.info/sct", "code": "78421000"}]}})
+    text = bundle(admin("a1", "Medication/spravato"), spravato, admin("a2", "Medication/asa"), aspirin, contained,
+                  admin("a4", "Medication/missing"))
+    part = one([("m.json", text.encode())])["m.json"]
+    rows = by_key(part.tables["treatments"], "administered_on")
+    assert rows[("2025-01-01",)]["route"] == "intranasal"
+    assert rows[("2025-01-03",)]["route"] == "im"
+    reasons = dict(zip(part.rejects["line"], part.rejects["reason"]))
+    assert sorted(reasons) == [3, 6]
+    assert "'aspirin' is not ketamine" in reasons[3]
+    assert "Medication/missing (not in this import)" in reasons[6]
+
+
+def test_weight_in_pounds_converts_a_mg_dose_using_the_nearest_weight():
+    def weight(wid, day, value, unit):
+        return {"resourceType": "Observation", "id": wid, "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": "29463-7"}]}, "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": day, "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    admin = {"resourceType": "MedicationAdministration", "id": "m1", "status": "completed",
+             "medicationCodeableConcept": {"text": "ketamine"}, "subject": {"reference": "Patient/p1"},
+             "effectiveDateTime": "2025-03-01", "dosage": {"route": {"text": "IV"}, "dose": {"value": 50, "unit": "mg", "code": "mg"}}}
+    text = bundle(admin, weight("w1", "2025-01-01", 70, "kg"), weight("w2", "2025-02-25", 220.462, "[lb_av]"))
+    part = one([("w.json", text.encode())])["w.json"]
+    assert part.tables["treatments"]["dose_mg_per_kg"].tolist() == ["0.5"]  # 50 mg / 100 kg, the later weight
+    assert part.rejects.empty
+
+
+def test_empty_panel_without_members_and_entered_in_error_are_rejected():
+    panel = obs("44249-1", id="panel", hasMember=[{"reference": "Observation/elsewhere"}])
+    wrong = obs("44261-6", 9, id="err")
+    wrong["status"] = "entered-in-error"
+    part = one([("p.json", bundle(panel, wrong).encode())])["p.json"]
+    assert part.tables["assessments"].empty
+    reasons = dict(zip(part.rejects["line"], part.rejects["reason"]))
+    assert "panel has no answers" in reasons[1]
+    assert "entered-in-error" in reasons[2]
+
+
+def test_questionnaire_response_with_phq9_and_gad7_items_gives_two_assessments():
+    items = [{"linkId": c, "answer": [{"valueInteger": 1}]} for c in
+             ("44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8")]
+    items += [{"linkId": c, "answer": [{"valueInteger": 2}]} for c in
+              ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")]
+    qr = {"resourceType": "QuestionnaireResponse", "id": "combo", "status": "completed",
+          "subject": {"reference": "Patient/p1"}, "authored": "2025-01-05", "item": [{"linkId": "page1", "item": items}]}
+    part = one([("c.json", bundle(qr).encode())])["c.json"]
+    rows = by_key(part.tables["assessments"], "instrument")
+    assert rows[("PHQ-9",)]["item_9"] == "1" and rows[("GAD-7",)]["item_7"] == "2"
+    assert rows[("GAD-7",)]["item_8"] == ""

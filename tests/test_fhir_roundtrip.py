@@ -197,3 +197,58 @@ def test_import_files_recognises_fhir_by_content(tmp_path):
     data = access.DataAccess(db)
     assert data.patients()["patient_id"].tolist() == ["T-100"]
     assert len(data.assessments()) == 1 and len(data.treatments()) == 1
+
+
+def test_csv_patients_and_fhir_observations_in_one_command_and_fhir_does_not_blank_csv_fields(tmp_path):
+    from analytics.ingest import import_files
+
+    db = tmp_path / "mix.duckdb"
+    patients_csv = tmp_path / "patients.csv"
+    patients_csv.write_text(
+        "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,prior_failed_trials,enrolled_on\n"
+        "kc-0001,North clinic,Dr Okafor,1987,F,treatment-resistant depression,anxiety,3,2025-03-01\n"
+    )
+    observation = tmp_path / "obs.ndjson"
+    observation.write_text(json.dumps({
+        "resourceType": "Observation", "id": "x1", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+        "subject": {"reference": "Patient/kc-0001"}, "effectiveDateTime": "2025-03-02", "valueInteger": 17}) + "\n")
+    # the FHIR file first on the command line: patients still go in first
+    report = import_files([observation, patients_csv], db=db)
+    assert report.exit_code == 0, report.messages()
+    data = access.DataAccess(db)
+    assert data.assessments()["total"].tolist() == [17]
+
+    # now the EHR's Patient resource for the same person: no diagnosis extension
+    import_fhir_files([FIXTURES / "clinic_collection.json"], db=db)
+    patient = data.patients().set_index("patient_id").loc["kc-0001"]
+    assert patient["diagnosis"] == "treatment-resistant depression"
+    assert patient["comorbidities"] == "anxiety" and patient["prior_failed_trials"] == 3
+    # the bundle states no enrolment date: the stored one is kept, not replaced by its earliest data
+    assert str(patient["enrolled_on"])[:10] == "2025-03-01"
+
+
+def test_a_fhir_patient_never_clears_stored_values(tmp_path):
+    from analytics.ingest import import_files
+
+    db = tmp_path / "keep.duckdb"
+    patients_csv = tmp_path / "patients.csv"
+    patients_csv.write_text(
+        "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,prior_failed_trials,enrolled_on\n"
+        "p1,North clinic,Dr Okafor,1987,F,MDD,ptsd,2,2025-01-01\n"
+    )
+    assert import_files([patients_csv], db=db).exit_code == 0
+    ext = "urn:ketamine-outcomes:extension:diagnosis"
+    bundle = tmp_path / "b.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1", "gender": "female"}},
+        {"resource": {"resourceType": "Patient", "id": "p2", "extension": [{"url": ext, "valueString": "bipolar II"}],
+                      "managingOrganization": {"display": "South"}}},
+    ]}))
+    report = import_fhir_files([bundle], db=db)
+    assert report.exit_code == 0, report.messages()
+    patients = access.DataAccess(db).patients().set_index("patient_id")
+    kept = patients.loc["p1"]
+    assert (kept["site"], kept["clinician"], kept["diagnosis"], kept["birth_year"]) == ("North clinic", "Dr Okafor", "MDD", 1987)
+    assert str(kept["enrolled_on"])[:10] == "2025-01-01"
+    assert patients.loc["p2", "diagnosis"] == "bipolar II" and patients.loc["p2", "site"] == "South"

@@ -67,6 +67,7 @@ class FileTables:
     notes: list[str]
     resources: int  # resources read from the file (valid or not)
     refused: str | None = None  # the whole file is unusable: why
+    derived_enrolment: frozenset = frozenset()  # patient_ids whose enrolled_on was derived
 
 
 def is_fhir_file(path) -> bool:
@@ -143,13 +144,13 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
             columns=REJECT_COLUMNS,
         )
         notes = [n for n in result.notes if n.startswith(name + " ")]
-        out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name], refused))
+        out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name], refused, frozenset(result.derived_enrolment)))
     out.sort(key=lambda f: 0 if len(f.tables["patients"]) else 1)
     return out
 
 
 def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | None = None,
-                    identifier_system_: str | None = None) -> None:
+                    identifier_system_: str | None = None, db=None) -> None:
     """Append FHIR files to an ingest run: a FileResult per (file, table kind) and a job for each.
 
     Rows are checked by `ingest.rules.validate` exactly like CSV rows; the
@@ -160,10 +161,13 @@ def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | 
     from .. import ingest
     from ..ingest import rules
 
-    for part in convert_files(paths, identifier_system_):
+    parts = convert_files(paths, identifier_system_)
+    stored = _stored_patients(db, {pid for part in parts for pid in part.tables["patients"]["patient_id"]})
+    for part in parts:
         if part.refused:
             report.files.append(ingest.FileResult(file=part.file_name, kind=None, refused=part.refused))
             continue
+        part.tables["patients"] = _keep_stored_values(part.tables["patients"], stored, part.derived_enrolment)
         kinds_with_rows = [k for k in rules.KINDS if len(part.tables[k])]
         fallback = kinds_with_rows[0] if kinds_with_rows else "assessments"
         reject_kind = [KIND_OF_TYPE.get(t, fallback) for t in part.rejects["resource_type"]]
@@ -190,6 +194,50 @@ def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | 
             report.files.append(ingest.FileResult(file=part.file_name, kind=None, notes=["no resources in this file"]))
 
 
+def _stored_patients(db, patient_ids: set[str]) -> pd.DataFrame | None:
+    """The stored rows of these patients (read through the scoped data layer), or None."""
+    from .. import access, store
+
+    if not patient_ids or not store.db_path(db).exists():
+        return None
+    frame = access.DataAccess(db).patients()
+    return frame[frame["patient_id"].isin(patient_ids)].set_index("patient_id")
+
+
+def _keep_stored_values(patients: pd.DataFrame, stored: pd.DataFrame | None, derived: frozenset) -> pd.DataFrame:
+    """A FHIR Patient sets what it states and never clears a stored value.
+
+    An element the resource does not carry (no managingOrganization, no
+    diagnosis extension...) keeps what the store has; so does an enrolment
+    date that was only derived from the patient's data in this import.
+    """
+    if stored is None or patients.empty:
+        return patients
+    patients = patients.copy()
+    known = patients["patient_id"].isin(stored.index)
+    for column in patients.columns:
+        if column.startswith("_") or column == "patient_id" or column not in stored.columns:
+            continue
+        values = patients[column]
+        take = known & (values == "")
+        if column == "enrolled_on":
+            take = known & ((values == "") | patients["patient_id"].isin(derived))
+        for i in np.flatnonzero(take.to_numpy()):
+            old = stored.at[patients["patient_id"].iat[i], column]
+            if old is not None and not pd.isna(old):
+                patients.iat[i, patients.columns.get_loc(column)] = _as_raw(old)
+    return patients
+
+
+def _as_raw(value) -> str:
+    """A stored value as the raw text a CSV cell would hold."""
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _raw_for(frame: pd.DataFrame, extra: pd.DataFrame):
     """Raw text of rejected rows: the resource JSON of the row, or of the rejected resource (row -1)."""
     row_raw = frame["_raw"].to_numpy() if "_raw" in frame.columns else np.array([], dtype=object)
@@ -208,5 +256,5 @@ def import_fhir_files(files: Iterable[FileInput], db=None, user: str = "system",
 
     report = ingest.ImportReport()
     jobs: list = []
-    add_import_jobs(files, report, jobs, user, identifier_system)
+    add_import_jobs(files, report, jobs, user, identifier_system, db)
     return ingest._run(jobs, report, db, user)

@@ -59,6 +59,8 @@ class Conversion:
     # in mg with no body weight to convert it).
     notes: list[str] = field(default_factory=list)
     supporting: int = 0  # Medication and body-weight resources used, not stored
+    # Patients whose enrolled_on was derived from their data (a stored date wins).
+    derived_enrolment: set[str] = field(default_factory=set)
 
 
 # --- small readers -----------------------------------------------------------
@@ -346,7 +348,7 @@ class Converter:
                 self._reject(record.source, exc.column, exc.reason)
 
         assessments = [row for row in (self._assessment_row(g) for g in groups.values()) if row]
-        self._fill_enrolment(self._patients, treatments, assessments)
+        derived = self._fill_enrolment(self._patients, treatments, assessments)
         return Conversion(
             tables={
                 "patients": _frame(self._patients, PATIENT_COLUMNS),
@@ -356,6 +358,7 @@ class Converter:
             rejects=self.rejects,
             notes=self.notes,
             supporting=self.supporting,
+            derived_enrolment=derived,
         )
 
     def _resolve(self, subject: _Subject | None, column: str) -> str:
@@ -619,17 +622,20 @@ class Converter:
         return {"patient_id": pid, **row, "_file": t.source.file_name, "_line": t.source.line, "_raw": t.source.raw}
 
     @staticmethod
-    def _fill_enrolment(patients: list[dict], treatments: list[dict], assessments: list[dict]) -> None:
+    def _fill_enrolment(patients: list[dict], treatments: list[dict], assessments: list[dict]) -> set[str]:
         """A FHIR Patient has no enrolment date: take the earliest date of their data here."""
         first: dict[str, str] = {}
         for row in (*treatments, *assessments):
             day = row["administered_on"][:10]
             if row["patient_id"] not in first or day < first[row["patient_id"]]:
                 first[row["patient_id"]] = day
+        derived = set()
         for row in patients:
             absent = row.pop("_enrolment_known_absent", False)
             if not row["enrolled_on"] and not absent and row["patient_id"] in first:
                 row["enrolled_on"] = first[row["patient_id"]]
+                derived.add(row["patient_id"])
+        return derived
 
 
 def _is_weight(obs) -> bool:

@@ -232,7 +232,7 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
     from .. import fhir
     fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
     if fhir_paths:
-        fhir.add_import_jobs(fhir_paths, report, jobs, user)
+        fhir.add_import_jobs(fhir_paths, report, jobs, user, db=db)
     for path in paths:
         if path in fhir_paths:
             continue
