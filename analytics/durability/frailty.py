@@ -20,7 +20,7 @@ concentrates on the patient's own scale. weight_personal = 1 - Var(u_i | data) /
 tau^2: 0 = nothing learnt about this patient, 1 = fully personal.
 
 Large cohorts: the fit uses at most `max_patients` randomly chosen patients
-(default 5000); (b, sigma, tau) are population quantities and that many patients
+(default 3000); (b, sigma, tau) are population quantities and that many patients
 estimate them to a few percent.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from scipy import optimize, sparse, special
 
 from .weibull import weibull_aft
 
-_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite.hermgauss(30)
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite.hermgauss(20)
 _U_GRID = np.linspace(-6.0, 6.0, 601)   # posterior grid in units of tau
 
 
@@ -74,7 +74,7 @@ class CohortWeibullFit:
 
 
 def fit_weibull_frailty(cycles: pd.DataFrame, covariates: list[str] | None = None, *,
-                        max_patients: int = 5000, seed: int = 0) -> CohortWeibullFit:
+                        max_patients: int = 3000, seed: int = 0) -> CohortWeibullFit:
     covariates = list(covariates or [])
     need = ["patient_id", "left_days", "right_days", *covariates]
     missing = [c for c in need if c not in cycles.columns]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, stats
 
 
@@ -122,23 +123,33 @@ def weibull_aft(left, right, X=None, *, names: list[str] | None = None, strata=N
         raise ValueError("weibull_aft: covariates are collinear (or constant)")
     labels, s_idx = (np.array([0]), np.zeros(n, dtype=int)) if strata is None else np.unique(np.asarray(strata), return_inverse=True)
     ns = labels.size
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    w_rows = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    # Fit on distinct rows (interval, covariates, stratum) with counts as weights:
+    # a million cycles usually hold a few thousand distinct rows.
+    key = pd.DataFrame(np.column_stack([left, np.where(np.isfinite(right), right, -1.0), s_idx, X0]))
+    group = key.groupby(list(key.columns), sort=False).ngroup().to_numpy()
+    first = np.unique(group, return_index=True)[1]
+    w = np.bincount(group, weights=w_rows)
+    rows_left, rows_right, rows_X, rows_s = left, right, Xd, s_idx
+    left, right, Xd, s_idx = left[first], right[first], Xd[first], s_idx[first]
     with np.errstate(divide="ignore"):
         logL, logR = np.log(left), np.log(right)
     exact = left == right
     p = Xd.shape[1]
+    total = float(w.sum())
 
     def negll(theta):
         b, ls = theta[:p], theta[p:]
         sig = np.exp(ls)[s_idx]
         ll, de, dl = _terms(logL, logR, exact, Xd @ b, sig)
         g = np.concatenate([Xd.T @ (w * de), np.bincount(s_idx, weights=w * dl, minlength=ns)])
-        return -float((w * ll).sum()), -g
+        # per unit weight, so the optimiser's tolerances mean the same at any n
+        return -float((w * ll).sum()) / total, -g / total
 
     # start: intercept at the log of a typical time, sigma 1
     mid = np.where(np.isfinite(right), (left + right) / 2, np.maximum(left, 1e-9) * 1.5)
     theta0 = np.concatenate([[np.log(np.median(np.maximum(mid, 1e-9)))], np.zeros(p - 1), np.zeros(ns)])
-    res = optimize.minimize(negll, theta0, jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 2000})
+    res = optimize.minimize(negll, theta0, jac=True, method="BFGS", options={"gtol": 1e-9, "maxiter": 2000})
     if not res.success:
         res2 = optimize.minimize(negll, res.x, jac=True, method="L-BFGS-B", options={"maxiter": 5000})
         if res2.fun <= res.fun:
@@ -152,23 +163,25 @@ def weibull_aft(left, right, X=None, *, names: list[str] | None = None, strata=N
         tp[j] += h
         tm[j] -= h
         H[:, j] = (negll(tp)[1] - negll(tm)[1]) / (2 * h)
-    H = (H + H.T) / 2
+    H = (H + H.T) / 2 * total
     Hinv = np.linalg.inv(H)
     robust = cluster is not None
     if robust:
-        sig = np.exp(theta[p:])[s_idx]
-        _, de, dl = _terms(logL, logR, exact, Xd @ theta[:p], sig)
-        scores = np.column_stack([Xd * (w * de)[:, None],
-                                  np.eye(ns)[s_idx] * (w * dl)[:, None]])
-        _, c_idx = np.unique(np.asarray(cluster), return_inverse=True)
+        # per-cycle scores, summed within patients
+        sig = np.exp(theta[p:])[rows_s]
+        with np.errstate(divide="ignore"):
+            _, de, dl = _terms(np.log(rows_left), np.log(rows_right), rows_left == rows_right,
+                               rows_X @ theta[:p], sig)
+        scores = np.column_stack([rows_X * (w_rows * de)[:, None],
+                                  np.eye(ns)[rows_s] * (w_rows * dl)[:, None]])
+        c_idx = pd.factorize(np.asarray(cluster))[0]
         C = c_idx.max() + 1
-        G = np.zeros((C, k))
-        np.add.at(G, c_idx, scores)
+        G = np.column_stack([np.bincount(c_idx, weights=scores[:, j], minlength=C) for j in range(k)])
         cov = Hinv @ (G.T @ G) @ Hinv * (C / max(C - 1, 1))
     else:
         cov = Hinv
-    n_events = int((w * np.isfinite(right)).sum())
+    n_events = int((w_rows * np.isfinite(rows_right)).sum())
     return WeibullAFT(names=names, strata=[v.item() if hasattr(v, "item") else v for v in labels],
                       coef=theta[:p], log_sigma=theta[p:], cov=cov, robust=robust,
-                      loglik=-float(res.fun), n=n, n_events=n_events,
-                      converged=bool(res.success or np.max(np.abs(res.jac)) < 1e-3))
+                      loglik=-float(res.fun) * total, n=n, n_events=n_events,
+                      converged=bool(res.success or np.max(np.abs(res.jac)) < 1e-6))
