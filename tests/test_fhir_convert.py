@@ -264,3 +264,13 @@ def test_questionnaire_response_with_phq9_and_gad7_items_gives_two_assessments()
     rows = by_key(part.tables["assessments"], "instrument")
     assert rows[("PHQ-9",)]["item_9"] == "1" and rows[("GAD-7",)]["item_7"] == "2"
     assert rows[("GAD-7",)]["item_8"] == ""
+
+
+def test_absolute_subject_references_and_answers_given_only_as_text():
+    item = obs("44250-9", subject="https://ehr.example.org/fhir/Patient/p9/_history/3", id="i1",
+               valueCodeableConcept={"text": "More than half the days"})
+    odd = obs("44255-8", subject="Patient/p9", id="i2", valueCodeableConcept={"text": "sometimes"})
+    part = one([("t.json", bundle(item, odd).encode())])["t.json"]
+    row = part.tables["assessments"].iloc[0]
+    assert (row["patient_id"], row["item_1"]) == ("p9", "2")
+    assert part.rejects["line"].tolist() == [2] and "'sometimes' has no known score" in part.rejects.iloc[0]["reason"]

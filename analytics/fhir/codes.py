@@ -61,6 +61,12 @@ ANSWER_SCORES = {
     "LA6572-7": 0, "LA6573-5": 1, "LA6575-0": 2, "LA6574-3": 3,
 }
 
+# The same answers by their display text, for coded answers sent without a code.
+ANSWER_TEXT_SCORES = {
+    "not at all": 0, "several days": 1, "more than half the days": 2, "nearly every day": 3,
+    "not difficult at all": 0, "somewhat difficult": 1, "very difficult": 2, "extremely difficult": 3,
+}
+
 KETAMINE_RXNORM = {"6130": "ketamine", "2119365": "esketamine"}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -109,7 +110,8 @@ def _ordinal(element) -> float | None:
 
 
 def coding_score(coding) -> float | None:
-    """A score from an answer Coding: its ordinalValue, a LOINC answer code, or a numeric code."""
+    """A score from an answer Coding: its ordinalValue, a LOINC answer code, a
+    numeric code, or the LOINC answer's display text."""
     ordinal = _ordinal(coding)
     if ordinal is not None:
         return ordinal
@@ -118,11 +120,20 @@ def coding_score(coding) -> float | None:
     try:
         return float(coding.code)
     except (TypeError, ValueError):
+        pass
+    return _display_score(coding.display)
+
+
+def _display_score(text: str | None) -> float | None:
+    if not text:
         return None
+    score = codes.ANSWER_TEXT_SCORES.get(" ".join(text.lower().split()))
+    return None if score is None else float(score)
 
 
 def value_score(holder, column: str, what: str) -> float | None:
-    """The numeric answer of an Observation, a component or a QR answer; None if absent."""
+    """The numeric answer of an Observation, a component or a QR answer; None
+    when there is no answer; Problem when there is one that is not a score."""
     ordinal = _ordinal(holder)
     if ordinal is not None:
         return ordinal
@@ -140,20 +151,28 @@ def value_score(holder, column: str, what: str) -> float | None:
         except ValueError:
             raise Problem(column + ".valueString", f"{what}: answer {text!r} is not a number") from None
     coding = getattr(holder, "valueCoding", None)
-    concepts = [coding] if coding is not None else _codings(getattr(holder, "valueCodeableConcept", None))
+    concept = getattr(holder, "valueCodeableConcept", None)
+    concepts = [coding] if coding is not None else _codings(concept)
     for c in concepts:
         score = coding_score(c)
         if score is not None:
             return score
-    if concepts:
-        found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in concepts)
-        raise Problem(column, f"{what}: answer code {found} has no known score")
+    if concept is not None and _display_score(concept.text) is not None:
+        return _display_score(concept.text)
+    if concepts or concept is not None:
+        found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in concepts) or repr(concept.text)
+        raise Problem(column, f"{what}: answer {found} has no known score")
     return None
 
 
+_REFERENCE = re.compile(r"(?:^|/)(?P<type>[A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
 def _reference_id(reference: str | None, resource_type: str) -> str | None:
-    if reference and reference.startswith(resource_type + "/"):
-        return reference.split("/")[1]
+    """The id in a relative or absolute reference ("Patient/x", "https://ehr/fhir/Patient/x/_history/2")."""
+    match = _REFERENCE.search(reference or "")
+    if match and match.group("type") == resource_type:
+        return match.group("id")
     return None
 
 
@@ -499,8 +518,12 @@ class Converter:
         if score.empty_panel:
             self._group(groups, pid, score.empty_panel, score.when).empty_panels.append(score.source)
             return
-        for instrument, (items, total) in score.answers.items():
-            self._merge(self._group(groups, pid, instrument, score.when), score.source, items, total, score.rater)
+        targets = [(self._group(groups, pid, instrument, score.when), items, total)
+                   for instrument, (items, total) in score.answers.items()]
+        for group, items, total in targets:  # check every instrument before merging any
+            self._check_agrees(group, score.source, items, total)
+        for group, items, total in targets:
+            self._merge(group, score.source, items, total, score.rater)
 
     @staticmethod
     def _group(groups, pid: str, instrument: str, when: str) -> _Assessment:
@@ -510,13 +533,16 @@ class Converter:
         return groups[key]
 
     @staticmethod
-    def _merge(group: _Assessment, source: _Source, items: dict[int, float | None], total: float | None, rater: str) -> None:
+    def _check_agrees(group: _Assessment, source: _Source, items: dict[int, float | None], total: float | None) -> None:
         for number, value in items.items():
             if number in group.items and group.items[number][0] != value:
                 previous = group.items[number]
                 raise Problem(source.type, f"{group.instrument} item {number} is {_fmt(value)} here but {_fmt(previous[0])} at line {previous[1]} for the same patient and time")
         if total is not None and group.total is not None and group.total[0] != total:
             raise Problem(source.type, f"{group.instrument} total is {total:g} here but {group.total[0]:g} at line {group.total[1]} for the same patient and time")
+
+    @staticmethod
+    def _merge(group: _Assessment, source: _Source, items: dict[int, float | None], total: float | None, rater: str) -> None:
         for number, value in items.items():
             group.items.setdefault(number, (value, source.line))
         if total is not None and group.total is None:
