@@ -194,16 +194,19 @@ def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarra
     """How fast each patient's scores climb back after an infusion.
 
     Per patient, a least-squares line of score/baseline on days since the
-    infusion, pooled over all the patient's cycles; the day it reaches
-    `threshold` (0.5 = no longer 50% below baseline) estimates the patient's
-    typical durability. It uses every score, not only the first one out of
-    response, so it is far less thrown by a single noisy score, and censored
-    cycles (re-dosed while still in response) inform it too.
+    infusion, pooled over the patient's cycles. Its "speed" is the slope over
+    the distance from the line's start to `threshold` (0.5 = no longer 50%
+    below baseline): 1/speed is the day the line reaches the threshold, the
+    patient's typical durability. Speed, unlike days, stays well defined for a
+    patient whose scores barely rise (speed near 0: long durability), which is
+    exactly the patient a fixed schedule over-treats. It uses every score, not
+    only the first one out of response, so a single noisy score moves it
+    little, and cycles re-dosed while still in response inform it too.
 
-    Returns per patient code (log days, its sampling variance); NaN where the
-    scores do not rise or are too few. The variance is the delta-method
-    variance of the crossing day, with the residual variance pooled over
-    patients (measurement noise is a property of the scale, not the patient).
+    Returns per patient code (speed per day, its sampling variance), NaN with
+    fewer than `min_scores` scores. The variance is the delta-method one, with
+    the residual variance pooled over patients (measurement noise belongs to
+    the scale more than to the patient).
     """
     n = np.bincount(code, minlength=n_patients).astype(float)
     St = np.bincount(code, days, minlength=n_patients)
@@ -219,16 +222,15 @@ def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarra
         beta = sxy / sxx
         alpha = ybar - beta * tbar
         rss = np.maximum(syy - beta * sxy, 0.0)
-        resid_var = rss / (n - 2)
-        ok = (n >= min_scores) & (sxx > 1e-9) & (beta > 0)
-        sigma2 = float(np.nanmedian(resid_var[ok])) if ok.any() else np.nan
-        cross = (threshold - alpha) / beta
-        ok &= cross > 0
-        cross = np.clip(cross, 3.0, 365.0)
-        var_cross = sigma2 * (1.0 / n + (cross - tbar) ** 2 / sxx) / beta ** 2
-        log_t = np.where(ok, np.log(cross), np.nan)
-        var_log_t = np.where(ok, var_cross / cross ** 2, np.nan)
-    return log_t, var_log_t
+        ok = (n >= min_scores) & (sxx > 1e-9)
+        sigma2 = float(np.nanmedian((rss / (n - 2))[ok & (n > 2)])) if (ok & (n > 2)).any() else np.nan
+        gap = np.maximum(threshold - alpha, 0.05 * threshold)
+        speed = beta / gap
+        var_b = sigma2 / sxx
+        var_a = sigma2 * (1.0 / n + tbar ** 2 / sxx)
+        cov_ab = -tbar * sigma2 / sxx
+        var_speed = var_b / gap ** 2 + beta ** 2 * var_a / gap ** 4 + 2 * beta * cov_ab / gap ** 3
+    return np.where(ok, speed, np.nan), np.where(ok, np.maximum(var_speed, 1e-12), np.nan)
 
 
 def course_trajectories(course, response_fall: float = 0.5) -> pd.DataFrame:
@@ -240,8 +242,8 @@ def course_trajectories(course, response_fall: float = 0.5) -> pd.DataFrame:
     relative = (sc["total"].to_numpy() / sc["baseline_score"].to_numpy())[in_cycle]
     pid = sc["patient_id"].astype(str).to_numpy()[in_cycle]
     code, uniques = pd.factorize(pid)
-    log_t, var = trajectory_estimates(code, days, relative, len(uniques), 1.0 - response_fall)
-    return pd.DataFrame({"patient_id": np.asarray(uniques, dtype=object), "trajectory_log_days": log_t,
+    speed, var = trajectory_estimates(code, days, relative, len(uniques), 1.0 - response_fall)
+    return pd.DataFrame({"patient_id": np.asarray(uniques, dtype=object), "trajectory_speed": speed,
                          "trajectory_var": var})
 
 
@@ -252,17 +254,17 @@ def _winsorise(x: np.ndarray, q: float = 0.02) -> np.ndarray:
 
 @dataclass
 class Combination:
-    """How the two personal measurements are weighed (estimated once per cohort)."""
-    prior_log_median: float   # cohort centre of patients' log median durability
-    prior_var: float          # between-patient variance of the log median
-    event_offset: float       # cycle-based log medians are shifted by this onto the trajectory scale
+    """How the measurements are weighed (estimated once per cohort). Speeds are 1/days."""
+    prior_speed: float        # cohort centre of patients' speed of loss
+    prior_var: float          # between-patient variance of the speed
+    event_factor: float       # cycle-based speeds are multiplied by this onto the trajectory scale
     event_scale: float        # model variance of the cycle measurement x this = its real error variance
     trajectory_scale: float
-    trajectory_floor: float   # smallest trajectory variance believed
     from_both: int            # patients with both measurements behind these figures
 
 
 def _measurements(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None):
+    """Per patient (event speed, its variance, trajectory speed, its variance)."""
     k = fit.shape
     base_log_median = math.log(fit.scale) + math.log(math.log(2.0)) / k
     d = post["n_events"].to_numpy(dtype=float)
@@ -271,16 +273,16 @@ def _measurements(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.Data
     shape = d + 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
         e_log_z = special.digamma(shape) - np.log(np.where(has_cycles, H, 1.0))
-        ev_log = np.where(has_cycles, base_log_median - e_log_z / k, np.nan)
-        ev_var = np.where(has_cycles, special.polygamma(1, shape) / k ** 2, np.nan)
+        ev_speed = np.where(has_cycles, np.exp(-(base_log_median - e_log_z / k)), np.nan)
+        ev_var = np.where(has_cycles, ev_speed ** 2 * special.polygamma(1, shape) / k ** 2, np.nan)
     if trajectories is not None and len(trajectories):
         tr = trajectories.set_index("patient_id").reindex(post["patient_id"])
-        tr_log = tr["trajectory_log_days"].to_numpy(dtype=float)
+        tr_speed = tr["trajectory_speed"].to_numpy(dtype=float)
         tr_var = tr["trajectory_var"].to_numpy(dtype=float)
     else:
-        tr_log = np.full(len(post), np.nan)
+        tr_speed = np.full(len(post), np.nan)
         tr_var = np.full(len(post), np.nan)
-    return ev_log, ev_var, tr_log, tr_var, base_log_median
+    return ev_speed, ev_var, tr_speed, tr_var, math.exp(-base_log_median)
 
 
 def calibrate(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None) -> Combination:
@@ -292,75 +294,78 @@ def calibrate(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFram
     patients is the true between-patient variance and what each has beyond it
     is its error. Losses dated by the first score out of response come earlier
     than the real loss when scores are noisy (a score near the line crosses it
-    by chance), so the cycle measurement is recentred onto the trajectory
-    scale by the median difference (docs/durability.md gives its size).
+    by chance), so cycle-based speeds are rescaled onto the trajectory scale by
+    the ratio of the medians (docs/durability.md gives its size).
     """
-    ev_log, ev_var, tr_log, tr_var, base = _measurements(post, fit, trajectories)
-    usable_tr = np.isfinite(tr_log) & np.isfinite(tr_var) & (tr_var > 0)
-    usable_ev = np.isfinite(ev_log) & np.isfinite(ev_var)
-    floor = 0.25 * float(np.median(tr_var[usable_tr])) if usable_tr.any() else 0.0
-    tr_var = np.clip(tr_var, floor, 64 * floor if floor > 0 else None)
-    both = usable_tr & usable_ev
+    ev, ev_var, tr, tr_var, base_speed = _measurements(post, fit, trajectories)
+    use_tr = np.isfinite(tr) & np.isfinite(tr_var)
+    use_ev = np.isfinite(ev) & np.isfinite(ev_var)
+    both = use_tr & use_ev
     if both.sum() >= 30:
-        x, y = _winsorise(ev_log[both]), _winsorise(tr_log[both])
-        between = max(float(np.cov(x, y)[0, 1]), 0.02)
-        err_ev = max(float(np.var(x)) - between, 0.01)
-        err_tr = max(float(np.var(y)) - between, 0.01)
-        return Combination(float(np.median(y)), between, float(np.median(y - x)),
-                           err_ev / float(np.median(ev_var[both])), err_tr / float(np.median(tr_var[both])),
-                           floor, int(both.sum()))
-    ref = ev_log[usable_ev]
-    centre = float(np.median(ref)) if len(ref) else base
-    spread = float(np.var(ref)) if len(ref) > 1 else 0.5
-    noise = float(np.median(ev_var[usable_ev])) if len(ref) else 0.0
-    return Combination(centre, max(spread - noise, 0.02), 0.0, 1.0, 1.0, floor, int(both.sum()))
+        factor = float(np.median(tr[both]) / np.median(ev[both]))
+        x, y = _winsorise(ev[both] * factor), _winsorise(tr[both])
+        between = max(float(np.cov(x, y)[0, 1]), 1e-6)
+        err_ev = max(float(np.var(x)) - between, 1e-6)
+        err_tr = max(float(np.var(y)) - between, 1e-6)
+        return Combination(float(np.median(y)), between, factor,
+                           err_ev / float(np.median(ev_var[both] * factor ** 2)), err_tr / float(np.median(tr_var[both])),
+                           int(both.sum()))
+    ref, ref_var = (tr[use_tr], tr_var[use_tr]) if use_tr.sum() >= 30 else (ev[use_ev], ev_var[use_ev])
+    centre = float(np.median(ref)) if len(ref) else base_speed
+    spread = float(np.var(_winsorise(ref))) if len(ref) > 1 else centre ** 2
+    noise = float(np.median(ref_var)) if len(ref) else 0.0
+    return Combination(centre, max(spread - noise, (0.2 * centre) ** 2), 1.0, 1.0, 1.0, int(both.sum()))
 
 
 def combine_estimates(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None,
                       combination: Combination | None = None) -> pd.DataFrame:
-    """Per-patient log median durability: the cohort prior and, by precision,
-    the two personal measurements: (1) the cycles, through the frailty
-    posterior without its prior (Gamma(d + 1/2, H)), and (2) the score
-    trajectory. weight_personal = 1 - posterior variance / prior variance."""
-    if combination is None:
-        combination = calibrate(post, fit, trajectories)
-    cb = combination
-    ev_log, ev_var, tr_log, tr_var, _ = _measurements(post, fit, trajectories)
-    ev_log = ev_log + cb.event_offset
-    ev_var = ev_var * cb.event_scale
-    tr_var = np.clip(tr_var, cb.trajectory_floor, 64 * cb.trajectory_floor if cb.trajectory_floor > 0 else None) * cb.trajectory_scale
+    """Per-patient speed of loss (1/days): the cohort prior combined, by
+    precision, with the patient's score trajectory or, where there are too few
+    scores for one, with the cycles (through the frailty posterior without its
+    prior, Gamma(d + 1/2, H)). weight_personal = 1 - posterior variance /
+    prior variance."""
+    cb = combination if combination is not None else calibrate(post, fit, trajectories)
+    ev, ev_var, tr, tr_var, _ = _measurements(post, fit, trajectories)
+    ev, ev_var = ev * cb.event_factor, ev_var * cb.event_factor ** 2 * cb.event_scale
+    tr_var = tr_var * cb.trajectory_scale
+    use_tr = np.isfinite(tr) & np.isfinite(tr_var) & (tr_var > 0)
+    # The cycles count only where the scores are too few for a trajectory: both
+    # come from the same noisy scores, so their errors are correlated, and in
+    # validation adding the cycles to the trajectory made the ranking worse
+    # (docs/durability.md).
+    use_ev = np.isfinite(ev) & np.isfinite(ev_var) & (ev_var > 0) & ~use_tr
     prec = np.full(len(post), 1.0 / cb.prior_var)
-    num = np.full(len(post), cb.prior_log_median / cb.prior_var)
-    for value, var in ((ev_log, ev_var), (tr_log, tr_var)):
-        use = np.isfinite(value) & np.isfinite(var) & (var > 0)
+    num = np.full(len(post), cb.prior_speed / cb.prior_var)
+    for value, var, use in ((ev, ev_var, use_ev), (tr, tr_var, use_tr)):
         prec = prec + np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
         num = num + np.where(use, value / np.where(use, var, 1.0), 0.0)
     out = post[["patient_id"]].copy()
-    out["log_median_days"] = num / prec
-    out["log_median_var"] = 1.0 / prec
+    out["speed"] = num / prec
+    out["speed_var"] = 1.0 / prec
     out["weight_personal"] = 1.0 - (1.0 / prec) / cb.prior_var
-    out["has_trajectory"] = np.isfinite(tr_log)
+    out["has_trajectory"] = np.isfinite(tr)
     out.attrs["combination"] = cb
     return out
 
 
-def suggest_from_log_median(log_median, log_var, shape: float, target: float = 0.8,
-                            range_level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def suggest_from_speed(speed, speed_var, shape: float, target: float = 0.8,
+                       range_level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(point, low, high) days until P(still in response) falls to `target`.
 
-    Within a patient, cycle lengths vary around their median like a Weibull
-    with the cohort's conditional shape; the range adds the uncertainty
-    about the patient's own median.
+    The patient's median durability is 1/speed; single cycles vary around it
+    like a Weibull with the cohort's conditional shape, so the time at which
+    `target` of them still hold is median * (ln(1/target) / ln 2) ** (1/shape).
+    The range carries the uncertainty about the patient's own speed.
     """
     if not 0 < target < 1:
         raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
     factor = (math.log(1.0 / target) / math.log(2.0)) ** (1.0 / shape)
     z = stats.norm.ppf(0.5 + range_level / 2)
-    log_median = np.asarray(log_median, dtype=float)
-    sd = np.sqrt(np.asarray(log_var, dtype=float))
-    clip = lambda x: np.clip(x, MIN_SUGGESTION_DAYS, MAX_SUGGESTION_DAYS)  # noqa: E731
-    return (clip(np.exp(log_median) * factor), clip(np.exp(log_median - z * sd) * factor),
-            clip(np.exp(log_median + z * sd) * factor))
+    speed = np.asarray(speed, dtype=float)
+    sd = np.sqrt(np.asarray(speed_var, dtype=float))
+    slowest = 1.0 / MAX_SUGGESTION_DAYS
+    days = lambda v: np.clip(factor / np.maximum(v, slowest), MIN_SUGGESTION_DAYS, MAX_SUGGESTION_DAYS)  # noqa: E731
+    return days(speed), days(speed + z * sd), days(speed - z * sd)
 
 
 def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: FrailtyWeibull | None = None,
@@ -376,10 +381,10 @@ def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: Frailty
         fit = fit_frailty(cycles)
     post = patient_posteriors(fit, cycles)
     est = combine_estimates(post, fit, trajectories, combination)
-    point, low, high = suggest_from_log_median(est["log_median_days"], est["log_median_var"], fit.shape, target)
+    point, low, high = suggest_from_speed(est["speed"], est["speed_var"], fit.shape, target)
     post["weight_personal"] = est["weight_personal"].to_numpy()
     post["has_trajectory"] = est["has_trajectory"].to_numpy()
-    post["median_days"] = np.round(np.exp(est["log_median_days"].to_numpy()), 1)
+    post["median_days"] = np.round(1.0 / np.maximum(est["speed"].to_numpy(), 1.0 / MAX_SUGGESTION_DAYS), 1)
     post["suggested_interval_days"] = np.floor(point)
     post["interval_low_days"] = np.floor(low)
     post["interval_high_days"] = np.floor(high)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,28 +44,78 @@ def history_cycles(history: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"patient_id": history["patient_id"].to_numpy(), "left_days": left, "right_days": right})
 
 
-def cohort_prior(n_patients: int = 3000, seed: int = 101) -> intervals.FrailtyWeibull:
-    """The cohort fit from an earlier clinic, through the real pipeline (tables -> cycles -> fit)."""
+@dataclass
+class Prior:
+    """What the clinic learnt from an earlier cohort: the frailty fit and how to weigh measurements."""
+    fit: intervals.FrailtyWeibull
+    combination: intervals.Combination
+
+
+def cohort_prior(n_patients: int = 3000, seed: int = 101) -> Prior:
+    """The cohort fit from an earlier clinic, through the real pipeline (tables -> course -> cycles -> fit)."""
     clinic = simulate.simulate_clinic(n_patients, seed)
     frames = course.frames_from_csv_tables(clinic.tables)
-    cycles = course.build_cycles(frames["patients"], frames["treatments"], frames["assessments"], frames["attributes"])
-    return intervals.fit_frailty(cycles)
+    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
+    crs = course.build_course(frames["treatments"], phq)
+    cycles = course.cycles_from_course(crs, frames["patients"], frames["attributes"])
+    fit = intervals.fit_frailty(cycles)
+    post = intervals.patient_posteriors(fit, cycles)
+    return Prior(fit, intervals.calibrate(post, fit, intervals.course_trajectories(crs)))
 
 
-def personalised_policy(prior: intervals.FrailtyWeibull, target: float = 0.8) -> simulate.Personalised:
-    def next_interval(decisions: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
+def measured_trajectories(engine, idx: np.ndarray, recent_days: float | None = None) -> pd.DataFrame:
+    """The weekly PHQ-9s patients `idx` have had since their last induction infusion,
+    as the clinic measured them (same formula as the simulator's tables), turned
+    into trajectory estimates. Reads the simulator's engine state."""
+    now = engine.t[idx]
+    sday = engine.slot_day[idx]
+    seen = (~engine.slot_missing[idx]) & (sday <= now[:, None]) & (sday > engine.induction_end[idx][:, None])
+    if recent_days is not None:
+        seen &= sday > (now - recent_days)[:, None]
+    rows, cols = np.nonzero(seen)
+    if len(rows) == 0:
+        return pd.DataFrame({"patient_id": [], "trajectory_speed": [], "trajectory_var": []})
+    pidx = idx[rows]
+    day = sday[rows, cols]
+    sev = engine.latent_at(pidx, day[:, None])[:, 0]
+    obs = simulate.phq_total(sev, engine.phq_scale[pidx], engine.slot_noise[pidx, cols], engine.cal)
+    ev = engine._event_arrays()
+    span = np.int64(engine.days + 400)
+    keys = ev["idx"].astype(np.int64) * span + ev["day"]
+    order = np.argsort(keys, kind="stable")
+    # the infusion each score follows: the last one strictly before that day (a same-day score is pre-dose)
+    pos = np.searchsorted(keys[order], pidx.astype(np.int64) * span + day, side="left") - 1
+    since = day - ev["day"][order][np.maximum(pos, 0)]
+    relative = obs / engine.phq_baseline[pidx]
+    speed, var = intervals.trajectory_estimates(rows, since.astype(float), relative, len(idx))
+    return pd.DataFrame({"patient_id": engine.patient_ids[idx], "trajectory_speed": speed, "trajectory_var": var})
+
+
+@dataclass(frozen=True)
+class PersonalisedFromScores(simulate.Personalised):
+    """simulate.Personalised that also sees the patients' measured weekly PHQ-9s."""
+
+    recent_days: float | None = None
+
+    def intervals(self, engine, idx):
+        decisions, history = engine.decision_frames(idx)
+        trajectories = measured_trajectories(engine, idx, self.recent_days)
+        days = np.asarray(self.next_interval(decisions, history, trajectories), dtype=float)
+        return np.maximum(np.where(np.isnan(days), np.inf, days), 7.0)
+
+
+def personalised_policy(prior: Prior, target: float = 0.8) -> simulate.Personalised:
+    def next_interval(decisions: pd.DataFrame, history: pd.DataFrame, trajectories: pd.DataFrame) -> np.ndarray:
         cycles = history_cycles(history)
-        post = intervals.patient_posteriors(prior, cycles).set_index("patient_id") if len(cycles) else None
-        a = prior.frailty_a
-        shape = np.full(len(decisions), a)
-        rate = np.full(len(decisions), a)
-        if post is not None:
-            shape = post["post_shape"].reindex(decisions["patient_id"]).fillna(a).to_numpy()
-            rate = post["post_rate"].reindex(decisions["patient_id"]).fillna(a).to_numpy()
-        point, _, _ = intervals.suggest_days(prior, shape, rate, target)
+        ids = pd.DataFrame({"patient_id": decisions["patient_id"].to_numpy(), "left_days": 0.0, "right_days": np.inf})
+        cycles = pd.concat([cycles, ids], ignore_index=True)  # every deciding patient gets a row (maybe no information)
+        post = intervals.patient_posteriors(prior.fit, cycles)
+        est = intervals.combine_estimates(post, prior.fit, trajectories, prior.combination).set_index("patient_id")
+        est = est.reindex(decisions["patient_id"])
+        point, _, _ = intervals.suggest_from_speed(est["speed"], est["speed_var"], prior.fit.shape, target)
         return np.floor(point)
 
-    return simulate.Personalised(next_interval=next_interval, name=f"personalised (target {target:g})")
+    return PersonalisedFromScores(next_interval=next_interval, name=f"personalised (target {target:g})")
 
 
 def compare(n_patients: int = 4000, seed: int = 0, targets=(0.8,), prior_patients: int = 3000) -> list[dict]:
