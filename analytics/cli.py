@@ -66,6 +66,22 @@ def _intervals(p):
     p.set_defaults(run=lambda a: __import__("analytics.report", fromlist=["x"]).cli_intervals(a))
 
 
+@command("bench", "benchmark import, pages, durability and intervals on a generated cohort (docs/performance.md)")
+def _bench(p):
+    p.add_argument("--patients", type=int, default=None, metavar="N", help="one run with a cohort of N patients")
+    p.add_argument("--sizes", metavar="N1,N2,...", default=None,
+                   help="one child run per size; writes --out (default bench/results.json) and a log-log plot beside it")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; each figure is their median")
+    p.add_argument("--budget", type=float, default=240, metavar="SECONDS",
+                   help="most seconds one figure (all its runs) may take before it is reported null; 0: no limit")
+    p.add_argument("--work", metavar="DIR", default=None, help="scratch directory (default bench/work)")
+    p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON result here")
+    p.add_argument("--table", metavar="RESULTS", default=None, help="print a results file as a markdown table")
+    p.add_argument("--json", action="store_true", help="print only JSON (no progress)")
+    p.set_defaults(run=lambda a: __import__("analytics.bench", fromlist=["x"]).cli_bench(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
