@@ -1,0 +1,620 @@
+"""The clinic-network benchmark (`python -m analytics bench`).
+
+One run (`--patients N`) generates a cohort with the demo generator, writes it
+as CSV, and times in this one process what an operator and the dashboard do
+with it: the validated import, the cohort page's default view, the patient
+page, cycle extraction with the durability estimate, and interval suggestions
+for every patient. Each figure is the median of several runs; the pages'
+figures are "warm" (the modules imported and the database file read once
+before timing, and for the cohort page the frames the page caches already in
+memory). Floors say what the least possible work costs on the same machine,
+so a ratio says how far the real work is from it.
+
+`--sizes 1000,10000,...` runs one child process per size (so each peak RSS is
+that size's own), writes the results file with the machine it ran on, and
+draws time against N.
+
+The generator runs in a child process too: its memory is the synthetic data's
+cost, not the product's, and is reported separately (`generate_peak_rss_mb`).
+Generated CSVs are kept under the work directory (same N and seed give the
+same bytes) so repeated runs skip generation.
+
+A figure whose module has not landed, or that fails, is null with the reason
+in `missing`; the benchmark never hides a failure behind a number.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WORK = REPO / "bench" / "work"
+# 1,300 days of calendar give the demo cohort about 50 assessments and 15
+# infusions per patient (patients enrol throughout, so most have a year or more).
+BENCH_DAYS = 1300
+BENCH_END = date(2026, 11, 20)
+INSTRUMENT = "PHQ-9"  # the cohort page's default (first in the scale registry)
+
+TIMED = ("import_s", "import_floor_s", "cohort_s", "scan_floor_s", "patient_s", "durability_s", "intervals_s")
+KEYS = ("patients", "assessments", "treatments", "import_s", "import_rows_per_s", "import_floor_s",
+        "import_floor_ratio", "cohort_s", "scan_floor_s", "cohort_floor_ratio", "patient_s", "durability_s",
+        "intervals_s", "peak_rss_mb")
+# Targets at 100,000 patients (issue 6); reported, never asserted.
+TARGETS = {"import_floor_ratio": 3, "cohort_floor_ratio": 10, "cohort_s": 1, "patient_s": 0.1,
+           "durability_s": 10, "intervals_s": 30, "peak_rss_mb": 2000}
+MAX_GROWTH_10K_TO_100K = 12
+
+Progress = Callable[[str], None]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def terminal_progress(prefix: str, enabled: bool) -> Progress | None:
+    """A one-line progress writer on stderr, or None when stderr is not a terminal or output is JSON."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(message: str) -> None:
+        print(f"\r{prefix}: {message}\033[K", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def _clear(progress: Progress | None) -> None:
+    if progress:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+_budget_end: float | None = None  # monotonic deadline of the figure being measured
+
+
+class OverBudget(Exception):
+    """One figure took longer than the run allows (it is reported null, with the budget)."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None):
+    """Interrupt the enclosed work after `seconds` of wall time (main thread only; None: no limit).
+
+    A figure that would take hours at some size must not stop the other figures
+    from being measured; the interruption lands between Python statements, so
+    every long loop in the analytics is interruptible.
+    """
+    global _budget_end
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _budget_end = time.monotonic() + seconds
+
+    def expire(signum, frame):
+        raise OverBudget(f"over the time budget of {seconds:g} s for this figure")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _budget_end = None
+
+
+def _median_time(fn: Callable[[], object], repeats: int, warm: bool = True) -> tuple[float, object]:
+    """Median wall time of `repeats` calls (after one untimed call when `warm`), and the last result.
+
+    Fewer calls when another would not finish within the figure's time budget (at least one).
+    """
+    result = fn() if warm else None
+    times: list[float] = []
+    while len(times) < max(1, repeats):
+        if times and _budget_end is not None and time.monotonic() + max(times) > _budget_end:
+            break
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+# --- the cohort on disk ------------------------------------------------------------
+
+def _generate(n: int, seed: int, directory: str) -> dict:
+    from .simulate import simulate_clinic
+
+    clinic = simulate_clinic(n, seed, days=BENCH_DAYS, end=BENCH_END)
+    paths = clinic.write_csv(directory)
+    rows = {name: len(frame) for name, frame in clinic.tables.items()}
+    return {"paths": paths, "rows": rows, "generate_peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def cohort_csv(n: int, seed: int, work: Path, progress: Progress | None = None) -> dict:
+    """patients/treatments/assessments CSVs for N patients (generated in a child process, kept for reuse)."""
+    directory = work / f"n{n}-s{seed}" / "csv"
+    manifest = directory / "manifest.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text())
+    if progress:
+        progress(f"generating {n:,} patients")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        info = pool.apply(_generate, (n, seed, str(directory)))
+    info["generate_s"] = round(time.perf_counter() - started, 2)
+    manifest.write_text(json.dumps(info))  # written last: a half-written directory is regenerated
+    return info
+
+
+# --- the figures ------------------------------------------------------------------------
+
+def _fresh(path: Path) -> Path:
+    for p in (path, Path(str(path) + ".wal")):
+        p.unlink(missing_ok=True)
+    return path
+
+
+def time_import(paths: list[str], run_dir: Path, repeats: int, progress: Progress | None,
+                budget: float | None = None) -> tuple[float, Path]:
+    """Median wall time of the full validated import into an empty database; the last database is kept.
+
+    Fewer repeats when the runs so far already used the figure's `budget`.
+    """
+    from .ingest import import_files
+
+    times = []
+    db = run_dir / "bench.duckdb"
+    report = None
+    for i in range(max(1, repeats)):
+        if times and budget and sum(times) + max(times) > budget:
+            break
+        if progress:
+            progress(f"import {i + 1}/{repeats}")
+        _fresh(db)
+        started = time.perf_counter()
+        report = import_files(paths, db=db)
+        times.append(time.perf_counter() - started)
+    code = int(getattr(report, "exit_code", 0))
+    if code != 0:
+        raise RuntimeError(f"the import did not accept every row (exit code {code}): "
+                           + "; ".join(report.messages()[:3]))
+    return statistics.median(times), db
+
+
+def time_import_floor(paths: list[str], run_dir: Path, repeats: int) -> float:
+    """DuckDB's plain read_csv of the same files into bare tables of an empty file: the least an import does."""
+    import duckdb
+
+    db = run_dir / "floor.duckdb"
+    times = []
+    for _ in range(max(1, repeats)):
+        _fresh(db)
+        started = time.perf_counter()
+        con = duckdb.connect(str(db))
+        try:
+            for i, path in enumerate(paths):
+                con.execute(f"CREATE TABLE t{i} AS SELECT * FROM read_csv(?)", [str(path)])
+        finally:
+            con.close()
+        times.append(time.perf_counter() - started)
+    _fresh(db)
+    return statistics.median(times)
+
+
+def time_scan_floor(db: Path, repeats: int) -> float:
+    """One aggregate scan over all assessments, through an ordinary short-lived store connection."""
+    from . import store
+
+    def scan():
+        with store.connect(db) as con:
+            return con.execute("""SELECT instrument, count(*), avg(total), min(administered_at), max(administered_at)
+                                  FROM assessments GROUP BY instrument""").fetchall()
+    return _median_time(scan, repeats)[0]
+
+
+def load_frames(data) -> dict:
+    """What the dashboard's session cache holds for a scope (pages/_session.py `_frames`)."""
+    return {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments(),
+            "attributes": data.attributes()}
+
+
+def page_caches(frames: dict, instrument: str = INSTRUMENT) -> dict:
+    """The page-level results pages/_session.py caches: induction outcomes and PHQ-9 cycles."""
+    from . import views
+
+    return {
+        "induction": views.induction_outcomes(frames["treatments"], frames["assessments"], instrument),
+        "cycles": views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+                                      attributes=frames["attributes"]),
+    }
+
+
+def cohort_default_view(frames: dict, cached: dict, today: date, min_cell: int = 0, instrument: str = INSTRUMENT,
+                        parts: dict | None = None) -> dict:
+    """What pages/cohort.py computes for its default view (no filters, first instrument), its caches warm.
+
+    `parts`, when given, receives the seconds each step took (for profiling the page).
+    """
+    from . import views
+
+    clock = [time.perf_counter()]
+
+    def step(name: str, value):
+        now = time.perf_counter()
+        if parts is not None:
+            parts[name] = parts.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+        return value
+
+    p, t, a = frames["patients"], frames["treatments"], frames["assessments"]
+    out = {"options": step("filter_options", views.filter_options(p, t))}
+    out["period"] = step("period", (t["administered_at"].min().date(), t["administered_at"].max().date()))
+    filters = views.Filters(instrument=instrument)
+    cohort = step("filter_cohort", views.filter_cohort(p, t, a, filters))
+    ids = cohort.patients["patient_id"]
+    induction = cached["induction"][cached["induction"]["patient_id"].isin(ids)]
+    cycles = step("select_cached", cached["cycles"][cached["cycles"]["patient_id"].isin(ids)])
+    out["headline"] = step("headline", views.headline(cohort, induction, today, min_cell, cycles=cycles))
+    out["waterfall"] = step("waterfall", views.waterfall(induction))
+    out["trajectory"] = step("trajectory_band", views.trajectory_band(cohort, instrument, min_n=max(5, min_cell)))
+    out["severity"] = step("severity_movement", views.severity_movement(induction, instrument))
+    out["funnel"] = step("funnel", views.funnel(induction, cohort.patients, "site", "responded", min_cell=min_cell))
+    out["completeness"] = step("completeness", views.completeness(cohort.treatments, cohort.assessments))
+    return out
+
+
+def cohort_charts(view: dict, instrument: str = INSTRUMENT) -> list:
+    """The cohort page's figures (analytics.charts), as the page builds them from the view."""
+    from . import charts, outcomes
+
+    cut, _ = outcomes.remission_threshold(instrument)
+    return [charts.waterfall(view["waterfall"], instrument), charts.trajectory(view["trajectory"], instrument, cut),
+            charts.severity_movement(view["severity"], instrument),
+            charts.funnel(view["funnel"], "site", "response"), charts.completeness(view["completeness"])]
+
+
+def figure_points(figures: list) -> int:
+    """Data points the browser receives for these plotly figures (x values of every trace)."""
+    total = 0
+    for fig in figures:
+        for trace in fig.data:
+            values = getattr(trace, "x", None)
+            if values is None:
+                values = getattr(trace, "z", None)
+            total += 0 if values is None else len(values)
+    return total
+
+
+def patient_view(data, patient_id: str) -> dict:
+    """What pages/patient.py computes for one patient (search, record, alerts, cycles, suggestion, tables)."""
+    from . import scales, views
+
+    matches = data.search_patient_ids(patient_id)
+    record = data.patient_record(patient_id)
+    t, a = record["treatments"], record["assessments"]
+    thresholds = views.patient_thresholds(t, a)
+    out = {
+        "matches": matches,
+        "alerts": views.patient_alerts(record),
+        "cycles": views.cohort_cycles(record["patient"], t, a) if len(t) else None,
+        "suggestions": views.interval_suggestions(record["patient"], t, a),
+        "latest": views.latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
+        "history": views.patient_history(record),
+        "csv": views.patient_csv(record),
+    }
+    present = [c for c in scales.codes() if (a["instrument"] == c).any()]
+    if present:
+        out["items"] = views.item_matrix(a, present[0])
+    return out
+
+
+def durability_estimate(frames: dict) -> dict:
+    """Cycle extraction plus the cohort durability estimate the durability page shows by default."""
+    from . import views
+    from .durability import cohort_durability
+
+    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+                                 attributes=frames["attributes"])
+    return cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=200)
+
+
+def all_suggestions(frames: dict):
+    from . import views
+
+    result = views.interval_suggestions(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9")
+    if result is None:
+        raise ModuleNotFoundError("analytics.intervals (suggest_intervals) has not landed")
+    return result
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_samples: int = 25,
+                  budget: float | None = 300, work: Path | None = None, progress: Progress | None = None) -> dict:
+    """Every figure for one cohort size; a figure that cannot be measured is None with a note in `missing`.
+
+    `budget`: the most seconds one call of one figure may take before it is
+    abandoned (reported null); None for no limit.
+    """
+    from . import store
+    from .access import SYSTEM, DataAccess
+
+    work = Path(work or DEFAULT_WORK)
+    result: dict = {key: None for key in KEYS}
+    result.update({"patients": patients, "seed": seed, "repeats": repeats, "budget_s": budget})
+    missing: dict[str, str] = {}
+
+    def say(message: str) -> None:
+        if progress:
+            progress(message)
+
+    def attempt(names: tuple[str, ...], fn: Callable[[], None], limit: float | None = budget) -> None:
+        try:
+            with time_budget(limit):
+                fn()
+        except (ImportError, AttributeError) as exc:
+            for name in names:
+                missing[name] = f"missing: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a failure is reported, never turned into a number
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            for name in names:
+                missing[name] = f"failed: {type(exc).__name__}: {text}"
+
+    info = cohort_csv(patients, seed, work, progress)
+    paths = [info["paths"][k] for k in ("patients", "treatments", "assessments")]
+    csv_rows = sum(info["rows"].values())
+    result["generate_s"] = info.get("generate_s")
+    result["generate_peak_rss_mb"] = info.get("generate_peak_rss_mb")
+    run_dir = work / f"n{patients}-s{seed}"
+    state: dict = {}
+
+    def do_import():
+        seconds, db = time_import(paths, run_dir, repeats, progress, budget)
+        state["db"] = db
+        result["import_s"] = seconds
+        result["import_rows_per_s"] = csv_rows / seconds
+    # Everything else needs the database: the import is never abandoned, only repeated less.
+    attempt(("import_s", "import_rows_per_s"), do_import, limit=None)
+    say("import floor")
+    attempt(("import_floor_s",), lambda: result.__setitem__("import_floor_s", time_import_floor(paths, run_dir, repeats)))
+    if "db" not in state:
+        for name in TIMED[2:]:
+            missing.setdefault(name, "no database: the import failed")
+        return _finish(result, missing)
+
+    db = state["db"]
+    data = DataAccess(db, SYSTEM)
+    with store.connect(db) as con:
+        counts = con.execute("""SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM assessments),
+                                       (SELECT count(*) FROM treatments)""").fetchall()[0]
+    result["patients"], result["assessments"], result["treatments"] = (int(c) for c in counts)
+    say("scan floor")
+    attempt(("scan_floor_s",), lambda: result.__setitem__("scan_floor_s", time_scan_floor(db, repeats)))
+
+    say("loading the page frames")
+    started = time.perf_counter()
+    frames = load_frames(data)
+    result["load_frames_s"] = time.perf_counter() - started
+
+    def do_cohort():
+        say("cohort page caches (induction outcomes, cycles)")
+        started = time.perf_counter()
+        cached = page_caches(frames)
+        result["cohort_caches_s"] = time.perf_counter() - started
+        say("cohort page default view")
+        parts: dict = {}
+        cohort_default_view(frames, cached, BENCH_END)  # warm
+        seconds, view = _median_time(lambda: cohort_default_view(frames, cached, BENCH_END, parts=parts), repeats,
+                                     warm=False)
+        result["cohort_s"] = seconds
+        result["cohort_parts_s"] = {k: round(v / max(1, repeats), 4) for k, v in parts.items()}
+        result["cohort_cold_s"] = result["load_frames_s"] + result["cohort_caches_s"] + seconds
+        state["view"] = view
+    attempt(("cohort_s",), do_cohort)
+
+    def do_charts():
+        seconds, figures = _median_time(lambda: cohort_charts(state["view"]), repeats)
+        result["cohort_charts_s"] = seconds
+        result["cohort_chart_points"] = figure_points(figures)
+    if "view" in state:
+        attempt(("cohort_charts_s",), do_charts)
+
+    def do_patient():
+        ids = frames["patients"]["patient_id"].tolist()
+        chosen = random.Random(seed).sample(ids, min(patient_samples, len(ids)))
+        patient_view(data, chosen[0])  # warm: modules imported, file pages cached
+        times = []
+        for i, pid in enumerate(chosen):
+            say(f"patient page {i + 1}/{len(chosen)}")
+            started = time.perf_counter()
+            patient_view(data, pid)
+            times.append(time.perf_counter() - started)
+        result["patient_s"] = statistics.median(times)
+        result["patient_max_s"] = max(times)
+        result["patient_samples"] = len(chosen)
+    attempt(("patient_s",), do_patient)
+
+    say("durability")
+    attempt(("durability_s",), lambda: result.__setitem__(
+        "durability_s", _median_time(lambda: durability_estimate(frames), repeats, warm=False)[0]))
+    say("interval suggestions")
+    attempt(("intervals_s",), lambda: result.__setitem__(
+        "intervals_s", _median_time(lambda: all_suggestions(frames), repeats, warm=False)[0]))
+    return _finish(result, missing)
+
+
+def _finish(result: dict, missing: dict) -> dict:
+    def ratio(a, b):
+        return result[a] / result[b] if result.get(a) and result.get(b) else None
+    result["import_floor_ratio"] = ratio("import_s", "import_floor_s")
+    result["cohort_floor_ratio"] = ratio("cohort_s", "scan_floor_s")
+    for name in ("import_floor_ratio", "cohort_floor_ratio"):
+        if result[name] is None and name not in missing:
+            missing[name] = "missing: a figure it divides is missing"
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    for key, value in list(result.items()):
+        if isinstance(value, float):
+            result[key] = round(value, 6 if value < 1 else 3)
+    result["missing"] = missing
+    return result
+
+
+# --- several sizes, the results file and the plot ---------------------------------------------
+
+def machine() -> dict:
+    """The machine the figures were measured on."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import duckdb
+    import pandas
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_gb, 1), "os": platform.platform(),
+            "python": platform.python_version(), "duckdb": duckdb.__version__, "pandas": pandas.__version__}
+
+
+def run_sizes(sizes: list[int], seed: int, repeats: int, budget: float | None, work: Path,
+              progress: Progress | None) -> dict:
+    """One child process per size (each with its own peak RSS); the results file's content."""
+    runs = []
+    for n in sizes:
+        if progress:
+            progress(f"N = {n:,} (child process)")
+        started = time.perf_counter()
+        child = subprocess.run(
+            [sys.executable, "-m", "analytics", "bench", "--patients", str(n), "--seed", str(seed),
+             "--repeats", str(repeats), "--budget", str(budget or 0), "--work", str(work), "--json"],
+            cwd=REPO, capture_output=True, text=True)
+        if child.returncode != 0:
+            raise RuntimeError(f"bench for {n} patients failed (exit {child.returncode}): {child.stderr.strip()[-2000:]}")
+        run = json.loads(child.stdout)
+        run["wall_s"] = round(time.perf_counter() - started, 1)
+        runs.append(run)
+    return {
+        "command": f"python -m analytics bench --sizes {','.join(map(str, sizes))} --seed {seed} --repeats {repeats} --budget {budget or 0:g}",
+        "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(), "targets_at_100k": TARGETS, "runs": runs,
+    }
+
+
+def growth(results: dict, low: int = 10_000, high: int = 100_000) -> dict[str, float]:
+    """How many times each timed figure grows from `low` to `high` patients."""
+    by_n = {r["patients"]: r for r in results["runs"]}
+    a, b = by_n.get(low), by_n.get(high)
+    if not a or not b:
+        return {}
+    return {k: round(b[k] / a[k], 1) for k in TIMED + ("peak_rss_mb",) if a.get(k) and b.get(k)}
+
+
+def render_plot(results: dict, out: Path) -> Path:
+    """Log-log time against N for each timed figure: PNG through kaleido, else an HTML file saying why."""
+    import plotly.graph_objects as go
+
+    runs = sorted(results["runs"], key=lambda r: r["patients"])
+    fig = go.Figure()
+    for key in TIMED:
+        points = [(r["patients"], r[key]) for r in runs if r.get(key)]
+        if points:
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=key))
+    m = results.get("machine", {})
+    fig.update_layout(title=f"Time against cohort size ({m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB; "
+                            f"median of {runs[0].get('repeats', '?') if runs else '?'} runs)",
+                      xaxis_title="patients", yaxis_title="seconds", width=900, height=560, template="plotly_white")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    try:
+        fig.write_image(str(out))
+        return out
+    except Exception as exc:  # kaleido needs a Chromium; without one, keep an interactive file instead
+        html = out.with_suffix(".html")
+        fig.write_html(str(html), include_plotlyjs="cdn")
+        print(f"bench: could not write {out.name} ({type(exc).__name__}: {exc}); wrote {html.name} instead",
+              file=sys.stderr)
+        return html
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,}"
+
+
+def markdown_table(results: dict) -> str:
+    """The README's table: one column per size, one row per figure."""
+    runs = sorted(results["runs"], key=lambda r: r["patients"])
+    head = "| figure | " + " | ".join(f"{r['patients']:,} patients" for r in runs) + " | target at 100k |"
+    lines = [head, "|---|" + "---|" * (len(runs) + 1)]
+    for key in ("assessments", "treatments") + KEYS[3:] + ("generate_peak_rss_mb",):
+        target = TARGETS.get(key)
+        lines.append(f"| {key} | " + " | ".join(_fmt(r.get(key)) for r in runs)
+                     + f" | {'≤ ' + str(target) if target else ''} |")
+    g = growth(results)
+    if g:
+        lines.append("")
+        lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
+                     + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
+    return "\n".join(lines)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def cli_bench(args) -> int:
+    work = Path(args.work) if args.work else DEFAULT_WORK
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.sizes:
+        try:
+            sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+        except ValueError:
+            print(f"bench: --sizes must be comma-separated whole numbers, got {args.sizes!r}", file=sys.stderr)
+            return 2
+        if not sizes or min(sizes) < 1:
+            print("bench: --sizes needs at least one size of 1 or more", file=sys.stderr)
+            return 2
+        progress = terminal_progress("bench", not args.json)
+        results = run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
+        _clear(progress)
+        out = Path(args.out or REPO / "bench" / "results.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        plot = render_plot(results, out.with_suffix(".png"))
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            print(markdown_table(results))
+            print(f"\nbench: wrote {out} and {plot}")
+        return 0 if all(not r["missing"] for r in results["runs"]) else 1
+    if args.patients is None or args.patients < 1:
+        print("bench: give --patients N (1 or more) or --sizes N1,N2,...", file=sys.stderr)
+        return 2
+    progress = terminal_progress(f"bench {args.patients:,}", not args.json)
+    result = run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
+                           progress=progress)
+    _clear(progress)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0 if not result["missing"] else 1

@@ -1,0 +1,56 @@
+"""The benchmark's contract at a tiny size: the JSON keys of issue 6 and sane numbers (never timings)."""
+import json
+
+import pytest
+
+from analytics import bench, cli
+
+ISSUE_KEYS = ("import_s", "import_rows_per_s", "import_floor_s", "import_floor_ratio", "cohort_s", "scan_floor_s",
+              "cohort_floor_ratio", "patient_s", "durability_s", "intervals_s", "peak_rss_mb",
+              "patients", "assessments", "treatments")
+
+
+def test_json_has_every_issue_key_and_positive_numbers(tmp_path, capsys):
+    work = tmp_path
+    code = cli.main(["bench", "--patients", "40", "--seed", "3", "--repeats", "1", "--json", "--work", str(work)])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # exactly one JSON object on stdout
+    assert captured.err == ""  # --json: no progress, nothing else
+    for key in ISSUE_KEYS:
+        assert key in result, key
+    assert result["patients"] == 40
+    assert result["assessments"] > 40 and result["treatments"] > 0
+    for key in ISSUE_KEYS:
+        value = result[key]
+        if value is None:
+            # only a collaborator's missing or failing piece may be null, and it says why
+            assert key in result["missing"] and result["missing"][key]
+        else:
+            assert value > 0, key
+    # the import and its floor come from this harness alone: always measured
+    assert result["import_s"] and result["import_floor_s"] and result["peak_rss_mb"]
+    assert result["import_floor_ratio"] == pytest.approx(result["import_s"] / result["import_floor_s"], rel=1e-2)
+    assert code == (0 if not result["missing"] else 1)
+    # the generated CSVs are kept for the next run of the same size and seed
+    assert (work / "n40-s3" / "csv" / "manifest.json").exists()
+
+
+def test_a_missing_module_is_null_with_a_note(tmp_path, monkeypatch):
+    from analytics import views
+
+    monkeypatch.setattr(views, "interval_suggestions", lambda *a, **k: None)  # as when intervals.py has not landed
+    result = bench.run_benchmark(25, seed=4, repeats=1, patient_samples=2, work=tmp_path)
+    assert result["intervals_s"] is None
+    assert result["missing"]["intervals_s"].startswith("missing:")
+
+
+def test_growth_and_table_read_the_results_file():
+    runs = [{"patients": n, "repeats": 3, "missing": {}, **{k: None for k in bench.KEYS if k != "patients"}}
+            for n in (1_000, 10_000, 100_000)]
+    runs[1].update(cohort_s=0.1, peak_rss_mb=200.0)
+    runs[2].update(cohort_s=1.5, peak_rss_mb=1000.0)
+    results = {"runs": runs, "machine": {}}
+    assert bench.growth(results) == {"cohort_s": 15.0, "peak_rss_mb": 5.0}
+    table = bench.markdown_table(results)
+    assert "| cohort_s | n/a | 0.1 | 1.5 | ≤ 1 |" in table
+    assert "cohort_s 15.0x" in table
