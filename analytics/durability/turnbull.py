@@ -82,17 +82,16 @@ def make_design(left, right) -> Design:
     return Design(l=l, r=r, start=start, stop=stop, adder=adder)
 
 
-def _self_consistency(design: Design, wt: np.ndarray, p: np.ndarray):
-    """One EM map p -> F(p), plus the log-likelihood at p and the KKT gradient
-    d_j = sum_i w_i [i covers j] / P_i (NPMLE iff d_j <= 1 everywhere, = 1 on the support)."""
+def _self_consistency(design: Design, wt: np.ndarray, p: np.ndarray, want_loglik: bool = True):
+    """One EM map p -> F(p), plus the log-likelihood at p (per unit weight) and the
+    KKT gradient d_j = sum_i w_i [i covers j] / P_i (p is an NPMLE iff d_j <= 1
+    everywhere, with equality on its support)."""
     m = design.m
-    c = np.concatenate([np.zeros((p.shape[0], 1)), np.cumsum(p, axis=1)], axis=1)
-    denom = c[:, design.stop] - c[:, design.start]
-    pos = denom > 0
-    ratio = np.divide(wt, denom, out=np.zeros_like(wt), where=pos)
-    grad = np.cumsum(np.asarray(design.adder @ ratio.T).T, axis=1)[:, :m]
-    with np.errstate(divide="ignore"):
-        loglik = np.where(wt > 0, wt * np.log(np.where(pos, denom, 1e-300)), 0.0).sum(axis=1)
+    c = np.zeros((p.shape[0], m + 1))
+    np.cumsum(p, axis=1, out=c[:, 1:])
+    denom = np.maximum(c[:, design.stop] - c[:, design.start], 1e-300)
+    loglik = (wt * np.log(denom)).sum(axis=1) if want_loglik else None
+    grad = np.cumsum(np.asarray(design.adder @ (wt / denom).T).T, axis=1)[:, :m]
     new = p * grad
     new /= new.sum(axis=1, keepdims=True)
     return new, loglik, grad
@@ -123,7 +122,7 @@ def em(design: Design, weights: np.ndarray, p0: np.ndarray | None = None,
     it = 0
     for it in range(1, max_iter + 1):
         pa, wa = p[active], wt[active]
-        p1, _, _ = _self_consistency(design, wa, pa)
+        p1, _, _ = _self_consistency(design, wa, pa, want_loglik=False)
         p2, ll1, _ = _self_consistency(design, wa, p1)
         r = p1 - pa
         v = p2 - p1 - r
