@@ -16,10 +16,12 @@ $(VENV)/.installed: requirements.txt
 
 $(DB): | $(VENV)/.installed
 	$(PY) -m analytics demo --db $(DB) --patients $(DEMO_PATIENTS) --seed 7
+	$(PY) -m analytics users demo-accounts --db $(DB)
 
 demo: $(VENV)/.installed
 	rm -f $(DB) $(DB).wal
 	$(PY) -m analytics demo --db $(DB) --patients $(DEMO_PATIENTS) --seed 7
+	$(PY) -m analytics users demo-accounts --db $(DB)
 
 run: $(VENV)/.installed $(DB)
 	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run dashboard.py --server.port $(PORT)

@@ -7,12 +7,14 @@ with `SYSTEM` scope (the operator owns the file).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import duckdb
 import pandas as pd
 
-from . import scales, store
+from . import audit, scales, store, suppress
 
 
 class AccessDenied(PermissionError):
@@ -26,13 +28,55 @@ class Scope:
     clinician: str | None = None  # a clinician sees patients whose `clinician` is this
     patient_level: bool = True  # may see per-patient rows
     min_cell: int = 11  # small-cell suppression threshold for cohort figures
+    granted: frozenset[str] = frozenset()  # patients this user was granted drill-down on (analytics.auth)
+    identifiable: bool = True  # False: attributes that may identify a patient are withheld
 
     @property
     def cache_key(self) -> tuple:
-        return (self.user, self.role, self.clinician, self.patient_level, self.min_cell)
+        return (self.user, self.role, self.clinician, self.patient_level, self.min_cell,
+                tuple(sorted(self.granted)), self.identifiable)
+
+    @property
+    def suppression_threshold(self) -> int:
+        """Counts below this are shown as "<n" in cohort views; 0 for patient-level roles."""
+        return 0 if self.patient_level else self.min_cell
 
 
 SYSTEM = Scope(user="system", role="system", clinician=None, patient_level=True, min_cell=0)
+
+# Patient attributes (free-form extra import columns) whose names suggest they identify a
+# person; withheld from de-identified roles. A deny-list, so see docs/security.md.
+IDENTIFYING_ATTRIBUTE = re.compile(
+    r"name|mrn|medical.?record|external|identifier|^id$|_id$|email|e-?mail|phone|mobile|address|street|"
+    r"post.?code|zip|ssn|social.?security|nhs|insurance|passport|licen[cs]e|birth.?date|date.?of.?birth|^dob$",
+    re.IGNORECASE,
+)
+
+
+# Pages locate the database through here, never through analytics.store.
+db_path = store.db_path
+
+
+def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
+    """The scope of a signed-in `analytics.auth.Session` (grants read from the store)."""
+    grants = frozenset(_granted_patients(db, session.username))
+    min_cell = suppress.default_min_cell()
+    if session.role == "clinician":
+        return Scope(session.username, "clinician", clinician=session.clinician, patient_level=True,
+                     min_cell=min_cell, granted=grants, identifiable=True)
+    if session.role in ("director", "admin"):
+        return Scope(session.username, session.role, clinician=None, patient_level=False,
+                     min_cell=min_cell, granted=grants, identifiable=False)
+    raise AccessDenied(f"unknown role {session.role!r}")
+
+
+def _granted_patients(db, username: str) -> list[str]:
+    try:
+        with store.connect(db) as con:
+            rows = con.execute("SELECT patient_id FROM patient_grants WHERE username = ?", [username]).fetchall()
+    except duckdb.CatalogException:
+        return []  # a database from before schema v2 has no grants
+    return [r[0] for r in rows]
 
 _ITEMS = ", ".join(scales.item_columns())
 
@@ -42,11 +86,28 @@ class DataAccess:
         self.db = store.db_path(db)
         self.scope = scope
 
+    def __reduce__(self):
+        # st.cache_data hashes arguments through __reduce__: the scope (user, role, grants)
+        # is part of the key, so a cached result is never served to another user.
+        return (DataAccess, (str(self.db), self.scope))
+
     # -- the scope filter, the only place it is written --------------------------
     def _scope_sql(self, alias: str = "p") -> tuple[str, list]:
+        """Rows the scope may compute with: a clinician's caseload, everything for cohort roles."""
         if self.scope.role == "clinician":
-            return f"{alias}.clinician = ?", [self.scope.clinician]
-        return "TRUE", []
+            return self._drill_sql(alias)
+        if self.scope.role in ("system", "director", "admin"):
+            return "TRUE", []
+        return "FALSE", []  # an unknown role sees nothing
+
+    def _drill_sql(self, alias: str = "p") -> tuple[str, list]:
+        """Patients whose individual record the scope may open."""
+        granted = sorted(self.scope.granted)
+        if self.scope.role == "system":
+            return "TRUE", []
+        if self.scope.role == "clinician":
+            return f"({alias}.clinician = ? OR list_contains(?, {alias}.patient_id))", [self.scope.clinician, granted]
+        return f"list_contains(?, {alias}.patient_id)", [granted]
 
     def _query(self, sql: str, params: Sequence = ()) -> pd.DataFrame:
         with store.connect(self.db) as con:
@@ -56,7 +117,10 @@ class DataAccess:
         scope_sql, params = self._scope_sql("p")
         clause = f"x.patient_id IN (SELECT p.patient_id FROM patients p WHERE {scope_sql})"
         if patient_ids is not None:
-            ids = list(patient_ids)
+            ids = [str(i) for i in patient_ids]
+            if not self.scope.patient_level and not set(ids) <= self.scope.granted:
+                # cohort roles compute over everyone but may not pick individuals out
+                raise AccessDenied("you may not open individual patients' rows without a grant")
             clause += " AND list_contains(?, x.patient_id)"
             params = params + [ids]
         return clause, params
@@ -72,11 +136,15 @@ class DataAccess:
         )
 
     def attributes(self) -> pd.DataFrame:
+        """Free-form patient attributes; de-identified scopes never get identifying-looking ones."""
         clause, params = self._patient_filter(None)
-        return self._query(
+        frame = self._query(
             f"SELECT x.patient_id, x.name, x.value FROM patient_attributes x WHERE {clause} ORDER BY 1, 2",
             params,
         )
+        if not self.scope.identifiable:
+            frame = frame[~frame["name"].astype(str).str.contains(IDENTIFYING_ATTRIBUTE)].reset_index(drop=True)
+        return frame
 
     def treatments(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
         clause, params = self._patient_filter(patient_ids)
@@ -104,36 +172,62 @@ class DataAccess:
         )
 
     def can_see_patient(self, patient_id: str) -> bool:
-        if not self.scope.patient_level:
-            return False
-        scope_sql, params = self._scope_sql("p")
+        """May this scope open the patient's individual record (own caseload, or granted)?"""
+        drill_sql, params = self._drill_sql("p")
         rows = self._query(
-            f"SELECT count(*) AS n FROM patients p WHERE p.patient_id = ? AND {scope_sql}",
-            [patient_id, *params],
+            f"SELECT count(*) AS n FROM patients p WHERE p.patient_id = ? AND {drill_sql}",
+            [str(patient_id), *params],
         )
         return bool(rows["n"].iloc[0])
 
-    def patient_record(self, patient_id: str) -> dict[str, pd.DataFrame]:
-        """One patient's rows; refuses a patient outside the scope."""
+    def patient_record(self, patient_id: str, *, page: str | None = None) -> dict[str, pd.DataFrame]:
+        """One patient's rows; refuses a patient outside the scope. Both outcomes are audited,
+        and the view is recorded before any row is handed out (no audit, no data)."""
+        patient_id = str(patient_id)
         if not self.can_see_patient(patient_id):
-            raise AccessDenied(f"patient {patient_id!r} is not in your caseload or does not exist")
+            self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]])
+            raise AccessDenied(f"patient {patient_id[:64]!r} is not in your caseload, or does not exist: "
+                               "ask an administrator for access if you need it")
         ids = [patient_id]
-        return {
-            "patient": self.patients().query("patient_id == @patient_id"),
+        scope_sql, params = self._drill_sql("p")
+        record = {
+            "patient": self._query(
+                f"""SELECT p.patient_id, p.site, p.clinician, p.birth_year, p.sex, p.diagnosis,
+                           p.comorbidities, p.prior_failed_trials, p.enrolled_on
+                    FROM patients p WHERE p.patient_id = ? AND {scope_sql}""",
+                [patient_id, *params],
+            ),
             "treatments": self.treatments(ids),
             "assessments": self.assessments(ids),
         }
+        self.log("view_patient", page=page, patients=ids)
+        return record
 
-    def search_patient_ids(self, text: str, limit: int = 20) -> list[str]:
-        """Patient ids containing `text`, for search-as-you-type (never the whole list)."""
-        scope_sql, params = self._scope_sql("p")
+    def search_patient_ids(self, text: str, limit: int = 20, *, page: str | None = None) -> list[str]:
+        """Patient ids containing `text` that this scope may open, for search-as-you-type (never the whole list).
+
+        Typing the exact id of a patient outside the scope returns nothing and is audited as refused.
+        """
+        text = (text or "")[:64]
+        drill_sql, params = self._drill_sql("p")
         frame = self._query(
             f"""SELECT p.patient_id FROM patients p
-                WHERE {scope_sql} AND contains(lower(p.patient_id), lower(?))
+                WHERE {drill_sql} AND contains(lower(p.patient_id), lower(?))
                 ORDER BY p.patient_id LIMIT ?""",
-            [*params, text or "", int(limit)],
+            [*params, text, int(limit)],
         )
-        return frame["patient_id"].tolist()
+        found = frame["patient_id"].tolist()
+        if text and text not in found and self.scope.role != "system":
+            exists = self._query("SELECT count(*) AS n FROM patients p WHERE p.patient_id = ?", [text])
+            if int(exists["n"].iloc[0]):
+                self.log("search_patients", outcome="denied", page=page, patients=[text])
+        return found
+
+    def log(self, action: str, *, outcome: str = "ok", page: str | None = None,
+            patients: Iterable[str] = (), detail: dict | None = None) -> int:
+        """Append an audit entry as this scope's user (exports, downloads, imports from pages)."""
+        return audit.append(self.db, self.scope.user, action, role=self.scope.role, outcome=outcome,
+                            page=page, patients=patients, detail=detail)
 
     def import_history(self, limit: int = 200) -> pd.DataFrame:
         """Recent import batches (file names and row counts; no patient rows), admins only."""

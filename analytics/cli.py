@@ -82,6 +82,57 @@ def _bench(p):
     p.set_defaults(run=lambda a: __import__("analytics.bench", fromlist=["x"]).cli_bench(a))
 
 
+
+@command("users", "manage sign-in accounts: add, disable, enable, list, reset-password, set-role, grant, revoke")
+def _users(p):
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name, help_text):
+        sp = actions.add_parser(name, help=help_text, description=help_text)
+        # --db may also follow the action (`users add --db PATH ...`); SUPPRESS keeps an earlier one
+        sp.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="database file")
+        return sp
+
+    add = action("add", "add an account; the password is asked for (or read from stdin), never taken from argv")
+    add.add_argument("user")
+    add.add_argument("--role", required=True, choices=["clinician", "director", "admin"])
+    add.add_argument("--clinician", metavar="HANDLE", default=None,
+                     help="the clinician value their patients are filed under (default: the user name)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add.add_argument("--oidc-only", action="store_true", help="no local password: signs in through the identity provider only")
+    action("disable", "disable an account and end its sessions").add_argument("user")
+    action("enable", "enable a disabled account").add_argument("user")
+    listing = action("list", "list accounts (never their password hashes)")
+    listing.add_argument("--json", action="store_true")
+    reset = action("reset-password", "set a new password, clear lockout, end open sessions")
+    reset.add_argument("user")
+    reset.add_argument("--password-stdin", action="store_true")
+    role = action("set-role", "change an account's role (ends its open sessions)")
+    role.add_argument("user")
+    role.add_argument("role", choices=["clinician", "director", "admin"])
+    role.add_argument("--clinician", metavar="HANDLE", default=None)
+    grant = action("grant", "let a user open one patient's record")
+    grant.add_argument("user")
+    grant.add_argument("patient")
+    grant.add_argument("--reason", default="")
+    revoke = action("revoke", "withdraw a patient grant")
+    revoke.add_argument("user")
+    revoke.add_argument("patient")
+    action("demo-accounts", "create one account per role with random passwords (demo databases only)")
+    p.set_defaults(run=lambda a: __import__("analytics.auth", fromlist=["x"]).cli_users(a))
+
+
+@command("audit", "print the audit trail (--since DATE, --json); --verify checks its hash chain")
+def _audit(p):
+    p.add_argument("--since", metavar="DATE", default=None, help="entries on or after this date (YYYY-MM-DD)")
+    p.add_argument("--until", metavar="DATE", default=None, help="entries up to the end of this date")
+    p.add_argument("--actor", default=None)
+    p.add_argument("--action", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="recompute the hash chain (exit 2 if tampered)")
+    p.set_defaults(run=lambda a: __import__("analytics.audit", fromlist=["x"]).cli_audit(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
