@@ -14,6 +14,8 @@ the importer's messages instead (pass strict=False to keep the quarantine).
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -69,18 +71,33 @@ def tables(patients=(), treatments=(), assessments=()) -> dict[str, pd.DataFrame
     return out
 
 
+_EMPTY_TEMPLATE: Path | None = None
+
+
+def _empty_template() -> Path:
+    """One freshly migrated empty database per test process, copied by make_db (migrating is the slow part)."""
+    global _EMPTY_TEMPLATE
+    if _EMPTY_TEMPLATE is None or not _EMPTY_TEMPLATE.exists():
+        from analytics import store
+        _EMPTY_TEMPLATE = store.initialise(Path(tempfile.mkdtemp(prefix="outcomes-template-")) / "empty.duckdb")
+    return _EMPTY_TEMPLATE
+
+
 def make_db(tmp_path: Path, patients=(), treatments=(), assessments=(), *, name: str = "test.duckdb",
             strict: bool = True) -> Path:
     """A database file in `tmp_path` holding exactly these rows (schema created even when empty)."""
     path = Path(tmp_path) / name
+    template = _empty_template()
+    shutil.copyfile(template, path)
+    wal = Path(f"{template}.wal")
+    if wal.exists():
+        shutil.copyfile(wal, Path(f"{path}.wal"))
     add_rows(path, patients=patients, treatments=treatments, assessments=assessments, strict=strict)
     return path
 
 
 def add_rows(db: Path, patients=(), treatments=(), assessments=(), *, strict: bool = True) -> ingest.ImportReport:
     """Import more inline rows into `db` (one transaction); raises when strict and any row is rejected."""
-    from analytics import store
-    store.initialise(db)
     frames = tables(patients, treatments, assessments)
     if not frames:
         return ingest.ImportReport()

@@ -12,12 +12,14 @@ import csv as stdlib_csv
 import hashlib
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from . import rules
 
@@ -172,17 +174,33 @@ def read_csv(path: str | os.PathLike) -> CsvFile:
     return CsvFile(path, sha256, kind, header, frame, malformed, data, newlines)
 
 
+_parser: duckdb.DuckDBPyConnection | None = None  # one in-memory parser per process (opening one is slow)
+_parser_lock = threading.Lock()
+_ARROW_STRINGS = {
+    pa.string(): pd.StringDtype("pyarrow", na_value=np.nan),
+    pa.large_string(): pd.StringDtype("pyarrow", na_value=np.nan),
+    pa.string_view(): pd.StringDtype("pyarrow", na_value=np.nan),
+}
+
+
 def _duckdb_read(path: str, header: list[str]) -> pd.DataFrame:
+    # Columns are read by position (c0, c1, ...) and named afterwards: header text never enters SQL.
     columns = {f"c{i}": "VARCHAR" for i in range(len(header))}
-    select = ", ".join(f"nullif(trim(c{i}), '') AS \"{name}\"" for i, name in enumerate(header))
-    con = duckdb.connect()  # in memory: parsing holds no lock on the store
-    try:
-        return con.execute(
-            f"""SELECT {select} FROM read_csv(?, columns = ?, header = true, delim = ',', quote = '"',
-                escape = '"', comment = '', skip = 0, auto_detect = false, strict_mode = true)""",
-            [path, columns],
-        ).df()
-    except duckdb.Error as exc:
-        raise FileRefused(f"{Path(path).name}: not a readable CSV file: {str(exc).splitlines()[0]}") from None
-    finally:
-        con.close()
+    select = ", ".join(f"nullif(trim(c{i}), '') AS c{i}" for i in range(len(header)))
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = duckdb.connect()  # in memory, so parsing holds no lock on the store
+            _parser.execute("SET enable_progress_bar = false")
+        try:
+            table = _parser.sql(
+                f"""SELECT {select} FROM read_csv($path, columns = $columns, header = true, delim = ',', quote = '"',
+                    escape = '"', comment = '', skip = 0, auto_detect = false, strict_mode = true)""",
+                params={"path": path, "columns": columns},
+            ).to_arrow_table()
+        except duckdb.Error as exc:
+            raise FileRefused(f"{Path(path).name}: not a readable CSV file: {str(exc).splitlines()[0]}") from None
+    # Arrow-backed strings: no copy into Python objects, and fast vectorised string methods.
+    frame = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    frame.columns = header
+    return frame

@@ -170,7 +170,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
             con.execute(
                 f"""INSERT INTO {table} ({', '.join(insert_columns)}, batch_id)
                     SELECT {select}, ? FROM ingest_incoming i JOIN ingest_status s ON s._row = i._row
-                    WHERE s.status = 'new' ORDER BY i._row""",
+                    WHERE s.status = 'new'""",
                 [batch_id],
             )
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
