@@ -24,9 +24,10 @@ INSTRUMENT_COLOURS = {"PHQ-9": "#636efa", "MADRS": "#ab63fa", "GAD-7": "#00a2a8"
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    # Legend under the plot: above it, legends wrap into the title on half-width charts.
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height,
-                      margin=dict(l=10, r=10, t=60, b=10), hovermode="closest",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+                      margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     return fig
 
 
@@ -43,14 +44,13 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
     codes = [c for c in thresholds]
     rows = len(codes) + 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
-                        row_heights=[1.0] * len(codes) + [0.45],
-                        subplot_titles=[f"{c} total (points)" for c in codes] + ["Infusions and response cycles"])
+                        row_heights=[1.0] * len(codes) + [0.45])
     for r, code in enumerate(codes, start=1):
         th = thresholds[code]
         bands = th["bands"]
         for i, (low, high, label) in enumerate(bands):
             fig.add_hrect(y0=low - 0.5 if low else 0, y1=high + 0.5, fillcolor=_band_colour(i, len(bands)),
-                          line_width=0, layer="below", row=r, col=1)
+                          line_width=0, layer="below", row=r, col=1, exclude_empty_subplots=False)
             fig.add_annotation(text=label, xref="x domain", x=1.0, xanchor="right", y=(low + high) / 2, yref=f"y{r if r > 1 else ''}",
                                showarrow=False, font=dict(size=10), opacity=0.6)
         a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
@@ -76,7 +76,7 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
         op = "≤" if th["remission_inclusive"] else "<"
         fig.add_hline(y=th["remission_cut"], line=dict(dash="dash", color="#17becf"), row=r, col=1,
                       annotation_text=f"remission {op} {th['remission_cut']:g}", annotation_position="bottom left")
-        fig.update_yaxes(range=[0, th["max"]], title_text="points", row=r, col=1)
+        fig.update_yaxes(range=[0, th["max"]], title_text=f"{code} (points)", row=r, col=1)
     strip = rows
     for phase, (colour, symbol) in PHASE_STYLE.items():
         t = treatments[treatments["phase"].isna()] if phase is None else treatments[treatments["phase"] == phase]
@@ -97,10 +97,12 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
             fig.add_trace(go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text", line=dict(color=colour, width=5),
                                      text=["", text], textposition="top left", showlegend=False,
                                      hovertext=[text, text], hoverinfo="text"), row=strip, col=1)
-    fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="", row=strip, col=1)
+    fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
     fig.update_xaxes(title_text="date", row=strip, col=1)
     title = f"Patient {patient_id}: scores and infusions" if patient_id else "Scores and infusions"
-    return _layout(fig, title, height=260 * len(codes) + 200)
+    fig = _layout(fig, title, height=260 * len(codes) + 200)
+    # full width: the legend fits on one line above the plot
+    return fig.update_layout(legend=dict(yanchor="bottom", y=1.0, xanchor="right", x=1), margin=dict(t=70))
 
 
 def _band_label(bands, value) -> str:
@@ -156,12 +158,14 @@ def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.
                              hovertext=[f"week {w}: median {m:g} (IQR {a:g}-{b:g}), n = {n}" for w, m, a, b, n in
                                         zip(band["week"], band["median"], band["q1"], band["q3"], band["n"])],
                              hoverinfo="text"))
-    fig.add_trace(go.Scatter(x=band["week"], y=np.full(len(band), -0.5), mode="text", text=[str(n) for n in band["n"]],
+    step = 1 if len(band) <= 14 else 2 if len(band) <= 28 else 4
+    fig.add_trace(go.Scatter(x=band["week"], y=np.full(len(band), -0.5),
+                             mode="text", text=[str(n) if i % step == 0 else "" for i, n in enumerate(band["n"])],
                              textfont=dict(size=10), name="n patients", hoverinfo="skip"))
     fig.add_hline(y=remission_cut, line=dict(dash="dash", color="#17becf"), annotation_text=f"remission cut-off {remission_cut:g}")
     fig.update_xaxes(title_text="weeks since first infusion (week 0 = baseline)")
     fig.update_yaxes(title_text=f"{instrument} total (points)", rangemode="tozero")
-    return _layout(fig, f"Cohort {instrument} trajectory: median and interquartile range (numbers: patients at each week)")
+    return _layout(fig, f"Cohort {instrument} by week since first infusion")
 
 
 def severity_movement(table: pd.DataFrame, instrument: str) -> go.Figure:
@@ -208,10 +212,10 @@ def survival(curves: list[dict], title: str) -> go.Figure:
         s = np.concatenate([[1.0], c["survival"]])
         lo = np.concatenate([[1.0], c["lower"]])
         hi = np.concatenate([[1.0], c["upper"]])
-        fig.add_trace(go.Scatter(x=t, y=100 * hi, mode="lines", line=dict(width=0, shape="hv"), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0, shape="hv"), fill="tonexty",
+        fig.add_trace(go.Scatter(x=t, y=100 * hi, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0), fill="tonexty",
                                  fillcolor=_alpha(colour, 0.18), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5, shape="hv"),
+        fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5),
                                  name=f"{c['label']} (n = {c['n']})",
                                  hovertext=[f"{c['label']}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
                                             for x, y, a, b in zip(t, s, lo, hi)], hoverinfo="text"))

@@ -20,6 +20,24 @@ from analytics.access import DataAccess, Scope
 CACHE_TTL_SECONDS = 15 * 60
 
 
+def _route_through_navigation() -> None:
+    """Make sure dashboard.py's st.navigation (and its role table) handles every request.
+
+    Streamlit treats a `pages/` folder as the old automatic multipage mode until
+    st.navigation has run once in the server process, so the very first request
+    for e.g. /patient would run that page directly, bypassing the role table.
+    Switching the old mode off and rerunning sends the request through dashboard.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_route_through_navigation()
+
+
 def current_scope() -> Scope:
     """The signed-in user's scope. Until sign-in lands: the operator's own (SYSTEM) view,
     or a role chosen with OUTCOMES_ROLE / OUTCOMES_CLINICIAN for trying a role out."""

@@ -79,6 +79,7 @@ with right:
         st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
     else:
         st.plotly_chart(charts.trajectory(band, instrument, cut), key="trajectory")
+        st.caption("Line: median; band: interquartile range; numbers along the bottom: patients with a score that week.")
 
 left, right = st.columns(2)
 with left:

@@ -14,16 +14,18 @@ if not session.has_data():
 
 # ?patient=ID opens that patient; choosing another updates the URL so the link can be shared.
 wanted = st.query_params.get("patient", "")
-search = st.text_input("Find a patient by id", value=wanted, placeholder="type part of a patient id, e.g. P0001",
-                       help="Searches only your caseload; shows at most 20 matches.")
-if not search.strip():
+if "patient_search" not in st.session_state:
+    st.session_state["patient_search"] = wanted  # only the first load fills the box from the link
+search = st.text_input("Find a patient by id", placeholder="type part of a patient id, e.g. P0001",
+                       help="Searches only your caseload; shows at most 20 matches.", key="patient_search").strip()
+if not search:
     st.info("Type part of a patient id above to find a patient, or open a link with ?patient=ID.", icon=":material/search:")
     st.stop()
-matches = session.search(scope, search.strip())
+matches = session.search(scope, search)
 if not matches:
-    st.warning(f"No patient in your caseload has an id containing '{search.strip()}'.")
+    st.warning(f"No patient in your caseload has an id containing '{search}'.")
     st.stop()
-default = matches.index(wanted) if wanted in matches else (matches.index(search.strip()) if search.strip() in matches else 0)
+default = matches.index(wanted) if wanted in matches else (matches.index(search) if search in matches else 0)
 patient_id = st.selectbox(f"{len(matches)} match{'es' if len(matches) != 1 else ''}" + (" (first 20)" if len(matches) == 20 else ""),
                           matches, index=default)
 if st.query_params.get("patient") != patient_id:

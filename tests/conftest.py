@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # AppTest runs page scripts in this process; they import analytics and pages
+    sys.path.insert(0, str(ROOT))
 DEMO_PATIENTS = 120
 DEMO_SEED = 7
+# The demo clinic's data end on 2026-11-20 (simulate.DEFAULT_END); pages see "today" as the day after.
+DEMO_TODAY = "2026-11-21"
 
 
 def _build_demo(path: Path) -> None:
@@ -57,6 +61,24 @@ def outcomes_db(monkeypatch, demo_db) -> Path:
     return demo_db
 
 
+@pytest.fixture()
+def open_page(outcomes_db, monkeypatch):
+    """Run one dashboard page with Streamlit's AppTest on the demo database: open_page("patient", patient="P00001")."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("OUTCOMES_TODAY", DEMO_TODAY)
+    monkeypatch.delenv("OUTCOMES_ROLE", raising=False)
+
+    def run(name: str, **query) -> "AppTest":
+        script = ROOT / ("dashboard.py" if name == "dashboard" else f"pages/{name}.py")
+        at = AppTest.from_file(str(script), default_timeout=180)
+        for key, value in query.items():
+            at.query_params[key] = value
+        return at.run()
+
+    return run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +90,9 @@ def streamlit_server(demo_db, tmp_path_factory):
     """`streamlit run dashboard.py` on a free port against the demo database; yields the base URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, OUTCOMES_DB=str(demo_db), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env = dict(os.environ, OUTCOMES_DB=str(demo_db), OUTCOMES_TODAY=DEMO_TODAY,
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env.pop("OUTCOMES_ROLE", None)
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "dashboard.py",
@@ -95,3 +119,17 @@ def streamlit_server(demo_db, tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def page_text(at) -> str:
+    """Every piece of text an AppTest run shows (titles, alerts, captions, markdown, metrics), one per line."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+@pytest.fixture()
+def text_of():
+    return page_text

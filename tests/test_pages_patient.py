@@ -1,0 +1,122 @@
+"""Patient trajectory page, run with Streamlit AppTest on the demo clinic."""
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from analytics import views
+from analytics.access import DataAccess
+
+
+@pytest.fixture(scope="module")
+def clinic(demo_db):
+    data = DataAccess(demo_db)
+    frames = {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments()}
+    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"])
+    suggestions = views.interval_suggestions(cycles, frames["treatments"])
+    return frames, suggestions
+
+
+def _latest_phq9(assessments, patient_id):
+    a = assessments[(assessments["patient_id"] == patient_id) & (assessments["instrument"] == "PHQ-9")]
+    return a.sort_values("administered_at").iloc[-1]
+
+
+def test_patient_page_shows_latest_score_and_next_due_date(open_page, text_of, clinic):
+    frames, suggestions = clinic
+    row = suggestions.dropna(subset=["next_due_on"]).iloc[0]
+    patient_id = row["patient_id"]
+    latest = _latest_phq9(frames["assessments"], patient_id)
+
+    at = open_page("patient", patient=patient_id)
+
+    assert not at.exception
+    metric = next(m for m in at.metric if m.label.startswith("Latest PHQ-9"))
+    assert metric.value.startswith(f"{latest['total']:g} / 27")
+    assert f"{latest['administered_at']:%d %b %Y}" in metric.label
+    text = text_of(at)
+    assert f"{pd.Timestamp(row['next_due_on']):%a %d %b %Y}" in text
+    assert f"{row['interval_low_days']:.0f} to {row['interval_high_days']:.0f} days" in text
+    assert at.selectbox[0].value == patient_id
+
+
+def test_item9_banner_only_when_latest_item9_is_positive(open_page, clinic):
+    frames, _ = clinic
+    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"].sort_values("administered_at")
+    last = phq.groupby("patient_id").tail(1)
+    positive = last[last["item_9"].fillna(0) > 0]["patient_id"].iloc[0]
+    negative = last[last["item_9"].fillna(0) == 0]["patient_id"].iloc[0]
+
+    flagged = open_page("patient", patient=positive)
+    calm = open_page("patient", patient=negative)
+
+    assert any("item 9" in e.value and "suicide risk" in e.value for e in flagged.error)
+    assert not any("item 9" in e.value for e in calm.error)
+
+
+def test_search_narrows_matches_and_choosing_one_sets_the_link(open_page):
+    at = open_page("patient")
+    assert not at.selectbox  # nothing loaded until the user types
+    at.text_input[0].input("P0001").run()
+    options = at.selectbox[0].options
+    assert options and all("P0001" in o for o in options)
+    assert len(options) <= 20
+    at.selectbox[0].select(options[-1]).run()
+    assert at.query_params["patient"] in (options[-1], [options[-1]])
+
+
+def test_unknown_patient_says_so(open_page):
+    at = open_page("patient", patient="NOPE")
+    assert not at.exception
+    assert any("No patient in your caseload" in w.value for w in at.warning)
+
+
+def test_clinician_cannot_find_another_clinicians_patient(open_page, clinic, monkeypatch):
+    frames, _ = clinic
+    patients = frames["patients"]
+    mine = patients["clinician"].iloc[0]
+    other = patients[patients["clinician"] != mine]["patient_id"].iloc[0]
+    monkeypatch.setenv("OUTCOMES_CLINICIAN", mine)
+    monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+    at = AppTest.from_file(str(ROOT / "pages/patient.py"), default_timeout=180)
+    at.query_params["patient"] = other
+    at.run()
+    assert any("No patient in your caseload" in w.value for w in at.warning)
+    assert not at.metric
+
+
+def test_patient_csv_holds_only_that_patient(demo_db):
+    record = DataAccess(demo_db).patient_record("P00003")
+    csv = views.patient_csv(record).decode()
+    frame = pd.read_csv(pd.io.common.StringIO(csv))
+    assert set(frame["patient_id"]) == {"P00003"}
+    assert set(frame["kind"]) == {"infusion", "assessment"}
+    assert len(frame) == len(record["treatments"]) + len(record["assessments"])
+
+
+def test_history_is_newest_first_and_marks_item9(demo_db):
+    record = DataAccess(demo_db).patient_record("P00003")
+    history = views.patient_history(record, limit=50)
+    assert list(history["when"]) == sorted(history["when"], reverse=True)
+    phq = record["assessments"][record["assessments"]["instrument"] == "PHQ-9"]
+    if (phq["item_9"].fillna(0) > 0).any():
+        assert history["detail"].str.contains("item 9").any()
+
+
+def test_describe_suggestion_reads_like_a_clinician():
+    text = views.describe_suggestion(
+        {"next_due_on": pd.Timestamp("2026-11-25"), "suggested_interval_days": 21.0, "interval_low_days": 14.0,
+         "interval_high_days": 30.0, "basis": "personal", "n_cycles": 3, "target": 0.8, "taper": "stretch",
+         "taper_reason": "held response up to each of the last two infusions"},
+        date(2026, 11, 21))
+    assert "Wed 25 Nov 2026 (in 4 days)" in text
+    assert "14 to 30 days" in text
+    assert "3 response cycles" in text
+    assert "lengthening the interval" in text
+    overdue = views.describe_suggestion({"next_due_on": pd.Timestamp("2026-11-18"), "suggested_interval_days": 21.0,
+                                         "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
+    assert "3 days overdue" in overdue
+    assert "No suggested date yet" in views.describe_suggestion(None, date(2026, 11, 21))
