@@ -416,7 +416,7 @@ class _Engine:
         # Induction schedule
         self.n_planned = rng.choice(np.array(cal.induction_sizes), size=n, p=cal.induction_size_share)
         base_gap = rng.choice(np.array(cal.induction_base_gap), size=n, p=cal.induction_base_gap_share)
-        gaps = np.clip(base_gap[:, None] + rng.choice([-1, 0, 0, 1], size=(n, max(cal.induction_sizes) - 1)), 1, 7)
+        gaps = np.clip(base_gap[:, None] + rng.choice([-1, 0, 0, 1], size=(n, max(cal.induction_sizes) - 1)), 2, 7)
         self.induction_days = self.day0[:, None] + np.concatenate([np.zeros((n, 1), int), np.cumsum(gaps, axis=1)], axis=1)
         drops = rng.random(n) < cal.induction_dropout
         self.dropped_induction = drops
@@ -815,11 +815,12 @@ class _Engine:
             _assessment_block(self.patient_ids[g_pid], "GAD-7", phq_when[gad_mask], np.full(len(g_pid), "self", dtype=object), g_items, g_total_text),
             _assessment_block(self.patient_ids[m_pid], "MADRS", dates[m_day], self.clinician[m_pid], m_items, _as_text(m_total)),
         ]
-        assessments = pd.concat(blocks, ignore_index=True)
         sort_day = np.concatenate([a_day, a_day[gad_mask], m_day])
         sort_pid = np.concatenate([a_pid, g_pid, m_pid])
         inst = np.concatenate([np.zeros(len(a_pid)), np.ones(len(g_pid)), np.full(len(m_pid), 2)])
-        assessments = assessments.iloc[np.lexsort((inst, sort_day, sort_pid))].reset_index(drop=True)
+        # Sort the columns as arrays and build the frame once (string frames are slow to reorder).
+        row_order = np.lexsort((inst, sort_day, sort_pid))
+        assessments = pd.DataFrame({c: np.concatenate([b[c] for b in blocks])[row_order] for c in ASSESSMENT_COLUMNS})
         return {"patients": patients, "treatments": treatments, "assessments": assessments}
 
     def _phq_items(self, pid, total, may_miss, rng):
@@ -890,12 +891,12 @@ def _when(day_text: np.ndarray, with_time: np.ndarray, minute: np.ndarray) -> np
     return np.where(with_time, day_text + clock[np.clip(minute, 0, 1439)], day_text)
 
 
-def _assessment_block(pid, instrument, when, rater, items, total_text) -> pd.DataFrame:
+def _assessment_block(pid, instrument, when, rater, items, total_text) -> dict[str, np.ndarray]:
     cols = {"patient_id": pid, "instrument": np.full(len(pid), instrument, dtype=object), "administered_on": when, "rater": rater}
     for i in range(10):
         cols[f"item_{i + 1}"] = _as_text(items[:, i]) if i < items.shape[1] else np.full(len(pid), "", dtype=object)
-    cols["total"] = total_text
-    return pd.DataFrame(cols)
+    cols["total"] = np.asarray(total_text, dtype=object)
+    return cols
 
 
 # --- public API ------------------------------------------------------------------------
