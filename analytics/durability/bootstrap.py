@@ -51,11 +51,11 @@ def aggregate_days(left, right) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r_code = np.where(np.isfinite(R), R, -1.0).astype(np.int64)
     l_int = L.astype(np.int64)
     span = int(r_code.max()) + 2 if r_code.size else 1
-    keys, codes = np.unique(l_int * span + (r_code + 1), return_inverse=True)
+    codes, keys = pd.factorize(l_int * span + (r_code + 1))   # hashing: O(n), no sort
     uL = (keys // span).astype(float)
     uRc = (keys % span) - 1
     uR = np.where(uRc < 0, np.inf, uRc.astype(float))
-    return uL, uR, codes.ravel()
+    return uL, uR, np.asarray(codes)
 
 
 def _percentile(samples: np.ndarray, q: float) -> np.ndarray:

@@ -126,7 +126,9 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
     """
     if by is not None and by not in cycles.columns:
         raise ValueError(f"cohort_durability: no column {by!r} to group by")
-    good, examples, n_bad = _clean(cycles)
+    keep = [c for c in ("patient_id", "left_days", "right_days", "event", "cycle_no", "post_induction", by)
+            if c is not None and c in cycles.columns]
+    good, examples, n_bad = _clean(cycles[list(dict.fromkeys(keep))])
     good["_patient"] = pd.factorize(good["patient_id"])[0]
     n_patients = int(good["_patient"].max()) + 1 if len(good) else 0
     large = n_patients > LARGE_COHORT_PATIENTS
@@ -161,7 +163,7 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
         if sub[by].nunique() >= 2:
             uL, uR, pair = aggregate_days(sub["left_days"].to_numpy(), sub["right_days"].to_numpy())
             counts = np.bincount(pair, minlength=uL.size).astype(float)
-            scores = finkelstein_scores(uL, uR, counts)[pair]
+            scores = finkelstein_scores(uL, uR, counts, tol=1e-7)[pair]
             test = robust_score_test(scores, pd.factorize(sub[by])[0], sub["_patient"].to_numpy())
             result["logrank_p"] = test["p"]
             result["logrank"] = {"chisq": test["chisq"], "df": test["df"], "p": test["p"],

@@ -34,20 +34,21 @@ def _xlogx(s):
     return np.where(s > 0, s * np.log(np.where(s > 0, s, 1.0)), 0.0)
 
 
-def _pooled(left, right, weights):
+def _pooled(left, right, weights, tol=1e-12):
     design = make_design(left, right)
-    p, _ = em(design, weights, tol=1e-12, max_iter=200000)
+    p, _ = em(design, weights, tol=tol, max_iter=200000, ll_tol=min(1e-13, tol * 1e-4))
     p = p[0]
     tail = np.concatenate([np.cumsum(p[::-1])[::-1], [0.0]])   # tail[j] = sum_{k>=j} p_k
     return design, p, tail[design.start], tail[design.stop]
 
 
-def finkelstein_scores(left, right, weights=None) -> np.ndarray:
-    """Log-rank scores c_i under the pooled NPMLE (one per row of left/right)."""
+def finkelstein_scores(left, right, weights=None, tol: float = 1e-12) -> np.ndarray:
+    """Log-rank scores c_i under the pooled NPMLE (one per row of left/right).
+    `tol`: EM convergence for the pooled NPMLE (1e-7 is ample for a p-value)."""
     left = np.asarray(left, dtype=float)
     right = np.asarray(right, dtype=float)
     w = np.ones(left.size) if weights is None else np.asarray(weights, dtype=float)
-    _, _, s_left, s_right = _pooled(left, right, w)
+    _, _, s_left, s_right = _pooled(left, right, w, tol)
     diff = s_left - s_right
     return np.divide(_xlogx(s_left) - _xlogx(s_right), diff, out=np.zeros_like(diff), where=diff > 0)
 
