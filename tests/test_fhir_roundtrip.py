@@ -37,13 +37,13 @@ def assert_same_store(a, b):
         pd.testing.assert_frame_equal(fa[name].reset_index(drop=True), fb[name].reset_index(drop=True), check_dtype=False, obj=name)
 
 
-@pytest.fixture
-def demo_db(tmp_path):
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
     from analytics.ingest import import_tables
     from analytics.simulate import simulate_clinic
 
     clinic = simulate_clinic(25, seed=11, days=120)
-    db = tmp_path / "source.duckdb"
+    db = tmp_path_factory.mktemp("fhir") / "source.duckdb"
     import_tables(clinic.tables, file_name="demo", source="demo", db=db)
     # Edge cases the demo does not make: ids that are not FHIR ids, empty
     # optional fields, prorated / given / total-only scores, midnight times.

@@ -16,7 +16,6 @@ copies merge silently; a disagreement rejects the later resource.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -768,7 +767,3 @@ def convert(resources: Iterable[Located], identifier_system: str | None = None) 
     for res in resources:
         converter.add(res)
     return converter.finish()
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
