@@ -274,3 +274,17 @@ def test_absolute_subject_references_and_answers_given_only_as_text():
     row = part.tables["assessments"].iloc[0]
     assert (row["patient_id"], row["item_1"]) == ("p9", "2")
     assert part.rejects["line"].tolist() == [2] and "'sometimes' has no known score" in part.rejects.iloc[0]["reason"]
+
+
+def test_rejected_patients_keep_no_names_addresses_or_full_birth_dates():
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1987-02-20", "gender": "female",
+               "name": [{"family": "Shaw", "given": ["Amy"]}], "address": [{"city": "Mounds"}],
+               "telecom": [{"system": "phone", "value": "555-0100"}],
+               "identifier": [{"system": "http://hospital.example.org/mrn", "value": "MRN-77812"}],
+               "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Amy Shaw</div>"},
+               "maritalStatus": {"text": 42}}  # invalid: rejected with its (redacted) JSON
+    part = one([("r.json", bundle(patient).encode())])["r.json"]
+    raw = part.rejects.iloc[0]["raw"]
+    for identifying in ("Shaw", "Amy", "Mounds", "555-0100", "MRN-77812", "02-20"):
+        assert identifying not in raw
+    assert json.loads(raw)["birthDate"] == "1987"

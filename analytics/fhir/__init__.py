@@ -33,7 +33,7 @@ __all__ = [
 
 # Which Patient.identifier system holds the pseudonymous patient id; without
 # one (or when a Patient has none of it) the resource id is used.
-IDENTIFIER_ENV = "OUTCOMES_FHIR_PATIENT_SYSTEM"
+IDENTIFIER_ENV = codes.IDENTIFIER_ENV
 
 FileInput = Union[str, os.PathLike, tuple[str, bytes]]
 REJECT_COLUMNS = ["line", "column", "reason", "raw", "resource_type"]

@@ -36,6 +36,8 @@ V3_ROUTE = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration"
 # Our local systems (documented in docs/fhir.md).
 LOCAL_INSTRUMENT = "urn:ketamine-outcomes:instrument"
 LOCAL_PATIENT_ID = "urn:ketamine-outcomes:patient-id"
+# Environment variable naming another identifier system for the patient id.
+IDENTIFIER_ENV = "OUTCOMES_FHIR_PATIENT_SYSTEM"
 EXT_BASE = "urn:ketamine-outcomes:extension:"
 EXT_DIAGNOSIS = EXT_BASE + "diagnosis"
 EXT_COMORBIDITIES = EXT_BASE + "comorbidities"

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from . import codes
+
 # Resource types whose content we read; anything else is reported as not imported.
 IMPORTED_TYPES = ("Patient", "Observation", "QuestionnaireResponse", "MedicationAdministration", "Procedure")
 # Read only to resolve references from the imported types.
@@ -90,10 +92,37 @@ def _error_column(resource_type: str, error: ValidationError) -> tuple[str, str]
     return (f"{resource_type}.{path}" if path else resource_type), message
 
 
+# Elements that identify a person: never kept, not even in rejected_rows.raw.
+PATIENT_IDENTIFYING = ("name", "telecom", "address", "photo", "contact", "link")
+
+
+def redact(data: Any) -> Any:
+    """The resource as it may be stored in rejected_rows: narrative dropped
+    (it usually repeats the patient's name); for a Patient also names,
+    addresses, telecom, photos, contacts, all but the birth year, and the
+    values of identifiers other than the pseudonymous patient id."""
+    if not isinstance(data, dict) or ("text" not in data and data.get("resourceType") != "Patient"):
+        return data
+    out = {k: v for k, v in data.items() if k != "text"}
+    if data.get("resourceType") == "Patient":
+        for key in PATIENT_IDENTIFYING:
+            out.pop(key, None)
+        if isinstance(out.get("birthDate"), str):
+            out["birthDate"] = out["birthDate"][:4]
+        keep = {codes.LOCAL_PATIENT_ID, os.environ.get(codes.IDENTIFIER_ENV)}
+        if isinstance(out.get("identifier"), list):
+            out["identifier"] = [
+                i if not isinstance(i, dict) or i.get("system") in keep else {**i, "value": "(redacted)"}
+                for i in out["identifier"]
+            ]
+    return out
+
+
 def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", full_url: str | None = None,
                       raw: str | None = None) -> Located | Reject:
     """Validate one resource dict with the R4B model of its type (`raw`: its JSON text, if at hand)."""
-    raw = raw.strip() if raw is not None else _compact(data)
+    redacted = redact(data)
+    raw = raw.strip() if raw is not None and redacted is data else _compact(redacted)
     if not isinstance(data, dict):
         return Reject(file_name, line, prefix or "resource", "not a JSON object", raw)
     rtype = data.get("resourceType") if isinstance(data.get("resourceType"), str) else ""
