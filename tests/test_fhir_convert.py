@@ -288,3 +288,29 @@ def test_rejected_patients_keep_no_names_addresses_or_full_birth_dates():
     for identifying in ("Shaw", "Amy", "Mounds", "555-0100", "MRN-77812", "02-20"):
         assert identifying not in raw
     assert json.loads(raw)["birthDate"] == "1987"
+
+
+def test_us_core_questionnaire_response_and_its_derived_observations_make_one_assessment():
+    """Modelled on the US Core PHQ-9 example: the same answers sent as a QR and as derived Observations."""
+    codes = ["44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8"]
+    answers = ["LA6570-1", "LA6570-1", "LA6570-1", "LA6570-1", "LA6569-3", "LA6569-3", "LA6570-1", "LA6568-5", "LA6568-5"]
+    qr = {"resourceType": "QuestionnaireResponse", "id": "phq-9-example", "status": "completed",
+          "questionnaire": "http://hl7.org/fhir/us/core/Questionnaire/phq-9-example",
+          "subject": {"reference": "Patient/example"}, "authored": "2022-11-29T20:50:32.718Z",
+          "author": {"reference": "Practitioner/practitioner-1"},
+          "item": [{"linkId": f"/{c}", "answer": [{"valueCoding": {"system": LOINC, "code": a}}]} for c, a in zip(codes, answers)]
+          + [{"linkId": "/44261-6", "answer": [{"valueDecimal": 12}]},
+             {"linkId": "/69722-7", "answer": [{"valueCoding": {"system": LOINC, "code": "LA6573-5"}}]}]}
+    when = "2022-11-29T20:50:32.718000+00:00"
+    members = [obs(c, id=f"item-{c}", subject="Patient/example", when=when,
+                   valueCodeableConcept={"coding": [{"system": LOINC, "code": a}]}) for c, a in zip(codes, answers)]
+    total = obs("44261-6", id="total", subject="Patient/example", when=when, valueString="12")
+    panel = obs("44249-1", id="panel", subject="Patient/example", when=when,
+                hasMember=[{"reference": f"Observation/{m['id']}"} for m in members + [total]])
+    part = one([("us.json", bundle(qr, panel, *members, total).encode())])["us.json"]
+    assert part.rejects.empty, part.rejects.to_dict("records")
+    rows = part.tables["assessments"]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert [row[f"item_{i}"] for i in range(1, 11)] == ["2", "2", "2", "2", "1", "1", "2", "0", "0", "1"]
+    assert (row["total"], row["administered_on"], row["rater"]) == ("12", "2022-11-29 20:50:32", "practitioner-1")
