@@ -314,3 +314,15 @@ def test_us_core_questionnaire_response_and_its_derived_observations_make_one_as
     row = rows.iloc[0]
     assert [row[f"item_{i}"] for i in range(1, 11)] == ["2", "2", "2", "2", "1", "1", "2", "0", "0", "1"]
     assert (row["total"], row["administered_on"], row["rater"]) == ("12", "2022-11-29 20:50:32", "practitioner-1")
+
+
+def test_preview_reports_per_table_without_writing(tmp_path):
+    from analytics.fhir import preview
+
+    rows = preview([FIXTURES / "mixed.json", FIXTURES / "malformed.json"], db=tmp_path / "none.duckdb")
+    by_kind = {(Path(r["file"]).name, r["kind"]): r for r in rows}
+    assessments = by_kind[("mixed.json", "assessments")]
+    assert (assessments["accepted"], assessments["rejected"]) == (1, 5)
+    assert 5 in assessments["rejects"]["line"].tolist()  # the shared range rule, seen before importing
+    assert "malformed JSON" in by_kind[("malformed.json", None)]["refused"]
+    assert not (tmp_path / "none.duckdb").exists()

@@ -27,7 +27,7 @@ from .export import export_fhir
 from .parse import Located, Reject, iter_text, looks_like_fhir, sniff_file
 
 __all__ = [
-    "export_fhir", "import_fhir_files", "convert_files", "add_import_jobs", "looks_like_fhir",
+    "export_fhir", "import_fhir_files", "convert_files", "add_import_jobs", "preview", "looks_like_fhir",
     "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
 ]
 
@@ -258,3 +258,29 @@ def import_fhir_files(files: Iterable[FileInput], db=None, user: str = "system",
     jobs: list = []
     add_import_jobs(files, report, jobs, user, identifier_system, db)
     return ingest._run(jobs, report, db, user)
+
+
+def preview(paths: Iterable[FileInput], db=None) -> list[dict]:
+    """What importing these FHIR files would do, without writing: one dict per
+    (file, table kind) with the keys of `analytics.views.preview_upload` rows
+    (file, kind, rows, accepted, rejected, refused, rejects: line/column/reason).
+    Checks that need the store's rows (unknown patient) happen at import."""
+    from .. import ingest
+
+    report = ingest.ImportReport()
+    jobs: list = []
+    add_import_jobs(paths, report, jobs, db=db)
+    by_result = {id(job.result): job for job in jobs}
+    out = []
+    for result in report.files:
+        job = by_result.get(id(result))
+        if job is None:
+            out.append({"file": result.file, "kind": result.kind, "rows": 0, "accepted": 0, "rejected": 0,
+                        "refused": result.refused, "rejects": pd.DataFrame(columns=["line", "column", "reason"])})
+            continue
+        rejects = job.validated.rejects.rename(columns={"_line": "line"})[["line", "column", "reason"]]
+        rejects = rejects.sort_values("line", kind="stable").reset_index(drop=True)
+        total = len(job.validated.clean) + len(job.validated.rejects)
+        out.append({"file": result.file, "kind": result.kind, "rows": total, "accepted": len(job.validated.clean),
+                    "rejected": len(job.validated.rejects), "refused": None, "rejects": rejects})
+    return out
