@@ -106,7 +106,8 @@ def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
     })
 
 
-def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM) -> dict[str, Path]:
+def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
+               page: str | None = None) -> dict[str, Path]:
     """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
@@ -118,6 +119,9 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
     }
     if scope.role in ("system", "admin"):
         frames["rejected"] = rejected_frame(data)
+    # recorded before any file is written: an export that cannot be audited does not happen
+    data.log("export", page=page, detail={"format": "csv", "directory": str(target),
+                                          "rows": {name: len(frame) for name, frame in frames.items()}})
     written: dict[str, Path] = {}
     for name, frame in frames.items():
         path = target / f"{name}.csv"
@@ -131,6 +135,7 @@ def cli_export(args) -> int:
     try:
         if getattr(args, "format", "csv") == "fhir":
             from .fhir import export_fhir
+            access.DataAccess(db).log("export", detail={"format": "fhir", "directory": str(args.directory)})
             result = export_fhir(args.directory, db)
         else:
             result = export_csv(args.directory, db)

@@ -214,6 +214,7 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
                 result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
                                   for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
                 write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
+            _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
             _hold_for_tests()
     except (duckdb.Error, store.StoreBusy) as exc:
         for job in jobs:
@@ -221,6 +222,17 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
             job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
         report.error = str(exc).splitlines()[0]
     return report
+
+
+def _audit_import(db, user: str, report: ImportReport, outcome: str, con) -> None:
+    """Every import that writes goes into the audit trail, inside the import's transaction (docs/security.md).
+    A refused or failed import writes nothing at all, not even an audit entry."""
+    from .. import audit
+
+    detail = {"files": [f.file for f in report.files], "batches": report.batch_ids,
+              "rows_accepted": sum(f.rows_accepted for f in report.files),
+              "rows_rejected": sum(f.rows_rejected for f in report.files)}
+    audit.append(db, user, "import", outcome=outcome, detail=detail, con=con)
 
 
 def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system") -> ImportReport:
