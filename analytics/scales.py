@@ -360,8 +360,9 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
     method = method.where(~only_given, "given")
 
     no_total = total.isna()
-    flag(no_total & (pd.Series(answered, index=index) == 0), "total", f"no items and no total for {scale.code}")
-    flag(no_total, "total", missing_s.astype(str) + f" of {k} {scale.code} items missing and no total given; {scale.missing_rule}")
+    if no_total.any():
+        flag(no_total & (pd.Series(answered, index=index) == 0), "total", f"no items and no total for {scale.code}")
+        flag(no_total, "total", missing_s[no_total].astype(str) + f" of {k} {scale.code} items missing and no total given; {scale.missing_rule}")
 
     failed = problem_column.notna()
     total = total.where(~failed, np.nan)

@@ -161,7 +161,7 @@ def _number(values: pd.Series, column: str, problems: Problems) -> np.ndarray:
     numbers, missing = _map_distinct(values, convert)
     numbers = np.where(missing, np.nan, numbers).astype("float64")
     bad = _present(values) & np.isnan(numbers)
-    raw = values.to_numpy()
+    raw = values.array  # indexed only for the few flagged rows
     problems.flag(bad, column, lambda pos: [f"{column} {_shown(raw[p])} is not a number" for p in pos])
     return numbers
 
@@ -204,7 +204,7 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
         stamps = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[us]")
         has_time = np.zeros(len(values), dtype=bool)
         status = np.zeros(len(values), dtype=int)
-    raw = values.to_numpy()
+    raw = values.array  # indexed only for the few flagged rows
     shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS]"
     problems.flag(status == 1, column, lambda pos: [f"{column} {_shown(raw[p])} is not {shape}" for p in pos])
     problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date" for p in pos])
@@ -221,7 +221,7 @@ def _code(values: pd.Series, column: str, allowed: dict[str, str], problems: Pro
     mapped_u = np.array([allowed.get(str(u).lower()) for u in uniques] + [None], dtype=object)
     mapped = mapped_u[np.where(codes < 0, len(uniques), codes)]
     bad = present & pd.isna(mapped)
-    raw = values.to_numpy()
+    raw = values.array  # indexed only for the few flagged rows
     problems.flag(bad, column, lambda pos: [f"unknown {what} {_shown(raw[p])}; expected one of {', '.join(sorted(set(allowed.values())))}" for p in pos])
     return mapped
 
@@ -317,7 +317,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         codes, uniques = pd.factorize(text["instrument"])
         resolved_u = np.array([(s.code if (s := scales.resolve(u)) else None) for u in uniques] + [None], dtype=object)
         instrument = resolved_u[np.where(codes < 0, len(uniques), codes)]
-        raw = text["instrument"].to_numpy()
+        raw = text["instrument"].array
         problems.flag(_present(text["instrument"]) & pd.isna(instrument), "instrument",
                       lambda pos: [f"unknown instrument {_shown(raw[p])}; known: {', '.join(scales.codes())}" for p in pos])
         clean["instrument"] = instrument
