@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
 
@@ -214,12 +215,28 @@ def quantiles_from_curves(x: np.ndarray, s: np.ndarray, level: float) -> np.ndar
     return out
 
 
-def turnbull(left, right, weights=None, tol: float = 1e-9, max_iter: int = 20000) -> TurnbullFit:
-    """NPMLE of the event-time distribution from (left, right] intervals."""
+def turnbull(left, right, weights=None, tol: float = 1e-7, max_iter: int = 50000,
+             whole_days: bool = False) -> TurnbullFit:
+    """NPMLE of the event-time distribution from (left, right] intervals.
+
+    Identical intervals are pooled first (exactly; the likelihood only sees counts).
+    whole_days=True rounds outwards to whole days first (left down, right up: the
+    true time stays inside), which bounds the number of Turnbull intervals and makes
+    very large inputs fast. tol: EM stops when no mass moves by more than tol (or the
+    log-likelihood per observation gains less than tol * 1e-4); the default gives
+    survival values good to about 1e-4.
+    """
     left, right = _as_intervals(left, right)
-    design = make_design(left, right)
     w = np.ones(left.size) if weights is None else np.asarray(weights, dtype=float)
     if w.shape != left.shape or np.any(w < 0):
         raise ValueError("turnbull: weights must be non-negative, one per interval")
-    p, it = em(design, w, tol=tol, max_iter=max_iter)
+    if whole_days:
+        left = np.floor(left)
+        right = np.where(np.ceil(right) <= left, left + 1.0, np.ceil(right))
+    r_key = np.where(np.isfinite(right), right, -1.0)
+    group = pd.DataFrame({"l": left, "r": r_key}).groupby(["l", "r"], sort=False).ngroup().to_numpy()
+    first = np.unique(group, return_index=True)[1]
+    left, right, w = left[first], right[first], np.bincount(group, weights=w)
+    design = make_design(left, right)
+    p, it = em(design, w, tol=tol, max_iter=max_iter, ll_tol=tol * 1e-4)
     return TurnbullFit(l=design.l, r=design.r, mass=p[0], n=float(w.sum()), iterations=it)
