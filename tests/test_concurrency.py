@@ -92,3 +92,22 @@ def test_reads_never_fail_while_a_large_import_runs_and_holds_the_lock(tmp_path)
     assert reads_during_import >= 3 and reads_spanning_the_held_lock >= 1
     assert seen_counts <= {0, 150_000}  # a reader sees before or after, never half an import
     assert len(director.assessments()) == 150_000
+
+
+def test_a_dashboard_page_renders_while_an_import_holds_the_write_lock(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    ids = [f"P{i:03d}" for i in range(40)]
+    db = make_db(tmp_path, patients=[patient(pid) for pid in ids])
+    csv = big_assessments_csv(tmp_path / "a.csv", ids, 4_000)
+    marker = tmp_path / "holding"
+    monkeypatch.setenv("OUTCOMES_DB", str(db))
+    monkeypatch.delenv("OUTCOMES_ROLE", raising=False)
+
+    proc = start_import(db, csv, OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT=str(marker), OUTCOMES_IMPORT_HOLD_SECONDS="2")
+    wait_for(marker, proc)
+    page = AppTest.from_file(str(ROOT / "pages" / "cohort.py"), default_timeout=120).run()
+    out, err = proc.communicate(timeout=120)
+
+    assert not page.exception, [e.message for e in page.exception]
+    assert proc.returncode == 0, err
