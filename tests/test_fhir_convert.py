@@ -192,7 +192,7 @@ def test_dose_in_mg_without_weight_is_left_empty_with_a_note():
     assert row["route"] == "im"
     # no file row has a dose, so the column is left out (nothing stored is blanked)
     assert "dose_mg_per_kg" not in part.tables["treatments"].columns
-    assert part.notes and "no body weight" in part.notes[0]
+    assert part.notes and part.notes[0][0] == "treatments" and "no body weight" in part.notes[0][1]
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -64,7 +64,7 @@ class FileTables:
     sha256: str
     tables: dict[str, pd.DataFrame]
     rejects: pd.DataFrame  # columns line, column, reason, raw, resource_type
-    notes: list[str]
+    notes: list[tuple[str, str]]  # (table kind, message)
     resources: int  # resources read from the file (valid or not)
     refused: str | None = None  # the whole file is unusable: why
     derived_enrolment: frozenset = frozenset()  # patient_ids whose enrolled_on was derived
@@ -143,7 +143,7 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
             [{"line": r.line, "column": r.column, "reason": r.reason, "raw": r.raw, "resource_type": r.resource_type} for r in mine],
             columns=REJECT_COLUMNS,
         )
-        notes = [n for n in result.notes if n.startswith(name + " ")]
+        notes = [(kind, text) for file, kind, text in result.notes if file == name]
         out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name], refused, frozenset(result.derived_enrolment)))
     out.sort(key=lambda f: 0 if len(f.tables["patients"]) else 1)
     return out
@@ -172,6 +172,7 @@ def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | 
         fallback = kinds_with_rows[0] if kinds_with_rows else "assessments"
         reject_kind = [KIND_OF_TYPE.get(t, fallback) for t in part.rejects["resource_type"]]
         first = True
+        kinds_in_jobs = [k for k in rules.KINDS if len(part.tables[k]) or k in reject_kind]
         for kind in rules.KINDS:
             frame = part.tables[kind]
             extra = part.rejects[[k == kind for k in reject_kind]] if len(part.rejects) else part.rejects
@@ -185,7 +186,8 @@ def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | 
                     "column": extra["column"].to_numpy(),
                     "reason": extra["reason"].to_numpy(),
                 })], ignore_index=True)
-            notes = list(validated.notes) + (part.notes if first else [])
+            notes = list(validated.notes) + [text for note_kind, text in part.notes
+                                             if note_kind == kind or (first and note_kind not in kinds_in_jobs)]
             first = False
             result = ingest.FileResult(file=part.file_name, kind=kind, notes=notes)
             report.files.append(result)

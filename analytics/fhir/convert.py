@@ -57,7 +57,7 @@ class Conversion:
     rejects: list[Reject]
     # Things worth telling the operator that are not rejections (e.g. a dose
     # in mg with no body weight to convert it).
-    notes: list[str] = field(default_factory=list)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)  # (file, table kind, message)
     supporting: int = 0  # Medication and body-weight resources used, not stored
     # Patients whose enrolled_on was derived from their data (a stored date wins).
     derived_enrolment: set[str] = field(default_factory=set)
@@ -290,7 +290,7 @@ class Converter:
     def __init__(self, identifier_system: str | None = None):
         self.identifier_system = identifier_system or codes.LOCAL_PATIENT_ID
         self.rejects: list[Reject] = []
-        self.notes: list[str] = []
+        self.notes: list[tuple[str, str, str]] = []
         self.supporting = 0
         self._seen: dict[str, tuple[_Source, str]] = {}  # "Type/id" or fullUrl -> first source
         self._patients: list[dict] = []
@@ -609,7 +609,7 @@ class Converter:
             return _number_text(float(quantity.value)), None
         if unit == "mg":
             return "", float(quantity.value)
-        self.notes.append(f"{source.file_name} line {source.line}: {source.label}: dose unit {quantity.unit or quantity.code!r} is not mg/kg or mg; dose left empty")
+        self.notes.append((source.file_name, "treatments", f"line {source.line}: {source.label}: dose unit {quantity.unit or quantity.code!r} is not mg/kg or mg; dose left empty"))
         return "", None
 
     def _procedure(self, proc, source: _Source) -> _Treatment:
@@ -641,7 +641,7 @@ class Converter:
         if t.dose_mg is not None:
             weight = _nearest_weight(weights.get(pid, []), row["administered_on"])
             if weight is None:
-                self.notes.append(f"{t.source.file_name} line {t.source.line}: {t.source.label}: dose {t.dose_mg:g} mg left empty: no body weight (LOINC 29463-7) for the patient in this import")
+                self.notes.append((t.source.file_name, "treatments", f"line {t.source.line}: {t.source.label}: dose {t.dose_mg:g} mg left empty: no body weight (LOINC 29463-7) for the patient in this import"))
             else:
                 row["dose_mg_per_kg"] = _number_text(round(t.dose_mg / weight, 4))
         return {"patient_id": pid, **row, "_file": t.source.file_name, "_line": t.source.line, "_raw": t.source.raw}
