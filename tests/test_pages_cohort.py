@@ -1,0 +1,116 @@
+"""Cohort outcomes page and the figures behind it."""
+import math
+
+import pandas as pd
+import pytest
+
+from analytics import views
+from analytics.access import DataAccess
+
+
+def _treated_count(at) -> int:
+    caption = next(c.value for c in at.caption if "treated patients" in c.value)
+    return int(caption.split(". ")[1].split(" treated")[0])
+
+
+def test_headline_figures_and_charts_render(open_page, text_of):
+    at = open_page("cohort")
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert "Active patients" in labels
+    assert any(label.startswith("Response after induction") for label in labels)
+    text = text_of(at)
+    assert "95% CI" in text
+    assert "Median durability (PHQ-9)" in text
+    assert len(at.get("plotly_chart")) == 5  # waterfall, trajectory, severity, funnel, completeness
+
+
+def test_site_filter_changes_the_cohort_counts(open_page, demo_db):
+    patients = DataAccess(demo_db).patients()
+    site = patients["site"].value_counts().index[-1]  # the smallest site
+    expected = int((patients["site"] == site).sum())
+
+    at = open_page("cohort")
+    everyone = _treated_count(at)
+    at.multiselect(key="cohort_sites").set_value([site]).run()
+    filtered = _treated_count(at)
+
+    assert not at.exception
+    assert filtered < everyone
+    # every demo patient is treated, so the treated count is the site's patient count
+    assert filtered == expected
+
+
+def test_filters_matching_nobody_say_what_to_do(open_page, demo_db):
+    patients = DataAccess(demo_db).patients()
+    pairs = set(zip(patients["site"], patients["clinician"]))
+    site, clinician = next((s, c) for s in patients["site"].unique() for c in patients["clinician"].unique()
+                           if (s, c) not in pairs)
+
+    at = open_page("cohort")
+    at.multiselect(key="cohort_sites").set_value([site])
+    at.multiselect(key="cohort_clinicians").set_value([clinician]).run()
+
+    assert not at.exception
+    assert any("No patients match these filters" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_wilson_interval_matches_the_closed_form():
+    k, n, z = 54, 97, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    rate = views.wilson(k, n)
+    assert rate.low == pytest.approx(centre - half, abs=1e-9)
+    assert rate.high == pytest.approx(centre + half, abs=1e-9)
+    assert views.wilson(3, 8, min_cell=11).suppressed
+    assert "not shown" in views.wilson(3, 8, min_cell=11).text()
+
+
+def _induction_frame(rows):
+    return pd.DataFrame(rows, columns=["patient_id", "evaluable", "responded", "remitted"])
+
+
+def test_funnel_limits_narrow_with_size_and_hide_small_groups():
+    rows = [(f"a{i}", True, i < 30, False) for i in range(60)] + [(f"b{i}", True, i < 2, False) for i in range(20)] \
+        + [(f"c{i}", True, True, False) for i in range(4)]
+    induction = _induction_frame(rows)
+    patients = pd.DataFrame({"patient_id": induction["patient_id"], "site": [p[0] for p in induction["patient_id"]]})
+    data = views.funnel(induction, patients, "site", min_cell=5)
+    groups = data["groups"].set_index("site")
+    assert "c" not in groups.index and data["hidden_groups"] == 1
+    assert data["clinic_rate"] == pytest.approx(36 / 84)
+    limits = data["limits"]
+    assert (limits["hi95"].diff().dropna() <= 1e-12).all()  # upper limit falls as n grows
+    assert groups.loc["b", "position"] != "within limits"  # 10% of 20 against a 43% clinic rate
+    assert groups.loc["a", "position"] == "within limits"
+
+
+def test_waterfall_orders_by_best_change_and_labels_response():
+    induction = pd.DataFrame({
+        "patient_id": ["p1", "p2", "p3"], "baseline_score": [20.0, 10.0, 16.0], "best_score": [8.0, 11.0, 4.0],
+        "best_percent_change": [-60.0, 10.0, -75.0],
+    })
+    w = views.waterfall(induction)
+    assert list(w["patient_id"]) == ["p2", "p1", "p3"]
+    assert list(w["outcome"]) == ["no improvement or worse", "response (50% or more fall)", "response (50% or more fall)"]
+
+
+def test_completeness_counts_an_assessment_up_to_seven_days_before():
+    t = pd.DataFrame({"patient_id": ["p", "p", "p"],
+                      "administered_at": pd.to_datetime(["2026-01-10", "2026-01-20", "2026-02-10"])})
+    a = pd.DataFrame({"patient_id": ["p", "p"], "instrument": ["PHQ-9", "PHQ-9"],
+                      "administered_at": pd.to_datetime(["2026-01-03", "2026-01-20"])})
+    c = views.completeness(t, a).set_index("month")
+    assert c.loc[pd.Timestamp("2026-01-01"), "assessed"] == 2  # 7 days before, and the same day
+    assert c.loc[pd.Timestamp("2026-02-01"), "assessed"] == 0  # 21 days is too long ago
+
+
+def test_trajectory_counts_each_patient_once_a_week(demo_db):
+    data = DataAccess(demo_db)
+    cohort = views.filter_cohort(data.patients(), data.treatments(), data.assessments(), views.Filters())
+    band = views.trajectory_band(cohort, "PHQ-9")
+    assert band.loc[band["week"] == 0, "n"].iloc[0] <= len(cohort.patients)
+    assert (band["q1"] <= band["median"]).all() and (band["median"] <= band["q3"]).all()
+    assert (band["n"] >= 5).all()

@@ -1,0 +1,57 @@
+"""Due list page and its ordering."""
+from datetime import date
+
+import pandas as pd
+
+from analytics import views
+
+
+def test_due_list_puts_positive_item9_first(open_page):
+    at = open_page("due")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) > 0
+    counts = {m.label: int(m.value) for m in at.metric}
+    assert counts["item 9 positive"] > 0  # the demo clinic has patients endorsing item 9
+    first_reasons = table["reasons"].head(counts["item 9 positive"])
+    assert first_reasons.str.startswith("item 9 positive").all()
+    assert counts["overdue"] + counts["due this week"] > 0  # the interval suggestions feed the list
+
+
+def test_longer_no_score_window_flags_fewer_patients(open_page):
+    at = open_page("due")
+    short = int(next(m.value for m in at.metric if m.label == "no recent score"))
+    at.slider[0].set_value(84).run()
+    long = int(next(m.value for m in at.metric if m.label == "no recent score"))
+    assert long <= short
+
+
+def _frames():
+    patients = pd.DataFrame({"patient_id": ["calm", "overdue", "item9", "gone"]})
+    days = pd.to_datetime
+    treatments = pd.DataFrame({
+        "patient_id": ["calm"] * 2 + ["overdue"] * 2 + ["item9"] * 2 + ["gone"] * 2,
+        "administered_at": days(["2026-11-01", "2026-11-15", "2026-10-01", "2026-10-10", "2026-11-01", "2026-11-10",
+                                 "2025-01-01", "2025-01-05"]),
+        "route": "iv", "dose_mg_per_kg": 0.5, "phase": "induction", "has_time": False,
+    })
+    rows = []
+    for pid, item9 in (("calm", 0), ("overdue", 0), ("item9", 2), ("gone", 0)):
+        first = treatments[treatments["patient_id"] == pid]["administered_at"].min()
+        for offset, total in ((0, 20), (12, 8), (20, 7)):
+            rows.append({"patient_id": pid, "instrument": "PHQ-9", "administered_at": first + pd.Timedelta(days=offset),
+                         "has_time": False, "total": float(total), "item_9": float(item9 if offset == 20 else 0),
+                         "total_method": "items"})
+    assessments = pd.DataFrame(rows)
+    suggestions = pd.DataFrame({"patient_id": ["calm", "overdue", "item9"],
+                                "next_due_on": days(["2026-12-10", "2026-11-01", "2026-12-20"]),
+                                "taper": ["none", "none", "none"]})
+    return patients, treatments, assessments, suggestions
+
+
+def test_due_list_orders_by_urgency_and_leaves_out_the_inactive():
+    patients, treatments, assessments, suggestions = _frames()
+    due = views.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
+    assert list(due["patient_id"]) == ["item9", "overdue"]
+    assert due.iloc[0]["reasons"].startswith("item 9 positive")
+    assert "overdue" in due.iloc[1]["reasons"]

@@ -1,0 +1,43 @@
+"""Durability and maintenance page."""
+import pandas as pd
+import pytest
+
+from analytics import views
+
+
+def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of):
+    at = open_page("durability")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["group"]) == ["every cycle", "first cycle after induction"]
+    assert table["median days (95% CI)"].str.match(r"^(\d+|not reached) \(").all()
+    assert len(at.get("plotly_chart")) >= 3  # curves, forest, infusions per month (+ intervals)
+    assert "Turnbull" in text_of(at)
+
+
+def test_subgroups_give_one_row_per_group_and_a_logrank_p(open_page, demo_db):
+    from analytics.access import DataAccess
+
+    sites = sorted(DataAccess(demo_db).patients()["site"].unique())
+    at = open_page("durability")
+    at.selectbox(key="dur_by").set_value("site").run()
+    assert not at.exception
+    assert sorted(at.dataframe[0].value["group"]) == sites
+
+
+def test_forest_rows_keep_only_estimable_terms():
+    model = {"terms": [
+        {"term": "a", "time_ratio": 1.5, "lo": 1.1, "hi": 2.0, "p": 0.01},
+        {"term": "b", "time_ratio": float("inf"), "lo": float("nan"), "hi": float("nan"), "p": float("nan")},
+    ]}
+    rows = views.forest_rows(model)
+    assert list(rows["term"]) == ["a"]
+
+
+def test_infusions_per_patient_month():
+    t = pd.DataFrame({"patient_id": ["a", "a", "b", "a"], "phase": ["maintenance", "maintenance", "induction", "maintenance"],
+                      "administered_at": pd.to_datetime(["2026-01-02", "2026-01-20", "2026-01-05", "2026-02-03"])})
+    m = views.infusions_per_patient_month(t).set_index("month")
+    assert m.loc[pd.Timestamp("2026-01-01"), "per_patient"] == pytest.approx(1.5)
+    assert m.loc[pd.Timestamp("2026-01-01"), "maintenance_per_patient"] == pytest.approx(2.0)
+    assert m.loc[pd.Timestamp("2026-02-01"), "per_patient"] == pytest.approx(1.0)

@@ -1,0 +1,43 @@
+"""Method page and the role-based navigation."""
+from analytics import outcomes, scales
+
+
+def test_method_page_documents_every_scale_and_rule_from_the_code(open_page, text_of):
+    at = open_page("method")
+    assert not at.exception
+    scale_table = at.dataframe[0].value
+    assert list(scale_table["instrument"]) == list(scales.codes())
+    for s in scales.SCALES.values():
+        row = scale_table[scale_table["instrument"] == s.code].iloc[0]
+        assert row["total range"] == f"0-{s.total_max}"
+        assert all(b.label in row["severity bands"] for b in s.bands)
+    rules = outcomes.DEFAULT_RULES
+    rule_table = at.dataframe[1].value.set_index("rule")
+    assert rule_table.loc["response_fall", "value"] == str(rules.response_fall)
+    text = text_of(at)
+    assert f"at least {100 * rules.response_fall:.0f}% below baseline" in text
+    assert f"at most {rules.baseline_window_days} days before" in text
+
+
+def test_each_role_lands_on_its_own_page(open_page, monkeypatch, demo_db):
+    from analytics.access import DataAccess
+
+    monkeypatch.setenv("OUTCOMES_ROLE", "admin")
+    assert open_page("dashboard").title[0].value == "Data"
+    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+    assert open_page("dashboard").title[0].value == "Cohort outcomes"
+    monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
+    monkeypatch.setenv("OUTCOMES_CLINICIAN", DataAccess(demo_db).patients()["clinician"].iloc[0])
+    assert open_page("dashboard").title[0].value == "Due list"
+
+
+def test_role_table_never_offers_the_data_page_to_clinicians():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "dashboard.py").read_text())
+    table = next(node.value for node in ast.walk(tree)
+                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "ROLE_PAGES")
+    role_pages = ast.literal_eval(table)
+    assert not any("data" in names for names in role_pages["clinician"].values())
+    assert not any("patient" in names for names in role_pages["admin"].values())
