@@ -133,3 +133,41 @@ def test_durability_model_numeric_and_missing_covariates(cycles):
     assert res["terms"][0]["term"] == "severe"
     with pytest.raises(ValueError, match="prior_failed_trials"):
         durability_model(d, ["prior_failed_trials"])
+
+
+def test_no_losses_at_all():
+    d = simulate_cycles(30, seed=1)
+    d["right_days"], d["event"] = np.inf, False
+    res = cohort_durability(d, instrument="PHQ-9", by="site", n_boot=20)
+    assert res["n_events"] == 0 and res["median_days"] is None
+    assert all(p["s"] == 1.0 for p in res["survival"])
+    assert res["logrank_p"] is None          # nothing to compare
+    json.dumps(res, allow_nan=False)
+
+
+def test_single_patient_has_estimates_but_no_intervals():
+    d = simulate_cycles(1, seed=4, mean_cycles=6)
+    res = cohort_durability(d, instrument="PHQ-9", n_boot=20)
+    assert res["median_days"] is not None
+    assert res["median_ci"] == [None, None]
+    assert "no confidence intervals" in res["note"]
+
+
+def test_event_flag_contradicting_right_days_is_quarantined(cycles):
+    d = cycles.copy()
+    d.loc[0, "event"] = not bool(d.loc[0, "event"])
+    res = cohort_durability(d, instrument="PHQ-9", n_boot=5)
+    assert res["excluded_cycles"] == 1
+    assert "event flag" in res["exclusions"][0]["reason"]
+
+
+def test_large_cohorts_use_fewer_replicates_and_normal_intervals(cycles, monkeypatch):
+    from analytics.durability import cohort as cohort_module
+    monkeypatch.setattr(cohort_module, "LARGE_COHORT_PATIENTS", 50)
+    res = cohort_durability(cycles, instrument="PHQ-9", n_boot=200)
+    assert res["n_boot"] == cohort_module.LARGE_COHORT_BOOT
+    assert "SD" in res["method"]["ci"]
+    lo, hi = res["median_ci"]
+    assert lo < res["median_days"] < hi
+    # symmetric by construction
+    assert (res["median_days"] - lo) == pytest.approx(hi - res["median_days"], abs=0.02)

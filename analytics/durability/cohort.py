@@ -49,10 +49,10 @@ def _clean(cycles: pd.DataFrame) -> tuple[pd.DataFrame, list[dict], int]:
     reason[(reason == "") & np.isnan(right)] = "right_days is missing (use inf for right-censored)"
     reason[(reason == "") & ~bad_left & ~np.isnan(right) & (right <= left)] = "right_days must exceed left_days"
     if "event" in cycles.columns:
-        ev = cycles["event"].to_numpy()
-        ev_ok = pd.notna(cycles["event"]).to_numpy()
-        disagree = ev_ok & (ev.astype(bool, copy=False) if ev.dtype == bool else
-                            pd.Series(ev).fillna(False).astype(bool).to_numpy()) != np.isfinite(right)
+        ev = cycles["event"]
+        known = ev.notna().to_numpy()
+        flag = ev.where(ev.notna(), False).astype(bool).to_numpy()
+        disagree = known & (flag != np.isfinite(right))
         reason[(reason == "") & disagree] = "event flag disagrees with right_days (event means right_days is finite)"
     bad = reason != ""
     examples = [{"row": int(i), "cycle_no": _json_scalar(cycles["cycle_no"].iloc[i]) if "cycle_no" in cycles else None,
