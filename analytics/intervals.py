@@ -189,15 +189,24 @@ def taper_signals(cycles: pd.DataFrame, suggested: pd.Series) -> pd.DataFrame:
 
 # --- score trajectories ----------------------------------------------------------------
 
+# The climb back is not a straight line: the ketamine effect holds for a while,
+# then fades faster. Scores are regressed on days ** TIME_POWER. On the
+# simulator (benefit fading like exp(-rate * t^2)) a straight line (1.0)
+# overestimated the cohort median by 31% and 2.0 underestimated it by 11%;
+# 1.5 came within 3%, with the same ranking of patients (docs/durability.md).
+# A clinic should check it against its own data.
+TIME_POWER = 1.5
+
+
 def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarray, n_patients: int,
-                         threshold: float = 0.5, min_scores: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                         threshold: float = 0.5, min_scores: int = 3,
+                         time_power: float = TIME_POWER) -> tuple[np.ndarray, np.ndarray]:
     """How fast each patient's scores climb back after an infusion.
 
-    Per patient, a least-squares line of score/baseline on days since the
-    infusion, pooled over the patient's cycles. Its "speed" is the slope over
-    the distance from the line's start to `threshold` (0.5 = no longer 50%
-    below baseline): 1/speed is the day the line reaches the threshold, the
-    patient's typical durability. Speed, unlike days, stays well defined for a
+    Per patient, a least-squares line of score/baseline on (days since the
+    infusion) ** time_power, pooled over the patient's cycles. Its "speed" is
+    1 / the day the curve reaches `threshold` (0.5 = no longer 50% below
+    baseline): the inverse of the patient's typical durability. Speed, unlike days, stays well defined for a
     patient whose scores barely rise (speed near 0: long durability), which is
     exactly the patient a fixed schedule over-treats. It uses every score, not
     only the first one out of response, so a single noisy score moves it
@@ -208,6 +217,7 @@ def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarra
     the residual variance pooled over patients (measurement noise belongs to
     the scale more than to the patient).
     """
+    days = np.asarray(days, dtype=float) ** time_power
     n = np.bincount(code, minlength=n_patients).astype(float)
     St = np.bincount(code, days, minlength=n_patients)
     Sy = np.bincount(code, relative, minlength=n_patients)
@@ -230,6 +240,11 @@ def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarra
         var_a = sigma2 * (1.0 / n + tbar ** 2 / sxx)
         cov_ab = -tbar * sigma2 / sxx
         var_speed = var_b / gap ** 2 + beta ** 2 * var_a / gap ** 4 + 2 * beta * cov_ab / gap ** 3
+        # back from "per day ** time_power" to per day (delta method; floored at a year)
+        floor = (1.0 / 365.0) ** time_power
+        x = np.maximum(speed, floor)
+        var_speed = var_speed * ((1.0 / time_power) * x ** (1.0 / time_power - 1.0)) ** 2
+        speed = np.where(speed > 0, np.maximum(speed, 0.0) ** (1.0 / time_power), 0.0)
     return np.where(ok, speed, np.nan), np.where(ok, np.maximum(var_speed, 1e-12), np.nan)
 
 

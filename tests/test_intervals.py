@@ -67,8 +67,11 @@ def test_a_higher_target_gives_shorter_intervals(clinic):
 def test_trajectory_speed_recovers_a_noise_free_line():
     days = np.array([1.0, 7, 14, 21, 3, 10, 17])
     code = np.zeros(7, dtype=int)
-    speed, var = intervals.trajectory_estimates(code, days, 0.2 + 0.01 * days, 1)
+    speed, var = intervals.trajectory_estimates(code, days, 0.2 + 0.01 * days, 1, time_power=1.0)
     assert speed[0] == pytest.approx(1 / 30)  # reaches 0.5 on day 30
+    # holds, then fades faster: the default curve (days ** 1.5) finds day 30 too
+    curved = 0.2 + 0.3 * (days / 30) ** intervals.TIME_POWER
+    assert intervals.trajectory_estimates(code, days, curved, 1)[0][0] == pytest.approx(1 / 30)
     few, _ = intervals.trajectory_estimates(np.zeros(2, dtype=int), np.array([1.0, 8]), np.array([0.2, 0.3]), 1)
     assert math.isnan(few[0])
 
