@@ -136,3 +136,16 @@ def test_right_censored_cycles_move_the_estimate_up(cohort_fit):
     pdur = patient_durability(cohort_fit, long)
     assert pdur.posterior_mean_log_scale > cohort_fit.coef[0]
     assert pdur.n_events == 0 and pdur.n_cycles == 3
+
+
+def test_frailty_fit_with_a_covariate_and_patient_placement():
+    d = simulate_cycles(1200, seed=8, tau=0.4, severe_time_ratio=0.5, mean_cycles=3)
+    d["severe"] = (d.baseline_band == "severe").astype(float)
+    fit = fit_weibull_frailty(d, ["severe"])
+    assert np.exp(fit.coef[1]) == pytest.approx(0.5, abs=0.07)
+    # a severe patient with no informative cycles sits on the severe cohort curve
+    censored_early = pd.DataFrame({"patient_id": ["S"], "left_days": [0.0], "right_days": [np.inf], "severe": [1.0]})
+    pdur = patient_durability(fit, censored_early)
+    np.testing.assert_allclose(pdur.survival([20.0]), fit.marginal_survival([20.0], {"severe": 1.0}), atol=1e-3)
+    with pytest.raises(ValueError, match="severe"):
+        patient_durability(fit, censored_early.assign(severe=np.nan))

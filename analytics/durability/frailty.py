@@ -60,7 +60,15 @@ class CohortWeibullFit:
     converged: bool
 
     def linear_predictor(self, covariates: dict | pd.Series | None = None) -> float:
-        x = [1.0] + [float((covariates or {})[n]) if covariates is not None else 0.0 for n in self.names]
+        """Intercept + b'x (log days). Covariates the fit used must all be given."""
+        if self.names:
+            given = {} if covariates is None else dict(covariates)
+            lacking = [n for n in self.names if n not in given or pd.isna(given[n])]
+            if lacking:
+                raise ValueError(f"linear_predictor: no value for covariate(s) {lacking}")
+            x = [1.0] + [float(given[n]) for n in self.names]
+        else:
+            x = [1.0]
         return float(np.dot(self.coef, x))
 
     def marginal_survival(self, t, covariates=None) -> np.ndarray:
