@@ -1125,7 +1125,11 @@ def cli_demo(args) -> int:
     if progress:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     t = clinic.tables
-    code = int(getattr(report, "exit_code", 0))
+    code = int(report.exit_code)
+    if code != 0:
+        # A demo that does not import cleanly is a bug in the generator or the importer: say why.
+        for line in report.messages():
+            print(f"demo: {line}", file=sys.stderr)
     print(
         f"demo: {len(t['patients']):,} patients, {len(t['treatments']):,} infusions, "
         f"{len(t['assessments']):,} assessments -> {Path(db)} in {time.monotonic() - started:.1f}s"
