@@ -356,6 +356,8 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     work = Path(work or DEFAULT_WORK)
     result: dict = {key: None for key in KEYS}
     result.update({"patients": patients, "seed": seed, "repeats": repeats, "budget_s": budget})
+    # Wall times on a shared machine: the load says how much else was running.
+    result["load_average_start"] = round(os.getloadavg()[0], 2)
     missing: dict[str, str] = {}
 
     def say(message: str) -> None:
@@ -466,6 +468,7 @@ def _finish(result: dict, missing: dict) -> dict:
         if result[name] is None and name not in missing:
             missing[name] = "missing: a figure it divides is missing"
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["load_average_end"] = round(os.getloadavg()[0], 2)
     for key, value in list(result.items()):
         if isinstance(value, float):
             result[key] = round(value, 6 if value < 1 else 3)
