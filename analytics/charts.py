@@ -260,7 +260,7 @@ def infusions_per_month(m: pd.DataFrame) -> go.Figure:
                              hovertemplate="%{x|%b %Y}: %{y:.2f} maintenance infusions per patient<extra></extra>"))
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions per infused patient per month", rangemode="tozero")
-    return _layout(fig, "Infusions per patient per month (falling maintenance line = tapering)", height=360)
+    return _layout(fig, "Infusions per patient per month", height=360)
 
 
 def policy_tradeoff(table: pd.DataFrame) -> go.Figure:

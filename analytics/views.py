@@ -689,10 +689,22 @@ def durability_table(result: dict, min_cell: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MODEL_TERMS = {
+    "baseline_score": "baseline score (per point)", "has_anxiety": "comorbid anxiety", "has_ptsd": "comorbid PTSD",
+    "prior_failed_trials": "prior failed trials (per trial)", "early_response": "early response (per % fall)",
+}
+
+
+def _term_label(term: dict) -> str:
+    if term.get("level") is not None:
+        return f"{term['covariate']} {term['level']} (vs {term.get('reference')})"
+    return MODEL_TERMS.get(term["term"], term["term"].replace("_", " "))
+
+
 def forest_rows(model: dict) -> pd.DataFrame:
     """Finite time ratios from durability_model() for the forest plot (term, estimate, low, high, p)."""
     rows = [
-        {"term": t["term"], "estimate": t.get("time_ratio"), "low": t.get("lo"), "high": t.get("hi"), "p": t.get("p")}
+        {"term": _term_label(t), "estimate": t.get("time_ratio"), "low": t.get("lo"), "high": t.get("hi"), "p": t.get("p")}
         for t in model.get("terms", [])
     ]
     frame = pd.DataFrame(rows, columns=["term", "estimate", "low", "high", "p"])

@@ -24,6 +24,9 @@ PAGES = {
 }
 CHARTS_DRAWN = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
                 ".every(e => e.querySelector('.main-svg'))")
+CONTENT_HEIGHT = ("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
+                  " const items = [...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] [data-testid=\"stElementContainer\"]')];"
+                  " return Math.max(main.scrollHeight, ...items.map(e => e.getBoundingClientRect().bottom + main.scrollTop)); }")
 IDLE = ("() => !document.querySelector('[data-testid=\"stSpinner\"]') && "
         "!document.querySelector('[data-testid=\"stStatusWidget\"]')")
 
@@ -70,11 +73,14 @@ def _settle(pg, title: str) -> None:
 
 def _screenshot(pg, name: str) -> Path:
     OUT.mkdir(exist_ok=True)
-    # Streamlit scrolls inside its own container: grow the window to the content to capture it all.
-    height = pg.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
-    pg.set_viewport_size({"width": 1400, "height": max(1000, int(height) + 150)})
-    pg.wait_for_timeout(1500)
-    pg.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+    # Streamlit scrolls inside its own container: grow the window to the content to capture it all
+    # (twice: charts drawn after the first resize can make the page longer).
+    for _ in range(2):
+        height = pg.evaluate(CONTENT_HEIGHT)
+        pg.set_viewport_size({"width": 1400, "height": max(1000, int(height) + 150)})
+        pg.wait_for_timeout(1500)
+        pg.wait_for_function(IDLE, timeout=120_000)
+        pg.wait_for_function(CHARTS_DRAWN, timeout=60_000)
     pg.wait_for_timeout(2500)
     path = OUT / f"{name}.png"
     pg.screenshot(path=str(path), full_page=True)
