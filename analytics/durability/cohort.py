@@ -71,6 +71,14 @@ def _json_scalar(v):
     return v
 
 
+def _group_key(value) -> str:
+    """JSON object key for a group value: 2.0 -> "2" (integer columns with gaps become floats)."""
+    v = _json_scalar(value)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
 def _r(v, nd=2):
     return None if v is None else round(float(v), nd)
 
@@ -156,7 +164,7 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
         has = good[by].notna()
         sub = good[has]
         for value, part in sub.groupby(by, sort=True):
-            result["groups"][str(_json_scalar(value))] = _summary(part, weights, ci)
+            result["groups"][_group_key(value)] = _summary(part, weights, ci)
         n_missing = int((~has).sum())
         if n_missing:
             result["groups_note"] = f"{n_missing} cycles without a value of {by!r} are left out of the groups"
