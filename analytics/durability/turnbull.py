@@ -3,7 +3,7 @@
 Each observation says the event happened in (left, right]; right = inf means
 right-censored, left == right an exactly observed time. The NPMLE puts all its
 mass on the Turnbull ("innermost") intervals and is found by self-consistency EM
-(Turnbull 1976). Within an innermost interval the NPMLE does not say where the
+(Turnbull 1976), accelerated by SQUAREM. Within an innermost interval the NPMLE does not say where the
 mass sits; for curves and quantiles we spread it uniformly (S is drawn linearly
 across the interval), which is the usual convention (e.g. R's icfit plots show
 the same ambiguity as a shaded box). Mass on an interval reaching infinity is
@@ -104,8 +104,9 @@ def em(design: Design, weights: np.ndarray, p0: np.ndarray | None = None,
     back to the plain EM step whenever the extrapolation would lower the likelihood.
     weights: (n,) or (B, n). Returns masses (B, m) and the most cycles any row used.
 
-    A row stops when no mass moves by more than `tol` in one cycle (the likelihood
-    is very flat near the NPMLE: masses settle to ~tol, S(t) to a few tol).
+    A row stops when no mass moves by more than `tol` in one cycle, or when its
+    log-likelihood per unit weight rises by less than `ll_tol` (the likelihood is
+    very flat near the NPMLE, which is often not unique), or after max_iter cycles.
     """
     w = np.atleast_2d(np.asarray(weights, dtype=float))
     B, m = w.shape[0], design.m
