@@ -95,7 +95,8 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
         for s, e, text, lost in zip(starts, ends, labels, cycles_lost(cycles)):
             colour = "#d62728" if lost else "#2ca02c"
             fig.add_trace(go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text", line=dict(color=colour, width=5),
-                                     text=["", text], textposition="top left", showlegend=False,
+                                     text=[text.split(",")[0], ""], textposition="top right", textfont=dict(size=10),
+                                     showlegend=False,
                                      hovertext=[text, text], hoverinfo="text"), row=strip, col=1)
     fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
     fig.update_xaxes(title_text="date", row=strip, col=1)

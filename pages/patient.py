@@ -90,7 +90,7 @@ if thresholds:
 else:
     st.info("No assessments yet: import or record one to see the trajectory.")
 
-left, right = st.columns([3, 2])
+left, right = st.columns(2)
 with left:
     instrument_options = [c for c in scales.codes() if (assessments["instrument"] == c).any()]
     if instrument_options:
@@ -109,7 +109,7 @@ with right:
             started=cycles["started_at"].dt.strftime("%d %b %Y"),
             length=cycles["length_days"].round(0).astype(int).astype(str) + " days",
             ended=cycles["censor_reason"].map({"loss": "loss of response", "next_infusion": "next infusion (no loss seen)",
-                                                "end_of_follow_up": "still in response (latest data)"}).fillna(cycles["censor_reason"]),
+                                                "end_of_follow_up": "still in response"}).fillna(cycles["censor_reason"]),
         )[["cycle_no", "started", "length", "ended"]]
         st.dataframe(shown, hide_index=True, width="stretch")
 
