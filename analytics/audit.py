@@ -47,6 +47,14 @@ ACTIONS = (
     "grant_patient",
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
+    # issue 8: visit entry and patient self-report (docs/self-report.md)
+    "record_visit",       # an infusion or assessment entered or corrected in the browser
+    "self_report_link",   # a self-report link was created (never the token itself)
+    "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)
+    "self_report_submit", # a patient's answers were stored through a link
+    "self_report_send",   # a link was handed to a messaging adapter
+    "safety_flag_raise",  # a positive PHQ-9 item 9 put a flag on the patient
+    "safety_flag_ack",    # a clinician acknowledged a safety flag
 )
 
 COLUMNS = ["seq", "logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail", "hash"]

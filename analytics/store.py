@@ -242,8 +242,47 @@ def _schema_v2() -> list[str]:
     ]
 
 
+def _schema_v3() -> list[str]:
+    """Visit entry extras, self-report links and safety flags (issue 8, see docs/self-report.md)."""
+    return [
+        # What a clinician types at an infusion that the CSV contract does not carry.
+        # Keyed like treatments; replaced values go to record_history as 'treatment_details'.
+        """CREATE TABLE treatment_details (
+    patient_id VARCHAR NOT NULL,
+    administered_at TIMESTAMP NOT NULL,
+    weight_kg DOUBLE CHECK (weight_kg > 0 AND weight_kg <= 400),
+    dose_mg DOUBLE CHECK (dose_mg > 0),
+    notes VARCHAR,
+    PRIMARY KEY (patient_id, administered_at)
+)""",
+        "CREATE SEQUENCE self_report_link_seq START 1",
+        # The token itself is never stored: only its SHA-256.
+        """CREATE TABLE self_report_links (
+    link_id BIGINT PRIMARY KEY DEFAULT nextval('self_report_link_seq'),
+    token_sha256 VARCHAR NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+    patient_id VARCHAR NOT NULL,
+    instruments VARCHAR NOT NULL,       -- comma-separated scale codes
+    created_at TIMESTAMP NOT NULL,
+    created_by VARCHAR NOT NULL,
+    expires_at TIMESTAMP NOT NULL,
+    used_at TIMESTAMP
+)""",
+        "CREATE SEQUENCE safety_flag_seq START 1",
+        """CREATE TABLE safety_flags (
+    flag_id BIGINT PRIMARY KEY DEFAULT nextval('safety_flag_seq'),
+    patient_id VARCHAR NOT NULL,
+    raised_at TIMESTAMP NOT NULL,
+    reason VARCHAR NOT NULL,
+    link_id BIGINT,
+    acknowledged_at TIMESTAMP,
+    acknowledged_by VARCHAR,
+    acknowledgement_note VARCHAR
+)""",
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -20,6 +20,8 @@ DATABASE_OPENERS = {
     "auth": "accounts, sign-in and lockout",
     "export": "operator exports run with the system scope",
     "bench": "benchmarks its own generated synthetic database",
+    "visits": "visit entry writes its extra rows inside the import's transaction",
+    "selfreport": "self-report links (hashed tokens) and safety flags",
 }
 
 

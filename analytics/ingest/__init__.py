@@ -188,7 +188,7 @@ def _hold_for_tests() -> None:
         time.sleep(float(os.environ.get(HOLD_SECONDS_ENV, "60")))
 
 
-def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
+def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None) -> ImportReport:
     """The write phase: one transaction for every job, patients first."""
     if not report.written:
         return report
@@ -214,6 +214,8 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str) -> ImportReport:
                 result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
                                   for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
                 write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
+            if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
+                after_write(con, report)
             _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
             _hold_for_tests()
     except (duckdb.Error, store.StoreBusy) as exc:
@@ -280,8 +282,13 @@ def import_tables(
     db=None,
     sha256: str | None = None,
     user: str = "system",
+    after_write=None,
 ) -> ImportReport:
-    """Import frames of raw strings (CSV column names, optional _line and _raw) through the CSV checks."""
+    """Import frames of raw strings (CSV column names, optional _line and _raw) through the CSV checks.
+
+    `after_write(con, report)`, if given, runs inside the import's transaction after the rows are
+    written; raising there rolls everything back (analytics.visits, analytics.selfreport).
+    """
     report = ImportReport()
     jobs: list[_Job] = []
     digest = sha256 or _frame_sha256(tables)
@@ -303,7 +310,7 @@ def import_tables(
     unknown = sorted(set(tables) - set(rules.KINDS))
     if unknown:
         report.files.append(FileResult(file=file_name, kind=None, refused=f"{file_name}: unknown table kind(s) {', '.join(unknown)}; expected {', '.join(rules.KINDS)}"))
-    return _run(jobs, report, db, user)
+    return _run(jobs, report, db, user, after_write)
 
 
 def cli_import(args) -> int:
