@@ -248,3 +248,51 @@ class DataAccess:
             """SELECT r.batch_id, r.file_name, r.line, r.column_name, r.reason, r.raw_line
                FROM rejected_rows r ORDER BY r.batch_id, r.file_name, r.line"""
         )
+
+    # -- visit entry and self-report (issue 8; analytics/visits.py, analytics/selfreport.py) --
+    def _tolerant_query(self, sql: str, params: Sequence, columns: list[str]) -> pd.DataFrame:
+        """A read of a schema v3 table: a database from before v3 simply has none of its rows."""
+        try:
+            return self._query(sql, params)
+        except duckdb.CatalogException:
+            return pd.DataFrame(columns=columns)
+
+    def _drill_filter(self) -> tuple[str, list]:
+        drill_sql, params = self._drill_sql("p")
+        return f"x.patient_id IN (SELECT p.patient_id FROM patients p WHERE {drill_sql})", params
+
+    def treatment_details(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Weight, dose in mg and notes typed at the infusion (not part of the CSV contract)."""
+        clause, params = self._patient_filter(patient_ids)
+        columns = ["patient_id", "administered_at", "weight_kg", "dose_mg", "notes"]
+        return self._tolerant_query(
+            f"SELECT {', '.join('x.' + c for c in columns)} FROM treatment_details x WHERE {clause} ORDER BY 1, 2",
+            params, columns)
+
+    def record_versions(self, patient_id: str, table: str, record_key: str) -> pd.DataFrame:
+        """Replaced versions of one record (oldest first) from record_history; only a patient the scope may open."""
+        if table not in ("treatments", "assessments", "treatment_details"):
+            raise ValueError(f"no version history is kept for {table!r}")
+        if not record_key.startswith(f"{patient_id}|") or not self.can_see_patient(patient_id):
+            raise AccessDenied(f"patient {str(patient_id)[:64]!r} is not in your caseload, or does not exist")
+        return self._query(
+            """SELECT h.replaced_at, h.batch_id, CAST(h.old_values AS VARCHAR) AS old_values FROM record_history h
+               WHERE h.table_name = ? AND h.record_key = ? ORDER BY h.replaced_at, h.batch_id""",
+            [table, record_key])
+
+    def safety_flags(self, open_only: bool = True) -> pd.DataFrame:
+        """Safety flags (positive PHQ-9 item 9 on a self-report) of patients whose record the scope may open."""
+        clause, params = self._drill_filter()
+        columns = ["flag_id", "patient_id", "raised_at", "reason", "acknowledged_at", "acknowledged_by", "acknowledgement_note"]
+        where = clause + (" AND x.acknowledged_at IS NULL" if open_only else "")
+        return self._tolerant_query(
+            f"SELECT {', '.join('x.' + c for c in columns)} FROM safety_flags x WHERE {where} ORDER BY x.raised_at DESC",
+            params, columns)
+
+    def self_report_links(self) -> pd.DataFrame:
+        """Self-report links of patients whose record the scope may open (never the token hash)."""
+        clause, params = self._drill_filter()
+        columns = ["link_id", "patient_id", "instruments", "created_at", "created_by", "expires_at", "used_at"]
+        return self._tolerant_query(
+            f"SELECT {', '.join('x.' + c for c in columns)} FROM self_report_links x WHERE {clause} ORDER BY x.created_at",
+            params, columns)

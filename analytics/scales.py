@@ -120,6 +120,62 @@ MADRS_ITEM_LABELS = (
     "Suicidal thoughts",
 )
 
+# MADRS item wording and anchor descriptions for the scores 0, 2, 4 and 6; 1, 3 and 5 lie
+# between the neighbouring anchors. Source: Montgomery SA, Asberg M. A new depression scale
+# designed to be sensitive to change. Br J Psychiatry 1979;134:382-389 (the rating sheet).
+MADRS_ANCHOR_SCORES = (0, 2, 4, 6)
+MADRS_ITEM_WORDING = (
+    "Representing despondency, gloom and despair (more than just ordinary transient low spirits), reflected in "
+    "speech, facial expression and posture. Rate by depth and inability to brighten up.",
+    "Representing reports of depressed mood, regardless of whether it is reflected in appearance or not. Includes "
+    "low spirits, despondency or the feeling of being beyond help and without hope. Rate according to intensity, "
+    "duration and the extent to which the mood is reported to be influenced by events.",
+    "Representing feelings of ill-defined discomfort, edginess, inner turmoil, mental tension mounting to either "
+    "panic, dread or anguish. Rate according to intensity, frequency, duration and the extent of reassurance called for.",
+    "Representing the experience of reduced duration or depth of sleep compared to the subject's own normal pattern when well.",
+    "Representing the feeling of a loss of appetite compared with when well. Rate by loss of desire for food or the "
+    "need to force oneself to eat.",
+    "Representing difficulties in collecting one's thoughts mounting to incapacitating lack of concentration. Rate "
+    "according to intensity, frequency and degree of incapacity produced.",
+    "Representing a difficulty getting started or slowness initiating and performing everyday activities.",
+    "Representing the subjective experience of reduced interest in the surroundings, or activities that normally give "
+    "pleasure. The ability to react with adequate emotion to circumstances or people is reduced.",
+    "Representing thoughts of guilt, inferiority, self-reproach, sinfulness, remorse and ruin.",
+    "Representing the feeling that life is not worth living, that a natural death would be welcome, suicidal thoughts, "
+    "and preparations for suicide. Suicidal attempts should not in themselves influence the rating.",
+)
+MADRS_ANCHORS = (
+    ("No sadness.", "Looks dispirited but does brighten up without difficulty.",
+     "Appears sad and unhappy most of the time.", "Looks miserable all the time. Extremely despondent."),
+    ("Occasional sadness in keeping with the circumstances.", "Sad or low but brightens up without difficulty.",
+     "Pervasive feelings of sadness or gloominess. The mood is still influenced by external circumstances.",
+     "Continuous or unvarying sadness, misery or despondency."),
+    ("Placid. Only fleeting inner tension.", "Occasional feelings of edginess and ill-defined discomfort.",
+     "Continuous feelings of inner tension or intermittent panic which the patient can only master with some difficulty.",
+     "Unrelenting dread or anguish. Overwhelming panic."),
+    ("Sleeps as usual.", "Slight difficulty dropping off to sleep or slightly reduced, light or fitful sleep.",
+     "Sleep reduced or broken by at least two hours.", "Less than two or three hours sleep."),
+    ("Normal or increased appetite.", "Slightly reduced appetite.", "No appetite. Food is tasteless.",
+     "Needs persuasion to eat at all."),
+    ("No difficulties in concentrating.", "Occasional difficulties in collecting one's thoughts.",
+     "Difficulties in concentrating and sustaining thought which reduces ability to read or hold a conversation.",
+     "Unable to read or converse without great difficulty."),
+    ("Hardly any difficulty in getting started. No sluggishness.", "Difficulties in starting activities.",
+     "Difficulties in starting simple routine activities, which are carried out with effort.",
+     "Complete lassitude. Unable to do anything without help."),
+    ("Normal interest in the surroundings and in other people.", "Reduced ability to enjoy usual interests.",
+     "Loss of interest in the surroundings. Loss of feelings for friends and acquaintances.",
+     "The experience of being emotionally paralysed, inability to feel anger, grief or pleasure and a complete or "
+     "even painful failure to feel for close relatives and friends."),
+    ("No pessimistic thoughts.", "Fluctuating ideas of failure, self-reproach or self-depreciation.",
+     "Persistent self-accusations, or definite but still rational ideas of guilt or sin. Increasingly pessimistic "
+     "about the future.", "Delusions of ruin, remorse or unredeemable sin. Self-accusations which are absurd and unshakable."),
+    ("Enjoys life or takes it as it comes.", "Weary of life. Only fleeting suicidal thoughts.",
+     "Probably better off dead. Suicidal thoughts are common, and suicide is considered as a possible solution, but "
+     "without specific plans or intention.",
+     "Explicit plans for suicide when there is an opportunity. Active preparations for suicide."),
+)
+
 SCALES: dict[str, Scale] = {
     s.code: s
     for s in (
@@ -185,6 +241,7 @@ SCALES: dict[str, Scale] = {
             reference_sd_source=("baseline SD of about 5-6 points in treatment-resistant depression trials "
                                  "(e.g. SUSTAIN-1, Murrough 2013); approximate, verify before quoting"),
             item_labels=MADRS_ITEM_LABELS,
+            anchors=MADRS_ANCHORS,  # for scores MADRS_ANCHOR_SCORES; wording in MADRS_ITEM_WORDING
             missing_rule=(
                 "No published proration rule exists for MADRS, so none is applied: with "
                 "any item missing the total must be given by the rater, and it must be "
