@@ -94,6 +94,8 @@ def unescape_text(kind: str, frame: pd.DataFrame) -> None:
         if column not in frame.columns:
             continue
         text = frame[column]
+        if not text.str.startswith("'").fillna(False).any():
+            continue
         escaped = text.str.match(r"'[=+\-@']").fillna(False).astype(bool)
         if escaped.any():
             frame[column] = text.where(~escaped, text.str.slice(1))
@@ -136,8 +138,9 @@ def _text(frame: pd.DataFrame, column: str, trimmed: bool) -> pd.Series:
     values = frame[column]
     if values.dtype != "str":
         values = values.astype(object).where(values.notna(), None).astype("str")
-    if not trimmed:
-        values = values.str.strip()
+    if trimmed:  # the CSV reader already trimmed cells and made empty ones NA
+        return values
+    values = values.str.strip()
     return values.where(values != "", None)
 
 
