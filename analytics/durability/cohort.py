@@ -96,7 +96,7 @@ def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str) -> dict:
                                     df["_patient"].to_numpy(), weights=weights, ci=ci,
                                     n_boot=0 if weights is None else weights.shape[0],
                                     probs=QUARTILE_PROBS)
-    q, ci = bt.quantiles, bt.quantile_ci
+    q, q_ci = bt.quantiles, bt.quantile_ci
     survival = []
     for k, (day, s) in enumerate(zip(bt.x, bt.s)):
         lo = None if bt.s_lo is None else round(float(bt.s_lo[k]), 4)
@@ -109,16 +109,16 @@ def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str) -> dict:
     if q[0.5] is None:
         notes.append("median not reached: fewer than half the cycles are known to have lost response "
                      "by the last assessment")
-    elif ci[0.5][1] is None and bt.n_boot:
+    elif q_ci[0.5][1] is None and bt.n_boot:
         notes.append("upper confidence limit of the median not reached in the bootstrap")
     if q[0.75] is None and q[0.5] is not None:
         notes.append("75th percentile not reached")
     if bt.n_boot == 0:
         notes.append("no confidence intervals: fewer than two patients or n_boot = 0")
     out = {**base,
-           "median_days": _r(q[0.5]), "median_ci": [_r(ci[0.5][0]), _r(ci[0.5][1])],
+           "median_days": _r(q[0.5]), "median_ci": [_r(q_ci[0.5][0]), _r(q_ci[0.5][1])],
            "quartiles_days": [_r(q[0.25]), _r(q[0.75])],
-           "quartiles_ci": [[_r(ci[0.25][0]), _r(ci[0.25][1])], [_r(ci[0.75][0]), _r(ci[0.75][1])]],
+           "quartiles_ci": [[_r(q_ci[0.25][0]), _r(q_ci[0.25][1])], [_r(q_ci[0.75][0]), _r(q_ci[0.75][1])]],
            "survival": survival, "n_boot": bt.n_boot}
     if notes:
         out["note"] = "; ".join(notes)
