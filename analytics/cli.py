@@ -133,6 +133,20 @@ def _audit(p):
     p.set_defaults(run=lambda a: __import__("analytics.audit", fromlist=["x"]).cli_audit(a))
 
 
+
+@command("link", "patient self-report links: `link create --patient ID --instruments PHQ-9,GAD-7` prints a single-use link")
+def _link(p):
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a single-use self-report link and print it")
+    create.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="database file")
+    create.add_argument("--patient", required=True, metavar="ID")
+    create.add_argument("--instruments", default="PHQ-9", metavar="LIST", help="PHQ-9, GAD-7 or PHQ-9,GAD-7 (default PHQ-9)")
+    create.add_argument("--base-url", default=None, metavar="URL",
+                        help="the dashboard's address as patients reach it (default: $OUTCOMES_BASE_URL or http://localhost:8501)")
+    create.add_argument("--hours", type=float, default=72, help="hours until the link expires (default 72)")
+    p.set_defaults(run=lambda a: __import__("analytics.selfreport", fromlist=["x"]).cli_link(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analytics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
