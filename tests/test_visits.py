@@ -1,0 +1,132 @@
+"""Visit entry (issue 8, part 1): one infusion or assessment through the import's rules, corrections as versions."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from analytics import audit, store, visits
+from analytics.access import SYSTEM, DataAccess, Scope
+
+WHEN = datetime(2026, 11, 19, 10, 30)
+
+
+def _patient(db, clinician_of=None):
+    patients = DataAccess(db).patients()
+    return patients.iloc[0] if clinician_of is None else patients[patients["clinician"] == clinician_of].iloc[0]
+
+
+def _counts(db):
+    with store.connect(db) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+                for t in ("treatments", "assessments", "import_batches", "rejected_rows", "record_history",
+                          "treatment_details", "audit_log")}
+
+
+def _madrs(value=2, **override):
+    items = {n: value for n in range(1, 11)}
+    items.update({int(k.split("_")[1]): v for k, v in override.items()})
+    return items
+
+
+def test_infusion_in_mg_with_weight_is_stored_as_mg_per_kg_with_its_notes_and_audited(writable_db):
+    pid = _patient(writable_db)["patient_id"]
+    result = visits.record_infusion(writable_db, SYSTEM, pid, administered_at=WHEN, route="IV", dose_mg=35, weight_kg=70,
+                                    phase="maintenance", notes="BP 152/96 at 40 min; marked dissociation")
+    assert result.ok and result.version == "new", result.errors
+    data = DataAccess(writable_db)
+    row = data.treatments([pid]).set_index("administered_at").loc[WHEN]
+    assert (row["route"], row["dose_mg_per_kg"], row["phase"], bool(row["has_time"])) == ("iv", 0.5, "maintenance", True)
+    details = data.treatment_details([pid]).iloc[0]
+    assert (details["weight_kg"], details["dose_mg"]) == (70, 35) and "dissociation" in details["notes"]
+    trail = audit.entries(writable_db)
+    entry = trail[trail["action"] == "record_visit"].iloc[-1]
+    assert entry["patients"] == [pid] and entry["detail"]["kind"] == "infusion" and entry["detail"]["version"] == "new"
+    assert trail.iloc[-1]["action"] == "import" and trail.iloc[-1]["detail"]["files"] == ["visit entry (treatments)"]
+
+
+def test_out_of_range_madrs_item_is_refused_next_to_its_field_and_nothing_is_saved(writable_db):
+    pid = _patient(writable_db)["patient_id"]
+    before = _counts(writable_db)
+    result = visits.record_assessment(writable_db, SYSTEM, pid, "MADRS", administered_at=WHEN, items=_madrs(item_4=7))
+    assert not result.ok
+    assert result.errors == {"item_4": "MADRS item 4 must be a whole number 0-6, got 7"}
+    assert _counts(writable_db) == before
+
+
+@pytest.mark.parametrize("kwargs, field, reason", [
+    (dict(administered_at="2099-01-01", route="iv", dose_mg_per_kg=0.5), "administered_on", "in the future"),
+    (dict(administered_at="2026-02-30", route="iv", dose_mg_per_kg=0.5), "administered_on", "not a valid calendar date"),
+    (dict(administered_at=WHEN, route="rectal", dose_mg_per_kg=0.5), "route", "unknown route"),
+    (dict(administered_at=WHEN, route="iv", dose_mg_per_kg=9), "dose_mg_per_kg", "at most 5"),
+    (dict(administered_at=WHEN, route="iv", dose_mg=35), "weight_kg", "give the patient's weight"),
+    (dict(administered_at=WHEN, route="iv", dose_mg=35, weight_kg=7), "weight_kg", "weight must be 20-400 kg"),
+    (dict(administered_at=WHEN, route="iv", dose_mg=70, weight_kg=70, dose_mg_per_kg=0.5), "dose_mg", "not the 0.5 mg/kg"),
+])
+def test_infusion_form_problems_name_the_field_and_save_nothing(writable_db, kwargs, field, reason):
+    pid = _patient(writable_db)["patient_id"]
+    before = _counts(writable_db)
+    result = visits.record_infusion(writable_db, SYSTEM, pid, **kwargs)
+    assert not result.ok and reason in result.errors[field]
+    assert _counts(writable_db) == before
+
+
+def test_a_store_check_that_fails_inside_the_transaction_leaves_nothing_not_even_a_quarantined_row(writable_db):
+    patient = _patient(writable_db)
+    before = _counts(writable_db)
+    result = visits.record_infusion(writable_db, SYSTEM, patient["patient_id"], administered_at="2001-01-01",
+                                    route="iv", dose_mg_per_kg=0.5, notes="should not survive")
+    assert not result.ok and "before the patient's enrolment" in result.errors["administered_on"]
+    assert _counts(writable_db) == before
+
+
+def test_duplicate_is_refused_and_a_correction_keeps_the_old_version_in_the_history(writable_db):
+    pid = _patient(writable_db)["patient_id"]
+    assert visits.record_infusion(writable_db, SYSTEM, pid, administered_at=WHEN, route="iv", dose_mg_per_kg=0.5,
+                                  notes="no side effects").ok
+    again = visits.record_infusion(writable_db, SYSTEM, pid, administered_at=WHEN, route="iv", dose_mg_per_kg=0.5)
+    assert not again.ok and "duplicate" in again.errors["administered_on"]
+    fixed = visits.record_infusion(writable_db, SYSTEM, pid, administered_at=WHEN, route="iv", dose_mg_per_kg=0.75,
+                                   notes="BP rose to 160/100", correct=True)
+    assert fixed.ok and fixed.version == "corrected"
+    history = visits.record_history(writable_db, SYSTEM, pid, WHEN)
+    assert list(history["state"]) == ["current", "replaced"]
+    assert list(history["dose_mg_per_kg"]) == [0.75, 0.5]
+    assert list(history["notes"]) == ["BP rose to 160/100", "no side effects"]
+    notes_only = visits.record_infusion(writable_db, SYSTEM, pid, administered_at=WHEN, route="iv", dose_mg_per_kg=0.75,
+                                        notes="BP 160/100, settled by 90 min", correct=True)
+    assert notes_only.version == "corrected"
+    history = visits.record_history(writable_db, SYSTEM, pid, WHEN)
+    assert list(history["notes"]) == ["BP 160/100, settled by 90 min", "BP rose to 160/100", "no side effects"]
+    assert list(history["version"]) == [3, 2, 1]
+
+
+def test_assessment_correction_is_versioned_and_correcting_nothing_is_refused(writable_db):
+    pid = _patient(writable_db)["patient_id"]
+    missing = visits.record_assessment(writable_db, SYSTEM, pid, "MADRS", administered_at=WHEN, items=_madrs(), correct=True)
+    assert not missing.ok and "nothing to correct" in missing.errors["administered_on"]
+    assert visits.record_assessment(writable_db, SYSTEM, pid, "MADRS", administered_at=WHEN, items=_madrs(2)).version == "new"
+    assert visits.record_assessment(writable_db, SYSTEM, pid, "MADRS", administered_at=WHEN, items=_madrs(3),
+                                    correct=True).version == "corrected"
+    history = visits.record_history(writable_db, SYSTEM, pid, WHEN, "MADRS")
+    assert list(history["total"]) == [30, 20] and list(history["rater"]) == ["clinician", "clinician"]
+    stored = DataAccess(writable_db).assessments([pid], "MADRS")
+    assert stored[stored["administered_at"] == WHEN]["total"].tolist() == [30]
+
+
+def test_entry_is_limited_to_the_clinicians_caseload_and_role(writable_db):
+    patients = DataAccess(writable_db).patients()
+    mine, other = patients.iloc[0], patients[patients["clinician"] != patients.iloc[0]["clinician"]].iloc[0]
+    clinician = Scope(user="dr_a", role="clinician", clinician=mine["clinician"])
+    before = _counts(writable_db)
+    refused = visits.record_infusion(writable_db, clinician, other["patient_id"], administered_at=WHEN, route="iv",
+                                     dose_mg_per_kg=0.5)
+    assert not refused.ok and "caseload" in refused.errors["patient_id"]
+    director = Scope(user="boss", role="director", patient_level=False)
+    assert "cannot record" in visits.record_assessment(writable_db, director, mine["patient_id"], "MADRS",
+                                                       administered_at=WHEN, items=_madrs()).errors["form"]
+    assert _counts(writable_db) == before
+    assert visits.record_infusion(writable_db, clinician, mine["patient_id"], administered_at=WHEN, route="iv",
+                                  dose_mg_per_kg=0.5).ok
+    with pytest.raises(PermissionError):
+        visits.record_history(writable_db, clinician, other["patient_id"], WHEN)
