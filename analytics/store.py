@@ -83,6 +83,8 @@ def connect(
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
         try:
+            # No progress bar: a long query would draw one over the CLI's output and the server log.
+            con.execute("SET enable_progress_bar = false")
             if write:
                 migrate(con)
             yield con

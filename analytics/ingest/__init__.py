@@ -269,7 +269,7 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
         result = FileResult(file=name, kind=parsed.kind, notes=validated.notes)
         report.files.append(result)
         jobs.append(_Job(name, "csv", parsed.sha256, validated,
-                         lambda rows, lines, lines_of=lines_of: lines_of([int(x) for x in lines]), result))
+                         lambda rows, lines, lines_of=lines_of: lines_of(lines), result))
     report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
     return _run(jobs, report, db, user)
 

@@ -37,29 +37,17 @@ class CsvFile:
     frame: pd.DataFrame  # raw strings (NA = empty), the header's columns plus _line
     malformed: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
     _data: bytes = field(default=b"", repr=False)
-    _line_starts: np.ndarray | None = field(default=None, repr=False)
+    # Where each record is: its first line, and its byte span in _data (for the quarantine's raw text).
+    _record_lines: np.ndarray | None = field(default=None, repr=False)
+    _record_starts: np.ndarray | None = field(default=None, repr=False)
+    _record_stops: np.ndarray | None = field(default=None, repr=False)
 
-    def raw_lines(self, lines: list[int]) -> list[str]:
+    def raw_lines(self, lines) -> list[str]:
         """The text of the records starting at these (1-based) lines, for the quarantine."""
-        out = []
-        for line in lines:
-            start = 0 if line == 1 else int(self._line_starts[line - 2]) + 1
-            out.append(self._record_at(start))
-        return out
-
-    def _record_at(self, start: int) -> str:
-        # A record may span lines inside quotes: walk to the newline with even quote parity.
-        end = start
-        quotes = 0
+        at = np.searchsorted(self._record_lines, np.asarray(lines, dtype="int64"))
         data = self._data
-        while True:
-            newline = data.find(b"\n", end)
-            if newline < 0:
-                newline = len(data)
-            quotes += data.count(b'"', end, newline)
-            if quotes % 2 == 0 or newline >= len(data):
-                return data[start:newline].decode("utf-8", errors="replace").rstrip("\r")
-            end = newline + 1
+        return [data[a:b].decode("utf-8", errors="replace").rstrip("\r")
+                for a, b in zip(self._record_starts[at].tolist(), self._record_stops[at].tolist())]
 
 
 def _header_names(text: str, path: Path) -> list[str]:
@@ -170,7 +158,7 @@ def read_csv(path: str | os.PathLike) -> CsvFile:
         raise FileRefused(f"{path.name}: the CSV could not be parsed consistently (found {len(frame)} rows, expected {len(good_lines)})")
     frame["_line"] = good_lines.astype("int64")
     rules.unescape_text(kind, frame)
-    return CsvFile(path, sha256, kind, header, frame, malformed, data, newlines)
+    return CsvFile(path, sha256, kind, header, frame, malformed, data, lines, starts, stops)
 
 
 _parser: duckdb.DuckDBPyConnection | None = None  # one in-memory parser per process (opening one is slow)
