@@ -63,8 +63,23 @@ Progress = Callable[[str], None]
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process since the last `reset_peak_rss` (Linux reports KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory measurement (Linux clear_refs); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def terminal_progress(prefix: str, enabled: bool) -> Progress | None:
@@ -354,6 +369,7 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     from .access import SYSTEM, DataAccess
 
     work = Path(work or DEFAULT_WORK)
+    reset_peak_rss()
     result: dict = {key: None for key in KEYS}
     result.update({"patients": patients, "seed": seed, "repeats": repeats, "budget_s": budget})
     # Wall times on a shared machine: the load says how much else was running.
@@ -393,6 +409,10 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     attempt(("import_s", "import_rows_per_s"), do_import, limit=None)
     say("import floor")
     attempt(("import_floor_s",), lambda: result.__setitem__("import_floor_s", time_import_floor(paths, run_dir, repeats)))
+    # The import's memory and the dashboard's are different questions: measure each peak on its own.
+    state["import_peak"] = peak_rss_mb()
+    if reset_peak_rss():
+        result["import_peak_rss_mb"] = round(state["import_peak"], 1)
     if "db" not in state:
         for name in TIMED[2:]:
             missing.setdefault(name, "no database: the import failed")
@@ -456,10 +476,12 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     say("interval suggestions")
     attempt(("intervals_s",), lambda: result.__setitem__(
         "intervals_s", _median_time(lambda: all_suggestions(frames), repeats, warm=False)[0]))
-    return _finish(result, missing)
+    if "import_peak_rss_mb" in result:
+        result["pages_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return _finish(result, missing, state.get("import_peak", 0.0))
 
 
-def _finish(result: dict, missing: dict) -> dict:
+def _finish(result: dict, missing: dict, earlier_peak: float = 0.0) -> dict:
     def ratio(a, b):
         return result[a] / result[b] if result.get(a) and result.get(b) else None
     result["import_floor_ratio"] = ratio("import_s", "import_floor_s")
@@ -467,7 +489,7 @@ def _finish(result: dict, missing: dict) -> dict:
     for name in ("import_floor_ratio", "cohort_floor_ratio"):
         if result[name] is None and name not in missing:
             missing[name] = "missing: a figure it divides is missing"
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["peak_rss_mb"] = round(max(peak_rss_mb(), earlier_peak), 1)
     result["load_average_end"] = round(os.getloadavg()[0], 2)
     for key, value in list(result.items()):
         if isinstance(value, float):
@@ -538,7 +560,9 @@ def render_plot(results: dict, out: Path) -> Path:
     for key in TIMED:
         points = [(r["patients"], r[key]) for r in runs if r.get(key)]
         if points:
-            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=key))
+            floor = key.endswith("floor_s")  # floors dashed: the least the work could cost
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=key,
+                                     line=dict(dash="dash" if floor else "solid")))
     m = results.get("machine", {})
     fig.update_layout(title=f"Time against cohort size ({m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB; "
                             f"median of {runs[0].get('repeats', '?') if runs else '?'} runs)",
@@ -569,10 +593,18 @@ def markdown_table(results: dict) -> str:
     runs = sorted(results["runs"], key=lambda r: r["patients"])
     head = "| figure | " + " | ".join(f"{r['patients']:,} patients" for r in runs) + " | target at 100k |"
     lines = [head, "|---|" + "---|" * (len(runs) + 1)]
-    for key in ("assessments", "treatments") + KEYS[3:] + ("generate_peak_rss_mb",):
+    context = ("import_peak_rss_mb", "pages_peak_rss_mb", "load_frames_s", "cohort_caches_s", "cohort_cold_s",
+               "cohort_charts_s", "cohort_chart_points", "patient_max_s", "generate_s", "generate_peak_rss_mb")
+    for key in ("assessments", "treatments") + KEYS[3:] + context:
         target = TARGETS.get(key)
         lines.append(f"| {key} | " + " | ".join(_fmt(r.get(key)) for r in runs)
                      + f" | {'≤ ' + str(target) if target else ''} |")
+    m = results.get("machine")
+    if m:
+        lines.insert(0, f"Measured {results.get('measured_at', '')} on {m.get('cpu')} ({m.get('cores')} cores, "
+                        f"{m.get('memory_gb')} GB; {m.get('os')}; Python {m.get('python')}, DuckDB {m.get('duckdb')}, "
+                        f"pandas {m.get('pandas')}) with `{results.get('command', '')}`; load average during the runs "
+                        + ", ".join(f"{r.get('load_average_start')}-{r.get('load_average_end')}" for r in runs) + ".\n")
     g = growth(results)
     if g:
         lines.append("")
