@@ -50,6 +50,8 @@ GOOD_ASSESSMENT = phq("P1", "2024-01-10", [2] * 9)
     ("treatments", "P1,10/01/2024,iv,0.5,", "administered_on", "is not an ISO date"),
     ("treatments", "P1,2024-02-30,iv,0.5,", "administered_on", "not a valid calendar date"),
     ("treatments", f"P1,{TOMORROW},iv,0.5,", "administered_on", "in the future"),
+    ("treatments", "P1,0024-01-10,iv,0.5,", "administered_on", "is before 1900"),
+    ("treatments", "P1,2024-01-10T25:00,iv,0.5,", "administered_on", "not a valid calendar date or time"),
     ("treatments", "P1,2024-01-04,iv,0.5,", "administered_on", "before the patient's enrolment on 2024-01-05"),
     ("treatments", "P1,2024-01-10,iv,0.6,", "patient_id", "duplicate key (patient_id, administered_on) in this file: line 2"),
     ("treatments", "P1,2024-01-12,iv,9,", "dose_mg_per_kg", "at most 5"),

@@ -48,6 +48,7 @@ SEX_CODES = {
 }
 MAX_ID_LENGTH = 64
 MAX_DOSE_MG_PER_KG = 5.0
+EARLIEST_DATE = np.datetime64("1900-01-01", "us")  # earlier dates are typing errors (0024 for 2024)
 _WHEN = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?")
 _ITEM_COLUMN = re.compile(r"item_(\d+)")
 
@@ -192,6 +193,7 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
         stamps = pd.Series(parsed).astype("datetime64[us]").to_numpy()
         limit = np.where(has_time, now_ts.to_datetime64(), today.to_datetime64())
         status = np.where(~shaped, 1, np.where(pd.isna(stamps), 2, np.where(stamps > limit.astype("datetime64[us]"), 3, 0)))
+        status = np.where((status == 0) & (stamps < EARLIEST_DATE), 5, status)
         if date_only:
             status = np.where((status == 0) & has_time, 4, status)
         return stamps, has_time, status
@@ -210,7 +212,8 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
     raw = values.array  # indexed only for the few flagged rows
     shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS]"
     problems.flag(status == 1, column, lambda pos: [f"{column} {_shown(raw[p])} is not {shape}" for p in pos])
-    problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date" for p in pos])
+    problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date or time" for p in pos])
+    problems.flag(status == 5, column, lambda pos: [f"{column} {_shown(raw[p])} is before 1900" for p in pos])
     problems.flag(status == 3, column, lambda pos: [f"{column} {_shown(raw[p])} is in the future" for p in pos])
     problems.flag(status == 4, column, lambda pos: [f"{column} {_shown(raw[p])} must be a date without a time" for p in pos])
     return stamps, has_time
