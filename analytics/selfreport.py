@@ -205,11 +205,11 @@ def _answers_rows(link: OpenLink, answers: dict[str, dict[int, int | None]], whe
 
 def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: datetime | None = None) -> Submission:
     """Store a patient's answers through a link, once. LinkRefused when the link cannot be used."""
-    now = now or _now()
+    now = now or datetime.now()  # to the microsecond: two reports of one patient never share a key
     link = _peek(db, token, now)
     unexpected = sorted(set(answers) - set(link.instruments))
     errors: dict[str, str] = {f"{c}": "this link does not ask for this questionnaire" for c in unexpected}
-    rows = _answers_rows(link, answers, now.isoformat(timespec="seconds"), errors)
+    rows = _answers_rows(link, answers, now.isoformat(timespec="microseconds"), errors)
     for row in rows:  # the import's own checks (ranges) before anything is written
         validated = rules.validate("assessments", pd.DataFrame([row], dtype="str"), now=now)
         for column, reason in zip(validated.rejects["column"], validated.rejects["reason"]):
@@ -304,6 +304,20 @@ class Cadence:
     every_days: int | None = 7
     before_infusion_days: int | None = 1
 
+    @classmethod
+    def from_env(cls) -> "Cadence":
+        """OUTCOMES_SELF_REPORT_EVERY_DAYS / OUTCOMES_SELF_REPORT_BEFORE_INFUSION_DAYS (a number, or "off")."""
+        def read(name: str, default: int) -> int | None:
+            text = os.environ.get(name, "").strip().lower()
+            if not text:
+                return default
+            if text in ("off", "none", "0"):
+                return None
+            if not text.isdigit():
+                raise ValueError(f"{name} must be a whole number of days or 'off', got {text!r}")
+            return int(text)
+        return cls(read("OUTCOMES_SELF_REPORT_EVERY_DAYS", 7), read("OUTCOMES_SELF_REPORT_BEFORE_INFUSION_DAYS", 1))
+
 
 def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: date,
                      next_infusion: pd.DataFrame | None = None, cadence: Cadence = Cadence()) -> pd.DataFrame:
@@ -337,6 +351,18 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
     out["self_report_reason"] = ["; ".join(r) for r in reasons]
     out["self_report_due"] = out["self_report_reason"] != ""
     return out[["patient_id", "last_self_report", "self_report_due", "self_report_reason"]]
+
+
+def due_columns(patients: pd.DataFrame, assessments: pd.DataFrame, flags: pd.DataFrame, today: date,
+                next_infusion: pd.DataFrame | None = None, cadence: Cadence | None = None) -> pd.DataFrame:
+    """What the due list adds per patient: safety_flag (an unacknowledged flag), safety_flag_since,
+    and self_reports_due's columns. `flags`: DataAccess.safety_flags() (open ones)."""
+    out = self_reports_due(patients, assessments, today, next_infusion, cadence or Cadence.from_env())
+    open_flags = flags[flags["acknowledged_at"].isna()] if "acknowledged_at" in flags else flags
+    since = open_flags.groupby("patient_id")["raised_at"].min().to_dict() if len(open_flags) else {}
+    out["safety_flag_since"] = pd.to_datetime(out["patient_id"].map(since), errors="coerce")
+    out["safety_flag"] = out["safety_flag_since"].notna()
+    return out
 
 
 # --- printing and sending -------------------------------------------------------------------
@@ -403,6 +429,6 @@ def cli_link(args) -> int:
     return EXIT_OK
 
 
-__all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "Cadence",
+__all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
            "qr_svg", "send_link", "Messenger", "MessagingOff", "LinkRefused", "CreatedLink", "OpenLink", "Submission",
            "hash_token", "link_url", "crisis_message", "parse_instruments", "cli_link"]

@@ -187,3 +187,22 @@ def test_cli_link_create_prints_a_working_link(writable_db, patient):
     assert selfreport.open_link(writable_db, token_of(url)).instruments == ("PHQ-9", "GAD-7")
     bad = run("--patient", "NO-SUCH", "--instruments", "PHQ-9", "--db", str(writable_db))
     assert bad.returncode == 2 and "NO-SUCH" in bad.stderr and bad.stdout == ""
+
+
+def test_due_columns_flag_a_patient_until_acknowledged_and_cadence_is_configurable(writable_db, patient, monkeypatch):
+    token = token_of(selfreport.create_link(writable_db, SYSTEM, patient, "PHQ-9").url)
+    selfreport.submit(writable_db, token, {"PHQ-9": PHQ9_ITEM9_POSITIVE})
+    data = DataAccess(writable_db)
+    today = date.today()
+    columns = selfreport.due_columns(data.patients(), data.assessments(), data.safety_flags(), today)
+    row = columns.set_index("patient_id").loc[patient]
+    assert bool(row["safety_flag"]) and not bool(row["self_report_due"])  # a self-report arrived today
+    assert columns["safety_flag"].sum() == 1
+    selfreport.acknowledge_flag(writable_db, SYSTEM, data.safety_flags()["flag_id"].iloc[0])
+    columns = selfreport.due_columns(data.patients(), data.assessments(), data.safety_flags(), today)
+    assert columns["safety_flag"].sum() == 0
+    monkeypatch.setenv("OUTCOMES_SELF_REPORT_EVERY_DAYS", "off")
+    assert selfreport.Cadence.from_env() == selfreport.Cadence(None, 1)
+    monkeypatch.setenv("OUTCOMES_SELF_REPORT_EVERY_DAYS", "fortnightly")
+    with pytest.raises(ValueError, match="OUTCOMES_SELF_REPORT_EVERY_DAYS"):
+        selfreport.Cadence.from_env()
