@@ -202,7 +202,7 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None
                 batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
                                              kind=v.kind, user=user, rows_total=result.rows_total)
                 # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
-                clean = v.clean.copy()
+                clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone
                 clean["_row"] = np.arange(len(clean), dtype="int64")
                 written = write.write(con, rules.Validated(v.kind, clean, v.rejects, v.attributes, v.attribute_names, v.notes, v.given), batch_id)
                 db_rejects = written.db_rejects
