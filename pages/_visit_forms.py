@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from analytics import scales, selfreport, visits
-from analytics.access import AccessDenied, Scope, db_path
+from analytics.access import AccessDenied, DataAccess, Scope, db_path
 
 FLASH = "visit_forms:flash"
 
@@ -144,6 +144,28 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
     st.image(svg[svg.index("<svg"):], width=220, caption="Print for the waiting room")
 
 
+def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:
+    """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
+    flags = DataAccess(db_path(), scope).safety_flags(open_only=True)
+    if patient_id is not None:
+        flags = flags[flags["patient_id"] == patient_id]
+    for flag in flags.itertuples():
+        with st.container(border=True):
+            st.error(f"Safety flag{'' if patient_id else ' for ' + flag.patient_id}: {flag.reason} "
+                     f"({flag.raised_at:%d %b %Y %H:%M}). It stays until a clinician acknowledges it.",
+                     icon=":material/emergency:")
+            if scope.role not in visits.ENTRY_ROLES:
+                continue
+            note = st.text_input("What was done (optional)", key=f"ack_note:{flag.flag_id}")
+            if st.button("Acknowledge", key=f"ack:{flag.flag_id}"):
+                try:
+                    selfreport.acknowledge_flag(db_path(), scope, flag.flag_id, note, page=page)
+                except (ValueError, AccessDenied) as exc:
+                    st.warning(str(exc))
+                else:
+                    _saved(f"Safety flag acknowledged for {flag.patient_id}.")
+
+
 def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
     """The patient page's entry section (clinician and system roles only)."""
     if scope.role not in visits.ENTRY_ROLES:
@@ -151,6 +173,7 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
     st.subheader("Record a visit")
     if FLASH in st.session_state:
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
+    safety_flags(scope, patient_id)
     with st.expander("Infusion", icon=":material/vaccines:"):
         infusion_form(scope, patient_id, today)
     with st.expander("MADRS (clinician-rated)", icon=":material/assignment:"):
