@@ -133,14 +133,15 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
     return _layout(fig, f"{instrument} items over time (which symptoms move)", height=360)
 
 
-def waterfall(w: pd.DataFrame, instrument: str) -> go.Figure:
+def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     fig = go.Figure()
     for outcome, colour in colours.items():
         d = w[w["outcome"] == outcome]
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
-                             hovertext=[f"{p}: baseline {b:g}, best {s:g} ({c:+.0f}%)" for p, b, s, c in
-                                        zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])],
+                             hovertext=[(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
+                                        for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"],
+                                                              d["best_percent_change"])],
                              hoverinfo="text"))
     fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall")
     fig.update_layout(bargap=0.05)
@@ -169,9 +170,12 @@ def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.
     return _layout(fig, f"Cohort {instrument} by week since first infusion")
 
 
-def severity_movement(table: pd.DataFrame, instrument: str) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=table.to_numpy(), x=list(table.columns), y=list(table.index), colorscale="Blues",
-                               text=table.to_numpy(), texttemplate="%{text}", colorbar=dict(title="patients"),
+def severity_movement(table: pd.DataFrame, instrument: str, hidden_label: str = "") -> go.Figure:
+    """Blank (NaN) cells are suppressed small counts: labelled `hidden_label` (e.g. "<11")."""
+    z = table.to_numpy(dtype=float)
+    text = np.where(np.isnan(z), hidden_label, np.nan_to_num(z).astype(int).astype(str))
+    fig = go.Figure(go.Heatmap(z=z, x=list(table.columns), y=list(table.index), colorscale="Blues",
+                               text=text, texttemplate="%{text}", colorbar=dict(title="patients"),
                                hovertemplate="baseline %{y} → latest %{x}: %{z} patients<extra></extra>"))
     fig.update_xaxes(title_text=f"latest {instrument} band")
     fig.update_yaxes(title_text=f"baseline {instrument} band", autorange="reversed")
@@ -188,7 +192,8 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
     fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by], textposition="top center",
                              marker=dict(size=12, color="#636efa"), name=by,
                              hovertext=[f"{name}: {k}/{n} = {100 * r:.0f}% ({pos})" for name, k, n, r, pos in
-                                        zip(g[by], g["k"], g["n"], g["rate"], g["position"])], hoverinfo="text"))
+                                        zip(g[by], g.get("k_shown", g["k"]), g["n"], g["rate"], g["position"])],
+                             hoverinfo="text"))
     fig.update_xaxes(title_text="evaluable patients (n)")
     fig.update_yaxes(title_text=f"{outcome_label} rate (%)", range=[0, 100])
     return _layout(fig, f"{outcome_label.capitalize()} by {by} against the clinic rate (funnel plot)")
@@ -197,7 +202,8 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
 def completeness(c: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Bar(x=c["month"], y=100 * c["share"], marker_color="#00a2a8",
                            hovertext=[f"{m:%b %Y}: {a} of {n} infusions ({100 * s:.0f}%)" for m, a, n, s in
-                                      zip(c["month"], c["assessed"], c["infusions"], c["share"])], hoverinfo="text"))
+                                      zip(c["month"], c.get("assessed_shown", c["assessed"]),
+                                          c.get("infusions_shown", c["infusions"]), c["share"])], hoverinfo="text"))
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions with a score in the 7 days before (%)", range=[0, 105])
     return _layout(fig, "Measurement completeness: infusions with an assessment within 7 days before", height=340)

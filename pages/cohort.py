@@ -3,11 +3,13 @@ from datetime import date
 
 import streamlit as st
 
-from analytics import charts, outcomes, scales, views
+from analytics import charts, outcomes, scales, suppress, views
 from pages import _session as session
 
 st.title("Cohort outcomes")
 scope = session.current_scope()
+# Roles without patient-level access see counts under the minimum cell size as "<11" (analytics.suppress).
+min_cell = getattr(scope, "suppression_threshold", scope.min_cell)
 if not session.has_data():
     session.no_database_message()
     st.stop()
@@ -41,17 +43,17 @@ with st.spinner("Computing cohort outcomes..."):
     induction = induction_all[induction_all["patient_id"].isin(cohort.patients["patient_id"])]
     all_cycles = session.cycles(scope, "PHQ-9")
     cycles = all_cycles[all_cycles["patient_id"].isin(cohort.patients["patient_id"])]
-    head = views.headline(cohort, induction, session.today(), scope.min_cell, cycles=cycles)
+    head = views.headline(cohort, induction, session.today(), min_cell, cycles=cycles)
 
-st.caption(f"Period and filters: {head['period']}. {head['treated']} treated patients, "
-           f"{head['evaluable']} with a baseline and a score within 21 days after induction (the rates' denominator).")
+st.caption(f"Period and filters: {head['period']}. {suppress.count(head['treated'], min_cell)} treated patients, "
+           f"{suppress.count(head['evaluable'], min_cell)} with a baseline and a score within 21 days after induction (the rates' denominator).")
 if head["patients"] == 0:
     st.info("No patients match these filters: widen the date range or clear a filter in the sidebar.")
     st.stop()
 
 c1, c2, c3, c4, c5 = st.columns(5)
-c1.metric("Active patients", head["active_patients"], help=f"An infusion or assessment in the last {views.ACTIVE_DAYS} days.")
-c2.metric(f"Infusions in {head['month']}", head["infusions_this_month"])
+c1.metric("Active patients", suppress.count(head["active_patients"], min_cell), help=f"An infusion or assessment in the last {views.ACTIVE_DAYS} days.")
+c2.metric(f"Infusions in {head['month']}", suppress.count(head["infusions_this_month"], min_cell))
 resp, remi = head["response"], head["remission"]
 c3.metric(f"Response after induction ({instrument})", "-" if resp.value is None else f"{100 * resp.value:.0f}%",
           help="At least 50% below baseline at the first score after induction. 95% Wilson interval.")
@@ -61,10 +63,13 @@ c4.metric(f"Remission after induction ({instrument})", "-" if remi.value is None
           help=f"{instrument} {'≤' if inclusive else '<'} {cut:g} at the first score after induction. 95% Wilson interval.")
 c4.caption(remi.text())
 median = head["median_durability_days"]
-c5.metric("Median durability (PHQ-9)", "not reached" if median is None else f"{median:.0f} days",
+n_cycle_patients = int(cycles["patient_id"].nunique())
+median_text = "not reached" if median is None else f"{median:.0f} days"
+c5.metric("Median durability (PHQ-9)", suppress.figure(median_text, n_cycle_patients, min_cell),
           help="Median time from an infusion given in response to loss of response (Turnbull estimate; "
                "loss lies between two scores).")
-c5.caption(f"{len(cycles)} response cycles, {int(cycles['event'].sum())} ended in loss")
+c5.caption(f"{suppress.count(len(cycles), min_cell)} response cycles, "
+           f"{suppress.count(int(cycles['event'].sum()), min_cell)} ended in loss")
 
 left, right = st.columns(2)
 with left:
@@ -72,9 +77,9 @@ with left:
     if w.empty:
         st.info(f"No patient has both a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.waterfall(w, instrument), key="waterfall")
+        st.plotly_chart(charts.waterfall(w, instrument, show_ids=scope.patient_level), key="waterfall")
 with right:
-    band = views.trajectory_band(cohort, instrument, min_n=max(5, scope.min_cell))
+    band = views.trajectory_band(cohort, instrument, min_n=max(5, min_cell))
     if band.empty:
         st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
     else:
@@ -83,26 +88,29 @@ with right:
 
 left, right = st.columns(2)
 with left:
-    table = views.severity_movement(induction, instrument)
-    if table.to_numpy().sum() == 0:
+    table = views.severity_movement(induction, instrument, min_cell)
+    if table.fillna(0).to_numpy().sum() == 0 and not table.isna().to_numpy().any():
         st.info(f"No patient has a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.severity_movement(table, instrument), key="severity")
+        st.plotly_chart(charts.severity_movement(table, instrument, suppress.label(min_cell)), key="severity")
 with right:
     by = st.radio("Compare", ["site", "clinician"], horizontal=True, key="funnel_by")
     outcome = st.radio("Outcome", ["responded", "remitted"], horizontal=True, key="funnel_outcome",
                        format_func=lambda o: {"responded": "response", "remitted": "remission"}[o])
-    data = views.funnel(induction, cohort.patients, by, outcome, min_cell=scope.min_cell)
+    data = views.funnel(induction, cohort.patients, by, outcome, min_cell=min_cell)
     if data["clinic_rate"] is None or data["groups"].empty:
         st.info("Not enough evaluable patients to compare groups.")
     else:
         st.plotly_chart(charts.funnel(data, by, {"responded": "response", "remitted": "remission"}[outcome]), key="funnel")
         if data.get("hidden_groups"):
-            st.caption(f"{data['hidden_groups']} group(s) with fewer than {scope.min_cell} patients are not shown.")
+            st.caption(f"{data['hidden_groups']} group(s) with fewer than {min_cell} patients are not shown.")
         st.caption("A point outside the funnel differs from the clinic rate by more than chance would explain "
                    "for a group of that size; inside it, differences are compatible with chance.")
 
 comp = views.completeness(cohort.treatments, cohort.assessments)
+if min_cell:  # a share from fewer infusions than the minimum cell size is not shown
+    comp = comp[comp["infusions"] >= min_cell].assign(
+        assessed_shown=lambda c: [suppress.count(int(a), min_cell) for a in c["assessed"]])
 if comp.empty:
     st.info("No infusions in this selection, so no completeness figure.")
 else:

@@ -11,6 +11,11 @@ if not session.has_data():
     session.no_database_message()
     st.stop()
 
+if not scope.patient_level:
+    st.info("The due list names individual patients, so it is for clinicians: your role sees cohort figures "
+            "(Cohort outcomes, Durability and maintenance).", icon=":material/lock:")
+    st.stop()
+
 today = session.today()
 no_score_days = st.slider("Flag patients with no assessment for at least (days)", 7, 90, 28, step=7)
 with st.spinner("Checking every patient in your caseload..."):

@@ -14,6 +14,7 @@ def _policy_table():
 
 st.title("Durability and maintenance")
 scope = session.current_scope()
+min_cell = getattr(scope, "suppression_threshold", scope.min_cell)  # groups under it are not shown
 if not session.has_data():
     session.no_database_message()
     st.stop()
@@ -36,13 +37,13 @@ if result is None or not result.get("n_cycles"):
     st.info(f"No response cycles on {instrument} yet: a cycle starts with an infusion given while in response, "
             "so patients need a baseline, a response and a later infusion.")
 else:
-    curves = views.survival_curves(result, scope.min_cell)
+    curves = views.survival_curves(result, min_cell)
     title = f"Still in response by days since the infusion ({instrument})"
     if by and result.get("logrank_p") is not None:
         title += f": log-rank p = {result['logrank_p']:.3f}"
     if curves:
         st.plotly_chart(charts.survival(curves, title), key="survival")
-    st.dataframe(views.durability_table(result, scope.min_cell), hide_index=True, width="stretch")
+    st.dataframe(views.durability_table(result, min_cell), hide_index=True, width="stretch")
     st.caption(f"Curve: {result['method']['curve']}. CI: {result['method']['ci']}. "
                + (f"Group test: {result['method']['group_test']}. " if by else "")
                + "Loss of response is only known to lie between two assessments, so the curve is the "

@@ -114,3 +114,24 @@ def test_trajectory_counts_each_patient_once_a_week(demo_db):
     assert band.loc[band["week"] == 0, "n"].iloc[0] <= len(cohort.patients)
     assert (band["q1"] <= band["median"]).all() and (band["median"] <= band["q3"]).all()
     assert (band["n"] >= 5).all()
+
+
+def test_director_sees_small_counts_suppressed(open_page, monkeypatch, demo_db):
+    data = DataAccess(demo_db)
+    patients = data.patients()
+    # the smallest clinician-by-site group in the demo: a handful of patients
+    sizes = patients.groupby(["site", "clinician"]).size()
+    (site, clinician), size = sizes.idxmin(), int(sizes.min())
+    assert 0 < size < 11
+    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+
+    at = open_page("cohort")
+    at.multiselect(key="cohort_sites").set_value([site])
+    at.multiselect(key="cohort_clinicians").set_value([clinician]).run()
+
+    assert not at.exception
+    assert any("<11 treated patients" in c.value for c in at.caption)
+    response = next(m for m in at.metric if m.label.startswith("Response after induction"))
+    assert response.value == "-"
+    assert any("not shown" in c.value for c in at.caption)
+    assert not any(m.value.isdigit() and int(m.value) < 11 for m in at.metric)

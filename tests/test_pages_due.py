@@ -55,3 +55,25 @@ def test_due_list_orders_by_urgency_and_leaves_out_the_inactive():
     assert list(due["patient_id"]) == ["item9", "overdue"]
     assert due.iloc[0]["reasons"].startswith("item 9 positive")
     assert "overdue" in due.iloc[1]["reasons"]
+
+
+def test_due_list_names_no_patients_to_a_deidentified_role(open_page, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+    at = open_page("due")
+    assert not at.exception
+    assert not at.dataframe
+    assert any("for clinicians" in i.value for i in at.info)
+
+
+def test_clinician_due_list_holds_only_their_caseload(open_page, monkeypatch, demo_db):
+    from analytics.access import DataAccess
+
+    patients = DataAccess(demo_db).patients()
+    clinician = patients["clinician"].value_counts().index[0]
+    mine = set(patients.loc[patients["clinician"] == clinician, "patient_id"])
+    monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
+    monkeypatch.setenv("OUTCOMES_CLINICIAN", clinician)
+    at = open_page("due")
+    assert not at.exception
+    shown = {link.split("=")[-1] for link in at.dataframe[0].value["open"]}
+    assert shown and shown <= mine
