@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from . import outcomes, scales
+from . import outcomes, scales, suppress
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
 DAY = pd.Timedelta(days=1)
@@ -302,14 +302,20 @@ def trajectory_band(cohort: Cohort, instrument: str, max_week: int = 26, min_n: 
     return out[out["n"] >= max(min_n, 1)].reset_index(drop=True)
 
 
-def severity_movement(induction: pd.DataFrame, instrument: str) -> pd.DataFrame:
-    """Counts of patients by baseline band (rows) and latest band (columns), bands in clinical order."""
+def severity_movement(induction: pd.DataFrame, instrument: str, min_cell: int = 0) -> pd.DataFrame:
+    """Counts of patients by baseline band (rows) and latest band (columns), bands in clinical order.
+
+    With `min_cell`, small cells (and the cells that would give them back by subtraction) are NaN.
+    """
     scale = scales.get(instrument)
     labels = [b.label for b in scale.bands]
     d = induction.dropna(subset=["baseline_band", "latest_band"])
     table = pd.crosstab(pd.Categorical(d["baseline_band"], labels), pd.Categorical(d["latest_band"], labels), dropna=False)
     table.index.name, table.columns.name = "baseline", "latest"
-    return table.reindex(index=labels, columns=labels, fill_value=0)
+    table = table.reindex(index=labels, columns=labels, fill_value=0)
+    if min_cell > 0:
+        table = suppress.blank(table, list(table.columns), min_cell=min_cell, row_totals=True)
+    return table
 
 
 def funnel(induction: pd.DataFrame, patients: pd.DataFrame, by: str, outcome: str = "responded",
@@ -335,6 +341,7 @@ def funnel(induction: pd.DataFrame, patients: pd.DataFrame, by: str, outcome: st
     se_g = np.sqrt(p0 * (1 - p0) / g["n"])
     g["position"] = np.select([abs(g["rate"] - p0) > 3.09 * se_g, abs(g["rate"] - p0) > 1.96 * se_g],
                               ["outside 99.8% limits", "outside 95% limits"], "within limits")
+    g["k_shown"] = [suppress.count(int(k), min_cell) for k in g["k"]]  # a count under min_cell shows as "<11"
     return {"groups": g, "limits": limits, "clinic_rate": p0, "hidden_groups": hidden}
 
 
@@ -535,8 +542,16 @@ def patient_csv(record: dict[str, pd.DataFrame]) -> bytes:
     a = record["assessments"].assign(kind="assessment")
     both = pd.concat([t, a], ignore_index=True).sort_values("administered_at", kind="stable")
     cols = ["kind"] + [c for c in both.columns if c != "kind"]
+    both = both[cols].copy()
+    from .ingest.rules import escape_formula  # a spreadsheet must not run an imported '=...' as a formula
+
+    for column in both.columns:
+        if both[column].dtype == object or pd.api.types.is_string_dtype(both[column]):
+            present = both[column].notna()
+            both[column] = both[column].astype(object)
+            both.loc[present, column] = escape_formula(both.loc[present, column]).to_numpy()
     buf = io.StringIO()
-    both[cols].to_csv(buf, index=False)
+    both.to_csv(buf, index=False)
     return buf.getvalue().encode()
 
 
