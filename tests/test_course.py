@@ -233,3 +233,11 @@ def test_patients_are_independent_in_one_cohort_pass():
     cols = course.CYCLE_COLUMNS
     pd.testing.assert_frame_equal(together[cols].reset_index(drop=True),
                                   alone[cols].sort_values(["patient_id", "cycle_no"]).reset_index(drop=True))
+
+
+def test_a_clinic_without_scores_yet_gets_an_empty_cycle_table_with_the_contract_columns():
+    t = infusions("a", INDUCTION)
+    empty = scores("a", [("2023-12-30", 20)]).iloc[0:0]
+    c = cycles_of(t, empty)
+    assert c.empty and set(course.CYCLE_COLUMNS) <= set(c.columns)
+    assert cycles_of(t.iloc[0:0], empty).empty
