@@ -332,8 +332,20 @@ def calibrate(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFram
     return Combination(centre, max(spread - noise, (0.2 * centre) ** 2), 1.0, 1.0, 1.0, int(both.sum()))
 
 
+MIN_GROUP_PATIENTS = 30  # a subgroup needs this many measured patients to have its own centre
+
+
+def group_centres(est_speed: np.ndarray, measured: np.ndarray, groups: pd.Series, fallback: float) -> np.ndarray:
+    """Per patient, the median speed of measured patients in their group (the cohort's if too few)."""
+    g = pd.Series(np.asarray(groups, dtype=object)).fillna("(missing)").astype(str).to_numpy()
+    frame = pd.DataFrame({"g": g[measured], "v": est_speed[measured]})
+    stats_ = frame.groupby("g")["v"].agg(["median", "size"])
+    centre = stats_["median"].where(stats_["size"] >= MIN_GROUP_PATIENTS)
+    return pd.Series(g).map(centre).fillna(fallback).to_numpy(dtype=float)
+
+
 def combine_estimates(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None,
-                      combination: Combination | None = None) -> pd.DataFrame:
+                      combination: Combination | None = None, groups: pd.Series | None = None) -> pd.DataFrame:
     """Per-patient speed of loss (1/days): the cohort prior combined, by
     precision, with the patient's score trajectory or, where there are too few
     scores for one, with the cycles (through the frailty posterior without its
@@ -349,8 +361,14 @@ def combine_estimates(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.
     # validation adding the cycles to the trajectory made the ranking worse
     # (docs/durability.md).
     use_ev = np.isfinite(ev) & np.isfinite(ev_var) & (ev_var > 0) & ~use_tr
+    centre = np.full(len(post), cb.prior_speed)
+    if groups is not None:
+        # shrink toward the patient's subgroup (e.g. baseline band) rather than the whole cohort
+        measured = np.where(use_tr, tr, np.where(use_ev, ev, np.nan))
+        centre = group_centres(measured, np.isfinite(measured),
+                               pd.Series(groups).reindex(post["patient_id"]).reset_index(drop=True), cb.prior_speed)
     prec = np.full(len(post), 1.0 / cb.prior_var)
-    num = np.full(len(post), cb.prior_speed / cb.prior_var)
+    num = centre / cb.prior_var
     for value, var, use in ((ev, ev_var, use_ev), (tr, tr_var, use_tr)):
         prec = prec + np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
         num = num + np.where(use, value / np.where(use, var, 1.0), 0.0)
@@ -385,17 +403,25 @@ def suggest_from_speed(speed, speed_var, shape: float, target: float = 0.8,
 
 def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: FrailtyWeibull | None = None,
                       trajectories: pd.DataFrame | None = None, last_infusions: pd.Series | None = None,
-                      instrument: str = "PHQ-9", combination: Combination | None = None) -> tuple[pd.DataFrame, FrailtyWeibull]:
+                      instrument: str = "PHQ-9", combination: Combination | None = None,
+                      by: str | None = None) -> tuple[pd.DataFrame, FrailtyWeibull]:
     """One row per responder (a patient with at least one durability cycle).
 
     `trajectories`: course_trajectories(course) (optional but much better);
     `last_infusions`: each patient's last infusion date (for next_due_on),
-    by default the start of their last cycle.
+    by default the start of their last cycle; `by`: a cycle-table field whose
+    subgroups (with at least MIN_GROUP_PATIENTS measured patients) are shrunk
+    toward their own centre instead of the cohort's.
     """
     if fit is None:
         fit = fit_frailty(cycles)
     post = patient_posteriors(fit, cycles)
-    est = combine_estimates(post, fit, trajectories, combination)
+    groups = None
+    if by is not None:
+        if by not in cycles.columns:
+            raise ValueError(f"no field {by!r} in the cycle table to group by")
+        groups = cycles.groupby("patient_id", sort=False)[by].last()
+    est = combine_estimates(post, fit, trajectories, combination, groups)
     point, low, high = suggest_from_speed(est["speed"], est["speed_var"], fit.shape, target)
     post["weight_personal"] = est["weight_personal"].to_numpy()
     post["has_trajectory"] = est["has_trajectory"].to_numpy()

@@ -149,3 +149,18 @@ def test_commands_refuse_bad_arguments_with_exit_2(demo_db):
     assert bad.returncode == 2 and "shoe_size" in bad.stderr
     assert _run("intervals", "--db", str(demo_db), "--instrument", "HAM-D").returncode == 2
     assert _run("intervals", "--db", str(demo_db), "--target", "1.2").returncode == 2
+
+
+def test_shrinkage_toward_a_subgroup():
+    # 40 fast and 40 slow measured patients in two groups, plus one unmeasured newcomer in each
+    ids = [f"f{i}" for i in range(40)] + [f"s{i}" for i in range(40)]
+    tr = pd.DataFrame({"patient_id": ids, "trajectory_speed": [1 / 15] * 40 + [1 / 90] * 40,
+                       "trajectory_var": [(1 / 300) ** 2] * 80})
+    cycles = pd.concat([_cycles(p, [(10.0, np.inf)]) for p in ids] + [_cycles(p, [(0.0, np.inf)]) for p in ("new_fast", "new_slow")])
+    groups = pd.Series({**{p: "fast" for p in ids[:40]}, **{p: "slow" for p in ids[40:]},
+                        "new_fast": "fast", "new_slow": "slow"})
+    post = intervals.patient_posteriors(FIT, cycles)
+    cohort = intervals.combine_estimates(post, FIT, tr, COMB).set_index("patient_id")
+    sub = intervals.combine_estimates(post, FIT, tr, COMB, groups).set_index("patient_id")
+    assert cohort.loc["new_fast", "speed"] == pytest.approx(cohort.loc["new_slow", "speed"])
+    assert sub.loc["new_fast", "speed"] == pytest.approx(1 / 15) and sub.loc["new_slow", "speed"] == pytest.approx(1 / 90)
