@@ -353,6 +353,11 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
         wide.index = wide.index.astype(str)
         wide = wide.rename(columns={c: (f"attr_{c}" if c in per.columns or c in cycles.columns else c) for c in wide.columns})
         per = per.join(wide, how="left")
+    # how fast the patient's scores climb back after infusions (intervals.py uses it)
+    from .intervals import course_trajectories
+
+    tr = course_trajectories(course, rules.response_fall).set_index("patient_id")
+    per = per.join(tr, how="left")
     take = per.index.get_indexer(cycles["patient_id"])
     covariates = per.iloc[np.maximum(take, 0)].reset_index(drop=True)
     covariates[take < 0] = np.nan

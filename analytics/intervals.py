@@ -407,7 +407,9 @@ def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: Frailty
                       by: str | None = None) -> tuple[pd.DataFrame, FrailtyWeibull]:
     """One row per responder (a patient with at least one durability cycle).
 
-    `trajectories`: course_trajectories(course) (optional but much better);
+    `trajectories`: course_trajectories(course); by default taken from the
+    cycle table's trajectory_speed/trajectory_var columns (course.py adds
+    them); without either, losses and held cycles only (much weaker);
     `last_infusions`: each patient's last infusion date (for next_due_on),
     by default the start of their last cycle; `by`: a cycle-table field whose
     subgroups (with at least MIN_GROUP_PATIENTS measured patients) are shrunk
@@ -415,6 +417,9 @@ def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: Frailty
     """
     if fit is None:
         fit = fit_frailty(cycles)
+    if trajectories is None and {"trajectory_speed", "trajectory_var"} <= set(cycles.columns):
+        # course.cycles_from_course carries each patient's score trend along
+        trajectories = cycles.groupby("patient_id", sort=False)[["trajectory_speed", "trajectory_var"]].first().reset_index()
     post = patient_posteriors(fit, cycles)
     groups = None
     if by is not None:

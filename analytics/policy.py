@@ -168,7 +168,7 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
     early = float((events["true_days_to_loss"] > events["right_days"]).mean()) if len(events) else float("nan")
 
     sug, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs))
-    sug0, _ = intervals.suggest_intervals(cycles)
+    sug0, _ = intervals.suggest_intervals(cycles.drop(columns=["trajectory_speed", "trajectory_var"]))
     tm = truth.patients.set_index("patient_id")["true_median_days"]
     joined = sug.set_index("patient_id").join(tm, how="inner")
     joined0 = sug0.set_index("patient_id").join(tm, how="inner")

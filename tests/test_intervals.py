@@ -34,7 +34,7 @@ def test_suggestions_rank_patients_like_their_true_durability(clinic):
     assert len(both) > 500
     assert rho > 0.3 and p < 1e-6
     # the score trend is what makes it personal: without it (cycles only) the ranking is worse
-    plain, _ = intervals.suggest_intervals(cycles)
+    plain, _ = intervals.suggest_intervals(cycles.drop(columns=["trajectory_speed", "trajectory_var"]))
     both0 = plain.set_index("patient_id")["suggested_interval_days"].to_frame().join(truth, how="inner")
     assert spearmanr(both0["suggested_interval_days"], both0["true_median_days"])[0] < rho
 
@@ -164,3 +164,11 @@ def test_shrinkage_toward_a_subgroup():
     sub = intervals.combine_estimates(post, FIT, tr, COMB, groups).set_index("patient_id")
     assert cohort.loc["new_fast", "speed"] == pytest.approx(cohort.loc["new_slow", "speed"])
     assert sub.loc["new_fast", "speed"] == pytest.approx(1 / 15) and sub.loc["new_slow", "speed"] == pytest.approx(1 / 90)
+
+
+def test_the_cycle_table_carries_the_score_trend_so_callers_get_it_by_default(clinic):
+    _, crs, cycles = clinic
+    assert {"trajectory_speed", "trajectory_var"} <= set(cycles.columns)
+    default, _ = intervals.suggest_intervals(cycles)
+    explicit, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs))
+    pd.testing.assert_series_equal(default["suggested_interval_days"], explicit["suggested_interval_days"])
