@@ -119,9 +119,9 @@ def intervals_report(tables: dict, crs, cycles: pd.DataFrame, instrument: str, t
         fit = intervals.fit_frailty(cycles)
     except ValueError as exc:
         return {"instrument": instrument, "target": target, "patients": [], "note": str(exc)}
-    suggestions, fit = intervals.suggest_intervals(cycles, target=target, fit=fit,
-                                                   trajectories=intervals.course_trajectories(crs),
-                                                   last_infusions=last, instrument=instrument)
+    # the cycle table carries each patient's score trend (course.cycles_from_course)
+    suggestions, fit = intervals.suggest_intervals(cycles, target=target, fit=fit, last_infusions=last,
+                                                   instrument=instrument)
     cb = suggestions.attrs.get("combination")
     return {
         "instrument": instrument,
