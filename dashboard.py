@@ -2,10 +2,11 @@
 
 Navigation is built from ROLE_PAGES, the one table of which role may open
 which page: a page a role may not use is simply not registered for it.
+A visitor who is not signed in gets the sign-in page and nothing else.
 """
 import streamlit as st
 
-from pages._session import current_scope
+from pages import _session as session
 
 st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
 
@@ -17,15 +18,17 @@ PAGES = {
     "durability": ("pages/durability.py", "Durability and maintenance", ":material/timeline:"),
     "data": ("pages/data.py", "Data", ":material/upload_file:"),
     "method": ("pages/method.py", "Method", ":material/menu_book:"),
+    "users": ("pages/admin_users.py", "Users", ":material/manage_accounts:"),
+    "audit": ("pages/audit_log.py", "Audit trail", ":material/policy:"),
 }
 
 # Sections per role; the first page listed is the role's landing page.
 ROLE_PAGES: dict[str, dict[str, list[str]]] = {
     "clinician": {"Clinic": ["due", "patient"], "About": ["method"]},
     "director": {"Clinic": ["cohort", "durability", "due", "patient"], "About": ["method"]},
-    "admin": {"Administration": ["data"], "About": ["method"]},
+    "admin": {"Administration": ["data", "users", "audit"], "About": ["method"]},
     "system": {"Clinician": ["due", "patient"], "Director": ["cohort", "durability"],
-               "Administration": ["data"], "About": ["method"]},
+               "Administration": ["data", "users", "audit"], "About": ["method"]},
 }
 
 
@@ -39,4 +42,16 @@ def navigation_for(role: str) -> dict[str, list[st.Page]]:
     }
 
 
-st.navigation(navigation_for(current_scope().role)).run()
+scope = session.signed_in_scope()
+if scope is None:
+    # Every page address shows the sign-in form (and nothing else), so a link such as
+    # /patient?patient=ID opened before signing in is still there afterwards.
+    sign_in = [st.Page("pages/login.py", title="Sign in", icon=":material/login:", url_path=name, default=(name == "login"))
+               for name in ["login", *PAGES]]
+    st.navigation(sign_in, position="hidden").run()
+else:
+    with st.sidebar:
+        st.caption(f"Signed in as **{scope.user}** ({scope.role})")
+        if st.button("Sign out", icon=":material/logout:", key="sign_out"):
+            session.sign_out()
+    st.navigation(navigation_for(scope.role)).run()

@@ -1,7 +1,8 @@
 """Who is signed in, and cached reads keyed so one user's data never serves another.
 
-`current_scope()` is the one place the dashboard learns the user's Scope;
-sign-in (issue 5) replaces its body. Every cached function takes the scope's
+`current_scope()` is the one place the dashboard learns the user's Scope: it
+comes from the signed-in session (`signed_in_scope()`, re-validated against the
+account and the inactivity limit on every run; docs/security.md). Every cached function takes the scope's
 `cache_key` and the database file's modification time as arguments, so a
 cache entry is only ever reused for the same user view of the same data.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analytics import access, store, views
+from analytics import access, auth, views
 from analytics.access import DataAccess, Scope
 
 CACHE_TTL_SECONDS = 15 * 60
@@ -38,20 +39,67 @@ def _route_through_navigation() -> None:
 _route_through_navigation()
 
 
+AUTH_KEY = "auth_session"  # the signed-in analytics.auth.Session, server-side per browser session
+NOTICE_KEY = "auth_notice"  # why the last session ended, shown on the sign-in page
+
+
+def signed_in_scope() -> Scope | None:
+    """The signed-in user's scope, or None. Ends the session (with the reason kept for the sign-in
+    page) when it was idle too long or the account was disabled or changed since sign-in."""
+    current = st.session_state.get(AUTH_KEY)
+    if current is None:
+        return None
+    try:
+        fresh = auth.validate_session(db_file(), current, page=_page_name())
+    except auth.SessionEnded as exc:
+        st.session_state.pop(AUTH_KEY, None)
+        st.session_state[NOTICE_KEY] = str(exc)
+        return None
+    st.session_state[AUTH_KEY] = fresh
+    return access.scope_for(fresh, db_file())
+
+
 def current_scope() -> Scope:
-    """The signed-in user's scope. Until sign-in lands: the operator's own (SYSTEM) view,
-    or a role chosen with OUTCOMES_ROLE / OUTCOMES_CLINICIAN for trying a role out."""
-    role = os.environ.get("OUTCOMES_ROLE")
-    if role == "clinician":
-        clinician = os.environ.get("OUTCOMES_CLINICIAN", "")
-        return Scope(user=clinician or "clinician", role="clinician", clinician=clinician)
-    if role in ("director", "admin"):
-        return Scope(user=role, role=role)
-    return access.SYSTEM
+    """The signed-in user's scope; a page run without one stops here with a message."""
+    scope = signed_in_scope()
+    if scope is None:
+        st.warning(st.session_state.get(NOTICE_KEY) or "Please sign in.", icon=":material/lock:")
+        st.stop()
+    return scope
+
+
+def start_session(session: "auth.Session") -> None:
+    """After a successful sign-in: keep the session and rerun into the role's pages."""
+    st.session_state.clear()  # nothing of a previous user's state survives
+    st.session_state[AUTH_KEY] = session
+    st.rerun()
+
+
+def sign_out() -> None:
+    auth.sign_out(db_file(), st.session_state.get(AUTH_KEY), page=_page_name())
+    st.session_state.clear()
+    st.session_state[NOTICE_KEY] = "You are signed out."
+    st.rerun()
+
+
+def take_sign_in_notice() -> str | None:
+    return st.session_state.pop(NOTICE_KEY, None)
+
+
+def _page_name() -> str | None:
+    try:
+        return st.context.url.rstrip("/").rsplit("/", 1)[-1] or None
+    except Exception:  # AppTest and older runtimes have no URL
+        return None
+
+
+def data_access(scope: Scope) -> DataAccess:
+    """Uncached reads and audit entries for this scope."""
+    return DataAccess(db_file(), scope)
 
 
 def db_file() -> Path:
-    return store.db_path()
+    return access.db_path()
 
 
 def db_version(path: Path | None = None) -> tuple[int, int]:
@@ -85,24 +133,14 @@ def frames(scope: Scope) -> dict[str, pd.DataFrame]:
     return _frames(str(db), db_version(db), scope.cache_key, scope)
 
 
-@st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=256, show_spinner=False)
-def _search(db: str, version: tuple, scope_key: tuple, _scope: Scope, text: str) -> list[str]:
-    return DataAccess(db, _scope).search_patient_ids(text, limit=20)
-
-
+# Search and record reads are not cached: each is a small query, and every record view
+# (and every refused search for someone else's patient) must reach the audit trail.
 def search(scope: Scope, text: str) -> list[str]:
-    db = db_file()
-    return _search(str(db), db_version(db), scope.cache_key, scope, text)
-
-
-@st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=64, show_spinner=False)
-def _record(db: str, version: tuple, scope_key: tuple, _scope: Scope, patient_id: str) -> dict[str, pd.DataFrame]:
-    return DataAccess(db, _scope).patient_record(patient_id)
+    return data_access(scope).search_patient_ids(text, limit=20, page="patient")
 
 
 def patient_record(scope: Scope, patient_id: str) -> dict[str, pd.DataFrame]:
-    db = db_file()
-    return _record(str(db), db_version(db), scope.cache_key, scope, patient_id)
+    return data_access(scope).patient_record(patient_id, page="patient")
 
 
 @st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)

@@ -104,7 +104,7 @@ with export_tab:
         from analytics.export import export_csv
 
         with st.spinner("Exporting..."), tempfile.TemporaryDirectory(prefix="outcomes-export-") as tmp:
-            written = export_csv(tmp, db=session.db_file(), scope=scope)
+            written = export_csv(tmp, db=session.db_file(), scope=scope, page="data")
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                 for name, path in written.items():
@@ -112,4 +112,6 @@ with export_tab:
         st.session_state["export_zip"] = buffer.getvalue()
     if "export_zip" in st.session_state:
         st.download_button("Download export (zip of CSVs)", st.session_state["export_zip"], file_name="outcomes-export.zip",
-                           mime="application/zip", icon=":material/download:")
+                           mime="application/zip", icon=":material/download:",
+                           on_click=lambda: session.data_access(scope).log(  # every download is audited
+                               "export", page="data", detail={"what": "export zip download"}))

@@ -116,4 +116,6 @@ with right:
 st.subheader("Recent history")
 st.dataframe(views.patient_history(record), hide_index=True, width="stretch")
 st.download_button("Download this patient's data (CSV)", views.patient_csv(record), file_name=f"{patient_id}.csv",
-                   mime="text/csv", icon=":material/download:")
+                   mime="text/csv", icon=":material/download:",
+                   on_click=lambda: session.data_access(scope).log(  # every download is audited
+                       "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))

@@ -54,11 +54,63 @@ def writable_db(demo_db, tmp_path) -> Path:
     return copy
 
 
+BROWSER_PASSWORD = "browser test passphrase"
+
+
+@pytest.fixture(scope="session")
+def server_db(demo_db, tmp_path_factory) -> Path:
+    """A copy of the demo clinic for the live server, with one account per clinician handle (named
+    after it), `director` and `admin`, all with BROWSER_PASSWORD: the browser signs in like a user."""
+    from analytics import auth
+
+    path = tmp_path_factory.mktemp("server-db") / "demo.duckdb"
+    shutil.copy(demo_db, path)
+    wal = Path(str(demo_db) + ".wal")
+    if wal.exists():
+        shutil.copy(wal, Path(str(path) + ".wal"))
+    from analytics.access import DataAccess
+
+    for handle in sorted(DataAccess(path).patients()["clinician"].dropna().unique()):
+        auth.create_user(path, handle, "clinician", BROWSER_PASSWORD, actor="test")
+    auth.create_user(path, "director", "director", BROWSER_PASSWORD, actor="test")
+    auth.create_user(path, "admin", "admin", BROWSER_PASSWORD, actor="test")
+    return path
+
+
 @pytest.fixture()
 def outcomes_db(monkeypatch, demo_db) -> Path:
     """Point the app (store.db_path) at the demo database for this test."""
     monkeypatch.setenv("OUTCOMES_DB", str(demo_db))
     return demo_db
+
+
+def scope_for_test_role():
+    """The scope page tests run as: OUTCOMES_ROLE=clinician (with OUTCOMES_CLINICIAN), director or admin
+    gives that role's real scope (as analytics.access.scope_for builds it); unset, the operator's SYSTEM scope."""
+    from analytics import access, suppress
+
+    role = os.environ.get("OUTCOMES_ROLE")
+    if role == "clinician":
+        clinician = os.environ.get("OUTCOMES_CLINICIAN", "")
+        return access.Scope(user=clinician or "clinician", role="clinician", clinician=clinician,
+                            min_cell=suppress.default_min_cell())
+    if role in ("director", "admin"):
+        return access.Scope(user=role, role=role, patient_level=False, identifiable=False,
+                            min_cell=suppress.default_min_cell())
+    return access.SYSTEM
+
+
+@pytest.fixture(autouse=True)
+def signed_in_as_test_role(request, monkeypatch):
+    """Page tests (tests/test_pages_*.py, or any test using open_page) skip the sign-in form: the
+    dashboard's `signed_in_scope()` returns `scope_for_test_role()`, read when each page runs, so
+    a test may set OUTCOMES_ROLE / OUTCOMES_CLINICIAN at any point. Tests of sign-in itself
+    (tests/test_auth_pages.py) are not patched and sign in through the form."""
+    if not (request.node.path.name.startswith("test_pages_") or "open_page" in request.fixturenames):
+        return
+    import pages._session as session
+
+    monkeypatch.setattr(session, "signed_in_scope", scope_for_test_role)
 
 
 @pytest.fixture()
@@ -86,11 +138,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def streamlit_server(demo_db, tmp_path_factory):
-    """`streamlit run dashboard.py` on a free port against the demo database; yields the base URL."""
+def streamlit_server(server_db, tmp_path_factory):
+    """`streamlit run dashboard.py` on a free port against a copy of the demo database with accounts
+    (`server_db`); yields the base URL. Visitors must sign in (tests/test_browser.py `_sign_in`)."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, OUTCOMES_DB=str(demo_db), OUTCOMES_TODAY=DEMO_TODAY,
+    env = dict(os.environ, OUTCOMES_DB=str(server_db), OUTCOMES_TODAY=DEMO_TODAY,
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     env.pop("OUTCOMES_ROLE", None)
     with open(log, "w") as out:

@@ -21,7 +21,12 @@ PAGES = {
     "durability": "Durability and maintenance",
     "data": "Data",
     "method": "Method",
+    "users": "Users",
+    "audit": "Audit trail",
 }
+# who signs in to see each page (a page a role may not use is not even registered for it)
+PAGE_ROLE = {"due": "clinician", "patient": "clinician", "cohort": "director", "durability": "director",
+             "data": "admin", "method": "director", "users": "admin", "audit": "admin"}
 CHARTS_DRAWN = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
                 ".every(e => e.querySelector('.main-svg'))")
 CONTENT_HEIGHT = ("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
@@ -87,9 +92,33 @@ def _screenshot(pg, name: str) -> Path:
     return path
 
 
+def _user_for(role: str, patient: str = "P00003") -> str:
+    """The account to sign in with: a clinician is the one whose caseload holds `patient`."""
+    if role != "clinician":
+        return role
+    from analytics.access import DataAccess
+
+    patients = DataAccess().patients()
+    return patients.set_index("patient_id").loc[patient, "clinician"]
+
+
+def _sign_in(pg, user: str) -> None:
+    """Fill the sign-in form the server shows to every new browser session (the URL is kept)."""
+    from tests.conftest import BROWSER_PASSWORD
+
+    pg.get_by_role("heading", name="Sign in", level=1).wait_for(timeout=120_000)
+    pg.get_by_role("textbox", name="User name").fill(user)
+    password = pg.get_by_role("textbox", name="Password")
+    password.fill(BROWSER_PASSWORD)
+    password.press("Enter")  # submits the form once both values are in
+    pg.get_by_role("heading", name="Sign in", level=1).wait_for(state="detached", timeout=120_000)
+
+
 @pytest.mark.parametrize("path,title", list(PAGES.items()))
-def test_every_page_loads_without_an_error(page, streamlit_server, path, title):
+def test_every_page_loads_without_an_error(page, streamlit_server, server_db, monkeypatch, path, title):
+    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
     page.goto(f"{streamlit_server}/{path}")
+    _sign_in(page, _user_for(PAGE_ROLE[path.split("?")[0]]))
     _settle(page, title)
     assert page.locator('[data-testid="stException"]').count() == 0
     shot = _screenshot(page, path.split("?")[0])
@@ -97,8 +126,10 @@ def test_every_page_loads_without_an_error(page, streamlit_server, path, title):
     assert shot.stat().st_size > 10_000
 
 
-def test_search_a_patient_and_see_their_chart(page, streamlit_server):
+def test_search_a_patient_and_see_their_chart(page, streamlit_server, server_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
     page.goto(f"{streamlit_server}/patient")
+    _sign_in(page, _user_for("clinician", "P00006"))
     _settle(page, "Patient trajectory")
     box = page.get_by_role("textbox", name="Find a patient by id")
     box.fill("P0000")

@@ -1,0 +1,60 @@
+"""Audit trail (admin): view, filter, verify and export; viewing and exporting are themselves audited."""
+from datetime import date, timedelta
+
+import streamlit as st
+
+from analytics import audit
+from pages import _session as session
+
+PAGE = "audit"
+
+st.title("Audit trail")
+scope = session.current_scope()
+if scope.role not in ("admin", "system"):
+    st.error("Only administrators may view the audit trail.")
+    st.stop()
+db = session.db_file()
+
+since_col, until_col, actor_col, action_col = st.columns(4)
+since = since_col.date_input("From", value=date.today() - timedelta(days=7))
+until = until_col.date_input("To (inclusive)", value=date.today())
+actor = actor_col.text_input("User", max_chars=64).strip() or None
+action = action_col.selectbox("Action", ["(any)", *audit.ACTIONS])
+action = None if action == "(any)" else action
+
+try:
+    entries = audit.entries(db, since=since, until=until, actor=actor, action=action)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# one audit entry per distinct view, not per rerun
+view_key = (str(since), str(until), actor, action)
+if st.session_state.get("audit_viewed") != view_key:
+    scope_log = session.data_access(scope)
+    scope_log.log("view_audit", page=PAGE, detail={"since": str(since), "until": str(until), "actor": actor,
+                                                   "action": action, "entries": len(entries)})
+    st.session_state["audit_viewed"] = view_key
+
+st.caption(f"{len(entries)} entries. Entries cannot be changed or removed from the product; "
+           "each carries a hash of the one before, so an edit made outside it is detected below.")
+shown = entries.copy()
+shown["patients"] = shown["patients"].map(", ".join)
+shown["detail"] = shown["detail"].map(lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())))
+st.dataframe(shown.drop(columns=["hash"]), hide_index=True, width="stretch")
+
+
+def _log_download() -> None:
+    session.data_access(scope).log("export", page=PAGE, detail={"what": "audit trail CSV", "since": str(since),
+                                                                 "until": str(until), "entries": len(entries)})
+
+
+st.download_button("Download these entries (CSV)", audit.to_csv(entries), file_name=f"audit-{since}-{until}.csv",
+                   mime="text/csv", icon=":material/download:", on_click=_log_download)
+
+if st.button("Verify the whole trail", icon=":material/verified:"):
+    result = audit.verify(db)
+    if result.ok:
+        st.success(f"All {result.checked} entries verified: the chain is intact.")
+    else:
+        st.error(f"The audit trail was altered outside the product: {result.reason}.")

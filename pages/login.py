@@ -1,0 +1,35 @@
+"""Sign in: the only page registered for a visitor who is not signed in."""
+import streamlit as st
+
+from analytics import auth
+from pages import _session as session
+
+st.title("Sign in")
+notice = session.take_sign_in_notice()
+if notice:
+    st.info(notice, icon=":material/lock_clock:")
+
+if not session.has_data():
+    session.no_database_message()
+    st.stop()
+
+already = session.signed_in_scope()
+if already is not None:
+    st.success(f"You are signed in as {already.user} ({already.role}). Choose a page from the menu.")
+    st.stop()
+
+with st.form("sign_in"):
+    username = st.text_input("User name", max_chars=64, autocomplete="username")
+    password = st.text_input("Password", type="password", max_chars=auth.MAX_PASSWORD, autocomplete="current-password")
+    submitted = st.form_submit_button("Sign in", type="primary")
+
+if submitted:
+    try:
+        signed_in = auth.authenticate(session.db_file(), username, password, page="login")
+    except auth.SignInFailed as exc:
+        st.error(str(exc), icon=":material/block:")
+    else:
+        session.start_session(signed_in)  # reruns into the role's own pages
+
+st.caption("Accounts are managed by your administrator (`python -m analytics users ...`). "
+           f"You are signed out after {auth.idle_timeout().total_seconds() / 60:g} minutes without activity.")
