@@ -41,3 +41,14 @@ def test_infusions_per_patient_month():
     assert m.loc[pd.Timestamp("2026-01-01"), "per_patient"] == pytest.approx(1.5)
     assert m.loc[pd.Timestamp("2026-01-01"), "maintenance_per_patient"] == pytest.approx(2.0)
     assert m.loc[pd.Timestamp("2026-02-01"), "per_patient"] == pytest.approx(1.0)
+
+
+def test_policy_comparison_runs_on_demand(open_page):
+    at = open_page("durability")
+    assert not any("symptom-triggered" in str(df.value.to_dict()) for df in at.dataframe)
+    at.toggle(key="run_policy").set_value(True).run()
+    assert not at.exception
+    table = at.dataframe[-1].value
+    assert {"policy", "infusions_per_patient_year", "share_days_out_of_response"} <= set(table.columns)
+    assert table["policy"].str.startswith("personalised").any()
+    assert (table["policy"] == "symptom-triggered").any()
