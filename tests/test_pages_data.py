@@ -60,3 +60,17 @@ def test_pages_without_a_database_say_what_to_do(open_page, monkeypatch, tmp_pat
         at = open_page(name, patient="P00001")
         assert not at.exception, name
         assert any("No database yet" in i.value for i in at.info), name
+
+
+def test_pages_on_an_empty_database_say_what_to_do(open_page, monkeypatch, tmp_path):
+    from analytics import store
+
+    empty = store.initialise(tmp_path / "empty.duckdb")
+    monkeypatch.setenv("OUTCOMES_DB", str(empty))
+    expected = {"patient": "No patient in your caseload", "due": "No patients in your caseload yet",
+                "cohort": "No infusions yet", "durability": "No infusions yet", "data": "No imports yet"}
+    for name, message in expected.items():
+        at = open_page(name, patient="P00001")
+        assert not at.exception, name
+        shown = [a.value for a in [*at.info, *at.warning]]
+        assert any(message in s for s in shown), (name, shown)
