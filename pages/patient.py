@@ -17,7 +17,8 @@ wanted = st.query_params.get("patient", "")
 if "patient_search" not in st.session_state:
     st.session_state["patient_search"] = wanted  # only the first load fills the box from the link
 search = st.text_input("Find a patient by id", placeholder="type part of a patient id, e.g. P0001",
-                       help="Searches only your caseload; shows at most 20 matches.", key="patient_search").strip()
+                       help="Searches only your caseload as you type; shows at most 20 matches.",
+                       key="patient_search", live="300ms").strip()
 if not search:
     st.info("Type part of a patient id above to find a patient, or open a link with ?patient=ID.", icon=":material/search:")
     st.stop()
