@@ -223,6 +223,16 @@ class DataAccess:
                 self.log("search_patients", outcome="denied", page=page, patients=[text])
         return found
 
+    def data_version(self) -> tuple:
+        """Changes whenever patient rows can have changed: every such write is an import batch.
+        Audit entries and sign-ins leave it alone, so they do not empty the dashboard's caches."""
+        frame = self._query(
+            "SELECT coalesce(max(batch_id), 0) AS last, count(*) AS n, CAST(max(imported_at) AS VARCHAR) AS at"
+            " FROM import_batches"
+        )
+        row = frame.iloc[0]
+        return (int(row["last"]), int(row["n"]), str(row["at"]))
+
     def log(self, action: str, *, outcome: str = "ok", page: str | None = None,
             patients: Iterable[str] = (), detail: dict | None = None) -> int:
         """Append an audit entry as this scope's user (exports, downloads, imports from pages)."""

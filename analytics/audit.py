@@ -182,9 +182,13 @@ class Verification:
     checked: int
     first_bad_seq: int | None = None
     reason: str = ""
+    # The newest entry's hash. A chain cannot show that its newest entries were cut off:
+    # keep this value somewhere else now and then, and compare (docs/security.md).
+    head_hash: str = GENESIS
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "checked": self.checked, "first_bad_seq": self.first_bad_seq, "reason": self.reason}
+        return {"ok": self.ok, "checked": self.checked, "first_bad_seq": self.first_bad_seq, "reason": self.reason,
+                "head_hash": self.head_hash}
 
 
 def verify(db: str | os.PathLike | None = None) -> Verification:
@@ -206,7 +210,7 @@ def verify(db: str | os.PathLike | None = None) -> Verification:
         if _row_hash(prev, seq, logged_at, actor, role, action, outcome, page, patients, detail) != digest:
             return Verification(False, seq - 1, seq, f"entry {seq} was changed after it was written")
         prev, expected_seq = digest, seq + 1
-    return Verification(True, len(rows))
+    return Verification(True, len(rows), head_hash=prev)
 
 
 # -- export -----------------------------------------------------------------------
@@ -261,7 +265,8 @@ def cli_audit(args) -> int:
             if args.json:
                 print_json(result.as_dict())
             else:
-                print(f"audit: {result.checked} entries verified" if result.ok else f"audit: TAMPERED: {result.reason}")
+                print(f"audit: {result.checked} entries verified; newest hash {result.head_hash}" if result.ok
+                      else f"audit: TAMPERED: {result.reason}")
             return EXIT_OK if result.ok else EXIT_FAILED
         frame = entries(db, since=args.since, until=getattr(args, "until", None),
                         actor=getattr(args, "actor", None), action=getattr(args, "action", None))

@@ -102,11 +102,14 @@ def db_file() -> Path:
     return access.db_path()
 
 
-def db_version(path: Path | None = None) -> tuple[int, int]:
-    """Modification times (ns) of the database and its write-ahead log: part of every cache key."""
+def db_version(path: Path | None = None) -> tuple:
+    """The data's version (analytics.access.DataAccess.data_version): part of every cache key.
+    Not the file's modification time: audit entries written on every record view would
+    otherwise empty every cache at each click."""
     path = path or db_file()
-    wal = Path(str(path) + ".wal")
-    return (path.stat().st_mtime_ns if path.exists() else 0, wal.stat().st_mtime_ns if wal.exists() else 0)
+    if not path.exists():
+        return (0, 0, "")
+    return DataAccess(path).data_version()
 
 
 def today() -> date:

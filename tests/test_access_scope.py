@@ -158,3 +158,19 @@ def test_streamlit_cache_keyed_on_data_access_keeps_users_apart(clinic):
     okafor = cached_patient_ids(data_for(db, "dr_okafor"))
     haddad = cached_patient_ids(data_for(db, "dr_haddad"))
     assert okafor and haddad and not set(okafor) & set(haddad)
+
+
+def test_data_version_moves_with_imports_not_with_audit_entries(clinic):
+    db, first, _ = clinic
+    data = DataAccess(db)
+    before = data.data_version()
+    data_for(db, "dr_okafor").patient_record(first["dr_okafor"])  # writes audit entries
+    assert data.data_version() == before
+    from analytics.ingest import import_tables
+    import pandas as pd
+
+    report = import_tables({"patients": pd.DataFrame({"patient_id": ["NEW1"], "site": ["northgate"],
+                                                      "clinician": ["dr_okafor"], "enrolled_on": ["2026-01-05"]})},
+                           file_name="new.csv", source="csv", db=db)
+    assert report.written
+    assert data.data_version() != before
