@@ -12,7 +12,8 @@ tables = views.method_tables(outcomes.DEFAULT_RULES)
 rules = outcomes.DEFAULT_RULES
 
 st.header("Rating scales")
-st.dataframe(tables["scales"], hide_index=True, width="stretch")
+# one column per instrument: the long texts (bands, missing-item rules) wrap instead of scrolling sideways
+st.table(tables["scales"].set_index("instrument").T)
 st.markdown(
     "Sources: PHQ-9 bands Kroenke, Spitzer & Williams 2001; GAD-7 bands Spitzer et al. 2006; MADRS bands after "
     "Snaith et al. 1986; missing PHQ-9 items prorated per the NHS Data Dictionary. **PHQ-9 item 9** (thoughts of "

@@ -5,14 +5,14 @@ from analytics import outcomes, scales
 def test_method_page_documents_every_scale_and_rule_from_the_code(open_page, text_of):
     at = open_page("method")
     assert not at.exception
-    scale_table = at.dataframe[0].value
-    assert list(scale_table["instrument"]) == list(scales.codes())
+    scale_table = at.table[0].value
+    assert list(scale_table.columns) == list(scales.codes())
     for s in scales.SCALES.values():
-        row = scale_table[scale_table["instrument"] == s.code].iloc[0]
+        row = scale_table[s.code]
         assert row["total range"] == f"0-{s.total_max}"
         assert all(b.label in row["severity bands"] for b in s.bands)
     rules = outcomes.DEFAULT_RULES
-    rule_table = at.dataframe[1].value.set_index("rule")
+    rule_table = at.dataframe[0].value.set_index("rule")
     assert rule_table.loc["response_fall", "value"] == str(rules.response_fall)
     text = text_of(at)
     assert f"at least {100 * rules.response_fall:.0f}% below baseline" in text
