@@ -77,3 +77,19 @@ def test_clinician_due_list_holds_only_their_caseload(open_page, monkeypatch, de
     assert not at.exception
     shown = {link.split("=")[-1] for link in at.dataframe[0].value["open"]}
     assert shown and shown <= mine
+
+
+def test_cached_caseload_of_one_clinician_never_serves_another(open_page, monkeypatch, demo_db):
+    """The second clinician's run hits warm caches: they must be keyed by scope."""
+    from analytics.access import DataAccess
+
+    patients = DataAccess(demo_db).patients()
+    first, second = patients["clinician"].value_counts().index[:2]
+    monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
+    shown = {}
+    for clinician in (first, second):
+        monkeypatch.setenv("OUTCOMES_CLINICIAN", clinician)
+        at = open_page("due")
+        shown[clinician] = {link.split("=")[-1] for link in at.dataframe[0].value["open"]}
+    for clinician, ids in shown.items():
+        assert ids and ids <= set(patients.loc[patients["clinician"] == clinician, "patient_id"])
