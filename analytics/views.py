@@ -292,8 +292,9 @@ def trajectory_band(cohort: Cohort, instrument: str, max_week: int = 26, min_n: 
     a = cohort.assessments[(cohort.assessments["instrument"] == code) & cohort.assessments["total"].notna()]
     a = a.join(first, on="patient_id", how="inner")
     days = (a["administered_at"].dt.normalize() - a["first"]).dt.days
-    # week 0 holds the baseline (scores up to 30 days before the first infusion)
-    week = np.where(days < 0, np.where(days >= -30, 0, -1), days // 7)
+    # week 0 is the baseline (scores from 30 days before up to the first infusion's day, pre-dose);
+    # week k holds days 7k-6 .. 7k after it
+    week = np.where(days <= 0, np.where(days >= -30, 0, -1), -(-days // 7))
     a = a.assign(week=week)
     a = a[(a["week"] >= 0) & (a["week"] <= max_week)]
     per_patient = a.groupby(["week", "patient_id"])["total"].mean().reset_index()

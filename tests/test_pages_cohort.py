@@ -135,3 +135,14 @@ def test_director_sees_small_counts_suppressed(open_page, monkeypatch, demo_db):
     assert response.value == "-"
     assert any("not shown" in c.value for c in at.caption)
     assert not any(m.value.isdigit() and int(m.value) < 11 for m in at.metric)
+
+
+def test_trajectory_week_zero_is_the_baseline():
+    t = pd.DataFrame({"patient_id": ["p"], "administered_at": pd.to_datetime(["2026-03-10"])})
+    a = pd.DataFrame({"patient_id": "p", "instrument": "PHQ-9", "total": [20.0, 18.0, 10.0, 8.0],
+                      "administered_at": pd.to_datetime(["2026-03-07", "2026-03-10", "2026-03-15", "2026-03-17"])})
+    cohort = views.Cohort(patients=pd.DataFrame({"patient_id": ["p"]}), treatments=t, assessments=a)
+    band = views.trajectory_band(cohort, "PHQ-9", min_n=1).set_index("week")
+    assert band.loc[0, "median"] == 19.0  # the two pre-treatment scores, averaged: one value per patient
+    assert band.loc[1, "median"] == 9.0   # days 5 and 7 after the first infusion
+    assert list(band["n"]) == [1, 1]
