@@ -88,7 +88,7 @@ def take_sign_in_notice() -> str | None:
 
 def _page_name() -> str | None:
     try:
-        return st.context.url.rstrip("/").rsplit("/", 1)[-1] or None
+        return st.context.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or None
     except Exception:  # AppTest and older runtimes have no URL
         return None
 
