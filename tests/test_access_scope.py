@@ -174,3 +174,27 @@ def test_data_version_moves_with_imports_not_with_audit_entries(clinic):
                            file_name="new.csv", source="csv", db=db)
     assert report.written
     assert data.data_version() != before
+
+
+def test_csv_exports_hold_only_the_caseload_and_no_live_formulas(clinic, tmp_path):
+    import pandas as pd
+
+    from analytics import views
+    from analytics.export import export_csv
+
+    db, first, _ = clinic
+    mine_id = first["dr_okafor"]
+    with store.transaction(db) as con:  # hostile text that arrived through an import
+        con.execute("INSERT INTO patient_attributes VALUES (?, 'note', '=HYPERLINK(\"http://evil\",\"x\")')", [mine_id])
+        con.execute("UPDATE assessments SET rater = '@SUM(1+1)*cmd' WHERE patient_id = ?", [mine_id])
+    mine = data_for(db, "dr_okafor")
+    written = export_csv(tmp_path / "out", db=db, scope=mine.scope, page="data")
+    patients = pd.read_csv(written["patients"], dtype=str, keep_default_na=False)
+    assert set(patients["patient_id"]) == set(mine.patients()["patient_id"])
+    assert patients.set_index("patient_id").loc[mine_id, "note"].startswith("'=")
+    assessments = pd.read_csv(written["assessments"], dtype=str, keep_default_na=False)
+    assert set(assessments["patient_id"]) <= set(mine.patients()["patient_id"])
+    assert "rejected" not in written  # quarantined raw lines cannot be scoped: admins only
+    text = views.patient_csv(mine.patient_record(mine_id)).decode()
+    assert "'@SUM(1+1)*cmd" in text and ",@SUM" not in text
+    assert audit.entries(db, action="export").iloc[-1]["actor"] == "dr_okafor"
