@@ -456,3 +456,69 @@ def cli_users(args) -> int:
         print(f"users {args.action}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+# -- OpenID Connect ----------------------------------------------------------------------
+# Clinics with an identity provider sign in through Streamlit's st.login (docs/security.md);
+# the provider's claims arrive here. The account is matched by user name, created on first
+# sign-in without a local password, and its role follows the provider's claim every time.
+
+def oidc_settings() -> tuple[str, str]:
+    """($OUTCOMES_OIDC_ROLE_CLAIM, default "role"; $OUTCOMES_OIDC_CLINICIAN_CLAIM, default "clinician")."""
+    return (os.environ.get("OUTCOMES_OIDC_ROLE_CLAIM", "role"),
+            os.environ.get("OUTCOMES_OIDC_CLINICIAN_CLAIM", "clinician"))
+
+
+def _role_from_claim(value) -> str | None:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    roles = {str(v).strip().lower() for v in values if str(v).strip().lower() in ROLES}
+    return roles.pop() if len(roles) == 1 else None  # none, or conflicting roles: refuse
+
+
+def session_from_identity(db, claims: dict, *, page: str | None = "login", now: datetime | None = None) -> Session:
+    """A Session for an identity the OIDC provider vouched for; SignInFailed when its claims give no
+    usable user name or exactly one role, or the account is disabled here."""
+    now = now or _now()
+    role_claim, clinician_claim = oidc_settings()
+    raw_name = claims.get("preferred_username") or claims.get("email") or ""
+    issuer = str(claims.get("iss", ""))[:200]
+    try:
+        name = check_username(str(raw_name))
+    except UserError:
+        name = None
+    role = _role_from_claim(claims.get(role_claim))
+    handle = str(claims.get(clinician_claim) or name or "").strip()[:64] if role == "clinician" else None
+    refusal: SignInFailed | None = None
+    with store.transaction(db) as con:
+        user = _user_row(con, name) if name else None
+        if name is None or role is None:
+            audit.append(db, name or "unknown", "sign_in_failed", outcome="denied", page=page,
+                         detail={"via": "oidc", "issuer": issuer,
+                                 "reason": "no usable user name" if name is None else f"no single role in claim {role_claim!r}",
+                                 **({} if name else {"attempted": _fingerprint(str(raw_name))})}, con=con)
+            refusal = SignInFailed("Your identity provider did not say which role you have here "
+                                   f"(claim {role_claim!r}: clinician, director or admin). Ask an administrator.")
+        elif user is not None and user["disabled"]:
+            audit.append(db, name, "sign_in_failed", role=user["role"], outcome="denied", page=page,
+                         detail={"via": "oidc", "reason": "disabled"}, con=con)
+            refusal = SignInFailed("This account is disabled. Ask an administrator.")
+        else:
+            if user is None:
+                con.execute("INSERT INTO users (username, role, clinician, created_at, created_by) VALUES (?, ?, ?, ?, 'oidc')",
+                            [name, role, handle, now])
+                audit.append(db, "oidc", "user_add", page=page, detail={"user": name, "role": role, "clinician": handle,
+                                                                        "issuer": issuer}, con=con)
+                epoch = 0
+            elif (user["role"], user["clinician"]) != (role, handle):
+                con.execute("UPDATE users SET role = ?, clinician = ?, session_epoch = session_epoch + 1 WHERE username = ?",
+                            [role, handle, name])
+                audit.append(db, "oidc", "user_set_role", page=page,
+                             detail={"user": name, "role": role, "clinician": handle, "issuer": issuer}, con=con)
+                epoch = user["session_epoch"] + 1
+            else:
+                epoch = user["session_epoch"]
+            con.execute("UPDATE users SET last_sign_in = ? WHERE username = ?", [now, name])
+            audit.append(db, name, "sign_in", role=role, page=page, detail={"via": "oidc", "issuer": issuer}, con=con)
+    if refusal is not None:
+        raise refusal
+    return Session(name, role, handle, epoch, now, now)

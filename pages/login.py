@@ -18,6 +18,11 @@ if already is not None:
     st.success(f"You are signed in as {already.user} ({already.role}). Choose a page from the menu.")
     st.stop()
 
+if session.identity_provider_configured():
+    if st.button("Sign in with your organisation's account", type="primary", icon=":material/badge:"):
+        st.login()
+    st.caption("Or with a local account:")
+
 with st.form("sign_in"):
     username = st.text_input("User name", max_chars=64, autocomplete="username")
     password = st.text_input("Password", type="password", max_chars=auth.MAX_PASSWORD, autocomplete="current-password")

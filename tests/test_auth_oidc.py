@@ -1,0 +1,216 @@
+"""OpenID Connect sign-in: claims mapped to a role (unit), and the whole st.login round trip
+against a small OIDC provider these tests start on localhost (no internet), in Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from analytics import audit, auth
+
+import authlib  # noqa: E402,F401  st.login needs Authlib (requirements.txt): fail, never skip, without it
+
+
+# -- mapping claims to a session ---------------------------------------------------------
+
+def test_first_sign_in_creates_the_account_with_the_claimed_role(writable_db):
+    session = auth.session_from_identity(writable_db, {"iss": "https://idp", "sub": "1", "email": "dir@clinic.org",
+                                                       "role": "director"})
+    assert (session.username, session.role, session.clinician) == ("dir@clinic.org", "director", None)
+    row = auth.list_users(writable_db).set_index("username").loc["dir@clinic.org"]
+    assert row["role"] == "director" and not row["local_password"]
+    assert audit.entries(writable_db).iloc[-1][["actor", "action"]].tolist() == ["dir@clinic.org", "sign_in"]
+    assert auth.validate_session(writable_db, session).username == "dir@clinic.org"
+
+
+def test_clinician_claim_names_the_caseload_and_a_role_change_ends_old_sessions(writable_db):
+    first = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": "clinician",
+                                                     "clinician": "dr_okafor"})
+    assert first.clinician == "dr_okafor"
+    second = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": ["director"]})
+    assert second.role == "director"
+    with pytest.raises(auth.SessionEnded):
+        auth.validate_session(writable_db, first)
+    assert audit.entries(writable_db, action="user_set_role").iloc[-1]["actor"] == "oidc"
+
+
+@pytest.mark.parametrize("claims", [
+    {"preferred_username": "x1", "role": "superuser"},
+    {"preferred_username": "x1"},
+    {"preferred_username": "x1", "role": ["admin", "clinician"]},
+    {"role": "admin"},
+    {"preferred_username": "'; DROP TABLE users; --", "role": "admin"},
+])
+def test_claims_without_one_known_role_or_a_usable_name_are_refused_and_audited(writable_db, claims):
+    with pytest.raises(auth.SignInFailed):
+        auth.session_from_identity(writable_db, claims)
+    last = audit.entries(writable_db).iloc[-1]
+    assert (last["action"], last["outcome"], last["detail"]["via"]) == ("sign_in_failed", "denied", "oidc")
+    assert auth.list_users(writable_db).empty
+
+
+def test_a_disabled_account_stays_out_whatever_the_provider_says(writable_db):
+    auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+    auth.disable_user(writable_db, "amy", actor="admin")
+    with pytest.raises(auth.SignInFailed, match="disabled"):
+        auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+
+
+# -- a small OIDC provider -----------------------------------------------------------------
+
+class Provider:
+    """Authorization-code flow with one auto-approving user; RS256 id tokens (Authlib's jose)."""
+
+    def __init__(self, claims: dict, client_id: str, client_secret: str):
+        from authlib.jose import JsonWebKey
+
+        self.claims, self.client_id, self.client_secret = claims, client_id, client_secret
+        self.key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
+        self.kid = "test-key"
+        self.codes: dict[str, dict] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def metadata(self) -> dict:
+        return {"issuer": self.url, "authorization_endpoint": f"{self.url}/authorize",
+                "token_endpoint": f"{self.url}/token", "jwks_uri": f"{self.url}/jwks",
+                "response_types_supported": ["code"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "scopes_supported": ["openid", "profile", "email"]}
+
+    def id_token(self, nonce: str | None) -> str:
+        from authlib.jose import jwt
+
+        now = int(time.time())
+        body = {"iss": self.url, "aud": self.client_id, "sub": "user-1", "iat": now, "exp": now + 300, **self.claims}
+        if nonce:
+            body["nonce"] = nonce
+        return jwt.encode({"alg": "RS256", "kid": self.kid}, body, self.key).decode()
+
+    def _handler(self):
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _json(self, obj, status=200):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                if url.path == "/.well-known/openid-configuration":
+                    return self._json(provider.metadata())
+                if url.path == "/jwks":
+                    public = provider.key.as_dict(is_private=False)
+                    return self._json({"keys": [{**public, "kid": provider.kid, "use": "sig", "alg": "RS256"}]})
+                if url.path == "/authorize":
+                    if query.get("client_id") != provider.client_id:
+                        return self._json({"error": "unauthorized_client"}, 400)
+                    code = secrets.token_urlsafe(16)
+                    provider.codes[code] = {"nonce": query.get("nonce"), "redirect_uri": query["redirect_uri"]}
+                    target = query["redirect_uri"] + "?" + urllib.parse.urlencode({"code": code, "state": query.get("state", "")})
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.end_headers()
+                    return None
+                return self._json({"error": "not_found"}, 404)
+
+            def do_POST(self):
+                if urllib.parse.urlparse(self.path).path != "/token":
+                    return self._json({"error": "not_found"}, 404)
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()))
+                grant = provider.codes.pop(form.get("code", ""), None)
+                if grant is None:
+                    return self._json({"error": "invalid_grant"}, 400)
+                return self._json({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 300,
+                                   "id_token": provider.id_token(grant["nonce"])})
+
+        return Handler
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
+    """The browser clicks the provider button, is sent to the provider and back, and lands on
+    the director's pages; the account was created from the claims and the sign-in audited."""
+    from tests.conftest import ROOT, free_port
+    from tests.test_browser import ARGS, CHROMIUM, _browser_or_reason
+
+    reason = _browser_or_reason()
+    if reason:
+        pytest.fail(f"the OIDC round trip needs a browser: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    client_id, client_secret = "outcomes-dashboard", secrets.token_urlsafe(16)
+    with Provider({"preferred_username": "dr_director", "role": "director", "email": "d@clinic.test"},
+                  client_id, client_secret) as provider:
+        secrets_file = tmp_path / "secrets.toml"
+        secrets_file.write_text(
+            "[auth]\n"
+            f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+            f'cookie_secret = "{secrets.token_urlsafe(24)}"\n'
+            f'client_id = "{client_id}"\n'
+            f'client_secret = "{client_secret}"\n'
+            f'server_metadata_url = "{provider.url}/.well-known/openid-configuration"\n'
+        )
+        log = tmp_path / "streamlit.log"
+        env = dict(os.environ, OUTCOMES_DB=str(writable_db), OUTCOMES_TODAY="2026-11-21",
+                   STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+        env.pop("OUTCOMES_ROLE", None)
+        with open(log, "w") as out:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+                 "--server.headless", "true", "--server.address", "127.0.0.1", "--secrets.files", str(secrets_file)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
+                    time.sleep(0.3)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.get_by_role("button", name="Sign in with your organisation's account").click(timeout=120_000)
+                page.get_by_role("heading", name="Cohort outcomes", level=1).wait_for(timeout=120_000)
+                assert "Signed in as" in page.inner_text("body")
+                browser.close()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    users = auth.list_users(writable_db).set_index("username")
+    assert users.loc["dr_director", "role"] == "director" and not users.loc["dr_director", "local_password"]
+    signed = audit.entries(writable_db, action="sign_in").iloc[-1]
+    assert signed["actor"] == "dr_director" and signed["detail"] == {"via": "oidc", "issuer": provider.url}
