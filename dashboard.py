@@ -10,6 +10,13 @@ from pages import _session as session
 
 st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
 
+# A patient's self-report link (/?token=...) needs no account: run that page alone, before any
+# sign-in, so nothing else of the dashboard is reachable from it (docs/self-report.md).
+if st.query_params.get("token"):
+    st.navigation([st.Page("pages/self_report.py", title="Questionnaire", url_path="self-report", default=True)],
+                  position="hidden").run()
+    st.stop()
+
 # name: (file, title, icon)
 PAGES = {
     "patient": ("pages/patient.py", "Patient trajectory", ":material/person:"),

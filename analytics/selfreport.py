@@ -332,7 +332,8 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
         mine = mine[mine["rater"].astype("str").str.lower() == "self"]
     last = mine.groupby("patient_id")["administered_at"].max()
     out = pd.DataFrame({"patient_id": patients["patient_id"].astype("str")})
-    out["last_self_report"] = out["patient_id"].map(last)
+    # dict lookups: Series.map with an empty datetime Series fails in pandas 3
+    out["last_self_report"] = pd.to_datetime(out["patient_id"].map(last.to_dict()), errors="coerce")
     days_since = (today_ts - out["last_self_report"].dt.normalize()).dt.days
     reasons = [[] for _ in range(len(out))]
     if cadence.every_days:
@@ -341,7 +342,7 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
             if weekly[i]:
                 reasons[i].append(f"none in {cadence.every_days} days" if pd.notna(days_since.iloc[i]) else "none yet")
     if cadence.before_infusion_days and next_infusion is not None and len(next_infusion):
-        due_on = out["patient_id"].map(next_infusion.set_index("patient_id")["next_due_on"])
+        due_on = out["patient_id"].map(next_infusion.set_index("patient_id")["next_due_on"].to_dict())
         ahead = (pd.to_datetime(due_on).dt.normalize() - today_ts).dt.days
         soon = ((ahead >= 0) & (ahead <= cadence.before_infusion_days)
                 & (out["last_self_report"].isna() | (days_since >= 1))).to_numpy()

@@ -559,6 +559,7 @@ def patient_csv(record: dict[str, pd.DataFrame]) -> bytes:
 # --- the due list ------------------------------------------------------------------
 
 URGENCY = (
+    ("safety flag", "a self-report answered PHQ-9 item 9 above 0; stays until a clinician acknowledges it"),
     ("item 9 positive", "PHQ-9 item 9 above 0 at the latest score"),
     ("overdue", "suggested infusion date has passed"),
     ("lost response", "no longer in response at the latest score"),
@@ -566,15 +567,19 @@ URGENCY = (
     ("due this week", "suggested infusion within 7 days"),
     ("no recent score", "no assessment for a while"),
     ("taper candidate", "response has held: consider a longer interval"),
+    ("self-report due", "no self-report for a while, or an infusion is near (analytics.selfreport.Cadence)"),
 )
+SELF_REPORT_COLUMNS = ["safety_flag", "self_report_due", "self_report_reason"]
 
 
 def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame, today: date,
              no_score_days: int = 28, suggestions: pd.DataFrame | None = None,
-             rules: OutcomeRules = DEFAULT_RULES, active_days: int = ACTIVE_DAYS) -> pd.DataFrame:
+             rules: OutcomeRules = DEFAULT_RULES, active_days: int = ACTIVE_DAYS,
+             self_report: pd.DataFrame | None = None) -> pd.DataFrame:
     """The caseload ordered by urgency (see URGENCY), one row per active patient with a reason.
 
     `suggestions`: intervals.py output (patient_id, next_due_on, taper, ...) or None.
+    `self_report`: analytics.selfreport.due_columns output (open safety flags, self-report due) or None.
     Patients with no infusion or assessment in `active_days` are left out.
     """
     today_ts = pd.Timestamp(today)
@@ -586,7 +591,8 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     latest_activity = base[["last_infusion", "last_assessment"]].max(axis=1)
     base = base[latest_activity >= today_ts - active_days * DAY]
     if base.empty:
-        return pd.DataFrame(columns=["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "latest_phq9"])
+        return pd.DataFrame(columns=["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "latest_phq9",
+                                     *SELF_REPORT_COLUMNS])
     status = outcomes.patient_status(treatments[treatments["patient_id"].isin(base.index)],
                                      assessments[assessments["patient_id"].isin(base.index)], "PHQ-9", rules)
     status = status.set_index("patient_id").reindex(base.index)
@@ -605,6 +611,16 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
         base["next_due_on"] = pd.NaT
         flags["overdue"] = flags["due this week"] = flags["taper candidate"] = False
     flags["no recent score"] = (base["last_assessment"].isna() | (base["last_assessment"] < today_ts - no_score_days * DAY))
+    if self_report is not None and len(self_report):
+        extra = self_report.set_index("patient_id").reindex(base.index)
+        base["safety_flag"] = extra["safety_flag"].fillna(False).astype(bool)
+        base["self_report_due"] = extra["self_report_due"].fillna(False).astype(bool)
+        base["self_report_reason"] = extra["self_report_reason"].fillna("")
+    else:
+        base["safety_flag"] = base["self_report_due"] = False
+        base["self_report_reason"] = ""
+    flags["safety flag"] = base["safety_flag"]
+    flags["self-report due"] = base["self_report_due"]
     order = [name for name, _ in URGENCY]
     flags = flags[order]
     base["urgency"] = np.where(flags.any(axis=1), flags.to_numpy().argmax(axis=1), len(order))
@@ -612,7 +628,8 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     base["days_since_score"] = (today_ts - base["last_assessment"]).dt.days
     out = base[base["reasons"] != ""].reset_index()
     out = out.sort_values(["urgency", "next_due_on", "patient_id"], na_position="last").reset_index(drop=True)
-    return out[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9"]]
+    return out[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
+                *SELF_REPORT_COLUMNS]]
 
 
 # --- data quality --------------------------------------------------------------------

@@ -146,6 +146,8 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
 
 def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:
     """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
+    if patient_id is None and FLASH in st.session_state:  # the due list has no visit section to show it
+        st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
     flags = DataAccess(db_path(), scope).safety_flags(open_only=True)
     if patient_id is not None:
         flags = flags[flags["patient_id"] == patient_id]

@@ -4,6 +4,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from analytics import views
@@ -17,7 +18,8 @@ st.subheader("Import CSV files")
 st.caption("Patients, treatments and assessments CSVs (the kind is recognised from the header). The same checks as "
            "`python -m analytics import`: good rows are stored, bad rows are kept aside with their reason, and a "
            "failed import changes nothing.")
-uploads = st.file_uploader("CSV files", type=["csv"], accept_multiple_files=True, key="uploads")
+uploads = st.file_uploader("CSV or FHIR files", type=["csv", "json", "ndjson"], accept_multiple_files=True, key="uploads",
+                           help="FHIR R4 Bundles (.json) or bulk-export NDJSON are recognised by content (docs/fhir.md).")
 
 
 def _write_uploads(files, directory: Path) -> list[Path]:
@@ -34,7 +36,14 @@ if uploads:
     with tempfile.TemporaryDirectory(prefix="outcomes-upload-") as tmp:
         paths = _write_uploads(uploads, Path(tmp))
         with st.spinner("Checking the files..."):
-            preview = views.preview_upload(paths)
+            from analytics import fhir  # FHIR JSON/NDJSON is previewed by its own reader, as import_files routes it
+
+            fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
+            fhir_rows = pd.DataFrame(fhir.preview(fhir_paths, db=session.db_file() if session.has_data() else None))
+            if len(fhir_rows):  # shown by base name, like the CSV rows (the temporary folder means nothing)
+                fhir_rows["file"] = fhir_rows["file"].map(lambda f: Path(str(f)).name)
+            preview = pd.concat([views.preview_upload([p for p in paths if p not in fhir_paths]), fhir_rows],
+                                ignore_index=True)
         st.markdown("**Before importing**: what the checks find (rows about unknown patients are found at import).")
         st.dataframe(preview.drop(columns=["rejects"]), hide_index=True, width="stretch")
         for row in preview.itertuples():

@@ -5,6 +5,7 @@ import streamlit as st
 from analytics import charts, scales, views
 from analytics.access import AccessDenied
 from pages import _session as session
+from pages import _visit_forms
 
 st.title("Patient trajectory")
 scope = session.current_scope()
@@ -46,7 +47,8 @@ st.caption(f"{info['patient_id']} · site {info['site'] or '-'} · clinician {in
            + (f" · comorbidities: {info['comorbidities'].replace(';', ', ')}" if info["comorbidities"] else ""))
 
 if assessments.empty and treatments.empty:
-    st.info("No assessments or infusions yet for this patient: import or record one on the Data page.")
+    st.info("No assessments or infusions yet for this patient: record one below, or import them on the Data page.")
+    _visit_forms.visit_entry(scope, patient_id, today, treatments, assessments)
     st.stop()
 
 with st.spinner("Working out response cycles and the next infusion..."):
@@ -120,3 +122,6 @@ st.download_button("Download this patient's data (CSV)", views.patient_csv(recor
                    mime="text/csv", icon=":material/download:",
                    on_click=lambda: session.data_access(scope).log(  # every download is audited
                        "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))
+
+# Infusion, MADRS, self-report link, versions of a record (clinicians; analytics.visits / selfreport).
+_visit_forms.visit_entry(scope, patient_id, today, treatments, assessments)

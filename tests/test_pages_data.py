@@ -74,3 +74,18 @@ def test_pages_on_an_empty_database_say_what_to_do(open_page, monkeypatch, tmp_p
         assert not at.exception, name
         shown = [a.value for a in [*at.info, *at.warning]]
         assert any(message in s for s in shown), (name, shown)
+
+
+def test_a_fhir_bundle_upload_is_previewed_and_imported(open_page, writable_db, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    bundle = (Path(__file__).parent / "fixtures" / "fhir" / "transaction.json").read_bytes()
+    at = open_page("data")
+    at.file_uploader[0].upload("bundle.json", bundle, "application/fhir+json").run()
+    assert not at.exception and not at.error
+    preview = at.dataframe[0].value
+    assert set(preview["file"]) == {"bundle.json"} and "patients" in set(preview["kind"])
+    at.button(key="do_import").click().run()
+    assert not at.exception
+    assert "T-100" in set(DataAccess(writable_db).patients()["patient_id"])

@@ -206,3 +206,47 @@ def test_due_columns_flag_a_patient_until_acknowledged_and_cadence_is_configurab
     monkeypatch.setenv("OUTCOMES_SELF_REPORT_EVERY_DAYS", "fortnightly")
     with pytest.raises(ValueError, match="OUTCOMES_SELF_REPORT_EVERY_DAYS"):
         selfreport.Cadence.from_env()
+
+
+def test_due_list_puts_a_flagged_patient_first_and_shows_whose_self_report_is_due():
+    from analytics import views
+
+    patients = pd.DataFrame({"patient_id": ["calm", "flagged"]})
+    treatments = pd.DataFrame({"patient_id": ["calm", "flagged"], "administered_at": pd.to_datetime(["2026-11-15"] * 2),
+                               "route": "iv", "dose_mg_per_kg": 0.5, "phase": "induction", "has_time": False})
+    assessments = pd.DataFrame({"patient_id": ["calm", "flagged"], "instrument": "PHQ-9", "rater": "self",
+                                "administered_at": pd.to_datetime(["2026-11-01", "2026-11-20"]), "has_time": False,
+                                "total": [6.0, 6.0], "item_9": [0.0, 0.0], "total_method": "items"})
+    flags = pd.DataFrame({"flag_id": [1], "patient_id": ["flagged"], "raised_at": pd.to_datetime(["2026-11-20"]),
+                          "acknowledged_at": [pd.NaT]})
+    today = date(2026, 11, 21)
+    extra = selfreport.due_columns(patients, assessments, flags, today, cadence=selfreport.Cadence(7, 1))
+    due = views.due_list(patients, treatments, assessments, today, no_score_days=60, self_report=extra)
+    assert due["patient_id"].tolist() == ["flagged", "calm"]
+    assert due.iloc[0]["reasons"].startswith("safety flag") and bool(due.iloc[0]["safety_flag"])
+    assert due.iloc[1]["reasons"] == "self-report due" and due.iloc[1]["self_report_reason"] == "none in 7 days"
+    without = views.due_list(patients, treatments, assessments, today, no_score_days=60)
+    assert without.empty  # the new reasons come only from the self-report columns
+
+
+def test_dashboard_runs_only_the_questionnaire_for_a_token_without_sign_in(writable_db, patient, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    token = token_of(selfreport.create_link(writable_db, SYSTEM, patient, "GAD-7").url)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.query_params["token"] = token
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Questionnaire"] and len(at.radio) == 7
+    assert not at.sidebar.button and not at.text_input  # no sign-in form, no navigation, no search
+    plain = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    assert not plain.radio and "Questionnaire" not in [t.value for t in plain.title]  # sign-in as usual
+
+
+def test_due_columns_of_an_empty_caseload_are_empty():
+    empty = pd.DataFrame({"patient_id": pd.Series([], dtype="str"), "instrument": pd.Series([], dtype="str"),
+                          "rater": pd.Series([], dtype="str"), "administered_at": pd.Series([], dtype="datetime64[us]")})
+    flags = pd.DataFrame(columns=["flag_id", "patient_id", "raised_at", "acknowledged_at"])
+    out = selfreport.due_columns(empty[["patient_id"]], empty, flags, date(2026, 11, 21))
+    assert out.empty and {"safety_flag", "self_report_due", "self_report_reason"} <= set(out.columns)

@@ -130,3 +130,57 @@ def test_entry_is_limited_to_the_clinicians_caseload_and_role(writable_db):
                                   dose_mg_per_kg=0.5).ok
     with pytest.raises(PermissionError):
         visits.record_history(writable_db, clinician, other["patient_id"], WHEN)
+
+
+# --- on the patient page (AppTest) -------------------------------------------------------------
+
+def _timeline_points(at) -> dict[str, int]:
+    """Points per trace of the patient timeline chart, e.g. {"MADRS": 5, "maintenance infusion": 12}."""
+    import json
+
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)  # the timeline is the page's first chart
+    return {t.get("name", ""): len(t.get("x") or []) for t in spec["data"]}
+
+
+def test_entering_an_infusion_and_a_madrs_on_the_patient_page_updates_the_chart(open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))  # this test writes: a private copy, not the shared demo
+    pid = "P00003"
+    at = open_page("patient", patient=pid)
+    assert not at.exception
+    before = _timeline_points(at)
+    at.date_input(key="inf_day").set_value(datetime(2026, 11, 20).date())
+    at.time_input(key="inf_time").set_value(datetime(2026, 11, 20, 9, 15).time())
+    at.selectbox(key="inf_phase").set_value("maintenance")
+    at.number_input(key="inf_dose").set_value(0.5)
+    at.text_area(key="inf_notes").set_value("BP 148/92 at 40 min, settled; mild dissociation")
+    next(b for b in at.button if b.label == "Save infusion").click().run()
+    assert not at.exception and any("Infusion" in s.value for s in at.success), [e.value for e in at.error]
+    after_infusion = _timeline_points(at)
+    assert after_infusion["maintenance infusion"] == before.get("maintenance infusion", 0) + 1
+
+    at.date_input(key="madrs_day").set_value(datetime(2026, 11, 20).date())
+    for n in range(1, 11):
+        at.radio(key=f"madrs_item_{n}").set_value(2)
+    next(b for b in at.button if b.label == "Save MADRS").click().run()
+    assert not at.exception and any("MADRS" in s.value for s in at.success), [e.value for e in at.error]
+    assert _timeline_points(at)["MADRS"] == before.get("MADRS", 0) + 1
+    trail = audit.entries(writable_db, action="record_visit")
+    assert [d["kind"] for d in trail["detail"]] == ["infusion", "assessment"]
+
+
+def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    at = open_page("patient", patient="P00003")
+    before = _counts(writable_db)
+    at.number_input(key="inf_dose").set_value(9.0)
+    next(b for b in at.button if b.label == "Save infusion").click().run()
+    errors = [e.value for e in at.error]
+    assert "dose_mg_per_kg must be above 0 and at most 5, got 9" in errors
+    for n in range(1, 10):
+        at.radio(key=f"madrs_item_{n}").set_value(1)
+    next(b for b in at.button if b.label == "Save MADRS").click().run()
+    assert "item 10 is not rated" in [e.value for e in at.error]
+    after = _counts(writable_db)
+    # each page run audits the record view; nothing else may have been written
+    assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
+    assert audit.entries(writable_db, action="record_visit").empty
