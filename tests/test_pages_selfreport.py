@@ -116,7 +116,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def phone_server(demo_db, tmp_path_factory):
-    """`streamlit run pages/self_report.py` (the page dashboard.py runs for ?token=) on its own database."""
+    """`streamlit run dashboard.py` on its own database: a ?token= address must reach the questionnaire
+    with no sign-in."""
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"no Chromium at {CHROMIUM}")
@@ -127,7 +128,7 @@ def phone_server(demo_db, tmp_path_factory):
     log = db.parent / "streamlit.log"
     env = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
                                  "--server.headless", "true", "--server.address", "127.0.0.1"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -169,6 +170,8 @@ def test_phone_viewport_questionnaire_fits_and_submits_once(phone_server):
             widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth,"
                                    " document.querySelector('[data-testid=\"stMain\"]').scrollWidth]")
             assert widths[0] <= widths[1] and widths[2] <= widths[1], f"horizontal scrolling at 390 px: {widths}"
+            body = page.inner_text("body")
+            assert "Sign in" not in body and patient not in body  # no account needed, no patient data shown
             OUT = ROOT / "test-output"
             OUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUT / "self-report-phone.png"))
