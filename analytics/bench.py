@@ -281,8 +281,8 @@ def cohort_default_view(frames: dict, cached: dict, today: date, min_cell: int =
     filters = views.Filters(instrument=instrument)
     cohort = step("filter_cohort", views.filter_cohort(p, t, a, filters))
     ids = cohort.patients["patient_id"]
-    induction = cached["induction"][cached["induction"]["patient_id"].isin(ids)]
-    cycles = step("select_cached", cached["cycles"][cached["cycles"]["patient_id"].isin(ids)])
+    induction = cached["induction"][views.isin(cached["induction"]["patient_id"], ids)]
+    cycles = step("select_cached", cached["cycles"][views.isin(cached["cycles"]["patient_id"], ids)])
     out["headline"] = step("headline", views.headline(cohort, induction, today, min_cell, cycles=cycles))
     out["waterfall"] = step("waterfall", views.waterfall(induction))
     out["trajectory"] = step("trajectory_band", views.trajectory_band(cohort, instrument, min_n=max(5, min_cell)))

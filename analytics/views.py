@@ -114,6 +114,22 @@ def filter_options(patients: pd.DataFrame, treatments: pd.DataFrame) -> dict[str
     }
 
 
+def isin(values: pd.Series, wanted) -> np.ndarray:
+    """`values.isin(wanted)` as a boolean array. pandas 3.1 checks pyarrow-backed strings one at a
+    time in Python (1.5 s for 1.5 M infusions' patient ids); pyarrow's is_in takes 0.03 s."""
+    if not isinstance(values.array, pd.arrays.ArrowStringArray):
+        return values.isin(wanted).to_numpy(dtype=bool)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lookup = pd.Series(list(wanted) if isinstance(wanted, (set, frozenset)) else wanted, dtype=values.dtype)
+    value_set = lookup.array.__arrow_array__()
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    hit = pc.is_in(values.array.__arrow_array__(), value_set=value_set)
+    return np.asarray(hit.to_numpy() if isinstance(hit, pa.ChunkedArray) else hit.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def filter_cohort(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
                   filters: Filters) -> Cohort:
     """Keep the patients matching every filter, with all their rows.
@@ -142,11 +158,11 @@ def filter_cohort(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
         if filters.end:
             mask &= started <= filters.end
         keep = keep[keep["patient_id"].isin(first.index[mask])]
-    ids = set(keep["patient_id"])
+    ids = keep["patient_id"]
     return Cohort(
         patients=keep.reset_index(drop=True),
-        treatments=treatments[treatments["patient_id"].isin(ids)].reset_index(drop=True),
-        assessments=assessments[assessments["patient_id"].isin(ids)].reset_index(drop=True),
+        treatments=treatments[isin(treatments["patient_id"], ids)].reset_index(drop=True),
+        assessments=assessments[isin(assessments["patient_id"], ids)].reset_index(drop=True),
         filters=filters,
     )
 

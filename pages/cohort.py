@@ -40,9 +40,9 @@ filters = views.Filters(instrument=instrument, sites=tuple(sites), clinicians=tu
 with st.spinner("Computing cohort outcomes..."):
     cohort = views.filter_cohort(f["patients"], f["treatments"], f["assessments"], filters)
     induction_all = session.induction(scope, instrument)
-    induction = induction_all[induction_all["patient_id"].isin(cohort.patients["patient_id"])]
+    induction = induction_all[views.isin(induction_all["patient_id"], cohort.patients["patient_id"])]
     all_cycles = session.cycles(scope, "PHQ-9")
-    cycles = all_cycles[all_cycles["patient_id"].isin(cohort.patients["patient_id"])]
+    cycles = all_cycles[views.isin(all_cycles["patient_id"], cohort.patients["patient_id"])]
     head = views.headline(cohort, induction, session.today(), min_cell, cycles=cycles)
 
 st.caption(f"Period and filters: {head['period']}. {suppress.count(head['treated'], min_cell)} treated patients, "
