@@ -14,6 +14,7 @@ the importer's messages instead (pass strict=False to keep the quarantine).
 """
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,7 +80,9 @@ def _empty_template() -> Path:
     global _EMPTY_TEMPLATE
     if _EMPTY_TEMPLATE is None or not _EMPTY_TEMPLATE.exists():
         from analytics import store
-        _EMPTY_TEMPLATE = store.initialise(Path(tempfile.mkdtemp(prefix="outcomes-template-")) / "empty.duckdb")
+        folder = tempfile.mkdtemp(prefix="outcomes-template-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _EMPTY_TEMPLATE = store.initialise(Path(folder) / "empty.duckdb")
     return _EMPTY_TEMPLATE
 
 
