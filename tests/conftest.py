@@ -5,6 +5,7 @@ The demo database is built through the ordinary command line
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -137,20 +138,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def streamlit_server(server_db, tmp_path_factory):
-    """`streamlit run dashboard.py` on a free port against a copy of the demo database with accounts
-    (`server_db`); yields the base URL. Visitors must sign in (tests/test_browser.py `_sign_in`)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, OUTCOMES_DB=str(server_db), OUTCOMES_TODAY=DEMO_TODAY,
-               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    env.pop("OUTCOMES_ROLE", None)
+@contextlib.contextmanager
+def serve_dashboard(db, log: Path, *, port: int | None = None, env: dict | None = None, args=()):
+    """`streamlit run dashboard.py` against `db` on 127.0.0.1 (its output in `log`); yields the base URL
+    once the server answers its health check, and stops it afterwards."""
+    port = port or free_port()
+    environ = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+                   **(env or {}))
+    environ.pop("OUTCOMES_ROLE", None)
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard.py",
-             "--server.port", str(port), "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1", *args],
+            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -163,7 +163,7 @@ def streamlit_server(server_db, tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
+                raise RuntimeError(f"streamlit did not start:\n{Path(log).read_text()}")
             time.sleep(0.3)
         yield url
     finally:
@@ -172,6 +172,15 @@ def streamlit_server(server_db, tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(server_db, tmp_path_factory):
+    """`streamlit run dashboard.py` on a free port against a copy of the demo database with accounts
+    (`server_db`); yields the base URL. Visitors must sign in (tests/test_browser.py `_sign_in`)."""
+    with serve_dashboard(server_db, tmp_path_factory.mktemp("server") / "streamlit.log",
+                         env={"OUTCOMES_TODAY": DEMO_TODAY}) as url:
+        yield url
 
 
 def page_text(at) -> str:

@@ -3,10 +3,7 @@ against a small OIDC provider these tests start on localhost (no internet), in C
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -156,7 +153,7 @@ class Provider:
 def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
     """The browser clicks the provider button, is sent to the provider and back, and lands on
     the director's pages; the account was created from the claims and the sign-in audited."""
-    from tests.conftest import ROOT, free_port
+    from tests.conftest import free_port, serve_dashboard
     from tests.test_browser import ARGS, CHROMIUM, _browser_or_reason
 
     reason = _browser_or_reason()
@@ -177,39 +174,16 @@ def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
             f'client_secret = "{client_secret}"\n'
             f'server_metadata_url = "{provider.url}/.well-known/openid-configuration"\n'
         )
-        log = tmp_path / "streamlit.log"
-        env = dict(os.environ, OUTCOMES_DB=str(writable_db), OUTCOMES_TODAY="2026-11-21",
-                   STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-        env.pop("OUTCOMES_ROLE", None)
-        with open(log, "w") as out:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
-                 "--server.headless", "true", "--server.address", "127.0.0.1", "--secrets.files", str(secrets_file)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                        break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
-                    time.sleep(0.3)
+        with serve_dashboard(writable_db, tmp_path / "streamlit.log", port=port, env={"OUTCOMES_TODAY": "2026-11-21"},
+                             args=("--secrets.files", str(secrets_file))) as url:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(f"{url}/")
                 page.get_by_role("button", name="Sign in with your organisation's account").click(timeout=120_000)
                 page.get_by_role("heading", name="Cohort outcomes", level=1).wait_for(timeout=120_000)
                 assert "Signed in as" in page.inner_text("body")
                 browser.close()
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
     users = auth.list_users(writable_db).set_index("username")
     assert users.loc["dr_director", "role"] == "director" and not users.loc["dr_director", "local_password"]
     signed = audit.entries(writable_db, action="sign_in").iloc[-1]

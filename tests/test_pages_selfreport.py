@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -15,7 +11,7 @@ import pytest
 
 from analytics import audit, selfreport
 from analytics.access import SYSTEM, DataAccess
-from tests.conftest import free_port
+from tests.conftest import serve_dashboard
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "pages" / "self_report.py"
@@ -124,33 +120,8 @@ def phone_server(demo_db, tmp_path_factory):
         pytest.skip(f"no Chromium at {CHROMIUM}")
     db = tmp_path_factory.mktemp("phone") / "clinic.duckdb"
     shutil.copy(demo_db, db)
-    port = free_port()
-    log = db.parent / "streamlit.log"
-    env = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
-                                 "--server.headless", "true", "--server.address", "127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
-            time.sleep(0.3)
+    with serve_dashboard(db, db.parent / "streamlit.log") as url:
         yield url, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_phone_viewport_questionnaire_fits_and_submits_once(phone_server):
