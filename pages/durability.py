@@ -14,7 +14,7 @@ def _policy_table():
 
 st.title("Durability and maintenance")
 scope = session.current_scope()
-min_cell = getattr(scope, "suppression_threshold", scope.min_cell)  # groups under it are not shown
+min_cell = scope.suppression_threshold  # groups under it are not shown
 if not session.has_data():
     session.no_database_message()
     st.stop()
