@@ -109,9 +109,12 @@ class DataAccess:
             return f"({alias}.clinician = ? OR list_contains(?, {alias}.patient_id))", [self.scope.clinician, granted]
         return f"list_contains(?, {alias}.patient_id)", [granted]
 
-    def _query(self, sql: str, params: Sequence = ()) -> pd.DataFrame:
-        with store.connect(self.db) as con:
+    def _query(self, sql: str, params: Sequence = (), con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
+        """Run on `con` when given (several reads sharing one opening), else on a read connection of its own."""
+        if con is not None:
             return con.execute(sql, list(params)).df()
+        with store.connect(self.db) as own:
+            return own.execute(sql, list(params)).df()
 
     def _patient_filter(self, patient_ids: Iterable[str] | None) -> tuple[str, list]:
         scope_sql, params = self._scope_sql("p")
@@ -146,61 +149,70 @@ class DataAccess:
             frame = frame[~frame["name"].astype(str).str.contains(IDENTIFYING_ATTRIBUTE)].reset_index(drop=True)
         return frame
 
-    def treatments(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    def _treatments_sql(self, patient_ids: Iterable[str] | None) -> tuple[str, list]:
         clause, params = self._patient_filter(patient_ids)
-        return self._query(
-            f"""SELECT x.treatment_id, x.patient_id, x.administered_at, x.has_time, x.route,
-                       x.dose_mg_per_kg, x.phase
-                FROM treatments x WHERE {clause}
-                ORDER BY x.patient_id, x.administered_at""",
-            params,
-        )
+        return (f"""SELECT x.treatment_id, x.patient_id, x.administered_at, x.has_time, x.route,
+                           x.dose_mg_per_kg, x.phase
+                    FROM treatments x WHERE {clause}
+                    ORDER BY x.patient_id, x.administered_at""", params)
 
-    def assessments(
-        self, patient_ids: Iterable[str] | None = None, instrument: str | None = None
-    ) -> pd.DataFrame:
+    def treatments(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return self._query(*self._treatments_sql(patient_ids))
+
+    def _assessments_sql(self, patient_ids: Iterable[str] | None, instrument: str | None) -> tuple[str, list]:
         clause, params = self._patient_filter(patient_ids)
         if instrument is not None:
             clause += " AND x.instrument = ?"
             params = params + [scales.get(instrument).code]
-        return self._query(
-            f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
-                       x.rater, {_ITEMS}, x.total, x.total_method
-                FROM assessments x WHERE {clause}
-                ORDER BY x.patient_id, x.administered_at, x.instrument""",
-            params,
-        )
+        return (f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
+                           x.rater, {_ITEMS}, x.total, x.total_method
+                    FROM assessments x WHERE {clause}
+                    ORDER BY x.patient_id, x.administered_at, x.instrument""", params)
+
+    def assessments(
+        self, patient_ids: Iterable[str] | None = None, instrument: str | None = None
+    ) -> pd.DataFrame:
+        return self._query(*self._assessments_sql(patient_ids, instrument))
+
+    def _can_see(self, con: duckdb.DuckDBPyConnection, patient_id: str) -> bool:
+        drill_sql, params = self._drill_sql("p")
+        rows = con.execute(f"SELECT count(*) FROM patients p WHERE p.patient_id = ? AND {drill_sql}",
+                           [str(patient_id), *params]).fetchall()
+        return bool(rows[0][0])
 
     def can_see_patient(self, patient_id: str) -> bool:
         """May this scope open the patient's individual record (own caseload, or granted)?"""
-        drill_sql, params = self._drill_sql("p")
-        rows = self._query(
-            f"SELECT count(*) AS n FROM patients p WHERE p.patient_id = ? AND {drill_sql}",
-            [str(patient_id), *params],
-        )
-        return bool(rows["n"].iloc[0])
+        with store.connect(self.db) as con:
+            return self._can_see(con, patient_id)
 
     def patient_record(self, patient_id: str, *, page: str | None = None) -> dict[str, pd.DataFrame]:
         """One patient's rows; refuses a patient outside the scope. Both outcomes are audited,
-        and the view is recorded before any row is handed out (no audit, no data)."""
+        and the view is committed to the audit trail before any row is handed out (no audit, no data).
+
+        One write transaction does the scope check, the reads and the audit entry: opening
+        the store costs more than all of them together, and the record is one consistent snapshot.
+        """
         patient_id = str(patient_id)
-        if not self.can_see_patient(patient_id):
-            self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]])
+        ids = [patient_id]
+        record = None
+        with store.transaction(self.db) as con:
+            if self._can_see(con, patient_id):
+                scope_sql, params = self._drill_sql("p")
+                record = {
+                    "patient": self._query(
+                        f"""SELECT p.patient_id, p.site, p.clinician, p.birth_year, p.sex, p.diagnosis,
+                                   p.comorbidities, p.prior_failed_trials, p.enrolled_on
+                            FROM patients p WHERE p.patient_id = ? AND {scope_sql}""",
+                        [patient_id, *params], con=con),
+                    "treatments": self._query(*self._treatments_sql(ids), con=con),
+                    "assessments": self._query(*self._assessments_sql(ids, None), con=con),
+                }
+                self.log("view_patient", page=page, patients=ids, con=con)
+            else:
+                self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]], con=con)
+        if record is None:  # raised only now: the refusal's audit entry is committed
             raise AccessDenied(f"patient {patient_id[:64]!r} is not in your caseload, or does not exist: "
                                "ask an administrator for access if you need it")
-        ids = [patient_id]
-        scope_sql, params = self._drill_sql("p")
-        record = {
-            "patient": self._query(
-                f"""SELECT p.patient_id, p.site, p.clinician, p.birth_year, p.sex, p.diagnosis,
-                           p.comorbidities, p.prior_failed_trials, p.enrolled_on
-                    FROM patients p WHERE p.patient_id = ? AND {scope_sql}""",
-                [patient_id, *params],
-            ),
-            "treatments": self.treatments(ids),
-            "assessments": self.assessments(ids),
-        }
-        self.log("view_patient", page=page, patients=ids)
         return record
 
     def search_patient_ids(self, text: str, limit: int = 20, *, page: str | None = None) -> list[str]:
@@ -210,17 +222,17 @@ class DataAccess:
         """
         text = (text or "")[:64]
         drill_sql, params = self._drill_sql("p")
-        frame = self._query(
-            f"""SELECT p.patient_id FROM patients p
-                WHERE {drill_sql} AND contains(lower(p.patient_id), lower(?))
-                ORDER BY p.patient_id LIMIT ?""",
-            [*params, text, int(limit)],
-        )
-        found = frame["patient_id"].tolist()
-        if text and text not in found and self.scope.role != "system":
-            exists = self._query("SELECT count(*) AS n FROM patients p WHERE p.patient_id = ?", [text])
-            if int(exists["n"].iloc[0]):
-                self.log("search_patients", outcome="denied", page=page, patients=[text])
+        with store.connect(self.db) as con:
+            found = [row[0] for row in con.execute(
+                f"""SELECT p.patient_id FROM patients p
+                    WHERE {drill_sql} AND contains(lower(p.patient_id), lower(?))
+                    ORDER BY p.patient_id LIMIT ?""",
+                [*params, text, int(limit)],
+            ).fetchall()]
+            hidden = bool(text and text not in found and self.scope.role != "system" and con.execute(
+                "SELECT count(*) FROM patients p WHERE p.patient_id = ?", [text]).fetchall()[0][0])
+        if hidden:
+            self.log("search_patients", outcome="denied", page=page, patients=[text])
         return found
 
     def data_version(self) -> tuple:
@@ -234,10 +246,12 @@ class DataAccess:
         return (int(row["last"]), int(row["n"]), str(row["at"]))
 
     def log(self, action: str, *, outcome: str = "ok", page: str | None = None,
-            patients: Iterable[str] = (), detail: dict | None = None) -> int:
-        """Append an audit entry as this scope's user (exports, downloads, imports from pages)."""
+            patients: Iterable[str] = (), detail: dict | None = None,
+            con: duckdb.DuckDBPyConnection | None = None) -> int:
+        """Append an audit entry as this scope's user (exports, downloads, imports from pages);
+        on `con`, an open write transaction, when the entry belongs with what that transaction does."""
         return audit.append(self.db, self.scope.user, action, role=self.scope.role, outcome=outcome,
-                            page=page, patients=patients, detail=detail)
+                            page=page, patients=patients, detail=detail, con=con)
 
     def import_history(self, limit: int = 200) -> pd.DataFrame:
         """Recent import batches (file names and row counts; no patient rows), admins only."""

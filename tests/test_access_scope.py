@@ -65,6 +65,24 @@ def test_clinician_opening_another_clinicians_patient_is_refused_and_audited(cli
     assert (last["action"], last["outcome"], last["patients"]) == ("view_patient", "ok", [first["dr_okafor"]])
 
 
+def test_a_record_view_that_cannot_be_audited_hands_out_nothing_and_records_nothing(clinic, monkeypatch):
+    db, first, _ = clinic
+    mine = data_for(db, "dr_okafor")
+    before = len(audit.entries(db))
+
+    def audit_store_full(*args, **kwargs):
+        raise audit.AuditError("the audit trail could not be written")
+    monkeypatch.setattr(audit, "_append", audit_store_full)
+    with pytest.raises(audit.AuditError):
+        mine.patient_record(first["dr_okafor"], page="patient")
+    monkeypatch.undo()
+    assert len(audit.entries(db)) == before
+    mine.patient_record(first["dr_okafor"], page="patient")
+    mine.patient_record(first["dr_okafor"], page="patient")
+    views = audit.entries(db).iloc[before:]
+    assert views["action"].tolist() == ["view_patient", "view_patient"] and audit.verify(db).ok
+
+
 def test_search_box_never_reveals_another_caseload(clinic):
     db, first, _ = clinic
     mine = data_for(db, "dr_okafor")
