@@ -248,19 +248,22 @@ def load_frames(data) -> dict:
 
 
 def page_caches(frames: dict, instrument: str = INSTRUMENT) -> dict:
-    """The page-level results pages/_session.py caches: induction outcomes and PHQ-9 cycles."""
+    """The page-level results pages/_session.py caches: induction outcomes, PHQ-9 cycles, and the cohort
+    page's per-patient summaries built from them (`_cohort_base`, `_cohort_summary`)."""
     from . import views
 
-    return {
-        "induction": views.induction_outcomes(frames["treatments"], frames["assessments"], instrument),
-        "cycles": views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
-                                      attributes=frames["attributes"]),
-    }
+    induction = views.induction_outcomes(frames["treatments"], frames["assessments"], instrument)
+    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+                                 attributes=frames["attributes"])
+    base = views.cohort_base(frames["patients"], frames["treatments"], frames["assessments"], cycles)
+    return {"induction": induction, "cycles": cycles,
+            "summary": views.cohort_summary(base, frames["assessments"], induction, instrument)}
 
 
 def cohort_default_view(frames: dict, cached: dict, today: date, min_cell: int = 0, instrument: str = INSTRUMENT,
                         parts: dict | None = None) -> dict:
-    """What pages/cohort.py computes for its default view (no filters, first instrument), its caches warm.
+    """What pages/cohort.py computes for its default view (no filters, first instrument), its caches warm:
+    the cached summaries' options and period, `views.cohort_view`, the waterfall's bars, the funnel.
 
     `parts`, when given, receives the seconds each step took (for profiling the page).
     """
@@ -275,20 +278,13 @@ def cohort_default_view(frames: dict, cached: dict, today: date, min_cell: int =
         clock[0] = now
         return value
 
-    p, t, a = frames["patients"], frames["treatments"], frames["assessments"]
-    out = {"options": step("filter_options", views.filter_options(p, t))}
-    out["period"] = step("period", (t["administered_at"].min().date(), t["administered_at"].max().date()))
+    summary = cached["summary"]
+    out = {"options": summary.base.options, "period": summary.base.period}
     filters = views.Filters(instrument=instrument)
-    cohort = step("filter_cohort", views.filter_cohort(p, t, a, filters))
-    ids = cohort.patients["patient_id"]
-    induction = cached["induction"][views.isin(cached["induction"]["patient_id"], ids)]
-    cycles = step("select_cached", cached["cycles"][views.isin(cached["cycles"]["patient_id"], ids)])
-    out["headline"] = step("headline", views.headline(cohort, induction, today, min_cell, cycles=cycles))
-    out["waterfall"] = step("waterfall", views.waterfall(induction))
-    out["trajectory"] = step("trajectory_band", views.trajectory_band(cohort, instrument, min_n=max(5, min_cell)))
-    out["severity"] = step("severity_movement", views.severity_movement(induction, instrument))
-    out["funnel"] = step("funnel", views.funnel(induction, cohort.patients, "site", "responded", min_cell=min_cell))
-    out["completeness"] = step("completeness", views.completeness(cohort.treatments, cohort.assessments))
+    out.update(views.cohort_view(summary, filters, today, min_cell, timings=parts))
+    clock[0] = time.perf_counter()
+    out["waterfall_bars"] = step("waterfall", views.waterfall_bars(out["waterfall"]))
+    out["funnel"] = step("funnel", views.funnel(out["induction"], out["patients"], "site", "responded", min_cell=min_cell))
     return out
 
 
@@ -297,7 +293,7 @@ def cohort_charts(view: dict, instrument: str = INSTRUMENT) -> list:
     from . import charts, outcomes
 
     cut, _ = outcomes.remission_threshold(instrument)
-    return [charts.waterfall(view["waterfall"], instrument), charts.trajectory(view["trajectory"], instrument, cut),
+    return [charts.waterfall(view["waterfall_bars"], instrument), charts.trajectory(view["trajectory"], instrument, cut),
             charts.severity_movement(view["severity"], instrument),
             charts.funnel(view["funnel"], "site", "response"), charts.completeness(view["completeness"])]
 
@@ -437,7 +433,7 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     result["load_frames_s"] = time.perf_counter() - started
 
     def do_cohort():
-        say("cohort page caches (induction outcomes, cycles)")
+        say("cohort page caches (induction outcomes, cycles, summaries)")
         started = time.perf_counter()
         cached = state["cached"] = page_caches(frames)
         result["cohort_caches_s"] = time.perf_counter() - started

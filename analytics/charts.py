@@ -134,20 +134,27 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
+    """views.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
+    grouped = "n" in w.columns
     fig = go.Figure()
     for outcome, colour in colours.items():
         d = w[w["outcome"] == outcome]
+        if grouped:  # never patient ids: a bar is a group of patients
+            hover = [f"patients {a:,}-{b:,} of {w.attrs.get('patients', int(w['n'].sum())):,} by best change: "
+                     f"median {c:+.0f}% (from {lo:+.0f}% to {hi:+.0f}%)"
+                     for a, b, c, lo, hi in zip(d["first_rank"], d["last_rank"], d["best_percent_change"], d["low"], d["high"])]
+        else:
+            hover = [(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
+                     for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])]
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
-                             hovertext=[(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
-                                        for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"],
-                                                              d["best_percent_change"])],
-                             hoverinfo="text"))
+                             hovertext=hover, hoverinfo="text"))
     fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall")
     fig.update_layout(bargap=0.05)
-    fig.update_xaxes(title_text="patients (ordered by best change)", showticklabels=False)
+    fig.update_xaxes(title_text="percentiles of patients (ordered by best change)" if grouped
+                     else "patients (ordered by best change)", showticklabels=False)
     fig.update_yaxes(title_text=f"best change in {instrument} from baseline (%)")
-    return _layout(fig, f"Best {instrument} change per patient (waterfall)")
+    return _layout(fig, f"Best {instrument} change {'by percentile of patients' if grouped else 'per patient'} (waterfall)")
 
 
 def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.Figure:

@@ -307,20 +307,29 @@ def trajectory_band(cohort: Cohort, instrument: str, max_week: int = 26, min_n: 
     scores) so frequently assessed patients do not dominate. Weeks with fewer
     than `min_n` patients are dropped (too few to show).
     """
-    code = scales.get(instrument).code
-    t = cohort.treatments
-    if t.empty:
+    if cohort.treatments.empty:
         return pd.DataFrame(columns=["week", "median", "q1", "q3", "n"])
-    first = t.groupby("patient_id")["administered_at"].min().dt.normalize().rename("first")
-    a = cohort.assessments[(cohort.assessments["instrument"] == code) & cohort.assessments["total"].notna()]
-    a = a.join(first, on="patient_id", how="inner")
+    first = cohort.treatments.groupby("patient_id")["administered_at"].min().dt.normalize().rename("first")
+    per_patient = weekly_means(first, cohort.assessments, instrument)
+    return _band(per_patient[per_patient["week"] <= max_week], min_n)
+
+
+def weekly_means(first: pd.Series, assessments: pd.DataFrame, instrument: str) -> pd.DataFrame:
+    """week, patient_id, total: each patient's mean `instrument` score per whole week (week >= 0) since
+    `first` (patient_id -> day of the first infusion). A patient's rows depend on that patient alone."""
+    code = scales.get(instrument).code
+    a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()]
+    a = a.join(first.rename("first"), on="patient_id", how="inner")
     days = (a["administered_at"].dt.normalize() - a["first"]).dt.days
     # week 0 is the baseline (scores from 30 days before up to the first infusion's day, pre-dose);
     # week k holds days 7k-6 .. 7k after it
     week = np.where(days <= 0, np.where(days >= -30, 0, -1), -(-days // 7))
     a = a.assign(week=week)
-    a = a[(a["week"] >= 0) & (a["week"] <= max_week)]
-    per_patient = a.groupby(["week", "patient_id"])["total"].mean().reset_index()
+    a = a[a["week"] >= 0]
+    return a.groupby(["week", "patient_id"])["total"].mean().reset_index()
+
+
+def _band(per_patient: pd.DataFrame, min_n: int) -> pd.DataFrame:
     g = per_patient.groupby("week")["total"]
     out = pd.DataFrame({"median": g.median(), "q1": g.quantile(0.25), "q3": g.quantile(0.75), "n": g.size()}).reset_index()
     return out[out["n"] >= max(min_n, 1)].reset_index(drop=True)
@@ -373,7 +382,20 @@ def completeness(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
                  days: int = COMPLETENESS_DAYS) -> pd.DataFrame:
     """Per calendar month: infusions, how many had an assessment within `days` days before (same day counts), share."""
     if treatments.empty:
-        return pd.DataFrame(columns=["month", "infusions", "assessed", "share"])
+        return _EMPTY_COMPLETENESS.copy()
+    merged = assessed_infusions(treatments, assessments, instrument, days)
+    out = merged.groupby("month").agg(infusions=("assessed", "size"), assessed=("assessed", "sum")).reset_index()
+    out["share"] = out["assessed"] / out["infusions"]
+    return out
+
+
+_EMPTY_COMPLETENESS = pd.DataFrame(columns=["month", "infusions", "assessed", "share"])
+
+
+def assessed_infusions(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str | None = None,
+                       days: int = COMPLETENESS_DAYS) -> pd.DataFrame:
+    """One row per infusion (ordered by day): patient_id, administered_at, day, month, and `assessed`:
+    an assessment (of `instrument`, or any) on the infusion's day or up to `days` days before."""
     a = assessments
     if instrument:
         a = a[a["instrument"] == scales.get(instrument).code]
@@ -384,9 +406,7 @@ def completeness(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
                            by="patient_id", direction="backward")
     merged["assessed"] = (merged["day"] - merged["aday"]).dt.days.le(days).fillna(False).astype(bool)
     merged["month"] = merged["day"].dt.to_period("M").dt.to_timestamp()
-    out = merged.groupby("month").agg(infusions=("assessed", "size"), assessed=("assessed", "sum")).reset_index()
-    out["share"] = out["assessed"] / out["infusions"]
-    return out
+    return merged
 
 
 def infusions_per_patient_month(treatments: pd.DataFrame) -> pd.DataFrame:
@@ -402,6 +422,286 @@ def infusions_per_patient_month(treatments: pd.DataFrame) -> pd.DataFrame:
     g = g.join(m, on="month")
     g["maintenance_per_patient"] = g["m_inf"] / g["m_pat"]
     return g.drop(columns=["m_inf", "m_pat"])
+
+
+# --- the cohort page at network scale: per-patient summaries --------------------------
+#
+# The functions above define each cohort figure on the raw frames. Redoing them on every rerun
+# costs time linear in assessments (4.7 M rows at 100,000 patients: about 5 s). Every filter selects
+# whole patients, and every figure is an aggregate of per-patient (or per-infusion) values that
+# depend on that patient's own rows only, so `cohort_base` and `cohort_summary` reduce the frames
+# once per data version, and `cohort_view` aggregates the selected patients' summaries.
+# tests/test_cohort_summary.py holds `cohort_view` equal to the raw functions, filtered or not.
+
+WATERFALL_MAX_BARS = 2000  # above this many patients the waterfall shows one bar per percentile
+WATERFALL_BINS = 100
+
+
+def _readonly(values) -> np.ndarray:
+    array = np.asarray(values)
+    array.flags.writeable = False  # shared between sessions (st.cache_resource): never changed in place
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class CohortBase:
+    """What the cohort page needs from the frames, whatever the instrument; read-only.
+
+    A patient's code is its row position in `patients`; -1 is a row whose patient is not there.
+    """
+    patients: pd.DataFrame              # the patients frame, as given (reset index)
+    first_day: pd.Series                # per patient: day of the first infusion (NaT: never infused)
+    first_route: pd.Series              # per patient: route of that infusion
+    last_activity_at: np.ndarray        # per patient: latest infusion or assessment (NaT: none)
+    comorbidity: dict                   # token -> bool array: which patients list it
+    infusion_at: np.ndarray             # every infusion's time, ascending
+    infusion_code: np.ndarray           # its patient's code
+    infusion_month: np.ndarray          # its calendar month, as an index into `months`
+    infusion_assessed: np.ndarray       # an assessment (any instrument) within COMPLETENESS_DAYS before it
+    months: pd.Series                   # the calendar months (first day), ascending
+    cycles: pd.DataFrame                # PHQ-9 response cycles: patient_id (as the code), left_days, right_days, event
+    median_durability_days: float | None  # durability_median of every cycle (the unfiltered headline)
+    options: dict                       # filter_options
+    period: tuple                       # first and last infusion day (None, None without infusions)
+
+    @property
+    def has_infusions(self) -> bool:
+        return self.period[0] is not None
+
+    def codes(self, patient_ids) -> np.ndarray:
+        return _readonly(pd.Index(self.patients["patient_id"]).get_indexer(pd.Series(patient_ids)))
+
+
+@dataclass(frozen=True, eq=False)
+class CohortSummary:
+    """CohortBase plus one instrument's per-patient tables; read-only."""
+    base: CohortBase
+    instrument: str
+    induction: pd.DataFrame             # induction_outcomes(...) for `instrument`
+    induction_code: np.ndarray
+    weekly: pd.DataFrame                # weekly_means: week, patient (the code), total
+
+
+def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
+                cycles: pd.DataFrame | None) -> CohortBase:
+    """Reduce the page frames once per data version; `cycles`: cohort_cycles(..., "PHQ-9") (the headline's durability)."""
+    patients = patients.reset_index(drop=True)
+    ids = pd.Index(patients["patient_id"])
+
+    def per_patient(series: pd.Series) -> pd.Series:
+        return series.reindex(ids).reset_index(drop=True)
+
+    # the same first infusion (and its route, ties included) as filter_cohort picks
+    first = treatments.sort_values("administered_at").groupby("patient_id").head(1).set_index("patient_id")
+    last = pd.concat([treatments.groupby("patient_id")["administered_at"].max(),
+                      assessments.groupby("patient_id")["administered_at"].max()], axis=1).max(axis=1)
+    comorbidity: dict[str, list[bool]] = {}
+    for row, text in enumerate(patients["comorbidities"].fillna("")):
+        for token in set(str(text).split(";")):
+            comorbidity.setdefault(token, [False] * len(patients))[row] = True
+    if len(treatments):
+        merged = assessed_infusions(treatments, assessments).sort_values("administered_at", kind="stable")
+        merged = merged[ids.get_indexer(merged["patient_id"]) >= 0]  # filter_cohort keeps only listed patients' rows
+        month_index, months = pd.factorize(merged["month"], sort=True)
+        infusion_at, infusion_code = merged["administered_at"].to_numpy(), ids.get_indexer(merged["patient_id"])
+        assessed = merged["assessed"].to_numpy(dtype=bool)
+        period = (treatments["administered_at"].min().date(), treatments["administered_at"].max().date())
+    else:
+        month_index, months = np.zeros(0, dtype=np.int64), pd.Index([], dtype="datetime64[us]")
+        infusion_at, infusion_code = treatments["administered_at"].to_numpy(), np.zeros(0, dtype=np.int64)
+        assessed, period = np.zeros(0, dtype=bool), (None, None)
+    if cycles is None or cycles.empty:
+        cycle_table, median = pd.DataFrame(columns=["patient_id", "left_days", "right_days", "event"]), None
+    else:
+        # the durability median's point estimate uses patient ids only to tell patients apart: codes do
+        cycle_table = pd.DataFrame({"patient_id": ids.get_indexer(cycles["patient_id"]),
+                                    "left_days": cycles["left_days"].to_numpy(dtype=float),
+                                    "right_days": cycles["right_days"].to_numpy(dtype=float),
+                                    "event": cycles["event"].to_numpy(dtype=bool)})
+        cycle_table = cycle_table[cycle_table["patient_id"] >= 0].reset_index(drop=True)
+        median = durability_median(cycle_table) if len(cycle_table) else None
+    return CohortBase(
+        patients=patients,
+        first_day=per_patient(first["administered_at"].dt.normalize()),
+        first_route=per_patient(first["route"]),
+        last_activity_at=_readonly(pd.to_datetime(per_patient(last)).to_numpy()),
+        comorbidity={token: _readonly(flags) for token, flags in comorbidity.items()},
+        infusion_at=_readonly(infusion_at), infusion_code=_readonly(infusion_code),
+        infusion_month=_readonly(month_index), infusion_assessed=_readonly(assessed),
+        months=pd.Series(months), cycles=cycle_table, median_durability_days=median,
+        options=filter_options(patients, treatments), period=period)
+
+
+def cohort_summary(base: CohortBase, assessments: pd.DataFrame, induction: pd.DataFrame | None,
+                   instrument: str) -> CohortSummary:
+    """`instrument`'s per-patient tables; `induction`: induction_outcomes(treatments, assessments, instrument)
+    (None when there are no infusions: nothing to summarise)."""
+    if induction is None:
+        induction = pd.DataFrame(columns=["patient_id", "evaluable", "responded", "remitted", "best_percent_change",
+                                          "baseline_score", "best_score", "baseline_band", "latest_band"])
+    if base.has_infusions:
+        first = pd.Series(base.first_day.to_numpy(), index=pd.Index(base.patients["patient_id"])).dropna()
+        weekly = weekly_means(first, assessments, instrument)
+        weekly["patient_id"] = base.codes(weekly["patient_id"])
+    else:
+        weekly = pd.DataFrame({"week": np.zeros(0, dtype=np.int64), "patient_id": np.zeros(0, dtype=np.int64),
+                               "total": np.zeros(0)})
+    codes = base.codes(induction["patient_id"])
+    listed = codes >= 0  # filter_cohort keeps only listed patients' rows
+    return CohortSummary(base=base, instrument=scales.get(instrument).code, induction=induction[listed].copy(),
+                         induction_code=_readonly(codes[listed]), weekly=weekly)
+
+
+def select_patients(base: CohortBase, filters: Filters) -> np.ndarray | None:
+    """Which patients (by code) match every filter, as filter_cohort keeps them; None when no filter is set."""
+    p = base.patients
+    keep = None
+
+    def both(mask) -> np.ndarray:
+        mask = np.asarray(mask, dtype=bool)
+        return mask if keep is None else keep & mask
+
+    if filters.sites:
+        keep = both(isin(p["site"], filters.sites))
+    if filters.clinicians:
+        keep = both(isin(p["clinician"], filters.clinicians))
+    if filters.comorbidities:
+        listed = [base.comorbidity[c] for c in set(filters.comorbidities) if c in base.comorbidity]
+        keep = both(np.logical_or.reduce(listed) if listed else np.zeros(len(p), dtype=bool))
+    if filters.routes:
+        keep = both(isin(base.first_route, filters.routes))
+    if filters.start or filters.end:
+        started = base.first_day
+        mask = started.notna().to_numpy()
+        if filters.start:
+            mask = mask & (started >= pd.Timestamp(filters.start)).to_numpy()
+        if filters.end:
+            mask = mask & (started <= pd.Timestamp(filters.end)).to_numpy()
+        keep = both(mask)
+    return keep
+
+
+def _rows(keep: np.ndarray | None, codes: np.ndarray) -> np.ndarray | slice:
+    """The rows (of a table with these patient codes) whose patient is kept; every row when keep is None."""
+    if keep is None:
+        return slice(None)
+    return np.append(keep, False)[codes]  # code -1 (patient not in the patients frame) reads the False
+
+
+def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell: int = 0, max_week: int = 26,
+                timings: dict | None = None) -> dict:
+    """Everything the cohort page shows for these filters, from the summaries; the same figures as
+    filter_cohort + headline, waterfall, trajectory_band, severity_movement and completeness on the frames.
+
+    Returns patients (the selected patients' rows), induction (their rows of induction_outcomes),
+    cycles (n_cycles, n_patients, n_losses of their PHQ-9 response cycles), headline, waterfall
+    (one row per patient), trajectory, severity, completeness. `timings`, when given, gets each step's seconds.
+    """
+    import time
+
+    base = summary.base
+    clock = [time.perf_counter()]
+
+    def lap(name: str):
+        if timings is not None:
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
+    instrument = scales.get(filters.instrument).code
+    if instrument != summary.instrument:
+        raise ValueError(f"cohort_view: filters ask for {instrument} but the summary is for {summary.instrument}")
+    keep = select_patients(base, filters)
+    patients = base.patients if keep is None else base.patients[keep].reset_index(drop=True)
+    induction = summary.induction if keep is None else summary.induction[_rows(keep, summary.induction_code)]
+    cycles = base.cycles if keep is None else base.cycles[_rows(keep, base.cycles["patient_id"].to_numpy())]
+    lap("select")
+    out = {"patients": patients, "induction": induction,
+           "cycles": {"n_cycles": len(cycles), "n_patients": int(cycles["patient_id"].nunique()),
+                      "n_losses": int(cycles["event"].sum())}}
+    out["headline"] = _headline(base, keep, patients, induction, cycles, filters, today, min_cell)
+    lap("headline")
+    out["waterfall"] = waterfall(induction)
+    lap("waterfall")
+    if not base.infusion_code[_rows(keep, base.infusion_code)].size:  # the selection has no infusion
+        out["trajectory"] = pd.DataFrame(columns=["week", "median", "q1", "q3", "n"])
+    else:
+        weekly = summary.weekly
+        rows = (weekly["week"] <= max_week).to_numpy()
+        if keep is not None:
+            rows = rows & _rows(keep, weekly["patient_id"].to_numpy())
+        weekly = weekly[rows]
+        out["trajectory"] = _band(weekly, max(5, min_cell))
+    lap("trajectory_band")
+    out["severity"] = severity_movement(induction, instrument, min_cell)
+    lap("severity_movement")
+    out["completeness"] = _completeness(base, keep)
+    lap("completeness")
+    return out
+
+
+def _headline(base: CohortBase, keep: np.ndarray | None, patients: pd.DataFrame, induction: pd.DataFrame,
+              cycles: pd.DataFrame, filters: Filters, today: date, min_cell: int) -> dict:
+    """headline() from the summaries."""
+    since = pd.Timestamp(today) - ACTIVE_DAYS * DAY
+    month_start = pd.Timestamp(today.replace(day=1))
+    active = base.last_activity_at >= np.datetime64(since.to_datetime64(), "us")
+    # infusions this month: a slice of the time-ordered infusions
+    bounds = np.array([month_start.to_datetime64(), (pd.Timestamp(today) + DAY).to_datetime64()], dtype=base.infusion_at.dtype)
+    lo, hi = np.searchsorted(base.infusion_at, bounds)
+    month_codes = base.infusion_code[lo:hi]
+    evaluable = induction[induction["evaluable"]]
+    if keep is None:
+        median = base.median_durability_days
+    else:
+        median = durability_median(cycles) if len(cycles) else None
+    return {
+        "patients": int(patients["patient_id"].nunique()),
+        "active_patients": int(active.sum() if keep is None else (active & keep).sum()),
+        "infusions_this_month": int(month_codes.size if keep is None else np.append(keep, False)[month_codes].sum()),
+        "month": month_start.strftime("%B %Y"),
+        "treated": int(induction["patient_id"].nunique()),
+        "evaluable": len(evaluable),
+        "response": wilson(int(evaluable["responded"].sum()), len(evaluable), min_cell),
+        "remission": wilson(int(evaluable["remitted"].sum()), len(evaluable), min_cell),
+        "median_durability_days": median,
+        "period": filters.describe(),
+    }
+
+
+def _completeness(base: CohortBase, keep: np.ndarray | None) -> pd.DataFrame:
+    """completeness() (any instrument, COMPLETENESS_DAYS) from the per-infusion flags."""
+    rows = _rows(keep, base.infusion_code)
+    month = base.infusion_month[rows]
+    if month.size == 0:
+        return _EMPTY_COMPLETENESS.copy()
+    infusions = np.bincount(month, minlength=len(base.months))
+    assessed = np.bincount(month[base.infusion_assessed[rows]], minlength=len(base.months))
+    present = infusions > 0
+    out = pd.DataFrame({"month": base.months[present].reset_index(drop=True),
+                        "infusions": infusions[present].astype(np.int64), "assessed": assessed[present].astype(np.int64)})
+    out["share"] = out["assessed"] / out["infusions"]
+    return out
+
+
+def waterfall_bars(w: pd.DataFrame, max_bars: int = WATERFALL_MAX_BARS, bins: int = WATERFALL_BINS) -> pd.DataFrame:
+    """The waterfall as drawn: waterfall() itself up to `max_bars` patients; above, one bar per
+    percentile (`bins` groups of consecutive patients in waterfall order) at the group's median best
+    change, with n, low, high (the group's range) and no patient ids: a browser should not receive
+    100,000 bars, nor a cohort chart a list of patients."""
+    if len(w) <= max_bars:
+        return w
+    group = np.arange(len(w)) * bins // len(w)
+    g = w.groupby(group)["best_percent_change"]
+    bars = pd.DataFrame({"rank": np.arange(1, bins + 1), "best_percent_change": g.median().to_numpy(),
+                         "low": g.min().to_numpy(), "high": g.max().to_numpy(), "n": g.size().to_numpy(),
+                         "first_rank": w["rank"].groupby(group).min().to_numpy(),
+                         "last_rank": w["rank"].groupby(group).max().to_numpy()})
+    bars["outcome"] = np.select(
+        [bars["best_percent_change"] <= -100 * DEFAULT_RULES.response_fall, bars["best_percent_change"] < 0],
+        ["response (50% or more fall)", "some improvement"], "no improvement or worse")
+    bars.attrs["patients"] = len(w)
+    return bars
 
 
 # --- one patient ---------------------------------------------------------------------

@@ -202,6 +202,29 @@ def induction(scope: Scope, instrument: str) -> pd.DataFrame:
     return _induction(str(db), db_version(db), scope.cache_key, scope, instrument)
 
 
+# The cohort page's summaries (analytics.views.cohort_base / cohort_summary): st.cache_resource, not
+# st.cache_data, because a cache_data hit unpickles a copy on every rerun (seconds at 100,000 patients)
+# and the page only reads them. Keyed like every cache here: path, data version, scope.
+@st.cache_resource(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)
+def _cohort_base(db: str, version: tuple, scope_key: tuple, _scope: Scope) -> views.CohortBase:
+    f = _frames(db, version, scope_key, _scope)
+    return views.cohort_base(f["patients"], f["treatments"], f["assessments"], _cycles(db, version, scope_key, _scope, "PHQ-9"))
+
+
+@st.cache_resource(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)
+def _cohort_summary(db: str, version: tuple, scope_key: tuple, _scope: Scope, instrument: str) -> views.CohortSummary:
+    f = _frames(db, version, scope_key, _scope)
+    base = _cohort_base(db, version, scope_key, _scope)
+    induction = _induction(db, version, scope_key, _scope, instrument) if base.has_infusions else None
+    return views.cohort_summary(base, f["assessments"], induction, instrument)
+
+
+def cohort_summary(scope: Scope, instrument: str) -> views.CohortSummary:
+    """What the cohort page aggregates on each rerun (read-only: shared by every session of this scope)."""
+    db = db_file()
+    return _cohort_summary(str(db), db_version(db), scope.cache_key, scope, instrument)
+
+
 @st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)
 def _suggestions(db: str, version: tuple, scope_key: tuple, _scope: Scope, instrument: str) -> pd.DataFrame | None:
     f = _frames(db, version, scope_key, _scope)

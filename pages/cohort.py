@@ -14,17 +14,21 @@ if not session.has_data():
     session.no_database_message()
     st.stop()
 
-f = session.frames(scope)
-if f["treatments"].empty:
-    st.info("No infusions yet: import treatments on the Data page (or build the demo clinic) to see cohort outcomes.")
-    st.stop()
-
-options = views.filter_options(f["patients"], f["treatments"])
-first_day = f["treatments"]["administered_at"].min().date()
-last_day = f["treatments"]["administered_at"].max().date()
 with st.sidebar:
     st.header("Filters")
     instrument = st.selectbox("Instrument", list(scales.codes()), key="cohort_instrument")
+# Per-patient summaries computed once per data version (pages/_session.py): a rerun aggregates those,
+# never the raw assessments (analytics.views.cohort_view).
+with st.spinner("Preparing the cohort (once after each import)..."):
+    summary = session.cohort_summary(scope, instrument)
+base = summary.base
+if not base.has_infusions:
+    st.info("No infusions yet: import treatments on the Data page (or build the demo clinic) to see cohort outcomes.")
+    st.stop()
+
+options = base.options
+first_day, last_day = base.period
+with st.sidebar:
     period = st.date_input("First infusion between", value=(first_day, last_day), min_value=first_day,
                            max_value=max(last_day, session.today()), key="cohort_period")
     sites = st.multiselect("Site", options["sites"], key="cohort_sites")
@@ -38,12 +42,8 @@ filters = views.Filters(instrument=instrument, sites=tuple(sites), clinicians=tu
                         start=None if start == first_day else start, end=None if end == last_day else end)
 
 with st.spinner("Computing cohort outcomes..."):
-    cohort = views.filter_cohort(f["patients"], f["treatments"], f["assessments"], filters)
-    induction_all = session.induction(scope, instrument)
-    induction = induction_all[views.isin(induction_all["patient_id"], cohort.patients["patient_id"])]
-    all_cycles = session.cycles(scope, "PHQ-9")
-    cycles = all_cycles[views.isin(all_cycles["patient_id"], cohort.patients["patient_id"])]
-    head = views.headline(cohort, induction, session.today(), min_cell, cycles=cycles)
+    view = views.cohort_view(summary, filters, session.today(), min_cell)
+head, induction, cycle_counts = view["headline"], view["induction"], view["cycles"]
 
 st.caption(f"Period and filters: {head['period']}. {suppress.count(head['treated'], min_cell)} treated patients, "
            f"{suppress.count(head['evaluable'], min_cell)} with a baseline and a score within 21 days after induction (the rates' denominator).")
@@ -63,23 +63,28 @@ c4.metric(f"Remission after induction ({instrument})", "-" if remi.value is None
           help=f"{instrument} {'≤' if inclusive else '<'} {cut:g} at the first score after induction. 95% Wilson interval.")
 c4.caption(remi.text())
 median = head["median_durability_days"]
-n_cycle_patients = int(cycles["patient_id"].nunique())
+n_cycle_patients = cycle_counts["n_patients"]
 median_text = "not reached" if median is None else f"{median:.0f} days"
 c5.metric("Median durability (PHQ-9)", suppress.figure(median_text, n_cycle_patients, min_cell),
           help="Median time from an infusion given in response to loss of response (Turnbull estimate; "
                "loss lies between two scores).")
-c5.caption(f"{suppress.count(len(cycles), min_cell)} response cycles, "
-           f"{suppress.count(int(cycles['event'].sum()), min_cell)} ended in loss")
+c5.caption(f"{suppress.count(cycle_counts['n_cycles'], min_cell)} response cycles, "
+           f"{suppress.count(cycle_counts['n_losses'], min_cell)} ended in loss")
 
 left, right = st.columns(2)
 with left:
-    w = views.waterfall(induction)
+    w = view["waterfall"]
     if w.empty:
         st.info(f"No patient has both a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.waterfall(w, instrument, show_ids=scope.patient_level), key="waterfall")
+        bars = views.waterfall_bars(w)
+        st.plotly_chart(charts.waterfall(bars, instrument, show_ids=scope.patient_level), key="waterfall")
+        if bars is not w:
+            st.caption(f"{len(w):,} patients: each bar is one percentile of them (1/{views.WATERFALL_BINS}, in order "
+                       f"of best change), drawn at its median; hover for its range. One bar per patient is shown "
+                       f"up to {views.WATERFALL_MAX_BARS:,} patients.")
 with right:
-    band = views.trajectory_band(cohort, instrument, min_n=max(5, min_cell))
+    band = view["trajectory"]
     if band.empty:
         st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
     else:
@@ -88,7 +93,7 @@ with right:
 
 left, right = st.columns(2)
 with left:
-    table = views.severity_movement(induction, instrument, min_cell)
+    table = view["severity"]
     if table.fillna(0).to_numpy().sum() == 0 and not table.isna().to_numpy().any():
         st.info(f"No patient has a {instrument} baseline and a later score yet.")
     else:
@@ -97,7 +102,7 @@ with right:
     by = st.radio("Compare", ["site", "clinician"], horizontal=True, key="funnel_by")
     outcome = st.radio("Outcome", ["responded", "remitted"], horizontal=True, key="funnel_outcome",
                        format_func=lambda o: {"responded": "response", "remitted": "remission"}[o])
-    data = views.funnel(induction, cohort.patients, by, outcome, min_cell=min_cell)
+    data = views.funnel(induction, view["patients"], by, outcome, min_cell=min_cell)
     if data["clinic_rate"] is None or data["groups"].empty:
         st.info("Not enough evaluable patients to compare groups.")
     else:
@@ -107,7 +112,7 @@ with right:
         st.caption("A point outside the funnel differs from the clinic rate by more than chance would explain "
                    "for a group of that size; inside it, differences are compatible with chance.")
 
-comp = views.completeness(cohort.treatments, cohort.assessments)
+comp = view["completeness"]
 if min_cell:  # a share from fewer infusions than the minimum cell size is not shown
     comp = comp[comp["infusions"] >= min_cell].assign(
         assessed_shown=lambda c: [suppress.count(int(a), min_cell) for a in c["assessed"]])
