@@ -244,50 +244,80 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
     (reliable worsening: by at least the RCI), lost_response (was responding at
     the previous score, not now), item9_positive (latest PHQ-9 item 9 > 0),
     alert (any of the worsening flags or item 9) and alert_reasons.
+
+    On arrays rather than frame operations: the patient page calls this for one
+    patient on every view, where pandas' per-operation overhead was most of the cost.
     """
     code = scales.get(instrument).code
     rci = reliable_change_index(code, rules)
     base = baselines(treatments, assessments, code, rules)
-    a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()] if "instrument" in assessments.columns \
-        else assessments[assessments["total"].notna()]
-    a = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "at": assessment_clock(a).to_numpy(),
-                      "total": a["total"].to_numpy(dtype=float)})
-    a = a.merge(base, on="patient_id", how="inner")
+    n = len(base)
+    row_of = pd.Index(base["patient_id"])
+    baseline = base["baseline_score"].to_numpy(dtype=float)
+    baseline_at = _us(base["baseline_at"])  # NaT is the smallest int64: every score is after it
+    first_us = _us(base["first_infusion_at"])
+    first_day = first_us - np.mod(first_us, _US_PER_DAY)
+
+    keep = assessments["total"].notna().to_numpy()
+    if "instrument" in assessments.columns:
+        keep = keep & (assessments["instrument"] == code).to_numpy()
+    a = assessments[keep]
+    clock = assessment_clock(a).to_numpy()
+    at = _us(clock)
+    total = a["total"].to_numpy(dtype=float)
+    row = row_of.get_indexer(a["patient_id"].astype(str))  # -1: never treated
     # Only scores after treatment began are outcomes (the baseline itself is not).
-    a = a[a["at"] > a["baseline_at"].fillna(pd.Timestamp.min)]
-    a = a[a["at"] >= a["first_infusion_at"].dt.normalize()].sort_values(["patient_id", "at"])
-    a["responding"] = is_response(a["total"], a["baseline_score"], rules)
-    g = a.groupby("patient_id", sort=False)
-    latest = g.tail(1).set_index("patient_id")
-    previous = a[g.cumcount(ascending=False) == 1].set_index("patient_id")
-    out = base.set_index("patient_id")
-    out["latest_score"] = latest["total"]
-    out["latest_at"] = latest["at"]
-    out["previous_score"] = previous["total"]
-    out["best_score"] = g["total"].min()
-    out["ever_responded"] = g["responding"].any().reindex(out.index).astype("boolean").fillna(False).astype(bool)
-    out["percent_fall"] = percent_fall(out["latest_score"], out["baseline_score"])
-    out["responding"] = is_response(out["latest_score"], out["baseline_score"], rules)
-    out["remission"] = is_remission(out["latest_score"], code, rules) & out["latest_score"].notna().to_numpy()
-    out["reliable_improvement"] = (out["baseline_score"] - out["latest_score"]) >= rci
-    out["worse_than_best"] = (out["latest_score"] - out["best_score"]) >= rci
-    out["worse_than_last"] = (out["latest_score"] - out["previous_score"]) >= rci
-    prev_resp = is_response(out["previous_score"], out["baseline_score"], rules)
-    out["lost_response"] = prev_resp & ~out["responding"].to_numpy() & out["latest_score"].notna().to_numpy()
-    out["item9_positive"] = False
+    ok = row >= 0
+    ok[ok] = (at[ok] > baseline_at[row[ok]]) & (at[ok] >= first_day[row[ok]])
+    idx = np.flatnonzero(ok)
+    idx = idx[np.lexsort((at[idx], row[idx]))]  # per patient, oldest first (stable on ties)
+    r = row[idx]
+    last = idx[np.r_[r[1:] != r[:-1], True]] if len(idx) else idx
+    before_last = np.flatnonzero(np.r_[r[1:] != r[:-1], True]) - 1
+    has_previous = before_last >= 0
+    has_previous[has_previous] = r[before_last[has_previous]] == r[before_last[has_previous] + 1]
+    previous = idx[before_last[has_previous]]
+
+    latest_score = np.full(n, np.nan)
+    latest_score[row[last]] = total[last]
+    latest_at = np.full(n, np.datetime64("NaT"), dtype=clock.dtype if len(clock) else "datetime64[us]")
+    latest_at[row[last]] = clock[last]
+    previous_score = np.full(n, np.nan)
+    previous_score[row[previous]] = total[previous]
+    best_score = np.full(n, np.inf)
+    np.minimum.at(best_score, r, total[idx])
+    best_score[np.isinf(best_score)] = np.nan
+    ever_responded = np.bincount(r, weights=is_response(total[idx], baseline[r], rules), minlength=n) > 0
+
+    responding = is_response(latest_score, baseline, rules)
+    scored = ~np.isnan(latest_score)
+    with np.errstate(invalid="ignore"):
+        flags = {
+            "reliable worsening from best": (latest_score - best_score) >= rci,
+            "reliable worsening since last": (latest_score - previous_score) >= rci,
+            "no longer in response": is_response(previous_score, baseline, rules) & ~responding & scored,
+            "PHQ-9 item 9 above 0": np.zeros(n, dtype=bool),
+        }
+        reliable_improvement = (baseline - latest_score) >= rci
     if code == "PHQ-9" and "item_9" in assessments.columns:
         phq = assessments[assessments["instrument"] == "PHQ-9"] if "instrument" in assessments.columns else assessments
-        phq = phq.assign(_at=assessment_clock(phq)).sort_values(["patient_id", "_at"]).groupby("patient_id").tail(1)
-        item9 = phq.set_index("patient_id")["item_9"].astype(float)
-        out["item9_positive"] = (item9.reindex(out.index) > 0).fillna(False).to_numpy()
-    flags = {"reliable worsening from best": "worse_than_best", "reliable worsening since last": "worse_than_last",
-             "no longer in response": "lost_response", "PHQ-9 item 9 above 0": "item9_positive"}
-    for col in flags.values():
-        out[col] = out[col].fillna(False).astype(bool)
-    out["alert"] = out[list(flags.values())].any(axis=1)
-    reasons = pd.Series("", index=out.index)
-    for text, col in flags.items():
-        reasons = reasons.where(~out[col], reasons + np.where(reasons == "", "", "; ") + text)
-    out["alert_reasons"] = reasons
-    out["rci_points"] = rci
-    return out.reset_index()
+        p_row = row_of.get_indexer(phq["patient_id"].astype(str))
+        p_idx = np.flatnonzero(p_row >= 0)
+        p_idx = p_idx[np.lexsort((_us(assessment_clock(phq))[p_idx], p_row[p_idx]))]
+        p_r = p_row[p_idx]
+        p_last = p_idx[np.r_[p_r[1:] != p_r[:-1], True]] if len(p_idx) else p_idx
+        with np.errstate(invalid="ignore"):
+            flags["PHQ-9 item 9 above 0"][p_row[p_last]] = phq["item_9"].astype(float).to_numpy()[p_last] > 0
+    alert = np.zeros(n, dtype=bool)
+    reasons = np.full(n, "", dtype=object)
+    for text, flag in flags.items():
+        alert |= flag
+        reasons = np.where(flag, np.where(reasons == "", text, reasons + "; " + text), reasons)
+    return base.assign(
+        latest_score=latest_score, latest_at=latest_at, previous_score=previous_score, best_score=best_score,
+        ever_responded=ever_responded, percent_fall=percent_fall(latest_score, baseline), responding=responding,
+        remission=is_remission(latest_score, code, rules) & scored, reliable_improvement=reliable_improvement,
+        worse_than_best=flags["reliable worsening from best"], worse_than_last=flags["reliable worsening since last"],
+        lost_response=flags["no longer in response"], item9_positive=flags["PHQ-9 item 9 above 0"], alert=alert,
+        alert_reasons=pd.Series(reasons, index=base.index, dtype=str), rci_points=rci,
+    )
