@@ -367,7 +367,7 @@ def funnel(induction: pd.DataFrame, patients: pd.DataFrame, by: str, outcome: st
     g["rate"] = g["k"] / g["n"]
     hidden = int((g["n"] < min_cell).sum())
     g = g[g["n"] >= min_cell].reset_index(drop=True)
-    n = np.arange(max(2, min(5, int(g["n"].min()) if len(g) else 2)), int(max(g["n"].max() if len(g) else 10, 10) * 1.15) + 1)
+    n = _funnel_sizes(max(2, min(5, int(g["n"].min()) if len(g) else 2)), int(max(g["n"].max() if len(g) else 10, 10) * 1.15))
     se = np.sqrt(p0 * (1 - p0) / n)
     limits = pd.DataFrame({"n": n, "lo95": np.clip(p0 - 1.96 * se, 0, 1), "hi95": np.clip(p0 + 1.96 * se, 0, 1),
                            "lo998": np.clip(p0 - 3.09 * se, 0, 1), "hi998": np.clip(p0 + 3.09 * se, 0, 1)})
@@ -376,6 +376,15 @@ def funnel(induction: pd.DataFrame, patients: pd.DataFrame, by: str, outcome: st
                               ["outside 99.8% limits", "outside 95% limits"], "within limits")
     g["k_shown"] = [suppress.count(int(k), min_cell) for k in g["k"]]  # a count under min_cell shows as "<11"
     return {"groups": g, "limits": limits, "clinic_rate": p0, "hidden_groups": hidden}
+
+
+def _funnel_sizes(low: int, high: int, exact_up_to: int = 200, points: int = 200) -> np.ndarray:
+    """Group sizes to draw the funnel's limits at: every size up to `exact_up_to` (where the limits bend),
+    then `points` sizes evenly spaced on a log scale: a 40,000-patient site draws a few hundred points, not 40,000."""
+    sizes = np.arange(low, min(high, exact_up_to) + 1)
+    if high > exact_up_to:
+        sizes = np.union1d(sizes, np.geomspace(exact_up_to, high, points).round().astype(int))
+    return sizes
 
 
 def completeness(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str | None = None,

@@ -157,3 +157,20 @@ def test_a_small_waterfall_keeps_one_bar_per_patient():
     assert views.waterfall_bars(w) is w
     fig = charts.waterfall(w, "PHQ-9", show_ids=True)
     assert sum(len(trace.x) for trace in fig.data) == 300
+
+
+def test_funnel_limits_for_a_large_site_are_a_few_hundred_points_on_the_exact_curve():
+    n = 30_000
+    induction = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "evaluable": True,
+                              "responded": np.arange(n) % 5 < 2, "remitted": False})
+    patients = pd.DataFrame({"patient_id": induction["patient_id"], "site": np.where(np.arange(n) < 25_000, "a", "b")})
+    data = views.funnel(induction, patients, "site")
+    limits = data["limits"]
+    assert len(limits) < 500
+    assert limits["n"].is_monotonic_increasing and limits["n"].iloc[-1] >= 25_000
+    assert list(limits["n"].iloc[:5]) == [5, 6, 7, 8, 9]  # every size where the funnel bends
+    p0 = data["clinic_rate"]
+    assert p0 == pytest.approx(0.4)
+    se = np.sqrt(p0 * (1 - p0) / limits["n"])
+    assert np.allclose(limits["hi95"], np.clip(p0 + 1.96 * se, 0, 1))
+    assert np.allclose(limits["lo998"], np.clip(p0 - 3.09 * se, 0, 1))
