@@ -6,6 +6,13 @@ transaction checks what needs the store (unknown patient, treatment before
 enrolment) in SQL and writes. One command is one transaction: all files
 land, or (on a refused file, an error or a kill) none of them.
 
+A treatments or assessments CSV file of more than `BLOCK_ROWS` rows is
+parsed and checked a block at a time, and its good rows are staged in a
+Parquet file of their own (compressed, on disk), where keys repeated across
+blocks are found in SQL; the transaction then reads them from there. Memory
+holds one block, whatever the file's size, and the write lock is still held
+only for the set operations of the write.
+
 Public API: `import_files`, `import_tables`, `cli_import`, `ImportReport`.
 Rules and their reasons: rules.py; the format: docs/import.md.
 """
@@ -21,13 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
+import shutil
+import tempfile
+
 import duckdb
 import numpy as np
 import pandas as pd
 
 from .. import store
 from . import rules, write
-from .csv import FileRefused, read_csv
+from .csv import BLOCK_ROWS, CsvIndex, FileRefused, read_csv, scan_csv
 
 # Test hook: when set to a path, the import writes its pid there after writing
 # and before COMMIT, then waits (OUTCOMES_IMPORT_HOLD_SECONDS, default 60) with
@@ -132,13 +142,131 @@ class ImportReport:
 
 
 @dataclass
+class _Staged:
+    """A large file's good rows, in a Parquet file of their own (with `_row` and `_line`)."""
+    path: Path
+    rows_total: int
+
+
+@dataclass
 class _Job:
     file_name: str
     source: str
     sha256: str
-    validated: rules.Validated
+    validated: rules.Validated  # clean is None when the rows are staged (then its rejects are the file's)
     raw_for: Callable[[np.ndarray, np.ndarray], list[str]]  # (rows, lines) -> raw text
     result: FileResult
+    staged: _Staged | None = None
+
+    @property
+    def rows_total(self) -> int:
+        if self.staged is not None:
+            return self.staged.rows_total
+        return len(self.validated.clean) + len(self.validated.rejects)
+
+
+def _with_malformed(rejects: pd.DataFrame, malformed: list[tuple[int, str | None, str]]) -> pd.DataFrame:
+    """Rows the CSV scan set aside (wrong number of fields) join the rejects, with `_row` -1."""
+    if not malformed:
+        return rejects
+    extra = pd.DataFrame({
+        "_row": np.full(len(malformed), -1, dtype="int64"),
+        "_line": [m[0] for m in malformed],
+        "column": [m[1] for m in malformed],
+        "reason": [m[2] for m in malformed],
+    })
+    return pd.concat([rejects, extra], ignore_index=True)
+
+
+def _read_small(index: CsvIndex) -> rules.Validated:
+    """A file of at most one block: parsed and checked in memory."""
+    [frame] = index.blocks(block_rows=max(1, len(index.good_lines)))
+    validated = rules.validate(index.kind, frame, trimmed=True)
+    validated.rejects = _with_malformed(validated.rejects, index.malformed)
+    return validated
+
+
+_KEYS = {"treatments": ("patient_id", "administered_at"), "assessments": ("patient_id", "instrument", "administered_at")}
+
+
+def _stage(index: CsvIndex, stage_dir: Path, block_rows: int) -> tuple[rules.Validated, _Staged]:
+    """Check a large treatments or assessments file a block at a time and stage its good rows (Parquet).
+
+    Keys repeated within a block are found by `rules.validate`; across blocks here, in SQL:
+    the first good row is kept and the later ones are rejected naming its line, as for a small file.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = index.kind
+    path = stage_dir / f"{len(list(stage_dir.iterdir()))}.parquet"
+    found: list[pd.DataFrame] = [_with_malformed(pd.DataFrame({"_row": pd.Series([], dtype="int64"),
+                                                              "_line": pd.Series([], dtype="int64"),
+                                                              "column": [], "reason": []}), index.malformed)]
+    first: rules.Validated | None = None
+    writer: pq.ParquetWriter | None = None
+    offset = blocks = 0
+    try:
+        for frame in index.blocks(block_rows):
+            v = rules.validate(kind, frame, trimmed=True)
+            del frame
+            first = first or v
+            found.append(v.rejects)
+            table = write._arrow(v.clean.assign(_row=np.arange(offset, offset + len(v.clean), dtype="int64")))
+            table = table.replace_schema_metadata(None)
+            # A column empty in a block comes out typed null: every block gets the same types.
+            table = pa.table([c.cast(pa.large_string()) if pa.types.is_null(c.type) else c for c in table.columns],
+                             names=table.column_names)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="snappy")
+            writer.write_table(table.cast(writer.schema))
+            offset += len(v.clean)
+            blocks += 1
+            del v, table
+    finally:
+        if writer is not None:
+            writer.close()
+    if blocks > 1:
+        found.append(_repeated_across_blocks(kind, path))
+    rejects = pd.concat(found, ignore_index=True)
+    rejects["_row"] = -1  # not rows of a frame: raw text comes from the lines
+    validated = rules.Validated(kind, None, rejects, None, [], first.notes, first.given)
+    return validated, _Staged(path, index.rows_total)
+
+
+def _repeated_across_blocks(kind: str, path: Path) -> pd.DataFrame:
+    """Rows whose key an earlier line of the file already has: rejected, and removed from the staged rows."""
+    from .csv import _parser_cursor
+
+    keys = ", ".join(_KEYS[kind])
+    con = _parser_cursor()
+    try:
+        repeated = con.execute(
+            f"""SELECT r._row, r._line, f.first_line FROM read_parquet($path) r
+                JOIN (SELECT {keys}, min(_line) AS first_line FROM read_parquet($path)
+                      GROUP BY {keys} HAVING count(*) > 1) f USING ({keys})
+                WHERE r._line > f.first_line ORDER BY r._line""", {"path": str(path)}).df()
+        if len(repeated):
+            kept = path.with_suffix(".kept.parquet")
+            con.register("ingest_repeated", repeated[["_row"]])
+            con.execute(f"""COPY (SELECT * FROM read_parquet('{_quoted(path)}')
+                                  WHERE _row NOT IN (SELECT _row FROM ingest_repeated) ORDER BY _row)
+                            TO '{_quoted(kept)}' (FORMAT parquet)""")
+            os.replace(kept, path)
+    finally:
+        con.close()
+    return pd.DataFrame({
+        "_row": np.full(len(repeated), -1, dtype="int64"),
+        "_line": repeated["_line"].astype("int64").to_numpy(),
+        "column": "patient_id",
+        "reason": [f"duplicate key ({rules.KEY_SHOWN[kind]}) in this file: line {int(f)} has the same one"
+                   for f in repeated["first_line"]],
+    })
+
+
+def _quoted(path: Path) -> str:
+    """A path of our own temporary directory as an SQL string body (COPY and views take no parameters)."""
+    return str(path).replace("'", "''")
 
 
 def _csv_line(frame: pd.DataFrame) -> Callable[[np.ndarray, np.ndarray], list[str]]:
@@ -169,7 +297,11 @@ def _frame_sha256(tables: dict[str, pd.DataFrame]) -> str:
 def _all_rejects(job: _Job, db_rejects: pd.DataFrame | None) -> pd.DataFrame:
     v = job.validated
     rejects = v.rejects
-    if db_rejects is not None and len(db_rejects):
+    if db_rejects is not None and len(db_rejects) and v.clean is None:  # staged rows: lines straight from SQL
+        extra = pd.DataFrame({"_row": np.full(len(db_rejects), -1, dtype="int64"), "_line": db_rejects["_line"].to_numpy(),
+                              "column": db_rejects["column"].to_numpy(), "reason": db_rejects["reason"].to_numpy()})
+        rejects = pd.concat([rejects, extra], ignore_index=True)
+    elif db_rejects is not None and len(db_rejects):
         # db_rejects index rows of the clean frame: translate to the source rows and lines.
         clean_rows = v.clean["_row"].to_numpy()[db_rejects["_row"].to_numpy()]
         clean_lines = v.clean["_line"].to_numpy()[db_rejects["_row"].to_numpy()]
@@ -196,24 +328,7 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None
     try:
         with store.transaction(db) as con:
             for job in jobs:
-                v = job.validated
-                result = job.result
-                result.rows_total = len(v.clean) + len(v.rejects)
-                batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
-                                             kind=v.kind, user=user, rows_total=result.rows_total)
-                # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
-                clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone
-                clean["_row"] = np.arange(len(clean), dtype="int64")
-                written = write.write(con, rules.Validated(v.kind, clean, v.rejects, v.attributes, v.attribute_names, v.notes, v.given), batch_id)
-                db_rejects = written.db_rejects
-                rejects = _all_rejects(job, db_rejects)
-                write.quarantine(con, batch_id, job.file_name, rejects)
-                result.batch_id = batch_id
-                result.rows_inserted, result.rows_updated, result.rows_unchanged = written.inserted, written.updated, written.unchanged
-                result.rows_rejected = len(rejects)
-                result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
-                                  for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
-                write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
+                _write_job(con, job, user)
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
                 after_write(con, report)
             _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
@@ -224,6 +339,29 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None
             job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
         report.error = str(exc).splitlines()[0]
     return report
+
+
+def _write_job(con, job: _Job, user: str) -> None:
+    v = job.validated
+    result = job.result
+    result.rows_total = job.rows_total
+    batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
+                                 kind=v.kind, user=user, rows_total=result.rows_total)
+    if job.staged is not None:
+        written = write.write(con, v, batch_id, source=f"read_parquet('{_quoted(job.staged.path)}')")
+    else:
+        # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
+        clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone
+        clean["_row"] = np.arange(len(clean), dtype="int64")
+        written = write.write(con, rules.Validated(v.kind, clean, v.rejects, v.attributes, v.attribute_names, v.notes, v.given), batch_id)
+    rejects = _all_rejects(job, written.db_rejects)
+    write.quarantine(con, batch_id, job.file_name, rejects)
+    result.batch_id = batch_id
+    result.rows_inserted, result.rows_updated, result.rows_unchanged = written.inserted, written.updated, written.unchanged
+    result.rows_rejected = len(rejects)
+    result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
+                      for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
+    write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
 
 
 def _audit_import(db, user: str, report: ImportReport, outcome: str, con) -> None:
@@ -237,41 +375,60 @@ def _audit_import(db, user: str, report: ImportReport, outcome: str, con) -> Non
     audit.append(db, user, "import", outcome=outcome, detail=detail, con=con)
 
 
-def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system") -> ImportReport:
-    """Import CSV files (kind recognised by header); patients files go first whatever the order."""
+def _may_be_fhir(path) -> bool:
+    """FHIR JSON starts with "{" (after a byte-order mark or blanks); anything else is left to the CSV reader,
+    so a CSV-only import never loads the FHIR modules."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{")
+
+
+def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system",
+                 block_rows: int = BLOCK_ROWS) -> ImportReport:
+    """Import CSV files (kind recognised by header); patients files go first whatever the order.
+
+    `block_rows`: a treatments or assessments file with more rows is checked in blocks of this
+    many and staged on disk (memory holds one block); the outcome is the same whatever the size.
+    """
     report = ImportReport()
     jobs: list[_Job] = []
     paths = list(paths)
     # FHIR JSON (Bundle or NDJSON) is recognised by content, whatever the file name (docs/fhir.md).
-    from .. import fhir
-    fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
-    if fhir_paths:
-        fhir.add_import_jobs(fhir_paths, report, jobs, user, db=db)
-    for path in paths:
-        if path in fhir_paths:
-            continue
-        name = str(path)
-        try:
-            parsed = read_csv(path)
-        except FileRefused as exc:
-            report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
-            continue
-        validated = rules.validate(parsed.kind, parsed.frame, trimmed=True)
-        if parsed.malformed:
-            extra = pd.DataFrame({
-                "_row": np.full(len(parsed.malformed), -1, dtype="int64"),
-                "_line": [m[0] for m in parsed.malformed],
-                "column": [m[1] for m in parsed.malformed],
-                "reason": [m[2] for m in parsed.malformed],
-            })
-            validated.rejects = pd.concat([validated.rejects, extra], ignore_index=True)
-        lines_of = parsed.raw_lines
-        result = FileResult(file=name, kind=parsed.kind, notes=validated.notes)
-        report.files.append(result)
-        jobs.append(_Job(name, "csv", parsed.sha256, validated,
-                         lambda rows, lines, lines_of=lines_of: lines_of(lines), result))
-    report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
-    return _run(jobs, report, db, user)
+    fhir_paths = []
+    if any(_may_be_fhir(p) for p in paths):
+        from .. import fhir
+        fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
+        if fhir_paths:
+            fhir.add_import_jobs(fhir_paths, report, jobs, user, db=db)
+    stage_dir: Path | None = None
+    try:
+        for path in paths:
+            if path in fhir_paths:
+                continue
+            name = str(path)
+            staged = None
+            try:
+                index = scan_csv(path)
+                if index.rows_total > block_rows and index.kind in _KEYS:
+                    stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix="outcomes-import-"))
+                    validated, staged = _stage(index, stage_dir, block_rows)
+                else:
+                    validated = _read_small(index)
+            except FileRefused as exc:
+                report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
+                continue
+            result = FileResult(file=name, kind=index.kind, notes=validated.notes)
+            report.files.append(result)
+            jobs.append(_Job(name, "csv", index.sha256, validated,
+                             lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
+        report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
+        return _run(jobs, report, db, user)
+    finally:
+        if stage_dir is not None:
+            shutil.rmtree(stage_dir, ignore_errors=True)
 
 
 def import_tables(

@@ -41,6 +41,9 @@ TEXT_COLUMNS = {
     "assessments": ("patient_id", "rater"),
 }
 FORMULA_START = ("=", "+", "-", "@", "'")
+# The key of each kind as the duplicate-key message names it.
+KEY_SHOWN = {"patients": "patient_id", "treatments": "patient_id, administered_on",
+             "assessments": "patient_id, instrument, administered_on"}
 
 SEX_CODES = {
     "f": "F", "female": "F", "m": "M", "male": "M",
@@ -294,7 +297,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         clean["prior_failed_trials"] = _whole(text["prior_failed_trials"], "prior_failed_trials", 0, 50, problems)
         stamps, _ = _when(text["enrolled_on"], "enrolled_on", problems, now, required=False, date_only=True)
         clean["enrolled_on"] = pd.Series(stamps).dt.date
-        _duplicates(clean, ["patient_id"], lines, problems, "patient_id")
+        _duplicates(clean, ["patient_id"], lines, problems, KEY_SHOWN[kind])
         attribute_names = attribute_columns(kind, frame.columns)
         long = []
         ok = problems.ok
@@ -316,7 +319,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         problems.flag(bad, "dose_mg_per_kg", lambda pos: [f"dose_mg_per_kg must be above 0 and at most {MAX_DOSE_MG_PER_KG:g}, got {dose[p]:g}" for p in pos])
         clean["dose_mg_per_kg"] = dose
         clean["phase"] = _code(text["phase"], "phase", {p: p for p in store.PHASES}, problems, "phase", required=False)
-        _duplicates(clean, ["patient_id", "administered_at"], lines, problems, "patient_id, administered_on")
+        _duplicates(clean, ["patient_id", "administered_at"], lines, problems, KEY_SHOWN[kind])
 
     else:  # assessments
         problems.flag(~_present(text["instrument"]), "instrument", "instrument is empty")
@@ -358,7 +361,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
             clean[c] = items[c]
         clean["total"] = total
         clean["total_method"] = method
-        _duplicates(clean, ["patient_id", "instrument", "administered_at"], lines, problems, "patient_id, instrument, administered_on")
+        _duplicates(clean, ["patient_id", "instrument", "administered_at"], lines, problems, KEY_SHOWN[kind])
 
     clean["_row"] = np.arange(n, dtype="int64")
     clean["_line"] = lines

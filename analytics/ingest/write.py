@@ -2,7 +2,8 @@
 
 Runs inside the caller's transaction on a connection from
 `store.transaction`; everything row-sized happens in SQL over the validated
-frames (registered, not copied), so the write lock is held for a few set
+rows (a frame registered, not copied, or a large file's rows staged in a
+database file of their own), so the write lock is held for a few set
 operations rather than a Python loop.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Written:
     inserted: int
     updated: int
     unchanged: int
-    db_rejects: pd.DataFrame  # _row, column, reason
+    db_rejects: pd.DataFrame  # _row, _line, column, reason
 
 
 def _arrow(frame: pd.DataFrame) -> pa.Table:
@@ -78,15 +79,20 @@ def finish_batch(con, batch_id: int, inserted: int, updated: int, unchanged: int
     )
 
 
-def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Written:
+def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source: str | None = None) -> Written:
+    """Check against the store and write `v`'s rows: `v.clean`, or when `source` is given the table
+    of that (internal, trusted) name, with the same columns (a large file's staged rows)."""
     kind = v.kind
     table = kind
     columns = _written_columns(v)
     keys = _KEY[kind]
     on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
     differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
-    # Registered as Arrow: DuckDB scans it natively, about twice as fast as scanning a DataFrame.
-    con.register("ingest_incoming", _arrow(v.clean))
+    if source is None:
+        # Registered as Arrow: DuckDB scans it natively, about twice as fast as scanning a DataFrame.
+        con.register("ingest_incoming", _arrow(v.clean))
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW ingest_incoming AS SELECT * FROM {source}")
     try:
         if kind == "patients":
             con.register("ingest_attributes", _arrow(v.attributes))
@@ -110,7 +116,8 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
                     LEFT JOIN attr_changed d ON d.patient_id = i.patient_id""",
                 [names],
             )
-            db_rejects = pd.DataFrame({"_row": pd.Series([], dtype="int64"), "column": [], "reason": []})
+            db_rejects = pd.DataFrame({"_row": pd.Series([], dtype="int64"), "_line": pd.Series([], dtype="int64"),
+                                       "column": [], "reason": []})
         else:
             early = ""
             if kind == "treatments":
@@ -118,7 +125,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
             id_column = "treatment_id" if kind == "treatments" else "assessment_id"
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
-                    SELECT i._row, t.{id_column} AS existing_id, p.enrolled_on,
+                    SELECT i._row, i._line, t.{id_column} AS existing_id, p.enrolled_on,
                            CASE WHEN p.patient_id IS NULL THEN 'unknown_patient'
                                 {early}
                                 WHEN t.{id_column} IS NULL THEN 'new'
@@ -129,7 +136,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
                     LEFT JOIN {table} t ON {on}"""
             )
             bad = con.execute(
-                """SELECT _row, status, enrolled_on FROM ingest_status
+                """SELECT _row, _line, status, enrolled_on FROM ingest_status
                    WHERE status IN ('unknown_patient', 'before_enrolment') ORDER BY _row"""
             ).df()
             reasons = [
@@ -139,6 +146,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
             ]
             db_rejects = pd.DataFrame({
                 "_row": bad["_row"].astype("int64"),
+                "_line": bad["_line"].astype("int64"),
                 "column": ["patient_id" if s == "unknown_patient" else "administered_on" for s in bad["status"]],
                 "reason": reasons,
             })
@@ -191,7 +199,10 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int) -> Writte
             )
         con.execute("DROP TABLE ingest_status")
     finally:
-        con.unregister("ingest_incoming")
+        if source is None:
+            con.unregister("ingest_incoming")
+        else:
+            con.execute("DROP VIEW IF EXISTS ingest_incoming")
         if kind == "patients":
             con.unregister("ingest_attributes")
     return Written(batch_id, counts.get("new", 0), counts.get("changed", 0), counts.get("same", 0), db_rejects)

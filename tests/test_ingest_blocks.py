@@ -1,0 +1,177 @@
+"""Large files are checked in blocks and staged on disk: the outcome must not depend on the block size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analytics import ingest, store
+from analytics.ingest import rules
+from fixtures import make_db, patient, snapshot
+from test_ingest import ASSESSMENTS_HEADER, PATIENTS_HEADER, TREATMENTS_HEADER, phq, write
+
+
+@pytest.fixture()
+def db(tmp_path) -> Path:
+    return make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2", clinician="dr_b")])
+
+
+def stored(db: Path, table: str) -> list[tuple]:
+    """The stored rows without ids and batch numbers (which differ between two imports by design)."""
+    with store.connect(db) as con:
+        frame = con.execute(f"SELECT * FROM {table}").df()
+    frame = frame.drop(columns=[c for c in frame.columns if c.endswith("_id") and c != "patient_id"] + ["batch_id"])
+    return sorted(map(tuple, frame.astype(str).to_numpy().tolist()))
+
+
+def quarantined(db: Path) -> list[tuple]:
+    with store.connect(db) as con:
+        return con.execute("SELECT line, column_name, reason, raw_line FROM rejected_rows ORDER BY line").fetchall()
+
+
+def outcome(report: ingest.ImportReport) -> list:
+    return [(f.kind, f.rows_total, f.rows_inserted, f.rows_updated, f.rows_unchanged, f.rows_rejected,
+             [(r.line, r.column, r.reason) for r in f.rejects]) for f in report.files]
+
+
+def assessments_file(tmp_path: Path) -> Path:
+    """Eight data records; with blocks of 3 rows: lines 2-4 (block 1, one spanning two lines), 6-9, 10-11."""
+    return write(
+        tmp_path / "a.csv", ASSESSMENTS_HEADER,
+        phq("P1", "2024-01-10", [1] * 9).replace(",self,", ',"Dr A\nsecond line",'),  # line 2-3
+        phq("P1", "2024-01-11", [2] * 9),                  # line 4
+        "",                                               # line 5: blank, skipped
+        phq("P1", "2024-01-12", [3] * 9),                  # line 6
+        phq("P1", "2024-01-11", [3] * 9),                  # line 7: key of line 4, in the next block
+        phq("P1", "2024-01-13", [9] + [1] * 8),            # line 8: item out of range, second block
+        phq("P404", "2024-01-14", [1] * 9),                # line 9: unknown patient (found in SQL)
+        "P1,PHQ-9,2024-01-15,self,1,1",                    # line 10: wrong number of fields
+        phq("P2", "2024-01-12", [0] * 9),                  # line 11
+    )
+
+
+def test_outcome_is_the_same_with_blocks_of_three_rows_as_in_one_piece(tmp_path):
+    one = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="one.duckdb")
+    blocks = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="blocks.duckdb")
+    path = assessments_file(tmp_path)
+
+    whole = ingest.import_files([path], db=one)
+    split = ingest.import_files([path], db=blocks, block_rows=3)
+
+    assert outcome(split) == outcome(whole)
+    assert stored(blocks, "assessments") == stored(one, "assessments")
+    assert quarantined(blocks) == quarantined(one)
+    assert [r.line for r in split.rejects] == [7, 8, 9, 10]
+
+
+def test_a_key_repeated_in_a_later_block_is_rejected_naming_the_first_line(db, tmp_path):
+    path = assessments_file(tmp_path)
+
+    report = ingest.import_files([path], db=db, block_rows=3)
+
+    duplicate = [r for r in report.rejects if r.line == 7]
+    assert [(r.column, r.reason) for r in duplicate] == [
+        ("patient_id", "duplicate key (patient_id, instrument, administered_on) in this file: line 4 has the same one")]
+    with store.connect(db) as con:
+        kept = con.execute("SELECT total FROM assessments WHERE administered_at = '2024-01-11'").fetchall()
+    assert kept == [(18.0,)]  # the first row (line 4, items of 2) is kept, not the repeat
+
+
+def test_a_bad_row_in_the_second_block_is_quarantined_with_its_editor_line_and_text(db, tmp_path):
+    path = assessments_file(tmp_path)
+
+    report = ingest.import_files([path], db=db, block_rows=3)
+
+    assert report.exit_code == 1
+    lines = {line: (column, reason, raw) for line, column, reason, raw in quarantined(db)}
+    assert lines[8][0] == "item_1" and "must be a whole number 0-3, got 9" in lines[8][1]
+    assert lines[8][2] == phq("P1", "2024-01-13", [9] + [1] * 8)
+    assert lines[9][:2] == ("patient_id", rules_unknown_patient())
+    assert lines[10][0] is None and lines[10][2] == "P1,PHQ-9,2024-01-15,self,1,1"
+
+
+def rules_unknown_patient() -> str:
+    from analytics.ingest import write as ingest_write
+    return ingest_write.UNKNOWN_PATIENT
+
+
+def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_staging(db, tmp_path, monkeypatch):
+    patients = write(tmp_path / "p.csv", PATIENTS_HEADER, "P9,North,dr_a,1980,F,TRD,,1,2024-01-01")
+    path = assessments_file(tmp_path)
+    before = snapshot(db)
+    staging = []
+    real_validate = rules.validate
+    real_stage = ingest._stage
+
+    def validate(kind, frame, **kw):
+        if kind == "assessments" and frame["_line"].min() >= 6:  # the second block
+            raise RuntimeError("simulated crash in block 2")
+        return real_validate(kind, frame, **kw)
+
+    def stage(index, stage_dir, block_rows):
+        staging.append(stage_dir)
+        return real_stage(index, stage_dir, block_rows)
+
+    monkeypatch.setattr(rules, "validate", validate)
+    monkeypatch.setattr(ingest, "_stage", stage)
+    with pytest.raises(RuntimeError, match="block 2"):
+        ingest.import_files([patients, path], db=db, block_rows=3)
+
+    assert snapshot(db) == before
+    assert staging and not staging[0].exists()
+
+
+def test_a_second_block_that_is_not_utf8_refuses_the_whole_command(db, tmp_path):
+    patients = write(tmp_path / "p.csv", PATIENTS_HEADER, "P9,North,dr_a,1980,F,TRD,,1,2024-01-01")
+    path = assessments_file(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b"P2,PHQ-9", b"P\xff,PHQ-9"))
+    before = snapshot(db)
+
+    report = ingest.import_files([patients, path], db=db, block_rows=3)
+
+    assert report.exit_code == 2
+    assert any("a.csv: line 11: the file is not UTF-8" in m for m in report.messages())
+    assert snapshot(db) == before
+
+
+def test_reimporting_a_large_file_adds_nothing(db, tmp_path):
+    path = assessments_file(tmp_path)
+    ingest.import_files([path], db=db, block_rows=3)
+    before = snapshot(db)
+
+    again = ingest.import_files([path], db=db, block_rows=3)
+
+    after = snapshot(db)
+    assert (again.files[0].rows_inserted, again.files[0].rows_unchanged, again.files[0].rows_rejected) == (0, 4, 4)
+    for table in ("patients", "assessments", "rejected_rows", "record_history"):
+        assert after[table] == before[table]
+
+
+def test_treatments_in_blocks_check_enrolment_and_duplicates_like_one_piece(tmp_path):
+    rows = ["P1,2024-01-10,iv,0.5,induction", "P1,2024-01-04,iv,0.5,", "P1,2024-01-12,im,0.6,",
+            "P1,2024-01-10,iv,0.7,", "P2,2024-02-01,iv,0.5,", "P1,2024-01-14,iv,0.5,"]
+    path = write(tmp_path / "t.csv", TREATMENTS_HEADER, *rows)
+    one = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="one.duckdb")
+    blocks = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="blocks.duckdb")
+
+    whole = ingest.import_files([path], db=one)
+    split = ingest.import_files([path], db=blocks, block_rows=2)
+
+    assert outcome(split) == outcome(whole)
+    assert [(r.line, r.column) for r in split.rejects] == [(3, "administered_on"), (5, "patient_id")]
+    assert stored(blocks, "treatments") == stored(one, "treatments")
+
+
+def test_scan_counts_lines_across_chunks(tmp_path, monkeypatch):
+    from analytics.ingest import csv as ingest_csv
+    monkeypatch.setattr(ingest_csv, "CHUNK_BYTES", 7)  # every record and quoted cell crosses a chunk edge
+    path = assessments_file(tmp_path)
+
+    index = ingest_csv.scan_csv(path)
+
+    assert index.good_lines.tolist() == [2, 4, 6, 7, 8, 9, 11]
+    assert [m[0] for m in index.malformed] == [10]
+    frame = pd.concat(index.blocks(block_rows=3), ignore_index=True)
+    assert frame["rater"].tolist()[:2] == ["Dr A\nsecond line", "self"]
+    assert index.raw_lines([10, 11]) == ["P1,PHQ-9,2024-01-15,self,1,1", phq("P2", "2024-01-12", [0] * 9)]
