@@ -124,8 +124,12 @@ class DataAccess:
             if not self.scope.patient_level and not set(ids) <= self.scope.granted:
                 # cohort roles compute over everyone but may not pick individuals out
                 raise AccessDenied("you may not open individual patients' rows without a grant")
-            clause += " AND list_contains(?, x.patient_id)"
-            params = params + [ids]
+            if len(ids) == 1:  # one patient (the patient page): an equality is answered from the patient_id index
+                clause += " AND x.patient_id = ?"
+                params = params + ids
+            else:
+                clause += " AND list_contains(?, x.patient_id)"
+                params = params + [ids]
         return clause, params
 
     # -- reads --------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """Patient trajectory (clinician): one patient's scores, infusions, cycles and next infusion."""
+import functools
+
 import pandas as pd
 import streamlit as st
 
@@ -118,7 +120,9 @@ with right:
 
 st.subheader("Recent history")
 st.dataframe(views.patient_history(record), hide_index=True, width="stretch")
-st.download_button("Download this patient's data (CSV)", views.patient_csv(record), file_name=f"{patient_id}.csv",
+# The CSV is built when the button is clicked, not on every view of the record.
+st.download_button("Download this patient's data (CSV)", functools.partial(views.patient_csv, record),
+                   file_name=f"{patient_id}.csv",
                    mime="text/csv", icon=":material/download:",
                    on_click=lambda: session.data_access(scope).log(  # every download is audited
                        "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))
