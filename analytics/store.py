@@ -108,11 +108,17 @@ class _Attachments:
             self._detach(key)
 
     def _detach(self, key: str) -> None:
-        alias = self.attached[key][0]
-        try:
-            self.base().execute(f"DETACH DATABASE IF EXISTS {alias}")
-        finally:
-            del self.attached[key]
+        entry = self.attached[key]
+        entry[2] = 0  # if DETACH fails, the next attach of this file tries again
+        self.base().execute(f"DETACH DATABASE IF EXISTS {entry[0]}")
+        del self.attached[key]
+
+    def discard(self) -> None:
+        """Drop the instance after a fatal DuckDB error (it refuses all further work); the next use starts afresh."""
+        instance, self.instance, self.attached = self.instance, None, {}
+        if instance is not None and self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                instance.close()  # releases every file it held
 
 
 _attachments = _Attachments()
@@ -160,6 +166,9 @@ def connect(
                 yield con
             finally:
                 con.close()
+        except (duckdb.FatalException, duckdb.InternalException):
+            _attachments.discard()  # DuckDB invalidates the whole instance after these
+            raise
         finally:
             _attachments.release(target)
 

@@ -109,3 +109,13 @@ def test_a_write_connection_inside_another_shares_it_and_a_rollback_keeps_nothin
         with pytest.raises(duckdb.ConnectionException, match="for writing while this process reads it"):
             with store.connect(db, write=True):
                 pass
+
+
+def test_after_a_fatal_database_error_the_next_connection_works_and_the_file_is_free(tmp_path):
+    db = store.initialise(tmp_path / "s.duckdb")
+    with pytest.raises(duckdb.FatalException):
+        with store.connect(db, write=True):
+            raise duckdb.FatalException("database has been invalidated")  # as DuckDB raises after e.g. a failed write
+    assert _other_process_writes(db).returncode == 0
+    with store.connect(db, write=True) as con:
+        assert con.execute("SELECT patient_id FROM patients").fetchall() == [("P2",)]
