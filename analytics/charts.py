@@ -40,19 +40,30 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
                      cycles: pd.DataFrame | None = None, patient_id: str = "") -> go.Figure:
     """One timeline: a panel per instrument (own axis, severity bands shaded, baseline,
     response and remission lines) above an infusion strip (phase and dose), durability
-    cycles drawn in the strip with their length and how they ended."""
+    cycles drawn in the strip with their length and how they ended.
+
+    Bands, lines and their labels are collected and set on the layout once: plotly's
+    add_hrect/add_hline/add_annotation copy the whole layout on every call (~0.3 s a chart).
+    """
     codes = [c for c in thresholds]
     rows = len(codes) + 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
                         row_heights=[1.0] * len(codes) + [0.45])
+    shapes, notes = [], []
     for r, code in enumerate(codes, start=1):
         th = thresholds[code]
         bands = th["bands"]
+        x_domain, y_axis = f"x{r if r > 1 else ''} domain", f"y{r if r > 1 else ''}"
         for i, (low, high, label) in enumerate(bands):
-            fig.add_hrect(y0=low - 0.5 if low else 0, y1=high + 0.5, fillcolor=_band_colour(i, len(bands)),
-                          line_width=0, layer="below", row=r, col=1, exclude_empty_subplots=False)
-            fig.add_annotation(text=label, xref="x domain", x=1.0, xanchor="right", y=(low + high) / 2, yref=f"y{r if r > 1 else ''}",
-                               showarrow=False, font=dict(size=10), opacity=0.6)
+            shapes.append(dict(type="rect", xref=x_domain, x0=0, x1=1, yref=y_axis, y0=low - 0.5 if low else 0,
+                               y1=high + 0.5, fillcolor=_band_colour(i, len(bands)), line=dict(width=0), layer="below"))
+            notes.append(dict(text=label, xref="x domain", x=1.0, xanchor="right", y=(low + high) / 2, yref=y_axis,
+                              showarrow=False, font=dict(size=10), opacity=0.6))
+
+        def hline(y, line: dict, text: str, label_below: bool = False) -> None:
+            shapes.append(dict(type="line", xref=x_domain, x0=0, x1=1, yref=y_axis, y0=y, y1=y, line=line))
+            notes.append(dict(text=text, showarrow=False, xref=x_domain, x=0, xanchor="left", yref=y_axis, y=y,
+                              yanchor="top" if label_below else "bottom"))
         a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
         hover = [f"{code} {t:g} ({b})<br>{d:%a %d %b %Y}" for t, b, d in
                  zip(a["total"], [_band_label(bands, v) for v in a["total"]], a["administered_at"])]
@@ -69,13 +80,12 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
                                          hovertext=[f"PHQ-9 item 9 = {int(v)}" for v in flagged["item_9"]], hoverinfo="text"),
                               row=r, col=1)
         if th["baseline"] is not None:
-            fig.add_hline(y=th["baseline"], line=dict(dash="dot", color="#888"), row=r, col=1,
-                          annotation_text=f"baseline {th['baseline']:g}", annotation_position="top left")
-            fig.add_hline(y=th["response_at_or_below"], line=dict(dash="dash", color="#2ca02c"), row=r, col=1,
-                          annotation_text=f"response ≤ {th['response_at_or_below']:g}", annotation_position="top left")
+            hline(th["baseline"], dict(dash="dot", color="#888"), f"baseline {th['baseline']:g}")
+            hline(th["response_at_or_below"], dict(dash="dash", color="#2ca02c"),
+                  f"response ≤ {th['response_at_or_below']:g}")
         op = "≤" if th["remission_inclusive"] else "<"
-        fig.add_hline(y=th["remission_cut"], line=dict(dash="dash", color="#17becf"), row=r, col=1,
-                      annotation_text=f"remission {op} {th['remission_cut']:g}", annotation_position="bottom left")
+        hline(th["remission_cut"], dict(dash="dash", color="#17becf"), f"remission {op} {th['remission_cut']:g}",
+              label_below=True)
         fig.update_yaxes(range=[0, th["max"]], title_text=f"{code} (points)", row=r, col=1)
     strip = rows
     for phase, (colour, symbol) in PHASE_STYLE.items():
@@ -92,12 +102,13 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
             row=strip, col=1)
     if cycles is not None and len(cycles):
         starts, ends, labels = _cycle_spans(cycles)
-        for s, e, text, lost in zip(starts, ends, labels, cycles_lost(cycles)):
-            colour = "#d62728" if lost else "#2ca02c"
-            fig.add_trace(go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text", line=dict(color=colour, width=5),
-                                     text=[text.split(",")[0], ""], textposition="top right", textfont=dict(size=10),
-                                     showlegend=False,
-                                     hovertext=[text, text], hoverinfo="text"), row=strip, col=1)
+        spans = [go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text",
+                            line=dict(color="#d62728" if lost else "#2ca02c", width=5),
+                            text=[text.split(",")[0], ""], textposition="top right", textfont=dict(size=10),
+                            showlegend=False, hovertext=[text, text], hoverinfo="text")
+                 for s, e, text, lost in zip(starts, ends, labels, cycles_lost(cycles))]
+        fig.add_traces(spans, rows=[strip] * len(spans), cols=[1] * len(spans))
+    fig.update_layout(shapes=shapes, annotations=notes)
     fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
     fig.update_xaxes(title_text="date", row=strip, col=1)
     title = f"Patient {patient_id}: scores and infusions" if patient_id else "Scores and infusions"
