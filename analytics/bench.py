@@ -330,6 +330,7 @@ def patient_view(data, patient_id: str, cached: dict) -> dict:
         "latest": views.latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
         "history": views.patient_history(record),
         "record": record,
+        "thresholds": thresholds,
     }
     present = [c for c in scales.codes() if (a["instrument"] == c).any()]
     if present:
@@ -465,10 +466,10 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     def do_patient():
         ids = frames["patients"]["patient_id"].tolist()
         chosen = random.Random(seed).sample(ids, min(patient_samples, len(ids)))
-        from . import views
+        from . import charts, views
 
         patient_view(data, chosen[0], state["cached"])  # warm: modules imported, file pages cached
-        times, cpu, csv_times = [], [], []
+        times, cpu, csv_times, chart_times = [], [], [], []
         for i, pid in enumerate(chosen):
             say(f"patient page {i + 1}/{len(chosen)}")
             started, started_cpu = time.perf_counter(), time.process_time()
@@ -478,11 +479,17 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
             started = time.perf_counter()
             views.patient_csv(view["record"])  # what a click on the download button adds
             csv_times.append(time.perf_counter() - started)
+            if view["thresholds"]:  # the page's timeline figure (timed apart, like cohort_charts_s)
+                started = time.perf_counter()
+                charts.patient_timeline(view["record"]["assessments"], view["record"]["treatments"],
+                                        view["thresholds"], view["cycles"], pid)
+                chart_times.append(time.perf_counter() - started)
         result["patient_s"] = statistics.median(times)
         # the machine is shared: CPU time says what the page costs when the cores are not contended
         result["patient_cpu_s"] = statistics.median(cpu)
         result["patient_max_s"] = max(times)
         result["patient_csv_s"] = statistics.median(csv_times)
+        result["patient_chart_s"] = statistics.median(chart_times) if chart_times else None
         result["patient_samples"] = len(chosen)
     if "cached" not in state:
         missing["intervals_s"] = missing["patient_s"] = "no cohort cycles: " + missing.get("cohort_s", "not computed")
