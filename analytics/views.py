@@ -442,6 +442,7 @@ def infusions_per_patient_month(treatments: pd.DataFrame) -> pd.DataFrame:
 # once per data version, and `cohort_view` aggregates the selected patients' summaries.
 # tests/test_cohort_summary.py holds `cohort_view` equal to the raw functions, filtered or not.
 
+TRAJECTORY_WEEKS = 26  # trajectory_band's default max_week: the weeks the page draws
 WATERFALL_MAX_BARS = 2000  # above this many patients the waterfall shows one bar per percentile
 WATERFALL_BINS = 100
 
@@ -478,7 +479,7 @@ class CohortBase:
         return self.period[0] is not None
 
     def codes(self, patient_ids) -> np.ndarray:
-        return _readonly(pd.Index(self.patients["patient_id"]).get_indexer(pd.Series(patient_ids)))
+        return _readonly(pd.Index(self.patients["patient_id"]).get_indexer(pd.Series(patient_ids)).astype(np.int32))
 
 
 @dataclass(frozen=True, eq=False)
@@ -488,7 +489,7 @@ class CohortSummary:
     instrument: str
     induction: pd.DataFrame             # induction_outcomes(...) for `instrument`
     induction_code: np.ndarray
-    weekly: pd.DataFrame                # weekly_means: week, patient (the code), total
+    weekly: pd.DataFrame                # weekly_means up to TRAJECTORY_WEEKS: week, patient_id (the code), total
 
 
 def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
@@ -512,7 +513,8 @@ def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: p
         merged = assessed_infusions(treatments, assessments).sort_values("administered_at", kind="stable")
         merged = merged[ids.get_indexer(merged["patient_id"]) >= 0]  # filter_cohort keeps only listed patients' rows
         month_index, months = pd.factorize(merged["month"], sort=True)
-        infusion_at, infusion_code = merged["administered_at"].to_numpy(), ids.get_indexer(merged["patient_id"])
+        infusion_at, infusion_code = merged["administered_at"].to_numpy(), ids.get_indexer(merged["patient_id"]).astype(np.int32)
+        month_index = month_index.astype(np.int32)
         assessed = merged["assessed"].to_numpy(dtype=bool)
         period = (treatments["administered_at"].min().date(), treatments["administered_at"].max().date())
     else:
@@ -523,7 +525,7 @@ def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: p
         cycle_table, median = pd.DataFrame(columns=["patient_id", "left_days", "right_days", "event"]), None
     else:
         # the durability median's point estimate uses patient ids only to tell patients apart: codes do
-        cycle_table = pd.DataFrame({"patient_id": ids.get_indexer(cycles["patient_id"]),
+        cycle_table = pd.DataFrame({"patient_id": ids.get_indexer(cycles["patient_id"]).astype(np.int32),
                                     "left_days": cycles["left_days"].to_numpy(dtype=float),
                                     "right_days": cycles["right_days"].to_numpy(dtype=float),
                                     "event": cycles["event"].to_numpy(dtype=bool)})
@@ -551,9 +553,10 @@ def cohort_summary(base: CohortBase, assessments: pd.DataFrame, induction: pd.Da
     if base.has_infusions:
         first = pd.Series(base.first_day.to_numpy(), index=pd.Index(base.patients["patient_id"])).dropna()
         weekly = weekly_means(first, assessments, instrument)
+        weekly = weekly[weekly["week"] <= TRAJECTORY_WEEKS].reset_index(drop=True)
         weekly["patient_id"] = base.codes(weekly["patient_id"])
     else:
-        weekly = pd.DataFrame({"week": np.zeros(0, dtype=np.int64), "patient_id": np.zeros(0, dtype=np.int64),
+        weekly = pd.DataFrame({"week": np.zeros(0, dtype=np.int64), "patient_id": np.zeros(0, dtype=np.int32),
                                "total": np.zeros(0)})
     codes = base.codes(induction["patient_id"])
     listed = codes >= 0  # filter_cohort keeps only listed patients' rows
@@ -597,7 +600,7 @@ def _rows(keep: np.ndarray | None, codes: np.ndarray) -> np.ndarray | slice:
     return np.append(keep, False)[codes]  # code -1 (patient not in the patients frame) reads the False
 
 
-def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell: int = 0, max_week: int = 26,
+def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell: int = 0,
                 timings: dict | None = None) -> dict:
     """Everything the cohort page shows for these filters, from the summaries; the same figures as
     filter_cohort + headline, waterfall, trajectory_band, severity_movement and completeness on the frames.
@@ -636,10 +639,8 @@ def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell:
         out["trajectory"] = pd.DataFrame(columns=["week", "median", "q1", "q3", "n"])
     else:
         weekly = summary.weekly
-        rows = (weekly["week"] <= max_week).to_numpy()
         if keep is not None:
-            rows = rows & _rows(keep, weekly["patient_id"].to_numpy())
-        weekly = weekly[rows]
+            weekly = weekly[_rows(keep, weekly["patient_id"].to_numpy())]
         out["trajectory"] = _band(weekly, max(5, min_cell))
     lap("trajectory_band")
     out["severity"] = severity_movement(induction, instrument, min_cell)
