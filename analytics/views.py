@@ -694,12 +694,12 @@ def _completeness(base: CohortBase, keep: np.ndarray | None) -> pd.DataFrame:
     return out
 
 
-def waterfall_bars(w: pd.DataFrame, max_bars: int = WATERFALL_MAX_BARS, bins: int = WATERFALL_BINS) -> pd.DataFrame:
+def waterfall_bars(w: pd.DataFrame, max_bars: int | None = None, bins: int = WATERFALL_BINS) -> pd.DataFrame:
     """The waterfall as drawn: waterfall() itself up to `max_bars` patients; above, one bar per
     percentile (`bins` groups of consecutive patients in waterfall order) at the group's median best
     change, with n, low, high (the group's range) and no patient ids: a browser should not receive
     100,000 bars, nor a cohort chart a list of patients."""
-    if len(w) <= max_bars:
+    if len(w) <= (WATERFALL_MAX_BARS if max_bars is None else max_bars):
         return w
     group = np.arange(len(w)) * bins // len(w)
     g = w.groupby(group)["best_percent_change"]

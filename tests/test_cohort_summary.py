@@ -174,3 +174,14 @@ def test_funnel_limits_for_a_large_site_are_a_few_hundred_points_on_the_exact_cu
     se = np.sqrt(p0 * (1 - p0) / limits["n"])
     assert np.allclose(limits["hi95"], np.clip(p0 + 1.96 * se, 0, 1))
     assert np.allclose(limits["lo998"], np.clip(p0 - 3.09 * se, 0, 1))
+
+
+def test_the_page_draws_a_large_waterfall_by_percentile_and_says_so(open_page, monkeypatch, demo_db):
+    monkeypatch.setattr(views, "WATERFALL_MAX_BARS", 50)  # the 120-patient demo counts as large
+    at = open_page("cohort")
+    assert not at.exception
+    assert any("each bar is one percentile" in c.value for c in at.caption)
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert "percentile" in figure
+    ids = DataAccess(demo_db).patients()["patient_id"]
+    assert not any(pid in figure for pid in ids)
