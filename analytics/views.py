@@ -505,10 +505,14 @@ def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: p
     first = treatments.sort_values("administered_at").groupby("patient_id").head(1).set_index("patient_id")
     last = pd.concat([treatments.groupby("patient_id")["administered_at"].max(),
                       assessments.groupby("patient_id")["administered_at"].max()], axis=1).max(axis=1)
-    comorbidity: dict[str, list[bool]] = {}
+    listing: dict[str, list[int]] = {}  # token -> rows of the patients listing it
     for row, text in enumerate(patients["comorbidities"].fillna("")):
         for token in set(str(text).split(";")):
-            comorbidity.setdefault(token, [False] * len(patients))[row] = True
+            listing.setdefault(token, []).append(row)
+    comorbidity = {}
+    for token, rows in listing.items():
+        comorbidity[token] = np.zeros(len(patients), dtype=bool)
+        comorbidity[token][rows] = True
     if len(treatments):
         merged = assessed_infusions(treatments, assessments).sort_values("administered_at", kind="stable")
         merged = merged[ids.get_indexer(merged["patient_id"]) >= 0]  # filter_cohort keeps only listed patients' rows
