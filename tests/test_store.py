@@ -119,3 +119,18 @@ def test_after_a_fatal_database_error_the_next_connection_works_and_the_file_is_
     assert _other_process_writes(db).returncode == 0
     with store.connect(db, write=True) as con:
         assert con.execute("SELECT patient_id FROM patients").fetchall() == [("P2",)]
+
+
+def test_connections_work_when_the_shared_instance_is_recycled_after_every_use(tmp_path, monkeypatch):
+    # A use that grows the process (a large read or import) closes DuckDB's instance so its
+    # allocator gives the memory back; forced here after every use.
+    monkeypatch.setattr(store, "RECYCLE_AFTER_GROWTH_BYTES", -1)
+    db = store.initialise(tmp_path / "s.duckdb")
+    for pid in ("P1", "P3"):
+        with store.transaction(db) as con:
+            con.execute("INSERT INTO patients (patient_id) VALUES (?)", [pid])
+            with store.connect(db) as inner:  # nested: the instance is not closed under the outer use
+                assert inner.execute("SELECT count(*) FROM instruments").fetchall()[0][0] == len(scales.SCALES)
+    with store.connect(db) as con:
+        assert con.execute("SELECT patient_id FROM patients ORDER BY 1").fetchall() == [("P1",), ("P3",)]
+    assert _other_process_writes(db).returncode == 0
