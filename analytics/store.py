@@ -13,7 +13,9 @@ opens the store a few times per click pays that difference on every click. So
 one in-memory instance lives for the process and files are ATTACHed to it and
 DETACHed when the last user is done: detaching checkpoints and releases the
 file lock exactly as closing a connection did. Each `connect` gets its own
-cursor, so temporary tables and registered frames still end with it.
+cursor, so temporary tables and registered frames still end with it. DuckDB's
+allocator returns memory only when its instance closes, so after a use that
+grew the process a lot (a large read or an import) the instance is closed too.
 
 Pages never come here directly: they go through `analytics.access`, which
 applies the signed-in user's scope.
