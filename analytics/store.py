@@ -22,9 +22,12 @@ applies the signed-in user's scope.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,6 +64,12 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else DEFAULT_DB
 
 
+def _private_spill_dir() -> str:
+    folder = tempfile.mkdtemp(prefix="outcomes-duckdb-spill-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "conflicting" in text or "being used by another process" in text
@@ -79,7 +88,9 @@ class _Attachments:
     def base(self) -> duckdb.DuckDBPyConnection:
         if self.instance is None or self.pid != os.getpid():
             # After a fork the parent's instance is not ours to use (nor to close).
-            self.instance = duckdb.connect(":memory:")
+            # An in-memory instance would spill to ".tmp" in the working directory: keep spilled
+            # patient rows in a private (0700) folder that goes with the process instead.
+            self.instance = duckdb.connect(":memory:", config={"temp_directory": _private_spill_dir()})
             self.instance.execute("SET enable_progress_bar = false")
             self.pid, self.attached, self.serial = os.getpid(), {}, 0
         return self.instance
