@@ -9,7 +9,7 @@ from pages import _session as session
 st.title("Cohort outcomes")
 scope = session.current_scope()
 # Roles without patient-level access see counts under the minimum cell size as "<11" (analytics.suppress).
-min_cell = getattr(scope, "suppression_threshold", scope.min_cell)
+min_cell = scope.suppression_threshold
 if not session.has_data():
     session.no_database_message()
     st.stop()
