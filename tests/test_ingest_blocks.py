@@ -1,6 +1,7 @@
 """Large files are checked in blocks and staged on disk: the outcome must not depend on the block size."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -120,6 +121,7 @@ def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_s
 
     assert snapshot(db) == before
     assert staging and not staging[0].exists()
+    assert not [t for t in threading.enumerate() if t.name == "ingest-read-ahead"]  # the parsing thread stopped
 
 
 def test_a_second_block_that_is_not_utf8_refuses_the_whole_command(db, tmp_path):
