@@ -484,6 +484,9 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
             except FileRefused as exc:
                 report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
                 continue
+            except duckdb.Error as exc:  # staging failed (e.g. no space for it): nothing is written
+                report.error = f"{name}: {str(exc).splitlines()[0]}"
+                return report
             result = FileResult(file=name, kind=index.kind, notes=validated.notes)
             report.files.append(result)
             jobs.append(_Job(name, "csv", index.sha256, validated,

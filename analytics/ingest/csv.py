@@ -315,6 +315,8 @@ def _parser_cursor() -> duckdb.DuckDBPyConnection:
             # Parsing streams and the duplicate check across blocks may spill to disk: the import's
             # memory is for the store's write, which cannot spill (docs/performance.md).
             _parser.execute(f"SET memory_limit = '{PARSER_MEMORY_MB}MB'")
+            spill = os.path.join(tempfile.gettempdir(), "outcomes-ingest-spill").replace("'", "''")
+            _parser.execute(f"SET temp_directory = '{spill}'")  # not the working directory
         return _parser.cursor()
 
 
