@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import platform
 import random
@@ -168,8 +167,17 @@ def cohort_csv(n: int, seed: int, work: Path, progress: Progress | None = None) 
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        info = pool.apply(_generate, (n, seed, str(directory)))
+    # A fresh interpreter rather than multiprocessing's spawn, which re-imports the parent's __main__
+    # (under pytest after Streamlit page tests that was a page script, and the child hung).
+    code = ("import json, sys; from analytics.bench import _generate; "
+            "print(json.dumps(_generate(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-c", code, str(n), str(seed), str(directory)],
+                           capture_output=True, text=True, env=env, check=False)
+    if child.returncode != 0:
+        raise RuntimeError(f"generating {n} patients failed:\n{child.stderr[-2000:]}")
+    info = json.loads(child.stdout.strip().splitlines()[-1])
     info["generate_s"] = round(time.perf_counter() - started, 2)
     manifest.write_text(json.dumps(info))  # written last: a half-written directory is regenerated
     return info
