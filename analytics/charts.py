@@ -268,9 +268,12 @@ def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
     return _layout(fig, f"What goes with shorter or longer response ({measure}, 95% CI)", height=max(260, 70 * len(rows) + 120))
 
 
-def interval_histogram(days: pd.Series) -> go.Figure:
-    fig = go.Figure(go.Histogram(x=days, xbins=dict(size=3), marker_color="#00a2a8",
-                                 hovertemplate="%{x} days: %{y} patients<extra></extra>"))
+def interval_histogram(bins: pd.DataFrame) -> go.Figure:
+    """Bars of `views.interval_distribution` (binned on the server; blank bins are suppressed counts)."""
+    width = bins["end_day"] - bins["start_day"]
+    fig = go.Figure(go.Bar(x=bins["start_day"] + width / 2, y=bins["patients"], width=width, marker_color="#00a2a8",
+                           customdata=np.stack([bins["start_day"], bins["end_day"] - 1], axis=1) if len(bins) else None,
+                           hovertemplate="%{customdata[0]}-%{customdata[1]} days: %{y} patients<extra></extra>"))
     fig.update_xaxes(title_text="suggested interval between infusions (days)")
     fig.update_yaxes(title_text="patients")
     return _layout(fig, "Distribution of suggested maintenance intervals", height=340)

@@ -418,6 +418,24 @@ def assessed_infusions(treatments: pd.DataFrame, assessments: pd.DataFrame, inst
     return merged
 
 
+def interval_distribution(days: pd.Series, width: int = 3, min_cell: int = 0) -> pd.DataFrame:
+    """Suggested intervals binned by `width` days: start_day, end_day (exclusive), patients.
+
+    Binned here rather than in the browser so a large clinic sends a few dozen bars, not one
+    value per patient; bins under `min_cell` patients (and a complement that would give one
+    back) are blank, never a small number.
+    """
+    values = pd.to_numeric(days, errors="coerce").dropna().to_numpy(dtype=float)
+    if not len(values):
+        return pd.DataFrame({"start_day": pd.Series(dtype=int), "end_day": pd.Series(dtype=int),
+                             "patients": pd.Series(dtype=float)})
+    start = np.floor(values / width).astype(int) * width
+    counts = pd.Series(start).value_counts().sort_index()
+    bins = pd.DataFrame({"start_day": counts.index.to_numpy(), "end_day": counts.index.to_numpy() + width,
+                         "patients": counts.to_numpy()})
+    return suppress.blank(bins, ["patients"], min_cell=min_cell, value_cols=[])
+
+
 def infusions_per_patient_month(treatments: pd.DataFrame) -> pd.DataFrame:
     """Per calendar month: infusions, patients infused, infusions per infused patient, split by phase."""
     if treatments.empty:

@@ -75,7 +75,10 @@ with left:
     elif suggestions.empty or suggestions["suggested_interval_days"].dropna().empty:
         st.info("No patient has enough response cycles for an interval suggestion yet.")
     else:
-        st.plotly_chart(charts.interval_histogram(suggestions["suggested_interval_days"].dropna()), key="intervals")
+        bins = views.interval_distribution(suggestions["suggested_interval_days"], min_cell=min_cell)
+        st.plotly_chart(charts.interval_histogram(bins), key="intervals")
+        if bins["patients"].isna().any():
+            st.caption(f"Blank bars: fewer than {min_cell} patients (small-cell suppression).")
 with right:
     monthly = views.infusions_per_patient_month(f["treatments"])
     st.plotly_chart(charts.infusions_per_month(monthly), key="per_month")

@@ -52,3 +52,32 @@ def test_policy_comparison_runs_on_demand(open_page):
     assert {"policy", "infusions_per_patient_year", "share_days_out_of_response"} <= set(table.columns)
     assert table["policy"].str.startswith("personalised").any()
     assert (table["policy"] == "symptom-triggered").any()
+
+
+def test_suggested_intervals_are_binned_and_small_bins_suppressed():
+    days = pd.Series([20.5] * 30 + [28.0] * 12 + [40.0] * 5 + [float("nan")])
+    bins = views.interval_distribution(days, width=3)
+    assert list(zip(bins["start_day"], bins["end_day"], bins["patients"])) == [(18, 21, 30), (27, 30, 12), (39, 42, 5)]
+    suppressed = views.interval_distribution(days, width=3, min_cell=11)
+    # 5 is under 11; 12 goes too, or the known total (47) minus the others would give 5 back
+    assert suppressed["patients"].isna().tolist() == [False, True, True]
+    assert suppressed.loc[0, "patients"] == 30
+
+
+def test_interval_chart_sends_bins_not_one_value_per_patient(open_page):
+    at = open_page("durability")
+    chart = next(c for c in at.get("plotly_chart") if "suggested maintenance intervals" in c.proto.spec)
+    import base64
+    import json
+
+    import numpy as np
+
+    def values(array):  # plotly sends numeric arrays as base64 typed arrays
+        if isinstance(array, dict):
+            return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+        return np.asarray(array, dtype=float)
+
+    trace = json.loads(chart.proto.spec)["data"][0]
+    assert trace["type"] == "bar"
+    counts = values(trace["y"])
+    assert np.nansum(counts) > len(counts)  # each bar holds several patients, not one value per patient
