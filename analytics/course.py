@@ -103,10 +103,12 @@ def _timeline_order(pid: np.ndarray, key_us: np.ndarray, kind: np.ndarray, n_pat
 def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
                  rules: OutcomeRules = DEFAULT_RULES) -> Course:
     code = rules.check_instrument(instrument)
-    a = assessments
-    if "instrument" in a.columns:
-        a = a[a["instrument"] == code]
-    a = a[a["total"].notna()]
+    # Only the columns used below: a copy of whole rows was the largest single allocation.
+    keep = assessments["total"].notna().to_numpy().copy()
+    if "instrument" in assessments.columns:
+        keep &= (assessments["instrument"] == code).to_numpy(dtype=bool, na_value=False)
+    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", "item_9")
+                               if c in assessments.columns]]
 
     # Patients as integer codes: everything below is array work on them.
     n_t_rows = len(treatments)
@@ -229,13 +231,16 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     first_response["days_to_response"] = (first_response["first_response_at"] - first_response["first_infusion_at"]) / DAY
 
     responded_before = first_response_key[tc] < t_key
-    derived = np.where(derived_induction, "induction",
-                       np.where(responded_before & has_pre_t & ~pre_resp, "rescue", "maintenance")).astype(object)
+    # Phase labels as object arrays pointing at a few shared strings (not one string per infusion).
+    derived = np.full(n_t, "maintenance", dtype=object)
+    derived[responded_before & has_pre_t & ~pre_resp] = "rescue"
+    derived[derived_induction] = "induction"
     if "phase" in treatments.columns:
-        given = treatments["phase"].to_numpy(dtype=object)[t_order]
-        given = pd.Series(given).astype("string").str.strip().str.lower()
-        has_given = (given.notna() & (given != "")).to_numpy(dtype=bool)
-        phase = np.where(has_given, given.fillna("").to_numpy(dtype=object), derived)
+        codes_given, labels = pd.factorize(treatments["phase"].to_numpy(dtype=object)[t_order])
+        labels = np.array([str(v).strip().lower() for v in labels] + [""], dtype=object)
+        given = labels[codes_given]  # code -1 (missing) picks the trailing ""
+        has_given = given != ""
+        phase = np.where(has_given, given, derived)
     else:
         has_given = np.zeros(n_t, dtype=bool)
         phase = derived
@@ -246,7 +251,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     starts_cycle = pre_resp | (first_post_resp & (last_induction | rules.cycles_after_recapture))
     start_kind = np.where(pre_resp, "in_response", np.where(starts_cycle, "recaptured", "")).astype(object)
 
-    inf = pd.DataFrame({
+    inf = pd.DataFrame(copy=False, data={
         "patient_id": pd.Categorical.from_codes(tc, categories=uniques), "code": tc,
         "at": t_at.astype("datetime64[us]"), "key": t_key.astype("datetime64[us]"),
         "infusion_no": infusion_no, "n_infusions": n_inf[tc], "gap_days": gap_days,
@@ -261,7 +266,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     })
     if "treatment_id" in treatments.columns:
         inf["treatment_id"] = treatments["treatment_id"].to_numpy()[t_order]
-    sc = pd.DataFrame({
+    sc = pd.DataFrame(copy=False, data={
         "patient_id": pd.Categorical.from_codes(ac, categories=uniques), "code": ac, "at": a_at.astype("datetime64[us]"), "key": a_key.astype("datetime64[us]"),
         "total": a_total, "baseline_score": a_base, "responding": responding, "out": out,
         "percent_fall": outcomes.percent_fall(a_total, a_base),
