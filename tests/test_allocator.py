@@ -19,8 +19,8 @@ def resident_mb():
 big = np.ones(16 * 2**20 // 8); del big     # a freed mmapped block raises glibc's own threshold
 before = resident_mb()
 arrays, small = [], []
-for _ in range(200):                         # 800 MB of 4 MB columns with small live arrays between
-    arrays.append(np.ones(2**19))
+for _ in range(100):                         # 800 MB of 8 MB columns with small live arrays between
+    arrays.append(np.ones(2**20))
     small.append(np.ones(128))
 del arrays
 print(resident_mb() - before)
