@@ -41,6 +41,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .progress import Progress, clear, terminal_progress
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = REPO / "bench" / "work"
 # 1,300 days of calendar give the demo cohort about 50 assessments and 15
@@ -58,7 +60,6 @@ TARGETS = {"import_floor_ratio": 3, "cohort_floor_ratio": 10, "cohort_s": 1, "pa
            "durability_s": 10, "intervals_s": 30, "peak_rss_mb": 2000}
 MAX_GROWTH_10K_TO_100K = 12
 
-Progress = Callable[[str], None]
 
 
 def peak_rss_mb() -> float:
@@ -79,21 +80,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def terminal_progress(prefix: str, enabled: bool) -> Progress | None:
-    """A one-line progress writer on stderr, or None when stderr is not a terminal or output is JSON."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-
-    def show(message: str) -> None:
-        print(f"\r{prefix}: {message}\033[K", end="", file=sys.stderr, flush=True)
-    return show
-
-
-def _clear(progress: Progress | None) -> None:
-    if progress:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 _budget_end: float | None = None  # monotonic deadline of the figure being measured
@@ -665,7 +651,7 @@ def cli_bench(args) -> int:
             return 2
         progress = terminal_progress("bench", not args.json)
         results = run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
-        _clear(progress)
+        clear(progress)
         out = Path(args.out or REPO / "bench" / "results.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -682,7 +668,7 @@ def cli_bench(args) -> int:
     progress = terminal_progress(f"bench {args.patients:,}", not args.json)
     result = run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
                            progress=progress)
-    _clear(progress)
+    clear(progress)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=None if args.json else 2))

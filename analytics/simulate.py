@@ -1110,8 +1110,9 @@ def cli_demo(args) -> int:
     if n < 1:
         print(f"demo: --patients must be at least 1, got {n}", file=sys.stderr)
         return 2
-    tty = sys.stderr.isatty()
-    progress = (lambda msg: print(f"\rdemo: {msg}\033[K", end="", file=sys.stderr, flush=True)) if tty and n >= 5000 else None
+    from .progress import clear, terminal_progress
+
+    progress = terminal_progress("demo", n >= 5000)
     clinic = simulate_clinic(n, seed, end=end, progress=progress)
     csv_dir = getattr(args, "csv", None)
     if csv_dir:
@@ -1122,8 +1123,7 @@ def cli_demo(args) -> int:
 
     db = store.db_path(getattr(args, "db", None))
     report = import_tables(clinic.tables, file_name=f"demo-seed{seed}-n{n}", source="demo", db=db)
-    if progress:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    clear(progress)
     t = clinic.tables
     code = int(report.exit_code)
     if code != 0:

@@ -177,3 +177,28 @@ def test_scan_counts_lines_across_chunks(tmp_path, monkeypatch):
     frame = pd.concat(index.blocks(block_rows=3), ignore_index=True)
     assert frame["rater"].tolist()[:2] == ["Dr A\nsecond line", "self"]
     assert index.raw_lines([10, 11]) == ["P1,PHQ-9,2024-01-15,self,1,1", phq("P2", "2024-01-12", [0] * 9)]
+
+
+def test_a_large_import_reports_progress_per_block_and_the_same_outcome(tmp_path):
+    """`python -m analytics import` on a terminal shows these lines (issue 6: long work shows progress)."""
+    quiet = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="quiet.duckdb")
+    shown = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="shown.duckdb")
+    path = assessments_file(tmp_path)
+    lines: list[str] = []
+
+    with_progress = ingest.import_files([path], db=shown, block_rows=3, progress=lines.append)
+    assert outcome(with_progress) == outcome(ingest.import_files([path], db=quiet, block_rows=3))
+    assert lines == ["a.csv: reading", "a.csv: checking 8 rows", "a.csv: checked 3 of 8 rows",
+                     "a.csv: checked 6 of 8 rows", "a.csv: checked 8 of 8 rows",
+                     "writing the checked rows (one transaction)"]
+
+
+def test_the_import_command_adds_nothing_to_piped_output(tmp_path, db):
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "a.csv", ASSESSMENTS_HEADER, phq("P1", "2024-01-10", [1] * 9))
+    run = subprocess.run([sys.executable, "-m", "analytics", "import", "--db", str(db), str(path)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0
+    assert run.stderr == "" and "\r" not in run.stdout

@@ -39,6 +39,7 @@ import pandas as pd
 
 from .. import store
 from . import rules, write
+from ..progress import Progress
 from .csv import BLOCK_ROWS, CsvIndex, FileRefused, read_csv, scan_csv
 
 # Test hook: when set to a path, the import writes its pid there after writing
@@ -191,7 +192,8 @@ def _read_small(index: CsvIndex) -> rules.Validated:
 _KEYS = {"treatments": ("patient_id", "administered_at"), "assessments": ("patient_id", "instrument", "administered_at")}
 
 
-def _stage(index: CsvIndex, stage_dir: Path, block_rows: int) -> tuple[rules.Validated, _Staged]:
+def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
+           progress: Progress | None = None) -> tuple[rules.Validated, _Staged]:
     """Check a large treatments or assessments file a block at a time and stage its good rows (Parquet).
 
     Keys repeated within a block are found by `rules.validate`; across blocks here, in SQL:
@@ -227,6 +229,9 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int) -> tuple[rules.Val
             writer.write_table(table.cast(writer.schema))
             offset += len(v.clean)
             blocks += 1
+            if progress:
+                checked = min(blocks * block_rows, index.rows_total)
+                progress(f"{Path(index.path).name}: checked {checked:,} of {index.rows_total:,} rows")
             del v, table
     finally:
         if writer is not None:
@@ -450,11 +455,12 @@ def _may_be_fhir(path) -> bool:
 
 
 def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system",
-                 block_rows: int = BLOCK_ROWS) -> ImportReport:
+                 block_rows: int = BLOCK_ROWS, progress: Progress | None = None) -> ImportReport:
     """Import CSV files (kind recognised by header); patients files go first whatever the order.
 
     `block_rows`: a treatments or assessments file with more rows is checked in blocks of this
     many and staged on disk (memory holds one block); the outcome is the same whatever the size.
+    `progress` receives a line per file, per block checked and before the write.
     """
     report = ImportReport()
     jobs: list[_Job] = []
@@ -474,10 +480,14 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
             name = str(path)
             staged = None
             try:
+                if progress:
+                    progress(f"{Path(name).name}: reading")
                 index = scan_csv(path)
+                if progress:
+                    progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
                 if index.rows_total > block_rows and index.kind in _KEYS:
                     stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix="outcomes-import-"))
-                    validated, staged = _stage(index, stage_dir, block_rows)
+                    validated, staged = _stage(index, stage_dir, block_rows, progress)
                     _return_freed_memory()
                 else:
                     validated = _read_small(index)
@@ -492,6 +502,8 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
             jobs.append(_Job(name, "csv", index.sha256, validated,
                              lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
         report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
+        if progress and report.written:
+            progress("writing the checked rows (one transaction)")
         return _run(jobs, report, db, user)
     finally:
         if stage_dir is not None:
@@ -538,7 +550,12 @@ def import_tables(
 
 
 def cli_import(args) -> int:
-    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"))
+    from ..progress import clear, terminal_progress
+
+    progress = terminal_progress("import", not getattr(args, "json", False))
+    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
+                          progress=progress)
+    clear(progress)
     if getattr(args, "json", False):
         from ..cli import print_json
         print_json(report.to_dict())
