@@ -110,9 +110,9 @@ def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_s
             raise RuntimeError("simulated crash in block 2")
         return real_validate(kind, frame, **kw)
 
-    def stage(index, stage_dir, block_rows):
+    def stage(index, stage_dir, block_rows, progress=None):
         staging.append(stage_dir)
-        return real_stage(index, stage_dir, block_rows)
+        return real_stage(index, stage_dir, block_rows, progress)
 
     monkeypatch.setattr(rules, "validate", validate)
     monkeypatch.setattr(ingest, "_stage", stage)
