@@ -99,6 +99,16 @@ def current_scope() -> Scope:
     return scope
 
 
+def admin_scope(refusal: str) -> Scope:
+    """The signed-in scope for an admin page; anyone else sees `refusal` and the page stops.
+    (Navigation already hides these pages from other roles: this holds if a page is reached anyway.)"""
+    scope = current_scope()
+    if scope.role not in ("admin", "system"):
+        st.error(refusal)
+        st.stop()
+    return scope
+
+
 def start_session(session: "auth.Session") -> None:
     """After a successful sign-in: keep the session and rerun into the role's pages."""
     st.session_state.clear()  # nothing of a previous user's state survives

@@ -8,10 +8,7 @@ from pages import _session as session
 PAGE = "users"
 
 st.title("Users")
-scope = session.current_scope()
-if scope.role not in ("admin", "system"):
-    st.error("Only administrators manage accounts.")
-    st.stop()
+scope = session.admin_scope("Only administrators manage accounts.")
 db = session.db_file()
 
 

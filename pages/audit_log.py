@@ -9,10 +9,7 @@ from pages import _session as session
 PAGE = "audit"
 
 st.title("Audit trail")
-scope = session.current_scope()
-if scope.role not in ("admin", "system"):
-    st.error("Only administrators may view the audit trail.")
-    st.stop()
+scope = session.admin_scope("Only administrators may view the audit trail.")
 db = session.db_file()
 
 since_col, until_col, actor_col, action_col = st.columns(4)
