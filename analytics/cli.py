@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Callable
 
@@ -23,8 +24,34 @@ def command(name: str, help: str):
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
+    """Standard JSON on stdout: a missing value (NaN, NaT, pandas NA) or an infinity is null, never the
+    bare NaN Python's json writes, which other tools refuse to parse."""
+    json.dump(_json_safe(obj), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):  # arrays and other non-scalars: left to default=str
+        pass
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return _json_safe(value.item())
+        except (TypeError, ValueError):
+            pass
+    return value
 
 
 @command("import", "import CSV or FHIR files (exit 0 all accepted, 1 some rejected, 2 nothing imported)")
