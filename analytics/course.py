@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import outcomes, scales, store
+from . import outcomes, scales, vocabulary
 from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
 
 CYCLE_COLUMNS = [
@@ -283,7 +283,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 def _comorbidity_flags(patients: pd.DataFrame) -> pd.DataFrame:
     """has_<name> for every known comorbidity and any other listed (comma or semicolon separated)."""
     text = patients["comorbidities"].fillna("").astype(str).str.lower().str.replace(";", ",")
-    names = set(store.COMORBIDITIES)
+    names = set(vocabulary.COMORBIDITIES)
     for entry in text.unique():
         names.update(n.strip().replace(" ", "_") for n in entry.split(",") if n.strip())
     padded = "," + text.str.replace(r"\s*,\s*", ",", regex=True).str.strip().str.replace(" ", "_") + ","

@@ -36,14 +36,10 @@ from typing import Callable, Iterator
 import duckdb
 
 from . import scales
+from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
 LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
-
-ROUTES = ("iv", "im", "intranasal", "oral", "sublingual")
-PHASES = ("induction", "maintenance", "rescue")
-COMORBIDITIES = ("anxiety", "ptsd", "substance_use", "chronic_pain", "ocd", "bipolar")
-SEXES = ("F", "M", "X", "U")
 
 _process_lock = threading.RLock()
 # DuckDB's allocator keeps what a large query used until its instance closes (a sorted read of

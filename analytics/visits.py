@@ -26,7 +26,7 @@ import pandas as pd
 from . import scales
 from .access import DataAccess, Scope
 from .ingest import import_tables, rules
-from .store import PHASES, ROUTES  # noqa: F401  (the form's choices)
+from .vocabulary import PHASES, ROUTES  # noqa: F401  (the form's choices)
 
 ENTRY_ROLES = ("clinician", "system")
 MIN_WEIGHT_KG, MAX_WEIGHT_KG = 20.0, 400.0

@@ -128,7 +128,7 @@ def panel_code(instrument: str) -> tuple[str, str]:
     raise KeyError(instrument)
 
 
-# Route codes -> our route vocabulary (store.ROUTES).
+# Route codes -> our route vocabulary (vocabulary.ROUTES).
 ROUTE_CODES = {
     (SNOMED, "47625008"): "iv",  # Intravenous route
     (SNOMED, "78421000"): "im",  # Intramuscular route
