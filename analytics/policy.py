@@ -57,7 +57,7 @@ def cohort_prior(n_patients: int = 3000, seed: int = 101) -> Prior:
     frames = course.frames_from_csv_tables(clinic.tables)
     phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
     crs = course.build_course(frames["treatments"], phq)
-    cycles = course.cycles_from_course(crs, frames["patients"], frames["attributes"])
+    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     fit = intervals.fit_frailty(cycles)
     post = intervals.patient_posteriors(fit, cycles)
     return Prior(fit, intervals.calibrate(post, fit, intervals.course_trajectories(crs)))
@@ -151,7 +151,7 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
     frames = course.frames_from_csv_tables(clinic.tables)
     phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
     crs = course.build_course(frames["treatments"], phq)
-    cycles = course.cycles_from_course(crs, frames["patients"], frames["attributes"])
+    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     post = cycles[cycles["post_induction"]]
     true_days = truth.patients["true_days_to_loss_after_induction"].dropna()
 

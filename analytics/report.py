@@ -29,10 +29,11 @@ def _instrument(name: str) -> str | None:
 
 def _load(args, code: str):
     access = DataAccess(args.db, SYSTEM)
-    tables = course.load_course_tables(access, code)
+    tables = {"patients": access.patients(), "treatments": access.treatments(),
+              "assessments": access.assessments(instrument=code), "attributes": access.attributes()}
     crs = course.build_course(tables["treatments"], tables["assessments"], code, DEFAULT_RULES)
     cycles = course.cycles_from_course(crs, tables["patients"], tables["attributes"], DEFAULT_RULES)
-    return tables, crs, cycles
+    return tables, crs, intervals.with_trajectories(cycles, crs, DEFAULT_RULES.response_fall)
 
 
 def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200) -> dict:
@@ -119,7 +120,7 @@ def intervals_report(tables: dict, crs, cycles: pd.DataFrame, instrument: str, t
         fit = intervals.fit_frailty(cycles)
     except ValueError as exc:
         return {"instrument": instrument, "target": target, "patients": [], "note": str(exc)}
-    # the cycle table carries each patient's score trend (course.cycles_from_course)
+    # the cycle table carries each patient's score trend (intervals.with_trajectories)
     suggestions, fit = intervals.suggest_intervals(cycles, target=target, fit=fit, last_infusions=last,
                                                    instrument=instrument)
     cb = suggestions.attrs.get("combination")

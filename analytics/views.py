@@ -281,9 +281,11 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
                   instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES,
                   attributes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in response."""
-    from . import course
+    from . import course, intervals
 
-    cycles = course.build_cycles(patients, treatments, assessments, attributes, instrument=instrument, rules=rules)
+    built = course.build_course(treatments, assessments, instrument, rules)
+    cycles = intervals.with_trajectories(course.cycles_from_course(built, patients, attributes, rules), built,
+                                         rules.response_fall)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
 
