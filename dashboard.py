@@ -6,7 +6,10 @@ A visitor who is not signed in gets the sign-in page and nothing else.
 """
 import streamlit as st
 
+from analytics import memory
 from pages import _session as session
+
+memory.tune_allocator()  # cohort-sized frames: see analytics/memory.py
 
 st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import audit, scales, store, suppress
+from . import audit, memory, scales, store, suppress
 
 
 class AccessDenied(PermissionError):
@@ -85,18 +85,6 @@ _ITEMS = ", ".join(scales.item_columns())
 _STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
 _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
              pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-
-
-def _release_freed_memory() -> None:
-    """Hand the Arrow copies freed by a large read back to the system: Arrow's pool and glibc keep freed
-    memory, so without this the next read or computation stacks on it (~550 MB at 100,000 patients)."""
-    import ctypes
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _pandas_like_df(names: list[str], columns: list, order: pa.Array | None = None) -> pd.DataFrame:
@@ -191,7 +179,7 @@ class DataAccess:
         names, columns = table.column_names, list(table.columns)
         del table  # the columns list alone holds the rows now, and lets go of each once converted
         frame = _pandas_like_df(names, columns, positions)
-        _release_freed_memory()
+        memory.release_freed()  # the Arrow copy freed above would stay resident otherwise
         return frame
 
     # -- reads --------------------------------------------------------------------

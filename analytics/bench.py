@@ -155,8 +155,8 @@ def cohort_csv(n: int, seed: int, work: Path, progress: Progress | None = None) 
     started = time.perf_counter()
     # A fresh interpreter rather than multiprocessing's spawn, which re-imports the parent's __main__
     # (under pytest after Streamlit page tests that was a page script, and the child hung).
-    code = ("import json, sys; from analytics.bench import _generate; "
-            "print(json.dumps(_generate(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
+    code = ("import json, sys; from analytics import memory; from analytics.bench import _generate; "
+            "memory.tune_allocator(); print(json.dumps(_generate(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     child = subprocess.run([sys.executable, "-c", code, str(n), str(seed), str(directory)],

@@ -37,7 +37,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .. import store
+from .. import memory, store
 from . import rules, write
 from ..progress import Progress
 from .csv import BLOCK_ROWS, CsvIndex, FileRefused, read_csv, scan_csv
@@ -288,20 +288,6 @@ def _read_ahead(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         thread.join()
 
 
-def _return_freed_memory() -> None:
-    """Give back what a large file's blocks freed before the write, so the write's own peak (DuckDB's
-    indexes) does not stack on it: Arrow's pool and glibc both keep freed memory (~200 MB at 4.7 M rows)."""
-    import ctypes
-
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _repeated_across_blocks(kind: str, path: Path) -> pd.DataFrame:
     """Rows whose key an earlier line of the file already has: rejected, and removed from the staged rows."""
     from .csv import _parser_cursor
@@ -488,7 +474,7 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
                 if index.rows_total > block_rows and index.kind in _KEYS:
                     stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix="outcomes-import-"))
                     validated, staged = _stage(index, stage_dir, block_rows, progress)
-                    _return_freed_memory()
+                    memory.release_freed()  # what the blocks freed, before the write's own peak
                 else:
                     validated = _read_small(index)
             except FileRefused as exc:
