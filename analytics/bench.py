@@ -41,7 +41,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .progress import Progress, clear, terminal_progress
+from .progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = REPO / "bench" / "work"
@@ -631,45 +631,3 @@ def markdown_table(results: dict) -> str:
         lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
                      + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
     return "\n".join(lines)
-
-
-# --- command line --------------------------------------------------------------------------------
-
-def cli_bench(args) -> int:
-    work = Path(args.work) if args.work else DEFAULT_WORK
-    if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text())))
-        return 0
-    if args.sizes:
-        try:
-            sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-        except ValueError:
-            print(f"bench: --sizes must be comma-separated whole numbers, got {args.sizes!r}", file=sys.stderr)
-            return 2
-        if not sizes or min(sizes) < 1:
-            print("bench: --sizes needs at least one size of 1 or more", file=sys.stderr)
-            return 2
-        progress = terminal_progress("bench", not args.json)
-        results = run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
-        clear(progress)
-        out = Path(args.out or REPO / "bench" / "results.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        plot = render_plot(results, out.with_suffix(".png"))
-        if args.json:
-            print(json.dumps(results, indent=2))
-        else:
-            print(markdown_table(results))
-            print(f"\nbench: wrote {out} and {plot}")
-        return 0 if all(not r["missing"] for r in results["runs"]) else 1
-    if args.patients is None or args.patients < 1:
-        print("bench: give --patients N (1 or more) or --sizes N1,N2,...", file=sys.stderr)
-        return 2
-    progress = terminal_progress(f"bench {args.patients:,}", not args.json)
-    result = run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
-                           progress=progress)
-    clear(progress)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0 if not result["missing"] else 1

@@ -14,7 +14,6 @@ Sending a link by SMS or e-mail is an optional adapter (`Messenger`), off by def
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -406,30 +405,6 @@ def send_link(db, scope: Scope, messenger: Messenger | None, to: str, link: Crea
     messenger.send(str(to).strip(), reminder_text(link))
 
 
-# --- command line -------------------------------------------------------------------------------
-
-def cli_link(args) -> int:
-    """`python -m analytics link create --patient ID --instruments PHQ-9,GAD-7 [--db PATH] [--base-url URL] [--hours 72]`."""
-    import sys
-
-    from .access import SYSTEM
-    from .cli import EXIT_FAILED, EXIT_OK
-
-    db = store.db_path(args.db)
-    try:
-        if not db.exists():
-            raise FileNotFoundError(f"no database at {db}")
-        scope = dataclasses.replace(SYSTEM, user=os.environ.get("USER") or SYSTEM.user)  # the operator owns the file
-        link = create_link(db, scope, args.patient, args.instruments, hours=args.hours, base=args.base_url, page="cli")
-    except (ValueError, AccessDenied, FileNotFoundError, store.StoreBusy) as exc:
-        print(f"link: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(link.url)
-    print(f"link {link.link_id}: {', '.join(link.instruments)}, single use, expires {link.expires_at:%Y-%m-%d %H:%M}",
-          file=sys.stderr)
-    return EXIT_OK
-
-
 __all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
            "qr_svg", "send_link", "Messenger", "MessagingOff", "LinkRefused", "CreatedLink", "OpenLink", "Submission",
-           "hash_token", "link_url", "crisis_message", "parse_instruments", "cli_link"]
+           "hash_token", "link_url", "crisis_message", "parse_instruments"]

@@ -21,14 +21,13 @@ index), not draws from a sequential generator: the same patient's 5th cycle
 lasts equally long under every policy (common random numbers), which makes
 policy comparisons sharp and keeps them deterministic.
 
-Nothing here imports streamlit or touches the database except `cli_demo`,
-which writes through the one import path (analytics.ingest.import_tables).
+Nothing here imports streamlit or touches the database: `python -m analytics demo`
+(analytics/commands/demo.py) writes the clinic through the one import path.
 """
 from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Callable, Sequence
@@ -1085,57 +1084,6 @@ def _measured(clinic: SimulatedClinic, completers: pd.Series) -> dict:
         "assessments_per_patient": len(a) / len(p),
         "infusions_per_patient": len(clinic.tables["treatments"]) / len(p),
     }
-
-
-# --- command line ------------------------------------------------------------------------
-
-def cli_demo(args) -> int:
-    """`python -m analytics demo`: simulate and import through the ordinary import path."""
-    from pathlib import Path
-
-    from . import store
-
-    started = time.monotonic()
-    n = int(getattr(args, "patients", 300))
-    seed = int(getattr(args, "seed", 7))
-    end_text = getattr(args, "end", None)
-    try:
-        end = date.fromisoformat(end_text) if end_text else DEFAULT_END
-    except ValueError:
-        print(f"demo: --end must be a date YYYY-MM-DD, got {end_text!r}", file=sys.stderr)
-        return 2
-    if end > date.today():
-        print(f"demo: --end {end} is in the future; the importer rejects future dates", file=sys.stderr)
-        return 2
-    if n < 1:
-        print(f"demo: --patients must be at least 1, got {n}", file=sys.stderr)
-        return 2
-    from .progress import clear, terminal_progress
-
-    progress = terminal_progress("demo", n >= 5000)
-    clinic = simulate_clinic(n, seed, end=end, progress=progress)
-    csv_dir = getattr(args, "csv", None)
-    if csv_dir:
-        clinic.write_csv(csv_dir)
-    if progress:
-        progress("importing")
-    from .ingest import import_tables
-
-    db = store.db_path(getattr(args, "db", None))
-    report = import_tables(clinic.tables, file_name=f"demo-seed{seed}-n{n}", source="demo", db=db)
-    clear(progress)
-    t = clinic.tables
-    code = int(report.exit_code)
-    if code != 0:
-        # A demo that does not import cleanly is a bug in the generator or the importer: say why.
-        for line in report.messages():
-            print(f"demo: {line}", file=sys.stderr)
-    print(
-        f"demo: {len(t['patients']):,} patients, {len(t['treatments']):,} infusions, "
-        f"{len(t['assessments']):,} assessments -> {Path(db)} in {time.monotonic() - started:.1f}s"
-        + ("" if code == 0 else f" (import exit code {code})")
-    )
-    return code
 
 
 def calibration_report(n_patients: int = 5000, seed: int = 7) -> dict:

@@ -13,7 +13,7 @@ blocks are found in SQL; the transaction then reads them from there. Memory
 holds one block, whatever the file's size, and the write lock is still held
 only for the set operations of the write.
 
-Public API: `import_files`, `import_tables`, `cli_import`, `ImportReport`.
+Public API: `import_files`, `import_tables`, `ImportReport` (`python -m analytics import`: commands/import_files.py).
 Rules and their reasons: rules.py; the format: docs/import.md.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import csv as stdlib_csv
 import hashlib
 import io
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,21 +534,4 @@ def import_tables(
     return _run(jobs, report, db, user, after_write)
 
 
-def cli_import(args) -> int:
-    from ..progress import clear, terminal_progress
-
-    progress = terminal_progress("import", not getattr(args, "json", False))
-    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
-                          progress=progress)
-    clear(progress)
-    if getattr(args, "json", False):
-        from ..cli import print_json
-        print_json(report.to_dict())
-    else:
-        stream = sys.stdout if report.exit_code == 0 else sys.stderr
-        for line in report.messages():
-            print(line, file=stream)
-    return report.exit_code
-
-
-__all__ = ["import_files", "import_tables", "cli_import", "ImportReport", "FileResult", "Reject", "FileRefused"]
+__all__ = ["import_files", "import_tables", "ImportReport", "FileResult", "Reject", "FileRefused"]
