@@ -1,8 +1,9 @@
 """`python -m analytics COMMAND ...`: every command takes --db PATH.
 
-This is the command registry. Each command is one module of analytics/commands/ (its arguments and what it runs); this
-table only names them. A command's module is imported only when that command runs, so a
-slow import (FHIR models, scipy) never taxes the others.
+This is the command registry. Each command is one module of analytics/commands/ (its
+arguments and what it runs); the table below only names them. A command's module is
+imported only when that command runs, so a slow import (FHIR models, scipy) never taxes
+the others.
 """
 from __future__ import annotations
 
