@@ -24,8 +24,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from . import audit, store
+from .permissions import ROLES, may
 
-ROLES = ("clinician", "director", "admin")
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{1,63}$")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 would hash a megabyte happily; a sign-in form should not make it
@@ -246,7 +246,7 @@ def create_user(db, username: str, role: str, password: str | None, *, clinician
     check_role(role)
     if password is not None:
         check_password(password, name)
-    handle = (clinician or name).strip() if role == "clinician" else None
+    handle = (clinician or name).strip() if may(role, "open_caseload_records") else None
     with store.transaction(db) as con:
         if _user_row(con, name) is not None:
             raise UserError(f"user {name!r} already exists")
@@ -293,7 +293,7 @@ def reset_password(db, username: str, password: str, *, actor: str = "system", p
 def set_role(db, username: str, role: str, *, clinician: str | None = None, actor: str = "system",
              page: str | None = None) -> None:
     check_role(role)
-    handle = (clinician or check_username(username)) if role == "clinician" else None
+    handle = (clinician or check_username(username)) if may(role, "open_caseload_records") else None
     _change(db, username, "user_set_role",
             "UPDATE users SET role = ?, clinician = ?, session_epoch = session_epoch + 1 WHERE username = ?",
             [role, handle], actor=actor, page=page, detail={"role": role, "clinician": handle})
@@ -408,7 +408,7 @@ def session_from_identity(db, claims: dict, *, page: str | None = "login", now: 
     except UserError:
         name = None
     role = _role_from_claim(claims.get(role_claim))
-    handle = str(claims.get(clinician_claim) or name or "").strip()[:64] if role == "clinician" else None
+    handle = str(claims.get(clinician_claim) or name or "").strip()[:64] if may(role, "open_caseload_records") else None
     refusal: SignInFailed | None = None
     with store.transaction(db) as con:
         user = _user_row(con, name) if name else None

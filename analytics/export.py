@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import access, scales
+from .permissions import may
 from .ingest import rules
 
 
@@ -116,7 +117,7 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
         "treatments": treatments_frame(data),
         "assessments": assessments_frame(data),
     }
-    if scope.role in ("system", "admin"):
+    if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)
     # recorded before any file is written: an export that cannot be audited does not happen
     data.log("export", page=page, detail={"format": "csv", "directory": str(target),

@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import audit, scales, store
 from .access import AccessDenied, DataAccess, Scope
+from .permissions import may
 from .ingest import import_tables, rules
 
 INSTRUMENTS = ("PHQ-9", "GAD-7")  # the self-rated scales a link may ask for
@@ -43,7 +44,6 @@ DEFAULT_CRISIS_MESSAGE = (
     "If you are in immediate danger, call 911 or go to the nearest emergency department. "
     "Your care team will see your answers, but this form is not watched around the clock."
 )
-ENTRY_ROLES = ("clinician", "system")
 
 
 class LinkRefused(Exception):
@@ -114,7 +114,7 @@ def create_link(db, scope: Scope, patient_id: str, instruments, *, hours: float 
     hours = float(hours)
     if not 0 < hours <= MAX_HOURS:
         raise ValueError(f"a link must expire within 0-{MAX_HOURS} hours, got {hours:g}")
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "create_self_report_link"):
         raise AccessDenied(f"the {scope.role} role cannot create self-report links")
     patient_id = str(patient_id).strip()
     if not DataAccess(db, scope).can_see_patient(patient_id):
@@ -273,7 +273,7 @@ def open_flags(db, scope: Scope) -> pd.DataFrame:
 
 def acknowledge_flag(db, scope: Scope, flag_id: int, note: str = "", *, page: str | None = None) -> None:
     """A clinician has seen the flag (and acted); audited in the same transaction. ValueError/AccessDenied."""
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "acknowledge_safety_flag"):
         raise AccessDenied(f"the {scope.role} role cannot acknowledge safety flags")
     flags = DataAccess(db, scope).safety_flags(open_only=False)
     match = flags[flags["flag_id"] == int(flag_id)]

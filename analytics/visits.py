@@ -25,10 +25,10 @@ import pandas as pd
 
 from . import scales
 from .access import DataAccess, Scope
+from .permissions import may
 from .ingest import import_tables, rules
 from .vocabulary import PHASES, ROUTES  # noqa: F401  (the form's choices)
 
-ENTRY_ROLES = ("clinician", "system")
 MIN_WEIGHT_KG, MAX_WEIGHT_KG = 20.0, 400.0
 MAX_NOTES = 2000
 FORM = "form"  # error key for problems that belong to no single field
@@ -72,7 +72,7 @@ def record_key(patient_id: str, administered_at, instrument: str | None = None) 
 
 
 def _check_scope(db, scope: Scope, patient_id: str) -> dict[str, str]:
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "record_visit"):
         return {FORM: f"the {scope.role} role cannot record visits; a clinician records them"}
     if not DataAccess(db, scope).can_see_patient(patient_id):
         return {"patient_id": "no patient with this id in your caseload"}

@@ -17,26 +17,13 @@ import streamlit as st
 
 from analytics import access, auth, views
 from analytics.access import DataAccess, Scope
+from analytics.permissions import may, page_action
+from pages import _routing
 
 CACHE_TTL_SECONDS = 15 * 60
 
 
-def _route_through_navigation() -> None:
-    """Make sure dashboard.py's st.navigation (and its role table) handles every request.
-
-    Streamlit treats a `pages/` folder as the old automatic multipage mode until
-    st.navigation has run once in the server process, so the very first request
-    for e.g. /patient would run that page directly, bypassing the role table.
-    Switching the old mode off and rerunning sends the request through dashboard.py.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_route_through_navigation()
+_routing.route_through_navigation()
 
 
 AUTH_KEY = "auth_session"  # the signed-in analytics.auth.Session, server-side per browser session
@@ -51,7 +38,7 @@ def signed_in_scope() -> Scope | None:
     if current is None:
         return None
     try:
-        fresh = auth.validate_session(db_file(), current, page=_page_name())
+        fresh = auth.validate_session(db_file(), current, page=_routing.current_page_name())
     except auth.SessionEnded as exc:
         st.session_state.pop(AUTH_KEY, None)
         st.session_state[NOTICE_KEY] = str(exc)
@@ -80,7 +67,7 @@ def _identity_provider_session() -> "auth.Session | None":
     except Exception:
         return None
     try:
-        session = auth.session_from_identity(db_file(), st.user.to_dict(), page=_page_name())
+        session = auth.session_from_identity(db_file(), st.user.to_dict(), page=_routing.current_page_name())
     except auth.SignInFailed as exc:
         st.session_state[NOTICE_KEY] = str(exc)
         st.logout()
@@ -99,11 +86,11 @@ def current_scope() -> Scope:
     return scope
 
 
-def admin_scope(refusal: str) -> Scope:
+def admin_scope(page: str, refusal: str) -> Scope:
     """The signed-in scope for an admin page; anyone else sees `refusal` and the page stops.
     (Navigation already hides these pages from other roles: this holds if a page is reached anyway.)"""
     scope = current_scope()
-    if scope.role not in ("admin", "system"):
+    if not may(scope, page_action(page)):
         st.error(refusal)
         st.stop()
     return scope
@@ -117,7 +104,7 @@ def start_session(session: "auth.Session") -> None:
 
 
 def sign_out() -> None:
-    auth.sign_out(db_file(), st.session_state.get(AUTH_KEY), page=_page_name())
+    auth.sign_out(db_file(), st.session_state.get(AUTH_KEY), page=_routing.current_page_name())
     via_provider = st.session_state.get(VIA_OIDC_KEY, False)
     st.session_state.clear()
     st.session_state[NOTICE_KEY] = "You are signed out."
@@ -128,13 +115,6 @@ def sign_out() -> None:
 
 def take_sign_in_notice() -> str | None:
     return st.session_state.pop(NOTICE_KEY, None)
-
-
-def _page_name() -> str | None:
-    try:
-        return st.context.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or None
-    except Exception:  # AppTest and older runtimes have no URL
-        return None
 
 
 def data_access(scope: Scope) -> DataAccess:

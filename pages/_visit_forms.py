@@ -11,6 +11,7 @@ import streamlit as st
 
 from analytics import scales, selfreport, visits
 from analytics.access import AccessDenied, DataAccess, Scope, db_path
+from analytics.permissions import may
 
 FLASH = "visit_forms:flash"
 
@@ -156,7 +157,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
             st.error(f"Safety flag{'' if patient_id else ' for ' + flag.patient_id}: {flag.reason} "
                      f"({flag.raised_at:%d %b %Y %H:%M}). It stays until a clinician acknowledges it.",
                      icon=":material/emergency:")
-            if scope.role not in visits.ENTRY_ROLES:
+            if not may(scope, "acknowledge_safety_flag"):
                 continue
             note = st.text_input("What was done (optional)", key=f"ack_note:{flag.flag_id}")
             if st.button("Acknowledge", key=f"ack:{flag.flag_id}"):
@@ -170,7 +171,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
 
 def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
     """The patient page's entry section (clinician and system roles only)."""
-    if scope.role not in visits.ENTRY_ROLES:
+    if not may(scope, "record_visit"):
         return
     st.subheader("Record a visit")
     if FLASH in st.session_state:

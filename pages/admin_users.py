@@ -8,7 +8,7 @@ from pages import _session as session
 PAGE = "users"
 
 st.title("Users")
-scope = session.admin_scope("Only administrators manage accounts.")
+scope = session.admin_scope(PAGE, "Only administrators manage accounts.")
 db = session.db_file()
 
 

@@ -9,7 +9,7 @@ from pages import _session as session
 PAGE = "audit"
 
 st.title("Audit trail")
-scope = session.admin_scope("Only administrators may view the audit trail.")
+scope = session.admin_scope(PAGE, "Only administrators may view the audit trail.")
 db = session.db_file()
 
 since_col, until_col, actor_col, action_col = st.columns(4)

@@ -4,6 +4,7 @@ from datetime import date
 import streamlit as st
 
 from analytics import charts, outcomes, scales, suppress, views
+from analytics.permissions import may
 from pages import _session as session
 
 st.title("Cohort outcomes")
@@ -78,7 +79,7 @@ with left:
         st.info(f"No patient has both a {instrument} baseline and a later score yet.")
     else:
         bars = views.waterfall_bars(w)
-        st.plotly_chart(charts.waterfall(bars, instrument, show_ids=scope.patient_level), key="waterfall")
+        st.plotly_chart(charts.waterfall(bars, instrument, show_ids=may(scope, "see_patient_rows")), key="waterfall")
         if bars is not w:
             st.caption(f"{len(w):,} patients: each bar is one percentile of them (1/{views.WATERFALL_BINS}, in order "
                        f"of best change), drawn at its median; hover for its range. One bar per patient is shown "

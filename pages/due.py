@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from analytics import selfreport, views
+from analytics.permissions import may
 from pages import _session as session
 from pages import _visit_forms
 
@@ -12,7 +13,7 @@ if not session.has_data():
     session.no_database_message()
     st.stop()
 
-if not scope.patient_level:
+if not may(scope, "see_patient_rows"):
     st.info("The due list names individual patients, so it is for clinicians: your role sees cohort figures "
             "(Cohort outcomes, Durability and maintenance).", icon=":material/lock:")
     st.stop()

@@ -6,6 +6,7 @@ import getpass
 import sys
 
 from .. import auth, store
+from ..permissions import ROLES
 from . import EXIT_FAILED, EXIT_OK, print_json
 
 
@@ -20,7 +21,7 @@ def add_arguments(p) -> None:
 
     add = action("add", "add an account; the password is asked for (or read from stdin), never taken from argv")
     add.add_argument("user")
-    add.add_argument("--role", required=True, choices=["clinician", "director", "admin"])
+    add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--clinician", metavar="HANDLE", default=None,
                      help="the clinician value their patients are filed under (default: the user name)")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
@@ -34,7 +35,7 @@ def add_arguments(p) -> None:
     reset.add_argument("--password-stdin", action="store_true")
     role = action("set-role", "change an account's role (ends its open sessions)")
     role.add_argument("user")
-    role.add_argument("role", choices=["clinician", "director", "admin"])
+    role.add_argument("role", choices=ROLES)
     role.add_argument("--clinician", metavar="HANDLE", default=None)
     grant = action("grant", "let a user open one patient's record")
     grant.add_argument("user")
