@@ -80,7 +80,6 @@ def _granted_patients(db, username: str) -> list[str]:
         return []  # a database from before schema v2 has no grants
     return [r[0] for r in rows]
 
-_ITEMS = ", ".join(scales.item_columns())
 _STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
 _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
              pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
@@ -219,7 +218,7 @@ class DataAccess:
             clause += " AND x.instrument = ?"
             params = params + [scales.get(instrument).code]
         return (f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
-                           x.rater, {_ITEMS}, x.total, x.total_method
+                           x.rater, {", ".join("x." + c for c in scales.item_columns())}, x.total, x.total_method
                     FROM assessments x WHERE {clause}
                     {'ORDER BY x.patient_id, x.administered_at, x.instrument' if ordered else ''}""", params)
 

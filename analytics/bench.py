@@ -41,6 +41,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from . import scales
 from .progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ DEFAULT_WORK = REPO / "bench" / "work"
 # infusions per patient (patients enrol throughout, so most have a year or more).
 BENCH_DAYS = 1300
 BENCH_END = date(2026, 11, 20)
-INSTRUMENT = "PHQ-9"  # the cohort page's default (first in the scale registry)
+INSTRUMENT = scales.PRIMARY  # the cohort page's default (first in the scale registry)
 
 TIMED = ("import_s", "import_floor_s", "cohort_s", "scan_floor_s", "patient_s", "durability_s", "intervals_s")
 KEYS = ("patients", "assessments", "treatments", "import_s", "import_rows_per_s", "import_floor_s",
@@ -247,7 +248,7 @@ def page_caches(frames: dict, instrument: str = INSTRUMENT) -> dict:
     from . import views
 
     induction = views.induction_outcomes(frames["treatments"], frames["assessments"], instrument)
-    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                                  attributes=frames["attributes"])
     base = views.cohort_base(frames["patients"], frames["treatments"], frames["assessments"], cycles)
     return {"induction": induction, "cycles": cycles,
@@ -337,16 +338,16 @@ def durability_estimate(frames: dict) -> dict:
     from . import views
     from .durability import cohort_durability
 
-    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                                  attributes=frames["attributes"])
-    return cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=200)
+    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=200)
 
 
 def all_suggestions(frames: dict, cycles) -> object:
     """Next-infusion suggestions for every patient from the cohort's cycles (pages/_session.py `_suggestions`)."""
     from . import views
 
-    result = views.interval_suggestions(cycles, frames["treatments"], "PHQ-9")
+    result = views.interval_suggestions(cycles, frames["treatments"], INSTRUMENT)
     if result is None:
         raise ModuleNotFoundError("analytics.intervals has not landed")
     return result

@@ -14,7 +14,7 @@ date-only rows), so "infusion on the 1st, score on the 8th" is 7 days.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,7 @@ class OutcomeRules:
 
     def check_instrument(self, instrument: str) -> str:
         code = scales.get(instrument).code
-        if self.loss_rule == "madrs_relapse_22" and code != "MADRS":
+        if self.loss_rule == "madrs_relapse_22" and code != scales.MADRS:
             raise ValueError(f"loss_rule 'madrs_relapse_22' is a MADRS rule; it cannot be applied to {code}")
         return code
 
@@ -95,7 +95,7 @@ DEFAULT_RULES = OutcomeRules()
 def remission_threshold(instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> tuple[float, bool]:
     """(cut-off, inclusive): remission is score < cut-off, or <= it when inclusive."""
     scale = scales.get(instrument)
-    if scale.code == "MADRS" and rules.madrs_remission == "12_or_below":
+    if scale.code == scales.MADRS and rules.madrs_remission == "12_or_below":
         return 12.0, True
     return float(scale.remission_below), False
 
@@ -242,13 +242,15 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
     responding, remission, ever_responded, best_score, previous_score,
     reliable_improvement (latest vs baseline), worse_than_best, worse_than_last
     (reliable worsening: by at least the RCI), lost_response (was responding at
-    the previous score, not now), item9_positive (latest PHQ-9 item 9 > 0),
-    alert (any of the worsening flags or item 9) and alert_reasons.
+    the previous score, not now), item9_positive (the latest score's safety item
+    above 0: PHQ-9 item 9; always False for a scale without one), alert (any of the
+    worsening flags or the safety item) and alert_reasons.
 
     On arrays rather than frame operations: the patient page calls this for one
     patient on every view, where pandas' per-operation overhead was most of the cost.
     """
-    code = scales.get(instrument).code
+    scale = scales.get(instrument)
+    code = scale.code
     rci = reliable_change_index(code, rules)
     base = baselines(treatments, assessments, code, rules)
     n = len(base)
@@ -291,23 +293,24 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
 
     responding = is_response(latest_score, baseline, rules)
     scored = ~np.isnan(latest_score)
+    safety = f"{code} item {scale.safety_item} above 0" if scale.safety_column else "safety item above 0"
     with np.errstate(invalid="ignore"):
         flags = {
             "reliable worsening from best": (latest_score - best_score) >= rci,
             "reliable worsening since last": (latest_score - previous_score) >= rci,
             "no longer in response": is_response(previous_score, baseline, rules) & ~responding & scored,
-            "PHQ-9 item 9 above 0": np.zeros(n, dtype=bool),
+            safety: np.zeros(n, dtype=bool),
         }
         reliable_improvement = (baseline - latest_score) >= rci
-    if code == "PHQ-9" and "item_9" in assessments.columns:
-        phq = assessments[assessments["instrument"] == "PHQ-9"] if "instrument" in assessments.columns else assessments
-        p_row = row_of.get_indexer(phq["patient_id"].astype(str))
+    if scale.safety_column and scale.safety_column in assessments.columns:
+        own = assessments[assessments["instrument"] == code] if "instrument" in assessments.columns else assessments
+        p_row = row_of.get_indexer(own["patient_id"].astype(str))
         p_idx = np.flatnonzero(p_row >= 0)
-        p_idx = p_idx[np.lexsort((_us(assessment_clock(phq))[p_idx], p_row[p_idx]))]
+        p_idx = p_idx[np.lexsort((_us(assessment_clock(own))[p_idx], p_row[p_idx]))]
         p_r = p_row[p_idx]
         p_last = p_idx[np.r_[p_r[1:] != p_r[:-1], True]] if len(p_idx) else p_idx
         with np.errstate(invalid="ignore"):
-            flags["PHQ-9 item 9 above 0"][p_row[p_last]] = phq["item_9"].astype(float).to_numpy()[p_last] > 0
+            flags[safety][p_row[p_last]] = own[scale.safety_column].astype(float).to_numpy()[p_last] > 0
     alert = np.zeros(n, dtype=bool)
     reasons = np.full(n, "", dtype=object)
     for text, flag in flags.items():
@@ -318,6 +321,6 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
         ever_responded=ever_responded, percent_fall=percent_fall(latest_score, baseline), responding=responding,
         remission=is_remission(latest_score, code, rules) & scored, reliable_improvement=reliable_improvement,
         worse_than_best=flags["reliable worsening from best"], worse_than_last=flags["reliable worsening since last"],
-        lost_response=flags["no longer in response"], item9_positive=flags["PHQ-9 item 9 above 0"], alert=alert,
+        lost_response=flags["no longer in response"], item9_positive=flags[safety], alert=alert,
         alert_reasons=pd.Series(reasons, index=base.index, dtype=str), rci_points=rci,
     )

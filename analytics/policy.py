@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import course, intervals, simulate
+from . import course, intervals, scales, simulate
 
 # Weekly PHQ-9 in the simulator: response was last seen about half a week
 # before the first score out of response, and before the next infusion.
@@ -55,7 +55,7 @@ def cohort_prior(n_patients: int = 3000, seed: int = 101) -> Prior:
     """The cohort fit from an earlier clinic, through the real pipeline (tables -> course -> cycles -> fit)."""
     clinic = simulate.simulate_clinic(n_patients, seed)
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
+    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
     crs = course.build_course(frames["treatments"], phq)
     cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     fit = intervals.fit_frailty(cycles)
@@ -149,7 +149,7 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
     clinic = simulate.simulate_clinic(n_patients, seed)
     truth = clinic.truth
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
+    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
     crs = course.build_course(frames["treatments"], phq)
     cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     post = cycles[cycles["post_induction"]]

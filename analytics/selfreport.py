@@ -1,12 +1,13 @@
-"""Patient self-report by link (issue 8): links, submission, safety flags, cadence, reminders.
+"""Patient self-report by link: links, submission, safety flags, cadence, reminders.
 
 A clinician creates a link for one patient and one or two self-rated questionnaires
-(PHQ-9, GAD-7). The token is `secrets.token_urlsafe(32)` (256 random bits); only its
+(the registry's self-rated scales: PHQ-9, GAD-7). The token is
+`secrets.token_urlsafe(32)` (256 random bits); only its
 SHA-256 is stored, so the database cannot hand out a working link. A link works once
 and expires (default 72 hours). Submitting stores the answers with rater "self"
 through the import's path (`ingest.import_tables`), marks the link used, and, when
 PHQ-9 item 9 is above 0 (a safety flag whatever the total, Kroenke 2001; see
-DOMAIN.md), raises a flag on the patient that stays until a clinician acknowledges it.
+docs/clinical-rules.md), raises a flag on the patient that stays until a clinician acknowledges it.
 Each step is audited; the token never is. The patient-facing page learns only which
 questionnaires to show: never the patient's id, name or any other data.
 
@@ -30,7 +31,7 @@ from .access import AccessDenied, DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
 
-INSTRUMENTS = ("PHQ-9", "GAD-7")  # the self-rated scales a link may ask for
+INSTRUMENTS = scales.self_rated()  # a link may ask for the scales a patient fills in alone (PHQ-9, GAD-7)
 DEFAULT_HOURS = 72
 MAX_HOURS = 24 * 30
 TOKEN_BYTES = 32
@@ -228,13 +229,17 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
         con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL", [now, link_id])
         audit.append(db, SELF_ACTOR, "self_report_submit", page=PAGE, patients=[patient_id],
                      detail={"link": link_id, "instruments": list(link.instruments)}, con=con)
-        item9 = (answers.get("PHQ-9") or {}).get(scales.get("PHQ-9").safety_item)
-        if item9 is not None and int(item9) > 0:
+        for code in link.instruments:  # a safety item above 0 raises a flag whatever the total
+            scale = scales.get(code)
+            answer = (answers.get(code) or {}).get(scale.safety_item) if scale.safety_item else None
+            if answer is None or int(answer) <= 0:
+                continue
             flag_id = con.execute(
                 """INSERT INTO safety_flags (patient_id, raised_at, reason, link_id) VALUES (?, ?, ?, ?) RETURNING flag_id""",
-                [patient_id, now, f"PHQ-9 item 9 answered {int(item9)} on a self-report", link_id]).fetchall()[0][0]
+                [patient_id, now, f"{code} item {scale.safety_item} answered {int(answer)} on a self-report",
+                 link_id]).fetchall()[0][0]
             audit.append(db, SELF_ACTOR, "safety_flag_raise", page=PAGE, patients=[patient_id],
-                         detail={"flag": flag_id, "link": link_id, "item_9": int(item9)}, con=con)
+                         detail={"flag": flag_id, "link": link_id, scale.safety_column: int(answer)}, con=con)
             state["flag"] = True
 
     # The patient id is filled in only here, from the stored link: the page never holds it.

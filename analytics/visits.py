@@ -214,7 +214,7 @@ def assessment_row(patient_id: str, instrument: str, administered_at, items: dic
     """One assessment as the import's raw CSV row."""
     row = {"patient_id": str(patient_id).strip(), "instrument": instrument, "administered_on": _when_text(administered_at),
            "rater": rater, "total": _number_text(total)}
-    for n in range(1, scales.MAX_ITEMS + 1):
+    for n in range(1, scales.max_items() + 1):
         row[f"item_{n}"] = _number_text(items.get(n))
     return row
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 
-from .. import report
+from .. import report, scales
 from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, instrument_code, print_json
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--instrument", default="PHQ-9")
+    p.add_argument("--instrument", default=scales.PRIMARY)
     p.add_argument("--target", type=float, default=0.8)
     p.add_argument("--json", action="store_true")
 

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 
-from .. import selfreport, store
+from .. import scales, selfreport, store
 from ..access import SYSTEM, AccessDenied
 from . import EXIT_FAILED, EXIT_OK
 
@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     create = actions.add_parser("create", help="create a single-use self-report link and print it")
     create.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="database file")
     create.add_argument("--patient", required=True, metavar="ID")
-    create.add_argument("--instruments", default="PHQ-9", metavar="LIST", help="PHQ-9, GAD-7 or PHQ-9,GAD-7 (default PHQ-9)")
+    create.add_argument("--instruments", default=scales.PRIMARY, metavar="LIST", help="PHQ-9, GAD-7 or PHQ-9,GAD-7 (default PHQ-9)")
     create.add_argument("--base-url", default=None, metavar="URL",
                         help="the dashboard's address as patients reach it (default: $OUTCOMES_BASE_URL or http://localhost:8501)")
     create.add_argument("--hours", type=float, default=72, help="hours until the link expires (default 72)")
