@@ -1112,38 +1112,6 @@ def policy_comparison(n_patients: int = 1000, seed: int = 0) -> pd.DataFrame | N
 
 # --- data page ------------------------------------------------------------------------
 
-def preview_upload(paths) -> pd.DataFrame:
-    """What the import would do with these CSV files, without writing anything.
-
-    Runs the importer's own file reading and row checks (analytics.ingest);
-    checks that need the database (e.g. a patient not yet known) happen at import.
-    One row per file: file, kind, rows, accepted, rejected, refused, and
-    `rejects` (a frame of line, column, reason).
-    """
-    from .ingest import FileRefused, read_csv, rules
-
-    rows = []
-    for path in paths:
-        name = getattr(path, "name", str(path))
-        try:
-            parsed = read_csv(path)
-        except FileRefused as exc:
-            rows.append({"file": name, "kind": None, "rows": 0, "accepted": 0, "rejected": 0,
-                         "refused": str(exc), "rejects": pd.DataFrame(columns=["line", "column", "reason"])})
-            continue
-        checked = rules.validate(parsed.kind, parsed.frame, trimmed=True)
-        rejects = checked.rejects.rename(columns={"_line": "line"})[["line", "column", "reason"]]
-        if parsed.malformed:
-            rejects = pd.concat([rejects, pd.DataFrame(parsed.malformed, columns=["line", "column", "reason"])],
-                                ignore_index=True)
-        rejects = rejects.sort_values("line", kind="stable").reset_index(drop=True)
-        bad_lines = int(rejects["line"].nunique())
-        total = len(parsed.frame) + len(parsed.malformed)
-        rows.append({"file": name, "kind": parsed.kind, "rows": total, "accepted": total - bad_lines,
-                     "rejected": bad_lines, "refused": None, "rejects": rejects})
-    return pd.DataFrame(rows)
-
-
 def report_tables(report) -> tuple[pd.DataFrame, pd.DataFrame]:
     """An ingest ImportReport as (per-file summary, rejected rows with reasons)."""
     files = pd.DataFrame([{

@@ -4,7 +4,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from analytics import views
@@ -36,14 +35,9 @@ if uploads:
     with tempfile.TemporaryDirectory(prefix="outcomes-upload-") as tmp:
         paths = _write_uploads(uploads, Path(tmp))
         with st.spinner("Checking the files..."):
-            from analytics import fhir  # FHIR JSON/NDJSON is previewed by its own reader, as import_files routes it
+            from analytics.ingest import preview as preview_import  # CSV and FHIR, each read by its own source
 
-            fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
-            fhir_rows = pd.DataFrame(fhir.preview(fhir_paths, db=session.db_file() if session.has_data() else None))
-            if len(fhir_rows):  # shown by base name, like the CSV rows (the temporary folder means nothing)
-                fhir_rows["file"] = fhir_rows["file"].map(lambda f: Path(str(f)).name)
-            preview = pd.concat([views.preview_upload([p for p in paths if p not in fhir_paths]), fhir_rows],
-                                ignore_index=True)
+            preview = preview_import(paths, db=session.db_file() if session.has_data() else None)
         st.markdown("**Before importing**: what the checks find (rows about unknown patients are found at import).")
         st.dataframe(preview.drop(columns=["rejects"]), hide_index=True, width="stretch")
         for row in preview.itertuples():
