@@ -1103,8 +1103,8 @@ def forest_rows(model: dict) -> pd.DataFrame:
 
 
 def policy_comparison(n_patients: int = 1000, seed: int = 0) -> pd.DataFrame | None:
-    """analytics.policy.compare() as a table (simulated clinic, not this clinic's patients); None if missing."""
-    policy = optional("policy")
+    """analytics.schedules.compare() as a table (simulated clinic, not this clinic's patients); None if missing."""
+    policy = optional("schedules")
     if policy is None or not hasattr(policy, "compare"):
         return None
     return pd.DataFrame(policy.compare(n_patients=n_patients, seed=seed, prior_patients=n_patients))

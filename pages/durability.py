@@ -85,8 +85,8 @@ with right:
 
 st.subheader("Maintenance policies compared")
 st.caption("A simulation, not this clinic's patients: the same simulated patients treated under fixed 2/3/4-weekly "
-           "schedules, symptom-triggered rescue only, and the personalised interval suggestion (analytics.policy).")
-if views.optional("policy") is None:
+           "schedules, symptom-triggered rescue only, and the personalised interval suggestion (analytics.schedules).")
+if views.optional("schedules") is None:
     st.info("Policy comparison: not available yet (the policy module is not installed).")
 elif st.toggle("Run the policy comparison (takes about ten seconds)", key="run_policy"):
     with st.spinner("Simulating every policy on the same patients..."):
