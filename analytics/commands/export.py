@@ -16,7 +16,7 @@ def run(args) -> int:
     db = getattr(args, "db", None)
     try:
         if getattr(args, "format", "csv") == "fhir":
-            from ..fhir import export_fhir  # the FHIR models load only for a FHIR export
+            from ..fhir.export import export_fhir  # the FHIR models load only for a FHIR export
 
             access.DataAccess(db).log("export", detail={"format": "fhir", "directory": str(args.directory)})
             result = export_fhir(args.directory, db)

@@ -7,7 +7,8 @@ CSV. The import itself is analytics.ingest's: FHIR is one of its sources
 (ingest/fhir_source.py), checked by the same rules in the same single transaction as
 the rest of the command. Nothing here imports the import or the store.
 
-Export: `export_fhir(directory, db=None, scope=SYSTEM) -> {type: path}`.
+Export: `analytics.fhir.export.export_fhir(directory, db=None, scope=SYSTEM) -> {type: path}`
+(it reads through the scoped data layer, so this package does not import it).
 """
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ import pandas as pd
 
 from . import codes
 from .convert import Conversion, Converter
-from .export import export_fhir
 from .parse import Located, Reject, iter_text, looks_like_fhir, sniff_file
 
 __all__ = [
-    "export_fhir", "convert_files", "looks_like_fhir", "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
+    "convert_files", "looks_like_fhir", "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
     "KIND_OF_TYPE",
 ]
 
