@@ -7,12 +7,13 @@ A visitor who is not signed in gets the sign-in page and nothing else.
 import streamlit as st
 
 from analytics import memory
-from pages import _session as session
+from pages import _routing, _signin
 from pages._routing import PAGES, menu_for
 
 memory.tune_allocator()  # cohort-sized frames: see analytics/memory.py
 
 st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
+_routing.route_through_navigation()
 
 # A patient's self-report link (/?token=...) needs no account: run that page alone, before any
 # sign-in, so nothing else of the dashboard is reachable from it (docs/self-report.md).
@@ -32,7 +33,7 @@ def navigation_for(scope) -> dict[str, list[st.Page]]:
     }
 
 
-scope = session.signed_in_scope()
+scope = _signin.signed_in_scope()
 if scope is None:
     # Every page address shows the sign-in form (and nothing else), so a link such as
     # /patient?patient=ID opened before signing in is still there afterwards.
@@ -45,5 +46,5 @@ else:
     with st.sidebar:
         st.caption(f"Signed in as **{scope.user}** ({scope.role})")
         if st.button("Sign out", icon=":material/logout:", key="sign_out"):
-            session.sign_out()
+            _signin.sign_out()
     st.navigation(navigation_for(scope)).run()

@@ -148,7 +148,7 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
-    """views.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
+    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     grouped = "n" in w.columns
     fig = go.Figure()
@@ -272,7 +272,7 @@ def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
 
 
 def interval_histogram(bins: pd.DataFrame) -> go.Figure:
-    """Bars of `views.interval_distribution` (binned on the server; blank bins are suppressed counts)."""
+    """Bars of `screens.durability.interval_distribution` (binned on the server; blank bins are suppressed counts)."""
     width = bins["end_day"] - bins["start_day"]
     fig = go.Figure(go.Bar(x=bins["start_day"] + width / 2, y=bins["patients"], width=width, marker_color="#00a2a8",
                            customdata=np.stack([bins["start_day"], bins["end_day"] - 1], axis=1) if len(bins) else None,

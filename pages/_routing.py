@@ -35,6 +35,9 @@ def menu_for(scope) -> dict[str, list[str]]:
     return {title: names for title, names in sections.items() if names}
 
 
+_routed = False
+
+
 def route_through_navigation() -> None:
     """Make sure dashboard.py's st.navigation (and so the menu) handles every request.
 
@@ -42,7 +45,12 @@ def route_through_navigation() -> None:
     st.navigation has run once in the server process, so the very first request
     for e.g. /patient would run that page directly, bypassing the menu.
     Switching the old mode off and rerunning sends the request through dashboard.py.
+    Once per process, at the first page run: a rerun later would drop a submitted form.
     """
+    global _routed
+    if _routed:
+        return
+    _routed = True
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:

@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from analytics import scales, selfreport, visits
-from analytics.access import AccessDenied, DataAccess, Scope, db_path
+from analytics.access import AccessDenied, Scope
 from analytics.permissions import may
+from pages._context import db_file as db_path
 
 FLASH = "visit_forms:flash"
 
@@ -149,7 +150,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
     """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
     if patient_id is None and FLASH in st.session_state:  # the due list has no visit section to show it
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
-    flags = DataAccess(db_path(), scope).safety_flags(open_only=True)
+    flags = selfreport.open_flags(db_path(), scope)
     if patient_id is not None:
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():

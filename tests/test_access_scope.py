@@ -197,7 +197,7 @@ def test_data_version_moves_with_imports_not_with_audit_entries(clinic):
 def test_csv_exports_hold_only_the_caseload_and_no_live_formulas(clinic, tmp_path):
     import pandas as pd
 
-    from analytics import views
+    from analytics.screens import patient
     from analytics.export import export_csv
 
     db, first, _ = clinic
@@ -213,6 +213,6 @@ def test_csv_exports_hold_only_the_caseload_and_no_live_formulas(clinic, tmp_pat
     assessments = pd.read_csv(written["assessments"], dtype=str, keep_default_na=False)
     assert set(assessments["patient_id"]) <= set(mine.patients()["patient_id"])
     assert "rejected" not in written  # quarantined raw lines cannot be scoped: admins only
-    text = views.patient_csv(mine.patient_record(mine_id)).decode()
+    text = patient.patient_csv(mine.patient_record(mine_id)).decode()
     assert "'@SUM(1+1)*cmd" in text and ",@SUM" not in text
     assert audit.entries(db, action="export").iloc[-1]["actor"] == "dr_okafor"
