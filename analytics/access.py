@@ -327,7 +327,7 @@ class DataAccess:
                FROM rejected_rows r ORDER BY r.batch_id, r.file_name, r.line"""
         )
 
-    # -- visit entry and self-report (issue 8; analytics/visits.py, analytics/selfreport.py) --
+    # -- visit entry and self-report (analytics/visits.py, analytics/selfreport.py) --
     def _tolerant_query(self, sql: str, params: Sequence, columns: list[str]) -> pd.DataFrame:
         """A read of a schema v3 table: a database from before v3 simply has none of its rows."""
         try:

@@ -47,7 +47,7 @@ ACTIONS = (
     "grant_patient",
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
-    # issue 8: visit entry and patient self-report (docs/self-report.md)
+    # visit entry and patient self-report (docs/self-report.md)
     "record_visit",       # an infusion or assessment entered or corrected in the browser
     "self_report_link",   # a self-report link was created (never the token itself)
     "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)

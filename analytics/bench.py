@@ -56,7 +56,7 @@ TIMED = ("import_s", "import_floor_s", "cohort_s", "scan_floor_s", "patient_s", 
 KEYS = ("patients", "assessments", "treatments", "import_s", "import_rows_per_s", "import_floor_s",
         "import_floor_ratio", "cohort_s", "scan_floor_s", "cohort_floor_ratio", "patient_s", "durability_s",
         "intervals_s", "peak_rss_mb")
-# Targets at 100,000 patients (issue 6); reported, never asserted.
+# Targets at 100,000 patients (docs/performance.md); reported, never asserted.
 TARGETS = {"import_floor_ratio": 3, "cohort_floor_ratio": 10, "cohort_s": 1, "patient_s": 0.1,
            "durability_s": 10, "intervals_s": 30, "peak_rss_mb": 2000}
 MAX_GROWTH_10K_TO_100K = 12

@@ -1,7 +1,7 @@
 """Per-patient durability and the suggested maintenance interval.
 
 Model (a shared-frailty Weibull, the standard model for repeated cycles of one
-patient; empirical Bayes shrinkage as DOMAIN.md asks):
+patient; empirical Bayes shrinkage, docs/clinical-rules.md):
 
     S(t | patient i) = exp(-z_i * (t / scale) ** shape),   z_i ~ Gamma(a, rate a)
 

@@ -2,7 +2,7 @@
 
 Every rule that turns scores into "baseline", "response", "remission", "loss of
 response", "reliable change" or an alert is a field of `OutcomeRules`, with its
-default and source next to it (sources: ../shared/DOMAIN.md). Course
+default and source next to it (sources: docs/clinical-rules.md). Course
 segmentation, durability cycles, interval suggestions and pages all take an
 `OutcomeRules`; nothing else hard-codes a threshold.
 
@@ -28,11 +28,11 @@ _END_OF_DAY = pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
 @dataclass(frozen=True)
 class OutcomeRules:
     # Baseline: the last score of the instrument on or before the first
-    # infusion, no more than this many days before it (issue 3; a score older
+    # infusion, no more than this many days before it (a score older
     # than a month says little about the state the treatment started from).
     baseline_window_days: int = 30
     # Response: at least this fraction below baseline (50%: every trial cited
-    # in DOMAIN.md, e.g. Murrough 2013, McInnes 2022, SUSTAIN-1).
+    # in docs/clinical-rules.md, e.g. Murrough 2013, McInnes 2022, SUSTAIN-1).
     response_fall: float = 0.5
     # Baselines below this cannot show a meaningful halving (a PHQ-9 of 2 -> 1
     # is not a response); such patients get no response/durability outcomes.
@@ -42,21 +42,21 @@ class OutcomeRules:
     # registry's remission_below (PHQ-9 < 5 McInnes 2022; GAD-7 < 5 Spitzer 2006).
     madrs_remission: str = "below_10"
     # Loss of response: "two_consecutive" = two consecutive assessments no
-    # longer meeting response (DOMAIN.md "Loss of response"), or
+    # longer meeting response (docs/clinical-rules.md, outcome definitions), or
     # "madrs_relapse_22" = MADRS 22 or more on two consecutive assessments
     # (SUSTAIN-1 relapse rule; the trial also asked the two to be 5-15 days
     # apart, which is not enforced here).
     loss_rule: str = "two_consecutive"
     madrs_relapse_score: float = 22.0
     # One out-of-response score followed by an infusion also ends the cycle:
-    # the clinic acted on it (issue 3 item 1; DOMAIN.md statistical notes).
+    # the clinic acted on it (docs/clinical-rules.md, statistical notes).
     loss_on_infusion: bool = True
     # Reliable change: Jacobson & Truax 1991, RCI = z * SD * sqrt(2 * (1 - r)),
     # with r and SD from the scale registry (scales.Scale.reliability/reference_sd).
     rci_z: float = 1.96
     # Derived phases (used when the `phase` column is empty): induction runs
     # from the first infusion until the first gap longer than this many days
-    # or this many infusions (DOMAIN.md: real-world induction is 4-8 infusions
+    # or this many infusions (docs/clinical-rules.md: real-world induction is 4-8 infusions
     # over 7-28 days, McInnes 2022).
     induction_max_gap_days: float = 14.0
     induction_max_infusions: int = 8

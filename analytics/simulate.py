@@ -3,7 +3,7 @@
 Every patient has a latent depression severity in MADRS-like units (0-60).
 Infusions raise a "benefit" b (0..1) and severity is baseline * (1 - b), so the
 patient is in response exactly while b >= 0.5 (severity at least 50% below
-baseline, the response definition of every trial in ../shared/DOMAIN.md).
+baseline, the response definition of every trial in docs/clinical-rules.md).
 After an infusion that leaves the patient in response, b decays exponentially
 at the rate that makes it cross 0.5 after a drawn time T: the TRUE time from
 that infusion to loss of response. T is log-normal around the patient's own
@@ -77,7 +77,7 @@ class Calibration:
     induction_size_share: tuple[float, ...] = (0.06, 0.10, 0.68, 0.09, 0.07)
     induction_base_gap: tuple[int, ...] = (2, 3, 4)  # days between infusions, per patient
     induction_base_gap_share: tuple[float, ...] = (0.35, 0.45, 0.20)
-    # Real-world: about half do not finish six infusions (DOMAIN.md). The demo
+    # Real-world: about half do not finish six infusions (docs/clinical-rules.md). The demo
     # uses a lower figure so that enough patients reach maintenance.
     induction_dropout: float = 0.25
     # Peak benefit: 0.95 * sigmoid(N(mean, sd)); above 0.5 means a (latent) responder.

@@ -1,4 +1,4 @@
-"""Visit entry: one infusion or one assessment typed in the browser (issue 8).
+"""Visit entry: one infusion or one assessment typed in the browser (docs/self-report.md).
 
 Every entry goes through the import's own path (`ingest.import_tables`, source "ui"), so
 the same rules apply as to a CSV file: ranges, dates, unknown patient, treatment before

@@ -1,4 +1,4 @@
-"""Roles and scope enforced in the data layer (issue 5, part 2), attacked the way a curious user would."""
+"""Roles and scope enforced in the data layer, attacked the way a curious user would."""
 from __future__ import annotations
 
 import pytest

@@ -182,7 +182,7 @@ def test_scan_counts_lines_across_chunks(tmp_path, monkeypatch):
 
 
 def test_a_large_import_reports_progress_per_block_and_the_same_outcome(tmp_path):
-    """`python -m analytics import` on a terminal shows these lines (issue 6: long work shows progress)."""
+    """`python -m analytics import` on a terminal shows these lines (long work shows progress)."""
     quiet = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="quiet.duckdb")
     shown = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="shown.duckdb")
     path = assessments_file(tmp_path)

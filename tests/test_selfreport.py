@@ -1,4 +1,4 @@
-"""Patient self-report by link (issue 8, parts 2-4): single use, expiry, hashed tokens, safety flags, audit."""
+"""Patient self-report by link: single use, expiry, hashed tokens, safety flags, audit."""
 from __future__ import annotations
 
 import subprocess
