@@ -42,14 +42,3 @@ def _json_safe(value):
         except (TypeError, ValueError):
             pass
     return value
-
-
-def instrument_code(name: str) -> str | None:
-    """The registry code an --instrument value names, or None after saying on stderr which ones exist."""
-    from .. import scales
-
-    scale = scales.resolve(name)
-    if scale is None:
-        print(f"--instrument: unknown instrument {name!r}; known: {', '.join(scales.codes())}", file=sys.stderr)
-        return None
-    return scale.code

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from .. import course, report, scales
-from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, instrument_code, print_json
+from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_json
+from ._cycles import instrument_code, read_cycles
 
 
 def add_arguments(p) -> None:
@@ -20,11 +21,10 @@ def run(args) -> int:
     code = instrument_code(args.instrument)
     if code is None:
         return EXIT_FAILED
-    try:
-        _, _, cycles = report.load(args.db, code)
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
+    loaded = read_cycles(args.db, code)
+    if loaded is None:
         return EXIT_FAILED
+    cycles = loaded[2]
     if args.by is not None and args.by not in cycles.columns:
         fields = [c for c in cycles.columns if c not in course.CYCLE_COLUMNS and c not in ("started_at", "instrument")]
         print(f"--by: no field {args.by!r}; choose one of: {', '.join(fields)}", file=sys.stderr)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from .. import report, scales
-from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, instrument_code, print_json
+from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_json
+from ._cycles import instrument_code, read_cycles
 
 
 def add_arguments(p) -> None:
@@ -23,12 +24,10 @@ def run(args) -> int:
     if not 0 < args.target < 1:
         print(f"--target must be a probability between 0 and 1 (e.g. 0.8), got {args.target}", file=sys.stderr)
         return EXIT_FAILED
-    try:
-        tables, crs, cycles = report.load(args.db, code)
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
+    loaded = read_cycles(args.db, code)
+    if loaded is None:
         return EXIT_FAILED
-    result = report.intervals_report(tables, crs, cycles, code, args.target)
+    result = report.intervals_report(*loaded, code, args.target)
     if args.json:
         print_json(result)
     else:
