@@ -2,8 +2,8 @@
 
 Two settings, both for cohort-sized frames (docs/performance.md):
 
-- `tune_allocator()`, called once by each entry point (the command line, the dashboard, the
-  benchmark's generator child): glibc serves allocations over a threshold with mmap and returns
+- `tune_allocator()`, called once by each entry point (the command line, the dashboard, the scripts
+  of simulate and schedules, the benchmark's generator child): glibc serves allocations over a threshold with mmap and returns
   them on free, but after such a block is freed it raises the threshold (up to 32 MB), so later
   column-sized numpy/pandas arrays come from the heap and stay resident after they are freed.
   Building the durability course for 100,000 patients left ~0.7 GB resident that way, under the

@@ -217,5 +217,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # an entry point of its own: tune memory as the others do
+    from . import memory
+
+    memory.tune_allocator()
     sys.exit(main())

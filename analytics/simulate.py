@@ -1097,6 +1097,10 @@ def calibration_report(n_patients: int = 5000, seed: int = 7) -> dict:
 if __name__ == "__main__":  # python -m analytics.simulate [N] [SEED]: reproduce docs/demo.md
     import json
 
+    from . import memory
+
+    memory.tune_allocator()  # an entry point of its own, like the command line
+
     n_arg = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     seed_arg = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     json.dump(calibration_report(n_arg, seed_arg), sys.stdout, indent=1, default=float)
