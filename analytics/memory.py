@@ -2,14 +2,15 @@
 
 Two settings, both for cohort-sized frames (docs/performance.md):
 
-- `tune_allocator()`, called once by each entry point (the command line, the dashboard, the scripts
-  of simulate and schedules, the benchmark's generator child): glibc serves allocations over a threshold with mmap and returns
-  them on free, but after such a block is freed it raises the threshold (up to 32 MB), so later
-  column-sized numpy/pandas arrays come from the heap and stay resident after they are freed.
-  Building the durability course for 100,000 patients left ~0.7 GB resident that way, under the
-  next step's peak. Fixing the threshold at 4 MiB (a column of 500,000 values) keeps the peak near
-  what is really live. Not lower: at 128 KiB the bootstrap's many mid-sized arrays were mapped and
-  unmapped on every use and the durability estimate took 3.5x as long.
+- `tune_allocator()`, called once by each entry point (the command line, the dashboard, the
+  scripts of simulate and schedules, the benchmark's generator child): glibc serves allocations
+  over a threshold with mmap and returns them on free, but after such a block is freed it raises
+  the threshold (up to 32 MB), so later column-sized numpy/pandas arrays come from the heap and
+  stay resident after they are freed. Building the durability course for 100,000 patients left
+  ~0.7 GB resident that way, under the next step's peak. Fixing the threshold at 4 MiB (a column
+  of 500,000 values) keeps the peak near what is really live. Not lower: at 128 KiB the
+  bootstrap's many mid-sized arrays were mapped and unmapped on every use and the durability
+  estimate took 3.5x as long.
 - `release_freed()`, after a large read or before a large write: Arrow's memory pool and glibc's
   heap both keep what was freed, so without it the next step stacks on it (~550 MB after the
   cohort frames at 100,000 patients, ~200 MB after an import's blocks of 4.7 M rows).
