@@ -19,8 +19,8 @@ cost, not the product's, and is reported separately (`generate_peak_rss_mb`).
 Generated CSVs are kept under the work directory (same N and seed give the
 same bytes) so repeated runs skip generation.
 
-A figure whose module has not landed, or that fails, is null with the reason
-in `missing`; the benchmark never hides a failure behind a number.
+A figure that cannot be measured (a piece missing, or failing) is null with the
+reason in `missing`; the benchmark never hides a failure behind a number.
 """
 from __future__ import annotations
 

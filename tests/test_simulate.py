@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics import scales, simulate, store, vocabulary
+from analytics import ingest, scales, simulate, store, vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -304,16 +304,7 @@ def test_end_date_moves_the_calendar():
 
 # --- the import path -------------------------------------------------------------------
 
-def _ingest():
-    try:
-        from analytics import ingest  # noqa: F401  (written by another engineer)
-    except ImportError as exc:  # pragma: no cover - only until analytics.ingest lands
-        pytest.skip(f"analytics.ingest not available yet: {exc}")
-    return ingest
-
-
 def test_demo_imports_with_nothing_rejected(tmp_path):
-    ingest = _ingest()
     clinic = simulate.simulate_clinic(150, 9)
     db = tmp_path / "demo.duckdb"
     report = ingest.import_tables(clinic.tables, file_name="demo", source="demo", db=db)
@@ -326,7 +317,6 @@ def test_demo_imports_with_nothing_rejected(tmp_path):
 
 
 def test_cli_demo_prints_one_line_and_exits_0(tmp_path):
-    _ingest()
     db = tmp_path / "cli.duckdb"
     run = subprocess.run(
         [sys.executable, "-m", "analytics", "demo", "--db", str(db), "--patients", "40", "--seed", "2"],
