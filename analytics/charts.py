@@ -148,27 +148,39 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
-    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
+    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per group of patients
+    (with `low`/`high`: the group's range; without: a group of at least the minimum cell size, median only)."""
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     grouped = "n" in w.columns
+    total = w.attrs.get("patients", int(w["n"].sum()) if grouped else len(w))
     fig = go.Figure()
     for outcome, colour in colours.items():
         d = w[w["outcome"] == outcome]
-        if grouped:  # never patient ids: a bar is a group of patients
-            hover = [f"patients {a:,}-{b:,} of {w.attrs.get('patients', int(w['n'].sum())):,} by best change: "
+        if grouped and "low" in w.columns:  # never patient ids: a bar is a group of patients
+            hover = [f"patients {a:,}-{b:,} of {total:,} by best change: "
                      f"median {c:+.0f}% (from {lo:+.0f}% to {hi:+.0f}%)"
                      for a, b, c, lo, hi in zip(d["first_rank"], d["last_rank"], d["best_percent_change"], d["low"], d["high"])]
+        elif grouped:
+            hover = [f"patients {a:,}-{b:,} of {total:,} by best change ({n} patients): median {c:+.0f}%"
+                     for a, b, n, c in zip(d["first_rank"], d["last_rank"], d["n"], d["best_percent_change"])]
         else:
             hover = [(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
                      for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])]
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
                              hovertext=hover, hoverinfo="text"))
-    fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall")
+    fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall",
+                  annotation_position="bottom right")
     fig.update_layout(bargap=0.05)
-    fig.update_xaxes(title_text="percentiles of patients (ordered by best change)" if grouped
-                     else "patients (ordered by best change)", showticklabels=False)
+    if grouped and "low" not in w.columns:
+        axis = f"groups of at least {int(w['n'].min()) if len(w) else 0} patients (ordered by best change)"
+        title = f"Best {instrument} change by group of patients (waterfall)"
+    elif grouped:
+        axis, title = "percentiles of patients (ordered by best change)", f"Best {instrument} change by percentile of patients (waterfall)"
+    else:
+        axis, title = "patients (ordered by best change)", f"Best {instrument} change per patient (waterfall)"
+    fig.update_xaxes(title_text=axis, showticklabels=False)
     fig.update_yaxes(title_text=f"best change in {instrument} from baseline (%)")
-    return _layout(fig, f"Best {instrument} change {'by percentile of patients' if grouped else 'per patient'} (waterfall)")
+    return _layout(fig, title)
 
 
 def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.Figure:
@@ -209,22 +221,33 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
     for col, name, dash in (("hi998", "99.8% limits", "dot"), ("lo998", None, "dot"), ("hi95", "95% limits", "dash"), ("lo95", None, "dash")):
         fig.add_trace(go.Scatter(x=lim["n"], y=100 * lim[col], mode="lines", line=dict(color="#888", dash=dash),
                                  name=name or "", showlegend=name is not None, hoverinfo="skip"))
-    fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%")
-    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by], textposition="top center",
+    # the clinic rate's label at the left end of its line: the groups' points sit to the right, near their size
+    fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%",
+                  annotation_position="bottom left")
+    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by],
+                             textposition="top center" if len(g) > 1 else "middle left",
                              marker=dict(size=12, color="#636efa"), name=by,
-                             hovertext=[f"{name}: {k}/{n} = {100 * r:.0f}% ({pos})" for name, k, n, r, pos in
-                                        zip(g[by], g.get("k_shown", g["k"]), g["n"], g["rate"], g["position"])],
+                             hovertext=[f"{name}: {100 * r:.0f}% of {n} evaluable patients ({pos})"
+                                        for name, n, r, pos in zip(g[by], g["n"], g["rate"], g["position"])],
                              hoverinfo="text"))
-    fig.update_xaxes(title_text="evaluable patients (n)")
+    fig.update_xaxes(title_text="evaluable patients (n)", range=[0, float(max(lim["n"].max() if len(lim) else 10, 10))])
     fig.update_yaxes(title_text=f"{outcome_label} rate (%)", range=[0, 100])
     return _layout(fig, f"{outcome_label.capitalize()} by {by} against the clinic rate (funnel plot)")
 
 
 def completeness(c: pd.DataFrame) -> go.Figure:
-    fig = go.Figure(go.Bar(x=c["month"], y=100 * c["share"], marker_color="#00a2a8",
-                           hovertext=[f"{m:%b %Y}: {a} of {n} infusions ({100 * s:.0f}%)" for m, a, n, s in
-                                      zip(c["month"], c.get("assessed_shown", c["assessed"]),
-                                          c.get("infusions_shown", c["infusions"]), c["share"])], hoverinfo="text"))
+    """screens.cohort completeness rows: exact shares solid; bounds (`bound` "at least"/"at most") pale, drawn at
+    the bound; the month in progress (`partial`) hatched."""
+    bound = c["bound"] if "bound" in c else pd.Series([None] * len(c), index=c.index)
+    partial = c["partial"] if "partial" in c else pd.Series(False, index=c.index)
+    texts = c["share_text"] if "share_text" in c else [f"{100 * s:.0f}%" for s in c["share"]]
+    hover = [f"{m:%b %Y}: {n:,.0f} infusions, {s} with an assessment in the 7 days before"
+             + (" (month in progress)" if p else "") for m, n, s, p in zip(c["month"], c["infusions"], texts, partial)]
+    fig = go.Figure(go.Bar(
+        x=c["month"], y=100 * c["share"], hovertext=hover, hoverinfo="text", name="share assessed",
+        marker=dict(color=["rgba(0,162,168,0.35)" if pd.notna(b) else "#00a2a8" for b in bound],
+                    pattern=dict(shape=["/" if p else "" for p in partial], fillmode="overlay"),
+                    line=dict(color="#00a2a8", width=1))))
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions with a score in the 7 days before (%)", range=[0, 105])
     return _layout(fig, "Measurement completeness: infusions with an assessment within 7 days before", height=340)
