@@ -254,9 +254,11 @@ def completeness(c: pd.DataFrame) -> go.Figure:
 
 
 def survival(curves: list[dict], title: str) -> go.Figure:
-    """curves: [{"label", "times", "survival", "lower", "upper", "n"}] (Kaplan-Meier steps with a CI band)."""
+    """curves: [{"label", "times", "survival", "lower", "upper", "n", "end", "at_risk"}] (screens.durability.survival_curves):
+    each curve with its 95% band, stopping at its last observed day, and its cycles at risk under the plot."""
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
     fig = go.Figure()
+    rows = len(curves)
     for i, c in enumerate(curves):
         colour = palette[i % len(palette)]
         t = np.concatenate([[0.0], c["times"]])
@@ -267,13 +269,27 @@ def survival(curves: list[dict], title: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0), fill="tonexty",
                                  fillcolor=_alpha(colour, 0.18), showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5),
-                                 name=f"{c['label']} (n = {c['n']})",
+                                 name=f"{c['label']} ({c['n']})",
                                  hovertext=[f"{c['label']}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
                                             for x, y, a, b in zip(t, s, lo, hi)], hoverinfo="text"))
-    fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median")
-    fig.update_xaxes(title_text="days since the infusion that started the cycle", rangemode="tozero")
-    fig.update_yaxes(title_text="still in response (%)", range=[0, 102])
-    return _layout(fig, title)
+        if c.get("end") is not None and len(c["times"]):
+            fig.add_trace(go.Scatter(x=[c["times"][-1]], y=[100 * c["survival"][-1]], mode="markers",
+                                     marker=dict(symbol="line-ns", size=14, line=dict(width=2, color=colour)),
+                                     showlegend=False, hovertext=[f"{c['label']}: the curve stops here (day {c['end']:.0f}), "
+                                                                  "the last day enough cycles were still seen in response"],
+                                     hoverinfo="text"))
+        risk = c.get("at_risk") or []
+        if risk:
+            fig.add_trace(go.Scatter(x=[d for d, _ in risk], y=[-9.0 * (i + 1)] * len(risk), mode="text",
+                                     text=[f"{n:,}" if isinstance(n, (int, np.integer)) else str(n) for _, n in risk],
+                                     textfont=dict(size=10, color=colour), showlegend=False,
+                                     hovertext=[f"{c['label']}: {n} cycles still seen in response at day {d:g} or later"
+                                                for d, n in risk], hoverinfo="text"))
+    fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median", annotation_position="top right")
+    fig.update_xaxes(title_text="days since the infusion that started the cycle (numbers below: cycles still at risk)",
+                     rangemode="tozero")
+    fig.update_yaxes(title_text="still in response (%)", range=[-9.0 * rows - 6, 102], tickvals=[0, 25, 50, 75, 100])
+    return _layout(fig, title, height=420 + 18 * rows)
 
 
 def _alpha(hex_colour: str, a: float) -> str:
@@ -306,26 +322,47 @@ def interval_histogram(bins: pd.DataFrame) -> go.Figure:
 
 
 def infusions_per_month(m: pd.DataFrame) -> go.Figure:
+    """screens.durability.infusions_per_patient_month: every infusion and maintenance only; blank months are
+    suppressed (too few patients); the month in progress (m.attrs["partial"]) is left out and said so."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=m["month"], y=m["per_patient"], mode="lines+markers", name="all infusions",
-                             hovertext=[f"{mo:%b %Y}: {i} infusions, {p} patients ({r:.2f} each)" for mo, i, p, r in
-                                        zip(m["month"], m["infusions"], m["patients"], m["per_patient"])], hoverinfo="text"))
+                             line=dict(color="#636efa", width=4), marker=dict(size=9), opacity=0.75,
+                             hovertext=[f"{mo:%b %Y}: {i:,.0f} infusions, {p:,.0f} patients ({r:.2f} each)"
+                                        if pd.notna(r) else f"{mo:%b %Y}: not shown (too few patients)"
+                                        for mo, i, p, r in zip(m["month"], m["infusions"], m["patients"], m["per_patient"])],
+                             hoverinfo="text"))
     fig.add_trace(go.Scatter(x=m["month"], y=m["maintenance_per_patient"], mode="lines+markers", name="maintenance only",
-                             hovertemplate="%{x|%b %Y}: %{y:.2f} maintenance infusions per patient<extra></extra>"))
+                             line=dict(color="#ef553b", width=2, dash="dash"), marker=dict(symbol="diamond", size=7),
+                             hovertext=[f"{mo:%b %Y}: {r:.2f} maintenance infusions per patient on maintenance"
+                                        if pd.notna(r) else f"{mo:%b %Y}: maintenance figure not shown"
+                                        for mo, r in zip(m["month"], m["maintenance_per_patient"])], hoverinfo="text"))
+    partial = m.attrs.get("partial")
+    title = "Infusions per patient per month"
+    if partial:
+        title += f" ({partial} not shown: month in progress)"
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions per infused patient per month", rangemode="tozero")
-    return _layout(fig, "Infusions per patient per month", height=360)
+    return _layout(fig, title, height=360)
+
+
+def _policy_short(name: str) -> str:
+    if name.startswith("oracle"):
+        return "oracle (best case)"
+    if name.startswith("personalised (target"):
+        return f"personalised {100 * float(name.split('target')[1].strip(' )')):.0f}%"
+    return name.replace("every ", "").replace(" days", " d")
 
 
 def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
     """Infusions per patient-year against time out of response: lower-left is better on both."""
     fig = go.Figure(go.Scatter(
         x=table["infusions_per_patient_year"], y=100 * table["share_days_out_of_response"], mode="markers+text",
-        text=table["policy"], textposition="top center", marker=dict(size=12, color="#ab63fa"),
+        text=[_policy_short(p) for p in table["policy"]], textposition="top center", textfont=dict(size=10),
+        marker=dict(size=12, color="#ab63fa"),
         hovertext=[f"{p}: {i:.1f} infusions per patient-year, {100 * d:.1f}% of days out of response, "
                    f"{100 * r:.0f}% of infusions were rescues" for p, i, d, r in
                    zip(table["policy"], table["infusions_per_patient_year"], table["share_days_out_of_response"],
                        table["rescue_share"])], hoverinfo="text"))
     fig.update_xaxes(title_text="maintenance and rescue infusions per patient-year")
     fig.update_yaxes(title_text="days out of response after induction (%)", rangemode="tozero")
-    return _layout(fig, "Maintenance policies: infusions against time out of response (simulated clinic)", height=420)
+    return _layout(fig, "Maintenance policies: infusions against time out of response (simulated clinic)", height=440)

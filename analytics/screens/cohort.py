@@ -20,8 +20,10 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .. import course, outcomes, scales, suppress
 from ..permissions import may
+from ..durability import cohort_durability
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
+from .durability import curve_note, observed_until, survival_curves
 from .workspace import Workspace
 
 DAY = pd.Timedelta(days=1)
@@ -934,15 +936,12 @@ class CohortScreen:
     def durability_curve(self, n_boot: int = 200) -> dict:
         """The selection's durability curve (primary instrument) as the durability page draws curves:
         screens.durability.survival_curves on cohort_durability of the selection's cycles."""
-        from . import durability as durability_screen
-        from ..durability import cohort_durability
-
         cycles = self._cycles
         if cycles is None or cycles.empty or self.refused or isinstance(self.cycle_counts["n_patients"], str):
             return {"curves": [], "note": "too few patients with response cycles to draw a durability curve"}
         result = cohort_durability(cycles, instrument=self.durability_instrument, n_boot=n_boot)
-        curves = durability_screen.survival_curves(result, cycles, None, self.min_cell)
-        return {"curves": curves, "note": durability_screen.curve_note(curves, self.min_cell), "result": result}
+        curves = survival_curves(result, cycles, None, self.min_cell)
+        return {"curves": curves, "note": curve_note(curves, self.min_cell), "result": result}
 
 
 def _shown(value, reason: str | None, min_cell: int, *, minimum=None):
@@ -1114,16 +1113,6 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
                  "outcomes": {"responded": (pops.responded, pops.evaluable & ~pops.responded),
                               "remitted": (pops.remitted, pops.evaluable & ~pops.remitted)}},
         _cycles=cycles.reset_index(drop=True))
-
-
-def observed_until(cycles: pd.DataFrame, min_cell: int) -> float | None:
-    """The last day since a cycle's start on which at least `min_cell` patients (1 for patient-level roles)
-    were still seen in response: beyond it a durability curve (and any quantile of it) would rest on fewer."""
-    if cycles is None or cycles.empty:
-        return None
-    last = cycles.groupby("patient_id")["left_days"].max().sort_values(ascending=False).to_numpy(dtype=float)
-    need = max(min_cell, 1)
-    return float(last[need - 1]) if len(last) >= need else None
 
 
 def _severity(summary: CohortSummary, induction: pd.DataFrame, pops: _Cohortwide, selection, code: str,
