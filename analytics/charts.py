@@ -169,15 +169,15 @@ def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Fig
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
                              hovertext=hover, hoverinfo="text"))
     fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall",
-                  annotation_position="bottom right")
+                  annotation_position="top left")
     fig.update_layout(bargap=0.05)
     if grouped and "low" not in w.columns:
         axis = f"groups of at least {int(w['n'].min()) if len(w) else 0} patients (ordered by best change)"
-        title = f"Best {instrument} change by group of patients (waterfall)"
+        title = f"Best {instrument} change, groups of patients"
     elif grouped:
-        axis, title = "percentiles of patients (ordered by best change)", f"Best {instrument} change by percentile of patients (waterfall)"
+        axis, title = "percentiles of patients (ordered by best change)", f"Best {instrument} change, by percentile"
     else:
-        axis, title = "patients (ordered by best change)", f"Best {instrument} change per patient (waterfall)"
+        axis, title = "patients (ordered by best change)", f"Best {instrument} change, per patient"
     fig.update_xaxes(title_text=axis, showticklabels=False)
     fig.update_yaxes(title_text=f"best change in {instrument} from baseline (%)")
     return _layout(fig, title)
@@ -212,7 +212,7 @@ def severity_movement(table: pd.DataFrame, instrument: str, hidden_label: str = 
                                hovertemplate="baseline %{y} → latest %{x}: %{z} patients<extra></extra>"))
     fig.update_xaxes(title_text=f"latest {instrument} band")
     fig.update_yaxes(title_text=f"baseline {instrument} band", autorange="reversed")
-    return _layout(fig, f"Severity movement: baseline to latest {instrument} band (patients)")
+    return _layout(fig, f"Severity: baseline to latest {instrument} band")
 
 
 def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
@@ -232,7 +232,7 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
                              hoverinfo="text"))
     fig.update_xaxes(title_text="evaluable patients (n)", range=[0, float(max(lim["n"].max() if len(lim) else 10, 10))])
     fig.update_yaxes(title_text=f"{outcome_label} rate (%)", range=[0, 100])
-    return _layout(fig, f"{outcome_label.capitalize()} by {by} against the clinic rate (funnel plot)")
+    return _layout(fig, f"{outcome_label.capitalize()} by {by} vs the clinic rate")
 
 
 def completeness(c: pd.DataFrame) -> go.Figure:
@@ -250,7 +250,7 @@ def completeness(c: pd.DataFrame) -> go.Figure:
                     line=dict(color="#00a2a8", width=1))))
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions with a score in the 7 days before (%)", range=[0, 105])
-    return _layout(fig, "Measurement completeness: infusions with an assessment within 7 days before", height=340)
+    return _layout(fig, "Infusions assessed in the 7 days before", height=340)
 
 
 def survival(curves: list[dict], title: str) -> go.Figure:
@@ -307,7 +307,7 @@ def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
     fig.add_vline(x=1, line=dict(dash="dash", color="#888"))
     fig.update_xaxes(type="log", title_text=f"{measure} (log scale; 1 = no difference)")
     fig.update_yaxes(title_text="", autorange="reversed")
-    return _layout(fig, f"What goes with shorter or longer response ({measure}, 95% CI)", height=max(260, 70 * len(rows) + 120))
+    return _layout(fig, f"Longer or shorter response: {measure}s (95% CI)", height=max(260, 70 * len(rows) + 120))
 
 
 def interval_histogram(bins: pd.DataFrame) -> go.Figure:
@@ -339,7 +339,7 @@ def infusions_per_month(m: pd.DataFrame) -> go.Figure:
     partial = m.attrs.get("partial")
     title = "Infusions per patient per month"
     if partial:
-        title += f" ({partial} not shown: month in progress)"
+        title += f"<br><sup>{partial} not shown: month in progress</sup>"
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions per infused patient per month", rangemode="tozero")
     return _layout(fig, title, height=360)
@@ -365,4 +365,4 @@ def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
                        table["rescue_share"])], hoverinfo="text"))
     fig.update_xaxes(title_text="maintenance and rescue infusions per patient-year")
     fig.update_yaxes(title_text="days out of response after induction (%)", rangemode="tozero")
-    return _layout(fig, "Maintenance policies: infusions against time out of response (simulated clinic)", height=440)
+    return _layout(fig, "Maintenance policies (simulated clinic)", height=440)

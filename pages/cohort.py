@@ -49,8 +49,8 @@ if head["patients"] == 0:
     st.info("No patients match these filters: widen the period or choose every patient in the sidebar.")
     st.stop()
 
-st.caption(f"Selection: {screen.description}. {head['treated']} treated patients, {head['evaluable']} with a baseline "
-           "and a score within 21 days after induction (the rates' denominator).")
+st.caption(f"Selection: {screen.description}. {head['treated']} treated patients. Evaluable (a baseline and a score "
+           f"within 21 days after induction, the rates' denominator): {head['evaluable']}.")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Active patients", head["active_patients"], help=f"An infusion or assessment in the last {cohort.ACTIVE_DAYS} days.")
 month = head["month"].split()

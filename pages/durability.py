@@ -93,6 +93,7 @@ if st.toggle("Run the policy comparison (takes about twenty seconds)", key="run_
         table = _schedule_table()
     st.plotly_chart(charts.policy_tradeoff(table), key="policy")
     st.dataframe(durability.schedule_table(table), hide_index=True, width="stretch")
+    st.caption(durability.schedule_note(table))
     st.caption("Lower left is better on both counts. Days out of response: the share of days after induction when "
                "the simulated patient's true symptoms were not 50% below baseline. Rescue infusions: the share of all "
                "maintenance and rescue infusions given because symptoms returned.")

@@ -53,12 +53,13 @@ def test_policy_comparison_runs_on_demand(open_page):
     assert {"policy", "infusions per patient-year", "days out of response"} <= set(table.columns)
     assert not any("_" in c for c in table.columns)
     # the README's comparison (target 0.75) and the default (0.8) both, in words; shares in %, one decimal
-    assert table["policy"].str.contains("personalised, 75% chance").any()
-    assert table["policy"].str.contains(r"personalised, 80% chance .*\(the default\)").any()
-    assert not table["policy"].str.contains("q0.2").any() and table["policy"].str.startswith("oracle: knows").any()
+    assert (table["policy"] == "personalised, 75% target").any()
+    assert (table["policy"] == "personalised, 80% target (the default)").any()
+    assert not table["policy"].str.contains("q0.2").any() and table["policy"].str.startswith("oracle (knows").any()
     assert (table["policy"] == "symptom-triggered").any()
     assert table["days out of response"].str.match(r"^\d+\.\d%$").all()
     assert table["infusions per patient-year"].str.match(r"^\d+\.\d$").all()
+    assert any("patient-years after induction" in c.value and "target" in c.value for c in at.caption)
 
 
 def test_suggested_intervals_are_binned_and_small_bins_suppressed():

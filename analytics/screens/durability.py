@@ -89,9 +89,9 @@ def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_b
         curves = survival_curves(result, cycles, by, min_cell)
         table = durability_table(result, cycles, by, min_cell)
         end_note = curve_note(curves, min_cell)
-        title = f"Still in response by days since the infusion ({code})"
+        title = f"Still in response ({code}), by day"
         if by and result.get("logrank_p") is not None and len(result.get("groups") or {}) >= 2:
-            title += f": {format_p(result['logrank_p'])} (log-rank test)"
+            title += f"<br><sup>groups compared: {format_p(result['logrank_p'])} (log-rank test)</sup>"
         note = ("How to read it: each curve is the share of response cycles still in response that many days after "
                 "the infusion that started them. Loss of response is only known to lie between two assessments, so "
                 "the curve is the Turnbull estimate (Kaplan-Meier for losses known to within an interval); the band "
@@ -347,9 +347,12 @@ def durability_table(result: dict, cycles: pd.DataFrame | None = None, by: str |
         rows.append({"group": label, "cycles": count(s["n_cycles"]), "patients": count(s["n_patients"]),
                      "losses of response": count(s["n_events"]),
                      "median, days (95% CI)": median + ("" if median == "not reached" else f" ({days(ci[0])} to {days(ci[1])})"),
-                     "25% had lost response by, days": days(q[0]), "75% had lost response by, days": days(q[1]),
+                     "25% lost by, days": days(q[0]), "75% lost by, days": days(q[1]),
                      "note": _plain_note(s.get("note", ""))})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if len(table) and (table["note"] == "").all():
+        table = table.drop(columns="note")
+    return table
 
 
 def _plain_note(note: str) -> str:
@@ -476,15 +479,10 @@ POLICY_COLUMNS = {"policy": "policy", "infusions_per_patient_year": "infusions p
 def policy_name(name: str) -> str:
     """A simulator policy's name in words ("oracle q0.2" is not)."""
     if name.startswith("oracle"):
-        q = name.split("q")[-1]
-        try:
-            return f"oracle: knows each patient's true durability, infuses at its {100 * float(q):.0f}th percentile"
-        except ValueError:
-            return "oracle: knows each patient's true durability"
+        return "oracle (knows true durability: a best case)"
     if name.startswith("personalised (target"):
         target = float(name.split("target")[1].strip(" )"))
-        return (f"personalised, {100 * target:.0f}% chance of still responding at the next infusion"
-                + (" (the default)" if abs(target - DEFAULT_TARGET) < 1e-9 else ""))
+        return f"personalised, {100 * target:.0f}% target" + (" (the default)" if abs(target - DEFAULT_TARGET) < 1e-9 else "")
     return name
 
 
@@ -503,8 +501,16 @@ def schedule_table(table: pd.DataFrame) -> pd.DataFrame:
         "days out of response": table["share_days_out_of_response"].map(lambda v: f"{100 * v:.1f}%"),
         "rescue infusions": table["rescue_share"].map(lambda v: f"{100 * v:.0f}%"),
     })
-    if "patients_maintained" in table:
-        out["patients on maintenance"] = table["patients_maintained"].map(lambda v: f"{int(v):,}")
-    if "patient_years" in table:
-        out["years followed"] = table["patient_years"].map(lambda v: f"{v:,.0f}")
     return out
+
+
+def schedule_note(table: pd.DataFrame) -> str:
+    """What the comparison rests on, in words (the simulated patients on maintenance and their years)."""
+    if table.empty or "patients_maintained" not in table:
+        return ""
+    patients, years = int(table["patients_maintained"].iloc[0]), float(table["patient_years"].iloc[0])
+    quantile = next((p.split("q")[-1] for p in table["policy"] if p.startswith("oracle")), "0.2")
+    return (f"Every policy meets the same {patients:,} simulated patients on maintenance, followed for {years:,.0f} "
+            "patient-years after induction. Personalised, N% target: the next infusion when the patient's chance of "
+            f"still responding is expected to fall to N%. Oracle: infuses at the {100 * float(quantile):.0f}th "
+            "percentile of each patient's true durability, which no clinic can know.")
