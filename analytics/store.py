@@ -22,12 +22,9 @@ applies the signed-in user's scope.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -65,9 +62,10 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _private_spill_dir() -> str:
-    folder = tempfile.mkdtemp(prefix="outcomes-duckdb-spill-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    # Inside the process's work folder: removed at exit, or by the next process after a kill -9.
+    from .workdir import work_dir
+
+    return str(work_dir() / "duckdb-spill")
 
 
 def _is_lock_error(exc: Exception) -> bool:
