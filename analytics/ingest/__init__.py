@@ -30,14 +30,13 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import queue
 import shutil
-import tempfile
 import threading
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from .. import store
+from .. import clinic_time, store, workdir
 from . import rules, write
 from ..progress import Progress
 from .csv import BLOCK_ROWS, CsvIndex, FileRefused, read_csv, scan_csv
@@ -70,6 +69,11 @@ class FileResult:
     batch_id: int | None = None
     refused: str | None = None  # why the whole file was refused (then nothing at all was written)
     notes: list[str] = field(default_factory=list)
+    # CSV: every physical line is the header, blank, or a line of a row (stored or rejected):
+    # lines_total = 1 + lines_blank + rows_total + lines_continued (None for other sources).
+    lines_total: int | None = None
+    lines_blank: int | None = None
+    lines_continued: int | None = None  # lines that continue a row (line breaks inside quoted values)
 
     @property
     def rows_accepted(self) -> int:
@@ -80,6 +84,8 @@ class FileResult:
 class ImportReport:
     files: list[FileResult] = field(default_factory=list)
     error: str | None = None  # the transaction failed: nothing was written
+    committed: bool = False  # the transaction committed: the rows counted as stored are in the database
+    warnings: list[str] = field(default_factory=list)  # e.g. a step after the commit failed (the rows are stored)
 
     @property
     def rejects(self) -> list[Reject]:
@@ -95,7 +101,10 @@ class ImportReport:
 
     @property
     def exit_code(self) -> int:
-        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported."""
+        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported.
+
+        It says what is stored: a failure after the commit (a checkpoint on a full disk) does not
+        change it, and is reported in `warnings` (3, an unexpected failure, is `cli_import`'s)."""
         if not self.written:
             return 2
         accepted = sum(f.rows_accepted for f in self.files)
@@ -109,6 +118,8 @@ class ImportReport:
         out: list[str] = []
         if self.error:
             out.append(f"import failed, nothing was changed: {self.error}")
+        for warning in self.warnings:
+            out.append(f"warning: {warning}")
         for f in self.files:
             if f.refused:
                 out.append(f"{f.refused}")
@@ -127,7 +138,7 @@ class ImportReport:
         for f in self.files:
             out.append(
                 f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
-                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id})"
+                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id}){_lines_shown(f)}"
             )
         return out
 
@@ -140,8 +151,23 @@ class ImportReport:
                 "rows_unchanged": f.rows_unchanged, "rows_rejected": f.rows_rejected, "notes": f.notes,
                 "rejects": [r._asdict() for r in f.rejects[:max_rejects]],
                 "rejects_truncated": len(f.rejects) > max_rejects,
+                "lines_total": f.lines_total, "lines_blank": f.lines_blank, "lines_continued": f.lines_continued,
             })
-        return {"exit_code": self.exit_code, "error": self.error, "files": files}
+        return {"exit_code": self.exit_code, "error": self.error, "files": files,
+                "committed": self.committed, "warnings": list(self.warnings)}
+
+
+def _lines_shown(f: FileResult) -> str:
+    """How the file's physical lines add up, so that rows and lines can be compared at a glance."""
+    if f.lines_total is None:
+        return ""
+    parts = ["1 header"]
+    if f.lines_blank:
+        parts.append(f"{f.lines_blank} blank")
+    parts.append(f"{f.rows_total} rows")
+    if f.lines_continued:
+        parts.append(f"{f.lines_continued} continuing a row (line breaks inside quoted values)")
+    return f"; {f.lines_total} lines = " + " + ".join(parts)
 
 
 @dataclass
@@ -401,12 +427,26 @@ def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None
                 after_write(con, report)
             _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
             _hold_for_tests()
+        report.committed = True
+    except store.CommittedButFailed as exc:
+        # The rows are stored (in the write-ahead log at least); only the step after the commit failed.
+        report.committed = True
+        report.warnings.append(
+            f"the import was committed and its rows are stored, but {exc.step} failed: "
+            f"{_first_line(exc.error).rstrip('. ')}. The database is consistent: the committed rows are in its "
+            f"write-ahead log ({Path(store.db_path(db)).name}.wal) and are moved into the file the next time it is "
+            "opened with room to do so. Free disk space; the files need not be imported again")
     except (duckdb.Error, store.StoreBusy) as exc:
         for job in jobs:
             job.result.batch_id = None
             job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
-        report.error = str(exc).splitlines()[0]
+        report.error = _first_line(exc)
     return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_job(con, job: _Job, user: str) -> None:
@@ -465,6 +505,8 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
     report = ImportReport()
     jobs: list[_Job] = []
     paths = list(paths)
+    if not _clinic_zone_ok(report):
+        return report
     # FHIR JSON (Bundle or NDJSON) is recognised by content, whatever the file name (docs/fhir.md).
     fhir_paths = []
     if any(_may_be_fhir(p) for p in paths):
@@ -486,7 +528,7 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
                 if progress:
                     progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
                 if index.rows_total > block_rows and index.kind in _KEYS:
-                    stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix="outcomes-import-"))
+                    stage_dir = stage_dir or workdir.new_dir("import-stage-")
                     validated, staged = _stage(index, stage_dir, block_rows, progress)
                     _return_freed_memory()
                 else:
@@ -494,10 +536,11 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
             except FileRefused as exc:
                 report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
                 continue
-            except duckdb.Error as exc:  # staging failed (e.g. no space for it): nothing is written
-                report.error = f"{name}: {str(exc).splitlines()[0]}"
+            except (duckdb.Error, OSError) as exc:  # staging failed (e.g. no space for it): nothing is written
+                report.error = f"{name}: {_first_line(exc)}"
                 return report
-            result = FileResult(file=name, kind=index.kind, notes=validated.notes)
+            result = FileResult(file=name, kind=index.kind, notes=validated.notes, lines_total=index.lines_total,
+                                lines_blank=index.lines_blank, lines_continued=index.lines_continued)
             report.files.append(result)
             jobs.append(_Job(name, "csv", index.sha256, validated,
                              lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
@@ -527,6 +570,8 @@ def import_tables(
     """
     report = ImportReport()
     jobs: list[_Job] = []
+    if not _clinic_zone_ok(report):
+        return report
     digest = sha256 or _frame_sha256(tables)
     for kind in rules.KINDS:
         if kind not in tables:
@@ -549,21 +594,47 @@ def import_tables(
     return _run(jobs, report, db, user, after_write)
 
 
+def _clinic_zone_ok(report: ImportReport) -> bool:
+    """A wrong OUTCOMES_TIMEZONE stops the import before anything is read (times would be wrong)."""
+    try:
+        clinic_time.zone()
+    except clinic_time.TimeZoneSettingError as exc:
+        report.error = str(exc)
+        return False
+    return True
+
+
 def cli_import(args) -> int:
+    """Exit 0 all stored, 1 some rows rejected (the rest stored), 2 nothing stored, 3 an unexpected
+    failure (one line on stderr naming a log file with the details; never a traceback)."""
+    from ..cli import EXIT_UNEXPECTED, print_json, report_unexpected
     from ..progress import clear, terminal_progress
 
-    progress = terminal_progress("import", not getattr(args, "json", False))
-    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
-                          progress=progress)
-    clear(progress)
-    if getattr(args, "json", False):
-        from ..cli import print_json
-        print_json(report.to_dict())
-    else:
-        stream = sys.stdout if report.exit_code == 0 else sys.stderr
-        for line in report.messages():
-            print(line, file=stream)
-    return report.exit_code
+    as_json = getattr(args, "json", False)
+    progress = terminal_progress("import", not as_json)
+    report: ImportReport | None = None
+    try:
+        report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
+                              progress=progress)
+        clear(progress)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            stream = sys.stdout if report.exit_code == 0 and not report.warnings else sys.stderr
+            for line in report.messages():
+                print(line, file=stream)
+        return report.exit_code
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes exit 3
+        clear(progress)
+        committed = report is not None and report.committed
+        state = "the import was committed (its rows are stored)" if committed else "nothing was changed"
+        message, log = report_unexpected("import", exc, state)
+        if as_json:
+            print_json({"exit_code": EXIT_UNEXPECTED, "error": message, "files": [], "committed": committed,
+                        "warnings": [], "log": str(log) if log else None})
+        return EXIT_UNEXPECTED
 
 
 __all__ = ["import_files", "import_tables", "cli_import", "ImportReport", "FileResult", "Reject", "FileRefused"]
