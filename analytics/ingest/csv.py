@@ -11,9 +11,10 @@ computes the sha256 and checks the encoding.
 well-placed quotes is a record of its own. Only the rare other lines are looked
 at one by one: a quoted value that runs past the end of its line is a record
 spanning several lines when it closes properly and gives the header's number of
-fields within `MAX_RECORD_BYTES`; otherwise the quote is unbalanced, that line
-alone is rejected, and reading resumes on the next line, so a stray quote
-never costs the rows after it. Lines that are too long, hold control characters
+fields within `MAX_RECORD_BYTES`, and none of its lines would be a whole row
+were its quotes ignored (that is a stray quote pairing with a stray quote of a
+later row); otherwise the quote is unbalanced, that line alone is rejected, and
+reading resumes on the next line, so a stray quote never costs the rows after it. Lines that are too long, hold control characters
 or have the wrong number of fields are rejected one by one too. Every physical
 line ends up counted exactly once: the header, blank, part of a good record or
 part of a rejected one (checked, `lines_total`).
@@ -503,6 +504,11 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
                 looked.append((at, at, column, UNCLOSED_QUOTE))
                 continue
             record = _read(path, int(lines.starts[at]), int(lines.stops[end]))
+            if any(part.count(b",") + 1 == width for part in record.split(b"\n")):
+                # One of its lines is a whole row when its quotes are ignored: the quote that seemed to open
+                # a value spanning lines is stray, and the "closing" one a stray of a later row.
+                looked.append((at, at, column, UNCLOSED_QUOTE))
+                continue
             fields, broken = _split(record)
             if broken is not None or len(fields) != width:
                 why = UNCLOSED_QUOTE if broken is not None else (
