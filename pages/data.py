@@ -33,7 +33,9 @@ def _write_uploads(files, directory: Path) -> list[Path]:
 
 
 if uploads:
-    with tempfile.TemporaryDirectory(prefix="outcomes-upload-") as tmp:
+    from analytics import workdir  # the process's private folder: removed even if the server is killed
+
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=workdir.work_dir()) as tmp:
         paths = _write_uploads(uploads, Path(tmp))
         with st.spinner("Checking the files..."):
             from analytics import fhir  # FHIR JSON/NDJSON is previewed by its own reader, as import_files routes it
@@ -69,6 +71,8 @@ if report is not None:
         st.warning(f"Imported, but {len(rejects)} row(s) were rejected and kept aside with their reason.")
     else:
         st.error("Nothing was imported. " + " ".join(report.messages()[:3]))
+    for warning in report.warnings:  # e.g. the rows are stored but the disk filled up after the commit
+        st.warning(warning)
     st.dataframe(files, hide_index=True, width="stretch")
     if len(rejects):
         st.dataframe(rejects, hide_index=True, width="stretch")
