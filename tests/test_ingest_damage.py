@@ -153,6 +153,18 @@ def test_quoted_values_with_line_breaks_quotes_and_commas_still_work(db, tmp_pat
     assert (f.lines_total, f.lines_blank, f.lines_continued, f.rows_total) == (9, 0, 3, 5)
 
 
+def test_a_value_with_a_line_break_in_the_last_column_still_works(tmp_path):
+    """Its first line holds every field, so it must not be taken for a whole row with a stray quote."""
+    db = make_db(tmp_path, patients=[patient("P1", enrolled_on="2022-01-01")])
+    header = "patient_id,site,clinician,enrolled_on,support_system"
+    path = write_bytes(tmp_path / "p.csv", f'{header}\nP7,North,dr_a,2022-01-01,"family\nand friends"\n'
+                                           "P8,North,dr_a,2022-01-01,none\n", newline="\r\n")
+    report = ingest.import_files([path], db=db)
+    assert report.exit_code == 0, report.messages()
+    assert stored(db, "SELECT patient_id, value FROM patient_attributes ORDER BY 1") == [
+        ("P7", "family\r\nand friends"), ("P8", "none")]
+
+
 def test_blank_lines_and_a_trailing_comma_are_counted_and_named(db, tmp_path):
     rows = assessment_rows(3)
     body = "\n".join(["", ASSESSMENTS_HEADER, rows[0], "", rows[1] + ",", rows[2], ""]) + "\n"
@@ -174,49 +186,56 @@ DAMAGE = st.sampled_from(["none", "none", "none", "quoted", "comma", "multiline"
                           "stray", "open", "long_row", "nul", "ragged", "blank"])
 
 
-def _row(i: int, rater: str, damage: str) -> tuple[str, str, str | None]:
-    """One row's text, whether it must be "good", "rejected" or is "blank", and the rater a good row stores."""
-    cells = ["P1", "PHQ-9", f"2023-{1 + i // 28:02d}-{1 + i % 28:02d}", rater] + ["1"] * 9 + ["", ""]
-    good = {"none": rater, "quoted": rater, "comma": f"{rater}, MD", "multiline": f"{rater}\nnext",
-            "doubled": f'say "{rater}"', "formula": f"=SUM({rater})"}
+def _row(i: int, text: str, damage: str, column: int) -> tuple[str, str, str | None]:
+    """One row's text with `text` (damaged or not) in `column`, whether the row must be "good", "rejected"
+    or is "blank", and the value a good row stores in that column."""
+    cells = ["P1", "PHQ-9", f"2023-{1 + i // 28:02d}-{1 + i % 28:02d}", "self"] + ["1"] * 9 + ["", ""]
+    good = {"none": text, "quoted": text, "comma": f"{text}, MD", "multiline": f"{text}\nnext",
+            "doubled": f'say "{text}"', "formula": f"=SUM({text})"}
     if damage == "blank":
         return "", "blank", None
     if damage in good:
         value = good[damage]
-        cells[3] = value if damage in ("none", "formula") else '"' + value.replace('"', '""') + '"'
+        cells[column] = value if damage in ("none", "formula") else '"' + value.replace('"', '""') + '"'
         return ",".join(cells), "good", value.strip(" ") or None
-    cells[3] = {"stray": f'O"{rater}', "open": f'"{rater}', "long_row": "x" * (ingest_csv.MAX_RECORD_BYTES + 10),
-                "nul": f"a\x00{rater}"}.get(damage, rater)
+    cells[column] = {"stray": f'O"{text}', "open": f'"{text}', "long_row": "x" * (ingest_csv.MAX_RECORD_BYTES + 10),
+                     "nul": f"a\x00{text}"}.get(damage, text)
     return ",".join(cells[:5] if damage == "ragged" else cells), "rejected", None
 
 
-@settings(max_examples=int(os.environ.get("INGEST_PROPERTY_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(TEXT, DAMAGE), min_size=1, max_size=25), st.sampled_from(["\n", "\r\n"]))
+COLUMNS = ASSESSMENTS_HEADER.split(",")
+
+
+@settings(max_examples=int(os.environ.get("INGEST_PROPERTY_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(TEXT, DAMAGE, st.sampled_from([0, 3, 7, len(COLUMNS) - 1])), min_size=1, max_size=25),
+       st.sampled_from(["\n", "\r\n"]))
 def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path, rows, newline):
     lines = [ASSESSMENTS_HEADER]
-    good: dict[int, str | None] = {}  # editor line of a row -> the rater it must be stored with
+    good: dict[int, tuple[str, str | None]] = {}  # editor line of a row -> (column, the value it must hold)
     rejected: set[int] = set()
-    for i, (rater, damage) in enumerate(rows):
-        text, status, value = _row(i, rater, damage)
+    for i, (text, damage, column) in enumerate(rows):
+        row, status, value = _row(i, text, damage, column)
         line = 1 + sum(part.count("\n") + 1 for part in lines)
         if status == "good":
-            good[line] = value
+            good[line] = (COLUMNS[column], value)
         elif status == "rejected":
             rejected.add(line)
-        lines.append(text)
+        lines.append(row)
     path = tmp_path / "a.csv"
     path.write_bytes(("\n".join(lines) + "\n").replace("\n", newline).encode())
 
     index = ingest_csv.scan_csv(path)
-    frame = pd.concat(list(index.blocks(block_rows=7)), ignore_index=True)
+    frame = pd.concat(list(index.blocks(block_rows=7)), ignore_index=True).set_index("_line")
 
     assert index.lines_total == path.read_bytes().count(b"\n")
     assert index.lines_total == 1 + index.lines_blank + index.rows_total + index.lines_continued
     assert {m[0] for m in index.malformed} == rejected
     assert all(m[2] for m in index.malformed)  # each says why
-    parsed = {line: (None if pd.isna(value) else value.replace("\r\n", "\n"))
-              for line, value in zip(frame["_line"].tolist(), frame["rater"].tolist())}
-    assert parsed == good
+    assert set(frame.index) == set(good)
+    for line, (column, value) in good.items():
+        parsed = frame.at[line, column]
+        assert (None if pd.isna(parsed) else parsed.replace("\r\n", "\n")) == value
 
 
 # --- huge fields, long lines and headers: per row, or a clear refusal -------------------------

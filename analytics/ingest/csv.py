@@ -11,9 +11,9 @@ computes the sha256 and checks the encoding.
 well-placed quotes is a record of its own. Only the rare other lines are looked
 at one by one: a quoted value that runs past the end of its line is a record
 spanning several lines when it closes properly and gives the header's number of
-fields within `MAX_RECORD_BYTES`, and none of its lines would be a whole row
-were its quotes ignored (that is a stray quote pairing with a stray quote of a
-later row); otherwise the quote is unbalanced, that line alone is rejected, and
+fields within `MAX_RECORD_BYTES`, unless its first line already holds all the
+row's remaining fields after the quote (a whole row with a stray quote, which
+would otherwise pair with a stray quote of a later row); otherwise the quote is unbalanced, that line alone is rejected, and
 reading resumes on the next line, so a stray quote never costs the rows after it. Lines that are too long, hold control characters
 or have the wrong number of fields are rejected one by one too. Every physical
 line ends up counted exactly once: the header, blank, part of a good record or
@@ -265,8 +265,9 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
                     bom = carry_start = 3
             digest.update(chunk)
             buffered = len(decoder.getstate()[0])
-            ext = np.frombuffer(data, dtype=np.uint8)
-            buf = ext[:len(chunk)]
+            # The chunk, its two look-ahead bytes, and two newlines: past the end of the file reads as a line end.
+            padded = np.frombuffer(data + b"\n\n", dtype=np.uint8)
+            buf = padded[:len(chunk)]
             newlines = np.flatnonzero(buf == NEWLINE)
             try:
                 decoder.decode(chunk)
@@ -301,19 +302,25 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
             flags = np.zeros(n_lines, dtype=np.uint8)
             flags[0] = carry_flags
             if len(quotes):
-                line_of = np.searchsorted(newlines, quotes)
-                opening = (quotes_before + np.arange(len(quotes)) - q_start[line_of]) % 2 == 0
-                before = np.where(quotes > 0, buf[np.maximum(quotes - 1, 0)], prev_byte)
+                # Which quotes open a value (an even number of quotes before them on their line).
+                if not np.any(q_start & 1):  # every line starts after an even count: parity is global
+                    first_opening = quotes_before % 2  # index of the first opening quote in `quotes`
+                    openers, closers = quotes[first_opening::2], quotes[1 - first_opening::2]
+                else:
+                    opening = (quotes_before + np.arange(len(quotes)) - q_start[np.searchsorted(newlines, quotes)]) % 2 == 0
+                    openers, closers = quotes[opening], quotes[~opening]
+                before = padded[openers - 1]
+                if len(openers) and openers[0] == 0:
+                    before[0] = prev_byte
                 starts_value = (before == NEWLINE) | (before == COMMA) | (before == QUOTE)
                 if offset == 0 and bom:
-                    starts_value |= quotes == bom
-                after1 = np.where(quotes + 1 < len(ext), ext[np.minimum(quotes + 1, len(ext) - 1)], NEWLINE)
-                after2 = np.where(quotes + 2 < len(ext), ext[np.minimum(quotes + 2, len(ext) - 1)], NEWLINE)
-                # (past the end of the file reads as a newline: ext holds two bytes beyond the chunk otherwise)
+                    starts_value |= openers == bom
+                after1, after2 = padded[closers + 1], padded[closers + 2]
                 ends_value = ((after1 == COMMA) | (after1 == QUOTE) | (after1 == NEWLINE)
                               | ((after1 == CR) & (after2 == NEWLINE)))
-                misplaced = np.where(opening, ~starts_value, ~ends_value)
-                np.bitwise_or.at(flags, line_of[misplaced], MISPLACED_QUOTE)
+                misplaced = np.concatenate((openers[~starts_value], closers[~ends_value]))
+                if len(misplaced):
+                    np.bitwise_or.at(flags, np.searchsorted(newlines, misplaced), MISPLACED_QUOTE)
             # Cheap tests first: most files hold no byte below 0x20 but newlines, and none above 0x7E.
             low = np.count_nonzero(buf < 0x20) > len(newlines)
             high = len(buf) and int(buf.max()) >= 0x7F
@@ -324,13 +331,13 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
                 controls = np.concatenate((controls, np.flatnonzero(buf == 0x7F)))
             crs = lows[buf[lows] == CR]
             if len(crs):
-                following = np.where(crs + 1 < len(ext), ext[np.minimum(crs + 1, len(ext) - 1)], NEWLINE)
+                following = padded[crs + 1]
                 lone = crs[following != NEWLINE]  # (a CR ending the file ends its last line)
                 controls = np.concatenate((controls, lone))
             # UTF-8 lead byte of U+0080-U+00BF: C1 controls are U+0080-U+009F
             c2 = np.flatnonzero(buf == 0xC2) if high else none
             if len(c2):
-                second = np.where(c2 + 1 < len(ext), ext[np.minimum(c2 + 1, len(ext) - 1)], 0)
+                second = padded[c2 + 1]
                 controls = np.concatenate((controls, c2[(second >= 0x80) & (second <= 0x9F)]))
             if len(controls):
                 np.bitwise_or.at(flags, np.searchsorted(newlines, controls), CONTROL)
@@ -496,19 +503,21 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
         if line_flags & ODD_QUOTES:
             # A quoted value runs past the end of the line: a record of several lines if it closes
             # properly (at the next line with an odd number of quotes) with the header's fields.
-            own, opened = _split(_read(path, int(lines.starts[at]), int(lines.stops[at])))
+            text = _read(path, int(lines.starts[at]), int(lines.stops[at]))
+            own, opened = _split(text)
             column = _column_name(header, opened)
+            rest = text[len(b",".join(own)):].count(b",")  # commas after the opening quote
+            if opened is not None and opened < width - 1 and rest == width - 1 - opened:
+                # The line holds its row's remaining fields after the quote: a whole row with a stray
+                # quote, not a value continued on the next line (which could pair it with a later stray).
+                looked.append((at, at, column, UNCLOSED_QUOTE))
+                continue
             k = bisect.bisect_right(odd_lines, at)
             end = odd_lines[k] if k < len(odd_lines) else None
             if end is None or int(lines.stops[end] - lines.starts[at]) > MAX_RECORD_BYTES:
                 looked.append((at, at, column, UNCLOSED_QUOTE))
                 continue
             record = _read(path, int(lines.starts[at]), int(lines.stops[end]))
-            if any(part.count(b",") + 1 == width for part in record.split(b"\n")):
-                # One of its lines is a whole row when its quotes are ignored: the quote that seemed to open
-                # a value spanning lines is stray, and the "closing" one a stray of a later row.
-                looked.append((at, at, column, UNCLOSED_QUOTE))
-                continue
             fields, broken = _split(record)
             if broken is not None or len(fields) != width:
                 why = UNCLOSED_QUOTE if broken is not None else (
