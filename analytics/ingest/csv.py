@@ -12,8 +12,8 @@ well-placed quotes is a record of its own. Only the rare other lines are looked
 at one by one: a quoted value that runs past the end of its line is a record
 spanning several lines when it closes properly and gives the header's number of
 fields within `MAX_RECORD_BYTES`, unless its first line already holds all the
-row's remaining fields after the quote (a whole row with a stray quote, which
-would otherwise pair with a stray quote of a later row); otherwise the quote is unbalanced, that line alone is rejected, and
+row's remaining fields after the quote, or its last line a whole row's commas
+(then a stray quote would pair with a stray quote of another row); otherwise the quote is unbalanced, that line alone is rejected, and
 reading resumes on the next line, so a stray quote never costs the rows after it. Lines that are too long, hold control characters
 or have the wrong number of fields are rejected one by one too. Every physical
 line ends up counted exactly once: the header, blank, part of a good record or
@@ -295,7 +295,10 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
                 outside = commas[(quotes_before + np.searchsorted(quotes, commas)) % 2 == 0]
             else:
                 outside = commas if quotes_before % 2 == 0 else commas[:0]
-            o_at = outside_before + np.searchsorted(outside, newlines) if len(quotes) or quotes_before % 2 else c_at
+            if len(quotes) or quotes_before % 2:
+                o_at = outside_before + np.searchsorted(outside, newlines)
+            else:  # every comma of the chunk is outside quotes: the same search as c_at
+                o_at = outside_before + (c_at - commas_before)
             o_start = np.empty(n_lines, dtype=np.int64)
             o_start[0] = carry_outside
             o_start[1:] = o_at
@@ -518,6 +521,10 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
                 looked.append((at, at, column, UNCLOSED_QUOTE))
                 continue
             record = _read(path, int(lines.starts[at]), int(lines.stops[end]))
+            if opened and record[record.rfind(b"\n") + 1:].count(b",") == width - 1:
+                # The closing line holds a whole row's commas: a row with a stray quote, not the end of a value.
+                looked.append((at, at, column, UNCLOSED_QUOTE))
+                continue
             fields, broken = _split(record)
             if broken is not None or len(fields) != width:
                 why = UNCLOSED_QUOTE if broken is not None else (
