@@ -132,6 +132,14 @@ def test_an_unclosed_quote_does_not_pair_with_a_stray_quote_of_a_later_row(db, t
     assert [(r.line, r.column) for r in report.rejects] == [(2, "rater"), (3, "rater")]
     assert stored(db, "SELECT rater FROM assessments") == [("self",)]
 
+    # The same in the last column, where the opening line holds every field: the closing line does too.
+    rows = assessment_rows(3, pid="P2")
+    rows[0] += '"'
+    rows[1] += 'O"'
+    path = write_bytes(tmp_path / "b.csv", "\n".join([ASSESSMENTS_HEADER, *rows]) + "\n")
+    report = ingest.import_files([path], db=db)
+    assert [(r.line, r.column) for r in report.rejects] == [(2, "total"), (3, "total")]
+
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_quoted_values_with_line_breaks_quotes_and_commas_still_work(db, tmp_path, newline):
@@ -190,7 +198,9 @@ def _row(i: int, text: str, damage: str, column: int) -> tuple[str, str, str | N
     """One row's text with `text` (damaged or not) in `column`, whether the row must be "good", "rejected"
     or is "blank", and the value a good row stores in that column."""
     cells = ["P1", "PHQ-9", f"2023-{1 + i // 28:02d}-{1 + i % 28:02d}", "self"] + ["1"] * 9 + ["", ""]
-    good = {"none": text, "quoted": text, "comma": f"{text}, MD", "multiline": f"{text}\nnext",
+    # (A value starting with its line break is left out: after a row ending in `,"` the bytes `"` + line break
+    # read equally well as that quote closing there, so no reader can tell which was meant.)
+    good = {"none": text, "quoted": text, "comma": f"{text}, MD", "multiline": f"{text or 'x'}\nnext",
             "doubled": f'say "{text}"', "formula": f"=SUM({text})"}
     if damage == "blank":
         return "", "blank", None
@@ -209,8 +219,9 @@ COLUMNS = ASSESSMENTS_HEADER.split(",")
 @settings(max_examples=int(os.environ.get("INGEST_PROPERTY_EXAMPLES", 60)), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(TEXT, DAMAGE, st.sampled_from([0, 3, 7, len(COLUMNS) - 1])), min_size=1, max_size=25),
-       st.sampled_from(["\n", "\r\n"]))
-def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path, rows, newline):
+       st.sampled_from(["\n", "\r\n"]), st.sampled_from([1, 2, 3, 7, 64, 4096, ingest_csv.CHUNK_BYTES]))
+def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path, rows, newline, chunk_bytes):
+    """Whatever the damage, and wherever the file's reading chunks end (every record crossing them)."""
     lines = [ASSESSMENTS_HEADER]
     good: dict[int, tuple[str, str | None]] = {}  # editor line of a row -> (column, the value it must hold)
     rejected: set[int] = set()
@@ -218,6 +229,8 @@ def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path,
         row, status, value = _row(i, text, damage, column)
         line = 1 + sum(part.count("\n") + 1 for part in lines)
         if status == "good":
+            if column in (0, 3) and value and value[:2] in {"'" + c for c in "=+-@'"}:
+                value = value[1:]  # the export's formula escape, undone in text columns (docs/import.md)
             good[line] = (COLUMNS[column], value)
         elif status == "rejected":
             rejected.add(line)
@@ -225,7 +238,13 @@ def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path,
     path = tmp_path / "a.csv"
     path.write_bytes(("\n".join(lines) + "\n").replace("\n", newline).encode())
 
-    index = ingest_csv.scan_csv(path)
+    if any(damage == "long_row" for _, damage, _ in rows):
+        chunk_bytes = max(chunk_bytes, 1 << 16)  # a 1 MB row read a few bytes at a time takes minutes
+    default_chunk, ingest_csv.CHUNK_BYTES = ingest_csv.CHUNK_BYTES, chunk_bytes
+    try:
+        index = ingest_csv.scan_csv(path)
+    finally:
+        ingest_csv.CHUNK_BYTES = default_chunk
     frame = pd.concat(list(index.blocks(block_rows=7)), ignore_index=True).set_index("_line")
 
     assert index.lines_total == path.read_bytes().count(b"\n")

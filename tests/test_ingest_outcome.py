@@ -121,7 +121,7 @@ def test_a_really_full_disk_either_stores_everything_or_nothing_and_says_which(t
             if report["committed"]:
                 assert result.returncode == 0 and stored == 300 and report["error"] is None
             else:
-                assert result.returncode == 2 and stored == 0 and report["error"]
+                assert result.returncode == 2 and stored == 0 and "No space left on device" in report["error"]
         # Both of the review's cases happened: the commit itself failing (nothing stored, exit 2) and
         # the checkpoint after it failing (all stored, exit 0, a warning instead of "nothing was changed").
         assert {(code, committed, warned) for code, committed, _, warned in seen.values()} == {(2, False, False), (0, True, True)}, seen
