@@ -10,6 +10,7 @@ import os
 import string
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -255,6 +256,32 @@ def test_every_physical_line_is_a_good_row_or_rejected_naming_its_line(tmp_path,
     for line, (column, value) in good.items():
         parsed = frame.at[line, column]
         assert (None if pd.isna(parsed) else parsed.replace("\r\n", "\n")) == value
+
+
+@settings(max_examples=int(os.environ.get("INGEST_PROPERTY_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(TEXT, DAMAGE, st.sampled_from([0, 3, 7, len(COLUMNS) - 1])), min_size=1, max_size=25),
+       st.sampled_from([1, 7, 4096, ingest_csv.CHUNK_BYTES]))
+def test_records_of_several_lines_judged_together_or_one_by_one_come_out_the_same(tmp_path, rows, chunk_bytes):
+    """The fast path (all pairs of lines with an odd number of quotes judged at once from the line
+    descriptions) against the slow one (each such line read and split)."""
+    lines = [ASSESSMENTS_HEADER] + [_row(i, text, damage, column)[0] for i, (text, damage, column) in enumerate(rows)]
+    if any(damage == "long_row" for _, damage, _ in rows):
+        chunk_bytes = max(chunk_bytes, 1 << 16)
+    path = tmp_path / "a.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    default_chunk, ingest_csv.CHUNK_BYTES = ingest_csv.CHUNK_BYTES, chunk_bytes
+    judged_together = ingest_csv._Records._pairs_check_out
+    try:
+        fast = ingest_csv.scan_csv(path)
+        ingest_csv._Records._pairs_check_out = lambda self, opening, closing: np.zeros(len(opening), dtype=bool)
+        slow = ingest_csv.scan_csv(path)
+    finally:
+        ingest_csv.CHUNK_BYTES = default_chunk
+        ingest_csv._Records._pairs_check_out = judged_together
+    assert fast.malformed == slow.malformed
+    assert fast.good_lines.tolist() == slow.good_lines.tolist()
+    assert (fast._good_stops.tolist(), fast.lines_continued) == (slow._good_stops.tolist(), slow.lines_continued)
 
 
 # --- huge fields, long lines and headers: per row, or a clear refusal -------------------------

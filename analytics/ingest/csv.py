@@ -55,7 +55,7 @@ PARSER_MEMORY_MB = 256
 
 QUOTE, COMMA, NEWLINE, CR = 34, 44, 10, 13
 # Per-line flags of `_Lines.flags`.
-ODD_QUOTES, MISPLACED_QUOTE, CONTROL, ENDS_WITH_CR = 1, 2, 4, 8
+ODD_QUOTES, MISPLACED_QUOTE, CONTROL, ENDS_WITH_CR, MISPLACED_IF_INSIDE = 1, 2, 4, 8, 16
 _CONTROL_BYTES = np.zeros(256, dtype=bool)
 _CONTROL_BYTES[[*range(0, 9), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]] = True
 
@@ -219,8 +219,10 @@ class _Lines:
     """Every physical line of a file (editor line i + 1 is index i)."""
     starts: np.ndarray  # int64 byte offset of the line's first byte
     stops: np.ndarray  # int64 byte offset of its newline (or the end of the file)
-    flags: np.ndarray  # uint8: ODD_QUOTES | MISPLACED_QUOTE | CONTROL | ENDS_WITH_CR
+    flags: np.ndarray  # uint8: ODD_QUOTES | MISPLACED_QUOTE | MISPLACED_IF_INSIDE | CONTROL | ENDS_WITH_CR
     fields: np.ndarray  # int32: fields when the line is read on its own (commas outside quotes + 1)
+    commas: np.ndarray  # int32: all its commas
+    tail: np.ndarray  # int32: commas after its last quote (all its commas when it has none)
 
 
 def _lines(path: Path) -> tuple[str, int, _Lines]:
@@ -228,7 +230,9 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
 
     Every line is described as if it began outside quotes (as a record's first line does): then
     a quote is misplaced when, opening a value, it does not follow a comma or the line's start, or,
-    closing one, it is not followed by a comma, a quote (a doubled one) or the line's end.
+    closing one, it is not followed by a comma, a quote (a doubled one) or the line's end. It is
+    also described as if it began inside a quoted value (as a line continuing a record does):
+    MISPLACED_IF_INSIDE.
     """
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -236,7 +240,7 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
         handle = open(path, "rb")
     except OSError as exc:
         raise FileRefused(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-    out_starts, out_stops, out_flags, out_fields = [], [], [], []
+    out_starts, out_stops, out_flags, out_fields, out_commas, out_tail = [], [], [], [], [], []
     # Running totals before this chunk, and the partial line carried into it.
     quotes_before = commas_before = outside_before = newlines_before = 0
     offset = 0
@@ -244,8 +248,11 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
     bom = 0
     carry_start = 0
     carry_quotes = carry_commas = carry_outside = 0  # totals at the carried line's start
+    carry_last_quote = -1  # comma total at the carried line's last quote (-1: it has none yet)
+    last_odd_stop = -MAX_RECORD_BYTES - 1  # where the last line with an odd number of quotes ended
     carry_flags = 0
     has_text = False
+    none = np.empty(0, dtype=np.int64)
     with handle:
         while True:
             try:
@@ -305,37 +312,54 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
             flags = np.zeros(n_lines, dtype=np.uint8)
             flags[0] = carry_flags
             if len(quotes):
-                # Which quotes open a value (an even number of quotes before them on their line).
-                if not np.any(q_start & 1):  # every line starts after an even count: parity is global
-                    first_opening = quotes_before % 2  # index of the first opening quote in `quotes`
-                    openers, closers = quotes[first_opening::2], quotes[1 - first_opening::2]
+                def starts_value(at: np.ndarray) -> np.ndarray:  # follows a line start, a comma or a quote
+                    before = padded[at - 1]
+                    if len(at) and at[0] == 0:
+                        before[0] = prev_byte
+                    ok = (before == NEWLINE) | (before == COMMA) | (before == QUOTE)
+                    return ok | (at == bom) if offset == 0 and bom else ok
+
+                def ends_value(at: np.ndarray) -> np.ndarray:  # followed by a comma, a quote or the line's end
+                    after1, after2 = padded[at + 1], padded[at + 2]
+                    return ((after1 == COMMA) | (after1 == QUOTE) | (after1 == NEWLINE)
+                            | ((after1 == CR) & (after2 == NEWLINE)))
+
+                parity = q_start & 1
+                if parity.min() == parity.max():
+                    # No line of the chunk has an odd number of quotes: on every line, every other quote opens.
+                    first = (quotes_before + int(parity[0])) % 2  # index of the first opening quote
+                    openers, closers = quotes[first::2], quotes[1 - first::2]
+                    misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
+                    flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_QUOTE
+                    # Read as continuing a value, a line matters only within a record's reach of an odd line.
+                    near = quotes[:np.searchsorted(quotes, last_odd_stop + MAX_RECORD_BYTES - offset)]
+                    if len(near):
+                        openers, closers = near[1 - first::2], near[first::2]
+                        misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
+                        flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_IF_INSIDE
                 else:
-                    opening = (quotes_before + np.arange(len(quotes)) - q_start[np.searchsorted(newlines, quotes)]) % 2 == 0
-                    openers, closers = quotes[opening], quotes[~opening]
-                before = padded[openers - 1]
-                if len(openers) and openers[0] == 0:
-                    before[0] = prev_byte
-                starts_value = (before == NEWLINE) | (before == COMMA) | (before == QUOTE)
-                if offset == 0 and bom:
-                    starts_value |= openers == bom
-                after1, after2 = padded[closers + 1], padded[closers + 2]
-                ends_value = ((after1 == COMMA) | (after1 == QUOTE) | (after1 == NEWLINE)
-                              | ((after1 == CR) & (after2 == NEWLINE)))
-                misplaced = np.concatenate((openers[~starts_value], closers[~ends_value]))
-                if len(misplaced):
-                    np.bitwise_or.at(flags, np.searchsorted(newlines, misplaced), MISPLACED_QUOTE)
+                    # Each quote checked in both roles; which it has on its line depends on the parity of
+                    # the quotes before the line ("global" roles, even index opens, when it is even).
+                    opens = (quotes_before + np.arange(len(quotes))) % 2 == 0
+                    can_start, can_end = starts_value(quotes), ends_value(quotes)
+                    bad_global = np.zeros(n_lines, dtype=bool)
+                    bad_global[np.searchsorted(newlines, quotes[np.where(opens, ~can_start, ~can_end)])] = True
+                    bad_other = np.zeros(n_lines, dtype=bool)
+                    bad_other[np.searchsorted(newlines, quotes[np.where(opens, ~can_end, ~can_start)])] = True
+                    odd_start = parity.astype(bool)
+                    flags |= np.where(np.where(odd_start, bad_other, bad_global), MISPLACED_QUOTE, 0).astype(np.uint8)
+                    flags |= np.where(np.where(odd_start, bad_global, bad_other), MISPLACED_IF_INSIDE, 0).astype(np.uint8)
+            controls = none
             # Cheap tests first: most files hold no byte below 0x20 but newlines, and none above 0x7E.
             low = np.count_nonzero(buf < 0x20) > len(newlines)
             high = len(buf) and int(buf.max()) >= 0x7F
-            none = np.empty(0, dtype=np.int64)
             lows = np.flatnonzero(buf < 0x20) if low else none  # newlines, CRs of CRLF files, tabs, controls
             controls = lows[_CONTROL_BYTES[buf[lows]]]
             if high:
                 controls = np.concatenate((controls, np.flatnonzero(buf == 0x7F)))
             crs = lows[buf[lows] == CR]
             if len(crs):
-                following = padded[crs + 1]
-                lone = crs[following != NEWLINE]  # (a CR ending the file ends its last line)
+                lone = crs[padded[crs + 1] != NEWLINE]  # (a CR ending the file ends its last line)
                 controls = np.concatenate((controls, lone))
             # UTF-8 lead byte of U+0080-U+00BF: C1 controls are U+0080-U+009F
             c2 = np.flatnonzero(buf == 0xC2) if high else none
@@ -343,7 +367,15 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
                 second = padded[c2 + 1]
                 controls = np.concatenate((controls, c2[(second >= 0x80) & (second <= 0x9F)]))
             if len(controls):
-                np.bitwise_or.at(flags, np.searchsorted(newlines, controls), CONTROL)
+                flags[np.searchsorted(newlines, controls)] |= CONTROL
+            # Commas after each line's last quote: from the comma total at that quote.
+            at_last = np.full(n_lines, -1, dtype=np.int64)
+            at_last[0] = carry_last_quote
+            if len(quotes):
+                q_end = np.append(q_at, quotes_before + len(quotes))  # quotes before each local line's end
+                local = q_end > np.maximum(q_start, quotes_before)  # the line has a quote in this chunk
+                last = quotes[q_end[local] - 1 - quotes_before]
+                at_last[local] = commas_before + np.searchsorted(commas, last)
             if len(newlines):
                 # Lines completed in this chunk: local 0 .. n_lines - 2.
                 done_q = q_at - q_start[:-1]
@@ -352,17 +384,23 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
                 own_outside = np.where(q_start[:-1] % 2 == 0, done_o, done_c - done_o)
                 done_flags = flags[:-1]
                 done_flags |= np.where(done_q % 2 == 1, ODD_QUOTES, 0).astype(np.uint8)
-                last = np.where(newlines > 0, buf[np.maximum(newlines - 1, 0)], prev_byte)
+                last_byte = np.where(newlines > 0, buf[np.maximum(newlines - 1, 0)], prev_byte)
                 line_starts = np.concatenate(([carry_start], offset + newlines[:-1] + 1))
-                has_cr = (last == CR) & (offset + newlines > line_starts)
+                has_cr = (last_byte == CR) & (offset + newlines > line_starts)
                 done_flags |= np.where(has_cr, ENDS_WITH_CR, 0).astype(np.uint8)
                 out_starts.append(line_starts)
                 out_stops.append(offset + newlines)
                 out_flags.append(done_flags)
                 out_fields.append((own_outside + 1).astype(np.int32))
+                out_commas.append(done_c.astype(np.int32))
+                out_tail.append(np.where(at_last[:-1] >= 0, c_at - at_last[:-1], done_c).astype(np.int32))
+                odd_here = np.flatnonzero(done_q % 2 == 1)
+                if len(odd_here):
+                    last_odd_stop = offset + int(newlines[odd_here[-1]])
                 carry_start = offset + int(newlines[-1]) + 1
             carry_quotes, carry_commas, carry_outside = int(q_start[-1]), int(c_start[-1]), int(o_start[-1])
             carry_flags = int(flags[-1])
+            carry_last_quote = int(at_last[-1])
             quotes_before += len(quotes)
             commas_before += len(commas)
             outside_before += len(outside)
@@ -385,12 +423,13 @@ def _lines(path: Path) -> tuple[str, int, _Lines]:
         out_stops.append(np.array([offset], dtype=np.int64))
         out_flags.append(np.array([flags], dtype=np.uint8))
         out_fields.append(np.array([own_outside + 1], dtype=np.int32))
-    lines = _Lines(np.concatenate(out_starts).astype(np.int64), np.concatenate(out_stops).astype(np.int64),
-                   np.concatenate(out_flags).astype(np.uint8), np.concatenate(out_fields).astype(np.int32))
+        out_commas.append(np.array([c], dtype=np.int32))
+        out_tail.append(np.array([commas_before - carry_last_quote if carry_last_quote >= 0 else c], dtype=np.int32))
+    joined = [np.concatenate(parts) for parts in (out_starts, out_stops, out_flags, out_fields, out_commas, out_tail)]
+    lines = _Lines(joined[0].astype(np.int64), joined[1].astype(np.int64), joined[2].astype(np.uint8),
+                   *(a.astype(np.int32) for a in joined[3:]))
     return digest.hexdigest(), bom, lines
 
-
-# --- lines into records -----------------------------------------------------------------
 
 def _read(path: Path, start: int, stop: int) -> bytes:
     with open(path, "rb") as handle:
@@ -481,104 +520,193 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
             f"{path.name}: line {header_at + 1}: the {kind} file has no column {', '.join(missing)} (required: "
             f"{', '.join(rules.REQUIRED[kind])}); nothing was imported"
         )
-    width = len(header)
-    after = np.arange(n) > header_at
-    too_long = length > MAX_RECORD_BYTES
-    special = after & ~blank & (too_long | ((flags & (ODD_QUOTES | MISPLACED_QUOTE | CONTROL)) != 0))
-    odd_lines = np.flatnonzero(after & ((flags & ODD_QUOTES) != 0)).tolist()
+    with open(path, "rb") as handle:
+        looked = _Records(handle, lines, header, header_at).looked
+    return _index(path, sha256, kind, header, header_at, lines, blank, looked)
 
-    # (first line index, last line index, column, reason or None for a good record) of records looked at one by one
-    looked: list[tuple[int, int, str | None, str | None]] = []
-    covered_until = header_at
-    for at in np.flatnonzero(special).tolist():
-        if at <= covered_until:
-            continue  # inside a record that began on an earlier line
-        size = int(length[at])
-        if too_long[at]:
-            looked.append((at, at, None, f"the row is {size:,} bytes long; a row may have at most "
-                                         f"{MAX_RECORD_BYTES:,} bytes (1 MB)"))
-            continue
-        line_flags = int(flags[at])
-        if line_flags & MISPLACED_QUOTE:
-            _, broken = _split(_read(path, int(lines.starts[at]), int(lines.stops[at])))
-            looked.append((at, at, _column_name(header, broken), UNBALANCED_QUOTE))
-            continue
-        if line_flags & ODD_QUOTES:
-            # A quoted value runs past the end of the line: a record of several lines if it closes
-            # properly (at the next line with an odd number of quotes) with the header's fields.
-            text = _read(path, int(lines.starts[at]), int(lines.stops[at]))
-            own, opened = _split(text)
-            column = _column_name(header, opened)
-            rest = text[len(b",".join(own)):].count(b",")  # commas after the opening quote
-            if opened is not None and opened < width - 1 and rest == width - 1 - opened:
-                # The line holds its row's remaining fields after the quote: a whole row with a stray
-                # quote, not a value continued on the next line (which could pair it with a later stray).
-                looked.append((at, at, column, UNCLOSED_QUOTE))
-                continue
-            k = bisect.bisect_right(odd_lines, at)
-            end = odd_lines[k] if k < len(odd_lines) else None
-            if end is None or int(lines.stops[end] - lines.starts[at]) > MAX_RECORD_BYTES:
-                looked.append((at, at, column, UNCLOSED_QUOTE))
-                continue
-            record = _read(path, int(lines.starts[at]), int(lines.stops[end]))
-            if opened and record[record.rfind(b"\n") + 1:].count(b",") == width - 1:
-                # The closing line holds a whole row's commas: a row with a stray quote, not the end of a value.
-                looked.append((at, at, column, UNCLOSED_QUOTE))
-                continue
-            fields, broken = _split(record)
-            if broken is not None or len(fields) != width:
-                why = UNCLOSED_QUOTE if broken is not None else (
-                    f"{UNCLOSED_QUOTE} (closing it on line {end + 1} would give {len(fields)} fields, "
-                    f"not {width} like the header)")
-                looked.append((at, at, column, why))
-                continue
-            if np.any((flags[at:end + 1] & CONTROL) != 0):
-                looked.append((at, end, *_control_column(record, header)))
+
+class _Records:
+    """The lines that are not a well-formed row of their own, made into records one by one.
+
+    `looked`: (first line, last line, column, reason or None for a good record), in line order.
+    Lines opening a quoted value that runs past their end pair with the next such line (which
+    closes it) when the record checks out; the usual case, many such records in a row, is checked
+    for all of them at once, and only from a record that does not check out on one by one.
+    """
+
+    def __init__(self, handle, lines: _Lines, header: list[str], header_at: int):
+        self.handle, self.lines, self.header, self.width = handle, lines, header, len(header)
+        n = len(lines.starts)
+        flags = lines.flags
+        length = lines.stops - lines.starts
+        blank = (length == 0) | ((length == 1) & ((flags & ENDS_WITH_CR) != 0))
+        after = np.arange(n) > header_at
+        self.too_long = length > MAX_RECORD_BYTES
+        self.looked: list[tuple[int, int, str | None, str | None]] = []
+        odd = np.flatnonzero(after & ((flags & ODD_QUOTES) != 0))
+        self.odd = odd
+        covered = self._odd_lines(odd)
+        special = np.flatnonzero(after & ~blank & (self.too_long | ((flags & (MISPLACED_QUOTE | CONTROL)) != 0))
+                                 & ((flags & ODD_QUOTES) == 0))
+        if len(covered) and len(special):
+            starts = np.array([c[0] for c in covered])
+            ends = np.array([c[1] for c in covered])
+            k = np.searchsorted(starts, special, side="right") - 1
+            special = special[(k < 0) | (special > ends[np.maximum(k, 0)])]
+        for at in special.tolist():
+            self._single(at)
+        self.looked.sort(key=lambda r: r[0])
+
+    def _read(self, start: int, stop: int) -> bytes:
+        self.handle.seek(start)
+        return self.handle.read(stop - start)
+
+    def _line(self, at: int) -> bytes:
+        return self._read(int(self.lines.starts[at]), int(self.lines.stops[at]))
+
+    def _single(self, at: int) -> None:
+        """A line of its own (even quotes) that is too long, holds a misplaced quote or a control character."""
+        if self.too_long[at]:
+            self.looked.append((at, at, None, f"the row is {int(self.lines.stops[at] - self.lines.starts[at]):,} "
+                                              f"bytes long; a row may have at most {MAX_RECORD_BYTES:,} bytes (1 MB)"))
+        elif self.lines.flags[at] & MISPLACED_QUOTE:
+            _, broken = _split(self._line(at))
+            self.looked.append((at, at, _column_name(self.header, broken), UNBALANCED_QUOTE))
+        elif int(self.lines.fields[at]) == self.width:  # a control character; else left to the field count
+            self.looked.append((at, at, *_control_column(self._line(at), self.header)))
+
+    def _odd_lines(self, odd: np.ndarray) -> list[tuple[int, int]]:
+        """Lines with an odd number of quotes: records of several lines, or rejected alone.
+        Returns the spans of the records of several lines (good or rejected as a whole).
+
+        Each such line opens a record closed by the next one, unless it is rejected alone; then the
+        next one opens. Every consecutive pair is judged at once; runs of good pairs are taken
+        whole, and a pair that is not is looked at closely (`_opening`)."""
+        spans: list[tuple[int, int]] = []
+        m = len(odd)
+        ok = self._pairs_check_out(odd[:-1], odd[1:]) if m > 1 else np.zeros(0, dtype=bool)
+        failing = [np.flatnonzero(~ok[parity::2]) * 2 + parity for parity in (0, 1)]
+        i = 0
+        while i < m:
+            f = failing[i % 2]
+            k = int(np.searchsorted(f, i))
+            stop = min(int(f[k]) if k < len(f) else m, m - 1)  # pairs start before the next failing one
+            taken = range(i, stop, 2)
+            for a, b in zip(odd[taken.start:taken.stop:2].tolist(), odd[taken.start + 1:taken.stop + 1:2].tolist()):
+                self.looked.append((a, b, None, None))
+                spans.append((a, b))
+            i += 2 * len(taken)
+            if i >= m:
+                break
+            end = self._opening(int(odd[i]), int(odd[i + 1]) if i + 1 < m else None)
+            if end is None:
+                i += 1  # rejected alone: the next odd line opens
             else:
-                looked.append((at, end, None, None))
-            covered_until = end
-            continue
-        # A control character in a line of its own
-        if int(lines.fields[at]) == width:
-            looked.append((at, at, *_control_column(_read(path, int(lines.starts[at]), int(lines.stops[at])), header)))
-        # else: left to the field count below
+                spans.append((int(odd[i]), end))
+                i += 2
+        return spans
 
+    def _pairs_check_out(self, opening: np.ndarray, closing: np.ndarray) -> np.ndarray:
+        """Which (opening, closing) line pairs are good records, judged from the line descriptions alone."""
+        lines, width = self.lines, self.width
+        flags = lines.flags
+        inside_bad = np.concatenate(([0], np.cumsum((flags & (MISPLACED_IF_INSIDE | CONTROL)) != 0)))
+        # commas outside quotes on a line continuing a value = its commas not outside when read on its own
+        continued = np.concatenate(([0], np.cumsum(lines.commas.astype(np.int64) - (lines.fields - 1))))
+        opened = lines.fields[opening].astype(np.int64) - 1  # the field the quote opens
+        fields = lines.fields[opening] + continued[closing + 1] - continued[opening + 1]
+        return ((flags[opening] & (MISPLACED_QUOTE | CONTROL)) == 0) & ~self.too_long[opening] \
+            & (lines.stops[closing] - lines.starts[opening] <= MAX_RECORD_BYTES) \
+            & (inside_bad[closing + 1] - inside_bad[opening + 1] == 0) & (fields == width) \
+            & ~((opened < width - 1) & (lines.tail[opening] == width - 1 - opened)) \
+            & ~((opened > 0) & (lines.commas[closing] == width - 1))
+
+    def _opening(self, at: int, end: int | None) -> int | None:
+        """One line with an odd number of quotes, looked at closely: its record's last line, or None
+        when it is rejected alone."""
+        lines, header, width = self.lines, self.header, self.width
+        if self.too_long[at]:
+            self.looked.append((at, at, None, f"the row is {int(lines.stops[at] - lines.starts[at]):,} bytes long; "
+                                              f"a row may have at most {MAX_RECORD_BYTES:,} bytes (1 MB)"))
+            return None
+        text = self._line(at)
+        if lines.flags[at] & MISPLACED_QUOTE:
+            _, broken = _split(text)
+            self.looked.append((at, at, _column_name(header, broken), UNBALANCED_QUOTE))
+            return None
+        own, opened = _split(text)
+        column = _column_name(header, opened)
+        rest = text[len(b",".join(own)):].count(b",")  # commas after the opening quote
+        if opened is not None and opened < width - 1 and rest == width - 1 - opened:
+            # The line holds its row's remaining fields after the quote: a whole row with a stray
+            # quote, not a value continued on the next line (which could pair it with a later stray).
+            self.looked.append((at, at, column, UNCLOSED_QUOTE))
+            return None
+        if end is None or int(lines.stops[end] - lines.starts[at]) > MAX_RECORD_BYTES:
+            self.looked.append((at, at, column, UNCLOSED_QUOTE))
+            return None
+        record = self._read(int(lines.starts[at]), int(lines.stops[end]))
+        if opened and record[record.rfind(b"\n") + 1:].count(b",") == width - 1:
+            # The closing line holds a whole row's commas: a row with a stray quote, not the end of a value.
+            self.looked.append((at, at, column, UNCLOSED_QUOTE))
+            return None
+        fields, broken = _split(record)
+        if broken is not None or len(fields) != width:
+            why = UNCLOSED_QUOTE if broken is not None else (
+                f"{UNCLOSED_QUOTE} (closing it on line {end + 1} would give {len(fields)} fields, "
+                f"not {width} like the header)")
+            self.looked.append((at, at, column, why))
+            return None
+        if np.any((lines.flags[at:end + 1] & CONTROL) != 0):
+            self.looked.append((at, end, *_control_column(record, header)))
+        else:
+            self.looked.append((at, end, None, None))
+        return end
+
+
+def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int, lines: _Lines,
+           blank: np.ndarray, looked: list[tuple[int, int, str | None, str | None]]) -> CsvIndex:
+    """Every line's part: the header, blank, a line of a good record or of a rejected one."""
+    n = len(lines.starts)
+    width = len(header)
     first = np.array([r[0] for r in looked], dtype=np.int64)
     last = np.array([r[1] for r in looked], dtype=np.int64)
-    continued = np.zeros(n, dtype=bool)
-    for a, b, _, _ in looked:
-        if b > a:
-            continued[a + 1:b + 1] = True
+    continued = np.zeros(n + 1, dtype=np.int64)  # +1 at a record's second line, -1 after its last
+    several = last > first
+    np.add.at(continued, first[several] + 1, 1)
+    np.add.at(continued, last[several] + 1, -1)
+    continued = np.cumsum(continued[:n]) > 0
     is_looked = np.zeros(n, dtype=bool)
     is_looked[first] = True
-    blank &= ~continued  # a blank line inside a quoted value is part of its record
+    blank = blank & ~continued  # a blank line inside a quoted value is part of its record
+    after = np.arange(n) > header_at
     plain = after & ~blank & ~continued & ~is_looked  # records of one line, checked by their field count
     ragged = plain & (lines.fields != width)
     good_single = plain & ~ragged
 
     malformed: list[tuple[int, str | None, str]] = []
     spans: dict[int, tuple[int, int]] = {}
-    for at in np.flatnonzero(ragged).tolist():
-        found = int(lines.fields[at])
-        hint = ""
-        if found == width + 1 and _read(path, int(lines.stops[at]) - 2, int(lines.stops[at])).rstrip(b"\r").endswith(b","):
-            hint = " (a trailing comma?)"
-        malformed.append((at + 1, None, f"expected {width} fields like the header, found {found}{hint}"))
-        spans[at + 1] = (int(lines.starts[at]), int(lines.stops[at]))
-    good_first = [np.flatnonzero(good_single)]
-    good_last = [good_first[0]]
+    with open(path, "rb") as handle:
+        for at in np.flatnonzero(ragged).tolist():
+            found = int(lines.fields[at])
+            hint = ""
+            if found == width + 1:
+                handle.seek(max(int(lines.stops[at]) - 2, int(lines.starts[at])))
+                if handle.read(int(lines.stops[at]) - handle.tell()).rstrip(b"\r").endswith(b","):
+                    hint = " (a trailing comma?)"
+            malformed.append((at + 1, None, f"expected {width} fields like the header, found {found}{hint}"))
+            spans[at + 1] = (int(lines.starts[at]), int(lines.stops[at]))
+    good = np.array([r[2] is None and r[3] is None for r in looked], dtype=bool)
     for a, b, column, reason in looked:
-        if reason is None:
-            good_first.append(np.array([a]))
-            good_last.append(np.array([b]))
-        else:
+        if reason is not None:
             malformed.append((a + 1, column, reason))
             spans[a + 1] = (int(lines.starts[a]), int(lines.stops[b]))
     malformed.sort(key=lambda m: m[0])
-    g_first = np.concatenate(good_first).astype(np.int64)
-    g_last = np.concatenate(good_last).astype(np.int64)
-    order = np.argsort(g_first, kind="stable")
-    g_first, g_last = g_first[order], g_last[order]
+    g_first = np.concatenate((np.flatnonzero(good_single), first[good])).astype(np.int64)
+    g_last = np.concatenate((np.flatnonzero(good_single), last[good])).astype(np.int64)
+    if good.any():
+        order = np.argsort(g_first, kind="stable")
+        g_first, g_last = g_first[order], g_last[order]
 
     # Every physical line is counted once: header, blank, or a line of a (good or rejected) record.
     lines_blank = int(np.count_nonzero(blank & (np.arange(n) != header_at)))
