@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages import _session as session
 
+session.route_through_navigation()
 st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
 
 # A patient's self-report link (/?token=...) needs no account: run that page alone, before any

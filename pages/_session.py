@@ -21,22 +21,32 @@ from analytics.access import DataAccess, Scope
 CACHE_TTL_SECONDS = 15 * 60
 
 
-def _route_through_navigation() -> None:
+_routing_checked = False
+
+
+def route_through_navigation() -> None:
     """Make sure dashboard.py's st.navigation (and its role table) handles every request.
 
     Streamlit treats a `pages/` folder as the old automatic multipage mode until
     st.navigation has run once in the server process, so the very first request
     for e.g. /patient would run that page directly, bypassing the role table.
     Switching the old mode off and rerunning sends the request through dashboard.py.
+
+    dashboard.py calls it first thing, and so do the functions every page calls first
+    (`signed_in_scope`, `take_sign_in_notice`) for a page reached directly; never while this module
+    is being imported: a rerun raised during the import left the module half imported, and another
+    visitor's run importing it at that moment failed with an ImportError (two users opening the
+    dashboard together after a restart; tests/test_loadclient.py).
     """
+    global _routing_checked
+    if _routing_checked:  # once per process, as when this ran at import (AppTest re-enters the old mode every run)
+        return
+    _routing_checked = True
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
-
-
-_route_through_navigation()
 
 
 AUTH_KEY = "auth_session"  # the signed-in analytics.auth.Session, server-side per browser session
@@ -47,6 +57,7 @@ VIA_OIDC_KEY = "auth_via_oidc"  # the session came from the identity provider (s
 def signed_in_scope() -> Scope | None:
     """The signed-in user's scope, or None. Ends the session (with the reason kept for the sign-in
     page) when it was idle too long or the account was disabled or changed since sign-in."""
+    route_through_navigation()
     current = st.session_state.get(AUTH_KEY) or _identity_provider_session()
     if current is None:
         return None
@@ -127,6 +138,7 @@ def sign_out() -> None:
 
 
 def take_sign_in_notice() -> str | None:
+    route_through_navigation()
     return st.session_state.pop(NOTICE_KEY, None)
 
 
