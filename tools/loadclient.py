@@ -264,6 +264,9 @@ class Account:
         return cls(d["username"], d["password"], d["role"], tuple(d.get("patients") or ()))
 
 
+SESSION_PAGES = ("connect", "login", "sign-in")  # what a user's session starts with, before any flow step
+
+
 @dataclass
 class Sample:
     user: int
@@ -311,10 +314,15 @@ class LoadResult:
                          "max_s": max(times) if times else None}
         return out
 
+    def flow_times(self) -> list[float]:
+        """Times of the flows' page runs only: what signed-in users wait for, without the sign-in itself."""
+        return self.times(lambda page: page not in SESSION_PAGES)
+
     def summary(self) -> dict:
-        times = self.times()
+        times, flow = self.times(), self.flow_times()
         return {"users": self.users, "duration_s": round(self.duration_s, 2), "runs": self.runs, "errors": self.errors,
                 "p50_s": _round(self.p50_s), "p95_s": _round(self.p95_s), "max_s": _round(max(times) if times else None),
+                "flow_runs": len(flow), "flow_p50_s": _round(percentile(flow, 50)), "flow_p95_s": _round(percentile(flow, 95)),
                 "runs_per_s": round(self.runs / self.duration_s, 3) if self.duration_s else None,
                 "client_cpu_s": round(self.client_cpu_s, 2), "bytes_received": self.bytes_received,
                 "per_page": {k: {kk: _round(vv) for kk, vv in v.items()} for k, v in self.per_page().items()},
@@ -419,17 +427,17 @@ class _User:
         page_hash = self.session.hash_of(step.path, step.title)
         await self._request(step.path, check, path=step.path, page_hash=page_hash, query=query)
 
-    async def live(self, deadline: float, rounds: int | None, think_s: float, rng: random.Random) -> None:
+    async def live(self, going: Callable[[], bool], rounds: int | None, think_s: float, rng: random.Random) -> None:
         flow = FLOWS[self.account.role]
         done = 0
         signed_in = False
-        while time.perf_counter() < deadline and (rounds is None or done < rounds):
+        while going() and (rounds is None or done < rounds):
             try:
                 if not signed_in:
                     await self.sign_in()
                     signed_in = True
                 for step in flow:
-                    if time.perf_counter() >= deadline:
+                    if not going():
                         break
                     if think_s:
                         await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
@@ -457,14 +465,14 @@ def _widget_state(widget_id: str, value):
 
 async def run_load_async(base_url: str, users: int, accounts: Sequence[Account], *, duration_s: float | None = None,
                          rounds: int | None = None, think_s: float = 0.0, ramp_s: float = 0.0,
-                         timeout_s: float = 60.0, seed: int = 0,
+                         timeout_s: float = 60.0, seed: int = 0, stop: Callable[[], bool] | None = None,
                          on_run: Callable[[int, PageRun, Sample], None] | None = None) -> LoadResult:
     """`users` simulated users against the dashboard at `base_url` until `duration_s` has passed or each has run
-    its flow `rounds` times (whichever comes first; at least one of them is needed). User i signs in as
+    its flow `rounds` times, or `stop()` returns True (whichever comes first; one of them is needed). User i signs in as
     accounts[i % len(accounts)], starting `ramp_s * i / users` seconds after the first, and waits
     `think_s` (0.5-1.5 x) before each step. `on_run(user, page_run, sample)` sees every finished run."""
-    if duration_s is None and rounds is None:
-        raise ValueError("give duration_s or rounds")
+    if duration_s is None and rounds is None and stop is None:
+        raise ValueError("give duration_s, rounds or stop")
     if not accounts:
         raise ValueError("no accounts to sign in with")
     unknown = {a.role for a in accounts} - set(FLOWS)
@@ -473,11 +481,15 @@ async def run_load_async(base_url: str, users: int, accounts: Sequence[Account],
     samples: list[Sample] = []
     cpu0, started = time.process_time(), time.perf_counter()
     deadline = started + (duration_s if duration_s is not None else float("inf"))
+
+    def going() -> bool:
+        return time.perf_counter() < deadline and not (stop is not None and stop())
+
     people = [_User(i, accounts[i % len(accounts)], base_url, started, samples, timeout_s, on_run) for i in range(users)]
 
     async def one(person: _User) -> None:
         await asyncio.sleep(ramp_s * person.number / max(users, 1))
-        await person.live(deadline, rounds, think_s, random.Random(seed * 1000 + person.number))
+        await person.live(going, rounds, think_s, random.Random(seed * 1000 + person.number))
 
     await asyncio.gather(*(one(p) for p in people))
     elapsed = time.perf_counter() - started
