@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 "errors_total": row["errors"], "error_samples": row["error_samples"],
                 **{k: v for k, v in sampler.window(s0, s1).items()},
             }
-            say("during import", report["during_import"])
+            say("during import", {k: v for k, v in report["during_import"].items() if k != "samples"})
             save()
     finally:
         sampler.stop()
