@@ -1,7 +1,7 @@
 """Per-patient durability and the suggested maintenance interval.
 
 Model (a shared-frailty Weibull, the standard model for repeated cycles of one
-patient; empirical Bayes shrinkage as DOMAIN.md asks):
+patient; empirical Bayes shrinkage, docs/clinical-rules.md):
 
     S(t | patient i) = exp(-z_i * (t / scale) ** shape),   z_i ~ Gamma(a, rate a)
 
@@ -262,6 +262,13 @@ def course_trajectories(course, response_fall: float = 0.5) -> pd.DataFrame:
                          "trajectory_var": var})
 
 
+def with_trajectories(cycles: pd.DataFrame, course, response_fall: float = 0.5) -> pd.DataFrame:
+    """The cycle table with each patient's score trend (trajectory_speed, trajectory_var) joined on,
+    which `suggest_intervals` reads by default. Joined here, by the caller of course.py: the course
+    defines cycles and knows nothing of suggestions."""
+    return cycles.merge(course_trajectories(course, response_fall), on="patient_id", how="left")
+
+
 def _winsorise(x: np.ndarray, q: float = 0.02) -> np.ndarray:
     lo, hi = np.quantile(x, [q, 1 - q])
     return np.clip(x, lo, hi)
@@ -408,8 +415,8 @@ def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: Frailty
     """One row per responder (a patient with at least one durability cycle).
 
     `trajectories`: course_trajectories(course); by default taken from the
-    cycle table's trajectory_speed/trajectory_var columns (course.py adds
-    them); without either, losses and held cycles only (much weaker);
+    cycle table's trajectory_speed/trajectory_var columns (`with_trajectories`
+    adds them); without either, losses and held cycles only (much weaker);
     `last_infusions`: each patient's last infusion date (for next_due_on),
     by default the start of their last cycle; `by`: a cycle-table field whose
     subgroups (with at least MIN_GROUP_PATIENTS measured patients) are shrunk
@@ -418,7 +425,7 @@ def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: Frailty
     if fit is None:
         fit = fit_frailty(cycles)
     if trajectories is None and {"trajectory_speed", "trajectory_var"} <= set(cycles.columns):
-        # course.cycles_from_course carries each patient's score trend along
+        # with_trajectories carried each patient's score trend along
         trajectories = cycles.groupby("patient_id", sort=False)[["trajectory_speed", "trajectory_var"]].first().reset_index()
     post = patient_posteriors(fit, cycles)
     groups = None

@@ -33,14 +33,10 @@ from typing import Callable, Iterator
 import duckdb
 
 from . import scales
+from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
 LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
-
-ROUTES = ("iv", "im", "intranasal", "oral", "sublingual")
-PHASES = ("induction", "maintenance", "rescue")
-COMORBIDITIES = ("anxiety", "ptsd", "substance_use", "chronic_pain", "ocd", "bipolar")
-SEXES = ("F", "M", "X", "U")
 
 # Test hook: when set, detaching a database opened for writing fails after the detach, as it does
 # when the checkpoint finds the disk full (tests/test_ingest_outcome.py; a real full disk is in docs/import.md).
@@ -263,9 +259,7 @@ def _in_list(values) -> str:
 
 
 def _schema_v1() -> list[str]:
-    item_cols = ",\n    ".join(
-        f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND 6)" for i in range(1, scales.MAX_ITEMS + 1)
-    )
+    item_cols = ",\n    ".join(f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND 6)" for i in range(1, 11))
     return [
         """CREATE TABLE instruments (
     code VARCHAR PRIMARY KEY,
@@ -396,7 +390,7 @@ def _schema_v2() -> list[str]:
 
 
 def _schema_v3() -> list[str]:
-    """Visit entry extras, self-report links and safety flags (issue 8, see docs/self-report.md)."""
+    """Visit entry extras, self-report links and safety flags (docs/self-report.md)."""
     return [
         # What a clinician types at an infusion that the CSV contract does not carry.
         # Keyed like treatments; replaced values go to record_history as 'treatment_details'.
@@ -434,8 +428,58 @@ def _schema_v3() -> list[str]:
     ]
 
 
+# What the store holds of one assessment since schema v4: a scale of up to this many items,
+# each scored 0 to STORE_ITEM_MAX, with any total of 0 or more (the scale registry checks the
+# rest). Fixed with the migration that made them: a larger scale needs a new migration.
+STORE_ITEM_COLUMNS = 30
+STORE_ITEM_MAX = 10
+
+
+def _schema_v4() -> list[str]:
+    """Room for longer scales (BDI-II: 21 items, 0-63): assessments get item columns up to
+    STORE_ITEM_COLUMNS and lose the 0-60 total and 0-6 item limits of v1; instruments lose the
+    1-10 item limit. DuckDB can neither drop a CHECK nor rename a table another references, so
+    both tables are rebuilt: rows kept aside, tables dropped, created anew and filled back."""
+    items_v1 = ", ".join(f"item_{i}" for i in range(1, 11))
+    item_cols = ",\n    ".join(f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND {STORE_ITEM_MAX})"
+                                for i in range(1, STORE_ITEM_COLUMNS + 1))
+    kept = ("assessment_id, patient_id, instrument, administered_at, has_time, rater, "
+            f"{items_v1}, total, total_method, batch_id")
+    return [
+        "CREATE TEMP TABLE v4_assessments AS SELECT * FROM assessments",
+        "CREATE TEMP TABLE v4_instruments AS SELECT * FROM instruments",
+        "DROP TABLE assessments",
+        "DROP TABLE instruments",
+        """CREATE TABLE instruments (
+    code VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    rater VARCHAR NOT NULL,
+    scored_items INTEGER NOT NULL CHECK (scored_items >= 1),
+    item_max INTEGER NOT NULL,
+    total_max INTEGER NOT NULL
+)""",
+        "INSERT INTO instruments SELECT code, name, rater, scored_items, item_max, total_max FROM v4_instruments",
+        f"""CREATE TABLE assessments (
+    assessment_id BIGINT PRIMARY KEY DEFAULT nextval('assessment_seq'),
+    patient_id VARCHAR NOT NULL REFERENCES patients (patient_id),
+    instrument VARCHAR NOT NULL REFERENCES instruments (code),
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    rater VARCHAR,
+    {item_cols},
+    total DOUBLE CHECK (total >= 0),
+    total_method VARCHAR NOT NULL CHECK (total_method IN ('items', 'prorated', 'given')),
+    batch_id BIGINT,
+    UNIQUE (patient_id, instrument, administered_at)
+)""",
+        f"INSERT INTO assessments ({kept}) SELECT {kept} FROM v4_assessments",
+        "DROP TABLE v4_assessments",
+        "DROP TABLE v4_instruments",
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -486,9 +530,18 @@ def _instruments_in_sync(con: duckdb.DuckDBPyConnection) -> bool:
     return _registry_rows() <= set(rows)
 
 
+def check_fits(scale: scales.Scale) -> None:
+    """Refuse a registered scale the store cannot hold (more item columns or a wider item range)."""
+    widest = max(scale.item_range(i)[1] for i in scale.all_items)
+    if max(scale.all_items) > STORE_ITEM_COLUMNS or scale.item_min < 0 or widest > STORE_ITEM_MAX:
+        raise ValueError(f"{scale.code}: the store holds scales of up to {STORE_ITEM_COLUMNS} items scored "
+                         f"0-{STORE_ITEM_MAX}; a larger one needs a schema migration (analytics/store.py)")
+
+
 def sync_instruments(con: duckdb.DuckDBPyConnection) -> None:
     """Mirror the scale registry into the instruments table (FK target)."""
     for s in scales.SCALES.values():
+        check_fits(s)
         con.execute(
             """INSERT INTO instruments VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (code) DO UPDATE SET name = excluded.name, rater = excluded.rater,

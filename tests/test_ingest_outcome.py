@@ -20,6 +20,7 @@ import duckdb
 import pytest
 
 from analytics import ingest, store
+from analytics.ingest import jobs
 from fixtures import make_db, patient, snapshot, tables
 from test_ingest import ASSESSMENTS_HEADER, TREATMENTS_HEADER, phq, write
 
@@ -214,7 +215,7 @@ def test_temporary_files_are_removed_after_an_import_and_after_a_kill(tmp_path):
     staging = ("import sys; from analytics import ingest; "
                "ingest.import_files([sys.argv[1]], db=sys.argv[2], block_rows=5)")  # staged in Parquet
     held = subprocess.Popen([sys.executable, "-c", staging, str(path), str(db)], cwd=ROOT,
-                            env={**os.environ, **env, ingest.HOLD_BEFORE_COMMIT_ENV: str(marker)})
+                            env={**os.environ, **env, jobs.HOLD_BEFORE_COMMIT_ENV: str(marker)})
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and time.monotonic() < deadline:

@@ -21,7 +21,7 @@ def clinic():
     f = course.frames_from_csv_tables(c.tables)
     phq = f["assessments"][f["assessments"]["instrument"] == "PHQ-9"]
     crs = course.build_course(f["treatments"], phq)
-    cycles = course.cycles_from_course(crs, f["patients"], f["attributes"])
+    cycles = intervals.with_trajectories(course.cycles_from_course(crs, f["patients"], f["attributes"]), crs)
     return c, crs, cycles
 
 

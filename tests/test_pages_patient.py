@@ -4,16 +4,16 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from analytics import views
 from analytics.access import DataAccess
+from analytics.screens import patient, workspace
 
 
 @pytest.fixture(scope="module")
 def clinic(demo_db):
     data = DataAccess(demo_db)
     frames = {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments()}
-    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"])
-    suggestions = views.interval_suggestions(cycles, frames["treatments"])
+    cycles = workspace.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"])
+    suggestions = workspace.interval_suggestions(cycles, frames["treatments"])
     return frames, suggestions
 
 
@@ -90,7 +90,7 @@ def test_clinician_cannot_find_another_clinicians_patient(open_page, clinic, mon
 
 def test_patient_csv_holds_only_that_patient(demo_db):
     record = DataAccess(demo_db).patient_record("P00003")
-    csv = views.patient_csv(record).decode()
+    csv = patient.patient_csv(record).decode()
     frame = pd.read_csv(pd.io.common.StringIO(csv))
     assert set(frame["patient_id"]) == {"P00003"}
     assert set(frame["kind"]) == {"infusion", "assessment"}
@@ -99,7 +99,7 @@ def test_patient_csv_holds_only_that_patient(demo_db):
 
 def test_history_is_newest_first_and_marks_item9(demo_db):
     record = DataAccess(demo_db).patient_record("P00003")
-    history = views.patient_history(record, limit=50)
+    history = patient.patient_history(record, limit=50)
     assert list(history["when"]) == sorted(history["when"], reverse=True)
     phq = record["assessments"][record["assessments"]["instrument"] == "PHQ-9"]
     if (phq["item_9"].fillna(0) > 0).any():
@@ -107,7 +107,7 @@ def test_history_is_newest_first_and_marks_item9(demo_db):
 
 
 def test_describe_suggestion_reads_like_a_clinician():
-    text = views.describe_suggestion(
+    text = patient.describe_suggestion(
         {"next_due_on": pd.Timestamp("2026-11-25"), "suggested_interval_days": 21.0, "interval_low_days": 14.0,
          "interval_high_days": 30.0, "basis": "personal", "n_cycles": 3, "target": 0.8, "taper": "stretch",
          "taper_reason": "held response up to each of the last two infusions"},
@@ -116,7 +116,7 @@ def test_describe_suggestion_reads_like_a_clinician():
     assert "14 to 30 days" in text
     assert "3 response cycles" in text
     assert "lengthening the interval" in text
-    overdue = views.describe_suggestion({"next_due_on": pd.Timestamp("2026-11-18"), "suggested_interval_days": 21.0,
+    overdue = patient.describe_suggestion({"next_due_on": pd.Timestamp("2026-11-18"), "suggested_interval_days": 21.0,
                                          "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
     assert "3 days overdue" in overdue
-    assert "No suggested date yet" in views.describe_suggestion(None, date(2026, 11, 21))
+    assert "No suggested date yet" in patient.describe_suggestion(None, date(2026, 11, 21))

@@ -747,7 +747,7 @@ _ARROW_STRINGS = {
 }
 
 
-def _parser_cursor() -> duckdb.DuckDBPyConnection:
+def parser_cursor() -> duckdb.DuckDBPyConnection:
     """A connection of its own to the in-memory parser database (so parsing holds no lock on the store)."""
     global _parser
     with _parser_lock:
@@ -767,7 +767,7 @@ def _duckdb_blocks(path: str, header: list[str], block_rows: int, name: str) -> 
     # Columns are read by position (c0, c1, ...) and named afterwards: header text never enters SQL.
     columns = {f"c{i}": "VARCHAR" for i in range(len(header))}
     select = ", ".join(f"nullif(trim(c{i}), '') AS c{i}" for i in range(len(header)))
-    cursor = _parser_cursor()
+    cursor = parser_cursor()
 
     def frame_of(batches: list[pa.RecordBatch]) -> pd.DataFrame:
         # Arrow-backed strings: no copy into Python objects, and fast vectorised string methods.

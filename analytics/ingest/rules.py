@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .. import clinic_time, scales, store
+from .. import clinic_time, scales, vocabulary
 
 KINDS = ("patients", "treatments", "assessments")  # also the order of import
 
@@ -335,12 +335,12 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         stamps, has_time = _when(text["administered_on"], "administered_on", problems, now, required=True)
         clean["administered_at"] = stamps
         clean["has_time"] = has_time
-        clean["route"] = _code(text["route"], "route", {r: r for r in store.ROUTES}, problems, "route", required=True)
+        clean["route"] = _code(text["route"], "route", {r: r for r in vocabulary.ROUTES}, problems, "route", required=True)
         dose = _number(text["dose_mg_per_kg"], "dose_mg_per_kg", problems)
         bad = ~np.isnan(dose) & ((dose <= 0) | (dose > MAX_DOSE_MG_PER_KG))
         problems.flag(bad, "dose_mg_per_kg", lambda pos: [f"dose_mg_per_kg must be above 0 and at most {MAX_DOSE_MG_PER_KG:g}, got {dose[p]:g}" for p in pos])
         clean["dose_mg_per_kg"] = dose
-        clean["phase"] = _code(text["phase"], "phase", {p: p for p in store.PHASES}, problems, "phase", required=False)
+        clean["phase"] = _code(text["phase"], "phase", {p: p for p in vocabulary.PHASES}, problems, "phase", required=False)
         _duplicates(clean, ["patient_id", "administered_at"], lines, problems, KEY_SHOWN[kind])
 
     else:  # assessments
@@ -411,7 +411,7 @@ def _control_characters(frame: pd.DataFrame, kind: str, problems: Problems) -> N
 
 
 def _comorbidities(values: pd.Series, problems: Problems) -> np.ndarray:
-    allowed = store.COMORBIDITIES
+    allowed = vocabulary.COMORBIDITIES
 
     def normalise(cell: str) -> tuple[str, str | None]:
         tokens = [t.strip().lower() for t in cell.split(";") if t.strip()]

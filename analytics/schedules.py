@@ -1,4 +1,4 @@
-"""Policy comparison on the demo generator: fixed 2/3/4-weekly, symptom-triggered, personalised.
+"""Maintenance schedules compared on the demo generator: fixed 2/3/4-weekly, symptom-triggered, personalised.
 
 The personalised policy is the one `python -m analytics intervals` suggests:
 a shared-frailty Weibull (intervals.py) whose cohort part is fitted on a
@@ -11,8 +11,8 @@ their predicted chance of still being in response falls to `target`.
 Figures: maintenance + rescue infusions per patient-year and the share of
 days out of (latent, noise-free) response after induction, from
 simulate.evaluate_policy on the same patients and cycle durations for every
-policy (common random numbers). `python -m analytics.policy` prints the
-table in docs/policy.md.
+policy (common random numbers). `python -m analytics.schedules` prints the
+table in docs/schedules.md.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import course, intervals, simulate
+from . import course, intervals, scales, simulate
 
 # Weekly PHQ-9 in the simulator: response was last seen about half a week
 # before the first score out of response, and before the next infusion.
@@ -55,9 +55,9 @@ def cohort_prior(n_patients: int = 3000, seed: int = 101) -> Prior:
     """The cohort fit from an earlier clinic, through the real pipeline (tables -> course -> cycles -> fit)."""
     clinic = simulate.simulate_clinic(n_patients, seed)
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
+    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
     crs = course.build_course(frames["treatments"], phq)
-    cycles = course.cycles_from_course(crs, frames["patients"], frames["attributes"])
+    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     fit = intervals.fit_frailty(cycles)
     post = intervals.patient_posteriors(fit, cycles)
     return Prior(fit, intervals.calibrate(post, fit, intervals.course_trajectories(crs)))
@@ -149,9 +149,9 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
     clinic = simulate.simulate_clinic(n_patients, seed)
     truth = clinic.truth
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == "PHQ-9"]
+    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
     crs = course.build_course(frames["treatments"], phq)
-    cycles = course.cycles_from_course(crs, frames["patients"], frames["attributes"])
+    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
     post = cycles[cycles["post_induction"]]
     true_days = truth.patients["true_days_to_loss_after_induction"].dropna()
 
@@ -194,7 +194,7 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.policy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analytics.schedules", description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", default="0.8", help="comma-separated survival targets for the personalised policy")
@@ -217,5 +217,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # an entry point of its own: tune memory as the others do
+    from . import memory
+
+    memory.tune_allocator()
     sys.exit(main())
