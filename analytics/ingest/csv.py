@@ -521,14 +521,15 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
             f"{', '.join(rules.REQUIRED[kind])}); nothing was imported"
         )
     with open(path, "rb") as handle:
-        looked = _Records(handle, lines, header, header_at).looked
-    return _index(path, sha256, kind, header, header_at, lines, blank, looked)
+        records = _Records(handle, lines, header, header_at)
+    return _index(path, sha256, kind, header, header_at, lines, blank, records)
 
 
 class _Records:
     """The lines that are not a well-formed row of their own, made into records one by one.
 
     `looked`: (first line, last line, column, reason or None for a good record), in line order.
+    `paired_first`, `paired_last`: good records of several lines taken together (arrays).
     Lines opening a quoted value that runs past their end pair with the next such line (which
     closes it) when the record checks out; the usual case, many such records in a row, is checked
     for all of them at once, and only from a record that does not check out on one by one.
@@ -545,12 +546,18 @@ class _Records:
         self.looked: list[tuple[int, int, str | None, str | None]] = []
         odd = np.flatnonzero(after & ((flags & ODD_QUOTES) != 0))
         self.odd = odd
-        covered = self._odd_lines(odd)
+        self.paired_first: list[np.ndarray] = []
+        self.paired_last: list[np.ndarray] = []
+        single = self._odd_lines(odd)
+        starts = np.concatenate([*self.paired_first, np.array([c[0] for c in single], dtype=np.int64)])
+        ends = np.concatenate([*self.paired_last, np.array([c[1] for c in single], dtype=np.int64)])
+        self.paired_first = np.concatenate(self.paired_first) if self.paired_first else np.empty(0, dtype=np.int64)
+        self.paired_last = np.concatenate(self.paired_last) if self.paired_last else np.empty(0, dtype=np.int64)
         special = np.flatnonzero(after & ~blank & (self.too_long | ((flags & (MISPLACED_QUOTE | CONTROL)) != 0))
                                  & ((flags & ODD_QUOTES) == 0))
-        if len(covered) and len(special):
-            starts = np.array([c[0] for c in covered])
-            ends = np.array([c[1] for c in covered])
+        if len(starts) and len(special):  # lines inside a record of several lines are part of it
+            order = np.argsort(starts, kind="stable")
+            starts, ends = starts[order], ends[order]
             k = np.searchsorted(starts, special, side="right") - 1
             special = special[(k < 0) | (special > ends[np.maximum(k, 0)])]
         for at in special.tolist():
@@ -577,7 +584,8 @@ class _Records:
 
     def _odd_lines(self, odd: np.ndarray) -> list[tuple[int, int]]:
         """Lines with an odd number of quotes: records of several lines, or rejected alone.
-        Returns the spans of the records of several lines (good or rejected as a whole).
+        Returns the spans of the records of several lines looked at one by one (good or rejected
+        as a whole); those taken together go to `paired_first` and `paired_last`.
 
         Each such line opens a record closed by the next one, unless it is rejected alone; then the
         next one opens. Every consecutive pair is judged at once; runs of good pairs are taken
@@ -592,9 +600,9 @@ class _Records:
             k = int(np.searchsorted(f, i))
             stop = min(int(f[k]) if k < len(f) else m, m - 1)  # pairs start before the next failing one
             taken = range(i, stop, 2)
-            for a, b in zip(odd[taken.start:taken.stop:2].tolist(), odd[taken.start + 1:taken.stop + 1:2].tolist()):
-                self.looked.append((a, b, None, None))
-                spans.append((a, b))
+            if len(taken):
+                self.paired_first.append(odd[taken.start:taken.stop:2])
+                self.paired_last.append(odd[taken.start + 1:taken.stop + 1:2])
             i += 2 * len(taken)
             if i >= m:
                 break
@@ -665,12 +673,13 @@ class _Records:
 
 
 def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int, lines: _Lines,
-           blank: np.ndarray, looked: list[tuple[int, int, str | None, str | None]]) -> CsvIndex:
+           blank: np.ndarray, records: _Records) -> CsvIndex:
     """Every line's part: the header, blank, a line of a good record or of a rejected one."""
     n = len(lines.starts)
     width = len(header)
-    first = np.array([r[0] for r in looked], dtype=np.int64)
-    last = np.array([r[1] for r in looked], dtype=np.int64)
+    looked = records.looked
+    first = np.concatenate(([r[0] for r in looked], records.paired_first)).astype(np.int64)
+    last = np.concatenate(([r[1] for r in looked], records.paired_last)).astype(np.int64)
     continued = np.zeros(n + 1, dtype=np.int64)  # +1 at a record's second line, -1 after its last
     several = last > first
     np.add.at(continued, first[several] + 1, 1)
@@ -696,7 +705,8 @@ def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int
                     hint = " (a trailing comma?)"
             malformed.append((at + 1, None, f"expected {width} fields like the header, found {found}{hint}"))
             spans[at + 1] = (int(lines.starts[at]), int(lines.stops[at]))
-    good = np.array([r[2] is None and r[3] is None for r in looked], dtype=bool)
+    good = np.concatenate(([r[2] is None and r[3] is None for r in looked],
+                           np.ones(len(records.paired_first), dtype=bool))).astype(bool)
     for a, b, column, reason in looked:
         if reason is not None:
             malformed.append((a + 1, column, reason))
