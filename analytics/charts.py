@@ -153,6 +153,7 @@ def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Fig
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     grouped = "n" in w.columns
     total = w.attrs.get("patients", int(w["n"].sum()) if grouped else len(w))
+    least = w.attrs.get("min_cell") or (int(w["n"].min()) if grouped and len(w) and w["n"].notna().all() else None)
     fig = go.Figure()
     for outcome, colour in colours.items():
         d = w[w["outcome"] == outcome]
@@ -160,9 +161,9 @@ def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Fig
             hover = [f"patients {a:,}-{b:,} of {total:,} by best change: "
                      f"median {c:+.0f}% (from {lo:+.0f}% to {hi:+.0f}%)"
                      for a, b, c, lo, hi in zip(d["first_rank"], d["last_rank"], d["best_percent_change"], d["low"], d["high"])]
-        elif grouped:
-            hover = [f"patients {a:,}-{b:,} of {total:,} by best change ({n} patients): median {c:+.0f}%"
-                     for a, b, n, c in zip(d["first_rank"], d["last_rank"], d["n"], d["best_percent_change"])]
+        elif grouped:  # groups of at least the minimum cell size: no ranks or sizes (they add up to a count)
+            hover = [f"group {r:,} of {len(w):,} in order of best change ({least} patients or more): median {c:+.0f}%"
+                     for r, c in zip(d["rank"], d["best_percent_change"])]
         else:
             hover = [(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
                      for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])]
@@ -172,7 +173,7 @@ def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Fig
                   annotation_position="top left")
     fig.update_layout(bargap=0.05)
     if grouped and "low" not in w.columns:
-        axis = f"groups of at least {int(w['n'].min()) if len(w) else 0} patients (ordered by best change)"
+        axis = f"groups of at least {least} patients (ordered by best change)"
         title = f"Best {instrument} change, groups of patients"
     elif grouped:
         axis, title = "percentiles of patients (ordered by best change)", f"Best {instrument} change, by percentile"
@@ -196,7 +197,7 @@ def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.
     step = 1 if len(band) <= 14 else 2 if len(band) <= 28 else 4
     fig.add_trace(go.Scatter(x=band["week"], y=np.full(len(band), -0.5),
                              mode="text", text=[str(n) if i % step == 0 else "" for i, n in enumerate(band["n"])],
-                             textfont=dict(size=10), name="n patients", hoverinfo="skip"))
+                             textfont=dict(size=10), showlegend=False, hoverinfo="skip"))  # the caption explains them
     fig.add_hline(y=remission_cut, line=dict(dash="dash", color="#17becf"), annotation_text=f"remission cut-off {remission_cut:g}")
     fig.update_xaxes(title_text="weeks since first infusion (week 0 = baseline)")
     fig.update_yaxes(title_text=f"{instrument} total (points)", rangemode="tozero")
@@ -286,8 +287,11 @@ def survival(curves: list[dict], title: str) -> go.Figure:
                                      hovertext=[f"{c['label']}: {n} cycles still seen in response at day {d:g} or later"
                                                 for d, n in risk], hoverinfo="text"))
     fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median", annotation_position="top right")
+    # room left of day 0 and right of the last day, so the at-risk numbers there are not cut in half
+    last = max([float(c["times"][-1]) for c in curves if len(c["times"])]
+               + [float(d) for c in curves for d, _ in (c.get("at_risk") or [])] + [1.0])
     fig.update_xaxes(title_text="days since the infusion that started the cycle (numbers below: cycles still at risk)",
-                     rangemode="tozero")
+                     range=[-0.04 * last, 1.04 * last])
     fig.update_yaxes(title_text="still in response (%)", range=[-9.0 * rows - 6, 102], tickvals=[0, 25, 50, 75, 100])
     return _layout(fig, title, height=420 + 18 * rows)
 
@@ -353,11 +357,23 @@ def _policy_short(name: str) -> str:
     return name.replace("every ", "").replace(" days", " d")
 
 
+def _label_sides(x, y, near_x: float = 1.5, near_y: float = 1.5) -> list[str]:
+    """Above each point, or below it when a point nearby already has its label above (labels would overlap)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sides: list[str] = []
+    for i in range(len(x)):
+        crowded = any(sides[j] == "top center" and abs(x[i] - x[j]) < near_x and abs(y[i] - y[j]) < near_y
+                      for j in range(i))
+        sides.append("bottom center" if crowded else "top center")
+    return sides
+
+
 def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
     """Infusions per patient-year against time out of response: lower-left is better on both."""
     fig = go.Figure(go.Scatter(
         x=table["infusions_per_patient_year"], y=100 * table["share_days_out_of_response"], mode="markers+text",
-        text=[_policy_short(p) for p in table["policy"]], textposition="top center", textfont=dict(size=10),
+        text=[_policy_short(p) for p in table["policy"]], textposition=_label_sides(
+            table["infusions_per_patient_year"], 100 * table["share_days_out_of_response"]), textfont=dict(size=10),
         marker=dict(size=12, color="#ab63fa"),
         hovertext=[f"{p}: {i:.1f} infusions per patient-year, {100 * d:.1f}% of days out of response, "
                    f"{100 * r:.0f}% of infusions were rescues" for p, i, d, r in

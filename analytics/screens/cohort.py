@@ -612,6 +612,8 @@ def waterfall_bars(w: pd.DataFrame, max_bars: int | None = None, bins: int = WAT
         [bars["best_percent_change"] <= -100 * DEFAULT_RULES.response_fall, bars["best_percent_change"] < 0],
         ["response (50% or more fall)", "some improvement"], "no improvement or worse")
     bars.attrs["patients"] = len(w)
+    if min_cell > 0:
+        bars.attrs["min_cell"] = min_cell
     return bars
 
 
@@ -1088,11 +1090,18 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
     # waterfall: groups of at least min_cell patients for roles without patient-level access
     w = view["waterfall"]
     r_waterfall = selection.refusal(pops.waterfall) if min_cell else None
+    # the treated patients without a bar (no baseline, or no later score) are its complement: when they are
+    # a few, the waterfall's patient count (and so its ranks) would give them away, so neither is shown
+    unranked = pops.treated & ~pops.waterfall
+    r_unranked = selection.refusal(unranked) if min_cell and r_waterfall is None and not absent(unranked) else None
     if r_waterfall is not None:
         bars = waterfall_bars(w.iloc[0:0], min_cell=min_cell)
         notes.append(f"Waterfall not shown: {r_waterfall}.")
     else:
         bars = waterfall_bars(w, min_cell=min_cell)
+        if r_unranked is not None:
+            bars = bars.drop(columns=["first_rank", "last_rank"]).assign(n=np.nan)  # sizes add up to the count
+            bars.attrs.update(patients=None, min_cell=min_cell)
     # trajectory: weeks whose patients pass the guard
     band = view["trajectory"]
     if min_cell and len(band):
@@ -1105,7 +1114,7 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
     return CohortScreen(
         instrument=code, min_cell=min_cell, show_ids=show_ids and not min_cell, description=description, refused=None,
         headline=headline, cycle_counts=cycle_counts, remission_cut=cut, remission_inclusive=inclusive,
-        waterfall_bars=bars, waterfall_patients=_shown(len(w), r_waterfall, min_cell), trajectory=band,
+        waterfall_bars=bars, waterfall_patients=_shown(len(w), r_waterfall or r_unranked, min_cell), trajectory=band,
         severity=severity, severity_note=severity_note, completeness=comp, completeness_hidden=comp_hidden,
         completeness_overall=overall, notes=tuple(notes),
         _funnel={"rows": funnel_rows, "selection": selection, "choices": choices, "min_cell": min_cell,
