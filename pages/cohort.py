@@ -60,10 +60,10 @@ if head["month_to_date"]:
     c2.caption("month to date")
 resp, remi = head["response"], head["remission"]
 cut, inclusive = screen.remission_cut, screen.remission_inclusive
-c3.metric(f"Response ({instrument})", "-" if resp.value is None else f"{100 * resp.value:.0f}%",
+c3.metric(f"Response ({instrument})", "not shown" if resp.value is None else f"{100 * resp.value:.0f}%",
           help="At least 50% below baseline at the first score after induction. 95% Wilson interval.")
 c3.caption(resp.text())
-c4.metric(f"Remission ({instrument})", "-" if remi.value is None else f"{100 * remi.value:.0f}%",
+c4.metric(f"Remission ({instrument})", "not shown" if remi.value is None else f"{100 * remi.value:.0f}%",
           help=f"{instrument} {'≤' if inclusive else '<'} {cut:g} at the first score after induction. 95% Wilson interval.")
 c4.caption(remi.text())
 c5.metric(f"Median durability ({screen.durability_instrument})", head["median_durability"],
@@ -76,19 +76,27 @@ with left:
     bars = screen.waterfall_bars
     if bars.empty:
         st.info(f"No waterfall: {screen.notes[0] if screen.notes else f'no patient has both a {instrument} baseline and a later score yet.'}")
+    elif len(bars) == 1 and screen.min_cell:  # one bar is not a waterfall: say its one figure instead
+        st.info(f"Best {instrument} change: the patients with a baseline and a later score make a single group "
+                f"(at least {screen.min_cell}), so no waterfall is drawn; their median best change is "
+                f"{bars['best_percent_change'].iloc[0]:+.0f}% from baseline.")
     else:
         st.plotly_chart(charts.waterfall(bars, instrument, show_ids=screen.show_ids), key="waterfall")
         if "n" in bars.columns and screen.min_cell:
-            st.caption(f"{screen.waterfall_patients} patients in order of best change; each bar is a group of at least "
-                       f"{screen.min_cell} of them (no bar shows one patient), drawn at the group's median.")
+            counted = screen.waterfall_patients
+            st.caption(f"{f'{counted:,} patients' if isinstance(counted, int) else 'Patients with a baseline and a later score'}"
+                       f" in order of best change; each bar is a group of at least {screen.min_cell} of them (no bar "
+                       "shows one patient), drawn at the group's median.")
         elif "n" in bars.columns:
             st.caption(f"{screen.waterfall_patients:,} patients: each bar is one percentile of them "
                        f"(1/{cohort.WATERFALL_BINS}, in order of best change), drawn at its median; hover for its range. "
                        f"One bar per patient is shown up to {cohort.WATERFALL_MAX_BARS:,} patients.")
 with right:
     band = screen.trajectory
-    if band.empty:
-        st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
+    if band.empty or (len(band) == 1 and screen.min_cell):
+        st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory"
+                + (f" (a week is drawn only when at least {screen.min_cell} patients have a score in it)."
+                   if screen.min_cell else "."))
     else:
         st.plotly_chart(charts.trajectory(band, instrument, cut), key="trajectory")
         st.caption("Line: median; band: interquartile range; numbers along the bottom: patients with a score that week"

@@ -142,3 +142,15 @@ def test_trajectory_week_zero_is_the_baseline():
     assert band.loc[0, "median"] == 19.0  # the two pre-treatment scores, averaged: one value per patient
     assert band.loc[1, "median"] == 9.0   # days 5 and 7 after the first infusion
     assert list(band["n"]) == [1, 1]
+
+
+def test_trajectory_patient_counts_are_explained_in_the_caption_not_as_a_legend_entry():
+    """The counts under the weeks showed in the legend as "Aa n patients"; the caption under the chart says what they are."""
+    from analytics import charts
+
+    band = pd.DataFrame({"week": [0, 1, 2], "median": [18.0, 12.0, 9.0], "q1": [15.0, 9.0, 6.0], "q3": [21.0, 15.0, 12.0],
+                         "n": [120, 80, 60]})
+    fig = charts.trajectory(band, "PHQ-9", 5)
+    counts = next(t for t in fig.data if t.mode == "text")
+    assert list(counts.text) == ["120", "80", "60"] and counts.showlegend is False
+    assert {t.name for t in fig.data if t.showlegend is not False} == {"median", "interquartile range"}
