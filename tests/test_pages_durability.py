@@ -92,3 +92,30 @@ def test_interval_chart_sends_bins_not_one_value_per_patient(open_page):
     assert trace["type"] == "bar"
     counts = values(trace["y"])
     assert np.nansum(counts) > len(counts)  # each bar holds several patients, not one value per patient
+
+
+def test_survival_chart_leaves_room_for_the_at_risk_numbers_at_day_0():
+    """The at-risk numbers under day 0 were cut in half at the plot's left edge ("002" for 4,002)."""
+    import numpy as np
+
+    from analytics import charts
+
+    curve = {"label": "every cycle", "times": np.array([10.0, 30.0, 60.0]), "survival": np.array([0.9, 0.6, 0.4]),
+             "lower": np.array([0.85, 0.5, 0.3]), "upper": np.array([0.95, 0.7, 0.5]), "n": "4,002 cycles",
+             "end": 60.0, "at_risk": [(0, 4002), (30, 229), (60, 62)]}
+    fig = charts.survival([curve], "t")
+    low, high = fig.layout.xaxis.range
+    assert low < 0 and high > 60  # the numbers at day 0 and at the last day are centred inside the plot
+
+
+def test_policy_labels_of_neighbouring_points_go_on_opposite_sides():
+    """"21 d + rescue" and "personalised 75%" sat on top of each other in the policy chart."""
+    import pandas as pd
+
+    from analytics import charts
+
+    table = pd.DataFrame({"policy": ["every 21 days + rescue", "personalised (target 0.75)", "every 14 days"],
+                          "infusions_per_patient_year": [18.9, 19.1, 25.5],
+                          "share_days_out_of_response": [0.095, 0.090, 0.082], "rescue_share": [0.26, 0.25, 0.0]})
+    sides = list(charts.policy_tradeoff(table).data[0].textposition)
+    assert sides[0] != sides[1] and sides[2] == "top center"
