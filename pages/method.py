@@ -70,7 +70,8 @@ st.header("Glossary")
 st.markdown("\n".join(f"- **{term}**: {meaning}" for term, meaning in method.glossary))
 
 st.header("All outcome rule settings")
-st.dataframe(method.rule_settings, hide_index=True, width="stretch")
+st.dataframe(method.rule_settings, hide_index=True, width="stretch",
+             height=35 * (len(method.rule_settings) + 1) + 3)  # every setting in view, no inner scroll
 st.caption("Literature figures for comparison: McInnes 2022 (537 patients, PHQ-9): response 53.6%, "
            "remission 28.9%, about 80% of responders still responding at 4 weeks and 60% at 8 weeks; Murrough 2013: "
            "median 18 days to relapse after six infusions.")
