@@ -428,6 +428,13 @@ def cohort_report_pdf(screen, today: date, n_boot: int = 200) -> bytes:
         doc.para(f"Overall {r.completeness_overall} had an assessment in the 7 days before, the infusion day included.", 7.5)
     if r.completeness_hidden:
         doc.para(f"{r.completeness_hidden} month(s) with too few infusions or patients are left out.", 7, GREY)
+    pale = []
+    if "bound" in r.completeness and r.completeness["bound"].notna().any():
+        pale.append("bounds (too few infusions of that month lacked, or had, an assessment to show the exact share)")
+    if "partial" in r.completeness and r.completeness["partial"].any():
+        pale.append("the month in progress")
+    if pale:
+        doc.para(f"Pale bars: {' and '.join(pale)}.", 7, GREY)
     doc.room(60)
     doc.heading("Definitions")
     doc.set_font("Helvetica", "", 7.5)

@@ -70,6 +70,7 @@ def test_cohort_report_has_rates_with_cis_durability_funnel_completeness_and_def
     for site in screen.funnel("site")["groups"]["site"]:
         assert site in text  # each site's point is labelled
     assert "Overall" in text and "infusions had an assessment" in text
+    assert screen.completeness["partial"].any() and "Pale bars: the month in progress" in text  # not a fall
 
 
 def test_directors_report_of_a_refused_selection_says_so_and_holds_no_figure(demo_db):
