@@ -54,11 +54,13 @@ for message in screen.alerts:
 latest = screen.latest
 cols = st.columns(max(len(latest), 1) + 1)
 for col, row in zip(cols, latest.itertuples()):
-    delta = None
+    delta, colour = None, "inverse"
     if row.change_percent is not None and row.change_percent == row.change_percent:  # not NaN
         delta = f"{row.change_percent:+.0f}% from baseline {row.baseline:g}"
+        if round(row.change_percent) == 0:  # "+0%" would get a red arrow: no change is neither better nor worse
+            delta, colour = f"no change from baseline {row.baseline:g}", "off"
     col.metric(f"Latest {row.instrument} ({row.on:%d %b %Y})", f"{row.latest:g} / {row.max} · {row.band}",
-               delta=delta, delta_color="inverse")
+               delta=delta, delta_color=colour)
 last_inf = screen.last_infusion
 cols[-1].metric("Last infusion", f"{last_inf:%d %b %Y}" if last_inf is not None else "none",
                 delta=f"{screen.days_since_infusion} days ago" if last_inf is not None else None, delta_color="off")

@@ -120,3 +120,26 @@ def test_describe_suggestion_reads_like_a_clinician():
                                          "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
     assert "3 days overdue" in overdue
     assert "No suggested date yet" in patient.describe_suggestion(None, date(2026, 11, 21))
+
+
+def test_no_change_from_baseline_reads_as_no_change_not_a_red_rise(open_page, demo_db):
+    """Issue 14: "+0% from baseline 37" came with a red (worse) arrow. A change that rounds to 0% says so, uncoloured."""
+    from analytics.access import SYSTEM
+
+    ws = workspace.Workspace(DataAccess(demo_db, SYSTEM))
+    found = None
+    for patient_id in ws.frames()["patients"]["patient_id"]:
+        latest = patient.patient_screen(ws, patient_id, date(2026, 11, 21)).latest
+        if len(latest):
+            flat = latest[latest["change_percent"].notna() & (latest["change_percent"].round() == 0)]
+            if len(flat):
+                found = patient_id, flat.iloc[0]
+                break
+    assert found is not None, "the demo clinic has a patient whose latest score equals the baseline"
+    patient_id, row = found
+    at = open_page("patient", patient=patient_id)
+    metric = next(m for m in at.metric if m.label.startswith(f"Latest {row['instrument']}"))
+    assert metric.delta == f"no change from baseline {row['baseline']:g}"
+    from streamlit.proto.Metric_pb2 import Metric
+    assert metric.proto.color == Metric.MetricColor.GRAY  # neither the red of worse nor the green of better
+    assert not any(m.delta and m.delta.startswith(("+0%", "-0%")) for m in at.metric)
