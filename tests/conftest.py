@@ -20,6 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # AppTest runs page scripts in this process; they import analytics and pages
     sys.path.insert(0, str(ROOT))
+# Audit keys and anchors (analytics/keys.py) of the test run live in a folder of their own, never in
+# the operator's ~/.config; subprocesses (the CLI, streamlit) inherit it.
+if "OUTCOMES_KEY_DIR" not in os.environ:
+    import atexit
+    import tempfile
+
+    os.environ["OUTCOMES_KEY_DIR"] = tempfile.mkdtemp(prefix="outcomes-test-keys-")
+    atexit.register(shutil.rmtree, os.environ["OUTCOMES_KEY_DIR"], ignore_errors=True)
 DEMO_PATIENTS = 120
 DEMO_SEED = 7
 # The demo clinic's data end on 2026-11-20 (simulate.DEFAULT_END); pages see "today" as the day after.
