@@ -21,7 +21,7 @@ import authlib  # noqa: E402,F401  st.login needs Authlib (requirements.txt): fa
 
 def test_first_sign_in_creates_the_account_with_the_claimed_role(writable_db):
     session = auth.session_from_identity(writable_db, {"iss": "https://idp", "sub": "1", "email": "dir@clinic.org",
-                                                       "role": "director"})
+                                                       "email_verified": True, "role": "director"})
     assert (session.username, session.role, session.clinician) == ("dir@clinic.org", "director", None)
     row = auth.list_users(writable_db).set_index("username").loc["dir@clinic.org"]
     assert row["role"] == "director" and not row["local_password"]
@@ -30,10 +30,11 @@ def test_first_sign_in_creates_the_account_with_the_claimed_role(writable_db):
 
 
 def test_clinician_claim_names_the_caseload_and_a_role_change_ends_old_sessions(writable_db):
-    first = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": "clinician",
+    me = {"iss": "https://idp", "sub": "okafor-1"}
+    first = auth.session_from_identity(writable_db, {**me, "preferred_username": "okafor", "role": "clinician",
                                                      "clinician": "dr_okafor"})
     assert first.clinician == "dr_okafor"
-    second = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": ["director"]})
+    second = auth.session_from_identity(writable_db, {**me, "preferred_username": "okafor", "role": ["director"]})
     assert second.role == "director"
     with pytest.raises(auth.SessionEnded):
         auth.validate_session(writable_db, first)
@@ -56,10 +57,11 @@ def test_claims_without_one_known_role_or_a_usable_name_are_refused_and_audited(
 
 
 def test_a_disabled_account_stays_out_whatever_the_provider_says(writable_db):
-    auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+    amy = {"iss": "https://idp", "sub": "amy-1", "preferred_username": "amy", "role": "admin"}
+    auth.session_from_identity(writable_db, amy)
     auth.disable_user(writable_db, "amy", actor="admin")
     with pytest.raises(auth.SignInFailed, match="disabled"):
-        auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+        auth.session_from_identity(writable_db, amy)
 
 
 # -- a small OIDC provider -----------------------------------------------------------------
@@ -187,4 +189,5 @@ def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
     users = auth.list_users(writable_db).set_index("username")
     assert users.loc["dr_director", "role"] == "director" and not users.loc["dr_director", "local_password"]
     signed = audit.entries(writable_db, action="sign_in").iloc[-1]
-    assert signed["actor"] == "dr_director" and signed["detail"] == {"via": "oidc", "issuer": provider.url}
+    assert signed["actor"] == "dr_director"
+    assert signed["detail"] == {"via": "oidc", "issuer": provider.url, "subject": "user-1"}

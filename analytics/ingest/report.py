@@ -37,6 +37,8 @@ class FileResult:
 class ImportReport:
     files: list[FileResult] = field(default_factory=list)
     error: str | None = None  # the transaction failed: nothing was written
+    # demo accounts this import disabled: the first import of real data ends them (docs/security.md)
+    demo_accounts_disabled: list[str] = field(default_factory=list)
 
     @property
     def rejects(self) -> list[Reject]:
@@ -86,6 +88,8 @@ class ImportReport:
                 f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
                 f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id})"
             )
+        if self.demo_accounts_disabled:
+            out.append(f"demo accounts disabled (this database now holds real data): {', '.join(self.demo_accounts_disabled)}")
         return out
 
     def to_dict(self, max_rejects: int = 1000) -> dict:
@@ -98,4 +102,5 @@ class ImportReport:
                 "rejects": [r._asdict() for r in f.rejects[:max_rejects]],
                 "rejects_truncated": len(f.rejects) > max_rejects,
             })
-        return {"exit_code": self.exit_code, "error": self.error, "files": files}
+        return {"exit_code": self.exit_code, "error": self.error, "files": files,
+                "demo_accounts_disabled": list(self.demo_accounts_disabled)}
