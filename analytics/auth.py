@@ -54,6 +54,8 @@ ACCOUNT_FIRST_SLOWDOWN = timedelta(seconds=15)
 ACCOUNT_MAX_SLOWDOWN = timedelta(minutes=5)
 LOCAL_CLIENT = "local"  # the client of a sign-in from this machine (or where the runtime gives no address)
 
+COOKIE_NAMES = sessions.COOKIE_NAMES  # the session cookie (serve.py sets it, pages read it)
+
 GENERIC_FAILURE = ("Sign-in failed: unknown user name or wrong password. After many failed attempts on an account, "
                    "signing in to it pauses for a few minutes.")
 
@@ -73,6 +75,18 @@ def idle_timeout() -> timedelta:
     if minutes <= 0:
         raise ValueError(f"OUTCOMES_SESSION_IDLE_MINUTES must be positive, got {text!r}")
     return timedelta(minutes=minutes)
+
+
+def session_max_age() -> timedelta:
+    """The longest a session lasts, active or not: $OUTCOMES_SESSION_MAX_HOURS, default 12."""
+    text = os.environ.get("OUTCOMES_SESSION_MAX_HOURS", "12")
+    try:
+        hours = float(text)
+    except ValueError:
+        raise ValueError(f"OUTCOMES_SESSION_MAX_HOURS must be a number of hours, got {text!r}") from None
+    if hours <= 0:
+        raise ValueError(f"OUTCOMES_SESSION_MAX_HOURS must be positive, got {text!r}")
+    return timedelta(hours=hours)
 
 
 # argon2id at the OWASP Password Storage Cheat Sheet's recommended minimum (19 MiB, 2 passes,
@@ -276,6 +290,7 @@ def validate_session(db, session: Session | None, *, page: str | None = None, no
 
 CHANGED_MESSAGE = "Your account was changed or disabled since you signed in. Please sign in again."
 SIGNED_OUT_MESSAGE = "You are signed out."
+EXPIRED_MESSAGE = "Your session reached its time limit. Please sign in again."
 
 
 def _idle_message(idle: timedelta) -> str:
@@ -312,12 +327,16 @@ def resume(db, *, session_id: str | None = None, token: str | None = None, page:
     if row is None:
         raise SessionEnded("Please sign in.")
     if row["ended_at"] is not None:
-        raise SessionEnded({"signed out": SIGNED_OUT_MESSAGE, "idle": _idle_message(idle)}.get(row["end_reason"],
-                                                                                           CHANGED_MESSAGE))
+        raise SessionEnded({"signed out": SIGNED_OUT_MESSAGE, "idle": _idle_message(idle),
+                            "expired": EXPIRED_MESSAGE}.get(row["end_reason"], CHANGED_MESSAGE))
     if now - row["last_seen"] > idle:
         if sessions.end(db, session_id, "idle", now):
             audit.append(db, row["username"], "sign_out", role=row["role"], page=page, detail={"reason": "idle"})
         raise SessionEnded(_idle_message(idle))
+    if now - row["created_at"] > session_max_age():
+        if sessions.end(db, session_id, "expired", now):
+            audit.append(db, row["username"], "sign_out", role=row["role"], page=page, detail={"reason": "expired"})
+        raise SessionEnded(EXPIRED_MESSAGE)
     if row["user_epoch"] is None or row["disabled"] or row["user_epoch"] != row["epoch"]:
         reason = "removed" if row["user_epoch"] is None else "disabled" if row["disabled"] else "account changed"
         if sessions.end(db, session_id, reason, now):

@@ -27,6 +27,9 @@ from . import store
 
 CLAIM_SECONDS = 120
 TOKEN_BYTES = 32
+# The cookie holding the token: under the __Host- prefix over HTTPS (bound to the exact host, Secure,
+# Path=/), plain over HTTP on this machine. serve.py sets it; pages read it from st.context.cookies.
+COOKIE_NAMES = ("__Host-outcomes_session", "outcomes_session")
 
 
 def cache_seconds() -> float:
@@ -175,6 +178,8 @@ def forget(db, session_id: str) -> None:
     key = (_key(db), session_id)
     with _lock:
         _rows.pop(key, None)
+        _seen.pop(key, None)
+        _written.pop(key, None)
         for token_key in [k for k, (_, sid) in _tokens.items() if k[0] == key[0] and sid == session_id]:
             _tokens.pop(token_key, None)
 

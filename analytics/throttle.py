@@ -98,3 +98,30 @@ class SignInThrottle:
         The client's own count does not: one good account must not reset a client's guessing."""
         with self._lock:
             self._counts.pop(self._keys(place, client, name)[0], None)
+
+
+class AnonymousWrites:
+    """How often something nobody signed in to may cause an audit write (a self-report link opened):
+    at most once per key (a token's hash) per `per_key` seconds, and at most `per_minute` writes a
+    minute in all. `decide` answers "write" (record it), "repeat" (the same key was recorded within
+    `per_key`: go on without a new entry) or "busy" (the cap is reached: refuse, write nothing)."""
+
+    def __init__(self, per_key: float = 60.0, per_minute: int = 120, max_keys: int = 50_000):
+        self.per_key, self.per_minute, self.max_keys = per_key, per_minute, max_keys
+        self._last: dict[str, float] = {}
+        self._recent: list[float] = []
+        self._lock = threading.Lock()
+
+    def decide(self, key: str, now: float) -> str:
+        with self._lock:
+            self._recent = [t for t in self._recent if now - t < 60.0]
+            last = self._last.get(key)
+            if last is not None and now - last < self.per_key:
+                return "repeat"
+            if len(self._recent) >= self.per_minute:
+                return "busy"
+            if len(self._last) >= self.max_keys:
+                self._last = {k: t for k, t in self._last.items() if now - t < self.per_key}
+            self._last[key] = now
+            self._recent.append(now)
+            return "write"

@@ -4,6 +4,7 @@ import streamlit as st
 from analytics import charts
 from analytics.screens import cohort
 from pages._page import open_page
+from pages._text import plain
 
 page = open_page("cohort", "Cohort outcomes")
 ws = page.workspace
@@ -37,7 +38,7 @@ with st.spinner("Computing cohort outcomes..."):
     screen = cohort.cohort_screen(ws, filters, page.today)
 head, cycle_counts = screen.headline, screen.cycle_counts
 
-st.caption(f"Period and filters: {head['period']}. {screen.count(head['treated'])} treated patients, "
+st.caption(f"Period and filters: {plain(head['period'])}. {screen.count(head['treated'])} treated patients, "
            f"{screen.count(head['evaluable'])} with a baseline and a score within 21 days after induction (the rates' denominator).")
 if head["patients"] == 0:
     st.info("No patients match these filters: widen the date range or clear a filter in the sidebar.")
