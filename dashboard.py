@@ -13,7 +13,9 @@ from pages._routing import PAGES, menu_for
 
 memory.tune_allocator()  # cohort-sized frames: see analytics/memory.py
 
-st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
+# An emoji favicon (drawn in the page): a Material icon one is fetched from fonts.gstatic.com, which the
+# Content-Security-Policy (serve.py) refuses, since the page asks nothing of any other server.
+st.set_page_config(page_title="Ketamine outcomes", page_icon="📈", layout="wide")
 _routing.route_through_navigation()
 
 # A patient's self-report link (/?token=...) needs no account: run that page alone, before any

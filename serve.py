@@ -146,6 +146,12 @@ async def end(request: Request) -> Response:
     return response
 
 
+def _is_media(path: str) -> bool:
+    """Streamlit's /media/<file> route (under server.baseUrlPath), not its /static/media/ assets."""
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return path.startswith(f"/{base}/media/" if base else "/media/")
+
+
 def _session_alive(token: str | None) -> bool:
     if not token:
         return False
@@ -169,7 +175,7 @@ class SecurityMiddleware:
         extra = dict(HEADERS)
         if _https(scope):
             extra["strict-transport-security"] = "max-age=31536000"
-        if "/media/" in scope.get("path", ""):
+        if _is_media(scope.get("path", "")):
             extra["cache-control"] = "no-store"
             cookie = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"cookie"), "")
             if not await run_in_threadpool(_session_alive, _cookie_token(cookie)):
