@@ -12,16 +12,17 @@ the session from it (or from the tab's own state), re-checking idleness and the 
 password or changing its role ends its sessions on the server at once.
 
 Failed sign-ins are throttled per (client, user name) and per client in memory
-(analytics/throttle.py), and per account in the database (a slow-down across clients);
-every attempt, whatever the name or lock, costs one argon2 verification and gets the
-same answer for a name that exists and one that does not.
+(analytics/throttle.py), and per account in the database (a slow-down across clients).
+A name that exists and one that does not get the same answers and cost the same work:
+one argon2 verification per attempt (against a dummy hash when there is no account to
+check), none while the client is locked out, whatever the name.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -59,6 +60,7 @@ COOKIE_NAMES = sessions.COOKIE_NAMES  # the session cookie (serve.py sets it, pa
 GENERIC_FAILURE = ("Sign-in failed: unknown user name or wrong password. After many failed attempts on an account, "
                    "signing in to it pauses for a few minutes.")
 
+_locked_refusals = throttle.AnonymousWrites(per_key=60.0, per_minute=600)
 _throttle = throttle.SignInThrottle(
     per_name=throttle.Policy(FREE_ATTEMPTS, FIRST_LOCK, MAX_LOCK),
     per_client=throttle.Policy(CLIENT_FREE_ATTEMPTS, CLIENT_FIRST_LOCK, MAX_LOCK, forget_after=CLIENT_FORGET),
@@ -198,9 +200,11 @@ def authenticate(db, username: str, password: str, *, page: str | None = "login"
         user = _user_row(con, name) if name else None
         actor, role = (name, user["role"]) if user is not None else ("unknown", None)
         if wait is not None:  # this client is locked out (of this name, or altogether)
-            _verify_quietly(_DUMMY_HASH, password or "x")  # the same work as any other attempt
-            audit.append(db, actor, "sign_in_failed", role=role, outcome="denied", page=page,
-                         detail={"reason": "locked", "lock": lock_kind, "client": client}, con=con)
+            # Answered at once, the same way for every name (known or not), so a locked client cannot make
+            # the server hash for it; recorded once a minute per client and lock, so it cannot flood the trail.
+            if _locked_refusals.decide(f"{place}|{client}|{lock_kind}", time.monotonic()) == "write":
+                audit.append(db, actor, "sign_in_failed", role=role, outcome="denied", page=page,
+                             detail={"reason": "locked", "lock": lock_kind, "client": client}, con=con)
             where = " with this user name" if lock_kind == "name" else ""
             refusal = SignInFailed(f"Too many failed sign-ins from your computer{where}: locked for another "
                                    f"{_human(wait)}. Try again later or ask an administrator.", wait)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import store
+from . import store, throttle
 
 CLAIM_SECONDS = 120
 TOKEN_BYTES = 32
@@ -74,9 +74,13 @@ def create(con, username: str, epoch: int, via: str, now: datetime) -> tuple[str
     return session_id, code
 
 
+# Claims arrive from anyone who can reach the server; each costs a write: at most this many a minute.
+_claims = throttle.AnonymousWrites(per_key=0.0, per_minute=240)
+
+
 def claim(db, code: str, now: datetime) -> tuple[str, str] | None:
     """Trade a claim code (once, before it expires, for a live session) for (token, session id)."""
-    if not code or len(code) > 200:
+    if not code or len(code) > 200 or _claims.decide(secrets.token_hex(8), time.monotonic()) != "write":
         return None
     with store.transaction(db) as con:
         rows = con.execute(

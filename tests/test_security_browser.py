@@ -17,7 +17,7 @@ import pytest
 
 from analytics import ingest
 from analytics.access import DataAccess
-from tests.conftest import BROWSER_PASSWORD, DEMO_TODAY, serve_dashboard
+from tests.conftest import DEMO_TODAY, serve_dashboard
 from tests.test_browser import ARGS, CHROMIUM, IDLE, OUT, _browser_or_reason, _sign_in
 
 COOKIE = "outcomes_session"

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from analytics import audit, auth, deidentify, ingest, selfreport, suppress, throttle, visits
-from analytics.access import SYSTEM, AccessDenied, DataAccess, Scope
+from analytics.access import AccessDenied, DataAccess, Scope
 from analytics.screens import data as data_screen
 from analytics.screens import patient as patient_screen
 from analytics.screens.workspace import Workspace
@@ -220,3 +220,12 @@ def test_anonymous_link_openings_cannot_flood_the_audit_trail(clinic, monkeypatc
         refusals.append(refused.value.reason)
     assert len(audit.entries(clinic)) == before + 20
     assert refusals.count("busy") == 41 and "busy" in refusals[-1]
+
+
+def test_the_server_listens_on_this_machine_only_unless_told_otherwise():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1" and config["server"]["enableAgentApi"] is False
+    makefile = (ROOT / "Makefile").read_text()
+    assert "ADDRESS ?= 127.0.0.1" in makefile and "PORT ?= 8501" in makefile
+    run = next(line for line in makefile.splitlines() if "streamlit run" in line)
+    assert "serve.py" in run and "--server.address $(ADDRESS)" in run and "--server.port $(PORT)" in run

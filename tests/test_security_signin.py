@@ -44,7 +44,7 @@ def test_known_and_unknown_names_get_the_same_answers_all_the_way_to_the_lock(ac
     assert known[auth.FREE_ATTEMPTS - 1][1] == auth.FIRST_LOCK  # both locked after the same attempt
 
 
-def test_every_attempt_costs_one_password_hash_whatever_the_name_or_lock(accounts, monkeypatch):
+def test_a_name_that_exists_costs_the_same_work_as_one_that_does_not(accounts, monkeypatch):
     calls = []
     real = auth._hasher
 
@@ -57,11 +57,23 @@ def test_every_attempt_costs_one_password_hash_whatever_the_name_or_lock(account
             return real.verify(hashed, password)
 
     monkeypatch.setattr(auth, "_hasher", Counting())
-    for user in ["nobody_here", "admin"]:
-        for i in range(auth.FREE_ATTEMPTS + 2):  # the last ones arrive while locked
+    work = {}
+    for user, client in [("nobody_here", "10.0.0.9"), ("admin", "10.0.0.10")]:
+        work[user] = []
+        for i in range(auth.FREE_ATTEMPTS + 2):  # the last ones arrive while locked out
             calls.clear()
-            _attempt(accounts, user, f"guess {i}", T0, "10.0.0.9")
-            assert len(calls) == 1, (user, i)
+            _attempt(accounts, user, f"guess {i}", T0, client)
+            work[user].append(len(calls))
+    assert work["nobody_here"] == work["admin"]
+    assert work["admin"][:auth.FREE_ATTEMPTS] == [1] * auth.FREE_ATTEMPTS  # argon2 once per attempt (a dummy hash for nobody)
+    assert work["admin"][auth.FREE_ATTEMPTS:] == [0, 0]  # a locked-out client costs no hashing, whatever the name
+    # an account slowed down for every client still costs one hash, as an unknown name does
+    for i in range(auth.ACCOUNT_FREE_ATTEMPTS):
+        _attempt(accounts, "director", f"guess {i}", T0, f"192.0.2.{i + 1}")
+    for user in ("director", "nobody_at_all"):
+        calls.clear()
+        _attempt(accounts, user, "a fresh guess", T0, "198.51.100.200")
+        assert len(calls) == 1, user
 
 
 def test_one_client_cannot_lock_an_account_for_everyone(accounts):
