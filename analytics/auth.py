@@ -67,28 +67,25 @@ _throttle = throttle.SignInThrottle(
 )
 
 
+def _positive_setting(name: str, default: str, unit: str) -> float:
+    text = os.environ.get(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of {unit}, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {text!r}")
+    return value
+
+
 def idle_timeout() -> timedelta:
     """Inactivity before a session ends: $OUTCOMES_SESSION_IDLE_MINUTES, default 15."""
-    text = os.environ.get("OUTCOMES_SESSION_IDLE_MINUTES", "15")
-    try:
-        minutes = float(text)
-    except ValueError:
-        raise ValueError(f"OUTCOMES_SESSION_IDLE_MINUTES must be a number of minutes, got {text!r}") from None
-    if minutes <= 0:
-        raise ValueError(f"OUTCOMES_SESSION_IDLE_MINUTES must be positive, got {text!r}")
-    return timedelta(minutes=minutes)
+    return timedelta(minutes=_positive_setting("OUTCOMES_SESSION_IDLE_MINUTES", "15", "minutes"))
 
 
 def session_max_age() -> timedelta:
     """The longest a session lasts, active or not: $OUTCOMES_SESSION_MAX_HOURS, default 12."""
-    text = os.environ.get("OUTCOMES_SESSION_MAX_HOURS", "12")
-    try:
-        hours = float(text)
-    except ValueError:
-        raise ValueError(f"OUTCOMES_SESSION_MAX_HOURS must be a number of hours, got {text!r}") from None
-    if hours <= 0:
-        raise ValueError(f"OUTCOMES_SESSION_MAX_HOURS must be positive, got {text!r}")
-    return timedelta(hours=hours)
+    return timedelta(hours=_positive_setting("OUTCOMES_SESSION_MAX_HOURS", "12", "hours"))
 
 
 # argon2id at the OWASP Password Storage Cheat Sheet's recommended minimum (19 MiB, 2 passes,

@@ -113,6 +113,16 @@ def _session_cookie(context, timeout: float = 20.0) -> dict:
     raise AssertionError(f"no {COOKIE} cookie was set: {context.cookies()}")
 
 
+def _replay_signs_in_nobody(browser, url: str, cookie: dict) -> None:
+    """The old token, replayed from another browser, opens nothing."""
+    thief = browser.new_context()
+    thief.add_cookies([{"name": COOKIE, "value": cookie["value"], "url": url}])
+    stolen = thief.new_page()
+    stolen.goto(f"{url}/due")
+    _heading(stolen, "Sign in")
+    thief.close()
+
+
 def _shot(pg, name: str) -> None:
     OUT.mkdir(exist_ok=True)
     pg.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
@@ -162,13 +172,7 @@ def test_a_session_survives_reload_and_new_tabs_until_sign_out(browser, server, 
     page.get_by_text("You are signed out.").wait_for(timeout=60_000)
     tab.reload()
     _heading(tab, "Sign in")
-    # the old token, replayed from elsewhere, opens nothing: it was ended on the server
-    thief = browser.new_context()
-    thief.add_cookies([{"name": COOKIE, "value": cookie["value"], "url": server}])
-    stolen = thief.new_page()
-    stolen.goto(f"{server}/due")
-    _heading(stolen, "Sign in")
-    thief.close()
+    _replay_signs_in_nobody(browser, server, cookie)  # it was ended on the server
     context.close()
 
 
@@ -194,12 +198,7 @@ def test_the_screen_clears_itself_when_the_idle_limit_passes(browser, crafted_db
         tab = context.new_page()  # nor does the cookie open anything any more
         tab.goto(f"{url}/due")
         _heading(tab, "Sign in")
-        thief = browser.new_context()
-        thief.add_cookies([{"name": COOKIE, "value": cookie["value"], "url": url}])
-        replay = thief.new_page()
-        replay.goto(f"{url}/due")
-        _heading(replay, "Sign in")
-        thief.close()
+        _replay_signs_in_nobody(browser, url, cookie)
         context.close()
 
 
