@@ -22,12 +22,9 @@ applies the signed-in user's scope.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,6 +38,10 @@ from .vocabulary import PHASES, ROUTES, SEXES
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
 LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
 
+# Test hook: when set, detaching a database opened for writing fails after the detach, as it does
+# when the checkpoint finds the disk full (tests/test_ingest_outcome.py; a real full disk is in docs/import.md).
+FAIL_CHECKPOINT_ENV = "OUTCOMES_TEST_FAIL_CHECKPOINT"
+
 _process_lock = threading.RLock()
 # DuckDB's allocator keeps what a large query used until its instance closes (a sorted read of
 # 4.7 M assessments leaves ~0.5 GB resident): after a use that grew the process by more than
@@ -52,6 +53,20 @@ class StoreBusy(RuntimeError):
     """Another process held the database for longer than we were willing to wait."""
 
 
+class CommittedButFailed(RuntimeError):
+    """The transaction was committed (its changes are stored), then a later step failed.
+
+    Typically the checkpoint that DETACH runs, on a full disk: the committed changes are in
+    the write-ahead log (`<db>.wal`), and DuckDB moves them into the database file the next
+    time the file is opened with room to do so. `step` names what failed; `__cause__` is the error.
+    """
+
+    def __init__(self, step: str, error: BaseException):
+        self.step = step
+        self.error = error
+        super().__init__(f"committed; then {step} failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
 def db_path(explicit: str | os.PathLike | None = None) -> Path:
     """--db beats OUTCOMES_DB beats data/outcomes.duckdb."""
     if explicit:
@@ -61,9 +76,10 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _private_spill_dir() -> str:
-    folder = tempfile.mkdtemp(prefix="outcomes-duckdb-spill-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    # Inside the process's work folder: removed at exit, or by the next process after a kill -9.
+    from .workdir import work_dir
+
+    return str(work_dir() / "duckdb-spill")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -127,6 +143,11 @@ class _Attachments:
         entry = self.attached[key]
         entry[2] = 0  # if DETACH fails, the next attach of this file tries again
         self.base().execute(f"DETACH DATABASE IF EXISTS {entry[0]}")
+        if entry[1] and os.environ.get(FAIL_CHECKPOINT_ENV):
+            del self.attached[key]
+            # What DuckDB raises when the checkpoint of a DETACH finds the disk full (the file is detached).
+            raise duckdb.IOException(f"Detached database '{entry[0]}', but CHECKPOINT during DETACH failed. "
+                                     f"(injected by {FAIL_CHECKPOINT_ENV}: No space left on device)")
         del self.attached[key]
         if not self.attached and _resident_bytes() - self.rss_before > RECYCLE_AFTER_GROWTH_BYTES:
             self.discard()
@@ -194,9 +215,16 @@ def connect(
                 con.close()
         except (duckdb.FatalException, duckdb.InternalException):
             _attachments.discard()  # DuckDB invalidates the whole instance after these
+            with contextlib.suppress(Exception):
+                _attachments.release(target)
             raise
-        finally:
-            _attachments.release(target)
+        except BaseException:
+            # The error being raised is the one to report: a detach that fails after it (its
+            # checkpoint on a full disk) must not replace it.
+            with contextlib.suppress(Exception):
+                _attachments.release(target)
+            raise
+        _attachments.release(target)
 
 
 # Work to do once a transaction has committed (the audit anchor, analytics/keys.py), by id of its
@@ -215,22 +243,42 @@ def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> No
 
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A write connection inside one transaction: all or nothing."""
-    with connect(path, write=True, wait=wait) as con:
-        con.execute("BEGIN TRANSACTION")
-        _after_commit[id(con)] = pending = []
-        try:
-            yield con
-        except BaseException:
-            _after_commit.pop(id(con), None)
-            con.execute("ROLLBACK")
-            raise
-        try:
-            con.execute("COMMIT")
-        finally:
-            _after_commit.pop(id(con), None)
-        for work in pending:
-            work()
+    """A write connection inside one transaction: all or nothing.
+
+    Any error raised out of it means nothing was committed, except `CommittedButFailed`:
+    the COMMIT succeeded and a step after it (closing the connection, DETACH and its
+    checkpoint) failed, so callers can say truthfully what happened to the database.
+    Work registered with `after_commit` (the audit anchor) runs once the COMMIT succeeded.
+    """
+    committed = False
+    step = "writing the database file after the commit (checkpoint on detach)"
+    pending: list[Callable[[], None]] = []
+    try:
+        with connect(path, write=True, wait=wait) as con:
+            con.execute("BEGIN TRANSACTION")
+            _after_commit[id(con)] = pending
+            try:
+                yield con
+            except BaseException:
+                _after_commit.pop(id(con), None)
+                con.execute("ROLLBACK")
+                raise
+            try:
+                con.execute("COMMIT")
+            finally:
+                _after_commit.pop(id(con), None)
+            committed = True
+            try:
+                for work in pending:
+                    work()
+            except Exception as exc:
+                raise CommittedButFailed("updating the audit anchor after the commit", exc) from exc
+    except CommittedButFailed:
+        raise
+    except Exception as exc:
+        if committed:
+            raise CommittedButFailed(step, exc) from exc
+        raise
 
 
 # --- schema -------------------------------------------------------------------

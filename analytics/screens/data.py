@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import auth, deidentify, ingest, outcomes, scales
+from .. import auth, deidentify, ingest, outcomes, scales, workdir
 from ..access import AccessDenied
 from ..export import export_csv
 from .cohort import COMPLETENESS_DAYS, completeness
@@ -33,6 +33,12 @@ def preview_uploads(paths, db=None, *, raw_values: bool = False) -> pd.DataFrame
     return preview
 
 
+def upload_directory() -> tempfile.TemporaryDirectory:
+    """Where uploads wait for the import: in the process's private work folder, removed afterwards,
+    and by the next process when the server was killed (analytics/workdir.py)."""
+    return tempfile.TemporaryDirectory(prefix="upload-", dir=workdir.work_dir())
+
+
 def import_uploads(paths, db, user: str) -> ingest.ImportReport:
     return ingest.import_files(paths, db=db, user=user)
 
@@ -43,6 +49,7 @@ class ImportResult:
     files: pd.DataFrame  # per file: rows, new, updated, unchanged, rejected, batch, refused
     rejects: pd.DataFrame  # file, line, column, reason
     messages: list
+    warnings: tuple = ()  # e.g. committed, but the checkpoint after the commit failed (the rows are stored)
 
 
 def import_result(report: ingest.ImportReport, *, raw_values: bool = False) -> ImportResult:
@@ -51,7 +58,7 @@ def import_result(report: ingest.ImportReport, *, raw_values: bool = False) -> I
     if not raw_values:
         rejects = rejects.assign(reason=rejects["reason"].map(deidentify.redact_reason))
         messages = [deidentify.redact_reason(m) for m in messages]
-    return ImportResult(report.exit_code, files, rejects, messages)
+    return ImportResult(report.exit_code, files, rejects, messages, tuple(report.warnings))
 
 
 @dataclass(frozen=True, eq=False)
