@@ -1,7 +1,7 @@
 """Patient trajectory (clinician): one patient's scores, infusions, cycles and next infusion."""
 import streamlit as st
 
-from analytics import charts
+from analytics import charts, printable
 from analytics.screens import patient
 from pages import _visit_forms
 from pages._page import open_page
@@ -93,9 +93,22 @@ with right:
 
 st.subheader("Recent history")
 st.dataframe(screen.history, hide_index=True, width="stretch")
-# Built when the button is clicked (a deferred download), audited then, never kept on the server.
+# Each file is built when its button is clicked (a deferred download), audited then with the patient
+# it holds, never kept on the server.
 st.download_button("Download this patient's data (CSV)", lambda: patient.audited_csv(ws, screen),
                    file_name=f"{patient_id}.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
+
+
+def _audited_summary_pdf() -> bytes:
+    ws.data.log("export", page="patient", patients=[patient_id], detail={"what": "patient summary (PDF)"})
+    return printable.patient_summary_pdf(screen, page.today)
+
+
+st.download_button("Download a one-page summary (PDF)", _audited_summary_pdf,
+                   file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
+                   key="patient_pdf", on_click="ignore",
+                   help="Trajectory, latest scores, infusions and the suggested next infusion, for "
+                        "the chart or a referring psychiatrist.")
 
 # Infusion, MADRS, self-report link, versions of a record (clinicians; analytics.visits / selfreport).
 _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)
