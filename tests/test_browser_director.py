@@ -190,7 +190,7 @@ def test_cohort_page_as_director_reads_right_and_its_board_report_is_an_audited_
         assert "each bar is a group of at least 11" in text
         assert _shot(pg, "director-cohort-1440").stat().st_size > 50_000
         with pg.expect_download(timeout=180_000) as started:
-            pg.get_by_role("button", name=re.compile("board report")).click()
+            pg.get_by_role("button", name=re.compile("board report")).click(timeout=180_000)
         path = started.value.path()
         assert open(path, "rb").read(5) == b"%PDF-"
         if shutil.which("pdftotext"):
@@ -244,7 +244,7 @@ def test_durability_page_as_director_reads_right(browser, large_server, large_db
         text = _main_text(pg)
         assert "without comorbid anxiety" in text and "log-rank test" in text
         assert re.search(r"p (<|=) 0\.\d+", text)
-        pg.get_by_text("Run the policy comparison").click()
+        pg.get_by_text("Run the policy comparison").click(timeout=180_000)
         pg.wait_for_function(IDLE, timeout=300_000)
         pg.get_by_text("Lower left is better").wait_for(timeout=300_000)
         text = _main_text(pg)
@@ -286,7 +286,7 @@ def test_the_patient_summary_downloads_with_that_patient_in_the_audit(browser, s
     try:
         _open(pg, f"{streamlit_server}/patient?patient=P00003", user, "Patient trajectory")
         with pg.expect_download(timeout=120_000) as started:
-            pg.get_by_role("button", name=re.compile("one-page summary")).click()
+            pg.get_by_role("button", name=re.compile("one-page summary")).click(timeout=180_000)  # a loaded machine
         download = started.value
         assert download.suggested_filename == "P00003-summary.pdf"
         assert open(download.path(), "rb").read(5) == b"%PDF-"
