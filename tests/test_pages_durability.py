@@ -108,14 +108,21 @@ def test_survival_chart_leaves_room_for_the_at_risk_numbers_at_day_0():
     assert low < 0 and high > 60  # the numbers at day 0 and at the last day are centred inside the plot
 
 
-def test_policy_labels_of_neighbouring_points_go_on_opposite_sides():
-    """"21 d + rescue" and "personalised 75%" sat on top of each other in the policy chart."""
-    import pandas as pd
 
-    from analytics import charts
+def test_each_curve_ends_on_the_day_its_note_gives(demo_db):
+    """The note said "stops at day 74" while the line ended at its last step (day 66): for the operator (every
+    step drawn) the line holds level to that day; for a director, whose steps of few losses are not drawn, the
+    note gives the day of the last step shown."""
+    from analytics.access import SYSTEM, DataAccess, Scope
+    from analytics.screens import durability
+    from analytics.screens.workspace import Workspace
 
-    table = pd.DataFrame({"policy": ["every 21 days + rescue", "personalised (target 0.75)", "every 14 days"],
-                          "infusions_per_patient_year": [18.9, 19.1, 25.5],
-                          "share_days_out_of_response": [0.095, 0.090, 0.082], "rescue_share": [0.26, 0.25, 0.0]})
-    sides = list(charts.policy_tradeoff(table).data[0].textposition)
-    assert sides[0] != sides[1] and sides[2] == "top center"
+    DIRECTOR = Scope(user="director", role="director", patient_level=False, identifiable=False, min_cell=11)
+
+    for scope in (SYSTEM, DIRECTOR):
+        ws = Workspace(DataAccess(demo_db, scope))
+        screen = durability.durability_screen(ws, "PHQ-9", n_boot=20)
+        assert screen.curves
+        for curve in screen.curves:
+            assert curve["times"][-1] == curve["end"] and f"{curve['label']} at day {curve['end']:.0f}" in screen.curve_note
+            assert curve["survival"][-1] > 0

@@ -277,7 +277,13 @@ def survival_curves(result: dict, cycles: pd.DataFrame, by: str | None = None, m
         keep = day <= end
         if min_cell:
             keep &= _steps_of_enough_losses(day, mine, min_cell)
+        hidden_tail = bool(len(day) and keep.any() and (~keep[day <= end])[np.flatnonzero(keep)[-1] + 1:].any())
         day, s, lo, hi = day[keep], s[keep], lo[keep], hi[keep]
+        if len(day) and end > day[-1]:
+            if hidden_tail:  # losses after the last step shown are too few to draw: the curve stops at that step
+                end = float(day[-1])
+            else:  # no loss after the last step: the estimate holds level up to the day the curve stops
+                day, s, lo, hi = (np.append(a, v) for a, v in ((day, end), (s, s[-1]), (lo, lo[-1]), (hi, hi[-1])))
         marks = np.arange(0, end + 1e-9, AT_RISK_EVERY_DAYS)
         left = mine["left_days"].to_numpy(dtype=float)
         at_risk = [(float(m), int((left >= m).sum())) for m in marks]
@@ -313,7 +319,9 @@ def curve_note(curves: list, min_cell: int) -> str:
         return ""
     ends = ", ".join(f"{c['label']} at day {c['end']:.0f}" for c in curves)
     text = (f"Each curve stops at the last day {'at least ' + str(min_cell) + ' patients were' if min_cell else 'a cycle was'} "
-            f"still seen in response ({ends}): after it the estimate is not defined by the data"
+            f"still seen in response" + (f", or at its last step holding the losses of at least {min_cell} patients"
+                                         if min_cell else "")
+            + f" ({ends}): after it the estimate is not defined by the data"
             + (" or would rest on fewer patients" if min_cell else "") + ", so it is not drawn down to 0%.")
     if min_cell:
         text += f" Each step down holds the losses of at least {min_cell} patients."
