@@ -204,7 +204,9 @@ def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.
     fig.add_trace(go.Scatter(x=band["week"], y=np.full(len(band), -0.5),
                              mode="text", text=[str(n) if i % step == 0 else "" for i, n in enumerate(band["n"])],
                              textfont=dict(size=10), showlegend=False, hoverinfo="skip"))  # the caption explains them
-    fig.add_hline(y=remission_cut, line=dict(dash="dash", color="#17becf"), annotation_text=f"remission cut-off {remission_cut:g}")
+    # label at the left end: at the right the median sits on the cut-off and covers it
+    fig.add_hline(y=remission_cut, line=dict(dash="dash", color="#17becf"), annotation_text=f"remission cut-off {remission_cut:g}",
+                  annotation_position="top left")
     fig.update_xaxes(title_text="weeks since first infusion (week 0 = baseline)")
     fig.update_yaxes(title_text=f"{instrument} total (points)", rangemode="tozero")
     return _layout(fig, f"Cohort {instrument} by week since first infusion")
