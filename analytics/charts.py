@@ -235,6 +235,7 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
                   annotation_position="bottom left")
     fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by].map(_markup_free),
                              textposition="top center" if len(g) > 1 else "middle left",
+                             textfont=dict(shadow="auto"),  # a halo: the limit lines pass under the labels
                              marker=dict(size=12, color="#636efa"), name=by,
                              hovertext=[f"{_markup_free(name)}: {100 * r:.0f}% of {n} evaluable patients ({pos})"
                                         for name, n, r, pos in zip(g[by], g["n"], g["rate"], g["position"])],
@@ -381,7 +382,8 @@ def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Scatter(
         x=table["infusions_per_patient_year"], y=100 * table["share_days_out_of_response"], mode="markers+text",
         text=[_policy_short(p) for p in table["policy"]], textposition=_label_sides(
-            table["infusions_per_patient_year"], 100 * table["share_days_out_of_response"]), textfont=dict(size=10),
+            table["infusions_per_patient_year"], 100 * table["share_days_out_of_response"]),
+        textfont=dict(size=10, shadow="auto"),
         marker=dict(size=12, color="#ab63fa"),
         hovertext=[f"{p}: {i:.1f} infusions per patient-year, {100 * d:.1f}% of days out of response, "
                    f"{100 * r:.0f}% of infusions were rescues" for p, i, d, r in
