@@ -126,3 +126,16 @@ def test_each_curve_ends_on_the_day_its_note_gives(demo_db):
         for curve in screen.curves:
             assert curve["times"][-1] == curve["end"] and f"{curve['label']} at day {curve['end']:.0f}" in screen.curve_note
             assert curve["survival"][-1] > 0
+
+
+def test_policy_labels_of_neighbouring_points_go_on_opposite_sides():
+    """"21 d + rescue" and "personalised 75%" sat on top of each other in the policy chart."""
+    import pandas as pd
+
+    from analytics import charts
+
+    table = pd.DataFrame({"policy": ["every 21 days + rescue", "personalised (target 0.75)", "every 14 days"],
+                          "infusions_per_patient_year": [18.9, 19.1, 25.5],
+                          "share_days_out_of_response": [0.095, 0.090, 0.082], "rescue_share": [0.26, 0.25, 0.0]})
+    sides = list(charts.policy_tradeoff(table).data[0].textposition)
+    assert sides[0] != sides[1] and sides[2] == "top center"
