@@ -5,18 +5,31 @@ database to the same content (tests/test_export_roundtrip.py); rejected.csv
 lists every quarantined row. Free-text cells a spreadsheet would run as a
 formula (= + - @, and a leading quote so the rule can be undone) get a quote
 prefixed; the importer removes exactly that prefix (docs/import.md).
+
+Files are written into a staging folder inside the target and moved into place only when every
+one is complete (`staged_directory`): an export that fails part-way (a full disk) leaves no
+partial files. A database that cannot be written (a read-only file or snapshot) can still be
+exported by the operator; the audit entry it cannot take is written beside the files
+(`export-audit.json`) instead (`record_export`).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from . import access, scales
+from . import access, audit, scales, store
 from .permissions import may
 from .ingest import rules
+
+AUDIT_NOTE = "export-audit.json"
 
 
 def _number(values: pd.Series) -> pd.Series:
@@ -106,11 +119,52 @@ def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
     })
 
 
+@contextlib.contextmanager
+def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """A private folder inside `directory` to write into; its files are moved into `directory` when
+    the block ends without error, and it is removed either way (no partial export is left)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    stage = target / f".export-{os.getpid()}-{datetime.now().strftime('%H%M%S%f')}"
+    stage.mkdir(mode=0o700)
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, target / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def record_export(data: access.DataAccess, directory: Path, detail: dict, page: str | None = None) -> Path | None:
+    """Audit an export before any of its files is written: an export that cannot be audited does not happen.
+
+    On a database that cannot be written (store.ReadOnlyDatabase), the operator's export (action
+    `export_from_read_only_database`) is recorded in `directory/export-audit.json` instead, with
+    the newest entry of the database's own audit trail; returns that file (None when audited in
+    the database)."""
+    try:
+        data.log("export", page=page, detail=detail)
+        return None
+    except store.ReadOnlyDatabase:
+        if not may(data.scope, "export_from_read_only_database"):
+            raise
+    newest = audit.entries(data.db, limit=1)
+    note = {
+        "action": "export", "actor": data.scope.user, "role": data.scope.role,
+        "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "database": str(Path(data.db).resolve()),
+        "why_here": "the database cannot be written (read-only), so this export is not in its audit trail",
+        "audit_trail_head": ({"seq": int(newest["seq"].iloc[0]), "hash": newest["hash"].iloc[0]} if len(newest) else None),
+        "detail": detail,
+    }
+    path = Path(directory) / AUDIT_NOTE
+    path.write_text(json.dumps(note, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
                page: str | None = None) -> dict[str, Path]:
     """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`."""
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     data = access.DataAccess(db, scope)
     frames = {
         "patients": patients_frame(data),
@@ -119,12 +173,26 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
     }
     if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)
-    # recorded before any file is written: an export that cannot be audited does not happen
-    data.log("export", page=page, detail={"format": "csv", "directory": str(target),
-                                          "rows": {name: len(frame) for name, frame in frames.items()}})
+    detail = {"format": "csv", "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}}
     written: dict[str, Path] = {}
-    for name, frame in frames.items():
-        path = target / f"{name}.csv"
-        frame.to_csv(path, index=False, lineterminator="\n", encoding="utf-8")
-        written[name] = path
+    with staged_directory(target) as stage:
+        note = record_export(data, stage, detail, page=page)  # before any file is written
+        with recorded_failure(data, note, detail, page):
+            for name, frame in frames.items():
+                frame.to_csv(stage / f"{name}.csv", index=False, lineterminator="\n", encoding="utf-8")
+                written[name] = target / f"{name}.csv"
+        if note is not None:
+            written["audit"] = target / note.name
     return written
+
+
+@contextlib.contextmanager
+def recorded_failure(data: access.DataAccess, note: Path | None, detail: dict, page: str | None = None) -> Iterator[None]:
+    """An export that fails after its audit entry (a full disk) gets a second entry saying it failed."""
+    try:
+        yield
+    except OSError as exc:
+        if note is None:
+            with contextlib.suppress(Exception):  # the disk that is full may hold the database too
+                data.log("export", outcome="failed", page=page, detail={**detail, "error": exc.strerror or type(exc).__name__})
+        raise

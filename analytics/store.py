@@ -25,14 +25,17 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import stat
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 import duckdb
 
-from . import scales
+from . import archive, scales
 from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
@@ -49,8 +52,30 @@ _process_lock = threading.RLock()
 RECYCLE_AFTER_GROWTH_BYTES = 128 * 2**20
 
 
-class StoreBusy(RuntimeError):
+class Refused(RuntimeError):
+    """The store will not do what was asked, for a reason its message gives in full, and nothing was
+    changed: commands exit 2 with the message, the dashboard shows it (analytics/failures.py)."""
+
+
+class StoreBusy(Refused):
     """Another process held the database for longer than we were willing to wait."""
+
+
+class SchemaTooNew(Refused):
+    """The database was written by a newer version of the software: this one neither reads nor writes it."""
+
+    def __init__(self, path: Path, found: int):
+        self.path, self.found, self.known = Path(path), found, SCHEMA_VERSION
+        super().__init__(f"the database {path} has schema version {found}, newer than this software's {SCHEMA_VERSION}: "
+                         "upgrade the software to open it (nothing was changed)")
+
+
+class ReadOnlyDatabase(Refused):
+    """A write was asked of a database file (or folder) that may only be read."""
+
+
+class MigrationRefused(Refused):
+    """A schema migration was due, but the backup taken before every migration could not be written."""
 
 
 class CommittedButFailed(RuntimeError):
@@ -73,6 +98,77 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
         return Path(explicit)
     env = os.environ.get("OUTCOMES_DB")
     return Path(env) if env else DEFAULT_DB
+
+
+def _has_write_bits(path: Path) -> bool:
+    return bool(stat.S_IMODE(path.stat().st_mode) & 0o222)
+
+
+def _refuse_unwritable(target: Path) -> None:
+    """A file (or, for a new one, its folder) that may only be read is refused before DuckDB opens it.
+
+    Judged by the permission bits as well as by access(2): root may write a file marked 0444, but
+    such a file (a snapshot, a copy kept for reference) is meant to be read, and a write would change
+    it silently. The folder counts too: DuckDB writes its write-ahead log beside the file."""
+    folder = target.parent if target.parent.exists() else None
+    try:
+        blocked = [p for p in ([target] if target.exists() else []) + ([folder] if folder else [])
+                   if not os.access(p, os.W_OK) or not _has_write_bits(p)]
+    except OSError:
+        return  # let DuckDB say what is wrong
+    if blocked:
+        what = "file" if blocked[0] == target else "folder"
+        raise ReadOnlyDatabase(f"the database {target} cannot be written (its {what} {blocked[0]} is read-only): "
+                               "nothing was changed")
+
+
+def refuse_newer_schema(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+    """The open database's schema version; SchemaTooNew when it is newer than this software knows.
+
+    Every connection asks, reads included: an older version neither writes into a newer schema nor
+    shows figures from tables whose meaning it does not know."""
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(target, version)
+    return version
+
+
+# --- companion files ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Companion:
+    """A file that belongs to a database but lives outside it: backed up and restored with it.
+
+    `files(db)` lists the ones that exist for the database at `db`; `place(db, name)` is where a
+    file of that name goes for a database restored at `db`. A `secret` one (a key) goes into a
+    backup only when asked (`backup --include-secrets`): a backup holding the key of the audit
+    trail's signatures would let whoever holds the backup rewrite that trail."""
+    name: str
+    files: Callable[[Path], list[Path]]
+    place: Callable[[Path, str], Path]
+    secret: bool = False
+
+
+def beside(name: str, suffix: str, *, secret: bool = False) -> Companion:
+    """A companion kept next to the database as `<database file name><suffix>` (e.g. `.journal`)."""
+    def files(db: Path) -> list[Path]:
+        path = Path(f"{db}{suffix}")
+        return [path] if path.is_file() else []
+
+    return Companion(name, files, lambda db, _name: Path(f"{db}{suffix}"), secret)
+
+
+# Every kind of companion file, listed here so that a backup finds them whatever the process
+# imported. Add a row with the feature that writes such a file (an audit anchor, a write journal).
+# Not companions: `<db>.wal` (DuckDB's own, always copied with the file), read-only snapshots and
+# state files that are rebuilt from the database, and the backup log (`archive.log_path`).
+COMPANIONS: list[Companion] = []
+
+
+def companion_files(path: str | os.PathLike | None = None, *, secrets: bool = False) -> list[tuple[Companion, Path]]:
+    """The companion files that exist for the database at `path`, secrets only when asked for."""
+    target = db_path(path)
+    return [(c, f) for c in COMPANIONS if secrets or not c.secret for f in c.files(target)]
 
 
 def _private_spill_dir() -> str:
@@ -187,6 +283,8 @@ def connect(
     target = db_path(path)
     if not write and not target.exists():
         raise FileNotFoundError(f"no database at {target}: run `python -m analytics demo` or import data")
+    if write:
+        _refuse_unwritable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
     delay = 0.02
@@ -208,6 +306,7 @@ def connect(
                 # No progress bar: a long query would draw one over the CLI's output and the server log.
                 con.execute("SET enable_progress_bar = false")
                 con.execute(f"USE {alias}")
+                refuse_newer_schema(con, target)
                 if write:
                     ensure_current(con)
                 yield con
@@ -500,9 +599,16 @@ def ensure_current(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring the schema up to date, keeping existing data; returns the version."""
+    """Bring the schema up to date, keeping existing data; returns the version.
+
+    A database that already holds a schema is backed up first (`backup_before_migration`); a
+    database with a newer schema than this software's is refused (SchemaTooNew), never written."""
     version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(archive.attached_file(con) or Path(":memory:"), version)
     if version < SCHEMA_VERSION:
+        if version >= 1:
+            backup_before_migration(con, version)
         con.execute("BEGIN TRANSACTION")
         try:
             # IF NOT EXISTS: a file can hold the table but no version row yet
@@ -518,6 +624,49 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         version = SCHEMA_VERSION
     sync_instruments(con)
     return version
+
+
+# Before every migration the store writes a backup (the archive format of `python -m analytics
+# backup`) into $OUTCOMES_BACKUP_DIR, else a `backups` folder beside the database, and keeps the
+# newest PRE_MIGRATION_BACKUPS_KEPT of them per database file (docs/operations.md).
+BACKUP_DIR_ENV = "OUTCOMES_BACKUP_DIR"
+PRE_MIGRATION_BACKUPS_KEPT = 3
+
+
+def backup_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where automatic backups of the database at `path` go."""
+    explicit = os.environ.get(BACKUP_DIR_ENV)
+    return Path(explicit) if explicit else db_path(path).resolve().parent / "backups"
+
+
+def backup_before_migration(con: duckdb.DuckDBPyConnection, version: int) -> Path | None:
+    """Back up the open database (write lock held) before migrating it from `version`; its path.
+
+    MigrationRefused when the backup cannot be written: then nothing is migrated."""
+    source = archive.attached_file(con)
+    if source is None:
+        return None  # an in-memory database: nothing to keep
+    folder = backup_dir(source)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = folder / f"{source.name}.v{version}-before-v{SCHEMA_VERSION}.{stamp}{archive.SUFFIX}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        con.execute("CHECKPOINT")  # everything committed is in the file: the copy needs no write-ahead log
+        manifest = archive.write(con, source, dest, open_copy=connect, kind="before-migration",
+                                 companions=[(c.name, f) for c, f in companion_files(source)])
+    except (OSError, duckdb.Error, archive.BackupFileError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MigrationRefused(
+            f"the database {source} has schema version {version} and this software migrates it to {SCHEMA_VERSION}, "
+            f"after a backup; the backup could not be written into {folder} ({reason}). Nothing was changed: free disk "
+            f"space there or set {BACKUP_DIR_ENV} to a folder with room") from exc
+    archive.record(source, dest, manifest)
+    kept = sorted(folder.glob(f"{source.name}.v*-before-v*{archive.SUFFIX}"),
+                  key=lambda p: p.name[len(source.name):].split(".")[2])  # by the time stamp in the name
+    for old in kept[:-PRE_MIGRATION_BACKUPS_KEPT]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return dest
 
 
 def _registry_rows() -> set[tuple]:

@@ -109,7 +109,7 @@ def run(args) -> int:
         elif args.action == "revoke":
             auth.revoke_patient(db, args.user, args.patient, actor=actor)
             print("users: grant withdrawn")
-    except (auth.AuthError, FileNotFoundError, store.StoreBusy) as exc:
+    except (auth.AuthError, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)
         print(f"users {args.action}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
