@@ -7,7 +7,7 @@ A visitor who is not signed in gets the sign-in page and nothing else.
 import streamlit as st
 
 from analytics import memory
-from pages import _routing, _signin
+from pages import _notice, _routing, _signin
 from pages._routing import PAGES, menu_for
 
 memory.tune_allocator()  # cohort-sized frames: see analytics/memory.py
@@ -18,8 +18,8 @@ _routing.route_through_navigation()
 # A patient's self-report link (/?token=...) needs no account: run that page alone, before any
 # sign-in, so nothing else of the dashboard is reachable from it (docs/self-report.md).
 if st.query_params.get("token"):
-    st.navigation([st.Page("pages/self_report.py", title="Questionnaire", url_path="self-report", default=True)],
-                  position="hidden").run()
+    _notice.guarded(st.navigation([st.Page("pages/self_report.py", title="Questionnaire", url_path="self-report",
+                                           default=True)], position="hidden").run)
     st.stop()
 
 
@@ -33,13 +33,13 @@ def navigation_for(scope) -> dict[str, list[st.Page]]:
     }
 
 
-scope = _signin.signed_in_scope()
+scope = _notice.guarded(_signin.signed_in_scope)  # a busy, damaged or newer database: a notice, never a traceback
 if scope is None:
     # Every page address shows the sign-in form (and nothing else), so a link such as
     # /patient?patient=ID opened before signing in is still there afterwards.
     sign_in = [st.Page("pages/login.py", title="Sign in", icon=":material/login:", url_path=name, default=(name == "login"))
                for name in ["login", *PAGES]]
-    st.navigation(sign_in, position="hidden").run()
+    _notice.guarded(st.navigation(sign_in, position="hidden").run)
 elif not menu_for(scope):
     st.error("Your role opens no page of this dashboard. Ask an administrator.")
 else:
@@ -47,4 +47,4 @@ else:
         st.caption(f"Signed in as **{scope.user}** ({scope.role})")
         if st.button("Sign out", icon=":material/logout:", key="sign_out"):
             _signin.sign_out()
-    st.navigation(navigation_for(scope)).run()
+    _notice.guarded(st.navigation(navigation_for(scope)).run)
