@@ -11,9 +11,11 @@ format, audited.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -25,14 +27,26 @@ from .workspace import Workspace
 
 
 def preview_uploads(paths, db=None) -> pd.DataFrame:
-    """ingest.preview: one row per file and table kind, with the rows that would be rejected and why."""
-    return ingest.preview(paths, db=db)
+    """ingest.preview: one row per file and table kind, with the rows that would be rejected and why
+    (`refused` is empty text for a file that was read, never None)."""
+    preview = ingest.preview(paths, db=db)
+    preview["refused"] = preview["refused"].map(lambda reason: reason or "")
+    return preview
+
+
+UPLOAD_PREFIX = "upload-"
+
+
+def _as_uploaded(name):
+    """A file uploaded on this page is named as uploaded, not by the temporary folder it waited in."""
+    path = Path(str(name))
+    return path.name if path.parent.name.startswith(UPLOAD_PREFIX) else name
 
 
 def upload_directory() -> tempfile.TemporaryDirectory:
     """Where uploads wait for the import: in the process's private work folder, removed afterwards,
     and by the next process when the server was killed (analytics/workdir.py)."""
-    return tempfile.TemporaryDirectory(prefix="upload-", dir=workdir.work_dir())
+    return tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=workdir.work_dir())
 
 
 def import_uploads(paths, db, user: str) -> ingest.ImportReport:
@@ -49,8 +63,20 @@ class ImportResult:
 
 
 def import_result(report: ingest.ImportReport) -> ImportResult:
+    """What the page shows after an upload: file names as uploaded, never the temporary folder they waited in."""
     files, rejects = report_tables(report)
-    return ImportResult(report.exit_code, files, rejects, report.messages(), tuple(report.warnings))
+    folders = {str(Path(str(f.file)).parent) for f in report.files if Path(str(f.file)).parent != Path(".")}
+
+    def uploaded(text: str) -> str:
+        for folder in sorted(folders, key=len, reverse=True):
+            text = text.replace(folder + os.sep, "")
+        return text
+
+    for frame in (files, rejects):
+        if len(frame):
+            frame["file"] = frame["file"].map(lambda name: Path(str(name)).name)
+    return ImportResult(report.exit_code, files, rejects, [uploaded(str(m)) for m in report.messages()],
+                        tuple(uploaded(str(w)) for w in report.warnings))
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +99,9 @@ def data_screen(ws: Workspace) -> DataScreen:
         rejected, rejected_refused = ws.data.rejected_rows(), None
     except AccessDenied as exc:
         rejected, rejected_refused = None, str(exc)
+    for frame in (history, rejected):
+        if frame is not None and "file_name" in frame.columns:
+            frame["file_name"] = frame["file_name"].map(_as_uploaded)
     f = ws.frames()
     comp = completeness(f["treatments"], f["assessments"])
     share = comp["assessed"].sum() / comp["infusions"].sum() if len(comp) else None
