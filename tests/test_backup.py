@@ -273,3 +273,41 @@ def test_backup_then_restore_reproduces_any_database_exactly(tmp_path_factory, c
     restored = backup.restore(file, folder / "restored.duckdb")
     assert snapshot(restored.database) == before
     assert restored.tables == {name: len(rows) for name, rows in before.items()}
+
+
+# --- the backup before every migration -----------------------------------------------------------
+
+def test_a_backup_is_taken_before_every_migration_and_restores_the_old_schema(tmp_path, monkeypatch):
+    from test_store import _schema_v1_file
+
+    monkeypatch.delenv(store.BACKUP_DIR_ENV, raising=False)
+    db = _schema_v1_file(tmp_path / "v1.duckdb")
+    before = snapshot(db)
+    with store.connect(db, write=True) as con:
+        assert store.current_version(con) == store.SCHEMA_VERSION
+    made = list((tmp_path / "backups").glob(f"v1.duckdb.v1-before-v{store.SCHEMA_VERSION}.*.tar.gz"))
+    assert len(made) == 1
+    manifest = archive.read_manifest(made[0])
+    assert manifest["schema_version"] == 1 and manifest["kind"] == "before-migration"
+    assert archive.last_backup(db)["file"] == str(made[0].resolve())
+    restored = backup.restore(made[0], tmp_path / "as-it-was.duckdb")
+    assert snapshot(restored.database) == before  # the database exactly as it was before the migration
+    with store.connect(db, write=True):  # current now: no migration, no new backup
+        pass
+    assert len(list((tmp_path / "backups").iterdir())) == 1
+
+
+def test_a_migration_without_room_for_its_backup_changes_nothing(tmp_path, monkeypatch, capsys):
+    from test_store import _schema_v1_file
+
+    db = _schema_v1_file(tmp_path / "v1.duckdb")
+    before = snapshot(db)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(store.BACKUP_DIR_ENV, str(blocker / "backups"))  # a folder that cannot be made
+    csv = tmp_path / "patients.csv"
+    csv.write_text("patient_id,site,clinician,enrolled_on\nP2,north,dr_b,2026-01-05\n", encoding="utf-8")
+    code, out, err = cli_run(capsys, "import", "--db", str(db), str(csv))
+    assert code == 2, err
+    assert "after a backup; the backup could not be written" in err and "Nothing was changed" in err
+    assert snapshot(db) == before  # still schema version 1, not a row added
