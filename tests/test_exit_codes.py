@@ -383,3 +383,12 @@ def test_every_command_runs_through_the_same_wrapper(capsys, monkeypatch, tmp_pa
             code, out, err = main(capsys, *argv)
             assert code == expected, (name, what, err)
             told_once(err)
+
+
+def test_users_add_without_a_terminal_or_a_password_is_exit_2_saying_how_to_give_one(writable_db):
+    result = subprocess.run([sys.executable, "-m", "analytics", "users", "add", "nurse_lee", "--role", "admin",
+                             "--db", str(writable_db)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert "no password was given" in result.stderr and "--password-stdin" in result.stderr
+    assert "Traceback" not in result.stderr
