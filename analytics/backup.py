@@ -5,8 +5,7 @@ while its file is copied, then reads the copy back whole, verifies its audit cha
 the archive (analytics/archive.py: format, checksums, manifest). `restore` puts a backup at a
 path that holds no database, then checks what it put there against the manifest: every table
 and its row count (and content, with the same DuckDB version), the audit chain and its head,
-and the checksum of every file. The PostgreSQL equivalent is `pg_dump -Fc` / `pg_restore`
-(docs/operations.md).
+and the checksum of every file (docs/operations.md).
 """
 from __future__ import annotations
 

@@ -173,6 +173,8 @@ def test_a_read_only_mount_exports_from_it_and_refuses_to_write_into_it(writable
         exported = run("export", "--db", str(mount / "o.duckdb"), str(tmp_path / "out"))
         assert exported.returncode == 0, exported.stderr
         assert (tmp_path / "out" / "export-audit.json").exists() and (tmp_path / "out" / "assessments.csv").exists()
+        backed_up = run("backup", "--db", str(mount / "o.duckdb"), str(tmp_path / "snapshot.tar.gz"))
+        assert backed_up.returncode == 0 and "not recorded" in backed_up.stderr  # its backup log cannot be written
         link = run("link", "create", "--db", str(mount / "o.duckdb"), "--patient", "P00001")
         assert link.returncode == 2 and "cannot be written" in told_once(link.stderr)
         into = run("export", "--db", str(writable_db), str(mount / "out"))
