@@ -61,7 +61,11 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def patients_frame(data: access.DataAccess) -> pd.DataFrame:
-    patients = data.patients()
+    return format_patients(data.patients(), data.attributes())
+
+
+def format_patients(patients: pd.DataFrame, attributes: pd.DataFrame | None) -> pd.DataFrame:
+    """Patients rows (DataAccess.patients) and their attributes as the patients.csv columns."""
     out = pd.DataFrame(index=patients.index)
     for column in rules.PATIENT_COLUMNS:
         values = patients[column]
@@ -73,8 +77,7 @@ def patients_frame(data: access.DataAccess) -> pd.DataFrame:
             out[column] = values.astype("Int64").astype("str").fillna("").astype("str")
         else:
             out[column] = values.fillna("").astype("str")
-    attributes = data.attributes()
-    if len(attributes):
+    if attributes is not None and len(attributes):
         wide = attributes.pivot(index="patient_id", columns="name", values="value")
         for name in sorted(wide.columns):
             values = patients["patient_id"].map(wide[name])
@@ -83,7 +86,10 @@ def patients_frame(data: access.DataAccess) -> pd.DataFrame:
 
 
 def treatments_frame(data: access.DataAccess) -> pd.DataFrame:
-    t = data.treatments()
+    return format_treatments(data.treatments())
+
+
+def format_treatments(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "patient_id": _text(t["patient_id"]),
         "administered_on": _when(t["administered_at"], t["has_time"]),
@@ -94,7 +100,10 @@ def treatments_frame(data: access.DataAccess) -> pd.DataFrame:
 
 
 def assessments_frame(data: access.DataAccess) -> pd.DataFrame:
-    a = data.assessments()
+    return format_assessments(data.assessments())
+
+
+def format_assessments(a: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "patient_id": _text(a["patient_id"]),
         "instrument": a["instrument"].astype("str"),
@@ -135,7 +144,8 @@ def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def record_export(data: access.DataAccess, directory: Path, detail: dict, page: str | None = None) -> Path | None:
+def record_export(data: access.DataAccess, directory: Path, detail: dict, page: str | None = None,
+                  patients: list[str] | None = None) -> Path | None:
     """Audit an export before any of its files is written: an export that cannot be audited does not happen.
 
     On a database that cannot be written (store.ReadOnlyDatabase), the operator's export (action
@@ -143,7 +153,7 @@ def record_export(data: access.DataAccess, directory: Path, detail: dict, page: 
     the newest entry of the database's own audit trail; returns that file (None when audited in
     the database)."""
     try:
-        data.log("export", page=page, detail=detail)
+        data.log("export", page=page, patients=patients, detail=detail)
         return None
     except store.ReadOnlyDatabase:
         if not may(data.scope, "export_from_read_only_database"):
@@ -154,7 +164,7 @@ def record_export(data: access.DataAccess, directory: Path, detail: dict, page: 
         "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "database": str(Path(data.db).resolve()),
         "why_here": "the database cannot be written (read-only), so this export is not in its audit trail",
         "audit_trail_head": ({"seq": int(newest["seq"].iloc[0]), "hash": newest["hash"].iloc[0]} if len(newest) else None),
-        "detail": detail,
+        "detail": detail, "patients": patients or [],
     }
     path = Path(directory) / AUDIT_NOTE
     path.write_text(json.dumps(note, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
@@ -162,21 +172,31 @@ def record_export(data: access.DataAccess, directory: Path, detail: dict, page: 
 
 
 def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
-               page: str | None = None) -> dict[str, Path]:
-    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`."""
-    target = Path(directory)
+               page: str | None = None, detail: dict | None = None) -> dict[str, Path]:
+    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`; the
+    audit entry lists every patient in it."""
     data = access.DataAccess(db, scope)
+    patients = data.patients()
     frames = {
-        "patients": patients_frame(data),
+        "patients": format_patients(patients, data.attributes()),
         "treatments": treatments_frame(data),
         "assessments": assessments_frame(data),
     }
     if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)
-    detail = {"format": "csv", "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}}
+    return write_frames(directory, frames, data, patients["patient_id"], page=page,
+                        detail={"format": "csv", "identifiable": True, **(detail or {})})
+
+
+def write_frames(directory: str | os.PathLike, frames: dict[str, pd.DataFrame], data: access.DataAccess, patient_ids,
+                 *, page: str | None, detail: dict) -> dict[str, Path]:
+    """Audit an export (with every patient in it), then write its CSV files into `directory`, all or none."""
+    target = Path(directory)
+    detail = {**detail, "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}}
+    patients = [str(p) for p in patient_ids]
     written: dict[str, Path] = {}
     with staged_directory(target) as stage:
-        note = record_export(data, stage, detail, page=page)  # before any file is written
+        note = record_export(data, stage, detail, page=page, patients=patients)  # before any file is written
         with recorded_failure(data, note, detail, page):
             for name, frame in frames.items():
                 frame.to_csv(stage / f"{name}.csv", index=False, lineterminator="\n", encoding="utf-8")

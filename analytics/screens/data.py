@@ -19,18 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import ingest, outcomes, scales, workdir
+from .. import auth, deidentify, ingest, outcomes, scales, workdir
 from ..access import AccessDenied
 from ..export import export_csv
 from .cohort import COMPLETENESS_DAYS, completeness
 from .workspace import Workspace
 
 
-def preview_uploads(paths, db=None) -> pd.DataFrame:
+def preview_uploads(paths, db=None, *, raw_values: bool = False) -> pd.DataFrame:
     """ingest.preview: one row per file and table kind, with the rows that would be rejected and why
-    (`refused` is empty text for a file that was read, never None)."""
+    (the reasons without the values they quote unless `raw_values`: a break-glass grant); `refused`
+    is empty text for a file that was read, never None."""
     preview = ingest.preview(paths, db=db)
     preview["refused"] = preview["refused"].map(lambda reason: reason or "")
+    if not raw_values:
+        preview["rejects"] = [r.assign(reason=r["reason"].map(deidentify.redact_reason)) for r in preview["rejects"]]
     return preview
 
 
@@ -62,8 +65,9 @@ class ImportResult:
     warnings: tuple = ()  # e.g. committed, but the checkpoint after the commit failed (the rows are stored)
 
 
-def import_result(report: ingest.ImportReport) -> ImportResult:
-    """What the page shows after an upload: file names as uploaded, never the temporary folder they waited in."""
+def import_result(report: ingest.ImportReport, *, raw_values: bool = False) -> ImportResult:
+    """What the page shows after an upload: file names as uploaded, never the temporary folder they
+    waited in; the reasons without the values they quote unless `raw_values`."""
     files, rejects = report_tables(report)
     folders = {str(Path(str(f.file)).parent) for f in report.files if Path(str(f.file)).parent != Path(".")}
 
@@ -75,8 +79,11 @@ def import_result(report: ingest.ImportReport) -> ImportResult:
     for frame in (files, rejects):
         if len(frame):
             frame["file"] = frame["file"].map(lambda name: Path(str(name)).name)
-    return ImportResult(report.exit_code, files, rejects, [uploaded(str(m)) for m in report.messages()],
-                        tuple(uploaded(str(w)) for w in report.warnings))
+    messages = [uploaded(str(m)) for m in report.messages()]
+    if not raw_values:
+        rejects = rejects.assign(reason=rejects["reason"].map(deidentify.redact_reason))
+        messages = [deidentify.redact_reason(m) for m in messages]
+    return ImportResult(report.exit_code, files, rejects, messages, tuple(uploaded(str(w)) for w in report.warnings))
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,9 +95,17 @@ class DataScreen:
     quality: pd.DataFrame  # data_quality
     assessed_share: float | None  # infusions with an assessment in the COMPLETENESS_DAYS before
     completeness_days: int = COMPLETENESS_DAYS
+    # an administrator's live break-glass grant: rejected rows in full and the identifiable export
+    break_glass: auth.BreakGlass | None = None
+
+    @property
+    def raw_values(self) -> bool:
+        """Rejected rows with their raw text and the export identifiable (a break-glass grant)."""
+        return self.break_glass is not None
 
 
 def data_screen(ws: Workspace) -> DataScreen:
+    grant = break_glass(ws)
     try:
         history, history_refused = ws.data.import_history(), None
     except AccessDenied as exc:
@@ -99,21 +114,44 @@ def data_screen(ws: Workspace) -> DataScreen:
         rejected, rejected_refused = ws.data.rejected_rows(), None
     except AccessDenied as exc:
         rejected, rejected_refused = None, str(exc)
+    if rejected is not None and grant is None:
+        rejected = deidentify.redacted_rejects(rejected)
     for frame in (history, rejected):
-        if frame is not None and "file_name" in frame.columns:
-            frame["file_name"] = frame["file_name"].map(_as_uploaded)
+        for column in ("file_name", "file"):
+            if frame is not None and column in frame.columns:
+                frame[column] = frame[column].map(_as_uploaded)
     f = ws.frames()
     comp = completeness(f["treatments"], f["assessments"])
     share = comp["assessed"].sum() / comp["infusions"].sum() if len(comp) else None
     return DataScreen(history, history_refused, rejected, rejected_refused,
-                      data_quality(f["patients"], f["treatments"], f["assessments"]), share)
+                      data_quality(f["patients"], f["treatments"], f["assessments"]), share, break_glass=grant)
+
+
+def break_glass(ws: Workspace) -> auth.BreakGlass | None:
+    """The signed-in administrator's live break-glass grant (read fresh: it expires), or None."""
+    return auth.active_break_glass(ws.data.db, ws.data.scope.user)
+
+
+def log_rejected_view(ws: Workspace, screen: DataScreen) -> None:
+    """Audit that quarantined rows were shown (once per distinct view: the page decides)."""
+    if screen.rejected is None or screen.rejected.empty:
+        return
+    ws.data.log("view_rejected_rows", page="data",
+                detail={"rows": len(screen.rejected), "raw_values": screen.raw_values,
+                        **({"break_glass": screen.break_glass.grant_id} if screen.break_glass else {})})
 
 
 def export_zip(ws: Workspace, page: str = "data") -> bytes:
-    """The scope's whole store in the import format (analytics.export), as a zip of CSVs; audited."""
+    """The scope's whole store in the import format as a zip of CSVs, audited with every patient in it:
+    de-identified (analytics/deidentify.py) unless the user holds a live break-glass grant, checked now."""
+    grant = break_glass(ws)
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="outcomes-export-") as tmp:
-        written = export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page)
+        if grant is not None:
+            written = export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page,
+                                 detail={"break_glass": grant.grant_id, "reason": grant.reason})
+        else:
+            written = deidentify.export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page)
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, path in written.items():
                 archive.write(path, arcname=f"{name}.csv")
