@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import archive, audit, store
+from . import archive, audit, keys, store
 from .failures import is_damage
 
 
@@ -77,11 +77,13 @@ class RestoreResult:
     tables: dict
     companions: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    audit_verified: bool = False
 
     def summary(self) -> dict:
         return {"database": str(self.database), "backup_created_at": self.manifest.get("created_at"),
                 "schema_version": self.manifest.get("schema_version"), "tables": self.tables,
-                "companions": [str(p) for p in self.companions], "warnings": self.warnings}
+                "companions": [str(p) for p in self.companions], "warnings": self.warnings,
+                "audit_verified": self.audit_verified}
 
 
 def _holds_database(target: Path) -> list[Path]:
@@ -131,12 +133,27 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
             if companion is None:
                 raise BackupRefused(f"{backup_file} holds a {kind!r} file this software does not know; nothing was restored")
             destination = companion.place(target, name)
-            if destination.exists() and destination.read_bytes() != path.read_bytes():
-                raise BackupRefused(f"{destination} exists and differs from the one in the backup: move it aside "
-                                    "first; nothing was restored")
+            if destination.exists() and not companion.aside and destination.read_bytes() != path.read_bytes():
+                if companion.alternative is None:
+                    raise BackupRefused(f"{destination} exists and differs from the one in the backup: move it aside "
+                                        "first; nothing was restored")
+                destination = companion.alternative(destination, path)
+                if destination.exists() and destination.read_bytes() != path.read_bytes():
+                    raise BackupRefused(f"{destination} exists and differs from the one in the backup: move it aside "
+                                        "first; nothing was restored")
             moves.append((path, destination))
         if _holds_database(target):  # appeared meanwhile
             raise BackupRefused(f"{target} appeared while restoring; nothing was restored")
+        notes: list[str] = []
+        for companion in store.COMPANIONS:  # files of the path, not of a database: the old ones go aside
+            if companion.aside:
+                here = companion.place(target, "")
+                if here.exists():
+                    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+                    kept = here.with_name(f"{here.name}.before-restore-{stamp}")
+                    os.replace(here, kept)
+                    notes.append(f"the {companion.name} of the database that was at {target} was moved aside to {kept} "
+                                 "(keep it with the incident record)")
         if archive.WAL in members:
             os.replace(members[archive.WAL], f"{target}.wal")
             placed.append(Path(f"{target}.wal"))
@@ -144,17 +161,19 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
         placed.append(target)
         for source, destination in moves:
             if not destination.exists():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, destination)
+                destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # keys and anchors: owner only
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as data:
+                    shutil.copyfileobj(data, out)
                 placed.append(destination)
         try:
-            tables, warnings = _verify_restored(target, manifest)
+            tables, warnings, audit_checked = _verify_restored(target, manifest)
         except BackupRefused as exc:
             aside = _move_aside(target)
             placed = [p for p in placed if p.exists() and p not in (target, Path(f"{target}.wal"))]
             raise BackupRefused(f"{exc}; the restored file was moved aside to {aside}") from exc
         placed = []
-        return RestoreResult(target, manifest, tables, [d for _, d in moves], warnings)
+        return RestoreResult(target, manifest, tables, [d for _, d in moves], notes + warnings, audit_checked)
     finally:
         for path in placed:  # a failure part-way: take back what was placed
             with contextlib.suppress(OSError):
@@ -172,8 +191,9 @@ def _move_aside(target: Path) -> Path:
     return aside
 
 
-def _verify_restored(target: Path, manifest: dict) -> tuple[dict, list[str]]:
-    """Compare the restored database with its manifest; (rows per table, warnings) or BackupRefused."""
+def _verify_restored(target: Path, manifest: dict) -> tuple[dict, list[str], bool]:
+    """Compare the restored database with its manifest; (rows per table, warnings, whether the audit
+    chain was verified) or BackupRefused."""
     try:
         with store.connect(target) as con:
             restored = archive.describe(con)
@@ -193,6 +213,12 @@ def _verify_restored(target: Path, manifest: dict) -> tuple[dict, list[str]]:
     warnings = []
     recorded = manifest.get("audit_verified")
     if "audit_log" in restored["tables"]:
+        missing = _missing_audit_keys(target)
+        if missing:
+            warnings.append(f"the audit chain was not verified: the key(s) {', '.join(missing)} that signed it are not in "
+                            f"{keys.key_dir()}. Restore them from where the keys are kept (docs/security.md, \"Keys and "
+                            "anchors\"), or take the backup with --include-secrets, then run `python -m analytics audit --verify`")
+            return {name: info["rows"] for name, info in restored["tables"].items()}, warnings, False
         result = audit.verify(target)
         head = (manifest.get("audit") or {}).get("head_hash")
         if result.ok and head and result.head_hash != head:
@@ -202,7 +228,18 @@ def _verify_restored(target: Path, manifest: dict) -> tuple[dict, list[str]]:
                 warnings.append(f"the audit trail was already broken when the backup was taken: {result.reason}")
             else:
                 raise BackupRefused(f"the restored audit trail does not verify: {result.reason}")
-    return {name: info["rows"] for name, info in restored["tables"].items()}, warnings
+    return {name: info["rows"] for name, info in restored["tables"].items()}, warnings, "audit_log" in restored["tables"]
+
+
+def _missing_audit_keys(db: Path) -> list[str]:
+    """Ids of the keys that signed audit entries of `db` and are not in the key folder."""
+    with store.connect(db) as con:
+        columns = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = "
+                                             "current_database() AND table_name = 'audit_log'").fetchall()}
+        if "key_id" not in columns:
+            return []
+        ids = [r[0] for r in con.execute("SELECT DISTINCT key_id FROM audit_log WHERE key_id IS NOT NULL ORDER BY 1").fetchall()]
+    return [key_id for key_id in ids if keys.find(audit.KEY_NAME, key_id) is None]
 
 
 def _first_line(exc: BaseException) -> str:

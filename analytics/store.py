@@ -140,13 +140,19 @@ class Companion:
     """A file that belongs to a database but lives outside it: backed up and restored with it.
 
     `files(db)` lists the ones that exist for the database at `db`; `place(db, name)` is where a
-    file of that name goes for a database restored at `db`. A `secret` one (a key) goes into a
-    backup only when asked (`backup --include-secrets`): a backup holding the key of the audit
-    trail's signatures would let whoever holds the backup rewrite that trail."""
+    file of that name goes for a database restored at `db`. When that place already holds a
+    different file, restore refuses, unless `aside` (the file there belongs to the path, not to a
+    database: it is moved aside, and is moved aside even when the backup holds none, e.g. the audit
+    anchor of a database that was at the path before) or `alternative(dest, copy)` names where the
+    backup's copy goes instead (a key kept under its id). A `secret` one (a key) goes into a backup
+    only when asked (`backup --include-secrets`): a backup holding the key of the audit trail's
+    signatures would let whoever holds the backup rewrite that trail."""
     name: str
     files: Callable[[Path], list[Path]]
     place: Callable[[Path, str], Path]
     secret: bool = False
+    aside: bool = False
+    alternative: Callable[[Path, Path], Path] | None = None
 
 
 def beside(name: str, suffix: str, *, secret: bool = False) -> Companion:
@@ -158,11 +164,51 @@ def beside(name: str, suffix: str, *, secret: bool = False) -> Companion:
     return Companion(name, files, lambda db, _name: Path(f"{db}{suffix}"), secret)
 
 
+def _anchor_files(db: Path) -> list[Path]:
+    from . import keys
+
+    path = keys.anchor_path(db)
+    return [path] if path.is_file() else []
+
+
+def _anchor_place(db: Path, _name: str) -> Path:
+    from . import keys
+
+    return keys.anchor_path(db)
+
+
+def _key_files(_db: Path) -> list[Path]:
+    from . import keys
+
+    folder = keys.key_dir()
+    return sorted(p for p in folder.glob("*.key") if p.is_file()) if folder.is_dir() else []
+
+
+def _key_place(_db: Path, name: str) -> Path:
+    from . import keys
+
+    return keys.key_dir() / name
+
+
+def _key_by_id(dest: Path, copy: Path) -> Path:
+    """A key from a backup whose name is taken by another key: kept as `<name>-<id>.key`, where
+    keys.find looks for a retired key by the id its entries carry."""
+    from . import keys
+
+    name = dest.stem.split("-", 1)[0]
+    return dest.with_name(f"{name}-{keys.key_id_of(bytes.fromhex(copy.read_text().strip()))}.key")
+
+
 # Every kind of companion file, listed here so that a backup finds them whatever the process
 # imported. Add a row with the feature that writes such a file (an audit anchor, a write journal).
 # Not companions: `<db>.wal` (DuckDB's own, always copied with the file), read-only snapshots and
 # state files that are rebuilt from the database, and the backup log (`archive.log_path`).
-COMPANIONS: list[Companion] = []
+COMPANIONS: list[Companion] = [
+    # the anchor of the audit trail (analytics/keys.py): what `audit --verify` checks the trail's end against
+    Companion("audit-anchor", _anchor_files, _anchor_place, aside=True),
+    # the audit and pseudonym keys: kept out of backups unless asked (docs/security.md, "Keys and anchors")
+    Companion("keys", _key_files, _key_place, secret=True, alternative=_key_by_id),
+]
 
 
 def companion_files(path: str | os.PathLike | None = None, *, secrets: bool = False) -> list[tuple[Companion, Path]]:

@@ -311,3 +311,55 @@ def test_a_migration_without_room_for_its_backup_changes_nothing(tmp_path, monke
     assert code == 2, err
     assert "after a backup; the backup could not be written" in err and "Nothing was changed" in err
     assert snapshot(db) == before  # still schema version 1, not a row added
+
+
+# --- what lives outside the database: the audit anchor and the keys -------------------------------
+
+def test_the_audit_anchor_travels_with_the_backup_and_a_restore_in_place_sets_the_old_one_aside(lived_in_db, tmp_path, capsys):
+    from analytics import keys
+
+    db, made = lived_in_db
+    file = backup.backup(db, tmp_path / "b.tar.gz").file
+    with tarfile.open(file) as tar:
+        assert any(n.startswith("companions/audit-anchor/") for n in tar.getnames())
+        assert not any(n.startswith("companions/keys/") for n in tar.getnames())  # keys only when asked
+    # the day goes on after the backup, then the disk fails: the anchor now holds entries the backup lacks
+    selfreport.create_link(db, SYSTEM, made["patient"], "PHQ-9")
+    anchor = keys.anchor_path(db)
+    anchored_after = anchor.read_text()
+    db.rename(tmp_path / "damaged.duckdb")
+    code, out, err = cli_run(capsys, "restore", str(file), "--db", str(db))
+    assert code == 0, err
+    assert "audit chain verified" in out and "moved aside" in err
+    kept = list(anchor.parent.glob(anchor.name + ".before-restore-*"))
+    assert len(kept) == 1 and kept[0].read_text() == anchored_after  # kept for the incident record
+    result = audit.verify(db)
+    assert result.ok and result.anchored is not None  # the anchor as it was at the backup, checked again
+
+
+def test_keys_stay_out_of_a_backup_unless_asked_and_a_restore_elsewhere_says_what_is_missing(lived_in_db, tmp_path, capsys,
+                                                                                          monkeypatch):
+    from analytics import keys
+
+    db, _ = lived_in_db
+    plain = backup.backup(db, tmp_path / "plain.tar.gz").file
+    with_keys = backup.backup(db, tmp_path / "keys.tar.gz", include_secrets=True).file
+    own_key = (keys.key_dir() / "audit.key").read_text()
+
+    monkeypatch.setenv(keys.ENV, str(tmp_path / "new-machine-keys"))  # another server, no keys yet
+    code, out, err = cli_run(capsys, "restore", str(plain), "--db", str(tmp_path / "a.duckdb"))
+    assert code == 0, err
+    assert "audit chain was not verified" in err and "--include-secrets" in err and "audit chain verified" not in out
+
+    code, out, err = cli_run(capsys, "restore", str(with_keys), "--db", str(tmp_path / "b.duckdb"))
+    assert code == 0 and "audit chain verified" in out, err
+    placed = tmp_path / "new-machine-keys" / "audit.key"
+    assert placed.read_text() == own_key and oct(placed.stat().st_mode & 0o777) == "0o600"
+
+    monkeypatch.setenv(keys.ENV, str(tmp_path / "busy-machine-keys"))  # a server with keys of its own
+    keys.current("audit")
+    code, out, err = cli_run(capsys, "restore", str(with_keys), "--db", str(tmp_path / "c.duckdb"))
+    assert code == 0 and "audit chain verified" in out, err
+    retired = tmp_path / "busy-machine-keys" / f"audit-{keys.key_id_of(bytes.fromhex(own_key.strip()))}.key"
+    assert retired.read_text() == own_key  # kept under its id, where verification finds it
+    assert (tmp_path / "busy-machine-keys" / "audit.key").read_text() != own_key  # theirs untouched
