@@ -24,8 +24,9 @@ def run(args) -> int:
     else:
         rows = sum(summary["tables"].values())
         print(f"restore: {result.database} from the backup of {summary['backup_created_at']}: {len(summary['tables'])} "
-              f"tables, {rows:,} rows, schema version {summary['schema_version']}; row counts, content and checksums"
-              + (" and the audit chain verified" if result.audit_verified else " verified"))
+              f"tables, {rows:,} rows, schema version {summary['schema_version']}; "
+              + ("row counts, content, checksums and the audit chain verified" if result.audit_verified
+                 else "row counts, content and checksums verified"))
         for path in result.companions:
             print(f"restore: companion file {path}")
     for warning in result.warnings:
