@@ -37,8 +37,8 @@ def test_upload_with_a_bad_row_shows_the_reason_before_and_after(open_page, writ
         d.value for d in at.dataframe if "new" in d.value.columns)
     assert list(files["file"]) == ["scores.csv"]  # the name as uploaded, not the temporary folder it waited in
     assert list(files["refused"]) == [""]
-    shown = " ".join(str(v) for d in at.dataframe for v in d.value.astype(str).to_numpy().ravel())
-    assert "upload-" not in shown and "None" not in shown
+    every_cell = " ".join(str(v) for d in at.dataframe for v in d.value.astype(str).to_numpy().ravel())
+    assert "upload-" not in every_cell and "None" not in every_cell
 
 
 def test_a_refused_file_changes_nothing(open_page, writable_db, monkeypatch):
