@@ -89,10 +89,12 @@ def append(
     detail: dict | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> int:
-    """Append one entry and return its sequence number.
+    """Append one entry and return its sequence number (None when it was journaled).
 
     Pass `con` (an open write transaction) to record the entry atomically with the
-    change it describes; otherwise the entry gets its own transaction.
+    change it describes; otherwise the entry gets its own transaction, or, while another
+    process holds the write lock, goes to the store's journal (fsynced before this returns)
+    and is chained when the lock frees, keeping its time.
     """
     if action not in ACTIONS:
         raise ValueError(f"audit action {action!r} is not one of the documented actions {ACTIONS}")
@@ -101,15 +103,18 @@ def append(
     patient_text = json.dumps(sorted({str(p) for p in patients}))
     detail_text = json.dumps(detail or {}, sort_keys=True, default=str)
     if con is None:
-        with store.transaction(db) as own:
-            return _append(own, actor, role, action, outcome, page, patient_text, detail_text)
+        # While another process holds the write lock the entry is journaled (durable) and chained when
+        # the lock frees, with its own time (store.write_or_journal): the sequence number is then None.
+        return store.write_or_journal(db, JOURNAL_KIND, {
+            "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
+            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
     return _append(con, actor, role, action, outcome, page, patient_text, detail_text)
 
 
-def _append(con, actor, role, action, outcome, page, patient_text, detail_text) -> int:
+def _append(con, actor, role, action, outcome, page, patient_text, detail_text, logged_at: datetime | None = None) -> int:
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
-    logged_at = _now()
+    logged_at = logged_at or _now()
     digest = _row_hash(prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text)
     con.execute(
         "INSERT INTO audit_log (seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash)"
@@ -117,6 +122,24 @@ def _append(con, actor, role, action, outcome, page, patient_text, detail_text) 
         [seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text, prev, digest],
     )
     return seq
+
+
+JOURNAL_KIND = "audit"
+
+
+def _append_journaled(con, entry: dict) -> int:
+    return _append(con, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
+                   entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
+
+
+def _journaled_entry_written(con, entry: dict) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM audit_log WHERE logged_at = ? AND actor = ? AND action = ? AND patients = ? AND detail = ?",
+        [datetime.fromisoformat(entry["logged_at"]), entry["actor"], entry["action"], entry["patients"],
+         entry["detail"]]).fetchall()[0][0])
+
+
+store.register_journal_kind(JOURNAL_KIND, _append_journaled, _journaled_entry_written)
 
 
 def _parse_day(value: str | date | datetime | None, name: str) -> datetime | None:
