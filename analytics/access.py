@@ -41,6 +41,13 @@ class Scope:
                 tuple(sorted(self.granted)), self.identifiable)
 
     @property
+    def view_key(self) -> tuple:
+        """What this scope can see (its `cache_key` without the user's name): scopes with equal view keys
+        read exactly the same rows, so cohort-wide tables built for one serve the other (two directors).
+        Never for anything audited or written as the user: that takes the scope itself."""
+        return self.cache_key[1:]
+
+    @property
     def suppression_threshold(self) -> int:
         """Counts below this are shown as "<n" in cohort views; 0 for patient-level roles."""
         return 0 if self.patient_level else self.min_cell
@@ -61,6 +68,17 @@ IDENTIFYING_ATTRIBUTE = re.compile(
 db_path = store.db_path
 
 _DATA_VERSIONS: dict[str, tuple[tuple, tuple]] = {}  # database -> (change stamp, data version) last read
+StoreBusy = store.StoreBusy  # pages meet it here: a write that could not get the lock in time
+
+
+def serving_many_users() -> None:
+    """Called once by the dashboard: audit entries of page views never wait to be written (store.never_wait_to_write_in_passing)."""
+    store.never_wait_to_write_in_passing()
+
+
+def write_in_progress(db: str | os.PathLike | None = None) -> bool:
+    """Is another process writing to the database now (e.g. an import)? Reads then show its last commit."""
+    return store.write_in_progress(db)
 
 
 def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
@@ -75,12 +93,26 @@ def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
 
 
 def _granted_patients(db, username: str) -> list[str]:
+    """The user's patient grants; read again only when something was written since the last read
+    (`store.change_stamp`: every grant and revocation is a write), so not on every page run."""
+    stamp = store.change_stamp(db)
+    key = (str(store.db_path(db)), username)
+    known = _GRANTS.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
     try:
         with store.connect(db) as con:
             rows = con.execute("SELECT patient_id FROM patient_grants WHERE username = ?", [username]).fetchall()
     except duckdb.CatalogException:
-        return []  # a database from before schema v2 has no grants
-    return [r[0] for r in rows]
+        rows = []  # a database from before schema v2 has no grants
+    granted = [r[0] for r in rows]
+    if len(_GRANTS) > 10_000:
+        _GRANTS.clear()
+    _GRANTS[key] = (stamp, granted)
+    return granted
+
+
+_GRANTS: dict[tuple, tuple[tuple, list[str]]] = {}  # (database, user) -> (change stamp, grants) last read
 
 _STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
 _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),

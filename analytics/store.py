@@ -170,6 +170,7 @@ class _Attachments:
                 while (entry.mode == "closing" or (entry.mode == "r" and entry.writers_waiting)
                        or (entry.mode == "w" and not entry.write_users)):
                     self._wait(deadline, target)
+                    entry = self.files.setdefault(key, _File())  # a closed attachment's entry is replaced
             if entry.mode not in ("r", "w"):
                 if not any(f.users for f in self.files.values()):
                     self.rss_before = _resident_bytes()
@@ -373,6 +374,12 @@ def change_stamp(path: str | os.PathLike | None = None) -> tuple:
     return sidecars.change_stamp(db_path(path))
 
 
+def write_in_progress(path: str | os.PathLike | None = None) -> bool:
+    """Is another process writing to the database right now (its writes not yet visible to others)?"""
+    writer = sidecars.read_state(db_path(path)).get("writer")
+    return writer is not None and writer != os.getpid() and sidecars.pid_alive(writer)
+
+
 # --- writes in progress: the state, the snapshot and the journal -------------------------------
 
 def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool) -> None:
@@ -420,6 +427,15 @@ def register_journal_kind(kind: str, apply: Callable, applied: Callable | None =
     returns what `write_or_journal` returns when written at once); `applied(con, payload)` says whether
     an entry is already in the database (asked only of entries a flush that died may have applied)."""
     _JOURNAL_KINDS[kind] = (apply, applied)
+
+
+def never_wait_to_write_in_passing() -> None:
+    """For a process serving many users (the dashboard): `write_or_journal` writes at once only if the
+    database is free at that moment, else journals; `keep_journal_flushed` applies the journal in one
+    transaction every few seconds. Under load most page writes then cost an fsynced append, not a
+    write transaction each (which would make this process's readers wait for it)."""
+    global JOURNAL_AFTER_SECONDS
+    JOURNAL_AFTER_SECONDS = 0.0
 
 
 def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
@@ -514,7 +530,8 @@ def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 2
             while True:
                 time.sleep(every)
                 try:
-                    flush_journal(target, wait=0)
+                    # A short wait: this process's readers finish their reads and new ones queue behind it.
+                    flush_journal(target, wait=every)
                 except Exception:  # noqa: BLE001 - retried next time; a page's own write reports errors
                     pass
 

@@ -34,7 +34,7 @@ filters = cohort.Filters(instrument=instrument, sites=tuple(sites), clinicians=t
                          start=None if start == first_day else start, end=None if end == last_day else end)
 
 with st.spinner("Computing cohort outcomes..."):
-    screen = cohort.cohort_screen(ws, filters, page.today)
+    screen = cohort.cohort_page(ws, filters, page.today)
 head, cycle_counts = screen.headline, screen.cycle_counts
 
 st.caption(f"Period and filters: {head['period']}. {screen.count(head['treated'])} treated patients, "
@@ -68,7 +68,8 @@ with left:
     if w.empty:
         st.info(f"No patient has both a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.waterfall(bars, instrument, show_ids=screen.show_ids), key="waterfall")
+        st.plotly_chart(page.figure(("waterfall", filters, page.today),
+                                    lambda: charts.waterfall(bars, instrument, show_ids=screen.show_ids)), key="waterfall")
         if bars is not w:
             st.caption(f"{len(w):,} patients: each bar is one percentile of them (1/{cohort.WATERFALL_BINS}, in order "
                        f"of best change), drawn at its median; hover for its range. One bar per patient is shown "
@@ -78,7 +79,8 @@ with right:
     if band.empty:
         st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
     else:
-        st.plotly_chart(charts.trajectory(band, instrument, cut), key="trajectory")
+        st.plotly_chart(page.figure(("trajectory", filters, page.today), lambda: charts.trajectory(band, instrument, cut)),
+                        key="trajectory")
         st.caption("Line: median; band: interquartile range; numbers along the bottom: patients with a score that week.")
 
 left, right = st.columns(2)
@@ -87,16 +89,18 @@ with left:
     if table.fillna(0).to_numpy().sum() == 0 and not table.isna().to_numpy().any():
         st.info(f"No patient has a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.severity_movement(table, instrument, screen.severity_label), key="severity")
+        st.plotly_chart(page.figure(("severity", filters, page.today),
+                                    lambda: charts.severity_movement(table, instrument, screen.severity_label)), key="severity")
 with right:
     by = st.radio("Compare", ["site", "clinician"], horizontal=True, key="funnel_by")
     outcome = st.radio("Outcome", ["responded", "remitted"], horizontal=True, key="funnel_outcome",
                        format_func=lambda o: {"responded": "response", "remitted": "remission"}[o])
-    data = screen.funnel(by, outcome)
+    data = page.workspace.memo(("funnel", filters, page.today, by, outcome), lambda: screen.funnel(by, outcome))
     if data["clinic_rate"] is None or data["groups"].empty:
         st.info("Not enough evaluable patients to compare groups.")
     else:
-        st.plotly_chart(charts.funnel(data, by, {"responded": "response", "remitted": "remission"}[outcome]), key="funnel")
+        st.plotly_chart(page.figure(("funnel", filters, page.today, by, outcome), lambda: charts.funnel(
+            data, by, {"responded": "response", "remitted": "remission"}[outcome])), key="funnel")
         if data.get("hidden_groups"):
             st.caption(f"{data['hidden_groups']} group(s) with fewer than {screen.min_cell} patients are not shown.")
         st.caption("A point outside the funnel differs from the clinic rate by more than chance would explain "
@@ -107,6 +111,6 @@ if comp.empty:
     st.info("No infusions in this selection, so no completeness figure.")
 else:
     total = comp["assessed"].sum() / comp["infusions"].sum()
-    st.plotly_chart(charts.completeness(comp), key="completeness")
+    st.plotly_chart(page.figure(("completeness", filters, page.today), lambda: charts.completeness(comp)), key="completeness")
     st.caption(f"Overall {100 * total:.0f}% of {int(comp['infusions'].sum())} infusions had an assessment (any instrument) "
                f"in the {cohort.COMPLETENESS_DAYS} days before, the infusion day included.")

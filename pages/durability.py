@@ -31,7 +31,8 @@ if not screen.has_cycles:
             "so patients need a baseline, a response and a later infusion.")
 else:
     if screen.curves:
-        st.plotly_chart(charts.survival(screen.curves, screen.title), key="survival")
+        st.plotly_chart(page.figure(("survival", instrument, by), lambda: charts.survival(screen.curves, screen.title)),
+                        key="survival")
     st.dataframe(screen.table, hide_index=True, width="stretch")
     st.caption(screen.method_note)
 
@@ -44,7 +45,8 @@ else:
         if not model.estimated:
             st.warning(f"The durability model could not be estimated for these terms ({model.problem}): try fewer terms.")
         else:
-            st.plotly_chart(charts.forest(model.rows, "time ratio"), key="forest")
+            st.plotly_chart(page.figure(("forest", instrument, tuple(covariates)), lambda: charts.forest(model.rows, "time ratio")),
+                            key="forest")
             st.caption(model.caption)
 
 st.subheader("Maintenance")
@@ -53,11 +55,11 @@ with left:
     if screen.interval_bins.empty:
         st.info("No patient has enough response cycles for an interval suggestion yet.")
     else:
-        st.plotly_chart(charts.interval_histogram(screen.interval_bins), key="intervals")
+        st.plotly_chart(page.figure(("intervals",), lambda: charts.interval_histogram(screen.interval_bins)), key="intervals")
         if screen.bins_blanked:
             st.caption(f"Blank bars: fewer than {screen.min_cell} patients (small-cell suppression).")
 with right:
-    st.plotly_chart(charts.infusions_per_month(screen.monthly), key="per_month")
+    st.plotly_chart(page.figure(("per_month",), lambda: charts.infusions_per_month(screen.monthly)), key="per_month")
 
 st.subheader("Maintenance policies compared")
 st.caption("A simulation, not this clinic's patients: the same simulated patients treated under fixed 2/3/4-weekly "

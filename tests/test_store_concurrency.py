@@ -217,3 +217,28 @@ def test_a_torn_last_line_of_the_journal_is_left_out(tmp_path):
     assert [e["payload"]["actor"] for e in store.journal_pending(db)] == ["whole"]
     assert store.flush_journal(db, wait=5)
     assert [a for a, _, _ in _entries(db)] == ["whole"]
+
+
+def test_many_threads_reading_and_writing_one_file_never_trip_over_each_other(tmp_path):
+    db = _with_patients(tmp_path)
+    failures = []
+
+    def work(n: int):
+        try:
+            for i in range(40):
+                if (n + i) % 5 == 0:
+                    with store.transaction(db) as con:
+                        con.execute("INSERT INTO patients (patient_id) VALUES (?)", [f"T{n}-{i}"])
+                else:
+                    with store.connect(db) as con:
+                        con.execute("SELECT count(*) FROM patients").fetchall()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert _count(db) == 3 + 8 * 8  # every write landed once

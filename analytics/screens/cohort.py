@@ -22,7 +22,7 @@ from .. import course, outcomes, scales, suppress
 from ..permissions import may
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
-from .workspace import Workspace
+from .workspace import Workspace, register_warmer
 
 DAY = pd.Timedelta(days=1)
 ACTIVE_DAYS = 90  # a patient with an infusion or assessment in the last 90 days counts as active
@@ -669,6 +669,12 @@ class CohortScreen:
         return funnel(self.induction, self.patients, by, outcome, min_cell=self.min_cell)
 
 
+def cohort_page(ws: Workspace, filters: Filters, today: date) -> CohortScreen:
+    """`cohort_screen` as the page asks for it: computed once per workspace tables for the same filters and day
+    (the default view is the same for every director of a data version)."""
+    return ws.memo(("cohort_screen", filters, today), lambda: cohort_screen(ws, filters, today))
+
+
 def cohort_screen(ws: Workspace, filters: Filters, today: date, timings: dict | None = None) -> CohortScreen:
     """The cohort page for `filters` as the workspace's scope sees it (`timings`, when given, gets each step's seconds)."""
     scope = ws.data.scope
@@ -688,3 +694,6 @@ def cohort_screen(ws: Workspace, filters: Filters, today: date, timings: dict | 
         headline=view["headline"], cycle_counts=view["cycles"], remission_cut=cut, remission_inclusive=inclusive,
         waterfall=view["waterfall"], waterfall_bars=bars, trajectory=view["trajectory"], severity=view["severity"],
         completeness=comp, patients=view["patients"], induction=view["induction"])
+
+
+register_warmer("cohort_summary", lambda ws, key: cohort_tables(ws, key[1]))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import scales, schedules, suppress
 from ..durability import cohort_durability, durability_model
-from .workspace import Workspace
+from .workspace import Workspace, register_warmer
 
 N_BOOT = 200
 MODEL_TERM_CHOICES = ("baseline_score", "has_anxiety", "has_ptsd", "prior_failed_trials", "route", "sex")
@@ -56,6 +56,12 @@ class DurabilityScreen:
 
 
 def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_boot: int = N_BOOT) -> DurabilityScreen:
+    """Built once per workspace tables for the same instrument, subgroups and bootstrap size."""
+    code = scales.get(instrument).code
+    return ws.once(("durability_screen", code, by, n_boot), lambda: _durability_screen(ws, code, by, n_boot))
+
+
+def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: int) -> DurabilityScreen:
     code = scales.get(instrument).code
     min_cell = ws.data.scope.suppression_threshold  # groups under it are not shown
     cycles = ws.cycles(code)
@@ -74,8 +80,8 @@ def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_b
                 "interval-censored analogue of Kaplan-Meier (Turnbull). " + result.get("groups_note", ""))
     suggested = ws.suggestions(scales.PRIMARY)["suggested_interval_days"].dropna()
     bins = interval_distribution(suggested, min_cell=min_cell) if len(suggested) else pd.DataFrame()
-    return DurabilityScreen(code, by, min_cell, result, curves, table, title, note, bins,
-                            infusions_per_patient_month(ws.frames()["treatments"]))
+    monthly = ws.once(("infusions_per_patient_month",), lambda: infusions_per_patient_month(ws.frames()["treatments"]))
+    return DurabilityScreen(code, by, min_cell, result, curves, table, title, note, bins, monthly)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,9 +107,8 @@ class ModelScreen:
 
 def model_screen(ws: Workspace, instrument: str, covariates: tuple[str, ...]) -> ModelScreen:
     code = scales.get(instrument).code
-    model = ws.once(("durability_model", code, tuple(covariates)),
-                    lambda: durability_model(ws.cycles(code), list(covariates)))
-    return ModelScreen(model, forest_rows(model))
+    return ws.once(("model_screen", code, tuple(covariates)),
+                   lambda: ModelScreen(model := durability_model(ws.cycles(code), list(covariates)), forest_rows(model)))
 
 
 SUBGROUPS = {
@@ -212,3 +217,7 @@ def infusions_per_patient_month(treatments: pd.DataFrame) -> pd.DataFrame:
 def schedule_comparison(n_patients: int = 1000, seed: int = 0) -> pd.DataFrame:
     """analytics.schedules.compare() as a table: simulated patients, not this clinic's."""
     return pd.DataFrame(schedules.compare(n_patients=n_patients, seed=seed, prior_patients=n_patients))
+
+
+register_warmer("durability_screen", lambda ws, key: durability_screen(ws, key[1], key[2], key[3]))
+register_warmer("model_screen", lambda ws, key: model_screen(ws, key[1], key[2]))
