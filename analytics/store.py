@@ -152,7 +152,7 @@ class _Attachments:
         errors (another process holds the file) and StoreBusy when this process's own readers or a
         closing attachment did not make way before `deadline`."""
         with self.guard:
-            base = self.base()
+            self.base()
             entry = self.files.setdefault(key, _File())
             if write:
                 if self.held_for_reading().get(key):
@@ -171,6 +171,7 @@ class _Attachments:
                        or (entry.mode == "w" and not entry.write_users)):
                     self._wait(deadline, target)
                     entry = self.files.setdefault(key, _File())  # a closed attachment's entry is replaced
+            base = self.base()  # after any wait: the instance may have been recycled meanwhile
             if entry.mode not in ("r", "w"):
                 if not any(f.users for f in self.files.values()):
                     self.rss_before = _resident_bytes()

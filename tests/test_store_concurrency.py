@@ -219,7 +219,10 @@ def test_a_torn_last_line_of_the_journal_is_left_out(tmp_path):
     assert [a for a, _, _ in _entries(db)] == ["whole"]
 
 
-def test_many_threads_reading_and_writing_one_file_never_trip_over_each_other(tmp_path):
+@pytest.mark.parametrize("recycle", [False, True], ids=["kept", "recycled after every use"])
+def test_many_threads_reading_and_writing_one_file_never_trip_over_each_other(tmp_path, monkeypatch, recycle):
+    if recycle:  # the instance is closed whenever a use grew the process (forced here after every use)
+        monkeypatch.setattr(store, "RECYCLE_AFTER_GROWTH_BYTES", -1)
     db = _with_patients(tmp_path)
     failures = []
 
