@@ -71,9 +71,10 @@ _DATA_VERSIONS: dict[str, tuple[tuple, tuple]] = {}  # database -> (change stamp
 StoreBusy = store.StoreBusy  # pages meet it here: a write that could not get the lock in time
 
 
-def serving_many_users() -> None:
-    """Called once by the dashboard: audit entries of page views never wait to be written (store.never_wait_to_write_in_passing)."""
-    store.never_wait_to_write_in_passing()
+def page_run():
+    """The dashboard runs each page inside this: its audit entries never wait for the write lock
+    (store.writes_in_passing_never_wait)."""
+    return store.writes_in_passing_never_wait()
 
 
 def write_in_progress(db: str | os.PathLike | None = None) -> bool:

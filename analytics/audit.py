@@ -189,6 +189,7 @@ def entries(
     if limit is not None:
         sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
         params.append(int(limit))
+    store.flush_journal(db, wait=1.0)  # entries queued while another process wrote, if the lock is free now
     try:
         with store.connect(db) as con:
             frame = con.execute(sql, params).df()
@@ -216,6 +217,7 @@ class Verification:
 
 def verify(db: str | os.PathLike | None = None) -> Verification:
     """Recompute the hash chain; report the first entry edited, removed or inserted outside the product."""
+    store.flush_journal(db, wait=1.0)  # queued entries are chained when they are applied
     try:
         with store.connect(db) as con:
             rows = con.execute(

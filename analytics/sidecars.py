@@ -159,11 +159,18 @@ def journal_append(db: Path, kind: str, payload: dict) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)
-            os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        if created:
-            _fsync_directory(path)
+            raise
+    # Synced after the lock is let go, so concurrent appends share one journal commit of the file
+    # system instead of queueing for one each; a flush that renamed the file meanwhile does not matter:
+    # the descriptor is the same file.
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_directory(path)
     return entry["id"]
 
 

@@ -430,13 +430,22 @@ def register_journal_kind(kind: str, apply: Callable, applied: Callable | None =
     _JOURNAL_KINDS[kind] = (apply, applied)
 
 
-def never_wait_to_write_in_passing() -> None:
-    """For a process serving many users (the dashboard): `write_or_journal` writes at once only if the
-    database is free at that moment, else journals; `keep_journal_flushed` applies the journal in one
-    transaction every few seconds. Under load most page writes then cost an fsynced append, not a
-    write transaction each (which would make this process's readers wait for it)."""
-    global JOURNAL_AFTER_SECONDS
-    JOURNAL_AFTER_SECONDS = 0.0
+_in_passing = threading.local()
+
+
+@contextlib.contextmanager
+def writes_in_passing_never_wait() -> Iterator[None]:
+    """Within this block (a dashboard page run, in its own thread), `write_or_journal` writes at once only
+    if the database is free at that moment, else journals: a page never waits for a writer, and under
+    load its audit entries cost an fsynced append each, applied together every few seconds
+    (`keep_journal_flushed`), rather than a write transaction each that this process's readers would
+    have to make way for."""
+    before = getattr(_in_passing, "never_wait", False)
+    _in_passing.never_wait = True
+    try:
+        yield
+    finally:
+        _in_passing.never_wait = before
 
 
 def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
@@ -452,8 +461,10 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
     the kind's `apply` returned, or None when journaled. Either way it is durable when this returns."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
+    if wait is None:
+        wait = 0.0 if getattr(_in_passing, "never_wait", False) else JOURNAL_AFTER_SECONDS
     try:
-        with transaction(path, wait=JOURNAL_AFTER_SECONDS if wait is None else wait) as con:
+        with transaction(path, wait=wait) as con:
             return _JOURNAL_KINDS[kind][0](con, payload)
     except StoreBusy:
         journal(path, kind, payload)

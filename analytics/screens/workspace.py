@@ -25,6 +25,7 @@ The benchmark and the tests make their own workspaces (`Workspace(DataAccess(...
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -199,7 +200,9 @@ class WorkspaceCache:
                 warm = _WARMERS.get(table[0])
                 if warm is not None:
                     warm(ws, table)
-        except Exception:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
+        except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
+            print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
+                  file=sys.stderr, flush=True)
             fresh = None
         with self._guard:
             view = self._views.get(key)
