@@ -72,9 +72,9 @@ StoreBusy = store.StoreBusy  # pages meet it here: a write that could not get th
 
 
 def page_run():
-    """The dashboard runs each page inside this: its audit entries never wait for the write lock
-    (store.writes_in_passing_never_wait)."""
-    return store.writes_in_passing_never_wait()
+    """The dashboard runs each page inside this: its audit entries are journaled, never waiting for
+    the write lock nor making other pages wait (store.writes_in_passing_journaled)."""
+    return store.writes_in_passing_journaled()
 
 
 def write_in_progress(db: str | os.PathLike | None = None) -> bool:

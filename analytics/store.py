@@ -434,18 +434,17 @@ _in_passing = threading.local()
 
 
 @contextlib.contextmanager
-def writes_in_passing_never_wait() -> Iterator[None]:
-    """Within this block (a dashboard page run, in its own thread), `write_or_journal` writes at once only
-    if the database is free at that moment, else journals: a page never waits for a writer, and under
-    load its audit entries cost an fsynced append each, applied together every few seconds
-    (`keep_journal_flushed`), rather than a write transaction each that this process's readers would
-    have to make way for."""
-    before = getattr(_in_passing, "never_wait", False)
-    _in_passing.never_wait = True
+def writes_in_passing_journaled() -> Iterator[None]:
+    """Within this block (a dashboard page run, in its own thread), `write_or_journal` always journals:
+    a page never waits for a writer nor makes this process's readers wait for its write (attaching
+    the file for writing, then checkpointing it on detach). Its audit entries cost an fsynced append
+    each and are applied together every second or so by `keep_journal_flushed`."""
+    before = getattr(_in_passing, "journaled", False)
+    _in_passing.journaled = True
     try:
         yield
     finally:
-        _in_passing.never_wait = before
+        _in_passing.journaled = before
 
 
 def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
@@ -461,10 +460,11 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
     the kind's `apply` returned, or None when journaled. Either way it is durable when this returns."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
-    if wait is None:
-        wait = 0.0 if getattr(_in_passing, "never_wait", False) else JOURNAL_AFTER_SECONDS
+    if getattr(_in_passing, "journaled", False):
+        journal(path, kind, payload)
+        return None
     try:
-        with transaction(path, wait=wait) as con:
+        with transaction(path, wait=JOURNAL_AFTER_SECONDS if wait is None else wait) as con:
             return _JOURNAL_KINDS[kind][0](con, payload)
     except StoreBusy:
         journal(path, kind, payload)
@@ -530,8 +530,11 @@ _flushers: dict[str, threading.Thread] = {}
 _flushers_guard = threading.Lock()
 
 
-def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 2.0) -> None:
-    """A daemon thread (one per database and process) that applies the journal whenever the lock is free."""
+def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 1.0) -> None:
+    """A daemon thread (one per database and process) that applies the journal whenever the lock is free.
+
+    It tries without waiting (a wait would hold back this process's new readers until the current ones
+    are done); after `FORCE_FLUSH_AFTER` tries that found the database in use it waits up to a second."""
     target = db_path(path)
     key = f"{os.getpid()}:{target.resolve()}"
     with _flushers_guard:
@@ -539,17 +542,25 @@ def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 2
             return
 
         def loop() -> None:
+            missed = 0
             while True:
                 time.sleep(every)
                 try:
-                    # A short wait: this process's readers finish their reads and new ones queue behind it.
-                    flush_journal(target, wait=every)
+                    if not sidecars.journal_pending(target):
+                        missed = 0
+                    elif flush_journal(target, wait=1.0 if missed >= FORCE_FLUSH_AFTER else 0.0):
+                        missed = 0
+                    else:
+                        missed += 1
                 except Exception:  # noqa: BLE001 - retried next time; a page's own write reports errors
-                    pass
+                    missed += 1
 
         thread = threading.Thread(target=loop, name=f"journal-flusher-{target.name}", daemon=True)
         _flushers[key] = thread
         thread.start()
+
+
+FORCE_FLUSH_AFTER = 10
 
 
 # --- schema -------------------------------------------------------------------
