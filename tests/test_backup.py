@@ -363,3 +363,20 @@ def test_keys_stay_out_of_a_backup_unless_asked_and_a_restore_elsewhere_says_wha
     retired = tmp_path / "busy-machine-keys" / f"audit-{keys.key_id_of(bytes.fromhex(own_key.strip()))}.key"
     assert retired.read_text() == own_key  # kept under its id, where verification finds it
     assert (tmp_path / "busy-machine-keys" / "audit.key").read_text() != own_key  # theirs untouched
+
+
+def test_writes_journaled_while_another_process_wrote_are_in_the_backup_and_applied_after_restore(lived_in_db, tmp_path):
+    db, _ = lived_in_db
+    with store.writes_in_passing_journaled():  # as a dashboard page does while an import holds the lock
+        assert audit.append(db, "dr_lee", "view_patient", role="clinician", patients=["P00001"]) is None
+    assert store.journal_pending(db)
+    before = len(audit.entries(db))
+    file = backup.backup(db, tmp_path / "b.tar.gz").file
+    with tarfile.open(file) as tar:
+        assert any(n.startswith("companions/journal/") for n in tar.getnames())
+    restored = backup.restore(file, tmp_path / "r.duckdb").database
+    assert store.journal_pending(restored)  # beside the restored database, not lost
+    assert store.flush_journal(restored, wait=5)
+    trail = audit.entries(restored)
+    assert len(trail) == before + 1 and trail.iloc[-1]["action"] == "view_patient"
+    assert audit.verify(restored).ok
