@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from . import audit, scales, store
+from . import audit, clinic_time, scales, store
 from .access import AccessDenied, DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
@@ -80,7 +80,8 @@ def link_url(token: str, base: str | None = None) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now().replace(microsecond=0)
+    """The clinic's wall-clock time (stored times are clinic time, analytics/clinic_time.py)."""
+    return clinic_time.now().replace(microsecond=0)
 
 
 def parse_instruments(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -205,7 +206,7 @@ def _answers_rows(link: OpenLink, answers: dict[str, dict[int, int | None]], whe
 
 def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: datetime | None = None) -> Submission:
     """Store a patient's answers through a link, once. LinkRefused when the link cannot be used."""
-    now = now or datetime.now()  # to the microsecond: two reports of one patient never share a key
+    now = now or clinic_time.now()  # to the microsecond: two reports of one patient never share a key
     link = _peek(db, token, now)
     unexpected = sorted(set(answers) - set(link.instruments))
     errors: dict[str, str] = {f"{c}": "this link does not ask for this questionnaire" for c in unexpected}
@@ -330,7 +331,6 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
     `next_infusion`: patient_id, next_due_on (e.g. intervals.py suggestions) or None.
     A self-report is a PHQ-9 or GAD-7 with rater "self".
     """
-    today_ts = pd.Timestamp(today)
     mine = assessments[assessments["instrument"].isin(INSTRUMENTS)]
     if "rater" in mine:
         mine = mine[mine["rater"].astype("str").str.lower() == "self"]
@@ -338,21 +338,22 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
     out = pd.DataFrame({"patient_id": patients["patient_id"].astype("str")})
     # dict lookups: Series.map with an empty datetime Series fails in pandas 3
     out["last_self_report"] = pd.to_datetime(out["patient_id"].map(last.to_dict()), errors="coerce")
-    days_since = (today_ts - out["last_self_report"].dt.normalize()).dt.days
+    days_since = clinic_time.days_since(out["last_self_report"], today)
     reasons = [[] for _ in range(len(out))]
     if cadence.every_days:
-        weekly = (out["last_self_report"].isna() | (days_since >= cadence.every_days)).to_numpy()
+        weekly = (out["last_self_report"].isna() | (days_since >= cadence.every_days)).fillna(False).to_numpy(dtype=bool)
         for i in range(len(out)):
             if weekly[i]:
                 reasons[i].append(f"none in {cadence.every_days} days" if pd.notna(days_since.iloc[i]) else "none yet")
     if cadence.before_infusion_days and next_infusion is not None and len(next_infusion):
         due_on = out["patient_id"].map(next_infusion.set_index("patient_id")["next_due_on"].to_dict())
-        ahead = (pd.to_datetime(due_on).dt.normalize() - today_ts).dt.days
+        ahead = -clinic_time.days_since(pd.to_datetime(due_on), today)
         soon = ((ahead >= 0) & (ahead <= cadence.before_infusion_days)
-                & (out["last_self_report"].isna() | (days_since >= 1))).to_numpy()
+                & (out["last_self_report"].isna() | (days_since >= 1))).fillna(False).to_numpy(dtype=bool)
         for i in range(len(out)):
             if soon[i]:
-                reasons[i].append("infusion due " + ("today" if ahead.iloc[i] == 0 else f"in {int(ahead.iloc[i])} day(s)"))
+                n = int(ahead.iloc[i])
+                reasons[i].append("infusion due " + ("today" if n == 0 else "tomorrow" if n == 1 else f"in {n} days"))
     out["self_report_reason"] = ["; ".join(r) for r in reasons]
     out["self_report_due"] = out["self_report_reason"] != ""
     return out[["patient_id", "last_self_report", "self_report_due", "self_report_reason"]]

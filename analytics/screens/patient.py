@@ -15,7 +15,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from .. import outcomes, scales
+from .. import clinic_time, outcomes, scales
 from ..access import AccessDenied
 from ..ingest.rules import escape_formula
 from ..outcomes import DEFAULT_RULES, OutcomeRules
@@ -77,7 +77,7 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
     return PatientScreen(
         patient_id, info=info, treatments=t, assessments=a, alerts=patient_alerts(record), thresholds=thresholds,
         latest=latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
-        last_infusion=last, days_since_infusion=None if last is None else (pd.Timestamp(today) - last).days,
+        last_infusion=last, days_since_infusion=clinic_time.days_since(last, today),
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
         items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
@@ -106,8 +106,9 @@ def describe_suggestion(s: dict | None, today: date) -> str:
         return ("No suggested date yet: it needs at least one infusion given while in response, "
                 "to learn how long response lasts for this patient.")
     due = pd.Timestamp(s["next_due_on"]).date()
-    days = (due - today).days
-    when = f"in {days} days" if days > 1 else "tomorrow" if days == 1 else "today" if days == 0 else f"{-days} days overdue"
+    days = -clinic_time.days_since(due, today)
+    when = (f"in {days} days" if days > 1 else "tomorrow" if days == 1 else "today" if days == 0
+            else "1 day overdue" if days == -1 else f"{-days} days overdue")
     text = (f"Suggested next infusion: {due:%a %d %b %Y} ({when}), "
             f"{s['suggested_interval_days']:.0f} days after the last one")
     lo, hi = s.get("interval_low_days"), s.get("interval_high_days")
