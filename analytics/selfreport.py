@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -37,7 +37,10 @@ MAX_HOURS = 24 * 30
 TOKEN_BYTES = 32
 SELF_ACTOR = "self-report"  # the audit actor for what a patient does through a link
 PAGE = "self_report"
-DEFAULT_BASE_URL = "http://localhost:8501"
+BASE_URL_ENV = "OUTCOMES_BASE_URL"  # the dashboard's address as patients reach it, e.g. https://outcomes.clinic.example
+PORT_ENV = "PORT"  # the port `make run PORT=...` serves on: only for a link nobody gave an address for
+DEFAULT_PORT = 8501
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "[::1]")
 # Shown to a patient who answers PHQ-9 item 9 above 0. Override with OUTCOMES_CRISIS_MESSAGE.
 DEFAULT_CRISIS_MESSAGE = (
     "If you are thinking about hurting yourself or that you would be better off dead, please reach out now. "
@@ -71,8 +74,59 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(str(token).encode("utf-8")).hexdigest()
 
 
-def base_url(explicit: str | None = None) -> str:
-    return (explicit or os.environ.get("OUTCOMES_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+def _checked_base(url: str, where: str) -> str:
+    """An http(s) address with a host, without a query or a trailing slash; ValueError naming `where`."""
+    parts = urlsplit(str(url).strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where} must be the dashboard's address as patients reach it, such as "
+                         f"https://outcomes.clinic.example or http://192.168.1.20:8501; got {str(url)[:200]!r}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def request_base_url(request_url: str | None = None, headers: dict | None = None,
+                     page_names: tuple[str, ...] = ()) -> str | None:
+    """The dashboard's address as the clinician's browser reached it: `request_url` (the page's
+    address, st.context.url) without its page name, else the request's Host header (behind a proxy,
+    X-Forwarded-Host and X-Forwarded-Proto), else None."""
+    if request_url:
+        parts = urlsplit(request_url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            path = parts.path.rstrip("/")
+            head, _, last = path.rpartition("/")
+            if last in page_names:
+                path = head
+            return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+    host = (lowered.get("x-forwarded-host") or lowered.get("host") or "").split(",")[0].strip()
+    if host:
+        scheme = (lowered.get("x-forwarded-proto") or "http").split(",")[0].strip().lower()
+        try:
+            return _checked_base(f"{scheme}://{host}", "the request's address")
+        except ValueError:
+            return None
+    return None
+
+
+def base_url(explicit: str | None = None, *, request: str | None = None, port: int | None = None) -> str:
+    """Where a self-report link points, one rule for the page and the command line:
+    `explicit` (--base-url), else $OUTCOMES_BASE_URL, else `request` (the address the clinician's
+    browser used, request_base_url), else http://localhost:<port, $PORT or 8501>, which only this
+    computer can open (`is_local_address`: no QR code unless asked)."""
+    if explicit:
+        return _checked_base(explicit, "the link's address (--base-url)")
+    configured = os.environ.get(BASE_URL_ENV, "").strip()
+    if configured:
+        return _checked_base(configured, BASE_URL_ENV)
+    if request:
+        return _checked_base(request, "the request's address")
+    port = port or os.environ.get(PORT_ENV, "").strip() or DEFAULT_PORT
+    return f"http://localhost:{port}"
+
+
+def is_local_address(url: str) -> bool:
+    """True when `url` points at the computer that opens it (localhost, 127.x): a phone cannot reach it."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in LOCAL_HOSTS or host.startswith("127.") or host.endswith(".localhost")
 
 
 def link_url(token: str, base: str | None = None) -> str:
@@ -108,11 +162,20 @@ class CreatedLink:
     instruments: tuple[str, ...]
     expires_at: datetime
 
+    @property
+    def local(self) -> bool:
+        """The link points at this computer (localhost): a patient's phone cannot open it."""
+        return is_local_address(self.url)
+
 
 def create_link(db, scope: Scope, patient_id: str, instruments, *, hours: float = DEFAULT_HOURS,
-                base: str | None = None, now: datetime | None = None, page: str | None = None) -> CreatedLink:
-    """A new single-use link for one patient; ValueError or AccessDenied name what is wrong."""
+                base: str | None = None, request: str | None = None, port: int | None = None,
+                now: datetime | None = None, page: str | None = None) -> CreatedLink:
+    """A new single-use link for one patient; ValueError or AccessDenied name what is wrong.
+    Its address: `base` (--base-url), else $OUTCOMES_BASE_URL, else `request` (the address the
+    clinician's browser used), else localhost (`base_url`)."""
     codes = parse_instruments(instruments)
+    base = base_url(base, request=request, port=port)  # a bad address is refused before anything is stored
     hours = float(hours)
     if not 0 < hours <= MAX_HOURS:
         raise ValueError(f"a link must expire within 0-{MAX_HOURS} hours, got {hours:g}")
@@ -411,6 +474,6 @@ def send_link(db, scope: Scope, messenger: Messenger | None, to: str, link: Crea
     messenger.send(str(to).strip(), reminder_text(link))
 
 
-__all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
+__all__ = ["base_url", "request_base_url", "is_local_address", "create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
            "qr_svg", "send_link", "Messenger", "MessagingOff", "LinkRefused", "CreatedLink", "OpenLink", "Submission",
            "hash_token", "link_url", "crisis_message", "parse_instruments"]

@@ -12,6 +12,7 @@ import streamlit as st
 from analytics import scales, selfreport, visits
 from analytics.access import AccessDenied, Scope
 from analytics.permissions import may
+from pages import _routing
 from pages._context import db_file as db_path
 
 FLASH = "visit_forms:flash"
@@ -126,7 +127,7 @@ def history_view(scope: Scope, patient_id: str, treatments: pd.DataFrame, assess
     st.dataframe(history, hide_index=True, width="stretch")
 
 
-def self_report_link(scope: Scope, patient_id: str) -> None:
+def self_report_link(scope: Scope, patient_id: str, *, page: str = "patient") -> None:
     """Create a single-use link, to copy, open or print as a QR code; the token is shown only now."""
     with st.form(f"link:{patient_id}"):
         st.markdown("**Self-report link** (the patient needs no account; the link works once)")
@@ -137,7 +138,8 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
         made = st.form_submit_button("Create link")
     if made:
         try:
-            link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page="patient")
+            link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page=page,
+                                          request=_request_address(), port=st.get_option("server.port"))
         except (ValueError, AccessDenied) as exc:
             st.error(str(exc))
             return
@@ -148,8 +150,24 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
     st.code(link.url, language=None)  # has a copy button
     st.caption(f"{', '.join(link.instruments)} · works once · expires {link.expires_at:%a %d %b %H:%M}. "
                "The link is shown only now: it is stored hashed and cannot be shown again.")
+    if link.local:
+        # A QR code of a localhost address would be printed and then fail on every phone.
+        st.warning("This address points at this computer itself (localhost), so a patient's phone cannot open it "
+                   "and no QR code is shown. Open the dashboard by the address patients can reach, or ask your "
+                   f"administrator to set {selfreport.BASE_URL_ENV} to it.", icon=":material/phonelink_off:")
+        if not st.checkbox("Show the QR code anyway (for a test on this computer)", key=f"local_qr:{link.link_id}"):
+            return
     svg = selfreport.qr_svg(link.url)
     st.image(svg[svg.index("<svg"):], width=220, caption="Print for the waiting room")
+
+
+def _request_address() -> str | None:
+    """The dashboard's address as this browser reached it (st.context: the page's URL, else the Host header)."""
+    try:
+        url, headers = st.context.url, st.context.headers.to_dict()
+    except Exception:  # no browser behind this run (AppTest)
+        return None
+    return selfreport.request_base_url(url, headers, page_names=(*_routing.PAGES, "login"))
 
 
 def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:

@@ -65,4 +65,4 @@ wanting = screen.links_wanted
 if wanting:
     with st.expander(f"Self-report links ({len(wanting)} due)", icon=":material/qr_code:"):
         chosen = st.selectbox("Patient", wanting, key="due_link_patient")
-        _visit_forms.self_report_link(page.scope, chosen)
+        _visit_forms.self_report_link(page.scope, chosen, page="due")
