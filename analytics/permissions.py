@@ -29,7 +29,7 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "view_import_history": ("see import batches (file names and row counts)", _ADMIN),
     "view_rejected_rows": ("see quarantined import rows (raw text, not scoped to a caseload)", _ADMIN),
     # writing clinical records
-    "record_visit": ("record an infusion or a clinician-rated assessment", _CLINICAL),
+    "record_visit": ("record an infusion or a clinician-rated assessment; correct, re-date or void a record", _CLINICAL),
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),
     "acknowledge_safety_flag": ("acknowledge a safety flag", _CLINICAL),
     # dashboard pages (registered in the navigation only for roles that may open them)
