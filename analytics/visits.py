@@ -28,7 +28,7 @@ from . import scales
 from .access import DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
-from .vocabulary import PHASES, ROUTES  # noqa: F401  (the form's choices)
+from .vocabulary import PHASES, ROUTE_NAMES, ROUTES  # noqa: F401  (the form's choices)
 
 MIN_WEIGHT_KG, MAX_WEIGHT_KG = 20.0, 400.0
 MAX_NOTES = 2000
@@ -80,8 +80,21 @@ def _check_scope(db, scope: Scope, patient_id: str) -> dict[str, str]:
     return {}
 
 
+# The import's messages name its CSV columns (right for a file); a form shows the field's name instead.
+FIELD_WORDS = {"administered_on": "date", "dose_mg_per_kg": "dose (mg/kg)", "patient_id": "patient id",
+               **{c: c.replace("_", " ") for c in scales.item_columns()}}
+
+
+def form_words(reason: str) -> str:
+    """An import message in a form's words: "dose_mg_per_kg must be ..." -> "dose (mg/kg) must be ..."."""
+    for column, words in FIELD_WORDS.items():
+        if reason.startswith(column + " "):
+            return words + reason[len(column):]
+    return reason
+
+
 def _first_problems(validated) -> dict[str, str]:
-    return {str(c): str(r) for c, r in zip(validated.rejects["column"], validated.rejects["reason"])}
+    return {str(c): form_words(str(r)) for c, r in zip(validated.rejects["column"], validated.rejects["reason"])}
 
 
 def _row_outcome(report, correct: bool, what: str, voided: bool = False) -> str:
@@ -90,7 +103,7 @@ def _row_outcome(report, correct: bool, what: str, voided: bool = False) -> str:
     result = next(f for f in report.files if f.kind in rules.KINDS)
     if result.rejects:
         r = result.rejects[0]
-        raise _Refused({r.column or FORM: r.reason})
+        raise _Refused({r.column or FORM: form_words(r.reason)})
     if voided:
         if correct:
             raise _Refused({"administered_on": f"nothing to correct: {what} at this date and time was voided; "
