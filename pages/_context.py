@@ -1,7 +1,6 @@
 """Where and when the dashboard runs: which database, its data version, and today."""
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 
