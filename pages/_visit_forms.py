@@ -203,7 +203,9 @@ def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.Data
         slots = {}
         c1, c2 = st.columns(2)
         day = c1.date_input("Right date", value=pd.Timestamp(at).date(), max_value=today, key="redate_day", format="DD/MM/YYYY")
-        time_at = c2.time_input("Right time", value=None, key="redate_time", help="Leave empty if the time is not known.")
+        stamp = pd.Timestamp(at)
+        time_at = c2.time_input("Right time", value=None if stamp == stamp.normalize() else stamp.time(), key="redate_time",
+                                help="Leave empty if the time is not known.")
         slots["new_administered_on"] = st.empty()
         reason = st.text_input("Why", key="redate_reason", placeholder="e.g. typed yesterday's date", max_chars=visits.MAX_REASON)
         slots["correction_reason"] = st.empty()

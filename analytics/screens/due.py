@@ -33,6 +33,23 @@ class DueScreen:
         """Patients whose self-report is due (a link to create for them)."""
         return self.due.loc[self.due["self_report_due"], "patient_id"].tolist()
 
+    @property
+    def rows(self) -> pd.DataFrame:
+        """The list as the page shows it: the self-report's reason folded into "why" (one column fewer, so
+        every column fits at 1440 px), a link per patient, dates as dates."""
+        d = self.due
+        why = [r.replace("self-report due", f"self-report due ({s})") if s else r
+               for r, s in zip(d["reasons"], d["self_report_reason"])]
+        return pd.DataFrame({
+            "open": [f"patient?patient={p}" for p in d["patient_id"]],
+            "why": why,
+            "next_due_on": pd.to_datetime(d["next_due_on"]).dt.date,
+            "last_infusion": pd.to_datetime(d["last_infusion"]).dt.date,
+            "last_assessment": pd.to_datetime(d["last_assessment"]).dt.date,
+            "days_since_score": d["days_since_score"],
+            "latest_phq9": d["latest_phq9"],
+        })
+
 
 def due_screen(ws: Workspace, today: date, no_score_days: int = 28) -> DueScreen:
     f = ws.frames()
