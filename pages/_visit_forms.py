@@ -15,6 +15,7 @@ from analytics.permissions import may
 from analytics.screens import patient
 from pages import _routing
 from pages._context import db_file as db_path
+from pages._text import plain
 
 FLASH = "visit_forms:flash"
 ROUTE_WORDS = visits.ROUTE_NAMES
@@ -26,7 +27,7 @@ def _when(day: date, at: time | None) -> datetime | date:
 
 def _show_errors(slots: dict, errors: dict[str, str]) -> None:
     for field, reason in errors.items():
-        (slots.get(field) or slots[visits.FORM]).error(reason, icon=":material/error:")
+        (slots.get(field) or slots[visits.FORM]).error(plain(reason), icon=":material/error:")
     if visits.FORM not in errors:
         slots[visits.FORM].error("Nothing was saved: fix the fields marked above.")
 
@@ -127,7 +128,7 @@ def _infusion_summary(scope: Scope, patient_id: str, pending: dict, pending_key:
                 _saved(f"Infusion of {checked.administered_at:%d %b %Y}"
                        + (f" {checked.administered_at:%H:%M}" if checked.has_time else "")
                        + f" saved ({ {'new': 'new record', 'corrected': 'correction saved as a new version', 'unchanged': 'nothing changed'}.get(result.version, result.version)}).")
-            slot.error("Nothing was saved: " + "; ".join(result.errors.values()), icon=":material/error:")
+            slot.error(plain("Nothing was saved: " + "; ".join(result.errors.values())), icon=":material/error:")
         if back_col.button("Change something", key="inf_back"):
             st.session_state.pop(pending_key, None)
             st.rerun()
@@ -255,7 +256,7 @@ def self_report_link(scope: Scope, patient_id: str, *, page: str = "patient") ->
             link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page=page,
                                           request=_request_address(), port=st.get_option("server.port"))
         except (ValueError, AccessDenied) as exc:
-            st.error(str(exc))
+            st.error(plain(str(exc)))
             return
         st.session_state[f"self_report_link:{patient_id}"] = link
     link = st.session_state.get(f"self_report_link:{patient_id}")
@@ -293,7 +294,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():
         with st.container(border=True):
-            st.error(f"Safety flag{'' if patient_id else ' for ' + flag.patient_id}: {flag.reason} "
+            st.error(f"Safety flag{'' if patient_id else ' for ' + plain(flag.patient_id)}: {plain(flag.reason)} "
                      f"({flag.raised_at:%d %b %Y %H:%M}). It stays until a clinician acknowledges it.",
                      icon=":material/emergency:")
             if not may(scope, "acknowledge_safety_flag"):
@@ -303,7 +304,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
                 try:
                     selfreport.acknowledge_flag(db_path(), scope, flag.flag_id, note, page=page)
                 except (ValueError, AccessDenied) as exc:
-                    st.warning(str(exc))
+                    st.warning(plain(str(exc)))
                 else:
                     _saved(f"Safety flag acknowledged for {flag.patient_id}.")
 

@@ -1,10 +1,9 @@
 """Due list (clinician): the caseload ordered by urgency."""
-import pandas as pd
 import streamlit as st
 
 from analytics.permissions import may
 from analytics.screens import due
-from pages import _visit_forms
+from pages import _context, _visit_forms
 from pages._page import open_page
 
 page = open_page("due", "Due list")
@@ -34,18 +33,24 @@ if listed.empty:
                f"no lost response, and everyone assessed within {no_score_days} days.")
     st.stop()
 
+# The list names patients: each distinct view of it is audited with the patients it showed.
+view = (str(today), no_score_days, _context.db_version())
+if st.session_state.get("due_list_viewed") != view:
+    due.log_view(page.workspace, screen)
+    st.session_state["due_list_viewed"] = view
+
 st.caption(f"{len(listed)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
            "taper candidate, self-report due). "
-           "Click a patient id to open their trajectory.")
+           "Select a row to open that patient's trajectory here.")
 # Every column fits the page at 1440 px (no sideways scroll): short headers, dates as "04 Dec 2026",
 # the self-report's reason inside "why" (screen.rows).
 DAY = "DD MMM YYYY"
-st.dataframe(
-    screen.rows,
-    hide_index=True, width="stretch",
+shown = screen.rows
+picked = st.dataframe(
+    shown, hide_index=True, width="stretch", key="due_table", on_select="rerun", selection_mode="single-row",
     column_config={
-        "open": st.column_config.LinkColumn("patient", display_text=r"patient\?patient=(.*)", width="small"),
+        "patient_id": st.column_config.TextColumn("patient", width="small"),
         "why": st.column_config.TextColumn("why"),
         "next_due_on": st.column_config.DateColumn("next infusion", format=DAY, width="small",
                                                    help="Suggested date of the next maintenance infusion (empty: "
@@ -57,6 +62,9 @@ st.dataframe(
         "latest_phq9": st.column_config.NumberColumn("PHQ-9", format="%d", width="small", help="Latest PHQ-9 total"),
     },
 )
+rows = picked.selection.rows if picked is not None else []
+if rows:  # opens in this tab (a link column would open a new one)
+    st.switch_page("pages/patient.py", query_params={"patient": str(shown["patient_id"].iloc[rows[0]])})
 
 # Reminders without a messaging vendor: create a single-use link to copy, or print as a QR code.
 wanting = screen.links_wanted

@@ -1,10 +1,11 @@
 """Patient trajectory (clinician): one patient's scores, infusions, cycles and next infusion."""
 import streamlit as st
 
-from analytics import charts
+from analytics import charts, printable
 from analytics.screens import patient
 from pages import _visit_forms
 from pages._page import open_page
+from pages._text import plain
 
 page = open_page("patient", "Patient trajectory")
 ws = page.workspace
@@ -21,7 +22,7 @@ if not search:
     st.stop()
 matches = patient.patient_search(ws, search)
 if not matches:
-    st.warning(f"No patient in your caseload has an id containing '{search}'.")
+    st.warning(f"No patient in your caseload has an id containing '{plain(search)}'.")
     st.stop()
 default = matches.index(wanted) if wanted in matches else (matches.index(search) if search in matches else 0)
 patient_id = st.selectbox(f"{len(matches)} match{'es' if len(matches) != 1 else ''}"
@@ -35,13 +36,13 @@ if st.query_params.get("patient") != patient_id:
 with st.spinner("Working out response cycles and the next infusion..."):
     screen = patient.patient_screen(ws, patient_id, page.today)
 if screen.refused:
-    st.error(screen.refused)
+    st.error(plain(screen.refused))
     st.stop()
 
 info = screen.info
-st.caption(f"{info['patient_id']} · site {info['site'] or '-'} · clinician {info['clinician'] or '-'} · "
-           f"{info['diagnosis'] or 'diagnosis not recorded'}"
-           + (f" · comorbidities: {info['comorbidities'].replace(';', ', ')}" if info["comorbidities"] else ""))
+st.caption(f"{plain(info['patient_id'])} · site {plain(info['site'] or '-')} · clinician {plain(info['clinician'] or '-')} · "
+           f"{plain(info['diagnosis'] or 'diagnosis not recorded')}"
+           + (f" · comorbidities: {plain(info['comorbidities'].replace(';', ', '))}" if info["comorbidities"] else ""))
 
 if screen.empty:
     st.info("No assessments or infusions yet for this patient: record one below, or import them on the Data page.")
@@ -49,7 +50,7 @@ if screen.empty:
     st.stop()
 
 for message in screen.alerts:
-    st.error(message, icon=":material/warning:")
+    st.error(plain(message), icon=":material/warning:")
 
 # A lower score is better on every instrument here: a fall is green with a down arrow, a rise red
 # with an up arrow, and a change that rounds to 0% is "no change", grey with no arrow (never "+0%").
@@ -103,14 +104,23 @@ st.subheader("Recent history")
 st.dataframe(screen.history, hide_index=True, width="stretch",
              column_config={"date": st.column_config.TextColumn("date", width="small"),
                             "record": st.column_config.TextColumn("record", width="medium")})
-# Downloads sit in one row (room for a patient summary beside the CSV).
-csv_col, _ = st.columns([1, 2])
-# The CSV is built when the button is clicked, not on every view of the record.
-csv_col.download_button("Download this patient's data (CSV)", screen.csv,
-                        file_name=f"{patient_id}.csv",
-                        mime="text/csv", icon=":material/download:",
-                        on_click=lambda: ws.data.log(  # every download is audited
-                            "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))
+# Each file is built when its button is clicked (a deferred download), audited then with the patient
+# it holds, never kept on the server. Both buttons sit in one row.
+csv_col, pdf_col, _ = st.columns([1, 1, 1])
+csv_col.download_button("Download this patient's data (CSV)", lambda: patient.audited_csv(ws, screen),
+                        file_name=f"{patient_id}.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
+
+
+def _audited_summary_pdf() -> bytes:
+    ws.data.log("export", page="patient", patients=[patient_id], detail={"what": "patient summary (PDF)"})
+    return printable.patient_summary_pdf(screen, page.today)
+
+
+pdf_col.download_button("Download a one-page summary (PDF)", _audited_summary_pdf,
+                        file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
+                        key="patient_pdf", on_click="ignore",
+                        help="Trajectory, latest scores, infusions and the suggested next infusion, for "
+                             "the chart or a referring psychiatrist.")
 
 # Infusion, MADRS, self-report link, correcting or voiding a record (clinicians; analytics.visits / selfreport).
 _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments, screen)

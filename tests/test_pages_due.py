@@ -57,12 +57,21 @@ def test_due_list_orders_by_urgency_and_leaves_out_the_inactive():
     assert "overdue" in listed.iloc[1]["reasons"]
 
 
-def test_due_list_names_no_patients_to_a_deidentified_role(open_page, monkeypatch):
+def test_due_list_is_not_in_a_directors_menu_and_refuses_them(open_page, monkeypatch):
+    """The due list names a caseload's patients; a director has no caseload, so the page is not theirs."""
+    from analytics.access import Scope
+    from pages._routing import menu_for
+
+    director = Scope("d", "director", patient_level=False, identifiable=False)
+    assert not any("due" in names for names in menu_for(director).values())
+    assert not any("patient" in names for names in menu_for(director).values())
+    granted = Scope("d", "director", patient_level=False, identifiable=False, granted=frozenset({"P00001"}))
+    assert any("patient" in names for names in menu_for(granted).values())  # a granted patient opens
     monkeypatch.setenv("OUTCOMES_ROLE", "director")
     at = open_page("due")
     assert not at.exception
     assert not at.dataframe
-    assert any("for clinicians" in i.value for i in at.info)
+    assert any("does not open this page" in e.value for e in at.error)
 
 
 def test_clinician_due_list_holds_only_their_caseload(open_page, monkeypatch, demo_db):
@@ -75,7 +84,7 @@ def test_clinician_due_list_holds_only_their_caseload(open_page, monkeypatch, de
     monkeypatch.setenv("OUTCOMES_CLINICIAN", clinician)
     at = open_page("due")
     assert not at.exception
-    shown = {link.split("=")[-1] for link in at.dataframe[0].value["open"]}
+    shown = set(at.dataframe[0].value["patient_id"])
     assert shown and shown <= mine
 
 
@@ -90,7 +99,7 @@ def test_cached_caseload_of_one_clinician_never_serves_another(open_page, monkey
     for clinician in (first, second):
         monkeypatch.setenv("OUTCOMES_CLINICIAN", clinician)
         at = open_page("due")
-        shown[clinician] = {link.split("=")[-1] for link in at.dataframe[0].value["open"]}
+        shown[clinician] = set(at.dataframe[0].value["patient_id"])
     for clinician, ids in shown.items():
         assert ids and ids <= set(patients.loc[patients["clinician"] == clinician, "patient_id"])
 

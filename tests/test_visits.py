@@ -8,6 +8,7 @@ import pytest
 
 from analytics import audit, store, visits
 from analytics.access import SYSTEM, DataAccess, Scope
+from tests.conftest import shown
 
 WHEN = datetime(2026, 11, 19, 10, 30)
 
@@ -126,7 +127,12 @@ def test_entry_is_limited_to_the_clinicians_caseload_and_role(writable_db):
     director = Scope(user="boss", role="director", patient_level=False)
     assert "cannot record" in visits.record_assessment(writable_db, director, mine["patient_id"], "MADRS",
                                                        administered_at=WHEN, items=_madrs()).errors["form"]
-    assert _counts(writable_db) == before
+    after = _counts(writable_db)
+    assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
+    # nothing was stored, but both refusals are in the audit trail (docs/security.md)
+    refusals = audit.entries(writable_db, action="record_visit")
+    assert refusals[["actor", "outcome"]].values.tolist() == [["dr_a", "denied"], ["boss", "denied"]]
+    assert refusals.iloc[0]["patients"] == [other["patient_id"]]
     assert visits.record_infusion(writable_db, clinician, mine["patient_id"], administered_at=WHEN, route="iv",
                                   dose_mg_per_kg=0.5).ok
     with pytest.raises(PermissionError):
@@ -182,13 +188,13 @@ def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_pag
     before = _counts(writable_db)
     at.number_input(key="inf_dose").set_value(9.0)
     _button(at, "Review before saving").click().run()
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert "dose (mg/kg) must be above 0 and at most 5, got 9" in errors, errors
     assert not [b for b in at.button if b.label == "Save infusion"]  # no summary to save from
     for n in range(1, 10):
         at.radio(key=f"madrs_item_{n}").set_value(1)
     next(b for b in at.button if b.label == "Save MADRS").click().run()
-    assert "item 10 is not rated" in [e.value for e in at.error]
+    assert "item 10 is not rated" in [shown(e.value) for e in at.error]
     after = _counts(writable_db)
     # each page run audits the record view; nothing else may have been written
     assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
@@ -206,7 +212,7 @@ def test_an_infusion_needs_a_dose_or_an_explicit_dose_not_recorded_on_the_page(o
     at = open_page("patient", patient="P00003")
     before = _counts(writable_db)
     _button(at, "Review before saving").click().run()  # one click, nothing filled in
-    assert visits.DOSE_MISSING in [e.value for e in at.error]
+    assert visits.DOSE_MISSING in [shown(e.value) for e in at.error]
     assert not at.table  # no summary, nothing to save
     at.radio(key="inf_unit").set_value("not recorded")
     _button(at, "Review before saving").click().run()
@@ -229,7 +235,7 @@ def test_an_infusion_without_a_phase_is_saved_with_the_phase_the_course_gives_it
         summary["Phase"].startswith("rescue (worked out from the course"), summary
     assert summary["Dose"] == "0.5 mg/kg" and summary["Saved as"] == "a new infusion"
     _button(at, "Save infusion").click().run()
-    assert not at.exception and any("saved" in s.value for s in at.success), [e.value for e in at.error]
+    assert not at.exception and any("saved" in shown(s.value) for s in at.success), [e.value for e in at.error]
     stored = DataAccess(writable_db).treatments([pid])
     new = stored[stored["administered_at"] == datetime(2026, 11, 20)]
     assert new["phase"].tolist() == [summary["Phase"].split(" ")[0]]
@@ -249,13 +255,13 @@ def test_voiding_an_infusion_on_the_page_needs_a_reason_and_a_tick_and_keeps_it_
     at = open_page("patient", patient=pid)
     _pick_record(at, "infusion of")
     _button(at, "Void this record").click().run()
-    assert any("Tick the box" in e.value for e in at.error)
+    assert any("Tick the box" in shown(e.value) for e in at.error)
     at.checkbox(key="void_sure").check()
     _button(at, "Void this record").click().run()
     assert DataAccess(writable_db).treatments([pid])["administered_at"].max() == last  # no reason: not voided
     at.text_input(key="void_reason").input("entered for the wrong patient")
     _button(at, "Void this record").click().run()
-    assert not at.exception and any("voided" in s.value.lower() for s in at.success), [e.value for e in at.error]
+    assert not at.exception and any("voided" in shown(s.value).lower() for s in at.success), [e.value for e in at.error]
     left = DataAccess(writable_db).treatments([pid])
     assert last not in set(left["administered_at"])
     voided = DataAccess(writable_db).voided_rows([pid])["treatments"]

@@ -225,8 +225,9 @@ def test_the_export_keeps_voided_records_apart_and_the_import_does_not_read_them
 def test_a_database_from_before_voids_is_brought_up_to_date_by_its_first_read(tmp_path, monkeypatch):
     from fixtures import make_db, patient, treatment
 
-    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:4])
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 4)
+    before = store.MIGRATIONS.index(store._schema_v6)  # the migration that added voids
+    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:before])
+    monkeypatch.setattr(store, "SCHEMA_VERSION", before)
     db = make_db(tmp_path, patients=[patient("P1")], treatments=[treatment("P1", "2024-02-01")])
     with store.connect(db) as con:
         assert "voided_at" not in {r[0] for r in con.execute("DESCRIBE treatments").fetchall()}

@@ -36,12 +36,12 @@ class DueScreen:
     @property
     def rows(self) -> pd.DataFrame:
         """The list as the page shows it: the self-report's reason folded into "why" (one column fewer, so
-        every column fits at 1440 px), a link per patient, dates as dates."""
+        every column fits at 1440 px), dates as dates."""
         d = self.due
         why = [r.replace("self-report due", f"self-report due ({s})") if s else r
                for r, s in zip(d["reasons"], d["self_report_reason"])]
         return pd.DataFrame({
-            "open": [f"patient?patient={p}" for p in d["patient_id"]],
+            "patient_id": d["patient_id"],
             "why": why,
             "next_due_on": pd.to_datetime(d["next_due_on"]).dt.date,
             "last_infusion": pd.to_datetime(d["last_infusion"]).dt.date,
@@ -61,6 +61,12 @@ def due_screen(ws: Workspace, today: date, no_score_days: int = 28) -> DueScreen
                    suggestions=suggestions, self_report=self_report)
     counts = {name: int(due["reasons"].str.contains(name, regex=False).sum()) for name, _ in URGENCY}
     return DueScreen(today, no_score_days, not f["patients"].empty, due, counts)
+
+
+def log_view(ws: Workspace, screen: DueScreen) -> None:
+    """Audit that the due list was shown, with every patient it named (once per distinct view: the page decides)."""
+    ws.data.log("view_due_list", page="due", patients=screen.due["patient_id"].astype(str).tolist(),
+                detail={"as_of": str(screen.today), "no_score_days": screen.no_score_days, "patients": len(screen.due)})
 
 
 URGENCY = (
