@@ -215,7 +215,9 @@ def void_record(db, scope: Scope, patient_id: str, administered_at, instrument: 
     from .ingest import write
 
     patient_id = str(patient_id).strip()
-    errors = _check_scope(db, scope, patient_id)
+    errors = _check_scope(db, scope, patient_id, {"kind": "infusion" if instrument is None else "assessment",
+                                                  "instrument": None if instrument is None else str(instrument)[:20],
+                                                  "version": "void"})
     reason = (reason or "").strip()
     errors = errors or _reason_problem(reason, "void_reason")
     if errors:
@@ -248,7 +250,9 @@ def correct_date(db, scope: Scope, patient_id: str, administered_at, new_adminis
     reason, and the same rules apply as to a new entry (no future date, not before enrolment,
     no record already there). `new_administered_at`: a date (no time known) or a date-time."""
     patient_id = str(patient_id).strip()
-    errors = _check_scope(db, scope, patient_id)
+    errors = _check_scope(db, scope, patient_id, {"kind": "infusion" if instrument is None else "assessment",
+                                                  "instrument": None if instrument is None else str(instrument)[:20],
+                                                  "version": "date corrected"})
     reason = (reason or "").strip()
     errors = errors or _reason_problem(reason, "correction_reason")
     if errors:
@@ -358,6 +362,7 @@ def check_infusion(
     phase: str | None = None,
     notes: str | None = None,
     dose_not_recorded: bool = False,
+    correct: bool = False,
     now: datetime | None = None,
 ) -> InfusionCheck:
     """Every check of `record_infusion` that needs no write: what would be saved, or each problem by field.
@@ -430,7 +435,7 @@ def record_infusion(
     patient_id = str(patient_id).strip()
     checked = check_infusion(db, scope, patient_id, administered_at=administered_at, route=route,
                              dose_mg_per_kg=dose_mg_per_kg, dose_mg=dose_mg, weight_kg=weight_kg, phase=phase,
-                             notes=notes, dose_not_recorded=dose_not_recorded, now=now)
+                             notes=notes, dose_not_recorded=dose_not_recorded, correct=correct, now=now)
     if not checked.ok:
         return VisitResult(False, checked.errors, message="nothing was saved")
     at, details = checked.administered_at, checked.details

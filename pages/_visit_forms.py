@@ -77,7 +77,7 @@ def infusion_form(scope: Scope, patient_id: str, today: date, treatments: pd.Dat
         entry = dict(administered_at=_when(day, at), route=route, phase=phase,
                      dose_mg_per_kg=None if in_mg or none else dose, dose_mg=dose if in_mg else None,
                      weight_kg=weight, notes=notes, dose_not_recorded=none)
-        checked = visits.check_infusion(db_path(), scope, patient_id, **entry)
+        checked = visits.check_infusion(db_path(), scope, patient_id, **entry, correct=correct)
         if not checked.ok:
             errors = dict(checked.errors)
             if in_mg and "dose_mg_per_kg" in errors:

@@ -118,7 +118,11 @@ def test_void_needs_a_reason_and_the_clinicians_own_patient(writable_db):
     assert not visits.void_record(writable_db, other, pid, at, reason="mistake").ok
     director = Scope(user="boss", role="director", patient_level=False)
     assert "cannot record visits" in visits.void_record(writable_db, director, pid, at, reason="mistake").errors["form"]
-    assert _counts(writable_db) == before
+    after = _counts(writable_db)
+    # nothing changed but the two refusals (another caseload, another role), each audited as denied
+    assert {**after, "audit_log": before["audit_log"]} == before and after["audit_log"] == before["audit_log"] + 2
+    denied = audit.entries(writable_db, action="record_visit")
+    assert list(denied["outcome"]) == ["denied", "denied"] and {d["version"] for d in denied["detail"]} == {"void"}
     assert at in set(DataAccess(writable_db).treatments([pid])["administered_at"])
     assert visits.void_record(writable_db, Scope(user="dr", role="clinician", clinician=clinician), pid, at,
                               reason="wrong patient").ok
