@@ -71,8 +71,9 @@ with cols[-1].container(border=True):
 st.info(screen.suggestion_text, icon=":material/event:")
 
 if screen.thresholds:
-    st.plotly_chart(charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds, screen.cycles,
-                                            patient_id), key="timeline")
+    st.plotly_chart(page.figure(("timeline", patient_id, page.today, patient.record_fingerprint(screen.record)),
+                                lambda: charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds,
+                                                                screen.cycles, patient_id)), key="timeline")
     st.caption("Shaded: severity bands. Dotted: baseline (last score up to 30 days before the first infusion). "
                "Dashed green: response (50% below baseline). Dashed blue: remission. Red marks along the top of a "
                "panel: its safety item (PHQ-9 item 9, thoughts of death or self-harm) above 0. Bottom strip: infusions "
@@ -92,7 +93,8 @@ with left:
         if matrix.empty or matrix.isna().all().all():
             st.info(f"No item-level answers recorded for {pick}.")
         else:
-            st.plotly_chart(charts.item_heatmap(matrix, pick, item_max), key="items")
+            st.plotly_chart(page.figure(("items", patient_id, pick, patient.record_fingerprint(screen.record)),
+                                        lambda: charts.item_heatmap(matrix, pick, item_max)), key="items")
 with right:
     st.subheader("Response cycles")
     if screen.cycles.empty:
