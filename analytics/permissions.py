@@ -35,7 +35,7 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "export_from_read_only_database": ("export a database that cannot be written (a read-only file or snapshot), "
                                        "the audit entry written beside the exported files", frozenset({SYSTEM_ROLE})),
     # writing clinical records
-    "record_visit": ("record an infusion or a clinician-rated assessment", _CLINICAL),
+    "record_visit": ("record an infusion or a clinician-rated assessment; correct, re-date or void a record", _CLINICAL),
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),
     "acknowledge_safety_flag": ("acknowledge a safety flag", _CLINICAL),
     # dashboard pages (registered in the navigation only for roles that may open them)
