@@ -124,7 +124,7 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
         except archive.BackupFileError as exc:
             raise BackupRefused(f"{exc}; nothing was restored") from exc
         # where each companion goes, refused before anything is placed
-        moves: list[tuple[Path, Path]] = []
+        moves: list[tuple[Path, Path, bool]] = []
         for member, path in members.items():
             if not member.startswith(archive.COMPANION_DIR + "/"):
                 continue
@@ -141,7 +141,7 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
                 if destination.exists() and destination.read_bytes() != path.read_bytes():
                     raise BackupRefused(f"{destination} exists and differs from the one in the backup: move it aside "
                                         "first; nothing was restored")
-            moves.append((path, destination))
+            moves.append((path, destination, companion.pending))
         if _holds_database(target):  # appeared meanwhile
             raise BackupRefused(f"{target} appeared while restoring; nothing was restored")
         notes: list[str] = []
@@ -159,26 +159,35 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
             placed.append(Path(f"{target}.wal"))
         os.replace(members[archive.DATABASE], target)
         placed.append(target)
-        for source, destination in moves:
-            if not destination.exists():
-                destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # keys and anchors: owner only
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as data:
-                    shutil.copyfileobj(data, out)
-                placed.append(destination)
+        placed += _place([(source, destination) for source, destination, pending in moves if not pending])
         try:
             tables, warnings, audit_checked = _verify_restored(target, manifest)
         except BackupRefused as exc:
             aside = _move_aside(target)
             placed = [p for p in placed if p.exists() and p not in (target, Path(f"{target}.wal"))]
             raise BackupRefused(f"{exc}; the restored file was moved aside to {aside}") from exc
+        # the journal of writes not yet applied: placed only now, since reading the restored database applies it
+        _place([(source, destination) for source, destination, pending in moves if pending])
         placed = []
-        return RestoreResult(target, manifest, tables, [d for _, d in moves], notes + warnings, audit_checked)
+        return RestoreResult(target, manifest, tables, [d for _, d, _ in moves], notes + warnings, audit_checked)
     finally:
         for path in placed:  # a failure part-way: take back what was placed
             with contextlib.suppress(OSError):
                 path.unlink()
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _place(moves: list[tuple[Path, Path]]) -> list[Path]:
+    """Copy companion files into place (owner only: keys, anchors, journals); the files placed."""
+    placed = []
+    for source, destination in moves:
+        if not destination.exists():
+            destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as data:
+                shutil.copyfileobj(data, out)
+            placed.append(destination)
+    return placed
 
 
 def _move_aside(target: Path) -> Path:

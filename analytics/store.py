@@ -179,6 +179,7 @@ class Companion:
     secret: bool = False
     aside: bool = False
     alternative: Callable[[Path, Path], Path] | None = None
+    pending: bool = False  # holds changes not yet in the database: placed once the restored file is verified
 
 
 def beside(name: str, suffix: str, *, secret: bool = False) -> Companion:
@@ -244,7 +245,7 @@ COMPANIONS: list[Companion] = [
     # the anchor of the audit trail (analytics/keys.py): what `audit --verify` checks the trail's end against
     Companion("audit-anchor", _anchor_files, _anchor_place, aside=True),
     # writes journaled while another process held the write lock, not yet in the database
-    Companion("journal", _journal_files, _journal_place),
+    Companion("journal", _journal_files, _journal_place, pending=True),
     # the audit and pseudonym keys: kept out of backups unless asked (docs/security.md, "Keys and anchors")
     Companion("keys", _key_files, _key_place, secret=True, alternative=_key_by_id),
 ]

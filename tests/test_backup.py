@@ -67,10 +67,15 @@ def lived_in_db(writable_db, tmp_path) -> tuple[Path, dict]:
                                   notes="no side effects").ok
     assert visits.record_infusion(db, SYSTEM, first, administered_at=WHEN, route="iv", dose_mg_per_kg=0.75,
                                   notes="BP rose to 160/100", correct=True).ok
-    # users and grants
+    # a mistaken infusion, voided (schema v6): it stays, with who voided it and why
+    assert visits.record_infusion(db, SYSTEM, first, administered_at=WHEN + timedelta(days=1), route="iv",
+                                  dose_mg_per_kg=0.5).ok
+    assert visits.void_record(db, SYSTEM, first, WHEN + timedelta(days=1), reason="entered for the wrong patient").ok
+    # users and grants, and a signed-in session (server-side)
     auth.create_user(db, "dr_lee", "clinician", "purple elephant runs at dawn", clinician="lee")
     auth.create_user(db, "boss", "director", "correct horse battery staple")
     auth.grant_patient(db, "boss", second, reason="case review")
+    auth.start_session(db, auth.authenticate(db, "boss", "correct horse battery staple", page=None))
     # an outstanding link, and an unacknowledged safety flag from a submitted one
     outstanding = token_of(selfreport.create_link(db, SYSTEM, first, "PHQ-9,GAD-7").url)
     flagged = token_of(selfreport.create_link(db, SYSTEM, second, "PHQ-9").url)
@@ -78,7 +83,8 @@ def lived_in_db(writable_db, tmp_path) -> tuple[Path, dict]:
     with store.connect(db) as con:
         counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                   for t in ("rejected_rows", "import_batches", "record_history", "treatment_details", "users",
-                            "patient_grants", "self_report_links", "safety_flags", "audit_log")}
+                            "patient_grants", "self_report_links", "safety_flags", "audit_log", "sessions")}
+        counts["voided treatments"] = con.execute("SELECT count(*) FROM treatments WHERE voided_at IS NOT NULL").fetchall()[0][0]
     assert all(counts.values()), counts  # every kind is there to be lost
     return db, {"outstanding": outstanding, "patient": first, "flagged_patient": second}
 
@@ -367,10 +373,10 @@ def test_keys_stay_out_of_a_backup_unless_asked_and_a_restore_elsewhere_says_wha
 
 def test_writes_journaled_while_another_process_wrote_are_in_the_backup_and_applied_after_restore(lived_in_db, tmp_path):
     db, _ = lived_in_db
+    before = len(audit.entries(db))  # (reading the trail applies the journal: counted first)
     with store.writes_in_passing_journaled():  # as a dashboard page does while an import holds the lock
         assert audit.append(db, "dr_lee", "view_patient", role="clinician", patients=["P00001"]) is None
     assert store.journal_pending(db)
-    before = len(audit.entries(db))
     file = backup.backup(db, tmp_path / "b.tar.gz").file
     with tarfile.open(file) as tar:
         assert any(n.startswith("companions/journal/") for n in tar.getnames())
