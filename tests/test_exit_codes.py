@@ -129,7 +129,7 @@ def test_a_read_only_database_file_still_exports_and_refuses_writes_with_exit_2(
         code, out, err = main(capsys, "export", "--db", str(writable_db), str(tmp_path / "out"))
         assert code == 0, err
         assert {p.name for p in (tmp_path / "out").iterdir()} == {
-            "patients.csv", "treatments.csv", "assessments.csv", "rejected.csv", "export-audit.json"}
+            "patients.csv", "treatments.csv", "assessments.csv", "rejected.csv", "voided.csv", "export-audit.json"}
         note = json.loads((tmp_path / "out" / "export-audit.json").read_text())
         assert note["action"] == "export" and note["audit_trail_head"]["seq"] >= 1 and note["detail"]["rows"]["patients"] == 120
         assert "recorded in" in err and "export-audit.json" in err
