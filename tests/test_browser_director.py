@@ -45,6 +45,7 @@ def large_server(large_db, tmp_path_factory):
 
 def _page(browser, width: int = 1440):  # noqa: F811
     context = browser.new_context(viewport={"width": width, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(120_000)  # clicks and waits on a loaded 2-core machine take more than 30 s at times
     return context, context.new_page()
 
 
