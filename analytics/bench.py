@@ -333,20 +333,32 @@ def patient_view(data, patient_id: str, cached: dict) -> dict:
 
 
 def durability_estimate(frames: dict) -> dict:
-    """Cycle extraction plus the cohort durability estimate the durability page shows by default."""
-    from . import views
+    """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
+    durability page shows by default (the model is fitted here from scratch, as on a new data version)."""
+    from . import intervals, views
     from .durability import cohort_durability
 
     cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
                                  attributes=frames["attributes"])
-    return cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=200)
+    model = intervals.fit_clinic_model(frames, "PHQ-9").model
+    return cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=200, model=model)
 
 
-def all_suggestions(frames: dict, cycles) -> object:
-    """Next-infusion suggestions for every patient from the cohort's cycles (pages/_session.py `_suggestions`)."""
+def all_suggestions(data, frames: dict) -> object:
+    """Next-infusion suggestions for every patient (pages/_session.py `_suggestions`): the whole
+    clinic's model fitted from scratch (the in-process cache of fits is emptied first, as on a new
+    data version), then every patient's suggestion."""
+    import pandas as pd
+
     from . import views
 
-    result = views.interval_suggestions(cycles, frames["treatments"], "PHQ-9")
+    intervals = views.optional("intervals")
+    if intervals is not None:
+        intervals._MODELS.clear()
+        intervals._SUGGESTIONS.clear()
+    last = max(frames["treatments"]["administered_at"].max(), frames["assessments"]["administered_at"].max())
+    result = views.interval_suggestions(data.db, data.data_version(), None, "PHQ-9",
+                                        today=(pd.Timestamp(last) + pd.Timedelta(days=1)).date())
     if result is None:
         raise ModuleNotFoundError("analytics.intervals has not landed")
     return result
@@ -452,8 +464,7 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
         attempt(("cohort_charts_s",), do_charts)
 
     def do_intervals():
-        seconds, suggestions = _median_time(lambda: all_suggestions(frames, state["cached"]["cycles"]), repeats,
-                                            warm=False)
+        seconds, suggestions = _median_time(lambda: all_suggestions(data, frames), repeats, warm=False)
         result["intervals_s"] = seconds
         state["cached"]["suggestions"] = suggestions
 

@@ -89,6 +89,8 @@ def _durability(p):
 def _intervals(p):
     p.add_argument("--instrument", default="PHQ-9")
     p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--today", metavar="YYYY-MM-DD", default=None,
+                   help="who is in active care and what is due, as of this day (default: OUTCOMES_TODAY, else today)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=lambda a: __import__("analytics.report", fromlist=["x"]).cli_intervals(a))
 

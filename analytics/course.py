@@ -229,12 +229,14 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     a_item9 = a_item9_all[a_order] if a_item9_all is not None else None
     first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
     base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
+    base_mean, base_n = outcomes.baseline_mean_arrays(first_key, first_day, ac, a_key, a_total, rules)
     treated = n_inf > 0
     baselines = pd.DataFrame({
         "patient_id": uniques[treated],
         "first_infusion_at": first_at[treated].astype("datetime64[us]"),
         "baseline_score": base_score[treated],
         "baseline_at": np.where(base_when[treated] >= 0, base_when[treated], NAT).astype("datetime64[us]"),
+        "baseline_mean": base_mean[treated], "baseline_n": base_n[treated],
     })
     usable = ~np.isnan(base_score) & (np.nan_to_num(base_score, nan=-1.0) >= rules.min_baseline)
     keep = (a_key > first_key[ac]) & usable[ac]
@@ -441,6 +443,52 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
     covariates = per.iloc[np.maximum(take, 0)].reset_index(drop=True)
     covariates[take < 0] = np.nan
     return pd.concat([cycles.reset_index(drop=True), covariates], axis=1)
+
+
+def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """Every score inside a durability cycle, for models of the measurement (durability.measured).
+
+    One row per score between a cycle's infusion and the next infusion (the pre-dose score at
+    the next infusion included): patient_id, cycle_no (as in cycles_from_course), days since
+    the cycle's infusion, total, and line: the score above which it no longer meets response
+    (baseline x (1 - response_fall); for loss_rule "madrs_relapse_22" half a point below the
+    relapse score, so that an integer score is out exactly when it is above the line).
+    """
+    inf, sc = course.infusions, course.scores
+    starts = inf["starts_cycle"].to_numpy(dtype=bool)
+    code = inf["code"].to_numpy()
+    cyc_no = np.zeros(len(inf), dtype=np.int64)
+    if starts.any():
+        sc_code = code[starts]
+        new, start = _starts(sc_code)
+        cyc_no[starts] = np.arange(starts.sum()) - start + 1
+    seg_row = sc["segment_row"].to_numpy()
+    in_cycle = starts[seg_row] if len(seg_row) else np.zeros(0, dtype=bool)
+    rows = np.flatnonzero(in_cycle)
+    seg = seg_row[rows]
+    days = (sc["at"].to_numpy()[rows] - inf["at"].to_numpy()[seg]) / np.timedelta64(1, "D")
+    base = course.baselines.set_index("patient_id")
+    pid = sc["patient_id"].astype(str).to_numpy()[rows]
+    n_base = base["baseline_n"].reindex(pid).to_numpy(dtype=float) if "baseline_n" in base else np.ones(len(rows))
+    if rules.loss_rule == "madrs_relapse_22":
+        line = np.full(len(rows), rules.madrs_relapse_score - 0.5)
+        latent = line
+    else:
+        line = sc["baseline_score"].to_numpy(dtype=float)[rows] * (1.0 - rules.response_fall)
+        mean = base["baseline_mean"].reindex(pid).to_numpy(dtype=float) if "baseline_mean" in base else line
+        latent = np.where(np.isfinite(mean), mean * (1.0 - rules.response_fall), line)
+    phase = inf["phase"].to_numpy(dtype=object)
+    building = (phase == "induction") & ~inf["last_induction"].to_numpy(dtype=bool)
+    return pd.DataFrame({
+        "patient_id": sc["patient_id"].to_numpy()[rows].astype(object) if len(rows) else np.zeros(0, dtype=object),
+        "cycle_no": cyc_no[seg],
+        "days": days.astype(float),
+        "total": sc["total"].to_numpy(dtype=float)[rows],
+        "line": line,
+        "latent_line": latent,
+        "baseline_scores": n_base,
+        "settled": ~building[seg],
+    })
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,

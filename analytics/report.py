@@ -27,18 +27,26 @@ def _instrument(name: str) -> str | None:
     return scale.code
 
 
-def _load(args, code: str):
+def _clinic(args, code: str) -> intervals.ClinicModel:
+    """The whole clinic's cycles and durability model, the one every page uses for this data version."""
     access = DataAccess(args.db, SYSTEM)
-    tables = course.load_course_tables(access, code)
-    crs = course.build_course(tables["treatments"], tables["assessments"], code, DEFAULT_RULES)
-    cycles = course.cycles_from_course(crs, tables["patients"], tables["attributes"], DEFAULT_RULES)
-    return tables, crs, cycles
+    return intervals.clinic_model(access.db, access.data_version(), code, DEFAULT_RULES)
 
 
-def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200) -> dict:
+def _today(args):
+    """--today, else OUTCOMES_TODAY (as the dashboard), else today."""
+    from datetime import date
+    import os
+
+    text = getattr(args, "today", None) or os.environ.get("OUTCOMES_TODAY")
+    return date.fromisoformat(text) if text else date.today()
+
+
+def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200,
+                      model=None) -> dict:
     from .durability import cohort_durability
 
-    return cohort_durability(cycles, instrument=instrument, by=by, n_boot=n_boot)
+    return cohort_durability(cycles, instrument=instrument, by=by, n_boot=n_boot, model=model)
 
 
 def cli_durability(args) -> int:
@@ -46,15 +54,18 @@ def cli_durability(args) -> int:
     if code is None:
         return EXIT_FAILED
     try:
-        _, _, cycles = _load(args, code)
+        clinic = _clinic(args, code)
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILED
+    cycles = clinic.cycles
     if args.by is not None and args.by not in cycles.columns:
         fields = [c for c in cycles.columns if c not in course.CYCLE_COLUMNS and c not in ("started_at", "instrument")]
         print(f"--by: no field {args.by!r}; choose one of: {', '.join(fields)}", file=sys.stderr)
         return EXIT_FAILED
-    result = durability_report(cycles, code, args.by)
+    result = durability_report(cycles, code, args.by, model=clinic.model)
+    if clinic.model is None and clinic.note:
+        result["measurement_note"] = f"no measurement model ({clinic.note}): the figures are the definitions read literally"
     if args.json:
         print_json(result)
     else:
@@ -73,6 +84,9 @@ def _print_durability(r: dict) -> None:
         lo, hi = r["median_ci"]
         print(f"Median time in response after an infusion: {_days(r['median_days'])} "
               f"(95% CI {_days(lo)} to {_days(hi)}); quartiles {_days(r['quartiles_days'][0])} and {_days(r['quartiles_days'][1])}.")
+        if r.get("estimate_source") == "measurement model":
+            print(f"  (scores read as noisy measurements; the definitions read literally give "
+                  f"{_days(r.get('definitions_median_days'))}: a sensitivity analysis, see docs/durability.md)")
     post = r.get("post_induction") or {}
     if post.get("n_cycles"):
         print(f"After the last induction infusion: median {_days(post['median_days'])} ({post['n_cycles']} responders).")
@@ -85,8 +99,12 @@ def _print_durability(r: dict) -> None:
 
 
 def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
+    """One JSON row per patient with a suggestion (status "suggested")."""
     def iso(v):
         return None if pd.isna(v) else pd.Timestamp(v).date().isoformat()
+
+    def num(v, nd=1):
+        return None if v is None or pd.isna(v) else round(float(v), nd)
 
     rows = []
     for rec in suggestions.itertuples(index=False):
@@ -102,37 +120,58 @@ def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
             "taper": rec.taper,
             "taper_reason": rec.taper_reason,
             "n_losses": int(rec.n_events),
-            "median_days": None if not math.isfinite(rec.median_days) else float(rec.median_days),
+            "median_days": num(rec.median_days),
             "weight_personal": round(float(rec.weight_personal), 3),
             "from_score_trend": bool(rec.has_trajectory),
+            "observed_cycles": int(rec.observed_cycles),
+            "observed_losses": int(rec.observed_losses),
+            "observed_median_loss_days": num(rec.observed_median_loss_days),
+            "observed_shortest_loss_days": num(rec.observed_shortest_loss_days),
+            "estimate_source": rec.estimate_source,
+            "estimate_note": rec.estimate_note,
+            "trend_days": None if pd.isna(rec.trend_days) else int(rec.trend_days),
+            "taper_interval_days": None if pd.isna(rec.taper_interval_days) else int(rec.taper_interval_days),
+            "latest_responding": bool(rec.latest_responding),
         })
     return rows
 
 
-def intervals_report(tables: dict, crs, cycles: pd.DataFrame, instrument: str, target: float = 0.8) -> dict:
-    """The intervals JSON for responders (patients with at least one durability cycle)."""
-    if cycles.empty:
-        return {"instrument": instrument, "target": target, "patients": [], "note": "no responders yet: no durability cycles"}
-    t = tables["treatments"]
-    last = pd.to_datetime(t["administered_at"]).groupby(t["patient_id"].astype(str)).max()
-    try:
-        fit = intervals.fit_frailty(cycles)
-    except ValueError as exc:
-        return {"instrument": instrument, "target": target, "patients": [], "note": str(exc)}
-    # the cycle table carries each patient's score trend (course.cycles_from_course)
-    suggestions, fit = intervals.suggest_intervals(cycles, target=target, fit=fit, last_infusions=last,
-                                                   instrument=instrument)
-    cb = suggestions.attrs.get("combination")
-    return {
-        "instrument": instrument,
-        "target": target,
-        "method": ("days until the chance of still being in response falls to the target; the patient's "
-                   "own speed of loss (score trend after infusions, or losses when scores are few) shrunk "
-                   "toward the cohort; see docs/durability.md"),
-        "cohort": {"median_days": None if cb is None else round(1.0 / cb.prior_speed, 1),
-                   "weibull_shape": round(fit.shape, 3), "n_cycles": fit.n_cycles, "n_losses": fit.n_events},
-        "patients": interval_rows(suggestions),
-    }
+def intervals_report(result: "intervals.ClinicSuggestions") -> dict:
+    """The intervals JSON: `patients` holds every patient with a suggestion (the rule: in active
+    care, in maintenance, response established; docs/durability.md), `no_suggestion` the other
+    treated patients with the reason."""
+    code, target = result.instrument, result.target
+    model = result.clinic.model
+    table = result.table
+    shown = table[table["status"] == "suggested"]
+    others = table[table["status"] != "suggested"]
+    out = {"instrument": code, "target": target, "today": result.today.isoformat()}
+    if model is None:
+        out.update({"patients": [], "note": result.clinic.note or "no responders yet: no durability cycles",
+                    "no_suggestion": _no_suggestion_rows(others)})
+        return out
+    out.update({
+        "method": ("the day by which the chance that response has been lost reaches 1 - target, from the "
+                   "patient's own scores read as noisy measurements of a trend that crosses the response line, "
+                   "shrunk toward the clinic's pattern; one model for the whole clinic per data version; "
+                   "see docs/durability.md"),
+        "cohort": {"median_days": round(model.median_days_, 1), "weibull_shape": None,
+                   "n_cycles": int(len(result.clinic.cycles)),
+                   "n_losses": int(result.clinic.cycles["event"].sum()) if len(result.clinic.cycles) else 0,
+                   **model.summary()},
+        "patients": interval_rows(shown),
+        "no_suggestion": _no_suggestion_rows(others),
+    })
+    return out
+
+
+def _no_suggestion_rows(others: pd.DataFrame) -> list[dict]:
+    def iso(v):
+        return None if pd.isna(v) else pd.Timestamp(v).date().isoformat()
+
+    return [{"patient_id": r.patient_id, "status": r.status, "reason": r.status_text,
+             "last_infusion_on": iso(r.last_infusion_on), "last_activity_on": iso(r.last_activity_on)}
+            for r in others.itertuples(index=False)]
 
 
 def cli_intervals(args) -> int:
@@ -143,11 +182,17 @@ def cli_intervals(args) -> int:
         print(f"--target must be a probability between 0 and 1 (e.g. 0.8), got {args.target}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        tables, crs, cycles = _load(args, code)
+        today = _today(args)
+    except ValueError:
+        print(f"--today must be a date YYYY-MM-DD, got {getattr(args, 'today', None)!r}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        access = DataAccess(args.db, SYSTEM)
+        suggestions = intervals.clinic_suggestions(access.db, access.data_version(), code, args.target, today)
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILED
-    result = intervals_report(tables, crs, cycles, code, args.target)
+    result = intervals_report(suggestions)
     if args.json:
         print_json(result)
     else:

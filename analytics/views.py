@@ -738,21 +738,17 @@ def waterfall_bars(w: pd.DataFrame, max_bars: int | None = None, bins: int = WAT
 
 # --- one patient ---------------------------------------------------------------------
 
-def interval_suggestions(cycles: pd.DataFrame, treatments: pd.DataFrame, instrument: str = "PHQ-9",
-                         target: float = 0.8) -> pd.DataFrame | None:
-    """Per-patient next-infusion suggestions (intervals.suggest_intervals) fitted on these cycles:
-    patient_id, suggested_interval_days, interval_low_days, interval_high_days, basis, n_cycles,
-    last_infusion_on, next_due_on, taper, taper_reason. None while intervals.py is missing;
-    an empty frame when there are no cycles to learn from."""
+def interval_suggestions(db, version: tuple, patient_ids=None, instrument: str = "PHQ-9", target: float = 0.8,
+                         today: date | None = None) -> pd.DataFrame | None:
+    """Next-infusion suggestions from the whole clinic's model of this data version
+    (intervals.clinic_suggestions: one fit, the same answer for every viewer), the rows of
+    `patient_ids` only (the viewer's own patients; None: everyone). One row per treated patient:
+    status says whether they get a suggestion and, if not, why. None while intervals.py is missing."""
     intervals = optional("intervals")
     if intervals is None:
         return None
-    if cycles is None or cycles.empty:
-        return pd.DataFrame(columns=["patient_id", "suggested_interval_days", "interval_low_days", "interval_high_days",
-                                     "basis", "n_cycles", "last_infusion_on", "next_due_on", "taper", "taper_reason"])
-    last = treatments.groupby("patient_id")["administered_at"].max()
-    table, _fit = intervals.suggest_intervals(cycles, target=target, last_infusions=last, instrument=instrument)
-    return table
+    result = intervals.clinic_suggestions(db, version, instrument, target, today)
+    return result.table if patient_ids is None else result.for_patients(patient_ids)
 
 
 _BASIS = {
@@ -760,11 +756,22 @@ _BASIS = {
     "mixed": "this patient's {n} response cycle{s} combined with the clinic's typical pattern",
     "cohort": "mostly the clinic's typical pattern (this patient's own history is still short: {n} cycle{s})",
 }
+_SOURCE = {"score trend": "the score trend", "own losses": "this patient's own losses of response",
+           "cohort": "the clinic's typical pattern"}
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
 
 
 def describe_suggestion(s: dict | None, today: date) -> str:
-    """A suggestion in a clinician's words."""
-    if not s or s.get("next_due_on") is None or pd.isna(s.get("next_due_on")):
+    """A suggestion in a clinician's words, with the evidence beside it."""
+    if not s:
+        return ("No suggested date yet: it needs at least one infusion given while in response, "
+                "to learn how long response lasts for this patient.")
+    if s.get("status", "suggested") != "suggested":
+        return f"No suggested date: {s.get('status_text') or s.get('status')}."
+    if s.get("next_due_on") is None or pd.isna(s.get("next_due_on")):
         return ("No suggested date yet: it needs at least one infusion given while in response, "
                 "to learn how long response lasts for this patient.")
     due = pd.Timestamp(s["next_due_on"]).date()
@@ -773,13 +780,25 @@ def describe_suggestion(s: dict | None, today: date) -> str:
     text = (f"Suggested next infusion: {due:%a %d %b %Y} ({when}), "
             f"{s['suggested_interval_days']:.0f} days after the last one")
     lo, hi = s.get("interval_low_days"), s.get("interval_high_days")
-    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+    if _present(lo) and _present(hi):
         text += f"; a reasonable range is {lo:.0f} to {hi:.0f} days"
     target = s.get("target", 0.8)
     n = int(s.get("n_cycles") or 0)
     basis = _BASIS.get(str(s.get("basis")), "{n} cycle{s}").format(n=n, s="" if n == 1 else "s")
     text += (f". This is when the chance of still being in response is expected to fall to {100 * target:.0f}%, "
              f"based on {basis}.")
+    if "observed_cycles" in s:
+        k, m = int(s.get("observed_cycles") or 0), int(s.get("observed_losses") or 0)
+        text += f" Observed: {k} response cycle{'s' if k != 1 else ''}, {m} ended in loss of response"
+        if m and _present(s.get("observed_median_loss_days")):
+            text += (f" (seen after a median of {s['observed_median_loss_days']:.0f} days, the earliest after "
+                     f"{s['observed_shortest_loss_days']:.0f})")
+        text += "."
+    source = s.get("estimate_source")
+    if source:
+        text += f" Driven by {_SOURCE.get(source, source)}: {s.get('estimate_note', '')}"
+    if s.get("latest_responding") is False:
+        text += " The latest score no longer meets response: consider the next infusion sooner than this date."
     taper = s.get("taper")
     if taper == "stretch":
         text += f" Consider lengthening the interval: {s.get('taper_reason')}."
@@ -923,6 +942,7 @@ URGENCY = (
     ("no recent score", "no assessment for a while"),
     ("taper candidate", "response has held: consider a longer interval"),
     ("self-report due", "no self-report for a while, or an infusion is near (analytics.selfreport.Cadence)"),
+    ("no longer in active care", f"no infusion and no score for {ACTIVE_DAYS} days: no due date (shown on request)"),
 )
 SELF_REPORT_COLUMNS = ["safety_flag", "self_report_due", "self_report_reason"]
 
@@ -930,12 +950,14 @@ SELF_REPORT_COLUMNS = ["safety_flag", "self_report_due", "self_report_reason"]
 def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame, today: date,
              no_score_days: int = 28, suggestions: pd.DataFrame | None = None,
              rules: OutcomeRules = DEFAULT_RULES, active_days: int = ACTIVE_DAYS,
-             self_report: pd.DataFrame | None = None) -> pd.DataFrame:
+             self_report: pd.DataFrame | None = None, include_inactive: bool = False) -> pd.DataFrame:
     """The caseload ordered by urgency (see URGENCY), one row per active patient with a reason.
 
     `suggestions`: intervals.py output (patient_id, next_due_on, taper, ...) or None.
     `self_report`: analytics.selfreport.due_columns output (open safety flags, self-report due) or None.
-    Patients with no infusion or assessment in `active_days` are left out.
+    Patients with no infusion or assessment in `active_days` are no longer in active care: left
+    out, or with `include_inactive` listed last in their own group ("no longer in active care",
+    no due date).
     """
     today_ts = pd.Timestamp(today)
     last_inf = treatments.groupby("patient_id")["administered_at"].max()
@@ -944,6 +966,7 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     base["last_infusion"] = last_inf
     base["last_assessment"] = last_score
     latest_activity = base[["last_infusion", "last_assessment"]].max(axis=1)
+    inactive = base[(latest_activity < today_ts - active_days * DAY) & latest_activity.notna()].copy()
     base = base[latest_activity >= today_ts - active_days * DAY]
     if base.empty:
         return pd.DataFrame(columns=["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "latest_phq9",
@@ -982,6 +1005,11 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     base["reasons"] = flags.apply(lambda r: ", ".join(n for n in order if r[n]), axis=1)
     base["days_since_score"] = (today_ts - base["last_assessment"]).dt.days
     out = base[base["reasons"] != ""].reset_index()
+    if include_inactive and len(inactive):
+        inactive = inactive.assign(reasons="no longer in active care", next_due_on=pd.NaT, latest_phq9=np.nan,
+                                   safety_flag=False, self_report_due=False, self_report_reason="",
+                                   urgency=len(order), days_since_score=(today_ts - inactive["last_assessment"]).dt.days)
+        out = pd.concat([out, inactive.reset_index()], ignore_index=True)
     out = out.sort_values(["urgency", "next_due_on", "patient_id"], na_position="last").reset_index(drop=True)
     return out[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
                 *SELF_REPORT_COLUMNS]]
@@ -1054,7 +1082,14 @@ def survival_curves(result: dict, min_cell: int = 0) -> list[dict]:
         pairs = list(result["groups"].items())
     else:
         pairs = [("every cycle", result), ("first cycle after induction", result.get("post_induction", {}))]
+        if result.get("definitions_survival"):
+            pairs.append(("every cycle, definitions read literally (sensitivity)", _definitions(result)))
     return [c for c in (curve(label, summary) for label, summary in pairs) if c is not None]
+
+
+def _definitions(result: dict) -> dict:
+    """The literal (definitions-based) figures of a cohort_durability result, as a summary."""
+    return {**result, **{k[len("definitions_"):]: v for k, v in result.items() if k.startswith("definitions_")}}
 
 
 def durability_table(result: dict, min_cell: int = 0) -> pd.DataFrame:
@@ -1065,6 +1100,8 @@ def durability_table(result: dict, min_cell: int = 0) -> pd.DataFrame:
     rows = []
     pairs = list(result["groups"].items()) if result.get("groups") else \
         [("every cycle", result), ("first cycle after induction", result.get("post_induction", {}))]
+    if not result.get("groups") and result.get("definitions_survival"):
+        pairs.append(("every cycle, definitions read literally (sensitivity)", _definitions(result)))
     for label, s in pairs:
         if not s or s.get("n_patients", 0) < min_cell:
             continue

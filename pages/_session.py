@@ -236,14 +236,17 @@ def cohort_summary(scope: Scope, instrument: str) -> views.CohortSummary:
 
 
 @st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)
-def _suggestions(db: str, version: tuple, scope_key: tuple, _scope: Scope, instrument: str) -> pd.DataFrame | None:
+def _suggestions(db: str, version: tuple, scope_key: tuple, _scope: Scope, instrument: str,
+                 on: date) -> pd.DataFrame | None:
+    # One model for the whole clinic per data version (fitted with the system scope in
+    # analytics.intervals): this viewer gets only their own patients' rows of it.
     f = _frames(db, version, scope_key, _scope)
-    return views.interval_suggestions(_cycles(db, version, scope_key, _scope, instrument), f["treatments"], instrument)
+    return views.interval_suggestions(db, version, f["patients"]["patient_id"], instrument, today=on)
 
 
 def suggestions(scope: Scope, instrument: str = "PHQ-9") -> pd.DataFrame | None:
     db = db_file()
-    return _suggestions(str(db), db_version(db), scope.cache_key, scope, instrument)
+    return _suggestions(str(db), db_version(db), scope.cache_key, scope, instrument, today())
 
 
 def no_database_message() -> None:
@@ -254,9 +257,12 @@ def no_database_message() -> None:
 @st.cache_data(ttl=CACHE_TTL_SECONDS, max_entries=32, show_spinner=False)
 def _durability(db: str, version: tuple, scope_key: tuple, _scope: Scope, instrument: str, by: str | None,
                 n_boot: int) -> dict:
+    from analytics import intervals
     from analytics.durability import cohort_durability
 
-    return cohort_durability(_cycles(db, version, scope_key, _scope, instrument), instrument=instrument, by=by, n_boot=n_boot)
+    model = intervals.clinic_model(db, version, instrument).model  # the whole clinic's, one per data version
+    return cohort_durability(_cycles(db, version, scope_key, _scope, instrument), instrument=instrument, by=by,
+                             n_boot=n_boot, model=model)
 
 
 def durability(scope: Scope, instrument: str, by: str | None, n_boot: int = 200) -> dict:

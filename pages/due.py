@@ -19,6 +19,8 @@ if not scope.patient_level:
 
 today = session.today()
 no_score_days = st.slider("Flag patients with no assessment for at least (days)", 7, 90, 28, step=7)
+show_inactive = st.toggle(f"Also list patients no longer in active care (no infusion and no score for "
+                          f"{views.ACTIVE_DAYS} days; no due date)", value=False, key="due_inactive")
 with st.spinner("Checking every patient in your caseload..."):
     f = session.frames(scope)
     suggestions = session.suggestions(scope)
@@ -27,7 +29,8 @@ with st.spinner("Checking every patient in your caseload..."):
         f["patients"], f["assessments"], session.data_access(scope).safety_flags(), today,
         suggestions[["patient_id", "next_due_on"]] if suggestions is not None and len(suggestions) else None)
     due = views.due_list(f["patients"], f["treatments"], f["assessments"], today,
-                         no_score_days=no_score_days, suggestions=suggestions, self_report=self_report)
+                         no_score_days=no_score_days, suggestions=suggestions, self_report=self_report,
+                         include_inactive=show_inactive)
 
 if f["patients"].empty:
     st.info("No patients in your caseload yet: import patients on the Data page.")
@@ -49,7 +52,7 @@ if due.empty:
 
 st.caption(f"{len(due)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
-           "taper candidate, self-report due). "
+           "taper candidate, self-report due; then, if shown, no longer in active care). "
            "Click a patient id to open their trajectory.")
 shown = due.assign(
     open=[f"patient?patient={p}" for p in due["patient_id"]],
