@@ -254,6 +254,7 @@ def model_estimates(model: MeasuredDurability, patient_ids, target: float = 0.8,
         "patient_id": np.asarray(wanted, dtype=object),
         "point": np.exp(np.log(_predictive_day(P, model.within_sd_, 1.0 - target)) + z * (
             np.sqrt(model.within_sd_ ** 2 + extra ** 2) - model.within_sd_)),
+        "central": np.exp(mu_med + model.within_sd_ * z),
         "low": np.exp(mu_med - half_lo + model.within_sd_ * z),
         "high": np.exp(mu_med + half_hi + model.within_sd_ * z),
         "median_days": np.exp(mu_med),
@@ -288,7 +289,8 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
                           extra_sd=baseline_uncertainty(model, course.baselines)) if eligible.any() else None
     n = len(out)
     cols = {k: np.full(n, np.nan) for k in ("suggested_interval_days", "interval_low_days", "interval_high_days",
-                                             "median_days", "weight_personal", "trend_days")}
+                                             "median_days", "weight_personal", "trend_days",
+                                             "estimated_durability_days")}
     source = np.full(n, "", dtype=object)
     note = np.full(n, "", dtype=object)
     has_scores = np.zeros(n, dtype=bool)
@@ -300,6 +302,7 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
         low = np.maximum(est["low"].to_numpy(), 1.0)
         high = np.minimum(np.ceil(est["high"].to_numpy()), MAX_RANGE_DAYS)
         cols["trend_days"][rows] = np.floor(point)
+        cols["estimated_durability_days"][rows] = np.floor(est["central"].to_numpy())
         cols["median_days"][rows] = np.round(est["median_days"].to_numpy(), 1)
         cols["weight_personal"][rows] = est["weight_personal"].to_numpy()
         has_scores[rows] = est["has_scores"].to_numpy()
@@ -443,8 +446,10 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
             continue
         current = float(np.median(interval))
         s = sug.loc[p]
-        estimate = float(s["suggested_interval_days"])
-        if estimate < TAPER_FACTOR * current:
+        # the central estimate of the day the target is reached (the middle of the range), not the
+        # cautious predictive day: the question is whether durability is beyond the interval
+        estimate = float(s["estimated_durability_days"])
+        if not estimate >= TAPER_FACTOR * current:
             continue
         remission = outcomes.is_remission(ends["pre"].to_numpy(), course.instrument, rules).all()
         try_days = float(np.floor(min(estimate, 1.5 * current)))

@@ -130,6 +130,7 @@ def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
             "estimate_source": rec.estimate_source,
             "estimate_note": rec.estimate_note,
             "trend_days": None if pd.isna(rec.trend_days) else int(rec.trend_days),
+            "estimated_durability_days": None if pd.isna(rec.estimated_durability_days) else int(rec.estimated_durability_days),
             "taper_interval_days": None if pd.isna(rec.taper_interval_days) else int(rec.taper_interval_days),
             "latest_responding": bool(rec.latest_responding),
         })
