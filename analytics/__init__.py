@@ -1,10 +1,6 @@
 """Outcome tracking and durability analytics for ketamine clinics.
 
 No Streamlit here: the dashboard (dashboard.py, pages/) draws what this package computes.
+Importing it has no side effects; entry points tune memory themselves (analytics/memory.py).
 """
-from .allocator import return_freed_arrays_to_os
-
 __version__ = "0.1.0"
-
-# Every entry point (dashboard, command line, benchmark) holds cohort-sized frames: see allocator.py.
-return_freed_arrays_to_os()

@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import audit, scales, store, suppress
+from . import audit, memory, scales, store, suppress
+from .permissions import ROLES, SYSTEM_ROLE, may
 
 
 class AccessDenied(PermissionError):
@@ -27,7 +28,7 @@ class AccessDenied(PermissionError):
 @dataclass(frozen=True)
 class Scope:
     user: str
-    role: str  # clinician, director, admin, system
+    role: str  # clinician, director, admin, system (analytics/permissions.py says what each may do)
     clinician: str | None = None  # a clinician sees patients whose `clinician` is this
     patient_level: bool = True  # may see per-patient rows
     min_cell: int = 11  # small-cell suppression threshold for cohort figures
@@ -45,7 +46,7 @@ class Scope:
         return 0 if self.patient_level else self.min_cell
 
 
-SYSTEM = Scope(user="system", role="system", clinician=None, patient_level=True, min_cell=0)
+SYSTEM = Scope(user="system", role=SYSTEM_ROLE, clinician=None, patient_level=True, min_cell=0)
 
 # Patient attributes (free-form extra import columns) whose names suggest they identify a
 # person; withheld from de-identified roles. A deny-list, so see docs/security.md.
@@ -62,15 +63,13 @@ db_path = store.db_path
 
 def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
     """The scope of a signed-in `analytics.auth.Session` (grants read from the store)."""
-    grants = frozenset(_granted_patients(db, session.username))
-    min_cell = suppress.default_min_cell()
-    if session.role == "clinician":
-        return Scope(session.username, "clinician", clinician=session.clinician, patient_level=True,
-                     min_cell=min_cell, granted=grants, identifiable=True)
-    if session.role in ("director", "admin"):
-        return Scope(session.username, session.role, clinician=None, patient_level=False,
-                     min_cell=min_cell, granted=grants, identifiable=False)
-    raise AccessDenied(f"unknown role {session.role!r}")
+    if session.role not in ROLES:
+        raise AccessDenied(f"unknown role {session.role!r}")
+    return Scope(session.username, session.role,
+                 clinician=session.clinician if may(session, "open_caseload_records") else None,
+                 patient_level=may(session, "see_patient_rows"), min_cell=suppress.default_min_cell(),
+                 granted=frozenset(_granted_patients(db, session.username)),
+                 identifiable=may(session, "see_identifying_attributes"))
 
 
 def _granted_patients(db, username: str) -> list[str]:
@@ -81,22 +80,9 @@ def _granted_patients(db, username: str) -> list[str]:
         return []  # a database from before schema v2 has no grants
     return [r[0] for r in rows]
 
-_ITEMS = ", ".join(scales.item_columns())
 _STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
 _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
              pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-
-
-def _release_freed_memory() -> None:
-    """Hand the Arrow copies freed by a large read back to the system: Arrow's pool and glibc keep freed
-    memory, so without this the next read or computation stacks on it (~550 MB at 100,000 patients)."""
-    import ctypes
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _pandas_like_df(names: list[str], columns: list, order: pa.Array | None = None) -> pd.DataFrame:
@@ -139,18 +125,18 @@ class DataAccess:
     # -- the scope filter, the only place it is written --------------------------
     def _scope_sql(self, alias: str = "p") -> tuple[str, list]:
         """Rows the scope may compute with: a clinician's caseload, everything for cohort roles."""
-        if self.scope.role == "clinician":
-            return self._drill_sql(alias)
-        if self.scope.role in ("system", "director", "admin"):
+        if may(self.scope, "compute_over_all_patients"):
             return "TRUE", []
+        if may(self.scope, "open_caseload_records"):
+            return self._drill_sql(alias)
         return "FALSE", []  # an unknown role sees nothing
 
     def _drill_sql(self, alias: str = "p") -> tuple[str, list]:
         """Patients whose individual record the scope may open."""
         granted = sorted(self.scope.granted)
-        if self.scope.role == "system":
+        if may(self.scope, "open_any_record"):
             return "TRUE", []
-        if self.scope.role == "clinician":
+        if may(self.scope, "open_caseload_records"):
             return f"({alias}.clinician = ? OR list_contains(?, {alias}.patient_id))", [self.scope.clinician, granted]
         return f"list_contains(?, {alias}.patient_id)", [granted]
 
@@ -191,7 +177,7 @@ class DataAccess:
         names, columns = table.column_names, list(table.columns)
         del table  # the columns list alone holds the rows now, and lets go of each once converted
         frame = _pandas_like_df(names, columns, positions)
-        _release_freed_memory()
+        memory.release_freed()  # the Arrow copy freed above would stay resident otherwise
         return frame
 
     # -- reads --------------------------------------------------------------------
@@ -232,7 +218,7 @@ class DataAccess:
             clause += " AND x.instrument = ?"
             params = params + [scales.get(instrument).code]
         return (f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
-                           x.rater, {_ITEMS}, x.total, x.total_method
+                           x.rater, {", ".join("x." + c for c in scales.item_columns())}, x.total, x.total_method
                     FROM assessments x WHERE {clause}
                     {'ORDER BY x.patient_id, x.administered_at, x.instrument' if ordered else ''}""", params)
 
@@ -297,7 +283,7 @@ class DataAccess:
                     ORDER BY p.patient_id LIMIT ?""",
                 [*params, text, int(limit)],
             ).fetchall()]
-            hidden = bool(text and text not in found and self.scope.role != "system" and con.execute(
+            hidden = bool(text and text not in found and not may(self.scope, "open_any_record") and con.execute(
                 "SELECT count(*) FROM patients p WHERE p.patient_id = ?", [text]).fetchall()[0][0])
         if hidden:
             self.log("search_patients", outcome="denied", page=page, patients=[text])
@@ -323,7 +309,7 @@ class DataAccess:
 
     def import_history(self, limit: int = 200) -> pd.DataFrame:
         """Recent import batches (file names and row counts; no patient rows), admins only."""
-        if self.scope.role not in ("system", "admin"):
+        if not may(self.scope, "view_import_history"):
             raise AccessDenied("import history is visible to administrators only")
         return self._query(
             """SELECT b.batch_id, b.imported_at, b.imported_by, b.source, b.file_name, b.kind, b.rows_total,
@@ -334,14 +320,14 @@ class DataAccess:
 
     def rejected_rows(self) -> pd.DataFrame:
         """Quarantined import rows. Their raw text cannot be scoped to a caseload, so admins only."""
-        if self.scope.role not in ("system", "admin"):
+        if not may(self.scope, "view_rejected_rows"):
             raise AccessDenied("rejected import rows are visible to administrators only")
         return self._query(
             """SELECT r.batch_id, r.file_name, r.line, r.column_name, r.reason, r.raw_line
                FROM rejected_rows r ORDER BY r.batch_id, r.file_name, r.line"""
         )
 
-    # -- visit entry and self-report (issue 8; analytics/visits.py, analytics/selfreport.py) --
+    # -- visit entry and self-report (analytics/visits.py, analytics/selfreport.py) --
     def _tolerant_query(self, sql: str, params: Sequence, columns: list[str]) -> pd.DataFrame:
         """A read of a schema v3 table: a database from before v3 simply has none of its rows."""
         try:

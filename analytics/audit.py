@@ -47,7 +47,7 @@ ACTIONS = (
     "grant_patient",
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
-    # issue 8: visit entry and patient self-report (docs/self-report.md)
+    # visit entry and patient self-report (docs/self-report.md)
     "record_visit",       # an infusion or assessment entered or corrected in the browser
     "self_report_link",   # a self-report link was created (never the token itself)
     "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)
@@ -250,34 +250,3 @@ def to_records(frame: pd.DataFrame) -> list[dict]:
         item["seq"] = int(item["seq"])
         records.append(item)
     return records
-
-
-def cli_audit(args) -> int:
-    """`python -m analytics audit [--db PATH] [--since DATE] [--until DATE] [--json] [--verify]`."""
-    import sys
-
-    from .cli import EXIT_FAILED, EXIT_OK, print_json
-
-    db = store.db_path(args.db)
-    try:
-        if getattr(args, "verify", False):
-            result = verify(db)
-            if args.json:
-                print_json(result.as_dict())
-            else:
-                print(f"audit: {result.checked} entries verified; newest hash {result.head_hash}" if result.ok
-                      else f"audit: TAMPERED: {result.reason}")
-            return EXIT_OK if result.ok else EXIT_FAILED
-        frame = entries(db, since=args.since, until=getattr(args, "until", None),
-                        actor=getattr(args, "actor", None), action=getattr(args, "action", None))
-    except (ValueError, FileNotFoundError, store.StoreBusy) as exc:
-        print(f"audit: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.json:
-        print_json(to_records(frame))
-    else:
-        for item in to_records(frame):
-            patients = ",".join(item["patients"])
-            print(f"{item['seq']:>6} {item['logged_at']} {item['actor']:<16} {item['action']:<20} {item['outcome']:<6} "
-                  f"{item['page'] or '-':<12} {patients or '-'} {json.dumps(item['detail'], sort_keys=True)}")
-    return EXIT_OK

@@ -24,8 +24,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from . import audit, store
+from .permissions import ROLES, may
 
-ROLES = ("clinician", "director", "admin")
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{1,63}$")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 would hash a megabyte happily; a sign-in form should not make it
@@ -246,7 +246,7 @@ def create_user(db, username: str, role: str, password: str | None, *, clinician
     check_role(role)
     if password is not None:
         check_password(password, name)
-    handle = (clinician or name).strip() if role == "clinician" else None
+    handle = (clinician or name).strip() if may(role, "open_caseload_records") else None
     with store.transaction(db) as con:
         if _user_row(con, name) is not None:
             raise UserError(f"user {name!r} already exists")
@@ -293,7 +293,7 @@ def reset_password(db, username: str, password: str, *, actor: str = "system", p
 def set_role(db, username: str, role: str, *, clinician: str | None = None, actor: str = "system",
              page: str | None = None) -> None:
     check_role(role)
-    handle = (clinician or check_username(username)) if role == "clinician" else None
+    handle = (clinician or check_username(username)) if may(role, "open_caseload_records") else None
     _change(db, username, "user_set_role",
             "UPDATE users SET role = ?, clinician = ?, session_epoch = session_epoch + 1 WHERE username = ?",
             [role, handle], actor=actor, page=page, detail={"role": role, "clinician": handle})
@@ -379,85 +379,6 @@ def create_demo_accounts(db) -> list[tuple[str, str, str]]:
     return made
 
 
-# -- command line ------------------------------------------------------------------------
-
-def _read_password(args, prompt: str = "Password: ") -> str:
-    import getpass
-    import sys
-
-    if getattr(args, "password_stdin", False):
-        line = sys.stdin.readline()
-        return line[:-1] if line.endswith("\n") else line
-    first = getpass.getpass(prompt)
-    if first != getpass.getpass("Again: "):
-        raise UserError("the two passwords differ")
-    return first
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no login name in some containers
-        return "cli"
-
-
-def cli_users(args) -> int:
-    """`python -m analytics users ACTION ...`: exit 0 done, 2 refused (message on stderr)."""
-    import sys
-
-    from .cli import EXIT_FAILED, EXIT_OK, print_json
-
-    db = store.db_path(getattr(args, "db", None))
-    actor = _operator()
-    try:
-        if args.action == "list":
-            frame = list_users(db)
-            if args.json:
-                print_json(frame.to_dict(orient="records"))
-            elif frame.empty:
-                print("no accounts yet: python -m analytics users add NAME --role ROLE")
-            else:
-                print(frame.to_string(index=False))
-            return EXIT_OK
-        if args.action == "demo-accounts":
-            made = create_demo_accounts(db)
-            if not made:
-                print("demo accounts already exist; `python -m analytics users reset-password NAME` sets a new password")
-            else:
-                print("Demo sign-in accounts (passwords are shown once; reset with `users reset-password`):")
-                for name, role, password in made:
-                    print(f"  {role:<10} user {name:<12} password {password}")
-            return EXIT_OK
-        if args.action == "add":
-            password = None if args.oidc_only else _read_password(args)
-            create_user(db, args.user, args.role, password, clinician=args.clinician, actor=actor)
-            print(f"users: added {check_username(args.user)} ({args.role})")
-        elif args.action == "disable":
-            disable_user(db, args.user, actor=actor)
-            print(f"users: disabled {check_username(args.user)}")
-        elif args.action == "enable":
-            enable_user(db, args.user, actor=actor)
-            print(f"users: enabled {check_username(args.user)}")
-        elif args.action == "reset-password":
-            reset_password(db, args.user, _read_password(args, "New password: "), actor=actor)
-            print(f"users: new password set for {check_username(args.user)}; their open sessions have ended")
-        elif args.action == "set-role":
-            set_role(db, args.user, args.role, clinician=args.clinician, actor=actor)
-            print(f"users: {check_username(args.user)} is now {args.role}")
-        elif args.action == "grant":
-            grant_patient(db, args.user, args.patient, actor=actor, reason=args.reason)
-            print(f"users: {check_username(args.user)} may open patient {args.patient}")
-        elif args.action == "revoke":
-            revoke_patient(db, args.user, args.patient, actor=actor)
-            print("users: grant withdrawn")
-    except (AuthError, FileNotFoundError, store.StoreBusy) as exc:
-        print(f"users {args.action}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
 # -- OpenID Connect ----------------------------------------------------------------------
 # Clinics with an identity provider sign in through Streamlit's st.login (docs/security.md);
 # the provider's claims arrive here. The account is matched by user name, created on first
@@ -487,7 +408,7 @@ def session_from_identity(db, claims: dict, *, page: str | None = "login", now: 
     except UserError:
         name = None
     role = _role_from_claim(claims.get(role_claim))
-    handle = str(claims.get(clinician_claim) or name or "").strip()[:64] if role == "clinician" else None
+    handle = str(claims.get(clinician_claim) or name or "").strip()[:64] if may(role, "open_caseload_records") else None
     refusal: SignInFailed | None = None
     with store.transaction(db) as con:
         user = _user_row(con, name) if name else None

@@ -19,8 +19,8 @@ cost, not the product's, and is reported separately (`generate_peak_rss_mb`).
 Generated CSVs are kept under the work directory (same N and seed give the
 same bytes) so repeated runs skip generation.
 
-A figure whose module has not landed, or that fails, is null with the reason
-in `missing`; the benchmark never hides a failure behind a number.
+A figure that cannot be measured (a piece missing, or failing) is null with the
+reason in `missing`; the benchmark never hides a failure behind a number.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .progress import Progress, clear, terminal_progress
+from . import scales
+from .progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = REPO / "bench" / "work"
@@ -49,13 +50,13 @@ DEFAULT_WORK = REPO / "bench" / "work"
 # infusions per patient (patients enrol throughout, so most have a year or more).
 BENCH_DAYS = 1300
 BENCH_END = date(2026, 11, 20)
-INSTRUMENT = "PHQ-9"  # the cohort page's default (first in the scale registry)
+INSTRUMENT = scales.PRIMARY  # the cohort page's default (first in the scale registry)
 
 TIMED = ("import_s", "import_floor_s", "cohort_s", "scan_floor_s", "patient_s", "durability_s", "intervals_s")
 KEYS = ("patients", "assessments", "treatments", "import_s", "import_rows_per_s", "import_floor_s",
         "import_floor_ratio", "cohort_s", "scan_floor_s", "cohort_floor_ratio", "patient_s", "durability_s",
         "intervals_s", "peak_rss_mb")
-# Targets at 100,000 patients (issue 6); reported, never asserted.
+# Targets at 100,000 patients (docs/performance.md); reported, never asserted.
 TARGETS = {"import_floor_ratio": 3, "cohort_floor_ratio": 10, "cohort_s": 1, "patient_s": 0.1,
            "durability_s": 10, "intervals_s": 30, "peak_rss_mb": 2000}
 MAX_GROWTH_10K_TO_100K = 12
@@ -155,8 +156,8 @@ def cohort_csv(n: int, seed: int, work: Path, progress: Progress | None = None) 
     started = time.perf_counter()
     # A fresh interpreter rather than multiprocessing's spawn, which re-imports the parent's __main__
     # (under pytest after Streamlit page tests that was a page script, and the child hung).
-    code = ("import json, sys; from analytics.bench import _generate; "
-            "print(json.dumps(_generate(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
+    code = ("import json, sys; from analytics import memory; from analytics.bench import _generate; "
+            "memory.tune_allocator(); print(json.dumps(_generate(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])))")
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     child = subprocess.run([sys.executable, "-c", code, str(n), str(seed), str(directory)],
@@ -235,61 +236,48 @@ def time_scan_floor(db: Path, repeats: int) -> float:
     return _median_time(scan, repeats)[0]
 
 
-def load_frames(data) -> dict:
-    """What the dashboard's session cache holds for a scope (pages/_session.py `_frames`)."""
-    return {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments(),
-            "attributes": data.attributes()}
+def workspace(data):
+    """What the dashboard keeps per scope and data version (pages/_cache.py): a workspace, empty."""
+    from .screens.workspace import Workspace
+
+    return Workspace(data)
 
 
-def page_caches(frames: dict, instrument: str = INSTRUMENT) -> dict:
-    """The page-level results pages/_session.py caches: induction outcomes, PHQ-9 cycles, and the cohort
-    page's per-patient summaries built from them (`_cohort_base`, `_cohort_summary`)."""
-    from . import views
+def page_caches(ws, instrument: str = INSTRUMENT):
+    """Fill the workspace as the cohort page's first visit does: frames, the primary instrument's cycles,
+    induction outcomes and the per-patient summaries (screens.cohort.cohort_tables)."""
+    from .screens import cohort
 
-    induction = views.induction_outcomes(frames["treatments"], frames["assessments"], instrument)
-    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
-                                 attributes=frames["attributes"])
-    base = views.cohort_base(frames["patients"], frames["treatments"], frames["assessments"], cycles)
-    return {"induction": induction, "cycles": cycles,
-            "summary": views.cohort_summary(base, frames["assessments"], induction, instrument)}
+    cohort.cohort_tables(ws, instrument)
+    return ws
 
 
-def cohort_default_view(frames: dict, cached: dict, today: date, min_cell: int = 0, instrument: str = INSTRUMENT,
-                        parts: dict | None = None) -> dict:
-    """What pages/cohort.py computes for its default view (no filters, first instrument), its caches warm:
-    the cached summaries' options and period, `views.cohort_view`, the waterfall's bars, the funnel.
+def cohort_default_view(ws, today: date, instrument: str = INSTRUMENT, parts: dict | None = None) -> dict:
+    """What pages/cohort.py computes for its default view (no filters, first instrument), the workspace warm:
+    the filter choices, `screens.cohort.cohort_screen` (selection, headline with Wilson CIs and the median
+    durability, waterfall and its bars, weekly band, severity movement, completeness) and the funnel.
 
     `parts`, when given, receives the seconds each step took (for profiling the page).
     """
-    from . import views
+    from .screens import cohort
 
-    clock = [time.perf_counter()]
-
-    def step(name: str, value):
-        now = time.perf_counter()
-        if parts is not None:
-            parts[name] = parts.get(name, 0.0) + now - clock[0]
-        clock[0] = now
-        return value
-
-    summary = cached["summary"]
-    out = {"options": summary.base.options, "period": summary.base.period}
-    filters = views.Filters(instrument=instrument)
-    out.update(views.cohort_view(summary, filters, today, min_cell, timings=parts))
-    clock[0] = time.perf_counter()
-    out["waterfall_bars"] = step("waterfall", views.waterfall_bars(out["waterfall"]))
-    out["funnel"] = step("funnel", views.funnel(out["induction"], out["patients"], "site", "responded", min_cell=min_cell))
-    return out
+    choices = cohort.cohort_choices(ws, instrument)
+    screen = cohort.cohort_screen(ws, cohort.Filters(instrument=instrument), today, timings=parts)
+    started = time.perf_counter()
+    funnel = screen.funnel("site", "responded")
+    if parts is not None:
+        parts["funnel"] = parts.get("funnel", 0.0) + time.perf_counter() - started
+    return {"choices": choices, "screen": screen, "funnel": funnel}
 
 
-def cohort_charts(view: dict, instrument: str = INSTRUMENT) -> list:
-    """The cohort page's figures (analytics.charts), as the page builds them from the view."""
-    from . import charts, outcomes
+def cohort_charts(view: dict) -> list:
+    """The cohort page's figures (analytics.charts), as the page builds them from the screen."""
+    from . import charts
 
-    cut, _ = outcomes.remission_threshold(instrument)
-    return [charts.waterfall(view["waterfall_bars"], instrument), charts.trajectory(view["trajectory"], instrument, cut),
-            charts.severity_movement(view["severity"], instrument),
-            charts.funnel(view["funnel"], "site", "response"), charts.completeness(view["completeness"])]
+    s = view["screen"]
+    return [charts.waterfall(s.waterfall_bars, s.instrument), charts.trajectory(s.trajectory, s.instrument, s.remission_cut),
+            charts.severity_movement(s.severity, s.instrument),
+            charts.funnel(view["funnel"], "site", "response"), charts.completeness(s.completeness)]
 
 
 def figure_points(figures: list) -> int:
@@ -304,64 +292,41 @@ def figure_points(figures: list) -> int:
     return total
 
 
-def patient_view(data, patient_id: str, cached: dict) -> dict:
-    """What pages/patient.py computes for one patient: the id search, the record (through DataAccess),
-    alerts, thresholds, latest scores, item matrix, history, and the patient's rows of the cached cohort
-    cycles and suggestions (the page fits those on the whole caseload, once). The CSV download is built
-    only when its button is clicked (`patient_csv_s`), so it is not part of a view."""
-    from . import scales, views
+def patient_view(ws, patient_id: str, today: date):
+    """What pages/patient.py computes for one patient: the id search and `screens.patient.patient_screen`
+    (the record through DataAccess with its audit entry, alerts, thresholds, latest scores, item matrices,
+    history, and the patient's rows of the workspace's cohort-wide cycles and suggestion). The CSV download
+    is built only when its button is clicked (`patient_csv_s`), so it is not part of a view."""
+    from .screens import patient
 
-    matches = data.search_patient_ids(patient_id)
-    record = data.patient_record(patient_id)
-    t, a = record["treatments"], record["assessments"]
-    thresholds = views.patient_thresholds(t, a)
-    all_cycles, suggestions = cached["cycles"], cached.get("suggestions")
-    out = {
-        "matches": matches,
-        "alerts": views.patient_alerts(record),
-        "cycles": all_cycles[all_cycles["patient_id"] == patient_id],
-        "suggestion": None if suggestions is None else suggestions[suggestions["patient_id"] == patient_id],
-        "latest": views.latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
-        "history": views.patient_history(record),
-        "record": record,
-        "thresholds": thresholds,
-    }
-    present = [c for c in scales.codes() if (a["instrument"] == c).any()]
-    if present:
-        out["items"] = views.item_matrix(a, present[0])
-    return out
+    patient.patient_search(ws, patient_id)
+    return patient.patient_screen(ws, patient_id, today)
 
 
 def durability_estimate(frames: dict) -> dict:
     """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
-    durability page shows by default (the model is fitted here from scratch, as on a new data version)."""
-    from . import intervals, views
+    durability page shows by default (the functions its workspace calls, computed afresh: the model
+    is fitted from scratch, as on a new data version)."""
+    from . import intervals
     from .durability import cohort_durability
+    from .screens.durability import N_BOOT
+    from .screens.workspace import cohort_cycles
 
-    cycles = views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
-                                 attributes=frames["attributes"])
-    model = intervals.fit_clinic_model(frames, "PHQ-9").model
-    return cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=200, model=model)
+    cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
+                           attributes=frames["attributes"])
+    model = intervals.fit_clinic_model(frames, INSTRUMENT).model
+    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 
-def all_suggestions(data, frames: dict) -> object:
-    """Next-infusion suggestions for every patient (pages/_session.py `_suggestions`): the whole
+def all_suggestions(data, today: date):
+    """Next-infusion suggestions for every patient (the workspace's `suggestions`), afresh: the whole
     clinic's model fitted from scratch (the in-process cache of fits is emptied first, as on a new
     data version), then every patient's suggestion."""
-    import pandas as pd
+    from . import intervals
+    from .screens.workspace import interval_suggestions
 
-    from . import views
-
-    intervals = views.optional("intervals")
-    if intervals is not None:
-        intervals._MODELS.clear()
-        intervals._SUGGESTIONS.clear()
-    last = max(frames["treatments"]["administered_at"].max(), frames["assessments"]["administered_at"].max())
-    result = views.interval_suggestions(data.db, data.data_version(), None, "PHQ-9",
-                                        today=(pd.Timestamp(last) + pd.Timedelta(days=1)).date())
-    if result is None:
-        raise ModuleNotFoundError("analytics.intervals has not landed")
-    return result
+    intervals.forget_fits()
+    return interval_suggestions(data, None, INSTRUMENT, today=today)
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -436,19 +401,21 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     attempt(("scan_floor_s",), lambda: result.__setitem__("scan_floor_s", time_scan_floor(db, repeats)))
 
     say("loading the page frames")
+    ws = workspace(data)
     started = time.perf_counter()
-    frames = load_frames(data)
+    frames = ws.frames()
     result["load_frames_s"] = time.perf_counter() - started
 
     def do_cohort():
         say("cohort page caches (induction outcomes, cycles, summaries)")
         started = time.perf_counter()
-        cached = state["cached"] = page_caches(frames)
+        page_caches(ws)
+        state["cached"] = True
         result["cohort_caches_s"] = time.perf_counter() - started
         say("cohort page default view")
         parts: dict = {}
-        cohort_default_view(frames, cached, BENCH_END)  # warm
-        seconds, view = _median_time(lambda: cohort_default_view(frames, cached, BENCH_END, parts=parts), repeats,
+        cohort_default_view(ws, BENCH_END)  # warm
+        seconds, view = _median_time(lambda: cohort_default_view(ws, BENCH_END, parts=parts), repeats,
                                      warm=False)
         result["cohort_s"] = seconds
         result["cohort_parts_s"] = {k: round(v / max(1, repeats), 4) for k, v in parts.items()}
@@ -464,30 +431,29 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
         attempt(("cohort_charts_s",), do_charts)
 
     def do_intervals():
-        seconds, suggestions = _median_time(lambda: all_suggestions(data, frames), repeats, warm=False)
+        seconds, suggestions = _median_time(lambda: all_suggestions(data, BENCH_END), repeats, warm=False)
         result["intervals_s"] = seconds
-        state["cached"]["suggestions"] = suggestions
+        ws.once(("suggestions", INSTRUMENT, BENCH_END), lambda: suggestions)  # what the patient page reads
 
     def do_patient():
         ids = frames["patients"]["patient_id"].tolist()
         chosen = random.Random(seed).sample(ids, min(patient_samples, len(ids)))
-        from . import charts, views
+        from . import charts
 
-        patient_view(data, chosen[0], state["cached"])  # warm: modules imported, file pages cached
+        patient_view(ws, chosen[0], BENCH_END)  # warm: modules imported, file pages cached
         times, cpu, csv_times, chart_times = [], [], [], []
         for i, pid in enumerate(chosen):
             say(f"patient page {i + 1}/{len(chosen)}")
             started, started_cpu = time.perf_counter(), time.process_time()
-            view = patient_view(data, pid, state["cached"])
+            view = patient_view(ws, pid, BENCH_END)
             times.append(time.perf_counter() - started)
             cpu.append(time.process_time() - started_cpu)
             started = time.perf_counter()
-            views.patient_csv(view["record"])  # what a click on the download button adds
+            view.csv()  # what a click on the download button adds
             csv_times.append(time.perf_counter() - started)
-            if view["thresholds"]:  # the page's timeline figure (timed apart, like cohort_charts_s)
+            if view.thresholds:  # the page's timeline figure (timed apart, like cohort_charts_s)
                 started = time.perf_counter()
-                charts.patient_timeline(view["record"]["assessments"], view["record"]["treatments"],
-                                        view["thresholds"], view["cycles"], pid)
+                charts.patient_timeline(view.assessments, view.treatments, view.thresholds, view.cycles, pid)
                 chart_times.append(time.perf_counter() - started)
         result["patient_s"] = statistics.median(times)
         # the machine is shared: CPU time says what the page costs when the cores are not contended
@@ -642,45 +608,3 @@ def markdown_table(results: dict) -> str:
         lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
                      + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
     return "\n".join(lines)
-
-
-# --- command line --------------------------------------------------------------------------------
-
-def cli_bench(args) -> int:
-    work = Path(args.work) if args.work else DEFAULT_WORK
-    if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text())))
-        return 0
-    if args.sizes:
-        try:
-            sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-        except ValueError:
-            print(f"bench: --sizes must be comma-separated whole numbers, got {args.sizes!r}", file=sys.stderr)
-            return 2
-        if not sizes or min(sizes) < 1:
-            print("bench: --sizes needs at least one size of 1 or more", file=sys.stderr)
-            return 2
-        progress = terminal_progress("bench", not args.json)
-        results = run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
-        clear(progress)
-        out = Path(args.out or REPO / "bench" / "results.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        plot = render_plot(results, out.with_suffix(".png"))
-        if args.json:
-            print(json.dumps(results, indent=2))
-        else:
-            print(markdown_table(results))
-            print(f"\nbench: wrote {out} and {plot}")
-        return 0 if all(not r["missing"] for r in results["runs"]) else 1
-    if args.patients is None or args.patients < 1:
-        print("bench: give --patients N (1 or more) or --sizes N1,N2,...", file=sys.stderr)
-        return 2
-    progress = terminal_progress(f"bench {args.patients:,}", not args.json)
-    result = run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
-                           progress=progress)
-    clear(progress)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0 if not result["missing"] else 1

@@ -11,6 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import scales
+
 # Severity bands from mild (green) to severe (red); alpha keeps them behind the data on both themes.
 BAND_COLOURS = ["rgba(46,160,67,0.13)", "rgba(160,200,60,0.13)", "rgba(240,180,40,0.15)",
                 "rgba(240,120,40,0.16)", "rgba(220,50,50,0.17)"]
@@ -20,7 +22,6 @@ PHASE_STYLE = {
     "rescue": ("#d62728", "triangle-up"),
     None: ("#7f7f7f", "square"),
 }
-INSTRUMENT_COLOURS = {"PHQ-9": "#636efa", "MADRS": "#ab63fa", "GAD-7": "#00a2a8"}
 
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
@@ -67,17 +68,19 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
         a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
         hover = [f"{code} {t:g} ({b})<br>{d:%a %d %b %Y}" for t, b, d in
                  zip(a["total"], [_band_label(bands, v) for v in a["total"]], a["administered_at"])]
-        if code == "PHQ-9":
-            hover = [h + (f"<br><b>item 9 = {int(i9)}</b>" if pd.notna(i9) and i9 > 0 else "") for h, i9 in zip(hover, a["item_9"])]
+        scale = scales.get(code)
+        safety, n = scale.safety_column, scale.safety_item
+        if safety and safety in a:
+            hover = [h + (f"<br><b>item {n} = {int(v)}</b>" if pd.notna(v) and v > 0 else "") for h, v in zip(hover, a[safety])]
         fig.add_trace(go.Scatter(x=a["administered_at"], y=a["total"], mode="lines+markers", name=code,
-                                 line=dict(color=INSTRUMENT_COLOURS.get(code), width=2), marker=dict(size=7),
+                                 line=dict(color=scale.colour, width=2), marker=dict(size=7),
                                  hovertext=hover, hoverinfo="text"), row=r, col=1)
-        if code == "PHQ-9" and "item_9" in a:
-            flagged = a[a["item_9"].fillna(0) > 0]
+        if safety and safety in a:
+            flagged = a[a[safety].fillna(0) > 0]
             if len(flagged):
                 fig.add_trace(go.Scatter(x=flagged["administered_at"], y=flagged["total"], mode="markers",
-                                         name="item 9 positive", marker=dict(symbol="x", size=13, color="#d62728"),
-                                         hovertext=[f"PHQ-9 item 9 = {int(v)}" for v in flagged["item_9"]], hoverinfo="text"),
+                                         name=f"item {n} positive", marker=dict(symbol="x", size=13, color="#d62728"),
+                                         hovertext=[f"{code} item {n} = {int(v)}" for v in flagged[safety]], hoverinfo="text"),
                               row=r, col=1)
         if th["baseline"] is not None:
             hline(th["baseline"], dict(dash="dot", color="#888"), f"baseline {th['baseline']:g}")
@@ -145,7 +148,7 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
-    """views.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
+    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     grouped = "n" in w.columns
     fig = go.Figure()
@@ -269,7 +272,7 @@ def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
 
 
 def interval_histogram(bins: pd.DataFrame) -> go.Figure:
-    """Bars of `views.interval_distribution` (binned on the server; blank bins are suppressed counts)."""
+    """Bars of `screens.durability.interval_distribution` (binned on the server; blank bins are suppressed counts)."""
     width = bins["end_day"] - bins["start_day"]
     fig = go.Figure(go.Bar(x=bins["start_day"] + width / 2, y=bins["patients"], width=width, marker_color="#00a2a8",
                            customdata=np.stack([bins["start_day"], bins["end_day"] - 1], axis=1) if len(bins) else None,

@@ -1,8 +1,8 @@
 """Treatment course segmentation and durability cycles.
 
 Inputs are plain DataFrames (the shapes `analytics.access.DataAccess` returns),
-so everything here is testable without a database; `load_cycles` is the
-convenience wrapper that reads through the scoped data layer.
+so everything here is testable without a database; the caller reads them
+through the scoped data layer.
 
 The whole cohort is processed at once (sort + groupby/shift/cumsum), never
 patient by patient: 100,000 patients, 5M scores and 1.5M infusions take a few
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import outcomes, scales, store
+from . import outcomes, scales, vocabulary
 from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
 
 CYCLE_COLUMNS = [
@@ -364,7 +364,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 def _comorbidity_flags(patients: pd.DataFrame) -> pd.DataFrame:
     """has_<name> for every known comorbidity and any other listed (comma or semicolon separated)."""
     text = patients["comorbidities"].fillna("").astype(str).str.lower().str.replace(";", ",")
-    names = set(store.COMORBIDITIES)
+    names = set(vocabulary.COMORBIDITIES)
     for entry in text.unique():
         names.update(n.strip().replace(" ", "_") for n in entry.split(",") if n.strip())
     padded = "," + text.str.replace(r"\s*,\s*", ",", regex=True).str.strip().str.replace(" ", "_") + ","
@@ -526,18 +526,3 @@ def frames_from_csv_tables(tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
     return {"patients": patients[core], "treatments": treatments, "assessments": assessments,
             "attributes": attributes.dropna(subset=["value"])}
 
-
-def load_course_tables(access, instrument: str = "PHQ-9") -> dict[str, pd.DataFrame]:
-    """Everything the course needs, read through the scoped data layer."""
-    return {
-        "patients": access.patients(),
-        "treatments": access.treatments(),
-        "assessments": access.assessments(instrument=instrument),
-        "attributes": access.attributes(),
-    }
-
-
-def load_cycles(access, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
-    t = load_course_tables(access, instrument)
-    return build_cycles(t["patients"], t["treatments"], t["assessments"], t["attributes"],
-                        instrument=instrument, rules=rules)

@@ -1,4 +1,4 @@
-"""`python -m analytics export DIR`: the store as CSV files in the import format.
+"""The store as CSV files in the import format (`python -m analytics export DIR`).
 
 patients.csv, treatments.csv and assessments.csv import back into an empty
 database to the same content (tests/test_export_roundtrip.py); rejected.csv
@@ -9,13 +9,13 @@ prefixed; the importer removes exactly that prefix (docs/import.md).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import access, scales
+from .permissions import may
 from .ingest import rules
 
 
@@ -117,7 +117,7 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
         "treatments": treatments_frame(data),
         "assessments": assessments_frame(data),
     }
-    if scope.role in ("system", "admin"):
+    if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)
     # recorded before any file is written: an export that cannot be audited does not happen
     data.log("export", page=page, detail={"format": "csv", "directory": str(target),
@@ -128,21 +128,3 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
         frame.to_csv(path, index=False, lineterminator="\n", encoding="utf-8")
         written[name] = path
     return written
-
-
-def cli_export(args) -> int:
-    db = getattr(args, "db", None)
-    try:
-        if getattr(args, "format", "csv") == "fhir":
-            from .fhir import export_fhir
-            access.DataAccess(db).log("export", detail={"format": "fhir", "directory": str(args.directory)})
-            result = export_fhir(args.directory, db)
-        else:
-            result = export_csv(args.directory, db)
-    except FileNotFoundError as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 2
-    if isinstance(result, dict):
-        for name, path in result.items():
-            print(f"{name}: {path}")
-    return 0

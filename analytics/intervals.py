@@ -539,6 +539,13 @@ _LOCK = threading.Lock()
 _KEEP = 4
 
 
+def forget_fits() -> None:
+    """Empty the in-process cache of fits (the benchmark times a fit from scratch)."""
+    with _LOCK:
+        _MODELS.clear()
+        _SUGGESTIONS.clear()
+
+
 def _remember(cache: OrderedDict, key, value):
     cache[key] = value
     cache.move_to_end(key)
@@ -571,38 +578,37 @@ def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (
                        fit_patients=fit_patients)
 
 
-def clinic_model(db, version: tuple, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
-    """The whole clinic's model, fitted once per data version (read with the system scope through
-    analytics.access: every viewer gets rows of this one fit; its aggregate parameters identify
-    no one)."""
-    from .access import SYSTEM, DataAccess
-
-    key = (str(db), tuple(version), instrument, rules)
+def clinic_model(clinic_data, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
+    """The whole clinic's model, fitted once per data version. `clinic_data` reads every patient's
+    rows: an analytics.access.DataAccess with the system scope (its db, data_version(), patients(),
+    treatments(), assessments(), attributes()); the caller opens it, this module reads no database.
+    Every viewer gets rows of this one fit; its aggregate parameters identify no one."""
+    version = tuple(clinic_data.data_version())
+    key = (str(clinic_data.db), version, instrument, rules)
     with _LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
             return _MODELS[key]
-    data = DataAccess(db, SYSTEM)
-    frames = {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments(),
-              "attributes": data.attributes()}
-    fitted = fit_clinic_model(frames, instrument, tuple(version), rules)
+    frames = {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
+              "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()}
+    fitted = fit_clinic_model(frames, instrument, version, rules)
     with _LOCK:
         return _remember(_MODELS, key, fitted)
 
 
-def clinic_suggestions(db, version: tuple, instrument: str = "PHQ-9", target: float = 0.8,
+def clinic_suggestions(clinic_data, instrument: str = "PHQ-9", target: float = 0.8,
                        today: date | None = None, rules: OutcomeRules = DEFAULT_RULES) -> ClinicSuggestions:
     """Suggestions for every treated patient of the clinic, from the one model of this data
     version (clinic_model); `today` decides who is still in active care and what is due."""
     if not 0 < target < 1:
         raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
     today = today or date.today()
-    key = (str(db), tuple(version), instrument, float(target), today, rules)
+    key = (str(clinic_data.db), tuple(clinic_data.data_version()), instrument, float(target), today, rules)
     with _LOCK:
         if key in _SUGGESTIONS:
             _SUGGESTIONS.move_to_end(key)
             return _SUGGESTIONS[key]
-    cm = clinic_model(db, version, instrument, rules)
+    cm = clinic_model(clinic_data, instrument, rules)
     table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
                               last_activity=cm.last_activity, instrument=cm.instrument, rules=rules)
     result = ClinicSuggestions(cm.instrument, float(target), today, cm, table)

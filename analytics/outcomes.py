@@ -2,7 +2,7 @@
 
 Every rule that turns scores into "baseline", "response", "remission", "loss of
 response", "reliable change" or an alert is a field of `OutcomeRules`, with its
-default and source next to it (sources: ../shared/DOMAIN.md). Course
+default and source next to it (sources: docs/clinical-rules.md). Course
 segmentation, durability cycles, interval suggestions and pages all take an
 `OutcomeRules`; nothing else hard-codes a threshold.
 
@@ -14,7 +14,7 @@ date-only rows), so "infusion on the 1st, score on the 8th" is 7 days.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,11 @@ _END_OF_DAY = pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
 @dataclass(frozen=True)
 class OutcomeRules:
     # Baseline: the last score of the instrument on or before the first
-    # infusion, no more than this many days before it (issue 3; a score older
+    # infusion, no more than this many days before it (a score older
     # than a month says little about the state the treatment started from).
     baseline_window_days: int = 30
     # Response: at least this fraction below baseline (50%: every trial cited
-    # in DOMAIN.md, e.g. Murrough 2013, McInnes 2022, SUSTAIN-1).
+    # in docs/clinical-rules.md, e.g. Murrough 2013, McInnes 2022, SUSTAIN-1).
     response_fall: float = 0.5
     # Baselines below this cannot show a meaningful halving (a PHQ-9 of 2 -> 1
     # is not a response); such patients get no response/durability outcomes.
@@ -42,21 +42,21 @@ class OutcomeRules:
     # registry's remission_below (PHQ-9 < 5 McInnes 2022; GAD-7 < 5 Spitzer 2006).
     madrs_remission: str = "below_10"
     # Loss of response: "two_consecutive" = two consecutive assessments no
-    # longer meeting response (DOMAIN.md "Loss of response"), or
+    # longer meeting response (docs/clinical-rules.md, outcome definitions), or
     # "madrs_relapse_22" = MADRS 22 or more on two consecutive assessments
     # (SUSTAIN-1 relapse rule; the trial also asked the two to be 5-15 days
     # apart, which is not enforced here).
     loss_rule: str = "two_consecutive"
     madrs_relapse_score: float = 22.0
     # One out-of-response score followed by an infusion also ends the cycle:
-    # the clinic acted on it (issue 3 item 1; DOMAIN.md statistical notes).
+    # the clinic acted on it (docs/clinical-rules.md, statistical notes).
     loss_on_infusion: bool = True
     # Reliable change: Jacobson & Truax 1991, RCI = z * SD * sqrt(2 * (1 - r)),
     # with r and SD from the scale registry (scales.Scale.reliability/reference_sd).
     rci_z: float = 1.96
     # Derived phases (used when the `phase` column is empty): induction runs
     # from the first infusion until the first gap longer than this many days
-    # or this many infusions (DOMAIN.md: real-world induction is 4-8 infusions
+    # or this many infusions (docs/clinical-rules.md: real-world induction is 4-8 infusions
     # over 7-28 days, McInnes 2022).
     induction_max_gap_days: float = 14.0
     induction_max_infusions: int = 8
@@ -89,7 +89,7 @@ class OutcomeRules:
 
     def check_instrument(self, instrument: str) -> str:
         code = scales.get(instrument).code
-        if self.loss_rule == "madrs_relapse_22" and code != "MADRS":
+        if self.loss_rule == "madrs_relapse_22" and code != scales.MADRS:
             raise ValueError(f"loss_rule 'madrs_relapse_22' is a MADRS rule; it cannot be applied to {code}")
         return code
 
@@ -102,7 +102,7 @@ DEFAULT_RULES = OutcomeRules()
 def remission_threshold(instrument: str, rules: OutcomeRules = DEFAULT_RULES) -> tuple[float, bool]:
     """(cut-off, inclusive): remission is score < cut-off, or <= it when inclusive."""
     scale = scales.get(instrument)
-    if scale.code == "MADRS" and rules.madrs_remission == "12_or_below":
+    if scale.code == scales.MADRS and rules.madrs_remission == "12_or_below":
         return 12.0, True
     return float(scale.remission_below), False
 
@@ -266,13 +266,15 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
     responding, remission, ever_responded, best_score, previous_score,
     reliable_improvement (latest vs baseline), worse_than_best, worse_than_last
     (reliable worsening: by at least the RCI), lost_response (was responding at
-    the previous score, not now), item9_positive (latest PHQ-9 item 9 > 0),
-    alert (any of the worsening flags or item 9) and alert_reasons.
+    the previous score, not now), item9_positive (the latest score's safety item
+    above 0: PHQ-9 item 9; always False for a scale without one), alert (any of the
+    worsening flags or the safety item) and alert_reasons.
 
     On arrays rather than frame operations: the patient page calls this for one
     patient on every view, where pandas' per-operation overhead was most of the cost.
     """
-    code = scales.get(instrument).code
+    scale = scales.get(instrument)
+    code = scale.code
     rci = reliable_change_index(code, rules)
     base = baselines(treatments, assessments, code, rules)
     n = len(base)
@@ -315,23 +317,24 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
 
     responding = is_response(latest_score, baseline, rules)
     scored = ~np.isnan(latest_score)
+    safety = f"{code} item {scale.safety_item} above 0" if scale.safety_column else "safety item above 0"
     with np.errstate(invalid="ignore"):
         flags = {
             "reliable worsening from best": (latest_score - best_score) >= rci,
             "reliable worsening since last": (latest_score - previous_score) >= rci,
             "no longer in response": is_response(previous_score, baseline, rules) & ~responding & scored,
-            "PHQ-9 item 9 above 0": np.zeros(n, dtype=bool),
+            safety: np.zeros(n, dtype=bool),
         }
         reliable_improvement = (baseline - latest_score) >= rci
-    if code == "PHQ-9" and "item_9" in assessments.columns:
-        phq = assessments[assessments["instrument"] == "PHQ-9"] if "instrument" in assessments.columns else assessments
-        p_row = row_of.get_indexer(phq["patient_id"].astype(str))
+    if scale.safety_column and scale.safety_column in assessments.columns:
+        own = assessments[assessments["instrument"] == code] if "instrument" in assessments.columns else assessments
+        p_row = row_of.get_indexer(own["patient_id"].astype(str))
         p_idx = np.flatnonzero(p_row >= 0)
-        p_idx = p_idx[np.lexsort((_us(assessment_clock(phq))[p_idx], p_row[p_idx]))]
+        p_idx = p_idx[np.lexsort((_us(assessment_clock(own))[p_idx], p_row[p_idx]))]
         p_r = p_row[p_idx]
         p_last = p_idx[np.r_[p_r[1:] != p_r[:-1], True]] if len(p_idx) else p_idx
         with np.errstate(invalid="ignore"):
-            flags["PHQ-9 item 9 above 0"][p_row[p_last]] = phq["item_9"].astype(float).to_numpy()[p_last] > 0
+            flags[safety][p_row[p_last]] = own[scale.safety_column].astype(float).to_numpy()[p_last] > 0
     alert = np.zeros(n, dtype=bool)
     reasons = np.full(n, "", dtype=object)
     for text, flag in flags.items():
@@ -342,6 +345,6 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
         ever_responded=ever_responded, percent_fall=percent_fall(latest_score, baseline), responding=responding,
         remission=is_remission(latest_score, code, rules) & scored, reliable_improvement=reliable_improvement,
         worse_than_best=flags["reliable worsening from best"], worse_than_last=flags["reliable worsening since last"],
-        lost_response=flags["no longer in response"], item9_positive=flags["PHQ-9 item 9 above 0"], alert=alert,
+        lost_response=flags["no longer in response"], item9_positive=flags[safety], alert=alert,
         alert_reasons=pd.Series(reasons, index=base.index, dtype=str), rci_points=rci,
     )

@@ -1,7 +1,7 @@
 """One progress line on stderr for long commands, only when a person is watching.
 
 Shown when stderr is a terminal and the caller did not ask for JSON; piped or scripted runs get
-nothing extra (issue 6: import, demo and benchmark).
+nothing extra (import, demo and benchmark).
 """
 from __future__ import annotations
 

@@ -1,45 +1,28 @@
-"""`python -m analytics durability` and `python -m analytics intervals`.
+"""The durability and intervals reports: what `python -m analytics durability` and
+`python -m analytics intervals` print (analytics/commands/), as JSON-ready dicts.
 
-Both read through the scoped data layer (command-line tools run with SYSTEM
-scope: the operator owns the file) and print JSON with --json, a short human
-summary otherwise. Exit codes: 0 done, 1 nothing to report (e.g. no
-responders yet), 2 bad arguments or no database.
+Both read through the scoped data layer with SYSTEM scope (command-line tools: the
+operator owns the file), and both use the whole clinic's model of the data version
+(intervals.clinic_model), the one every page uses.
 """
 from __future__ import annotations
 
-import math
-import sys
-
-import numpy as np
 import pandas as pd
 
-from . import course, intervals, scales
+from . import intervals
 from .access import SYSTEM, DataAccess
-from .cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_json
 from .outcomes import DEFAULT_RULES
 
 
-def _instrument(name: str) -> str | None:
-    scale = scales.resolve(name)
-    if scale is None:
-        print(f"--instrument: unknown instrument {name!r}; known: {', '.join(scales.codes())}", file=sys.stderr)
-        return None
-    return scale.code
+def load(db, code: str) -> intervals.ClinicModel:
+    """The whole clinic's cycles and durability model for this data version, read through the
+    scoped data layer as the operator (the one every page uses)."""
+    return intervals.clinic_model(DataAccess(db, SYSTEM), code, DEFAULT_RULES)
 
 
-def _clinic(args, code: str) -> intervals.ClinicModel:
-    """The whole clinic's cycles and durability model, the one every page uses for this data version."""
-    access = DataAccess(args.db, SYSTEM)
-    return intervals.clinic_model(access.db, access.data_version(), code, DEFAULT_RULES)
-
-
-def _today(args):
-    """--today, else OUTCOMES_TODAY (as the dashboard), else today."""
-    from datetime import date
-    import os
-
-    text = getattr(args, "today", None) or os.environ.get("OUTCOMES_TODAY")
-    return date.fromisoformat(text) if text else date.today()
+def suggestions(db, code: str, target: float, today) -> intervals.ClinicSuggestions:
+    """Every treated patient's suggestion from the whole clinic's model, as of `today`."""
+    return intervals.clinic_suggestions(DataAccess(db, SYSTEM), code, target, today, DEFAULT_RULES)
 
 
 def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200,
@@ -47,55 +30,6 @@ def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = No
     from .durability import cohort_durability
 
     return cohort_durability(cycles, instrument=instrument, by=by, n_boot=n_boot, model=model)
-
-
-def cli_durability(args) -> int:
-    code = _instrument(args.instrument)
-    if code is None:
-        return EXIT_FAILED
-    try:
-        clinic = _clinic(args, code)
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILED
-    cycles = clinic.cycles
-    if args.by is not None and args.by not in cycles.columns:
-        fields = [c for c in cycles.columns if c not in course.CYCLE_COLUMNS and c not in ("started_at", "instrument")]
-        print(f"--by: no field {args.by!r}; choose one of: {', '.join(fields)}", file=sys.stderr)
-        return EXIT_FAILED
-    result = durability_report(cycles, code, args.by, model=clinic.model)
-    if clinic.model is None and clinic.note:
-        result["measurement_note"] = f"no measurement model ({clinic.note}): the figures are the definitions read literally"
-    if args.json:
-        print_json(result)
-    else:
-        _print_durability(result)
-    return EXIT_OK if result["n_cycles"] else EXIT_PARTIAL
-
-
-def _days(v) -> str:
-    return "not reached" if v is None else f"{v:.0f} days"
-
-
-def _print_durability(r: dict) -> None:
-    print(f"Durability of response on {r['instrument']}: {r['n_patients']} patients, {r['n_cycles']} cycles "
-          f"({r['n_events']} losses of response, {r['n_censored']} censored).")
-    if r["n_cycles"]:
-        lo, hi = r["median_ci"]
-        print(f"Median time in response after an infusion: {_days(r['median_days'])} "
-              f"(95% CI {_days(lo)} to {_days(hi)}); quartiles {_days(r['quartiles_days'][0])} and {_days(r['quartiles_days'][1])}.")
-        if r.get("estimate_source") == "measurement model":
-            print(f"  (scores read as noisy measurements; the definitions read literally give "
-                  f"{_days(r.get('definitions_median_days'))}: a sensitivity analysis, see docs/durability.md)")
-    post = r.get("post_induction") or {}
-    if post.get("n_cycles"):
-        print(f"After the last induction infusion: median {_days(post['median_days'])} ({post['n_cycles']} responders).")
-    for name, g in (r.get("groups") or {}).items():
-        print(f"  {name}: median {_days(g.get('median_days'))} over {g.get('n_cycles', 0)} cycles")
-    if r.get("logrank_p") is not None:
-        print(f"Difference between groups: p = {r['logrank_p']:.3g}")
-    if r.get("note"):
-        print(f"Note: {r['note']}")
 
 
 def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
@@ -173,40 +107,3 @@ def _no_suggestion_rows(others: pd.DataFrame) -> list[dict]:
     return [{"patient_id": r.patient_id, "status": r.status, "reason": r.status_text,
              "last_infusion_on": iso(r.last_infusion_on), "last_activity_on": iso(r.last_activity_on)}
             for r in others.itertuples(index=False)]
-
-
-def cli_intervals(args) -> int:
-    code = _instrument(args.instrument)
-    if code is None:
-        return EXIT_FAILED
-    if not 0 < args.target < 1:
-        print(f"--target must be a probability between 0 and 1 (e.g. 0.8), got {args.target}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        today = _today(args)
-    except ValueError:
-        print(f"--today must be a date YYYY-MM-DD, got {getattr(args, 'today', None)!r}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        access = DataAccess(args.db, SYSTEM)
-        suggestions = intervals.clinic_suggestions(access.db, access.data_version(), code, args.target, today)
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILED
-    result = intervals_report(suggestions)
-    if args.json:
-        print_json(result)
-    else:
-        rows = result["patients"]
-        if not rows:
-            print(result.get("note", "no responders"))
-        else:
-            print(f"Suggested maintenance intervals ({code}, {len(rows)} responders, target {args.target:.0%} "
-                  f"still in response at the next infusion):")
-            for r in rows[:50]:
-                print(f"  {r['patient_id']}: every {r['suggested_interval_days']} days "
-                      f"(range {r['interval_low_days']}-{r['interval_high_days']}), {r['basis']}, "
-                      f"next due {r['next_due_on']}" + (f", taper: {r['taper']}" if r["taper"] != "none" else ""))
-            if len(rows) > 50:
-                print(f"  ... and {len(rows) - 50} more (use --json)")
-    return EXIT_OK if result["patients"] else EXIT_PARTIAL

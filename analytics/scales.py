@@ -2,10 +2,14 @@
 
 A scale is declared once here (what it is); `score_items` is the single backend
 that checks and totals answers against a declaration. Adding an instrument is
-one `Scale(...)` entry in `SCALES`: the store, import, export, outcome
-definitions and pages all read from this registry.
+one `Scale(...)` entry in `SCALES`: the store (its instruments table, up to
+store.STORE_ITEM_COLUMNS items), import, export, FHIR codes, outcome definitions,
+charts and pages all read from this registry: its name, items and their range,
+bands, colour, safety item and sources. Code names an instrument only through
+`PRIMARY` (the routine self-report the due list and headline use) or, where a
+published rule belongs to one instrument, its code constant (`MADRS`).
 
-Sources (see ../shared/DOMAIN.md):
+Sources (docs/clinical-rules.md):
 - PHQ-9: Kroenke, Spitzer & Williams 2001 (bands); NHS Data Dictionary
   (prorate the mean of answered items when one or two are missing).
 - GAD-7: Spitzer et al. 2006 (bands).
@@ -20,7 +24,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-MAX_ITEMS = 10  # CSV columns item_1 .. item_10 hold the answers of every scale
+PHQ9, MADRS, GAD7 = "PHQ-9", "MADRS", "GAD-7"
+# The routine self-report: the due list's latest score, the headline durability, the suggested intervals.
+PRIMARY = PHQ9
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,9 @@ class Scale:
     scored_items: int  # items 1..scored_items make the total
     item_max: int
     bands: tuple[Band, ...]
-    # Items answered but not part of the total (PHQ-9 item 10: functional difficulty).
+    # Items answered but not part of the total (PHQ-9 item 10: functional difficulty), and their range.
     extra_items: tuple[int, ...] = ()
+    extra_item_range: tuple[int, int] | None = None
     # How many scored items may be missing and still give a (prorated) total.
     max_missing_prorated: int = 0
     remission_below: float = 0.0
@@ -57,6 +64,20 @@ class Scale:
     reference_sd_source: str = ""
     missing_rule: str = ""
     anchors: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    anchor_scores: tuple[int, ...] = ()  # the scores `anchors` describe; the others lie between them
+    item_wording: tuple[str, ...] = field(default=(), repr=False)  # a rater's description of each item
+    measures: str = "depression"  # what it measures: durability of response is judged on depression scales
+    colour: str = "#7f7f7f"  # its line in charts (mid-tone: reads on light and dark themes)
+    reference: str = ""  # the instrument's own publication
+    bands_source: str = ""
+    remission_source: str = ""
+    safety_meaning: str = ""  # what a positive safety item means, in a clinician's words
+    safety_source: str = ""
+
+    @property
+    def safety_column(self) -> str | None:
+        """The item column whose answer above 0 is a safety flag whatever the total (None: no such item)."""
+        return None if self.safety_item is None else f"item_{self.safety_item}"
 
     @property
     def total_max(self) -> int:
@@ -67,8 +88,8 @@ class Scale:
         return tuple(range(1, self.scored_items + 1)) + self.extra_items
 
     def item_range(self, item: int) -> tuple[int, int]:
-        if item in self.extra_items:
-            return (0, 3) if self.code == "PHQ-9" else (self.item_min, self.item_max)
+        if item in self.extra_items and self.extra_item_range is not None:
+            return self.extra_item_range
         return (self.item_min, self.item_max)
 
     def band(self, total: float | None) -> str | None:
@@ -186,6 +207,7 @@ SCALES: dict[str, Scale] = {
             scored_items=9,
             item_max=3,
             extra_items=(10,),
+            extra_item_range=(0, 3),
             bands=(
                 Band(0, 4, "minimal"),
                 Band(5, 9, "mild"),
@@ -197,6 +219,12 @@ SCALES: dict[str, Scale] = {
             remission_below=5,
             aliases=("PHQ9", "PHQ 9", "PHQ_9", "PHQ-9"),
             safety_item=9,
+            safety_meaning="thoughts of being better off dead or self-harm",
+            safety_source="Corson 2004",
+            colour="#636efa",
+            reference="Kroenke, Spitzer & Williams 2001",
+            bands_source="Kroenke, Spitzer & Williams 2001",
+            remission_source="McInnes 2022",
             # RCI = 1.96 * 5.41 * sqrt(2 * (1 - 0.84)) = 6.0 points, the reliable-change
             # criterion used for PHQ-9 by NHS Talking Therapies/IAPT (Gyani et al. 2013,
             # Behav Res Ther 51:597). r is the 48-hour test-retest reliability of
@@ -241,7 +269,13 @@ SCALES: dict[str, Scale] = {
             reference_sd_source=("baseline SD of about 5-6 points in treatment-resistant depression trials "
                                  "(e.g. SUSTAIN-1, Murrough 2013); approximate, verify before quoting"),
             item_labels=MADRS_ITEM_LABELS,
-            anchors=MADRS_ANCHORS,  # for scores MADRS_ANCHOR_SCORES; wording in MADRS_ITEM_WORDING
+            anchors=MADRS_ANCHORS,
+            anchor_scores=MADRS_ANCHOR_SCORES,
+            item_wording=MADRS_ITEM_WORDING,
+            colour="#ab63fa",
+            reference="Montgomery & Asberg 1979",
+            bands_source="Snaith et al. 1986",
+            remission_source="Hawley 2002",
             missing_rule=(
                 "No published proration rule exists for MADRS, so none is applied: with "
                 "any item missing the total must be given by the rater, and it must be "
@@ -272,6 +306,12 @@ SCALES: dict[str, Scale] = {
             item_labels=GAD7_ITEM_LABELS,
             loinc_panel="69737-5",
             loinc_total="70274-6",
+            loinc_items=("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7"),
+            measures="anxiety",
+            colour="#00a2a8",
+            reference="Spitzer et al. 2006",
+            bands_source="Spitzer et al. 2006",
+            remission_source="Spitzer 2006",
             missing_rule=(
                 "One item missing: prorated from the mean of the other six, rounded "
                 "(the PHQ-9 rule scaled to seven items; our choice, no published rule). "
@@ -430,8 +470,13 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
     )
 
 
-def item_columns(n: int = MAX_ITEMS) -> list[str]:
-    return [f"item_{i}" for i in range(1, n + 1)]
+def max_items() -> int:
+    """The most items any registered scale has: the CSV format's columns item_1 .. item_N."""
+    return max(max(s.all_items) for s in SCALES.values())
+
+
+def item_columns(n: int | None = None) -> list[str]:
+    return [f"item_{i}" for i in range(1, (max_items() if n is None else n) + 1)]
 
 
 def band_table() -> list[dict]:
@@ -445,3 +490,31 @@ def band_table() -> list[dict]:
 
 def codes() -> Sequence[str]:
     return tuple(SCALES)
+
+
+def self_rated() -> tuple[str, ...]:
+    """The scales a patient fills in alone (a self-report link may ask for these)."""
+    return tuple(s.code for s in SCALES.values() if s.rater == "self")
+
+
+def clinician_rated() -> tuple[str, ...]:
+    return tuple(s.code for s in SCALES.values() if s.rater == "clinician")
+
+
+def measuring(construct: str) -> tuple[str, ...]:
+    """The scales that measure `construct` ("depression", "anxiety")."""
+    return tuple(s.code for s in SCALES.values() if s.measures == construct)
+
+
+def register(scale: Scale) -> Scale:
+    """Add an instrument (or replace one by code) in the running registry.
+
+    The built-in instruments are the entries of `SCALES` above; adding one to the product is one
+    more entry there. This is for a plugin or a test that adds one at start-up, before the
+    import, store and pages are loaded (they read the registry's item columns when they load).
+    """
+    if not scale.all_items or scale.scored_items < 1:
+        raise ValueError(f"{scale.code}: a scale needs at least one scored item")
+    SCALES[scale.code] = scale
+    _ALIASES.update({_key(alias): scale.code for alias in (scale.code, *scale.aliases)})
+    return scale

@@ -1,12 +1,13 @@
-"""Patient self-report by link (issue 8): links, submission, safety flags, cadence, reminders.
+"""Patient self-report by link: links, submission, safety flags, cadence, reminders.
 
 A clinician creates a link for one patient and one or two self-rated questionnaires
-(PHQ-9, GAD-7). The token is `secrets.token_urlsafe(32)` (256 random bits); only its
+(the registry's self-rated scales: PHQ-9, GAD-7). The token is
+`secrets.token_urlsafe(32)` (256 random bits); only its
 SHA-256 is stored, so the database cannot hand out a working link. A link works once
 and expires (default 72 hours). Submitting stores the answers with rater "self"
 through the import's path (`ingest.import_tables`), marks the link used, and, when
 PHQ-9 item 9 is above 0 (a safety flag whatever the total, Kroenke 2001; see
-DOMAIN.md), raises a flag on the patient that stays until a clinician acknowledges it.
+docs/clinical-rules.md), raises a flag on the patient that stays until a clinician acknowledges it.
 Each step is audited; the token never is. The patient-facing page learns only which
 questionnaires to show: never the patient's id, name or any other data.
 
@@ -14,7 +15,6 @@ Sending a link by SMS or e-mail is an optional adapter (`Messenger`), off by def
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -28,9 +28,10 @@ import pandas as pd
 
 from . import audit, scales, store
 from .access import AccessDenied, DataAccess, Scope
+from .permissions import may
 from .ingest import import_tables, rules
 
-INSTRUMENTS = ("PHQ-9", "GAD-7")  # the self-rated scales a link may ask for
+INSTRUMENTS = scales.self_rated()  # a link may ask for the scales a patient fills in alone (PHQ-9, GAD-7)
 DEFAULT_HOURS = 72
 MAX_HOURS = 24 * 30
 TOKEN_BYTES = 32
@@ -44,7 +45,6 @@ DEFAULT_CRISIS_MESSAGE = (
     "If you are in immediate danger, call 911 or go to the nearest emergency department. "
     "Your care team will see your answers, but this form is not watched around the clock."
 )
-ENTRY_ROLES = ("clinician", "system")
 
 
 class LinkRefused(Exception):
@@ -115,7 +115,7 @@ def create_link(db, scope: Scope, patient_id: str, instruments, *, hours: float 
     hours = float(hours)
     if not 0 < hours <= MAX_HOURS:
         raise ValueError(f"a link must expire within 0-{MAX_HOURS} hours, got {hours:g}")
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "create_self_report_link"):
         raise AccessDenied(f"the {scope.role} role cannot create self-report links")
     patient_id = str(patient_id).strip()
     if not DataAccess(db, scope).can_see_patient(patient_id):
@@ -229,13 +229,17 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
         con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL", [now, link_id])
         audit.append(db, SELF_ACTOR, "self_report_submit", page=PAGE, patients=[patient_id],
                      detail={"link": link_id, "instruments": list(link.instruments)}, con=con)
-        item9 = (answers.get("PHQ-9") or {}).get(scales.get("PHQ-9").safety_item)
-        if item9 is not None and int(item9) > 0:
+        for code in link.instruments:  # a safety item above 0 raises a flag whatever the total
+            scale = scales.get(code)
+            answer = (answers.get(code) or {}).get(scale.safety_item) if scale.safety_item else None
+            if answer is None or int(answer) <= 0:
+                continue
             flag_id = con.execute(
                 """INSERT INTO safety_flags (patient_id, raised_at, reason, link_id) VALUES (?, ?, ?, ?) RETURNING flag_id""",
-                [patient_id, now, f"PHQ-9 item 9 answered {int(item9)} on a self-report", link_id]).fetchall()[0][0]
+                [patient_id, now, f"{code} item {scale.safety_item} answered {int(answer)} on a self-report",
+                 link_id]).fetchall()[0][0]
             audit.append(db, SELF_ACTOR, "safety_flag_raise", page=PAGE, patients=[patient_id],
-                         detail={"flag": flag_id, "link": link_id, "item_9": int(item9)}, con=con)
+                         detail={"flag": flag_id, "link": link_id, scale.safety_column: int(answer)}, con=con)
             state["flag"] = True
 
     # The patient id is filled in only here, from the stored link: the page never holds it.
@@ -274,7 +278,7 @@ def open_flags(db, scope: Scope) -> pd.DataFrame:
 
 def acknowledge_flag(db, scope: Scope, flag_id: int, note: str = "", *, page: str | None = None) -> None:
     """A clinician has seen the flag (and acted); audited in the same transaction. ValueError/AccessDenied."""
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "acknowledge_safety_flag"):
         raise AccessDenied(f"the {scope.role} role cannot acknowledge safety flags")
     flags = DataAccess(db, scope).safety_flags(open_only=False)
     match = flags[flags["flag_id"] == int(flag_id)]
@@ -406,30 +410,6 @@ def send_link(db, scope: Scope, messenger: Messenger | None, to: str, link: Crea
     messenger.send(str(to).strip(), reminder_text(link))
 
 
-# --- command line -------------------------------------------------------------------------------
-
-def cli_link(args) -> int:
-    """`python -m analytics link create --patient ID --instruments PHQ-9,GAD-7 [--db PATH] [--base-url URL] [--hours 72]`."""
-    import sys
-
-    from .access import SYSTEM
-    from .cli import EXIT_FAILED, EXIT_OK
-
-    db = store.db_path(args.db)
-    try:
-        if not db.exists():
-            raise FileNotFoundError(f"no database at {db}")
-        scope = dataclasses.replace(SYSTEM, user=os.environ.get("USER") or SYSTEM.user)  # the operator owns the file
-        link = create_link(db, scope, args.patient, args.instruments, hours=args.hours, base=args.base_url, page="cli")
-    except (ValueError, AccessDenied, FileNotFoundError, store.StoreBusy) as exc:
-        print(f"link: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(link.url)
-    print(f"link {link.link_id}: {', '.join(link.instruments)}, single use, expires {link.expires_at:%Y-%m-%d %H:%M}",
-          file=sys.stderr)
-    return EXIT_OK
-
-
 __all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
            "qr_svg", "send_link", "Messenger", "MessagingOff", "LinkRefused", "CreatedLink", "OpenLink", "Submission",
-           "hash_token", "link_url", "crisis_message", "parse_instruments", "cli_link"]
+           "hash_token", "link_url", "crisis_message", "parse_instruments"]

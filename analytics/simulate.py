@@ -3,7 +3,7 @@
 Every patient has a latent depression severity in MADRS-like units (0-60).
 Infusions raise a "benefit" b (0..1) and severity is baseline * (1 - b), so the
 patient is in response exactly while b >= 0.5 (severity at least 50% below
-baseline, the response definition of every trial in ../shared/DOMAIN.md).
+baseline, the response definition of every trial in docs/clinical-rules.md).
 After an infusion that leaves the patient in response, b decays exponentially
 at the rate that makes it cross 0.5 after a drawn time T: the TRUE time from
 that infusion to loss of response. T is log-normal around the patient's own
@@ -21,14 +21,13 @@ index), not draws from a sequential generator: the same patient's 5th cycle
 lasts equally long under every policy (common random numbers), which makes
 policy comparisons sharp and keeps them deterministic.
 
-Nothing here imports streamlit or touches the database except `cli_demo`,
-which writes through the one import path (analytics.ingest.import_tables).
+Nothing here imports streamlit or touches the database: `python -m analytics demo`
+(analytics/commands/demo.py) writes the clinic through the one import path.
 """
 from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Callable, Sequence
@@ -80,7 +79,7 @@ class Calibration:
     induction_size_share: tuple[float, ...] = (0.06, 0.10, 0.68, 0.09, 0.07)
     induction_base_gap: tuple[int, ...] = (2, 3, 4)  # days between infusions, per patient
     induction_base_gap_share: tuple[float, ...] = (0.35, 0.45, 0.20)
-    # Real-world: about half do not finish six infusions (DOMAIN.md). The demo
+    # Real-world: about half do not finish six infusions (docs/clinical-rules.md). The demo
     # uses a lower figure so that enough patients reach maintenance.
     induction_dropout: float = 0.25
     # Peak benefit: 0.95 * sigmoid(N(mean, sd)); above 0.5 means a (latent) responder.
@@ -1188,57 +1187,6 @@ def _measured(clinic: SimulatedClinic, completers: pd.Series) -> dict:
     }
 
 
-# --- command line ------------------------------------------------------------------------
-
-def cli_demo(args) -> int:
-    """`python -m analytics demo`: simulate and import through the ordinary import path."""
-    from pathlib import Path
-
-    from . import store
-
-    started = time.monotonic()
-    n = int(getattr(args, "patients", 300))
-    seed = int(getattr(args, "seed", 7))
-    end_text = getattr(args, "end", None)
-    try:
-        end = date.fromisoformat(end_text) if end_text else DEFAULT_END
-    except ValueError:
-        print(f"demo: --end must be a date YYYY-MM-DD, got {end_text!r}", file=sys.stderr)
-        return 2
-    if end > date.today():
-        print(f"demo: --end {end} is in the future; the importer rejects future dates", file=sys.stderr)
-        return 2
-    if n < 1:
-        print(f"demo: --patients must be at least 1, got {n}", file=sys.stderr)
-        return 2
-    from .progress import clear, terminal_progress
-
-    progress = terminal_progress("demo", n >= 5000)
-    clinic = simulate_clinic(n, seed, end=end, progress=progress)
-    csv_dir = getattr(args, "csv", None)
-    if csv_dir:
-        clinic.write_csv(csv_dir)
-    if progress:
-        progress("importing")
-    from .ingest import import_tables
-
-    db = store.db_path(getattr(args, "db", None))
-    report = import_tables(clinic.tables, file_name=f"demo-seed{seed}-n{n}", source="demo", db=db)
-    clear(progress)
-    t = clinic.tables
-    code = int(report.exit_code)
-    if code != 0:
-        # A demo that does not import cleanly is a bug in the generator or the importer: say why.
-        for line in report.messages():
-            print(f"demo: {line}", file=sys.stderr)
-    print(
-        f"demo: {len(t['patients']):,} patients, {len(t['treatments']):,} infusions, "
-        f"{len(t['assessments']):,} assessments -> {Path(db)} in {time.monotonic() - started:.1f}s"
-        + ("" if code == 0 else f" (import exit code {code})")
-    )
-    return code
-
-
 def calibration_report(n_patients: int = 5000, seed: int = 7) -> dict:
     """The figures quoted in docs/demo.md: the demo cohort, then each policy on the same patients."""
     figures = cohort_figures(simulate_clinic(n_patients, seed))
@@ -1249,6 +1197,10 @@ def calibration_report(n_patients: int = 5000, seed: int = 7) -> dict:
 
 if __name__ == "__main__":  # python -m analytics.simulate [N] [SEED]: reproduce docs/demo.md
     import json
+
+    from . import memory
+
+    memory.tune_allocator()  # an entry point of its own, like the command line
 
     n_arg = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     seed_arg = int(sys.argv[2]) if len(sys.argv) > 2 else 7

@@ -22,12 +22,9 @@ applies the signed-in user's scope.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,14 +33,14 @@ from typing import Callable, Iterator
 import duckdb
 
 from . import scales
+from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
 LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
 
-ROUTES = ("iv", "im", "intranasal", "oral", "sublingual")
-PHASES = ("induction", "maintenance", "rescue")
-COMORBIDITIES = ("anxiety", "ptsd", "substance_use", "chronic_pain", "ocd", "bipolar")
-SEXES = ("F", "M", "X", "U")
+# Test hook: when set, detaching a database opened for writing fails after the detach, as it does
+# when the checkpoint finds the disk full (tests/test_ingest_outcome.py; a real full disk is in docs/import.md).
+FAIL_CHECKPOINT_ENV = "OUTCOMES_TEST_FAIL_CHECKPOINT"
 
 _process_lock = threading.RLock()
 # DuckDB's allocator keeps what a large query used until its instance closes (a sorted read of
@@ -56,6 +53,20 @@ class StoreBusy(RuntimeError):
     """Another process held the database for longer than we were willing to wait."""
 
 
+class CommittedButFailed(RuntimeError):
+    """The transaction was committed (its changes are stored), then a later step failed.
+
+    Typically the checkpoint that DETACH runs, on a full disk: the committed changes are in
+    the write-ahead log (`<db>.wal`), and DuckDB moves them into the database file the next
+    time the file is opened with room to do so. `step` names what failed; `__cause__` is the error.
+    """
+
+    def __init__(self, step: str, error: BaseException):
+        self.step = step
+        self.error = error
+        super().__init__(f"committed; then {step} failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+
 def db_path(explicit: str | os.PathLike | None = None) -> Path:
     """--db beats OUTCOMES_DB beats data/outcomes.duckdb."""
     if explicit:
@@ -65,9 +76,10 @@ def db_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _private_spill_dir() -> str:
-    folder = tempfile.mkdtemp(prefix="outcomes-duckdb-spill-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    # Inside the process's work folder: removed at exit, or by the next process after a kill -9.
+    from .workdir import work_dir
+
+    return str(work_dir() / "duckdb-spill")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -131,6 +143,11 @@ class _Attachments:
         entry = self.attached[key]
         entry[2] = 0  # if DETACH fails, the next attach of this file tries again
         self.base().execute(f"DETACH DATABASE IF EXISTS {entry[0]}")
+        if entry[1] and os.environ.get(FAIL_CHECKPOINT_ENV):
+            del self.attached[key]
+            # What DuckDB raises when the checkpoint of a DETACH finds the disk full (the file is detached).
+            raise duckdb.IOException(f"Detached database '{entry[0]}', but CHECKPOINT during DETACH failed. "
+                                     f"(injected by {FAIL_CHECKPOINT_ENV}: No space left on device)")
         del self.attached[key]
         if not self.attached and _resident_bytes() - self.rss_before > RECYCLE_AFTER_GROWTH_BYTES:
             self.discard()
@@ -198,22 +215,41 @@ def connect(
                 con.close()
         except (duckdb.FatalException, duckdb.InternalException):
             _attachments.discard()  # DuckDB invalidates the whole instance after these
+            with contextlib.suppress(Exception):
+                _attachments.release(target)
             raise
-        finally:
-            _attachments.release(target)
+        except BaseException:
+            # The error being raised is the one to report: a detach that fails after it (its
+            # checkpoint on a full disk) must not replace it.
+            with contextlib.suppress(Exception):
+                _attachments.release(target)
+            raise
+        _attachments.release(target)
 
 
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A write connection inside one transaction: all or nothing."""
-    with connect(path, write=True, wait=wait) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    """A write connection inside one transaction: all or nothing.
+
+    Any error raised out of it means nothing was committed, except `CommittedButFailed`:
+    the COMMIT succeeded and a step after it (closing the connection, DETACH and its
+    checkpoint) failed, so callers can say truthfully what happened to the database.
+    """
+    committed = False
+    try:
+        with connect(path, write=True, wait=wait) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            committed = True
+    except Exception as exc:
+        if committed:
+            raise CommittedButFailed("writing the database file after the commit (checkpoint on detach)", exc) from exc
+        raise
 
 
 # --- schema -------------------------------------------------------------------
@@ -223,9 +259,7 @@ def _in_list(values) -> str:
 
 
 def _schema_v1() -> list[str]:
-    item_cols = ",\n    ".join(
-        f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND 6)" for i in range(1, scales.MAX_ITEMS + 1)
-    )
+    item_cols = ",\n    ".join(f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND 6)" for i in range(1, 11))
     return [
         """CREATE TABLE instruments (
     code VARCHAR PRIMARY KEY,
@@ -356,7 +390,7 @@ def _schema_v2() -> list[str]:
 
 
 def _schema_v3() -> list[str]:
-    """Visit entry extras, self-report links and safety flags (issue 8, see docs/self-report.md)."""
+    """Visit entry extras, self-report links and safety flags (docs/self-report.md)."""
     return [
         # What a clinician types at an infusion that the CSV contract does not carry.
         # Keyed like treatments; replaced values go to record_history as 'treatment_details'.
@@ -394,8 +428,58 @@ def _schema_v3() -> list[str]:
     ]
 
 
+# What the store holds of one assessment since schema v4: a scale of up to this many items,
+# each scored 0 to STORE_ITEM_MAX, with any total of 0 or more (the scale registry checks the
+# rest). Fixed with the migration that made them: a larger scale needs a new migration.
+STORE_ITEM_COLUMNS = 30
+STORE_ITEM_MAX = 10
+
+
+def _schema_v4() -> list[str]:
+    """Room for longer scales (BDI-II: 21 items, 0-63): assessments get item columns up to
+    STORE_ITEM_COLUMNS and lose the 0-60 total and 0-6 item limits of v1; instruments lose the
+    1-10 item limit. DuckDB can neither drop a CHECK nor rename a table another references, so
+    both tables are rebuilt: rows kept aside, tables dropped, created anew and filled back."""
+    items_v1 = ", ".join(f"item_{i}" for i in range(1, 11))
+    item_cols = ",\n    ".join(f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND {STORE_ITEM_MAX})"
+                                for i in range(1, STORE_ITEM_COLUMNS + 1))
+    kept = ("assessment_id, patient_id, instrument, administered_at, has_time, rater, "
+            f"{items_v1}, total, total_method, batch_id")
+    return [
+        "CREATE TEMP TABLE v4_assessments AS SELECT * FROM assessments",
+        "CREATE TEMP TABLE v4_instruments AS SELECT * FROM instruments",
+        "DROP TABLE assessments",
+        "DROP TABLE instruments",
+        """CREATE TABLE instruments (
+    code VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    rater VARCHAR NOT NULL,
+    scored_items INTEGER NOT NULL CHECK (scored_items >= 1),
+    item_max INTEGER NOT NULL,
+    total_max INTEGER NOT NULL
+)""",
+        "INSERT INTO instruments SELECT code, name, rater, scored_items, item_max, total_max FROM v4_instruments",
+        f"""CREATE TABLE assessments (
+    assessment_id BIGINT PRIMARY KEY DEFAULT nextval('assessment_seq'),
+    patient_id VARCHAR NOT NULL REFERENCES patients (patient_id),
+    instrument VARCHAR NOT NULL REFERENCES instruments (code),
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    rater VARCHAR,
+    {item_cols},
+    total DOUBLE CHECK (total >= 0),
+    total_method VARCHAR NOT NULL CHECK (total_method IN ('items', 'prorated', 'given')),
+    batch_id BIGINT,
+    UNIQUE (patient_id, instrument, administered_at)
+)""",
+        f"INSERT INTO assessments ({kept}) SELECT {kept} FROM v4_assessments",
+        "DROP TABLE v4_assessments",
+        "DROP TABLE v4_instruments",
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -446,9 +530,18 @@ def _instruments_in_sync(con: duckdb.DuckDBPyConnection) -> bool:
     return _registry_rows() <= set(rows)
 
 
+def check_fits(scale: scales.Scale) -> None:
+    """Refuse a registered scale the store cannot hold (more item columns or a wider item range)."""
+    widest = max(scale.item_range(i)[1] for i in scale.all_items)
+    if max(scale.all_items) > STORE_ITEM_COLUMNS or scale.item_min < 0 or widest > STORE_ITEM_MAX:
+        raise ValueError(f"{scale.code}: the store holds scales of up to {STORE_ITEM_COLUMNS} items scored "
+                         f"0-{STORE_ITEM_MAX}; a larger one needs a schema migration (analytics/store.py)")
+
+
 def sync_instruments(con: duckdb.DuckDBPyConnection) -> None:
     """Mirror the scale registry into the instruments table (FK target)."""
     for s in scales.SCALES.values():
+        check_fits(s)
         con.execute(
             """INSERT INTO instruments VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (code) DO UPDATE SET name = excluded.name, rater = excluded.rater,

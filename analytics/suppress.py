@@ -1,6 +1,6 @@
 """Small-cell suppression for cohort views and exports seen by roles without patient-level access.
 
-The rule (issue 5; CMS cell-size suppression policy uses the same threshold of 11):
+The rule (CMS cell-size suppression policy uses the same threshold of 11; docs/clinical-rules.md):
 - any count under `min_cell` is shown as "<11" (zero included: "none of them" is a disclosure too);
 - any figure computed from fewer than `min_cell` patients (a row whose `n_col` is small) is suppressed,
   and so is every other figure in a row where a count was suppressed (a rate or mean next to it

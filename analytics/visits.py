@@ -1,4 +1,4 @@
-"""Visit entry: one infusion or one assessment typed in the browser (issue 8).
+"""Visit entry: one infusion or one assessment typed in the browser (docs/self-report.md).
 
 Every entry goes through the import's own path (`ingest.import_tables`, source "ui"), so
 the same rules apply as to a CSV file: ranges, dates, unknown patient, treatment before
@@ -25,10 +25,10 @@ import pandas as pd
 
 from . import scales
 from .access import DataAccess, Scope
+from .permissions import may
 from .ingest import import_tables, rules
-from .store import PHASES, ROUTES  # noqa: F401  (the form's choices)
+from .vocabulary import PHASES, ROUTES  # noqa: F401  (the form's choices)
 
-ENTRY_ROLES = ("clinician", "system")
 MIN_WEIGHT_KG, MAX_WEIGHT_KG = 20.0, 400.0
 MAX_NOTES = 2000
 FORM = "form"  # error key for problems that belong to no single field
@@ -72,7 +72,7 @@ def record_key(patient_id: str, administered_at, instrument: str | None = None) 
 
 
 def _check_scope(db, scope: Scope, patient_id: str) -> dict[str, str]:
-    if scope.role not in ENTRY_ROLES:
+    if not may(scope, "record_visit"):
         return {FORM: f"the {scope.role} role cannot record visits; a clinician records them"}
     if not DataAccess(db, scope).can_see_patient(patient_id):
         return {"patient_id": "no patient with this id in your caseload"}
@@ -214,7 +214,7 @@ def assessment_row(patient_id: str, instrument: str, administered_at, items: dic
     """One assessment as the import's raw CSV row."""
     row = {"patient_id": str(patient_id).strip(), "instrument": instrument, "administered_on": _when_text(administered_at),
            "rater": rater, "total": _number_text(total)}
-    for n in range(1, scales.MAX_ITEMS + 1):
+    for n in range(1, scales.max_items() + 1):
         row[f"item_{n}"] = _number_text(items.get(n))
     return row
 

@@ -1,4 +1,4 @@
-"""Visit entry on the patient page (clinician): an infusion, a clinician-rated MADRS, a record's versions,
+"""Visit entry on the patient page (clinician): an infusion, a clinician-rated scale (MADRS), a record's versions,
 and self-report links. Everything is validated and stored by analytics.visits / analytics.selfreport;
 this module only draws the forms and shows each problem next to its field.
 """
@@ -10,7 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from analytics import scales, selfreport, visits
-from analytics.access import AccessDenied, DataAccess, Scope, db_path
+from analytics.access import AccessDenied, Scope
+from analytics.permissions import may
+from pages._context import db_file as db_path
 
 FLASH = "visit_forms:flash"
 
@@ -68,35 +70,41 @@ def infusion_form(scope: Scope, patient_id: str, today: date) -> None:
     _show_errors(slots, result.errors)
 
 
-def madrs_form(scope: Scope, patient_id: str, today: date) -> None:
-    scale = scales.get("MADRS")
-    with st.form(f"madrs:{patient_id}", clear_on_submit=False):
-        st.markdown("**Rate a MADRS** (clinician-rated; Montgomery & Asberg 1979). Scores 1, 3 and 5 lie between the "
-                    "described anchors.")
+def rating_form(scope: Scope, patient_id: str, today: date, code: str) -> None:
+    """A clinician-rated scale (MADRS), item by item with the registry's wording and anchors."""
+    scale = scales.get(code)
+    key = code.lower().replace("-", "")  # "madrs": the widgets' keys
+    between = [s for s in range(scale.item_min, scale.item_max + 1) if s not in scale.anchor_scores]
+    with st.form(f"{key}:{patient_id}", clear_on_submit=False):
+        st.markdown(f"**Rate a {code}** (clinician-rated; {scale.reference})."
+                    + (f" Scores {', '.join(map(str, between[:-1]))} and {between[-1]} lie between the described anchors."
+                       if scale.anchors and len(between) > 1 else ""))
         slots = {}
         c1, c2 = st.columns(2)
-        day = c1.date_input("Date", value=today, max_value=today, key="madrs_day")
-        at = c2.time_input("Time", value=None, key="madrs_time")
+        day = c1.date_input("Date", value=today, max_value=today, key=f"{key}_day")
+        at = c2.time_input("Time", value=None, key=f"{key}_time")
         slots["administered_on"] = st.empty()
         items: dict[int, int | None] = {}
         for n in range(1, scale.scored_items + 1):
-            st.markdown(f"**{n}. {scale.item_labels[n - 1]}**: {scales.MADRS_ITEM_WORDING[n - 1]}")
-            st.caption("  \n".join(f"{score}: {text}" for score, text in zip(scales.MADRS_ANCHOR_SCORES, scale.anchors[n - 1])))
+            wording = f": {scale.item_wording[n - 1]}" if scale.item_wording else ""
+            st.markdown(f"**{n}. {scale.item_labels[n - 1]}**{wording}")
+            if scale.anchors:
+                st.caption("  \n".join(f"{score}: {text}" for score, text in zip(scale.anchor_scores, scale.anchors[n - 1])))
             items[n] = st.radio(f"Item {n} score", range(scale.item_min, scale.item_max + 1), index=None, horizontal=True,
-                                key=f"madrs_item_{n}", label_visibility="collapsed")
+                                key=f"{key}_item_{n}", label_visibility="collapsed")
             slots[f"item_{n}"] = st.empty()
-        correct = st.checkbox("This corrects the MADRS already recorded at this date and time", key="madrs_correct")
+        correct = st.checkbox(f"This corrects the {code} already recorded at this date and time", key=f"{key}_correct")
         slots["total"] = st.empty()
         slots[visits.FORM] = st.empty()
-        submitted = st.form_submit_button("Save MADRS", type="primary")
+        submitted = st.form_submit_button(f"Save {code}", type="primary")
     if not submitted:
         return
-    result = visits.record_assessment(db_path(), scope, patient_id, "MADRS", administered_at=_when(day, at),
+    result = visits.record_assessment(db_path(), scope, patient_id, code, administered_at=_when(day, at),
                                       items=items, correct=correct)
     if result.ok:
         total = sum(v for v in items.values() if v is not None)
-        _saved(f"MADRS on {_when(day, at)} saved ({result.version}): total {total}, {scale.band(total)}.")
-    if "total" in result.errors:  # MADRS has no proration: point at each item still to rate
+        _saved(f"{code} on {_when(day, at)} saved ({result.version}): total {total}, {scale.band(total)}.")
+    if "total" in result.errors and not scale.max_missing_prorated:  # no proration: point at each item still to rate
         for n in (n for n, v in items.items() if v is None):
             result.errors.setdefault(f"item_{n}", f"item {n} is not rated")
     _show_errors(slots, result.errors)
@@ -148,7 +156,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
     """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
     if patient_id is None and FLASH in st.session_state:  # the due list has no visit section to show it
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
-    flags = DataAccess(db_path(), scope).safety_flags(open_only=True)
+    flags = selfreport.open_flags(db_path(), scope)
     if patient_id is not None:
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():
@@ -156,7 +164,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
             st.error(f"Safety flag{'' if patient_id else ' for ' + flag.patient_id}: {flag.reason} "
                      f"({flag.raised_at:%d %b %Y %H:%M}). It stays until a clinician acknowledges it.",
                      icon=":material/emergency:")
-            if scope.role not in visits.ENTRY_ROLES:
+            if not may(scope, "acknowledge_safety_flag"):
                 continue
             note = st.text_input("What was done (optional)", key=f"ack_note:{flag.flag_id}")
             if st.button("Acknowledge", key=f"ack:{flag.flag_id}"):
@@ -170,7 +178,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
 
 def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
     """The patient page's entry section (clinician and system roles only)."""
-    if scope.role not in visits.ENTRY_ROLES:
+    if not may(scope, "record_visit"):
         return
     st.subheader("Record a visit")
     if FLASH in st.session_state:
@@ -178,8 +186,9 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
     safety_flags(scope, patient_id)
     with st.expander("Infusion", icon=":material/vaccines:"):
         infusion_form(scope, patient_id, today)
-    with st.expander("MADRS (clinician-rated)", icon=":material/assignment:"):
-        madrs_form(scope, patient_id, today)
+    for code in scales.clinician_rated():
+        with st.expander(f"{code} (clinician-rated)", icon=":material/assignment:"):
+            rating_form(scope, patient_id, today, code)
     with st.expander("Self-report link for the patient", icon=":material/qr_code:"):
         self_report_link(scope, patient_id)
     with st.expander("Versions of a record (corrections are kept)", icon=":material/history:"):

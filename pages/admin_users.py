@@ -1,15 +1,15 @@
 """Users (admin): accounts, roles, password resets and patient grants; every change is audited."""
-import pandas as pd
 import streamlit as st
 
 from analytics import auth
-from pages import _session as session
+from analytics.permissions import ROLES
+from pages import _context
+from pages._page import open_page
 
 PAGE = "users"
 
-st.title("Users")
-scope = session.admin_scope("Only administrators manage accounts.")
-db = session.db_file()
+scope = open_page(PAGE, "Users", refusal="Only administrators manage accounts.", needs_database=False).scope
+db = _context.db_file()
 
 
 def _done(message: str) -> None:
@@ -28,7 +28,7 @@ add_tab, change_tab, grant_tab = st.tabs(["Add an account", "Change an account",
 
 with add_tab, st.form("add_user", clear_on_submit=True):
     name = st.text_input("User name", max_chars=64)
-    role = st.selectbox("Role", auth.ROLES)
+    role = st.selectbox("Role", ROLES)
     handle = st.text_input("Clinician handle (clinicians: the `clinician` value their patients are filed under; "
                            "default the user name)", max_chars=64)
     first = st.text_input("Password", type="password", max_chars=auth.MAX_PASSWORD)
@@ -54,7 +54,7 @@ with change_tab:
             if action == "Reset password":
                 new_password = st.text_input("New password", type="password", max_chars=auth.MAX_PASSWORD)
             elif action == "Change role":
-                new_role = st.selectbox("New role", auth.ROLES)
+                new_role = st.selectbox("New role", ROLES)
                 new_handle = st.text_input("Clinician handle (clinicians only)", max_chars=64)
             if st.form_submit_button(action, type="primary"):
                 try:

@@ -4,13 +4,13 @@ from datetime import date, timedelta
 import streamlit as st
 
 from analytics import audit
-from pages import _session as session
+from pages import _context
+from pages._page import open_page
 
 PAGE = "audit"
 
-st.title("Audit trail")
-scope = session.admin_scope("Only administrators may view the audit trail.")
-db = session.db_file()
+scope = open_page(PAGE, "Audit trail", refusal="Only administrators may view the audit trail.", needs_database=False).scope
+db = _context.db_file()
 
 since_col, until_col, actor_col, action_col = st.columns(4)
 since = since_col.date_input("From", value=date.today() - timedelta(days=7))
@@ -28,9 +28,8 @@ except ValueError as exc:
 # one audit entry per distinct view, not per rerun
 view_key = (str(since), str(until), actor, action)
 if st.session_state.get("audit_viewed") != view_key:
-    scope_log = session.data_access(scope)
-    scope_log.log("view_audit", page=PAGE, detail={"since": str(since), "until": str(until), "actor": actor,
-                                                   "action": action, "entries": len(entries)})
+    audit.append(db, scope.user, "view_audit", role=scope.role, page=PAGE,
+                 detail={"since": str(since), "until": str(until), "actor": actor, "action": action, "entries": len(entries)})
     st.session_state["audit_viewed"] = view_key
 
 st.caption(f"{len(entries)} entries. Entries cannot be changed or removed from the product; "
@@ -42,8 +41,8 @@ st.dataframe(shown.drop(columns=["hash"]), hide_index=True, width="stretch")
 
 
 def _log_download() -> None:
-    session.data_access(scope).log("export", page=PAGE, detail={"what": "audit trail CSV", "since": str(since),
-                                                                 "until": str(until), "entries": len(entries)})
+    audit.append(db, scope.user, "export", role=scope.role, page=PAGE,
+                 detail={"what": "audit trail CSV", "since": str(since), "until": str(until), "entries": len(entries)})
 
 
 st.download_button("Download these entries (CSV)", audit.to_csv(entries), file_name=f"audit-{since}-{until}.csv",

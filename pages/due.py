@@ -2,63 +2,49 @@
 import pandas as pd
 import streamlit as st
 
-from analytics import selfreport, views
-from pages import _session as session
+from analytics.permissions import may
+from analytics.screens import due
 from pages import _visit_forms
+from pages._page import open_page
 
-st.title("Due list")
-scope = session.current_scope()
-if not session.has_data():
-    session.no_database_message()
-    st.stop()
+page = open_page("due", "Due list")
 
-if not scope.patient_level:
+if not may(page.scope, "see_patient_rows"):
     st.info("The due list names individual patients, so it is for clinicians: your role sees cohort figures "
             "(Cohort outcomes, Durability and maintenance).", icon=":material/lock:")
     st.stop()
 
-today = session.today()
+today = page.today
 no_score_days = st.slider("Flag patients with no assessment for at least (days)", 7, 90, 28, step=7)
 show_inactive = st.toggle(f"Also list patients no longer in active care (no infusion and no score for "
-                          f"{views.ACTIVE_DAYS} days; no due date)", value=False, key="due_inactive")
+                          f"{due.ACTIVE_DAYS} days; no due date)", value=False, key="due_inactive")
 with st.spinner("Checking every patient in your caseload..."):
-    f = session.frames(scope)
-    suggestions = session.suggestions(scope)
-    # Open safety flags and self-report cadence (analytics.selfreport); flags are read fresh, never cached.
-    self_report = selfreport.due_columns(
-        f["patients"], f["assessments"], session.data_access(scope).safety_flags(), today,
-        suggestions[["patient_id", "next_due_on"]] if suggestions is not None and len(suggestions) else None)
-    due = views.due_list(f["patients"], f["treatments"], f["assessments"], today,
-                         no_score_days=no_score_days, suggestions=suggestions, self_report=self_report,
-                         include_inactive=show_inactive)
+    screen = due.due_screen(page.workspace, today, no_score_days, include_inactive=show_inactive)
 
-if f["patients"].empty:
+if not screen.has_patients:
     st.info("No patients in your caseload yet: import patients on the Data page.")
     st.stop()
-if suggestions is None:
-    st.caption("Suggested infusion dates are not available yet (the interval model is not installed): "
-               "overdue, due-this-week and taper flags are missing from this list.")
 
-counts = {name: int(due["reasons"].str.contains(name, regex=False).sum()) for name, _ in views.URGENCY}
-cols = st.columns(len(counts))
-for col, (name, n) in zip(cols, counts.items()):
+cols = st.columns(len(screen.counts))
+for col, (name, n) in zip(cols, screen.counts.items()):
     col.metric(name, n)
-_visit_forms.safety_flags(scope, page="due")
+_visit_forms.safety_flags(page.scope, page="due")
 
-if due.empty:
+listed = screen.due
+if listed.empty:
     st.success(f"Nobody needs attention as of {today:%d %b %Y}: no one overdue, no positive item 9, "
                f"no lost response, and everyone assessed within {no_score_days} days.")
     st.stop()
 
-st.caption(f"{len(due)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
+st.caption(f"{len(listed)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
            "taper candidate, self-report due; then, if shown, no longer in active care). "
            "Click a patient id to open their trajectory.")
-shown = due.assign(
-    open=[f"patient?patient={p}" for p in due["patient_id"]],
-    next_due_on=pd.to_datetime(due["next_due_on"]).dt.date,
-    last_infusion=pd.to_datetime(due["last_infusion"]).dt.date,
-    last_assessment=pd.to_datetime(due["last_assessment"]).dt.date,
+shown = listed.assign(
+    open=[f"patient?patient={p}" for p in listed["patient_id"]],
+    next_due_on=pd.to_datetime(listed["next_due_on"]).dt.date,
+    last_infusion=pd.to_datetime(listed["last_infusion"]).dt.date,
+    last_assessment=pd.to_datetime(listed["last_assessment"]).dt.date,
 )
 st.dataframe(
     shown[["open", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
@@ -77,8 +63,8 @@ st.dataframe(
 )
 
 # Reminders without a messaging vendor: create a single-use link to copy, or print as a QR code.
-wanting = due.loc[due["self_report_due"], "patient_id"].tolist()
+wanting = screen.links_wanted
 if wanting:
     with st.expander(f"Self-report links ({len(wanting)} due)", icon=":material/qr_code:"):
         chosen = st.selectbox("Patient", wanting, key="due_link_patient")
-        _visit_forms.self_report_link(scope, chosen)
+        _visit_forms.self_report_link(page.scope, chosen)

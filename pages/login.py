@@ -2,23 +2,24 @@
 import streamlit as st
 
 from analytics import auth
-from pages import _session as session
+from pages import _context, _routing, _signin
 
+_routing.route_through_navigation()
 st.title("Sign in")
-notice = session.take_sign_in_notice()
+notice = _signin.take_sign_in_notice()
 if notice:
     st.info(notice, icon=":material/lock_clock:")
 
-if not session.has_data():
-    session.no_database_message()
+if not _context.has_data():
+    _context.no_database_message()
     st.stop()
 
-already = session.signed_in_scope()
+already = _signin.signed_in_scope()
 if already is not None:
     st.success(f"You are signed in as {already.user} ({already.role}). Choose a page from the menu.")
     st.stop()
 
-if session.identity_provider_configured():
+if _signin.identity_provider_configured():
     if st.button("Sign in with your organisation's account", type="primary", icon=":material/badge:"):
         st.login()
     st.caption("Or with a local account:")
@@ -30,11 +31,11 @@ with st.form("sign_in"):
 
 if submitted:
     try:
-        signed_in = auth.authenticate(session.db_file(), username, password, page="login")
+        signed_in = auth.authenticate(_context.db_file(), username, password, page="login")
     except auth.SignInFailed as exc:
         st.error(str(exc), icon=":material/block:")
     else:
-        session.start_session(signed_in)  # reruns into the role's own pages
+        _signin.start_session(signed_in)  # reruns into the role's own pages
 
 st.caption("Accounts are managed by your administrator (`python -m analytics users ...`). "
            f"You are signed out after {auth.idle_timeout().total_seconds() / 60:g} minutes without activity.")

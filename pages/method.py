@@ -1,29 +1,28 @@
 """Method: what each definition and figure means, read from the code that computes it."""
 import streamlit as st
 
-from analytics import outcomes, views
+from analytics.screens.method import method_screen
+from pages._page import open_page
 
-st.title("Method")
+open_page("method", "Method", needs_database=False)
 st.caption("Every number below is read from the scale registry (analytics/scales.py) and the outcome rules "
            "(analytics/outcomes.py, OutcomeRules) that the dashboard and the command line use, so this page "
            "cannot drift from the calculations.")
 
-tables = views.method_tables(outcomes.DEFAULT_RULES)
-rules = outcomes.DEFAULT_RULES
+method = method_screen()
+rules = method.rules
 
 st.header("Rating scales")
 # one column per instrument: the long texts (bands, missing-item rules) wrap instead of scrolling sideways
-st.table(tables["scales"].set_index("instrument").T)
+st.table(method.scales.set_index("instrument").T)
 st.markdown(
-    "Sources: PHQ-9 bands Kroenke, Spitzer & Williams 2001; GAD-7 bands Spitzer et al. 2006; MADRS bands after "
-    "Snaith et al. 1986; missing PHQ-9 items prorated per the NHS Data Dictionary. **PHQ-9 item 9** (thoughts of "
-    "being better off dead or of self-harm) is flagged whenever it is above 0, whatever the total (Corson 2004). "
+    f"Sources: {method.scale_sources}; missing items as each scale's column says (PHQ-9: NHS Data Dictionary). "
+    f"{method.safety} "
     "Reliable change follows Jacobson & Truax 1991: a change is reliable when it is at least "
     f"{rules.rci_z:g} × SD × √(2(1 − r)) points, with r and SD from each scale's published reliability."
 )
 
 st.header("Outcome definitions")
-cut_madrs, inclusive = outcomes.remission_threshold("MADRS", rules)
 st.markdown(f"""
 - **Baseline**: the last score on or before the first infusion, at most {rules.baseline_window_days} days before it.
 - **Response**: at least {100 * rules.response_fall:.0f}% below baseline (the definition in every trial cited:
@@ -31,8 +30,7 @@ st.markdown(f"""
 - **Response / remission after induction** (cohort page): judged at the first score after the last induction
   infusion, within 21 days of it. Patients without a baseline or such a score are not in the denominator;
   the page says how many were evaluable. Rates carry 95% Wilson score intervals.
-- **Remission**: PHQ-9 below 5 (McInnes 2022), GAD-7 below 5 (Spitzer 2006), MADRS
-  {'≤' if inclusive else 'below'} {cut_madrs:g} ({'esketamine trials' if inclusive else 'Hawley 2002'}).
+- **Remission**: {method.remission}.
 - **Loss of response**: {'two consecutive assessments no longer meeting response' if rules.loss_rule == 'two_consecutive'
   else f'MADRS {rules.madrs_relapse_score:g} or more on two consecutive assessments (SUSTAIN-1)'}; one
   out-of-response score followed by an infusion also counts (the clinic acted on it).
@@ -46,7 +44,7 @@ st.markdown(f"""
 
 st.header("Figures")
 st.markdown(f"""
-- **Active patients**: an infusion or an assessment in the last {views.ACTIVE_DAYS} days.
+- **Active patients**: an infusion or an assessment in the last {method.active_days} days.
 - **Waterfall**: each patient's best (lowest) score after treatment began, as percent change from baseline;
   below −50% is a response.
 - **Cohort trajectory**: weeks since the first infusion; each patient counts once a week (mean of that week's
@@ -55,7 +53,7 @@ st.markdown(f"""
 - **Severity movement**: patients by baseline band and latest band.
 - **Funnel plot**: each site's or clinician's rate against the clinic rate, with 95% and 99.8% limits that
   narrow as groups grow (Spiegelhalter 2005). It is not a league table: points inside the funnel differ only by chance.
-- **Measurement completeness**: share of infusions with any assessment in the {views.COMPLETENESS_DAYS} days before
+- **Measurement completeness**: share of infusions with any assessment in the {method.completeness_days} days before
   (the infusion day included).
 - **Durability curves**: share of cycles still in response by days since the starting infusion, estimated with the
   Turnbull nonparametric maximum likelihood estimator (the interval-censored form of Kaplan-Meier); 95% intervals
@@ -69,7 +67,7 @@ st.markdown(f"""
 """)
 
 st.header("All outcome rule settings")
-st.dataframe(tables["rules"], hide_index=True, width="stretch")
-st.caption("Literature figures for comparison (DOMAIN.md): McInnes 2022 (537 patients, PHQ-9): response 53.6%, "
+st.dataframe(method.rule_settings, hide_index=True, width="stretch")
+st.caption("Literature figures for comparison (docs/clinical-rules.md): McInnes 2022 (537 patients, PHQ-9): response 53.6%, "
            "remission 28.9%, about 80% of responders still responding at 4 weeks and 60% at 8 weeks; Murrough 2013: "
            "median 18 days to relapse after six infusions.")

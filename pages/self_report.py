@@ -6,7 +6,7 @@ patient data at all (not even the name), and fits a phone screen.
 import streamlit as st
 
 from analytics import scales, selfreport
-from analytics.access import db_path
+from pages._context import db_file as db_path
 
 FREQUENCY = ("Not at all", "Several days", "More than half the days", "Nearly every day")
 DIFFICULTY = ("Not difficult at all", "Somewhat difficult", "Very difficult", "Extremely difficult")

@@ -109,9 +109,9 @@ def signed_in_as_test_role(request, monkeypatch):
     (tests/test_auth_pages.py) are not patched and sign in through the form."""
     if not (request.node.path.name.startswith("test_pages_") or "open_page" in request.fixturenames):
         return
-    import pages._session as session
+    import pages._signin as signin
 
-    monkeypatch.setattr(session, "signed_in_scope", scope_for_test_role)
+    monkeypatch.setattr(signin, "signed_in_scope", scope_for_test_role)
 
 
 @pytest.fixture()

@@ -1,12 +1,13 @@
-"""Static checks that pages cannot bypass the scoped data layer, and that every permission and
-audit action is documented (datasette-style: an undocumented action fails the build)."""
+"""Static checks that pages cannot bypass the scoped data layer, that no role is checked outside
+analytics/permissions.py, and that every permission and audit action is documented (datasette-style:
+an undocumented action fails the build)."""
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
 
-from analytics import audit, auth
+from analytics import audit, permissions
 
 ROOT = Path(__file__).resolve().parent.parent
 SECURITY_DOC = ROOT / "docs" / "security.md"
@@ -85,12 +86,6 @@ def test_only_the_listed_analytics_modules_open_the_database():
         "or, if it must, add the module with its reason to DATABASE_OPENERS and docs/security.md")
 
 
-def test_analytics_never_imports_streamlit():
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "analytics").rglob("*.py")
-                 if any(n == "streamlit" or n.startswith("streamlit.") for n in _imports(ast.parse(p.read_text())))]
-    assert offenders == []
-
-
 def test_every_audit_action_used_in_code_is_declared():
     used = set()
     call = re.compile(r"""(?:audit\.append\([^,]+,\s*[^,]+,|\.log\()\s*["']([a-z_]+)["']""")
@@ -100,9 +95,29 @@ def test_every_audit_action_used_in_code_is_declared():
     assert used <= set(audit.ACTIONS), f"undeclared audit actions: {sorted(used - set(audit.ACTIONS))}"
 
 
-def test_every_action_role_and_database_opener_is_documented():
+def test_every_action_role_permission_and_database_opener_is_documented():
     text = SECURITY_DOC.read_text()
     missing = [f"action {a}" for a in audit.ACTIONS if f"`{a}`" not in text]
-    missing += [f"role {r}" for r in auth.ROLES if f"`{r}`" not in text]
+    missing += [f"role {r}" for r in permissions.ROLES if f"`{r}`" not in text]
+    missing += [f"permission {p}" for p in permissions.ACTIONS if f"`{p}`" not in text]
     missing += [f"opener {m}" for m in DATABASE_OPENERS if f"`analytics/{m}" not in text]
     assert missing == [], f"docs/security.md does not document: {missing}"
+
+
+def test_roles_are_checked_only_through_permissions():
+    """No comparison of a role with a role's name (`scope.role == "admin"`, `role in ("clinician", "system")`)
+    outside analytics/permissions.py: every such check asks may()."""
+    offenders = []
+    names = set(permissions.ROLES) | {permissions.SYSTEM_ROLE}
+    for path in [*(ROOT / "analytics").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "dashboard.py"]:
+        if path.name == "permissions.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            keys = {id(k) for n in sides for sub in ast.walk(n) if isinstance(sub, ast.Subscript) for k in ast.walk(sub.slice)}
+            literals = {c.value for n in sides for c in ast.walk(n) if isinstance(c, ast.Constant) and id(c) not in keys}
+            if literals & names and any("role" in ast.unparse(n) for n in sides):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert offenders == [], offenders

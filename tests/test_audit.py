@@ -1,4 +1,4 @@
-"""The audit trail (issue 5, part 3): appended, never changed by the product, tamper-evident."""
+"""The audit trail: appended, never changed by the product, tamper-evident."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Sign-in, lockout, sessions and account management (issue 5, parts 1 and 5)."""
+"""Sign-in, lockout, sessions and account management (docs/security.md)."""
 from __future__ import annotations
 
 import subprocess

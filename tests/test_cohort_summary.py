@@ -1,4 +1,4 @@
-"""The cohort page's summary path (views.cohort_base/cohort_summary/cohort_view) gives exactly the
+"""The cohort page's summary path (cohort.cohort_base/cohort_summary/cohort_view) gives exactly the
 figures of the raw definitions (filter_cohort + headline, waterfall, trajectory_band,
 severity_movement, funnel, completeness on the full frames), with and without filters."""
 from datetime import date
@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics import charts, views
+from analytics import charts
 from analytics.access import DataAccess
+from analytics.screens import cohort, workspace
+from oracles import cohort as reference
 
 TODAY = date(2026, 11, 21)
 
@@ -29,31 +31,31 @@ def frames(demo_db):
 
 @pytest.fixture(scope="module")
 def cycles(frames):
-    return views.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+    return workspace.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
                                attributes=frames["attributes"])
 
 
 @pytest.fixture(scope="module")
 def base(frames, cycles):
-    return views.cohort_base(frames["patients"], frames["treatments"], frames["assessments"], cycles)
+    return cohort.cohort_base(frames["patients"], frames["treatments"], frames["assessments"], cycles)
 
 
 def raw_view(frames, cycles, filters, min_cell):
     """What pages/cohort.py computed on every rerun before the summaries (the reference)."""
     p, t, a = frames["patients"], frames["treatments"], frames["assessments"]
-    cohort = views.filter_cohort(p, t, a, filters)
-    induction_all = views.induction_outcomes(t, a, filters.instrument)
-    induction = induction_all[views.isin(induction_all["patient_id"], cohort.patients["patient_id"])]
-    chosen = cycles[views.isin(cycles["patient_id"], cohort.patients["patient_id"])]
+    selected = reference.filter_cohort(p, t, a, filters)
+    induction_all = cohort.induction_outcomes(t, a, filters.instrument)
+    induction = induction_all[cohort.isin(induction_all["patient_id"], selected.patients["patient_id"])]
+    chosen = cycles[cohort.isin(cycles["patient_id"], selected.patients["patient_id"])]
     return {
-        "patients": cohort.patients, "induction": induction,
+        "patients": selected.patients, "induction": induction,
         "cycles": {"n_cycles": len(chosen), "n_patients": int(chosen["patient_id"].nunique()),
                    "n_losses": int(chosen["event"].sum())},
-        "headline": views.headline(cohort, induction, TODAY, min_cell, cycles=chosen),
-        "waterfall": views.waterfall(induction),
-        "trajectory": views.trajectory_band(cohort, filters.instrument, min_n=max(5, min_cell)),
-        "severity": views.severity_movement(induction, filters.instrument, min_cell),
-        "completeness": views.completeness(cohort.treatments, cohort.assessments),
+        "headline": reference.headline(selected, induction, TODAY, min_cell, cycles=chosen),
+        "waterfall": cohort.waterfall(induction),
+        "trajectory": reference.trajectory_band(selected, filters.instrument, min_n=max(5, min_cell)),
+        "severity": cohort.severity_movement(induction, filters.instrument, min_cell),
+        "completeness": cohort.completeness(selected.treatments, selected.assessments),
     }
 
 
@@ -61,7 +63,7 @@ def _filter_cases(frames):
     p, t = frames["patients"], frames["treatments"]
     site = p["site"].value_counts().index[-1]
     clinician = p["clinician"].value_counts().index[0]
-    comorbidity = views.filter_options(p, t)["comorbidities"][0]
+    comorbidity = cohort.filter_options(p, t)["comorbidities"][0]
     route = t["route"].value_counts().index[-1]
     first = t.groupby("patient_id")["administered_at"].min().sort_values()
     middle = first.iloc[len(first) // 2].date()
@@ -84,20 +86,20 @@ def _filter_cases(frames):
 @pytest.mark.parametrize("min_cell", [0, 11])
 @pytest.mark.parametrize("instrument", ["PHQ-9", "MADRS", "GAD-7"])
 def test_summary_view_equals_the_raw_computation(frames, cycles, base, instrument, min_cell):
-    induction = views.induction_outcomes(frames["treatments"], frames["assessments"], instrument)
-    summary = views.cohort_summary(base, frames["assessments"], induction, instrument)
+    induction = cohort.induction_outcomes(frames["treatments"], frames["assessments"], instrument)
+    summary = cohort.cohort_summary(base, frames["assessments"], induction, instrument)
     for name, kwargs in _filter_cases(frames).items():
-        filters = views.Filters(instrument=instrument, **kwargs)
+        filters = cohort.Filters(instrument=instrument, **kwargs)
         expected = raw_view(frames, cycles, filters, min_cell)
-        got = views.cohort_view(summary, filters, TODAY, min_cell)
+        got = cohort.cohort_view(summary, filters, TODAY, min_cell)
         where = f"{instrument}, min_cell {min_cell}, {name}"
         assert got["headline"] == expected["headline"], where
         assert got["cycles"] == expected["cycles"], where
         for key in ("patients", "induction", "waterfall", "trajectory", "severity", "completeness"):
             pd.testing.assert_frame_equal(got[key], expected[key], check_exact=True, obj=f"{key} ({where})")
         for by in ("site", "clinician"):
-            want = views.funnel(expected["induction"], expected["patients"], by, min_cell=min_cell)
-            have = views.funnel(got["induction"], got["patients"], by, min_cell=min_cell)
+            want = cohort.funnel(expected["induction"], expected["patients"], by, min_cell=min_cell)
+            have = cohort.funnel(got["induction"], got["patients"], by, min_cell=min_cell)
             assert have["clinic_rate"] == want["clinic_rate"], where
             pd.testing.assert_frame_equal(have["groups"], want["groups"], check_exact=True)
 
@@ -106,7 +108,7 @@ def test_the_cases_exercise_the_filters(frames, base):
     """Each filter case above selects a real, smaller cohort (so the equality means something)."""
     everyone = len(frames["patients"])
     for name, kwargs in _filter_cases(frames).items():
-        keep = views.select_patients(base, views.Filters(**kwargs))
+        keep = cohort.select_patients(base, cohort.Filters(**kwargs))
         if name == "no filter":
             assert keep is None
         elif name == "nobody":
@@ -118,28 +120,28 @@ def test_the_cases_exercise_the_filters(frames, base):
 def test_the_page_period_and_options_come_from_the_base(frames, base):
     t = frames["treatments"]
     assert base.period == (t["administered_at"].min().date(), t["administered_at"].max().date())
-    assert base.options == views.filter_options(frames["patients"], t)
+    assert base.options == cohort.filter_options(frames["patients"], t)
     assert base.has_infusions
 
 
 def test_a_summary_for_another_instrument_is_refused(frames, base):
-    induction = views.induction_outcomes(frames["treatments"], frames["assessments"], "GAD-7")
-    summary = views.cohort_summary(base, frames["assessments"], induction, "GAD-7")
+    induction = cohort.induction_outcomes(frames["treatments"], frames["assessments"], "GAD-7")
+    summary = cohort.cohort_summary(base, frames["assessments"], induction, "GAD-7")
     with pytest.raises(ValueError, match="summary is for GAD-7"):
-        views.cohort_view(summary, views.Filters(instrument="PHQ-9"), TODAY)
+        cohort.cohort_view(summary, cohort.Filters(instrument="PHQ-9"), TODAY)
 
 
 def _waterfall(n: int) -> pd.DataFrame:
     rng = np.random.default_rng(3)
     induction = pd.DataFrame({"patient_id": [f"P{i:06d}" for i in range(n)], "baseline_score": 20.0,
                               "best_score": 0.0, "best_percent_change": rng.uniform(-100, 60, n).round(1)})
-    return views.waterfall(induction)
+    return cohort.waterfall(induction)
 
 
 def test_a_large_waterfall_is_one_bar_per_percentile_without_patient_ids():
     w = _waterfall(5000)
-    bars = views.waterfall_bars(w)
-    assert len(bars) == views.WATERFALL_BINS
+    bars = cohort.waterfall_bars(w)
+    assert len(bars) == cohort.WATERFALL_BINS
     assert "patient_id" not in bars.columns
     assert bars["n"].sum() == 5000 and (bars["n"] == 50).all()
     assert (bars["low"] <= bars["best_percent_change"]).all() and (bars["best_percent_change"] <= bars["high"]).all()
@@ -147,14 +149,14 @@ def test_a_large_waterfall_is_one_bar_per_percentile_without_patient_ids():
     # bar 1 is the 50 most worsened patients
     assert bars["low"].iloc[0] == w["best_percent_change"].iloc[:50].min()
     fig = charts.waterfall(bars, "PHQ-9", show_ids=True)
-    assert sum(len(trace.x) for trace in fig.data) == views.WATERFALL_BINS
+    assert sum(len(trace.x) for trace in fig.data) == cohort.WATERFALL_BINS
     hover = " ".join(text for trace in fig.data for text in trace.hovertext)
     assert "P00" not in hover and "patients" in hover
 
 
 def test_a_small_waterfall_keeps_one_bar_per_patient():
     w = _waterfall(300)
-    assert views.waterfall_bars(w) is w
+    assert cohort.waterfall_bars(w) is w
     fig = charts.waterfall(w, "PHQ-9", show_ids=True)
     assert sum(len(trace.x) for trace in fig.data) == 300
 
@@ -164,7 +166,7 @@ def test_funnel_limits_for_a_large_site_are_a_few_hundred_points_on_the_exact_cu
     induction = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)], "evaluable": True,
                               "responded": np.arange(n) % 5 < 2, "remitted": False})
     patients = pd.DataFrame({"patient_id": induction["patient_id"], "site": np.where(np.arange(n) < 25_000, "a", "b")})
-    data = views.funnel(induction, patients, "site")
+    data = cohort.funnel(induction, patients, "site")
     limits = data["limits"]
     assert len(limits) < 500
     assert limits["n"].is_monotonic_increasing and limits["n"].iloc[-1] >= 25_000
@@ -177,7 +179,7 @@ def test_funnel_limits_for_a_large_site_are_a_few_hundred_points_on_the_exact_cu
 
 
 def test_the_page_draws_a_large_waterfall_by_percentile_and_says_so(open_page, monkeypatch, demo_db):
-    monkeypatch.setattr(views, "WATERFALL_MAX_BARS", 50)  # the 120-patient demo counts as large
+    monkeypatch.setattr(cohort, "WATERFALL_MAX_BARS", 50)  # the 120-patient demo counts as large
     at = open_page("cohort")
     assert not at.exception
     assert any("each bar is one percentile" in c.value for c in at.caption)

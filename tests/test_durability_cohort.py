@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from analytics.durability import cohort_durability, durability_model
-from analytics.durability.synthetic import simulate_cycles
+from oracles.synthetic import simulate_cycles
 
 TOP_KEYS = {"instrument", "n_patients", "n_cycles", "n_events", "n_censored", "median_days", "median_ci",
             "quartiles_days", "survival", "post_induction", "groups", "logrank_p"}
@@ -105,7 +105,7 @@ def test_same_seed_same_answer(cycles):
 
 def test_interval_censored_median_is_below_right_end_dating(cycles):
     """Dating each loss at the later assessment would overstate durability."""
-    from analytics.durability import kaplan_meier
+    from oracles.km import kaplan_meier
     res = cohort_durability(cycles, instrument="PHQ-9", n_boot=0)
     naive = kaplan_meier(np.where(cycles.event, cycles.right_days, cycles.left_days), cycles.event).median
     assert res["median_days"] < naive

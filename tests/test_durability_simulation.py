@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.durability import kaplan_meier, turnbull, weibull_aft
+from analytics.durability import turnbull, weibull_aft
 from analytics.durability.bootstrap import cluster_bootstrap_turnbull
-from analytics.durability.frailty import fit_weibull_frailty, patient_durability
 from analytics.durability.ictest import finkelstein_scores, robust_score_test
-from analytics.durability.synthetic import simulate_cycles
+from oracles.frailty import fit_weibull_frailty, patient_durability
+from oracles.km import kaplan_meier
+from oracles.synthetic import simulate_cycles
 
 SHAPE, SCALE = 1.5, 35.0
 TRUE_MEDIAN = SCALE * np.log(2) ** (1 / SHAPE)

@@ -317,9 +317,9 @@ def test_us_core_questionnaire_response_and_its_derived_observations_make_one_as
 
 
 def test_preview_reports_per_table_without_writing(tmp_path):
-    from analytics.fhir import preview
+    from analytics.ingest import preview
 
-    rows = preview([FIXTURES / "mixed.json", FIXTURES / "malformed.json"], db=tmp_path / "none.duckdb")
+    rows = preview([FIXTURES / "mixed.json", FIXTURES / "malformed.json"], db=tmp_path / "none.duckdb").to_dict("records")
     by_kind = {(Path(r["file"]).name, r["kind"]): r for r in rows}
     assessments = by_kind[("mixed.json", "assessments")]
     assert (assessments["accepted"], assessments["rejected"]) == (1, 5)

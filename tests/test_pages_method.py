@@ -31,13 +31,18 @@ def test_each_role_lands_on_its_own_page(open_page, monkeypatch, demo_db):
     assert open_page("dashboard").title[0].value == "Due list"
 
 
-def test_role_table_never_offers_the_data_page_to_clinicians():
+def test_menu_never_offers_the_data_page_to_clinicians_nor_patient_pages_to_admins():
     import ast
     from pathlib import Path
 
+    from analytics.access import Scope
+    from pages._routing import menu_for
+
+    clinician = Scope("c", "clinician", clinician="dr_a")
+    admin = Scope("a", "admin", patient_level=False, identifiable=False)
+    assert not any("data" in names for names in menu_for(clinician).values())
+    assert not any("patient" in names for names in menu_for(admin).values())
+    assert menu_for(Scope("x", "nobody")) == {}  # an unknown role opens nothing
+    # and the dashboard registers its navigation from that menu, not from a table of its own
     tree = ast.parse((Path(__file__).resolve().parent.parent / "dashboard.py").read_text())
-    table = next(node.value for node in ast.walk(tree)
-                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "ROLE_PAGES")
-    role_pages = ast.literal_eval(table)
-    assert not any("data" in names for names in role_pages["clinician"].values())
-    assert not any("patient" in names for names in role_pages["admin"].values())
+    assert any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "menu_for" for n in ast.walk(tree))

@@ -4,8 +4,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from analytics import views
 from analytics.access import DataAccess
+from analytics.screens import patient, workspace
 
 
 DEMO_TODAY = date(2026, 11, 21)
@@ -15,7 +15,7 @@ DEMO_TODAY = date(2026, 11, 21)
 def clinic(demo_db):
     data = DataAccess(demo_db)
     frames = {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments()}
-    suggestions = views.interval_suggestions(demo_db, data.data_version(), today=DEMO_TODAY)
+    suggestions = workspace.interval_suggestions(data, today=DEMO_TODAY)
     return frames, suggestions
 
 
@@ -72,11 +72,11 @@ def test_one_patient_gets_one_suggestion_whoever_looks(open_page, monkeypatch, c
     monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
     monkeypatch.setenv("OUTCOMES_CLINICIAN", smallest)
     as_clinician = _suggestion_text(open_page("patient", patient=pid))
-    import pages._session as session
+    import pages._signin as signin
 
     director = access.Scope(user="director", role="director", patient_level=False, identifiable=False,
                             granted=frozenset({pid}))
-    monkeypatch.setattr(session, "signed_in_scope", lambda: director)
+    monkeypatch.setattr(signin, "signed_in_scope", lambda: director)
     as_director = _suggestion_text(open_page("patient", patient=pid))
     assert as_clinician == as_director
     cli = subprocess.run([sys.executable, "-m", "analytics", "intervals", "--db", str(demo_db), "--json"], cwd=ROOT,
@@ -91,7 +91,7 @@ def test_one_patient_gets_one_suggestion_whoever_looks(open_page, monkeypatch, c
 def test_a_patient_no_longer_in_active_care_has_no_due_date(clinic):
     _, suggestions = clinic
     gone = suggestions[suggestions["status"] == "not_in_active_care"].iloc[0].to_dict()
-    text = views.describe_suggestion(gone, DEMO_TODAY)
+    text = patient.describe_suggestion(gone, DEMO_TODAY)
     assert text.startswith("No suggested date: no longer in active care") and "overdue" not in text
 
 
@@ -145,7 +145,7 @@ def test_clinician_cannot_find_another_clinicians_patient(open_page, clinic, mon
 
 def test_patient_csv_holds_only_that_patient(demo_db):
     record = DataAccess(demo_db).patient_record("P00003")
-    csv = views.patient_csv(record).decode()
+    csv = patient.patient_csv(record).decode()
     frame = pd.read_csv(pd.io.common.StringIO(csv))
     assert set(frame["patient_id"]) == {"P00003"}
     assert set(frame["kind"]) == {"infusion", "assessment"}
@@ -154,7 +154,7 @@ def test_patient_csv_holds_only_that_patient(demo_db):
 
 def test_history_is_newest_first_and_marks_item9(demo_db):
     record = DataAccess(demo_db).patient_record("P00003")
-    history = views.patient_history(record, limit=50)
+    history = patient.patient_history(record, limit=50)
     assert list(history["when"]) == sorted(history["when"], reverse=True)
     phq = record["assessments"][record["assessments"]["instrument"] == "PHQ-9"]
     if (phq["item_9"].fillna(0) > 0).any():
@@ -162,7 +162,7 @@ def test_history_is_newest_first_and_marks_item9(demo_db):
 
 
 def test_describe_suggestion_reads_like_a_clinician():
-    text = views.describe_suggestion(
+    text = patient.describe_suggestion(
         {"next_due_on": pd.Timestamp("2026-11-25"), "suggested_interval_days": 21.0, "interval_low_days": 14.0,
          "interval_high_days": 30.0, "basis": "personal", "n_cycles": 3, "target": 0.8, "taper": "stretch",
          "taper_reason": "held response up to each of the last two infusions"},
@@ -171,12 +171,12 @@ def test_describe_suggestion_reads_like_a_clinician():
     assert "14 to 30 days" in text
     assert "3 response cycles" in text
     assert "lengthening the interval" in text
-    overdue = views.describe_suggestion({"next_due_on": pd.Timestamp("2026-11-18"), "suggested_interval_days": 21.0,
+    overdue = patient.describe_suggestion({"next_due_on": pd.Timestamp("2026-11-18"), "suggested_interval_days": 21.0,
                                          "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
     assert "3 days overdue" in overdue
-    assert "No suggested date yet" in views.describe_suggestion(None, date(2026, 11, 21))
+    assert "No suggested date yet" in patient.describe_suggestion(None, date(2026, 11, 21))
     # the evidence and what drove the number, in plain words
-    capped = views.describe_suggestion(
+    capped = patient.describe_suggestion(
         {"status": "suggested", "next_due_on": pd.Timestamp("2026-11-25"), "suggested_interval_days": 21.0,
          "interval_low_days": 14.0, "interval_high_days": 30.0, "basis": "personal", "n_cycles": 9, "target": 0.8,
          "observed_cycles": 9, "observed_losses": 9, "observed_median_loss_days": 35.0,

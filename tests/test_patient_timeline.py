@@ -2,8 +2,9 @@
 remission lines on that instrument's own panel, labelled with their values."""
 from __future__ import annotations
 
-from analytics import charts, scales, views
+from analytics import charts, scales
 from analytics.access import DataAccess
+from analytics.screens import patient
 
 
 def test_each_panel_has_its_bands_and_threshold_lines_at_the_patients_values(demo_db):
@@ -13,7 +14,7 @@ def test_each_panel_has_its_bands_and_threshold_lines_at_the_patients_values(dem
     both = assessed[assessed["patient_id"].isin(treated)].groupby("patient_id")["instrument"].nunique()
     pid = both[both >= 2].index[0]  # two panels, so the second axis is exercised too
     record = data.patient_record(pid)
-    thresholds = views.patient_thresholds(record["treatments"], record["assessments"])
+    thresholds = patient.patient_thresholds(record["treatments"], record["assessments"])
     fig = charts.patient_timeline(record["assessments"], record["treatments"], thresholds, None, pid)
     for row, (code, th) in enumerate(thresholds.items(), start=1):
         axis = f"y{row if row > 1 else ''}"

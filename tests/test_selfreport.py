@@ -1,4 +1,4 @@
-"""Patient self-report by link (issue 8, parts 2-4): single use, expiry, hashed tokens, safety flags, audit."""
+"""Patient self-report by link: single use, expiry, hashed tokens, safety flags, audit."""
 from __future__ import annotations
 
 import subprocess
@@ -209,7 +209,7 @@ def test_due_columns_flag_a_patient_until_acknowledged_and_cadence_is_configurab
 
 
 def test_due_list_puts_a_flagged_patient_first_and_shows_whose_self_report_is_due():
-    from analytics import views
+    from analytics.screens import due
 
     patients = pd.DataFrame({"patient_id": ["calm", "flagged"]})
     treatments = pd.DataFrame({"patient_id": ["calm", "flagged"], "administered_at": pd.to_datetime(["2026-11-15"] * 2),
@@ -221,11 +221,11 @@ def test_due_list_puts_a_flagged_patient_first_and_shows_whose_self_report_is_du
                           "acknowledged_at": [pd.NaT]})
     today = date(2026, 11, 21)
     extra = selfreport.due_columns(patients, assessments, flags, today, cadence=selfreport.Cadence(7, 1))
-    due = views.due_list(patients, treatments, assessments, today, no_score_days=60, self_report=extra)
-    assert due["patient_id"].tolist() == ["flagged", "calm"]
-    assert due.iloc[0]["reasons"].startswith("safety flag") and bool(due.iloc[0]["safety_flag"])
-    assert due.iloc[1]["reasons"] == "self-report due" and due.iloc[1]["self_report_reason"] == "none in 7 days"
-    without = views.due_list(patients, treatments, assessments, today, no_score_days=60)
+    listed = due.due_list(patients, treatments, assessments, today, no_score_days=60, self_report=extra)
+    assert listed["patient_id"].tolist() == ["flagged", "calm"]
+    assert listed.iloc[0]["reasons"].startswith("safety flag") and bool(listed.iloc[0]["safety_flag"])
+    assert listed.iloc[1]["reasons"] == "self-report due" and listed.iloc[1]["self_report_reason"] == "none in 7 days"
+    without = due.due_list(patients, treatments, assessments, today, no_score_days=60)
     assert without.empty  # the new reasons come only from the self-report columns
 
 

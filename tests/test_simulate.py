@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics import scales, simulate, store
+from analytics import ingest, scales, simulate, store, vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,11 +58,11 @@ def test_tables_have_the_csv_columns_as_strings(clinic):
 def test_patient_fields_are_valid(clinic):
     p = clinic.tables["patients"]
     assert p["patient_id"].is_unique
-    assert set(p["sex"]) <= set(store.SEXES)
+    assert set(p["sex"]) <= set(vocabulary.SEXES)
     assert p["site"].nunique() == 3 and p["clinician"].nunique() == 6
     assert p.groupby("clinician")["site"].nunique().max() == 1  # a clinician works at one site
     for text in p["comorbidities"]:
-        assert set(filter(None, text.split(simulate.COMORBIDITY_SEPARATOR))) <= set(store.COMORBIDITIES)
+        assert set(filter(None, text.split(simulate.COMORBIDITY_SEPARATOR))) <= set(vocabulary.COMORBIDITIES)
     assert set(p["support_system"]) == {"strong", "moderate", "limited"}
     assert set(p["stress_level"]) == {"low", "moderate", "high"}
     years = p["birth_year"].astype(int)
@@ -72,9 +72,9 @@ def test_patient_fields_are_valid(clinic):
 
 def test_treatments_are_valid(clinic):
     t = clinic.tables["treatments"]
-    assert set(t["route"]) <= set(store.ROUTES)
+    assert set(t["route"]) <= set(vocabulary.ROUTES)
     assert (t["route"] == "iv").mean() > 0.75
-    assert set(t["phase"]) <= set(store.PHASES) | {""}
+    assert set(t["phase"]) <= set(vocabulary.PHASES) | {""}
     dose = t["dose_mg_per_kg"].astype(float)
     assert ((dose > 0) & (dose <= 5)).all()
     on = pd.to_datetime(t["administered_on"].str.slice(0, 10), format="%Y-%m-%d")
@@ -308,16 +308,7 @@ def test_end_date_moves_the_calendar():
 
 # --- the import path -------------------------------------------------------------------
 
-def _ingest():
-    try:
-        from analytics import ingest  # noqa: F401  (written by another engineer)
-    except ImportError as exc:  # pragma: no cover - only until analytics.ingest lands
-        pytest.skip(f"analytics.ingest not available yet: {exc}")
-    return ingest
-
-
 def test_demo_imports_with_nothing_rejected(tmp_path):
-    ingest = _ingest()
     clinic = simulate.simulate_clinic(150, 9)
     db = tmp_path / "demo.duckdb"
     report = ingest.import_tables(clinic.tables, file_name="demo", source="demo", db=db)
@@ -330,7 +321,6 @@ def test_demo_imports_with_nothing_rejected(tmp_path):
 
 
 def test_cli_demo_prints_one_line_and_exits_0(tmp_path):
-    _ingest()
     db = tmp_path / "cli.duckdb"
     run = subprocess.run(
         [sys.executable, "-m", "analytics", "demo", "--db", str(db), "--patients", "40", "--seed", "2"],

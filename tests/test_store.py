@@ -134,3 +134,34 @@ def test_connections_work_when_the_shared_instance_is_recycled_after_every_use(t
     with store.connect(db) as con:
         assert con.execute("SELECT patient_id FROM patients ORDER BY 1").fetchall() == [("P1",), ("P3",)]
     assert _other_process_writes(db).returncode == 0
+
+
+def test_schema_v4_keeps_every_assessment_and_makes_room_for_longer_scales(tmp_path):
+    """A v3 database's assessments survive the rebuild of v4 unchanged; afterwards a 21-item scale
+    with a 0-63 total fits (the v1 schema allowed 10 items, each 0-6, and totals up to 60)."""
+    path = tmp_path / "v3.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+    for number, migration in enumerate(store.MIGRATIONS[:3], start=1):
+        for statement in migration():
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+    con.execute("INSERT INTO instruments VALUES ('PHQ-9', 'Patient Health Questionnaire-9', 'self', 9, 3, 27)")
+    con.execute("INSERT INTO patients (patient_id, clinician) VALUES ('P1', 'dr_a')")
+    con.execute("""INSERT INTO assessments (patient_id, instrument, administered_at, has_time, rater, item_1, item_9, item_10,
+                   total, total_method, batch_id) VALUES ('P1', 'PHQ-9', '2024-01-08 09:30', true, 'self', 3, 1, 2, 17, 'given', 4)""")
+    before = con.execute("SELECT assessment_id, patient_id, instrument, administered_at, has_time, rater, item_1, item_9, "
+                         "item_10, total, total_method, batch_id FROM assessments").fetchall()
+    con.close()
+    with store.connect(path, write=True) as con:
+        assert store.current_version(con) == store.SCHEMA_VERSION
+        after = con.execute("SELECT assessment_id, patient_id, instrument, administered_at, has_time, rater, item_1, item_9, "
+                            "item_10, total, total_method, batch_id FROM assessments").fetchall()
+        assert after == before
+        con.execute("INSERT INTO instruments VALUES ('BDI-II', 'Beck Depression Inventory-II', 'self', 21, 3, 63)")
+        con.execute("INSERT INTO assessments (patient_id, instrument, administered_at, item_21, total, total_method) "
+                    "VALUES ('P1', 'BDI-II', '2024-01-09', 3, 63, 'given')")
+        assert con.execute("SELECT max(assessment_id) FROM assessments").fetchall()[0][0] > before[0][0]
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute("INSERT INTO assessments (patient_id, instrument, administered_at, total, total_method) "
+                        "VALUES ('P1', 'BDI-II', '2024-01-10', -1, 'given')")

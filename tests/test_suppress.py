@@ -1,4 +1,4 @@
-"""Small-cell suppression (issue 5, part 4): nothing under 11 shown or recoverable by subtraction."""
+"""Small-cell suppression: nothing under 11 shown or recoverable by subtraction."""
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,4 @@
-"""Visit entry (issue 8, part 1): one infusion or assessment through the import's rules, corrections as versions."""
+"""Visit entry: one infusion or assessment through the import's rules, corrections as versions."""
 from __future__ import annotations
 
 from datetime import datetime

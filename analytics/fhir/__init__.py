@@ -1,14 +1,14 @@
-"""FHIR R4 import and export (issue 7). See docs/fhir.md.
+"""FHIR R4 conversion and export. See docs/fhir.md.
 
-Import: FHIR files go through `analytics.ingest.import_files` like CSV (it
-recognises them by content and calls `add_import_jobs`), or directly through
-`import_fhir_files`. Bundles (collection, searchset, transaction, batch),
-single resources and NDJSON bulk-export files are read, every resource is
-validated with the `fhir.resources` R4B models, converted to the same
-raw-string row tables as CSV and checked by the same rules, in the same single
-transaction as the rest of the command.
+Import: `convert_files` reads Bundles (collection, searchset, transaction, batch),
+single resources and NDJSON bulk-export files, validates every resource with the
+`fhir.resources` R4B models and converts them to the same raw-string row tables as
+CSV. The import itself is analytics.ingest's: FHIR is one of its sources
+(ingest/fhir_source.py), checked by the same rules in the same single transaction as
+the rest of the command. Nothing here imports the import or the store.
 
-Export: `export_fhir(directory, db=None, scope=SYSTEM) -> {type: path}`.
+Export: `analytics.fhir.export.export_fhir(directory, db=None, scope=SYSTEM) -> {type: path}`
+(it reads through the scoped data layer, so this package does not import it).
 """
 from __future__ import annotations
 
@@ -18,17 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
 
-import numpy as np
 import pandas as pd
 
 from . import codes
 from .convert import Conversion, Converter
-from .export import export_fhir
 from .parse import Located, Reject, iter_text, looks_like_fhir, sniff_file
 
 __all__ = [
-    "export_fhir", "import_fhir_files", "convert_files", "add_import_jobs", "preview", "looks_like_fhir",
-    "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
+    "convert_files", "looks_like_fhir", "sniff_file", "is_fhir_file", "FileTables", "IDENTIFIER_ENV",
+    "KIND_OF_TYPE",
 ]
 
 # Which Patient.identifier system holds the pseudonymous patient id; without
@@ -146,143 +144,4 @@ def convert_files(files: Iterable[FileInput], identifier_system_: str | None = N
         notes = [(kind, text) for file, kind, text in result.notes if file == name]
         out.append(FileTables(name, hashes[name], tables, frame, notes, counts[name], refused, frozenset(result.derived_enrolment)))
     out.sort(key=lambda f: 0 if len(f.tables["patients"]) else 1)
-    return out
-
-
-def add_import_jobs(paths: Iterable[FileInput], report, jobs: list, user: str | None = None,
-                    identifier_system_: str | None = None, db=None) -> None:
-    """Append FHIR files to an ingest run: a FileResult per (file, table kind) and a job for each.
-
-    Rows are checked by `ingest.rules.validate` exactly like CSV rows; the
-    resource-level rejects join the rejects of the batch of their kind
-    (Observation -> assessments, ...; other types -> the file's first batch),
-    with `_row` -1 like CSV rows that could not be parsed.
-    """
-    from .. import ingest
-    from ..ingest import rules
-
-    parts = convert_files(paths, identifier_system_)
-    stored = _stored_patients(db, {pid for part in parts for pid in part.tables["patients"]["patient_id"]})
-    for part in parts:
-        if part.refused:
-            report.files.append(ingest.FileResult(file=part.file_name, kind=None, refused=part.refused))
-            continue
-        part.tables["patients"] = _keep_stored_values(part.tables["patients"], stored, part.derived_enrolment)
-        kinds_with_rows = [k for k in rules.KINDS if len(part.tables[k])]
-        fallback = kinds_with_rows[0] if kinds_with_rows else "assessments"
-        reject_kind = [KIND_OF_TYPE.get(t, fallback) for t in part.rejects["resource_type"]]
-        first = True
-        kinds_in_jobs = [k for k in rules.KINDS if len(part.tables[k]) or k in reject_kind]
-        for kind in rules.KINDS:
-            frame = part.tables[kind]
-            extra = part.rejects[[k == kind for k in reject_kind]] if len(part.rejects) else part.rejects
-            if frame.empty and extra.empty:
-                continue
-            validated = rules.validate(kind, frame)
-            if len(extra):
-                validated.rejects = pd.concat([validated.rejects, pd.DataFrame({
-                    "_row": np.full(len(extra), -1, dtype="int64"),
-                    "_line": extra["line"].fillna(0).astype("int64").to_numpy(),
-                    "column": extra["column"].to_numpy(),
-                    "reason": extra["reason"].to_numpy(),
-                })], ignore_index=True)
-            notes = list(validated.notes) + [text for note_kind, text in part.notes
-                                             if note_kind == kind or (first and note_kind not in kinds_in_jobs)]
-            first = False
-            result = ingest.FileResult(file=part.file_name, kind=kind, notes=notes)
-            report.files.append(result)
-            jobs.append(ingest._Job(part.file_name, "fhir", part.sha256, validated, _raw_for(frame, extra), result))
-        if first:  # nothing at all in the file
-            report.files.append(ingest.FileResult(file=part.file_name, kind=None, notes=["no resources in this file"]))
-
-
-def _stored_patients(db, patient_ids: set[str]) -> pd.DataFrame | None:
-    """The stored rows of these patients (read through the scoped data layer), or None."""
-    from .. import access, store
-
-    if not patient_ids or not store.db_path(db).exists():
-        return None
-    frame = access.DataAccess(db).patients()
-    return frame[frame["patient_id"].isin(patient_ids)].set_index("patient_id")
-
-
-def _keep_stored_values(patients: pd.DataFrame, stored: pd.DataFrame | None, derived: frozenset) -> pd.DataFrame:
-    """A FHIR Patient sets what it states and never clears a stored value.
-
-    An element the resource does not carry (no managingOrganization, no
-    diagnosis extension...) keeps what the store has; so does an enrolment
-    date that was only derived from the patient's data in this import.
-    """
-    if stored is None or patients.empty:
-        return patients
-    patients = patients.copy()
-    known = patients["patient_id"].isin(stored.index)
-    for column in patients.columns:
-        if column.startswith("_") or column == "patient_id" or column not in stored.columns:
-            continue
-        values = patients[column]
-        take = known & (values == "")
-        if column == "enrolled_on":
-            take = known & ((values == "") | patients["patient_id"].isin(derived))
-        for i in np.flatnonzero(take.to_numpy()):
-            old = stored.at[patients["patient_id"].iat[i], column]
-            if old is not None and not pd.isna(old):
-                patients.iat[i, patients.columns.get_loc(column)] = _as_raw(old)
-    return patients
-
-
-def _as_raw(value) -> str:
-    """A stored value as the raw text a CSV cell would hold."""
-    if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%d")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _raw_for(frame: pd.DataFrame, extra: pd.DataFrame):
-    """Raw text of rejected rows: the resource JSON of the row, or of the rejected resource (row -1)."""
-    row_raw = frame["_raw"].to_numpy() if "_raw" in frame.columns else np.array([], dtype=object)
-    line_raw: dict[int, str] = {}
-    for line, raw in zip(extra["line"].fillna(0).astype("int64"), extra["raw"]):
-        line_raw.setdefault(int(line), raw)
-
-    def raw_for(rows, lines) -> list[str | None]:
-        return [str(row_raw[r]) if r >= 0 else line_raw.get(int(line)) for r, line in zip(rows, lines)]
-    return raw_for
-
-
-def import_fhir_files(files: Iterable[FileInput], db=None, user: str = "system", identifier_system: str | None = None):
-    """Import FHIR files (paths or (name, bytes) uploads) in one transaction; an ingest ImportReport."""
-    from .. import ingest
-
-    report = ingest.ImportReport()
-    jobs: list = []
-    add_import_jobs(files, report, jobs, user, identifier_system, db)
-    return ingest._run(jobs, report, db, user)
-
-
-def preview(paths: Iterable[FileInput], db=None) -> list[dict]:
-    """What importing these FHIR files would do, without writing: one dict per
-    (file, table kind) with the keys of `analytics.views.preview_upload` rows
-    (file, kind, rows, accepted, rejected, refused, rejects: line/column/reason).
-    Checks that need the store's rows (unknown patient) happen at import."""
-    from .. import ingest
-
-    report = ingest.ImportReport()
-    jobs: list = []
-    add_import_jobs(paths, report, jobs, db=db)
-    by_result = {id(job.result): job for job in jobs}
-    out = []
-    for result in report.files:
-        job = by_result.get(id(result))
-        if job is None:
-            out.append({"file": result.file, "kind": result.kind, "rows": 0, "accepted": 0, "rejected": 0,
-                        "refused": result.refused, "rejects": pd.DataFrame(columns=["line", "column", "reason"])})
-            continue
-        rejects = job.validated.rejects.rename(columns={"_line": "line"})[["line", "column", "reason"]]
-        rejects = rejects.sort_values("line", kind="stable").reset_index(drop=True)
-        total = len(job.validated.clean) + len(job.validated.rejects)
-        out.append({"file": result.file, "kind": result.kind, "rows": total, "accepted": len(job.validated.clean),
-                    "rejected": len(job.validated.rejects), "refused": None, "rejects": rejects})
     return out

@@ -1,7 +1,7 @@
 """Code systems and codes the FHIR import and export understand.
 
 Sources:
-- LOINC PHQ-9 panel/total/items: /work/shared/DOMAIN.md and the US Core
+- LOINC PHQ-9 panel/total/items: docs/clinical-rules.md and the US Core
   PHQ-9 examples (Observation-PHQ9-*, QuestionnaireResponse-phq-9-example);
   item 10 (functional difficulty) is LOINC 69722-7 in those examples.
 - LOINC GAD-7 items 69725-0, 68509-9, 69733-4, 69734-2, 69735-9, 69689-8,
@@ -16,10 +16,11 @@ Sources:
   so an ordinalValue extension, when present, wins over this table).
 - PHQ-A (PHQ-9 modified for teens) total 89204-2 and panel 89206-7 are read as
   PHQ-9: same nine 0-3 items and 0-27 total.
-- MADRS has no LOINC code (DOMAIN.md), so a local code system is used.
-- RxNorm ingredient codes: ketamine 6130, esketamine 2119365 (from the issue;
-  not checked against RxNorm here, which is why any medication text
-  containing "ketamine" is accepted too).
+- MADRS has no LOINC code (docs/clinical-rules.md), so a local code system is used,
+  as for any scale the registry has no LOINC codes for.
+- RxNorm ingredient codes: ketamine 6130, esketamine 2119365 (not checked
+  against RxNorm here, which is why any medication text containing
+  "ketamine" is accepted too).
 - Routes: SNOMED CT route-of-administration concepts and the HL7 v3
   RouteOfAdministration codes.
 """
@@ -56,7 +57,6 @@ ORDINAL_EXTENSIONS = (
 
 BODY_WEIGHT = "29463-7"
 PHQ9_DIFFICULTY = "69722-7"
-GAD7_ITEMS = ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")
 
 ANSWER_SCORES = {
     "LA6568-5": 0, "LA6569-3": 1, "LA6570-1": 2, "LA6571-9": 3,
@@ -73,32 +73,36 @@ KETAMINE_RXNORM = {"6130": "ketamine", "2119365": "esketamine"}
 
 
 def _build_codes() -> tuple[dict, dict, dict]:
-    """(system, code) -> instrument for totals, panels and items."""
+    """(system, code) -> instrument for totals, panels and items: LOINC where the registry has it,
+    else a local code system (MADRS, or any scale added to the registry without LOINC codes)."""
     totals: dict[tuple[str, str], str] = {}
     panels: dict[tuple[str, str], str] = {}
     items: dict[tuple[str, str], tuple[str, int]] = {}
-    phq9 = scales.get("PHQ-9")
-    gad7 = scales.get("GAD-7")
-    totals[(LOINC, phq9.loinc_total)] = phq9.code
+    for scale in scales.SCALES.values():
+        if scale.loinc_panel and scale.loinc_total and scale.loinc_items:
+            totals[(LOINC, scale.loinc_total)] = scale.code
+            panels[(LOINC, scale.loinc_panel)] = scale.code
+            for number, code in enumerate(scale.loinc_items, start=1):
+                items[(LOINC, code)] = (scale.code, number)
+        else:
+            totals[(LOCAL_INSTRUMENT, f"{scale.code}-total")] = scale.code
+            panels[(LOCAL_INSTRUMENT, scale.code)] = scale.code
+            for number in range(1, scale.scored_items + 1):
+                items[(LOCAL_INSTRUMENT, f"{scale.code}-item-{number}")] = (scale.code, number)
+    phq9 = scales.get(scales.PHQ9)  # read too: the adolescent version's total and panel, and the difficulty question
     totals[(LOINC, "89204-2")] = phq9.code  # PHQ-A total
-    panels[(LOINC, phq9.loinc_panel)] = phq9.code
     panels[(LOINC, "89206-7")] = phq9.code  # PHQ-A panel
-    for number, code in enumerate(phq9.loinc_items, start=1):
-        items[(LOINC, code)] = (phq9.code, number)
     items[(LOINC, PHQ9_DIFFICULTY)] = (phq9.code, 10)
-    totals[(LOINC, gad7.loinc_total)] = gad7.code
-    panels[(LOINC, gad7.loinc_panel)] = gad7.code
-    for number, code in enumerate(GAD7_ITEMS, start=1):
-        items[(LOINC, code)] = (gad7.code, number)
-    madrs = scales.get("MADRS")
-    totals[(LOCAL_INSTRUMENT, "MADRS-total")] = madrs.code
-    panels[(LOCAL_INSTRUMENT, "MADRS")] = madrs.code
-    for number in range(1, madrs.scored_items + 1):
-        items[(LOCAL_INSTRUMENT, f"MADRS-item-{number}")] = (madrs.code, number)
     return totals, panels, items
 
 
 TOTAL_CODES, PANEL_CODES, ITEM_CODES = _build_codes()
+
+
+def instruments_named() -> str:
+    """'PHQ-9, MADRS or GAD-7': the registry's scales, for messages."""
+    names = list(scales.codes())
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 # A QuestionnaireResponse linkId is the bare code (LOINC or local), possibly
 # written as a path ("/44250-9") the way LHC-Forms writes it.
@@ -128,7 +132,7 @@ def panel_code(instrument: str) -> tuple[str, str]:
     raise KeyError(instrument)
 
 
-# Route codes -> our route vocabulary (store.ROUTES).
+# Route codes -> our route vocabulary (vocabulary.ROUTES).
 ROUTE_CODES = {
     (SNOMED, "47625008"): "iv",  # Intravenous route
     (SNOMED, "78421000"): "im",  # Intramuscular route

@@ -450,7 +450,7 @@ class Converter:
         kind = _instrument_code(obs.code)
         if kind is None:
             found = ", ".join(f"{c.system or ''}|{c.code or ''}" for c in _codings(obs.code)) or (obs.code.text or "none")
-            raise Problem("Observation.code", f"unknown code {found}: not a PHQ-9, GAD-7 or MADRS score (see docs/fhir.md)")
+            raise Problem("Observation.code", f"unknown code {found}: not a {codes.instruments_named()} score (see docs/fhir.md)")
         if obs.status in SKIPPED_OBSERVATION_STATUS:
             raise Problem("Observation.status", f"status {obs.status}: not imported")
         kind_name, instrument, item = kind
@@ -504,7 +504,7 @@ class Converter:
 
         walk(qr.item, "QuestionnaireResponse")
         if not found:
-            raise Problem("QuestionnaireResponse.item", "no item linkId is a PHQ-9, GAD-7 or MADRS item code (see docs/fhir.md)")
+            raise Problem("QuestionnaireResponse.item", f"no item linkId is a {codes.instruments_named()} item code (see docs/fhir.md)")
         if qr.subject is None:
             raise Problem("QuestionnaireResponse.subject", "no subject: the patient it belongs to is unknown")
         when = when_text(qr.authored, "QuestionnaireResponse.authored")

@@ -17,6 +17,7 @@ import pandas as pd
 from fhir.resources.R4B import get_fhir_model_class
 
 from .. import access, scales
+from ..permissions import may
 from . import codes
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -168,7 +169,7 @@ def export_fhir(directory, db=None, scope: access.Scope = access.SYSTEM) -> dict
     Returns {resource type: file path}. Only what `scope` may see is written;
     a scope without patient-level access may not export at all.
     """
-    if not scope.patient_level:
+    if not may(scope, "see_patient_rows"):
         raise access.AccessDenied("a FHIR export holds patient-level rows; your role may not see them")
     data = access.DataAccess(db, scope)
     patients = data.patients()

@@ -1,20 +1,15 @@
-"""Validated import of patients, treatments and assessments (CSV, or frames from other sources).
+"""Validated import of patients, treatments and assessments: files (CSV, FHIR) or frames from other sources.
 
-The work is split so the store's write lock is held briefly: files are read
-and every check that needs no database runs first, in memory; then one short
-transaction checks what needs the store (unknown patient, treatment before
-enrolment) in SQL and writes. One command is one transaction: all files
-land, or (on a refused file, an error or a kill) none of them.
+Files are read by their source (sources.py: csv_source.py, fhir_source.py) and every
+check that needs no database runs first, in memory or a block at a time; then one short
+transaction checks what needs the store (unknown patient, treatment before enrolment) in
+SQL and writes (jobs.py, write.py). One command is one transaction: all files land, or
+(on a refused file, an error or a kill) none of them. `preview` reads the same way and
+writes nothing.
 
-A treatments or assessments CSV file of more than `BLOCK_ROWS` rows is
-parsed and checked a block at a time, and its good rows are staged in a
-Parquet file of their own (compressed, on disk), where keys repeated across
-blocks are found in SQL; the transaction then reads them from there. Memory
-holds one block, whatever the file's size, and the write lock is still held
-only for the set operations of the write.
-
-Public API: `import_files`, `import_tables`, `cli_import`, `ImportReport`.
-Rules and their reasons: rules.py; the format: docs/import.md.
+Public API: `import_files`, `import_tables`, `import_fhir_files`, `preview`, `ImportReport`
+(`python -m analytics import`: analytics/commands/import_files.py). Rules and their
+reasons: rules.py; the format: docs/import.md.
 """
 from __future__ import annotations
 
@@ -22,319 +17,99 @@ import csv as stdlib_csv
 import hashlib
 import io
 import os
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable
 
-import queue
-import shutil
-import tempfile
-import threading
-
-import duckdb
 import numpy as np
 import pandas as pd
 
-from .. import store
-from . import rules, write
+from .. import clinic_time
 from ..progress import Progress
-from .csv import BLOCK_ROWS, CsvIndex, FileRefused, read_csv, scan_csv
-
-# Test hook: when set to a path, the import writes its pid there after writing
-# and before COMMIT, then waits (OUTCOMES_IMPORT_HOLD_SECONDS, default 60) with
-# the write lock held, so a test can kill it mid-transaction or read meanwhile.
-HOLD_BEFORE_COMMIT_ENV = "OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT"
-HOLD_SECONDS_ENV = "OUTCOMES_IMPORT_HOLD_SECONDS"
-MESSAGES_PER_FILE = 20
+from . import rules
+from .csv import BLOCK_ROWS, FileRefused
+from .fhir_source import FhirSource
+from .jobs import FileJob, run
+from .report import FileResult, ImportReport, Reject
+from .sources import Reading, preview, read_files
 
 
-class Reject(NamedTuple):
-    file: str
-    line: int
-    column: str | None
-    reason: str
+def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system",
+                 block_rows: int = BLOCK_ROWS, progress: Progress | None = None) -> ImportReport:
+    """Import CSV and FHIR files (each recognised by content: a CSV's kind by its header); patients
+    files go first whatever the order.
 
-
-@dataclass
-class FileResult:
-    file: str
-    kind: str | None
-    rows_total: int = 0
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    rows_unchanged: int = 0
-    rows_rejected: int = 0
-    rejects: list[Reject] = field(default_factory=list)
-    batch_id: int | None = None
-    refused: str | None = None  # why the whole file was refused (then nothing at all was written)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def rows_accepted(self) -> int:
-        return self.rows_inserted + self.rows_updated + self.rows_unchanged
-
-
-@dataclass
-class ImportReport:
-    files: list[FileResult] = field(default_factory=list)
-    error: str | None = None  # the transaction failed: nothing was written
-
-    @property
-    def rejects(self) -> list[Reject]:
-        return [r for f in self.files for r in f.rejects]
-
-    @property
-    def batch_ids(self) -> list[int]:
-        return [f.batch_id for f in self.files if f.batch_id is not None]
-
-    @property
-    def written(self) -> bool:
-        return self.error is None and not any(f.refused for f in self.files)
-
-    @property
-    def exit_code(self) -> int:
-        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported."""
-        if not self.written:
-            return 2
-        accepted = sum(f.rows_accepted for f in self.files)
-        rejected = sum(f.rows_rejected for f in self.files)
-        if rejected == 0:
-            return 0
-        return 1 if accepted else 2
-
-    def messages(self, per_file: int = MESSAGES_PER_FILE) -> list[str]:
-        """Human-readable lines: each rejected row as file:line: column: reason, then a summary."""
-        out: list[str] = []
-        if self.error:
-            out.append(f"import failed, nothing was changed: {self.error}")
-        for f in self.files:
-            if f.refused:
-                out.append(f"{f.refused}")
-        for f in self.files:
-            for note in f.notes:
-                out.append(f"{f.file}: note: {note}")
-            for r in f.rejects[:per_file]:
-                out.append(f"{r.file}:{r.line}: {r.column or '(row)'}: {r.reason}")
-            if len(f.rejects) > per_file:
-                out.append(f"{f.file}: ... and {len(f.rejects) - per_file} more rejected rows "
-                           "(all are kept in rejected_rows; `python -m analytics export DIR` writes rejected.csv)")
-        if not self.written:
-            if any(f.refused for f in self.files) and not self.error:
-                out.append("nothing was imported: fix the file(s) above and run the same command again")
-            return out
-        for f in self.files:
-            out.append(
-                f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
-                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id})"
-            )
-        return out
-
-    def to_dict(self, max_rejects: int = 1000) -> dict:
-        files = []
-        for f in self.files:
-            files.append({
-                "file": f.file, "kind": f.kind, "batch_id": f.batch_id, "refused": f.refused,
-                "rows_total": f.rows_total, "rows_inserted": f.rows_inserted, "rows_updated": f.rows_updated,
-                "rows_unchanged": f.rows_unchanged, "rows_rejected": f.rows_rejected, "notes": f.notes,
-                "rejects": [r._asdict() for r in f.rejects[:max_rejects]],
-                "rejects_truncated": len(f.rejects) > max_rejects,
-            })
-        return {"exit_code": self.exit_code, "error": self.error, "files": files}
-
-
-@dataclass
-class _Staged:
-    """A large file's good rows, in a Parquet file of their own (with `_row` and `_line`)."""
-    path: Path
-    rows_total: int
-
-
-@dataclass
-class _Job:
-    file_name: str
-    source: str
-    sha256: str
-    validated: rules.Validated  # clean is None when the rows are staged (then its rejects are the file's)
-    raw_for: Callable[[np.ndarray, np.ndarray], list[str]]  # (rows, lines) -> raw text
-    result: FileResult
-    staged: _Staged | None = None
-
-    @property
-    def rows_total(self) -> int:
-        if self.staged is not None:
-            return self.staged.rows_total
-        return len(self.validated.clean) + len(self.validated.rejects)
-
-
-def _with_malformed(rejects: pd.DataFrame, malformed: list[tuple[int, str | None, str]]) -> pd.DataFrame:
-    """Rows the CSV scan set aside (wrong number of fields) join the rejects, with `_row` -1."""
-    if not malformed:
-        return rejects
-    extra = pd.DataFrame({
-        "_row": np.full(len(malformed), -1, dtype="int64"),
-        "_line": [m[0] for m in malformed],
-        "column": [m[1] for m in malformed],
-        "reason": [m[2] for m in malformed],
-    })
-    return pd.concat([rejects, extra], ignore_index=True)
-
-
-def _read_small(index: CsvIndex) -> rules.Validated:
-    """A file of at most one block: parsed and checked in memory."""
-    [frame] = index.blocks(block_rows=max(1, len(index.good_lines)))
-    validated = rules.validate(index.kind, frame, trimmed=True)
-    validated.rejects = _with_malformed(validated.rejects, index.malformed)
-    return validated
-
-
-_KEYS = {"treatments": ("patient_id", "administered_at"), "assessments": ("patient_id", "instrument", "administered_at")}
-
-
-def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
-           progress: Progress | None = None) -> tuple[rules.Validated, _Staged]:
-    """Check a large treatments or assessments file a block at a time and stage its good rows (Parquet).
-
-    Keys repeated within a block are found by `rules.validate`; across blocks here, in SQL:
-    the first good row is kept and the later ones are rejected naming its line, as for a small file.
+    `block_rows`: a treatments or assessments CSV with more rows is checked in blocks of this
+    many and staged on disk (memory holds one block); the outcome is the same whatever the size.
+    `progress` receives a line per file, per block checked and before the write.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    if zone_error := _clinic_zone_error():
+        return ImportReport(error=zone_error)
+    with read_files(paths, db=db, block_rows=block_rows, progress=progress) as reading:
+        report = ImportReport(files=reading.files, error=reading.error)
+        if reading.error:
+            return report
+        report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
+        if progress and report.written:
+            progress("writing the checked rows (one transaction)")
+        return run(reading.jobs, report, db, user)
 
-    kind = index.kind
-    path = stage_dir / f"{len(list(stage_dir.iterdir()))}.parquet"
-    found: list[pd.DataFrame] = [_with_malformed(pd.DataFrame({"_row": pd.Series([], dtype="int64"),
-                                                              "_line": pd.Series([], dtype="int64"),
-                                                              "column": [], "reason": []}), index.malformed)]
-    notes: list[str] = []
-    given: frozenset[str] = frozenset()
-    writer: pq.ParquetWriter | None = None
-    offset = blocks = 0
+
+def import_fhir_files(files, db=None, user: str = "system", identifier_system: str | None = None) -> ImportReport:
+    """Import FHIR files only (paths or (name, bytes) uploads) in one transaction; `identifier_system`
+    names the Patient.identifier system that holds the patient id (docs/fhir.md)."""
+    reading = Reading()
+    FhirSource().read(list(files), reading, db=db, identifier_system=identifier_system)
+    return run(reading.jobs, ImportReport(files=reading.files), db, user)
+
+
+def import_tables(
+    tables: dict[str, pd.DataFrame],
+    *,
+    file_name: str,
+    source: str,
+    db=None,
+    sha256: str | None = None,
+    user: str = "system",
+    after_write=None,
+) -> ImportReport:
+    """Import frames of raw strings (CSV column names, optional _line and _raw) through the CSV checks.
+
+    `after_write(con, report)`, if given, runs inside the import's transaction after the rows are
+    written; raising there rolls everything back (analytics.visits, analytics.selfreport).
+    """
+    if zone_error := _clinic_zone_error():
+        return ImportReport(error=zone_error)
+    report = ImportReport()
+    jobs: list[FileJob] = []
+    digest = sha256 or _frame_sha256(tables)
+    for kind in rules.KINDS:
+        if kind not in tables:
+            continue
+        frame = tables[kind].reset_index(drop=True)
+        frame.columns = [str(c).strip().lower() if not str(c).startswith("_") else str(c) for c in frame.columns]
+        missing = rules.missing_columns(kind, frame.columns)
+        if missing:
+            report.files.append(FileResult(file=file_name, kind=kind, refused=(
+                f"{file_name}: the {kind} table has no column {', '.join(missing)} "
+                f"(required: {', '.join(rules.REQUIRED[kind])}); nothing was imported")))
+            continue
+        validated = rules.validate(kind, frame)
+        result = FileResult(file=file_name, kind=kind, notes=validated.notes)
+        report.files.append(result)
+        jobs.append(FileJob(file_name, source, digest, validated, _csv_line(frame), result))
+    unknown = sorted(set(tables) - set(rules.KINDS))
+    if unknown:
+        report.files.append(FileResult(file=file_name, kind=None, refused=f"{file_name}: unknown table kind(s) {', '.join(unknown)}; expected {', '.join(rules.KINDS)}"))
+    return run(jobs, report, db, user, after_write)
+
+
+
+def _clinic_zone_error() -> str | None:
+    """A wrong OUTCOMES_TIMEZONE stops an import before anything is read (its times would be wrong)."""
     try:
-        for frame in _read_ahead(index.blocks(block_rows)):
-            v = rules.validate(kind, frame, trimmed=True)
-            del frame
-            if not blocks:
-                notes, given = v.notes, v.given
-            found.append(v.rejects)
-            table = write._arrow(v.clean.assign(_row=np.arange(offset, offset + len(v.clean), dtype="int64")))
-            table = table.replace_schema_metadata(None)
-            # A column empty in a block comes out typed null: every block gets the same types.
-            table = pa.table([c.cast(pa.large_string()) if pa.types.is_null(c.type) else c for c in table.columns],
-                             names=table.column_names)
-            if writer is None:
-                # No dictionary pages: encoding them cost more time than the smaller file saves.
-                writer = pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False)
-            writer.write_table(table.cast(writer.schema))
-            offset += len(v.clean)
-            blocks += 1
-            if progress:
-                checked = min(blocks * block_rows, index.rows_total)
-                progress(f"{Path(index.path).name}: checked {checked:,} of {index.rows_total:,} rows")
-            del v, table
-    finally:
-        if writer is not None:
-            writer.close()
-    if blocks > 1:
-        found.append(_repeated_across_blocks(kind, path))
-    rejects = pd.concat(found, ignore_index=True)
-    rejects["_row"] = -1  # not rows of a frame: raw text comes from the lines
-    validated = rules.Validated(kind, None, rejects, None, [], notes, given)
-    return validated, _Staged(path, index.rows_total)
-
-
-def _read_ahead(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """`blocks`, the next one parsed in a thread while the caller checks this one: DuckDB parses
-    without holding the GIL, so on two cores parsing mostly hides behind the checks. At most one
-    block waits; when the caller stops early the thread stops after the block it is parsing."""
-    slot: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    end = object()
-
-    def hand_over(item) -> bool:
-        while not stop.is_set():
-            try:
-                slot.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                if not hand_over(block):
-                    return
-            hand_over(end)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            hand_over(exc)
-        finally:
-            blocks.close()  # the generator's own clean-up (temporary copy, parser cursor), in this thread
-
-    thread = threading.Thread(target=produce, name="ingest-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slot.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            del item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _return_freed_memory() -> None:
-    """Give back what a large file's blocks freed before the write, so the write's own peak (DuckDB's
-    indexes) does not stack on it: Arrow's pool and glibc both keep freed memory (~200 MB at 4.7 M rows)."""
-    import ctypes
-
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def _repeated_across_blocks(kind: str, path: Path) -> pd.DataFrame:
-    """Rows whose key an earlier line of the file already has: rejected, and removed from the staged rows."""
-    from .csv import _parser_cursor
-
-    keys = ", ".join(_KEYS[kind])
-    con = _parser_cursor()
-    try:
-        repeated = con.execute(
-            f"""SELECT r._row, r._line, f.first_line FROM read_parquet($path) r
-                JOIN (SELECT {keys}, min(_line) AS first_line FROM read_parquet($path)
-                      GROUP BY {keys} HAVING count(*) > 1) f USING ({keys})
-                WHERE r._line > f.first_line ORDER BY r._line""", {"path": str(path)}).df()
-        if len(repeated):
-            kept = path.with_suffix(".kept.parquet")
-            con.register("ingest_repeated", repeated[["_row"]])
-            con.execute(f"""COPY (SELECT * FROM read_parquet('{_quoted(path)}')
-                                  WHERE _row NOT IN (SELECT _row FROM ingest_repeated) ORDER BY _row)
-                            TO '{_quoted(kept)}' (FORMAT parquet)""")
-            os.replace(kept, path)
-    finally:
-        con.close()
-    return pd.DataFrame({
-        "_row": np.full(len(repeated), -1, dtype="int64"),
-        "_line": repeated["_line"].astype("int64").to_numpy(),
-        "column": "patient_id",
-        "reason": [f"duplicate key ({rules.KEY_SHOWN[kind]}) in this file: line {int(f)} has the same one"
-                   for f in repeated["first_line"]],
-    })
-
-
-def _quoted(path: Path) -> str:
-    """A path of our own temporary directory as an SQL string body (COPY and views take no parameters)."""
-    return str(path).replace("'", "''")
+        clinic_time.zone()
+    except clinic_time.TimeZoneSettingError as exc:
+        return str(exc)
+    return None
 
 
 def _csv_line(frame: pd.DataFrame) -> Callable[[np.ndarray, np.ndarray], list[str]]:
@@ -362,208 +137,5 @@ def _frame_sha256(tables: dict[str, pd.DataFrame]) -> str:
     return digest.hexdigest()
 
 
-def _all_rejects(job: _Job, db_rejects: pd.DataFrame | None) -> pd.DataFrame:
-    v = job.validated
-    rejects = v.rejects
-    if db_rejects is not None and len(db_rejects) and v.clean is None:  # staged rows: lines straight from SQL
-        extra = pd.DataFrame({"_row": np.full(len(db_rejects), -1, dtype="int64"), "_line": db_rejects["_line"].to_numpy(),
-                              "column": db_rejects["column"].to_numpy(), "reason": db_rejects["reason"].to_numpy()})
-        rejects = pd.concat([rejects, extra], ignore_index=True)
-    elif db_rejects is not None and len(db_rejects):
-        # db_rejects index rows of the clean frame: translate to the source rows and lines.
-        clean_rows = v.clean["_row"].to_numpy()[db_rejects["_row"].to_numpy()]
-        clean_lines = v.clean["_line"].to_numpy()[db_rejects["_row"].to_numpy()]
-        extra = pd.DataFrame({"_row": clean_rows, "_line": clean_lines,
-                              "column": db_rejects["column"].to_numpy(), "reason": db_rejects["reason"].to_numpy()})
-        rejects = pd.concat([rejects, extra], ignore_index=True)
-    rejects = rejects.sort_values("_line", kind="stable").reset_index(drop=True)
-    rejects["raw"] = job.raw_for(rejects["_row"].to_numpy(), rejects["_line"].to_numpy()) if len(rejects) else []
-    return rejects
-
-
-def _hold_for_tests() -> None:
-    marker = os.environ.get(HOLD_BEFORE_COMMIT_ENV)
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-        time.sleep(float(os.environ.get(HOLD_SECONDS_ENV, "60")))
-
-
-def _run(jobs: list[_Job], report: ImportReport, db, user: str, after_write=None) -> ImportReport:
-    """The write phase: one transaction for every job, patients first."""
-    if not report.written:
-        return report
-    jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
-    try:
-        with store.transaction(db) as con:
-            for job in jobs:
-                _write_job(con, job, user)
-            if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
-                after_write(con, report)
-            _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
-            _hold_for_tests()
-    except (duckdb.Error, store.StoreBusy) as exc:
-        for job in jobs:
-            job.result.batch_id = None
-            job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
-        report.error = str(exc).splitlines()[0]
-    return report
-
-
-def _write_job(con, job: _Job, user: str) -> None:
-    v = job.validated
-    result = job.result
-    result.rows_total = job.rows_total
-    batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
-                                 kind=v.kind, user=user, rows_total=result.rows_total)
-    if job.staged is not None:
-        written = write.write(con, v, batch_id, source=f"read_parquet('{_quoted(job.staged.path)}')")
-    else:
-        # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
-        clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone
-        clean["_row"] = np.arange(len(clean), dtype="int64")
-        written = write.write(con, rules.Validated(v.kind, clean, v.rejects, v.attributes, v.attribute_names, v.notes, v.given), batch_id)
-    rejects = _all_rejects(job, written.db_rejects)
-    write.quarantine(con, batch_id, job.file_name, rejects)
-    result.batch_id = batch_id
-    result.rows_inserted, result.rows_updated, result.rows_unchanged = written.inserted, written.updated, written.unchanged
-    result.rows_rejected = len(rejects)
-    result.rejects = [Reject(job.file_name, int(line), None if pd.isna(col) else str(col), str(reason))
-                      for line, col, reason in zip(rejects["_line"], rejects["column"], rejects["reason"])]
-    write.finish_batch(con, batch_id, written.inserted, written.updated, written.unchanged, len(rejects))
-
-
-def _audit_import(db, user: str, report: ImportReport, outcome: str, con) -> None:
-    """Every import that writes goes into the audit trail, inside the import's transaction (docs/security.md).
-    A refused or failed import writes nothing at all, not even an audit entry."""
-    from .. import audit
-
-    detail = {"files": [f.file for f in report.files], "batches": report.batch_ids,
-              "rows_accepted": sum(f.rows_accepted for f in report.files),
-              "rows_rejected": sum(f.rows_rejected for f in report.files)}
-    audit.append(db, user, "import", outcome=outcome, detail=detail, con=con)
-
-
-def _may_be_fhir(path) -> bool:
-    """FHIR JSON starts with "{" (after a byte-order mark or blanks); anything else is left to the CSV reader,
-    so a CSV-only import never loads the FHIR modules."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{")
-
-
-def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "system",
-                 block_rows: int = BLOCK_ROWS, progress: Progress | None = None) -> ImportReport:
-    """Import CSV files (kind recognised by header); patients files go first whatever the order.
-
-    `block_rows`: a treatments or assessments file with more rows is checked in blocks of this
-    many and staged on disk (memory holds one block); the outcome is the same whatever the size.
-    `progress` receives a line per file, per block checked and before the write.
-    """
-    report = ImportReport()
-    jobs: list[_Job] = []
-    paths = list(paths)
-    # FHIR JSON (Bundle or NDJSON) is recognised by content, whatever the file name (docs/fhir.md).
-    fhir_paths = []
-    if any(_may_be_fhir(p) for p in paths):
-        from .. import fhir
-        fhir_paths = [p for p in paths if fhir.is_fhir_file(p)]
-        if fhir_paths:
-            fhir.add_import_jobs(fhir_paths, report, jobs, user, db=db)
-    stage_dir: Path | None = None
-    try:
-        for path in paths:
-            if path in fhir_paths:
-                continue
-            name = str(path)
-            staged = None
-            try:
-                if progress:
-                    progress(f"{Path(name).name}: reading")
-                index = scan_csv(path)
-                if progress:
-                    progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
-                if index.rows_total > block_rows and index.kind in _KEYS:
-                    stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix="outcomes-import-"))
-                    validated, staged = _stage(index, stage_dir, block_rows, progress)
-                    _return_freed_memory()
-                else:
-                    validated = _read_small(index)
-            except FileRefused as exc:
-                report.files.append(FileResult(file=name, kind=None, refused=str(exc)))
-                continue
-            except duckdb.Error as exc:  # staging failed (e.g. no space for it): nothing is written
-                report.error = f"{name}: {str(exc).splitlines()[0]}"
-                return report
-            result = FileResult(file=name, kind=index.kind, notes=validated.notes)
-            report.files.append(result)
-            jobs.append(_Job(name, "csv", index.sha256, validated,
-                             lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
-        report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
-        if progress and report.written:
-            progress("writing the checked rows (one transaction)")
-        return _run(jobs, report, db, user)
-    finally:
-        if stage_dir is not None:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-
-
-def import_tables(
-    tables: dict[str, pd.DataFrame],
-    *,
-    file_name: str,
-    source: str,
-    db=None,
-    sha256: str | None = None,
-    user: str = "system",
-    after_write=None,
-) -> ImportReport:
-    """Import frames of raw strings (CSV column names, optional _line and _raw) through the CSV checks.
-
-    `after_write(con, report)`, if given, runs inside the import's transaction after the rows are
-    written; raising there rolls everything back (analytics.visits, analytics.selfreport).
-    """
-    report = ImportReport()
-    jobs: list[_Job] = []
-    digest = sha256 or _frame_sha256(tables)
-    for kind in rules.KINDS:
-        if kind not in tables:
-            continue
-        frame = tables[kind].reset_index(drop=True)
-        frame.columns = [str(c).strip().lower() if not str(c).startswith("_") else str(c) for c in frame.columns]
-        missing = rules.missing_columns(kind, frame.columns)
-        if missing:
-            report.files.append(FileResult(file=file_name, kind=kind, refused=(
-                f"{file_name}: the {kind} table has no column {', '.join(missing)} "
-                f"(required: {', '.join(rules.REQUIRED[kind])}); nothing was imported")))
-            continue
-        validated = rules.validate(kind, frame)
-        result = FileResult(file=file_name, kind=kind, notes=validated.notes)
-        report.files.append(result)
-        jobs.append(_Job(file_name, source, digest, validated, _csv_line(frame), result))
-    unknown = sorted(set(tables) - set(rules.KINDS))
-    if unknown:
-        report.files.append(FileResult(file=file_name, kind=None, refused=f"{file_name}: unknown table kind(s) {', '.join(unknown)}; expected {', '.join(rules.KINDS)}"))
-    return _run(jobs, report, db, user, after_write)
-
-
-def cli_import(args) -> int:
-    from ..progress import clear, terminal_progress
-
-    progress = terminal_progress("import", not getattr(args, "json", False))
-    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
-                          progress=progress)
-    clear(progress)
-    if getattr(args, "json", False):
-        from ..cli import print_json
-        print_json(report.to_dict())
-    else:
-        stream = sys.stdout if report.exit_code == 0 else sys.stderr
-        for line in report.messages():
-            print(line, file=stream)
-    return report.exit_code
-
-
-__all__ = ["import_files", "import_tables", "cli_import", "ImportReport", "FileResult", "Reject", "FileRefused"]
+__all__ = ["import_files", "import_tables", "import_fhir_files", "preview", "ImportReport", "FileResult", "Reject",
+           "FileRefused"]

@@ -1,4 +1,4 @@
-"""Policy comparison on the demo generator: fixed 2/3/4-weekly, symptom-triggered, personalised.
+"""Maintenance schedules compared on the demo generator: fixed 2/3/4-weekly, symptom-triggered, personalised.
 
 The personalised policy is the one `python -m analytics intervals` suggests: the
 clinic's durability model (durability.measured.MeasuredDurability, the one
@@ -12,8 +12,8 @@ falls to `target`.
 Figures: maintenance + rescue infusions per patient-year and the share of
 days out of (latent, noise-free) response after induction, from
 simulate.evaluate_policy on the same patients and cycle durations for every
-policy (common random numbers). `python -m analytics.policy` prints the
-table in docs/policy.md.
+policy (common random numbers). `python -m analytics.schedules` prints the
+table in docs/schedules.md.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.policy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analytics.schedules", description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", default="0.8", help="comma-separated survival targets for the personalised policy")
@@ -172,5 +172,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # an entry point of its own: tune memory as the others do
+    from . import memory
+
+    memory.tune_allocator()
     sys.exit(main())

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, sparse, special
 
-from .weibull import weibull_aft
+from analytics.durability.weibull import weibull_aft
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite.hermgauss(20)
 _U_GRID = np.linspace(-6.0, 6.0, 601)   # posterior grid in units of tau

@@ -1,0 +1,44 @@
+"""`python -m analytics audit`: print the audit trail, or verify its hash chain (exit 2 if tampered)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .. import audit, store
+from . import EXIT_FAILED, EXIT_OK, print_json
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--since", metavar="DATE", default=None, help="entries on or after this date (YYYY-MM-DD)")
+    p.add_argument("--until", metavar="DATE", default=None, help="entries up to the end of this date")
+    p.add_argument("--actor", default=None)
+    p.add_argument("--action", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true", help="recompute the hash chain (exit 2 if tampered)")
+
+
+def run(args) -> int:
+    """`python -m analytics audit [--db PATH] [--since DATE] [--until DATE] [--json] [--verify]`."""
+    db = store.db_path(args.db)
+    try:
+        if getattr(args, "verify", False):
+            result = audit.verify(db)
+            if args.json:
+                print_json(result.as_dict())
+            else:
+                print(f"audit: {result.checked} entries verified; newest hash {result.head_hash}" if result.ok
+                      else f"audit: TAMPERED: {result.reason}")
+            return EXIT_OK if result.ok else EXIT_FAILED
+        frame = audit.entries(db, since=args.since, until=getattr(args, "until", None),
+                              actor=getattr(args, "actor", None), action=getattr(args, "action", None))
+    except (ValueError, FileNotFoundError, store.StoreBusy) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json(audit.to_records(frame))
+    else:
+        for item in audit.to_records(frame):
+            patients = ",".join(item["patients"])
+            print(f"{item['seq']:>6} {item['logged_at']} {item['actor']:<16} {item['action']:<20} {item['outcome']:<6} "
+                  f"{item['page'] or '-':<12} {patients or '-'} {json.dumps(item['detail'], sort_keys=True)}")
+    return EXIT_OK

@@ -1,0 +1,66 @@
+"""`python -m analytics bench`: the clinic-network benchmark (analytics/bench.py; docs/performance.md).
+
+Exit codes: 0 every figure measured, 1 some figure is null (its reason in `missing`), 2 bad arguments.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .. import bench
+from ..progress import clear, terminal_progress
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--patients", type=int, default=None, metavar="N", help="one run with a cohort of N patients")
+    p.add_argument("--sizes", metavar="N1,N2,...", default=None,
+                   help="one child run per size; writes --out (default bench/results.json) and a log-log plot beside it")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; each figure is their median")
+    p.add_argument("--budget", type=float, default=240, metavar="SECONDS",
+                   help="most seconds one figure (all its runs) may take before it is reported null; 0: no limit")
+    p.add_argument("--work", metavar="DIR", default=None, help="scratch directory (default bench/work)")
+    p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON result here")
+    p.add_argument("--table", metavar="RESULTS", default=None, help="print a results file as a markdown table")
+    p.add_argument("--json", action="store_true", help="print only JSON (no progress)")
+
+
+def run(args) -> int:
+    work = Path(args.work) if args.work else bench.DEFAULT_WORK
+    if args.table:
+        print(bench.markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.sizes:
+        try:
+            sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+        except ValueError:
+            print(f"bench: --sizes must be comma-separated whole numbers, got {args.sizes!r}", file=sys.stderr)
+            return 2
+        if not sizes or min(sizes) < 1:
+            print("bench: --sizes needs at least one size of 1 or more", file=sys.stderr)
+            return 2
+        progress = terminal_progress("bench", not args.json)
+        results = bench.run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
+        clear(progress)
+        out = Path(args.out or bench.REPO / "bench" / "results.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        plot = bench.render_plot(results, out.with_suffix(".png"))
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            print(bench.markdown_table(results))
+            print(f"\nbench: wrote {out} and {plot}")
+        return 0 if all(not r["missing"] for r in results["runs"]) else 1
+    if args.patients is None or args.patients < 1:
+        print("bench: give --patients N (1 or more) or --sizes N1,N2,...", file=sys.stderr)
+        return 2
+    progress = terminal_progress(f"bench {args.patients:,}", not args.json)
+    result = bench.run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
+                                 progress=progress)
+    clear(progress)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0 if not result["missing"] else 1

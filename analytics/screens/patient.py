@@ -1,0 +1,281 @@
+"""The patient trajectory page (clinicians): one patient's scores, infusions, cycles and next infusion.
+
+`patient_search(ws, text)` finds ids in the scope as the user types (never the whole list);
+`patient_screen(ws, patient_id, today)` reads the record through the scoped data layer (each
+view audited) and assembles what the page draws. Cycles and the suggested interval come
+from the workspace's cohort-wide fit, so a patient with little history borrows the clinic's
+pattern.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from .. import outcomes, scales
+from ..access import AccessDenied
+from ..ingest.rules import escape_formula
+from ..outcomes import DEFAULT_RULES, OutcomeRules
+from .workspace import Workspace
+
+SEARCH_LIMIT = 20
+CYCLE_ENDS = {"loss": "loss of response", "next_infusion": "next infusion (no loss seen)",
+              "end_of_follow_up": "still in response"}
+
+
+def patient_search(ws: Workspace, text: str) -> list[str]:
+    """Ids containing `text` that the scope may open, at most SEARCH_LIMIT; not cached: a refused exact id is audited."""
+    return ws.data.search_patient_ids(text, limit=SEARCH_LIMIT, page="patient")
+
+
+@dataclass(frozen=True, eq=False)
+class PatientScreen:
+    patient_id: str
+    refused: str | None = None  # why the record was not opened (outside the scope, or no such patient)
+    info: dict = field(default_factory=dict)  # the patients row: site, clinician, diagnosis, comorbidities
+    treatments: pd.DataFrame = field(default_factory=pd.DataFrame)
+    assessments: pd.DataFrame = field(default_factory=pd.DataFrame)
+    alerts: list = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)  # per instrument present: the chart's bands and lines
+    latest: pd.DataFrame = field(default_factory=pd.DataFrame)  # latest_scores
+    last_infusion: pd.Timestamp | None = None
+    days_since_infusion: int | None = None
+    suggestion_text: str = ""
+    cycles: pd.DataFrame = field(default_factory=pd.DataFrame)  # this patient's durability cycles
+    cycle_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the same, as the table shows them
+    items: dict = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    record: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return self.treatments.empty and self.assessments.empty
+
+    def csv(self) -> bytes:
+        """The patient's rows as one CSV (built when the download is asked for, not on every view)."""
+        return patient_csv(self.record)
+
+
+def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen:
+    try:
+        record = ws.data.patient_record(patient_id, page="patient")
+    except AccessDenied as refused:
+        return PatientScreen(patient_id, refused=str(refused))
+    t, a = record["treatments"], record["assessments"]
+    info = record["patient"].iloc[0].to_dict()
+    if t.empty and a.empty:
+        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record)
+    thresholds = patient_thresholds(t, a)
+    all_cycles = ws.cycles(scales.PRIMARY)
+    cycles = all_cycles[all_cycles["patient_id"] == patient_id]
+    suggestions = ws.suggestions(scales.PRIMARY, today)
+    rows = suggestions[suggestions["patient_id"] == patient_id]
+    last = t["administered_at"].max() if len(t) else None
+    return PatientScreen(
+        patient_id, info=info, treatments=t, assessments=a, alerts=patient_alerts(record), thresholds=thresholds,
+        latest=latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
+        last_infusion=last, days_since_infusion=None if last is None else (pd.Timestamp(today) - last).days,
+        suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
+        cycles=cycles, cycle_rows=cycle_rows(cycles),
+        items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
+        history=patient_history(record), record=record)
+
+
+def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:
+    """One patient's cycles as the page lists them: number, start, length, how it ended."""
+    return cycles.assign(
+        started=cycles["started_at"].dt.strftime("%d %b %Y"),
+        length=cycles["length_days"].round(0).astype(int).astype(str) + " days",
+        ended=cycles["censor_reason"].map(CYCLE_ENDS).fillna(cycles["censor_reason"]),
+    )[["cycle_no", "started", "length", "ended"]]
+
+
+_BASIS = {
+    "personal": "mostly this patient's own {n} response cycle{s}",
+    "mixed": "this patient's {n} response cycle{s} combined with the clinic's typical pattern",
+    "cohort": "mostly the clinic's typical pattern (this patient's own history is still short: {n} cycle{s})",
+}
+_SOURCE = {"score trend": "the score trend", "own losses": "this patient's own losses of response",
+           "cohort": "the clinic's typical pattern"}
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
+
+
+def describe_suggestion(s: dict | None, today: date) -> str:
+    """A suggestion in a clinician's words, with the evidence beside it."""
+    if not s:
+        return ("No suggested date yet: it needs at least one infusion given while in response, "
+                "to learn how long response lasts for this patient.")
+    if s.get("status", "suggested") != "suggested":
+        return f"No suggested date: {s.get('status_text') or s.get('status')}."
+    if s.get("next_due_on") is None or pd.isna(s.get("next_due_on")):
+        return ("No suggested date yet: it needs at least one infusion given while in response, "
+                "to learn how long response lasts for this patient.")
+    due = pd.Timestamp(s["next_due_on"]).date()
+    days = (due - today).days
+    when = f"in {days} days" if days > 1 else "tomorrow" if days == 1 else "today" if days == 0 else f"{-days} days overdue"
+    text = (f"Suggested next infusion: {due:%a %d %b %Y} ({when}), "
+            f"{s['suggested_interval_days']:.0f} days after the last one")
+    lo, hi = s.get("interval_low_days"), s.get("interval_high_days")
+    if _present(lo) and _present(hi):
+        text += f"; a reasonable range is {lo:.0f} to {hi:.0f} days"
+    target = s.get("target", 0.8)
+    n = int(s.get("n_cycles") or 0)
+    basis = _BASIS.get(str(s.get("basis")), "{n} cycle{s}").format(n=n, s="" if n == 1 else "s")
+    text += (f". This is when the chance of still being in response is expected to fall to {100 * target:.0f}%, "
+             f"based on {basis}.")
+    if "observed_cycles" in s:
+        k, m = int(s.get("observed_cycles") or 0), int(s.get("observed_losses") or 0)
+        text += f" Observed: {k} response cycle{'s' if k != 1 else ''}, {m} ended in loss of response"
+        if m and _present(s.get("observed_median_loss_days")):
+            text += (f" (seen after a median of {s['observed_median_loss_days']:.0f} days, the earliest after "
+                     f"{s['observed_shortest_loss_days']:.0f})")
+        text += "."
+    source = s.get("estimate_source")
+    if source:
+        text += f" Driven by {_SOURCE.get(source, source)}: {s.get('estimate_note', '')}"
+    if s.get("latest_responding") is False:
+        text += " The latest score no longer meets response: consider the next infusion sooner than this date."
+    taper = s.get("taper")
+    if taper == "stretch":
+        text += f" Consider lengthening the interval: {s.get('taper_reason')}."
+    elif taper == "consider_pause":
+        text += f" Consider a pause in maintenance: {s.get('taper_reason')}."
+    return text
+
+
+def patient_alerts(record: dict[str, pd.DataFrame], rules: OutcomeRules = DEFAULT_RULES) -> list[str]:
+    """Plain-language alerts for the patient banner: a safety item above 0 at the instrument's latest
+    score (PHQ-9 item 9), reliable worsening on a depression scale."""
+    t, a = record["treatments"], record["assessments"]
+    messages = []
+    for scale in scales.SCALES.values():
+        column = scale.safety_column
+        if column is None or column not in a:
+            continue
+        mine = a[a["instrument"] == scale.code].sort_values("administered_at")
+        if len(mine) and pd.notna(mine[column].iloc[-1]) and float(mine[column].iloc[-1]) > 0:
+            when = mine["administered_at"].iloc[-1].date()
+            messages.append(f"Latest {scale.code} ({when:%d %b %Y}) item {scale.safety_item} ({scale.safety_meaning}) "
+                            f"scored {int(mine[column].iloc[-1])}: assess suicide risk today.")
+    if t.empty:
+        return messages
+    for code in scales.measuring("depression"):
+        if not (a["instrument"] == code).any():
+            continue
+        status = outcomes.patient_status(t, a, code, rules)
+        if status.empty:
+            continue
+        row = status.iloc[0]
+        rci = row["rci_points"]
+        if row["worse_than_last"]:
+            messages.append(f"{code} worsened reliably since the previous score ({row['previous_score']:.0f} to "
+                            f"{row['latest_score']:.0f}; reliable change is {rci:.1f} points or more).")
+        elif row["worse_than_best"]:
+            messages.append(f"{code} worsened reliably from the best score ({row['best_score']:.0f} to "
+                            f"{row['latest_score']:.0f}; reliable change is {rci:.1f} points or more).")
+    return messages
+
+
+def latest_scores(assessments: pd.DataFrame, baselines: dict[str, float | None]) -> pd.DataFrame:
+    """Per instrument: latest score, when, severity band, baseline and percent change."""
+    rows = []
+    for code in scales.codes():
+        a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
+        if a.empty:
+            continue
+        scale = scales.get(code)
+        latest = a.iloc[-1]
+        base = baselines.get(code)
+        change = None if base is None or pd.isna(base) or base == 0 else 100 * (latest["total"] - base) / base
+        rows.append({"instrument": code, "latest": float(latest["total"]), "on": latest["administered_at"].date(),
+                     "band": scale.band(latest["total"]), "baseline": base, "change_percent": change,
+                     "max": scale.total_max})
+    return pd.DataFrame(rows)
+
+
+def patient_thresholds(treatments: pd.DataFrame, assessments: pd.DataFrame,
+                       rules: OutcomeRules = DEFAULT_RULES) -> dict[str, dict]:
+    """Per instrument present: baseline, response threshold and remission cut-off for the chart."""
+    out = {}
+    for code in scales.codes():
+        if not (assessments["instrument"] == code).any():
+            continue
+        cut, inclusive = outcomes.remission_threshold(code, rules)
+        base = None
+        if len(treatments):
+            b = outcomes.baselines(treatments, assessments, code, rules)
+            if len(b) and pd.notna(b["baseline_score"].iloc[0]):
+                base = float(b["baseline_score"].iloc[0])
+        out[code] = {
+            "baseline": base,
+            "response_at_or_below": None if base is None else base * (1 - rules.response_fall),
+            "remission_cut": cut, "remission_inclusive": inclusive,
+            "bands": [(b.low, b.high, b.label) for b in scales.get(code).bands],
+            "max": scales.get(code).total_max,
+        }
+    return out
+
+
+def item_matrix(assessments: pd.DataFrame, instrument: str, last_n: int = 12) -> pd.DataFrame:
+    """Item answers (rows: items with their labels; columns: the last `last_n` dates)."""
+    scale = scales.get(instrument)
+    a = assessments[assessments["instrument"] == scale.code].sort_values("administered_at").tail(last_n)
+    if a.empty:
+        return pd.DataFrame()
+    items = list(range(1, scale.scored_items + 1))
+    values = a[[f"item_{i}" for i in items]].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    m = pd.DataFrame(values.T, columns=[d.strftime("%d %b %y") for d in a["administered_at"]])
+    labels = scale.item_labels or tuple(f"item {i}" for i in items)
+    m.index = [f"{i}. {labels[i - 1][:38]}" for i in items]
+    return m
+
+
+def patient_history(record: dict[str, pd.DataFrame], limit: int = 20) -> pd.DataFrame:
+    """Infusions and scores interleaved, newest first."""
+    t = record["treatments"]
+    a = record["assessments"]
+    inf = pd.DataFrame({
+        "when": t["administered_at"], "event": "infusion: " + t["phase"].fillna("phase not recorded"),
+        "detail": t["route"].str.upper() + " " + t["dose_mg_per_kg"].map(lambda d: f"{d:g} mg/kg" if pd.notna(d) else "dose not recorded"),
+    })
+    safety = pd.Series(np.nan, index=a.index)  # each score's safety item (PHQ-9 item 9), where its scale has one
+    for scale in scales.SCALES.values():
+        if scale.safety_column and scale.safety_column in a:
+            mine = (a["instrument"] == scale.code).to_numpy()
+            safety[mine] = a.loc[mine, scale.safety_column].astype(float)
+    scored = pd.DataFrame({
+        "when": a["administered_at"], "event": a["instrument"],
+        "detail": [
+            (f"{tot:g} ({scales.get(i).band(tot)})" if pd.notna(tot) else "no total")
+            + (f"; item {scales.get(i).safety_item} = {int(v)}" if pd.notna(v) and v > 0 else "")
+            + (" (prorated)" if m == "prorated" else "")
+            for i, tot, v, m in zip(a["instrument"], a["total"], safety, a["total_method"])
+        ],
+    })
+    h = pd.concat([inf, scored], ignore_index=True).sort_values("when", ascending=False, kind="stable").head(limit)
+    h["when"] = h["when"].dt.strftime("%Y-%m-%d")
+    return h.reset_index(drop=True)
+
+
+def patient_csv(record: dict[str, pd.DataFrame]) -> bytes:
+    """This patient's infusions and assessments as one CSV (a `kind` column says which)."""
+    t = record["treatments"].assign(kind="infusion")
+    a = record["assessments"].assign(kind="assessment")
+    both = pd.concat([t, a], ignore_index=True).sort_values("administered_at", kind="stable")
+    cols = ["kind"] + [c for c in both.columns if c != "kind"]
+    both = both[cols].copy()
+    for column in both.columns:  # a spreadsheet must not run an imported '=...' as a formula
+        if both[column].dtype == object or pd.api.types.is_string_dtype(both[column]):
+            present = both[column].notna()
+            both[column] = both[column].astype(object)
+            both.loc[present, column] = escape_formula(both.loc[present, column]).to_numpy()
+    buf = io.StringIO()
+    both.to_csv(buf, index=False)
+    return buf.getvalue().encode()
