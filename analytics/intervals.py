@@ -535,6 +535,7 @@ class ClinicSuggestions:
 
 _MODELS: "OrderedDict[tuple, ClinicModel]" = OrderedDict()
 _SUGGESTIONS: "OrderedDict[tuple, ClinicSuggestions]" = OrderedDict()
+_BUILDING: dict = {}
 _LOCK = threading.Lock()
 _KEEP = 4
 
@@ -546,12 +547,24 @@ def forget_fits() -> None:
         _SUGGESTIONS.clear()
 
 
-def _remember(cache: OrderedDict, key, value):
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > _KEEP:
-        cache.popitem(last=False)
-    return value
+def _once(cache: OrderedDict, key, build):
+    """cache[key], built by `build()` once even when several sessions ask at the same time."""
+    with _LOCK:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        lock = _BUILDING.setdefault(key, threading.Lock())
+    with lock:
+        with _LOCK:
+            if key in cache:
+                return cache[key]
+        value = build()
+        with _LOCK:
+            cache[key] = value
+            while len(cache) > _KEEP:
+                cache.popitem(last=False)
+            _BUILDING.pop(key, None)
+        return value
 
 
 def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (),
@@ -585,15 +598,10 @@ def clinic_model(clinic_data, instrument: str = "PHQ-9", rules: OutcomeRules = D
     Every viewer gets rows of this one fit; its aggregate parameters identify no one."""
     version = tuple(clinic_data.data_version())
     key = (str(clinic_data.db), version, instrument, rules)
-    with _LOCK:
-        if key in _MODELS:
-            _MODELS.move_to_end(key)
-            return _MODELS[key]
-    frames = {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
-              "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()}
-    fitted = fit_clinic_model(frames, instrument, version, rules)
-    with _LOCK:
-        return _remember(_MODELS, key, fitted)
+    return _once(_MODELS, key, lambda: fit_clinic_model(
+        {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
+         "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()},
+        instrument, version, rules))
 
 
 def clinic_suggestions(clinic_data, instrument: str = "PHQ-9", target: float = 0.8,
@@ -604,13 +612,10 @@ def clinic_suggestions(clinic_data, instrument: str = "PHQ-9", target: float = 0
         raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
     today = today or date.today()
     key = (str(clinic_data.db), tuple(clinic_data.data_version()), instrument, float(target), today, rules)
-    with _LOCK:
-        if key in _SUGGESTIONS:
-            _SUGGESTIONS.move_to_end(key)
-            return _SUGGESTIONS[key]
-    cm = clinic_model(clinic_data, instrument, rules)
-    table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
-                              last_activity=cm.last_activity, instrument=cm.instrument, rules=rules)
-    result = ClinicSuggestions(cm.instrument, float(target), today, cm, table)
-    with _LOCK:
-        return _remember(_SUGGESTIONS, key, result)
+
+    def build() -> ClinicSuggestions:
+        cm = clinic_model(clinic_data, instrument, rules)
+        table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
+                                  last_activity=cm.last_activity, instrument=cm.instrument, rules=rules)
+        return ClinicSuggestions(cm.instrument, float(target), today, cm, table)
+    return _once(_SUGGESTIONS, key, build)
