@@ -67,8 +67,9 @@ cols[-1].metric("Last infusion", f"{last_inf:%d %b %Y}" if last_inf is not None 
 st.info(screen.suggestion_text, icon=":material/event:")
 
 if screen.thresholds:
-    st.plotly_chart(charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds, screen.cycles,
-                                            patient_id), key="timeline")
+    st.plotly_chart(page.figure(("timeline", patient_id, page.today, patient.record_fingerprint(screen.record)),
+                                lambda: charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds,
+                                                                screen.cycles, patient_id)), key="timeline")
     st.caption("Shaded: severity bands. Dotted: baseline (last score up to 30 days before the first infusion). "
                "Dashed green: response (50% below baseline). Dashed blue: remission. Bottom strip: infusions "
                "(marker size = dose) and response cycles (green: no loss seen yet; red: ended in loss of response).")
@@ -83,7 +84,8 @@ with left:
         if matrix.empty or matrix.isna().all().all():
             st.info(f"No item-level answers recorded for {pick}.")
         else:
-            st.plotly_chart(charts.item_heatmap(matrix, pick, item_max), key="items")
+            st.plotly_chart(page.figure(("items", patient_id, pick, patient.record_fingerprint(screen.record)),
+                                        lambda: charts.item_heatmap(matrix, pick, item_max)), key="items")
 with right:
     st.subheader("Response cycles")
     if screen.cycles.empty:

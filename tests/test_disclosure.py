@@ -385,7 +385,7 @@ def test_durability_page_charts_hold_no_small_cell(ws, raw):
     hover = _hover(charts.infusions_per_month(m))
     assert not re.search(r"\b([0-9]|10) patients", hover)
     # suggested intervals: every bar 11+ patients, the blank ones together none or 11+
-    suggested = ws.suggestions("PHQ-9")["suggested_interval_days"].dropna()
+    suggested = ws.suggestions("PHQ-9", TODAY)["suggested_interval_days"].dropna()  # as of the screen's day
     bins = screen.interval_bins
     shown = bins.dropna(subset=["patients"])
     for row in shown.itertuples():

@@ -35,10 +35,20 @@ class DueScreen:
 
 
 def due_screen(ws: Workspace, today: date, no_score_days: int = 28, include_inactive: bool = False) -> DueScreen:
+    """Open safety flags are read on every call (never cached); the rest is computed once per workspace
+    tables, day, threshold and set of open flags: the caseload's status changes only with the data."""
+    flags = ws.data.safety_flags()
+    flag_key = tuple(sorted(zip(flags["patient_id"].astype(str), flags["raised_at"].astype(str)))) if len(flags) else ()
+    return ws.memo(("due_screen", today, no_score_days, include_inactive, flag_key),
+                   lambda: _due_screen(ws, today, no_score_days, flags, include_inactive))
+
+
+def _due_screen(ws: Workspace, today: date, no_score_days: int, flags: pd.DataFrame,
+                include_inactive: bool = False) -> DueScreen:
     f = ws.frames()
     suggestions = ws.suggestions(scales.PRIMARY, today)
     self_report = selfreport.due_columns(
-        f["patients"], f["assessments"], ws.data.safety_flags(), today,
+        f["patients"], f["assessments"], flags, today,
         suggestions[["patient_id", "next_due_on"]] if len(suggestions) else None)
     due = due_list(f["patients"], f["treatments"], f["assessments"], today, no_score_days=no_score_days,
                    suggestions=suggestions, self_report=self_report, include_inactive=include_inactive)

@@ -67,10 +67,23 @@ def audited_csv(ws: Workspace, screen: PatientScreen) -> bytes:
 
 
 def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen:
+    """The record is read (and the view audited) on every call; what is computed from it, once per
+    workspace tables, day and record content (`record_fingerprint`)."""
     try:
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
+    return ws.memo(("patient_screen", patient_id, today, record_fingerprint(record)),
+                   lambda: _patient_screen(ws, patient_id, today, record))
+
+
+def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
+    """Changes whenever any value of the record does (a correction keeps the row count)."""
+    return tuple((name, len(frame), int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame) else 0)
+                 for name, frame in sorted(record.items()))
+
+
+def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame]) -> PatientScreen:
     t, a = record["treatments"], record["assessments"]
     info = record["patient"].iloc[0].to_dict()
     if t.empty and a.empty:
