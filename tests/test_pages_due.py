@@ -13,7 +13,7 @@ def test_due_list_puts_positive_item9_first(open_page):
     assert len(table) > 0
     counts = {m.label: int(m.value) for m in at.metric}
     assert counts["item 9 positive"] > 0  # the demo clinic has patients endorsing item 9
-    first_reasons = table["reasons"].head(counts["item 9 positive"])
+    first_reasons = table["why"].head(counts["item 9 positive"])
     assert first_reasons.str.startswith("item 9 positive").all()
     assert counts["overdue"] + counts["due this week"] > 0  # the interval suggestions feed the list
 
@@ -121,11 +121,19 @@ def test_patients_no_longer_in_active_care_are_their_own_group_without_a_due_dat
 def test_the_due_page_lists_inactive_patients_only_on_request(open_page):
     at = open_page("due")
     assert not at.exception
-    before = set(at.dataframe[0].value["reasons"])
+    before = set(at.dataframe[0].value["why"])
     assert "no longer in active care" not in before
     at.toggle(key="due_inactive").set_value(True).run()
     after = at.dataframe[0].value
-    assert (after["reasons"] == "no longer in active care").any()
+    assert (after["why"] == "no longer in active care").any()
     # none of them has a due date, and none is called overdue
-    gone = after[after["reasons"] == "no longer in active care"]
+    gone = after[after["why"] == "no longer in active care"]
     assert gone["next_due_on"].isna().all()
+
+
+def test_due_rows_fold_the_self_report_reason_into_why_and_keep_plain_headers(open_page):
+    at = open_page("due")
+    table = at.dataframe[0].value
+    assert "self_report_reason" not in table.columns and "reasons" not in table.columns
+    due_self = table[table["why"].str.contains("self-report due", regex=False)]
+    assert len(due_self) and due_self["why"].str.contains(r"self-report due \(.+\)").all()
