@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -66,6 +67,7 @@ ACTIONS = (
     "user_unlink_oidc",
     "break_glass_grant",  # an administrator got a time-limited grant for identifiable data
     "break_glass_end",
+    "restore",            # the operator restored the database from a backup (the trail set back, knowingly)
 )
 
 COLUMNS = ["seq", "logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail", "hash"]
@@ -247,7 +249,22 @@ def verify(db: str | os.PathLike | None = None) -> Verification:
     return replace(_verify(path), anchor_file=str(keys.anchor_path(path)))
 
 
-def _verify(path) -> Verification:
+def mark_restored(db: str | os.PathLike | None = None, *, actor: str = "system", detail: dict | None = None) -> Verification:
+    """After the operator restored the database file from a backup: record in its anchor, signed with the
+    audit key, that the trail now ends where the backup's did, and audit the restore. The restored chain
+    must verify on its own first (ValueError otherwise); entries anchored after it are reported by
+    `verify` as lost with the restore, never silently forgotten."""
+    path = store.db_path(db)
+    chain = _verify(path, anchor=False)
+    if not chain.ok:
+        raise ValueError(f"the restored audit trail does not verify on its own: {chain.reason}")
+    key_id, key = keys.current(KEY_NAME)
+    keys.anchor_mark_restore(path, chain.checked, chain.head_hash, key_id, key)
+    append(path, actor, "restore", detail={"set_back_to_entry": chain.checked, **(detail or {})})
+    return verify(path)
+
+
+def _verify(path, anchor: bool = True) -> Verification:
     rows = _rows(path)
     if rows is None:
         return Verification(True, 0)
@@ -280,9 +297,32 @@ def _verify(path) -> Verification:
         hashes[seq] = digest
         prev, expected_seq = digest, seq + 1
     last = expected_seq - 1
-    anchored = keys.anchor_read(path)
-    newest_anchored = max((s for s, _ in anchored), default=None) if anchored is not None else None
-    for seq, digest in anchored or []:
+    if not anchor:
+        return Verification(True, len(rows), head_hash=prev, unkeyed=unkeyed)
+    events = keys.anchor_events(path)
+    anchored: dict[int, str] = {}
+    restores: list[str] = []
+    for event in events or []:
+        if event[0] == "entry":
+            anchored[event[1]] = event[2]
+            continue
+        _, mark_seq, mark_hash, mark_key_id, signature = event
+        if mark_key_id not in found_keys:
+            found_keys[mark_key_id] = keys.find(KEY_NAME, mark_key_id)
+        key = found_keys[mark_key_id]
+        if key is None or not hmac.compare_digest(keys.restore_mac(key, path, mark_seq, mark_hash), signature):
+            return Verification(False, last, None, f"a restore mark in the anchor file ({keys.anchor_path(path)}) is not "
+                                                   f"signed by audit key {mark_key_id}: it was forged, or the key is lost",
+                                prev, unkeyed)
+        lost = sorted(s for s in anchored if s > mark_seq)
+        for s in lost:
+            del anchored[s]
+        if mark_seq > 0:
+            anchored[mark_seq] = mark_hash
+        restores.append(f"restored from a backup: the trail was set back to entry {mark_seq}"
+                        + (f" (entries {lost[0]}-{lost[-1]} of the earlier trail went with the restore)" if lost else ""))
+    newest_anchored = max(anchored, default=None) if events is not None else None
+    for seq, digest in sorted(anchored.items()):
         if seq > last:
             return Verification(False, last, last + 1, f"the newest entries were removed: the anchor outside the database "
                                                        f"({keys.anchor_path(path)}) holds entry {newest_anchored}, "
@@ -290,11 +330,11 @@ def _verify(path) -> Verification:
         if hashes[seq] != digest:
             return Verification(False, seq - 1, seq, f"entry {seq} differs from the one anchored outside the database: the "
                                                      "trail was rewritten", prev, unkeyed, newest_anchored)
-    notes = []
+    notes = list(restores)
     if unkeyed:
         sealed = f", sealed by keyed entry {unkeyed + 1}" if keyed_from else " (no keyed entry seals them yet)"
         notes.append(f"entries 1-{unkeyed} were written before the audit key existed: a plain SHA-256 chain{sealed}")
-    if anchored is None and keyed_from is not None:
+    if events is None and keyed_from is not None:
         notes.append(f"no anchor for this database file at {keys.anchor_path(path)} (copied or moved here?): "
                      "whether its newest entries were cut off cannot be told until the next entry anchors it")
     loose = keys.loose_files()
