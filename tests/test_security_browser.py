@@ -164,6 +164,11 @@ def test_a_session_survives_reload_and_new_tabs_until_sign_out(browser, server, 
     _heading(tab, "Patient trajectory")
     tab.get_by_text(f"Patient {opened}: scores and infusions").wait_for(timeout=120_000)
     _shot(tab, "session-new-tab")
+    bookmark = context.new_page()  # the landing page by its own address (a bookmark): no "Page not found"
+    bookmark.goto(f"{server}/due")
+    _heading(bookmark, "Due list")
+    assert bookmark.get_by_text("Page not found").count() == 0
+    bookmark.close()
     assert not blocked, blocked  # the Content-Security-Policy let the whole app work
     assert not refused, refused  # and the security middleware refused none of its own files (fonts, scripts)
 
