@@ -3,6 +3,9 @@
 A `Scope` says who is asking and what they may see; `DataAccess` applies it in
 SQL (parameterised only) so a page cannot forget it. Command-line tools run
 with `SYSTEM` scope (the operator owns the file).
+
+A voided infusion or assessment (analytics/visits.py `void_record`) is left out of every
+read here except `voided_rows`, which the record's history and the export use.
 """
 from __future__ import annotations
 
@@ -41,6 +44,13 @@ class Scope:
                 tuple(sorted(self.granted)), self.identifiable)
 
     @property
+    def view_key(self) -> tuple:
+        """What this scope can see (its `cache_key` without the user's name): scopes with equal view keys
+        read exactly the same rows, so cohort-wide tables built for one serve the other (two directors).
+        Never for anything audited or written as the user: that takes the scope itself."""
+        return self.cache_key[1:]
+
+    @property
     def suppression_threshold(self) -> int:
         """Counts below this are shown as "<n" in cohort views; 0 for patient-level roles."""
         return 0 if self.patient_level else self.min_cell
@@ -60,6 +70,20 @@ IDENTIFYING_ATTRIBUTE = re.compile(
 # Pages locate the database through here, never through analytics.store.
 db_path = store.db_path
 
+_DATA_VERSIONS: dict[str, tuple[tuple, tuple]] = {}  # database -> (change stamp, data version) last read
+StoreBusy = store.StoreBusy  # pages meet it here: a write that could not get the lock in time
+
+
+def page_run():
+    """The dashboard runs each page inside this: its audit entries are journaled, never waiting for
+    the write lock nor making other pages wait (store.writes_in_passing_journaled)."""
+    return store.writes_in_passing_journaled()
+
+
+def write_in_progress(db: str | os.PathLike | None = None) -> bool:
+    """Is another process writing to the database now (e.g. an import)? Reads then show its last commit."""
+    return store.write_in_progress(db)
+
 
 def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
     """The scope of a signed-in `analytics.auth.Session` (grants read from the store)."""
@@ -73,12 +97,26 @@ def scope_for(session, db: str | os.PathLike | None = None) -> Scope:
 
 
 def _granted_patients(db, username: str) -> list[str]:
+    """The user's patient grants; read again only when something was written since the last read
+    (`store.change_stamp`: every grant and revocation is a write), so not on every page run."""
+    stamp = store.change_stamp(db)
+    key = (str(store.db_path(db)), username)
+    known = _GRANTS.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
     try:
         with store.connect(db) as con:
             rows = con.execute("SELECT patient_id FROM patient_grants WHERE username = ?", [username]).fetchall()
     except duckdb.CatalogException:
-        return []  # a database from before schema v2 has no grants
-    return [r[0] for r in rows]
+        rows = []  # a database from before schema v2 has no grants
+    granted = [r[0] for r in rows]
+    if len(_GRANTS) > 10_000:
+        _GRANTS.clear()
+    _GRANTS[key] = (stamp, granted)
+    return granted
+
+
+_GRANTS: dict[tuple, tuple[tuple, list[str]]] = {}  # (database, user) -> (change stamp, grants) last read
 
 _STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
 _NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
@@ -110,6 +148,19 @@ def _pandas_like_df(names: list[str], columns: list, order: pa.Array | None = No
         data[name] = column.to_pandas(types_mapper=mapper)
         del column
     return pd.DataFrame(data, columns=names)
+
+
+def _read_at_current_schema(db, work):
+    """`work()`, a read. Reads name columns of the newest schema (voided_at); a file that no write has
+    opened since the product was upgraded lacks them: it is migrated (a write opening brings it up to
+    date, analytics/store.py) and read again."""
+    try:
+        return work()
+    except duckdb.BinderException as exc:
+        if "voided_at" not in str(exc):
+            raise
+    store.initialise(db)
+    return work()
 
 
 class DataAccess:
@@ -144,8 +195,10 @@ class DataAccess:
         """Run on `con` when given (several reads sharing one opening), else on a read connection of its own."""
         if con is not None:
             return con.execute(sql, list(params)).df()
-        with store.connect(self.db) as own:
-            return own.execute(sql, list(params)).df()
+        def read():
+            with store.connect(self.db) as own:
+                return own.execute(sql, list(params)).df()
+        return _read_at_current_schema(self.db, read)
 
     def _patient_filter(self, patient_ids: Iterable[str] | None) -> tuple[str, list]:
         scope_sql, params = self._scope_sql("p")
@@ -169,8 +222,10 @@ class DataAccess:
         Fetched as Arrow and sorted there: DuckDB's ORDER BY over 4.7 M assessments held about
         1 GB more, which its allocator then kept; the rows and their order are the same.
         """
-        with store.connect(self.db) as con:
-            table = con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+        def read():
+            with store.connect(self.db) as con:
+                return con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+        table = _read_at_current_schema(self.db, read)
         positions = None
         if table.num_rows > 1:
             positions = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in order])
@@ -205,7 +260,7 @@ class DataAccess:
         clause, params = self._patient_filter(patient_ids)
         return (f"""SELECT x.treatment_id, x.patient_id, x.administered_at, x.has_time, x.route,
                            x.dose_mg_per_kg, x.phase
-                    FROM treatments x WHERE {clause}
+                    FROM treatments x WHERE {clause} AND x.voided_at IS NULL
                     {'ORDER BY x.patient_id, x.administered_at' if ordered else ''}""", params)
 
     def treatments(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -219,7 +274,7 @@ class DataAccess:
             params = params + [scales.get(instrument).code]
         return (f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
                            x.rater, {", ".join("x." + c for c in scales.item_columns())}, x.total, x.total_method
-                    FROM assessments x WHERE {clause}
+                    FROM assessments x WHERE {clause} AND x.voided_at IS NULL
                     {'ORDER BY x.patient_id, x.administered_at, x.instrument' if ordered else ''}""", params)
 
     def assessments(
@@ -241,15 +296,16 @@ class DataAccess:
 
     def patient_record(self, patient_id: str, *, page: str | None = None) -> dict[str, pd.DataFrame]:
         """One patient's rows; refuses a patient outside the scope. Both outcomes are audited,
-        and the view is committed to the audit trail before any row is handed out (no audit, no data).
+        and the view is recorded (committed, or journaled and fsynced while another process
+        writes: store.write_or_journal) before any row is handed out (no audit, no data).
 
-        One write transaction does the scope check, the reads and the audit entry: opening
-        the store costs more than all of them together, and the record is one consistent snapshot.
+        One read does the scope check and the reads, so the record is one consistent snapshot;
+        a read never waits for a writer (store.connect), so neither does opening a record.
         """
         patient_id = str(patient_id)
         ids = [patient_id]
         record = None
-        with store.transaction(self.db) as con:
+        with store.connect(self.db) as con:
             if self._can_see(con, patient_id):
                 scope_sql, params = self._drill_sql("p")
                 record = {
@@ -261,12 +317,11 @@ class DataAccess:
                     "treatments": self._query(*self._treatments_sql(ids), con=con),
                     "assessments": self._query(*self._assessments_sql(ids, None), con=con),
                 }
-                self.log("view_patient", page=page, patients=ids, con=con)
-            else:
-                self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]], con=con)
-        if record is None:  # raised only now: the refusal's audit entry is committed
+        if record is None:  # raised only once the refusal is recorded
+            self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]])
             raise AccessDenied(f"patient {patient_id[:64]!r} is not in your caseload, or does not exist: "
                                "ask an administrator for access if you need it")
+        self.log("view_patient", page=page, patients=ids)
         return record
 
     def search_patient_ids(self, text: str, limit: int = 20, *, page: str | None = None) -> list[str]:
@@ -291,13 +346,22 @@ class DataAccess:
 
     def data_version(self) -> tuple:
         """Changes whenever patient rows can have changed: every such write is an import batch.
-        Audit entries and sign-ins leave it alone, so they do not empty the dashboard's caches."""
+        Audit entries and sign-ins leave it alone, so they do not empty the dashboard's caches.
+        Read from the database only when `store.change_stamp` says something was written since the
+        last read (a few stats), so every page run may ask for it."""
+        stamp = store.change_stamp(self.db)
+        key = str(self.db)
+        known = _DATA_VERSIONS.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
         frame = self._query(
             "SELECT coalesce(max(batch_id), 0) AS last, count(*) AS n, CAST(max(imported_at) AS VARCHAR) AS at"
             " FROM import_batches"
         )
         row = frame.iloc[0]
-        return (int(row["last"]), int(row["n"]), str(row["at"]))
+        version = (int(row["last"]), int(row["n"]), str(row["at"]))
+        _DATA_VERSIONS[key] = (stamp, version)
+        return version
 
     def log(self, action: str, *, outcome: str = "ok", page: str | None = None,
             patients: Iterable[str] = (), detail: dict | None = None,
@@ -343,9 +407,23 @@ class DataAccess:
         """Weight, dose in mg and notes typed at the infusion (not part of the CSV contract)."""
         clause, params = self._patient_filter(patient_ids)
         columns = ["patient_id", "administered_at", "weight_kg", "dose_mg", "notes"]
+        voided = ("NOT EXISTS (SELECT 1 FROM treatments t WHERE t.patient_id = x.patient_id "
+                  "AND t.administered_at = x.administered_at AND t.voided_at IS NOT NULL)")
         return self._tolerant_query(
-            f"SELECT {', '.join('x.' + c for c in columns)} FROM treatment_details x WHERE {clause} ORDER BY 1, 2",
+            f"SELECT {', '.join('x.' + c for c in columns)} FROM treatment_details x WHERE {clause} AND {voided} ORDER BY 1, 2",
             params, columns)
+
+    def voided_rows(self, patient_ids: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """Voided infusions and assessments in the scope, kept for the record (who voided each, when
+        and why) and left out of every other read: {"treatments": ..., "assessments": ...}, each with
+        the read's columns plus voided_at, voided_by, void_reason, newest void first."""
+        out = {}
+        for kind, (sql, params) in (("treatments", self._treatments_sql(patient_ids, ordered=False)),
+                                    ("assessments", self._assessments_sql(patient_ids, None, ordered=False))):
+            sql = sql.replace("x.voided_at IS NULL", "x.voided_at IS NOT NULL").replace(
+                " FROM ", ", x.voided_at, x.voided_by, x.void_reason FROM ", 1)
+            out[kind] = self._query(sql + " ORDER BY x.voided_at DESC, x.patient_id", params)
+        return out
 
     def record_versions(self, patient_id: str, table: str, record_key: str) -> pd.DataFrame:
         """Replaced versions of one record (oldest first) from record_history; only a patient the scope may open."""

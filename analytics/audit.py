@@ -53,7 +53,8 @@ ACTIONS = (
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
     # visit entry and patient self-report (docs/self-report.md)
-    "record_visit",       # an infusion or assessment entered or corrected in the browser
+    "record_visit",       # an infusion or assessment entered or corrected (values or date) in the browser
+    "void_record",        # a mistaken infusion or assessment voided, with the reason
     "self_report_link",   # a self-report link was created (never the token itself)
     "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)
     "self_report_submit", # a patient's answers were stored through a link
@@ -118,10 +119,12 @@ def append(
     detail: dict | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> int:
-    """Append one entry and return its sequence number.
+    """Append one entry and return its sequence number (None when it was journaled).
 
     Pass `con` (an open write transaction) to record the entry atomically with the
-    change it describes; otherwise the entry gets its own transaction.
+    change it describes; otherwise the entry gets its own transaction, or, while another
+    process holds the write lock, goes to the store's journal (fsynced before this returns)
+    and is chained when the lock frees, keeping its time.
     """
     if action not in ACTIONS:
         raise ValueError(f"audit action {action!r} is not one of the documented actions {ACTIONS}")
@@ -130,16 +133,20 @@ def append(
     patient_text = json.dumps(sorted({str(p) for p in patients}))
     detail_text = json.dumps(detail or {}, sort_keys=True, default=str)
     if con is None:
-        with store.transaction(db) as own:
-            return _append(own, db, actor, role, action, outcome, page, patient_text, detail_text)
+        # While another process holds the write lock the entry is journaled (durable) and chained when
+        # the lock frees, with its own time (store.write_or_journal): the sequence number is then None.
+        return store.write_or_journal(db, JOURNAL_KIND, {
+            "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
+            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
     return _append(con, db, actor, role, action, outcome, page, patient_text, detail_text)
 
 
-def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text) -> int:
+def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text,
+            logged_at: datetime | None = None) -> int:
     key_id, key = keys.current(KEY_NAME)  # created (0600) on first use; no key, no entry, no action
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
-    logged_at = _now()
+    logged_at = logged_at or _now()
     digest = _keyed_hash(key, key_id, prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text,
                          detail_text)
     con.execute(
@@ -151,6 +158,26 @@ def _append(con, db, actor, role, action, outcome, page, patient_text, detail_te
     # Anchored once committed: an entry rolled back with its action never reaches the anchor.
     store.after_commit(con, lambda: keys.anchor_append(database, seq, digest, key_id))
     return seq
+
+
+JOURNAL_KIND = "audit"
+
+
+def _append_journaled(con, entry: dict) -> int:
+    # The anchor file goes beside the database being written (the connection's, whichever process flushes).
+    database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
+                   entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
+
+
+def _journaled_entry_written(con, entry: dict) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM audit_log WHERE logged_at = ? AND actor = ? AND action = ? AND patients = ? AND detail = ?",
+        [datetime.fromisoformat(entry["logged_at"]), entry["actor"], entry["action"], entry["patients"],
+         entry["detail"]]).fetchall()[0][0])
+
+
+store.register_journal_kind(JOURNAL_KIND, _append_journaled, _journaled_entry_written)
 
 
 def _parse_day(value: str | date | datetime | None, name: str) -> datetime | None:
@@ -200,6 +227,7 @@ def entries(
     if limit is not None:
         sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
         params.append(int(limit))
+    store.flush_journal(db, wait=1.0)  # entries queued while another process wrote, if the lock is free now
     try:
         with store.connect(db) as con:
             frame = con.execute(sql, params).df()
@@ -244,8 +272,9 @@ def _rows(db) -> list[tuple] | None:
 def verify(db: str | os.PathLike | None = None) -> Verification:
     """Recompute the chain (HMAC under the audit key; plain SHA-256 before the key existed) and compare
     it with the anchor kept outside the database; report the first entry edited, removed, inserted,
-    downgraded or cut off."""
+    downgraded or cut off. Entries still in the store's journal are chained first."""
     path = store.db_path(db)
+    store.flush_journal(path, wait=1.0)
     return replace(_verify(path), anchor_file=str(keys.anchor_path(path)))
 
 

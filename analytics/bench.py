@@ -37,11 +37,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import scales
+from . import memory, scales
 from .progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,11 +325,14 @@ def all_suggestions(frames: dict, cycles):
 # --- one run ----------------------------------------------------------------------------------
 
 def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_samples: int = 25,
-                  budget: float | None = 300, work: Path | None = None, progress: Progress | None = None) -> dict:
+                  budget: float | None = 300, work: Path | None = None, progress: Progress | None = None,
+                  users: int | None = None, users_options: dict | None = None) -> dict:
     """Every figure for one cohort size; a figure that cannot be measured is None with a note in `missing`.
 
     `budget`: the most seconds one call of one figure may take before it is
-    abandoned (reported null); None for no limit.
+    abandoned (reported null); None for no limit. `users`: also run that many simulated users
+    against a dashboard server on a copy of the database (analytics/bench_users.py; `users_options`
+    are its keyword arguments: duration, think, idle, import_rows, processes).
     """
     from . import store
     from .access import SYSTEM, DataAccess
@@ -468,7 +471,43 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
         "durability_s", _median_time(lambda: durability_estimate(frames), repeats, warm=False)[0]))
     if "import_peak_rss_mb" in result:
         result["pages_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    return _finish(result, missing, state.get("import_peak", 0.0))
+    earlier_peak = max(state.get("import_peak", 0.0), peak_rss_mb())
+    if users:
+        del ws, frames, data  # the server has its own: this process's figures are measured
+        state.pop("view", None)
+        memory.release_freed()
+        run_users_part(result, missing, db, run_dir, users, users_options or {}, progress)
+    return _finish(result, missing, earlier_peak)
+
+
+USERS_KEYS = ("users_p50_s", "users_p95_s", "users_errors", "users_during_import_p95_s", "cold_cohort_s",
+              "after_write_cohort_s")
+# Targets at 10,000 patients with 20 users (docs/performance.md); reported, never asserted.
+USERS_TARGETS = {"users_p95_s": 2, "users_errors": 0, "users_during_import_p95_s": 3, "cold_cohort_s": 5,
+                 "after_write_cohort_s": 2}
+
+
+def run_users_part(result: dict, missing: dict, db: Path, run_dir: Path, users: int, options: dict,
+                   progress: Progress | None) -> None:
+    """The simulated users (analytics/bench_users.py) on a copy of `db`; their keys join `result`."""
+    from . import bench_users
+
+    options = dict(options)
+    options.setdefault("import_rows", 30 * int(result.get("patients") or 0) or None)
+    for key in USERS_KEYS:
+        result[key] = None
+    try:
+        figures = bench_users.run_users(db, run_dir / "users", users, today=str(BENCH_END + timedelta(days=1)),
+                                        say=progress or (lambda message: None), **options)
+    except Exception as exc:  # noqa: BLE001 - reported, never turned into a number
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        for key in USERS_KEYS:
+            missing[key] = f"failed: {type(exc).__name__}: {text}"
+        return
+    result.update(figures)
+    for key in USERS_KEYS:
+        if result.get(key) is None and key not in missing:
+            missing[key] = "not measured (see the users_* keys)"
 
 
 def _finish(result: dict, missing: dict, earlier_peak: float = 0.0) -> dict:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmark import, pages, durability and intervals on a generated cohort (docs/performance.md)"),
     "users": ("users", "manage sign-in accounts: add, disable, enable, list, reset-password, set-role, grant, revoke"),
     "audit": ("audit", "print the audit trail (--since DATE, --json); --verify checks its hash chain"),
+    "serve": ("serve", "serve the dashboard on one port from one or several processes (`make run`)"),
     "link": ("link", "patient self-report links: `link create --patient ID --instruments PHQ-9,GAD-7` prints a single-use link"),
 }
 

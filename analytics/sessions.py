@@ -156,8 +156,20 @@ def touch(db, session_id: str, now: datetime) -> None:
         if due:
             _written[key] = now
     if due:
-        with store.transaction(db) as con:
-            con.execute("UPDATE sessions SET last_seen = greatest(last_seen, ?) WHERE session_id = ?", [now, session_id])
+        # A write in passing: never waits for another writer (an import); journaled then, and applied in
+        # any order, since the update only ever moves last_seen forward.
+        store.write_or_journal(db, TOUCH_KIND, {"session_id": session_id, "last_seen": now.isoformat()})
+
+
+TOUCH_KIND = "session_touch"
+
+
+def _apply_touch(con, payload: dict) -> None:
+    con.execute("UPDATE sessions SET last_seen = greatest(last_seen, ?) WHERE session_id = ?",
+                [datetime.fromisoformat(payload["last_seen"]), payload["session_id"]])
+
+
+store.register_journal_kind(TOUCH_KIND, _apply_touch)
 
 
 def end(db, session_id: str, reason: str, now: datetime, *, con=None) -> bool:

@@ -1,30 +1,55 @@
 """The DuckDB store: schema, migrations and connections.
 
-DuckDB allows one process to hold a database file for writing and then no
-other process may open it, even read-only. The dashboard and a nightly import
-must coexist, so nothing here keeps a database file open: every use attaches
-the file, does its work and detaches it, retrying while another process holds
-the lock (`connect`). Within one process the same file cannot be opened twice
-with different settings either, so a process-wide lock serialises openings.
+The public surface is small and says nothing about DuckDB, so another backend can sit behind
+it (docs/architecture.md, "The store"): `connect` (a read, or a write with `write=True`),
+`transaction` (one write transaction, all or nothing), `change_stamp` (cheap: has anything
+changed?), and the journal (`write_or_journal`, `journal`, `flush_journal`) for writes that must
+not wait for another writer.
 
-Starting a DuckDB instance costs ~15 ms of CPU (its function catalogue) whatever
-the file, while attaching a file to a running instance costs ~4 ms; a page that
-opens the store a few times per click pays that difference on every click. So
-one in-memory instance lives for the process and files are ATTACHed to it and
-DETACHed when the last user is done: detaching checkpoints and releases the
-file lock exactly as closing a connection did. Each `connect` gets its own
-cursor, so temporary tables and registered frames still end with it. DuckDB's
-allocator returns memory only when its instance closes, so after a use that
-grew the process a lot (a large read or an import) the instance is closed too.
+DuckDB allows one process to hold a database file for writing and then no other process may
+open it, even read-only; several processes may read it together while none writes. The
+dashboard, the command line and other dashboard processes must coexist, so nothing here keeps a
+file open between uses: every use attaches the file, does its work and detaches it, retrying
+while another process holds the lock.
 
-Pages never come here directly: they go through `analytics.access`, which
-applies the signed-in user's scope.
+Within a process the uses run in parallel. One in-memory DuckDB instance lives for the process
+(starting one costs ~15 ms of CPU, attaching a file ~4 ms) and each use gets its own cursor on
+it, so temporary tables and registered frames still end with the use. The process-wide guard
+is held only while a file is attached or detached, never across a use:
+
+- reads share the file's attachment and run at once (a 5 ms read no longer waits behind a 1 s
+  one);
+- writes of one file run one at a time in a process (a reentrant lock per file; a write nested
+  in another in the same thread shares it). A write waits for the process's readers of a
+  read-only attachment to finish (readers arriving meanwhile wait behind it), then attaches the
+  file for writing; readers arriving while it is attached for writing share that attachment and
+  read the last committed data (DuckDB's MVCC), so an import running in the dashboard's own
+  process never blocks its pages;
+- a read that finds the file locked by another process's write reads the published snapshot
+  instead when it holds everything committed (analytics/sidecars.py), else retries.
+
+A long write (an import) asks for `snapshot=True`: before writing it checkpoints and copies the
+file to `DB.snapshot` (by rename), so while it runs other processes read the last committed
+version instead of waiting for it. Every write moves the state's generation on, so a snapshot
+is read only while nothing was committed after it.
+
+Writes a page makes in passing (the audit entry of a record view, sign-in bookkeeping) go through
+`write_or_journal`: written at once when the lock is free within a short wait, else appended to
+the database's journal (fsynced) and applied in order at the start and end of the next write, by
+whichever process makes it. DuckDB's allocator returns memory only when its instance closes, so
+after a use that grew the process a lot (a large read or an import) the instance is closed too.
+
+Pages never come here directly: they go through `analytics.access`, which applies the
+signed-in user's scope.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,17 +57,18 @@ from typing import Callable, Iterator
 
 import duckdb
 
-from . import scales
+from . import scales, sidecars
 from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
 LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
+# How long a write that may go to the journal waits for the lock before it does.
+JOURNAL_AFTER_SECONDS = float(os.environ.get("OUTCOMES_JOURNAL_AFTER", "0.5"))
 
 # Test hook: when set, detaching a database opened for writing fails after the detach, as it does
 # when the checkpoint finds the disk full (tests/test_ingest_outcome.py; a real full disk is in docs/import.md).
 FAIL_CHECKPOINT_ENV = "OUTCOMES_TEST_FAIL_CHECKPOINT"
 
-_process_lock = threading.RLock()
 # DuckDB's allocator keeps what a large query used until its instance closes (a sorted read of
 # 4.7 M assessments leaves ~0.5 GB resident): after a use that grew the process by more than
 # this, the shared instance is closed and the next use starts a new one (~15 ms).
@@ -50,7 +76,7 @@ RECYCLE_AFTER_GROWTH_BYTES = 128 * 2**20
 
 
 class StoreBusy(RuntimeError):
-    """Another process held the database for longer than we were willing to wait."""
+    """Another writer held the database for longer than we were willing to wait."""
 
 
 class CommittedButFailed(RuntimeError):
@@ -87,74 +113,161 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used by another process" in text
 
 
+class _File:
+    """One file's attachment to the shared instance (guarded by `_Attachments.guard`)."""
+    __slots__ = ("alias", "mode", "users", "write_users", "writers_waiting")
+
+    def __init__(self):
+        self.alias: str | None = None
+        self.mode: str | None = None  # None, "r" (read-only), "w" (for writing), "closing"
+        self.users = 0
+        self.write_users = 0  # of `users`, the write uses
+        self.writers_waiting = 0
+
+
 class _Attachments:
-    """The process's one DuckDB instance and the store files attached to it (guarded by `_process_lock`)."""
+    """The process's one DuckDB instance and the files attached to it."""
 
     def __init__(self) -> None:
+        self.guard = threading.Condition(threading.Lock())
         self.pid = -1
         self.instance: duckdb.DuckDBPyConnection | None = None
-        self.attached: dict[str, list] = {}  # resolved path -> [alias, write, users]
+        self.generation = 0  # of the instance: a use begun on a discarded one never touches its successor
+        self.files: dict[str, _File] = {}
+        self.writer_locks: dict[str, threading.RLock] = {}
+        self.write_depth: dict[str, int] = {}  # only the thread holding the key's writer lock touches its entry
+        self.reading = threading.local()  # keys this thread holds read uses of, with their counts
         self.serial = 0
-        self.rss_before = 0  # resident bytes when the first of the current attachments was made
+        self.rss_before = 0  # resident bytes when the first of the current uses began
 
     def base(self) -> duckdb.DuckDBPyConnection:
+        """The instance (guard held)."""
         if self.instance is None or self.pid != os.getpid():
-            # After a fork the parent's instance is not ours to use (nor to close).
+            if self.pid != os.getpid():  # after a fork the parent's instance, files and locks are not ours
+                self.files, self.writer_locks, self.write_depth = {}, {}, {}
+                self.reading = threading.local()
             # An in-memory instance would spill to ".tmp" in the working directory: keep spilled
             # patient rows in a private (0700) folder that goes with the process instead.
             self.instance = duckdb.connect(":memory:", config={"temp_directory": _private_spill_dir()})
             self.instance.execute("SET enable_progress_bar = false")
-            self.pid, self.attached, self.serial = os.getpid(), {}, 0
+            self.pid, self.serial = os.getpid(), 0
+            self.generation += 1
         return self.instance
 
-    def attach(self, target: Path, write: bool) -> str:
-        """Attach `target` (or share its attachment) and return its alias; raises DuckDB's lock errors."""
-        key = str(target.resolve())
-        entry = self.attached.get(key)
-        if entry is not None and entry[2] == 0:
-            self._detach(key)  # left behind by an interrupted detach
-            entry = None
-        base = self.base()
-        if entry is not None:
-            if write and not entry[1]:
-                raise duckdb.ConnectionException(
-                    f"cannot open {target} for writing while this process reads it (open the write connection first)")
-            entry[2] += 1
-            return entry[0]
-        if not self.attached:
-            self.rss_before = _resident_bytes()
-        self.serial += 1
-        alias = f"store_{self.serial}"
-        quoted = str(target).replace("'", "''")
-        base.execute(f"ATTACH '{quoted}' AS {alias}" + ("" if write else " (READ_ONLY)"))
-        self.attached[key] = [alias, write, 1]
-        return alias
+    def writer_lock(self, key: str) -> threading.RLock:
+        with self.guard:
+            self.base()
+            return self.writer_locks.setdefault(key, threading.RLock())
 
-    def release(self, target: Path) -> None:
-        key = str(target.resolve())
-        entry = self.attached.get(key)
-        if entry is None:
-            return
-        entry[2] -= 1
-        if entry[2] <= 0:
-            self._detach(key)
+    def held_for_reading(self) -> dict:
+        counts = getattr(self.reading, "counts", None)
+        if counts is None:
+            counts = self.reading.counts = {}
+        return counts
 
-    def _detach(self, key: str) -> None:
-        entry = self.attached[key]
-        entry[2] = 0  # if DETACH fails, the next attach of this file tries again
-        self.base().execute(f"DETACH DATABASE IF EXISTS {entry[0]}")
-        if entry[1] and os.environ.get(FAIL_CHECKPOINT_ENV):
-            del self.attached[key]
+    def acquire(self, key: str, target: Path, write: bool, deadline: float):
+        """Share or make `target`'s attachment; (cursor on it, instance generation). Raises DuckDB's lock
+        errors (another process holds the file) and StoreBusy when this process's own readers or a
+        closing attachment did not make way before `deadline`."""
+        with self.guard:
+            self.base()
+            entry = self.files.setdefault(key, _File())
+            if write:
+                if self.held_for_reading().get(key):
+                    raise duckdb.ConnectionException(
+                        f"cannot open {target} for writing while this process reads it (open the write connection first)")
+                entry.writers_waiting += 1
+                try:
+                    while entry.mode in ("r", "closing"):
+                        self._wait(deadline, target)
+                finally:
+                    entry.writers_waiting -= 1
+            else:
+                # Wait behind a writer of this process, and do not keep a finished write's attachment
+                # alive by joining it (other processes could never read): let it close, attach read-only.
+                while (entry.mode == "closing" or (entry.mode == "r" and entry.writers_waiting)
+                       or (entry.mode == "w" and not entry.write_users)):
+                    self._wait(deadline, target)
+                    entry = self.files.setdefault(key, _File())  # a closed attachment's entry is replaced
+            base = self.base()  # after any wait: the instance may have been recycled meanwhile
+            if entry.mode not in ("r", "w"):
+                if not any(f.users for f in self.files.values()):
+                    self.rss_before = _resident_bytes()
+                self.serial += 1
+                alias = f"store_{self.serial}"
+                quoted = str(target).replace("'", "''")
+                base.execute(f"ATTACH '{quoted}' AS {alias}" + ("" if write else " (READ_ONLY)"))
+                entry.alias, entry.mode = alias, ("w" if write else "r")
+            entry.users += 1
+            entry.write_users += int(write)
+            try:
+                con = base.cursor()
+            except BaseException:
+                self._drop_user(key, entry, write)
+                raise
+            return con, entry.alias, self.generation
+
+    def _wait(self, deadline: float, target: Path) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StoreBusy(f"database {target} is busy (this process is writing to it); try again shortly")
+        self.guard.wait(min(remaining, 1.0))
+
+    def _drop_user(self, key: str, entry: _File, write: bool) -> str | None:
+        """One use fewer (guard held); the alias to detach when it was the last."""
+        entry.users -= 1
+        entry.write_users -= int(write)
+        if entry.users > 0:
+            if write and not entry.write_users:
+                self.guard.notify_all()  # readers waiting for the write to end may go on
+            return None
+        entry.mode = "closing"
+        return entry.alias
+
+    def release(self, key: str, write: bool, generation: int) -> None:
+        with self.guard:
+            if generation != self.generation:
+                return  # the instance was discarded meanwhile: its attachments went with it
+            entry = self.files.get(key)
+            if entry is None or entry.users <= 0:
+                return
+            written = entry.mode == "w"
+            alias = self._drop_user(key, entry, write)
+            if alias is None:
+                return
+            detacher = self.instance.cursor()
+        try:
+            # Outside the guard: detaching a file written to checkpoints it, which can take a while.
+            detacher.execute(f"DETACH DATABASE IF EXISTS {alias}")
+        finally:
+            with contextlib.suppress(Exception):
+                detacher.close()
+            with self.guard:
+                if generation == self.generation:
+                    entry.alias, entry.mode = None, None
+                    if not entry.writers_waiting and self.files.get(key) is entry:
+                        del self.files[key]
+                    if (not any(f.users or f.mode == "closing" for f in self.files.values())
+                            and _resident_bytes() - self.rss_before > RECYCLE_AFTER_GROWTH_BYTES):
+                        self._close()
+                self.guard.notify_all()
+        if written and os.environ.get(FAIL_CHECKPOINT_ENV):
             # What DuckDB raises when the checkpoint of a DETACH finds the disk full (the file is detached).
-            raise duckdb.IOException(f"Detached database '{entry[0]}', but CHECKPOINT during DETACH failed. "
+            raise duckdb.IOException(f"Detached database '{alias}', but CHECKPOINT during DETACH failed. "
                                      f"(injected by {FAIL_CHECKPOINT_ENV}: No space left on device)")
-        del self.attached[key]
-        if not self.attached and _resident_bytes() - self.rss_before > RECYCLE_AFTER_GROWTH_BYTES:
-            self.discard()
 
     def discard(self) -> None:
         """Drop the instance after a fatal DuckDB error (it refuses all further work); the next use starts afresh."""
-        instance, self.instance, self.attached = self.instance, None, {}
+        with self.guard:
+            self._close()
+            self.guard.notify_all()
+
+    def _close(self) -> None:
+        instance, self.instance = self.instance, None
+        self.files = {key: entry for key, entry in self.files.items() if entry.writers_waiting}
+        for entry in self.files.values():
+            entry.alias, entry.mode, entry.users, entry.write_users = None, None, 0, 0
+        self.generation += 1
         if instance is not None and self.pid == os.getpid():
             with contextlib.suppress(Exception):
                 instance.close()  # releases every file it held
@@ -171,60 +284,110 @@ def _resident_bytes() -> int:
 _attachments = _Attachments()
 
 
+def _attach(target: Path, key: str, write: bool, deadline: float):
+    """Attach `target` (or, for a read while another process writes it, its current snapshot), retrying
+    while another process holds it; (key used, cursor, instance generation)."""
+    delay = 0.01
+    while True:
+        try:
+            con, alias, generation = _attachments.acquire(key, target, write, deadline)
+            return key, con, alias, generation
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not _is_lock_error(exc):
+                raise
+            if not write and sidecars.snapshot_current(target):
+                snapshot = sidecars.snapshot_path(target)
+                try:
+                    used = f"snapshot:{snapshot}:{os.stat(snapshot).st_ino}"  # a newer copy is another attachment
+                    con, alias, generation = _attachments.acquire(used, snapshot, False, deadline)
+                    return used, con, alias, generation
+                except (OSError, duckdb.IOException, duckdb.ConnectionException):
+                    pass  # replaced or removed just now: look again
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"database {target} is busy (another process is writing); try again shortly") from exc
+            time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.25)
+
+
 @contextlib.contextmanager
 def connect(
     path: str | os.PathLike | None = None,
     *,
     write: bool = False,
     wait: float | None = None,
+    snapshot: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection; retries while another process holds the file.
+    """A short-lived connection of its own; retries while another process holds the file.
 
     Read connections on a missing file raise FileNotFoundError rather than
     creating an empty database. A write connection brings an old schema up to
-    date first (`ensure_current`).
+    date first (`ensure_current`) and applies the journal. `snapshot=True` (a
+    long write): publish the snapshot first, so other processes read the last
+    committed version meanwhile. `wait`: seconds to wait for the lock (default
+    OUTCOMES_LOCK_WAIT, 120) before StoreBusy.
     """
     target = db_path(path)
     if not write and not target.exists():
         raise FileNotFoundError(f"no database at {target}: run `python -m analytics demo` or import data")
     target.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
-    delay = 0.02
-    with _process_lock:
-        while True:
-            try:
-                alias = _attachments.attach(target, write)
-                break
-            except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                if not _is_lock_error(exc) or time.monotonic() >= deadline:
-                    if _is_lock_error(exc):
-                        raise StoreBusy(f"database {target} is busy (another process is writing); try again shortly") from exc
-                    raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.5)
+    key = str(target.resolve())
+    writer = None
+    if write:
+        writer = _attachments.writer_lock(key)
+        if not writer.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StoreBusy(f"database {target} is busy (this process is writing to it); try again shortly")
+    try:
+        outermost = write and _attachments.write_depth.get(key, 0) == 0
+        if write:
+            _attachments.write_depth[key] = _attachments.write_depth.get(key, 0) + 1
         try:
-            con = _attachments.base().cursor()
+            used, con, alias, generation = _attach(target, key, write, deadline)
+            reading = _attachments.held_for_reading()
+            if not write:
+                reading[key] = reading.get(key, 0) + 1
             try:
-                # No progress bar: a long query would draw one over the CLI's output and the server log.
-                con.execute("SET enable_progress_bar = false")
-                con.execute(f"USE {alias}")
-                if write:
-                    ensure_current(con)
-                yield con
+                try:
+                    # No progress bar: a long query would draw one over the CLI's output and the server log.
+                    con.execute("SET enable_progress_bar = false")
+                    con.execute(f"USE {alias}")
+                    if outermost:
+                        ensure_current(con)
+                        _begin_write(con, target, snapshot)
+                    try:
+                        yield con
+                    finally:
+                        if outermost:
+                            _end_write(con, target)
+                finally:
+                    con.close()
+            except (duckdb.FatalException, duckdb.InternalException):
+                _attachments.discard()  # DuckDB invalidates the whole instance after these
+                failed = True
+                raise
+            except BaseException:
+                failed = True
+                raise
+            else:
+                failed = False
             finally:
-                con.close()
-        except (duckdb.FatalException, duckdb.InternalException):
-            _attachments.discard()  # DuckDB invalidates the whole instance after these
-            with contextlib.suppress(Exception):
-                _attachments.release(target)
-            raise
-        except BaseException:
-            # The error being raised is the one to report: a detach that fails after it (its
-            # checkpoint on a full disk) must not replace it.
-            with contextlib.suppress(Exception):
-                _attachments.release(target)
-            raise
-        _attachments.release(target)
+                if not write:
+                    reading[key] -= 1
+                    if not reading[key]:
+                        del reading[key]
+                if failed:
+                    # The error being raised is the one to report: a detach that fails after it (its
+                    # checkpoint on a full disk) must not replace it.
+                    with contextlib.suppress(Exception):
+                        _attachments.release(used, write, generation)
+                else:
+                    _attachments.release(used, write, generation)
+        finally:
+            if write:
+                _attachments.write_depth[key] -= 1
+    finally:
+        if writer is not None:
+            writer.release()
 
 
 # Work to do once a transaction has committed (the audit anchor, analytics/keys.py), by id of its
@@ -242,19 +405,20 @@ def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> No
 
 
 @contextlib.contextmanager
-def transaction(path: str | os.PathLike | None = None, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A write connection inside one transaction: all or nothing.
+def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
+                snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
 
     Any error raised out of it means nothing was committed, except `CommittedButFailed`:
-    the COMMIT succeeded and a step after it (closing the connection, DETACH and its
-    checkpoint) failed, so callers can say truthfully what happened to the database.
+    the COMMIT succeeded and a step after it (applying the journal, closing the connection,
+    DETACH and its checkpoint) failed, so callers can say truthfully what happened to the database.
     Work registered with `after_commit` (the audit anchor) runs once the COMMIT succeeded.
     """
     committed = False
     step = "writing the database file after the commit (checkpoint on detach)"
     pending: list[Callable[[], None]] = []
     try:
-        with connect(path, write=True, wait=wait) as con:
+        with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
             con.execute("BEGIN TRANSACTION")
             _after_commit[id(con)] = pending
             try:
@@ -279,6 +443,228 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
         if committed:
             raise CommittedButFailed(step, exc) from exc
         raise
+
+
+def change_stamp(path: str | os.PathLike | None = None) -> tuple:
+    """A value that changes whenever the database may have changed (no database read: a few stats);
+    for caches of what is read from it (analytics.access.DataAccess.data_version)."""
+    return sidecars.change_stamp(db_path(path))
+
+
+def write_in_progress(path: str | os.PathLike | None = None) -> bool:
+    """Is another process writing to the database right now (its writes not yet visible to others)?"""
+    writer = sidecars.read_state(db_path(path)).get("writer")
+    return writer is not None and writer != os.getpid() and sidecars.pid_alive(writer)
+
+
+# --- writes in progress: the state, the snapshot and the journal -------------------------------
+
+def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool) -> None:
+    """The first thing a write does (lock held, nothing written yet): mark the state as being written,
+    publish the snapshot when asked, apply the journal."""
+    state = sidecars.read_state(target)
+    if state.get("writer") is not None:
+        state["generation"] += 1  # the last writer did not finish: it may have committed
+    if (snapshot and state.get("snapshot") != state["generation"] and _room_for_snapshot(target)
+            and _checkpointed(con, target)):
+        try:
+            sidecars.publish_snapshot(target)
+            state["snapshot"] = state["generation"]
+        except (OSError, subprocess.CalledProcessError) as exc:
+            # Without a snapshot other processes wait for this write instead of reading the last
+            # version: slower for them, never a reason to refuse the write.
+            print(f"store: no read-only snapshot for this write ({type(exc).__name__}); "
+                  "other processes wait for it", file=sys.stderr)
+    state["writer"] = os.getpid()
+    sidecars.write_state(target, state)
+    _flush(con, target)
+
+
+def _room_for_snapshot(target: Path) -> bool:
+    """Is there room to copy the file and still leave the write as much again, plus 64 MB? A snapshot
+    must never be what fills the disk under the write it was made for."""
+    try:
+        size = os.stat(target).st_size
+        return shutil.disk_usage(target.parent).free > 2 * size + 64 * 2**20
+    except OSError:
+        return False
+
+
+def _checkpointed(con: duckdb.DuckDBPyConnection, target: Path) -> bool:
+    """Is everything committed in the file itself (no write-ahead log), after a checkpoint? Only then is a
+    copy of the file the last committed version."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("CHECKPOINT")
+    wal = Path(str(target) + ".wal")
+    return not wal.exists() or wal.stat().st_size == 0
+
+
+def _end_write(con: duckdb.DuckDBPyConnection, target: Path) -> None:
+    """The last thing a write does (lock still held): apply what was journaled meanwhile, move the generation on."""
+    try:
+        _flush(con, target)
+    except duckdb.Error:
+        pass  # left in the journal for the next write; never in the way of the caller's own outcome
+    finally:
+        state = sidecars.read_state(target)
+        state["generation"] += 1
+        state["writer"] = None
+        sidecars.write_state(target, state)
+
+
+# Journal kinds: name -> (apply(con, payload) -> result, applied(con, payload) -> bool)
+_JOURNAL_KINDS: dict[str, tuple[Callable, Callable | None]] = {}
+
+
+def register_journal_kind(kind: str, apply: Callable, applied: Callable | None = None) -> None:
+    """Let `kind` be journaled: `apply(con, payload)` writes one entry inside an open transaction (and
+    returns what `write_or_journal` returns when written at once); `applied(con, payload)` says whether
+    an entry is already in the database (asked only of entries a flush that died may have applied)."""
+    _JOURNAL_KINDS[kind] = (apply, applied)
+
+
+_in_passing = threading.local()
+
+
+@contextlib.contextmanager
+def writes_in_passing_journaled() -> Iterator[None]:
+    """Within this block (a dashboard page run, in its own thread), `write_or_journal` always journals:
+    a page never waits for a writer nor makes this process's readers wait for its write (attaching
+    the file for writing, then checkpointing it on detach). Its audit entries cost an fsynced append
+    each and are applied together every second or so by `keep_journal_flushed`."""
+    before = getattr(_in_passing, "journaled", False)
+    _in_passing.journaled = True
+    try:
+        yield
+    finally:
+        _in_passing.journaled = before
+
+
+def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
+    """Queue one write for the next writer: durable (fsynced) when this returns; its id."""
+    if kind not in _JOURNAL_KINDS:
+        raise ValueError(f"journal kind {kind!r} is not registered")
+    return sidecars.journal_append(db_path(path), kind, payload)
+
+
+def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *, wait: float | None = None):
+    """Write `payload` now (in its own transaction, after anything journaled before it) if the lock
+    is free within `wait` seconds (default OUTCOMES_JOURNAL_AFTER, 0.5), else journal it; returns what
+    the kind's `apply` returned, or None when journaled. Either way it is durable when this returns."""
+    if kind not in _JOURNAL_KINDS:
+        raise ValueError(f"journal kind {kind!r} is not registered")
+    if getattr(_in_passing, "journaled", False):
+        journal(path, kind, payload)
+        return None
+    try:
+        with transaction(path, wait=JOURNAL_AFTER_SECONDS if wait is None else wait) as con:
+            return _JOURNAL_KINDS[kind][0](con, payload)
+    except StoreBusy:
+        journal(path, kind, payload)
+        return None
+
+
+def journal_pending(path: str | os.PathLike | None = None, kind: str | None = None) -> list[dict]:
+    """Entries waiting to be applied, oldest first ({"id", "kind", "queued_at", "payload"})."""
+    return sidecars.pending_entries(db_path(path), kind)
+
+
+def flush_journal(path: str | os.PathLike | None = None, wait: float = 0.0) -> bool:
+    """Apply the journal now if the lock is free within `wait` seconds; True when nothing is left."""
+    target = db_path(path)
+    if not sidecars.journal_pending(target):
+        return True
+    if not target.exists():
+        return False
+    try:
+        with connect(target, write=True, wait=wait):
+            pass  # a write applies the journal when it begins
+    except StoreBusy:
+        return False
+    return not sidecars.journal_pending(target)
+
+
+def _flush(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+    """Apply every journaled entry in order in one transaction (lock held); the number applied."""
+    if not sidecars.journal_pending(target):
+        return 0
+    taken = sidecars.take_journal(target)
+    batches = [(path, recovered, sidecars.journal_entries(path)) for path, recovered in taken]
+    unknown = {e.get("kind") for _, _, entries in batches for e in entries} - set(_JOURNAL_KINDS)
+    if unknown:
+        return 0  # a kind this process does not know: a process that does will apply them (renamed files are kept)
+    applied = 0
+    pending: list[Callable[[], None]] = []  # after_commit work of the entries (the audit anchor)
+    con.execute("BEGIN TRANSACTION")
+    outer = _after_commit.get(id(con))
+    _after_commit[id(con)] = pending
+    try:
+        for _path, recovered, entries in batches:
+            for entry in entries:
+                apply, already = _JOURNAL_KINDS[entry["kind"]]
+                if recovered and already is not None and already(con, entry["payload"]):
+                    continue
+                apply(con, entry["payload"])
+                applied += 1
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        pending.clear()
+        con.execute("ROLLBACK")
+        if _is_lock_error(exc) or isinstance(exc, (duckdb.IOException, duckdb.FatalException)):
+            raise
+        # An entry the database refuses would stop every later write: set its file aside for the operator.
+        for path, _recovered, _entries in batches:
+            path.replace(path.with_suffix(".failed"))
+        print(f"store: journaled writes could not be applied ({type(exc).__name__}); kept in "
+              f"{target.name}.journal.*.failed for an operator", file=sys.stderr)
+        return 0
+    finally:
+        if outer is None:
+            _after_commit.pop(id(con), None)
+        else:
+            _after_commit[id(con)] = outer
+    for path, _recovered, _entries in batches:
+        sidecars.journal_done(path)
+    for work in pending:
+        work()
+    return applied
+
+
+_flushers: dict[str, threading.Thread] = {}
+_flushers_guard = threading.Lock()
+
+
+def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 1.0) -> None:
+    """A daemon thread (one per database and process) that applies the journal whenever the lock is free.
+
+    It tries without waiting (a wait would hold back this process's new readers until the current ones
+    are done); after `FORCE_FLUSH_AFTER` tries that found the database in use it waits up to a second."""
+    target = db_path(path)
+    key = f"{os.getpid()}:{target.resolve()}"
+    with _flushers_guard:
+        if key in _flushers and _flushers[key].is_alive():
+            return
+
+        def loop() -> None:
+            missed = 0
+            while True:
+                time.sleep(every)
+                try:
+                    if not sidecars.journal_pending(target):
+                        missed = 0
+                    elif flush_journal(target, wait=1.0 if missed >= FORCE_FLUSH_AFTER else 0.0):
+                        missed = 0
+                    else:
+                        missed += 1
+                except Exception:  # noqa: BLE001 - retried next time; a page's own write reports errors
+                    missed += 1
+
+        thread = threading.Thread(target=loop, name=f"journal-flusher-{target.name}", daemon=True)
+        _flushers[key] = thread
+        thread.start()
+
+
+FORCE_FLUSH_AFTER = 10
 
 
 # --- schema -------------------------------------------------------------------
@@ -560,8 +946,21 @@ def _schema_security() -> list[str]:
     ]
 
 
+VOID_COLUMNS = ("voided_at", "voided_by", "void_reason")
+
+
+def _schema_v6() -> list[str]:
+    """Voiding a mistaken infusion or assessment (docs/self-report.md): the row stays, with who voided
+    it, when and why, and every read of analytics/access.py leaves it out. A voided row keeps its key,
+    so re-importing the file that carried it does not bring it back."""
+    return [f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
+            for table in ("treatments", "assessments")
+            for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR"))]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security,
+                                             _schema_v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -38,7 +38,7 @@ with st.sidebar:
 
 filters = cohort.chosen_filters(instrument, subset, choices.periods, first, last)
 with st.spinner("Computing cohort outcomes..."):
-    screen = cohort.cohort_screen(ws, filters, page.today)
+    screen = cohort.cohort_page(ws, filters, page.today)
 head, cycle_counts = screen.headline, screen.cycle_counts
 
 if screen.refused:
@@ -78,7 +78,8 @@ with left:
     if bars.empty:
         st.info(f"No waterfall: {screen.notes[0] if screen.notes else f'no patient has both a {instrument} baseline and a later score yet.'}")
     else:
-        st.plotly_chart(charts.waterfall(bars, instrument, show_ids=screen.show_ids), key="waterfall")
+        st.plotly_chart(page.figure(("waterfall", filters, page.today),
+                                    lambda: charts.waterfall(bars, instrument, show_ids=screen.show_ids)), key="waterfall")
         if "n" in bars.columns and screen.min_cell:
             st.caption(f"{screen.waterfall_patients} patients in order of best change; each bar is a group of at least "
                        f"{screen.min_cell} of them (no bar shows one patient), drawn at the group's median.")
@@ -91,7 +92,8 @@ with right:
     if band.empty:
         st.info(f"Too few {instrument} scores after the first infusion to draw a cohort trajectory.")
     else:
-        st.plotly_chart(charts.trajectory(band, instrument, cut), key="trajectory")
+        st.plotly_chart(page.figure(("trajectory", filters, page.today), lambda: charts.trajectory(band, instrument, cut)),
+                        key="trajectory")
         st.caption("Line: median; band: interquartile range; numbers along the bottom: patients with a score that week"
                    + (f" (weeks with fewer than {max(5, screen.min_cell)} are not drawn)." if screen.min_cell else "."))
 
@@ -103,7 +105,8 @@ with left:
     elif table.empty or (table.fillna(0).to_numpy().sum() == 0 and not table.isna().to_numpy().any()):
         st.info(f"No patient has a {instrument} baseline and a later score yet.")
     else:
-        st.plotly_chart(charts.severity_movement(table, instrument, screen.severity_label), key="severity")
+        st.plotly_chart(page.figure(("severity", filters, page.today),
+                                    lambda: charts.severity_movement(table, instrument, screen.severity_label)), key="severity")
         if table.isna().to_numpy().any():
             st.caption(f"Cells marked {screen.severity_label} hold fewer than {screen.min_cell} patients, or could be "
                        "worked out from the others by subtraction.")
@@ -111,11 +114,12 @@ with right:
     by = st.radio("Compare", ["site", "clinician"], horizontal=True, key="funnel_by")
     outcome = st.radio("Outcome", ["responded", "remitted"], horizontal=True, key="funnel_outcome",
                        format_func=lambda o: {"responded": "response", "remitted": "remission"}[o])
-    data = screen.funnel(by, outcome)
+    data = page.workspace.memo(("funnel", filters, page.today, by, outcome), lambda: screen.funnel(by, outcome))
     if data["clinic_rate"] is None or data["groups"].empty:
         st.info(f"No {by} to compare: {data.get('note') or 'not enough evaluable patients'}")
     else:
-        st.plotly_chart(charts.funnel(data, by, {"responded": "response", "remitted": "remission"}[outcome]), key="funnel")
+        st.plotly_chart(page.figure(("funnel", filters, page.today, by, outcome), lambda: charts.funnel(
+            data, by, {"responded": "response", "remitted": "remission"}[outcome])), key="funnel")
         if data.get("note"):
             st.caption(data["note"])
         st.caption("A point outside the funnel differs from the clinic rate by more than chance would explain "
@@ -126,7 +130,7 @@ if comp.empty:
     st.info("No month of this selection can be shown for measurement completeness"
             + (f" (each needs at least {screen.min_cell} infusions from as many patients)." if screen.min_cell else "."))
 else:
-    st.plotly_chart(charts.completeness(comp), key="completeness")
+    st.plotly_chart(page.figure(("completeness", filters, page.today), lambda: charts.completeness(comp)), key="completeness")
     notes = []
     if screen.completeness_overall:
         notes.append(f"Overall {screen.completeness_overall} had an assessment (any instrument) in the "

@@ -32,7 +32,8 @@ if not screen.has_cycles:
             "so patients need a baseline, a response and a later infusion.")
 else:
     if screen.curves:
-        st.plotly_chart(charts.survival(screen.curves, screen.title), key="survival")
+        st.plotly_chart(page.figure(("survival", instrument, by), lambda: charts.survival(screen.curves, screen.title)),
+                        key="survival")
         st.caption(screen.curve_note)
     else:
         st.info(f"No curve can be shown: every {'group' if by else 'curve'} holds fewer than {screen.min_cell} patients "
@@ -54,7 +55,8 @@ else:
         if not model.estimated:
             st.warning(f"The durability model could not be shown for these terms ({plain(model.problem)}): try other terms.")
         else:
-            st.plotly_chart(charts.forest(model.rows, "time ratio"), key="forest")
+            st.plotly_chart(page.figure(("forest", instrument, tuple(covariates)), lambda: charts.forest(model.rows, "time ratio")),
+                            key="forest")
             st.caption(model.caption)
     else:
         st.info("Choose at least one model term to see what goes with longer or shorter response.")
@@ -66,7 +68,7 @@ with left:
         st.info("No suggested interval to show yet: patients need response cycles"
                 + (f", and each bar at least {screen.min_cell} of them." if screen.min_cell else "."))
     else:
-        st.plotly_chart(charts.interval_histogram(screen.interval_bins), key="intervals")
+        st.plotly_chart(page.figure(("intervals",), lambda: charts.interval_histogram(screen.interval_bins)), key="intervals")
         if screen.bins_blanked:
             st.caption(f"Blank bars: fewer than {screen.min_cell} patients, none included (small-number rule).")
 with right:
@@ -75,7 +77,7 @@ with right:
         st.info("No month with enough infused patients to show infusions per patient"
                 + (f" (each needs at least {screen.min_cell})." if screen.min_cell else "."))
     else:
-        st.plotly_chart(charts.infusions_per_month(monthly), key="per_month")
+        st.plotly_chart(page.figure(("per_month", page.today), lambda: charts.infusions_per_month(monthly)), key="per_month")
         notes = ["A falling maintenance line means the clinic is tapering (longer gaps between maintenance infusions)."]
         if monthly.attrs.get("partial"):
             notes.append(f"{monthly.attrs['partial']} is left out: the month is still in progress, so it would look like a fall.")

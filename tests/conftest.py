@@ -129,6 +129,9 @@ def open_page(outcomes_db, monkeypatch):
 
     monkeypatch.setenv("OUTCOMES_TODAY", DEMO_TODAY)
     monkeypatch.delenv("OUTCOMES_ROLE", raising=False)
+    from analytics.screens.workspace import WORKSPACES
+
+    WORKSPACES.clear()  # the process's cached tables and figures: a test may have patched what builds them
 
     def run(name: str, **query) -> "AppTest":
         script = ROOT / ("dashboard.py" if name == "dashboard" else f"pages/{name}.py")

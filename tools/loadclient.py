@@ -283,6 +283,7 @@ class LoadResult:
     samples: list[Sample]
     client_cpu_s: float
     bytes_received: int
+    started_at: float = 0.0  # wall clock (time.time()) when the load started: Sample.started_s counts from here
 
     @property
     def runs(self) -> int:
@@ -326,7 +327,12 @@ class LoadResult:
                 "runs_per_s": round(self.runs / self.duration_s, 3) if self.duration_s else None,
                 "client_cpu_s": round(self.client_cpu_s, 2), "bytes_received": self.bytes_received,
                 "per_page": {k: {kk: _round(vv) for kk, vv in v.items()} for k, v in self.per_page().items()},
-                "error_samples": sorted({s.error for s in self.samples if s.error})[:10]}
+                "error_samples": sorted({s.error for s in self.samples if s.error})[:10],
+                "started_at": round(self.started_at, 3)}
+
+    def sample_rows(self) -> list[list]:
+        """Every page run as [user, page, started_s, seconds, error] (started_s from `started_at`)."""
+        return [[s.user, s.page, round(s.started_s, 3), round(s.seconds, 4), s.error] for s in self.samples]
 
 
 def _round(x, digits=3):
@@ -427,7 +433,8 @@ class _User:
         page_hash = self.session.hash_of(step.path, step.title)
         await self._request(step.path, check, path=step.path, page_hash=page_hash, query=query)
 
-    async def live(self, going: Callable[[], bool], rounds: int | None, think_s: float, rng: random.Random) -> None:
+    async def live(self, going: Callable[[], bool], rounds: int | None, think_s: float, rng: random.Random,
+                   on_signed_in: Callable[[], None] | None = None) -> None:
         flow = FLOWS[self.account.role]
         done = 0
         signed_in = False
@@ -436,6 +443,9 @@ class _User:
                 if not signed_in:
                     await self.sign_in()
                     signed_in = True
+                    if on_signed_in is not None:
+                        on_signed_in()
+                        on_signed_in = None  # the first sign-in only
                 for step in flow:
                     if not going():
                         break
@@ -466,11 +476,13 @@ def _widget_state(widget_id: str, value):
 async def run_load_async(base_url: str, users: int, accounts: Sequence[Account], *, duration_s: float | None = None,
                          rounds: int | None = None, think_s: float = 0.0, ramp_s: float = 0.0,
                          timeout_s: float = 60.0, seed: int = 0, stop: Callable[[], bool] | None = None,
-                         on_run: Callable[[int, PageRun, Sample], None] | None = None) -> LoadResult:
+                         on_run: Callable[[int, PageRun, Sample], None] | None = None,
+                         on_all_signed_in: Callable[[], None] | None = None) -> LoadResult:
     """`users` simulated users against the dashboard at `base_url` until `duration_s` has passed or each has run
     its flow `rounds` times, or `stop()` returns True (whichever comes first; one of them is needed). User i signs in as
     accounts[i % len(accounts)], starting `ramp_s * i / users` seconds after the first, and waits
-    `think_s` (0.5-1.5 x) before each step. `on_run(user, page_run, sample)` sees every finished run."""
+    `think_s` (0.5-1.5 x) before each step. `on_run(user, page_run, sample)` sees every finished run;
+    `on_all_signed_in()` is called once, when every user has signed in for the first time."""
     if duration_s is None and rounds is None and stop is None:
         raise ValueError("give duration_s, rounds or stop")
     if not accounts:
@@ -479,6 +491,7 @@ async def run_load_async(base_url: str, users: int, accounts: Sequence[Account],
     if unknown:
         raise ValueError(f"no flow for role(s) {sorted(unknown)}; flows exist for {sorted(FLOWS)}")
     samples: list[Sample] = []
+    wall0 = time.time()
     cpu0, started = time.process_time(), time.perf_counter()
     deadline = started + (duration_s if duration_s is not None else float("inf"))
 
@@ -487,13 +500,20 @@ async def run_load_async(base_url: str, users: int, accounts: Sequence[Account],
 
     people = [_User(i, accounts[i % len(accounts)], base_url, started, samples, timeout_s, on_run) for i in range(users)]
 
+    signed_in = [0]
+
+    def one_signed_in() -> None:
+        signed_in[0] += 1
+        if signed_in[0] == users and on_all_signed_in is not None:
+            on_all_signed_in()
+
     async def one(person: _User) -> None:
         await asyncio.sleep(ramp_s * person.number / max(users, 1))
-        await person.live(going, rounds, think_s, random.Random(seed * 1000 + person.number))
+        await person.live(going, rounds, think_s, random.Random(seed * 1000 + person.number), one_signed_in)
 
     await asyncio.gather(*(one(p) for p in people))
     elapsed = time.perf_counter() - started
-    return LoadResult(users, elapsed, samples, time.process_time() - cpu0, sum(p.session.bytes for p in people))
+    return LoadResult(users, elapsed, samples, time.process_time() - cpu0, sum(p.session.bytes for p in people), wall0)
 
 
 def run_load(base_url: str, users: int, accounts: Sequence[Account], **kwargs) -> LoadResult:
@@ -511,19 +531,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", type=float, default=0.0, metavar="SECONDS", help="mean pause before each step")
     parser.add_argument("--ramp", type=float, default=0.0, metavar="SECONDS", help="spread the users' starts over this long")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="longest wait for one page run")
+    parser.add_argument("--stop-file", default=None, metavar="PATH",
+                        help="stop (after each user's current page run) once this file exists")
+    parser.add_argument("--ready-file", default=None, metavar="PATH",
+                        help="create this file once every user has signed in")
+    parser.add_argument("--samples", action="store_true", help="with --json: every page run too (user, page, start, seconds, error)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    if args.duration is None and args.rounds is None:
-        parser.error("give --duration or --rounds")
+    if args.duration is None and args.rounds is None and args.stop_file is None:
+        parser.error("give --duration, --rounds or --stop-file")
     try:
         with open(args.accounts) as f:
             accounts = [Account.from_dict(d) for d in json.load(f)]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"loadclient: cannot read accounts from {args.accounts}: {exc}", file=sys.stderr)
         return 2
+    stop = None
+    if args.stop_file:
+        import os
+
+        stop = lambda: os.path.exists(args.stop_file)  # noqa: E731
+    ready = None
+    if args.ready_file:
+        ready = lambda: open(args.ready_file, "w").close()  # noqa: E731
     result = run_load(args.url, args.users, accounts, duration_s=args.duration, rounds=args.rounds,
-                      think_s=args.think, ramp_s=args.ramp, timeout_s=args.timeout)
+                      think_s=args.think, ramp_s=args.ramp, timeout_s=args.timeout, stop=stop, on_all_signed_in=ready)
     summary = result.summary()
+    if args.samples:
+        summary["samples"] = result.sample_rows()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -24,6 +24,23 @@ def add_arguments(p) -> None:
     p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON result here")
     p.add_argument("--table", metavar="RESULTS", default=None, help="print a results file as a markdown table")
     p.add_argument("--json", action="store_true", help="print only JSON (no progress)")
+    p.add_argument("--users", type=int, default=None, metavar="U",
+                   help="also run U simulated users against a dashboard server (users_* keys; docs/performance.md)")
+    p.add_argument("--users-duration", type=float, default=60, metavar="SECONDS", help="how long the users run (default 60)")
+    p.add_argument("--think", type=float, default=0.0, metavar="SECONDS",
+                   help="users' mean pause before each page (default 0: capacity, as the issue's baseline)")
+    p.add_argument("--processes", type=int, default=None, help="dashboard processes (default: as `make run`)")
+    p.add_argument("--import-rows", type=int, default=None, metavar="ROWS",
+                   help="assessments imported while the users run (default 30 per patient; 0: no import)")
+    p.add_argument("--users-sizes", metavar="N1,...", default="1000,10000",
+                   help="with --sizes and --users: the sizes the users run at (default 1000,10000)")
+
+
+def users_options(args) -> dict:
+    options = {"duration": args.users_duration, "think": args.think, "processes": args.processes}
+    if args.import_rows is not None:
+        options["import_rows"] = args.import_rows or None
+    return options
 
 
 def run(args) -> int:
@@ -58,7 +75,7 @@ def run(args) -> int:
         return 2
     progress = terminal_progress(f"bench {args.patients:,}", not args.json)
     result = bench.run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
-                                 progress=progress)
+                                 progress=progress, users=args.users, users_options=users_options(args))
     clear(progress)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -50,7 +50,7 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
         report.files.sort(key=lambda f: rules.KINDS.index(f.kind) if f.kind in rules.KINDS else -1)
         if progress and report.written:
             progress("writing the checked rows (one transaction)")
-        return run(reading.jobs, report, db, user)
+        return run(reading.jobs, report, db, user, snapshot=True)
 
 
 def import_fhir_files(files, db=None, user: str = "system", identifier_system: str | None = None) -> ImportReport:
@@ -58,7 +58,7 @@ def import_fhir_files(files, db=None, user: str = "system", identifier_system: s
     names the Patient.identifier system that holds the patient id (docs/fhir.md)."""
     reading = Reading()
     FhirSource().read(list(files), reading, db=db, identifier_system=identifier_system)
-    return run(reading.jobs, ImportReport(files=reading.files), db, user)
+    return run(reading.jobs, ImportReport(files=reading.files), db, user, snapshot=True)
 
 
 def import_tables(

@@ -88,13 +88,16 @@ def _hold_for_tests() -> None:
         time.sleep(float(os.environ.get(HOLD_SECONDS_ENV, "60")))
 
 
-def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=None) -> ImportReport:
-    """The write phase: one transaction for every job, patients first."""
+def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=None,
+        snapshot: bool = False) -> ImportReport:
+    """The write phase: one transaction for every job, patients first. `snapshot` (an import of files,
+    which may write for a while): other processes read the last committed version meanwhile
+    (store.connect)."""
     if not report.written:
         return report
     jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
     try:
-        with store.transaction(db) as con:
+        with store.transaction(db, snapshot=snapshot) as con:
             for job in jobs:
                 _write_job(con, job, user)
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction

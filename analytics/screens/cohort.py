@@ -24,7 +24,7 @@ from ..durability import cohort_durability
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 from .durability import curve_note, observed_until, survival_curves
-from .workspace import Workspace
+from .workspace import Workspace, induction_ends, register_warmer
 
 DAY = pd.Timedelta(days=1)
 ACTIVE_DAYS = 90  # a patient with an infusion or assessment in the last 90 days counts as active
@@ -128,18 +128,12 @@ def induction_end(treatments: pd.DataFrame, assessments: pd.DataFrame, instrumen
     Phases come from course.py (recorded phase kept, missing ones derived by
     OutcomeRules), so the pages and the durability cycles agree on induction.
     """
-    inf = course.build_course(treatments, assessments, instrument, rules).infusions
-    if inf.empty:
-        return pd.DataFrame(columns=["patient_id", "induction_end_at", "induction_infusions"])
-    inf = inf.sort_values(["patient_id", "at"])
-    not_induction = (inf["phase"] != "induction").astype(int)
-    opening = inf[not_induction.groupby(inf["patient_id"]).cumsum() == 0]
-    g = opening.groupby("patient_id")
-    return pd.DataFrame({"induction_end_at": g["at"].max(), "induction_infusions": g.size()}).reset_index()
+    return induction_ends(course.build_course(treatments, assessments, instrument, rules))
 
 
 def induction_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
-                       rules: OutcomeRules = DEFAULT_RULES, window_days: int = 21) -> pd.DataFrame:
+                       rules: OutcomeRules = DEFAULT_RULES, window_days: int = 21,
+                       ends: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per treated patient: baseline, the first score after induction, response and remission.
 
     The post-induction score is the first score of `instrument` after the day of
@@ -148,11 +142,13 @@ def induction_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame, inst
     post-induction score have evaluable = False and are left out of the rates.
     Also: best_percent_change (most negative = most improved; negative means
     fewer symptoms) over every score after treatment began, latest score and band.
+    `ends`: `induction_end(...)` when already at hand (the workspace keeps it from the cycles' course).
     """
     code = scales.get(instrument).code
     scale = scales.get(code)
     base = outcomes.baselines(treatments, assessments, code, rules)
-    ends = induction_end(treatments, assessments, code, rules)
+    if ends is None:
+        ends = induction_end(treatments, assessments, code, rules)
     frame = base.merge(ends[["patient_id", "induction_end_at", "induction_infusions"]], on="patient_id", how="left")
     a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()]
     a = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "at": outcomes.assessment_clock(a).to_numpy(),
@@ -634,7 +630,8 @@ def cohort_tables(ws: Workspace, instrument: str) -> CohortSummary:
 
     def induction() -> pd.DataFrame:
         f = ws.frames()
-        return ws.once(("induction", code), lambda: induction_outcomes(f["treatments"], f["assessments"], code))
+        return ws.once(("induction", code), lambda: induction_outcomes(f["treatments"], f["assessments"], code,
+                                                                      ends=ws.induction_ends(code)))
 
     def build() -> CohortSummary:
         b = base()
@@ -954,6 +951,12 @@ def _shown(value, reason: str | None, min_cell: int, *, minimum=None):
     if not suppress.shown(value if minimum is None else minimum, min_cell):
         return suppress.label(min_cell)
     return value
+
+
+def cohort_page(ws: Workspace, filters: Filters, today: date) -> CohortScreen:
+    """`cohort_screen` as the page asks for it: computed once per workspace tables for the same filters and day
+    (the default view is the same for every director of a data version)."""
+    return ws.memo(("cohort_screen", filters, today), lambda: cohort_screen(ws, filters, today))
 
 
 def cohort_screen(ws: Workspace, filters: Filters, today: date, timings: dict | None = None) -> CohortScreen:
@@ -1284,3 +1287,6 @@ def funnel_limits(p0: float, sizes) -> pd.DataFrame:
     se = np.sqrt(p0 * (1 - p0) / n)
     return pd.DataFrame({"n": n, "lo95": np.clip(p0 - 1.96 * se, 0, 1), "hi95": np.clip(p0 + 1.96 * se, 0, 1),
                          "lo998": np.clip(p0 - 3.09 * se, 0, 1), "hi998": np.clip(p0 + 3.09 * se, 0, 1)})
+
+
+register_warmer("cohort_summary", lambda ws, key: cohort_tables(ws, key[1]))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import scales, schedules, suppress
 from ..durability import cohort_durability, durability_model
-from .workspace import Workspace
+from .workspace import Workspace, register_warmer
 
 N_BOOT = 200
 MODEL_TERM_CHOICES = ("baseline_score", "has_anxiety", "has_ptsd", "prior_failed_trials", "route", "sex")
@@ -70,6 +70,13 @@ class DurabilityScreen:
 
 def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_boot: int = N_BOOT,
                       today: date | None = None) -> DurabilityScreen:
+    """Built once per workspace tables for the same instrument, subgroups, bootstrap size and day."""
+    code = scales.get(instrument).code
+    return ws.once(("durability_screen", code, by, n_boot, today), lambda: _durability_screen(ws, code, by, n_boot, today))
+
+
+def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: int,
+                       today: date | None) -> DurabilityScreen:
     code = scales.get(instrument).code
     min_cell = ws.data.scope.suppression_threshold  # groups under it are not shown
     cycles = ws.cycles(code)
@@ -100,8 +107,9 @@ def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_b
                 + ". " + _groups_note(result, by))
     suggested = ws.suggestions(scales.PRIMARY)["suggested_interval_days"].dropna()
     bins = interval_distribution(suggested, width=7 if min_cell else 3, min_cell=min_cell) if len(suggested) else pd.DataFrame()
-    return DurabilityScreen(code, by, min_cell, result, curves, table, title, note, bins,
-                            infusions_per_patient_month(ws.frames()["treatments"], today=today, min_cell=min_cell),
+    monthly = ws.once(("infusions_per_patient_month", today, min_cell),
+                      lambda: infusions_per_patient_month(ws.frames()["treatments"], today=today, min_cell=min_cell))
+    return DurabilityScreen(code, by, min_cell, result, curves, table, title, note, bins, monthly,
                             hidden_groups=hidden, curve_note=end_note)
 
 
@@ -145,6 +153,10 @@ class ModelScreen:
 
 def model_screen(ws: Workspace, instrument: str, covariates: tuple[str, ...]) -> ModelScreen:
     code = scales.get(instrument).code
+    return ws.once(("model_screen", code, tuple(covariates)), lambda: _model_screen(ws, code, tuple(covariates)))
+
+
+def _model_screen(ws: Workspace, code: str, covariates: tuple[str, ...]) -> ModelScreen:
     min_cell = ws.data.scope.suppression_threshold
     cycles = ws.cycles(code)
     model = ws.once(("durability_model", code, tuple(covariates)),
@@ -514,3 +526,7 @@ def schedule_note(table: pd.DataFrame) -> str:
             "patient-years after induction. Personalised, N% target: the next infusion when the patient's chance of "
             f"still responding is expected to fall to N%. Oracle: infuses at the {100 * float(quantile):.0f}th "
             "percentile of each patient's true durability, which no clinic can know.")
+
+
+register_warmer("durability_screen", lambda ws, key: durability_screen(ws, key[1], key[2], key[3], key[4]))
+register_warmer("model_screen", lambda ws, key: model_screen(ws, key[1], key[2]))

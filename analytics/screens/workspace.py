@@ -1,53 +1,119 @@
 """One scope's view of one version of the data, and the cohort-wide tables every screen starts from.
 
-A `Workspace` holds a `DataAccess` (the scope) and builds each table at most once, on first
-use: the four frames, each instrument's durability cycles (`cohort_cycles`) and interval
-suggestions (`interval_suggestions`), and whatever a screen module memoises through `once`.
-The dashboard keeps one per (database, data version, scope) (pages/_cache.py), shared by that
-scope's sessions and reruns, so its tables are read-only; the benchmark and the tests make
-their own. Builds of different tables may run at once; the same table is built once.
+A `Workspace` is what a screen function gets: `data` (the signed-in user's `DataAccess`: record
+views, searches and downloads are audited as that user) and the tables built for what that user
+can see (`Tables`): the four frames, each instrument's durability cycles (`cohort_cycles`) and
+interval suggestions (`interval_suggestions`), and whatever a screen memoises through `once`.
+Tables are built at most once, on first use, and shared read-only.
+
+`WorkspaceCache` (one per process, `WORKSPACES`) keeps the tables per database and *view*
+(`Scope.view_key`: role, caseload, grants, thresholds; not the user's name, so two directors share
+one copy) and per data version:
+
+- a page run asks for the current version's tables (`workspace(db, scope)`): a stat or two
+  (`DataAccess.data_version`), no database read while nothing was written;
+- when the version has moved on (an import, a recorded visit) and the previous version's tables
+  exist, they are served at once, marked `updating` with their `as_of`, while a background thread
+  builds the same tables for the new version (the screens register how: `register_warmer`), then
+  replaces them: nobody's page run pays for the recomputation, and the page says the figures are
+  those of the previous import;
+- with nothing to serve (the first visit after a start), the page builds what it needs itself;
+- a view unused for `idle_seconds` is forgotten and its memory handed back (analytics.memory).
+
+The benchmark and the tests make their own workspaces (`Workspace(DataAccess(...))`).
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from .. import course, intervals, scales
-from ..access import DataAccess
+from .. import course, intervals, memory, scales, store
+from ..access import DataAccess, Scope
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 
 T = TypeVar("T")
 MAX_TABLES = 64  # a workspace forgets its least recently used table beyond this (durability by many subgroups...)
+MAX_MEMOS = 256  # and its least recently used small result (charts, patient screens) beyond this
 
 
-class Workspace:
-    def __init__(self, data: DataAccess):
-        self.data = data
+class Tables:
+    """The tables built for one view of one data version; each built once, then shared read-only.
+
+    Two kinds: cohort-wide tables (`once`: frames, cycles, summaries; kept while the view is, at most
+    MAX_TABLES) and small per-request results (`memo`: a chart, one patient's screen, the due list for
+    one set of open flags; the least recently used beyond MAX_MEMOS are forgotten first), so a
+    clinician browsing many patients never pushes the cohort's tables out.
+    """
+
+    def __init__(self, version: tuple = (), as_of: str | None = None):
+        self.version = version
+        self.as_of = as_of  # when the data of `version` were last imported (DataAccess.data_version's third part)
         self._tables: OrderedDict = OrderedDict()
+        self._memos: OrderedDict = OrderedDict()
         self._building: dict = {}
         self._guard = threading.Lock()
 
     def once(self, key: tuple, build: Callable[[], T]) -> T:
-        """The table called `key`, built by `build()` the first time it is asked for."""
+        """The table called `key`, built by `build()` the first time it is asked for (once, whoever asks)."""
+        return self._get(self._tables, MAX_TABLES, key, build)
+
+    def memo(self, key: tuple, build: Callable[[], T]) -> T:
+        """Like `once`, for a small result that may be forgotten (and built again) when many others follow."""
+        return self._get(self._memos, MAX_MEMOS, ("memo", *key), build)
+
+    def _get(self, store: OrderedDict, limit: int, key: tuple, build: Callable[[], T]) -> T:
         with self._guard:
-            if key in self._tables:
-                self._tables.move_to_end(key)
-                return self._tables[key]
+            if key in store:
+                store.move_to_end(key)
+                return store[key]
             lock = self._building.setdefault(key, threading.Lock())
         with lock:
             with self._guard:
-                if key in self._tables:
-                    return self._tables[key]
+                if key in store:
+                    return store[key]
             value = build()
             with self._guard:
-                self._tables[key] = value
-                while len(self._tables) > MAX_TABLES:
-                    self._tables.popitem(last=False)
+                store[key] = value
+                self._building.pop(key, None)
+                while len(store) > limit:
+                    store.popitem(last=False)
             return value
+
+    def keys(self) -> list[tuple]:
+        """The cohort-wide tables' keys, oldest first (what a refresh for a new version builds again)."""
+        with self._guard:
+            return list(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+
+class Workspace:
+    def __init__(self, data: DataAccess, tables: Tables | None = None, *, updating: bool = False):
+        self.data = data
+        self.tables = tables if tables is not None else Tables()
+        self.updating = updating  # a newer data version exists; these tables are the previous one's
+
+    @property
+    def as_of(self) -> str | None:
+        """When the data these tables were built from were last imported (None: unknown)."""
+        return self.tables.as_of
+
+    def once(self, key: tuple, build: Callable[[], T]) -> T:
+        """The table called `key`, built by `build()` the first time it is asked for."""
+        return self.tables.once(key, build)
+
+    def memo(self, key: tuple, build: Callable[[], T]) -> T:
+        """A small result (a chart, one patient's screen) built once for these tables and `key`; may be forgotten."""
+        return self.tables.memo(key, build)
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """patients, treatments, assessments and attributes of every patient the scope may compute with."""
@@ -56,25 +122,186 @@ class Workspace:
             "assessments": self.data.assessments(), "attributes": self.data.attributes()})
 
     def cycles(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
+        code = scales.get(instrument).code
+
         def build():
             f = self.frames()
-            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], instrument, attributes=f["attributes"])
-        return self.once(("cycles", scales.get(instrument).code), build)
+            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES)
+            # The cohort page's induction outcomes start from the same course: keep what they need of it.
+            self.once(("induction_ends", code), lambda: induction_ends(built))
+            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
+                                 built=built)
+        return self.once(("cycles", code), build)
+
+    def induction_ends(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
+        """`induction_ends` of the instrument's course (kept when its cycles were built, else built here)."""
+        code = scales.get(instrument).code
+
+        def build():
+            f = self.frames()
+            return induction_ends(course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES))
+        return self.once(("induction_ends", code), build)
 
     def suggestions(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
         return self.once(("suggestions", scales.get(instrument).code),
                          lambda: interval_suggestions(self.cycles(instrument), self.frames()["treatments"], instrument))
 
 
+# How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
+_WARMERS: dict[str, Callable[[Workspace, tuple], object]] = {
+    "frames": lambda ws, key: ws.frames(),
+    "cycles": lambda ws, key: ws.cycles(key[1]),
+    "suggestions": lambda ws, key: ws.suggestions(key[1]),
+}
+
+
+def register_warmer(name: str, warm: Callable[[Workspace, tuple], object]) -> None:
+    """Let the background refresh rebuild tables whose key starts with `name` (a screen's own tables)."""
+    _WARMERS[name] = warm
+
+
+@dataclass
+class _View:
+    tables: Tables | None = None
+    refreshing: tuple | None = None  # the version being built in the background
+    last_used: float = 0.0
+
+
+class WorkspaceCache:
+    """Tables per (database, view, data version), refreshed in the background (see the module docstring)."""
+
+    def __init__(self, idle_seconds: float | None = None, max_views: int = 32):
+        self.idle_seconds = idle_seconds if idle_seconds is not None else \
+            float(os.environ.get("OUTCOMES_CACHE_IDLE_MINUTES", "10")) * 60
+        self.max_views = max_views
+        self._views: dict[tuple, _View] = {}
+        self._guard = threading.Lock()
+        self._janitor: threading.Thread | None = None
+
+    def workspace(self, db, scope: Scope) -> Workspace:
+        data = DataAccess(db, scope)
+        store.keep_journal_flushed(data.db)  # what pages journaled while another process wrote, applied when it is free
+        version = data.data_version()
+        key = (str(data.db), scope.view_key)
+        now = time.monotonic()
+        with self._guard:
+            self._start_janitor()
+            view = self._views.setdefault(key, _View())
+            view.last_used = now
+            tables = view.tables
+            if tables is not None and tables.version == version:
+                return Workspace(data, tables)
+            if tables is not None and len(tables):
+                if view.refreshing != version:
+                    view.refreshing = version
+                    threading.Thread(target=self._refresh, args=(key, scope, tables, version), daemon=True,
+                                     name="workspace-refresh").start()
+                return Workspace(data, tables, updating=True)
+            view.tables = Tables(version, _imported_at(version))
+            self._forget_beyond_limit()
+            return Workspace(data, view.tables)
+
+    def prepare(self, db, scope: Scope, warm: Callable[[Workspace], object]) -> None:
+        """Build `warm(workspace)`'s tables for the current version in the background (e.g. at start)."""
+        ws = self.workspace(db, scope)
+        if not ws.updating:
+            threading.Thread(target=_quietly, args=(warm, ws), daemon=True, name="workspace-prepare").start()
+
+    def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple) -> None:
+        fresh = Tables(version, _imported_at(version))
+        ws = Workspace(DataAccess(key[0], scope), fresh)
+        try:
+            for table in old.keys():
+                warm = _WARMERS.get(table[0])
+                if warm is not None:
+                    warm(ws, table)
+        except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
+            print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
+                  file=sys.stderr, flush=True)
+            fresh = None
+        with self._guard:
+            view = self._views.get(key)
+            if view is None:
+                return
+            if fresh is not None and view.tables is old:
+                view.tables = fresh
+            if view.refreshing == version:
+                view.refreshing = None
+        del old
+        memory.release_freed()  # the previous version's tables, once no page holds them
+
+    def _forget_beyond_limit(self) -> None:
+        while len(self._views) > self.max_views:
+            oldest = min(self._views, key=lambda k: self._views[k].last_used)
+            del self._views[oldest]
+
+    def forget_idle(self) -> int:
+        """Forget views unused for `idle_seconds` and hand their memory back; how many were forgotten."""
+        cutoff = time.monotonic() - self.idle_seconds
+        with self._guard:
+            idle = [k for k, v in self._views.items() if v.last_used < cutoff and v.refreshing is None]
+            for k in idle:
+                del self._views[k]
+        if idle:
+            memory.release_freed()
+        return len(idle)
+
+    def clear(self) -> None:
+        with self._guard:
+            self._views.clear()
+
+    def _start_janitor(self) -> None:
+        if self._janitor is not None and self._janitor.is_alive():
+            return
+
+        def sweep() -> None:
+            while True:
+                time.sleep(max(5.0, min(60.0, self.idle_seconds / 4)))
+                _quietly(lambda _: self.forget_idle(), None)
+
+        self._janitor = threading.Thread(target=sweep, daemon=True, name="workspace-janitor")
+        self._janitor.start()
+
+
+def _imported_at(version: tuple) -> str | None:
+    return version[2] if len(version) > 2 and version[2] not in ("", "None") else None
+
+
+def _quietly(fn, arg) -> None:
+    try:
+        fn(arg)
+    except Exception:  # noqa: BLE001 - background work: a page that needs it builds it and reports errors
+        pass
+
+
+WORKSPACES = WorkspaceCache()
+
+
 def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
                   instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES,
-                  attributes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in response."""
-    built = course.build_course(treatments, assessments, instrument, rules)
+                  attributes: pd.DataFrame | None = None, built: course.Course | None = None) -> pd.DataFrame:
+    """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in
+    response. `built`: the course of these frames when already at hand."""
+    if built is None:
+        built = course.build_course(treatments, assessments, instrument, rules)
     cycles = intervals.with_trajectories(course.cycles_from_course(built, patients, attributes, rules), built,
                                          rules.response_fall)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
+
+
+def induction_ends(built: course.Course) -> pd.DataFrame:
+    """patient_id, induction_end_at, induction_infusions: each patient's opening run of induction infusions
+    in a built course (phases as course.py has them: recorded, or derived by OutcomeRules), so the cohort
+    page and the durability cycles agree on induction."""
+    inf = built.infusions
+    if inf.empty:
+        return pd.DataFrame(columns=["patient_id", "induction_end_at", "induction_infusions"])
+    inf = inf.sort_values(["patient_id", "at"])
+    not_induction = (inf["phase"] != "induction").astype(int)
+    opening = inf[not_induction.groupby(inf["patient_id"]).cumsum() == 0]
+    g = opening.groupby("patient_id")
+    return pd.DataFrame({"induction_end_at": g["at"].max(), "induction_infusions": g.size()}).reset_index()
 
 
 def interval_suggestions(cycles: pd.DataFrame, treatments: pd.DataFrame, instrument: str = scales.PRIMARY,
@@ -88,5 +315,3 @@ def interval_suggestions(cycles: pd.DataFrame, treatments: pd.DataFrame, instrum
     last = treatments.groupby("patient_id")["administered_at"].max()
     table, _fit = intervals.suggest_intervals(cycles, target=target, last_infusions=last, instrument=instrument)
     return table
-
-
