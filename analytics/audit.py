@@ -68,6 +68,7 @@ ACTIONS = (
     "user_unlink_oidc",
     "break_glass_grant",  # an administrator got a time-limited grant for identifiable data
     "break_glass_end",
+    "journal_refused",    # an entry in the journal beside the database was not signed with the audit key
     "restore",            # the operator restored the database from a backup (the trail set back, knowingly)
 )
 
@@ -135,9 +136,9 @@ def append(
     if con is None:
         # While another process holds the write lock the entry is journaled (durable) and chained when
         # the lock frees, with its own time (store.write_or_journal): the sequence number is then None.
-        return store.write_or_journal(db, JOURNAL_KIND, {
+        return store.write_or_journal(db, JOURNAL_KIND, journal_payload({
             "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
-            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
+            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text}))
     return _append(con, db, actor, role, action, outcome, page, patient_text, detail_text)
 
 
@@ -163,9 +164,35 @@ def _append(con, db, actor, role, action, outcome, page, patient_text, detail_te
 JOURNAL_KIND = "audit"
 
 
+_JOURNAL_FIELDS = ("logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail")
+
+
+def _journal_mac(key: bytes, entry: dict) -> str:
+    canonical = json.dumps([entry.get(f) for f in _JOURNAL_FIELDS], ensure_ascii=True, separators=(",", ":"))
+    return keys.mac(key, b"audit-journal\x00" + canonical.encode("ascii"))
+
+
+def journal_payload(entry: dict) -> dict:
+    """An entry to journal, signed with the audit key: the journal sits beside the database file, and
+    whoever can write there but cannot read the key must not get entries of their own chained and keyed."""
+    key_id, key = keys.current(KEY_NAME)
+    return {**{f: entry.get(f) for f in _JOURNAL_FIELDS}, "key_id": key_id, "mac": _journal_mac(key, entry)}
+
+
+def _journal_signed(entry: dict) -> bool:
+    key = keys.find(KEY_NAME, str(entry.get("key_id")))
+    return key is not None and hmac.compare_digest(_journal_mac(key, entry), str(entry.get("mac", "")))
+
+
 def _append_journaled(con, entry: dict) -> int:
     # The anchor file goes beside the database being written (the connection's, whichever process flushes).
     database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    if not _journal_signed(entry):
+        # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
+        claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
+        return _append(con, database, "journal", None, "journal_refused", "denied", None, "[]",
+                       json.dumps({"reason": "journaled entry not signed with the audit key", "claimed": claimed},
+                                  sort_keys=True))
     return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
                    entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
 

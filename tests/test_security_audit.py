@@ -136,6 +136,41 @@ def test_a_trail_that_does_not_verify_on_its_own_cannot_be_marked_restored(writa
         audit.mark_restored(writable_db)
     assert not audit.verify(writable_db).ok
 
+def _journal(db, actor: str, **fields) -> dict:
+    entry = {"logged_at": "2026-01-01T08:00:00.000001", "actor": actor, "role": "clinician", "action": "view_patient",
+             "outcome": "ok", "page": "patient", "patients": '["P1"]', "detail": "{}", **fields}
+    return entry
+
+
+def test_entries_applied_from_the_journal_are_keyed_anchored_and_cannot_be_cut_off(writable_db):
+    base = _fill(writable_db, 1)
+    for i in range(3):  # what a page run writes while another process holds the database (analytics/store.py)
+        store.journal(writable_db, audit.JOURNAL_KIND, audit.journal_payload(_journal(writable_db, f"queued{i}")))
+    assert store.flush_journal(writable_db, wait=5)
+    with store.connect(writable_db) as con:
+        rows = con.execute("SELECT seq, actor, key_id FROM audit_log WHERE seq > ? ORDER BY seq", [base]).fetchall()
+    assert [r[1] for r in rows[-3:]] == ["queued0", "queued1", "queued2"] and all(r[2] for r in rows)
+    assert max(s for s, _ in keys.anchor_read(writable_db)) == rows[-1][0]  # anchored once the flush committed
+    assert audit.verify(writable_db).ok
+    with store.transaction(writable_db) as con:
+        con.execute("DELETE FROM audit_log WHERE seq = ?", [rows[-1][0]])
+    assert not audit.verify(writable_db).ok
+
+
+def test_an_entry_slipped_into_the_journal_without_the_key_is_recorded_as_refused(writable_db):
+    """The journal sits beside the database: someone who can write there but cannot read the key must
+    not get an entry of their own chained and signed."""
+    forged = {**_journal(writable_db, "dr_nobody"), "key_id": keys.current("audit")[0], "mac": "0" * 64}
+    store.journal(writable_db, audit.JOURNAL_KIND, forged)
+    store.journal(writable_db, audit.JOURNAL_KIND, _journal(writable_db, "dr_unsigned"))
+    assert store.flush_journal(writable_db, wait=5)
+    trail = audit.entries(writable_db)
+    assert "dr_nobody" not in set(trail["actor"]) and "dr_unsigned" not in set(trail["actor"])
+    refused = trail[trail["action"] == "journal_refused"]
+    assert len(refused) == 2 and set(refused["outcome"]) == {"denied"}
+    assert [r["claimed"]["actor"] for r in refused["detail"]] == ["dr_nobody", "dr_unsigned"]
+    assert audit.verify(writable_db).ok
+
 def test_the_key_lives_outside_the_database_readable_only_by_its_owner(tmp_path, monkeypatch):
     folder = tmp_path / "keys"
     monkeypatch.setenv("OUTCOMES_KEY_DIR", str(folder))
