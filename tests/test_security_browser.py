@@ -265,8 +265,11 @@ def test_tables_offer_no_builtin_download_and_files_need_a_session(browser, serv
     mine = sorted(patient.loc[patient["clinician"] == clinician, "patient_id"])[0]
     page.goto(f"{server}/patient?patient={urllib.parse.quote(mine)}")
     _heading(page, "Patient trajectory")
+    button = page.get_by_role("button", name="Download this patient's data (CSV)")
+    button.wait_for(timeout=120_000)  # below the charts: drawn last on a busy machine
+    _shot(page, "patient-downloads")
     with page.expect_download(timeout=120_000) as download:
-        page.get_by_role("button", name="Download this patient's data (CSV)").click()
+        button.click()
     file_url = download.value.url
     assert "/media/" in file_url
     assert context.request.get(file_url).status == 200
