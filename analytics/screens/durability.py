@@ -124,7 +124,7 @@ def _model_note(result: dict) -> str:
         return ""
     return ("Except: " + ("the groups' curves" if result.get("groups") else '"every cycle"') + " read each cycle's "
             "scores as noisy measurements of a trend crossing the response line (the measurement model, which "
-            "counts each patient once: docs/durability.md), because a score near the line crosses it by chance; "
+            "counts each patient once; see the Method page), because a score near the line crosses it by chance; "
             f'"{DEFINITIONS_LABEL}" is the Turnbull estimate of the same cycles, kept as a sensitivity analysis. ')
 
 
