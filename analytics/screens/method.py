@@ -111,6 +111,10 @@ def glossary(rules: OutcomeRules = DEFAULT_RULES, min_cell: int = 0) -> tuple:
                                                   "is the Kaplan-Meier curve of survival studies, adapted to losses known "
                                                   "only to within an interval. It stops where too few cycles are still "
                                                   "followed to say more."),
+        ("Measurement model", "A second way to read durability: each cycle's scores are taken as noisy measurements of "
+                              "a trend, and response is lost where the trend crosses the response line, so one score "
+                              "that happens to land just over the line does not end a cycle. Each patient counts once. "
+                              "The Turnbull curve of the same cycles is shown beside it as a check."),
         ("Median durability", "The number of days by which half of the response cycles have lost response. 'Not reached': "
                               "fewer than half had lost it by the last visits."),
         ("95% confidence interval (CI)", "The range the true figure most likely lies in, given how many patients it rests "
