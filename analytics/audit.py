@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
-import duckdb
 import pandas as pd
 
 from . import store
@@ -87,7 +86,7 @@ def append(
     page: str | None = None,
     patients: Iterable[str] = (),
     detail: dict | None = None,
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: store.Connection | None = None,
 ) -> int:
     """Append one entry and return its sequence number (None when it was journaled).
 
@@ -112,6 +111,10 @@ def append(
 
 
 def _append(con, actor, role, action, outcome, page, patient_text, detail_text, logged_at: datetime | None = None) -> int:
+    # On PostgreSQL several servers append at once: the chain's head is read under a lock held until
+    # the transaction commits (on DuckDB the single writer already makes appends take turns). The
+    # `seq` key and the unique hash stay the backstop: a race would fail, never fork the chain.
+    store.lock(con, "audit")
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
     logged_at = logged_at or _now()
@@ -183,17 +186,18 @@ def entries(
         clauses.append("action = ?")
         params.append(action)
     if patient:
-        clauses.append("list_contains(CAST(json(patients) AS VARCHAR[]), ?)")
-        params.append(patient)
+        # `patients` holds json.dumps of a sorted list: the quoted id is one element exactly
+        clauses.append("strpos(patients, ?) > 0")
+        params.append(json.dumps(str(patient)))
     sql = f"SELECT {', '.join(COLUMNS)} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq"
     if limit is not None:
-        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
+        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) AS recent ORDER BY seq"
         params.append(int(limit))
     store.flush_journal(db, wait=1.0)  # entries queued while another process wrote, if the lock is free now
     try:
         with store.connect(db) as con:
             frame = con.execute(sql, params).df()
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return pd.DataFrame(columns=COLUMNS)  # a database from before schema v2: nothing audited yet
     frame["patients"] = frame["patients"].map(json.loads)
     frame["detail"] = frame["detail"].map(json.loads)
@@ -224,7 +228,7 @@ def verify(db: str | os.PathLike | None = None) -> Verification:
                 "SELECT seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash"
                 " FROM audit_log ORDER BY seq"
             ).fetchall()
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return Verification(True, 0)
     prev, expected_seq = GENESIS, 1
     for seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, digest in rows:

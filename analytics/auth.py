@@ -18,7 +18,6 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-import duckdb
 import pandas as pd
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -168,10 +167,13 @@ def authenticate(db, username: str, password: str, *, page: str | None = "login"
                              detail={"reason": "disabled"}, con=con)
                 refusal = SignInFailed("This account is disabled. Ask an administrator.")
             elif not good:
-                failures = user["failed_attempts"] + 1
+                # Counted in the database, not from the row read above: wrong passwords tried at once on
+                # two servers (PostgreSQL) each count, the second waiting for the first's row lock.
+                failures = con.execute(
+                    "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE username = ? RETURNING failed_attempts",
+                    [name]).fetchall()[0][0]
                 lock = lock_duration(failures)
-                con.execute("UPDATE users SET failed_attempts = ?, locked_until = ? WHERE username = ?",
-                            [failures, now + lock if lock else None, name])
+                con.execute("UPDATE users SET locked_until = ? WHERE username = ?", [now + lock if lock else None, name])
                 audit.append(db, name, "sign_in_failed", role=user["role"], outcome="failed", page=page,
                              detail={"reason": "wrong password", "failures": failures,
                                      "locked_seconds": int(lock.total_seconds()) if lock else 0}, con=con)
@@ -218,7 +220,7 @@ def validate_session(db, session: Session | None, *, page: str | None = None, no
     with store.connect(db) as con:
         try:
             user = _user_row(con, session.username)
-        except duckdb.CatalogException:
+        except store.MissingTable:
             user = None
     if (user is None or user["disabled"] or user["session_epoch"] != session.epoch
             or user["role"] != session.role or user["clinician"] != session.clinician):
@@ -250,10 +252,13 @@ def create_user(db, username: str, role: str, password: str | None, *, clinician
     with store.transaction(db) as con:
         if _user_row(con, name) is not None:
             raise UserError(f"user {name!r} already exists")
-        con.execute(
-            "INSERT INTO users (username, role, clinician, password_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
-            [name, role, handle, hash_password(password) if password is not None else None, _now(), actor],
-        )
+        try:
+            con.execute(
+                "INSERT INTO users (username, role, clinician, password_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                [name, role, handle, hash_password(password) if password is not None else None, _now(), actor],
+            )
+        except store.Conflict:  # another server added it since the check above (PostgreSQL)
+            raise UserError(f"user {name!r} already exists") from None
         audit.append(db, actor, "user_add", page=page, detail={"user": name, "role": role, "clinician": handle}, con=con)
     return name
 
@@ -339,7 +344,7 @@ def list_users(db) -> pd.DataFrame:
                           u.password_hash IS NOT NULL AS local_password
                    FROM users u ORDER BY u.username"""
             ).df()[columns]
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return pd.DataFrame(columns=columns)
 
 

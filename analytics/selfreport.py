@@ -226,7 +226,11 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
         if report.rejects or sum(f.rows_inserted for f in report.files) != len(rows):
             raise LinkRefused("invalid", "Your answers could not be saved. Please ask your clinic for a new link.")
         link_id, patient_id = row[0], row[1]
-        con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL", [now, link_id])
+        # Single use is the database's to enforce: two servers submitting one link at once (PostgreSQL)
+        # both pass the check above, and only the first UPDATE finds the link unused.
+        if not con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL "
+                           "RETURNING link_id", [now, link_id]).fetchall():
+            raise LinkRefused("used", REFUSALS["used"])
         audit.append(db, SELF_ACTOR, "self_report_submit", page=PAGE, patients=[patient_id],
                      detail={"link": link_id, "instruments": list(link.instruments)}, con=con)
         for code in link.instruments:  # a safety item above 0 raises a flag whatever the total
