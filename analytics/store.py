@@ -413,7 +413,7 @@ def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
     FileNotFoundError, the same as for a file."""
     try:
         with store_postgres.connect(target, write=write, wait=LOCK_WAIT_SECONDS if wait is None else wait,
-                                    ensure_current=ensure_current) as con:
+                                    is_current=_is_current, ensure_current=ensure_current) as con:
             yield con
     except store_postgres.LockTimeout as exc:
         raise StoreBusy(f"database {target.label} is busy (another writer holds what this write needs); "
@@ -892,9 +892,13 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return rows[0][0] or 0
 
 
+def _is_current(con) -> bool:
+    return current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con)
+
+
 def ensure_current(con: duckdb.DuckDBPyConnection) -> int:
     """`migrate` only when something is behind; two small reads when nothing is (every write open runs this)."""
-    if current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con):
+    if _is_current(con):
         return SCHEMA_VERSION
     return migrate(con)
 

@@ -109,6 +109,7 @@ class Target:
 
 _LITERAL_OR_MARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"])*\"|--[^\n]*|\?|%")
 _CREATE_OR_REPLACE_TEMP_TABLE = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+TEMP\s+TABLE\s+(\w+)\s+AS\b", re.I)
+_TEMPORARY = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?TEMP(ORARY)?\b", re.I)
 _DDL = re.compile(r"^\s*CREATE\s+(TEMP\s+)?TABLE\b", re.I)
 
 
@@ -269,10 +270,13 @@ class Connection:
 
     def __init__(self, target: Target, conn, write: bool):
         self.target, self.conn, self.write = target, conn, write
+        self.made_temporary = False
 
     def execute(self, sql: str, params=None) -> Result:
         psycopg = _psycopg()
         replaced = _CREATE_OR_REPLACE_TEMP_TABLE.match(sql)
+        if _TEMPORARY.match(sql):
+            self.made_temporary = True
         try:
             if replaced:
                 name = replaced.group(1)
@@ -360,6 +364,8 @@ def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
+_holds_store: set[str] = set()  # databases seen to hold the schema by this process
+
 _adbc: dict[tuple[int, str], object] = {}
 _adbc_guard = threading.Lock()
 
@@ -399,29 +405,34 @@ def lock(con: Connection, name: str) -> None:
 
 
 @contextlib.contextmanager
-def connect(target: Target, *, write: bool, wait: float, ensure_current) -> Iterator[Connection]:
-    """A pooled connection: read-only for reads; writes get `lock_timeout` = `wait` and, once per
-    process and database, the schema brought up to date under an advisory lock."""
+def connect(target: Target, *, write: bool, wait: float, is_current, ensure_current) -> Iterator[Connection]:
+    """A pooled connection: read-only for reads; writes get `lock_timeout` = `wait` and, when
+    `is_current` says the schema is behind, `ensure_current` under an advisory lock (two servers
+    starting at once: the second waits, then finds it current)."""
     with _pooled(target, read=not write) as conn:
         con = Connection(target, conn, write)
+        if not write and target.url not in _holds_store:
+            # as a read of a missing file: once a database holds the schema it keeps it, so asked once
+            if not conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+                raise MissingTable("the database holds no outcomes store yet (no schema_version table)")
+            _holds_store.add(target.url)
         if write:
             con.execute(f"SET lock_timeout = '{max(1, int(wait * 1000))}ms'")
-            if target.url not in _current:
+            if not is_current(con):
                 con.execute(f"SELECT pg_advisory_lock({_lock_key('migrate')})")
                 try:
                     ensure_current(con)
                 finally:
                     con.execute(f"SELECT pg_advisory_unlock({_lock_key('migrate')})")
-                _current.add(target.url)
         try:
             yield con
         finally:
             if con._in_transaction():  # a caller that left a transaction open: never hand it to the next
                 with contextlib.suppress(Exception):
                     conn.execute("ROLLBACK")
-
-
-_current: set[str] = set()  # databases this process has brought up to date
+            if con.made_temporary:  # temporary tables end with their use, as on DuckDB
+                with contextlib.suppress(Exception):
+                    conn.execute("DISCARD TEMP")
 
 
 def change_stamp(target: Target) -> tuple:
