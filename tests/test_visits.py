@@ -8,6 +8,8 @@ import pytest
 from analytics import audit, store, visits
 from analytics.access import SYSTEM, DataAccess, Scope
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 WHEN = datetime(2026, 11, 19, 10, 30)
 
 
