@@ -148,27 +148,39 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:
-    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per percentile of patients."""
+    """screens.cohort.waterfall_bars: one bar per patient, or (with an `n` column) one bar per group of patients
+    (with `low`/`high`: the group's range; without: a group of at least the minimum cell size, median only)."""
     colours = {"response (50% or more fall)": "#2ca02c", "some improvement": "#9ecae1", "no improvement or worse": "#d62728"}
     grouped = "n" in w.columns
+    total = w.attrs.get("patients", int(w["n"].sum()) if grouped else len(w))
     fig = go.Figure()
     for outcome, colour in colours.items():
         d = w[w["outcome"] == outcome]
-        if grouped:  # never patient ids: a bar is a group of patients
-            hover = [f"patients {a:,}-{b:,} of {w.attrs.get('patients', int(w['n'].sum())):,} by best change: "
+        if grouped and "low" in w.columns:  # never patient ids: a bar is a group of patients
+            hover = [f"patients {a:,}-{b:,} of {total:,} by best change: "
                      f"median {c:+.0f}% (from {lo:+.0f}% to {hi:+.0f}%)"
                      for a, b, c, lo, hi in zip(d["first_rank"], d["last_rank"], d["best_percent_change"], d["low"], d["high"])]
+        elif grouped:
+            hover = [f"patients {a:,}-{b:,} of {total:,} by best change ({n} patients): median {c:+.0f}%"
+                     for a, b, n, c in zip(d["first_rank"], d["last_rank"], d["n"], d["best_percent_change"])]
         else:
             hover = [(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
                      for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])]
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
                              hovertext=hover, hoverinfo="text"))
-    fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall")
+    fig.add_hline(y=-50, line=dict(dash="dash", color="#2ca02c"), annotation_text="response: 50% fall",
+                  annotation_position="top left")
     fig.update_layout(bargap=0.05)
-    fig.update_xaxes(title_text="percentiles of patients (ordered by best change)" if grouped
-                     else "patients (ordered by best change)", showticklabels=False)
+    if grouped and "low" not in w.columns:
+        axis = f"groups of at least {int(w['n'].min()) if len(w) else 0} patients (ordered by best change)"
+        title = f"Best {instrument} change, groups of patients"
+    elif grouped:
+        axis, title = "percentiles of patients (ordered by best change)", f"Best {instrument} change, by percentile"
+    else:
+        axis, title = "patients (ordered by best change)", f"Best {instrument} change, per patient"
+    fig.update_xaxes(title_text=axis, showticklabels=False)
     fig.update_yaxes(title_text=f"best change in {instrument} from baseline (%)")
-    return _layout(fig, f"Best {instrument} change {'by percentile of patients' if grouped else 'per patient'} (waterfall)")
+    return _layout(fig, title)
 
 
 def trajectory(band: pd.DataFrame, instrument: str, remission_cut: float) -> go.Figure:
@@ -200,7 +212,7 @@ def severity_movement(table: pd.DataFrame, instrument: str, hidden_label: str = 
                                hovertemplate="baseline %{y} → latest %{x}: %{z} patients<extra></extra>"))
     fig.update_xaxes(title_text=f"latest {instrument} band")
     fig.update_yaxes(title_text=f"baseline {instrument} band", autorange="reversed")
-    return _layout(fig, f"Severity movement: baseline to latest {instrument} band (patients)")
+    return _layout(fig, f"Severity: baseline to latest {instrument} band")
 
 
 def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
@@ -209,31 +221,44 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
     for col, name, dash in (("hi998", "99.8% limits", "dot"), ("lo998", None, "dot"), ("hi95", "95% limits", "dash"), ("lo95", None, "dash")):
         fig.add_trace(go.Scatter(x=lim["n"], y=100 * lim[col], mode="lines", line=dict(color="#888", dash=dash),
                                  name=name or "", showlegend=name is not None, hoverinfo="skip"))
-    fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%")
-    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by], textposition="top center",
+    # the clinic rate's label at the left end of its line: the groups' points sit to the right, near their size
+    fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%",
+                  annotation_position="bottom left")
+    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by],
+                             textposition="top center" if len(g) > 1 else "middle left",
                              marker=dict(size=12, color="#636efa"), name=by,
-                             hovertext=[f"{name}: {k}/{n} = {100 * r:.0f}% ({pos})" for name, k, n, r, pos in
-                                        zip(g[by], g.get("k_shown", g["k"]), g["n"], g["rate"], g["position"])],
+                             hovertext=[f"{name}: {100 * r:.0f}% of {n} evaluable patients ({pos})"
+                                        for name, n, r, pos in zip(g[by], g["n"], g["rate"], g["position"])],
                              hoverinfo="text"))
-    fig.update_xaxes(title_text="evaluable patients (n)")
+    fig.update_xaxes(title_text="evaluable patients (n)", range=[0, float(max(lim["n"].max() if len(lim) else 10, 10))])
     fig.update_yaxes(title_text=f"{outcome_label} rate (%)", range=[0, 100])
-    return _layout(fig, f"{outcome_label.capitalize()} by {by} against the clinic rate (funnel plot)")
+    return _layout(fig, f"{outcome_label.capitalize()} by {by} vs the clinic rate")
 
 
 def completeness(c: pd.DataFrame) -> go.Figure:
-    fig = go.Figure(go.Bar(x=c["month"], y=100 * c["share"], marker_color="#00a2a8",
-                           hovertext=[f"{m:%b %Y}: {a} of {n} infusions ({100 * s:.0f}%)" for m, a, n, s in
-                                      zip(c["month"], c.get("assessed_shown", c["assessed"]),
-                                          c.get("infusions_shown", c["infusions"]), c["share"])], hoverinfo="text"))
+    """screens.cohort completeness rows: exact shares solid; bounds (`bound` "at least"/"at most") pale, drawn at
+    the bound; the month in progress (`partial`) hatched."""
+    bound = c["bound"] if "bound" in c else pd.Series([None] * len(c), index=c.index)
+    partial = c["partial"] if "partial" in c else pd.Series(False, index=c.index)
+    texts = c["share_text"] if "share_text" in c else [f"{100 * s:.0f}%" for s in c["share"]]
+    hover = [f"{m:%b %Y}: {n:,.0f} infusions, {s} with an assessment in the 7 days before"
+             + (" (month in progress)" if p else "") for m, n, s, p in zip(c["month"], c["infusions"], texts, partial)]
+    fig = go.Figure(go.Bar(
+        x=c["month"], y=100 * c["share"], hovertext=hover, hoverinfo="text", name="share assessed",
+        marker=dict(color=["rgba(0,162,168,0.35)" if pd.notna(b) else "#00a2a8" for b in bound],
+                    pattern=dict(shape=["/" if p else "" for p in partial], fillmode="overlay"),
+                    line=dict(color="#00a2a8", width=1))))
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions with a score in the 7 days before (%)", range=[0, 105])
-    return _layout(fig, "Measurement completeness: infusions with an assessment within 7 days before", height=340)
+    return _layout(fig, "Infusions assessed in the 7 days before", height=340)
 
 
 def survival(curves: list[dict], title: str) -> go.Figure:
-    """curves: [{"label", "times", "survival", "lower", "upper", "n"}] (Kaplan-Meier steps with a CI band)."""
+    """curves: [{"label", "times", "survival", "lower", "upper", "n", "end", "at_risk"}] (screens.durability.survival_curves):
+    each curve with its 95% band, stopping at its last observed day, and its cycles at risk under the plot."""
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
     fig = go.Figure()
+    rows = len(curves)
     for i, c in enumerate(curves):
         colour = palette[i % len(palette)]
         t = np.concatenate([[0.0], c["times"]])
@@ -244,13 +269,27 @@ def survival(curves: list[dict], title: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0), fill="tonexty",
                                  fillcolor=_alpha(colour, 0.18), showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5),
-                                 name=f"{c['label']} (n = {c['n']})",
+                                 name=f"{c['label']} ({c['n']})",
                                  hovertext=[f"{c['label']}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
                                             for x, y, a, b in zip(t, s, lo, hi)], hoverinfo="text"))
-    fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median")
-    fig.update_xaxes(title_text="days since the infusion that started the cycle", rangemode="tozero")
-    fig.update_yaxes(title_text="still in response (%)", range=[0, 102])
-    return _layout(fig, title)
+        if c.get("end") is not None and len(c["times"]):
+            fig.add_trace(go.Scatter(x=[c["times"][-1]], y=[100 * c["survival"][-1]], mode="markers",
+                                     marker=dict(symbol="line-ns", size=14, line=dict(width=2, color=colour)),
+                                     showlegend=False, hovertext=[f"{c['label']}: the curve stops here (day {c['end']:.0f}), "
+                                                                  "the last day enough cycles were still seen in response"],
+                                     hoverinfo="text"))
+        risk = c.get("at_risk") or []
+        if risk:
+            fig.add_trace(go.Scatter(x=[d for d, _ in risk], y=[-9.0 * (i + 1)] * len(risk), mode="text",
+                                     text=[f"{n:,}" if isinstance(n, (int, np.integer)) else str(n) for _, n in risk],
+                                     textfont=dict(size=10, color=colour), showlegend=False,
+                                     hovertext=[f"{c['label']}: {n} cycles still seen in response at day {d:g} or later"
+                                                for d, n in risk], hoverinfo="text"))
+    fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median", annotation_position="top right")
+    fig.update_xaxes(title_text="days since the infusion that started the cycle (numbers below: cycles still at risk)",
+                     rangemode="tozero")
+    fig.update_yaxes(title_text="still in response (%)", range=[-9.0 * rows - 6, 102], tickvals=[0, 25, 50, 75, 100])
+    return _layout(fig, title, height=420 + 18 * rows)
 
 
 def _alpha(hex_colour: str, a: float) -> str:
@@ -268,7 +307,7 @@ def forest(rows: pd.DataFrame, measure: str = "hazard ratio") -> go.Figure:
     fig.add_vline(x=1, line=dict(dash="dash", color="#888"))
     fig.update_xaxes(type="log", title_text=f"{measure} (log scale; 1 = no difference)")
     fig.update_yaxes(title_text="", autorange="reversed")
-    return _layout(fig, f"What goes with shorter or longer response ({measure}, 95% CI)", height=max(260, 70 * len(rows) + 120))
+    return _layout(fig, f"Longer or shorter response: {measure}s (95% CI)", height=max(260, 70 * len(rows) + 120))
 
 
 def interval_histogram(bins: pd.DataFrame) -> go.Figure:
@@ -283,26 +322,47 @@ def interval_histogram(bins: pd.DataFrame) -> go.Figure:
 
 
 def infusions_per_month(m: pd.DataFrame) -> go.Figure:
+    """screens.durability.infusions_per_patient_month: every infusion and maintenance only; blank months are
+    suppressed (too few patients); the month in progress (m.attrs["partial"]) is left out and said so."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=m["month"], y=m["per_patient"], mode="lines+markers", name="all infusions",
-                             hovertext=[f"{mo:%b %Y}: {i} infusions, {p} patients ({r:.2f} each)" for mo, i, p, r in
-                                        zip(m["month"], m["infusions"], m["patients"], m["per_patient"])], hoverinfo="text"))
+                             line=dict(color="#636efa", width=4), marker=dict(size=9), opacity=0.75,
+                             hovertext=[f"{mo:%b %Y}: {i:,.0f} infusions, {p:,.0f} patients ({r:.2f} each)"
+                                        if pd.notna(r) else f"{mo:%b %Y}: not shown (too few patients)"
+                                        for mo, i, p, r in zip(m["month"], m["infusions"], m["patients"], m["per_patient"])],
+                             hoverinfo="text"))
     fig.add_trace(go.Scatter(x=m["month"], y=m["maintenance_per_patient"], mode="lines+markers", name="maintenance only",
-                             hovertemplate="%{x|%b %Y}: %{y:.2f} maintenance infusions per patient<extra></extra>"))
+                             line=dict(color="#ef553b", width=2, dash="dash"), marker=dict(symbol="diamond", size=7),
+                             hovertext=[f"{mo:%b %Y}: {r:.2f} maintenance infusions per patient on maintenance"
+                                        if pd.notna(r) else f"{mo:%b %Y}: maintenance figure not shown"
+                                        for mo, r in zip(m["month"], m["maintenance_per_patient"])], hoverinfo="text"))
+    partial = m.attrs.get("partial")
+    title = "Infusions per patient per month"
+    if partial:
+        title += f"<br><sup>{partial} not shown: month in progress</sup>"
     fig.update_xaxes(title_text="month")
     fig.update_yaxes(title_text="infusions per infused patient per month", rangemode="tozero")
-    return _layout(fig, "Infusions per patient per month", height=360)
+    return _layout(fig, title, height=360)
+
+
+def _policy_short(name: str) -> str:
+    if name.startswith("oracle"):
+        return "oracle (best case)"
+    if name.startswith("personalised (target"):
+        return f"personalised {100 * float(name.split('target')[1].strip(' )')):.0f}%"
+    return name.replace("every ", "").replace(" days", " d")
 
 
 def policy_tradeoff(table: pd.DataFrame) -> go.Figure:
     """Infusions per patient-year against time out of response: lower-left is better on both."""
     fig = go.Figure(go.Scatter(
         x=table["infusions_per_patient_year"], y=100 * table["share_days_out_of_response"], mode="markers+text",
-        text=table["policy"], textposition="top center", marker=dict(size=12, color="#ab63fa"),
+        text=[_policy_short(p) for p in table["policy"]], textposition="top center", textfont=dict(size=10),
+        marker=dict(size=12, color="#ab63fa"),
         hovertext=[f"{p}: {i:.1f} infusions per patient-year, {100 * d:.1f}% of days out of response, "
                    f"{100 * r:.0f}% of infusions were rescues" for p, i, d, r in
                    zip(table["policy"], table["infusions_per_patient_year"], table["share_days_out_of_response"],
                        table["rescue_share"])], hoverinfo="text"))
     fig.update_xaxes(title_text="maintenance and rescue infusions per patient-year")
     fig.update_yaxes(title_text="days out of response after induction (%)", rangemode="tozero")
-    return _layout(fig, "Maintenance policies: infusions against time out of response (simulated clinic)", height=420)
+    return _layout(fig, "Maintenance policies (simulated clinic)", height=440)

@@ -13,7 +13,8 @@ import sys
 
 # name: (module of analytics.commands, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "import": ("import_files", "import CSV or FHIR files (exit 0 all accepted, 1 some rejected, 2 nothing imported)"),
+    "import": ("import_files", "import CSV or FHIR files (exit 0 all stored, 1 some rows rejected and the rest stored, "
+                               "2 nothing stored, 3 failed unexpectedly)"),
     "export": ("export", "export the store as CSV (or FHIR NDJSON) into DIR"),
     "demo": ("demo", "write a synthetic demo clinic through the import path"),
     "durability": ("durability", "cohort durability of response (Kaplan-Meier, interval-censored)"),

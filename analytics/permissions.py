@@ -7,7 +7,9 @@ one more name in the role sets (and in `ROLES` if accounts may hold it). docs/se
 documents every action (tests/test_access_static.py fails otherwise).
 
 `who` is anything with a `role` (an `access.Scope`, a signed-in `auth.Session`) or a role's
-name. An unknown role may do nothing.
+name. An unknown role may do nothing. A role written `role:granted` in an action's set may
+take it only while holding a grant on at least one patient (`who.granted` non-empty): a
+director's patient page is useful only for the patients granted to them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ SYSTEM_ROLE = "system"  # the operator at the command line, who owns the databas
 _CLINICAL = frozenset({"clinician", SYSTEM_ROLE})
 _COHORT = frozenset({"director", "admin", SYSTEM_ROLE})
 _ADMIN = frozenset({"admin", SYSTEM_ROLE})
+GRANTED = ":granted"  # suffix: the role may take the action only while holding a patient grant
 
 # action: (what it allows, the roles that may take it)
 ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
@@ -33,8 +36,10 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),
     "acknowledge_safety_flag": ("acknowledge a safety flag", _CLINICAL),
     # dashboard pages (registered in the navigation only for roles that may open them)
-    "open_page:due": ("open the due list", frozenset({"clinician", "director", SYSTEM_ROLE})),
-    "open_page:patient": ("open the patient trajectory page", frozenset({"clinician", "director", SYSTEM_ROLE})),
+    # the due list names a caseload's patients: a director has none (their menu would hold a dead end)
+    "open_page:due": ("open the due list", frozenset({"clinician", SYSTEM_ROLE})),
+    "open_page:patient": ("open the patient trajectory page (a director: only while granted a patient)",
+                          frozenset({"clinician", "director" + GRANTED, SYSTEM_ROLE})),
     "open_page:cohort": ("open the cohort outcomes page", frozenset({"director", SYSTEM_ROLE})),
     "open_page:durability": ("open the durability and maintenance page", frozenset({"director", SYSTEM_ROLE})),
     "open_page:data": ("open the data page (imports, history, rejects, export)", _ADMIN),
@@ -51,7 +56,10 @@ def may(who, action: str) -> bool:
         _, roles = ACTIONS[action]
     except KeyError:
         raise KeyError(f"unknown action {action!r}; the actions are listed in analytics/permissions.py") from None
-    return (who if isinstance(who, str) else getattr(who, "role", None)) in roles
+    role = who if isinstance(who, str) else getattr(who, "role", None)
+    if role in roles:
+        return True
+    return f"{role}{GRANTED}" in roles and bool(getattr(who, "granted", None))
 
 
 def page_action(page: str) -> str:

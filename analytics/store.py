@@ -44,13 +44,12 @@ signed-in user's scope.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import random
 import shutil
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -66,6 +65,10 @@ LOCK_WAIT_SECONDS = float(os.environ.get("OUTCOMES_LOCK_WAIT", "120"))
 # How long a write that may go to the journal waits for the lock before it does.
 JOURNAL_AFTER_SECONDS = float(os.environ.get("OUTCOMES_JOURNAL_AFTER", "0.5"))
 
+# Test hook: when set, detaching a database opened for writing fails after the detach, as it does
+# when the checkpoint finds the disk full (tests/test_ingest_outcome.py; a real full disk is in docs/import.md).
+FAIL_CHECKPOINT_ENV = "OUTCOMES_TEST_FAIL_CHECKPOINT"
+
 # DuckDB's allocator keeps what a large query used until its instance closes (a sorted read of
 # 4.7 M assessments leaves ~0.5 GB resident): after a use that grew the process by more than
 # this, the shared instance is closed and the next use starts a new one (~15 ms).
@@ -74,6 +77,20 @@ RECYCLE_AFTER_GROWTH_BYTES = 128 * 2**20
 
 class StoreBusy(RuntimeError):
     """Another writer held the database for longer than we were willing to wait."""
+
+
+class CommittedButFailed(RuntimeError):
+    """The transaction was committed (its changes are stored), then a later step failed.
+
+    Typically the checkpoint that DETACH runs, on a full disk: the committed changes are in
+    the write-ahead log (`<db>.wal`), and DuckDB moves them into the database file the next
+    time the file is opened with room to do so. `step` names what failed; `__cause__` is the error.
+    """
+
+    def __init__(self, step: str, error: BaseException):
+        self.step = step
+        self.error = error
+        super().__init__(f"committed; then {step} failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
 
 
 # What a caller catches on either backend: a statement the database refused, a table not there.
@@ -133,9 +150,10 @@ def stamp_text(con, column: str) -> str:
 
 
 def _private_spill_dir() -> str:
-    folder = tempfile.mkdtemp(prefix="outcomes-duckdb-spill-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    # Inside the process's work folder: removed at exit, or by the next process after a kill -9.
+    from .workdir import work_dir
+
+    return str(work_dir() / "duckdb-spill")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -261,6 +279,7 @@ class _Attachments:
             entry = self.files.get(key)
             if entry is None or entry.users <= 0:
                 return
+            written = entry.mode == "w"
             alias = self._drop_user(key, entry, write)
             if alias is None:
                 return
@@ -280,6 +299,10 @@ class _Attachments:
                             and _resident_bytes() - self.rss_before > RECYCLE_AFTER_GROWTH_BYTES):
                         self._close()
                 self.guard.notify_all()
+        if written and os.environ.get(FAIL_CHECKPOINT_ENV):
+            # What DuckDB raises when the checkpoint of a DETACH finds the disk full (the file is detached).
+            raise duckdb.IOException(f"Detached database '{alias}', but CHECKPOINT during DETACH failed. "
+                                     f"(injected by {FAIL_CHECKPOINT_ENV}: No space left on device)")
 
     def discard(self) -> None:
         """Drop the instance after a fatal DuckDB error (it refuses all further work); the next use starts afresh."""
@@ -392,13 +415,25 @@ def connect(
                     con.close()
             except (duckdb.FatalException, duckdb.InternalException):
                 _attachments.discard()  # DuckDB invalidates the whole instance after these
+                failed = True
                 raise
+            except BaseException:
+                failed = True
+                raise
+            else:
+                failed = False
             finally:
                 if not write:
                     reading[key] -= 1
                     if not reading[key]:
                         del reading[key]
-                _attachments.release(used, write, generation)
+                if failed:
+                    # The error being raised is the one to report: a detach that fails after it (its
+                    # checkpoint on a full disk) must not replace it.
+                    with contextlib.suppress(Exception):
+                        _attachments.release(used, write, generation)
+                else:
+                    _attachments.release(used, write, generation)
         finally:
             if write:
                 _attachments.write_depth[key] -= 1
@@ -428,15 +463,27 @@ def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
                 snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`)."""
-    with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
+
+    Any error raised out of it means nothing was committed, except `CommittedButFailed`:
+    the COMMIT succeeded and a step after it (applying the journal, closing the connection,
+    DETACH and its checkpoint) failed, so callers can say truthfully what happened to the database.
+    """
+    committed = False
+    try:
+        with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            committed = True
+    except Exception as exc:
+        if committed:
+            raise CommittedButFailed("writing the database file after the commit (checkpoint on detach)", exc) from exc
+        raise
 
 
 def change_stamp(path: str | os.PathLike | None = None) -> tuple:
@@ -467,12 +514,29 @@ def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool) -
     state = sidecars.read_state(target)
     if state.get("writer") is not None:
         state["generation"] += 1  # the last writer did not finish: it may have committed
-    if snapshot and state.get("snapshot") != state["generation"] and _checkpointed(con, target):
-        sidecars.publish_snapshot(target)
-        state["snapshot"] = state["generation"]
+    if (snapshot and state.get("snapshot") != state["generation"] and _room_for_snapshot(target)
+            and _checkpointed(con, target)):
+        try:
+            sidecars.publish_snapshot(target)
+            state["snapshot"] = state["generation"]
+        except (OSError, subprocess.CalledProcessError) as exc:
+            # Without a snapshot other processes wait for this write instead of reading the last
+            # version: slower for them, never a reason to refuse the write.
+            print(f"store: no read-only snapshot for this write ({type(exc).__name__}); "
+                  "other processes wait for it", file=sys.stderr)
     state["writer"] = os.getpid()
     sidecars.write_state(target, state)
     _flush(con, target)
+
+
+def _room_for_snapshot(target: Path) -> bool:
+    """Is there room to copy the file and still leave the write as much again, plus 64 MB? A snapshot
+    must never be what fills the disk under the write it was made for."""
+    try:
+        size = os.stat(target).st_size
+        return shutil.disk_usage(target.parent).free > 2 * size + 64 * 2**20
+    except OSError:
+        return False
 
 
 def _checkpointed(con: duckdb.DuckDBPyConnection, target: Path) -> bool:

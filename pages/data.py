@@ -1,5 +1,4 @@
 """Data (admin): upload CSVs through the same import as the command line, history, rejects, export, quality."""
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -29,7 +28,7 @@ def _write_uploads(files, directory: Path) -> list[Path]:
 
 
 if uploads:
-    with tempfile.TemporaryDirectory(prefix="outcomes-upload-") as tmp:
+    with data.upload_directory() as tmp:
         paths = _write_uploads(uploads, Path(tmp))
         with st.spinner("Checking the files..."):
             preview = data.preview_uploads(paths, db=_context.db_file() if _context.has_data() else None)
@@ -55,6 +54,8 @@ if result is not None:
         st.warning(f"Imported, but {len(result.rejects)} row(s) were rejected and kept aside with their reason.")
     else:
         st.error("Nothing was imported. " + " ".join(result.messages[:3]))
+    for warning in result.warnings:  # e.g. the rows are stored but the disk filled up after the commit
+        st.warning(warning)
     st.dataframe(result.files, hide_index=True, width="stretch")
     if len(result.rejects):
         st.dataframe(result.rejects, hide_index=True, width="stretch")

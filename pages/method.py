@@ -4,17 +4,16 @@ import streamlit as st
 from analytics.screens.method import method_screen
 from pages._page import open_page
 
-open_page("method", "Method", needs_database=False)
-st.caption("Every number below is read from the scale registry (analytics/scales.py) and the outcome rules "
-           "(analytics/outcomes.py, OutcomeRules) that the dashboard and the command line use, so this page "
-           "cannot drift from the calculations.")
+page = open_page("method", "Method", needs_database=False)
+st.caption("Every number below is read from the same definitions the dashboard and the command line calculate "
+           "with, so this page cannot drift from the calculations.")
 
-method = method_screen()
+method = method_screen(min_cell=page.scope.suppression_threshold)
 rules = method.rules
 
 st.header("Rating scales")
 # one column per instrument: the long texts (bands, missing-item rules) wrap instead of scrolling sideways
-st.table(method.scales.set_index("instrument").T)
+st.table(method.scales.set_index("instrument").T.rename_axis(None))
 st.markdown(
     f"Sources: {method.scale_sources}; missing items as each scale's column says (PHQ-9: NHS Data Dictionary). "
     f"{method.safety} "
@@ -63,11 +62,15 @@ st.markdown(f"""
   above 1, response lasts longer. Associations in this clinic's data, not causes.
 - **Due list**: most urgent first: item 9 positive, overdue for the suggested infusion, lost response, reliable
   worsening, due within 7 days, no recent assessment, taper candidates.
-- **Small numbers**: cohort figures for groups smaller than the minimum cell size of your role are not shown.
+- **Small numbers**: for roles that see the whole clinic, figures resting on fewer patients than the minimum cell
+  size (11) are not shown, nor figures that subtraction from another view would narrow to fewer; see the glossary.
 """)
+
+st.header("Glossary")
+st.markdown("\n".join(f"- **{term}**: {meaning}" for term, meaning in method.glossary))
 
 st.header("All outcome rule settings")
 st.dataframe(method.rule_settings, hide_index=True, width="stretch")
-st.caption("Literature figures for comparison (docs/clinical-rules.md): McInnes 2022 (537 patients, PHQ-9): response 53.6%, "
+st.caption("Literature figures for comparison: McInnes 2022 (537 patients, PHQ-9): response 53.6%, "
            "remission 28.9%, about 80% of responders still responding at 4 weeks and 60% at 8 weeks; Murrough 2013: "
            "median 18 days to relapse after six infusions.")

@@ -1,7 +1,7 @@
 """Patient trajectory (clinician): one patient's scores, infusions, cycles and next infusion."""
 import streamlit as st
 
-from analytics import charts
+from analytics import charts, printable
 from analytics.screens import patient
 from pages import _visit_forms
 from pages._page import open_page
@@ -100,6 +100,12 @@ st.download_button("Download this patient's data (CSV)", screen.csv,
                    mime="text/csv", icon=":material/download:",
                    on_click=lambda: ws.data.log(  # every download is audited
                        "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))
+st.download_button("Download a one-page summary (PDF)", lambda: printable.patient_summary_pdf(screen, page.today),
+                   file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
+                   key="patient_pdf", help="Trajectory, latest scores, infusions and the suggested next infusion, for "
+                                           "the chart or a referring psychiatrist.",
+                   on_click=lambda: ws.data.log(  # the file holds this one patient's record
+                       "export", page="patient", patients=[patient_id], detail={"what": "patient summary (PDF)"}))
 
 # Infusion, MADRS, self-report link, versions of a record (clinicians; analytics.visits / selfreport).
 _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)

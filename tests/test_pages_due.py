@@ -57,12 +57,21 @@ def test_due_list_orders_by_urgency_and_leaves_out_the_inactive():
     assert "overdue" in listed.iloc[1]["reasons"]
 
 
-def test_due_list_names_no_patients_to_a_deidentified_role(open_page, monkeypatch):
+def test_due_list_is_not_in_a_directors_menu_and_refuses_them(open_page, monkeypatch):
+    """The due list names a caseload's patients; a director has no caseload, so the page is not theirs."""
+    from analytics.access import Scope
+    from pages._routing import menu_for
+
+    director = Scope("d", "director", patient_level=False, identifiable=False)
+    assert not any("due" in names for names in menu_for(director).values())
+    assert not any("patient" in names for names in menu_for(director).values())
+    granted = Scope("d", "director", patient_level=False, identifiable=False, granted=frozenset({"P00001"}))
+    assert any("patient" in names for names in menu_for(granted).values())  # a granted patient opens
     monkeypatch.setenv("OUTCOMES_ROLE", "director")
     at = open_page("due")
     assert not at.exception
     assert not at.dataframe
-    assert any("for clinicians" in i.value for i in at.info)
+    assert any("does not open this page" in e.value for e in at.error)
 
 
 def test_clinician_due_list_holds_only_their_caseload(open_page, monkeypatch, demo_db):

@@ -10,7 +10,8 @@ def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["group"]) == ["every cycle", "first cycle after induction"]
-    assert table["median days (95% CI)"].str.match(r"^(\d+|not reached) \(").all()
+    assert table["median, days (95% CI)"].str.match(r"^(\d+ \(\S+ to \S+\)|not reached)$").all()
+    assert not any("_" in c for c in table.columns)
     assert len(at.get("plotly_chart")) >= 3  # curves, forest, infusions per month (+ intervals)
     assert "Turnbull" in text_of(at)
 
@@ -49,9 +50,16 @@ def test_policy_comparison_runs_on_demand(open_page):
     at.toggle(key="run_policy").set_value(True).run()
     assert not at.exception
     table = at.dataframe[-1].value
-    assert {"policy", "infusions_per_patient_year", "share_days_out_of_response"} <= set(table.columns)
-    assert table["policy"].str.startswith("personalised").any()
+    assert {"policy", "infusions per patient-year", "days out of response"} <= set(table.columns)
+    assert not any("_" in c for c in table.columns)
+    # the README's comparison (target 0.75) and the default (0.8) both, in words; shares in %, one decimal
+    assert (table["policy"] == "personalised, 75% target").any()
+    assert (table["policy"] == "personalised, 80% target (the default)").any()
+    assert not table["policy"].str.contains("q0.2").any() and table["policy"].str.startswith("oracle (knows").any()
     assert (table["policy"] == "symptom-triggered").any()
+    assert table["days out of response"].str.match(r"^\d+\.\d%$").all()
+    assert table["infusions per patient-year"].str.match(r"^\d+\.\d$").all()
+    assert any("patient-years after induction" in c.value and "target" in c.value for c in at.caption)
 
 
 def test_suggested_intervals_are_binned_and_small_bins_suppressed():
@@ -59,9 +67,12 @@ def test_suggested_intervals_are_binned_and_small_bins_suppressed():
     bins = durability.interval_distribution(days, width=3)
     assert list(zip(bins["start_day"], bins["end_day"], bins["patients"])) == [(18, 21, 30), (27, 30, 12), (39, 42, 5)]
     suppressed = durability.interval_distribution(days, width=3, min_cell=11)
-    # 5 is under 11; 12 goes too, or the known total (47) minus the others would give 5 back
-    assert suppressed["patients"].isna().tolist() == [False, True, True]
-    assert suppressed.loc[0, "patients"] == 30
+    # 5 is under 11, and so are the empty bins between (none is a small number too); 12 goes as well, or the
+    # total (47) minus the bars shown would give the hidden 5 back; blank bins at the ends are left out
+    assert suppressed["patients"].tolist() == [30]
+    both = durability.interval_distribution(pd.Series([20.5] * 30 + [28.0] * 12 + [24.0] * 11), width=3, min_cell=11)
+    assert list(both["start_day"]) == [18, 21, 24, 27]
+    assert both["patients"].isna().tolist() == [False, True, False, False]  # an empty bin between is blank, not 0
 
 
 def test_interval_chart_sends_bins_not_one_value_per_patient(open_page):

@@ -12,8 +12,10 @@ def test_method_page_documents_every_scale_and_rule_from_the_code(open_page, tex
         assert row["total range"] == f"0-{s.total_max}"
         assert all(b.label in row["severity bands"] for b in s.bands)
     rules = outcomes.DEFAULT_RULES
-    rule_table = at.dataframe[0].value.set_index("rule")
-    assert rule_table.loc["response_fall", "value"] == str(rules.response_fall)
+    rule_table = at.dataframe[0].value.set_index("setting")
+    assert rule_table.loc["Response: a fall from baseline of at least", "value"] == f"{100 * rules.response_fall:.0f}%"
+    # settings in words: no field names, no coded values such as below_10 or two_consecutive
+    assert not any("_" in str(v) for v in [*rule_table.index, *rule_table["value"]])
     text = text_of(at)
     assert f"at least {100 * rules.response_fall:.0f}% below baseline" in text
     assert f"at most {rules.baseline_window_days} days before" in text

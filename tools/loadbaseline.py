@@ -265,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             say("during import", {k: v for k, v in report["during_import"].items() if k != "samples"})
             save()
     finally:
-        sampler.stop()
-        report["timeline"] = [tuple(round(x, 2) for x in r) for r in sampler.rows[::4]]
-        save()
-        proc.terminate()
+        proc.terminate()  # first: nothing below may leave the server running
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        sampler.stop()
+        report["timeline"] = [tuple(round(x, 2) for x in r) for r in sampler.rows[::4]]
+        save()
     return 0
 
 

@@ -1,12 +1,16 @@
-"""`python -m analytics import FILE...`: CSV or FHIR files through the validated import."""
+"""`python -m analytics import FILE...`: CSV or FHIR files through the validated import.
+
+Exit 0 all stored, 1 some rows rejected (the rest stored), 2 nothing stored, 3 an unexpected
+failure (one line on stderr naming a log file with the details; never a traceback).
+"""
 from __future__ import annotations
 
 import os
 import sys
 
-from ..ingest import import_files
+from ..ingest import ImportReport, import_files
 from ..progress import clear, terminal_progress
-from . import print_json
+from . import EXIT_UNEXPECTED, print_json, report_unexpected
 
 
 def add_arguments(p) -> None:
@@ -15,14 +19,29 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    progress = terminal_progress("import", not getattr(args, "json", False))
-    report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
-                          progress=progress)
-    clear(progress)
-    if getattr(args, "json", False):
-        print_json(report.to_dict())
-    else:
-        stream = sys.stdout if report.exit_code == 0 else sys.stderr
-        for line in report.messages():
-            print(line, file=stream)
-    return report.exit_code
+    as_json = getattr(args, "json", False)
+    progress = terminal_progress("import", not as_json)
+    report: ImportReport | None = None
+    try:
+        report = import_files(args.files, db=getattr(args, "db", None), user=os.environ.get("USER", "system"),
+                              progress=progress)
+        clear(progress)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            stream = sys.stdout if report.exit_code == 0 and not report.warnings else sys.stderr
+            for line in report.messages():
+                print(line, file=stream)
+        return report.exit_code
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure becomes exit 3
+        clear(progress)
+        # The import's transaction is the only thing it commits, and the report says whether it did.
+        committed = report is not None and report.committed
+        state = "the import was committed (its rows are stored)" if committed else "nothing was changed"
+        message, log = report_unexpected("import", exc, state)
+        if as_json:
+            print_json({"exit_code": EXIT_UNEXPECTED, "error": message, "files": [], "committed": committed,
+                        "warnings": [], "log": str(log) if log else None})
+        return EXIT_UNEXPECTED

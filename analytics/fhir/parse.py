@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,6 +25,10 @@ IMPORTED_TYPES = ("Patient", "Observation", "QuestionnaireResponse", "Medication
 SUPPORTING_TYPES = ("Medication",)
 BUNDLE_TYPES = ("collection", "searchset", "transaction", "batch")
 SNIFF_BYTES = 64 * 1024
+# JSON deeper than Python's parser can follow raises RecursionError; the message then names the
+# first line deeper than this (FHIR resources nest a dozen levels or so).
+NESTING_SHOWN = 100
+TOO_DEEP = "the JSON is nested too deeply to read"
 
 
 @dataclass
@@ -121,6 +126,16 @@ def redact(data: Any) -> Any:
 def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", full_url: str | None = None,
                       raw: str | None = None) -> Located | Reject:
     """Validate one resource dict with the R4B model of its type (`raw`: its JSON text, if at hand)."""
+    try:
+        return _validate_resource(data, file_name, line, prefix, full_url, raw)
+    except RecursionError:  # read, but too deep for the model or for writing it back as JSON
+        rtype = data.get("resourceType") if isinstance(data, dict) and isinstance(data.get("resourceType"), str) else ""
+        return Reject(file_name, line, prefix + (rtype or "resource"),
+                      f"{TOO_DEEP}: the resource nests deeper than FHIR resources do", (raw or "")[:10000], rtype)
+
+
+def _validate_resource(data: Any, file_name: str, line: int, prefix: str, full_url: str | None,
+                       raw: str | None) -> Located | Reject:
     redacted = redact(data)
     raw = raw.strip() if raw is not None and redacted is data else _compact(redacted)
     if not isinstance(data, dict):
@@ -145,7 +160,10 @@ def validate_resource(data: Any, file_name: str, line: int, prefix: str = "", fu
 
 
 def _bundle(document: dict, file_name: str) -> Iterator[Located | Reject]:
-    raw = _compact(document)[:10000]
+    try:
+        raw = _compact(document)[:10000]
+    except RecursionError:
+        raw = ""
     entries = document.get("entry") or []
     if not isinstance(entries, list):
         yield Reject(file_name, None, "Bundle.entry", "Bundle.entry must be a list", raw, "Bundle", True)
@@ -188,12 +206,19 @@ def iter_text(text: str, file_name: str) -> Iterator[Located | Reject]:
         ndjson = isinstance(first_obj, dict) and first_obj.get("resourceType") != "Bundle"
     except json.JSONDecodeError:
         ndjson = False
+    except RecursionError:  # a first line too deep to read: NDJSON when other lines follow it
+        ndjson = any(line.strip() for line in lines[first + 1:])
     if not ndjson:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
             raw = lines[exc.lineno - 1][:2000] if 0 < exc.lineno <= len(lines) else ""
             yield Reject(file_name, exc.lineno, "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", raw, "", True)
+            return
+        except RecursionError:
+            line = _deeper_than(text, NESTING_SHOWN) or 1
+            yield Reject(file_name, line, "", f"{TOO_DEEP}: it is more than {NESTING_SHOWN} levels deep from "
+                         f"line {line} on (FHIR resources nest a dozen levels or so)", lines[line - 1][:2000], "", True)
             return
         del lines, text
         if isinstance(document, dict) and document.get("resourceType") == "Bundle":
@@ -210,10 +235,46 @@ def iter_text(text: str, file_name: str) -> Iterator[Located | Reject]:
         except json.JSONDecodeError as exc:
             yield Reject(file_name, number, "", f"malformed JSON at column {exc.colno}: {exc.msg}", line[:10000])
             continue
+        except RecursionError:
+            yield Reject(file_name, number, "", f"{TOO_DEEP}: more than {NESTING_SHOWN} levels deep "
+                         "(FHIR resources nest a dozen levels or so)", line[:10000])
+            continue
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
             yield Reject(file_name, number, "Bundle", "a Bundle inside NDJSON is not read: NDJSON holds one resource per line", line[:10000], "Bundle")
             continue
         yield validate_resource(data, file_name, number, raw=line)
+
+
+_JSON_TOKENS = re.compile(r'[\[\]{}"\\\n]')
+
+
+def _deeper_than(text: str, limit: int) -> int | None:
+    """The 1-based line where the nesting of JSON `text` first exceeds `limit` (strings skipped)."""
+    depth = 0
+    line = 1
+    in_string = False
+    skip_at = -1
+    for match in _JSON_TOKENS.finditer(text):
+        at = match.start()
+        char = match.group()
+        if char == "\n":
+            line += 1
+        elif at == skip_at:
+            continue  # the character after a backslash in a string
+        elif in_string:
+            if char == "\\":
+                skip_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif char in "]}":
+            depth -= 1
+    return None
 
 
 def read_text(text: str, file_name: str) -> tuple[list[Located], list[Reject]]:

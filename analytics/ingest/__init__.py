@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from .. import clinic_time
 from ..progress import Progress
 from . import rules
 from .csv import BLOCK_ROWS, FileRefused
@@ -40,6 +41,8 @@ def import_files(paths: Iterable[str | os.PathLike], db=None, user: str = "syste
     many and staged on disk (memory holds one block); the outcome is the same whatever the size.
     `progress` receives a line per file, per block checked and before the write.
     """
+    if zone_error := _clinic_zone_error():
+        return ImportReport(error=zone_error)
     with read_files(paths, db=db, block_rows=block_rows, progress=progress) as reading:
         report = ImportReport(files=reading.files, error=reading.error)
         if reading.error:
@@ -73,6 +76,8 @@ def import_tables(
     `after_write(con, report)`, if given, runs inside the import's transaction after the rows are
     written; raising there rolls everything back (analytics.visits, analytics.selfreport).
     """
+    if zone_error := _clinic_zone_error():
+        return ImportReport(error=zone_error)
     report = ImportReport()
     jobs: list[FileJob] = []
     digest = sha256 or _frame_sha256(tables)
@@ -96,6 +101,15 @@ def import_tables(
         report.files.append(FileResult(file=file_name, kind=None, refused=f"{file_name}: unknown table kind(s) {', '.join(unknown)}; expected {', '.join(rules.KINDS)}"))
     return run(jobs, report, db, user, after_write)
 
+
+
+def _clinic_zone_error() -> str | None:
+    """A wrong OUTCOMES_TIMEZONE stops an import before anything is read (its times would be wrong)."""
+    try:
+        clinic_time.zone()
+    except clinic_time.TimeZoneSettingError as exc:
+        return str(exc)
+    return None
 
 
 def _csv_line(frame: pd.DataFrame) -> Callable[[np.ndarray, np.ndarray], list[str]]:

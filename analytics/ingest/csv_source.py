@@ -56,10 +56,12 @@ class CsvSource:
             except FileRefused as exc:
                 reading.files.append(FileResult(file=name, kind=None, refused=str(exc)))
                 continue
-            except duckdb.Error as exc:  # staging failed (e.g. no space for it): nothing is written
-                reading.error = f"{name}: {str(exc).splitlines()[0]}"
+            except (duckdb.Error, OSError) as exc:  # staging failed (e.g. no space for it): nothing is written
+                text = str(exc).strip()
+                reading.error = f"{name}: {text.splitlines()[0] if text else type(exc).__name__}"
                 return
-            result = FileResult(file=name, kind=index.kind, notes=validated.notes)
+            result = FileResult(file=name, kind=index.kind, notes=validated.notes, lines_total=index.lines_total,
+                                lines_blank=index.lines_blank, lines_continued=index.lines_continued)
             reading.files.append(result)
             reading.jobs.append(FileJob(name, self.format, index.sha256, validated,
                                         lambda rows, lines, index=index: index.raw_lines(lines), result, staged))

@@ -104,12 +104,26 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
                 after_write(con, report)
             _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
             _hold_for_tests()
+        report.committed = True
+    except store.CommittedButFailed as exc:
+        # The rows are stored (in the write-ahead log at least); only the step after the commit failed.
+        report.committed = True
+        report.warnings.append(
+            f"the import was committed and its rows are stored, but {exc.step} failed: "
+            f"{_first_line(exc.error).rstrip('. ')}. The database is consistent: the committed rows are in its "
+            f"write-ahead log ({store.db_path(db).name}.wal) and are moved into the file the next time it is "
+            "opened with room to do so. Free disk space; the files need not be imported again")
     except (*store.DatabaseError, store.StoreBusy) as exc:
         for job in jobs:
             job.result.batch_id = None
             job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0
-        report.error = str(exc).splitlines()[0]
+        report.error = _first_line(exc)
     return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_job(con, job: FileJob, user: str) -> None:

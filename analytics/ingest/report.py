@@ -27,6 +27,11 @@ class FileResult:
     batch_id: int | None = None
     refused: str | None = None  # why the whole file was refused (then nothing at all was written)
     notes: list[str] = field(default_factory=list)
+    # CSV: every physical line is the header, blank, or a line of a row (stored or rejected):
+    # lines_total = 1 + lines_blank + rows_total + lines_continued (None for other sources).
+    lines_total: int | None = None
+    lines_blank: int | None = None
+    lines_continued: int | None = None  # lines that continue a row (line breaks inside quoted values)
 
     @property
     def rows_accepted(self) -> int:
@@ -37,6 +42,8 @@ class FileResult:
 class ImportReport:
     files: list[FileResult] = field(default_factory=list)
     error: str | None = None  # the transaction failed: nothing was written
+    committed: bool = False  # the transaction committed: the rows counted as stored are in the database
+    warnings: list[str] = field(default_factory=list)  # e.g. a step after the commit failed (the rows are stored)
 
     @property
     def rejects(self) -> list[Reject]:
@@ -52,7 +59,10 @@ class ImportReport:
 
     @property
     def exit_code(self) -> int:
-        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported."""
+        """0 every row accepted, 1 some rows rejected (good ones stored), 2 nothing imported.
+
+        It says what is stored: a failure after the commit (a checkpoint on a full disk) does not
+        change it, and is reported in `warnings` (3, an unexpected failure, is the import command's)."""
         if not self.written:
             return 2
         accepted = sum(f.rows_accepted for f in self.files)
@@ -66,6 +76,8 @@ class ImportReport:
         out: list[str] = []
         if self.error:
             out.append(f"import failed, nothing was changed: {self.error}")
+        for warning in self.warnings:
+            out.append(f"warning: {warning}")
         for f in self.files:
             if f.refused:
                 out.append(f"{f.refused}")
@@ -84,7 +96,7 @@ class ImportReport:
         for f in self.files:
             out.append(
                 f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
-                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id})"
+                f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id}){_lines_shown(f)}"
             )
         return out
 
@@ -97,5 +109,20 @@ class ImportReport:
                 "rows_unchanged": f.rows_unchanged, "rows_rejected": f.rows_rejected, "notes": f.notes,
                 "rejects": [r._asdict() for r in f.rejects[:max_rejects]],
                 "rejects_truncated": len(f.rejects) > max_rejects,
+                "lines_total": f.lines_total, "lines_blank": f.lines_blank, "lines_continued": f.lines_continued,
             })
-        return {"exit_code": self.exit_code, "error": self.error, "files": files}
+        return {"exit_code": self.exit_code, "error": self.error, "files": files,
+                "committed": self.committed, "warnings": list(self.warnings)}
+
+
+def _lines_shown(f: FileResult) -> str:
+    """How the file's physical lines add up, so that rows and lines can be compared at a glance."""
+    if f.lines_total is None:
+        return ""
+    parts = ["1 header"]
+    if f.lines_blank:
+        parts.append(f"{f.lines_blank} blank")
+    parts.append(f"{f.rows_total} rows")
+    if f.lines_continued:
+        parts.append(f"{f.lines_continued} continuing a row (line breaks inside quoted values)")
+    return f"; {f.lines_total} lines = " + " + ".join(parts)

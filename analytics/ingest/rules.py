@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .. import scales, vocabulary
+from .. import clinic_time, scales, vocabulary
 
 KINDS = ("patients", "treatments", "assessments")  # also the order of import
 
@@ -52,7 +52,14 @@ SEX_CODES = {
 MAX_ID_LENGTH = 64
 MAX_DOSE_MG_PER_KG = 5.0
 EARLIEST_DATE = np.datetime64("1900-01-01", "us")  # earlier dates are typing errors (0024 for 2024)
-_WHEN = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?")
+# A date, or a date-time with an optional ISO 8601 offset (Z, +01, +0100, +01:00).
+_WHEN = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?")
+_OFFSET = re.compile(r"(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$")
+# Control characters are refused in every value (a NUL breaks other tools; the others are invisible):
+# C0 and C1 controls and DEL, and a carriage return that does not end a line. Tab and line breaks are text.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+_CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "backspace", 0x0B: "vertical tab", 0x0C: "form feed",
+                  0x0D: "carriage return without a line feed", 0x1B: "ESC", 0x7F: "DEL"}
 _ITEM_COLUMN = re.compile(r"item_(\d+)")
 
 
@@ -103,6 +110,14 @@ def unescape_text(kind: str, frame: pd.DataFrame) -> None:
         escaped = text.str.match(r"'[=+\-@']").fillna(False).astype(bool)
         if escaped.any():
             frame[column] = text.where(~escaped, text.str.slice(1))
+
+
+def control_character_reason(value: str) -> str:
+    """Why a value holding a control character is refused (the same words for CSV and other sources)."""
+    found = CONTROL_CHARACTERS.search(value)
+    code = ord(found.group()[0]) if found else 0
+    name = _CONTROL_NAMES.get(code)
+    return f"control character U+{code:04X}{f' ({name})' if name else ''} is not allowed in a value"
 
 
 # --- problems -------------------------------------------------------------------
@@ -192,8 +207,13 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
     def convert(u: pd.Series) -> pd.DataFrame:
         shaped = u.str.fullmatch(_WHEN).fillna(False).astype(bool)
         has_time = (u.str.len() > 10).fillna(False).astype(bool).to_numpy()
-        parsed = pd.to_datetime(u.where(shaped), format="ISO8601", errors="coerce")
-        stamps = pd.Series(parsed).astype("datetime64[us]").to_numpy()
+        offset = (shaped & has_time & u.str.contains(_OFFSET).fillna(False).astype(bool)).to_numpy()
+        parsed = pd.to_datetime(u.where(shaped & ~offset), format="ISO8601", errors="coerce")
+        stamps = pd.Series(parsed).astype("datetime64[us]").to_numpy().copy()
+        if offset.any():  # an instant: the clinic's wall-clock time of it is stored
+            instants = pd.to_datetime(u[offset], format="ISO8601", errors="coerce", utc=True)
+            local = instants.dt.tz_convert(clinic_time.zone()).dt.tz_localize(None)
+            stamps[offset] = local.astype("datetime64[us]").to_numpy()
         limit = np.where(has_time, now_ts.to_datetime64(), today.to_datetime64())
         status = np.where(~shaped, 1, np.where(pd.isna(stamps), 2, np.where(stamps > limit.astype("datetime64[us]"), 3, 0)))
         status = np.where((status == 0) & (stamps < EARLIEST_DATE), 5, status)
@@ -213,7 +233,7 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
         has_time = np.zeros(len(values), dtype=bool)
         status = np.zeros(len(values), dtype=int)
     raw = values.array  # indexed only for the few flagged rows
-    shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS]"
+    shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS][+HH:MM]"
     problems.flag(status == 1, column, lambda pos: [f"{column} {_shown(raw[p])} is not {shape}" for p in pos])
     problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date or time" for p in pos])
     problems.flag(status == 5, column, lambda pos: [f"{column} {_shown(raw[p])} is before 1900" for p in pos])
@@ -273,16 +293,18 @@ class Validated:
 
 def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, trimmed: bool = False) -> Validated:
     """Check raw string rows of one kind; `frame` may carry _line (else ordinals 1..n)."""
-    now = now or datetime.now()
+    now = now or clinic_time.now()
     frame = frame.reset_index(drop=True)
     n = len(frame)
     lines = frame["_line"].to_numpy(dtype="int64") if "_line" in frame.columns else np.arange(1, n + 1, dtype="int64")
     problems = Problems(n)
+    if not trimmed:  # the CSV reader refuses control characters itself, before parsing (csv.py)
+        _control_characters(frame, kind, problems)
     text = {c: _text(frame, c, trimmed) for c in COLUMNS[kind]}
     clean = pd.DataFrame(index=frame.index)
     _id(text["patient_id"], problems)
     clean["patient_id"] = text["patient_id"]
-    notes = [f"column {c!r} is not part of the {kind} format and was ignored" for c in ignored_columns(kind, frame.columns)]
+    notes = [f"column {_shown(c)} is not part of the {kind} format and was ignored" for c in ignored_columns(kind, frame.columns)]
     attributes = None
     attribute_names: list[str] = []
 
@@ -373,6 +395,19 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         "reason": problems.reason[~ok],
     })
     return Validated(kind, clean[ok].reset_index(drop=True), rejects, attributes, attribute_names, notes, frozenset(frame.columns))
+
+
+def _control_characters(frame: pd.DataFrame, kind: str, problems: Problems) -> None:
+    for column in (*COLUMNS[kind], *attribute_columns(kind, frame.columns)):
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        if values.dtype != "str":
+            values = values.astype(object).where(values.notna(), None).astype("str")
+        bad = values.str.contains(CONTROL_CHARACTERS).fillna(False).to_numpy(dtype=bool)
+        if bad.any():
+            raw = values.array
+            problems.flag(bad, column, lambda pos: [control_character_reason(raw[p]) for p in pos])
 
 
 def _comorbidities(values: pd.Series, problems: Problems) -> np.ndarray:

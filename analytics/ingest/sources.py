@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 import pandas as pd
 
+from .. import workdir
 from ..progress import Progress
 from .csv import BLOCK_ROWS
 from .csv_source import CsvSource
@@ -57,8 +57,8 @@ def read_files(paths: Iterable[str | os.PathLike], *, db=None, block_rows: int =
     stage_dir: list[Path] = []
 
     def scratch() -> Path:
-        if not stage_dir:
-            stage_dir.append(Path(tempfile.mkdtemp(prefix="outcomes-import-")))
+        if not stage_dir:  # in the process's work folder: removed even after a kill -9 (workdir.py)
+            stage_dir.append(workdir.new_dir("import-stage-"))
         return stage_dir[0]
 
     reading = Reading()

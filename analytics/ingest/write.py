@@ -226,7 +226,11 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
 
 
 def quarantine(con: store.Connection, batch_id: int, file_name: str, rejects: pd.DataFrame) -> None:
-    """Store rejected rows (line, column, reason, raw); a row already quarantined identically is not added again."""
+    """Store rejected rows (line, column, reason, raw).
+
+    A row is not quarantined again when a file of the same content (sha256 of the batch) had the
+    same line rejected for the same reason, whatever the file was called: a dashboard upload
+    arrives under a new temporary path every time."""
     if rejects.empty:
         return
     frame = pd.DataFrame({
@@ -241,11 +245,12 @@ def quarantine(con: store.Connection, batch_id: int, file_name: str, rejects: pd
             """INSERT INTO rejected_rows (batch_id, file_name, line, column_name, reason, raw_line)
                SELECT ?, ?, r.line, r.column_name, r.reason, r.raw_line FROM ingest_rejects r
                WHERE NOT EXISTS (
-                   SELECT 1 FROM rejected_rows x WHERE x.file_name = ? AND x.line IS NOT DISTINCT FROM r.line
-                   AND x.column_name IS NOT DISTINCT FROM r.column_name AND x.reason = r.reason
-                   AND x.raw_line IS NOT DISTINCT FROM r.raw_line)
+                   SELECT 1 FROM rejected_rows x JOIN import_batches b ON b.batch_id = x.batch_id
+                   WHERE b.sha256 = (SELECT sha256 FROM import_batches WHERE batch_id = ?)
+                   AND x.line IS NOT DISTINCT FROM r.line
+                   AND x.column_name IS NOT DISTINCT FROM r.column_name AND x.reason = r.reason)
                ORDER BY r.line""",
-            [batch_id, file_name, file_name],
+            [batch_id, file_name, batch_id],
         )
     finally:
         con.unregister("ingest_rejects")

@@ -20,9 +20,11 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .. import course, outcomes, scales, suppress
 from ..permissions import may
+from ..durability import cohort_durability
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
-from .workspace import Workspace, register_warmer
+from .durability import curve_note, observed_until, survival_curves
+from .workspace import Workspace, induction_ends, register_warmer
 
 DAY = pd.Timedelta(days=1)
 ACTIVE_DAYS = 90  # a patient with an infusion or assessment in the last 90 days counts as active
@@ -33,30 +35,38 @@ COMPLETENESS_DAYS = 7  # an assessment within 7 days before an infusion (the inf
 
 @dataclass(frozen=True)
 class Rate:
-    k: int
-    n: int
+    k: int | None
+    n: int | None
     low: float | None
     high: float | None
     suppressed: bool = False
+    reason: str | None = None  # why a suppressed rate is not shown
 
     @property
     def value(self) -> float | None:
-        return None if self.n == 0 or self.suppressed else self.k / self.n
+        return None if self.suppressed or not self.n else self.k / self.n
 
     def text(self) -> str:
         if self.suppressed:
-            return "fewer than the minimum cell size: not shown"
+            return f"not shown: {self.reason or 'fewer patients than the minimum cell size'}"
         if self.n == 0:
             return "no evaluable patients"
         return f"{100 * self.k / self.n:.0f}% ({self.k}/{self.n}; 95% CI {100 * self.low:.0f}-{100 * self.high:.0f}%)"
 
+    def withheld(self, reason: str) -> "Rate":
+        """The same rate with its numbers dropped (a screen never carries a suppressed figure)."""
+        return Rate(None, None, None, None, suppressed=True, reason=reason)
+
 
 def wilson(k: int, n: int, min_cell: int = 0) -> Rate:
-    """Proportion with its 95% Wilson score interval (statsmodels)."""
+    """Proportion with its 95% Wilson score interval (statsmodels). With `min_cell`, suppressed unless both
+    the patients with the outcome and those without number at least `min_cell` (suppress.share_shown)."""
     if n == 0:
         return Rate(0, 0, None, None)
     low, high = proportion_confint(int(k), int(n), alpha=0.05, method="wilson")
-    return Rate(int(k), int(n), float(low), float(high), suppressed=n < min_cell)
+    hidden = not suppress.share_shown(int(k), int(n), min_cell)
+    return Rate(int(k), int(n), float(low), float(high), suppressed=hidden,
+                reason=f"fewer than {min_cell} patients with, or without, the outcome" if hidden else None)
 
 
 # --- cohort filters ---------------------------------------------------------------
@@ -118,18 +128,12 @@ def induction_end(treatments: pd.DataFrame, assessments: pd.DataFrame, instrumen
     Phases come from course.py (recorded phase kept, missing ones derived by
     OutcomeRules), so the pages and the durability cycles agree on induction.
     """
-    inf = course.build_course(treatments, assessments, instrument, rules).infusions
-    if inf.empty:
-        return pd.DataFrame(columns=["patient_id", "induction_end_at", "induction_infusions"])
-    inf = inf.sort_values(["patient_id", "at"])
-    not_induction = (inf["phase"] != "induction").astype(int)
-    opening = inf[not_induction.groupby(inf["patient_id"]).cumsum() == 0]
-    g = opening.groupby("patient_id")
-    return pd.DataFrame({"induction_end_at": g["at"].max(), "induction_infusions": g.size()}).reset_index()
+    return induction_ends(course.build_course(treatments, assessments, instrument, rules))
 
 
 def induction_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
-                       rules: OutcomeRules = DEFAULT_RULES, window_days: int = 21) -> pd.DataFrame:
+                       rules: OutcomeRules = DEFAULT_RULES, window_days: int = 21,
+                       ends: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per treated patient: baseline, the first score after induction, response and remission.
 
     The post-induction score is the first score of `instrument` after the day of
@@ -138,11 +142,13 @@ def induction_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame, inst
     post-induction score have evaluable = False and are left out of the rates.
     Also: best_percent_change (most negative = most improved; negative means
     fewer symptoms) over every score after treatment began, latest score and band.
+    `ends`: `induction_end(...)` when already at hand (the workspace keeps it from the cycles' course).
     """
     code = scales.get(instrument).code
     scale = scales.get(code)
     base = outcomes.baselines(treatments, assessments, code, rules)
-    ends = induction_end(treatments, assessments, code, rules)
+    if ends is None:
+        ends = induction_end(treatments, assessments, code, rules)
     frame = base.merge(ends[["patient_id", "induction_end_at", "induction_infusions"]], on="patient_id", how="left")
     a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()]
     a = pd.DataFrame({"patient_id": a["patient_id"].to_numpy(), "at": outcomes.assessment_clock(a).to_numpy(),
@@ -254,10 +260,7 @@ def funnel(induction: pd.DataFrame, patients: pd.DataFrame, by: str, outcome: st
     g["rate"] = g["k"] / g["n"]
     hidden = int((g["n"] < min_cell).sum())
     g = g[g["n"] >= min_cell].reset_index(drop=True)
-    n = _funnel_sizes(max(2, min(5, int(g["n"].min()) if len(g) else 2)), int(max(g["n"].max() if len(g) else 10, 10) * 1.15))
-    se = np.sqrt(p0 * (1 - p0) / n)
-    limits = pd.DataFrame({"n": n, "lo95": np.clip(p0 - 1.96 * se, 0, 1), "hi95": np.clip(p0 + 1.96 * se, 0, 1),
-                           "lo998": np.clip(p0 - 3.09 * se, 0, 1), "hi998": np.clip(p0 + 3.09 * se, 0, 1)})
+    limits = funnel_limits(p0, g["n"])
     se_g = np.sqrt(p0 * (1 - p0) / g["n"])
     g["position"] = np.select([abs(g["rate"] - p0) > 3.09 * se_g, abs(g["rate"] - p0) > 1.96 * se_g],
                               ["outside 99.8% limits", "outside 95% limits"], "within limits")
@@ -478,13 +481,15 @@ def _rows(keep: np.ndarray | None, codes: np.ndarray) -> np.ndarray | slice:
 
 
 def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell: int = 0,
-                timings: dict | None = None) -> dict:
+                timings: dict | None = None, keep: np.ndarray | None | str = "filters") -> dict:
     """Everything the cohort page shows for these filters, from the summaries; the same figures as the
     headline, waterfall, weekly band, severity_movement and completeness computed on the filtered frames.
 
     Returns patients (the selected patients' rows), induction (their rows of induction_outcomes),
     cycles (n_cycles, n_patients, n_losses of their primary-instrument response cycles), headline, waterfall
     (one row per patient), trajectory, severity, completeness. `timings`, when given, gets each step's seconds.
+    `keep`: which patients (by code; None: all) when the caller has already selected them (the screen's
+    snapped filters); by default `select_patients(base, filters)`.
     """
     import time
 
@@ -500,7 +505,8 @@ def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell:
     instrument = scales.get(filters.instrument).code
     if instrument != summary.instrument:
         raise ValueError(f"cohort_view: filters ask for {instrument} but the summary is for {summary.instrument}")
-    keep = select_patients(base, filters)
+    if isinstance(keep, str):
+        keep = select_patients(base, filters)
     patients = base.patients if keep is None else base.patients[keep].reset_index(drop=True)
     induction = summary.induction if keep is None else summary.induction[_rows(keep, summary.induction_code)]
     cycles = base.cycles if keep is None else base.cycles[_rows(keep, base.cycles["patient_id"].to_numpy())]
@@ -572,26 +578,37 @@ def _completeness(base: CohortBase, keep: np.ndarray | None) -> pd.DataFrame:
     return out
 
 
-def waterfall_bars(w: pd.DataFrame, max_bars: int | None = None, bins: int = WATERFALL_BINS) -> pd.DataFrame:
+def waterfall_bars(w: pd.DataFrame, max_bars: int | None = None, bins: int = WATERFALL_BINS,
+                   min_cell: int = 0) -> pd.DataFrame:
     """The waterfall as drawn: waterfall() itself up to `max_bars` patients; above, one bar per
     percentile (`bins` groups of consecutive patients in waterfall order) at the group's median best
     change, with n, low, high (the group's range) and no patient ids: a browser should not receive
-    100,000 bars, nor a cohort chart a list of patients."""
-    if len(w) <= (WATERFALL_MAX_BARS if max_bars is None else max_bars):
+    100,000 bars, nor a cohort chart a list of patients.
+
+    With `min_cell` (roles without patient-level access) never one bar per patient: groups of at least
+    `min_cell` consecutive patients (at most `bins`), each at its median, without its range (the
+    lowest and highest are single patients' values); no bar at all under `min_cell` patients."""
+    if min_cell <= 0 and len(w) <= (WATERFALL_MAX_BARS if max_bars is None else max_bars):
         return w
-    group = np.arange(len(w)) * bins // len(w)
+    group = suppress.ranked_groups(len(w), min_cell, bins) if min_cell > 0 else np.arange(len(w)) * bins // len(w)
+    if len(group) == 0:
+        bars = pd.DataFrame({c: pd.Series(dtype=float) for c in ("rank", "best_percent_change", "n", "first_rank",
+                                                                  "last_rank")}).assign(outcome=pd.Series(dtype=object))
+        bars.attrs["patients"] = 0
+        return bars
     g = w.groupby(group)["best_percent_change"]
-    bars = pd.DataFrame({"rank": np.arange(1, bins + 1), "best_percent_change": g.median().to_numpy(),
-                         "low": g.min().to_numpy(), "high": g.max().to_numpy(), "n": g.size().to_numpy(),
+    bars = pd.DataFrame({"rank": np.arange(1, g.ngroups + 1), "best_percent_change": g.median().to_numpy(),
+                         "n": g.size().to_numpy(),
                          "first_rank": w["rank"].groupby(group).min().to_numpy(),
                          "last_rank": w["rank"].groupby(group).max().to_numpy()})
+    if min_cell <= 0:
+        bars.insert(2, "low", g.min().to_numpy())
+        bars.insert(3, "high", g.max().to_numpy())
     bars["outcome"] = np.select(
         [bars["best_percent_change"] <= -100 * DEFAULT_RULES.response_fall, bars["best_percent_change"] < 0],
         ["response (50% or more fall)", "some improvement"], "no improvement or worse")
     bars.attrs["patients"] = len(w)
     return bars
-
-
 
 
 # --- the screen ----------------------------------------------------------------------
@@ -613,7 +630,8 @@ def cohort_tables(ws: Workspace, instrument: str) -> CohortSummary:
 
     def induction() -> pd.DataFrame:
         f = ws.frames()
-        return ws.once(("induction", code), lambda: induction_outcomes(f["treatments"], f["assessments"], code))
+        return ws.once(("induction", code), lambda: induction_outcomes(f["treatments"], f["assessments"], code,
+                                                                      ends=ws.induction_ends(code)))
 
     def build() -> CohortSummary:
         b = base()
@@ -621,52 +639,318 @@ def cohort_tables(ws: Workspace, instrument: str) -> CohortSummary:
     return ws.once(("cohort_summary", code), build)
 
 
+
+# --- what the filters offer, and the guard against differencing ------------------------------
+#
+# For roles without patient-level access every figure on the page is computed from at least
+# `min_cell` patients, and no two selections a director can make differ by fewer (docs/security.md,
+# "Disclosure control"): a selection is every patient or one attribute category (pooled so each holds
+# `min_cell` patients, e.g. "clinician: dr_osei + dr_tanaka"), crossed with a first-infusion period in
+# whole months joined into blocks of `min_cell` starts; suppress.QueryFamily checks each figure against
+# every other selection of that family. Patient-level roles (min_cell 0) may combine filters freely.
+
+FILTER_FIELDS = {"site": "sites", "clinician": "clinicians", "route": "routes", "comorbidity": "comorbidities"}
+EVERY_PATIENT = "every patient"
+ONE_AT_A_TIME = ("choose a period, or one site, clinician, route or comorbidity over the whole period, one at "
+                 "a time: combinations of filters could be subtracted from one another to single out a few patients")
+
+
+@dataclass(frozen=True, eq=False)
+class FilterChoices:
+    """What the filter widgets offer a scope, and the family of selections they can make."""
+    min_cell: int
+    family: suppress.QueryFamily
+    labels: dict  # site, clinician, route, comorbidity -> the categories offered (pooled labels)
+    of_value: dict  # the same keys -> {raw value -> its category}
+    periods: pd.DataFrame  # label, first_day, last_day: the blocks of whole months the period moves in
+
+    def member(self, name: str, label: str) -> int:
+        return self.family.labels.index(f"{name}: {label}")
+
+    def choose(self, filters: Filters) -> tuple[int | None, tuple | None, str | None]:
+        """(member, period, None), or (None, None, why) when the filters leave the family. Raw values map to
+        the category holding them, so asking for one small clinician gives their pool; dates map to the
+        blocks holding them (whole months)."""
+        chosen = [(name, value) for name, field_name in FILTER_FIELDS.items() for value in getattr(filters, field_name)]
+        member = 0
+        if len(chosen) > 1:
+            return None, None, ONE_AT_A_TIME
+        if chosen:
+            name, value = chosen[0]
+            label = value if value in self.labels[name] else self.of_value[name].get(value)
+            if label is None:
+                return None, None, f"no {name} called {value!r}"
+            member = self.member(name, label)
+        period = self.period(filters.start, filters.end)
+        if not self.family.allows(member, period):
+            return None, None, ONE_AT_A_TIME
+        return member, period, None
+
+    def period(self, start: date | None, end: date | None):
+        if (start is None and end is None) or self.periods.empty:
+            return None
+        last = len(self.periods) - 1
+        lo = 0 if start is None else int((self.periods["last_day"] < start).sum())
+        hi = last if end is None else int((self.periods["first_day"] <= end).sum()) - 1
+        return (min(lo, last), max(hi, 0)) if lo <= hi else (lo, hi)
+
+    def period_bounds(self, period) -> tuple[date | None, date | None]:
+        """The first and last day a period covers (None, None: not set, or empty)."""
+        if period is None:
+            return None, None
+        lo, hi = period
+        if lo > hi or lo >= len(self.periods) or hi < 0:
+            return None, None
+        return self.periods["first_day"].iloc[lo], self.periods["last_day"].iloc[hi]
+
+    def describe(self, member: int, period, instrument: str) -> str:
+        parts = [instrument]
+        if period is not None:
+            first, last = self.period_bounds(period)
+            parts.append(f"first infusion {first:%d %b %Y} to {last:%d %b %Y}" if first else "first infusion: no period")
+        if member:
+            parts.append(self.family.labels[member])
+        return "; ".join(parts)
+
+
+def filter_choices(base: CohortBase, min_cell: int) -> FilterChoices:
+    """Pooled categories and whole-month periods for `min_cell` (suppress.pool_small, pool_flags, pool_periods)."""
+    p = base.patients
+    n = len(p)
+    members, names, labels, of_value = [np.ones(n, dtype=bool)], [EVERY_PATIENT], {}, {}
+    for name, values, missing in (("site", p["site"], "not recorded"), ("clinician", p["clinician"], "not recorded"),
+                                  ("route", base.first_route, "no infusion")):
+        codes, pooled, mapping = suppress.pool_small(values.reset_index(drop=True), min_cell, missing=missing)
+        labels[name], of_value[name] = list(pooled), mapping
+        for i, label in enumerate(pooled):
+            members.append(codes == i)
+            names.append(f"{name}: {label}")
+    flags = {token: mask for token, mask in base.comorbidity.items() if token.strip()}
+    flag_members, pooled, mapping = suppress.pool_flags(flags, min_cell) if flags else (np.zeros((0, n), bool), (), {})
+    labels["comorbidity"], of_value["comorbidity"] = list(pooled), mapping
+    for i, label in enumerate(pooled):
+        members.append(flag_members[i])
+        names.append(f"comorbidity: {label}")
+    first = base.first_day
+    started = first.notna().to_numpy()
+    rows = []
+    block = np.full(n, -1, dtype=np.int32)
+    if started.any():
+        absolute = (first.dt.year * 12 + first.dt.month - 1).to_numpy(dtype=float, na_value=np.nan)
+        low = int(np.nanmin(absolute))
+        index = np.where(started, np.nan_to_num(absolute, nan=low) - low, -1).astype(np.int64)
+        months = pd.period_range(pd.Period(year=low // 12, month=low % 12 + 1, freq="M"), periods=int(index.max()) + 1,
+                                 freq="M")
+        of_month = suppress.pool_periods(index, len(months), min_cell)
+        block = np.where(index >= 0, of_month[np.maximum(index, 0)], -1).astype(np.int32)
+        for b in range(int(of_month.max()) + 1):
+            span = months[of_month == b]
+            text = span[0].strftime("%b %Y") if len(span) == 1 else f"{span[0].strftime('%b %Y')}–{span[-1].strftime('%b %Y')}"
+            rows.append({"label": text, "first_day": span[0].start_time.date(), "last_day": span[-1].end_time.date()})
+    periods = pd.DataFrame(rows, columns=["label", "first_day", "last_day"])
+    family = suppress.QueryFamily(tuple(names), np.array(members, dtype=bool), block, tuple(periods["label"]), min_cell)
+    return FilterChoices(min_cell, family, labels, of_value, periods)
+
+
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """One selection and the rules for its figures: `refusals(populations)` gives, for each population, None
+    (its figures may be shown) or why not; patient-level roles get None everywhere."""
+    selected: np.ndarray
+    filtered: bool
+    family: suppress.QueryFamily | None = None
+    member: int = 0
+    period: tuple | None = None
+
+    def refusals(self, populations: suppress.Populations) -> list:
+        if self.family is None:
+            return [None] * populations.count
+        return self.family.refusals(self.member, self.period, populations)
+
+    def refusal(self, population: np.ndarray | None = None) -> str | None:
+        mask = np.ones(len(self.selected), dtype=bool) if population is None else population
+        return self.refusals(suppress.Populations.of_masks([mask]))[0]
+
+    def other(self, member: int) -> "_Selection":
+        """Another member of the family over the same (whole) period: a funnel group."""
+        return _Selection(self.family.select(member, self.period), True, self.family, member, self.period)
+
+
 @dataclass(frozen=True)
 class CohortChoices:
     """What the filter widgets offer for one instrument."""
     has_infusions: bool
-    options: dict  # sites, clinicians, routes, comorbidities
+    options: dict  # sites, clinicians, routes, comorbidities (pooled for roles without patient-level access)
     period: tuple  # the first and last infusion day (None, None without infusions)
+    periods: pd.DataFrame = None  # label, first_day, last_day: the period filter moves in these blocks of whole months
+    subsets: tuple = ()  # "every patient", "site: lakeview", ...: the page's one choice of patients
+
+
+def _filter_choices(ws: Workspace, base: CohortBase) -> FilterChoices:
+    min_cell = ws.data.scope.suppression_threshold
+    return ws.once(("cohort_filter_choices", min_cell), lambda: filter_choices(base, min_cell))
 
 
 def cohort_choices(ws: Workspace, instrument: str) -> CohortChoices:
     base = cohort_tables(ws, instrument).base
-    return CohortChoices(base.has_infusions, base.options, base.period)
+    choices = _filter_choices(ws, base)
+    options = {FILTER_FIELDS[name]: list(values) for name, values in choices.labels.items()}
+    return CohortChoices(base.has_infusions, options, base.period, choices.periods, tuple(choices.family.labels))
+
+
+def chosen_filters(instrument: str, subset: str = EVERY_PATIENT, periods: pd.DataFrame | None = None,
+                   first: str | None = None, last: str | None = None) -> Filters:
+    """Filters from the page's widgets: `subset` one of CohortChoices.subsets ("site: lakeview"), `first` and
+    `last` labels of CohortChoices.periods (the whole range: no period filter)."""
+    fields = {}
+    if subset and subset != EVERY_PATIENT:
+        name, _, label = subset.partition(": ")
+        fields[FILTER_FIELDS[name]] = (label,)
+    start = end = None
+    if periods is not None and len(periods) and first is not None and last is not None:
+        labels = list(periods["label"])
+        lo, hi = sorted((labels.index(first), labels.index(last)))
+        if (lo, hi) != (0, len(labels) - 1):
+            start, end = periods["first_day"].iloc[lo], periods["last_day"].iloc[hi]
+    return Filters(instrument=instrument, start=start, end=end, **fields)
+
+
+# --- the screen's figures, each checked against the rules -------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class _Cohortwide:
+    """Which patients (by code, over the whole scope) each figure is computed from, for one instrument."""
+    treated: np.ndarray
+    evaluable: np.ndarray
+    responded: np.ndarray
+    remitted: np.ndarray
+    waterfall: np.ndarray
+    severity_cell: np.ndarray  # baseline band x latest band cell of each patient (-1: none)
+    cycles: np.ndarray
+    lost: np.ndarray  # a cycle that ended in loss
+    censored: np.ndarray  # a cycle with no loss seen
+    weekly: suppress.Populations  # patients with a score in each week
+    infused: suppress.Populations  # patients infused in each month (base.months)
+    assessed: suppress.Populations  # ... with an infusion that had an assessment before it
+    unassessed: suppress.Populations  # ... with one that had none
+
+
+def _mask(n: int, codes: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    codes = np.asarray(codes)
+    out[codes[codes >= 0]] = True
+    return out
+
+
+def _pairs(groups: np.ndarray, codes: np.ndarray, count: int) -> suppress.Populations:
+    """Populations from (group, patient code) rows, each pair once."""
+    ok = codes >= 0
+    key = np.unique(groups[ok].astype(np.int64) * (int(codes.max(initial=0)) + 1) + codes[ok])
+    width = int(codes.max(initial=0)) + 1
+    return suppress.Populations(key // width, key % width, count)
+
+
+def _cohortwide(summary: CohortSummary) -> _Cohortwide:
+    base = summary.base
+    n = len(base.patients)
+    ind, codes = summary.induction, summary.induction_code
+    evaluable = ind["evaluable"].to_numpy(dtype=bool)
+    responded = ind["responded"].to_numpy(dtype=bool) & evaluable
+    remitted = ind["remitted"].to_numpy(dtype=bool) & evaluable
+    w = waterfall(ind)
+    labels = [b.label for b in scales.get(summary.instrument).bands]
+    cell = np.full(n, -1, dtype=np.int64)
+    known = ind["baseline_band"].notna().to_numpy() & ind["latest_band"].notna().to_numpy()
+    rows = pd.Categorical(ind["baseline_band"], labels).codes
+    cols = pd.Categorical(ind["latest_band"], labels).codes
+    ok = known & (rows >= 0) & (cols >= 0) & (codes >= 0)
+    cell[codes[ok]] = rows[ok] * len(labels) + cols[ok]
+    cyc = base.cycles
+    cyc_codes = cyc["patient_id"].to_numpy(dtype=np.int64) if len(cyc) else np.zeros(0, np.int64)
+    event = cyc["event"].to_numpy(dtype=bool) if len(cyc) else np.zeros(0, bool)
+    weekly = summary.weekly
+    months = len(base.months)
+    month, inf_code, assessed = base.infusion_month, base.infusion_code.astype(np.int64), base.infusion_assessed
+    return _Cohortwide(
+        treated=_mask(n, codes), evaluable=_mask(n, codes[evaluable]), responded=_mask(n, codes[responded]),
+        remitted=_mask(n, codes[remitted]), waterfall=_mask(n, base.codes(w["patient_id"])), severity_cell=cell,
+        cycles=_mask(n, cyc_codes), lost=_mask(n, cyc_codes[event]), censored=_mask(n, cyc_codes[~event]),
+        weekly=_pairs(weekly["week"].to_numpy(dtype=np.int64), weekly["patient_id"].to_numpy(dtype=np.int64),
+                      TRAJECTORY_WEEKS + 1),
+        infused=_pairs(month, inf_code, months), assessed=_pairs(month[assessed], inf_code[assessed], months),
+        unassessed=_pairs(month[~assessed], inf_code[~assessed], months))
+
+
+def cohort_populations(ws: Workspace, summary: CohortSummary) -> _Cohortwide:
+    return ws.once(("cohort_populations", summary.instrument), lambda: _cohortwide(summary))
 
 
 @dataclass(frozen=True, eq=False)
 class CohortScreen:
-    """Everything the cohort page draws for one set of filters; counts under `min_cell` are shown
-    as "<n" through `count`, `figure` and `severity_label`."""
+    """Everything the cohort page draws for one set of filters, already checked against the disclosure
+    rules of the scope (docs/security.md): a count that may not be shown is the text "<11" (fewer
+    than the minimum cell size) or "not shown" (subtraction from a neighbouring selection would give
+    it), a rate is `Rate.withheld`, a chart's hidden parts are absent (never small numbers)."""
     instrument: str
     min_cell: int
     show_ids: bool  # patient ids in the waterfall's hover (roles that see patient rows)
-    headline: dict
-    cycle_counts: dict  # n_cycles, n_patients, n_losses of the selection's primary-instrument cycles
+    description: str  # the period (whole months) and filters, as applied
+    refused: str | None  # nothing is shown for this selection, and why
+    headline: dict  # patients, treated, evaluable, active_patients, infusions_this_month: int or text; month,
+    #                 month_to_date, response and remission (Rate), median_durability (text), median_note
+    cycle_counts: dict  # n_cycles, n_patients, n_losses: int or text
     remission_cut: float
     remission_inclusive: bool
-    waterfall: pd.DataFrame  # one row per patient
-    waterfall_bars: pd.DataFrame  # as drawn (one bar per percentile above WATERFALL_MAX_BARS patients)
+    waterfall_bars: pd.DataFrame  # as drawn: one bar per patient, or per group of patients (column n)
+    waterfall_patients: object  # how many patients it holds (int or text)
     trajectory: pd.DataFrame
-    severity: pd.DataFrame
-    completeness: pd.DataFrame  # months with at least `min_cell` infusions, `assessed_shown` suppressed
-    patients: pd.DataFrame  # the selection
-    induction: pd.DataFrame  # its induction outcomes
+    severity: pd.DataFrame  # NaN: a suppressed cell
+    severity_note: str | None  # why the whole table is not shown
+    completeness: pd.DataFrame  # month, infusions, assessed, share, partial (the month in progress)
+    completeness_hidden: int  # months left out (too few infusions or patients)
+    completeness_overall: str | None  # "82% of 1,234 infusions", or None when it may not be shown
+    notes: tuple = ()  # what is left out and why, in words
     durability_instrument: str = scales.PRIMARY  # the headline's median durability is on this instrument's cycles
+    _funnel: dict | None = None
+    _cycles: pd.DataFrame | None = None  # the selection's primary-instrument cycles (patient codes, no ids)
 
-    def count(self, n: int) -> str:
-        return suppress.count(n, self.min_cell)
+    @property
+    def shows_nothing(self) -> bool:
+        return self.refused is not None
 
-    def figure(self, text: str, n: int) -> str:
-        return suppress.figure(text, n, self.min_cell)
+    def count(self, n) -> str:
+        return n if isinstance(n, str) else suppress.count(n, self.min_cell)
 
     @property
     def severity_label(self) -> str:
         return suppress.label(self.min_cell)
 
     def funnel(self, by: str, outcome: str = "responded") -> dict:
-        """The funnel plot of sites or clinicians (`by`) for response or remission (`outcome`)."""
-        return funnel(self.induction, self.patients, by, outcome, min_cell=self.min_cell)
+        """The funnel plot of sites or clinicians (`by`) for response or remission (`outcome`): groups too
+        small, or that subtraction would narrow, are left out (hidden_groups says how many)."""
+        return guarded_funnel(self._funnel, by, outcome)
+
+    def durability_curve(self, n_boot: int = 200) -> dict:
+        """The selection's durability curve (primary instrument) as the durability page draws curves:
+        screens.durability.survival_curves on cohort_durability of the selection's cycles."""
+        cycles = self._cycles
+        if cycles is None or cycles.empty or self.refused or isinstance(self.cycle_counts["n_patients"], str):
+            return {"curves": [], "note": "too few patients with response cycles to draw a durability curve"}
+        result = cohort_durability(cycles, instrument=self.durability_instrument, n_boot=n_boot)
+        curves = survival_curves(result, cycles, None, self.min_cell)
+        return {"curves": curves, "note": curve_note(curves, self.min_cell), "result": result}
+
+
+def _shown(value, reason: str | None, min_cell: int, *, minimum=None):
+    """A count as displayed: the number, "<11" when it (or the patients behind it) is under the minimum,
+    "not shown" when subtraction from a neighbouring selection would give it."""
+    if min_cell <= 0:
+        return value
+    if reason is not None:
+        return suppress.label(min_cell) if reason == suppress.SIZE.format(k=min_cell) else "not shown"
+    if not suppress.shown(value if minimum is None else minimum, min_cell):
+        return suppress.label(min_cell)
+    return value
 
 
 def cohort_page(ws: Workspace, filters: Filters, today: date) -> CohortScreen:
@@ -676,24 +960,333 @@ def cohort_page(ws: Workspace, filters: Filters, today: date) -> CohortScreen:
 
 
 def cohort_screen(ws: Workspace, filters: Filters, today: date, timings: dict | None = None) -> CohortScreen:
-    """The cohort page for `filters` as the workspace's scope sees it (`timings`, when given, gets each step's seconds)."""
+    """The cohort page for `filters` as the workspace's scope sees it (`timings`, when given, gets each step's seconds).
+
+    The first-infusion period is applied in whole months (blocks of them for roles without patient-level
+    access); such roles choose one attribute at a time, and a selection any of whose figures the rules
+    forbid shows those figures withheld, or nothing (`refused`)."""
     scope = ws.data.scope
     min_cell = scope.suppression_threshold
-    view = cohort_view(cohort_tables(ws, filters.instrument), filters, today, min_cell, timings=timings)
+    summary = cohort_tables(ws, filters.instrument)
+    base = summary.base
+    choices = _filter_choices(ws, base)
+    code = scales.get(filters.instrument).code
+    cut, inclusive = outcomes.remission_threshold(code)
+    n = len(base.patients)
+    if min_cell:
+        member, period, problem = choices.choose(filters)
+        if problem:
+            return _refused_screen(code, min_cell, filters.describe(), problem, cut, inclusive)
+        selection = _Selection(choices.family.select(member, period), member != 0 or period is not None,
+                               choices.family, member, period)
+        description = choices.describe(member, period, code)
+        refused = selection.refusal()
+        if refused is not None:
+            return _refused_screen(code, min_cell, description, refused, cut, inclusive)
+        first, last = choices.period_bounds(period)
+        used = Filters(instrument=code, start=first, end=last)
+        keep = selection.selected if selection.filtered else None
+    else:
+        period = choices.period(filters.start, filters.end)
+        first, last = choices.period_bounds(period)
+        used = Filters(instrument=code, sites=filters.sites, clinicians=filters.clinicians, routes=filters.routes,
+                       comorbidities=filters.comorbidities, start=first, end=last)
+        keep = select_patients(base, used)
+        if period is not None and first is None:  # a period holding no month: nobody
+            keep = np.zeros(n, dtype=bool)
+        selection = _Selection(np.ones(n, dtype=bool) if keep is None else keep, keep is not None)
+        description = used.describe()
+    view = cohort_view(summary, used, today, min_cell, timings=timings, keep=keep)
     started = time.perf_counter()
-    bars = waterfall_bars(view["waterfall"])
-    comp = view["completeness"]
-    if min_cell:  # a share from fewer infusions than the minimum cell size is not shown
-        comp = comp[comp["infusions"] >= min_cell].assign(
-            assessed_shown=lambda c: [suppress.count(int(a), min_cell) for a in c["assessed"]])
-    cut, inclusive = outcomes.remission_threshold(filters.instrument)
+    pops = cohort_populations(ws, summary)
+    screen = _disclose(view, summary, pops, selection, choices, today, min_cell, code, description, cut, inclusive,
+                       show_ids=may(scope, "see_patient_rows"))
     if timings is not None:
-        timings["waterfall"] = timings.get("waterfall", 0.0) + time.perf_counter() - started
+        timings["disclosure"] = timings.get("disclosure", 0.0) + time.perf_counter() - started
+    return screen
+
+
+def _refused_screen(code: str, min_cell: int, description: str, reason: str, cut: float, inclusive: bool) -> CohortScreen:
+    empty = pd.DataFrame()
     return CohortScreen(
-        instrument=scales.get(filters.instrument).code, min_cell=min_cell, show_ids=may(scope, "see_patient_rows"),
-        headline=view["headline"], cycle_counts=view["cycles"], remission_cut=cut, remission_inclusive=inclusive,
-        waterfall=view["waterfall"], waterfall_bars=bars, trajectory=view["trajectory"], severity=view["severity"],
-        completeness=comp, patients=view["patients"], induction=view["induction"])
+        instrument=code, min_cell=min_cell, show_ids=False, description=description, refused=reason,
+        headline={"patients": "not shown"}, cycle_counts={}, remission_cut=cut, remission_inclusive=inclusive,
+        waterfall_bars=empty, waterfall_patients=0, trajectory=pd.DataFrame(columns=["week", "median", "q1", "q3", "n"]),
+        severity=empty, severity_note=reason, completeness=_EMPTY_SHOWN_COMPLETENESS.copy(), completeness_hidden=0,
+        completeness_overall=None)
+
+
+def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: _Selection, choices: FilterChoices,
+              today: date, min_cell: int, code: str, description: str, cut: float, inclusive: bool,
+              show_ids: bool) -> CohortScreen:
+    base = summary.base
+    n = len(base.patients)
+    h = view["headline"]
+    notes = []
+    since = pd.Timestamp(today) - ACTIVE_DAYS * DAY
+    active = base.last_activity_at >= np.datetime64(since.to_datetime64(), "us")
+    month_start = pd.Timestamp(today.replace(day=1))
+    bounds = np.array([month_start.to_datetime64(), (pd.Timestamp(today) + DAY).to_datetime64()], dtype=base.infusion_at.dtype)
+    lo, hi = np.searchsorted(base.infusion_at, bounds)
+    this_month = _mask(n, base.infusion_code[lo:hi])
+    masks = [pops.treated, pops.evaluable, pops.responded, pops.evaluable & ~pops.responded, pops.remitted,
+             pops.evaluable & ~pops.remitted, active, ~active, this_month, pops.cycles, pops.lost, pops.censored,
+             pops.treated & ~pops.evaluable]
+    (r_treated, r_evaluable, r_resp, r_nonresp, r_remit, r_nonremit, r_active, r_inactive, r_month, r_cycles,
+     r_lost, r_censored, r_unevaluable) = selection.refusals(suppress.Populations.of_masks(masks))
+    selected = selection.selected
+
+    def absent(mask) -> bool:  # a structural complement that is empty (e.g. every treated patient evaluable)
+        return not (mask & selected).any()
+
+    if r_unevaluable is not None and absent(pops.treated & ~pops.evaluable):
+        r_unevaluable = None
+    if r_inactive is not None and absent(~active):
+        r_inactive = None
+
+    def rate(value: Rate, *reasons) -> Rate:
+        reason = next((r for r in reasons if r is not None), None)
+        if min_cell <= 0:
+            return value
+        if reason is not None:
+            return value.withheld(reason)
+        return value.withheld(value.reason) if value.suppressed else value
+
+    evaluable_reason = r_evaluable or r_unevaluable
+    infusions_month = h["infusions_this_month"]
+    headline = {
+        "patients": _shown(h["patients"], None, min_cell),
+        "treated": _shown(h["treated"], r_treated, min_cell),
+        "evaluable": _shown(h["evaluable"], evaluable_reason, min_cell),
+        "active_patients": _shown(h["active_patients"], r_active or r_inactive, min_cell),
+        "infusions_this_month": _shown(infusions_month, r_month, min_cell),
+        "month": h["month"],
+        "month_to_date": pd.Timestamp(today) < month_start + pd.offsets.MonthEnd(0),
+        "response": rate(h["response"], evaluable_reason, r_resp, r_nonresp),
+        "remission": rate(h["remission"], evaluable_reason, r_remit, r_nonremit),
+        "period": description,
+    }
+    # the selection's response cycles (primary instrument): counts and the median durability
+    cycles = base.cycles if not selection.filtered else base.cycles[_rows(selection.selected, base.cycles["patient_id"].to_numpy())]
+    counts = view["cycles"]
+    losses, censored = counts["n_losses"], counts["n_cycles"] - counts["n_losses"]
+    loss_reason = r_lost or r_censored or (None if suppress.share_shown(losses, counts["n_cycles"], min_cell)
+                                           else suppress.SIZE.format(k=min_cell))
+    cycle_counts = {"n_cycles": _shown(counts["n_cycles"], r_cycles, min_cell, minimum=counts["n_patients"]),
+                    "n_patients": _shown(counts["n_patients"], r_cycles, min_cell),
+                    "n_losses": _shown(losses, loss_reason, min_cell) if min_cell else losses}
+    median = h["median_durability_days"]
+    if min_cell and r_cycles is not None:
+        headline["median_durability"] = "not shown"
+        headline["median_note"] = f"durability not shown: {r_cycles}"
+    else:
+        end = observed_until(cycles, min_cell)
+        if median is None:
+            headline["median_durability"] = "not reached"
+        elif min_cell and end is not None and median > end:
+            headline["median_durability"] = f"more than {end:.0f} days"
+        else:
+            headline["median_durability"] = f"{median:.0f} days"
+        headline["median_note"] = None
+    # waterfall: groups of at least min_cell patients for roles without patient-level access
+    w = view["waterfall"]
+    r_waterfall = selection.refusal(pops.waterfall) if min_cell else None
+    if r_waterfall is not None:
+        bars = waterfall_bars(w.iloc[0:0], min_cell=min_cell)
+        notes.append(f"Waterfall not shown: {r_waterfall}.")
+    else:
+        bars = waterfall_bars(w, min_cell=min_cell)
+    # trajectory: weeks whose patients pass the guard
+    band = view["trajectory"]
+    if min_cell and len(band):
+        weekly = selection.refusals(pops.weekly)
+        band = band[[weekly[int(week)] is None for week in band["week"]]].reset_index(drop=True)
+    # severity movement: each cell's patients pass the guard, then small cells and their complements blank
+    severity, severity_note = _severity(summary, view["induction"], pops, selection, code, min_cell)
+    comp, comp_hidden, overall = _completeness_shown(view["completeness"], base, pops, selection, today, min_cell)
+    funnel_rows = _funnel_rows(summary, choices, selection)
+    return CohortScreen(
+        instrument=code, min_cell=min_cell, show_ids=show_ids and not min_cell, description=description, refused=None,
+        headline=headline, cycle_counts=cycle_counts, remission_cut=cut, remission_inclusive=inclusive,
+        waterfall_bars=bars, waterfall_patients=_shown(len(w), r_waterfall, min_cell), trajectory=band,
+        severity=severity, severity_note=severity_note, completeness=comp, completeness_hidden=comp_hidden,
+        completeness_overall=overall, notes=tuple(notes),
+        _funnel={"rows": funnel_rows, "selection": selection, "choices": choices, "min_cell": min_cell,
+                 "clinic": {"responded": headline["response"], "remitted": headline["remission"]},
+                 "outcomes": {"responded": (pops.responded, pops.evaluable & ~pops.responded),
+                              "remitted": (pops.remitted, pops.evaluable & ~pops.remitted)}},
+        _cycles=cycles.reset_index(drop=True))
+
+
+def _severity(summary: CohortSummary, induction: pd.DataFrame, pops: _Cohortwide, selection, code: str,
+              min_cell: int) -> tuple[pd.DataFrame, str | None]:
+    table = severity_movement(induction, code, 0)
+    if not min_cell:
+        return table, None
+    size = table.shape[1]
+    reasons = selection.refusals(suppress.Populations.of_labels(pops.severity_cell, size * size))
+    counts = table.to_numpy(dtype=float).copy()
+    for i, reason in enumerate(reasons):
+        if reason is not None:
+            counts[i // size, i % size] = 0  # a refused cell is treated as small (hidden, with its complements)
+    shown = suppress.blank(pd.DataFrame(counts, index=table.index, columns=table.columns), list(table.columns),
+                           min_cell=min_cell, row_totals=True)
+    shown = shown.where(shown.isna(), table)
+    note = None
+    if shown.isna().to_numpy().all():
+        note = (f"every cell holds fewer than {min_cell} patients (or could be worked out from the others), "
+                "so none is shown")
+    return shown, note
+
+
+_EMPTY_SHOWN_COMPLETENESS = pd.DataFrame({"month": pd.Series(dtype="datetime64[us]"), "infusions": pd.Series(dtype=float),
+                                          "assessed": pd.Series(dtype=float), "share": pd.Series(dtype=float),
+                                          "bound": pd.Series(dtype=object), "share_text": pd.Series(dtype=object),
+                                          "partial": pd.Series(dtype=bool)})
+
+
+def share_display(part: int, whole: int, min_cell: int, part_ok: bool = True, rest_ok: bool = True) -> tuple:
+    """(value, bound, text) of a share that may be shown only as a bound: exact when the part and the rest
+    both hold `min_cell` (and the patients behind each pass, `part_ok`/`rest_ok`); "at least 83%" when
+    the rest is under `min_cell` (the most it can hold is min_cell - 1), "at most 17%" when the part is;
+    (nan, None, "not shown") otherwise. A bound says no more than "<11" does."""
+    if whole <= 0:
+        return np.nan, None, "no infusions"
+    rest = whole - part
+    if min_cell <= 0 or (part >= min_cell and rest >= min_cell and part_ok and rest_ok):
+        return part / whole, None, f"{100 * part / whole:.0f}%"
+    if rest < min_cell and whole >= min_cell:
+        low = (whole - (min_cell - 1)) / whole
+        return low, "at least", f"at least {np.floor(100 * low):.0f}%"
+    if part < min_cell and whole >= min_cell:
+        high = (min_cell - 1) / whole
+        return high, "at most", f"at most {np.ceil(100 * high):.0f}%"
+    return np.nan, None, "not shown"
+
+
+def _completeness_shown(comp: pd.DataFrame, base: CohortBase, pops: _Cohortwide, selection: _Selection, today: date,
+                        min_cell: int) -> tuple[pd.DataFrame, int, str | None]:
+    """Months as drawn. For roles without patient-level access a month is drawn only when it holds
+    `min_cell` infusions from patients that pass the rules; its share exactly only when the assessed and
+    the unassessed infusions each number `min_cell` and come from patients that pass, else as a bound
+    (share_display). The overall figure is exact only when the months not shown exactly leave `min_cell`
+    or none behind (or the overall minus the exact months would give them back)."""
+    current = pd.Timestamp(today.replace(day=1))
+    if comp.empty:
+        return _EMPTY_SHOWN_COMPLETENESS.copy(), 0, None
+    comp = comp.reset_index(drop=True)
+    infusions = comp["infusions"].to_numpy(dtype=np.int64)
+    assessed = comp["assessed"].to_numpy(dtype=np.int64)
+    position = pd.Index(base.months).get_indexer(comp["month"])
+    infused_r, assessed_r, unassessed_r = (selection.refusals(p) for p in (pops.infused, pops.assessed, pops.unassessed))
+    drawn = np.array([infused_r[i] is None for i in position]) & (infusions >= max(min_cell, 1))
+    values, bounds, texts = [], [], []
+    for row, i in enumerate(position):
+        value, bound, text = share_display(int(assessed[row]), int(infusions[row]), min_cell,
+                                           assessed_r[i] is None, unassessed_r[i] is None)
+        values.append(value), bounds.append(bound), texts.append(text)
+    out = comp.assign(share=values, bound=bounds, share_text=texts, partial=comp["month"] == current)
+    exact = drawn & out["bound"].isna().to_numpy() & out["share"].notna().to_numpy()
+    out["assessed"] = np.where(exact | (min_cell <= 0), assessed, np.nan)  # a bounded share carries no count
+    if not min_cell:
+        total = int(infusions.sum())
+        return out, 0, f"{100 * assessed.sum() / total:.0f}% of {total:,} infusions"
+    # the overall figure: its own counts pass, and what it holds beyond the exactly shown months is 0 or min_cell+
+    selected = selection.selected
+    whole = [_mask(len(selected), p.patient[np.isin(p.pop, position)]) for p in (pops.infused, pops.assessed, pops.unassessed)]
+    overall_r = selection.refusals(suppress.Populations.of_masks(whole))
+
+    def patients_in(which: suppress.Populations, rows: np.ndarray) -> int:
+        hit = np.isin(which.pop, position[rows]) & selected[which.patient]
+        return int(np.unique(which.patient[hit]).size)
+
+    rest = ~exact
+    leftover = [int(infusions[rest].sum()), int(assessed[rest].sum()), int((infusions - assessed)[rest].sum()),
+                patients_in(pops.infused, rest), patients_in(pops.assessed, rest), patients_in(pops.unassessed, rest)]
+    leftover_ok = all(x == 0 or x >= min_cell for x in leftover)
+    total, total_assessed = int(infusions.sum()), int(assessed.sum())
+    if overall_r[0] is not None or total < min_cell:
+        overall = None
+    else:
+        value, bound, text = share_display(total_assessed, total, min_cell, overall_r[1] is None and leftover_ok,
+                                           overall_r[2] is None and leftover_ok)
+        hidden_infusions = int(infusions[~drawn].sum())
+        counted = f" of {total:,} infusions" if hidden_infusions == 0 or hidden_infusions >= min_cell else " of infusions"
+        overall = None if bound is None and np.isnan(value) else f"{text}{counted}"
+    return out[drawn].reset_index(drop=True), int((~drawn).sum()), overall
+
+
+def _funnel_rows(summary: CohortSummary, choices: FilterChoices, selection: _Selection) -> pd.DataFrame:
+    """The selection's evaluable patients: code, their site and clinician category, responded, remitted."""
+    ind = summary.induction
+    codes = summary.induction_code
+    ok = ind["evaluable"].to_numpy(dtype=bool) & (codes >= 0)
+    ok &= selection.selected[np.maximum(codes, 0)]
+    c = codes[ok]
+    patients = summary.base.patients
+    out = {"code": c}
+    for name in ("site", "clinician"):
+        raw = patients[name].astype(object).where(patients[name].notna(), "not recorded").astype(str).to_numpy()
+        out[name] = [choices.of_value[name].get(v, v) for v in raw[c]]
+    out["responded"] = ind["responded"].to_numpy(dtype=bool)[ok]
+    out["remitted"] = ind["remitted"].to_numpy(dtype=bool)[ok]
+    return pd.DataFrame(out)
+
+
+def guarded_funnel(data: dict | None, by: str, outcome: str) -> dict:
+    """The funnel of the screen's evaluable patients by `by`, every group checked like the page's figures:
+    for roles without patient-level access the groups are members of the family of selections (each site or
+    clinician category, over the selection's period), shown only when the patients with and without the
+    outcome pass the rules, with complementary suppression across groups (the clinic total minus the
+    groups shown must not give a hidden group back)."""
+    empty = {"groups": pd.DataFrame(columns=[by, "n", "k", "rate", "position"]), "limits": pd.DataFrame(),
+             "clinic_rate": None, "hidden_groups": 0, "note": None}
+    if not data or data["rows"].empty:
+        return empty
+    rows, selection, choices, min_cell = data["rows"], data["selection"], data["choices"], data["min_cell"]
+    clinic = data["clinic"][outcome]
+    if min_cell and clinic.suppressed:
+        return {**empty, "note": f"the clinic rate is not shown ({clinic.reason})"}
+    if min_cell and selection.filtered:
+        return {**empty, "note": f"the funnel compares the {by}s of every patient over the whole period: clear the "
+                                 "filters to see it"}
+    p0 = float(rows[outcome].mean())
+    g = rows.groupby(by)[outcome].agg(k="sum", n="size").reset_index()
+    g["k"] = g["k"].astype(np.int64)
+    g["rate"] = g["k"] / g["n"]
+    hidden = np.zeros(len(g), dtype=bool)
+    if min_cell:
+        with_it, without = data["outcomes"][outcome]
+        for i, label in enumerate(g[by]):
+            group = selection.other(choices.member(by, label))
+            if any(group.refusals(suppress.Populations.of_masks([with_it, without]))):
+                hidden[i] = True
+        table = pd.DataFrame({"k": np.where(hidden, 0, g["k"]), "rest": np.where(hidden, 0, g["n"] - g["k"]),
+                              "n": np.where(hidden, 0, g["n"])})
+        cells = suppress.mask(table, ["k", "rest"], "n", min_cell, row_totals=True, column_totals=True)
+        hidden |= cells.to_numpy().any(axis=1)
+    shown = g[~hidden].reset_index(drop=True)
+    limits = funnel_limits(p0, shown["n"])
+    if len(shown):
+        se_g = np.sqrt(p0 * (1 - p0) / shown["n"])
+        shown["position"] = np.select([abs(shown["rate"] - p0) > 3.09 * se_g, abs(shown["rate"] - p0) > 1.96 * se_g],
+                                      ["outside 99.8% limits", "outside 95% limits"], "within limits")
+    else:
+        shown["position"] = pd.Series(dtype=object)
+    note = None
+    if hidden.any():
+        note = (f"{int(hidden.sum())} {by}{'s' if hidden.sum() != 1 else ''} not shown: fewer than {min_cell} patients "
+                "with, or without, the outcome, or a group that subtraction from another figure would give back.")
+    return {"groups": shown, "limits": limits, "clinic_rate": p0, "hidden_groups": int(hidden.sum()), "note": note}
+
+
+def funnel_limits(p0: float, sizes) -> pd.DataFrame:
+    """The funnel's 95% and 99.8% limits around the clinic rate for group sizes spanning `sizes`."""
+    sizes = pd.Series(sizes, dtype=float)
+    n = _funnel_sizes(max(2, min(5, int(sizes.min()) if len(sizes) else 2)), int(max(sizes.max() if len(sizes) else 10, 10) * 1.15))
+    se = np.sqrt(p0 * (1 - p0) / n)
+    return pd.DataFrame({"n": n, "lo95": np.clip(p0 - 1.96 * se, 0, 1), "hi95": np.clip(p0 + 1.96 * se, 0, 1),
+                         "lo998": np.clip(p0 - 3.09 * se, 0, 1), "hi998": np.clip(p0 + 3.09 * se, 0, 1)})
 
 
 register_warmer("cohort_summary", lambda ws, key: cohort_tables(ws, key[1]))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import ingest, outcomes, scales
+from .. import ingest, outcomes, scales, workdir
 from ..access import AccessDenied
 from ..export import export_csv
 from .cohort import COMPLETENESS_DAYS, completeness
@@ -27,6 +27,12 @@ from .workspace import Workspace
 def preview_uploads(paths, db=None) -> pd.DataFrame:
     """ingest.preview: one row per file and table kind, with the rows that would be rejected and why."""
     return ingest.preview(paths, db=db)
+
+
+def upload_directory() -> tempfile.TemporaryDirectory:
+    """Where uploads wait for the import: in the process's private work folder, removed afterwards,
+    and by the next process when the server was killed (analytics/workdir.py)."""
+    return tempfile.TemporaryDirectory(prefix="upload-", dir=workdir.work_dir())
 
 
 def import_uploads(paths, db, user: str) -> ingest.ImportReport:
@@ -39,11 +45,12 @@ class ImportResult:
     files: pd.DataFrame  # per file: rows, new, updated, unchanged, rejected, batch, refused
     rejects: pd.DataFrame  # file, line, column, reason
     messages: list
+    warnings: tuple = ()  # e.g. committed, but the checkpoint after the commit failed (the rows are stored)
 
 
 def import_result(report: ingest.ImportReport) -> ImportResult:
     files, rejects = report_tables(report)
-    return ImportResult(report.exit_code, files, rejects, report.messages())
+    return ImportResult(report.exit_code, files, rejects, report.messages(), tuple(report.warnings))
 
 
 @dataclass(frozen=True, eq=False)

@@ -122,10 +122,25 @@ class Workspace:
             "assessments": self.data.assessments(), "attributes": self.data.attributes()})
 
     def cycles(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
+        code = scales.get(instrument).code
+
         def build():
             f = self.frames()
-            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], instrument, attributes=f["attributes"])
-        return self.once(("cycles", scales.get(instrument).code), build)
+            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES)
+            # The cohort page's induction outcomes start from the same course: keep what they need of it.
+            self.once(("induction_ends", code), lambda: induction_ends(built))
+            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
+                                 built=built)
+        return self.once(("cycles", code), build)
+
+    def induction_ends(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
+        """`induction_ends` of the instrument's course (kept when its cycles were built, else built here)."""
+        code = scales.get(instrument).code
+
+        def build():
+            f = self.frames()
+            return induction_ends(course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES))
+        return self.once(("induction_ends", code), build)
 
     def suggestions(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
         return self.once(("suggestions", scales.get(instrument).code),
@@ -264,13 +279,29 @@ WORKSPACES = WorkspaceCache()
 
 def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
                   instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES,
-                  attributes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in response."""
-    built = course.build_course(treatments, assessments, instrument, rules)
+                  attributes: pd.DataFrame | None = None, built: course.Course | None = None) -> pd.DataFrame:
+    """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in
+    response. `built`: the course of these frames when already at hand."""
+    if built is None:
+        built = course.build_course(treatments, assessments, instrument, rules)
     cycles = intervals.with_trajectories(course.cycles_from_course(built, patients, attributes, rules), built,
                                          rules.response_fall)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
+
+
+def induction_ends(built: course.Course) -> pd.DataFrame:
+    """patient_id, induction_end_at, induction_infusions: each patient's opening run of induction infusions
+    in a built course (phases as course.py has them: recorded, or derived by OutcomeRules), so the cohort
+    page and the durability cycles agree on induction."""
+    inf = built.infusions
+    if inf.empty:
+        return pd.DataFrame(columns=["patient_id", "induction_end_at", "induction_infusions"])
+    inf = inf.sort_values(["patient_id", "at"])
+    not_induction = (inf["phase"] != "induction").astype(int)
+    opening = inf[not_induction.groupby(inf["patient_id"]).cumsum() == 0]
+    g = opening.groupby("patient_id")
+    return pd.DataFrame({"induction_end_at": g["at"].max(), "induction_infusions": g.size()}).reset_index()
 
 
 def interval_suggestions(cycles: pd.DataFrame, treatments: pd.DataFrame, instrument: str = scales.PRIMARY,
