@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DB ?= data/outcomes.duckdb
 DEMO_PATIENTS ?= 300
 PORT ?= 8501
+# The dashboard listens on this machine only; see docs/security.md to serve it to others over TLS.
+ADDRESS ?= 127.0.0.1
 
 .PHONY: run test demo bench clean-venv
 
@@ -24,7 +26,7 @@ demo: $(VENV)/.installed
 	$(PY) -m analytics users demo-accounts --db $(DB)
 
 run: $(VENV)/.installed $(DB)
-	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run dashboard.py --server.port $(PORT)
+	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

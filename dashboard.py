@@ -9,11 +9,14 @@ import streamlit as st
 from analytics import memory
 from analytics.access import StoreBusy, page_run
 from pages import _page, _routing, _signin
+from pages._text import plain
 from pages._routing import PAGES, menu_for
 
 memory.tune_allocator()  # cohort-sized frames: see analytics/memory.py
 
-st.set_page_config(page_title="Ketamine outcomes", page_icon=":material/monitoring:", layout="wide")
+# An emoji favicon (drawn in the page): a Material icon one is fetched from fonts.gstatic.com, which the
+# Content-Security-Policy (serve.py) refuses, since the page asks nothing of any other server.
+st.set_page_config(page_title="Ketamine outcomes", page_icon="📈", layout="wide")
 _routing.route_through_navigation()
 
 # A patient's self-report link (/?token=...) needs no account: run that page alone, before any
@@ -34,10 +37,17 @@ def navigation_for(scope) -> dict[str, list[st.Page]]:
     }
 
 
+@st.fragment(run_every=_signin.idle_watch_seconds())
+def _watch_idle() -> None:
+    """Clears the screen when the session ends (idle limit, time limit, signed out elsewhere) without a click."""
+    _signin.watch_idle()
+
+
 # A page's audit entries are journaled rather than wait for the write lock (analytics/store.py).
 with page_run():
     try:
         scope = _signin.signed_in_scope()
+        _signin.browser_cookie()  # the browser fetches its session cookie after a sign-in, drops it after one ends
         if scope is None:
             # Every page address shows the sign-in form (and nothing else), so a link such as
             # /patient?patient=ID opened before signing in is still there afterwards.
@@ -48,9 +58,10 @@ with page_run():
             st.error("Your role opens no page of this dashboard. Ask an administrator.")
         else:
             with st.sidebar:
-                st.caption(f"Signed in as **{scope.user}** ({scope.role})")
+                st.caption(f"Signed in as **{plain(scope.user)}** ({scope.role})")
                 if st.button("Sign out", icon=":material/logout:", key="sign_out"):
                     _signin.sign_out()
+                _watch_idle()
             with _page.this_run(scope):  # the page does not work out the scope again
                 st.navigation(navigation_for(scope)).run()
     except StoreBusy:

@@ -3,8 +3,12 @@
 There is deliberately no function here (or anywhere in the product) that updates
 or deletes an audit row; tests/test_audit.py fails if such SQL appears in the code.
 Someone with the database file can still edit it outside the product, so each row
-carries a SHA-256 over its own content and the previous row's hash: `verify`
-recomputes the chain and names the first row that no longer matches.
+carries an HMAC-SHA256, under a key kept outside the database (analytics/keys.py), over
+its own content and the previous row's hash, and every committed entry's sequence number
+and hash is appended to an anchor file outside the database: `verify` recomputes the
+chain, names the first row that no longer matches, and catches a trail whose newest
+entries were cut off. Entries written before the key existed (schema v2-v4) carry a plain
+SHA-256 and are sealed by the first keyed entry, whose HMAC covers their last hash.
 
 An audit write that fails makes the audited action fail (callers write the entry
 before handing data out), so nothing is shown that was not recorded.
@@ -16,13 +20,13 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
 import pandas as pd
 
-from . import store
+from . import keys, store
 
 GENESIS = "0" * 64
 OUTCOMES = ("ok", "denied", "failed")
@@ -54,6 +58,13 @@ ACTIONS = (
     "self_report_send",   # a link was handed to a messaging adapter
     "safety_flag_raise",  # a positive PHQ-9 item 9 put a flag on the patient
     "safety_flag_ack",    # a clinician acknowledged a safety flag
+    # issue 13 (docs/security.md)
+    "view_due_list",      # the due list was shown (its patients listed)
+    "view_rejected_rows", # quarantined import rows were shown (raw or redacted)
+    "user_link_oidc",     # an identity provider's account was linked to an account here
+    "user_unlink_oidc",
+    "break_glass_grant",  # an administrator got a time-limited grant for identifiable data
+    "break_glass_end",
 )
 
 COLUMNS = ["seq", "logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail", "hash"]
@@ -67,13 +78,29 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+KEY_NAME = "audit"  # analytics/keys.py: <key dir>/audit.key
+
+
+def _canonical(prev_hash: str, seq: int, logged_at: datetime, actor: str, role: str | None, action: str,
+               outcome: str, page: str | None, patients: str, detail: str, key_id: str | None = None) -> bytes:
+    fields = [prev_hash, seq, logged_at.isoformat(timespec="microseconds"), actor, role, action, outcome, page, patients,
+              detail]
+    if key_id is not None:  # a keyed entry names its key inside what the key signs
+        fields.append(key_id)
+    return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _row_hash(prev_hash: str, seq: int, logged_at: datetime, actor: str, role: str | None, action: str,
               outcome: str, page: str | None, patients: str, detail: str) -> str:
-    canonical = json.dumps(
-        [prev_hash, seq, logged_at.isoformat(timespec="microseconds"), actor, role, action, outcome, page, patients, detail],
-        ensure_ascii=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    """The plain SHA-256 of an entry written before the audit key existed (verification only)."""
+    canonical = _canonical(prev_hash, seq, logged_at, actor, role, action, outcome, page, patients, detail)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _keyed_hash(key: bytes, key_id: str, prev_hash: str, seq: int, logged_at: datetime, actor: str, role: str | None,
+                action: str, outcome: str, page: str | None, patients: str, detail: str) -> str:
+    return keys.mac(key, _canonical(prev_hash, seq, logged_at, actor, role, action, outcome, page, patients, detail,
+                                    key_id))
 
 
 def append(
@@ -107,10 +134,12 @@ def append(
         return store.write_or_journal(db, JOURNAL_KIND, {
             "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
             "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
-    return _append(con, actor, role, action, outcome, page, patient_text, detail_text)
+    return _append(con, db, actor, role, action, outcome, page, patient_text, detail_text)
 
 
-def _append(con, actor, role, action, outcome, page, patient_text, detail_text, logged_at: datetime | None = None) -> int:
+def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text,
+            logged_at: datetime | None = None) -> int:
+    key_id, key = keys.current(KEY_NAME)  # created (0600) on first use; no key, no entry, no action
     # On PostgreSQL several servers append at once: the chain's head is read under a lock held until
     # the transaction commits (on DuckDB the single writer already makes appends take turns). The
     # `seq` key and the unique hash stay the backstop: a race would fail, never fork the chain.
@@ -118,12 +147,16 @@ def _append(con, actor, role, action, outcome, page, patient_text, detail_text, 
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
     logged_at = logged_at or _now()
-    digest = _row_hash(prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text)
+    digest = _keyed_hash(key, key_id, prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text,
+                         detail_text)
     con.execute(
-        "INSERT INTO audit_log (seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text, prev, digest],
+        "INSERT INTO audit_log (seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash,"
+        " key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text, prev, digest, key_id],
     )
+    database = store.db_path(db)
+    # Anchored once committed: an entry rolled back with its action never reaches the anchor.
+    store.after_commit(con, lambda: keys.anchor_append(database, seq, digest, key_id))
     return seq
 
 
@@ -131,7 +164,12 @@ JOURNAL_KIND = "audit"
 
 
 def _append_journaled(con, entry: dict) -> int:
-    return _append(con, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
+    # The anchor file goes beside the database being written (the connection's, whichever process flushes).
+    if store.dialect(con) == "postgres":
+        database = con.target
+    else:
+        database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
                    entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
 
 
@@ -210,36 +248,94 @@ class Verification:
     checked: int
     first_bad_seq: int | None = None
     reason: str = ""
-    # The newest entry's hash. A chain cannot show that its newest entries were cut off:
-    # keep this value somewhere else now and then, and compare (docs/security.md).
+    # The newest entry's hash (also anchored outside the database on every append).
     head_hash: str = GENESIS
+    unkeyed: int = 0  # entries 1..unkeyed were written before the audit key existed (plain SHA-256)
+    anchored: int | None = None  # the newest sequence number the anchor holds (None: no anchor for this file)
+    note: str = ""  # what a reader should know even when the trail verifies
+    anchor_file: str = ""  # where the anchor of this database file is (analytics/keys.py)
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "checked": self.checked, "first_bad_seq": self.first_bad_seq, "reason": self.reason,
-                "head_hash": self.head_hash}
+                "head_hash": self.head_hash, "unkeyed_entries": self.unkeyed, "anchored_seq": self.anchored,
+                "note": self.note, "key_dir": str(keys.key_dir()), "anchor_file": self.anchor_file}
+
+
+def _rows(db) -> list[tuple] | None:
+    columns = "seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash"
+    try:
+        with store.connect(db) as con:
+            try:
+                return con.execute(f"SELECT {columns}, key_id FROM audit_log ORDER BY seq").fetchall()
+            except store.MissingColumn:  # a database from before the key (schema v2-v4), not yet migrated
+                return [(*row, None) for row in con.execute(f"SELECT {columns} FROM audit_log ORDER BY seq").fetchall()]
+    except store.MissingTable:
+        return None
 
 
 def verify(db: str | os.PathLike | None = None) -> Verification:
-    """Recompute the hash chain; report the first entry edited, removed or inserted outside the product."""
-    store.flush_journal(db, wait=1.0)  # queued entries are chained when they are applied
-    try:
-        with store.connect(db) as con:
-            rows = con.execute(
-                "SELECT seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash"
-                " FROM audit_log ORDER BY seq"
-            ).fetchall()
-    except store.MissingTable:
+    """Recompute the chain (HMAC under the audit key; plain SHA-256 before the key existed) and compare
+    it with the anchor kept outside the database; report the first entry edited, removed, inserted,
+    downgraded or cut off. Entries still in the store's journal are chained first."""
+    path = store.db_path(db)
+    store.flush_journal(path, wait=1.0)
+    return replace(_verify(path), anchor_file=str(keys.anchor_path(path)))
+
+
+def _verify(path) -> Verification:
+    rows = _rows(path)
+    if rows is None:
         return Verification(True, 0)
-    prev, expected_seq = GENESIS, 1
-    for seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, digest in rows:
+    found_keys: dict[str, bytes | None] = {}
+    prev, expected_seq, unkeyed, keyed_from = GENESIS, 1, 0, None
+    hashes: dict[int, str] = {}
+    for seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, digest, key_id in rows:
         if seq != expected_seq:
             return Verification(False, expected_seq - 1, expected_seq, f"entry {expected_seq} is missing (next is {seq})")
         if prev_hash != prev:
             return Verification(False, seq - 1, seq, f"entry {seq} does not follow entry {seq - 1} (an entry was removed or replaced)")
-        if _row_hash(prev, seq, logged_at, actor, role, action, outcome, page, patients, detail) != digest:
-            return Verification(False, seq - 1, seq, f"entry {seq} was changed after it was written")
+        if key_id is None:
+            if keyed_from is not None:
+                return Verification(False, seq - 1, seq, f"entry {seq} carries no key although entries from {keyed_from} on "
+                                                         "are keyed: the trail was rewritten (downgraded)")
+            if _row_hash(prev, seq, logged_at, actor, role, action, outcome, page, patients, detail) != digest:
+                return Verification(False, seq - 1, seq, f"entry {seq} was changed after it was written")
+            unkeyed = seq
+        else:
+            keyed_from = keyed_from or seq
+            if key_id not in found_keys:
+                found_keys[key_id] = keys.find(KEY_NAME, key_id)
+            key = found_keys[key_id]
+            if key is None:
+                return Verification(False, seq - 1, seq, f"entry {seq} was signed with audit key {key_id}, which was not found "
+                                                         f"in {keys.key_dir()}: restore it as audit-{key_id}.key "
+                                                         "(docs/security.md); until then entries from here on cannot be checked")
+            if _keyed_hash(key, key_id, prev, seq, logged_at, actor, role, action, outcome, page, patients, detail) != digest:
+                return Verification(False, seq - 1, seq, f"entry {seq} was changed after it was written (its key does not sign it)")
+        hashes[seq] = digest
         prev, expected_seq = digest, seq + 1
-    return Verification(True, len(rows), head_hash=prev)
+    last = expected_seq - 1
+    anchored = keys.anchor_read(path)
+    newest_anchored = max((s for s, _ in anchored), default=None) if anchored is not None else None
+    for seq, digest in anchored or []:
+        if seq > last:
+            return Verification(False, last, last + 1, f"the newest entries were removed: the anchor outside the database "
+                                                       f"({keys.anchor_path(path)}) holds entry {newest_anchored}, "
+                                                       f"but the trail ends at entry {last}", prev, unkeyed, newest_anchored)
+        if hashes[seq] != digest:
+            return Verification(False, seq - 1, seq, f"entry {seq} differs from the one anchored outside the database: the "
+                                                     "trail was rewritten", prev, unkeyed, newest_anchored)
+    notes = []
+    if unkeyed:
+        sealed = f", sealed by keyed entry {unkeyed + 1}" if keyed_from else " (no keyed entry seals them yet)"
+        notes.append(f"entries 1-{unkeyed} were written before the audit key existed: a plain SHA-256 chain{sealed}")
+    if anchored is None and keyed_from is not None:
+        notes.append(f"no anchor for this database file at {keys.anchor_path(path)} (copied or moved here?): "
+                     "whether its newest entries were cut off cannot be told until the next entry anchors it")
+    loose = keys.loose_files()
+    if loose:
+        notes.append("key files readable by others than their owner (chmod 600): " + ", ".join(str(p) for p in loose))
+    return Verification(True, len(rows), head_hash=prev, unkeyed=unkeyed, anchored=newest_anchored, note="; ".join(notes))
 
 
 # -- export -----------------------------------------------------------------------

@@ -24,6 +24,12 @@ PHASE_STYLE = {
 }
 
 
+def _markup_free(value) -> str:
+    """A data value (patient id, site, subgroup label) as plotly text: plotly reads a subset of HTML
+    (<a href>, <b>, <br>) in titles, labels and hover text, so its markup characters are escaped."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     # Legend under the plot: above it, legends wrap into the title on half-width charts.
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height,
@@ -114,7 +120,7 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
     fig.update_layout(shapes=shapes, annotations=notes)
     fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
     fig.update_xaxes(title_text="date", row=strip, col=1)
-    title = f"Patient {patient_id}: scores and infusions" if patient_id else "Scores and infusions"
+    title = f"Patient {_markup_free(patient_id)}: scores and infusions" if patient_id else "Scores and infusions"
     fig = _layout(fig, title, height=260 * len(codes) + 200)
     # full width: the legend fits on one line above the plot
     return fig.update_layout(legend=dict(yanchor="bottom", y=1.0, xanchor="right", x=1), margin=dict(t=70))
@@ -164,7 +170,7 @@ def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Fig
             hover = [f"patients {a:,}-{b:,} of {total:,} by best change ({n} patients): median {c:+.0f}%"
                      for a, b, n, c in zip(d["first_rank"], d["last_rank"], d["n"], d["best_percent_change"])]
         else:
-            hover = [(f"{p}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
+            hover = [(f"{_markup_free(p)}: " if show_ids else "") + f"baseline {b:g}, best {s:g} ({c:+.0f}%)"
                      for p, b, s, c in zip(d["patient_id"], d["baseline_score"], d["best_score"], d["best_percent_change"])]
         fig.add_trace(go.Bar(x=d["rank"], y=d["best_percent_change"], name=outcome, marker_color=colour,
                              hovertext=hover, hoverinfo="text"))
@@ -224,10 +230,10 @@ def funnel(data: dict, by: str, outcome_label: str) -> go.Figure:
     # the clinic rate's label at the left end of its line: the groups' points sit to the right, near their size
     fig.add_hline(y=100 * p0, line=dict(color="#444"), annotation_text=f"clinic rate {100 * p0:.0f}%",
                   annotation_position="bottom left")
-    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by],
+    fig.add_trace(go.Scatter(x=g["n"], y=100 * g["rate"], mode="markers+text", text=g[by].map(_markup_free),
                              textposition="top center" if len(g) > 1 else "middle left",
                              marker=dict(size=12, color="#636efa"), name=by,
-                             hovertext=[f"{name}: {100 * r:.0f}% of {n} evaluable patients ({pos})"
+                             hovertext=[f"{_markup_free(name)}: {100 * r:.0f}% of {n} evaluable patients ({pos})"
                                         for name, n, r, pos in zip(g[by], g["n"], g["rate"], g["position"])],
                              hoverinfo="text"))
     fig.update_xaxes(title_text="evaluable patients (n)", range=[0, float(max(lim["n"].max() if len(lim) else 10, 10))])
@@ -269,13 +275,13 @@ def survival(curves: list[dict], title: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=t, y=100 * lo, mode="lines", line=dict(width=0), fill="tonexty",
                                  fillcolor=_alpha(colour, 0.18), showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=t, y=100 * s, mode="lines", line=dict(color=colour, width=2.5),
-                                 name=f"{c['label']} ({c['n']})",
-                                 hovertext=[f"{c['label']}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
+                                 name=f"{_markup_free(c['label'])} ({c['n']})",
+                                 hovertext=[f"{_markup_free(c['label'])}: day {x:g}, {100 * y:.0f}% still in response (95% CI {100 * a:.0f}-{100 * b:.0f}%)"
                                             for x, y, a, b in zip(t, s, lo, hi)], hoverinfo="text"))
         if c.get("end") is not None and len(c["times"]):
             fig.add_trace(go.Scatter(x=[c["times"][-1]], y=[100 * c["survival"][-1]], mode="markers",
                                      marker=dict(symbol="line-ns", size=14, line=dict(width=2, color=colour)),
-                                     showlegend=False, hovertext=[f"{c['label']}: the curve stops here (day {c['end']:.0f}), "
+                                     showlegend=False, hovertext=[f"{_markup_free(c['label'])}: the curve stops here (day {c['end']:.0f}), "
                                                                   "the last day enough cycles were still seen in response"],
                                      hoverinfo="text"))
         risk = c.get("at_risk") or []
@@ -283,7 +289,7 @@ def survival(curves: list[dict], title: str) -> go.Figure:
             fig.add_trace(go.Scatter(x=[d for d, _ in risk], y=[-9.0 * (i + 1)] * len(risk), mode="text",
                                      text=[f"{n:,}" if isinstance(n, (int, np.integer)) else str(n) for _, n in risk],
                                      textfont=dict(size=10, color=colour), showlegend=False,
-                                     hovertext=[f"{c['label']}: {n} cycles still seen in response at day {d:g} or later"
+                                     hovertext=[f"{_markup_free(c['label'])}: {n} cycles still seen in response at day {d:g} or later"
                                                 for d, n in risk], hoverinfo="text"))
     fig.add_hline(y=50, line=dict(dash="dot", color="#888"), annotation_text="median", annotation_position="top right")
     fig.update_xaxes(title_text="days since the infusion that started the cycle (numbers below: cycles still at risk)",

@@ -48,7 +48,11 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def patients_frame(data: access.DataAccess) -> pd.DataFrame:
-    patients = data.patients()
+    return format_patients(data.patients(), data.attributes())
+
+
+def format_patients(patients: pd.DataFrame, attributes: pd.DataFrame | None) -> pd.DataFrame:
+    """Patients rows (DataAccess.patients) and their attributes as the patients.csv columns."""
     out = pd.DataFrame(index=patients.index)
     for column in rules.PATIENT_COLUMNS:
         values = patients[column]
@@ -60,8 +64,7 @@ def patients_frame(data: access.DataAccess) -> pd.DataFrame:
             out[column] = values.astype("Int64").astype("str").fillna("").astype("str")
         else:
             out[column] = values.fillna("").astype("str")
-    attributes = data.attributes()
-    if len(attributes):
+    if attributes is not None and len(attributes):
         wide = attributes.pivot(index="patient_id", columns="name", values="value")
         for name in sorted(wide.columns):
             values = patients["patient_id"].map(wide[name])
@@ -70,7 +73,10 @@ def patients_frame(data: access.DataAccess) -> pd.DataFrame:
 
 
 def treatments_frame(data: access.DataAccess) -> pd.DataFrame:
-    t = data.treatments()
+    return format_treatments(data.treatments())
+
+
+def format_treatments(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "patient_id": _text(t["patient_id"]),
         "administered_on": _when(t["administered_at"], t["has_time"]),
@@ -81,7 +87,10 @@ def treatments_frame(data: access.DataAccess) -> pd.DataFrame:
 
 
 def assessments_frame(data: access.DataAccess) -> pd.DataFrame:
-    a = data.assessments()
+    return format_assessments(data.assessments())
+
+
+def format_assessments(a: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "patient_id": _text(a["patient_id"]),
         "instrument": a["instrument"].astype("str"),
@@ -107,21 +116,30 @@ def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
 
 
 def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
-               page: str | None = None) -> dict[str, Path]:
-    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`."""
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
+               page: str | None = None, detail: dict | None = None) -> dict[str, Path]:
+    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`; the
+    audit entry lists every patient in it."""
     data = access.DataAccess(db, scope)
+    patients = data.patients()
     frames = {
-        "patients": patients_frame(data),
+        "patients": format_patients(patients, data.attributes()),
         "treatments": treatments_frame(data),
         "assessments": assessments_frame(data),
     }
     if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)
+    return write_frames(directory, frames, data, patients["patient_id"], page=page,
+                        detail={"format": "csv", "identifiable": True, **(detail or {})})
+
+
+def write_frames(directory: str | os.PathLike, frames: dict[str, pd.DataFrame], data: access.DataAccess, patient_ids,
+                 *, page: str | None, detail: dict) -> dict[str, Path]:
+    """Audit an export (with every patient in it), then write its CSV files into `directory`."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
     # recorded before any file is written: an export that cannot be audited does not happen
-    data.log("export", page=page, detail={"format": "csv", "directory": str(target),
-                                          "rows": {name: len(frame) for name, frame in frames.items()}})
+    data.log("export", page=page, patients=[str(p) for p in patient_ids],
+             detail={**detail, "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}})
     written: dict[str, Path] = {}
     for name, frame in frames.items():
         path = target / f"{name}.csv"

@@ -30,7 +30,8 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "see_patient_rows": ("see per-patient rows and ids (the due list, patient ids in cohort charts)", _CLINICAL),
     "see_identifying_attributes": ("see patient attributes whose names look identifying", _CLINICAL),
     "view_import_history": ("see import batches (file names and row counts)", _ADMIN),
-    "view_rejected_rows": ("see quarantined import rows (raw text, not scoped to a caseload)", _ADMIN),
+    "view_rejected_rows": ("see quarantined import rows: line, column and reason (raw text only with a break-glass grant)", _ADMIN),
+    "break_glass": ("hold a time-limited break-glass grant: identifiable export and raw rejected rows", frozenset({"admin"})),
     # writing clinical records
     "record_visit": ("record an infusion or a clinician-rated assessment", _CLINICAL),
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -26,7 +27,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from . import audit, scales, store
+from . import audit, scales, store, throttle
 from .access import AccessDenied, DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
@@ -60,7 +61,13 @@ REFUSALS = {
     "expired": "This link has expired. Please ask your clinic for a new one.",
     "used": "This link has already been used, so your answers were received. Thank you. "
             "Ask your clinic for a new link if you need to answer again.",
+    "busy": "This page is busy just now. Please try again in a minute.",
 }
+
+# Openings of links are audited without anyone signed in: at most one entry per link a minute, and
+# at most OUTCOMES_SELF_REPORT_OPENINGS_PER_MINUTE (120) a minute in all, beyond which openings are
+# refused ("busy") and write nothing, so a flood of requests cannot flood the audit trail.
+_openings = throttle.AnonymousWrites(per_key=60.0, per_minute=int(os.environ.get("OUTCOMES_SELF_REPORT_OPENINGS_PER_MINUTE", "120")))
 
 
 def crisis_message() -> str:
@@ -115,11 +122,16 @@ def create_link(db, scope: Scope, patient_id: str, instruments, *, hours: float 
     hours = float(hours)
     if not 0 < hours <= MAX_HOURS:
         raise ValueError(f"a link must expire within 0-{MAX_HOURS} hours, got {hours:g}")
-    if not may(scope, "create_self_report_link"):
-        raise AccessDenied(f"the {scope.role} role cannot create self-report links")
     patient_id = str(patient_id).strip()
-    if not DataAccess(db, scope).can_see_patient(patient_id):
-        raise AccessDenied(f"no patient {patient_id[:64]!r} in your caseload")
+    refusal = None
+    if not may(scope, "create_self_report_link"):
+        refusal = f"the {scope.role} role cannot create self-report links"
+    elif not DataAccess(db, scope).can_see_patient(patient_id):
+        refusal = f"no patient {patient_id[:64]!r} in your caseload"
+    if refusal:  # a refused write is audited too
+        audit.append(db, scope.user, "self_report_link", role=scope.role, outcome="denied", page=page,
+                     patients=[patient_id[:64]], detail={"reason": refusal})
+        raise AccessDenied(refusal)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     created = now or _now()
     expires = created + timedelta(hours=hours)
@@ -162,12 +174,17 @@ def open_link(db, token: str, *, now: datetime | None = None) -> OpenLink:
     """Check a token and audit the opening; LinkRefused (a message safe to show) when it cannot be used."""
     now = now or _now()
     token = str(token or "")[:200]
-    with store.transaction(db) as con:  # a write: the opening is audited, allowed or not
+    with store.transaction(db) as con:  # a write: the opening is audited, allowed or not (once a minute per link)
         row = _lookup(con, token) if token else None
         reason = _refusal(row, now)
         patients = [row[1]] if row is not None else []
         detail = {"link": row[0]} if row is not None else {}
-        if reason:
+        decision = _openings.decide(f"{hash_token(token)}:{reason or 'ok'}", time.monotonic())
+        if decision == "busy":
+            reason = "busy"  # nothing is written
+        elif decision == "repeat":
+            pass  # the same opening, with the same outcome, was recorded less than a minute ago
+        elif reason:
             audit.append(db, SELF_ACTOR, "self_report_open", outcome="denied", page=PAGE, patients=patients,
                          detail={**detail, "reason": reason}, con=con)
         else:
@@ -287,6 +304,8 @@ def acknowledge_flag(db, scope: Scope, flag_id: int, note: str = "", *, page: st
     flags = DataAccess(db, scope).safety_flags(open_only=False)
     match = flags[flags["flag_id"] == int(flag_id)]
     if match.empty:
+        audit.append(db, scope.user, "safety_flag_ack", role=scope.role, outcome="denied", page=page,
+                     detail={"flag": int(flag_id), "reason": "not a flag of a patient in the caseload"})
         raise AccessDenied(f"no safety flag {int(flag_id)} for a patient in your caseload")
     if pd.notna(match["acknowledged_at"].iloc[0]):
         raise ValueError(f"safety flag {int(flag_id)} was already acknowledged by {match['acknowledged_by'].iloc[0]}")

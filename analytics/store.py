@@ -96,6 +96,7 @@ class CommittedButFailed(RuntimeError):
 # What a caller catches on either backend: a statement the database refused, a table not there.
 DatabaseError = (duckdb.Error, store_postgres.DatabaseError)
 MissingTable = (duckdb.CatalogException, store_postgres.MissingTable)
+MissingColumn = (duckdb.BinderException, store_postgres.MissingColumn)
 Conflict = (duckdb.ConstraintException, store_postgres.Conflict)
 PostgresTarget = store_postgres.Target
 Connection = Union[duckdb.DuckDBPyConnection, store_postgres.Connection]  # what connect and transaction yield
@@ -442,6 +443,20 @@ def connect(
             writer.release()
 
 
+# Work to do once a transaction has committed (the audit anchor, analytics/keys.py), by id of its
+# connection; dropped on rollback. A connection outside `transaction` runs such work at once.
+_after_commit: dict[int, list[Callable[[], None]]] = {}
+
+
+def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> None:
+    """Run `work` when `con`'s transaction commits (now, if `con` is not inside `transaction`)."""
+    pending = _after_commit.get(id(con))
+    if pending is None:
+        work()
+    else:
+        pending.append(work)
+
+
 @contextlib.contextmanager
 def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
     """store_postgres.connect, with a lock wait that ran out as StoreBusy and a missing schema as
@@ -468,21 +483,36 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
     Any error raised out of it means nothing was committed, except `CommittedButFailed`:
     the COMMIT succeeded and a step after it (applying the journal, closing the connection,
     DETACH and its checkpoint) failed, so callers can say truthfully what happened to the database.
+    Work registered with `after_commit` (the audit anchor) runs once the COMMIT succeeded.
     """
     committed = False
+    step = "writing the database file after the commit (checkpoint on detach)"
+    pending: list[Callable[[], None]] = []
     try:
         with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
             con.execute("BEGIN TRANSACTION")
+            _after_commit[id(con)] = pending
             try:
                 yield con
             except BaseException:
+                _after_commit.pop(id(con), None)
                 con.execute("ROLLBACK")
                 raise
-            con.execute("COMMIT")
+            try:
+                con.execute("COMMIT")
+            finally:
+                _after_commit.pop(id(con), None)
             committed = True
+            try:
+                for work in pending:
+                    work()
+            except Exception as exc:
+                raise CommittedButFailed("updating the audit anchor after the commit", exc) from exc
+    except CommittedButFailed:
+        raise
     except Exception as exc:
         if committed:
-            raise CommittedButFailed("writing the database file after the commit (checkpoint on detach)", exc) from exc
+            raise CommittedButFailed(step, exc) from exc
         raise
 
 
@@ -652,7 +682,10 @@ def _flush(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     if unknown:
         return 0  # a kind this process does not know: a process that does will apply them (renamed files are kept)
     applied = 0
+    pending: list[Callable[[], None]] = []  # after_commit work of the entries (the audit anchor)
     con.execute("BEGIN TRANSACTION")
+    outer = _after_commit.get(id(con))
+    _after_commit[id(con)] = pending
     try:
         for _path, recovered, entries in batches:
             for entry in entries:
@@ -663,6 +696,7 @@ def _flush(con: duckdb.DuckDBPyConnection, target: Path) -> int:
                 applied += 1
         con.execute("COMMIT")
     except duckdb.Error as exc:
+        pending.clear()
         con.execute("ROLLBACK")
         if _is_lock_error(exc) or isinstance(exc, (duckdb.IOException, duckdb.FatalException)):
             raise
@@ -672,8 +706,15 @@ def _flush(con: duckdb.DuckDBPyConnection, target: Path) -> int:
         print(f"store: journaled writes could not be applied ({type(exc).__name__}); kept in "
               f"{target.name}.journal.*.failed for an operator", file=sys.stderr)
         return 0
+    finally:
+        if outer is None:
+            _after_commit.pop(id(con), None)
+        else:
+            _after_commit[id(con)] = outer
     for path, _recovered, _entries in batches:
         sidecars.journal_done(path)
+    for work in pending:
+        work()
     return applied
 
 
@@ -942,8 +983,61 @@ def _schema_v4() -> list[str]:
     ]
 
 
+def _schema_security() -> list[str]:
+    """Keyed audit entries, server-side sessions, OpenID Connect identities and break-glass grants
+    (docs/security.md). Self-contained: creates only its own tables and one audit_log column."""
+    return [
+        # The id of the HMAC key (analytics/keys.py) that signed the entry; NULL: an entry written
+        # before the key existed (plain SHA-256 chain).
+        "ALTER TABLE audit_log ADD COLUMN key_id VARCHAR",
+        # One row per sign-in. The browser holds only a random token whose SHA-256 is in
+        # session_tokens; a one-time claim code (session_claims) lets it fetch that token as an
+        # HttpOnly cookie. No indexed column is ever updated (DuckDB checks such updates eagerly).
+        """CREATE TABLE sessions (
+    session_id VARCHAR PRIMARY KEY,     -- random, server-side handle
+    username VARCHAR NOT NULL,
+    epoch INTEGER NOT NULL,             -- users.session_epoch at sign-in
+    via VARCHAR NOT NULL,               -- password, oidc
+    created_at TIMESTAMP NOT NULL,
+    last_seen TIMESTAMP NOT NULL,
+    ended_at TIMESTAMP,
+    end_reason VARCHAR
+)""",
+        """CREATE TABLE session_tokens (
+    token_sha256 VARCHAR PRIMARY KEY CHECK (length(token_sha256) = 64),
+    session_id VARCHAR NOT NULL,
+    issued_at TIMESTAMP NOT NULL
+)""",
+        """CREATE TABLE session_claims (
+    claim_sha256 VARCHAR PRIMARY KEY CHECK (length(claim_sha256) = 64),
+    session_id VARCHAR NOT NULL,
+    expires_at TIMESTAMP NOT NULL
+)""",
+        # An identity provider's account (issuer, subject) bound to one local account.
+        """CREATE TABLE oidc_identities (
+    issuer VARCHAR NOT NULL,
+    subject VARCHAR NOT NULL,
+    username VARCHAR NOT NULL,
+    linked_by VARCHAR NOT NULL,         -- 'oidc' (created at first sign-in) or the admin who linked it
+    linked_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (issuer, subject)
+)""",
+        "CREATE SEQUENCE break_glass_seq START 1",
+        # A time-limited permission for one admin to take identifiable exports, with its reason.
+        """CREATE TABLE break_glass (
+    grant_id BIGINT PRIMARY KEY DEFAULT nextval('break_glass_seq'),
+    username VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL CHECK (length(reason) >= 10),
+    granted_by VARCHAR NOT NULL,
+    granted_at TIMESTAMP NOT NULL,
+    expires_at TIMESTAMP NOT NULL,
+    ended_at TIMESTAMP
+)""",
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

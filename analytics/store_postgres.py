@@ -45,6 +45,10 @@ class MissingTable(DatabaseError):
     """A table the statement names does not exist (42P01)."""
 
 
+class MissingColumn(DatabaseError):
+    """A column the statement names does not exist (42703)."""
+
+
 class Conflict(DatabaseError):
     """A unique or primary key would be violated (23505): another writer got there first."""
 
@@ -146,6 +150,8 @@ def _wrap_error(exc: Exception) -> DatabaseError:
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return MissingTable(message)
+    if isinstance(exc, psycopg.errors.UndefinedColumn):
+        return MissingColumn(message)
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return Conflict(message)
     if isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)):

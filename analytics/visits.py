@@ -24,7 +24,7 @@ from datetime import date, datetime
 import pandas as pd
 
 from . import scales
-from .access import DataAccess, Scope
+from .access import AccessDenied, DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
 from .vocabulary import PHASES, ROUTES  # noqa: F401  (the form's choices)
@@ -71,12 +71,19 @@ def record_key(patient_id: str, administered_at, instrument: str | None = None) 
     return f"{patient_id}|{instrument}|{stamp}" if instrument else f"{patient_id}|{stamp}"
 
 
-def _check_scope(db, scope: Scope, patient_id: str) -> dict[str, str]:
+def _check_scope(db, scope: Scope, patient_id: str, detail: dict) -> dict[str, str]:
+    """Refusals of the role or the patient, each audited as a denied record_visit (a write that did not happen)."""
     if not may(scope, "record_visit"):
-        return {FORM: f"the {scope.role} role cannot record visits; a clinician records them"}
-    if not DataAccess(db, scope).can_see_patient(patient_id):
-        return {"patient_id": "no patient with this id in your caseload"}
-    return {}
+        errors = {FORM: f"the {scope.role} role cannot record visits; a clinician records them"}
+    elif not DataAccess(db, scope).can_see_patient(patient_id):
+        errors = {"patient_id": "no patient with this id in your caseload"}
+    else:
+        return {}
+    from . import audit
+
+    audit.append(db, scope.user, "record_visit", role=scope.role, outcome="denied", page="patient",
+                 patients=[str(patient_id)[:64]], detail={**detail, "reason": next(iter(errors.values()))})
+    return errors
 
 
 def _first_problems(validated) -> dict[str, str]:
@@ -140,7 +147,7 @@ def record_infusion(
     treatment_details, outside the CSV contract.
     """
     patient_id = str(patient_id).strip()
-    errors = _check_scope(db, scope, patient_id)
+    errors = _check_scope(db, scope, patient_id, {"kind": "infusion", "correct": bool(correct)})
     if errors:
         return VisitResult(False, errors, message="nothing was saved")
     notes = (notes or "").strip() or None
@@ -234,7 +241,8 @@ def record_assessment(
 ) -> VisitResult:
     """Store one rated assessment (e.g. a clinician's MADRS) or, with correct=True, a new version."""
     patient_id = str(patient_id).strip()
-    errors = _check_scope(db, scope, patient_id)
+    errors = _check_scope(db, scope, patient_id, {"kind": "assessment", "instrument": str(instrument)[:20],
+                                                  "correct": bool(correct)})
     if errors:
         return VisitResult(False, errors, message="nothing was saved")
     row = assessment_row(patient_id, instrument, administered_at, items, total, rater)
@@ -270,6 +278,10 @@ def record_history(db, scope: Scope, patient_id: str, administered_at, instrumen
     merged here by time.
     """
     data = DataAccess(db, scope)
+    if not data.can_see_patient(patient_id):  # refused before any read, and audited
+        data.log("view_patient", outcome="denied", page="patient", patients=[str(patient_id)[:64]],
+                 detail={"what": "record history"})
+        raise AccessDenied(f"patient {str(patient_id)[:64]!r} is not in your caseload, or does not exist")
     at = pd.Timestamp(administered_at)
     if instrument is None:
         current = data.treatments([patient_id])

@@ -13,6 +13,7 @@ from analytics import scales, selfreport, visits
 from analytics.access import AccessDenied, Scope
 from analytics.permissions import may
 from pages._context import db_file as db_path
+from pages._text import plain
 
 FLASH = "visit_forms:flash"
 
@@ -23,7 +24,7 @@ def _when(day: date, at: time | None) -> datetime | date:
 
 def _show_errors(slots: dict, errors: dict[str, str]) -> None:
     for field, reason in errors.items():
-        (slots.get(field) or slots[visits.FORM]).error(reason, icon=":material/error:")
+        (slots.get(field) or slots[visits.FORM]).error(plain(reason), icon=":material/error:")
     if visits.FORM not in errors:
         slots[visits.FORM].error("Nothing was saved: fix the fields marked above.")
 
@@ -139,7 +140,7 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
         try:
             link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page="patient")
         except (ValueError, AccessDenied) as exc:
-            st.error(str(exc))
+            st.error(plain(str(exc)))
             return
         st.session_state[f"self_report_link:{patient_id}"] = link
     link = st.session_state.get(f"self_report_link:{patient_id}")
@@ -161,7 +162,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():
         with st.container(border=True):
-            st.error(f"Safety flag{'' if patient_id else ' for ' + flag.patient_id}: {flag.reason} "
+            st.error(f"Safety flag{'' if patient_id else ' for ' + plain(flag.patient_id)}: {plain(flag.reason)} "
                      f"({flag.raised_at:%d %b %Y %H:%M}). It stays until a clinician acknowledges it.",
                      icon=":material/emergency:")
             if not may(scope, "acknowledge_safety_flag"):
@@ -171,7 +172,7 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
                 try:
                     selfreport.acknowledge_flag(db_path(), scope, flag.flag_id, note, page=page)
                 except (ValueError, AccessDenied) as exc:
-                    st.warning(str(exc))
+                    st.warning(plain(str(exc)))
                 else:
                     _saved(f"Safety flag acknowledged for {flag.patient_id}.")
 

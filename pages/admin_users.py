@@ -5,6 +5,7 @@ from analytics import auth
 from analytics.permissions import ROLES
 from pages import _context
 from pages._page import open_page
+from pages._text import plain
 
 PAGE = "users"
 
@@ -39,9 +40,9 @@ with add_tab, st.form("add_user", clear_on_submit=True):
                 raise auth.UserError("the two passwords differ")
             added = auth.create_user(db, name, role, first, clinician=handle or None, actor=scope.user, page=PAGE)
         except auth.UserError as exc:
-            st.error(str(exc))
+            st.error(plain(str(exc)))
         else:
-            _done(f"Added {added} ({role}).")
+            _done(f"Added {plain(added)} ({role}).")
 
 with change_tab:
     if not names:
@@ -69,9 +70,9 @@ with change_tab:
                     else:
                         auth.set_role(db, who, new_role, clinician=new_handle or None, actor=scope.user, page=PAGE)
                 except auth.UserError as exc:
-                    st.error(str(exc))
+                    st.error(plain(str(exc)))
                 else:
-                    _done(f"{action}: done for {who}. Their open sessions end at their next click.")
+                    _done(f"{action}: done for {plain(who)}. Their open sessions have ended.")
 
 with grant_tab:
     st.caption("A grant lets one account open one patient's record (a director's case review, cover for a colleague). "
@@ -90,6 +91,6 @@ with grant_tab:
                 else:
                     auth.revoke_patient(db, who, patient, actor=scope.user, page=PAGE)
             except auth.UserError as exc:
-                st.error(str(exc))
+                st.error(plain(str(exc)))
             else:
-                _done(f"{'Granted' if grant else 'Withdrew'} patient {patient.strip()} for {who}.")
+                _done(f"{'Granted' if grant else 'Withdrew'} patient {plain(patient.strip())} for {plain(who)}.")

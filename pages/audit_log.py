@@ -6,6 +6,7 @@ import streamlit as st
 from analytics import audit
 from pages import _context
 from pages._page import open_page
+from pages._text import plain
 
 PAGE = "audit"
 
@@ -40,17 +41,21 @@ shown["detail"] = shown["detail"].map(lambda d: ", ".join(f"{k}={v}" for k, v in
 st.dataframe(shown.drop(columns=["hash"]), hide_index=True, width="stretch")
 
 
-def _log_download() -> None:
-    audit.append(db, scope.user, "export", role=scope.role, page=PAGE,
+def _audited_csv() -> bytes:
+    """Built when clicked (a deferred download); its audit entry names every patient the entries name."""
+    patients = sorted({p for listed in entries["patients"] for p in listed})
+    audit.append(db, scope.user, "export", role=scope.role, page=PAGE, patients=patients,
                  detail={"what": "audit trail CSV", "since": str(since), "until": str(until), "entries": len(entries)})
+    return audit.to_csv(entries).encode("utf-8")
 
 
-st.download_button("Download these entries (CSV)", audit.to_csv(entries), file_name=f"audit-{since}-{until}.csv",
-                   mime="text/csv", icon=":material/download:", on_click=_log_download)
+st.download_button("Download these entries (CSV)", _audited_csv, file_name=f"audit-{since}-{until}.csv",
+                   mime="text/csv", icon=":material/download:", on_click="ignore")
 
 if st.button("Verify the whole trail", icon=":material/verified:"):
     result = audit.verify(db)
     if result.ok:
-        st.success(f"All {result.checked} entries verified: the chain is intact.")
+        st.success(f"All {result.checked} entries verified: the chain is intact and matches its anchor outside the "
+                   "database." + (f" Note: {plain(result.note)}." if result.note else ""))
     else:
-        st.error(f"The audit trail was altered outside the product: {result.reason}.")
+        st.error(f"The audit trail was altered outside the product: {plain(result.reason)}.")

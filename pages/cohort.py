@@ -4,6 +4,7 @@ import streamlit as st
 from analytics import charts, printable
 from analytics.screens import cohort
 from pages._page import open_page
+from pages._text import plain
 
 page = open_page("cohort", "Cohort outcomes")
 ws = page.workspace
@@ -41,15 +42,15 @@ with st.spinner("Computing cohort outcomes..."):
 head, cycle_counts = screen.headline, screen.cycle_counts
 
 if screen.refused:
-    st.warning(f"Nothing is shown for this selection: {screen.refused}. Widen the period or choose a larger group.",
+    st.warning(f"Nothing is shown for this selection: {plain(screen.refused)}. Widen the period or choose a larger group.",
                icon=":material/visibility_off:")
-    st.caption(f"Selection: {screen.description}.")
+    st.caption(f"Selection: {plain(screen.description)}.")
     st.stop()
 if head["patients"] == 0:
     st.info("No patients match these filters: widen the period or choose every patient in the sidebar.")
     st.stop()
 
-st.caption(f"Selection: {screen.description}. {head['treated']} treated patients. Evaluable (a baseline and a score "
+st.caption(f"Selection: {plain(screen.description)}. {head['treated']} treated patients. Evaluable (a baseline and a score "
            f"within 21 days after induction, the rates' denominator): {head['evaluable']}.")
 c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Active patients", head["active_patients"], help=f"An infusion or assessment in the last {cohort.ACTIVE_DAYS} days.")

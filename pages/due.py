@@ -4,7 +4,7 @@ import streamlit as st
 
 from analytics.permissions import may
 from analytics.screens import due
-from pages import _visit_forms
+from pages import _context, _visit_forms
 from pages._page import open_page
 
 page = open_page("due", "Due list")
@@ -34,22 +34,27 @@ if listed.empty:
                f"no lost response, and everyone assessed within {no_score_days} days.")
     st.stop()
 
+# The list names patients: each distinct view of it is audited with the patients it showed.
+view = (str(today), no_score_days, _context.db_version())
+if st.session_state.get("due_list_viewed") != view:
+    due.log_view(page.workspace, screen)
+    st.session_state["due_list_viewed"] = view
+
 st.caption(f"{len(listed)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
            "taper candidate, self-report due). "
-           "Click a patient id to open their trajectory.")
+           "Select a row to open that patient's trajectory here.")
 shown = listed.assign(
-    open=[f"patient?patient={p}" for p in listed["patient_id"]],
     next_due_on=pd.to_datetime(listed["next_due_on"]).dt.date,
     last_infusion=pd.to_datetime(listed["last_infusion"]).dt.date,
     last_assessment=pd.to_datetime(listed["last_assessment"]).dt.date,
 )
-st.dataframe(
-    shown[["open", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
+picked = st.dataframe(
+    shown[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
            "self_report_reason"]],
-    hide_index=True, width="stretch",
+    hide_index=True, width="stretch", key="due_table", on_select="rerun", selection_mode="single-row",
     column_config={
-        "open": st.column_config.LinkColumn("patient", display_text=r"patient\?patient=(.*)"),
+        "patient_id": st.column_config.TextColumn("patient"),
         "reasons": st.column_config.TextColumn("why", width="large"),
         "next_due_on": st.column_config.DateColumn("suggested next infusion"),
         "last_infusion": st.column_config.DateColumn("last infusion"),
@@ -59,6 +64,9 @@ st.dataframe(
         "self_report_reason": st.column_config.TextColumn("self-report due"),
     },
 )
+rows = picked.selection.rows if picked is not None else []
+if rows:  # opens in this tab (a link column would open a new one)
+    st.switch_page("pages/patient.py", query_params={"patient": str(shown["patient_id"].iloc[rows[0]])})
 
 # Reminders without a messaging vendor: create a single-use link to copy, or print as a QR code.
 wanting = screen.links_wanted

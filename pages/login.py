@@ -3,12 +3,13 @@ import streamlit as st
 
 from analytics import auth
 from pages import _context, _routing, _signin
+from pages._text import plain
 
 _routing.route_through_navigation()
 st.title("Sign in")
 notice = _signin.take_sign_in_notice()
 if notice:
-    st.info(notice, icon=":material/lock_clock:")
+    st.info(plain(notice), icon=":material/lock_clock:")
 
 if not _context.has_data():
     _context.no_database_message()
@@ -16,7 +17,7 @@ if not _context.has_data():
 
 already = _signin.signed_in_scope()
 if already is not None:
-    st.success(f"You are signed in as {already.user} ({already.role}). Choose a page from the menu.")
+    st.success(f"You are signed in as {plain(already.user)} ({already.role}). Choose a page from the menu.")
     st.stop()
 
 if _signin.identity_provider_configured():
@@ -31,9 +32,10 @@ with st.form("sign_in"):
 
 if submitted:
     try:
-        signed_in = auth.authenticate(_context.db_file(), username, password, page="login")
+        signed_in = auth.authenticate(_context.db_file(), username, password, page="login",
+                                      client=_signin.client_address())
     except auth.SignInFailed as exc:
-        st.error(str(exc), icon=":material/block:")
+        st.error(plain(str(exc)), icon=":material/block:")
     else:
         _signin.start_session(signed_in)  # reruns into the role's own pages
 

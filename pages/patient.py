@@ -5,6 +5,7 @@ from analytics import charts, printable
 from analytics.screens import patient
 from pages import _visit_forms
 from pages._page import open_page
+from pages._text import plain
 
 page = open_page("patient", "Patient trajectory")
 ws = page.workspace
@@ -21,7 +22,7 @@ if not search:
     st.stop()
 matches = patient.patient_search(ws, search)
 if not matches:
-    st.warning(f"No patient in your caseload has an id containing '{search}'.")
+    st.warning(f"No patient in your caseload has an id containing '{plain(search)}'.")
     st.stop()
 default = matches.index(wanted) if wanted in matches else (matches.index(search) if search in matches else 0)
 patient_id = st.selectbox(f"{len(matches)} match{'es' if len(matches) != 1 else ''}"
@@ -35,13 +36,13 @@ if st.query_params.get("patient") != patient_id:
 with st.spinner("Working out response cycles and the next infusion..."):
     screen = patient.patient_screen(ws, patient_id, page.today)
 if screen.refused:
-    st.error(screen.refused)
+    st.error(plain(screen.refused))
     st.stop()
 
 info = screen.info
-st.caption(f"{info['patient_id']} · site {info['site'] or '-'} · clinician {info['clinician'] or '-'} · "
-           f"{info['diagnosis'] or 'diagnosis not recorded'}"
-           + (f" · comorbidities: {info['comorbidities'].replace(';', ', ')}" if info["comorbidities"] else ""))
+st.caption(f"{plain(info['patient_id'])} · site {plain(info['site'] or '-')} · clinician {plain(info['clinician'] or '-')} · "
+           f"{plain(info['diagnosis'] or 'diagnosis not recorded')}"
+           + (f" · comorbidities: {plain(info['comorbidities'].replace(';', ', '))}" if info["comorbidities"] else ""))
 
 if screen.empty:
     st.info("No assessments or infusions yet for this patient: record one below, or import them on the Data page.")
@@ -49,7 +50,7 @@ if screen.empty:
     st.stop()
 
 for message in screen.alerts:
-    st.error(message, icon=":material/warning:")
+    st.error(plain(message), icon=":material/warning:")
 
 latest = screen.latest
 cols = st.columns(max(len(latest), 1) + 1)
@@ -94,18 +95,22 @@ with right:
 
 st.subheader("Recent history")
 st.dataframe(screen.history, hide_index=True, width="stretch")
-# The CSV is built when the button is clicked, not on every view of the record.
-st.download_button("Download this patient's data (CSV)", screen.csv,
-                   file_name=f"{patient_id}.csv",
-                   mime="text/csv", icon=":material/download:",
-                   on_click=lambda: ws.data.log(  # every download is audited
-                       "export", page="patient", patients=[patient_id], detail={"what": "patient CSV"}))
-st.download_button("Download a one-page summary (PDF)", lambda: printable.patient_summary_pdf(screen, page.today),
+# Each file is built when its button is clicked (a deferred download), audited then with the patient
+# it holds, never kept on the server.
+st.download_button("Download this patient's data (CSV)", lambda: patient.audited_csv(ws, screen),
+                   file_name=f"{patient_id}.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
+
+
+def _audited_summary_pdf() -> bytes:
+    ws.data.log("export", page="patient", patients=[patient_id], detail={"what": "patient summary (PDF)"})
+    return printable.patient_summary_pdf(screen, page.today)
+
+
+st.download_button("Download a one-page summary (PDF)", _audited_summary_pdf,
                    file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
-                   key="patient_pdf", help="Trajectory, latest scores, infusions and the suggested next infusion, for "
-                                           "the chart or a referring psychiatrist.",
-                   on_click=lambda: ws.data.log(  # the file holds this one patient's record
-                       "export", page="patient", patients=[patient_id], detail={"what": "patient summary (PDF)"}))
+                   key="patient_pdf", on_click="ignore",
+                   help="Trajectory, latest scores, infusions and the suggested next infusion, for "
+                        "the chart or a referring psychiatrist.")
 
 # Infusion, MADRS, self-report link, versions of a record (clinicians; analytics.visits / selfreport).
 _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)

@@ -20,6 +20,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # AppTest runs page scripts in this process; they import analytics and pages
     sys.path.insert(0, str(ROOT))
+# Audit keys and anchors (analytics/keys.py) of the test run live in a folder of their own, never in
+# the operator's ~/.config; subprocesses (the CLI, streamlit) inherit it.
+if "OUTCOMES_KEY_DIR" not in os.environ:
+    import atexit
+    import tempfile
+
+    os.environ["OUTCOMES_KEY_DIR"] = tempfile.mkdtemp(prefix="outcomes-test-keys-")
+    atexit.register(shutil.rmtree, os.environ["OUTCOMES_KEY_DIR"], ignore_errors=True)
 DEMO_PATIENTS = 120
 DEMO_SEED = 7
 # The demo clinic's data end on 2026-11-20 (simulate.DEFAULT_END); pages see "today" as the day after.
@@ -249,7 +257,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_dashboard(db, log: Path, *, port: int | None = None, env: dict | None = None, args=()):
-    """`streamlit run dashboard.py` against `db` on 127.0.0.1 (its output in `log`); yields the base URL
+    """`streamlit run serve.py` (the dashboard with its security routes and headers) against `db` on 127.0.0.1 (its output in `log`); yields the base URL
     once the server answers its health check, and stops it afterwards."""
     port = port or free_port()
     environ = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
@@ -257,7 +265,7 @@ def serve_dashboard(db, log: Path, *, port: int | None = None, env: dict | None 
     environ.pop("OUTCOMES_ROLE", None)
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+            [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port),
              "--server.headless", "true", "--server.address", "127.0.0.1", *args],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
         )
@@ -292,13 +300,21 @@ def streamlit_server(server_db, tmp_path_factory):
         yield url
 
 
+def shown(markdown: str) -> str:
+    """What a reader sees of markdown that pages/_text.plain escaped: no backslash escapes, no zero-width breaks."""
+    import re
+
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown)).replace("\u200b", "")
+
+
 def page_text(at) -> str:
-    """Every piece of text an AppTest run shows (titles, alerts, captions, markdown, metrics), one per line."""
+    """Every piece of text an AppTest run shows (titles, alerts, captions, markdown, metrics), one per line,
+    as a reader sees it (markdown escapes removed)."""
     parts = []
     for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success"):
         parts += [str(e.value) for e in getattr(at, kind)]
     parts += [f"{m.label}: {m.value}" for m in at.metric]
-    return "\n".join(parts)
+    return shown("\n".join(parts))
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ DATABASE_OPENERS = {
     "ingest": "imports write rows in one transaction",
     "audit": "appends to and verifies the audit trail",
     "auth": "accounts, sign-in and lockout",
+    "sessions": "server-side sessions (only hashes of their tokens)",
     "export": "operator exports run with the system scope",
     "bench": "benchmarks its own generated synthetic database",
     "visits": "visit entry writes its extra rows inside the import's transaction",

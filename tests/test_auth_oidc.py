@@ -21,7 +21,7 @@ import authlib  # noqa: E402,F401  st.login needs Authlib (requirements.txt): fa
 
 def test_first_sign_in_creates_the_account_with_the_claimed_role(writable_db):
     session = auth.session_from_identity(writable_db, {"iss": "https://idp", "sub": "1", "email": "dir@clinic.org",
-                                                       "role": "director"})
+                                                       "email_verified": True, "role": "director"})
     assert (session.username, session.role, session.clinician) == ("dir@clinic.org", "director", None)
     row = auth.list_users(writable_db).set_index("username").loc["dir@clinic.org"]
     assert row["role"] == "director" and not row["local_password"]
@@ -30,10 +30,11 @@ def test_first_sign_in_creates_the_account_with_the_claimed_role(writable_db):
 
 
 def test_clinician_claim_names_the_caseload_and_a_role_change_ends_old_sessions(writable_db):
-    first = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": "clinician",
+    me = {"iss": "https://idp", "sub": "okafor-1"}
+    first = auth.session_from_identity(writable_db, {**me, "preferred_username": "okafor", "role": "clinician",
                                                      "clinician": "dr_okafor"})
     assert first.clinician == "dr_okafor"
-    second = auth.session_from_identity(writable_db, {"preferred_username": "okafor", "role": ["director"]})
+    second = auth.session_from_identity(writable_db, {**me, "preferred_username": "okafor", "role": ["director"]})
     assert second.role == "director"
     with pytest.raises(auth.SessionEnded):
         auth.validate_session(writable_db, first)
@@ -56,10 +57,11 @@ def test_claims_without_one_known_role_or_a_usable_name_are_refused_and_audited(
 
 
 def test_a_disabled_account_stays_out_whatever_the_provider_says(writable_db):
-    auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+    amy = {"iss": "https://idp", "sub": "amy-1", "preferred_username": "amy", "role": "admin"}
+    auth.session_from_identity(writable_db, amy)
     auth.disable_user(writable_db, "amy", actor="admin")
     with pytest.raises(auth.SignInFailed, match="disabled"):
-        auth.session_from_identity(writable_db, {"preferred_username": "amy", "role": "admin"})
+        auth.session_from_identity(writable_db, amy)
 
 
 # -- a small OIDC provider -----------------------------------------------------------------
@@ -150,9 +152,9 @@ class Provider:
         self.server.shutdown()
 
 
-def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
-    """The browser clicks the provider button, is sent to the provider and back, and lands on
-    the director's pages; the account was created from the claims and the sign-in audited."""
+def _provider_round_trip(db, tmp_path, claims: dict, until) -> tuple[str, str]:
+    """Serve the dashboard on `db` with `claims` at a local provider, click the provider button in Chromium
+    and wait for `until(page)`; returns (the page's text, the provider's URL)."""
     from tests.conftest import free_port, serve_dashboard
     from tests.test_browser import ARGS, CHROMIUM, _browser_or_reason
 
@@ -163,8 +165,7 @@ def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
 
     port = free_port()
     client_id, client_secret = "outcomes-dashboard", secrets.token_urlsafe(16)
-    with Provider({"preferred_username": "dr_director", "role": "director", "email": "d@clinic.test"},
-                  client_id, client_secret) as provider:
+    with Provider(claims, client_id, client_secret) as provider:
         secrets_file = tmp_path / "secrets.toml"
         secrets_file.write_text(
             "[auth]\n"
@@ -174,17 +175,45 @@ def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
             f'client_secret = "{client_secret}"\n'
             f'server_metadata_url = "{provider.url}/.well-known/openid-configuration"\n'
         )
-        with serve_dashboard(writable_db, tmp_path / "streamlit.log", port=port, env={"OUTCOMES_TODAY": "2026-11-21"},
+        with serve_dashboard(db, tmp_path / "streamlit.log", port=port, env={"OUTCOMES_TODAY": "2026-11-21"},
                              args=("--secrets.files", str(secrets_file))) as url:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = browser.new_page()
                 page.goto(f"{url}/")
                 page.get_by_role("button", name="Sign in with your organisation's account").click(timeout=120_000)
-                page.get_by_role("heading", name="Cohort outcomes", level=1).wait_for(timeout=120_000)
-                assert "Signed in as" in page.inner_text("body")
+                until(page)
+                text = page.inner_text("body")
                 browser.close()
+    return text, provider.url
+
+
+def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
+    """The browser clicks the provider button, is sent to the provider and back, and lands on
+    the director's pages; the account was created from the claims and the sign-in audited."""
+    text, issuer = _provider_round_trip(
+        writable_db, tmp_path, {"preferred_username": "dr_director", "role": "director", "email": "d@clinic.test"},
+        lambda page: page.get_by_role("heading", name="Cohort outcomes", level=1).wait_for(timeout=120_000))
+    assert "Signed in as" in text
     users = auth.list_users(writable_db).set_index("username")
     assert users.loc["dr_director", "role"] == "director" and not users.loc["dr_director", "local_password"]
     signed = audit.entries(writable_db, action="sign_in").iloc[-1]
-    assert signed["actor"] == "dr_director" and signed["detail"] == {"via": "oidc", "issuer": provider.url}
+    assert signed["actor"] == "dr_director"
+    assert signed["detail"] == {"via": "oidc", "issuer": issuer, "subject": "user-1"}
+
+
+def test_st_login_cannot_take_over_a_local_account(writable_db, tmp_path):
+    """The provider claims the local admin's name with a clinician role: the browser stays on the sign-in
+    page, the admin keeps its role, and the refusal is audited."""
+    auth.create_user(writable_db, "admin", "admin", "correct horse battery", actor="test")
+
+    def refused(page):
+        page.get_by_role("heading", name="Sign in", level=1).wait_for(timeout=120_000)
+        page.wait_for_timeout(3000)
+
+    text, _ = _provider_round_trip(writable_db, tmp_path, {"preferred_username": "admin", "role": "clinician"}, refused)
+    assert "Signed in as" not in text
+    assert auth.list_users(writable_db).set_index("username").loc["admin", "role"] == "admin"
+    last = audit.entries(writable_db, action="sign_in_failed").iloc[-1]
+    assert last["detail"]["reason"] == "name belongs to an account not linked to this identity"
+    assert audit.entries(writable_db, action="sign_in").empty

@@ -6,12 +6,10 @@ named by OUTCOMES_ROLE without the form; these tests are the ones that go throug
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import timedelta
-
 import pytest
 
-from analytics import audit, auth, store
+from analytics import audit, auth, sessions, store
+from tests.conftest import shown as reader_sees
 
 PASSWORD = "correct horse battery"
 
@@ -105,19 +103,28 @@ def test_clinician_cannot_use_admin_pages_even_by_switching_to_them(clinic):
 def test_disabled_users_old_session_is_refused_at_the_next_click(clinic):
     db, _ = clinic
     at = _sign_in("dr_okafor")
-    auth.disable_user(db, "dr_okafor", actor="admin")
+    session_id = at.session_state["auth_session"].session_id
+    auth.disable_user(db, "dr_okafor", actor="admin")  # ends the account's sessions on the server at once
     at.switch_page("pages/due.py").run()
     assert "sign in again" in _texts(at) and not at.dataframe
     assert "auth_session" not in at.session_state
-    assert audit.entries(db).iloc[-1][["actor", "action", "outcome"]].tolist() == ["dr_okafor", "session_refused", "denied"]
+    assert audit.entries(db).iloc[-1][["actor", "action"]].tolist() == ["admin", "user_disable"]
+    with store.connect(db) as con:
+        ended = con.execute("SELECT end_reason FROM sessions WHERE session_id = ?", [session_id]).fetchall()
+    assert ended == [("disabled",)]
 
 
 def test_idle_session_expires(clinic):
+    db, _ = clinic
     at = _sign_in("dr_okafor")
-    session = at.session_state["auth_session"]
-    at.session_state["auth_session"] = replace(session, last_seen=session.last_seen - timedelta(minutes=16))
+    session_id = at.session_state["auth_session"].session_id
+    with store.transaction(db) as con:  # the last activity 16 minutes ago, as the server knows it
+        con.execute("UPDATE sessions SET last_seen = last_seen - INTERVAL 16 MINUTE WHERE session_id = ?", [session_id])
+    sessions.forget(db, session_id)
     at.switch_page("pages/due.py").run()
     assert "without activity" in _texts(at) and not at.dataframe
+    with store.connect(db) as con:
+        assert con.execute("SELECT end_reason FROM sessions WHERE session_id = ?", [session_id]).fetchall() == [("idle",)]
 
 
 def test_admin_adds_a_user_and_reads_the_audit_trail(clinic):
@@ -131,7 +138,7 @@ def test_admin_adds_a_user_and_reads_the_audit_trail(clinic):
     form_inputs[2].input("a long enough passphrase")
     form_inputs[3].input("a long enough passphrase")
     next(b for b in at.button if b.label == "Add account").click().run()
-    assert "Added nurse_lee" in _texts(at)
+    assert "Added nurse_lee" in reader_sees(_texts(at))
     assert "nurse_lee" in auth.list_users(db)["username"].tolist()
     added = audit.entries(db, action="user_add").iloc[-1]
     assert (added["actor"], added["page"], added["detail"]["user"]) == ("admin", "users", "nurse_lee")

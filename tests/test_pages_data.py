@@ -1,5 +1,6 @@
 """Data page: uploads go through the importer, with reasons for every rejected row."""
 from analytics.access import DataAccess
+from tests.conftest import shown
 
 HEADER = "patient_id,instrument,administered_on,rater,item_1,item_2,item_3,item_4,item_5,item_6,item_7,item_8,item_9,item_10,total\n"
 GOOD = "P00001,PHQ-9,2026-11-19T08:15:00,self,1,1,1,1,1,1,1,1,0,1,8\n"
@@ -14,7 +15,7 @@ def test_upload_with_a_bad_row_shows_the_reason_before_and_after(open_page, writ
     at.file_uploader[0].upload("scores.csv", (HEADER + GOOD + BAD).encode(), "text/csv").run()
 
     assert not at.exception
-    preview = [w.value for w in at.warning]
+    preview = [shown(w.value) for w in at.warning]
     assert any("scores.csv: 1 row(s) will be rejected" in w for w in preview)
     reasons = at.dataframe[1].value
     assert list(reasons["line"]) == [3]

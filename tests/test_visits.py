@@ -7,6 +7,7 @@ import pytest
 
 from analytics import audit, store, visits
 from analytics.access import SYSTEM, DataAccess, Scope
+from tests.conftest import shown
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
 
@@ -127,7 +128,12 @@ def test_entry_is_limited_to_the_clinicians_caseload_and_role(writable_db):
     director = Scope(user="boss", role="director", patient_level=False)
     assert "cannot record" in visits.record_assessment(writable_db, director, mine["patient_id"], "MADRS",
                                                        administered_at=WHEN, items=_madrs()).errors["form"]
-    assert _counts(writable_db) == before
+    after = _counts(writable_db)
+    assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
+    # nothing was stored, but both refusals are in the audit trail (docs/security.md)
+    refusals = audit.entries(writable_db, action="record_visit")
+    assert refusals[["actor", "outcome"]].values.tolist() == [["dr_a", "denied"], ["boss", "denied"]]
+    assert refusals.iloc[0]["patients"] == [other["patient_id"]]
     assert visits.record_infusion(writable_db, clinician, mine["patient_id"], administered_at=WHEN, route="iv",
                                   dose_mg_per_kg=0.5).ok
     with pytest.raises(PermissionError):
@@ -176,12 +182,12 @@ def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_pag
     before = _counts(writable_db)
     at.number_input(key="inf_dose").set_value(9.0)
     next(b for b in at.button if b.label == "Save infusion").click().run()
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert "dose_mg_per_kg must be above 0 and at most 5, got 9" in errors
     for n in range(1, 10):
         at.radio(key=f"madrs_item_{n}").set_value(1)
     next(b for b in at.button if b.label == "Save MADRS").click().run()
-    assert "item 10 is not rated" in [e.value for e in at.error]
+    assert "item 10 is not rated" in [shown(e.value) for e in at.error]
     after = _counts(writable_db)
     # each page run audits the record view; nothing else may have been written
     assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}

@@ -28,6 +28,8 @@ def run(args) -> int:
             else:
                 print(f"audit: {result.checked} entries verified; newest hash {result.head_hash}" if result.ok
                       else f"audit: TAMPERED: {result.reason}")
+                if result.note:
+                    print(f"audit: note: {result.note}")
             return EXIT_OK if result.ok else EXIT_FAILED
         frame = audit.entries(db, since=args.since, until=getattr(args, "until", None),
                               actor=getattr(args, "actor", None), action=getattr(args, "action", None))

@@ -45,6 +45,18 @@ def add_arguments(p) -> None:
     revoke.add_argument("user")
     revoke.add_argument("patient")
     action("demo-accounts", "create one account per role with random passwords (demo databases only)")
+    link = action("link-oidc", "let an identity provider's account (issuer, subject) sign in as an existing account")
+    link.add_argument("user")
+    link.add_argument("--issuer", required=True, help="the provider's iss claim")
+    link.add_argument("--subject", required=True, help="the person's sub claim at that provider")
+    unlink = action("unlink-oidc", "remove a link made by link-oidc (ends the account's open sessions)")
+    unlink.add_argument("--issuer", required=True)
+    unlink.add_argument("--subject", required=True)
+    glass = action("break-glass", "let an administrator take identifiable exports in the dashboard for a while (audited)")
+    glass.add_argument("user")
+    glass.add_argument("--reason", required=True, help="why identifiable data are needed (kept in the audit trail)")
+    glass.add_argument("--hours", type=float, default=4, help="how long the grant lasts (default 4, at most 24)")
+    action("end-break-glass", "end an administrator's break-glass grant now").add_argument("user")
 
 
 def _read_password(args, prompt: str = "Password: ") -> str:
@@ -106,6 +118,18 @@ def run(args) -> int:
         elif args.action == "grant":
             auth.grant_patient(db, args.user, args.patient, actor=actor, reason=args.reason)
             print(f"users: {auth.check_username(args.user)} may open patient {args.patient}")
+        elif args.action == "link-oidc":
+            auth.link_identity(db, args.user, args.issuer, args.subject, actor=actor)
+            print(f"users: {args.issuer} subject {args.subject} now signs in as {auth.check_username(args.user)}")
+        elif args.action == "unlink-oidc":
+            auth.unlink_identity(db, args.issuer, args.subject, actor=actor)
+            print("users: link removed")
+        elif args.action == "break-glass":
+            expires = auth.grant_break_glass(db, args.user, args.reason, hours=args.hours, actor=actor)
+            print(f"users: break-glass grant for {auth.check_username(args.user)} until {expires:%Y-%m-%d %H:%M} UTC")
+        elif args.action == "end-break-glass":
+            ended = auth.end_break_glass(db, args.user, actor=actor)
+            print("users: break-glass grant ended" if ended else "users: no active break-glass grant")
         elif args.action == "revoke":
             auth.revoke_patient(db, args.user, args.patient, actor=actor)
             print("users: grant withdrawn")

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .. import audit, store
+from .. import audit, auth, store
 from . import rules, write
 from .report import FileResult, ImportReport, Reject
 
@@ -25,6 +25,9 @@ from .report import FileResult, ImportReport, Reject
 # the write lock held, so a test can kill it mid-transaction or read meanwhile.
 HOLD_BEFORE_COMMIT_ENV = "OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT"
 HOLD_SECONDS_ENV = "OUTCOMES_IMPORT_HOLD_SECONDS"
+# Sources that are not an import of real data: the demo generator and entries made in the browser
+# (visits, self-reports). Any other import ends the demo accounts (auth.disable_demo_accounts).
+DEMO_LIKE_SOURCES = ("demo", "ui")
 
 
 @dataclass
@@ -102,6 +105,8 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
                 _write_job(con, job, user)
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
                 after_write(con, report)
+            if any(job.source not in DEMO_LIKE_SOURCES for job in jobs):
+                report.demo_accounts_disabled = auth.disable_demo_accounts(con, db, actor=user)
             _audit_import(db, user, report, "ok", con=con)  # in the same transaction: no import unrecorded
             _hold_for_tests()
         report.committed = True
@@ -114,6 +119,7 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
             f"write-ahead log ({store.db_path(db).name}.wal) and are moved into the file the next time it is "
             "opened with room to do so. Free disk space; the files need not be imported again")
     except (*store.DatabaseError, store.StoreBusy) as exc:
+        report.demo_accounts_disabled = []
         for job in jobs:
             job.result.batch_id = None
             job.result.rows_inserted = job.result.rows_updated = job.result.rows_unchanged = 0

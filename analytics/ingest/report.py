@@ -44,6 +44,8 @@ class ImportReport:
     error: str | None = None  # the transaction failed: nothing was written
     committed: bool = False  # the transaction committed: the rows counted as stored are in the database
     warnings: list[str] = field(default_factory=list)  # e.g. a step after the commit failed (the rows are stored)
+    # demo accounts this import disabled: the first import of real data ends them (docs/security.md)
+    demo_accounts_disabled: list[str] = field(default_factory=list)
 
     @property
     def rejects(self) -> list[Reject]:
@@ -98,6 +100,8 @@ class ImportReport:
                 f"{f.file}: {f.kind}: {f.rows_total} rows, {f.rows_inserted} new, {f.rows_updated} updated, "
                 f"{f.rows_unchanged} unchanged, {f.rows_rejected} rejected (batch {f.batch_id}){_lines_shown(f)}"
             )
+        if self.demo_accounts_disabled:
+            out.append(f"demo accounts disabled (this database now holds real data): {', '.join(self.demo_accounts_disabled)}")
         return out
 
     def to_dict(self, max_rejects: int = 1000) -> dict:
@@ -112,7 +116,8 @@ class ImportReport:
                 "lines_total": f.lines_total, "lines_blank": f.lines_blank, "lines_continued": f.lines_continued,
             })
         return {"exit_code": self.exit_code, "error": self.error, "files": files,
-                "committed": self.committed, "warnings": list(self.warnings)}
+                "committed": self.committed, "warnings": list(self.warnings),
+                "demo_accounts_disabled": list(self.demo_accounts_disabled)}
 
 
 def _lines_shown(f: FileResult) -> str:

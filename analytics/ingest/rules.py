@@ -40,7 +40,10 @@ TEXT_COLUMNS = {
     "treatments": ("patient_id",),
     "assessments": ("patient_id", "rater"),
 }
-FORMULA_START = ("=", "+", "-", "@", "'")
+# A cell starting with one of these runs as a formula in a spreadsheet (OWASP, CSV injection: = + - @,
+# tab, carriage return); exports prefix a quote to it, and to a cell starting with a quote so the
+# importer can undo exactly that prefix.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 # The key of each kind as the duplicate-key message names it.
 KEY_SHOWN = {"patients": "patient_id", "treatments": "patient_id, administered_on",
              "assessments": "patient_id, instrument, administered_on"}
@@ -107,7 +110,7 @@ def unescape_text(kind: str, frame: pd.DataFrame) -> None:
         text = frame[column]
         if not text.str.startswith("'").fillna(False).any():
             continue
-        escaped = text.str.match(r"'[=+\-@']").fillna(False).astype(bool)
+        escaped = text.str.match(r"'[=+\-@'\t\r]").fillna(False).astype(bool)
         if escaped.any():
             frame[column] = text.where(~escaped, text.str.slice(1))
 

@@ -17,16 +17,20 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import ingest, outcomes, scales, workdir
+from .. import auth, deidentify, ingest, outcomes, scales, workdir
 from ..access import AccessDenied
 from ..export import export_csv
 from .cohort import COMPLETENESS_DAYS, completeness
 from .workspace import Workspace
 
 
-def preview_uploads(paths, db=None) -> pd.DataFrame:
-    """ingest.preview: one row per file and table kind, with the rows that would be rejected and why."""
-    return ingest.preview(paths, db=db)
+def preview_uploads(paths, db=None, *, raw_values: bool = False) -> pd.DataFrame:
+    """ingest.preview: one row per file and table kind, with the rows that would be rejected and why
+    (the reasons without the values they quote unless `raw_values`: a break-glass grant)."""
+    preview = ingest.preview(paths, db=db)
+    if not raw_values:
+        preview["rejects"] = [r.assign(reason=r["reason"].map(deidentify.redact_reason)) for r in preview["rejects"]]
+    return preview
 
 
 def upload_directory() -> tempfile.TemporaryDirectory:
@@ -48,9 +52,13 @@ class ImportResult:
     warnings: tuple = ()  # e.g. committed, but the checkpoint after the commit failed (the rows are stored)
 
 
-def import_result(report: ingest.ImportReport) -> ImportResult:
+def import_result(report: ingest.ImportReport, *, raw_values: bool = False) -> ImportResult:
     files, rejects = report_tables(report)
-    return ImportResult(report.exit_code, files, rejects, report.messages(), tuple(report.warnings))
+    messages = report.messages()
+    if not raw_values:
+        rejects = rejects.assign(reason=rejects["reason"].map(deidentify.redact_reason))
+        messages = [deidentify.redact_reason(m) for m in messages]
+    return ImportResult(report.exit_code, files, rejects, messages, tuple(report.warnings))
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,9 +70,17 @@ class DataScreen:
     quality: pd.DataFrame  # data_quality
     assessed_share: float | None  # infusions with an assessment in the COMPLETENESS_DAYS before
     completeness_days: int = COMPLETENESS_DAYS
+    # an administrator's live break-glass grant: rejected rows in full and the identifiable export
+    break_glass: auth.BreakGlass | None = None
+
+    @property
+    def raw_values(self) -> bool:
+        """Rejected rows with their raw text and the export identifiable (a break-glass grant)."""
+        return self.break_glass is not None
 
 
 def data_screen(ws: Workspace) -> DataScreen:
+    grant = break_glass(ws)
     try:
         history, history_refused = ws.data.import_history(), None
     except AccessDenied as exc:
@@ -73,18 +89,40 @@ def data_screen(ws: Workspace) -> DataScreen:
         rejected, rejected_refused = ws.data.rejected_rows(), None
     except AccessDenied as exc:
         rejected, rejected_refused = None, str(exc)
+    if rejected is not None and grant is None:
+        rejected = deidentify.redacted_rejects(rejected)
     f = ws.frames()
     comp = completeness(f["treatments"], f["assessments"])
     share = comp["assessed"].sum() / comp["infusions"].sum() if len(comp) else None
     return DataScreen(history, history_refused, rejected, rejected_refused,
-                      data_quality(f["patients"], f["treatments"], f["assessments"]), share)
+                      data_quality(f["patients"], f["treatments"], f["assessments"]), share, break_glass=grant)
+
+
+def break_glass(ws: Workspace) -> auth.BreakGlass | None:
+    """The signed-in administrator's live break-glass grant (read fresh: it expires), or None."""
+    return auth.active_break_glass(ws.data.db, ws.data.scope.user)
+
+
+def log_rejected_view(ws: Workspace, screen: DataScreen) -> None:
+    """Audit that quarantined rows were shown (once per distinct view: the page decides)."""
+    if screen.rejected is None or screen.rejected.empty:
+        return
+    ws.data.log("view_rejected_rows", page="data",
+                detail={"rows": len(screen.rejected), "raw_values": screen.raw_values,
+                        **({"break_glass": screen.break_glass.grant_id} if screen.break_glass else {})})
 
 
 def export_zip(ws: Workspace, page: str = "data") -> bytes:
-    """The scope's whole store in the import format (analytics.export), as a zip of CSVs; audited."""
+    """The scope's whole store in the import format as a zip of CSVs, audited with every patient in it:
+    de-identified (analytics/deidentify.py) unless the user holds a live break-glass grant, checked now."""
+    grant = break_glass(ws)
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="outcomes-export-") as tmp:
-        written = export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page)
+        if grant is not None:
+            written = export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page,
+                                 detail={"break_glass": grant.grant_id, "reason": grant.reason})
+        else:
+            written = deidentify.export_csv(tmp, db=ws.data.db, scope=ws.data.scope, page=page)
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, path in written.items():
                 archive.write(path, arcname=f"{name}.csv")

@@ -54,6 +54,12 @@ def _due_screen(ws: Workspace, today: date, no_score_days: int, flags: pd.DataFr
     return DueScreen(today, no_score_days, not f["patients"].empty, due, counts)
 
 
+def log_view(ws: Workspace, screen: DueScreen) -> None:
+    """Audit that the due list was shown, with every patient it named (once per distinct view: the page decides)."""
+    ws.data.log("view_due_list", page="due", patients=screen.due["patient_id"].astype(str).tolist(),
+                detail={"as_of": str(screen.today), "no_score_days": screen.no_score_days, "patients": len(screen.due)})
+
+
 URGENCY = (
     ("safety flag", "a self-report answered PHQ-9 item 9 above 0; stays until a clinician acknowledges it"),
     ("item 9 positive", "PHQ-9 item 9 above 0 at the latest score"),

@@ -59,6 +59,12 @@ class PatientScreen:
         return patient_csv(self.record)
 
 
+def audited_csv(ws: Workspace, screen: PatientScreen) -> bytes:
+    """The patient's CSV for a download: the audit entry (with the patient) is written first."""
+    ws.data.log("export", page="patient", patients=[screen.patient_id], detail={"what": "patient CSV"})
+    return screen.csv()
+
+
 def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen:
     """The record is read (and the view audited) on every call; what is computed from it, once per
     workspace tables, day and record content (`record_fingerprint`)."""
