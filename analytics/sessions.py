@@ -19,7 +19,6 @@ import secrets
 import threading
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 
 from . import store, throttle
@@ -59,7 +58,7 @@ def digest(secret: str) -> str:
 
 
 def _key(db) -> str:
-    return str(Path(store.db_path(db)).resolve())
+    return str(store.db_path(db).resolve())
 
 
 def create(con, username: str, epoch: int, via: str, now: datetime) -> tuple[str, str]:
