@@ -51,7 +51,8 @@ ACTIONS = (
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
     # visit entry and patient self-report (docs/self-report.md)
-    "record_visit",       # an infusion or assessment entered or corrected in the browser
+    "record_visit",       # an infusion or assessment entered or corrected (values or date) in the browser
+    "void_record",        # a mistaken infusion or assessment voided, with the reason
     "self_report_link",   # a self-report link was created (never the token itself)
     "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)
     "self_report_submit", # a patient's answers were stored through a link

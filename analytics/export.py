@@ -2,7 +2,8 @@
 
 patients.csv, treatments.csv and assessments.csv import back into an empty
 database to the same content (tests/test_export_roundtrip.py); rejected.csv
-lists every quarantined row. Free-text cells a spreadsheet would run as a
+lists every quarantined row; voided.csv every voided infusion and assessment (who voided it,
+when and why), which the import does not read back: its columns name no kind of record. Free-text cells a spreadsheet would run as a
 formula (= + - @, and a leading quote so the rule can be undone) get a quote
 prefixed; the importer removes exactly that prefix (docs/import.md).
 """
@@ -103,6 +104,29 @@ def format_assessments(a: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+VOIDED_COLUMNS = ["record", "patient", "date", "values", "voided_at", "voided_by", "void_reason"]
+
+
+def voided_frame(data: access.DataAccess) -> pd.DataFrame:
+    """Voided infusions and assessments, newest void first, kept for the record."""
+    rows = []
+    voided = data.voided_rows()
+    for r in voided["treatments"].to_dict("records"):
+        dose = f"{r['dose_mg_per_kg']:g} mg/kg" if pd.notna(r["dose_mg_per_kg"]) else "dose not recorded"
+        rows.append(("infusion", r, f"{r['route']} {dose} {r['phase'] if pd.notna(r['phase']) else ''}".strip()))
+    for r in voided["assessments"].to_dict("records"):
+        rows.append((r["instrument"], r, f"total {r['total']:g}" if pd.notna(r["total"]) else "no total"))
+    frame = pd.DataFrame([{
+        "record": kind, "patient": r["patient_id"],
+        "date": _when(pd.Series([r["administered_at"]]), pd.Series([r["has_time"]])).iloc[0],
+        "values": values, "voided_at": pd.Timestamp(r["voided_at"]).strftime("%Y-%m-%dT%H:%M:%S"),
+        "voided_by": r["voided_by"], "void_reason": r["void_reason"],
+    } for kind, r, values in rows], columns=VOIDED_COLUMNS)
+    for column in ("patient", "voided_by", "void_reason"):
+        frame[column] = _text(frame[column].astype(object))
+    return frame.sort_values("voided_at", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
     r = data.rejected_rows()
     return pd.DataFrame({
@@ -117,14 +141,15 @@ def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
 
 def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
                page: str | None = None, detail: dict | None = None) -> dict[str, Path]:
-    """Write patients/treatments/assessments.csv (and rejected.csv for admins) into `directory`; the
-    audit entry lists every patient in it."""
+    """Write patients/treatments/assessments.csv, voided.csv (and rejected.csv for admins) into
+    `directory`; the audit entry lists every patient in it."""
     data = access.DataAccess(db, scope)
     patients = data.patients()
     frames = {
         "patients": format_patients(patients, data.attributes()),
         "treatments": treatments_frame(data),
         "assessments": assessments_frame(data),
+        "voided": voided_frame(data),
     }
     if may(scope, "view_rejected_rows"):
         frames["rejected"] = rejected_frame(data)

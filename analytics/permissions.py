@@ -33,7 +33,7 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "view_rejected_rows": ("see quarantined import rows: line, column and reason (raw text only with a break-glass grant)", _ADMIN),
     "break_glass": ("hold a time-limited break-glass grant: identifiable export and raw rejected rows", frozenset({"admin"})),
     # writing clinical records
-    "record_visit": ("record an infusion or a clinician-rated assessment", _CLINICAL),
+    "record_visit": ("record an infusion or a clinician-rated assessment; correct, re-date or void a record", _CLINICAL),
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),
     "acknowledge_safety_flag": ("acknowledge a safety flag", _CLINICAL),
     # dashboard pages (registered in the navigation only for roles that may open them)

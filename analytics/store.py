@@ -1036,8 +1036,21 @@ def _schema_security() -> list[str]:
     ]
 
 
+VOID_COLUMNS = ("voided_at", "voided_by", "void_reason")
+
+
+def _schema_v6() -> list[str]:
+    """Voiding a mistaken infusion or assessment (docs/self-report.md): the row stays, with who voided
+    it, when and why, and every read of analytics/access.py leaves it out. A voided row keeps its key,
+    so re-importing the file that carried it does not bring it back."""
+    return [f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
+            for table in ("treatments", "assessments")
+            for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR"))]
+
+
 # Each migration is a list of statements; never edit a released one, append.
-MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security]
+MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security,
+                                             _schema_v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
