@@ -243,7 +243,8 @@ def open_link(db, token: str, *, now: datetime | None = None) -> OpenLink:
         reason = _refusal(row, now)
         patients = [row[1]] if row is not None else []
         detail = {"link": row[0]} if row is not None else {}
-        decision = _openings.decide(f"{hash_token(token)}:{reason or 'ok'}", time.monotonic())
+        # per database: one process may serve several (a test run on both backends, a server's two stores)
+        decision = _openings.decide(f"{store.label(db)}:{hash_token(token)}:{reason or 'ok'}", time.monotonic())
         if decision == "busy":
             reason = "busy"  # nothing is written
         elif decision == "repeat":
