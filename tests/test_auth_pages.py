@@ -146,6 +146,8 @@ def test_admin_adds_a_user_and_reads_the_audit_trail(clinic):
     assert not at.exception
     shown = at.dataframe[0].value
     assert "user_add" in set(shown["action"])
+    assert list(shown["seq"]) == sorted(shown["seq"], reverse=True)  # newest first
+    assert shown["action"].iloc[0] == "user_add"  # the entry just made is at the top
     assert audit.entries(db).iloc[-1][["actor", "action"]].tolist() == ["admin", "view_audit"]
 
 

@@ -33,7 +33,7 @@ def run(args) -> int:
             return EXIT_OK if result.ok else EXIT_FAILED
         frame = audit.entries(db, since=args.since, until=getattr(args, "until", None),
                               actor=getattr(args, "actor", None), action=getattr(args, "action", None))
-    except (ValueError, FileNotFoundError, store.StoreBusy) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)
         print(f"audit: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
