@@ -42,6 +42,7 @@ import asyncio
 import http.cookies
 import json
 import random
+import re
 import sys
 import time
 import urllib.parse
@@ -55,6 +56,14 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 # --- what the client knows about the dashboard: the sign-in form and the flows ---------------
+
+
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!:|>~<$])")
+
+
+def _plain(body: str) -> str:
+    """The text as a reader sees it: the pages escape data for markdown (a backslash before punctuation)."""
+    return _MARKDOWN_ESCAPE.sub(r"\1", body)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Open:
 SIGN_IN = SignInForm()
 FLOWS: dict[str, tuple[Open, ...]] = {
     "clinician": (Open("due", "Due list"), Open("patient", "Patient trajectory", patient=True)),
-    "director": (Open("cohort", "Cohort outcomes", expect=("Response after induction",)),
+    "director": (Open("cohort", "Cohort outcomes", expect=("Response (",)),
                  Open("durability", "Durability and maintenance")),
 }
 
@@ -114,13 +123,13 @@ class PageRun:
                 yield getattr(element, kind)
 
     def headings(self) -> list[str]:
-        return [h.body for h in self._each("heading")]
+        return [_plain(h.body) for h in self._each("heading")]
 
     def exceptions(self) -> list[str]:
         return [f"{e.type}: {e.message}" for e in self._each("exception")]
 
     def alerts(self) -> list[str]:
-        return [a.body for a in self._each("alert")]
+        return [_plain(a.body) for a in self._each("alert")]
 
     def text(self) -> str:
         """The page's visible text, one element a line: titles, markdown and captions, metrics, alerts."""
@@ -129,7 +138,7 @@ class PageRun:
             element = self.elements[path]
             kind = element.WhichOneof("type")
             if kind in ("heading", "markdown", "alert", "text"):
-                lines.append(getattr(element, kind).body)
+                lines.append(_plain(getattr(element, kind).body))
             elif kind == "metric":
                 lines.append(f"{element.metric.label}: {element.metric.body}")
             elif kind == "exception":
