@@ -30,11 +30,18 @@ if st.query_params.get("token"):
 def navigation_for(scope) -> dict[str, list[st.Page]]:
     sections = menu_for(scope)
     landing = next(iter(sections.values()))[0]
-    return {
-        section: [st.Page(PAGES[n][0], title=PAGES[n][1], icon=PAGES[n][2], url_path=n, default=(n == landing))
+    pages = {
+        section: [st.Page(PAGES[n][0], title=PAGES[n][1], icon=PAGES[n][2], url_path="home" if n == landing else n,
+                          default=(n == landing))
                   for n in names]
         for section, names in sections.items()
     }
+    # Streamlit serves the default (landing) page only at "/": its own address (a bookmarked /due or
+    # /data, a reload there) would say "Page not found". The same page answers there, out of the menu.
+    first = next(iter(pages))
+    pages[first].append(st.Page(PAGES[landing][0], title=PAGES[landing][1], icon=PAGES[landing][2], url_path=landing,
+                                visibility="hidden"))
+    return pages
 
 
 @st.fragment(run_every=_signin.idle_watch_seconds())

@@ -304,22 +304,29 @@ def patient_view(ws, patient_id: str, today: date):
 
 
 def durability_estimate(frames: dict) -> dict:
-    """Cycle extraction plus the cohort durability estimate the durability page shows by default (the
-    functions its workspace calls, computed afresh)."""
+    """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
+    durability page shows by default (the functions its workspace calls, computed afresh: the model
+    is fitted from scratch, as on a new data version)."""
+    from . import intervals
     from .durability import cohort_durability
     from .screens.durability import N_BOOT
     from .screens.workspace import cohort_cycles
 
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"])
-    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT)
+    model = intervals.fit_clinic_model(frames, INSTRUMENT).model
+    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 
-def all_suggestions(frames: dict, cycles):
-    """Next-infusion suggestions for every patient from the cohort's cycles (the workspace's `suggestions`, afresh)."""
+def all_suggestions(data, today: date):
+    """Next-infusion suggestions for every patient (the workspace's `suggestions`), afresh: the whole
+    clinic's model fitted from scratch (the in-process cache of fits is emptied first, as on a new
+    data version), then every patient's suggestion."""
+    from . import intervals
     from .screens.workspace import interval_suggestions
 
-    return interval_suggestions(cycles, frames["treatments"], INSTRUMENT)
+    intervals.forget_fits()
+    return interval_suggestions(data, None, INSTRUMENT, today=today)
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -427,10 +434,9 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
         attempt(("cohort_charts_s",), do_charts)
 
     def do_intervals():
-        seconds, suggestions = _median_time(lambda: all_suggestions(frames, ws.cycles(INSTRUMENT)), repeats,
-                                            warm=False)
+        seconds, suggestions = _median_time(lambda: all_suggestions(data, BENCH_END), repeats, warm=False)
         result["intervals_s"] = seconds
-        ws.once(("suggestions", INSTRUMENT), lambda: suggestions)  # what the patient page reads
+        ws.once(("suggestions", INSTRUMENT, BENCH_END), lambda: suggestions)  # what the patient page reads
 
     def do_patient():
         ids = frames["patients"]["patient_id"].tolist()

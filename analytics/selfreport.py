@@ -320,7 +320,7 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
                 [patient_id, now, f"{code} item {scale.safety_item} answered {int(answer)} on a self-report",
                  link_id]).fetchall()[0][0]
             audit.append(db, SELF_ACTOR, "safety_flag_raise", page=PAGE, patients=[patient_id],
-                         detail={"flag": flag_id, "link": link_id, scale.safety_column: int(answer)}, con=con)
+                         detail={"flag": flag_id, "link": link_id, "item": scale.safety_column}, con=con)  # not the answer: admins read the trail
             state["flag"] = True
 
     # The patient id is filled in only here, from the stored link: the page never holds it.
