@@ -52,6 +52,7 @@ def backup(db: str | os.PathLike | None, dest: str | os.PathLike, *, wait: float
     file must not take the place of a good one."""
     source = store.db_path(db)
     dest = Path(dest)
+    _refuse_postgres(source)
     if not source.exists():
         raise FileNotFoundError(f"no database at {source}")
     if dest.resolve() == source.resolve() or dest.resolve() == Path(f"{source}.wal").resolve():
@@ -86,6 +87,12 @@ class RestoreResult:
                 "audit_verified": self.audit_verified}
 
 
+def _refuse_postgres(target) -> None:
+    if isinstance(target, store.PostgresTarget):
+        raise BackupRefused(f"{target.label} is a PostgreSQL database: back it up with pg_dump and restore it with "
+                            "pg_restore (docs/operations.md); backup and restore here are for a database file")
+
+
 def _holds_database(target: Path) -> list[Path]:
     return [p for p in (target, Path(f"{target}.wal")) if p.exists()]
 
@@ -99,6 +106,7 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
     check is moved aside as `<db>.failed-restore-<time>` and refused."""
     backup_file = Path(backup_file)
     target = store.db_path(db)
+    _refuse_postgres(target)
     if not backup_file.is_file():
         raise FileNotFoundError(f"no backup file at {backup_file}")
     present = _holds_database(target)
