@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(PY) -m analytics users demo-accounts --db $(DB)
 
 run: $(VENV)/.installed $(DB)
-	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT)
+	OUTCOMES_DB=$(DB) $(PY) -m analytics serve --address $(ADDRESS) --port $(PORT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
