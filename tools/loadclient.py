@@ -72,7 +72,7 @@ class SignInForm:
 def _unescape(markdown: str) -> str:
     """Markdown as the browser shows it: the pages escape user-supplied text (a backslash before any ASCII
     punctuation, e.g. `Sign\\-in failed\\:`)."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u200b", "")
 
 
 @dataclass(frozen=True)
