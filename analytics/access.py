@@ -3,6 +3,9 @@
 A `Scope` says who is asking and what they may see; `DataAccess` applies it in
 SQL (parameterised only) so a page cannot forget it. Command-line tools run
 with `SYSTEM` scope (the operator owns the file).
+
+A voided infusion or assessment (analytics/visits.py `void_record`) is left out of every
+read here except `voided_rows`, which the record's history and the export use.
 """
 from __future__ import annotations
 
@@ -147,6 +150,19 @@ def _pandas_like_df(names: list[str], columns: list, order: pa.Array | None = No
     return pd.DataFrame(data, columns=names)
 
 
+def _read_at_current_schema(db, work):
+    """`work()`, a read. Reads name columns of the newest schema (voided_at); a file that no write has
+    opened since the product was upgraded lacks them: it is migrated (a write opening brings it up to
+    date, analytics/store.py) and read again."""
+    try:
+        return work()
+    except duckdb.BinderException as exc:
+        if "voided_at" not in str(exc):
+            raise
+    store.initialise(db)
+    return work()
+
+
 class DataAccess:
     def __init__(self, db: str | os.PathLike | None = None, scope: Scope = SYSTEM):
         self.db = store.db_path(db)
@@ -179,8 +195,10 @@ class DataAccess:
         """Run on `con` when given (several reads sharing one opening), else on a read connection of its own."""
         if con is not None:
             return con.execute(sql, list(params)).df()
-        with store.connect(self.db) as own:
-            return own.execute(sql, list(params)).df()
+        def read():
+            with store.connect(self.db) as own:
+                return own.execute(sql, list(params)).df()
+        return _read_at_current_schema(self.db, read)
 
     def _patient_filter(self, patient_ids: Iterable[str] | None) -> tuple[str, list]:
         scope_sql, params = self._scope_sql("p")
@@ -204,8 +222,10 @@ class DataAccess:
         Fetched as Arrow and sorted there: DuckDB's ORDER BY over 4.7 M assessments held about
         1 GB more, which its allocator then kept; the rows and their order are the same.
         """
-        with store.connect(self.db) as con:
-            table = con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+        def read():
+            with store.connect(self.db) as con:
+                return con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+        table = _read_at_current_schema(self.db, read)
         positions = None
         if table.num_rows > 1:
             positions = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in order])
@@ -240,7 +260,7 @@ class DataAccess:
         clause, params = self._patient_filter(patient_ids)
         return (f"""SELECT x.treatment_id, x.patient_id, x.administered_at, x.has_time, x.route,
                            x.dose_mg_per_kg, x.phase
-                    FROM treatments x WHERE {clause}
+                    FROM treatments x WHERE {clause} AND x.voided_at IS NULL
                     {'ORDER BY x.patient_id, x.administered_at' if ordered else ''}""", params)
 
     def treatments(self, patient_ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -254,7 +274,7 @@ class DataAccess:
             params = params + [scales.get(instrument).code]
         return (f"""SELECT x.assessment_id, x.patient_id, x.instrument, x.administered_at, x.has_time,
                            x.rater, {", ".join("x." + c for c in scales.item_columns())}, x.total, x.total_method
-                    FROM assessments x WHERE {clause}
+                    FROM assessments x WHERE {clause} AND x.voided_at IS NULL
                     {'ORDER BY x.patient_id, x.administered_at, x.instrument' if ordered else ''}""", params)
 
     def assessments(
@@ -387,9 +407,23 @@ class DataAccess:
         """Weight, dose in mg and notes typed at the infusion (not part of the CSV contract)."""
         clause, params = self._patient_filter(patient_ids)
         columns = ["patient_id", "administered_at", "weight_kg", "dose_mg", "notes"]
+        voided = ("NOT EXISTS (SELECT 1 FROM treatments t WHERE t.patient_id = x.patient_id "
+                  "AND t.administered_at = x.administered_at AND t.voided_at IS NOT NULL)")
         return self._tolerant_query(
-            f"SELECT {', '.join('x.' + c for c in columns)} FROM treatment_details x WHERE {clause} ORDER BY 1, 2",
+            f"SELECT {', '.join('x.' + c for c in columns)} FROM treatment_details x WHERE {clause} AND {voided} ORDER BY 1, 2",
             params, columns)
+
+    def voided_rows(self, patient_ids: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """Voided infusions and assessments in the scope, kept for the record (who voided each, when
+        and why) and left out of every other read: {"treatments": ..., "assessments": ...}, each with
+        the read's columns plus voided_at, voided_by, void_reason, newest void first."""
+        out = {}
+        for kind, (sql, params) in (("treatments", self._treatments_sql(patient_ids, ordered=False)),
+                                    ("assessments", self._assessments_sql(patient_ids, None, ordered=False))):
+            sql = sql.replace("x.voided_at IS NULL", "x.voided_at IS NOT NULL").replace(
+                " FROM ", ", x.voided_at, x.voided_by, x.void_reason FROM ", 1)
+            out[kind] = self._query(sql + " ORDER BY x.voided_at DESC, x.patient_id", params)
+        return out
 
     def record_versions(self, patient_id: str, table: str, record_key: str) -> pd.DataFrame:
         """Replaced versions of one record (oldest first) from record_history; only a patient the scope may open."""

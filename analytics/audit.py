@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -52,7 +53,8 @@ ACTIONS = (
     "revoke_patient",
     "view_audit",         # the audit trail was viewed or exported
     # visit entry and patient self-report (docs/self-report.md)
-    "record_visit",       # an infusion or assessment entered or corrected in the browser
+    "record_visit",       # an infusion or assessment entered or corrected (values or date) in the browser
+    "void_record",        # a mistaken infusion or assessment voided, with the reason
     "self_report_link",   # a self-report link was created (never the token itself)
     "self_report_open",   # a self-report link was opened (denied: unknown, altered, expired or used)
     "self_report_submit", # a patient's answers were stored through a link
@@ -66,6 +68,8 @@ ACTIONS = (
     "user_unlink_oidc",
     "break_glass_grant",  # an administrator got a time-limited grant for identifiable data
     "break_glass_end",
+    "journal_refused",    # an entry in the journal beside the database was not signed with the audit key
+    "restore",            # the operator restored the database from a backup (the trail set back, knowingly)
 )
 
 COLUMNS = ["seq", "logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail", "hash"]
@@ -132,9 +136,9 @@ def append(
     if con is None:
         # While another process holds the write lock the entry is journaled (durable) and chained when
         # the lock frees, with its own time (store.write_or_journal): the sequence number is then None.
-        return store.write_or_journal(db, JOURNAL_KIND, {
+        return store.write_or_journal(db, JOURNAL_KIND, journal_payload({
             "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
-            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
+            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text}))
     return _append(con, db, actor, role, action, outcome, page, patient_text, detail_text)
 
 
@@ -160,9 +164,35 @@ def _append(con, db, actor, role, action, outcome, page, patient_text, detail_te
 JOURNAL_KIND = "audit"
 
 
+_JOURNAL_FIELDS = ("logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail")
+
+
+def _journal_mac(key: bytes, entry: dict) -> str:
+    canonical = json.dumps([entry.get(f) for f in _JOURNAL_FIELDS], ensure_ascii=True, separators=(",", ":"))
+    return keys.mac(key, b"audit-journal\x00" + canonical.encode("ascii"))
+
+
+def journal_payload(entry: dict) -> dict:
+    """An entry to journal, signed with the audit key: the journal sits beside the database file, and
+    whoever can write there but cannot read the key must not get entries of their own chained and keyed."""
+    key_id, key = keys.current(KEY_NAME)
+    return {**{f: entry.get(f) for f in _JOURNAL_FIELDS}, "key_id": key_id, "mac": _journal_mac(key, entry)}
+
+
+def _journal_signed(entry: dict) -> bool:
+    key = keys.find(KEY_NAME, str(entry.get("key_id")))
+    return key is not None and hmac.compare_digest(_journal_mac(key, entry), str(entry.get("mac", "")))
+
+
 def _append_journaled(con, entry: dict) -> int:
     # The anchor file goes beside the database being written (the connection's, whichever process flushes).
     database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    if not _journal_signed(entry):
+        # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
+        claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
+        return _append(con, database, "journal", None, "journal_refused", "denied", None, "[]",
+                       json.dumps({"reason": "journaled entry not signed with the audit key", "claimed": claimed},
+                                  sort_keys=True))
     return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
                    entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
 
@@ -275,7 +305,22 @@ def verify(db: str | os.PathLike | None = None) -> Verification:
     return replace(_verify(path), anchor_file=str(keys.anchor_path(path)))
 
 
-def _verify(path) -> Verification:
+def mark_restored(db: str | os.PathLike | None = None, *, actor: str = "system", detail: dict | None = None) -> Verification:
+    """After the operator restored the database file from a backup: record in its anchor, signed with the
+    audit key, that the trail now ends where the backup's did, and audit the restore. The restored chain
+    must verify on its own first (ValueError otherwise); entries anchored after it are reported by
+    `verify` as lost with the restore, never silently forgotten."""
+    path = store.db_path(db)
+    chain = _verify(path, anchor=False)
+    if not chain.ok:
+        raise ValueError(f"the restored audit trail does not verify on its own: {chain.reason}")
+    key_id, key = keys.current(KEY_NAME)
+    keys.anchor_mark_restore(path, chain.checked, chain.head_hash, key_id, key)
+    append(path, actor, "restore", detail={"set_back_to_entry": chain.checked, **(detail or {})})
+    return verify(path)
+
+
+def _verify(path, anchor: bool = True) -> Verification:
     rows = _rows(path)
     if rows is None:
         return Verification(True, 0)
@@ -308,9 +353,32 @@ def _verify(path) -> Verification:
         hashes[seq] = digest
         prev, expected_seq = digest, seq + 1
     last = expected_seq - 1
-    anchored = keys.anchor_read(path)
-    newest_anchored = max((s for s, _ in anchored), default=None) if anchored is not None else None
-    for seq, digest in anchored or []:
+    if not anchor:
+        return Verification(True, len(rows), head_hash=prev, unkeyed=unkeyed)
+    events = keys.anchor_events(path)
+    anchored: dict[int, str] = {}
+    restores: list[str] = []
+    for event in events or []:
+        if event[0] == "entry":
+            anchored[event[1]] = event[2]
+            continue
+        _, mark_seq, mark_hash, mark_key_id, signature = event
+        if mark_key_id not in found_keys:
+            found_keys[mark_key_id] = keys.find(KEY_NAME, mark_key_id)
+        key = found_keys[mark_key_id]
+        if key is None or not hmac.compare_digest(keys.restore_mac(key, path, mark_seq, mark_hash), signature):
+            return Verification(False, last, None, f"a restore mark in the anchor file ({keys.anchor_path(path)}) is not "
+                                                   f"signed by audit key {mark_key_id}: it was forged, or the key is lost",
+                                prev, unkeyed)
+        lost = sorted(s for s in anchored if s > mark_seq)
+        for s in lost:
+            del anchored[s]
+        if mark_seq > 0:
+            anchored[mark_seq] = mark_hash
+        restores.append(f"restored from a backup: the trail was set back to entry {mark_seq}"
+                        + (f" (entries {lost[0]}-{lost[-1]} of the earlier trail went with the restore)" if lost else ""))
+    newest_anchored = max(anchored, default=None) if events is not None else None
+    for seq, digest in sorted(anchored.items()):
         if seq > last:
             return Verification(False, last, last + 1, f"the newest entries were removed: the anchor outside the database "
                                                        f"({keys.anchor_path(path)}) holds entry {newest_anchored}, "
@@ -318,11 +386,11 @@ def _verify(path) -> Verification:
         if hashes[seq] != digest:
             return Verification(False, seq - 1, seq, f"entry {seq} differs from the one anchored outside the database: the "
                                                      "trail was rewritten", prev, unkeyed, newest_anchored)
-    notes = []
+    notes = list(restores)
     if unkeyed:
         sealed = f", sealed by keyed entry {unkeyed + 1}" if keyed_from else " (no keyed entry seals them yet)"
         notes.append(f"entries 1-{unkeyed} were written before the audit key existed: a plain SHA-256 chain{sealed}")
-    if anchored is None and keyed_from is not None:
+    if events is None and keyed_from is not None:
         notes.append(f"no anchor for this database file at {keys.anchor_path(path)} (copied or moved here?): "
                      "whether its newest entries were cut off cannot be told until the next entry anchors it")
     loose = keys.loose_files()

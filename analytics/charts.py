@@ -82,12 +82,16 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
                                  line=dict(color=scale.colour, width=2), marker=dict(size=7),
                                  hovertext=hover, hoverinfo="text"), row=r, col=1)
         if safety and safety in a:
+            # A strip of small marks along the top of the panel, not a mark over each point: in some
+            # patients most scores carry a positive item 9, and large marks hid the line.
             flagged = a[a[safety].fillna(0) > 0]
             if len(flagged):
-                fig.add_trace(go.Scatter(x=flagged["administered_at"], y=flagged["total"], mode="markers",
-                                         name=f"item {n} positive", marker=dict(symbol="x", size=13, color="#d62728"),
-                                         hovertext=[f"{code} item {n} = {int(v)}" for v in flagged[safety]], hoverinfo="text"),
-                              row=r, col=1)
+                fig.add_trace(go.Scatter(x=flagged["administered_at"], y=np.full(len(flagged), th["max"] * 0.96),
+                                         mode="markers", name=f"{code} item {n} above 0",
+                                         marker=dict(symbol="triangle-down", size=8, color="#d62728"),
+                                         hovertext=[f"{code} item {n} ({scale.safety_meaning or 'safety item'}) = {int(v)}"
+                                                    f"<br>{d:%a %d %b %Y}" for v, d in zip(flagged[safety], flagged["administered_at"])],
+                                         hoverinfo="text"), row=r, col=1)
         if th["baseline"] is not None:
             hline(th["baseline"], dict(dash="dot", color="#888"), f"baseline {th['baseline']:g}")
             hline(th["response_at_or_below"], dict(dash="dash", color="#2ca02c"),
@@ -111,11 +115,15 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
             row=strip, col=1)
     if cycles is not None and len(cycles):
         starts, ends, labels = _cycle_spans(cycles)
+        stamps = [pd.to_datetime(d) for d in (assessments["administered_at"], treatments["administered_at"]) if len(d)]
+        first = min([s.min() for s in stamps] + [starts.min()])
+        last = max([s.max() for s in stamps] + [ends.max()])
+        shown = cycle_labels_that_fit(starts, ends, first, last)
         spans = [go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text",
                             line=dict(color="#d62728" if lost else "#2ca02c", width=5),
-                            text=[text.split(",")[0], ""], textposition="top right", textfont=dict(size=10),
+                            text=[text.split(",")[0] if show else "", ""], textposition="top right", textfont=dict(size=10),
                             showlegend=False, hovertext=[text, text], hoverinfo="text")
-                 for s, e, text, lost in zip(starts, ends, labels, cycles_lost(cycles))]
+                 for s, e, text, lost, show in zip(starts, ends, labels, cycles_lost(cycles), shown)]
         fig.add_traces(spans, rows=[strip] * len(spans), cols=[1] * len(spans))
     fig.update_layout(shapes=shapes, annotations=notes)
     fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
@@ -140,14 +148,40 @@ def _cycle_spans(cycles: pd.DataFrame):
     return starts, ends, labels
 
 
+# A cycle's label ("83 d") takes about this share of the timeline's width (10-px text, ~1,000 px of plot).
+CYCLE_LABEL_WIDTH = 0.045
+
+
+def cycle_labels_that_fit(starts: pd.Series, ends: pd.Series, first, last, width: float = CYCLE_LABEL_WIDTH) -> list[bool]:
+    """Which cycles get a length label: only one whose bar is as wide as its label and whose label
+    starts after the previous label ends (induction cycles of a few days each would print
+    "3 d 0 d 0 d 0 d" over each other); every cycle keeps its hover text."""
+    day = pd.Timedelta(days=1)
+    first = pd.Timestamp(first)
+    span = max((pd.Timestamp(last) - first) / day, 1.0)
+    x0 = ((pd.to_datetime(pd.Series(starts)) - first) / day / span).to_numpy(dtype=float)
+    x1 = ((pd.to_datetime(pd.Series(ends)) - first) / day / span).to_numpy(dtype=float)
+    shown = np.zeros(len(x0), dtype=bool)
+    free_from = -np.inf
+    for i in np.argsort(x0, kind="stable"):
+        if x1[i] - x0[i] >= width and x0[i] >= free_from:
+            shown[i] = True
+            free_from = x0[i] + width
+    return shown.tolist()
+
+
 def cycles_lost(cycles: pd.DataFrame) -> list[bool]:
     return cycles["event"].fillna(False).astype(bool).tolist()
 
 
 def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Figure:
+    """Items (rows, labelled by their short names) by assessment date; hover shows each item's full
+    wording (`matrix.attrs["wording"]`, screens.patient.item_matrix)."""
+    wording = matrix.attrs.get("wording") or list(matrix.index)
+    words = np.array([[w] * matrix.shape[1] for w in wording], dtype=object)
     fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0, zmax=item_max,
-                               colorscale="YlOrRd", colorbar=dict(title="score"),
-                               hovertemplate="%{y}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>"))
+                               colorscale="YlOrRd", colorbar=dict(title="score"), customdata=words, xgap=1, ygap=1,
+                               hovertemplate="%{customdata}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>"))
     fig.update_yaxes(autorange="reversed", title_text="item")
     fig.update_xaxes(title_text="assessment date", type="category")
     return _layout(fig, f"{instrument} items over time (which symptoms move)", height=360)

@@ -226,7 +226,8 @@ def patient_summary_content(screen, today: date) -> dict:
     latest = [] if screen.latest is None or screen.latest.empty else [
         {"instrument": r.instrument, "latest": f"{r.latest:g} / {r.max}", "on": f"{r.on:%d %b %Y}", "band": r.band,
          "baseline": "-" if r.baseline is None or pd.isna(r.baseline) else f"{r.baseline:g}",
-         "change": "-" if r.change_percent is None or pd.isna(r.change_percent) else f"{r.change_percent:+.0f}%"}
+         "change": "-" if r.change_percent is None or pd.isna(r.change_percent)
+         else "no change" if round(float(r.change_percent)) == 0 else f"{r.change_percent:+.0f}%"}
         for r in screen.latest.itertuples()]
     t = screen.treatments.sort_values("administered_at") if len(screen.treatments) else screen.treatments
     infusions = [{"on": f"{w:%d %b %Y}", "phase": p if isinstance(p, str) and p else "phase not recorded",
@@ -235,7 +236,7 @@ def patient_summary_content(screen, today: date) -> dict:
                  for w, p, r, d in zip(t.get("administered_at", []), t.get("phase", []), t.get("route", []),
                                        t.get("dose_mg_per_kg", []))]
     cycles = [] if screen.cycle_rows is None or screen.cycle_rows.empty else [
-        {"cycle": str(r.cycle_no), "started": r.started, "length": r.length, "ended": r.ended}
+        {"cycle": str(r.cycle), "started": r.started, "length": r.length, "ended": r.ended}
         for r in screen.cycle_rows.itertuples()]
     series = {}
     a = screen.assessments

@@ -53,6 +53,7 @@ class Scale:
     aliases: tuple[str, ...] = ()
     safety_item: int | None = None
     item_labels: tuple[str, ...] = ()
+    item_short: tuple[str, ...] = ()  # a few words per item for chart labels; item_labels when empty
     loinc_panel: str | None = None
     loinc_total: str | None = None
     loinc_items: tuple[str, ...] = ()
@@ -73,6 +74,11 @@ class Scale:
     remission_source: str = ""
     safety_meaning: str = ""  # what a positive safety item means, in a clinician's words
     safety_source: str = ""
+
+    def short_label(self, item: int) -> str:
+        """Item `item`'s short name for a chart label (its full wording is `item_labels`)."""
+        names = self.item_short or self.item_labels
+        return names[item - 1] if item <= len(names) else f"item {item}"
 
     @property
     def safety_column(self) -> str | None:
@@ -117,6 +123,14 @@ PHQ9_ITEM_LABELS = (
     "Thoughts that you would be better off dead, or of hurting yourself",
     "How difficult have these problems made it to work, take care of things, or get along with people",
 )
+
+# Short names of the items, for chart labels (the full wording above shows on hover): the
+# symptom each item asks about, as clinicians name them (PHQ-9 items follow the DSM criteria).
+PHQ9_ITEM_SHORT = ("Little interest or pleasure", "Feeling down", "Sleep", "Tiredness", "Appetite",
+                   "Feeling a failure", "Concentration", "Slowed or restless", "Better off dead / self-harm",
+                   "Difficulty functioning")
+GAD7_ITEM_SHORT = ("Nervous or on edge", "Cannot stop worrying", "Worrying too much", "Trouble relaxing",
+                   "Restless", "Irritable", "Afraid something awful")
 
 GAD7_ITEM_LABELS = (
     "Feeling nervous, anxious, or on edge",
@@ -235,6 +249,7 @@ SCALES: dict[str, Scale] = {
             reference_sd=5.41,
             reference_sd_source="implied by the 6-point PHQ-9 reliable-change criterion, Gyani et al. 2013 (IAPT)",
             item_labels=PHQ9_ITEM_LABELS,
+            item_short=PHQ9_ITEM_SHORT,
             loinc_panel="44249-1",
             loinc_total="44261-6",
             loinc_items=(
@@ -304,6 +319,7 @@ SCALES: dict[str, Scale] = {
             reference_sd=3.50,
             reference_sd_source="implied by the 4-point GAD-7 criterion (Gyani et al. 2013); cf. SD 3.41, Lowe et al. 2008 Med Care 46:266",
             item_labels=GAD7_ITEM_LABELS,
+            item_short=GAD7_ITEM_SHORT,
             loinc_panel="69737-5",
             loinc_total="70274-6",
             loinc_items=("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7"),

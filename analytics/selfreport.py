@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pandas as pd
 
-from . import audit, scales, store, throttle
+from . import audit, clinic_time, scales, store, throttle
 from .access import AccessDenied, DataAccess, Scope
 from .permissions import may
 from .ingest import import_tables, rules
@@ -38,7 +38,10 @@ MAX_HOURS = 24 * 30
 TOKEN_BYTES = 32
 SELF_ACTOR = "self-report"  # the audit actor for what a patient does through a link
 PAGE = "self_report"
-DEFAULT_BASE_URL = "http://localhost:8501"
+BASE_URL_ENV = "OUTCOMES_BASE_URL"  # the dashboard's address as patients reach it, e.g. https://outcomes.clinic.example
+PORT_ENV = "PORT"  # the port `make run PORT=...` serves on: only for a link nobody gave an address for
+DEFAULT_PORT = 8501
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "[::1]")
 # Shown to a patient who answers PHQ-9 item 9 above 0. Override with OUTCOMES_CRISIS_MESSAGE.
 DEFAULT_CRISIS_MESSAGE = (
     "If you are thinking about hurting yourself or that you would be better off dead, please reach out now. "
@@ -78,8 +81,59 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(str(token).encode("utf-8")).hexdigest()
 
 
-def base_url(explicit: str | None = None) -> str:
-    return (explicit or os.environ.get("OUTCOMES_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+def _checked_base(url: str, where: str) -> str:
+    """An http(s) address with a host, without a query or a trailing slash; ValueError naming `where`."""
+    parts = urlsplit(str(url).strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where} must be the dashboard's address as patients reach it, such as "
+                         f"https://outcomes.clinic.example or http://192.168.1.20:8501; got {str(url)[:200]!r}")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def request_base_url(request_url: str | None = None, headers: dict | None = None,
+                     page_names: tuple[str, ...] = ()) -> str | None:
+    """The dashboard's address as the clinician's browser reached it: `request_url` (the page's
+    address, st.context.url) without its page name, else the request's Host header (behind a proxy,
+    X-Forwarded-Host and X-Forwarded-Proto), else None."""
+    if request_url:
+        parts = urlsplit(request_url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            path = parts.path.rstrip("/")
+            head, _, last = path.rpartition("/")
+            if last in page_names:
+                path = head
+            return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+    host = (lowered.get("x-forwarded-host") or lowered.get("host") or "").split(",")[0].strip()
+    if host:
+        scheme = (lowered.get("x-forwarded-proto") or "http").split(",")[0].strip().lower()
+        try:
+            return _checked_base(f"{scheme}://{host}", "the request's address")
+        except ValueError:
+            return None
+    return None
+
+
+def base_url(explicit: str | None = None, *, request: str | None = None, port: int | None = None) -> str:
+    """Where a self-report link points, one rule for the page and the command line:
+    `explicit` (--base-url), else $OUTCOMES_BASE_URL, else `request` (the address the clinician's
+    browser used, request_base_url), else http://localhost:<port, $PORT or 8501>, which only this
+    computer can open (`is_local_address`: no QR code unless asked)."""
+    if explicit:
+        return _checked_base(explicit, "the link's address (--base-url)")
+    configured = os.environ.get(BASE_URL_ENV, "").strip()
+    if configured:
+        return _checked_base(configured, BASE_URL_ENV)
+    if request:
+        return _checked_base(request, "the request's address")
+    port = port or os.environ.get(PORT_ENV, "").strip() or DEFAULT_PORT
+    return f"http://localhost:{port}"
+
+
+def is_local_address(url: str) -> bool:
+    """True when `url` points at the computer that opens it (localhost, 127.x): a phone cannot reach it."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in LOCAL_HOSTS or host.startswith("127.") or host.endswith(".localhost")
 
 
 def link_url(token: str, base: str | None = None) -> str:
@@ -87,7 +141,8 @@ def link_url(token: str, base: str | None = None) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now().replace(microsecond=0)
+    """The clinic's wall-clock time (stored times are clinic time, analytics/clinic_time.py)."""
+    return clinic_time.now().replace(microsecond=0)
 
 
 def parse_instruments(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -114,11 +169,20 @@ class CreatedLink:
     instruments: tuple[str, ...]
     expires_at: datetime
 
+    @property
+    def local(self) -> bool:
+        """The link points at this computer (localhost): a patient's phone cannot open it."""
+        return is_local_address(self.url)
+
 
 def create_link(db, scope: Scope, patient_id: str, instruments, *, hours: float = DEFAULT_HOURS,
-                base: str | None = None, now: datetime | None = None, page: str | None = None) -> CreatedLink:
-    """A new single-use link for one patient; ValueError or AccessDenied name what is wrong."""
+                base: str | None = None, request: str | None = None, port: int | None = None,
+                now: datetime | None = None, page: str | None = None) -> CreatedLink:
+    """A new single-use link for one patient; ValueError or AccessDenied name what is wrong.
+    Its address: `base` (--base-url), else $OUTCOMES_BASE_URL, else `request` (the address the
+    clinician's browser used), else localhost (`base_url`)."""
     codes = parse_instruments(instruments)
+    base = base_url(base, request=request, port=port)  # a bad address is refused before anything is stored
     hours = float(hours)
     if not 0 < hours <= MAX_HOURS:
         raise ValueError(f"a link must expire within 0-{MAX_HOURS} hours, got {hours:g}")
@@ -222,7 +286,7 @@ def _answers_rows(link: OpenLink, answers: dict[str, dict[int, int | None]], whe
 
 def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: datetime | None = None) -> Submission:
     """Store a patient's answers through a link, once. LinkRefused when the link cannot be used."""
-    now = now or datetime.now()  # to the microsecond: two reports of one patient never share a key
+    now = now or clinic_time.now()  # to the microsecond: two reports of one patient never share a key
     link = _peek(db, token, now)
     unexpected = sorted(set(answers) - set(link.instruments))
     errors: dict[str, str] = {f"{c}": "this link does not ask for this questionnaire" for c in unexpected}
@@ -256,7 +320,7 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
                 [patient_id, now, f"{code} item {scale.safety_item} answered {int(answer)} on a self-report",
                  link_id]).fetchall()[0][0]
             audit.append(db, SELF_ACTOR, "safety_flag_raise", page=PAGE, patients=[patient_id],
-                         detail={"flag": flag_id, "link": link_id, scale.safety_column: int(answer)}, con=con)
+                         detail={"flag": flag_id, "link": link_id, "item": scale.safety_column}, con=con)  # not the answer: admins read the trail
             state["flag"] = True
 
     # The patient id is filled in only here, from the stored link: the page never holds it.
@@ -349,7 +413,6 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
     `next_infusion`: patient_id, next_due_on (e.g. intervals.py suggestions) or None.
     A self-report is a PHQ-9 or GAD-7 with rater "self".
     """
-    today_ts = pd.Timestamp(today)
     mine = assessments[assessments["instrument"].isin(INSTRUMENTS)]
     if "rater" in mine:
         mine = mine[mine["rater"].astype("str").str.lower() == "self"]
@@ -357,21 +420,22 @@ def self_reports_due(patients: pd.DataFrame, assessments: pd.DataFrame, today: d
     out = pd.DataFrame({"patient_id": patients["patient_id"].astype("str")})
     # dict lookups: Series.map with an empty datetime Series fails in pandas 3
     out["last_self_report"] = pd.to_datetime(out["patient_id"].map(last.to_dict()), errors="coerce")
-    days_since = (today_ts - out["last_self_report"].dt.normalize()).dt.days
+    days_since = clinic_time.days_since(out["last_self_report"], today)
     reasons = [[] for _ in range(len(out))]
     if cadence.every_days:
-        weekly = (out["last_self_report"].isna() | (days_since >= cadence.every_days)).to_numpy()
+        weekly = (out["last_self_report"].isna() | (days_since >= cadence.every_days)).fillna(False).to_numpy(dtype=bool)
         for i in range(len(out)):
             if weekly[i]:
                 reasons[i].append(f"none in {cadence.every_days} days" if pd.notna(days_since.iloc[i]) else "none yet")
     if cadence.before_infusion_days and next_infusion is not None and len(next_infusion):
         due_on = out["patient_id"].map(next_infusion.set_index("patient_id")["next_due_on"].to_dict())
-        ahead = (pd.to_datetime(due_on).dt.normalize() - today_ts).dt.days
+        ahead = -clinic_time.days_since(pd.to_datetime(due_on), today)
         soon = ((ahead >= 0) & (ahead <= cadence.before_infusion_days)
-                & (out["last_self_report"].isna() | (days_since >= 1))).to_numpy()
+                & (out["last_self_report"].isna() | (days_since >= 1))).fillna(False).to_numpy(dtype=bool)
         for i in range(len(out)):
             if soon[i]:
-                reasons[i].append("infusion due " + ("today" if ahead.iloc[i] == 0 else f"in {int(ahead.iloc[i])} day(s)"))
+                n = int(ahead.iloc[i])
+                reasons[i].append("infusion due " + ("today" if n == 0 else "tomorrow" if n == 1 else f"in {n} days"))
     out["self_report_reason"] = ["; ".join(r) for r in reasons]
     out["self_report_due"] = out["self_report_reason"] != ""
     return out[["patient_id", "last_self_report", "self_report_due", "self_report_reason"]]
@@ -429,6 +493,6 @@ def send_link(db, scope: Scope, messenger: Messenger | None, to: str, link: Crea
     messenger.send(str(to).strip(), reminder_text(link))
 
 
-__all__ = ["create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
+__all__ = ["base_url", "request_base_url", "is_local_address", "create_link", "open_link", "submit", "acknowledge_flag", "open_flags", "self_reports_due", "due_columns", "Cadence",
            "qr_svg", "send_link", "Messenger", "MessagingOff", "LinkRefused", "CreatedLink", "OpenLink", "Submission",
            "hash_token", "link_url", "crisis_message", "parse_instruments"]

@@ -8,6 +8,8 @@ written from these tuples when each database was created.
 from __future__ import annotations
 
 ROUTES = ("iv", "im", "intranasal", "oral", "sublingual")
+ROUTE_NAMES = {"iv": "intravenous (IV)", "im": "intramuscular (IM)", "intranasal": "intranasal", "oral": "oral",
+               "sublingual": "sublingual"}  # as pages show them
 PHASES = ("induction", "maintenance", "rescue")
 COMORBIDITIES = ("anxiety", "ptsd", "substance_use", "chronic_pain", "ocd", "bipolar")
 SEXES = ("F", "M", "X", "U")

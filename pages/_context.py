@@ -1,12 +1,12 @@
 """Where and when the dashboard runs: which database, its data version, and today."""
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 
 import streamlit as st
 
+from analytics import clinic_time
 from analytics.access import DataAccess, db_path
 
 
@@ -30,9 +30,9 @@ def db_version(path: Path | None = None) -> tuple:
 
 
 def today() -> date:
-    """Today, or OUTCOMES_TODAY (YYYY-MM-DD) so a demo or test clinic has a fixed 'now'."""
-    fixed = os.environ.get("OUTCOMES_TODAY")
-    return date.fromisoformat(fixed) if fixed else date.today()
+    """The clinic's calendar date (OUTCOMES_TIMEZONE), or OUTCOMES_TODAY (YYYY-MM-DD) so a demo or
+    test clinic has a fixed 'now' (analytics.clinic_time.today)."""
+    return clinic_time.today()
 
 
 def no_database_message() -> None:

@@ -12,10 +12,13 @@ import streamlit as st
 from analytics import scales, selfreport, visits
 from analytics.access import AccessDenied, Scope
 from analytics.permissions import may
+from analytics.screens import patient
+from pages import _routing
 from pages._context import db_file as db_path
 from pages._text import plain
 
 FLASH = "visit_forms:flash"
+ROUTE_WORDS = visits.ROUTE_NAMES
 
 
 def _when(day: date, at: time | None) -> datetime | date:
@@ -34,19 +37,30 @@ def _saved(message: str) -> None:
     st.rerun()  # redraw the page (chart, history) with the new record
 
 
-def infusion_form(scope: Scope, patient_id: str, today: date) -> None:
+DOSE_UNITS = ("mg/kg", "mg (with the patient's weight)", "not recorded")
+
+
+def infusion_form(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame,
+                  assessments: pd.DataFrame) -> None:
+    """Record an infusion in two steps: the form is checked and summarised (the phase worked out
+    from the course when none is chosen), and only "Save" on that summary writes it."""
+    pending_key = f"infusion_pending:{patient_id}"
     with st.form(f"infusion:{patient_id}", clear_on_submit=False):
         st.markdown("**Record an infusion**")
         slots = {}
         c1, c2 = st.columns(2)
-        day = c1.date_input("Date", value=today, max_value=today, key="inf_day")
+        day = c1.date_input("Date", value=today, max_value=today, key="inf_day", format="DD/MM/YYYY")
         at = c2.time_input("Time", value=None, key="inf_time", help="Leave empty if the time is not known.")
         slots["administered_on"] = st.empty()
         c1, c2 = st.columns(2)
-        route = c1.selectbox("Route", visits.ROUTES, index=0, key="inf_route")
-        phase = c2.selectbox("Phase", visits.PHASES, index=None, key="inf_phase", placeholder="not recorded")
+        route = c1.selectbox("Route", visits.ROUTES, index=0, key="inf_route", format_func=ROUTE_WORDS.get)
+        phase = c2.selectbox("Phase", visits.PHASES, index=None, key="inf_phase",
+                             placeholder="work it out from the course",
+                             help="Left empty, the phase follows the course rules (Method page): induction series, "
+                                  "then maintenance, or rescue after a loss of response. The summary shows it before saving.")
         slots["route"], slots["phase"] = st.empty(), st.empty()
-        unit = st.radio("Dose given as", ("mg/kg", "mg (with the patient's weight)"), horizontal=True, key="inf_unit")
+        unit = st.radio("Dose given as", DOSE_UNITS, horizontal=True, key="inf_unit",
+                        help="Choose 'not recorded' only when the dose is not known: it leaves the dose out of dose analyses.")
         c1, c2 = st.columns(2)
         dose = c1.number_input("Dose (mg/kg or mg, as chosen above)", min_value=0.0, value=None, step=0.05, key="inf_dose")
         weight = c2.number_input("Weight (kg)", min_value=0.0, value=None, step=0.5, key="inf_weight")
@@ -56,19 +70,68 @@ def infusion_form(scope: Scope, patient_id: str, today: date) -> None:
         slots["notes"] = st.empty()
         correct = st.checkbox("This corrects the infusion already recorded at this date and time", key="inf_correct")
         slots[visits.FORM] = st.empty()
-        submitted = st.form_submit_button("Save infusion", type="primary")
-    if not submitted:
-        return
-    in_mg = unit.startswith("mg (")
-    result = visits.record_infusion(
-        db_path(), scope, patient_id, administered_at=_when(day, at), route=route, phase=phase,
-        dose_mg_per_kg=None if in_mg else dose, dose_mg=dose if in_mg else None, weight_kg=weight, notes=notes,
-        correct=correct)
-    if result.ok:
-        _saved(f"Infusion on {_when(day, at)} saved ({result.version}).")
-    if in_mg and "dose_mg_per_kg" in result.errors:
-        result.errors["dose_mg"] = result.errors.pop("dose_mg_per_kg")
-    _show_errors(slots, result.errors)
+        submitted = st.form_submit_button("Review before saving", type="primary")
+    if submitted:
+        st.session_state.pop(pending_key, None)
+        in_mg, none = unit == DOSE_UNITS[1], unit == DOSE_UNITS[2]
+        entry = dict(administered_at=_when(day, at), route=route, phase=phase,
+                     dose_mg_per_kg=None if in_mg or none else dose, dose_mg=dose if in_mg else None,
+                     weight_kg=weight, notes=notes, dose_not_recorded=none)
+        checked = visits.check_infusion(db_path(), scope, patient_id, **entry, correct=correct)
+        if not checked.ok:
+            errors = dict(checked.errors)
+            if in_mg and "dose_mg_per_kg" in errors:
+                errors["dose_mg"] = errors.pop("dose_mg_per_kg")
+            _show_errors(slots, errors)
+            return
+        why = "as chosen"
+        if checked.phase is None:
+            entry["phase"], why = patient.derived_phase(patient_id, treatments, assessments, checked.administered_at,
+                                                        checked.has_time)
+            why = "worked out from the course: " + why
+        st.session_state[pending_key] = {"entry": {**entry, "correct": correct}, "checked": checked, "phase_why": why}
+    pending = st.session_state.get(pending_key)
+    if pending:
+        _infusion_summary(scope, patient_id, pending, pending_key)
+
+
+def _infusion_summary(scope: Scope, patient_id: str, pending: dict, pending_key: str) -> None:
+    entry, checked = pending["entry"], pending["checked"]
+    details = checked.details
+    if checked.dose_mg_per_kg is None:
+        dose = "not recorded"
+    else:
+        dose = f"{checked.dose_mg_per_kg:.3g} mg/kg"
+        if details.get("dose_mg") is not None:
+            dose += f" ({details['dose_mg']:g} mg for {details['weight_kg']:g} kg)"
+    rows = [
+        ("Patient", patient_id),
+        ("Date and time", f"{checked.administered_at:%a %d %b %Y}" + (f" at {checked.administered_at:%H:%M}"
+                                                                   if checked.has_time else " (time not known)")),
+        ("Route", ROUTE_WORDS.get(checked.route, checked.route)),
+        ("Dose", dose),
+        ("Weight", "-" if details.get("weight_kg") is None else f"{details['weight_kg']:g} kg"),
+        ("Phase", f"{entry['phase']} ({pending['phase_why']})"),
+        ("Notes", details.get("notes") or "-"),
+        ("Saved as", "a correction of the infusion recorded at this date and time" if entry["correct"]
+         else "a new infusion"),
+    ]
+    with st.container(border=True, key=f"infusion_summary_{patient_id}"):
+        st.markdown("**Check before saving: this is what will be saved**")
+        st.table(pd.DataFrame(rows, columns=["", "will be saved"]).set_index(""))
+        slot = st.empty()
+        save_col, back_col = st.columns([1, 3])
+        if save_col.button("Save infusion", type="primary", key="inf_save"):
+            result = visits.record_infusion(db_path(), scope, patient_id, **entry)
+            if result.ok:
+                st.session_state.pop(pending_key, None)
+                _saved(f"Infusion of {checked.administered_at:%d %b %Y}"
+                       + (f" {checked.administered_at:%H:%M}" if checked.has_time else "")
+                       + f" saved ({ {'new': 'new record', 'corrected': 'correction saved as a new version', 'unchanged': 'nothing changed'}.get(result.version, result.version)}).")
+            slot.error(plain("Nothing was saved: " + "; ".join(result.errors.values())), icon=":material/error:")
+        if back_col.button("Change something", key="inf_back"):
+            st.session_state.pop(pending_key, None)
+            st.rerun()
 
 
 def rating_form(scope: Scope, patient_id: str, today: date, code: str) -> None:
@@ -111,23 +174,75 @@ def rating_form(scope: Scope, patient_id: str, today: date, code: str) -> None:
     _show_errors(slots, result.errors)
 
 
-def history_view(scope: Scope, patient_id: str, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
-    """Every version of one chosen record: corrections never overwrite silently."""
-    choices = [(f"infusion {t:%Y-%m-%d %H:%M}", t, None) for t in treatments["administered_at"].sort_values(ascending=False)]
-    choices += [(f"{i} {t:%Y-%m-%d %H:%M}", t, i)
-                for t, i in assessments.sort_values("administered_at", ascending=False)[["administered_at", "instrument"]].itertuples(index=False)]
+def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame,
+                 voided: pd.DataFrame | None = None, voided_records: dict | None = None) -> None:
+    """One record's versions (corrections never overwrite silently), and, for a mistaken record, moving
+    it to the right date or voiding it with a reason (analytics.visits: both kept and audited)."""
+    choices = [(f"infusion of {_words(t)}", t, None, False) for t in treatments["administered_at"].sort_values(ascending=False)]
+    choices += [(f"{i} of {_words(t)}", t, i, False) for t, i in assessments.sort_values(
+        "administered_at", ascending=False)[["administered_at", "instrument"]].itertuples(index=False)]
+    for kind, frame in (voided_records or {}).items():
+        for r in frame.to_dict("records"):
+            what = "infusion" if kind == "treatments" else r["instrument"]
+            choices.append((f"voided: {what} of {_words(r['administered_at'])}", r["administered_at"],
+                            None if kind == "treatments" else r["instrument"], True))
     if not choices:
+        st.caption("No records yet.")
         return
-    pick = st.selectbox("Versions of a record", range(len(choices)), format_func=lambda i: choices[i][0], key="history_pick")
-    _, at, instrument = choices[pick]
+    pick = st.selectbox("Record", range(len(choices)), format_func=lambda i: choices[i][0], key="history_pick")
+    label, at, instrument, is_voided = choices[pick]
     history = visits.record_history(db_path(), scope, patient_id, at, instrument)
     versions = len(history)
-    st.caption("Never corrected." if versions <= 1 else f"{versions} versions, newest first (replaced_at: when that "
-                                                         "version was replaced).")
-    st.dataframe(history, hide_index=True, width="stretch")
+    st.caption("Never corrected." if versions <= 1 else f"{versions} versions, newest first.")
+    st.dataframe(patient.version_rows(history), hide_index=True, width="stretch")
+    if is_voided or not may(scope, "record_visit"):
+        return
+    what = label.split(" of ")[0]
+    date_col, void_col = st.columns(2)
+    with date_col, st.form(f"redate:{patient_id}", clear_on_submit=False):
+        st.markdown(f"**Correct the date** of this {what}")
+        slots = {}
+        c1, c2 = st.columns(2)
+        day = c1.date_input("Right date", value=pd.Timestamp(at).date(), max_value=today, key="redate_day", format="DD/MM/YYYY")
+        stamp = pd.Timestamp(at)
+        time_at = c2.time_input("Right time", value=None if stamp == stamp.normalize() else stamp.time(), key="redate_time",
+                                help="Leave empty if the time is not known.")
+        slots["new_administered_on"] = st.empty()
+        reason = st.text_input("Why", key="redate_reason", placeholder="e.g. typed yesterday's date", max_chars=visits.MAX_REASON)
+        slots["correction_reason"] = st.empty()
+        slots[visits.FORM] = st.empty()
+        if st.form_submit_button("Move to this date"):
+            result = visits.correct_date(db_path(), scope, patient_id, at, _when(day, time_at), instrument, reason=reason)
+            if result.ok:
+                _saved(result.message + " The record at the wrong date is kept, voided, in its history.")
+            _show_errors(slots, {("new_administered_on" if k == "administered_on" else k): v for k, v in result.errors.items()})
+    with void_col, st.form(f"void:{patient_id}", clear_on_submit=False):
+        st.markdown(f"**Void** this {what} (it did not happen, or belongs to another patient)")
+        slots = {}
+        reason = st.text_input("Why", key="void_reason", placeholder="e.g. entered for the wrong patient",
+                               max_chars=visits.MAX_REASON)
+        slots["void_reason"] = st.empty()
+        sure = st.checkbox("Leave it out of every analysis (it stays in the record's history)", key="void_sure")
+        slots[visits.FORM] = st.empty()
+        if st.form_submit_button("Void this record"):
+            if not sure:
+                slots[visits.FORM].error("Tick the box above to confirm: nothing was voided.", icon=":material/error:")
+            else:
+                result = visits.void_record(db_path(), scope, patient_id, at, instrument, reason=reason)
+                if result.ok:
+                    _saved(result.message + " It stays in its history with your name and reason.")
+                _show_errors(slots, result.errors)
+    if voided is not None and len(voided):
+        st.markdown("**Voided records of this patient**")
+        st.dataframe(voided, hide_index=True, width="stretch")
 
 
-def self_report_link(scope: Scope, patient_id: str) -> None:
+def _words(at) -> str:
+    at = pd.Timestamp(at)
+    return f"{at:%d %b %Y}" + ("" if at == at.normalize() else f" {at:%H:%M}")
+
+
+def self_report_link(scope: Scope, patient_id: str, *, page: str = "patient") -> None:
     """Create a single-use link, to copy, open or print as a QR code; the token is shown only now."""
     with st.form(f"link:{patient_id}"):
         st.markdown("**Self-report link** (the patient needs no account; the link works once)")
@@ -138,7 +253,8 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
         made = st.form_submit_button("Create link")
     if made:
         try:
-            link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page="patient")
+            link = selfreport.create_link(db_path(), scope, patient_id, chosen, hours=hours, page=page,
+                                          request=_request_address(), port=st.get_option("server.port"))
         except (ValueError, AccessDenied) as exc:
             st.error(plain(str(exc)))
             return
@@ -149,8 +265,24 @@ def self_report_link(scope: Scope, patient_id: str) -> None:
     st.code(link.url, language=None)  # has a copy button
     st.caption(f"{', '.join(link.instruments)} · works once · expires {link.expires_at:%a %d %b %H:%M}. "
                "The link is shown only now: it is stored hashed and cannot be shown again.")
+    if link.local:
+        # A QR code of a localhost address would be printed and then fail on every phone.
+        st.warning("This address points at this computer itself (localhost), so a patient's phone cannot open it "
+                   "and no QR code is shown. Open the dashboard by the address patients can reach, or ask your "
+                   f"administrator to set {selfreport.BASE_URL_ENV} to it.", icon=":material/phonelink_off:")
+        if not st.checkbox("Show the QR code anyway (for a test on this computer)", key=f"local_qr:{link.link_id}"):
+            return
     svg = selfreport.qr_svg(link.url)
     st.image(svg[svg.index("<svg"):], width=220, caption="Print for the waiting room")
+
+
+def _request_address() -> str | None:
+    """The dashboard's address as this browser reached it (st.context: the page's URL, else the Host header)."""
+    try:
+        url, headers = st.context.url, st.context.headers.to_dict()
+    except Exception:  # no browser behind this run (AppTest)
+        return None
+    return selfreport.request_base_url(url, headers, page_names=(*_routing.PAGES, "login"))
 
 
 def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:
@@ -177,7 +309,8 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
                     _saved(f"Safety flag acknowledged for {flag.patient_id}.")
 
 
-def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
+def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame,
+                screen=None) -> None:
     """The patient page's entry section (clinician and system roles only)."""
     if not may(scope, "record_visit"):
         return
@@ -186,11 +319,12 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
     safety_flags(scope, patient_id)
     with st.expander("Infusion", icon=":material/vaccines:"):
-        infusion_form(scope, patient_id, today)
+        infusion_form(scope, patient_id, today, treatments, assessments)
     for code in scales.clinician_rated():
         with st.expander(f"{code} (clinician-rated)", icon=":material/assignment:"):
             rating_form(scope, patient_id, today, code)
     with st.expander("Self-report link for the patient", icon=":material/qr_code:"):
         self_report_link(scope, patient_id)
-    with st.expander("Versions of a record (corrections are kept)", icon=":material/history:"):
-        history_view(scope, patient_id, treatments, assessments)
+    with st.expander("Correct, re-date or void a record (every version is kept)", icon=":material/history:"):
+        record_tools(scope, patient_id, today, treatments, assessments,
+                     None if screen is None else screen.voided_table, None if screen is None else screen.voided)

@@ -1,5 +1,4 @@
 """Due list (clinician): the caseload ordered by urgency."""
-import pandas as pd
 import streamlit as st
 
 from analytics.permissions import may
@@ -44,24 +43,23 @@ st.caption(f"{len(listed)} patients need attention as of {today:%a %d %b %Y}, mo
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
            "taper candidate, self-report due). "
            "Select a row to open that patient's trajectory here.")
-shown = listed.assign(
-    next_due_on=pd.to_datetime(listed["next_due_on"]).dt.date,
-    last_infusion=pd.to_datetime(listed["last_infusion"]).dt.date,
-    last_assessment=pd.to_datetime(listed["last_assessment"]).dt.date,
-)
+# Every column fits the page at 1440 px (no sideways scroll): short headers, dates as "04 Dec 2026",
+# the self-report's reason inside "why" (screen.rows).
+DAY = "DD MMM YYYY"
+shown = screen.rows
 picked = st.dataframe(
-    shown[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
-           "self_report_reason"]],
-    hide_index=True, width="stretch", key="due_table", on_select="rerun", selection_mode="single-row",
+    shown, hide_index=True, width="stretch", key="due_table", on_select="rerun", selection_mode="single-row",
     column_config={
-        "patient_id": st.column_config.TextColumn("patient"),
-        "reasons": st.column_config.TextColumn("why", width="large"),
-        "next_due_on": st.column_config.DateColumn("suggested next infusion"),
-        "last_infusion": st.column_config.DateColumn("last infusion"),
-        "last_assessment": st.column_config.DateColumn("last assessment"),
-        "days_since_score": st.column_config.NumberColumn("days since a score"),
-        "latest_phq9": st.column_config.NumberColumn("latest PHQ-9", format="%d"),
-        "self_report_reason": st.column_config.TextColumn("self-report due"),
+        "patient_id": st.column_config.TextColumn("patient", width="small"),
+        "why": st.column_config.TextColumn("why"),
+        "next_due_on": st.column_config.DateColumn("next infusion", format=DAY, width="small",
+                                                   help="Suggested date of the next maintenance infusion (empty: "
+                                                        "not enough response cycles yet to suggest one)"),
+        "last_infusion": st.column_config.DateColumn("last infusion", format=DAY, width="small"),
+        "last_assessment": st.column_config.DateColumn("last score", format=DAY, width="small"),
+        "days_since_score": st.column_config.NumberColumn("days since", width="small",
+                                                          help="Calendar days since the last score, in the clinic's time zone"),
+        "latest_phq9": st.column_config.NumberColumn("PHQ-9", format="%d", width="small", help="Latest PHQ-9 total"),
     },
 )
 rows = picked.selection.rows if picked is not None else []
@@ -73,4 +71,4 @@ wanting = screen.links_wanted
 if wanting:
     with st.expander(f"Self-report links ({len(wanting)} due)", icon=":material/qr_code:"):
         chosen = st.selectbox("Patient", wanting, key="due_link_patient")
-        _visit_forms.self_report_link(page.scope, chosen)
+        _visit_forms.self_report_link(page.scope, chosen, page="due")

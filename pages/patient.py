@@ -46,23 +46,27 @@ st.caption(f"{plain(info['patient_id'])} · site {plain(info['site'] or '-')} ·
 
 if screen.empty:
     st.info("No assessments or infusions yet for this patient: record one below, or import them on the Data page.")
-    _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)
+    _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments, screen)
     st.stop()
 
 for message in screen.alerts:
     st.error(plain(message), icon=":material/warning:")
 
-latest = screen.latest
-cols = st.columns(max(len(latest), 1) + 1)
-for col, row in zip(cols, latest.itertuples()):
-    delta = None
-    if row.change_percent is not None and row.change_percent == row.change_percent:  # not NaN
-        delta = f"{row.change_percent:+.0f}% from baseline {row.baseline:g}"
-    col.metric(f"Latest {row.instrument} ({row.on:%d %b %Y})", f"{row.latest:g} / {row.max} · {row.band}",
-               delta=delta, delta_color="inverse")
+# A lower score is better on every instrument here: a fall is green with a down arrow, a rise red
+# with an up arrow, and a change that rounds to 0% is "no change", grey with no arrow (never "+0%").
+CHANGE = {"better": ("green", "down"), "worse": ("red", "up"), "same": ("gray", "off"), "": ("gray", "off")}
+cards = patient.score_cards(screen.latest)
+cols = st.columns(max(len(cards), 1) + 1)
+for col, card in zip(cols, cards):
+    colour, arrow = CHANGE[card.direction]
+    with col.container(border=True):
+        st.metric(f"Latest {card.instrument} ({card.on:%d %b %Y})", card.score, delta=card.change or None,
+                  delta_color=colour, delta_arrow=arrow)
+        st.markdown(f"**{card.band}**")
 last_inf = screen.last_infusion
-cols[-1].metric("Last infusion", f"{last_inf:%d %b %Y}" if last_inf is not None else "none",
-                delta=f"{screen.days_since_infusion} days ago" if last_inf is not None else None, delta_color="off")
+with cols[-1].container(border=True):
+    st.metric("Last infusion", f"{last_inf:%d %b %Y}" if last_inf is not None else "none",
+              delta=screen.last_infusion_ago if last_inf is not None else None, delta_color="gray", delta_arrow="off")
 
 st.info(screen.suggestion_text, icon=":material/event:")
 
@@ -71,14 +75,19 @@ if screen.thresholds:
                                 lambda: charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds,
                                                                 screen.cycles, patient_id)), key="timeline")
     st.caption("Shaded: severity bands. Dotted: baseline (last score up to 30 days before the first infusion). "
-               "Dashed green: response (50% below baseline). Dashed blue: remission. Bottom strip: infusions "
-               "(marker size = dose) and response cycles (green: no loss seen yet; red: ended in loss of response).")
+               "Dashed green: response (50% below baseline). Dashed blue: remission. Red marks along the top of a "
+               "panel: its safety item (PHQ-9 item 9, thoughts of death or self-harm) above 0. Bottom strip: infusions "
+               "(marker size = dose) and response cycles (green: no loss seen yet; red: ended in loss of response; "
+               "lengths written where they fit, every cycle on hover).")
 else:
     st.info("No assessments yet: import or record one to see the trajectory.")
 
 left, right = st.columns(2)
 with left:
-    if screen.items:
+    st.subheader("Item answers")
+    if not screen.items:
+        st.info("No item-level answers recorded yet.")
+    else:
         pick = st.radio("Items of", list(screen.items), horizontal=True, key="heatmap_instrument")
         matrix, item_max = screen.items[pick]
         if matrix.empty or matrix.isna().all().all():
@@ -94,11 +103,14 @@ with right:
         st.dataframe(screen.cycle_rows, hide_index=True, width="stretch")
 
 st.subheader("Recent history")
-st.dataframe(screen.history, hide_index=True, width="stretch")
+st.dataframe(screen.history, hide_index=True, width="stretch",
+             column_config={"date": st.column_config.TextColumn("date", width="small"),
+                            "record": st.column_config.TextColumn("record", width="medium")})
 # Each file is built when its button is clicked (a deferred download), audited then with the patient
-# it holds, never kept on the server.
-st.download_button("Download this patient's data (CSV)", lambda: patient.audited_csv(ws, screen),
-                   file_name=f"{patient_id}.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
+# it holds, never kept on the server. Both buttons sit in one row.
+csv_col, pdf_col, _ = st.columns([1, 1, 1])
+csv_col.download_button("Download this patient's data (CSV)", lambda: patient.audited_csv(ws, screen),
+                        file_name=f"{patient_id}.csv", mime="text/csv", icon=":material/download:", on_click="ignore")
 
 
 def _audited_summary_pdf() -> bytes:
@@ -106,11 +118,11 @@ def _audited_summary_pdf() -> bytes:
     return printable.patient_summary_pdf(screen, page.today)
 
 
-st.download_button("Download a one-page summary (PDF)", _audited_summary_pdf,
-                   file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
-                   key="patient_pdf", on_click="ignore",
-                   help="Trajectory, latest scores, infusions and the suggested next infusion, for "
-                        "the chart or a referring psychiatrist.")
+pdf_col.download_button("Download a one-page summary (PDF)", _audited_summary_pdf,
+                        file_name=f"{patient_id}-summary.pdf", mime="application/pdf", icon=":material/picture_as_pdf:",
+                        key="patient_pdf", on_click="ignore",
+                        help="Trajectory, latest scores, infusions and the suggested next infusion, for "
+                             "the chart or a referring psychiatrist.")
 
-# Infusion, MADRS, self-report link, versions of a record (clinicians; analytics.visits / selfreport).
-_visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)
+# Infusion, MADRS, self-report link, correcting or voiding a record (clinicians; analytics.visits / selfreport).
+_visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments, screen)

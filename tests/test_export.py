@@ -30,7 +30,7 @@ def test_export_writes_the_import_format_and_neutralises_formulas(tmp_path):
         assessments=[assessment("=HYPERLINK(1)", "phq9", "2024-02-01", items=[1] * 9, rater="=cmd")],
     )
     files = export.export_csv(tmp_path / "out", db)
-    assert set(files) == {"patients", "treatments", "assessments", "rejected"}
+    assert set(files) == {"patients", "treatments", "assessments", "voided", "rejected"}
     patients = read(files["patients"])
     assert list(patients[0]) == ["patient_id", "site", "clinician", "birth_year", "sex", "diagnosis", "comorbidities",
                                  "prior_failed_trials", "enrolled_on", "stress_level"]

@@ -13,7 +13,7 @@ def test_due_list_puts_positive_item9_first(open_page):
     assert len(table) > 0
     counts = {m.label: int(m.value) for m in at.metric}
     assert counts["item 9 positive"] > 0  # the demo clinic has patients endorsing item 9
-    first_reasons = table["reasons"].head(counts["item 9 positive"])
+    first_reasons = table["why"].head(counts["item 9 positive"])
     assert first_reasons.str.startswith("item 9 positive").all()
     assert counts["overdue"] + counts["due this week"] > 0  # the interval suggestions feed the list
 
@@ -102,3 +102,11 @@ def test_cached_caseload_of_one_clinician_never_serves_another(open_page, monkey
         shown[clinician] = set(at.dataframe[0].value["patient_id"])
     for clinician, ids in shown.items():
         assert ids and ids <= set(patients.loc[patients["clinician"] == clinician, "patient_id"])
+
+
+def test_due_rows_fold_the_self_report_reason_into_why_and_keep_plain_headers(open_page):
+    at = open_page("due")
+    table = at.dataframe[0].value
+    assert "self_report_reason" not in table.columns and "reasons" not in table.columns
+    due_self = table[table["why"].str.contains("self-report due", regex=False)]
+    assert len(due_self) and due_self["why"].str.contains(r"self-report due \(.+\)").all()

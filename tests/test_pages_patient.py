@@ -32,7 +32,7 @@ def test_patient_page_shows_latest_score_and_next_due_date(open_page, text_of, c
 
     assert not at.exception
     metric = next(m for m in at.metric if m.label.startswith("Latest PHQ-9"))
-    assert metric.value.startswith(f"{latest['total']:g} / 27")
+    assert metric.value == f"{latest['total']:g} / 27"  # the band sits under it, not in a truncated value
     assert f"{latest['administered_at']:%d %b %Y}" in metric.label
     text = text_of(at)
     assert f"{pd.Timestamp(row['next_due_on']):%a %d %b %Y}" in text
@@ -100,7 +100,8 @@ def test_patient_csv_holds_only_that_patient(demo_db):
 def test_history_is_newest_first_and_marks_item9(demo_db):
     record = DataAccess(demo_db).patient_record("P00003")
     history = patient.patient_history(record, limit=50)
-    assert list(history["when"]) == sorted(history["when"], reverse=True)
+    shown = pd.to_datetime(history["date"], format="mixed")  # "19 Nov 2026" or "19 Nov 2026 09:30"
+    assert shown.is_monotonic_decreasing
     phq = record["assessments"][record["assessments"]["instrument"] == "PHQ-9"]
     if (phq["item_9"].fillna(0) > 0).any():
         assert history["detail"].str.contains("item 9").any()
@@ -120,3 +121,31 @@ def test_describe_suggestion_reads_like_a_clinician():
                                          "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
     assert "3 days overdue" in overdue
     assert "No suggested date yet" in patient.describe_suggestion(None, date(2026, 11, 21))
+
+
+def test_score_cards_say_no_change_rather_than_plus_zero_and_colour_by_direction():
+    latest = pd.DataFrame([
+        {"instrument": "MADRS", "latest": 37.0, "on": date(2026, 11, 2), "band": "severe", "baseline": 37.0,
+         "change_percent": 0.2, "max": 60},
+        {"instrument": "PHQ-9", "latest": 9.0, "on": date(2026, 11, 2), "band": "mild", "baseline": 18.0,
+         "change_percent": -50.0, "max": 27},
+        {"instrument": "GAD-7", "latest": 12.0, "on": date(2026, 11, 2), "band": "moderate", "baseline": 8.0,
+         "change_percent": 50.0, "max": 21},
+        {"instrument": "PHQ-9", "latest": 3.0, "on": date(2026, 11, 2), "band": "minimal", "baseline": None,
+         "change_percent": None, "max": 27},
+    ])
+    same, better, worse, none = patient.score_cards(latest)
+    assert (same.change, same.direction) == ("no change from baseline 37", "same")
+    assert (better.change, better.direction, better.score) == ("50% below baseline 18", "better", "9 / 27")
+    assert (worse.change, worse.direction) == ("50% above baseline 8", "worse")
+    assert (none.change, none.direction) == ("", "")
+
+
+def test_patient_page_shows_no_plus_zero_percent_and_no_column_names(open_page, clinic):
+    frames, _ = clinic
+    pid = frames["assessments"]["patient_id"].iloc[0]
+    at = open_page("patient", patient=pid)
+    assert not at.exception
+    assert not any("+0%" in str(m.proto.body) for m in at.metric)
+    headers = [c for d in at.dataframe for c in d.value.columns]
+    assert headers and not [c for c in headers if "_" in str(c)], headers

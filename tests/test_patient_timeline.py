@@ -27,3 +27,33 @@ def test_each_panel_has_its_bands_and_threshold_lines_at_the_patients_values(dem
         if th["baseline"] is not None:
             assert {th["baseline"], th["response_at_or_below"]} <= lines
             assert f"baseline {th['baseline']:g}" in labels
+
+
+def test_cycle_labels_never_overlap_and_short_cycles_go_unlabelled():
+    import pandas as pd
+
+    day = pd.Timedelta(days=1)
+    t0 = pd.Timestamp("2025-01-01")
+    # five induction cycles of 2-3 days, then two long maintenance cycles, over one year
+    starts = pd.Series([t0 + k * 3 * day for k in range(5)] + [t0 + 20 * day, t0 + 200 * day])
+    ends = pd.Series([s + 3 * day for s in starts[:5]] + [t0 + 200 * day, t0 + 365 * day])
+    shown = charts.cycle_labels_that_fit(starts, ends, t0, t0 + 365 * day)
+    assert shown == [False] * 5 + [True, True]
+    width = charts.CYCLE_LABEL_WIDTH * 365
+    lefts = sorted((s - t0) / day for s, keep in zip(starts, shown) if keep)
+    assert all(b - a >= width for a, b in zip(lefts, lefts[1:]))
+
+
+def test_safety_item_marks_sit_along_the_top_not_over_the_scores(demo_db):
+    data = DataAccess(demo_db)
+    a = data.assessments()
+    phq = a[a["instrument"] == "PHQ-9"]
+    pid = phq[phq["item_9"].fillna(0) > 0]["patient_id"].value_counts().index[0]
+    record = data.patient_record(pid)
+    thresholds = patient.patient_thresholds(record["treatments"], record["assessments"])
+    fig = charts.patient_timeline(record["assessments"], record["treatments"], thresholds, None, pid)
+    marks = [t for t in fig.data if "item 9" in (t.name or "")]
+    assert marks
+    top = scales.get("PHQ-9").total_max
+    assert all(y > 0.9 * top for t in marks for y in t.y)
+    assert all(t.marker.size <= 8 for t in marks)

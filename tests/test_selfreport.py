@@ -145,7 +145,7 @@ def test_self_report_due_weekly_and_the_day_before_an_infusion():
     due = selfreport.self_reports_due(patients, assessments, date(2026, 11, 21), nxt).set_index("patient_id")
     assert due["self_report_due"].to_dict() == {"recent": False, "stale": True, "never": True, "infusion_tomorrow": True}
     assert due.loc["never", "self_report_reason"] == "none yet"  # a clinician's MADRS is not a self-report
-    assert due.loc["infusion_tomorrow", "self_report_reason"] == "infusion due in 1 day(s)"
+    assert due.loc["infusion_tomorrow", "self_report_reason"] == "infusion due tomorrow"
     weekly_off = selfreport.self_reports_due(patients, assessments, date(2026, 11, 21), nxt,
                                              selfreport.Cadence(every_days=None, before_infusion_days=1))
     assert weekly_off.set_index("patient_id")["self_report_due"].sum() == 1

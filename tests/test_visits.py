@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pandas as pd
 import pytest
 
 from analytics import audit, store, visits
@@ -148,18 +149,25 @@ def _timeline_points(at) -> dict[str, int]:
     return {t.get("name", ""): len(t.get("x") or []) for t in spec["data"]}
 
 
+def _button(at, label):
+    return next(b for b in at.button if b.label == label)
+
+
 def test_entering_an_infusion_and_a_madrs_on_the_patient_page_updates_the_chart(open_page, writable_db, monkeypatch):
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))  # this test writes: a private copy, not the shared demo
     pid = "P00003"
     at = open_page("patient", patient=pid)
     assert not at.exception
     before = _timeline_points(at)
+    _counts_before = _counts(writable_db)["treatments"]
     at.date_input(key="inf_day").set_value(datetime(2026, 11, 20).date())
     at.time_input(key="inf_time").set_value(datetime(2026, 11, 20, 9, 15).time())
     at.selectbox(key="inf_phase").set_value("maintenance")
     at.number_input(key="inf_dose").set_value(0.5)
     at.text_area(key="inf_notes").set_value("BP 148/92 at 40 min, settled; mild dissociation")
-    next(b for b in at.button if b.label == "Save infusion").click().run()
+    _button(at, "Review before saving").click().run()
+    assert _counts(writable_db)["treatments"] == _counts_before  # the summary alone saves nothing
+    _button(at, "Save infusion").click().run()
     assert not at.exception and any("Infusion" in s.value for s in at.success), [e.value for e in at.error]
     after_infusion = _timeline_points(at)
     assert after_infusion["maintenance infusion"] == before.get("maintenance infusion", 0) + 1
@@ -179,9 +187,10 @@ def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_pag
     at = open_page("patient", patient="P00003")
     before = _counts(writable_db)
     at.number_input(key="inf_dose").set_value(9.0)
-    next(b for b in at.button if b.label == "Save infusion").click().run()
+    _button(at, "Review before saving").click().run()
     errors = [shown(e.value) for e in at.error]
-    assert "dose_mg_per_kg must be above 0 and at most 5, got 9" in errors
+    assert "dose (mg/kg) must be above 0 and at most 5, got 9" in errors, errors
+    assert not [b for b in at.button if b.label == "Save infusion"]  # no summary to save from
     for n in range(1, 10):
         at.radio(key=f"madrs_item_{n}").set_value(1)
     next(b for b in at.button if b.label == "Save MADRS").click().run()
@@ -190,3 +199,92 @@ def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_pag
     # each page run audits the record view; nothing else may have been written
     assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
     assert audit.entries(writable_db, action="record_visit").empty
+
+
+def _summary(at) -> dict[str, str]:
+    """The infusion form's "what will be saved" table as {row: value}."""
+    table = next(t for t in at.table)
+    return {str(k): str(v) for k, v in table.value.iloc[:, 0].items()}
+
+
+def test_an_infusion_needs_a_dose_or_an_explicit_dose_not_recorded_on_the_page(open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    at = open_page("patient", patient="P00003")
+    before = _counts(writable_db)
+    _button(at, "Review before saving").click().run()  # one click, nothing filled in
+    assert visits.DOSE_MISSING in [shown(e.value) for e in at.error]
+    assert not at.table  # no summary, nothing to save
+    at.radio(key="inf_unit").set_value("not recorded")
+    _button(at, "Review before saving").click().run()
+    assert _summary(at)["Dose"] == "not recorded"
+    assert {k: v for k, v in _counts(writable_db).items() if k != "audit_log"} == \
+        {k: v for k, v in before.items() if k != "audit_log"}
+
+
+def test_an_infusion_without_a_phase_is_saved_with_the_phase_the_course_gives_it(open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    pid = "P00003"
+    given = DataAccess(writable_db).treatments([pid]).sort_values("administered_at")
+    assert len(given) > 6  # past its induction series
+    at = open_page("patient", patient=pid)
+    at.date_input(key="inf_day").set_value(datetime(2026, 11, 20).date())
+    at.number_input(key="inf_dose").set_value(0.5)
+    _button(at, "Review before saving").click().run()
+    summary = _summary(at)
+    assert summary["Phase"].startswith("maintenance (worked out from the course") or \
+        summary["Phase"].startswith("rescue (worked out from the course"), summary
+    assert summary["Dose"] == "0.5 mg/kg" and summary["Saved as"] == "a new infusion"
+    _button(at, "Save infusion").click().run()
+    assert not at.exception and any("saved" in shown(s.value) for s in at.success), [e.value for e in at.error]
+    stored = DataAccess(writable_db).treatments([pid])
+    new = stored[stored["administered_at"] == datetime(2026, 11, 20)]
+    assert new["phase"].tolist() == [summary["Phase"].split(" ")[0]]
+
+
+def _pick_record(at, label_start: str):
+    box = at.selectbox(key="history_pick")
+    index = next(i for i, o in enumerate(box.options) if o.startswith(label_start))
+    box.set_value(index).run()
+
+
+def test_voiding_an_infusion_on_the_page_needs_a_reason_and_a_tick_and_keeps_it_in_the_history(
+        open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    pid = "P00003"
+    last = DataAccess(writable_db).treatments([pid])["administered_at"].max()
+    at = open_page("patient", patient=pid)
+    _pick_record(at, "infusion of")
+    _button(at, "Void this record").click().run()
+    assert any("Tick the box" in shown(e.value) for e in at.error)
+    at.checkbox(key="void_sure").check()
+    _button(at, "Void this record").click().run()
+    assert DataAccess(writable_db).treatments([pid])["administered_at"].max() == last  # no reason: not voided
+    at.text_input(key="void_reason").input("entered for the wrong patient")
+    _button(at, "Void this record").click().run()
+    assert not at.exception and any("voided" in shown(s.value).lower() for s in at.success), [e.value for e in at.error]
+    left = DataAccess(writable_db).treatments([pid])
+    assert last not in set(left["administered_at"])
+    voided = DataAccess(writable_db).voided_rows([pid])["treatments"]
+    assert voided["void_reason"].tolist() == ["entered for the wrong patient"]
+    assert "entered for the wrong patient" in at.dataframe[-1].value.to_string()  # the page lists the voided record
+
+
+def test_correcting_an_infusions_date_on_the_page_moves_it(open_page, writable_db, monkeypatch):
+    monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
+    pid = "P00003"
+    before = DataAccess(writable_db).treatments([pid])
+    last = before["administered_at"].max()
+    at = open_page("patient", patient=pid)
+    _pick_record(at, "infusion of")
+    right = (last - pd.Timedelta(days=1)).date()
+    at.date_input(key="redate_day").set_value(right)
+    at.text_input(key="redate_reason").input("typed the next day's date")
+    _button(at, "Move to this date").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    after = DataAccess(writable_db).treatments([pid])
+    assert len(after) == len(before)
+    assert last not in set(after["administered_at"])
+    assert (after["administered_at"].dt.date == right).any()
+    trail = audit.entries(writable_db, action="record_visit")
+    assert [d["version"] for d in trail["detail"]] == ["date corrected"]
+    assert trail["detail"].iloc[0]["reason"] == "typed the next day's date"

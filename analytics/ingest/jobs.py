@@ -115,7 +115,7 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
             f"{_first_line(exc.error).rstrip('. ')}. The database is consistent: the committed rows are in its "
             f"write-ahead log ({store.db_path(db).name}.wal) and are moved into the file the next time it is "
             "opened with room to do so. Free disk space; the files need not be imported again")
-    except (duckdb.Error, store.StoreBusy) as exc:
+    except (duckdb.Error, store.Refused) as exc:  # busy, read-only, a newer schema: nothing was written
         report.demo_accounts_disabled = []
         for job in jobs:
             job.result.batch_id = None

@@ -14,9 +14,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from .. import outcomes, scales, selfreport
+from .. import clinic_time, outcomes, scales, selfreport
 from ..outcomes import DEFAULT_RULES, OutcomeRules
-from .cohort import ACTIVE_DAYS, DAY
+from .cohort import ACTIVE_DAYS
 from .workspace import Workspace
 
 
@@ -32,6 +32,23 @@ class DueScreen:
     def links_wanted(self) -> list[str]:
         """Patients whose self-report is due (a link to create for them)."""
         return self.due.loc[self.due["self_report_due"], "patient_id"].tolist()
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """The list as the page shows it: the self-report's reason folded into "why" (one column fewer, so
+        every column fits at 1440 px), dates as dates."""
+        d = self.due
+        why = [r.replace("self-report due", f"self-report due ({s})") if s else r
+               for r, s in zip(d["reasons"], d["self_report_reason"])]
+        return pd.DataFrame({
+            "patient_id": d["patient_id"],
+            "why": why,
+            "next_due_on": pd.to_datetime(d["next_due_on"]).dt.date,
+            "last_infusion": pd.to_datetime(d["last_infusion"]).dt.date,
+            "last_assessment": pd.to_datetime(d["last_assessment"]).dt.date,
+            "days_since_score": d["days_since_score"],
+            "latest_phq9": d["latest_phq9"],
+        })
 
 
 def due_screen(ws: Workspace, today: date, no_score_days: int = 28) -> DueScreen:
@@ -72,6 +89,8 @@ URGENCY = (
     ("self-report due", "no self-report for a while, or an infusion is near (analytics.selfreport.Cadence)"),
 )
 SELF_REPORT_COLUMNS = ["safety_flag", "self_report_due", "self_report_reason"]
+DUE_COLUMNS = ["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
+               *SELF_REPORT_COLUMNS]
 
 
 def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame, today: date,
@@ -84,17 +103,16 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     `self_report`: analytics.selfreport.due_columns output (open safety flags, self-report due) or None.
     Patients with no infusion or assessment in `active_days` are left out.
     """
-    today_ts = pd.Timestamp(today)
     last_inf = treatments.groupby("patient_id")["administered_at"].max()
     last_score = assessments.groupby("patient_id")["administered_at"].max()
     base = pd.DataFrame({"patient_id": patients["patient_id"]}).set_index("patient_id")
     base["last_infusion"] = last_inf
     base["last_assessment"] = last_score
-    latest_activity = base[["last_infusion", "last_assessment"]].max(axis=1)
-    base = base[latest_activity >= today_ts - active_days * DAY]
+    # Calendar days in the clinic's zone (clinic_time.days_since): a score at 09:00 today is 0 days old.
+    since_activity = clinic_time.days_since(base[["last_infusion", "last_assessment"]].max(axis=1), today)
+    base = base[(since_activity <= active_days).fillna(False).to_numpy(dtype=bool)]
     if base.empty:
-        return pd.DataFrame(columns=["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "latest_phq9",
-                                     *SELF_REPORT_COLUMNS])
+        return pd.DataFrame(columns=DUE_COLUMNS)
     status = outcomes.patient_status(treatments[treatments["patient_id"].isin(base.index)],
                                      assessments[assessments["patient_id"].isin(base.index)], scales.PRIMARY, rules)
     status = status.set_index("patient_id").reindex(base.index)
@@ -106,13 +124,15 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     if suggestions is not None and len(suggestions):
         s = suggestions.set_index("patient_id").reindex(base.index)
         base["next_due_on"] = pd.to_datetime(s["next_due_on"])
-        flags["overdue"] = (base["next_due_on"] < today_ts).fillna(False).astype(bool)
-        flags["due this week"] = (~flags["overdue"] & (base["next_due_on"] <= today_ts + 7 * DAY)).fillna(False).astype(bool)
+        due_in = -clinic_time.days_since(base["next_due_on"], today)
+        flags["overdue"] = (due_in < 0).fillna(False).astype(bool)
+        flags["due this week"] = ((due_in >= 0) & (due_in <= 7)).fillna(False).astype(bool)
         flags["taper candidate"] = s["taper"].isin(["stretch", "consider_pause"]) if "taper" in s else False
     else:
         base["next_due_on"] = pd.NaT
         flags["overdue"] = flags["due this week"] = flags["taper candidate"] = False
-    flags["no recent score"] = (base["last_assessment"].isna() | (base["last_assessment"] < today_ts - no_score_days * DAY))
+    base["days_since_score"] = clinic_time.days_since(base["last_assessment"], today)
+    flags["no recent score"] = (base["days_since_score"] >= no_score_days).fillna(True).astype(bool)
     if self_report is not None and len(self_report):
         extra = self_report.set_index("patient_id").reindex(base.index)
         base["safety_flag"] = extra["safety_flag"].fillna(False).astype(bool)
@@ -127,8 +147,6 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     flags = flags[order]
     base["urgency"] = np.where(flags.any(axis=1), flags.to_numpy().argmax(axis=1), len(order))
     base["reasons"] = flags.apply(lambda r: ", ".join(n for n in order if r[n]), axis=1)
-    base["days_since_score"] = (today_ts - base["last_assessment"]).dt.days
     out = base[base["reasons"] != ""].reset_index()
     out = out.sort_values(["urgency", "next_due_on", "patient_id"], na_position="last").reset_index(drop=True)
-    return out[["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
-                *SELF_REPORT_COLUMNS]]
+    return out[DUE_COLUMNS]

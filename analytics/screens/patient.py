@@ -15,7 +15,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from .. import outcomes, scales
+from .. import clinic_time, course, outcomes, scales, vocabulary
 from ..access import AccessDenied
 from ..ingest.rules import escape_formula
 from ..outcomes import DEFAULT_RULES, OutcomeRules
@@ -49,6 +49,17 @@ class PatientScreen:
     items: dict = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     record: dict = field(default_factory=dict, repr=False)
+    voided: dict = field(default_factory=dict)  # DataAccess.voided_rows: voided infusions and assessments, kept for the record
+
+    @property
+    def voided_table(self) -> pd.DataFrame:
+        return voided_list(self.voided) if self.voided else voided_list({"treatments": pd.DataFrame(),
+                                                                          "assessments": pd.DataFrame()})
+
+    @property
+    def last_infusion_ago(self) -> str:
+        """ "today", "yesterday", "69 days ago": calendar days in the clinic's zone (clinic_time.days_since)."""
+        return clinic_time.days_text(self.days_since_infusion)
 
     @property
     def empty(self) -> bool:
@@ -85,8 +96,9 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
 def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame]) -> PatientScreen:
     t, a = record["treatments"], record["assessments"]
     info = record["patient"].iloc[0].to_dict()
+    voided = ws.data.voided_rows([patient_id])
     if t.empty and a.empty:
-        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record)
+        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, voided=voided)
     thresholds = patient_thresholds(t, a)
     all_cycles = ws.cycles(scales.PRIMARY)
     cycles = all_cycles[all_cycles["patient_id"] == patient_id]
@@ -96,20 +108,22 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
     return PatientScreen(
         patient_id, info=info, treatments=t, assessments=a, alerts=patient_alerts(record), thresholds=thresholds,
         latest=latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
-        last_infusion=last, days_since_infusion=None if last is None else (pd.Timestamp(today) - last).days,
+        last_infusion=last, days_since_infusion=clinic_time.days_since(last, today),
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
         items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
-        history=patient_history(record), record=record)
+        history=patient_history(record), record=record, voided=voided)
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:
     """One patient's cycles as the page lists them: number, start, length, how it ended."""
-    return cycles.assign(
-        started=cycles["started_at"].dt.strftime("%d %b %Y"),
-        length=cycles["length_days"].round(0).astype(int).astype(str) + " days",
-        ended=cycles["censor_reason"].map(CYCLE_ENDS).fillna(cycles["censor_reason"]),
-    )[["cycle_no", "started", "length", "ended"]]
+    days = cycles["length_days"].round(0).astype(int)
+    return pd.DataFrame({
+        "cycle": cycles["cycle_no"].astype(int),
+        "started": cycles["started_at"].dt.strftime("%d %b %Y"),
+        "length": [f"{d} day" if d == 1 else f"{d} days" for d in days],
+        "ended": cycles["censor_reason"].map(CYCLE_ENDS).fillna(cycles["censor_reason"]),
+    })
 
 
 _BASIS = {
@@ -125,8 +139,9 @@ def describe_suggestion(s: dict | None, today: date) -> str:
         return ("No suggested date yet: it needs at least one infusion given while in response, "
                 "to learn how long response lasts for this patient.")
     due = pd.Timestamp(s["next_due_on"]).date()
-    days = (due - today).days
-    when = f"in {days} days" if days > 1 else "tomorrow" if days == 1 else "today" if days == 0 else f"{-days} days overdue"
+    days = -clinic_time.days_since(due, today)
+    when = (f"in {days} days" if days > 1 else "tomorrow" if days == 1 else "today" if days == 0
+            else "1 day overdue" if days == -1 else f"{-days} days overdue")
     text = (f"Suggested next infusion: {due:%a %d %b %Y} ({when}), "
             f"{s['suggested_interval_days']:.0f} days after the last one")
     lo, hi = s.get("interval_low_days"), s.get("interval_high_days")
@@ -143,6 +158,41 @@ def describe_suggestion(s: dict | None, today: date) -> str:
     elif taper == "consider_pause":
         text += f" Consider a pause in maintenance: {s.get('taper_reason')}."
     return text
+
+
+def derived_phase(patient_id: str, treatments: pd.DataFrame, assessments: pd.DataFrame, at, has_time: bool = True,
+                  rules: OutcomeRules = DEFAULT_RULES) -> tuple[str, str]:
+    """The phase the course rules (course.py) give a new infusion of this patient at `at`, and why, in
+    a clinician's words: what the form saves when no phase is chosen. An infusion already recorded at
+    `at` (the one being corrected) is left out."""
+    at = pd.Timestamp(at)
+    columns = ["patient_id", "administered_at", "has_time", "route", "phase"]
+    given = treatments[pd.to_datetime(treatments["administered_at"]) != at][columns] if len(treatments) else None
+    new = pd.DataFrame({"patient_id": [patient_id], "administered_at": [at], "has_time": [bool(has_time)],
+                        "route": ["iv"], "phase": [None]})
+    both = new if given is None or given.empty else pd.concat([given, new], ignore_index=True)
+    both["administered_at"] = pd.to_datetime(both["administered_at"]).astype("datetime64[us]")
+    scores = assessments if len(assessments) else pd.DataFrame(
+        {"patient_id": pd.Series([], dtype=object), "instrument": pd.Series([], dtype=object),
+         "administered_at": pd.Series([], dtype="datetime64[us]"), "has_time": pd.Series([], dtype=bool),
+         "total": pd.Series([], dtype=float)})
+    infusions = course.build_course(both, scores, scales.PRIMARY, rules).infusions
+    row = infusions[infusions["at"] == at.to_datetime64()].iloc[0]
+    phase = str(row["phase"])
+    if phase == "induction":
+        return phase, (f"infusion {int(row['infusion_no'])} of the induction series (which runs from the first infusion "
+                       f"until a gap of more than {rules.induction_max_gap_days:g} days or the "
+                       f"{rules.induction_max_infusions}th infusion)")
+    score = row["pre_dose_score"]
+    last = (f"the last {scales.PRIMARY} before it ({score:g} on {pd.Timestamp(row['pre_dose_at']):%d %b %Y})"
+            if pd.notna(score) else None)
+    if phase == "rescue":
+        return phase, f"{last} was out of response after an earlier response"
+    if last is None:
+        return phase, f"after the induction series (no {scales.PRIMARY} before it)"
+    if bool(row["pre_dose_responding"]):
+        return phase, f"after the induction series; {last} was in response"
+    return phase, f"after the induction series; {last} was not in response, but there was no response before it to lose"
 
 
 def patient_alerts(record: dict[str, pd.DataFrame], rules: OutcomeRules = DEFAULT_RULES) -> list[str]:
@@ -195,6 +245,37 @@ def latest_scores(assessments: pd.DataFrame, baselines: dict[str, float | None])
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class ScoreCard:
+    """One instrument's latest score as the page shows it."""
+    instrument: str
+    on: date
+    score: str  # "19 / 27"
+    band: str
+    change: str  # "49% below baseline 37", "no change from baseline 37", "" without a baseline
+    direction: str  # "better" (a lower score), "worse", "same" or "" (no baseline)
+
+
+def score_cards(latest: pd.DataFrame) -> list[ScoreCard]:
+    """latest_scores as cards: a fall is better on every instrument here; a change that rounds to 0% is
+    "no change" (no arrow, no colour), never "+0%"."""
+    cards = []
+    for row in latest.itertuples():
+        change, direction = "", ""
+        if row.change_percent is not None and pd.notna(row.change_percent):
+            shown = round(float(row.change_percent))
+            if shown == 0:
+                change, direction = f"no change from baseline {row.baseline:g}", "same"
+            elif shown < 0:
+                change, direction = f"{-shown}% below baseline {row.baseline:g}", "better"
+            else:
+                change, direction = f"{shown}% above baseline {row.baseline:g}", "worse"
+        elif row.baseline is not None and pd.notna(row.baseline) and row.baseline == 0:
+            change = "baseline 0: no percentage"
+        cards.append(ScoreCard(row.instrument, row.on, f"{row.latest:g} / {row.max}", row.band, change, direction))
+    return cards
+
+
 def patient_thresholds(treatments: pd.DataFrame, assessments: pd.DataFrame,
                        rules: OutcomeRules = DEFAULT_RULES) -> dict[str, dict]:
     """Per instrument present: baseline, response threshold and remission cut-off for the chart."""
@@ -227,8 +308,8 @@ def item_matrix(assessments: pd.DataFrame, instrument: str, last_n: int = 12) ->
     items = list(range(1, scale.scored_items + 1))
     values = a[[f"item_{i}" for i in items]].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     m = pd.DataFrame(values.T, columns=[d.strftime("%d %b %y") for d in a["administered_at"]])
-    labels = scale.item_labels or tuple(f"item {i}" for i in items)
-    m.index = [f"{i}. {labels[i - 1][:38]}" for i in items]
+    m.index = [f"{i}. {scale.short_label(i)}" for i in items]  # short names label the rows; the wording shows on hover
+    m.attrs["wording"] = [scale.item_labels[i - 1] if i <= len(scale.item_labels) else f"item {i}" for i in items]
     return m
 
 
@@ -237,8 +318,9 @@ def patient_history(record: dict[str, pd.DataFrame], limit: int = 20) -> pd.Data
     t = record["treatments"]
     a = record["assessments"]
     inf = pd.DataFrame({
-        "when": t["administered_at"], "event": "infusion: " + t["phase"].fillna("phase not recorded"),
-        "detail": t["route"].str.upper() + " " + t["dose_mg_per_kg"].map(lambda d: f"{d:g} mg/kg" if pd.notna(d) else "dose not recorded"),
+        "when": t["administered_at"], "event": "infusion, " + t["phase"].fillna("phase not recorded"),
+        "detail": t["route"].map(lambda r: vocabulary.ROUTE_NAMES.get(r, r)) + ", "
+        + t["dose_mg_per_kg"].map(lambda d: f"{d:g} mg/kg" if pd.notna(d) else "dose not recorded"),
     })
     safety = pd.Series(np.nan, index=a.index)  # each score's safety item (PHQ-9 item 9), where its scale has one
     for scale in scales.SCALES.values():
@@ -255,8 +337,59 @@ def patient_history(record: dict[str, pd.DataFrame], limit: int = 20) -> pd.Data
         ],
     })
     h = pd.concat([inf, scored], ignore_index=True).sort_values("when", ascending=False, kind="stable").head(limit)
-    h["when"] = h["when"].dt.strftime("%Y-%m-%d")
-    return h.reset_index(drop=True)
+    h["when"] = h["when"].map(_when_words)
+    return h.rename(columns={"when": "date", "event": "record"}).reset_index(drop=True)
+
+
+VERSION_STATES = {"current": "current", "voided": "voided (left out of every analysis)", "replaced": "earlier version"}
+
+
+def _when_words(value) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    at = pd.Timestamp(value)
+    return f"{at:%d %b %Y}" + ("" if at == at.normalize() else f" {at:%H:%M}")
+
+
+def version_rows(history: pd.DataFrame) -> pd.DataFrame:
+    """visits.record_history as the page lists it: plain column names, dates and doses in words,
+    columns with nothing in them left out."""
+    out = pd.DataFrame({"version": history["version"].astype(int),
+                        "state": history["state"].map(VERSION_STATES).fillna(history["state"]),
+                        "replaced on": history["replaced_at"].map(_when_words),
+                        "date and time": history["administered_at"].map(_when_words)})
+    if "route" in history:
+        out["route"] = history["route"].map(lambda r: vocabulary.ROUTE_NAMES.get(r, r) if isinstance(r, str) else "")
+        out["dose"] = history["dose_mg_per_kg"].map(lambda d: f"{float(d):.3g} mg/kg" if pd.notna(d) else "not recorded")
+        out["phase"] = history["phase"].fillna("not recorded").replace("", "not recorded")
+        out["weight"] = history["weight_kg"].map(lambda w: f"{float(w):g} kg" if pd.notna(w) else "")
+        out["dose in mg"] = history["dose_mg"].map(lambda d: f"{float(d):g} mg" if pd.notna(d) else "")
+        out["notes"] = history["notes"].fillna("")
+    else:
+        out["rated by"] = history["rater"].map({"self": "patient (self-report)", "clinician": "clinician"}).fillna(
+            history["rater"]).fillna("")
+        items = [c for c in history.columns if c.startswith("item_")]
+        out["answers"] = [" ".join("-" if pd.isna(v) else f"{int(v)}" for v in row) for row in history[items].to_numpy()]
+        out["total"] = history["total"].map(lambda t: f"{float(t):g}" if pd.notna(t) else "")
+        out["total from"] = history["total_method"].map(
+            {"items": "the answers", "prorated": "the answers, prorated", "given": "the rater"}).fillna("")
+    out["voided on"] = history["voided_at"].map(_when_words)
+    out["voided by"] = history["voided_by"].fillna("")
+    out["why voided"] = history["void_reason"].fillna("")
+    keep = [c for c in out.columns if c in ("version", "state", "date and time") or (out[c].astype(str) != "").any()]
+    return out[keep]
+
+
+def voided_list(voided: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """DataAccess.voided_rows of one patient as the page lists them, newest void first."""
+    rows = [(r["administered_at"], "infusion", r["voided_at"], r["voided_by"], r["void_reason"])
+            for r in voided["treatments"].to_dict("records")]
+    rows += [(r["administered_at"], r["instrument"], r["voided_at"], r["voided_by"], r["void_reason"])
+             for r in voided["assessments"].to_dict("records")]
+    rows.sort(key=lambda r: r[2], reverse=True)
+    return pd.DataFrame([{"record": kind, "date and time": _when_words(at), "voided on": _when_words(on), "voided by": by,
+                          "why": why} for at, kind, on, by, why in rows],
+                        columns=["record", "date and time", "voided on", "voided by", "why"])
 
 
 def patient_csv(record: dict[str, pd.DataFrame]) -> bytes:
