@@ -18,6 +18,7 @@ import duckdb
 import pytest
 
 from analytics import serve
+from analytics.bench_users import process_tree
 from conftest import BROWSER_PASSWORD, DEMO_TODAY, ROOT, free_port
 from tools.loadclient import Account, run_load
 
@@ -81,8 +82,9 @@ def two_processes(server_db, tmp_path_factory):
 
 def test_every_process_serves_the_dashboard_with_its_security_headers(two_processes):
     url, proc = two_processes
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) == 2  # two dashboard processes behind the one port
+    dashboards = [pid for pid in process_tree(proc.pid)
+                  if b"streamlit" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(dashboards) == 2  # two dashboard processes behind the one port
     for _ in range(4):  # requests without a browser cookie take the processes in turn
         with urllib.request.urlopen(f"{url}/", timeout=30) as resp:
             assert resp.status == 200
