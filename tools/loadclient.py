@@ -58,14 +58,6 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 # --- what the client knows about the dashboard: the sign-in form and the flows ---------------
 
 
-_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!:|>~<$])")
-
-
-def _plain(body: str) -> str:
-    """The text as a reader sees it: the pages escape data for markdown (a backslash before punctuation)."""
-    return _MARKDOWN_ESCAPE.sub(r"\1", body)
-
-
 @dataclass(frozen=True)
 class SignInForm:
     """The sign-in page (pages/login.py): its address ("" is the site's root, where a user arrives) and
@@ -75,6 +67,12 @@ class SignInForm:
     user_label: str = "User name"
     password_label: str = "Password"
     submit_label: str = "Sign in"
+
+
+def _unescape(markdown: str) -> str:
+    """Markdown as the browser shows it: the pages escape user-supplied text (a backslash before any ASCII
+    punctuation, e.g. `Sign\\-in failed\\:`)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u200b", "")
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class Open:
 SIGN_IN = SignInForm()
 FLOWS: dict[str, tuple[Open, ...]] = {
     "clinician": (Open("due", "Due list"), Open("patient", "Patient trajectory", patient=True)),
-    "director": (Open("cohort", "Cohort outcomes", expect=("Response (",)),
+    "director": (Open("cohort", "Cohort outcomes", expect=("Active patients", "Response (")),
                  Open("durability", "Durability and maintenance")),
 }
 
@@ -123,13 +121,13 @@ class PageRun:
                 yield getattr(element, kind)
 
     def headings(self) -> list[str]:
-        return [_plain(h.body) for h in self._each("heading")]
+        return [_unescape(h.body) for h in self._each("heading")]
 
     def exceptions(self) -> list[str]:
         return [f"{e.type}: {e.message}" for e in self._each("exception")]
 
     def alerts(self) -> list[str]:
-        return [_plain(a.body) for a in self._each("alert")]
+        return [_unescape(a.body) for a in self._each("alert")]
 
     def text(self) -> str:
         """The page's visible text, one element a line: titles, markdown and captions, metrics, alerts."""
@@ -137,10 +135,12 @@ class PageRun:
         for path in sorted(self.elements):
             element = self.elements[path]
             kind = element.WhichOneof("type")
-            if kind in ("heading", "markdown", "alert", "text"):
-                lines.append(_plain(getattr(element, kind).body))
+            if kind in ("heading", "markdown", "alert"):
+                lines.append(_unescape(getattr(element, kind).body))
+            elif kind == "text":
+                lines.append(element.text.body)
             elif kind == "metric":
-                lines.append(f"{element.metric.label}: {element.metric.body}")
+                lines.append(f"{_unescape(element.metric.label)}: {element.metric.body}")
             elif kind == "exception":
                 lines.append(f"{element.exception.type}: {element.exception.message}")
         return "\n".join(lines)
