@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -24,7 +25,6 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
-import duckdb
 import pandas as pd
 
 from . import keys, store
@@ -67,6 +67,8 @@ ACTIONS = (
     "user_unlink_oidc",
     "break_glass_grant",  # an administrator got a time-limited grant for identifiable data
     "break_glass_end",
+    "journal_refused",    # an entry in the journal beside the database was not signed with the audit key
+    "restore",            # the operator restored the database from a backup (the trail set back, knowingly)
 )
 
 COLUMNS = ["seq", "logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail", "hash"]
@@ -115,7 +117,7 @@ def append(
     page: str | None = None,
     patients: Iterable[str] = (),
     detail: dict | None = None,
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: store.Connection | None = None,
 ) -> int:
     """Append one entry and return its sequence number (None when it was journaled).
 
@@ -133,15 +135,19 @@ def append(
     if con is None:
         # While another process holds the write lock the entry is journaled (durable) and chained when
         # the lock frees, with its own time (store.write_or_journal): the sequence number is then None.
-        return store.write_or_journal(db, JOURNAL_KIND, {
+        return store.write_or_journal(db, JOURNAL_KIND, journal_payload({
             "logged_at": _now().isoformat(timespec="microseconds"), "actor": str(actor), "role": role,
-            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text})
+            "action": action, "outcome": outcome, "page": page, "patients": patient_text, "detail": detail_text}))
     return _append(con, db, actor, role, action, outcome, page, patient_text, detail_text)
 
 
 def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text,
             logged_at: datetime | None = None) -> int:
     key_id, key = keys.current(KEY_NAME)  # created (0600) on first use; no key, no entry, no action
+    # On PostgreSQL several servers append at once: the chain's head is read under a lock held until
+    # the transaction commits (on DuckDB the single writer already makes appends take turns). The
+    # `seq` key and the unique hash stay the backstop: a race would fail, never fork the chain.
+    store.lock(con, "audit")
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
     logged_at = logged_at or _now()
@@ -161,9 +167,38 @@ def _append(con, db, actor, role, action, outcome, page, patient_text, detail_te
 JOURNAL_KIND = "audit"
 
 
+_JOURNAL_FIELDS = ("logged_at", "actor", "role", "action", "outcome", "page", "patients", "detail")
+
+
+def _journal_mac(key: bytes, entry: dict) -> str:
+    canonical = json.dumps([entry.get(f) for f in _JOURNAL_FIELDS], ensure_ascii=True, separators=(",", ":"))
+    return keys.mac(key, b"audit-journal\x00" + canonical.encode("ascii"))
+
+
+def journal_payload(entry: dict) -> dict:
+    """An entry to journal, signed with the audit key: the journal sits beside the database file, and
+    whoever can write there but cannot read the key must not get entries of their own chained and keyed."""
+    key_id, key = keys.current(KEY_NAME)
+    return {**{f: entry.get(f) for f in _JOURNAL_FIELDS}, "key_id": key_id, "mac": _journal_mac(key, entry)}
+
+
+def _journal_signed(entry: dict) -> bool:
+    key = keys.find(KEY_NAME, str(entry.get("key_id")))
+    return key is not None and hmac.compare_digest(_journal_mac(key, entry), str(entry.get("mac", "")))
+
+
 def _append_journaled(con, entry: dict) -> int:
     # The anchor file goes beside the database being written (the connection's, whichever process flushes).
-    database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    if store.dialect(con) == "postgres":
+        database = con.target
+    else:
+        database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    if not _journal_signed(entry):
+        # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
+        claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
+        return _append(con, database, "journal", None, "journal_refused", "denied", None, "[]",
+                       json.dumps({"reason": "journaled entry not signed with the audit key", "claimed": claimed},
+                                  sort_keys=True))
     return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
                    entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
 
@@ -219,17 +254,18 @@ def entries(
         clauses.append("action = ?")
         params.append(action)
     if patient:
-        clauses.append("list_contains(CAST(json(patients) AS VARCHAR[]), ?)")
-        params.append(patient)
+        # `patients` holds json.dumps of a sorted list: the quoted id is one element exactly
+        clauses.append("strpos(patients, ?) > 0")
+        params.append(json.dumps(str(patient)))
     sql = f"SELECT {', '.join(COLUMNS)} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq"
     if limit is not None:
-        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
+        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) AS recent ORDER BY seq"
         params.append(int(limit))
     store.flush_journal(db, wait=1.0)  # entries queued while another process wrote, if the lock is free now
     try:
         with store.connect(db) as con:
             frame = con.execute(sql, params).df()
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return pd.DataFrame(columns=COLUMNS)  # a database from before schema v2: nothing audited yet
     frame["patients"] = frame["patients"].map(json.loads)
     frame["detail"] = frame["detail"].map(json.loads)
@@ -261,9 +297,9 @@ def _rows(db) -> list[tuple] | None:
         with store.connect(db) as con:
             try:
                 return con.execute(f"SELECT {columns}, key_id FROM audit_log ORDER BY seq").fetchall()
-            except duckdb.BinderException:  # a database from before the key (schema v2-v4), not yet migrated
+            except store.MissingColumn:  # a database from before the key (schema v2-v4), not yet migrated
                 return [(*row, None) for row in con.execute(f"SELECT {columns} FROM audit_log ORDER BY seq").fetchall()]
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return None
 
 
@@ -276,7 +312,22 @@ def verify(db: str | os.PathLike | None = None) -> Verification:
     return replace(_verify(path), anchor_file=str(keys.anchor_path(path)))
 
 
-def _verify(path) -> Verification:
+def mark_restored(db: str | os.PathLike | None = None, *, actor: str = "system", detail: dict | None = None) -> Verification:
+    """After the operator restored the database file from a backup: record in its anchor, signed with the
+    audit key, that the trail now ends where the backup's did, and audit the restore. The restored chain
+    must verify on its own first (ValueError otherwise); entries anchored after it are reported by
+    `verify` as lost with the restore, never silently forgotten."""
+    path = store.db_path(db)
+    chain = _verify(path, anchor=False)
+    if not chain.ok:
+        raise ValueError(f"the restored audit trail does not verify on its own: {chain.reason}")
+    key_id, key = keys.current(KEY_NAME)
+    keys.anchor_mark_restore(path, chain.checked, chain.head_hash, key_id, key)
+    append(path, actor, "restore", detail={"set_back_to_entry": chain.checked, **(detail or {})})
+    return verify(path)
+
+
+def _verify(path, anchor: bool = True) -> Verification:
     rows = _rows(path)
     if rows is None:
         return Verification(True, 0)
@@ -309,9 +360,32 @@ def _verify(path) -> Verification:
         hashes[seq] = digest
         prev, expected_seq = digest, seq + 1
     last = expected_seq - 1
-    anchored = keys.anchor_read(path)
-    newest_anchored = max((s for s, _ in anchored), default=None) if anchored is not None else None
-    for seq, digest in anchored or []:
+    if not anchor:
+        return Verification(True, len(rows), head_hash=prev, unkeyed=unkeyed)
+    events = keys.anchor_events(path)
+    anchored: dict[int, str] = {}
+    restores: list[str] = []
+    for event in events or []:
+        if event[0] == "entry":
+            anchored[event[1]] = event[2]
+            continue
+        _, mark_seq, mark_hash, mark_key_id, signature = event
+        if mark_key_id not in found_keys:
+            found_keys[mark_key_id] = keys.find(KEY_NAME, mark_key_id)
+        key = found_keys[mark_key_id]
+        if key is None or not hmac.compare_digest(keys.restore_mac(key, path, mark_seq, mark_hash), signature):
+            return Verification(False, last, None, f"a restore mark in the anchor file ({keys.anchor_path(path)}) is not "
+                                                   f"signed by audit key {mark_key_id}: it was forged, or the key is lost",
+                                prev, unkeyed)
+        lost = sorted(s for s in anchored if s > mark_seq)
+        for s in lost:
+            del anchored[s]
+        if mark_seq > 0:
+            anchored[mark_seq] = mark_hash
+        restores.append(f"restored from a backup: the trail was set back to entry {mark_seq}"
+                        + (f" (entries {lost[0]}-{lost[-1]} of the earlier trail went with the restore)" if lost else ""))
+    newest_anchored = max(anchored, default=None) if events is not None else None
+    for seq, digest in sorted(anchored.items()):
         if seq > last:
             return Verification(False, last, last + 1, f"the newest entries were removed: the anchor outside the database "
                                                        f"({keys.anchor_path(path)}) holds entry {newest_anchored}, "
@@ -319,11 +393,11 @@ def _verify(path) -> Verification:
         if hashes[seq] != digest:
             return Verification(False, seq - 1, seq, f"entry {seq} differs from the one anchored outside the database: the "
                                                      "trail was rewritten", prev, unkeyed, newest_anchored)
-    notes = []
+    notes = list(restores)
     if unkeyed:
         sealed = f", sealed by keyed entry {unkeyed + 1}" if keyed_from else " (no keyed entry seals them yet)"
         notes.append(f"entries 1-{unkeyed} were written before the audit key existed: a plain SHA-256 chain{sealed}")
-    if anchored is None and keyed_from is not None:
+    if events is None and keyed_from is not None:
         notes.append(f"no anchor for this database file at {keys.anchor_path(path)} (copied or moved here?): "
                      "whether its newest entries were cut off cannot be told until the next entry anchors it")
     loose = keys.loose_files()

@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "print the audit trail (--since DATE, --json); --verify checks its hash chain"),
     "serve": ("serve", "serve the dashboard on one port from one or several processes (`make run`)"),
     "link": ("link", "patient self-report links: `link create --patient ID --instruments PHQ-9,GAD-7` prints a single-use link"),
+    "backup": ("backup", "write a consistent backup of the whole store into FILE, while the dashboard runs (docs/operations.md)"),
+    "restore": ("restore", "restore a backup FILE into a path that holds no database, and verify it"),
+    "health": ("health", "schema, integrity, audit chain, imports, disk and backups: exit 0 ok, 1 warning, 2 critical"),
 }
 
 
@@ -39,7 +42,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--db", metavar="PATH", default=None, help="database file (default: $OUTCOMES_DB or data/outcomes.duckdb)")
+        p.add_argument("--db", metavar="PATH", default=None,
+                       help="database file, or a PostgreSQL URL postgresql://user@host:port/dbname "
+                            "(default: $OUTCOMES_DB or data/outcomes.duckdb)")
         if name == chosen:
             module = command_module(name)
             module.add_arguments(p)
@@ -49,8 +54,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    from .commands import run_command
+
     try:
-        return int(args.run(args) or 0)
+        return run_command(args.command, args.run, args)
     except KeyboardInterrupt:
         print("interrupted: nothing was changed by the unfinished step", file=sys.stderr)
         return 130

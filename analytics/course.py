@@ -85,30 +85,92 @@ def _first_of_groups(idx: np.ndarray, group: np.ndarray) -> np.ndarray:
     return idx[np.r_[True, g[1:] != g[:-1]]]
 
 
-def _timeline_order(pid: np.ndarray, key_us: np.ndarray, kind: np.ndarray, n_pat: int) -> np.ndarray:
-    """Order by (patient, clock, kind). One int64 sort key (patient, milliseconds,
-    kind) when it fits (sub-millisecond differences between a score and an
-    infusion are treated as ties, i.e. pre-dose); otherwise a lexsort."""
-    if len(pid) == 0:
+def _clock_ranks(code: np.ndarray, key: np.ndarray, kind: np.ndarray) -> np.ndarray | None:
+    """One int64 per row that sorts exactly like (patient, clock, kind), or None if it cannot fit.
+
+    The clock is split into (day, time within the day): days are numbered per patient
+    (one run of day numbers per patient, so patients never mix) and times within a day
+    are replaced by their rank among the distinct times present. Nothing is rounded, so
+    two rows tie only when patient, clock and kind are all equal. `kind`: 0 assessment,
+    1 infusion (at the same clock an assessment comes first: pre-dose).
+    """
+    if len(code) == 0:
         return np.zeros(0, dtype=np.int64)
-    ms = (key_us - key_us.min()) // 1000
-    ms_bits = int(ms.max()).bit_length()
-    pid_bits = max(int(n_pat).bit_length(), 1)
-    if ms_bits + pid_bits + 1 <= 62:
-        composite = (pid.astype(np.int64) << (ms_bits + 1)) | (ms << 1) | kind.astype(np.int64)
-        return np.argsort(composite, kind="stable")
-    return np.lexsort((kind, key_us, pid))
+    day = np.floor_divide(key, outcomes._US_PER_DAY)
+    within = key - day * outcomes._US_PER_DAY
+    n_pat = int(code.max()) + 1
+    first = np.full(n_pat, np.iinfo(np.int64).max)
+    last = np.full(n_pat, np.iinfo(np.int64).min)
+    np.minimum.at(first, code, day)
+    np.maximum.at(last, code, day)
+    span = np.where(last >= first, last - first + 1, 0)
+    offset = np.concatenate([[0], np.cumsum(span)[:-1]])
+    day_no = offset[code] + (day - first[code])
+    codes, uniques = pd.factorize(within, sort=True)
+    rank = codes.astype(np.int64)
+    rank_bits = max(int(len(uniques)).bit_length(), 1)
+    day_bits = max(int(span.sum()).bit_length(), 1)
+    if day_bits + rank_bits + 1 > 62:
+        return None
+    return (day_no << (rank_bits + 1)) | (rank << 1) | kind.astype(np.int64)
+
+
+def _sorted_order(code: np.ndarray, key: np.ndarray, rank: np.ndarray | None, tie_breaks: list[np.ndarray]) -> np.ndarray:
+    """Row order by (patient, clock), then by `tie_breaks` (values, never input order) where
+    patient and clock are equal, so the order does not depend on how the rows came in."""
+    if len(code) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if rank is not None:
+        order = np.argsort(rank)
+        r = rank[order]
+        if not np.any(r[1:] == r[:-1]):
+            return order
+    return np.lexsort((*reversed(tie_breaks), key, code))
+
+
+def _value_codes(values) -> np.ndarray:
+    """Sortable codes of a column's values (missing first), independent of row order."""
+    codes, _ = pd.factorize(pd.Series(values, dtype=object).astype("string"), sort=True)
+    return codes
+
+
+def _check_rows(frame: pd.DataFrame, what: str) -> None:
+    bad = frame["patient_id"].isna().to_numpy() | pd.to_datetime(frame["administered_at"]).isna().to_numpy()
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"course: {int(bad.sum())} {what} row(s) lack a patient_id or administered_at "
+                         f"(first: row {first}); they cannot be placed on a patient's time line")
+
+
+def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key: np.ndarray):
+    """What the ranks give, for clocks too spread out to rank in one int64 (exact, slower):
+    per score the number of infusions before it, per infusion the index of the last score
+    before it (global indices into the sorted arrays; callers check the patient)."""
+    pid = np.concatenate([tc, ac])
+    key = np.concatenate([t_key, a_key])
+    kind = np.concatenate([np.ones(len(tc), dtype=np.int8), np.zeros(len(ac), dtype=np.int8)])
+    order = np.lexsort((kind, key, pid))
+    is_inf = kind[order] == 1
+    inf_seen = np.cumsum(is_inf)          # infusions up to and including each position
+    score_seen = np.cumsum(~is_inf)
+    pos = np.empty(len(order), dtype=np.int64)
+    pos[order] = np.arange(len(order))
+    n_before = inf_seen[pos[len(tc):]] if len(ac) else np.zeros(0, dtype=np.int64)
+    last_before = (score_seen[pos[:len(tc)]] - 1) if len(tc) else np.zeros(0, dtype=np.int64)
+    return n_before, last_before
 
 
 def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
                  rules: OutcomeRules = DEFAULT_RULES) -> Course:
     code = rules.check_instrument(instrument)
+    _check_rows(treatments, "treatment")
     # Only the columns used below: a copy of whole rows was the largest single allocation.
     keep = assessments["total"].notna().to_numpy().copy()
     if "instrument" in assessments.columns:
         keep &= (assessments["instrument"] == code).to_numpy(dtype=bool, na_value=False)
     a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", "item_9")
                                if c in assessments.columns]]
+    _check_rows(a, "assessment")
 
     # Patients as integer codes: everything below is array work on them.
     n_t_rows = len(treatments)
@@ -118,10 +180,23 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     n_pat = len(uniques)
     tc, ac = codes[:n_t_rows], codes[n_t_rows:]
 
+    # One ordering rule, per patient: by date, then by time where given. An assessment
+    # without a time counts as taken at 00:00 and an infusion without one at the end of its
+    # day (outcomes.assessment_clock / infusion_clock), so an untimed assessment on an
+    # infusion day is pre-dose and anything on a later day is after the dose; at an equal
+    # clock the assessment comes first. The clocks are compared exactly (no rounding).
+    t_key_all = outcomes._us(outcomes.infusion_clock(treatments))
+    a_key_all = outcomes._us(outcomes.assessment_clock(a))
+    kind_all = np.concatenate([np.ones(n_t_rows, dtype=np.int8), np.zeros(len(a), dtype=np.int8)])
+    ranks = _clock_ranks(codes.astype(np.int64), np.concatenate([t_key_all, a_key_all]), kind_all)
+    t_rank_all = None if ranks is None else ranks[:n_t_rows]
+    a_rank_all = None if ranks is None else ranks[n_t_rows:]
+
     # --- infusions, sorted by (patient, clock) ---------------------------------------------
-    t_key = outcomes._us(outcomes.infusion_clock(treatments))
-    t_order = np.lexsort((t_key, tc))
-    tc, t_key = tc[t_order], t_key[t_order]
+    t_ties = [_value_codes(treatments[c]) for c in ("phase", "route") if c in treatments.columns]
+    t_order = _sorted_order(tc, t_key_all, t_rank_all, t_ties)
+    tc, t_key = tc[t_order], t_key_all[t_order]
+    t_rank = None if t_rank_all is None else t_rank_all[t_order]
     t_at = outcomes._us(pd.to_datetime(treatments["administered_at"]))[t_order]
     n_t = len(tc)
     t_new, t_start = _starts(tc)
@@ -143,24 +218,31 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     first_at[tc[t_new]] = t_at[t_new]
 
     # --- baselines and scores after the first infusion ---------------------------------------
-    a_key = outcomes._us(outcomes.assessment_clock(a))
-    a_order = np.lexsort((a_key, ac))
-    ac, a_key = ac[a_order], a_key[a_order]
+    a_total_all = a["total"].to_numpy(dtype=float)
+    a_item9_all = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float) if "item_9" in a.columns else None
+    a_ties = [a_total_all] + ([np.nan_to_num(a_item9_all, nan=-1.0)] if a_item9_all is not None else [])
+    a_order = _sorted_order(ac, a_key_all, a_rank_all, a_ties)
+    ac, a_key = ac[a_order], a_key_all[a_order]
+    a_rank = None if a_rank_all is None else a_rank_all[a_order]
     a_at = outcomes._us(pd.to_datetime(a["administered_at"]))[a_order]
-    a_total = a["total"].to_numpy(dtype=float)[a_order]
-    a_item9 = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float)[a_order] if "item_9" in a.columns else None
+    a_total = a_total_all[a_order]
+    a_item9 = a_item9_all[a_order] if a_item9_all is not None else None
     first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
     base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
+    base_mean, base_n = outcomes.baseline_mean_arrays(first_key, first_day, ac, a_key, a_total, rules)
     treated = n_inf > 0
     baselines = pd.DataFrame({
         "patient_id": uniques[treated],
         "first_infusion_at": first_at[treated].astype("datetime64[us]"),
         "baseline_score": base_score[treated],
         "baseline_at": np.where(base_when[treated] >= 0, base_when[treated], NAT).astype("datetime64[us]"),
+        "baseline_mean": base_mean[treated], "baseline_n": base_n[treated],
     })
     usable = ~np.isnan(base_score) & (np.nan_to_num(base_score, nan=-1.0) >= rules.min_baseline)
     keep = (a_key > first_key[ac]) & usable[ac]
     ac, a_key, a_at, a_total = ac[keep], a_key[keep], a_at[keep], a_total[keep]
+    if a_rank is not None:
+        a_rank = a_rank[keep]
     if a_item9 is not None:
         a_item9 = a_item9[keep]
     a_base = base_score[ac]
@@ -168,32 +250,26 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     out = outcomes.is_out(a_total, a_base, code, rules)
     n_a = len(ac)
 
-    # --- one time line: at equal clocks a score comes before the infusion (pre-dose) ------------
-    pid = np.concatenate([tc, ac])
-    kind = np.concatenate([np.ones(n_t, dtype=np.int8), np.zeros(n_a, dtype=np.int8)])
-    key = np.concatenate([t_key, a_key])
-    src = np.concatenate([np.arange(n_t), np.arange(n_a)])
-    order = _timeline_order(pid, key, kind, n_pat)
-    pid, kind, src = pid[order], kind[order], src[order]
-    is_inf = kind == 1
-    _, start = _starts(pid)
-    rows = np.arange(len(pid))
-    # the infusion each score follows (every patient's time line starts with an infusion)
-    last_inf = np.maximum.accumulate(np.where(is_inf, rows, -1)) if len(pid) else rows
-    score_rows = np.flatnonzero(~is_inf)
-    a_seg_row = src[last_inf[score_rows]]            # row in the sorted infusions
-    # (scores were sorted by (patient, clock) already, so score_rows come in score order)
-    # the last score before each infusion (pre-dose), within the patient
-    last_score = np.maximum.accumulate(np.where(~is_inf, rows, -1)) if len(pid) else rows
-    inf_rows = np.flatnonzero(is_inf)
-    pre = last_score[inf_rows]
-    has_pre = pre >= start[inf_rows]
-    pre_src = np.full(n_t, -1)
-    pre_src[src[inf_rows]] = np.where(has_pre, src[np.maximum(pre, 0)], -1)
-    has_pre_t = pre_src >= 0
+    # --- each score's infusion, each infusion's pre-dose score (within the patient) -------------
+    if t_rank is not None:
+        # ranks order (patient, clock, kind) exactly: an assessment at an infusion's clock is below it
+        n_before = np.searchsorted(t_rank, a_rank, side="left")
+        last_before = np.searchsorted(a_rank, t_rank, side="left") - 1
+    else:
+        n_before, last_before = _searchsorted_pairs(tc, t_key, ac, a_key)
+    has_pre_t = (last_before >= 0) & (ac[np.maximum(last_before, 0)] == tc) if n_a else np.zeros(n_t, dtype=bool)
+    pre_src = np.where(has_pre_t, last_before, -1)
     pre_score = np.where(has_pre_t, a_total[np.maximum(pre_src, 0)] if n_a else np.nan, np.nan)
     pre_resp = has_pre_t & (responding[np.maximum(pre_src, 0)] if n_a else False)
     pre_at = np.where(has_pre_t, a_at[np.maximum(pre_src, 0)] if n_a else NAT, NAT)
+    a_seg_row = n_before - 1
+    own = (a_seg_row >= 0) & (tc[np.maximum(a_seg_row, 0)] == ac) if n_t else np.zeros(n_a, dtype=bool)
+    if not own.all():  # cannot happen (scores before the first infusion were left out above); never cross patients
+        ac, a_key, a_at, a_total, a_base = ac[own], a_key[own], a_at[own], a_total[own], a_base[own]
+        responding, out, a_seg_row = responding[own], out[own], a_seg_row[own]
+        if a_item9 is not None:
+            a_item9 = a_item9[own]
+        n_a = len(ac)
 
     # --- loss of response within each segment ------------------------------------------------
     seg_new, seg_start = _starts(a_seg_row)
@@ -249,6 +325,11 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     np.maximum.at(last_ind_no, tc[is_induction], infusion_no[is_induction])
     last_induction = is_induction & (infusion_no == last_ind_no[tc])
     starts_cycle = pre_resp | (first_post_resp & (last_induction | rules.cycles_after_recapture))
+    # A cycle needs an assessment after its infusion that says something: response seen to
+    # hold (left_at) or a loss (right_at). Infusions with no assessment between them are
+    # merged: the cycle runs from the last of them (the most recent dose); an infusion with
+    # no assessment yet after it starts no cycle until one comes (no "0 days" cycles).
+    starts_cycle &= (left_at != NAT) | (right_at != NAT)
     start_kind = np.where(pre_resp, "in_response", np.where(starts_cycle, "recaptured", "")).astype(object)
 
     inf = pd.DataFrame(copy=False, data={
@@ -362,6 +443,52 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
     covariates = per.iloc[np.maximum(take, 0)].reset_index(drop=True)
     covariates[take < 0] = np.nan
     return pd.concat([cycles.reset_index(drop=True), covariates], axis=1)
+
+
+def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """Every score inside a durability cycle, for models of the measurement (durability.measured).
+
+    One row per score between a cycle's infusion and the next infusion (the pre-dose score at
+    the next infusion included): patient_id, cycle_no (as in cycles_from_course), days since
+    the cycle's infusion, total, and line: the score above which it no longer meets response
+    (baseline x (1 - response_fall); for loss_rule "madrs_relapse_22" half a point below the
+    relapse score, so that an integer score is out exactly when it is above the line).
+    """
+    inf, sc = course.infusions, course.scores
+    starts = inf["starts_cycle"].to_numpy(dtype=bool)
+    code = inf["code"].to_numpy()
+    cyc_no = np.zeros(len(inf), dtype=np.int64)
+    if starts.any():
+        sc_code = code[starts]
+        new, start = _starts(sc_code)
+        cyc_no[starts] = np.arange(starts.sum()) - start + 1
+    seg_row = sc["segment_row"].to_numpy()
+    in_cycle = starts[seg_row] if len(seg_row) else np.zeros(0, dtype=bool)
+    rows = np.flatnonzero(in_cycle)
+    seg = seg_row[rows]
+    days = (sc["at"].to_numpy()[rows] - inf["at"].to_numpy()[seg]) / np.timedelta64(1, "D")
+    base = course.baselines.set_index("patient_id")
+    pid = sc["patient_id"].astype(str).to_numpy()[rows]
+    n_base = base["baseline_n"].reindex(pid).to_numpy(dtype=float) if "baseline_n" in base else np.ones(len(rows))
+    if rules.loss_rule == "madrs_relapse_22":
+        line = np.full(len(rows), rules.madrs_relapse_score - 0.5)
+        latent = line
+    else:
+        line = sc["baseline_score"].to_numpy(dtype=float)[rows] * (1.0 - rules.response_fall)
+        mean = base["baseline_mean"].reindex(pid).to_numpy(dtype=float) if "baseline_mean" in base else line
+        latent = np.where(np.isfinite(mean), mean * (1.0 - rules.response_fall), line)
+    phase = inf["phase"].to_numpy(dtype=object)
+    building = (phase == "induction") & ~inf["last_induction"].to_numpy(dtype=bool)
+    return pd.DataFrame({
+        "patient_id": sc["patient_id"].to_numpy()[rows].astype(object) if len(rows) else np.zeros(0, dtype=object),
+        "cycle_no": cyc_no[seg],
+        "days": days.astype(float),
+        "total": sc["total"].to_numpy(dtype=float)[rows],
+        "line": line,
+        "latent_line": latent,
+        "baseline_scores": n_base,
+        "settled": ~building[seg],
+    })
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,

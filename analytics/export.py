@@ -6,18 +6,31 @@ lists every quarantined row; voided.csv every voided infusion and assessment (wh
 when and why), which the import does not read back: its columns name no kind of record. Free-text cells a spreadsheet would run as a
 formula (= + - @, and a leading quote so the rule can be undone) get a quote
 prefixed; the importer removes exactly that prefix (docs/import.md).
+
+Files are written into a staging folder inside the target and moved into place only when every
+one is complete (`staged_directory`): an export that fails part-way (a full disk) leaves no
+partial files. A database that cannot be written (a read-only file or snapshot) can still be
+exported by the operator; the audit entry it cannot take is written beside the files
+(`export-audit.json`) instead (`record_export`).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from . import access, scales
+from . import access, audit, scales, store
 from .permissions import may
 from .ingest import rules
+
+AUDIT_NOTE = "export-audit.json"
 
 
 def _number(values: pd.Series) -> pd.Series:
@@ -139,6 +152,49 @@ def rejected_frame(data: access.DataAccess) -> pd.DataFrame:
     })
 
 
+@contextlib.contextmanager
+def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """A private folder inside `directory` to write into; its files are moved into `directory` when
+    the block ends without error, and it is removed either way (no partial export is left)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    stage = target / f".export-{os.getpid()}-{datetime.now().strftime('%H%M%S%f')}"
+    stage.mkdir(mode=0o700)
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, target / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def record_export(data: access.DataAccess, directory: Path, detail: dict, page: str | None = None,
+                  patients: list[str] | None = None) -> Path | None:
+    """Audit an export before any of its files is written: an export that cannot be audited does not happen.
+
+    On a database that cannot be written (store.ReadOnlyDatabase), the operator's export (action
+    `export_from_read_only_database`) is recorded in `directory/export-audit.json` instead, with
+    the newest entry of the database's own audit trail; returns that file (None when audited in
+    the database)."""
+    try:
+        data.log("export", page=page, patients=patients, detail=detail)
+        return None
+    except store.ReadOnlyDatabase:
+        if not may(data.scope, "export_from_read_only_database"):
+            raise
+    newest = audit.entries(data.db, limit=1)
+    note = {
+        "action": "export", "actor": data.scope.user, "role": data.scope.role,
+        "at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "database": str(Path(data.db).resolve()),
+        "why_here": "the database cannot be written (read-only), so this export is not in its audit trail",
+        "audit_trail_head": ({"seq": int(newest["seq"].iloc[0]), "hash": newest["hash"].iloc[0]} if len(newest) else None),
+        "detail": detail, "patients": patients or [],
+    }
+    path = Path(directory) / AUDIT_NOTE
+    path.write_text(json.dumps(note, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = access.SYSTEM,
                page: str | None = None, detail: dict | None = None) -> dict[str, Path]:
     """Write patients/treatments/assessments.csv, voided.csv (and rejected.csv for admins) into
@@ -159,15 +215,29 @@ def export_csv(directory: str | os.PathLike, db=None, scope: access.Scope = acce
 
 def write_frames(directory: str | os.PathLike, frames: dict[str, pd.DataFrame], data: access.DataAccess, patient_ids,
                  *, page: str | None, detail: dict) -> dict[str, Path]:
-    """Audit an export (with every patient in it), then write its CSV files into `directory`."""
+    """Audit an export (with every patient in it), then write its CSV files into `directory`, all or none."""
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    # recorded before any file is written: an export that cannot be audited does not happen
-    data.log("export", page=page, patients=[str(p) for p in patient_ids],
-             detail={**detail, "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}})
+    detail = {**detail, "directory": str(target), "rows": {name: len(frame) for name, frame in frames.items()}}
+    patients = [str(p) for p in patient_ids]
     written: dict[str, Path] = {}
-    for name, frame in frames.items():
-        path = target / f"{name}.csv"
-        frame.to_csv(path, index=False, lineterminator="\n", encoding="utf-8")
-        written[name] = path
+    with staged_directory(target) as stage:
+        note = record_export(data, stage, detail, page=page, patients=patients)  # before any file is written
+        with recorded_failure(data, note, detail, page):
+            for name, frame in frames.items():
+                frame.to_csv(stage / f"{name}.csv", index=False, lineterminator="\n", encoding="utf-8")
+                written[name] = target / f"{name}.csv"
+        if note is not None:
+            written["audit"] = target / note.name
     return written
+
+
+@contextlib.contextmanager
+def recorded_failure(data: access.DataAccess, note: Path | None, detail: dict, page: str | None = None) -> Iterator[None]:
+    """An export that fails after its audit entry (a full disk) gets a second entry saying it failed."""
+    try:
+        yield
+    except OSError as exc:
+        if note is None:
+            with contextlib.suppress(Exception):  # the disk that is full may hold the database too
+                data.log("export", outcome="failed", page=page, detail={**detail, "error": exc.strerror or type(exc).__name__})
+        raise

@@ -1,457 +1,621 @@
 """Per-patient durability and the suggested maintenance interval.
 
-Model (a shared-frailty Weibull, the standard model for repeated cycles of one
-patient; empirical Bayes shrinkage, docs/clinical-rules.md):
+One model per data version, fitted on the whole clinic (`clinic_suggestions`):
+durability.measured.MeasuredDurability, which reads each cycle's scores as noisy
+measurements of an underlying trend that crosses the response line (the score
+noise, the shape of the return of symptoms, the cycle-to-cycle and
+patient-to-patient spread of durability are all estimated from the clinic's data).
+Every viewer sees rows of the same fit: a clinician's caseload, a director's
+cohort and `python -m analytics intervals` give one patient the same answer.
 
-    S(t | patient i) = exp(-z_i * (t / scale) ** shape),   z_i ~ Gamma(a, rate a)
+Per patient (an empirical-Bayes posterior: a short history borrows the clinic's
+pattern, a long one is the patient's own):
 
-z_i is the patient's own "speed of loss" (1 = the cohort's). The cohort part
-(shape, scale, a) is fitted by maximum likelihood over all cycles of all
-patients at once; each patient's z then has the posterior Gamma(a + d_i,
-a + H_i), where d_i is the number of losses and H_i = sum over cycles of
-(t_j / scale) ** shape, t_j being the time response is known to have held
-(censored cycles) or the middle of the interval in which it was lost (events).
-A patient with no cycles gets the cohort's answer; each loss and each day
-held moves the answer toward the patient's own history, weight
-H_i / (a + H_i).
+* suggested_interval_days: the day by which, from everything known about this
+  patient, there is a (1 - target) chance (20% by default) that response has been
+  lost: the patient's predictive distribution of the next cycle's durability.
+* interval_low_days - interval_high_days: an 80% range for that day (the 10th and
+  90th posterior percentiles of the patient's own 20th-percentile durability).
+  Measured coverage on the simulated clinic: docs/durability.md.
+* Never past what the observed losses support: if more of the patient's cycles
+  were seen to lose response by the suggested day than the target allows (a
+  one-sided binomial test at 5%), the suggestion is held at the longest day the
+  observed losses do support, and `estimate_source` says "own losses".
 
-The suggested interval is the time at which the patient's predictive
-probability of still being in response falls to `target` (0.8 by default):
-scale * H0 ** (1 / shape) with H0 = (a + H_i) * (target ** (-1 / (a + d_i)) - 1).
-The range is the same time at the 10th and 90th percentiles of z_i (an 80%
-credible range for the patient's own durability).
-
-Everything is vectorised: 100,000 patients take a few seconds.
+Who gets a suggestion (anyone else gets `status` and no date):
+* in active care: an infusion or any score in the last ACTIVE_CARE_DAYS (90) days;
+* in maintenance: an infusion given after induction, or more than
+  rules.induction_max_gap_days since the last induction infusion (induction over);
+* response established: rules.established_response_scores (2) consecutive scores
+  of the instrument meeting response after the first infusion.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import date
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
+from scipy import stats
 
-MIN_SUGGESTION_DAYS = 7.0  # no maintenance schedule tighter than weekly is suggested
+from .durability.measured import MU_GRID, MeasuredDurability
+from .outcomes import DEFAULT_RULES, OutcomeRules
+
+MIN_SUGGESTION_DAYS = 7.0   # no maintenance schedule tighter than weekly is suggested
 MAX_SUGGESTION_DAYS = 182.0
-PERSONAL_WEIGHT = 0.6  # basis "personal" from this share of personal information, "cohort" below 0.25
+MAX_RANGE_DAYS = 730.0
+ACTIVE_CARE_DAYS = 90       # no infusion and no score for this long: no longer in active care
+PERSONAL_WEIGHT = 0.6       # basis "personal" from this share of personal information, "cohort" below 0.25
 COHORT_WEIGHT = 0.25
+RANGE_LEVEL = 0.8
+LOSS_TEST_ALPHA = 0.10      # observed losses contradict a suggestion when this unlikely under its target
+TAPER_CYCLES = 3            # held response through this many scheduled intervals in a row ...
+TAPER_MARGIN_POINTS = 2.0   # ... with pre-dose scores on average at least this far inside the response line ...
+TAPER_FACTOR = 1.25         # ... and an estimated durability at least this multiple of the current interval
+TREND_MIN_LOSSES = 4        # lengthening durability is tested on at least this many losses
+TREND_FDR = 0.10            # Benjamini-Hochberg false discovery rate over the clinic's patients
+
+STATUS_TEXT = {
+    "suggested": "suggested",
+    "not_in_active_care": f"no longer in active care (no infusion and no score for {ACTIVE_CARE_DAYS} days)",
+    "in_induction": "still in induction",
+    "response_not_established": "response not established (needs two consecutive scores meeting response)",
+    "no_scores": "no scores of this instrument since treatment began",
+    "no_model": "not enough cycles in the clinic yet to estimate durability",
+}
 
 
-@dataclass
-class FrailtyWeibull:
-    """Cohort fit of the shared-frailty Weibull (conditional shape/scale, frailty shape a)."""
-    shape: float
-    scale: float
-    frailty_a: float
-    n_patients: int
-    n_cycles: int
-    n_events: int
-    converged: bool
+# --- who gets a suggestion -----------------------------------------------------------------
 
-    def cumulative_hazard(self, t) -> np.ndarray:
-        t = np.asarray(t, dtype=float)
-        return (np.maximum(t, 0.0) / self.scale) ** self.shape
+def patient_states(course, today: date, last_activity: pd.Series | None = None,
+                   rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """One row per treated patient: last_infusion_on, last_activity_on, active_care,
+    in_maintenance, response_established, latest_responding, status (STATUS_TEXT keys).
 
-    def cohort_survival(self, t) -> np.ndarray:
-        """Marginal (cohort) survival: z integrated out."""
-        return (self.frailty_a / (self.frailty_a + self.cumulative_hazard(t))) ** self.frailty_a
-
-    def time_for_hazard(self, h0) -> np.ndarray:
-        return self.scale * np.asarray(h0, dtype=float) ** (1.0 / self.shape)
-
-
-def cycle_exposure(cycles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(time known/assumed, event) per cycle: the interval midpoint for losses,
-    the last day response was seen for censored cycles."""
-    left = cycles["left_days"].to_numpy(dtype=float)
-    right = cycles["right_days"].to_numpy(dtype=float)
-    event = np.isfinite(right)
-    t = np.where(event, (left + np.where(event, right, 0.0)) / 2.0, left)
-    return t, event
-
-
-def _neg_loglik(theta, t, event, code, n_pat, d_i):
-    log_shape, log_scale, log_a = theta
-    k, lam, a = math.exp(log_shape), math.exp(log_scale), math.exp(log_a)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        H = (t / lam) ** k
-        H_i = np.bincount(code, weights=H, minlength=n_pat)
-        log_h = np.where(event, math.log(k) - k * math.log(lam) + (k - 1) * np.log(np.where(event, t, 1.0)), 0.0)
-    ll = log_h.sum()
-    ll += np.sum(special.gammaln(a + d_i) - special.gammaln(a) + a * math.log(a) - (a + d_i) * np.log(a + H_i))
-    return -ll
-
-
-def fit_frailty(cycles: pd.DataFrame, *, max_cycles: int = 400_000, seed: int = 0) -> FrailtyWeibull:
-    """Maximum likelihood fit; very large cohorts are fitted on a random subset of patients."""
-    t, event = cycle_exposure(cycles)
-    informative = (t > 0) | event
-    c = cycles.loc[informative]
-    t, event = t[informative], event[informative]
-    if event.sum() < 3:
-        raise ValueError("too few losses of response to estimate durability (need at least 3)")
-    codes, uniques = pd.factorize(c["patient_id"])
-    if len(c) > max_cycles:
-        rng = np.random.default_rng(seed)
-        keep_pat = rng.random(len(uniques)) < max_cycles / len(c)
-        keep = keep_pat[codes]
-        t, event, codes = t[keep], event[keep], pd.factorize(codes[keep])[0]
-    n_pat = int(codes.max()) + 1
-    t = np.where(event, np.maximum(t, 0.5), t)  # an event at day 0 is impossible; half a day at least
-    d_i = np.bincount(codes, weights=event.astype(float), minlength=n_pat)
-    med = float(np.median(t[event]))
-    x0 = np.array([0.3, math.log(max(med, 1.0) * 1.5), 0.0])
-    res = optimize.minimize(_neg_loglik, x0, args=(t, event, codes, n_pat, d_i), method="Nelder-Mead",
-                            options={"xatol": 1e-4, "fatol": 1e-3, "maxiter": 2000})
-    log_shape, log_scale, log_a = np.clip(res.x, [-3, -3, -5], [3, 8, 8])
-    return FrailtyWeibull(shape=math.exp(log_shape), scale=math.exp(log_scale), frailty_a=math.exp(log_a),
-                          n_patients=n_pat, n_cycles=int(len(t)), n_events=int(event.sum()),
-                          converged=bool(res.success))
-
-
-def patient_posteriors(fit: FrailtyWeibull, cycles: pd.DataFrame) -> pd.DataFrame:
-    """Per patient: n_cycles, n_events, H (exposure), posterior shape/rate of z, weight_personal."""
-    t, event = cycle_exposure(cycles)
-    t = np.where(event, np.maximum(t, 0.5), t)
-    codes, uniques = pd.factorize(cycles["patient_id"])
-    n = len(uniques)
-    H = np.bincount(codes, weights=fit.cumulative_hazard(t), minlength=n)
-    d = np.bincount(codes, weights=event.astype(float), minlength=n)
-    n_cycles = np.bincount(codes, minlength=n)
-    a = fit.frailty_a
-    return pd.DataFrame({"patient_id": np.asarray(uniques, dtype=object), "n_cycles": n_cycles, "n_events": d.astype(int),
-                         "exposure": H, "post_shape": a + d, "post_rate": a + H, "weight_personal": H / (a + H)})
-
-
-def suggest_days(fit: FrailtyWeibull, post_shape, post_rate, target: float = 0.8,
-                 range_level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point, low, high) days until P(still in response) falls to `target`."""
-    if not 0 < target < 1:
-        raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
-    post_shape = np.asarray(post_shape, dtype=float)
-    post_rate = np.asarray(post_rate, dtype=float)
-    h0 = post_rate * (target ** (-1.0 / post_shape) - 1.0)
-    point = fit.time_for_hazard(h0)
-    tail = (1 - range_level) / 2
-    z_hi = stats.gamma.ppf(1 - tail, post_shape, scale=1.0 / post_rate)
-    z_lo = stats.gamma.ppf(tail, post_shape, scale=1.0 / post_rate)
-    low = fit.time_for_hazard(-math.log(target) / z_hi)
-    high = fit.time_for_hazard(-math.log(target) / np.maximum(z_lo, 1e-12))
-    clip = lambda x: np.clip(x, MIN_SUGGESTION_DAYS, MAX_SUGGESTION_DAYS)
-    return clip(point), clip(low), clip(high)
-
-
-def taper_signals(cycles: pd.DataFrame, suggested: pd.Series) -> pd.DataFrame:
-    """Per patient: taper ("none", "stretch", "consider_pause") and the reason.
-
-    consider_pause: the last three cycles all lasted to the next infusion
-    without a loss, and the patient was in remission before each of those
-    infusions: response holds through the schedule, so maintenance may not be
-    needed at this frequency, or at all (SUSTAIN-2 stepped down to the least
-    frequent schedule that kept the response; Andrade 2017: individualise).
-    stretch: the last two cycles held to the next infusion and the suggested
-    interval is at least 20% longer than the recent one, or the patient's
-    losses come later and later (three or more, each later than the last).
+    `last_activity`: per patient id, the latest assessment of any instrument (the course holds
+    only one); the latest infusion counts too.
     """
-    c = cycles.sort_values(["patient_id", "cycle_no"])
-    pid = c["patient_id"]
-    out = pd.DataFrame(index=pd.Index(pid.unique(), name="patient_id"))
-    out["taper"] = "none"
-    out["taper_reason"] = ""
-    held = c["censor_reason"] == "next_infusion"
-    last2 = c.groupby("patient_id", sort=False).tail(2)
-    held2 = (last2["censor_reason"] == "next_infusion").groupby(last2["patient_id"], sort=False).agg(["all", "size"])
-    held2 = held2["all"] & (held2["size"] == 2)
-    recent = last2["interval_days"].where(np.isfinite(last2["interval_days"]))
-    recent_interval = recent.groupby(last2["patient_id"], sort=False).median()
-    sug = suggested.reindex(out.index)
-    by_interval = held2.reindex(out.index, fill_value=False) & (sug >= 1.2 * recent_interval.reindex(out.index)).fillna(False)
-    ev = c[c["event"].to_numpy(dtype=bool)]
-    mid = (ev["left_days"] + ev["right_days"]) / 2
-    step = mid.groupby(ev["patient_id"], sort=False).diff()
-    rising = (step > 0).groupby(ev["patient_id"], sort=False).sum()
-    n_ev = mid.groupby(ev["patient_id"], sort=False).size()
-    by_trend = ((n_ev >= 3) & (rising == n_ev - 1)).reindex(out.index, fill_value=False)
-    out.loc[by_interval.to_numpy(dtype=bool), ["taper", "taper_reason"]] = [
-        "stretch", "held response up to each of the last two infusions; the suggested interval is longer than the current one"]
-    out.loc[by_trend.to_numpy(dtype=bool), ["taper", "taper_reason"]] = [
-        "stretch", "each loss of response came later than the one before"]
-    if "pre_dose_remission" in c.columns:
-        last3 = c.groupby("patient_id", sort=False).tail(3)
-        ok = held.loc[last3.index] & last3["pre_dose_remission"].fillna(False).astype(bool)
-        agg = ok.groupby(last3["patient_id"], sort=False).agg(["all", "size"])
-        pause = (agg["all"] & (agg["size"] == 3)).reindex(out.index, fill_value=False)
-        out.loc[pause.to_numpy(dtype=bool), ["taper", "taper_reason"]] = [
-            "consider_pause", "in remission before each of the last three infusions, with no loss of response between them"]
+    inf, sc = course.infusions, course.scores
+    n_pat = len(inf["patient_id"].cat.categories) if len(inf) else 0
+    ids = np.asarray(inf["patient_id"].cat.categories, dtype=object) if len(inf) else np.zeros(0, dtype=object)
+    code = inf["code"].to_numpy()
+    at = inf["at"].to_numpy()
+    last_inf = np.full(n_pat, np.datetime64("NaT"), dtype="datetime64[us]")
+    if len(inf):
+        order = np.lexsort((at, code))
+        last_rows = order[np.r_[code[order][1:] != code[order][:-1], True]]
+        last_inf[code[last_rows]] = at[last_rows]
+    post_induction = np.zeros(n_pat, dtype=bool)
+    np.logical_or.at(post_induction, code, inf["phase"].to_numpy(dtype=object) != "induction")
+    today_ts = pd.Timestamp(today)
+    with np.errstate(invalid="ignore"):
+        induction_over = (today_ts - pd.to_datetime(last_inf)) > pd.Timedelta(days=rules.induction_max_gap_days)
+    in_maintenance = post_induction | np.asarray(induction_over, dtype=bool)
+    # established response: a run of consecutive scores meeting response
+    s_code = sc["code"].to_numpy()
+    resp = sc["responding"].to_numpy(dtype=bool)
+    established = np.zeros(n_pat, dtype=bool)
+    latest_resp = np.zeros(n_pat, dtype=bool)
+    has_scores = np.zeros(n_pat, dtype=bool)
+    if len(sc):
+        new = np.r_[True, s_code[1:] != s_code[:-1]]
+        prev_resp = np.r_[False, resp[:-1]] & ~new
+        run_start = np.maximum.accumulate(np.where(resp & ~prev_resp, np.arange(len(resp)), 0))
+        run_len = np.where(resp, np.arange(len(resp)) - run_start + 1, 0)
+        np.logical_or.at(established, s_code, run_len >= rules.established_response_scores)
+        last = np.r_[s_code[1:] != s_code[:-1], True]
+        latest_resp[s_code[last]] = resp[last]
+        has_scores[s_code] = True
+    frame = pd.DataFrame({"patient_id": ids, "last_infusion_on": pd.to_datetime(last_inf).normalize()})
+    activity = pd.to_datetime(last_inf)
+    if last_activity is not None and len(last_activity):
+        other = pd.to_datetime(pd.Series(last_activity).reindex(ids)).to_numpy(dtype="datetime64[us]")
+        activity = pd.to_datetime(np.where(np.isnat(other) | (other < last_inf), last_inf, other))
+    frame["last_activity_on"] = pd.DatetimeIndex(activity).normalize()
+    frame["active_care"] = (frame["last_activity_on"] >= today_ts.normalize() - pd.Timedelta(days=ACTIVE_CARE_DAYS)).to_numpy()
+    frame["in_maintenance"] = in_maintenance
+    frame["response_established"] = established
+    frame["latest_responding"] = latest_resp
+    status = np.full(n_pat, "suggested", dtype=object)
+    status[~established] = "response_not_established"
+    status[~has_scores] = "no_scores"
+    status[~in_maintenance] = "in_induction"
+    status[~frame["active_care"].to_numpy()] = "not_in_active_care"
+    frame["status"] = status
+    return frame
+
+
+# --- the evidence beside a suggestion --------------------------------------------------------
+
+def observed_evidence(cycles: pd.DataFrame) -> pd.DataFrame:
+    """Per patient, from the cycle table a clinician sees: observed_cycles, observed_losses,
+    observed_median_loss_days and observed_shortest_loss_days (the day each loss was first seen,
+    counted from the infusion that started the cycle)."""
+    if cycles.empty:
+        return pd.DataFrame(columns=["patient_id", "observed_cycles", "observed_losses",
+                                     "observed_median_loss_days", "observed_shortest_loss_days"])
+    pid = cycles["patient_id"].astype(str)
+    event = cycles["event"].to_numpy(dtype=bool)
+    seen = pd.Series(np.where(event, cycles["right_days"].to_numpy(dtype=float), np.nan), index=cycles.index)
+    g = seen.groupby(pid.to_numpy())
+    out = pd.DataFrame({"observed_cycles": pid.groupby(pid.to_numpy()).size(),
+                        "observed_losses": g.count(),
+                        "observed_median_loss_days": g.median().round(1),
+                        "observed_shortest_loss_days": g.min().round(1)})
+    out.index.name = "patient_id"
     return out.reset_index()
 
 
-# --- score trajectories ----------------------------------------------------------------
-
-# The climb back is not a straight line: the ketamine effect holds for a while,
-# then fades faster. Scores are regressed on days ** TIME_POWER. On the
-# simulator (benefit fading like exp(-rate * t^2)) a straight line (1.0)
-# overestimated the cohort median by 31% and 2.0 underestimated it by 11%;
-# 1.5 came within 3%, with the same ranking of patients (docs/durability.md).
-# A clinic should check it against its own data.
-TIME_POWER = 1.5
+def _losses_by(left: np.ndarray, right: np.ndarray, event: np.ndarray, day: float) -> tuple[int, int]:
+    """(cycles seen to lose response by `day`, cycles whose state at `day` is known)."""
+    lost = event & (right <= day)
+    held = left >= day
+    return int(lost.sum()), int((lost | held).sum())
 
 
-def trajectory_estimates(code: np.ndarray, days: np.ndarray, relative: np.ndarray, n_patients: int,
-                         threshold: float = 0.5, min_scores: int = 3,
-                         time_power: float = TIME_POWER) -> tuple[np.ndarray, np.ndarray]:
-    """How fast each patient's scores climb back after an infusion.
+def loss_supported_day(left: np.ndarray, right: np.ndarray, event: np.ndarray, day: float,
+                       target: float, alpha: float = LOSS_TEST_ALPHA) -> float:
+    """The longest day up to `day` that the patient's observed losses do not contradict: at a
+    contradicted day, seeing that many losses among the cycles known at that day would have
+    probability below `alpha` if only (1 - target) of cycles lost response by then."""
+    def contradicted(d):
+        k, n = _losses_by(left, right, event, d)
+        return n > 0 and k > 0 and stats.binom.sf(k - 1, n, 1.0 - target) < alpha
 
-    Per patient, a least-squares line of score/baseline on (days since the
-    infusion) ** time_power, pooled over the patient's cycles. Its "speed" is
-    1 / the day the curve reaches `threshold` (0.5 = no longer 50% below
-    baseline): the inverse of the patient's typical durability. Speed, unlike days, stays well defined for a
-    patient whose scores barely rise (speed near 0: long durability), which is
-    exactly the patient a fixed schedule over-treats. It uses every score, not
-    only the first one out of response, so a single noisy score moves it
-    little, and cycles re-dosed while still in response inform it too.
-
-    Returns per patient code (speed per day, its sampling variance), NaN with
-    fewer than `min_scores` scores. The variance is the delta-method one, with
-    the residual variance pooled over patients (measurement noise belongs to
-    the scale more than to the patient).
-    """
-    days = np.asarray(days, dtype=float) ** time_power
-    n = np.bincount(code, minlength=n_patients).astype(float)
-    St = np.bincount(code, days, minlength=n_patients)
-    Sy = np.bincount(code, relative, minlength=n_patients)
-    Stt = np.bincount(code, days * days, minlength=n_patients)
-    Sty = np.bincount(code, days * relative, minlength=n_patients)
-    Syy = np.bincount(code, relative * relative, minlength=n_patients)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tbar, ybar = St / n, Sy / n
-        sxx = Stt - n * tbar ** 2
-        sxy = Sty - n * tbar * ybar
-        syy = Syy - n * ybar ** 2
-        beta = sxy / sxx
-        alpha = ybar - beta * tbar
-        rss = np.maximum(syy - beta * sxy, 0.0)
-        ok = (n >= min_scores) & (sxx > 1e-9)
-        sigma2 = float(np.nanmedian((rss / (n - 2))[ok & (n > 2)])) if (ok & (n > 2)).any() else np.nan
-        gap = np.maximum(threshold - alpha, 0.05 * threshold)
-        speed = beta / gap
-        var_b = sigma2 / sxx
-        var_a = sigma2 * (1.0 / n + tbar ** 2 / sxx)
-        cov_ab = -tbar * sigma2 / sxx
-        var_speed = var_b / gap ** 2 + beta ** 2 * var_a / gap ** 4 + 2 * beta * cov_ab / gap ** 3
-        # back from "per day ** time_power" to per day (delta method; floored at a year)
-        floor = (1.0 / 365.0) ** time_power
-        x = np.maximum(speed, floor)
-        var_speed = var_speed * ((1.0 / time_power) * x ** (1.0 / time_power - 1.0)) ** 2
-        speed = np.where(speed > 0, np.maximum(speed, 0.0) ** (1.0 / time_power), 0.0)
-    return np.where(ok, speed, np.nan), np.where(ok, np.maximum(var_speed, 1e-12), np.nan)
+    if not contradicted(day):
+        return day
+    # the loss days are where the count changes: step down through them
+    candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
+    candidates = np.sort(candidates[candidates < day])[::-1]
+    for c in candidates:
+        if not contradicted(c - 1e-9):
+            return float(max(c - 1e-9, 0.0))
+    return 0.0
 
 
-def course_trajectories(course, response_fall: float = 0.5) -> pd.DataFrame:
-    """trajectory_estimates for every patient in a course.Course (cycle-starting segments only)."""
-    inf, sc = course.infusions, course.scores
-    seg_row = sc["segment_row"].to_numpy()
-    in_cycle = inf["starts_cycle"].to_numpy()[seg_row]
-    days = ((sc["at"].to_numpy() - inf["at"].to_numpy()[seg_row]) / np.timedelta64(1, "D")).astype(float)[in_cycle]
-    relative = (sc["total"].to_numpy() / sc["baseline_score"].to_numpy())[in_cycle]
-    pid = sc["patient_id"].astype(str).to_numpy()[in_cycle]
-    code, uniques = pd.factorize(pid)
-    speed, var = trajectory_estimates(code, days, relative, len(uniques), 1.0 - response_fall)
-    return pd.DataFrame({"patient_id": np.asarray(uniques, dtype=object), "trajectory_speed": speed,
-                         "trajectory_var": var})
+# --- the suggestion from the model ---------------------------------------------------------
+
+def _weighted_quantile_on_grid(post: np.ndarray, q: float) -> np.ndarray:
+    """Per row, the q-quantile of a distribution with masses `post` on MU_GRID, each mass spread
+    evenly over its grid cell (so quantiles move smoothly between grid points)."""
+    step = MU_GRID[1] - MU_GRID[0]
+    cdf = np.cumsum(post, axis=1)
+    j = np.argmax(cdf >= q - 1e-12, axis=1)
+    rows = np.arange(post.shape[0])
+    before = np.where(j > 0, cdf[rows, np.maximum(j - 1, 0)], 0.0)
+    frac = np.clip((q - before) / np.maximum(post[rows, j], 1e-300), 0.0, 1.0)
+    return MU_GRID[j] - step / 2 + frac * step
 
 
-def with_trajectories(cycles: pd.DataFrame, course, response_fall: float = 0.5) -> pd.DataFrame:
-    """The cycle table with each patient's score trend (trajectory_speed, trajectory_var) joined on,
-    which `suggest_intervals` reads by default. Joined here, by the caller of course.py: the course
-    defines cycles and knows nothing of suggestions."""
-    return cycles.merge(course_trajectories(course, response_fall), on="patient_id", how="left")
+def _predictive_day(post: np.ndarray, within_sd: float, p_lost: float) -> np.ndarray:
+    """Per row, the day d with P(next cycle lost by d) = p_lost under the posterior predictive."""
+    lo = np.full(post.shape[0], math.log(0.5))
+    hi = np.full(post.shape[0], math.log(5000.0))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        F = (post * stats.norm.cdf((mid[:, None] - MU_GRID[None, :]) / within_sd)).sum(axis=1)
+        below = F < p_lost
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    return np.exp((lo + hi) / 2)
 
 
-def _winsorise(x: np.ndarray, q: float = 0.02) -> np.ndarray:
-    lo, hi = np.quantile(x, [q, 1 - q])
-    return np.clip(x, lo, hi)
+def baseline_uncertainty(model: MeasuredDurability, baselines: pd.DataFrame) -> pd.Series:
+    """Per patient, the SD on the log-days scale that the noise of the patient's baseline adds to
+    their durability: the response line is half a noisy score (or of the mean of a few), and a
+    line set too low by a fraction e is crossed earlier by about e / (the trend's slope at the
+    crossing) on the log scale. The fitted model cannot see this error (it is the same in every
+    cycle of the patient), so the range and the predictive day carry it explicitly."""
+    b = baselines.set_index(baselines["patient_id"].astype(str))
+    level = b.get("baseline_mean", b["baseline_score"]).astype(float)
+    n = b["baseline_n"].astype(float).clip(lower=1.0) if "baseline_n" in b else pd.Series(1.0, index=b.index)
+    rel = model.noise_sd_ / np.sqrt(n) / level.where(level > 0)
+    if model.mode_ == "trend":
+        from .durability.measured import DEPTHS, NO_RESPONSE
 
-
-@dataclass
-class Combination:
-    """How the measurements are weighed (estimated once per cohort). Speeds are 1/days."""
-    prior_speed: float        # cohort centre of patients' speed of loss
-    prior_var: float          # between-patient variance of the speed
-    event_factor: float       # cycle-based speeds are multiplied by this onto the trajectory scale
-    event_scale: float        # model variance of the cycle measurement x this = its real error variance
-    trajectory_scale: float
-    from_both: int            # patients with both measurements behind these figures
-
-
-def _measurements(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None):
-    """Per patient (event speed, its variance, trajectory speed, its variance)."""
-    k = fit.shape
-    base_log_median = math.log(fit.scale) + math.log(math.log(2.0)) / k
-    d = post["n_events"].to_numpy(dtype=float)
-    H = post["exposure"].to_numpy(dtype=float)
-    has_cycles = H > 1e-6
-    shape = d + 0.5
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e_log_z = special.digamma(shape) - np.log(np.where(has_cycles, H, 1.0))
-        ev_speed = np.where(has_cycles, np.exp(-(base_log_median - e_log_z / k)), np.nan)
-        ev_var = np.where(has_cycles, ev_speed ** 2 * special.polygamma(1, shape) / k ** 2, np.nan)
-    if trajectories is not None and len(trajectories):
-        tr = trajectories.set_index("patient_id").reindex(post["patient_id"])
-        tr_speed = tr["trajectory_speed"].to_numpy(dtype=float)
-        tr_var = tr["trajectory_var"].to_numpy(dtype=float)
+        w = model.depth_weights_[:NO_RESPONSE]
+        slope = model.shape_ * float((w * np.log(2.0 - DEPTHS[:NO_RESPONSE])).sum() / max(w.sum(), 1e-12))
     else:
-        tr_speed = np.full(len(post), np.nan)
-        tr_var = np.full(len(post), np.nan)
-    return ev_speed, ev_var, tr_speed, tr_var, math.exp(-base_log_median)
+        slope = 1.0   # the trend is not seen in single-score cycles: a moderate slope, on the cautious side
+    return (rel / max(slope, 0.2)).fillna(0.0)
 
 
-def calibrate(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None) -> Combination:
-    """Method of moments over patients with both measurements.
-
-    The model-based variances understate the real errors (measurement noise;
-    a straight line through a curve), so both are rescaled from the data:
-    with independent errors, the covariance of the two measurements across
-    patients is the true between-patient variance and what each has beyond it
-    is its error. Losses dated by the first score out of response come earlier
-    than the real loss when scores are noisy (a score near the line crosses it
-    by chance), so cycle-based speeds are rescaled onto the trajectory scale by
-    the ratio of the medians (docs/durability.md gives its size).
-    """
-    ev, ev_var, tr, tr_var, base_speed = _measurements(post, fit, trajectories)
-    use_tr = np.isfinite(tr) & np.isfinite(tr_var)
-    use_ev = np.isfinite(ev) & np.isfinite(ev_var)
-    both = use_tr & use_ev
-    if both.sum() >= 30:
-        factor = float(np.median(tr[both]) / np.median(ev[both]))
-        x, y = _winsorise(ev[both] * factor), _winsorise(tr[both])
-        between = max(float(np.cov(x, y)[0, 1]), 1e-6)
-        err_ev = max(float(np.var(x)) - between, 1e-6)
-        err_tr = max(float(np.var(y)) - between, 1e-6)
-        return Combination(float(np.median(y)), between, factor,
-                           err_ev / float(np.median(ev_var[both] * factor ** 2)), err_tr / float(np.median(tr_var[both])),
-                           int(both.sum()))
-    ref, ref_var = (tr[use_tr], tr_var[use_tr]) if use_tr.sum() >= 30 else (ev[use_ev], ev_var[use_ev])
-    centre = float(np.median(ref)) if len(ref) else base_speed
-    spread = float(np.var(_winsorise(ref))) if len(ref) > 1 else centre ** 2
-    noise = float(np.median(ref_var)) if len(ref) else 0.0
-    return Combination(centre, max(spread - noise, (0.2 * centre) ** 2), 1.0, 1.0, 1.0, int(both.sum()))
-
-
-MIN_GROUP_PATIENTS = 30  # a subgroup needs this many measured patients to have its own centre
-
-
-def group_centres(est_speed: np.ndarray, measured: np.ndarray, groups: pd.Series, fallback: float) -> np.ndarray:
-    """Per patient, the median speed of measured patients in their group (the cohort's if too few)."""
-    g = pd.Series(np.asarray(groups, dtype=object)).fillna("(missing)").astype(str).to_numpy()
-    frame = pd.DataFrame({"g": g[measured], "v": est_speed[measured]})
-    stats_ = frame.groupby("g")["v"].agg(["median", "size"])
-    centre = stats_["median"].where(stats_["size"] >= MIN_GROUP_PATIENTS)
-    return pd.Series(g).map(centre).fillna(fallback).to_numpy(dtype=float)
-
-
-def combine_estimates(post: pd.DataFrame, fit: FrailtyWeibull, trajectories: pd.DataFrame | None,
-                      combination: Combination | None = None, groups: pd.Series | None = None) -> pd.DataFrame:
-    """Per-patient speed of loss (1/days): the cohort prior combined, by
-    precision, with the patient's score trajectory or, where there are too few
-    scores for one, with the cycles (through the frailty posterior without its
-    prior, Gamma(d + 1/2, H)). weight_personal = 1 - posterior variance /
-    prior variance."""
-    cb = combination if combination is not None else calibrate(post, fit, trajectories)
-    ev, ev_var, tr, tr_var, _ = _measurements(post, fit, trajectories)
-    ev, ev_var = ev * cb.event_factor, ev_var * cb.event_factor ** 2 * cb.event_scale
-    tr_var = tr_var * cb.trajectory_scale
-    use_tr = np.isfinite(tr) & np.isfinite(tr_var) & (tr_var > 0)
-    # The cycles count only where the scores are too few for a trajectory: both
-    # come from the same noisy scores, so their errors are correlated, and in
-    # validation adding the cycles to the trajectory made the ranking worse
-    # (docs/durability.md).
-    use_ev = np.isfinite(ev) & np.isfinite(ev_var) & (ev_var > 0) & ~use_tr
-    centre = np.full(len(post), cb.prior_speed)
-    if groups is not None:
-        # shrink toward the patient's subgroup (e.g. baseline band) rather than the whole cohort
-        measured = np.where(use_tr, tr, np.where(use_ev, ev, np.nan))
-        centre = group_centres(measured, np.isfinite(measured),
-                               pd.Series(groups).reindex(post["patient_id"]).reset_index(drop=True), cb.prior_speed)
-    prec = np.full(len(post), 1.0 / cb.prior_var)
-    num = centre / cb.prior_var
-    for value, var, use in ((ev, ev_var, use_ev), (tr, tr_var, use_tr)):
-        prec = prec + np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
-        num = num + np.where(use, value / np.where(use, var, 1.0), 0.0)
-    out = post[["patient_id"]].copy()
-    out["speed"] = num / prec
-    out["speed_var"] = 1.0 / prec
-    out["weight_personal"] = 1.0 - (1.0 / prec) / cb.prior_var
-    out["has_trajectory"] = np.isfinite(tr)
-    out.attrs["combination"] = cb
+def model_estimates(model: MeasuredDurability, patient_ids, target: float = 0.8,
+                    range_level: float = RANGE_LEVEL, extra_sd: pd.Series | None = None) -> pd.DataFrame:
+    """Per patient (those without scores in any cycle get the cohort's answer): point (the
+    predictive day by which response is lost with probability 1 - target), low/high (the
+    range_level posterior range of the patient's own (1 - target)-quantile of durability),
+    median_days, weight_personal (share of the answer that is the patient's own), has_scores."""
+    if not 0 < target < 1:
+        raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
+    ids, post = model.patient_posteriors()
+    wanted = pd.Index(pd.Series(patient_ids, dtype=object).astype(str).unique())
+    row = pd.Index(ids).get_indexer(wanted)
+    prior = model.prior_mu()
+    P = np.where((row >= 0)[:, None], post[np.maximum(row, 0)], prior[None, :])
+    z = stats.norm.ppf(1.0 - target)
+    tail = (1.0 - range_level) / 2
+    extra = np.zeros(len(wanted)) if extra_sd is None else \
+        pd.Series(extra_sd).reindex(wanted).fillna(0.0).to_numpy(dtype=float)
+    mu_lo = _weighted_quantile_on_grid(P, tail)
+    mu_hi = _weighted_quantile_on_grid(P, 1 - tail)
+    mu_med = _weighted_quantile_on_grid(P, 0.5)
+    mean = P @ MU_GRID
+    var = P @ (MU_GRID ** 2) - mean ** 2
+    # the baseline's own noise widens the range like an independent error on the log scale
+    zr = stats.norm.ppf(1 - tail)
+    half_lo = np.sqrt((mu_med - mu_lo) ** 2 + (zr * extra) ** 2)
+    half_hi = np.sqrt((mu_hi - mu_med) ** 2 + (zr * extra) ** 2)
+    prior_var = max(model.between_sd_ ** 2, 1e-9)
+    out = pd.DataFrame({
+        "patient_id": np.asarray(wanted, dtype=object),
+        "point": np.exp(np.log(_predictive_day(P, model.within_sd_, 1.0 - target)) + z * (
+            np.sqrt(model.within_sd_ ** 2 + extra ** 2) - model.within_sd_)),
+        "central": np.exp(mu_med + model.within_sd_ * z),
+        "low": np.exp(mu_med - half_lo + model.within_sd_ * z),
+        "high": np.exp(mu_med + half_hi + model.within_sd_ * z),
+        "median_days": np.exp(mu_med),
+        "weight_personal": np.clip(1.0 - var / prior_var, 0.0, 1.0),
+        "has_scores": row >= 0,
+    })
     return out
 
 
-def suggest_from_speed(speed, speed_var, shape: float, target: float = 0.8,
-                       range_level: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point, low, high) days until P(still in response) falls to `target`.
+def _days_text(v: float) -> str:
+    return f"{v:.0f} day{'s' if round(v) != 1 else ''}"
 
-    The patient's median durability is 1/speed; single cycles vary around it
-    like a Weibull with the cohort's conditional shape, so the time at which
-    `target` of them still hold is median * (ln(1/target) / ln 2) ** (1/shape).
-    The range carries the uncertainty about the patient's own speed.
-    """
+
+def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataFrame, *, today: date,
+                      target: float = 0.8, last_activity: pd.Series | None = None,
+                      instrument: str | None = None, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """One row per treated patient. Patients with status "suggested" carry a suggestion; the
+    others carry their status (and why) and no date. See the module docstring for the rules."""
     if not 0 < target < 1:
         raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
-    factor = (math.log(1.0 / target) / math.log(2.0)) ** (1.0 / shape)
-    z = stats.norm.ppf(0.5 + range_level / 2)
-    speed = np.asarray(speed, dtype=float)
-    sd = np.sqrt(np.asarray(speed_var, dtype=float))
-    slowest = 1.0 / MAX_SUGGESTION_DAYS
-    days = lambda v: np.clip(factor / np.maximum(v, slowest), MIN_SUGGESTION_DAYS, MAX_SUGGESTION_DAYS)  # noqa: E731
-    return days(speed), days(speed + z * sd), days(speed - z * sd)
+    states = patient_states(course, today, last_activity, rules)
+    evidence = observed_evidence(cycles)
+    out = states.merge(evidence, on="patient_id", how="left")
+    for c in ("observed_cycles", "observed_losses"):
+        out[c] = out[c].fillna(0).astype(int)
+    eligible = (out["status"] == "suggested").to_numpy()
+    if model is None:
+        # no model (too few patients or scores): nobody gets a number, and the reason is given
+        out.loc[eligible, "status"] = "no_model"
+        eligible[:] = False
+    est = model_estimates(model, out.loc[eligible, "patient_id"], target,
+                          extra_sd=baseline_uncertainty(model, course.baselines)) if eligible.any() else None
+    n = len(out)
+    cols = {k: np.full(n, np.nan) for k in ("suggested_interval_days", "interval_low_days", "interval_high_days",
+                                             "median_days", "weight_personal", "trend_days",
+                                             "estimated_durability_days")}
+    source = np.full(n, "", dtype=object)
+    note = np.full(n, "", dtype=object)
+    has_scores = np.zeros(n, dtype=bool)
+    if est is not None:
+        rows = np.flatnonzero(eligible)
+        # the suggestion stays within weekly..six-monthly; the range is the estimate's own (never
+        # clipped into "182 to 182 days"), in whole days with the high end rounded up
+        point = np.clip(est["point"].to_numpy(), MIN_SUGGESTION_DAYS, MAX_SUGGESTION_DAYS)
+        low = np.maximum(est["low"].to_numpy(), 1.0)
+        high = np.minimum(np.ceil(est["high"].to_numpy()), MAX_RANGE_DAYS)
+        cols["trend_days"][rows] = np.floor(point)
+        cols["estimated_durability_days"][rows] = np.floor(est["central"].to_numpy())
+        cols["median_days"][rows] = np.round(est["median_days"].to_numpy(), 1)
+        cols["weight_personal"][rows] = est["weight_personal"].to_numpy()
+        has_scores[rows] = est["has_scores"].to_numpy()
+        by_patient = {p: g for p, g in cycles.groupby(cycles["patient_id"].astype(str), sort=False)} if len(cycles) else {}
+        for k, r in enumerate(rows):
+            pid = out.at[r, "patient_id"]
+            g = by_patient.get(pid)
+            day = float(np.floor(point[k]))
+            capped = day
+            if g is not None and g["event"].sum() >= 2:
+                capped = loss_supported_day(g["left_days"].to_numpy(float), g["right_days"].to_numpy(float),
+                                            g["event"].to_numpy(bool), day, target)
+                capped = max(float(np.floor(capped)), MIN_SUGGESTION_DAYS) if capped < day else day
+            w = float(est["weight_personal"].iloc[k])
+            n_cyc = int(out.at[r, "observed_cycles"])
+            if capped < day:
+                k_lost, n_known = _losses_by(g["left_days"].to_numpy(float), g["right_days"].to_numpy(float),
+                                             g["event"].to_numpy(bool), day)
+                source[r] = "own losses"
+                note[r] = (f"The score trend alone points to {_days_text(day)}, but {k_lost} of this patient's "
+                           f"{n_known} cycles followed that long had already lost response by then, more than the "
+                           f"{100 * (1 - target):.0f}% the target allows. The suggestion is held at "
+                           f"{_days_text(capped)}, the longest interval these observed losses support.")
+            elif w < COHORT_WEIGHT:
+                source[r] = "cohort"
+                note[r] = (f"Mostly the clinic's typical pattern: this patient's own history is still short "
+                           f"({n_cyc} response cycle{'s' if n_cyc != 1 else ''}).")
+            else:
+                source[r] = "score trend"
+                note[r] = (f"From this patient's own scores after each infusion ({n_cyc} response "
+                           f"cycle{'s' if n_cyc != 1 else ''}), read as a trend that crosses the response line, "
+                           f"combined with the clinic's pattern ({100 * w:.0f}% of the answer is the patient's own).")
+            cols["suggested_interval_days"][r] = capped
+            cols["interval_low_days"][r] = min(np.floor(low[k]), capped)
+            cols["interval_high_days"][r] = max(high[k], capped, np.floor(low[k]) + 1)
+    for k, v in cols.items():
+        out[k] = v
+    out["estimate_source"] = source
+    out["estimate_note"] = note
+    out["has_trajectory"] = has_scores
+    w = out["weight_personal"].to_numpy()
+    out["basis"] = np.where(np.isnan(w), "", np.where(w >= PERSONAL_WEIGHT, "personal",
+                                                      np.where(w < COHORT_WEIGHT, "cohort", "mixed")))
+    out["n_cycles"] = out["observed_cycles"]
+    out["n_events"] = out["observed_losses"]
+    out["next_due_on"] = out["last_infusion_on"] + pd.to_timedelta(out["suggested_interval_days"], unit="D")
+    out["status_text"] = out["status"].map(STATUS_TEXT).fillna(out["status"])
+    taper = taper_signals(course, cycles, out, model, rules)
+    out = out.merge(taper, on="patient_id", how="left")
+    out["taper"] = out["taper"].fillna("none")
+    out["taper_reason"] = out["taper_reason"].fillna("")
+    out["target"] = target
+    out["instrument"] = instrument or course.instrument
+    return out
 
 
-def suggest_intervals(cycles: pd.DataFrame, *, target: float = 0.8, fit: FrailtyWeibull | None = None,
-                      trajectories: pd.DataFrame | None = None, last_infusions: pd.Series | None = None,
-                      instrument: str = "PHQ-9", combination: Combination | None = None,
-                      by: str | None = None) -> tuple[pd.DataFrame, FrailtyWeibull]:
-    """One row per responder (a patient with at least one durability cycle).
+# --- taper: over-treatment and lengthening durability ---------------------------------------
 
-    `trajectories`: course_trajectories(course); by default taken from the
-    cycle table's trajectory_speed/trajectory_var columns (`with_trajectories`
-    adds them); without either, losses and held cycles only (much weaker);
-    `last_infusions`: each patient's last infusion date (for next_due_on),
-    by default the start of their last cycle; `by`: a cycle-table field whose
-    subgroups (with at least MIN_GROUP_PATIENTS measured patients) are shrunk
-    toward their own centre instead of the cohort's.
+def _bh(p: np.ndarray, q: float) -> np.ndarray:
+    """Benjamini-Hochberg: which p-values are discoveries at false discovery rate q."""
+    n = len(p)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.argsort(p)
+    passed = p[order] <= q * np.arange(1, n + 1) / n
+    k = np.flatnonzero(passed).max() + 1 if passed.any() else 0
+    out = np.zeros(n, dtype=bool)
+    out[order[:k]] = True
+    return out
+
+
+def lengthening_tests(cycles: pd.DataFrame, min_losses: int = TREND_MIN_LOSSES) -> pd.DataFrame:
+    """Per patient with at least `min_losses` losses: a one-sided Kendall trend test of the day each
+    loss was seen against its order (later and later?), p-value, and the Benjamini-Hochberg
+    decision over all tested patients (a clinic of patients whose durability never changes should
+    see about no flags; issue 12 found 9 from "each loss later than the one before")."""
+    rows = []
+    ev = cycles[cycles["event"].to_numpy(dtype=bool)].sort_values(["patient_id", "cycle_no"])
+    for pid, g in ev.groupby(ev["patient_id"].astype(str), sort=False):
+        if len(g) < min_losses:
+            continue
+        days = g["right_days"].to_numpy(float)
+        if np.ptp(days) == 0:
+            p = 1.0
+        else:
+            res = stats.kendalltau(np.arange(len(days)), days, alternative="greater",
+                                   method="exact" if len(np.unique(days)) == len(days) else "asymptotic")
+            p = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
+        rows.append((pid, len(g), p, float(np.median(days[-2:]))))
+    out = pd.DataFrame(rows, columns=["patient_id", "trend_losses", "trend_p", "recent_loss_days"])
+    out["lengthening"] = _bh(out["trend_p"].to_numpy(), TREND_FDR) if len(out) else np.zeros(0, dtype=bool)
+    return out
+
+
+def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model: MeasuredDurability | None,
+                  rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """Per suggested patient: taper ("none", "stretch", "consider_pause"), taper_reason (the
+    evidence, in words) and taper_interval_days (the longer interval to try).
+
+    Over-treatment ("stretch"): response held through each of the last TAPER_CYCLES scheduled
+    intervals with margin (no loss inside any of them; the pre-dose score at the end of each,
+    taken within 14 days of the infusion, in response, and on average at least
+    TAPER_MARGIN_POINTS inside the response line),
+    and the patient's estimated durability is at least TAPER_FACTOR x the current interval.
+    "consider_pause": the same, in remission before each of those infusions, with durability at
+    least twice the interval (SUSTAIN-2 stepped down to the least frequent schedule that kept
+    response; Andrade 2017 asks to individualise). Lengthening durability ("stretch"): only when
+    lengthening_tests finds the trend unlikely to be noise.
     """
-    if fit is None:
-        fit = fit_frailty(cycles)
-    if trajectories is None and {"trajectory_speed", "trajectory_var"} <= set(cycles.columns):
-        # with_trajectories carried each patient's score trend along
-        trajectories = cycles.groupby("patient_id", sort=False)[["trajectory_speed", "trajectory_var"]].first().reset_index()
-    post = patient_posteriors(fit, cycles)
-    groups = None
-    if by is not None:
-        if by not in cycles.columns:
-            raise ValueError(f"no field {by!r} in the cycle table to group by")
-        groups = cycles.groupby("patient_id", sort=False)[by].last()
-    est = combine_estimates(post, fit, trajectories, combination, groups)
-    point, low, high = suggest_from_speed(est["speed"], est["speed_var"], fit.shape, target)
-    post["weight_personal"] = est["weight_personal"].to_numpy()
-    post["has_trajectory"] = est["has_trajectory"].to_numpy()
-    post["median_days"] = np.round(1.0 / np.maximum(est["speed"].to_numpy(), 1.0 / MAX_SUGGESTION_DAYS), 1)
-    post["suggested_interval_days"] = np.floor(point)
-    post["interval_low_days"] = np.floor(low)
-    post["interval_high_days"] = np.floor(high)
-    w = post["weight_personal"].to_numpy()
-    post["basis"] = np.where(w >= PERSONAL_WEIGHT, "personal", np.where(w < COHORT_WEIGHT, "cohort", "mixed"))
-    last_start = cycles.groupby("patient_id", sort=False)["started_on"].max()
-    last = last_start.reindex(post["patient_id"])
-    if last_infusions is not None:
-        last = last_infusions.reindex(post["patient_id"]).fillna(last)
-    post["last_infusion_on"] = pd.to_datetime(last.to_numpy()).normalize()
-    post["next_due_on"] = post["last_infusion_on"] + pd.to_timedelta(post["suggested_interval_days"], unit="D")
-    taper = taper_signals(cycles, post.set_index("patient_id")["suggested_interval_days"])
-    post = post.merge(taper, on="patient_id", how="left")
-    post["target"] = target
-    post["instrument"] = instrument
-    post.attrs.update(est.attrs)
-    return post, fit
+    from . import outcomes
+
+    sug = suggestions[suggestions["status"] == "suggested"].set_index("patient_id")
+    empty = pd.DataFrame({"patient_id": pd.Series(dtype=object), "taper": pd.Series(dtype=object),
+                          "taper_reason": pd.Series(dtype=object), "taper_interval_days": pd.Series(dtype=float)})
+    if sug.empty:
+        return empty
+    inf = course.infusions
+    base = course.baselines.set_index("patient_id")["baseline_score"]
+    pid = inf["patient_id"].astype(str).to_numpy()
+    keep = np.isin(pid, sug.index.to_numpy())
+    f = pd.DataFrame({"patient_id": pid[keep], "at": inf["at"].to_numpy()[keep],
+                      "pre": inf["pre_dose_score"].to_numpy(float)[keep],
+                      "pre_at": inf["pre_dose_at"].to_numpy()[keep],
+                      "loss_in_segment": inf["right_at"].notna().to_numpy()[keep]})
+    rows = []
+    K = TAPER_CYCLES
+    for p, g in f.groupby("patient_id", sort=False):
+        if len(g) < K + 1:
+            continue
+        g = g.iloc[-(K + 1):]
+        starts, ends = g.iloc[:-1], g.iloc[1:]
+        interval = (ends["at"].to_numpy() - starts["at"].to_numpy()) / np.timedelta64(1, "D")
+        line = float(base.get(p, np.nan)) * (1 - rules.response_fall)
+        fresh = (ends["at"].to_numpy() - ends["pre_at"].to_numpy()) <= np.timedelta64(14, "D")
+        pre = ends["pre"].to_numpy()
+        # each pre-dose score in response, and on average well inside the line (one noisy score
+        # near the line neither makes nor breaks it)
+        margin_ok = fresh.all() and (pre <= line).all() and pre.mean() <= line - TAPER_MARGIN_POINTS
+        held = ~starts["loss_in_segment"].to_numpy()
+        if not (held.all() and margin_ok):
+            continue
+        current = float(np.median(interval))
+        s = sug.loc[p]
+        # the central estimate of the day the target is reached (the middle of the range), not the
+        # cautious predictive day: the question is whether durability is beyond the interval
+        estimate = float(s["estimated_durability_days"])
+        if not estimate >= TAPER_FACTOR * current:
+            continue
+        remission = outcomes.is_remission(ends["pre"].to_numpy(), course.instrument, rules).all()
+        try_days = float(np.floor(min(estimate, 1.5 * current)))
+        scores = ", ".join(f"{v:g}" for v in ends["pre"].to_numpy())
+        reason = (f"response held through each of the last {K} intervals of about {current:.0f} days "
+                  f"(pre-dose {course.instrument} {scores}; response line {line:.1f}), and this patient's "
+                  f"estimated durability is {estimate:.0f} days")
+        kind = "consider_pause" if remission and estimate >= 2 * current else "stretch"
+        rows.append((p, kind, reason + f": try {try_days:.0f} days", try_days))
+    over = pd.DataFrame(rows, columns=["patient_id", "taper", "taper_reason", "taper_interval_days"])
+    trend = lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(sug.index)]) if len(cycles) else None
+    if trend is not None and len(trend):
+        t = trend[trend["lengthening"] & ~trend["patient_id"].isin(over["patient_id"])]
+        extra = []
+        for r in t.itertuples(index=False):
+            estimate = float(sug.loc[r.patient_id, "suggested_interval_days"])
+            try_days = float(np.floor(min(max(r.recent_loss_days, estimate), 1.5 * estimate)))
+            extra.append((r.patient_id, "stretch",
+                          f"losses of response have come later over time ({r.trend_losses} losses; trend test "
+                          f"p = {r.trend_p:.3f}, unlikely to be noise at a {100 * TREND_FDR:.0f}% false discovery "
+                          f"rate); the latest came after about {r.recent_loss_days:.0f} days: try {try_days:.0f} days",
+                          try_days))
+        over = pd.concat([over, pd.DataFrame(extra, columns=over.columns)], ignore_index=True)
+    return over if len(over) else empty
+
+
+# --- one model per data version, the same answer for everyone ---------------------------------
+
+@dataclass
+class ClinicModel:
+    """The whole clinic's cycles and durability model for one instrument and data version.
+    The model is fitted on first use of `model` (a bad --by or an empty clinic costs no fit)."""
+    instrument: str
+    version: tuple
+    cycles: pd.DataFrame           # the cycle table clinicians see (course.cycles_from_course)
+    course: object
+    last_activity: pd.Series       # per patient: latest assessment of any instrument
+    scores: pd.DataFrame           # course.cycle_scores of the settled cycles, line = latent_line
+    scale_max: float
+    registry_noise_sd: float | None
+    fit_patients: int = 250
+    _fitted: tuple | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _fit(self) -> tuple:
+        with self._lock:
+            if self._fitted is None:
+                try:
+                    m = MeasuredDurability(registry_noise_sd=self.registry_noise_sd, fit_patients=self.fit_patients).fit(
+                        self.scores, scale_max=self.scale_max)
+                    self._fitted = (m, "")
+                except ValueError as exc:
+                    self._fitted = (None, str(exc))
+            return self._fitted
+
+    @property
+    def model(self) -> MeasuredDurability | None:
+        return self._fit()[0]
+
+    @property
+    def note(self) -> str:
+        """Why there is no model, or ""."""
+        return self._fit()[1]
+
+
+@dataclass
+class ClinicSuggestions:
+    instrument: str
+    target: float
+    today: date
+    clinic: ClinicModel
+    table: pd.DataFrame            # suggest_intervals: one row per treated patient
+
+    def for_patients(self, patient_ids) -> pd.DataFrame:
+        """The rows of these patients only (what one viewer may see)."""
+        wanted = set(pd.Series(list(patient_ids), dtype=object).astype(str))
+        return self.table[self.table["patient_id"].isin(wanted)].reset_index(drop=True)
+
+    @property
+    def suggested(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "suggested"].reset_index(drop=True)
+
+
+_MODELS: "OrderedDict[tuple, ClinicModel]" = OrderedDict()
+_SUGGESTIONS: "OrderedDict[tuple, ClinicSuggestions]" = OrderedDict()
+_BUILDING: dict = {}
+_LOCK = threading.Lock()
+_KEEP = 4
+
+
+def forget_fits() -> None:
+    """Empty the in-process cache of fits (the benchmark times a fit from scratch)."""
+    with _LOCK:
+        _MODELS.clear()
+        _SUGGESTIONS.clear()
+
+
+def _once(cache: OrderedDict, key, build):
+    """cache[key], built by `build()` once even when several sessions ask at the same time."""
+    with _LOCK:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        lock = _BUILDING.setdefault(key, threading.Lock())
+    with lock:
+        with _LOCK:
+            if key in cache:
+                return cache[key]
+        value = build()
+        with _LOCK:
+            cache[key] = value
+            while len(cache) > _KEEP:
+                cache.popitem(last=False)
+            _BUILDING.pop(key, None)
+        return value
+
+
+def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (),
+                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250) -> ClinicModel:
+    """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
+    attributes), as analytics.access.DataAccess returns them."""
+    from . import course, scales
+
+    code = scales.get(instrument).code
+    a = frames["assessments"]
+    mine = a[a["instrument"] == code] if "instrument" in a.columns else a
+    crs = course.build_course(frames["treatments"], mine, code, rules)
+    cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
+    last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
+        if len(a) else pd.Series(dtype="datetime64[us]")
+    scores = course.cycle_scores(crs, rules)
+    # induction cycles before the last are left out: response is still building in them;
+    # the model's line is the mean of the baseline-window scores (the best estimate of the start)
+    scores = scores[scores["settled"].to_numpy(dtype=bool)].assign(line=lambda f: f["latent_line"])
+    scale = scales.get(code)
+    sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
+        if scale.reference_sd is not None and scale.reliability is not None else None
+    return ClinicModel(code, version, cycles, crs, last_activity, scores, float(scale.total_max), sem,
+                       fit_patients=fit_patients)
+
+
+def clinic_model(clinic_data, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
+    """The whole clinic's model, fitted once per data version. `clinic_data` reads every patient's
+    rows: an analytics.access.DataAccess with the system scope (its db, data_version(), patients(),
+    treatments(), assessments(), attributes()); the caller opens it, this module reads no database.
+    Every viewer gets rows of this one fit; its aggregate parameters identify no one."""
+    version = tuple(clinic_data.data_version())
+    key = (str(clinic_data.db), version, instrument, rules)
+    return _once(_MODELS, key, lambda: fit_clinic_model(
+        {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
+         "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()},
+        instrument, version, rules))
+
+
+def clinic_suggestions(clinic_data, instrument: str = "PHQ-9", target: float = 0.8,
+                       today: date | None = None, rules: OutcomeRules = DEFAULT_RULES) -> ClinicSuggestions:
+    """Suggestions for every treated patient of the clinic, from the one model of this data
+    version (clinic_model); `today` decides who is still in active care and what is due."""
+    if not 0 < target < 1:
+        raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
+    today = today or date.today()
+    key = (str(clinic_data.db), tuple(clinic_data.data_version()), instrument, float(target), today, rules)
+
+    def build() -> ClinicSuggestions:
+        cm = clinic_model(clinic_data, instrument, rules)
+        table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
+                                  last_activity=cm.last_activity, instrument=cm.instrument, rules=rules)
+        return ClinicSuggestions(cm.instrument, float(target), today, cm, table)
+    return _once(_SUGGESTIONS, key, build)

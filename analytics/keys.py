@@ -12,7 +12,9 @@ The directory is created 0700 and each key file 0600 on first use. A key file ho
 bytes as hex; its id (the first 16 hex digits of a SHA-256 over it) is stored with every entry
 it signed, so a retired or restored key is found again by id (`audit-<id>.key`). Anchors are
 one append-only text file per database file (named by a hash of the file's absolute path):
-one line `seq<TAB>hash<TAB>key id` per entry, written after the entry's transaction commits.
+one line `seq<TAB>hash<TAB>key id` per entry, written after the entry's transaction commits, and
+`restore<TAB>seq<TAB>hash<TAB>key id<TAB>signature` when an operator restored the file from a backup
+(the trail knowingly set back to entry `seq`; the signature is an HMAC under the audit key).
 """
 from __future__ import annotations
 
@@ -114,9 +116,15 @@ def derive(name: str, purpose: str, value: str) -> str:
 
 # -- anchors ---------------------------------------------------------------------------------
 
+def _database_name(db) -> str:
+    """A database file's absolute path; a PostgreSQL database's URL without its password (its `label`)."""
+    label = getattr(db, "label", None)
+    return label if label is not None else str(Path(db).resolve())
+
+
 def anchor_path(db: str | os.PathLike) -> Path:
-    """The anchor file of one database file (by its absolute path)."""
-    resolved = str(Path(db).resolve())
+    """The anchor file of one database (by its absolute path, or a PostgreSQL database's URL)."""
+    resolved = _database_name(db)
     return key_dir() / "anchors" / f"{hashlib.sha256(resolved.encode('utf-8')).hexdigest()[:32]}.anchor"
 
 
@@ -128,24 +136,54 @@ def anchor_append(db: str | os.PathLike, seq: int, digest: str, key_id: str | No
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         if new:  # a header naming the file, for a person reading the directory
-            os.write(fd, f"# audit anchor of {Path(db).resolve()}\n".encode("utf-8", "replace"))
+            os.write(fd, f"# audit anchor of {_database_name(db)}\n".encode("utf-8", "replace"))
         os.write(fd, f"{int(seq)}\t{digest}\t{key_id or '-'}\n".encode("ascii"))
     finally:
         os.close(fd)
 
 
-def anchor_read(db: str | os.PathLike) -> list[tuple[int, str]] | None:
-    """(seq, hash) of every anchored entry, in file order, or None when there is no anchor."""
+RESTORE = "restore"  # an anchor line setting the expected trail back to an entry (a restore from a backup)
+
+
+def restore_mac(key: bytes, db: str | os.PathLike, seq: int, digest: str) -> str:
+    """The signature of a restore mark: only the holder of the audit key can set a trail back."""
+    return mac(key, f"anchor-restore\x00{_database_name(db)}\x00{int(seq)}\x00{digest}".encode("utf-8"))
+
+
+def anchor_mark_restore(db: str | os.PathLike, seq: int, digest: str, key_id: str, key: bytes) -> None:
+    """Record, signed with the audit key, that the database was restored and its trail now ends at
+    entry `seq` (hash `digest`): the entries anchored after it were lost with the restore, knowingly."""
+    path = anchor_path(db)
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{RESTORE}\t{int(seq)}\t{digest}\t{key_id}\t{restore_mac(key, db, seq, digest)}\n".encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def anchor_events(db: str | os.PathLike) -> list[tuple] | None:
+    """The anchor file in order, or None when there is none: ("entry", seq, hash) for each anchored
+    entry and ("restore", seq, hash, key id, signature) for each restore mark."""
     path = anchor_path(db)
     if not path.exists():
         return None
-    anchored: list[tuple[int, str]] = []
+    events: list[tuple] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line or line.startswith("#"):
             continue
         parts = line.split("\t")
         try:
-            anchored.append((int(parts[0]), parts[1]))
+            if parts[0] == RESTORE:
+                events.append((RESTORE, int(parts[1]), parts[2], parts[3], parts[4]))
+            else:
+                events.append(("entry", int(parts[0]), parts[1]))
         except (ValueError, IndexError):
             continue  # a torn line from a crash mid-write
-    return anchored
+    return events
+
+
+def anchor_read(db: str | os.PathLike) -> list[tuple[int, str]] | None:
+    """(seq, hash) of every anchored entry, in file order (restore marks left out), or None when there is no anchor."""
+    events = anchor_events(db)
+    return None if events is None else [(e[1], e[2]) for e in events if e[0] == "entry"]

@@ -68,6 +68,11 @@ class OutcomeRules:
     # infusion number early_response_after + 1 (Murrough 2013: early response
     # predicted the end-of-course response; Phillips 2019: median 3 infusions).
     early_response_after: int = 2
+    # Established response (who gets a maintenance interval suggestion): this many
+    # consecutive assessments after the first infusion meeting response. The mirror of the
+    # loss rule (two consecutive scores out): a single score that happens to sit on the
+    # response line is measurement noise as often as it is response (issue 12).
+    established_response_scores: int = 2
 
     def __post_init__(self):
         if self.madrs_remission not in ("below_10", "12_or_below"):
@@ -76,6 +81,8 @@ class OutcomeRules:
             raise ValueError("loss_rule must be 'two_consecutive' or 'madrs_relapse_22'")
         if not 0 < self.response_fall < 1:
             raise ValueError("response_fall must be between 0 and 1 (0.5 = at least 50% below baseline)")
+        if self.established_response_scores < 1:
+            raise ValueError("established_response_scores must be at least 1")
 
     def with_(self, **changes) -> "OutcomeRules":
         return replace(self, **changes)
@@ -191,6 +198,23 @@ def baseline_arrays(first_key: np.ndarray, first_day: np.ndarray, a_code: np.nda
         score[a_code[last]] = a_total[last]
         when[a_code[last]] = a_key[last]
     return score, when
+
+
+def baseline_mean_arrays(first_key: np.ndarray, first_day: np.ndarray, a_code: np.ndarray, a_key: np.ndarray,
+                         a_total: np.ndarray, rules: OutcomeRules = DEFAULT_RULES) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient code, (mean, number) of the scores in the baseline window (the same window and
+    clock as baseline_arrays). Not a definition: the best estimate of where the patient started,
+    for models of the measurement (one score carries its full noise; two halve its variance)."""
+    n = len(first_key)
+    if len(a_code) == 0:
+        return np.full(n, np.nan), np.zeros(n, dtype=np.int64)
+    window = rules.baseline_window_days * _US_PER_DAY
+    a_day = a_key - np.mod(a_key, _US_PER_DAY)
+    ok = (a_key <= first_key[a_code]) & (a_day >= first_day[a_code] - window)
+    count = np.bincount(a_code[ok], minlength=n)
+    total = np.bincount(a_code[ok], weights=a_total[ok], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan), count
 
 
 def baselines(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,

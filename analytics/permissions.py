@@ -32,6 +32,8 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "view_import_history": ("see import batches (file names and row counts)", _ADMIN),
     "view_rejected_rows": ("see quarantined import rows: line, column and reason (raw text only with a break-glass grant)", _ADMIN),
     "break_glass": ("hold a time-limited break-glass grant: identifiable export and raw rejected rows", frozenset({"admin"})),
+    "export_from_read_only_database": ("export a database that cannot be written (a read-only file or snapshot), "
+                                       "the audit entry written beside the exported files", frozenset({SYSTEM_ROLE})),
     # writing clinical records
     "record_visit": ("record an infusion or a clinician-rated assessment; correct, re-date or void a record", _CLINICAL),
     "create_self_report_link": ("create a patient's single-use self-report link", _CLINICAL),
@@ -46,6 +48,7 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
     "open_page:data": ("open the data page (imports, history, rejects, export)", _ADMIN),
     "open_page:users": ("manage accounts and patient grants", _ADMIN),
     "open_page:audit": ("view, verify and export the audit trail", _ADMIN),
+    "open_page:health": ("see the store's health: schema, integrity, audit chain, imports, disk, backups", _ADMIN),
     "open_page:method": ("read the method page", frozenset({*ROLES, SYSTEM_ROLE})),
 }
 

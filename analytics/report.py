@@ -2,39 +2,43 @@
 `python -m analytics intervals` print (analytics/commands/), as JSON-ready dicts.
 
 Both read through the scoped data layer with SYSTEM scope (command-line tools: the
-operator owns the file).
+operator owns the file), and both use the whole clinic's model of the data version
+(intervals.clinic_model), the one every page uses.
 """
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
-from . import course, intervals
+from . import intervals
 from .access import SYSTEM, DataAccess
 from .outcomes import DEFAULT_RULES
 
 
-def load(db, code: str):
-    """Everything the two reports start from, read through the scoped data layer as the operator:
-    (tables, course, cycles with each patient's score trend)."""
-    access = DataAccess(db, SYSTEM)
-    tables = {"patients": access.patients(), "treatments": access.treatments(),
-              "assessments": access.assessments(instrument=code), "attributes": access.attributes()}
-    crs = course.build_course(tables["treatments"], tables["assessments"], code, DEFAULT_RULES)
-    cycles = course.cycles_from_course(crs, tables["patients"], tables["attributes"], DEFAULT_RULES)
-    return tables, crs, intervals.with_trajectories(cycles, crs, DEFAULT_RULES.response_fall)
+def load(db, code: str) -> intervals.ClinicModel:
+    """The whole clinic's cycles and durability model for this data version, read through the
+    scoped data layer as the operator (the one every page uses)."""
+    return intervals.clinic_model(DataAccess(db, SYSTEM), code, DEFAULT_RULES)
 
 
-def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200) -> dict:
+def suggestions(db, code: str, target: float, today) -> intervals.ClinicSuggestions:
+    """Every treated patient's suggestion from the whole clinic's model, as of `today`."""
+    return intervals.clinic_suggestions(DataAccess(db, SYSTEM), code, target, today, DEFAULT_RULES)
+
+
+def durability_report(cycles: pd.DataFrame, instrument: str, by: str | None = None, n_boot: int = 200,
+                      model=None) -> dict:
     from .durability import cohort_durability
 
-    return cohort_durability(cycles, instrument=instrument, by=by, n_boot=n_boot)
+    return cohort_durability(cycles, instrument=instrument, by=by, n_boot=n_boot, model=model)
 
 
 def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
+    """One JSON row per patient with a suggestion (status "suggested")."""
     def iso(v):
         return None if pd.isna(v) else pd.Timestamp(v).date().isoformat()
+
+    def num(v, nd=1):
+        return None if v is None or pd.isna(v) else round(float(v), nd)
 
     rows = []
     for rec in suggestions.itertuples(index=False):
@@ -50,34 +54,56 @@ def interval_rows(suggestions: pd.DataFrame) -> list[dict]:
             "taper": rec.taper,
             "taper_reason": rec.taper_reason,
             "n_losses": int(rec.n_events),
-            "median_days": None if not math.isfinite(rec.median_days) else float(rec.median_days),
+            "median_days": num(rec.median_days),
             "weight_personal": round(float(rec.weight_personal), 3),
             "from_score_trend": bool(rec.has_trajectory),
+            "observed_cycles": int(rec.observed_cycles),
+            "observed_losses": int(rec.observed_losses),
+            "observed_median_loss_days": num(rec.observed_median_loss_days),
+            "observed_shortest_loss_days": num(rec.observed_shortest_loss_days),
+            "estimate_source": rec.estimate_source,
+            "estimate_note": rec.estimate_note,
+            "trend_days": None if pd.isna(rec.trend_days) else int(rec.trend_days),
+            "estimated_durability_days": None if pd.isna(rec.estimated_durability_days) else int(rec.estimated_durability_days),
+            "taper_interval_days": None if pd.isna(rec.taper_interval_days) else int(rec.taper_interval_days),
+            "latest_responding": bool(rec.latest_responding),
         })
     return rows
 
 
-def intervals_report(tables: dict, crs, cycles: pd.DataFrame, instrument: str, target: float = 0.8) -> dict:
-    """The intervals JSON for responders (patients with at least one durability cycle)."""
-    if cycles.empty:
-        return {"instrument": instrument, "target": target, "patients": [], "note": "no responders yet: no durability cycles"}
-    t = tables["treatments"]
-    last = pd.to_datetime(t["administered_at"]).groupby(t["patient_id"].astype(str)).max()
-    try:
-        fit = intervals.fit_frailty(cycles)
-    except ValueError as exc:
-        return {"instrument": instrument, "target": target, "patients": [], "note": str(exc)}
-    # the cycle table carries each patient's score trend (intervals.with_trajectories)
-    suggestions, fit = intervals.suggest_intervals(cycles, target=target, fit=fit, last_infusions=last,
-                                                   instrument=instrument)
-    cb = suggestions.attrs.get("combination")
-    return {
-        "instrument": instrument,
-        "target": target,
-        "method": ("days until the chance of still being in response falls to the target; the patient's "
-                   "own speed of loss (score trend after infusions, or losses when scores are few) shrunk "
-                   "toward the cohort; see docs/durability.md"),
-        "cohort": {"median_days": None if cb is None else round(1.0 / cb.prior_speed, 1),
-                   "weibull_shape": round(fit.shape, 3), "n_cycles": fit.n_cycles, "n_losses": fit.n_events},
-        "patients": interval_rows(suggestions),
-    }
+def intervals_report(result: "intervals.ClinicSuggestions") -> dict:
+    """The intervals JSON: `patients` holds every patient with a suggestion (the rule: in active
+    care, in maintenance, response established; docs/durability.md), `no_suggestion` the other
+    treated patients with the reason."""
+    code, target = result.instrument, result.target
+    model = result.clinic.model
+    table = result.table
+    shown = table[table["status"] == "suggested"]
+    others = table[table["status"] != "suggested"]
+    out = {"instrument": code, "target": target, "today": result.today.isoformat()}
+    if model is None:
+        out.update({"patients": [], "note": result.clinic.note or "no responders yet: no durability cycles",
+                    "no_suggestion": _no_suggestion_rows(others)})
+        return out
+    out.update({
+        "method": ("the day by which the chance that response has been lost reaches 1 - target, from the "
+                   "patient's own scores read as noisy measurements of a trend that crosses the response line, "
+                   "shrunk toward the clinic's pattern; one model for the whole clinic per data version; "
+                   "see docs/durability.md"),
+        "cohort": {"median_days": round(model.median_days_, 1), "weibull_shape": None,
+                   "n_cycles": int(len(result.clinic.cycles)),
+                   "n_losses": int(result.clinic.cycles["event"].sum()) if len(result.clinic.cycles) else 0,
+                   **model.summary()},
+        "patients": interval_rows(shown),
+        "no_suggestion": _no_suggestion_rows(others),
+    })
+    return out
+
+
+def _no_suggestion_rows(others: pd.DataFrame) -> list[dict]:
+    def iso(v):
+        return None if pd.isna(v) else pd.Timestamp(v).date().isoformat()
+
+    return [{"patient_id": r.patient_id, "status": r.status, "reason": r.status_text,
+             "last_infusion_on": iso(r.last_infusion_on), "last_activity_on": iso(r.last_activity_on)}
+            for r in others.itertuples(index=False)]

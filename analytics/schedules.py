@@ -1,12 +1,13 @@
 """Maintenance schedules compared on the demo generator: fixed 2/3/4-weekly, symptom-triggered, personalised.
 
-The personalised policy is the one `python -m analytics intervals` suggests:
-a shared-frailty Weibull (intervals.py) whose cohort part is fitted on a
-*different* simulated clinic (a "last year" clinic treated with the demo's
-mix of schedules, analysed through the ordinary course/cycle pipeline), and
-whose per-patient part learns from each patient's own cycles as they happen
-in the simulated clinic. Each patient's next interval is the time until
-their predicted chance of still being in response falls to `target`.
+The personalised policy is the one `python -m analytics intervals` suggests: the
+clinic's durability model (durability.measured.MeasuredDurability, the one
+intervals.py uses) fitted on a *different* simulated clinic (a "last year"
+clinic treated with the demo's mix of schedules, analysed through the ordinary
+course/cycle pipeline), whose per-patient part learns from each patient's own
+weekly PHQ-9s as they happen in the simulated clinic. Each patient's next
+interval is the day by which their predicted chance of still being in response
+falls to `target`.
 
 Figures: maintenance + rescue infusions per patient-year and the share of
 days out of (latent, noise-free) response after induction, from
@@ -24,57 +25,36 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import course, intervals, scales, simulate
-
-# Weekly PHQ-9 in the simulator: response was last seen about half a week
-# before the first score out of response, and before the next infusion.
-HALF_GAP_DAYS = 3.5
-
-
-def history_cycles(history: pd.DataFrame) -> pd.DataFrame:
-    """The simulator's per-patient history (start_day, end_day, first_out_day) as cycles."""
-    if history.empty:
-        return pd.DataFrame({"patient_id": pd.Series(dtype=object), "left_days": pd.Series(dtype=float),
-                             "right_days": pd.Series(dtype=float)})
-    length = (history["end_day"] - history["start_day"]).to_numpy(dtype=float)
-    out = (history["first_out_day"] - history["start_day"]).to_numpy(dtype=float)
-    event = ~np.isnan(out)
-    right = np.where(event, np.maximum(out, 1.0), np.inf)
-    left = np.where(event, np.maximum(right - 2 * HALF_GAP_DAYS, 0.0), np.maximum(length - HALF_GAP_DAYS, 0.0))
-    return pd.DataFrame({"patient_id": history["patient_id"].to_numpy(), "left_days": left, "right_days": right})
+from . import course, intervals, simulate
+from .durability.measured import MeasuredDurability
 
 
 @dataclass
 class Prior:
-    """What the clinic learnt from an earlier cohort: the frailty fit and how to weigh measurements."""
-    fit: intervals.FrailtyWeibull
-    combination: intervals.Combination
+    """What the clinic learnt from an earlier cohort: its durability model."""
+    model: MeasuredDurability
 
 
 def cohort_prior(n_patients: int = 3000, seed: int = 101) -> Prior:
-    """The cohort fit from an earlier clinic, through the real pipeline (tables -> course -> cycles -> fit)."""
+    """The model from an earlier clinic, through the real pipeline (tables -> course -> cycles -> fit)."""
     clinic = simulate.simulate_clinic(n_patients, seed)
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
-    crs = course.build_course(frames["treatments"], phq)
-    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
-    fit = intervals.fit_frailty(cycles)
-    post = intervals.patient_posteriors(fit, cycles)
-    return Prior(fit, intervals.calibrate(post, fit, intervals.course_trajectories(crs)))
+    fitted = intervals.fit_clinic_model(frames, "PHQ-9")
+    if fitted.model is None:
+        raise ValueError(f"the earlier clinic gave no durability model: {fitted.note}")
+    return Prior(fitted.model)
 
 
-def measured_trajectories(engine, idx: np.ndarray, recent_days: float | None = None) -> pd.DataFrame:
-    """The weekly PHQ-9s patients `idx` have had since their last induction infusion,
-    as the clinic measured them (same formula as the simulator's tables), turned
-    into trajectory estimates. Reads the simulator's engine state."""
+def measured_scores(engine, idx: np.ndarray) -> pd.DataFrame:
+    """The weekly PHQ-9s patients `idx` have had since their last induction infusion, as the clinic
+    measured them (same formula as the simulator's tables), as cycle scores (patient_id, cycle_no,
+    days since the infusion before each, total, line). Reads the simulator's engine state."""
     now = engine.t[idx]
     sday = engine.slot_day[idx]
-    seen = (~engine.slot_missing[idx]) & (sday <= now[:, None]) & (sday > engine.induction_end[idx][:, None])
-    if recent_days is not None:
-        seen &= sday > (now - recent_days)[:, None]
+    seen = engine.slot_seen[idx] & (sday <= now[:, None]) & (sday > engine.induction_end[idx][:, None])
     rows, cols = np.nonzero(seen)
     if len(rows) == 0:
-        return pd.DataFrame({"patient_id": [], "trajectory_speed": [], "trajectory_var": []})
+        return pd.DataFrame({"patient_id": [], "cycle_no": [], "days": [], "total": [], "line": []})
     pidx = idx[rows]
     day = sday[rows, cols]
     sev = engine.latent_at(pidx, day[:, None])[:, 0]
@@ -86,34 +66,29 @@ def measured_trajectories(engine, idx: np.ndarray, recent_days: float | None = N
     # the infusion each score follows: the last one strictly before that day (a same-day score is pre-dose)
     pos = np.searchsorted(keys[order], pidx.astype(np.int64) * span + day, side="left") - 1
     since = day - ev["day"][order][np.maximum(pos, 0)]
-    relative = obs / engine.phq_baseline[pidx]
-    speed, var = intervals.trajectory_estimates(rows, since.astype(float), relative, len(idx))
-    return pd.DataFrame({"patient_id": engine.patient_ids[idx], "trajectory_speed": speed, "trajectory_var": var})
+    return pd.DataFrame({"patient_id": engine.patient_ids[pidx], "cycle_no": pos, "days": since.astype(float),
+                         "total": obs, "line": engine.phq_baseline[pidx] * 0.5})
 
 
 @dataclass(frozen=True)
 class PersonalisedFromScores(simulate.Personalised):
     """simulate.Personalised that also sees the patients' measured weekly PHQ-9s."""
 
-    recent_days: float | None = None
-
     def intervals(self, engine, idx):
-        decisions, history = engine.decision_frames(idx)
-        trajectories = measured_trajectories(engine, idx, self.recent_days)
-        days = np.asarray(self.next_interval(decisions, history, trajectories), dtype=float)
+        decisions, _ = engine.decision_frames(idx)
+        days = np.asarray(self.next_interval(decisions, measured_scores(engine, idx)), dtype=float)
         return np.maximum(np.where(np.isnan(days), np.inf, days), 7.0)
 
 
 def personalised_policy(prior: Prior, target: float = 0.8) -> simulate.Personalised:
-    def next_interval(decisions: pd.DataFrame, history: pd.DataFrame, trajectories: pd.DataFrame) -> np.ndarray:
-        cycles = history_cycles(history)
-        ids = pd.DataFrame({"patient_id": decisions["patient_id"].to_numpy(), "left_days": 0.0, "right_days": np.inf})
-        cycles = pd.concat([cycles, ids], ignore_index=True)  # every deciding patient gets a row (maybe no information)
-        post = intervals.patient_posteriors(prior.fit, cycles)
-        est = intervals.combine_estimates(post, prior.fit, trajectories, prior.combination).set_index("patient_id")
-        est = est.reindex(decisions["patient_id"])
-        point, _, _ = intervals.suggest_from_speed(est["speed"], est["speed_var"], prior.fit.shape, target)
-        return np.floor(point)
+    model = prior.model
+
+    def next_interval(decisions: pd.DataFrame, scores: pd.DataFrame) -> np.ndarray:
+        ids, post = model.posteriors_for(scores)
+        rows = pd.Index(ids).get_indexer(decisions["patient_id"].astype(str))
+        P = np.where((rows >= 0)[:, None], post[np.maximum(rows, 0)] if len(ids) else 0.0, model.prior_mu()[None, :])
+        day = intervals._predictive_day(P, model.within_sd_, 1.0 - target)
+        return np.floor(np.clip(day, intervals.MIN_SUGGESTION_DAYS, intervals.MAX_SUGGESTION_DAYS))
 
     return PersonalisedFromScores(next_interval=next_interval, name=f"personalised (target {target:g})")
 
@@ -133,63 +108,43 @@ def compare(n_patients: int = 4000, seed: int = 0, targets=(0.8,), prior_patient
 
 
 def validation_figures(n_patients: int = 3000, seed: int = 5) -> dict:
-    """How well the cycles, the cohort curve and the suggestions recover the generator's truth.
+    """How well the cohort figure and the suggestions recover the generator's truth on the demo
+    clinic (the full study over shapes and cadences: tests/validation/durability.py, `make
+    validate-durability`): the measurement model's and the literal definitions' cohort median
+    against the true median of the same cycles (each patient weighted once), and the
+    suggestions' Spearman correlation with each patient's true median durability."""
+    from datetime import timedelta
 
-    Post-induction cycles only (one per responder, the cleanest comparison):
-    the true (latent) durations, what the outcome definitions find on the
-    real assessment dates with noise-free scores (simulate.noise_free_loss),
-    and what they find on the noisy scores (course.build_cycles), each
-    summarised by the Turnbull median. Then the suggestions' Spearman
-    correlation with each patient's true median durability.
-    """
     from scipy.stats import spearmanr
 
-    from .durability import turnbull
-
     clinic = simulate.simulate_clinic(n_patients, seed)
-    truth = clinic.truth
     frames = course.frames_from_csv_tables(clinic.tables)
-    phq = frames["assessments"][frames["assessments"]["instrument"] == scales.PRIMARY]
-    crs = course.build_course(frames["treatments"], phq)
-    cycles = intervals.with_trajectories(course.cycles_from_course(crs, frames["patients"], frames["attributes"]), crs)
-    post = cycles[cycles["post_induction"]]
-    true_days = truth.patients["true_days_to_loss_after_induction"].dropna()
+    fitted = intervals.fit_clinic_model(frames, "PHQ-9")
+    cycles = fitted.cycles
+    truth = clinic.truth.cycles[["patient_id", "infusion_on", "true_days_to_loss"]]
+    m = cycles.merge(truth, left_on=["patient_id", "started_on"], right_on=["patient_id", "infusion_on"])
+    m = m[m["true_days_to_loss"].notna() & ((m["phase"] != "induction") | m["post_induction"])]
+    w = 1.0 / m.groupby("patient_id")["patient_id"].transform("size").to_numpy()
+    order = np.argsort(m["true_days_to_loss"].to_numpy())
+    cw = np.cumsum(w[order]) / w.sum()
+    true_median = float(m["true_days_to_loss"].to_numpy()[order][np.searchsorted(cw, 0.5)])
+    from .durability import cohort_durability
 
-    nf = simulate.noise_free_loss(clinic)
-    nf = nf[nf["phase"] == "induction"].merge(
-        truth.patients[["patient_id", "last_induction_on"]], left_on=["patient_id", "infusion_on"],
-        right_on=["patient_id", "last_induction_on"])
-    nf_left = (nf["last_in_response_on"] - nf["infusion_on"]) / pd.Timedelta(days=1)
-    nf_right = np.where(nf["loss_seen"], (nf["lost_on"] - nf["infusion_on"]) / pd.Timedelta(days=1), np.inf)
-
-    merged = post.merge(truth.cycles[["patient_id", "infusion_on", "true_days_to_loss"]],
-                        left_on=["patient_id", "started_on"], right_on=["patient_id", "infusion_on"])
-    events = merged[merged["event"]]
-    early = float((events["true_days_to_loss"] > events["right_days"]).mean()) if len(events) else float("nan")
-
-    sug, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs))
-    sug0, _ = intervals.suggest_intervals(cycles.drop(columns=["trajectory_speed", "trajectory_var"]))
-    tm = truth.patients.set_index("patient_id")["true_median_days"]
-    joined = sug.set_index("patient_id").join(tm, how="inner")
-    joined0 = sug0.set_index("patient_id").join(tm, how="inner")
-    cb = sug.attrs["combination"]
-
-    def med(left, right):
-        fit = turnbull(np.asarray(left, float), np.asarray(right, float))
-        return None if fit.median is None else round(fit.median, 1)
-
+    summary = cohort_durability(cycles, instrument="PHQ-9", n_boot=0, model=fitted.model)
+    sug = intervals.suggest_intervals(fitted.model, fitted.course, cycles, today=clinic.end + timedelta(days=1),
+                                      last_activity=fitted.last_activity)
+    sug = sug[sug["status"] == "suggested"].set_index("patient_id")
+    tm = clinic.truth.patients.set_index("patient_id")["true_median_days"]
+    joined = sug.join(tm, how="inner")
     return {
         "patients": n_patients, "seed": seed,
-        "post_induction_true_median_days": round(float(np.median(true_days)), 1),
-        "post_induction_noise_free_definitions_median_days": med(np.maximum(nf_left, 0), nf_right),
-        "post_induction_measured_median_days": med(post["left_days"], post["right_days"]),
-        "measured_losses_before_the_latent_loss_share": round(early, 3),
-        "cohort_median_from_score_trend_days": round(1.0 / cb.prior_speed, 1),
-        "true_patient_median_days_median": round(float(tm.loc[joined.index].median()), 1),
-        "spearman_suggestion_vs_true_median": round(float(spearmanr(joined["suggested_interval_days"], joined["true_median_days"])[0]), 3),
-        "spearman_cycles_only": round(float(spearmanr(joined0["suggested_interval_days"], joined0["true_median_days"])[0]), 3),
-        "basis_counts": sug["basis"].value_counts().to_dict(),
-        "responders": int(len(sug)),
+        "true_median_days_patient_weighted": round(true_median, 1),
+        "model_median_days": summary["median_days"],
+        "definitions_median_days": summary.get("definitions_median_days"),
+        "spearman_suggestion_vs_true_median": round(float(spearmanr(joined["suggested_interval_days"],
+                                                                    joined["true_median_days"])[0]), 3),
+        "suggested_patients": int(len(sug)),
+        "measurement": summary.get("measurement"),
     }
 
 

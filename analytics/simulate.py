@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import erf as _erf
 from scipy.special import ndtri
 
 from . import scales
@@ -57,6 +58,7 @@ TREATMENT_COLUMNS = ["patient_id", "administered_on", "route", "dose_mg_per_kg",
 ASSESSMENT_COLUMNS = ["patient_id", "instrument", "administered_on", "rater"] + [f"item_{i}" for i in range(1, 11)] + ["total"]
 COMORBIDITY_SEPARATOR = ";"
 
+RETURN_SHAPES = ("hold_fade", "exponential", "sharp", "linear")
 INDUCTION, MAINTENANCE, RESCUE = 0, 1, 2
 PHASE_NAMES = np.array(["induction", "maintenance", "rescue"], dtype=object)
 RESPONSE_BENEFIT = 0.5  # benefit at which severity is exactly 50% below baseline
@@ -93,9 +95,17 @@ class Calibration:
     effect_anxiety_ptsd: float = -0.30
     effect_support: tuple[tuple[str, float], ...] = (("strong", 0.15), ("moderate", 0.0), ("limited", -0.15))
     effect_stress: tuple[tuple[str, float], ...] = (("low", 0.10), ("moderate", 0.0), ("high", -0.15))
-    # Benefit decays as exp(-rate * t**shape): with shape 2 it holds, then fades over the
-    # last weeks of a cycle (the patient does not hover at the threshold for months).
+    # How symptoms return after an infusion (the shape of the benefit's fall; RETURN_SHAPES):
+    # "hold_fade": exp(-rate * t**decay_shape), with shape 2 it holds, then fades over the
+    # last weeks of a cycle; "exponential": exp(-rate * t), fastest at first, then slower;
+    # "sharp": 1 / (1 + (t / c)**sharpness), holds, then drops within a few days;
+    # "linear": a straight fall, so the patient drifts slowly across the response line.
+    return_shape: str = "hold_fade"
     decay_shape: float = 2.0
+    sharpness: float = 6.0
+    # Cycle-to-cycle variation of a patient's durability: "lognormal" (sd durability_within_sd
+    # on the log scale) or "weibull" (same spread of log durations, a skewed-left shape).
+    within_family: str = "lognormal"
     taper_share: float = 0.30  # responders whose benefit lasts longer with each maintenance infusion
     taper_step: float = 0.08
     taper_max: float = 2.0
@@ -115,6 +125,24 @@ class Calibration:
     madrs_missing: float = 0.08
     gad_share_without_anxiety: float = 0.25
     suicidal_prone_share: float = 0.25
+    # Self-report cadence: a PHQ-9 every 7 or 14 days, or None (no self-report after the
+    # baseline: MADRS at infusion visits is the only score; patients call when they feel
+    # worse, and a call that shows lost response brings a rescue like a weekly PHQ-9 would).
+    self_report_every_days: int | None = 7
+    # A PHQ-9 check-in the day after this share of maintenance and rescue infusions
+    # (self-report cadences only; about half carry a time of day).
+    next_day_checkin_share: float = 0.2
+    # Sites that record the time of each infusion (09:00-16:00); a PHQ-9 on such a day is
+    # then filled in 30 minutes to 3 hours before the dose, with its time.
+    timed_infusion_sites: tuple[str, ...] = ("riverside",)
+
+    def __post_init__(self):
+        if self.return_shape not in RETURN_SHAPES:
+            raise ValueError(f"return_shape must be one of {RETURN_SHAPES}, got {self.return_shape!r}")
+        if self.within_family not in ("lognormal", "weibull"):
+            raise ValueError(f"within_family must be 'lognormal' or 'weibull', got {self.within_family!r}")
+        if self.self_report_every_days not in (7, 14, None):
+            raise ValueError(f"self_report_every_days must be 7, 14 or None, got {self.self_report_every_days!r}")
 
 
 CAL = Calibration()
@@ -122,6 +150,7 @@ CAL = Calibration()
 # --- counter-based random numbers (common random numbers across policies) ----
 
 _STREAM_CYCLE, _STREAM_PHQ_NOISE, _STREAM_PHQ_MISSING, _STREAM_JITTER, _STREAM_DELAY, _STREAM_SCREEN, _STREAM_TIME = range(1, 8)
+_STREAM_CHECKIN, _STREAM_CHECKIN_NOISE, _STREAM_INFUSION_TIME = range(8, 11)
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -260,8 +289,7 @@ class Oracle(Policy):
 
     def intervals(self, engine, idx):
         median = engine.cycle_median(idx)
-        z = float(ndtri(self.quantile))
-        return np.maximum(np.floor(median * np.exp(engine.cal.durability_within_sd * z)), 7.0)
+        return np.maximum(np.floor(median * within_quantile(engine.cal, self.quantile)), 7.0)
 
 
 @dataclass(frozen=True)
@@ -433,6 +461,13 @@ class _Engine:
         self.slot_day = self.day0[:, None] + 7 * np.arange(self.n_slots)[None, :] + jitter
         p_miss = self.phq_missing[:, None] + cal.phq_missing_growth_per_year * np.arange(self.n_slots)[None, :] / 52.0
         self.slot_missing = _uniform(self.seed, _STREAM_PHQ_MISSING, pid, s) < p_miss
+        # Which weekly slots are written as PHQ-9s (the cadence), and which the clinic acts on:
+        # the written ones, or, without self-report, the patient's own call when feeling worse.
+        every = cal.self_report_every_days
+        cadence = np.ones((1, self.n_slots), dtype=bool) if every == 7 else (
+            (np.arange(self.n_slots) % 2 == 0)[None, :] if every == 14 else (np.arange(self.n_slots) == 0)[None, :])
+        self.slot_recorded = ~self.slot_missing & cadence
+        self.slot_seen = ~self.slot_missing if every is None else self.slot_recorded
         self.slot_noise = _normal(self.seed, _STREAM_PHQ_NOISE, pid, s)
         self.screen_noise = _normal(self.seed, _STREAM_SCREEN, np.arange(n, dtype=np.uint64))
         screening = phq_total(self.baseline, self.phq_scale, self.screen_noise, cal)
@@ -447,7 +482,7 @@ class _Engine:
 
     def _infuse(self, idx: np.ndarray, day: np.ndarray, phase: int) -> None:
         cal = self.cal
-        before = _decay(self.b[idx], self.lam[idx], day - self.t[idx], cal.decay_shape)
+        before = _decay(cal, self.b[idx], self.lam[idx], day - self.t[idx])
         before = np.where(self.t[idx] < 0, 0.0, before)
         if phase == INDUCTION:
             after = before + (self.peak[idx] - before) * self.ramp[idx]
@@ -456,13 +491,9 @@ class _Engine:
         in_response = after > RESPONSE_BENEFIT
         median = self.cycle_median(idx)
         z = _normal(self.seed, _STREAM_CYCLE, idx.astype(np.uint64), self.n_inf[idx].astype(np.uint64))
-        duration = median * np.exp(cal.durability_within_sd * z)
-        lam = np.where(
-            in_response,
-            np.log(np.maximum(after, 1e-9) / RESPONSE_BENEFIT) / duration ** cal.decay_shape,
-            # a partial benefit halves over the patient's own median time
-            math.log(2.0) / self.median_days[idx] ** cal.decay_shape,
-        )
+        duration = median * _within_factor(cal, z)
+        # a partial benefit halves over the patient's own median time
+        lam = _decay_param(cal, after, np.where(in_response, duration, self.median_days[idx]), in_response)
         self._events.append({
             "idx": idx, "day": day.astype(np.int64), "phase": np.full(len(idx), phase, np.int8),
             "before": before, "after": after, "lam": lam,
@@ -477,7 +508,7 @@ class _Engine:
         d = day - self.t[idx][:, None] if day.ndim == 2 else day - self.t[idx]
         b = self.b[idx][:, None] if day.ndim == 2 else self.b[idx]
         lam = self.lam[idx][:, None] if day.ndim == 2 else self.lam[idx]
-        return _decay(b, lam, d, self.cal.decay_shape)
+        return _decay(self.cal, b, lam, d)
 
     # -- the run ------------------------------------------------------------------
     def run(self, progress: Callable[[str], None] | None = None) -> None:
@@ -519,7 +550,7 @@ class _Engine:
         s_hi = np.minimum((self.induction_end - self.day0 + 8) // 7 + 2, self.n_slots)
         width = int(s_hi.max())
         sday = self.slot_day[:, :width]
-        valid = (np.arange(width)[None, :] < s_hi[:, None]) & ~self.slot_missing[:, :width] & (sday > self.day0[:, None])
+        valid = (np.arange(width)[None, :] < s_hi[:, None]) & self.slot_seen[:, :width] & (sday > self.day0[:, None])
         valid &= sday <= np.minimum(self.induction_end + 8, self.follow_end)[:, None]
         sev = self.latent_at(idx, sday)
         obs = phq_total(sev, self.phq_scale[:, None], self.slot_noise[:, :width], self.cal)
@@ -547,7 +578,7 @@ class _Engine:
         pos_c = np.maximum(pos, 0)
         hit = (pos >= 0) & (ev["idx"][order][pos_c] == idx[:, None])
         e = order[pos_c]
-        benefit = np.where(hit, _decay(ev["after"][e], ev["lam"][e], days - ev["day"][e], self.cal.decay_shape), 0.0)
+        benefit = np.where(hit, _decay(self.cal, ev["after"][e], ev["lam"][e], days - ev["day"][e]), 0.0)
         return self.baseline[idx][:, None] * (1.0 - benefit)
 
     def _event_arrays(self) -> dict[str, np.ndarray]:
@@ -585,7 +616,7 @@ class _Engine:
             sidx = np.minimum(sidx, self.n_slots - 1)
             sday = self.slot_day[idx[:, None], sidx]
             limit = np.minimum(next_sched[idx], self.follow_end[idx])
-            valid = inside & (sday > search_from[idx][:, None]) & (sday <= limit[:, None]) & ~self.slot_missing[idx[:, None], sidx]
+            valid = inside & (sday > search_from[idx][:, None]) & (sday <= limit[:, None]) & self.slot_seen[idx[:, None], sidx]
             sev = self.baseline[idx][:, None] * (1.0 - self.benefit_now(idx, sday))
             obs = phq_total(sev, self.phq_scale[idx][:, None], self.slot_noise[idx[:, None], sidx], cal)
             out = valid & (obs > 0.5 * self.phq_baseline[idx][:, None])
@@ -764,34 +795,61 @@ class _Engine:
         phase = PHASE_NAMES[e_phase].copy()
         # A few clinics do not record the phase of routine maintenance infusions.
         phase[(e_phase == MAINTENANCE) & (rng.random(len(e_idx)) < 0.02)] = ""
+        # Sites that record infusion times: 09:00-16:00.
+        e_no = np.arange(len(e_idx)) - np.searchsorted(e_idx, e_idx, side="left")  # infusion number - 1
+        timed_site = np.isin(self.site_name, np.array(cal.timed_infusion_sites, dtype=object))
+        # (nothing is timed on the last day: `--end` may be today, and a later time would be in the future)
+        e_timed = timed_site[e_idx] & (e_day < self.days)
+        e_minute = 9 * 60 + np.floor(_uniform(self.seed, _STREAM_INFUSION_TIME, e_idx.astype(np.uint64),
+                                              e_no.astype(np.uint64)) * (7 * 60)).astype(int)
         treatments = pd.DataFrame({
-            "patient_id": self.patient_ids[e_idx], "administered_on": dates[e_day],
+            "patient_id": self.patient_ids[e_idx], "administered_on": _when(dates[e_day], e_timed, e_minute),
             "route": self.route[e_idx], "dose_mg_per_kg": _dose_text(dose), "phase": phase,
         })
-        infusion_keys = e_idx.astype(np.int64) * (self.days + 400) + e_day
+        span = np.int64(self.days + 400)
+        infusion_keys = e_idx.astype(np.int64) * span + e_day  # sorted (events are sorted by patient, day)
 
-        # Weekly PHQ-9 (slot s) plus screening at enrolment.
+        # PHQ-9 at each recorded slot plus screening at enrolment.
         in_follow = self.slot_day <= self.follow_end[:, None]
-        observed = in_follow & ~self.slot_missing
+        observed = in_follow & self.slot_recorded
         pi, si = np.nonzero(observed)
         pday = self.slot_day[pi, si]
+        # Check-ins the day after some maintenance/rescue infusions (not on a slot or infusion day).
+        c_pick = (e_phase != INDUCTION) & (cal.self_report_every_days is not None) & (
+            _uniform(self.seed, _STREAM_CHECKIN, e_idx.astype(np.uint64), e_no.astype(np.uint64)) < cal.next_day_checkin_share)
+        c_pid, c_day, c_no = e_idx[c_pick], e_day[c_pick] + 1, e_no[c_pick]
+        slot_keys = np.sort(pi.astype(np.int64) * span + pday)
+        c_key = c_pid.astype(np.int64) * span + c_day
+        c_ok = (c_day <= self.follow_end[c_pid]) & ~np.isin(c_key, slot_keys) & ~np.isin(c_key, infusion_keys)
+        c_pid, c_day, c_no = c_pid[c_ok], c_day[c_ok], c_no[c_ok]
         sev = self.latent_at(pi, pday[:, None])[:, 0]
         phq = phq_total(sev, self.phq_scale[pi], self.slot_noise[pi, si], cal)
+        c_sev = self.latent_at(c_pid, c_day[:, None])[:, 0] if len(c_pid) else np.zeros(0)
+        c_noise = _normal(self.seed, _STREAM_CHECKIN_NOISE, c_pid.astype(np.uint64), c_no.astype(np.uint64))
+        c_total = phq_total(c_sev, self.phq_scale[c_pid], c_noise, cal)
         scr_sev = self.baseline
         scr_total = phq_total(scr_sev, self.phq_scale, self.screen_noise, cal)
-        a_pid = np.concatenate([np.arange(n), pi])
-        a_day = np.concatenate([self.enrolled, pday])
-        a_total = np.concatenate([scr_total, phq]).astype(np.int64)
-        a_sev = np.concatenate([scr_sev, sev])
-        a_slot = np.concatenate([np.full(n, -1), si])
-        on_infusion_day = np.isin(a_pid.astype(np.int64) * (self.days + 400) + a_day, infusion_keys)
+        a_pid = np.concatenate([np.arange(n), pi, c_pid])
+        a_day = np.concatenate([self.enrolled, pday, c_day])
+        a_total = np.concatenate([scr_total, phq, c_total]).astype(np.int64)
+        a_sev = np.concatenate([scr_sev, sev, c_sev])
+        # time-of-day streams are indexed by slot; check-ins use indices past the last slot
+        a_slot = np.concatenate([np.full(n, -1), si, self.n_slots + c_no])
+        a_key = a_pid.astype(np.int64) * span + a_day
+        at_infusion = np.minimum(np.searchsorted(infusion_keys, a_key), max(len(infusion_keys) - 1, 0))
+        on_infusion_day = (infusion_keys[at_infusion] == a_key) if len(infusion_keys) else np.zeros(len(a_key), dtype=bool)
         phq_rows = self._phq_items(a_pid, a_total, a_slot > 0, rng)
-        with_time = (~on_infusion_day) & (a_slot >= 0) & (_uniform(self.seed, _STREAM_TIME, a_pid.astype(np.uint64), a_slot.astype(np.uint64)) < 0.5)
         minute = np.floor(_uniform(self.seed, _STREAM_TIME + 100, a_pid.astype(np.uint64), a_slot.astype(np.uint64)) * (16 * 60)).astype(int) + 7 * 60
-        phq_when = _when(dates[a_day], with_time, minute)
+        # On a day with a timed infusion, the PHQ-9 is filled in 30 minutes to 3 hours before it;
+        # on other infusion days it carries no time (pre-dose by the course rules).
+        timed_dose = on_infusion_day & e_timed[at_infusion] if len(infusion_keys) else on_infusion_day
+        minute = np.where(timed_dose, e_minute[at_infusion] - 30 - (minute % 150), minute)
+        with_time = timed_dose | ((~on_infusion_day) & (a_slot >= 0) & (
+            _uniform(self.seed, _STREAM_TIME, a_pid.astype(np.uint64), a_slot.astype(np.uint64)) < 0.5))
+        phq_when = _when(dates[a_day], with_time & (a_day < self.days), minute)
 
         # GAD-7 every other week for some patients (with the PHQ-9), and at screening.
-        gad_mask = self.has_gad[a_pid] & ((a_slot < 0) | (a_slot % 2 == 0))
+        gad_mask = self.has_gad[a_pid] & ((a_slot < 0) | (a_slot % 2 == 0)) & (a_slot < self.n_slots)
         g_pid, g_sev = a_pid[gad_mask], a_sev[gad_mask]
         g_expected = self.gad_baseline[g_pid] * (0.4 + 0.6 * g_sev / self.baseline[g_pid])
         g_total = np.clip(np.rint(g_expected + cal.gad_noise_sd * rng.standard_normal(len(g_pid))), 0, 21).astype(np.int64)
@@ -843,9 +901,51 @@ class _Engine:
 
 # --- helpers -------------------------------------------------------------------------
 
-def _decay(benefit: np.ndarray, rate: np.ndarray, elapsed: np.ndarray, shape: float) -> np.ndarray:
-    """Benefit `elapsed` days after an infusion left it at `benefit`: exp(-rate * elapsed**shape)."""
-    return benefit * np.exp(-rate * np.maximum(elapsed, 0) ** shape)
+def _decay_param(cal: Calibration, after: np.ndarray, days: np.ndarray, in_response: np.ndarray) -> np.ndarray:
+    """The one parameter of the benefit's fall after an infusion that left it at `after`:
+    crossing RESPONSE_BENEFIT `days` after the infusion (in response), or halving over `days`
+    (a partial benefit that never met response)."""
+    after = np.asarray(after, dtype=float)
+    days = np.asarray(days, dtype=float)
+    ok = np.asarray(in_response, dtype=bool) & (after > RESPONSE_BENEFIT)
+    shape = cal.return_shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if shape in ("hold_fade", "exponential"):
+            k = cal.decay_shape if shape == "hold_fade" else 1.0
+            ratio = np.where(ok, np.maximum(after, 1e-9) / RESPONSE_BENEFIT, 2.0)
+            return np.log(ratio) / days ** k
+        if shape == "sharp":
+            return np.where(ok, days / np.maximum(2.0 * after - 1.0, 1e-12) ** (1.0 / cal.sharpness), days)
+        # linear
+        return np.where(ok, (after - RESPONSE_BENEFIT) / days, after / (2.0 * days))
+
+
+def _decay(cal: Calibration, benefit: np.ndarray, param: np.ndarray, elapsed: np.ndarray) -> np.ndarray:
+    """Benefit `elapsed` days after an infusion left it at `benefit` (see Calibration.return_shape)."""
+    t = np.maximum(elapsed, 0)
+    shape = cal.return_shape
+    if shape in ("hold_fade", "exponential"):
+        k = cal.decay_shape if shape == "hold_fade" else 1.0
+        return benefit * np.exp(-param * t ** k)
+    if shape == "sharp":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return benefit / (1.0 + (t / param) ** cal.sharpness)
+    return np.maximum(benefit - param * t, 0.0)
+
+
+def _within_factor(cal: Calibration, z: np.ndarray) -> np.ndarray:
+    """One cycle's durability / the patient's median, from a standard-normal draw `z`."""
+    if cal.within_family == "lognormal":
+        return np.exp(cal.durability_within_sd * z)
+    # Weibull with the same SD of log durations (pi / (k sqrt 6)) and median 1
+    k = math.pi / (cal.durability_within_sd * math.sqrt(6.0))
+    u = np.clip(0.5 * (1.0 + _erf(z / math.sqrt(2.0))), 1e-12, 1 - 1e-12)
+    return (-np.log1p(-u) / math.log(2.0)) ** (1.0 / k)
+
+
+def within_quantile(cal: Calibration, p: float) -> float:
+    """The p-quantile of one cycle's durability / the patient's median (e.g. p = 0.2)."""
+    return float(_within_factor(cal, np.array([float(ndtri(p))]))[0])
 
 
 def _lookup(values: np.ndarray, mapping: dict) -> np.ndarray:
@@ -1016,8 +1116,9 @@ def noise_free_loss(clinic: SimulatedClinic, instrument: str = "PHQ-9") -> pd.Da
     own = (pos >= 0) & (c_idx[np.maximum(pos, 0)] == a_idx)
     pos, a_day = pos[own], a_day[own]
     after = c["benefit_after"].to_numpy()[pos]
-    rate = np.log(after / RESPONSE_BENEFIT) / c["true_days_to_loss"].to_numpy()[pos] ** eng.cal.decay_shape
-    benefit = _decay(after, rate, a_day - c_day[pos], eng.cal.decay_shape)
+    in_resp = c["in_response_after"].to_numpy()[pos]
+    rate = _decay_param(eng.cal, after, np.where(in_resp, c["true_days_to_loss"].to_numpy()[pos], 1.0), in_resp)
+    benefit = _decay(eng.cal, after, rate, a_day - c_day[pos])
     in_resp_cycle = c["in_response_after"].to_numpy()[pos]
     frame = pd.DataFrame({"cycle": pos, "day": a_day, "meets": benefit >= RESPONSE_BENEFIT})
     frame = frame[in_resp_cycle].sort_values(["cycle", "day"], kind="stable")

@@ -48,16 +48,19 @@ import contextlib
 import os
 import random
 import shutil
+import stat
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 import duckdb
 
-from . import scales, sidecars
+from . import archive, scales, sidecars, store_postgres
 from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
@@ -75,8 +78,31 @@ FAIL_CHECKPOINT_ENV = "OUTCOMES_TEST_FAIL_CHECKPOINT"
 RECYCLE_AFTER_GROWTH_BYTES = 128 * 2**20
 
 
-class StoreBusy(RuntimeError):
+class Refused(RuntimeError):
+    """The store will not do what was asked, for a reason its message gives in full, and nothing was
+    changed: commands exit 2 with the message, the dashboard shows it (analytics/failures.py)."""
+
+
+class StoreBusy(Refused):
     """Another writer held the database for longer than we were willing to wait."""
+
+
+class SchemaTooNew(Refused):
+    """The database was written by a newer version of the software: this one neither reads nor writes it."""
+
+    def __init__(self, path: Path, found: int):
+        self.path = path if isinstance(path, store_postgres.Target) else Path(path)
+        self.found, self.known = found, SCHEMA_VERSION
+        super().__init__(f"the database {getattr(path, 'label', path)} has schema version {found}, newer than this software's {SCHEMA_VERSION}: "
+                         "upgrade the software to open it (nothing was changed)")
+
+
+class ReadOnlyDatabase(Refused):
+    """A write was asked of a database file (or folder) that may only be read."""
+
+
+class MigrationRefused(Refused):
+    """A schema migration was due, but the backup taken before every migration could not be written."""
 
 
 class CommittedButFailed(RuntimeError):
@@ -93,12 +119,192 @@ class CommittedButFailed(RuntimeError):
         super().__init__(f"committed; then {step} failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
 
 
-def db_path(explicit: str | os.PathLike | None = None) -> Path:
-    """--db beats OUTCOMES_DB beats data/outcomes.duckdb."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("OUTCOMES_DB")
-    return Path(env) if env else DEFAULT_DB
+# What a caller catches on either backend: a statement the database refused, a table not there.
+DatabaseError = (duckdb.Error, store_postgres.DatabaseError)
+MissingTable = (duckdb.CatalogException, store_postgres.MissingTable)
+MissingColumn = (duckdb.BinderException, store_postgres.MissingColumn)
+Conflict = (duckdb.ConstraintException, store_postgres.Conflict)
+PostgresTarget = store_postgres.Target
+Connection = Union[duckdb.DuckDBPyConnection, store_postgres.Connection]  # what connect and transaction yield
+
+
+def db_path(explicit: str | os.PathLike | None = None) -> Path | PostgresTarget:
+    """--db beats OUTCOMES_DB beats data/outcomes.duckdb. A `postgresql://` URL names a PostgreSQL
+    database (a network's shared store) and gives a `PostgresTarget` instead of a path."""
+    value = explicit if explicit else os.environ.get("OUTCOMES_DB")
+    if isinstance(value, PostgresTarget):
+        return value
+    if store_postgres.is_url(str(value) if value else None):
+        return PostgresTarget(str(value))
+    return Path(value) if value else DEFAULT_DB
+
+
+def is_postgres(path: str | os.PathLike | None = None) -> bool:
+    """Is the database (as `db_path` resolves it) a PostgreSQL one?"""
+    return isinstance(db_path(path), PostgresTarget)
+
+
+def label(path: str | os.PathLike | None = None) -> str:
+    """The database's name for messages and logs (a URL without its password)."""
+    target = db_path(path)
+    return target.label if isinstance(target, PostgresTarget) else str(target)
+
+
+def dialect(con) -> str:
+    """"postgres" or "duckdb": for the few statements written differently (see store_postgres)."""
+    return getattr(con, "dialect", "duckdb")
+
+
+def lock(con, name: str) -> None:
+    """Hold the named lock until `con`'s transaction ends. On DuckDB the single writer already
+    serialises every write, so there is nothing to take; on PostgreSQL an advisory lock."""
+    if dialect(con) == "postgres":
+        store_postgres.lock(con, name)
+
+
+def read_arrow(con, sql: str, params=()):
+    """A large read as an Arrow table (DuckDB's own reader; ADBC on PostgreSQL)."""
+    if dialect(con) == "postgres":
+        return con.arrow(sql, params)
+    return con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+
+
+def stamp_text(con, column: str) -> str:
+    """SQL for a timestamp as 'YYYY-MM-DDTHH:MM:SS' (record keys in record_history)."""
+    if dialect(con) == "postgres":
+        return f"""to_char({column}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    return f"strftime({column}, '%Y-%m-%dT%H:%M:%S')"
+
+
+def _has_write_bits(path: Path) -> bool:
+    return bool(stat.S_IMODE(path.stat().st_mode) & 0o222)
+
+
+def _refuse_unwritable(target: Path) -> None:
+    """A file (or, for a new one, its folder) that may only be read is refused before DuckDB opens it.
+
+    Judged by the permission bits as well as by access(2): root may write a file marked 0444, but
+    such a file (a snapshot, a copy kept for reference) is meant to be read, and a write would change
+    it silently. The folder counts too: DuckDB writes its write-ahead log beside the file."""
+    folder = target.parent if target.parent.exists() else None
+    try:
+        blocked = [p for p in ([target] if target.exists() else []) + ([folder] if folder else [])
+                   if not os.access(p, os.W_OK) or not _has_write_bits(p)]
+    except OSError:
+        return  # let DuckDB say what is wrong
+    if blocked:
+        what = "file" if blocked[0] == target else "folder"
+        raise ReadOnlyDatabase(f"the database {target} cannot be written (its {what} {blocked[0]} is read-only): "
+                               "nothing was changed")
+
+
+def refuse_newer_schema(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+    """The open database's schema version; SchemaTooNew when it is newer than this software knows.
+
+    Every connection asks, reads included: an older version neither writes into a newer schema nor
+    shows figures from tables whose meaning it does not know."""
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(target, version)
+    return version
+
+
+# --- companion files ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Companion:
+    """A file that belongs to a database but lives outside it: backed up and restored with it.
+
+    `files(db)` lists the ones that exist for the database at `db`; `place(db, name)` is where a
+    file of that name goes for a database restored at `db`. When that place already holds a
+    different file, restore refuses, unless `aside` (the file there belongs to the path, not to a
+    database: it is moved aside, and is moved aside even when the backup holds none, e.g. the audit
+    anchor of a database that was at the path before) or `alternative(dest, copy)` names where the
+    backup's copy goes instead (a key kept under its id). A `secret` one (a key) goes into a backup
+    only when asked (`backup --include-secrets`): a backup holding the key of the audit trail's
+    signatures would let whoever holds the backup rewrite that trail."""
+    name: str
+    files: Callable[[Path], list[Path]]
+    place: Callable[[Path, str], Path]
+    secret: bool = False
+    aside: bool = False
+    alternative: Callable[[Path, Path], Path] | None = None
+    pending: bool = False  # holds changes not yet in the database: placed once the restored file is verified
+
+
+def beside(name: str, suffix: str, *, secret: bool = False) -> Companion:
+    """A companion kept next to the database as `<database file name><suffix>` (e.g. `.journal`)."""
+    def files(db: Path) -> list[Path]:
+        path = Path(f"{db}{suffix}")
+        return [path] if path.is_file() else []
+
+    return Companion(name, files, lambda db, _name: Path(f"{db}{suffix}"), secret)
+
+
+def _anchor_files(db: Path) -> list[Path]:
+    from . import keys
+
+    path = keys.anchor_path(db)
+    return [path] if path.is_file() else []
+
+
+def _anchor_place(db: Path, _name: str) -> Path:
+    from . import keys
+
+    return keys.anchor_path(db)
+
+
+def _key_files(_db: Path) -> list[Path]:
+    from . import keys
+
+    folder = keys.key_dir()
+    return sorted(p for p in folder.glob("*.key") if p.is_file()) if folder.is_dir() else []
+
+
+def _key_place(_db: Path, name: str) -> Path:
+    from . import keys
+
+    return keys.key_dir() / name
+
+
+def _key_by_id(dest: Path, copy: Path) -> Path:
+    """A key from a backup whose name is taken by another key: kept as `<name>-<id>.key`, where
+    keys.find looks for a retired key by the id its entries carry."""
+    from . import keys
+
+    name = dest.stem.split("-", 1)[0]
+    return dest.with_name(f"{name}-{keys.key_id_of(bytes.fromhex(copy.read_text().strip()))}.key")
+
+
+def _journal_files(db: Path) -> list[Path]:
+    """The journal of writes made in passing and not yet applied (analytics/sidecars.py), with any
+    flush left behind by a process that died: applied by the restored database's next write."""
+    journal = sidecars.journal_path(db)
+    return ([journal] if journal.is_file() else []) + sidecars._flushing_files(db)
+
+
+def _journal_place(db: Path, name: str) -> Path:
+    return Path(f"{db}{name[name.index('.journal'):]}") if ".journal" in name else sidecars.journal_path(db)
+
+
+# Every kind of companion file, listed here so that a backup finds them whatever the process
+# imported. Add a row with the feature that writes such a file (an audit anchor, a write journal).
+# Not companions: `<db>.wal` (DuckDB's own, always copied with the file), read-only snapshots and
+# state files that are rebuilt from the database, and the backup log (`archive.log_path`).
+COMPANIONS: list[Companion] = [
+    # the anchor of the audit trail (analytics/keys.py): what `audit --verify` checks the trail's end against
+    Companion("audit-anchor", _anchor_files, _anchor_place, aside=True),
+    # writes journaled while another process held the write lock, not yet in the database
+    Companion("journal", _journal_files, _journal_place, pending=True),
+    # the audit and pseudonym keys: kept out of backups unless asked (docs/security.md, "Keys and anchors")
+    Companion("keys", _key_files, _key_place, secret=True, alternative=_key_by_id),
+]
+
+
+def companion_files(path: str | os.PathLike | None = None, *, secrets: bool = False) -> list[tuple[Companion, Path]]:
+    """The companion files that exist for the database at `path`, secrets only when asked for."""
+    target = db_path(path)
+    return [(c, f) for c in COMPANIONS if secrets or not c.secret for f in c.files(target)]
 
 
 def _private_spill_dir() -> str:
@@ -327,8 +533,14 @@ def connect(
     OUTCOMES_LOCK_WAIT, 120) before StoreBusy.
     """
     target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        with _connect_postgres(target, write, wait) as con:
+            yield con
+        return
     if not write and not target.exists():
         raise FileNotFoundError(f"no database at {target}: run `python -m analytics demo` or import data")
+    if write:
+        _refuse_unwritable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait is None else wait)
     key = str(target.resolve())
@@ -351,6 +563,7 @@ def connect(
                     # No progress bar: a long query would draw one over the CLI's output and the server log.
                     con.execute("SET enable_progress_bar = false")
                     con.execute(f"USE {alias}")
+                    refuse_newer_schema(con, target)  # neither read nor written by older software
                     if outermost:
                         ensure_current(con)
                         _begin_write(con, target, snapshot)
@@ -405,6 +618,24 @@ def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> No
 
 
 @contextlib.contextmanager
+def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
+    """store_postgres.connect, with a lock wait that ran out as StoreBusy and a missing schema as
+    FileNotFoundError, the same as for a file."""
+    try:
+        with store_postgres.connect(target, write=write, wait=LOCK_WAIT_SECONDS if wait is None else wait,
+                                    is_current=_is_current, ensure_current=ensure_current) as con:
+            yield con
+    except store_postgres.LockTimeout as exc:
+        raise StoreBusy(f"database {target.label} is busy (another writer holds what this write needs); "
+                        "try again shortly") from exc
+    except store_postgres.MissingTable as exc:
+        if write or target.exists():
+            raise
+        raise FileNotFoundError(f"no database at {target.label}: run `python -m analytics demo --db <url>` "
+                                "or import data") from exc
+
+
+@contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
                 snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
@@ -447,13 +678,21 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
 
 def change_stamp(path: str | os.PathLike | None = None) -> tuple:
     """A value that changes whenever the database may have changed (no database read: a few stats);
-    for caches of what is read from it (analytics.access.DataAccess.data_version)."""
-    return sidecars.change_stamp(db_path(path))
+    for caches of what is read from it (analytics.access.DataAccess.data_version). On PostgreSQL one
+    cheap query (store_postgres.change_stamp)."""
+    target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return store_postgres.change_stamp(target)
+    return sidecars.change_stamp(target)
 
 
 def write_in_progress(path: str | os.PathLike | None = None) -> bool:
-    """Is another process writing to the database right now (its writes not yet visible to others)?"""
-    writer = sidecars.read_state(db_path(path)).get("writer")
+    """Is another process writing to the database right now (its writes not yet visible to others)?
+    Never on PostgreSQL: readers there never wait for writers, and there is no snapshot to fall back on."""
+    target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return False
+    writer = sidecars.read_state(target).get("writer")
     return writer is not None and writer != os.getpid() and sidecars.pid_alive(writer)
 
 
@@ -544,6 +783,10 @@ def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
     """Queue one write for the next writer: durable (fsynced) when this returns; its id."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
+    if is_postgres(path):  # no single writer to wait for: written at once
+        with transaction(path) as con:
+            _JOURNAL_KINDS[kind][0](con, payload)
+        return ""
     return sidecars.journal_append(db_path(path), kind, payload)
 
 
@@ -553,6 +796,9 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
     the kind's `apply` returned, or None when journaled. Either way it is durable when this returns."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
+    if is_postgres(path):  # PostgreSQL has no single writer: the write goes in at once, never queued
+        with transaction(path, wait=wait) as con:
+            return _JOURNAL_KINDS[kind][0](con, payload)
     if getattr(_in_passing, "journaled", False):
         journal(path, kind, payload)
         return None
@@ -566,13 +812,15 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
 
 def journal_pending(path: str | os.PathLike | None = None, kind: str | None = None) -> list[dict]:
     """Entries waiting to be applied, oldest first ({"id", "kind", "queued_at", "payload"})."""
+    if is_postgres(path):
+        return []  # nothing is ever journaled there
     return sidecars.pending_entries(db_path(path), kind)
 
 
 def flush_journal(path: str | os.PathLike | None = None, wait: float = 0.0) -> bool:
     """Apply the journal now if the lock is free within `wait` seconds; True when nothing is left."""
     target = db_path(path)
-    if not sidecars.journal_pending(target):
+    if isinstance(target, PostgresTarget) or not sidecars.journal_pending(target):
         return True
     if not target.exists():
         return False
@@ -640,6 +888,8 @@ def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 1
     It tries without waiting (a wait would hold back this process's new readers until the current ones
     are done); after `FORCE_FLUSH_AFTER` tries that found the database in use it waits up to a second."""
     target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return  # nothing is journaled on PostgreSQL
     key = f"{os.getpid()}:{target.resolve()}"
     with _flushers_guard:
         if key in _flushers and _flushers[key].is_alive():
@@ -968,22 +1218,34 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of the open database (0: not a store yet)."""
     try:
         rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
-    except duckdb.CatalogException:
+    except MissingTable:
         return 0
     return rows[0][0] or 0
 
 
+def _is_current(con) -> bool:
+    return current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con)
+
+
 def ensure_current(con: duckdb.DuckDBPyConnection) -> int:
     """`migrate` only when something is behind; two small reads when nothing is (every write open runs this)."""
-    if current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con):
+    if _is_current(con):
         return SCHEMA_VERSION
     return migrate(con)
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring the schema up to date, keeping existing data; returns the version."""
+    """Bring the schema up to date, keeping existing data; returns the version.
+
+    A database that already holds a schema is backed up first (`backup_before_migration`); a
+    database with a newer schema than this software's is refused (SchemaTooNew), never written."""
     version = current_version(con)
+    if version > SCHEMA_VERSION:
+        database = con.target if dialect(con) == "postgres" else archive.attached_file(con)
+        raise SchemaTooNew(database or Path(":memory:"), version)
     if version < SCHEMA_VERSION:
+        if version >= 1:
+            backup_before_migration(con, version)
         con.execute("BEGIN TRANSACTION")
         try:
             # IF NOT EXISTS: a file can hold the table but no version row yet
@@ -999,6 +1261,53 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         version = SCHEMA_VERSION
     sync_instruments(con)
     return version
+
+
+# Before every migration the store writes a backup (the archive format of `python -m analytics
+# backup`) into $OUTCOMES_BACKUP_DIR, else a `backups` folder beside the database, and keeps the
+# newest PRE_MIGRATION_BACKUPS_KEPT of them per database file (docs/operations.md).
+BACKUP_DIR_ENV = "OUTCOMES_BACKUP_DIR"
+PRE_MIGRATION_BACKUPS_KEPT = 3
+
+
+def backup_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where automatic backups of the database at `path` go."""
+    explicit = os.environ.get(BACKUP_DIR_ENV)
+    return Path(explicit) if explicit else db_path(path).resolve().parent / "backups"
+
+
+def backup_before_migration(con: duckdb.DuckDBPyConnection, version: int) -> Path | None:
+    """Back up the open database (write lock held) before migrating it from `version`; its path.
+
+    MigrationRefused when the backup cannot be written: then nothing is migrated. Not on PostgreSQL,
+    whose migrations are one transaction that rolls back whole, and whose backups are the operator's
+    (pg_dump, base backups: docs/deployment.md)."""
+    if dialect(con) == "postgres":
+        return None
+    source = archive.attached_file(con)
+    if source is None:
+        return None  # an in-memory database: nothing to keep
+    folder = backup_dir(source)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = folder / f"{source.name}.v{version}-before-v{SCHEMA_VERSION}.{stamp}{archive.SUFFIX}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        con.execute("CHECKPOINT")  # everything committed is in the file: the copy needs no write-ahead log
+        manifest = archive.write(con, source, dest, open_copy=connect, kind="before-migration",
+                                 companions=[(c.name, f) for c, f in companion_files(source)])
+    except (OSError, duckdb.Error, archive.BackupFileError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MigrationRefused(
+            f"the database {source} has schema version {version} and this software migrates it to {SCHEMA_VERSION}, "
+            f"after a backup; the backup could not be written into {folder} ({reason}). Nothing was changed: free disk "
+            f"space there or set {BACKUP_DIR_ENV} to a folder with room") from exc
+    archive.record(source, dest, manifest)
+    kept = sorted(folder.glob(f"{source.name}.v*-before-v*{archive.SUFFIX}"),
+                  key=lambda p: p.name[len(source.name):].split(".")[2])  # by the time stamp in the name
+    for old in kept[:-PRE_MIGRATION_BACKUPS_KEPT]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return dest
 
 
 def _registry_rows() -> set[tuple]:
@@ -1031,8 +1340,8 @@ def sync_instruments(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def initialise(path: str | os.PathLike | None = None) -> Path:
-    """Create (or migrate) the database file and return its path."""
+def initialise(path: str | os.PathLike | None = None) -> Path | PostgresTarget:
+    """Create (or migrate) the database (a file, or the schema in a PostgreSQL database) and return it."""
     target = db_path(path)
     with connect(target, write=True):
         pass

@@ -19,12 +19,13 @@ PAGES = {
     "method": ("pages/method.py", "Method", ":material/menu_book:"),
     "users": ("pages/admin_users.py", "Users", ":material/manage_accounts:"),
     "audit": ("pages/audit_log.py", "Audit trail", ":material/policy:"),
+    "health": ("pages/health.py", "Health", ":material/monitor_heart:"),
 }
 
 # The menu's sections in order; the first page a user may open is their landing page.
 MENU = {
     "Clinic": ["cohort", "durability", "due", "patient"],
-    "Administration": ["data", "users", "audit"],
+    "Administration": ["data", "users", "audit", "health"],
     "About": ["method"],
 }
 

@@ -8,7 +8,7 @@ pointing elsewhere) or fetch an image from another server on every view. `plain(
 every ASCII punctuation character (CommonMark lets each be escaped with a backslash), breaks the
 `scheme://`, `www.` and `name@host` patterns of autolinks (with a zero-width space), and flattens line breaks, so the value shows as
 the same characters and nothing else. Every value a page interpolates into markdown goes
-through it (tests/test_security_render.py); tables (st.dataframe) show plain text already.
+through it (tests/test_security_browser.py injects such values and checks the page); tables (st.dataframe) show plain text already.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ if st.session_state.get("audit_viewed") != view_key:
 
 st.caption(f"{len(entries)} entries. Entries cannot be changed or removed from the product; "
            "each carries a hash of the one before, so an edit made outside it is detected below.")
-shown = entries.copy()
+shown = entries.sort_values("seq", ascending=False)  # newest first: what an administrator looks for
 shown["patients"] = shown["patients"].map(", ".join)
 shown["detail"] = shown["detail"].map(lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items())))
 st.dataframe(shown.drop(columns=["hash"]), hide_index=True, width="stretch")

@@ -15,8 +15,10 @@ if not may(page.scope, "see_patient_rows"):
 
 today = page.today
 no_score_days = st.slider("Flag patients with no assessment for at least (days)", 7, 90, 28, step=7)
+show_inactive = st.toggle(f"Also list patients no longer in active care (no infusion and no score for "
+                          f"{due.ACTIVE_DAYS} days; no due date)", value=False, key="due_inactive")
 with st.spinner("Checking every patient in your caseload..."):
-    screen = due.due_screen(page.workspace, today, no_score_days)
+    screen = due.due_screen(page.workspace, today, no_score_days, include_inactive=show_inactive)
 
 if not screen.has_patients:
     st.info("No patients in your caseload yet: import patients on the Data page.")
@@ -34,14 +36,14 @@ if listed.empty:
     st.stop()
 
 # The list names patients: each distinct view of it is audited with the patients it showed.
-view = (str(today), no_score_days, _context.db_version())
+view = (str(today), no_score_days, show_inactive, _context.db_version())
 if st.session_state.get("due_list_viewed") != view:
     due.log_view(page.workspace, screen)
     st.session_state["due_list_viewed"] = view
 
 st.caption(f"{len(listed)} patients need attention as of {today:%a %d %b %Y}, most urgent first "
            "(order: safety flag, item 9 positive, overdue, lost response, reliable worsening, due this week, no recent score, "
-           "taper candidate, self-report due). "
+           "taper candidate, self-report due; then, if shown, no longer in active care). "
            "Select a row to open that patient's trajectory here.")
 # Every column fits the page at 1440 px (no sideways scroll): short headers, dates as "04 Dec 2026",
 # the self-report's reason inside "why" (screen.rows).

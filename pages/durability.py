@@ -4,6 +4,7 @@ import streamlit as st
 from analytics import charts
 from analytics.screens import durability
 from pages._page import open_page
+from pages._text import plain
 
 
 @st.cache_data(ttl=24 * 3600, show_spinner=False)
@@ -52,7 +53,7 @@ else:
         with st.spinner("Fitting the durability model..."):
             model = durability.model_screen(ws, instrument, tuple(covariates))
         if not model.estimated:
-            st.warning(f"The durability model could not be shown for these terms ({model.problem}): try other terms.")
+            st.warning(f"The durability model could not be shown for these terms ({plain(model.problem)}): try other terms.")
         else:
             st.plotly_chart(page.figure(("forest", instrument, tuple(covariates)), lambda: charts.forest(model.rows, "time ratio")),
                             key="forest")

@@ -24,6 +24,8 @@ DATABASE_OPENERS = {
     "bench": "benchmarks its own generated synthetic database",
     "visits": "visit entry writes its extra rows inside the import's transaction",
     "selfreport": "self-report links (hashed tokens) and safety flags",
+    "backup": "backup reads the database and its private copy; restore checks the restored file",
+    "health": "the health checks read every table and verify the audit chain",
 }
 
 

@@ -146,6 +146,8 @@ def test_admin_adds_a_user_and_reads_the_audit_trail(clinic):
     assert not at.exception
     shown = at.dataframe[0].value
     assert "user_add" in set(shown["action"])
+    assert list(shown["seq"]) == sorted(shown["seq"], reverse=True)  # newest first
+    assert shown["action"].iloc[0] == "user_add"  # the entry just made is at the top
     assert audit.entries(db).iloc[-1][["actor", "action"]].tolist() == ["admin", "view_audit"]
 
 
@@ -154,5 +156,7 @@ def test_director_cannot_reach_identifiable_rows(clinic):
     at = _sign_in("director")
     at.query_params["patient"] = first["dr_okafor"]
     at.switch_page("pages/patient.py").run()
-    assert not at.metric
-    assert "No patient in your caseload" in _texts(at)
+    assert not at.metric and not at.dataframe
+    # a director holds no grant: the patient page does not open for them at all (analytics/permissions.py)
+    assert "Your role does not open this page." in _texts(at)
+    assert first["dr_okafor"] not in _texts(at)

@@ -55,8 +55,11 @@ def test_next_infusion_before_loss_right_censors_the_cycle():
     cyc = c.loc[pd.Timestamp("2024-01-12")]
     # the 02-02 score is pre-dose: it still belongs to the cycle that infusion ends
     assert (cyc["left_days"], cyc["right_days"], cyc["event"], cyc["censor_reason"]) == (21.0, math.inf, False, "next_infusion")
-    nxt = c.loc[pd.Timestamp("2024-02-02")]
-    assert (nxt["left_days"], nxt["right_days"], nxt["censor_reason"], nxt["start_kind"]) == (0.0, math.inf, "end_of_follow_up", "in_response")
+    # the 02-02 infusion was given in response, but nothing is known after it yet: no cycle
+    assert pd.Timestamp("2024-02-02") not in c.index
+    a2 = pd.concat([a, scores("a", [("2024-02-09", 6)])])
+    nxt = cycles_of(t, a2).set_index("started_on").loc[pd.Timestamp("2024-02-02")]
+    assert (nxt["left_days"], nxt["right_days"], nxt["censor_reason"], nxt["start_kind"]) == (7.0, math.inf, "end_of_follow_up", "in_response")
 
 
 def test_end_of_follow_up_censors_and_a_lone_last_out_score_is_not_a_loss():
@@ -91,15 +94,19 @@ def test_a_blip_out_of_response_then_back_is_not_a_loss():
     assert (cyc["left_days"], cyc["right_days"], cyc["event"]) == (14.0, 21.0, True)
 
 
-def test_cycle_without_any_score_contributes_only_a_censored_zero():
-    t = infusions("a", INDUCTION + ["2024-01-26", "2024-02-16"])
-    a = scores("a", [("2023-12-30", 20), ("2024-01-12", 8), ("2024-01-19", 6), ("2024-01-26", 7)])
-    c = cycles_of(t, a).set_index("started_on")
-    # 01-26 infusion given in response; no score until the next infusion: missing assessments
-    cyc = c.loc[pd.Timestamp("2024-01-26")]
-    assert (cyc["left_days"], cyc["right_days"], cyc["event"], cyc["n_assessments"]) == (0.0, math.inf, False, 0)
-    # the last infusion's pre-dose state is carried from the last score (in response)
-    assert c.loc[pd.Timestamp("2024-02-16"), "censor_reason"] == "end_of_follow_up"
+def test_infusions_without_an_assessment_between_them_make_no_zero_day_cycles():
+    t = infusions("a", INDUCTION + ["2024-01-26", "2024-02-16", "2024-02-20"])
+    a = scores("a", [("2023-12-30", 20), ("2024-01-12", 8), ("2024-01-19", 6), ("2024-01-26", 7), ("2024-03-01", 5)])
+    c = cycles_of(t, a)
+    # 01-26 and 02-16: given in response with no score before the next infusion (nothing known
+    # about how long response lasted): merged into the cycle of the last of them, 02-20
+    # (01-10 is a recapture: the pre-dose score of 01-12 is its first, and in response)
+    assert list(c["started_on"].dt.strftime("%m-%d")) == ["01-10", "01-12", "02-20"]
+    last = c.set_index("started_on").loc[pd.Timestamp("2024-02-20")]
+    # its pre-dose state is carried from the last score (in response)
+    assert (last["left_days"], last["censor_reason"], last["cycle_no"]) == (10.0, "end_of_follow_up", 3)
+    # induction infusions 2-3 days apart with weekly scores: no cycle of 0 days anywhere
+    assert ((c["left_days"] > 0) | c["event"]).all()
 
 
 def test_first_score_out_of_response_after_an_in_response_infusion_gives_left_zero():

@@ -171,3 +171,26 @@ def test_large_cohorts_use_fewer_replicates_and_normal_intervals(cycles, monkeyp
     assert lo < res["median_days"] < hi
     # symmetric by construction
     assert (res["median_days"] - lo) == pytest.approx(hi - res["median_days"], abs=0.02)
+
+
+def test_the_measurement_model_carries_the_headline_and_the_definitions_stay_as_sensitivity():
+    """cohort_durability(model=...): median_days and survival are the model's; the literal figures
+    are kept under definitions_*; the counts are the cycles clinicians see."""
+    from analytics import course, intervals, simulate
+
+    sim = simulate.simulate_clinic(250, 8)
+    frames = course.frames_from_csv_tables(sim.tables)
+    cm = intervals.fit_clinic_model(frames, "PHQ-9", fit_patients=100)
+    plain = cohort_durability(cm.cycles, instrument="PHQ-9", n_boot=20)
+    res = cohort_durability(cm.cycles, instrument="PHQ-9", by="site", n_boot=20, model=cm.model)
+    json.dumps(res, allow_nan=False)
+    assert res["estimate_source"] == "measurement model" and plain["estimate_source"] == "definitions"
+    assert res["definitions_median_days"] == plain["median_days"]
+    assert res["definitions_survival"] == plain["survival"]
+    assert res["median_days"] == pytest.approx(cm.model.median_days_, abs=0.01)
+    assert res["survival_56d"] == pytest.approx(float(cm.model.survival(56)), abs=1e-3)
+    assert (res["n_cycles"], res["n_events"]) == (plain["n_cycles"], plain["n_events"]) == (len(cm.cycles), int(cm.cycles["event"].sum()))
+    lo, hi = res["median_ci"]
+    assert lo < res["median_days"] < hi
+    for g in res["groups"].values():
+        assert g["estimate_source"] == "measurement model" and "definitions_median_days" in g

@@ -1,147 +1,232 @@
-"""Per-patient durability and suggested intervals."""
+"""Per-patient durability and suggested intervals (issue 12): one whole-clinic model, who gets a
+suggestion, evidence that agrees with the cycles, calibrated ranges, the taper signal.
+
+The heavy validation (every shape x cadence, thousands of patients) is tests/validation/durability.py
+(`make validate-durability`); here a small simulated clinic with a fixed seed and tolerances that
+would catch a regression.
+"""
 import json
-import math
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
 
 from analytics import course, intervals, simulate
+from analytics.durability.measured import MU_GRID, MeasuredDurability
 
 ROOT = Path(__file__).resolve().parent.parent
+TODAY = date(2026, 11, 21)
+
+
+def _crafted(frames: dict) -> dict:
+    """The simulated clinic plus three patients the issue names: one who stopped ten months ago,
+    a non-responder whose one score sat exactly on the response line, one still in induction."""
+    def inf(pid, days):
+        return pd.DataFrame({"patient_id": pid, "administered_at": pd.to_datetime(days), "has_time": False,
+                             "route": "iv", "dose_mg_per_kg": 0.5, "phase": None})
+
+    def sc(pid, rows):
+        return pd.DataFrame({"patient_id": pid, "instrument": "PHQ-9", "administered_at": pd.to_datetime([r[0] for r in rows]),
+                             "has_time": False, "total": [float(r[1]) for r in rows], "item_9": 0.0})
+
+    induction = ["2025-12-01", "2025-12-03", "2025-12-05", "2025-12-08", "2025-12-10", "2025-12-12"]
+    stopped = (inf("X_STOPPED", induction + ["2026-01-02"]),
+               sc("X_STOPPED", [("2025-11-30", 20), ("2025-12-12", 6), ("2025-12-19", 5), ("2025-12-26", 6),
+                                ("2026-01-02", 6), ("2026-01-09", 7)]))
+    # baseline 20: response is 10 or less; the one score of 10 is exactly on the line, the rest are not
+    line = (inf("X_NONRESP", ["2026-09-01", "2026-09-03", "2026-09-05", "2026-09-08", "2026-09-10", "2026-09-12",
+                              "2026-10-03", "2026-10-24", "2026-11-14"]),
+            sc("X_NONRESP", [("2026-08-30", 20), ("2026-09-12", 14), ("2026-09-19", 10), ("2026-09-26", 15),
+                             ("2026-10-03", 14), ("2026-10-10", 16), ("2026-10-24", 15), ("2026-10-31", 14),
+                             ("2026-11-14", 15)]))
+    building = (inf("X_INDUCTION", ["2026-11-10", "2026-11-12", "2026-11-14", "2026-11-17", "2026-11-19"]),
+                sc("X_INDUCTION", [("2026-11-09", 20), ("2026-11-14", 9), ("2026-11-19", 8)]))
+    out = dict(frames)
+    out["treatments"] = pd.concat([frames["treatments"], stopped[0], line[0], building[0]], ignore_index=True)
+    out["assessments"] = pd.concat([frames["assessments"], stopped[1], line[1], building[1]], ignore_index=True)
+    extra = pd.DataFrame({"patient_id": ["X_STOPPED", "X_NONRESP", "X_INDUCTION"]})
+    out["patients"] = pd.concat([frames["patients"], extra], ignore_index=True)
+    return out
 
 
 @pytest.fixture(scope="module")
 def clinic():
-    c = simulate.simulate_clinic(1500, 5)
-    f = course.frames_from_csv_tables(c.tables)
-    phq = f["assessments"][f["assessments"]["instrument"] == "PHQ-9"]
-    crs = course.build_course(f["treatments"], phq)
-    cycles = intervals.with_trajectories(course.cycles_from_course(crs, f["patients"], f["attributes"]), crs)
-    return c, crs, cycles
+    cal = simulate.Calibration(taper_share=0.0)
+    sim = simulate.simulate_clinic(450, 21, calibration=cal)
+    frames = _crafted(course.frames_from_csv_tables(sim.tables))
+    cm = intervals.fit_clinic_model(frames, "PHQ-9", fit_patients=150)
+    sug = intervals.suggest_intervals(cm.model, cm.course, cm.cycles, today=TODAY, last_activity=cm.last_activity)
+    return sim, cal, cm, sug
 
 
-def test_suggestions_rank_patients_like_their_true_durability(clinic):
-    c, crs, cycles = clinic
-    sug, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs))
-    truth = c.truth.patients.set_index("patient_id")["true_median_days"]
-    both = sug.set_index("patient_id")["suggested_interval_days"].to_frame().join(truth, how="inner")
-    rho, p = spearmanr(both["suggested_interval_days"], both["true_median_days"])
-    assert len(both) > 500
-    assert rho > 0.3 and p < 1e-6
-    # the score trend is what makes it personal: without it (cycles only) the ranking is worse
-    plain, _ = intervals.suggest_intervals(cycles.drop(columns=["trajectory_speed", "trajectory_var"]))
-    both0 = plain.set_index("patient_id")["suggested_interval_days"].to_frame().join(truth, how="inner")
-    assert spearmanr(both0["suggested_interval_days"], both0["true_median_days"])[0] < rho
+def test_the_model_estimates_the_noise_and_recovers_the_clinics_durability(clinic):
+    sim, cal, cm, _ = clinic
+    m = cm.model
+    assert m.mode_ == "trend" and m.noise_source_ == "estimated from the scores"
+    # PHQ-9 noise in the simulator: SD 2.16 plus rounding
+    assert 1.8 < m.noise_sd_ < 2.6
+    assert 0.3 < m.within_sd_ < 0.55
+    # the cohort median against the true durations of the same cycles, each patient weighted once
+    cycles = cm.cycles.merge(sim.truth.cycles[["patient_id", "infusion_on", "true_days_to_loss"]],
+                             left_on=["patient_id", "started_on"], right_on=["patient_id", "infusion_on"])
+    cycles = cycles[cycles["true_days_to_loss"].notna() & ((cycles["phase"] != "induction") | cycles["post_induction"])]
+    w = 1.0 / cycles.groupby("patient_id")["patient_id"].transform("size").to_numpy()
+    T = cycles["true_days_to_loss"].to_numpy()
+    true_s56 = float(w[T > 56].sum() / w.sum())
+    order = np.argsort(T)
+    true_median = float(T[order][np.searchsorted(np.cumsum(w[order]) / w.sum(), 0.5)])
+    assert m.median_days_ == pytest.approx(true_median, rel=0.15)
+    assert float(m.survival(56)) == pytest.approx(true_s56, rel=0.15)
 
 
-def test_one_row_per_responder_with_range_and_next_due_date(clinic):
-    _, crs, cycles = clinic
-    last = pd.Series(pd.Timestamp("2026-11-01"), index=cycles["patient_id"].unique())
-    sug, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs), last_infusions=last)
-    assert sug["patient_id"].is_unique and set(sug["patient_id"]) == set(cycles["patient_id"])
-    assert (sug["interval_low_days"] <= sug["suggested_interval_days"]).all()
-    assert (sug["suggested_interval_days"] <= sug["interval_high_days"]).all()
-    due = sug["last_infusion_on"] + pd.to_timedelta(sug["suggested_interval_days"], unit="D")
-    assert (sug["next_due_on"] == due).all() and (sug["last_infusion_on"] == pd.Timestamp("2026-11-01")).all()
-    assert set(sug["basis"]) <= {"cohort", "mixed", "personal"}
-    assert set(sug["taper"]) <= {"none", "stretch", "consider_pause"}
+def test_ranges_hold_the_patients_true_value_about_as_often_as_they_say(clinic):
+    sim, cal, _, sug = clinic
+    s = sug[sug["status"] == "suggested"].set_index("patient_id")
+    truth = sim.truth.patients.set_index("patient_id").reindex(s.index)
+    q20 = truth["true_median_days"] * simulate.within_quantile(cal, 0.2)
+    inside = (s["interval_low_days"] <= q20) & (q20 <= s["interval_high_days"] + 1)
+    assert len(s) > 150
+    # nominal 80% (measured 75-85% across shapes and cadences in docs/durability.md); this small
+    # clinic allows sampling error, a regression to the old 48% would fail
+    assert 0.68 <= inside.mean() <= 0.92
+    assert (s["interval_low_days"] <= s["suggested_interval_days"]).all()
+    assert (s["suggested_interval_days"] <= s["interval_high_days"]).all()
+    # ranges never collapse to "10 to 10 days"
+    assert (s["interval_high_days"] > s["interval_low_days"]).all()
+
+
+def test_stopped_patients_non_responders_and_induction_get_no_suggestion(clinic):
+    _, _, _, sug = clinic
+    s = sug.set_index("patient_id")
+    assert s.loc["X_STOPPED", "status"] == "not_in_active_care"
+    assert s.loc["X_NONRESP", "status"] == "response_not_established"
+    assert s.loc["X_INDUCTION", "status"] == "in_induction"
+    for pid in ("X_STOPPED", "X_NONRESP", "X_INDUCTION"):
+        assert pd.isna(s.loc[pid, "next_due_on"]) and pd.isna(s.loc[pid, "suggested_interval_days"])
+    # everyone with a date is active, in maintenance and has an established response
+    ok = s[s["status"] == "suggested"]
+    assert ok["active_care"].all() and ok["in_maintenance"].all() and ok["response_established"].all()
+    assert ok["next_due_on"].notna().all()
+    stale = s[s["last_activity_on"] < pd.Timestamp(TODAY) - pd.Timedelta(days=intervals.ACTIVE_CARE_DAYS)]
+    assert len(stale) and (stale["status"] == "not_in_active_care").all()
+
+
+def test_the_evidence_matches_the_cycle_table_and_the_suggestion_never_passes_the_observed_losses(clinic):
+    _, _, cm, sug = clinic
+    s = sug[sug["status"] == "suggested"].set_index("patient_id")
+    cycles = cm.cycles
+    for pid in s.index[:60]:
+        mine = cycles[cycles["patient_id"] == pid]
+        row = s.loc[pid]
+        assert row["observed_cycles"] == len(mine) and row["observed_losses"] == int(mine["event"].sum())
+        if row["observed_losses"]:
+            assert row["observed_shortest_loss_days"] == pytest.approx(mine.loc[mine["event"], "right_days"].min(), abs=0.06)
+        supported = intervals.loss_supported_day(mine["left_days"].to_numpy(float), mine["right_days"].to_numpy(float),
+                                                 mine["event"].to_numpy(bool), row["suggested_interval_days"], 0.8)
+        assert supported >= row["suggested_interval_days"] or row["suggested_interval_days"] == intervals.MIN_SUGGESTION_DAYS
+    assert set(s["estimate_source"]) <= {"score trend", "own losses", "cohort"}
+    held = s[s["estimate_source"] == "own losses"]
+    assert len(held) and (held["suggested_interval_days"] < held["trend_days"]).all()
+    assert held["estimate_note"].str.contains("observed losses support").all()
+
+
+def test_nine_losses_four_by_day_28_do_not_support_28_days():
+    # P00108 in issue 12: 9 cycles, all ended in loss, 4 of them by day 28
+    right = np.array([14.0, 21.0, 21.0, 28.0, 35.0, 35.0, 42.0, 49.0, 56.0])
+    left = right - 7.0
+    event = np.ones(9, dtype=bool)
+    day = intervals.loss_supported_day(left, right, event, 28.0, target=0.8)
+    assert day < 28.0
+    k, n = intervals._losses_by(left, right, event, day)
+    assert k / max(n, 1) <= 0.5
+    # a history consistent with the target changes nothing
+    assert intervals.loss_supported_day(np.array([30.0] * 5), np.array([np.inf] * 5), np.zeros(5, bool), 28.0, 0.8) == 28.0
+
+
+def test_the_between_patient_spread_cannot_collapse_on_a_tiny_clinic(clinic):
+    _, _, cm, _ = clinic
+    few = cm.scores[cm.scores["patient_id"].isin(cm.scores["patient_id"].unique()[:12])]
+    m = MeasuredDurability(fit_patients=50, registry_noise_sd=2.16).fit(few, scale_max=27.0)
+    assert m.between_sd_ >= (MU_GRID[1] - MU_GRID[0]) - 1e-9
+    est = intervals.model_estimates(m, few["patient_id"].unique(), 0.8)
+    assert (np.floor(est["high"]) > np.floor(est["low"])).all()
 
 
 def test_a_higher_target_gives_shorter_intervals(clinic):
-    _, crs, cycles = clinic
-    tr = intervals.course_trajectories(crs)
-    fit = intervals.fit_frailty(cycles)
-    a, _ = intervals.suggest_intervals(cycles, trajectories=tr, fit=fit, target=0.7)
-    b, _ = intervals.suggest_intervals(cycles, trajectories=tr, fit=fit, target=0.9)
-    assert (b["suggested_interval_days"] <= a["suggested_interval_days"]).all()
-    assert (b["suggested_interval_days"] < a["suggested_interval_days"]).mean() > 0.5
+    _, _, cm, _ = clinic
+    ids = cm.model.patient_ids_[:80]
+    a = intervals.model_estimates(cm.model, ids, 0.7)
+    b = intervals.model_estimates(cm.model, ids, 0.9)
+    assert (b["point"].to_numpy() < a["point"].to_numpy()).all()
     with pytest.raises(ValueError, match="target"):
-        intervals.suggest_intervals(cycles, trajectories=tr, fit=fit, target=1.5)
+        intervals.model_estimates(cm.model, ids, 1.5)
 
 
-def test_trajectory_speed_recovers_a_noise_free_line():
-    days = np.array([1.0, 7, 14, 21, 3, 10, 17])
-    code = np.zeros(7, dtype=int)
-    speed, var = intervals.trajectory_estimates(code, days, 0.2 + 0.01 * days, 1, time_power=1.0)
-    assert speed[0] == pytest.approx(1 / 30)  # reaches 0.5 on day 30
-    # holds, then fades faster: the default curve (days ** 1.5) finds day 30 too
-    curved = 0.2 + 0.3 * (days / 30) ** intervals.TIME_POWER
-    assert intervals.trajectory_estimates(code, days, curved, 1)[0][0] == pytest.approx(1 / 30)
-    few, _ = intervals.trajectory_estimates(np.zeros(2, dtype=int), np.array([1.0, 8]), np.array([0.2, 0.3]), 1)
-    assert math.isnan(few[0])
+def test_taper_finds_over_treated_patients_and_lengthening_needs_a_trend_test(clinic):
+    sim, cal, cm, sug = clinic
+    s = sug[sug["status"] == "suggested"].set_index("patient_id")
+    truth = sim.truth.patients.set_index("patient_id").reindex(s.index)
+    fixed = truth["policy"].str.startswith("every")
+    interval = truth["policy"].str.extract(r"every (\d+)")[0].astype(float)
+    q20 = truth["true_median_days"] * simulate.within_quantile(cal, 0.2)
+    over = fixed & (q20 >= 1.5 * interval)
+    flagged = s["taper"].isin(["stretch", "consider_pause"])
+    assert over.sum() >= 10
+    precision = (flagged & over).sum() / max(flagged.sum(), 1)
+    recall = (flagged & over).sum() / over.sum()
+    assert precision >= 0.6 and recall >= 0.3, (precision, recall)
+    assert (s.loc[flagged, "taper_interval_days"] > 0).all()
+    assert s.loc[flagged, "taper_reason"].str.contains("try").all()
+    # no patient's durability changes in this clinic: the trend test finds (almost) nobody
+    trend = intervals.lengthening_tests(cm.cycles)
+    assert trend["lengthening"].sum() <= 2
 
 
-FIT = intervals.FrailtyWeibull(shape=2.0, scale=40.0, frailty_a=1.0, n_patients=100, n_cycles=1000, n_events=300, converged=True)
-COMB = intervals.Combination(prior_speed=1 / 40, prior_var=(1 / 80) ** 2, event_factor=1.0, event_scale=1.0,
-                             trajectory_scale=1.0, from_both=100)
+def test_lengthening_is_flagged_only_for_a_clear_trend():
+    def cycles(pid, days):
+        return pd.DataFrame({"patient_id": pid, "cycle_no": range(1, len(days) + 1), "event": True,
+                             "left_days": np.array(days) - 7.0, "right_days": np.array(days, dtype=float)})
+    clear = cycles("up", [14, 18, 21, 25, 28, 32, 35, 40])
+    noisy = [cycles(f"n{i}", list(np.random.default_rng(i).permutation([14, 18, 21, 25, 28, 32]))) for i in range(30)]
+    t = intervals.lengthening_tests(pd.concat([clear, *noisy], ignore_index=True)).set_index("patient_id")
+    assert t.loc["up", "lengthening"]
+    assert t["lengthening"].sum() <= 2
 
 
-def _cycles(pid, rows):
-    return pd.DataFrame({"patient_id": pid, "cycle_no": range(1, len(rows) + 1), "left_days": [r[0] for r in rows],
-                         "right_days": [r[1] for r in rows], "started_on": pd.Timestamp("2026-01-01")})
+def _run(*args, env=None):
+    import os
 
-
-def test_shrinkage_little_data_gives_the_cohort_answer_much_data_a_personal_one():
-    cycles = pd.concat([_cycles("new", [(0.0, np.inf)]),
-                        _cycles("fast", [(7.0, 14.0)] * 12),
-                        _cycles("slow", [(60.0, np.inf)] * 12)])
-    tr = pd.DataFrame({"patient_id": ["fast", "slow"], "trajectory_speed": [1 / 12, 1 / 90],
-                       "trajectory_var": [(1 / 400) ** 2, (1 / 400) ** 2]})
-    post = intervals.patient_posteriors(FIT, cycles)
-    est = intervals.combine_estimates(post, FIT, tr, COMB).set_index("patient_id")
-    assert est.loc["new", "speed"] == pytest.approx(COMB.prior_speed)
-    assert est.loc["new", "weight_personal"] == pytest.approx(0.0)
-    assert est.loc["fast", "weight_personal"] > 0.9 and est.loc["slow", "weight_personal"] > 0.9
-    point, low, high = intervals.suggest_from_speed(est["speed"], est["speed_var"], FIT.shape, 0.8)
-    days = dict(zip(est.index, point))
-    assert days["fast"] < days["new"] < days["slow"]
-    assert (low <= point).all() and (point <= high).all()
-    # with no trajectory the cycles decide: many early losses mean a short interval
-    est2 = intervals.combine_estimates(post, FIT, None, COMB).set_index("patient_id")
-    p2, _, _ = intervals.suggest_from_speed(est2["speed"], est2["speed_var"], FIT.shape, 0.8)
-    d2 = dict(zip(est2.index, p2))
-    assert d2["fast"] < d2["new"] < d2["slow"]
-
-
-def test_taper_signals():
-    base = dict(event=False, censor_reason="next_infusion", interval_days=28.0, post_induction=False)
-    holder = pd.DataFrame([{**base, "patient_id": "h", "cycle_no": i, "left_days": 27.0, "right_days": np.inf,
-                            "pre_dose_remission": True} for i in range(1, 5)])
-    loser = pd.DataFrame([{**base, "patient_id": "l", "cycle_no": i, "left_days": 10.0 * i, "right_days": 10.0 * i + 7,
-                           "event": True, "censor_reason": "loss", "pre_dose_remission": False} for i in range(1, 4)])
-    flat = pd.DataFrame([{**base, "patient_id": "f", "cycle_no": i, "left_days": 14.0, "right_days": 21.0,
-                          "event": True, "censor_reason": "loss", "pre_dose_remission": False} for i in range(1, 4)])
-    cycles = pd.concat([holder, loser, flat], ignore_index=True)
-    sig = intervals.taper_signals(cycles, pd.Series({"h": 30.0, "l": 20.0, "f": 14.0})).set_index("patient_id")
-    assert sig.loc["h", "taper"] == "consider_pause"
-    assert sig.loc["l", "taper"] == "stretch" and "later" in sig.loc["l", "taper_reason"]
-    assert sig.loc["f", "taper"] == "none"
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "analytics", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "analytics", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **(env or {})})
 
 
 def test_intervals_and_durability_commands_keep_the_json_contract(demo_db):
-    r = _run("intervals", "--db", str(demo_db), "--json")
+    r = _run("intervals", "--db", str(demo_db), "--json", "--today", "2026-11-21")
     assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)["patients"]
+    out = json.loads(r.stdout)
+    rows = out["patients"]
     assert rows
     keys = {"patient_id", "suggested_interval_days", "interval_low_days", "interval_high_days", "basis",
-            "n_cycles", "last_infusion_on", "next_due_on", "taper"}
+            "n_cycles", "last_infusion_on", "next_due_on", "taper", "taper_reason", "n_losses", "median_days",
+            "weight_personal", "from_score_trend",
+            # issue 12
+            "observed_cycles", "observed_losses", "observed_median_loss_days", "estimate_source"}
     assert all(keys <= set(row) for row in rows)
+    assert {"patient_id", "status", "reason"} <= set(out["no_suggestion"][0])
     d = _run("durability", "--db", str(demo_db), "--by", "site", "--json")
     assert d.returncode == 0, d.stderr
-    out = json.loads(d.stdout)
+    dur = json.loads(d.stdout)
     for key in ("instrument", "n_patients", "n_cycles", "n_events", "n_censored", "median_days", "median_ci",
-                "quartiles_days", "survival", "post_induction", "groups", "logrank_p"):
-        assert key in out
-    assert set(out["groups"]) and out["n_events"] + out["n_censored"] == out["n_cycles"]
+                "quartiles_days", "survival", "post_induction", "groups", "logrank_p",
+                "definitions_median_days", "definitions_survival", "estimate_source", "survival_28d"):
+        assert key in dur
+    assert set(dur["groups"]) and dur["n_events"] + dur["n_censored"] == dur["n_cycles"]
+    assert dur["estimate_source"] == "measurement model"
+    assert dur["median_days"] != dur["definitions_median_days"]
 
 
 def test_commands_refuse_bad_arguments_with_exit_2(demo_db):
@@ -149,26 +234,4 @@ def test_commands_refuse_bad_arguments_with_exit_2(demo_db):
     assert bad.returncode == 2 and "shoe_size" in bad.stderr
     assert _run("intervals", "--db", str(demo_db), "--instrument", "HAM-D").returncode == 2
     assert _run("intervals", "--db", str(demo_db), "--target", "1.2").returncode == 2
-
-
-def test_shrinkage_toward_a_subgroup():
-    # 40 fast and 40 slow measured patients in two groups, plus one unmeasured newcomer in each
-    ids = [f"f{i}" for i in range(40)] + [f"s{i}" for i in range(40)]
-    tr = pd.DataFrame({"patient_id": ids, "trajectory_speed": [1 / 15] * 40 + [1 / 90] * 40,
-                       "trajectory_var": [(1 / 300) ** 2] * 80})
-    cycles = pd.concat([_cycles(p, [(10.0, np.inf)]) for p in ids] + [_cycles(p, [(0.0, np.inf)]) for p in ("new_fast", "new_slow")])
-    groups = pd.Series({**{p: "fast" for p in ids[:40]}, **{p: "slow" for p in ids[40:]},
-                        "new_fast": "fast", "new_slow": "slow"})
-    post = intervals.patient_posteriors(FIT, cycles)
-    cohort = intervals.combine_estimates(post, FIT, tr, COMB).set_index("patient_id")
-    sub = intervals.combine_estimates(post, FIT, tr, COMB, groups).set_index("patient_id")
-    assert cohort.loc["new_fast", "speed"] == pytest.approx(cohort.loc["new_slow", "speed"])
-    assert sub.loc["new_fast", "speed"] == pytest.approx(1 / 15) and sub.loc["new_slow", "speed"] == pytest.approx(1 / 90)
-
-
-def test_the_cycle_table_carries_the_score_trend_so_callers_get_it_by_default(clinic):
-    _, crs, cycles = clinic
-    assert {"trajectory_speed", "trajectory_var"} <= set(cycles.columns)
-    default, _ = intervals.suggest_intervals(cycles)
-    explicit, _ = intervals.suggest_intervals(cycles, trajectories=intervals.course_trajectories(crs))
-    pd.testing.assert_series_equal(default["suggested_interval_days"], explicit["suggested_interval_days"])
+    assert _run("intervals", "--db", str(demo_db), "--today", "21/11/2026").returncode == 2

@@ -33,6 +33,12 @@ def test_upload_with_a_bad_row_shows_the_reason_before_and_after(open_page, writ
     assert rejected["reason"].str.contains("0-3").any()
     history = after.import_history()
     assert history.iloc[0]["file_name"].endswith("scores.csv")
+    files = at.dataframe[-3].value if "new" in at.dataframe[-3].value.columns else next(
+        d.value for d in at.dataframe if "new" in d.value.columns)
+    assert list(files["file"]) == ["scores.csv"]  # the name as uploaded, not the temporary folder it waited in
+    assert list(files["refused"]) == [""]
+    every_cell = " ".join(str(v) for d in at.dataframe for v in d.value.astype(str).to_numpy().ravel())
+    assert "upload-" not in every_cell and "None" not in every_cell
 
 
 def test_a_refused_file_changes_nothing(open_page, writable_db, monkeypatch):
@@ -43,6 +49,7 @@ def test_a_refused_file_changes_nothing(open_page, writable_db, monkeypatch):
     at.button(key="do_import").click().run()
     assert not at.exception
     assert any("Nothing was imported" in e.value for e in at.error)
+    assert not any("upload-" in e.value for e in at.error)  # the file as uploaded, not its temporary path
     assert len(DataAccess(writable_db).assessments()) == before
 
 

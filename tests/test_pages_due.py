@@ -104,6 +104,33 @@ def test_cached_caseload_of_one_clinician_never_serves_another(open_page, monkey
         assert ids and ids <= set(patients.loc[patients["clinician"] == clinician, "patient_id"])
 
 
+def test_patients_no_longer_in_active_care_are_their_own_group_without_a_due_date():
+    patients, treatments, assessments, suggestions = _frames()
+    # a stale suggestion for the patient who stopped must not make them "overdue"
+    suggestions = pd.concat([suggestions, pd.DataFrame({"patient_id": ["gone"], "next_due_on": pd.to_datetime(["2025-02-01"]),
+                                                        "taper": ["none"]})], ignore_index=True)
+    hidden = due.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60, suggestions=suggestions)
+    assert "gone" not in set(hidden["patient_id"])
+    shown = due.due_list(patients, treatments, assessments, date(2026, 11, 21), no_score_days=60,
+                           suggestions=suggestions, include_inactive=True)
+    assert list(shown["patient_id"]) == ["item9", "overdue", "gone"]
+    gone = shown.iloc[-1]
+    assert gone["reasons"] == "no longer in active care" and pd.isna(gone["next_due_on"])
+
+
+def test_the_due_page_lists_inactive_patients_only_on_request(open_page):
+    at = open_page("due")
+    assert not at.exception
+    before = set(at.dataframe[0].value["why"])
+    assert "no longer in active care" not in before
+    at.toggle(key="due_inactive").set_value(True).run()
+    after = at.dataframe[0].value
+    assert (after["why"] == "no longer in active care").any()
+    # none of them has a due date, and none is called overdue
+    gone = after[after["why"] == "no longer in active care"]
+    assert gone["next_due_on"].isna().all()
+
+
 def test_due_rows_fold_the_self_report_reason_into_why_and_keep_plain_headers(open_page):
     at = open_page("due")
     table = at.dataframe[0].value

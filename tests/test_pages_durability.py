@@ -5,13 +5,25 @@ import pytest
 from analytics.screens import durability
 
 
-def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of):
+def test_durability_page_shows_medians_and_the_forest_plot(open_page, text_of, demo_db):
+    from analytics.access import DataAccess
+    from analytics.durability import turnbull
+    from analytics.screens.workspace import cohort_cycles
+
     at = open_page("durability")
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["group"]) == ["every cycle", "first cycle after induction"]
+    # the headline reads the scores through the measurement model; the definitions read literally
+    # stay beside it as a labelled sensitivity analysis (issue 12)
+    assert list(table["group"]) == ["every cycle", "first cycle after induction", durability.DEFINITIONS_LABEL]
     assert table["median, days (95% CI)"].str.match(r"^(\d+ \(\S+ to \S+\)|not reached)$").all()
     assert not any("_" in c for c in table.columns)
+    # the sensitivity row is the Turnbull median of every cycle, recomputed here from the rows
+    f = {k: getattr(DataAccess(demo_db), k)() for k in ("patients", "treatments", "assessments")}
+    cycles = cohort_cycles(f["patients"], f["treatments"], f["assessments"])
+    literal = turnbull(cycles["left_days"].to_numpy(float), cycles["right_days"].to_numpy(float)).median
+    shown = table.set_index("group").loc[durability.DEFINITIONS_LABEL, "median, days (95% CI)"]
+    assert shown.startswith(f"{literal:.0f} (")
     assert len(at.get("plotly_chart")) >= 3  # curves, forest, infusions per month (+ intervals)
     assert "Turnbull" in text_of(at)
 

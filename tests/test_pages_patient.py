@@ -8,12 +8,14 @@ from analytics.access import DataAccess
 from analytics.screens import patient, workspace
 
 
+DEMO_TODAY = date(2026, 11, 21)
+
+
 @pytest.fixture(scope="module")
 def clinic(demo_db):
     data = DataAccess(demo_db)
     frames = {"patients": data.patients(), "treatments": data.treatments(), "assessments": data.assessments()}
-    cycles = workspace.cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"])
-    suggestions = workspace.interval_suggestions(cycles, frames["treatments"])
+    suggestions = workspace.interval_suggestions(data, today=DEMO_TODAY)
     return frames, suggestions
 
 
@@ -24,7 +26,7 @@ def _latest_phq9(assessments, patient_id):
 
 def test_patient_page_shows_latest_score_and_next_due_date(open_page, text_of, clinic):
     frames, suggestions = clinic
-    row = suggestions.dropna(subset=["next_due_on"]).iloc[0]
+    row = suggestions[suggestions["status"] == "suggested"].dropna(subset=["next_due_on"]).iloc[0]
     patient_id = row["patient_id"]
     latest = _latest_phq9(frames["assessments"], patient_id)
 
@@ -38,6 +40,59 @@ def test_patient_page_shows_latest_score_and_next_due_date(open_page, text_of, c
     assert f"{pd.Timestamp(row['next_due_on']):%a %d %b %Y}" in text
     assert f"{row['interval_low_days']:.0f} to {row['interval_high_days']:.0f} days" in text
     assert at.selectbox[0].value == patient_id
+    # the evidence beside the suggestion agrees with the cycle table below it
+    k, m = int(row["observed_cycles"]), int(row["observed_losses"])
+    assert f"Observed: {k} response cycle{'s' if k != 1 else ''}, {m} ended in loss of response" in text
+    shown = at.dataframe[0].value
+    assert len(shown) == k and (shown["ended"] == "loss of response").sum() == m
+    assert "Driven by" in text
+
+
+def _suggestion_text(at) -> str:
+    return next(i.value for i in at.info if "Suggested next infusion" in i.value or "No suggested date" in i.value)
+
+
+def test_one_patient_gets_one_suggestion_whoever_looks(open_page, monkeypatch, clinic, demo_db):
+    """A clinician (their caseload), a director with a grant, and `intervals --json` see the same
+    suggestion and range for a patient: the model is the whole clinic's, not the viewer's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from analytics import access
+    from tests.conftest import ROOT
+
+    frames, suggestions = clinic
+    ok = suggestions[suggestions["status"] == "suggested"].merge(frames["patients"][["patient_id", "clinician"]])
+    # a patient of the smallest caseload: the old per-scope fit differed most there
+    smallest = ok["clinician"].value_counts().index[-1]
+    row = ok[ok["clinician"] == smallest].iloc[0]
+    pid = row["patient_id"]
+    monkeypatch.setenv("OUTCOMES_ROLE", "clinician")
+    monkeypatch.setenv("OUTCOMES_CLINICIAN", smallest)
+    as_clinician = _suggestion_text(open_page("patient", patient=pid))
+    import pages._signin as signin
+
+    director = access.Scope(user="director", role="director", patient_level=False, identifiable=False,
+                            granted=frozenset({pid}))
+    monkeypatch.setattr(signin, "signed_in_scope", lambda: director)
+    as_director = _suggestion_text(open_page("patient", patient=pid))
+    assert as_clinician == as_director
+    cli = subprocess.run([sys.executable, "-m", "analytics", "intervals", "--db", str(demo_db), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OUTCOMES_TODAY": DEMO_TODAY.isoformat()})
+    mine = next(r for r in json.loads(cli.stdout)["patients"] if r["patient_id"] == pid)
+    assert f"{mine['suggested_interval_days']} days after the last one" in as_clinician
+    assert f"a reasonable range is {mine['interval_low_days']} to {mine['interval_high_days']} days" in as_clinician
+    assert f"{pd.Timestamp(mine['next_due_on']):%a %d %b %Y}" in as_clinician
+
+
+def test_a_patient_no_longer_in_active_care_has_no_due_date(clinic):
+    _, suggestions = clinic
+    gone = suggestions[suggestions["status"] == "not_in_active_care"].iloc[0].to_dict()
+    text = patient.describe_suggestion(gone, DEMO_TODAY)
+    assert text.startswith("No suggested date: no longer in active care") and "overdue" not in text
 
 
 def test_item9_banner_only_when_latest_item9_is_positive(open_page, clinic):
@@ -121,6 +176,17 @@ def test_describe_suggestion_reads_like_a_clinician():
                                          "basis": "cohort", "n_cycles": 1}, date(2026, 11, 21))
     assert "3 days overdue" in overdue
     assert "No suggested date yet" in patient.describe_suggestion(None, date(2026, 11, 21))
+    # the evidence and what drove the number, in plain words
+    capped = patient.describe_suggestion(
+        {"status": "suggested", "next_due_on": pd.Timestamp("2026-11-25"), "suggested_interval_days": 21.0,
+         "interval_low_days": 14.0, "interval_high_days": 30.0, "basis": "personal", "n_cycles": 9, "target": 0.8,
+         "observed_cycles": 9, "observed_losses": 9, "observed_median_loss_days": 35.0,
+         "observed_shortest_loss_days": 14.0, "estimate_source": "own losses",
+         "estimate_note": "The score trend alone points to 54 days, but 4 of this patient's 9 cycles ...",
+         "latest_responding": False, "taper": "none"}, date(2026, 11, 21))
+    assert "Observed: 9 response cycles, 9 ended in loss of response" in capped
+    assert "earliest after 14" in capped and "Driven by this patient's own losses" in capped
+    assert "no longer meets response" in capped
 
 
 def test_score_cards_say_no_change_rather_than_plus_zero_and_colour_by_direction():

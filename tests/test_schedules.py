@@ -6,14 +6,6 @@ import pytest
 from analytics import schedules, simulate
 
 
-def test_history_cycles_turn_the_simulator_history_into_interval_censored_cycles():
-    h = pd.DataFrame({"patient_id": ["a", "a"], "start_day": [100, 121], "end_day": [121, 150],
-                      "first_out_day": [np.nan, 140.0]})
-    c = schedules.history_cycles(h)
-    assert c["right_days"].tolist() == [np.inf, 19.0]
-    assert c["left_days"].tolist() == [21 - schedules.HALF_GAP_DAYS, 19 - 2 * schedules.HALF_GAP_DAYS]
-
-
 @pytest.fixture(scope="module")
 def prior():
     return schedules.cohort_prior(1500, seed=101)

@@ -85,6 +85,92 @@ def test_verify_on_the_command_line_exits_2_after_truncation(writable_db):
     assert json.loads(cut.stdout)["ok"] is False
 
 
+def _copy_database(src: Path, dest: Path) -> None:
+    import shutil
+
+    shutil.copy(src, dest)
+    if Path(f"{src}.wal").exists():
+        shutil.copy(f"{src}.wal", f"{dest}.wal")
+    elif Path(f"{dest}.wal").exists():
+        Path(f"{dest}.wal").unlink()
+
+
+def test_a_restore_from_a_backup_is_accepted_only_through_a_signed_restore_mark(writable_db, tmp_path):
+    db = Path(writable_db)
+    base = _fill(db, 2)
+    backup = tmp_path / "backup.duckdb"
+    _copy_database(db, backup)  # taken at entry base + 2
+    _fill(db, 3)
+    _copy_database(backup, db)  # the operator restores the file in place: entries base+3..base+5 are gone
+    cut = audit.verify(db)
+    assert not cut.ok and "removed" in cut.reason  # a restore looks like a truncation until it is marked
+    # a forged mark (no key) is refused
+    with keys.anchor_path(db).open("a") as f:
+        f.write(f"restore\t{base + 2}\t{cut.head_hash}\t{keys.current('audit')[0]}\t{'0' * 64}\n")
+    forged = audit.verify(db)
+    assert not forged.ok and "not signed" in forged.reason
+    lines = keys.anchor_path(db).read_text().splitlines()
+    keys.anchor_path(db).write_text("\n".join(lines[:-1]) + "\n")  # (the test's own clean-up of its forgery)
+
+    marked = subprocess.run([sys.executable, "-m", "analytics", "audit", "--mark-restored", "--db", str(db)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    result = audit.verify(db)
+    assert result.ok, result.reason
+    assert f"set back to entry {base + 2}" in result.note and f"entries {base + 3}-{base + 5}" in result.note
+    restore = audit.entries(db, action="restore")
+    assert len(restore) == 1 and restore.iloc[0]["detail"]["set_back_to_entry"] == base + 2
+    # the trail goes on from the restored entry; cutting it off again is caught as before
+    _fill(db, 2)
+    assert audit.verify(db).ok
+    with store.transaction(db) as con:
+        con.execute("DELETE FROM audit_log WHERE seq > ?", [base + 3])
+    assert not audit.verify(db).ok
+
+
+def test_a_trail_that_does_not_verify_on_its_own_cannot_be_marked_restored(writable_db):
+    base = _fill(writable_db, 3)
+    with store.transaction(writable_db) as con:
+        con.execute("DELETE FROM audit_log WHERE seq = ?", [base + 2])
+    with pytest.raises(ValueError, match="does not verify"):
+        audit.mark_restored(writable_db)
+    assert not audit.verify(writable_db).ok
+
+def _journal(db, actor: str, **fields) -> dict:
+    entry = {"logged_at": "2026-01-01T08:00:00.000001", "actor": actor, "role": "clinician", "action": "view_patient",
+             "outcome": "ok", "page": "patient", "patients": '["P1"]', "detail": "{}", **fields}
+    return entry
+
+
+def test_entries_applied_from_the_journal_are_keyed_anchored_and_cannot_be_cut_off(writable_db):
+    base = _fill(writable_db, 1)
+    for i in range(3):  # what a page run writes while another process holds the database (analytics/store.py)
+        store.journal(writable_db, audit.JOURNAL_KIND, audit.journal_payload(_journal(writable_db, f"queued{i}")))
+    assert store.flush_journal(writable_db, wait=5)
+    with store.connect(writable_db) as con:
+        rows = con.execute("SELECT seq, actor, key_id FROM audit_log WHERE seq > ? ORDER BY seq", [base]).fetchall()
+    assert [r[1] for r in rows[-3:]] == ["queued0", "queued1", "queued2"] and all(r[2] for r in rows)
+    assert max(s for s, _ in keys.anchor_read(writable_db)) == rows[-1][0]  # anchored once the flush committed
+    assert audit.verify(writable_db).ok
+    with store.transaction(writable_db) as con:
+        con.execute("DELETE FROM audit_log WHERE seq = ?", [rows[-1][0]])
+    assert not audit.verify(writable_db).ok
+
+
+def test_an_entry_slipped_into_the_journal_without_the_key_is_recorded_as_refused(writable_db):
+    """The journal sits beside the database: someone who can write there but cannot read the key must
+    not get an entry of their own chained and signed."""
+    forged = {**_journal(writable_db, "dr_nobody"), "key_id": keys.current("audit")[0], "mac": "0" * 64}
+    store.journal(writable_db, audit.JOURNAL_KIND, forged)
+    store.journal(writable_db, audit.JOURNAL_KIND, _journal(writable_db, "dr_unsigned"))
+    assert store.flush_journal(writable_db, wait=5)
+    trail = audit.entries(writable_db)
+    assert "dr_nobody" not in set(trail["actor"]) and "dr_unsigned" not in set(trail["actor"])
+    refused = trail[trail["action"] == "journal_refused"]
+    assert len(refused) == 2 and set(refused["outcome"]) == {"denied"}
+    assert [r["claimed"]["actor"] for r in refused["detail"]] == ["dr_nobody", "dr_unsigned"]
+    assert audit.verify(writable_db).ok
+
 def test_the_key_lives_outside_the_database_readable_only_by_its_owner(tmp_path, monkeypatch):
     folder = tmp_path / "keys"
     monkeypatch.setenv("OUTCOMES_KEY_DIR", str(folder))

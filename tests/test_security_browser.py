@@ -164,6 +164,11 @@ def test_a_session_survives_reload_and_new_tabs_until_sign_out(browser, server, 
     _heading(tab, "Patient trajectory")
     tab.get_by_text(f"Patient {opened}: scores and infusions").wait_for(timeout=120_000)
     _shot(tab, "session-new-tab")
+    bookmark = context.new_page()  # the landing page by its own address (a bookmark): no "Page not found"
+    bookmark.goto(f"{server}/due")
+    _heading(bookmark, "Due list")
+    assert bookmark.get_by_text("Page not found").count() == 0
+    bookmark.close()
     assert not blocked, blocked  # the Content-Security-Policy let the whole app work
     assert not refused, refused  # and the security middleware refused none of its own files (fonts, scripts)
 
@@ -260,8 +265,11 @@ def test_tables_offer_no_builtin_download_and_files_need_a_session(browser, serv
     mine = sorted(patient.loc[patient["clinician"] == clinician, "patient_id"])[0]
     page.goto(f"{server}/patient?patient={urllib.parse.quote(mine)}")
     _heading(page, "Patient trajectory")
+    button = page.get_by_role("button", name="Download this patient's data (CSV)")
+    button.wait_for(timeout=120_000)  # below the charts: drawn last on a busy machine
+    _shot(page, "patient-downloads")
     with page.expect_download(timeout=120_000) as download:
-        page.get_by_role("button", name="Download this patient's data (CSV)").click()
+        button.click()
     file_url = download.value.url
     assert "/media/" in file_url
     assert context.request.get(file_url).status == 200

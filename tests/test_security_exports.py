@@ -204,6 +204,24 @@ def test_the_rejected_rows_view_is_recorded(open_page, monkeypatch, clinic):
     assert len(views) == 1 and views.iloc[0]["detail"]["raw_values"] is False and views.iloc[0]["actor"] == "admin"
 
 
+
+def test_the_audit_trail_an_admin_reads_holds_no_scores_answers_or_notes(clinic):
+    """Admins read the audit trail (it names patients: an access record); it must not carry clinical values."""
+    me = Scope(user="dr_a", role="clinician", clinician="dr_a")
+    when = datetime(2024, 3, 1, 9, 0)
+    assert visits.record_infusion(clinic, me, "P1", administered_at=when, route="iv", dose_mg_per_kg=0.55,
+                                  phase="maintenance", notes="cannula left arm, nausea").ok
+    assert visits.record_assessment(clinic, me, "P1", "MADRS", administered_at=when,
+                                    items={n: 4 for n in range(1, 11)}).ok
+    link = selfreport.create_link(clinic, me, "P1", "PHQ-9")
+    token = link.url.split("token=", 1)[1]
+    assert selfreport.submit(clinic, token, {"PHQ-9": {**{n: 1 for n in range(1, 9)}, 9: 3}}).safety_flag
+    trail = audit.entries(clinic)
+    flag = trail[trail["action"] == "safety_flag_raise"]
+    assert len(flag) == 1 and 3 not in flag.iloc[0]["detail"].values()  # the answer to item 9 is not in it
+    shown = json.dumps(trail[["detail"]].to_dict("records"), default=str)
+    assert "0.55" not in shown and "cannula" not in shown and "40" not in shown  # dose, notes, MADRS total
+
 # -- point 12: anonymous audit writes ---------------------------------------------------------------
 
 def test_anonymous_link_openings_cannot_flood_the_audit_trail(clinic, monkeypatch):

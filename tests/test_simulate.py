@@ -77,9 +77,13 @@ def test_treatments_are_valid(clinic):
     assert set(t["phase"]) <= set(vocabulary.PHASES) | {""}
     dose = t["dose_mg_per_kg"].astype(float)
     assert ((dose > 0) & (dose <= 5)).all()
-    on = pd.to_datetime(t["administered_on"], format="%Y-%m-%d")
+    on = pd.to_datetime(t["administered_on"].str.slice(0, 10), format="%Y-%m-%d")
     assert on.dt.date.max() <= clinic.end
-    assert not t.duplicated(["patient_id", "administered_on"]).any()
+    assert not t.assign(on=on).duplicated(["patient_id", "on"]).any()
+    # one site records the time of each infusion, the others only the date
+    timed = t["administered_on"].str.len() > 10
+    assert 0.1 < timed.mean() < 0.6
+    assert pd.to_datetime(t.loc[timed, "administered_on"], format="ISO8601").dt.hour.between(9, 16).all()
 
 
 def test_every_assessment_scores_cleanly_within_its_scale(clinic):
@@ -198,7 +202,7 @@ def test_truth_fields_are_consistent(clinic):
     assert share.dropna().between(0, 1).all()
     # Infusions in the truth are the infusions in the table.
     assert len(c) == len(clinic.tables["treatments"])
-    assert (c["infusion_on"].dt.strftime("%Y-%m-%d").to_numpy() == clinic.tables["treatments"]["administered_on"].to_numpy()).all()
+    assert (c["infusion_on"].dt.strftime("%Y-%m-%d").to_numpy() == clinic.tables["treatments"]["administered_on"].str.slice(0, 10).to_numpy()).all()
 
 
 def test_noise_free_loss_brackets_the_true_crossing(clinic):
@@ -214,7 +218,7 @@ def test_noise_free_loss_brackets_the_true_crossing(clinic):
 def test_rescues_follow_a_measured_loss_of_response(clinic):
     t, a = clinic.tables["treatments"], clinic.tables["assessments"]
     p = clinic.truth.patients.set_index("patient_id")
-    rescues = t[t["phase"] == "rescue"].assign(on=lambda f: pd.to_datetime(f["administered_on"]))
+    rescues = t[t["phase"] == "rescue"].assign(on=lambda f: pd.to_datetime(f["administered_on"].str.slice(0, 10)))
     assert len(rescues) > 10
     phq = a[a["instrument"] == "PHQ-9"].assign(
         seen=lambda f: pd.to_datetime(f["administered_on"].str.slice(0, 10)),
@@ -299,7 +303,7 @@ def test_bad_arguments_are_refused():
 def test_end_date_moves_the_calendar():
     c = simulate.simulate_clinic(50, 1, end=date(2025, 6, 30))
     assert c.end == date(2025, 6, 30)
-    assert max(c.tables["treatments"]["administered_on"]) <= "2025-06-30"
+    assert max(c.tables["treatments"]["administered_on"].str.slice(0, 10)) <= "2025-06-30"
 
 
 # --- the import path -------------------------------------------------------------------

@@ -192,9 +192,9 @@ def test_journaled_entries_survive_the_crash_of_both_the_writer_and_the_process_
 def test_a_flush_that_died_after_its_commit_is_not_applied_twice(tmp_path, monkeypatch):
     db = _with_patients(tmp_path)
     for i in range(2):
-        store.journal(db, "audit", {"logged_at": f"2026-01-0{i + 1}T08:00:00.000001", "actor": f"queued{i}",
-                                    "role": None, "action": "export", "outcome": "ok", "page": None,
-                                    "patients": "[]", "detail": "{}"})
+        store.journal(db, "audit", audit.journal_payload({
+            "logged_at": f"2026-01-0{i + 1}T08:00:00.000001", "actor": f"queued{i}", "role": None, "action": "export",
+            "outcome": "ok", "page": None, "patients": "[]", "detail": "{}"}))
 
     def die(path):
         raise KeyboardInterrupt("the process died after the commit, before removing the journal")
@@ -210,8 +210,9 @@ def test_a_flush_that_died_after_its_commit_is_not_applied_twice(tmp_path, monke
 
 def test_a_torn_last_line_of_the_journal_is_left_out(tmp_path):
     db = _with_patients(tmp_path)
-    store.journal(db, "audit", {"logged_at": "2026-01-01T08:00:00.000001", "actor": "whole", "role": None,
-                                "action": "export", "outcome": "ok", "page": None, "patients": "[]", "detail": "{}"})
+    store.journal(db, "audit", audit.journal_payload({"logged_at": "2026-01-01T08:00:00.000001", "actor": "whole",
+                                                      "role": None, "action": "export", "outcome": "ok", "page": None,
+                                                      "patients": "[]", "detail": "{}"}))
     with open(sidecars.journal_path(db), "ab") as f:
         f.write(b'{"id": "x", "kind": "audit", "payl')  # an append cut short: never acknowledged to anyone
     assert [e["payload"]["actor"] for e in store.journal_pending(db)] == ["whole"]

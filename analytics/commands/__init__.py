@@ -2,19 +2,20 @@
 
 A command module has `add_arguments(parser)` and `run(args) -> exit code`: it parses, calls
 the domain and prints. Domain modules never import from here. What every command shares is
-below: the exit codes, standard JSON on stdout, and how an unexpected failure is told
-(`report_unexpected`: exit 3, one line and a log file).
+below: the exit codes, standard JSON on stdout, the wrapper every command runs in
+(`run_command`), and how an unexpected failure is told (`report_unexpected`: exit 3, one line and
+a log file).
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_PARTIAL, EXIT_FAILED, EXIT_UNEXPECTED = 0, 1, 2, 3
-LOG_DIR_ENV = "OUTCOMES_LOG_DIR"  # where report_unexpected writes (default: <system temp>/outcomes-logs)
+from .. import failures
+from ..failures import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_UNEXPECTED  # noqa: F401 - the commands' exit codes
+from ..failures import LOG_DIR_ENV  # noqa: F401 - where report_unexpected writes (default: <system temp>/outcomes-logs)
 
 
 def print_json(obj) -> None:
@@ -53,55 +54,35 @@ def report_unexpected(command: str, exc: BaseException, database: str) -> tuple[
 
     `database` says what happened to the database, as the command knows it ("nothing was
     changed"). The log holds the traceback (files, lines, functions) with every quoted value of
-    the error message masked, since messages can quote data. The caller exits EXIT_UNEXPECTED.
-    Returns (the line printed, the log file or None when none could be written).
+    the error message masked, since messages can quote data (analytics/failures.py). The caller
+    exits EXIT_UNEXPECTED. Returns (the line printed, the log file or None when none could be written).
     """
-    log = _write_failure_log(command, exc, database)
+    log = failures.write_log(command, exc, database)
     where = f"details for a bug report: {log}" if log else "no log file could be written"
     message = f"{command} failed unexpectedly ({type(exc).__name__}); {database}. {where}"
     print(message, file=sys.stderr)
     return message, log
 
 
-def _masked(text: str) -> str:
-    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
+def run_command(name: str, run, args) -> int:
+    """Every command runs through here: its own exit code, or what `failures.explain` makes of what it raised.
 
-
-def _write_failure_log(command: str, exc: BaseException, database: str) -> Path | None:
-    import os
-    import platform
-    import tempfile
-    import time
-    import traceback
-
-    folder = Path(os.environ.get(LOG_DIR_ENV) or Path(tempfile.gettempdir()) / "outcomes-logs")
+    0 done, 1 done in part (the command's own meaning: for import, some rows rejected), 2 nothing
+    done or refused with the reason (busy, newer schema, read-only, no database, a full disk, a
+    damaged database), 3 failed unexpectedly (one line and a log file). Never a traceback.
+    """
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = folder / f"{command}-{stamp}-{os.getpid()}.log"
-        lines = [f"command: {command}", f"when: {stamp}", f"database: {database}",
-                 f"python {platform.python_version()} on {platform.platform()}"]
-        try:
-            import duckdb
-            lines.append(f"duckdb {duckdb.__version__}")
-        except Exception:  # noqa: BLE001 - the log is written whatever is importable
-            pass
-        chain: list[BaseException] = []
-        current: BaseException | None = exc
-        while current is not None and current not in chain and len(chain) < 5:
-            chain.append(current)
-            current = current.__cause__ or current.__context__
-        for error in reversed(chain):
-            lines.append("")
-            lines.append(f"{type(error).__module__}.{type(error).__qualname__}: {_masked(str(error))[:2000]}")
-            frames = traceback.extract_tb(error.__traceback__)
-            if len(frames) > 60:  # a RecursionError repeats one frame a thousand times
-                frames = frames[:30] + frames[-30:]
-            for frame in frames:
-                lines.append(f"  {frame.filename}:{frame.lineno} in {frame.name}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        return path
-    except OSError:
-        return None
+        return int(run(args) or 0)
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place any command's failure becomes a message
+        if failures.kind_of(exc) == "unexpected":
+            message, log = report_unexpected(name, exc, "nothing was changed")
+            failure = failures.Failure("unexpected", EXIT_UNEXPECTED, message, log)
+        else:
+            failure = failures.explain(exc, getattr(args, "db", None), context=name)
+            message = f"{name}: {failure.message}"
+            print(message, file=sys.stderr)
+        if getattr(args, "json", False):
+            print_json({**failure.as_dict(), "error": message})
+        return failure.exit_code

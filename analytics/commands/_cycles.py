@@ -1,4 +1,4 @@
-"""What the durability and intervals commands share: the --instrument and the cohort's cycles."""
+"""What the durability and intervals commands share: the --instrument, the cohort's cycles and --today."""
 from __future__ import annotations
 
 import sys
@@ -16,9 +16,24 @@ def instrument_code(name: str) -> str | None:
 
 
 def read_cycles(db, code: str):
-    """report.load(db, code): (tables, course, cycles), or None after saying on stderr that there is no database."""
+    """report.load(db, code): the whole clinic's cycles and model (intervals.ClinicModel), or None
+    after saying on stderr that there is no database."""
     try:
         return report.load(db, code)
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
+        return None
+
+
+def today_of(args):
+    """--today, else OUTCOMES_TODAY (as the dashboard), else today; None after saying on stderr
+    that --today is not a date."""
+    import os
+    from datetime import date
+
+    text = getattr(args, "today", None) or os.environ.get("OUTCOMES_TODAY")
+    try:
+        return date.fromisoformat(text) if text else date.today()
+    except ValueError:
+        print(f"--today must be a date YYYY-MM-DD, got {text!r}", file=sys.stderr)
         return None

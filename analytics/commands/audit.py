@@ -15,12 +15,25 @@ def add_arguments(p) -> None:
     p.add_argument("--action", default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--verify", action="store_true", help="recompute the hash chain (exit 2 if tampered)")
+    p.add_argument("--mark-restored", action="store_true",
+                   help="after restoring the database file from a backup: record, signed with the audit key, that "
+                        "its trail now ends where the backup's did (exit 2 if the restored trail does not verify)")
 
 
 def run(args) -> int:
-    """`python -m analytics audit [--db PATH] [--since DATE] [--until DATE] [--json] [--verify]`."""
+    """`python -m analytics audit [--db PATH] [--since DATE] [--until DATE] [--json] [--verify | --mark-restored]`."""
     db = store.db_path(args.db)
     try:
+        if getattr(args, "mark_restored", False):
+            result = audit.mark_restored(db, detail={"via": "audit --mark-restored"})
+            if args.json:
+                print_json(result.as_dict())
+            else:
+                print(f"audit: restore recorded; {result.checked} entries verified" if result.ok
+                      else f"audit: TAMPERED: {result.reason}")
+                if result.note:
+                    print(f"audit: note: {result.note}")
+            return EXIT_OK if result.ok else EXIT_FAILED
         if getattr(args, "verify", False):
             result = audit.verify(db)
             if args.json:
@@ -33,7 +46,7 @@ def run(args) -> int:
             return EXIT_OK if result.ok else EXIT_FAILED
         frame = audit.entries(db, since=args.since, until=getattr(args, "until", None),
                               actor=getattr(args, "actor", None), action=getattr(args, "action", None))
-    except (ValueError, FileNotFoundError, store.StoreBusy) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)
         print(f"audit: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:

@@ -24,12 +24,14 @@ def run(args) -> int:
     loaded = read_cycles(args.db, code)
     if loaded is None:
         return EXIT_FAILED
-    cycles = loaded[2]
+    cycles = loaded.cycles
     if args.by is not None and args.by not in cycles.columns:
         fields = [c for c in cycles.columns if c not in course.CYCLE_COLUMNS and c not in ("started_at", "instrument")]
         print(f"--by: no field {args.by!r}; choose one of: {', '.join(fields)}", file=sys.stderr)
         return EXIT_FAILED
-    result = report.durability_report(cycles, code, args.by)
+    result = report.durability_report(cycles, code, args.by, model=loaded.model)
+    if loaded.model is None and loaded.note:
+        result["measurement_note"] = f"no measurement model ({loaded.note}): the figures are the definitions read literally"
     if args.json:
         print_json(result)
     else:
@@ -48,6 +50,9 @@ def _print_durability(r: dict) -> None:
         lo, hi = r["median_ci"]
         print(f"Median time in response after an infusion: {_days(r['median_days'])} "
               f"(95% CI {_days(lo)} to {_days(hi)}); quartiles {_days(r['quartiles_days'][0])} and {_days(r['quartiles_days'][1])}.")
+        if r.get("estimate_source") == "measurement model":
+            print(f"  (scores read as noisy measurements; the definitions read literally give "
+                  f"{_days(r.get('definitions_median_days'))}: a sensitivity analysis, see docs/durability.md)")
     post = r.get("post_induction") or {}
     if post.get("n_cycles"):
         print(f"After the last induction infusion: median {_days(post['median_days'])} ({post['n_cycles']} responders).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import failures
 from ..ingest import ImportReport, import_files
 from ..progress import clear, terminal_progress
 from . import EXIT_UNEXPECTED, print_json, report_unexpected
@@ -39,6 +40,13 @@ def run(args) -> int:
         clear(progress)
         # The import's transaction is the only thing it commits, and the report says whether it did.
         committed = report is not None and report.committed
+        if failures.kind_of(exc) not in ("unexpected", "committed") and not committed:  # busy, newer schema, damaged...
+            failure = failures.explain(exc, getattr(args, "db", None), context="import")
+            print(f"import: {failure.message}", file=sys.stderr)
+            if as_json:
+                print_json({"exit_code": failure.exit_code, "error": failure.message, "files": [], "committed": False,
+                            "warnings": [], "log": str(failure.log) if failure.log else None})
+            return failure.exit_code
         state = "the import was committed (its rows are stored)" if committed else "nothing was changed"
         message, log = report_unexpected("import", exc, state)
         if as_json:

@@ -8,12 +8,14 @@ import sys
 
 from .. import report, scales
 from . import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_json
-from ._cycles import instrument_code, read_cycles
+from ._cycles import instrument_code, today_of
 
 
 def add_arguments(p) -> None:
     p.add_argument("--instrument", default=scales.PRIMARY)
     p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--today", metavar="YYYY-MM-DD", default=None,
+                   help="who is in active care and what is due, as of this day (default: OUTCOMES_TODAY, else today)")
     p.add_argument("--json", action="store_true")
 
 
@@ -24,10 +26,14 @@ def run(args) -> int:
     if not 0 < args.target < 1:
         print(f"--target must be a probability between 0 and 1 (e.g. 0.8), got {args.target}", file=sys.stderr)
         return EXIT_FAILED
-    loaded = read_cycles(args.db, code)
-    if loaded is None:
+    today = today_of(args)
+    if today is None:
         return EXIT_FAILED
-    result = report.intervals_report(*loaded, code, args.target)
+    try:
+        result = report.intervals_report(report.suggestions(args.db, code, args.target, today))
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print_json(result)
     else:

@@ -63,8 +63,12 @@ def _read_password(args, prompt: str = "Password: ") -> str:
     if getattr(args, "password_stdin", False):
         line = sys.stdin.readline()
         return line[:-1] if line.endswith("\n") else line
-    first = getpass.getpass(prompt)
-    if first != getpass.getpass("Again: "):
+    try:
+        first = getpass.getpass(prompt)
+        again = getpass.getpass("Again: ")
+    except EOFError:  # no terminal and nothing on stdin (a script): say how to give one
+        raise auth.UserError("no password was given: type it at the prompt, or pipe it with --password-stdin") from None
+    if first != again:
         raise auth.UserError("the two passwords differ")
     return first
 
@@ -133,7 +137,7 @@ def run(args) -> int:
         elif args.action == "revoke":
             auth.revoke_patient(db, args.user, args.patient, actor=actor)
             print("users: grant withdrawn")
-    except (auth.AuthError, FileNotFoundError, store.StoreBusy) as exc:
+    except (auth.AuthError, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)
         print(f"users {args.action}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

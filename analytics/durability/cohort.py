@@ -125,12 +125,85 @@ def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str) -> dict:
     return out
 
 
+SURVIVAL_DAYS = np.r_[np.arange(0, 91), np.arange(98, 366, 7)].astype(float)  # the model curve's points
+DEFINITIONS_KEYS = ("median_days", "median_ci", "quartiles_days", "quartiles_ci", "survival", "note")
+
+
+def _model_summary(model, patients: np.ndarray, ci: bool) -> dict:
+    """The measurement model's figures for these patients (the whole fitted clinic: its marginal
+    curve with confidence intervals; a subset, e.g. one subgroup or caseload: the mean of the
+    patients' own predictive curves, without intervals)."""
+    fitted = pd.Index(model.patient_ids_)
+    mine = pd.Index(pd.unique(np.asarray(patients, dtype=object).astype(str)))
+    whole = len(mine.intersection(fitted)) >= 0.99 * len(fitted)
+    days = SURVIVAL_DAYS
+    if whole:
+        s = model.survival(days)
+        lo, hi = model.survival_ci(days) if ci else (None, None)
+        med = model.quantile(0.5)
+        q = [model.quantile(0.25), model.quantile(0.75)]
+        med_ci = list(model.quantile_ci(0.5)) if ci else [None, None]
+        q_ci = [list(model.quantile_ci(0.25)), list(model.quantile_ci(0.75))] if ci else [[None, None], [None, None]]
+    else:
+        fine = np.exp(np.linspace(0, np.log(2000.0), 600))
+        curve = model.survival_of(mine, fine)
+        s = model.survival_of(mine, days)
+        lo = hi = None
+
+        def crossing(level):
+            below = np.flatnonzero(curve <= level)
+            return None if not len(below) else float(np.interp(level, curve[::-1], fine[::-1]))
+
+        med, q = crossing(0.5), [crossing(0.75), crossing(0.25)]
+        med_ci, q_ci = [None, None], [[None, None], [None, None]]
+    survival = [{"day": float(d), "s": round(float(v), 4),
+                 "lo": None if lo is None else round(float(lo[k]), 4),
+                 "hi": None if hi is None else round(float(hi[k]), 4)} for k, (d, v) in enumerate(zip(days, s))]
+    return {"median_days": _r(med), "median_ci": [_r(v) for v in med_ci],
+            "quartiles_days": [_r(v) for v in q], "quartiles_ci": [[_r(v) for v in pair] for pair in q_ci],
+            "survival": survival,
+            "survival_28d": round(float(np.interp(28.0, days, s)), 4),
+            "survival_56d": round(float(np.interp(56.0, days, s)), 4)}
+
+
+def _with_model(summary: dict, model, patients: np.ndarray, ci: bool) -> dict:
+    """`summary` (the definitions read literally) with the model's figures in its place and the
+    literal ones kept under definitions_*."""
+    out = dict(summary)
+    for k in DEFINITIONS_KEYS:
+        if k in summary:
+            out[f"definitions_{k}"] = summary[k]
+    out.pop("note", None)
+    surv = summary.get("survival") or []
+    out["definitions_survival_28d"] = _survival_at(surv, 28.0)
+    out["definitions_survival_56d"] = _survival_at(surv, 56.0)
+    if len(patients):
+        out.update(_model_summary(model, patients, ci))
+    out["estimate_source"] = "measurement model"
+    return out
+
+
+def _survival_at(points: list[dict], day: float):
+    if not points:
+        return None
+    x = np.array([p["day"] for p in points], dtype=float)
+    y = np.array([p["s"] for p in points], dtype=float)
+    return round(float(np.interp(day, x, y)), 4)
+
+
 def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None = None,
-                      n_boot: int = 200, seed: int = 0) -> dict:
+                      n_boot: int = 200, seed: int = 0, model=None) -> dict:
     """Durability of response over all cycles, after induction, and by `by`.
 
     Medians/quartiles are in days from the infusion that started the cycle; None
     when not reached (see "note"). CIs: 95% cluster bootstrap over patients.
+
+    model: a fitted durability.measured.MeasuredDurability of the whole clinic. With it,
+    median_days, quartiles, survival (and each group's) are the model's, which reads the scores
+    as noisy measurements (the best estimate); the definitions read literally stay as a
+    sensitivity analysis under definitions_* (docs/durability.md: how far apart they are, and
+    which way). The counts are always the cycles a clinician sees. post_induction and the
+    subgroup test stay on the definitions.
     """
     if by is not None and by not in cycles.columns:
         raise ValueError(f"cohort_durability: no column {by!r} to group by")
@@ -179,6 +252,28 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
     result["excluded_cycles"] = n_bad
     if n_bad:
         result["exclusions"] = examples
+    if model is not None and len(good):
+        pid = good["patient_id"].astype(str).to_numpy()
+        top = _with_model({k: result[k] for k in result if k in DEFINITIONS_KEYS}, model, pid, ci=True)
+        result.pop("note", None)
+        result.update(top)
+        for key, g in list(result["groups"].items()):
+            mine = good.loc[good[by].map(_group_key) == key, "patient_id"].astype(str).to_numpy() if by else pid
+            result["groups"][key] = _with_model(g, model, mine, ci=False)
+        result["post_induction"]["estimate_source"] = "definitions"
+        result["method"] = {
+            **result["method"],
+            "curve": ("measurement model: each cycle's scores read as noisy measurements of a trend that crosses "
+                      "the response line (durability.measured); patients weighted equally; "
+                      f"score noise SD {model.noise_sd_:.2f} points ({model.noise_source_})"),
+            "ci": ("95% delta-method interval, patient-clustered (sandwich) variance of the cohort centre and "
+                   "spread; subgroup curves without intervals"),
+            "definitions_curve": result["method"]["curve"] + " (the definitions read literally: sensitivity analysis)",
+            "definitions_ci": result["method"]["ci"],
+        }
+        result["measurement"] = model.summary()
+    else:
+        result["estimate_source"] = "definitions"
     return result
 
 

@@ -11,9 +11,11 @@ format, audited.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -26,17 +28,28 @@ from .workspace import Workspace
 
 def preview_uploads(paths, db=None, *, raw_values: bool = False) -> pd.DataFrame:
     """ingest.preview: one row per file and table kind, with the rows that would be rejected and why
-    (the reasons without the values they quote unless `raw_values`: a break-glass grant)."""
+    (the reasons without the values they quote unless `raw_values`: a break-glass grant); `refused`
+    is empty text for a file that was read, never None."""
     preview = ingest.preview(paths, db=db)
+    preview["refused"] = preview["refused"].map(lambda reason: reason or "")
     if not raw_values:
         preview["rejects"] = [r.assign(reason=r["reason"].map(deidentify.redact_reason)) for r in preview["rejects"]]
     return preview
 
 
+UPLOAD_PREFIX = "upload-"
+
+
+def _as_uploaded(name):
+    """A file uploaded on this page is named as uploaded, not by the temporary folder it waited in."""
+    path = Path(str(name))
+    return path.name if path.parent.name.startswith(UPLOAD_PREFIX) else name
+
+
 def upload_directory() -> tempfile.TemporaryDirectory:
     """Where uploads wait for the import: in the process's private work folder, removed afterwards,
     and by the next process when the server was killed (analytics/workdir.py)."""
-    return tempfile.TemporaryDirectory(prefix="upload-", dir=workdir.work_dir())
+    return tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=workdir.work_dir())
 
 
 def import_uploads(paths, db, user: str) -> ingest.ImportReport:
@@ -53,12 +66,24 @@ class ImportResult:
 
 
 def import_result(report: ingest.ImportReport, *, raw_values: bool = False) -> ImportResult:
+    """What the page shows after an upload: file names as uploaded, never the temporary folder they
+    waited in; the reasons without the values they quote unless `raw_values`."""
     files, rejects = report_tables(report)
-    messages = report.messages()
+    folders = {str(Path(str(f.file)).parent) for f in report.files if Path(str(f.file)).parent != Path(".")}
+
+    def uploaded(text: str) -> str:
+        for folder in sorted(folders, key=len, reverse=True):
+            text = text.replace(folder + os.sep, "")
+        return text
+
+    for frame in (files, rejects):
+        if len(frame):
+            frame["file"] = frame["file"].map(lambda name: Path(str(name)).name)
+    messages = [uploaded(str(m)) for m in report.messages()]
     if not raw_values:
         rejects = rejects.assign(reason=rejects["reason"].map(deidentify.redact_reason))
         messages = [deidentify.redact_reason(m) for m in messages]
-    return ImportResult(report.exit_code, files, rejects, messages, tuple(report.warnings))
+    return ImportResult(report.exit_code, files, rejects, messages, tuple(uploaded(str(w)) for w in report.warnings))
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +116,10 @@ def data_screen(ws: Workspace) -> DataScreen:
         rejected, rejected_refused = None, str(exc)
     if rejected is not None and grant is None:
         rejected = deidentify.redacted_rejects(rejected)
+    for frame in (history, rejected):
+        for column in ("file_name", "file"):
+            if frame is not None and column in frame.columns:
+                frame[column] = frame[column].map(_as_uploaded)
     f = ws.frames()
     comp = completeness(f["treatments"], f["assessments"])
     share = comp["assessed"].sum() / comp["infusions"].sum() if len(comp) else None

@@ -51,22 +51,24 @@ class DueScreen:
         })
 
 
-def due_screen(ws: Workspace, today: date, no_score_days: int = 28) -> DueScreen:
+def due_screen(ws: Workspace, today: date, no_score_days: int = 28, include_inactive: bool = False) -> DueScreen:
     """Open safety flags are read on every call (never cached); the rest is computed once per workspace
     tables, day, threshold and set of open flags: the caseload's status changes only with the data."""
     flags = ws.data.safety_flags()
     flag_key = tuple(sorted(zip(flags["patient_id"].astype(str), flags["raised_at"].astype(str)))) if len(flags) else ()
-    return ws.memo(("due_screen", today, no_score_days, flag_key), lambda: _due_screen(ws, today, no_score_days, flags))
+    return ws.memo(("due_screen", today, no_score_days, include_inactive, flag_key),
+                   lambda: _due_screen(ws, today, no_score_days, flags, include_inactive))
 
 
-def _due_screen(ws: Workspace, today: date, no_score_days: int, flags: pd.DataFrame) -> DueScreen:
+def _due_screen(ws: Workspace, today: date, no_score_days: int, flags: pd.DataFrame,
+                include_inactive: bool = False) -> DueScreen:
     f = ws.frames()
-    suggestions = ws.suggestions(scales.PRIMARY)
+    suggestions = ws.suggestions(scales.PRIMARY, today)
     self_report = selfreport.due_columns(
         f["patients"], f["assessments"], flags, today,
         suggestions[["patient_id", "next_due_on"]] if len(suggestions) else None)
     due = due_list(f["patients"], f["treatments"], f["assessments"], today, no_score_days=no_score_days,
-                   suggestions=suggestions, self_report=self_report)
+                   suggestions=suggestions, self_report=self_report, include_inactive=include_inactive)
     counts = {name: int(due["reasons"].str.contains(name, regex=False).sum()) for name, _ in URGENCY}
     return DueScreen(today, no_score_days, not f["patients"].empty, due, counts)
 
@@ -87,6 +89,7 @@ URGENCY = (
     ("no recent score", "no assessment for a while"),
     ("taper candidate", "response has held: consider a longer interval"),
     ("self-report due", "no self-report for a while, or an infusion is near (analytics.selfreport.Cadence)"),
+    ("no longer in active care", f"no infusion and no score for {ACTIVE_DAYS} days: no due date (shown on request)"),
 )
 SELF_REPORT_COLUMNS = ["safety_flag", "self_report_due", "self_report_reason"]
 DUE_COLUMNS = ["patient_id", "reasons", "next_due_on", "last_infusion", "last_assessment", "days_since_score", "latest_phq9",
@@ -96,12 +99,14 @@ DUE_COLUMNS = ["patient_id", "reasons", "next_due_on", "last_infusion", "last_as
 def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame, today: date,
              no_score_days: int = 28, suggestions: pd.DataFrame | None = None,
              rules: OutcomeRules = DEFAULT_RULES, active_days: int = ACTIVE_DAYS,
-             self_report: pd.DataFrame | None = None) -> pd.DataFrame:
+             self_report: pd.DataFrame | None = None, include_inactive: bool = False) -> pd.DataFrame:
     """The caseload ordered by urgency (see URGENCY), one row per active patient with a reason.
 
     `suggestions`: interval suggestions (patient_id, next_due_on, taper, ...) or None.
     `self_report`: analytics.selfreport.due_columns output (open safety flags, self-report due) or None.
-    Patients with no infusion or assessment in `active_days` are left out.
+    Patients with no infusion or assessment in `active_days` are no longer in active care: left
+    out, or with `include_inactive` listed last in their own group ("no longer in active care",
+    no due date).
     """
     last_inf = treatments.groupby("patient_id")["administered_at"].max()
     last_score = assessments.groupby("patient_id")["administered_at"].max()
@@ -110,9 +115,15 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
     base["last_assessment"] = last_score
     # Calendar days in the clinic's zone (clinic_time.days_since): a score at 09:00 today is 0 days old.
     since_activity = clinic_time.days_since(base[["last_infusion", "last_assessment"]].max(axis=1), today)
-    base = base[(since_activity <= active_days).fillna(False).to_numpy(dtype=bool)]
+    active = (since_activity <= active_days).fillna(False).to_numpy(dtype=bool)
+    inactive = base[~active & since_activity.notna().to_numpy(dtype=bool)] if include_inactive else base.iloc[:0]
+    inactive = inactive.assign(reasons="no longer in active care", next_due_on=pd.NaT, latest_phq9=np.nan,
+                               safety_flag=False, self_report_due=False, self_report_reason="", urgency=len(URGENCY),
+                               days_since_score=clinic_time.days_since(inactive["last_assessment"], today)).reset_index()
+    base = base[active]
     if base.empty:
-        return pd.DataFrame(columns=DUE_COLUMNS)
+        return inactive.sort_values("patient_id").reset_index(drop=True)[DUE_COLUMNS] if len(inactive) else \
+            pd.DataFrame(columns=DUE_COLUMNS)
     status = outcomes.patient_status(treatments[treatments["patient_id"].isin(base.index)],
                                      assessments[assessments["patient_id"].isin(base.index)], scales.PRIMARY, rules)
     status = status.set_index("patient_id").reindex(base.index)
@@ -143,10 +154,13 @@ def due_list(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.D
         base["self_report_reason"] = ""
     flags["safety flag"] = base["safety_flag"]
     flags["self-report due"] = base["self_report_due"]
+    flags["no longer in active care"] = False  # the active ones; the others are added below on request
     order = [name for name, _ in URGENCY]
     flags = flags[order]
     base["urgency"] = np.where(flags.any(axis=1), flags.to_numpy().argmax(axis=1), len(order))
     base["reasons"] = flags.apply(lambda r: ", ".join(n for n in order if r[n]), axis=1)
     out = base[base["reasons"] != ""].reset_index()
+    if len(inactive):
+        out = pd.concat([out, inactive], ignore_index=True)
     out = out.sort_values(["urgency", "next_due_on", "patient_id"], na_position="last").reset_index(drop=True)
     return out[DUE_COLUMNS]

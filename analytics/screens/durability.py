@@ -70,7 +70,9 @@ class DurabilityScreen:
 
 def durability_screen(ws: Workspace, instrument: str, by: str | None = None, n_boot: int = N_BOOT,
                       today: date | None = None) -> DurabilityScreen:
-    """Built once per workspace tables for the same instrument, subgroups, bootstrap size and day."""
+    """Built once per workspace tables for the same instrument, subgroups, bootstrap size and day.
+    `today`: the month in progress, and who is in active care for the distribution of suggested
+    intervals (default: today)."""
     code = scales.get(instrument).code
     return ws.once(("durability_screen", code, by, n_boot, today), lambda: _durability_screen(ws, code, by, n_boot, today))
 
@@ -80,8 +82,11 @@ def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: i
     code = scales.get(instrument).code
     min_cell = ws.data.scope.suppression_threshold  # groups under it are not shown
     cycles = ws.cycles(code)
+    # the headline reads the scores through the whole clinic's measurement model (one fit per data
+    # version, issue 12); the view's own cycles and patients decide what is summarised
     result = ws.once(("durability", code, by, n_boot),
-                     lambda: cohort_durability(cycles, instrument=code, by=by, n_boot=n_boot)) if len(cycles) else None
+                     lambda: cohort_durability(cycles, instrument=code, by=by, n_boot=n_boot,
+                                               model=ws.clinic(code).model)) if len(cycles) else None
     curves, table, title, note, hidden, end_note = [], pd.DataFrame(), "", "", 0, ""
     if result is not None and result.get("n_cycles"):
         shown = shown_groups(result, cycles, by, min_cell)
@@ -90,7 +95,8 @@ def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: i
             # the comparison (and its test) over the groups shown only: a hidden group never enters a figure
             keep = cycles[group_keys(cycles, by).isin(shown)]
             result = ws.once(("durability", code, by, n_boot, tuple(sorted(shown))),
-                             lambda: cohort_durability(keep, instrument=code, by=by, n_boot=n_boot))
+                             lambda: cohort_durability(keep, instrument=code, by=by, n_boot=n_boot,
+                                                       model=ws.clinic(code).model))
         if by and not shown:
             result = {**result, "groups": {}, "logrank_p": None}
         curves = survival_curves(result, cycles, by, min_cell)
@@ -104,13 +110,22 @@ def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: i
                 "the curve is the Turnbull estimate (Kaplan-Meier for losses known to within an interval); the band "
                 "is a 95% confidence interval from resampling patients"
                 + (", and the p-value tests whether the groups' curves differ (interval-censored log-rank test)" if by else "")
-                + ". " + _groups_note(result, by))
-    suggested = ws.suggestions(scales.PRIMARY)["suggested_interval_days"].dropna()
+                + ". " + _model_note(result) + _groups_note(result, by))
+    suggested = ws.suggestions(scales.PRIMARY, today)["suggested_interval_days"].dropna()
     bins = interval_distribution(suggested, width=7 if min_cell else 3, min_cell=min_cell) if len(suggested) else pd.DataFrame()
     monthly = ws.once(("infusions_per_patient_month", today, min_cell),
                       lambda: infusions_per_patient_month(ws.frames()["treatments"], today=today, min_cell=min_cell))
     return DurabilityScreen(code, by, min_cell, result, curves, table, title, note, bins, monthly,
                             hidden_groups=hidden, curve_note=end_note)
+
+
+def _model_note(result: dict) -> str:
+    if result.get("estimate_source") != "measurement model":
+        return ""
+    return ("Except: " + ("the groups' curves" if result.get("groups") else '"every cycle"') + " read each cycle's "
+            "scores as noisy measurements of a trend crossing the response line (the measurement model, which "
+            "counts each patient once: docs/durability.md), because a score near the line crosses it by chance; "
+            f'"{DEFINITIONS_LABEL}" is the Turnbull estimate of the same cycles, kept as a sensitivity analysis. ')
 
 
 def _groups_note(result: dict, by: str | None) -> str:
@@ -233,7 +248,18 @@ def _curve_pairs(result: dict, cycles: pd.DataFrame, by: str | None) -> list[tup
         keys = group_keys(cycles, by)
         return [(group_label(by, key), summary, cycles[keys == key]) for key, summary in result["groups"].items()]
     post = cycles[cycles["post_induction"].fillna(False).astype(bool)] if "post_induction" in cycles else cycles.iloc[0:0]
-    return [("every cycle", result, cycles), ("first cycle after induction", result.get("post_induction", {}), post)]
+    pairs = [("every cycle", result, cycles), ("first cycle after induction", result.get("post_induction", {}), post)]
+    if result.get("definitions_survival"):
+        pairs.append((DEFINITIONS_LABEL, _definitions(result), cycles))
+    return pairs
+
+
+DEFINITIONS_LABEL = "every cycle, definitions read literally (sensitivity)"
+
+
+def _definitions(result: dict) -> dict:
+    """The literal (definitions-based) figures of a cohort_durability result, as a summary."""
+    return {**result, **{k[len("definitions_"):]: v for k, v in result.items() if k.startswith("definitions_")}}
 
 
 def shown_groups(result: dict, cycles: pd.DataFrame, by: str | None, min_cell: int) -> list[str]:

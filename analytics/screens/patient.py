@@ -9,6 +9,7 @@ pattern.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -102,7 +103,7 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
     thresholds = patient_thresholds(t, a)
     all_cycles = ws.cycles(scales.PRIMARY)
     cycles = all_cycles[all_cycles["patient_id"] == patient_id]
-    suggestions = ws.suggestions(scales.PRIMARY)
+    suggestions = ws.suggestions(scales.PRIMARY, today)
     rows = suggestions[suggestions["patient_id"] == patient_id]
     last = t["administered_at"].max() if len(t) else None
     return PatientScreen(
@@ -131,11 +132,22 @@ _BASIS = {
     "mixed": "this patient's {n} response cycle{s} combined with the clinic's typical pattern",
     "cohort": "mostly the clinic's typical pattern (this patient's own history is still short: {n} cycle{s})",
 }
+_SOURCE = {"score trend": "the score trend", "own losses": "this patient's own losses of response",
+           "cohort": "the clinic's typical pattern"}
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not pd.isna(v)
 
 
 def describe_suggestion(s: dict | None, today: date) -> str:
-    """A suggestion in a clinician's words."""
-    if not s or s.get("next_due_on") is None or pd.isna(s.get("next_due_on")):
+    """A suggestion in a clinician's words, with the evidence beside it."""
+    if not s:
+        return ("No suggested date yet: it needs at least one infusion given while in response, "
+                "to learn how long response lasts for this patient.")
+    if s.get("status", "suggested") != "suggested":
+        return f"No suggested date: {s.get('status_text') or s.get('status')}."
+    if s.get("next_due_on") is None or pd.isna(s.get("next_due_on")):
         return ("No suggested date yet: it needs at least one infusion given while in response, "
                 "to learn how long response lasts for this patient.")
     due = pd.Timestamp(s["next_due_on"]).date()
@@ -145,13 +157,25 @@ def describe_suggestion(s: dict | None, today: date) -> str:
     text = (f"Suggested next infusion: {due:%a %d %b %Y} ({when}), "
             f"{s['suggested_interval_days']:.0f} days after the last one")
     lo, hi = s.get("interval_low_days"), s.get("interval_high_days")
-    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+    if _present(lo) and _present(hi):
         text += f"; a reasonable range is {lo:.0f} to {hi:.0f} days"
     target = s.get("target", 0.8)
     n = int(s.get("n_cycles") or 0)
     basis = _BASIS.get(str(s.get("basis")), "{n} cycle{s}").format(n=n, s="" if n == 1 else "s")
     text += (f". This is when the chance of still being in response is expected to fall to {100 * target:.0f}%, "
              f"based on {basis}.")
+    if "observed_cycles" in s:
+        k, m = int(s.get("observed_cycles") or 0), int(s.get("observed_losses") or 0)
+        text += f" Observed: {k} response cycle{'s' if k != 1 else ''}, {m} ended in loss of response"
+        if m and _present(s.get("observed_median_loss_days")):
+            text += (f" (seen after a median of {s['observed_median_loss_days']:.0f} days, the earliest after "
+                     f"{s['observed_shortest_loss_days']:.0f})")
+        text += "."
+    source = s.get("estimate_source")
+    if source:
+        text += f" Driven by {_SOURCE.get(source, source)}: {s.get('estimate_note', '')}"
+    if s.get("latest_responding") is False:
+        text += " The latest score no longer meets response: consider the next infusion sooner than this date."
     taper = s.get("taper")
     if taper == "stretch":
         text += f" Consider lengthening the interval: {s.get('taper_reason')}."

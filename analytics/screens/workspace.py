@@ -4,7 +4,10 @@ A `Workspace` is what a screen function gets: `data` (the signed-in user's `Data
 views, searches and downloads are audited as that user) and the tables built for what that user
 can see (`Tables`): the four frames, each instrument's durability cycles (`cohort_cycles`) and
 interval suggestions (`interval_suggestions`), and whatever a screen memoises through `once`.
-Tables are built at most once, on first use, and shared read-only.
+Tables are built at most once, on first use, and shared read-only. The durability model and the
+interval suggestions are not the view's own: they come from the whole clinic's one fit per data
+version (intervals.clinic_model, read with the system scope), of which a workspace shows only its
+own patients' rows, so every viewer gets the same answer for a patient.
 
 `WorkspaceCache` (one per process, `WORKSPACES`) keeps the tables per database and *view*
 (`Scope.view_key`: role, caseload, grants, thresholds; not the user's name, so two directors share
@@ -30,13 +33,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import date
 from typing import Callable, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from .. import course, intervals, memory, scales, store
-from ..access import DataAccess, Scope
+from ..access import SYSTEM, DataAccess, Scope
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 
 T = TypeVar("T")
@@ -142,16 +146,28 @@ class Workspace:
             return induction_ends(course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES))
         return self.once(("induction_ends", code), build)
 
-    def suggestions(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
-        return self.once(("suggestions", scales.get(instrument).code),
-                         lambda: interval_suggestions(self.cycles(instrument), self.frames()["treatments"], instrument))
+    def clinic(self, instrument: str = scales.PRIMARY) -> intervals.ClinicModel:
+        """The whole clinic's cycles and durability model of this data version (one fit per process
+        and data version, shared by every view; its aggregate parameters identify no one)."""
+        return intervals.clinic_model(self.clinic_data(), scales.get(instrument).code, DEFAULT_RULES)
+
+    def clinic_data(self) -> DataAccess:
+        """The whole clinic's rows, for the one model only: nothing of it is shown beyond this view's rows."""
+        return DataAccess(self.data.db, SYSTEM)
+
+    def suggestions(self, instrument: str = scales.PRIMARY, today: date | None = None) -> pd.DataFrame:
+        """This view's patients' rows of the clinic's suggestions as of `today` (default: today)."""
+        today = today or date.today()
+        return self.once(("suggestions", scales.get(instrument).code, today),
+                         lambda: interval_suggestions(self.clinic_data(), self.frames()["patients"]["patient_id"],
+                                                      instrument, today=today))
 
 
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
 _WARMERS: dict[str, Callable[[Workspace, tuple], object]] = {
     "frames": lambda ws, key: ws.frames(),
     "cycles": lambda ws, key: ws.cycles(key[1]),
-    "suggestions": lambda ws, key: ws.suggestions(key[1]),
+    "suggestions": lambda ws, key: ws.suggestions(key[1], key[2]),
 }
 
 
@@ -284,8 +300,7 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
     response. `built`: the course of these frames when already at hand."""
     if built is None:
         built = course.build_course(treatments, assessments, instrument, rules)
-    cycles = intervals.with_trajectories(course.cycles_from_course(built, patients, attributes, rules), built,
-                                         rules.response_fall)
+    cycles = course.cycles_from_course(built, patients, attributes, rules)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
 
@@ -304,14 +319,12 @@ def induction_ends(built: course.Course) -> pd.DataFrame:
     return pd.DataFrame({"induction_end_at": g["at"].max(), "induction_infusions": g.size()}).reset_index()
 
 
-def interval_suggestions(cycles: pd.DataFrame, treatments: pd.DataFrame, instrument: str = scales.PRIMARY,
-                         target: float = 0.8) -> pd.DataFrame:
-    """Per-patient next-infusion suggestions (intervals.suggest_intervals) fitted on these cycles:
-    patient_id, suggested_interval_days, interval_low_days, interval_high_days, basis, n_cycles,
-    last_infusion_on, next_due_on, taper, taper_reason; an empty frame when there are no cycles to learn from."""
-    if cycles is None or cycles.empty:
-        return pd.DataFrame(columns=["patient_id", "suggested_interval_days", "interval_low_days", "interval_high_days",
-                                     "basis", "n_cycles", "last_infusion_on", "next_due_on", "taper", "taper_reason"])
-    last = treatments.groupby("patient_id")["administered_at"].max()
-    table, _fit = intervals.suggest_intervals(cycles, target=target, last_infusions=last, instrument=instrument)
-    return table
+def interval_suggestions(clinic_data, patient_ids=None, instrument: str = scales.PRIMARY, target: float = 0.8,
+                         today: date | None = None) -> pd.DataFrame:
+    """Next-infusion suggestions from the whole clinic's model of this data version
+    (intervals.clinic_suggestions: one fit, the same answer for every viewer), the rows of
+    `patient_ids` only (the viewer's own patients; None: everyone). One row per treated patient:
+    `status` says whether they get a suggestion and, if not, why. `clinic_data`: a DataAccess
+    with the system scope."""
+    result = intervals.clinic_suggestions(clinic_data, scales.get(instrument).code, target, today, DEFAULT_RULES)
+    return result.table if patient_ids is None else result.for_patients(patient_ids)

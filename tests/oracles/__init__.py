@@ -4,7 +4,7 @@
   and used there to show what the interval-censored product estimators avoid;
 - synthetic: durability cycles simulated with known truth;
 - frailty: a log-normal-frailty Weibull AFT per-patient model, a cross-check of the
-  interval-censored Weibull fit (the product's one per-patient model is intervals.FrailtyWeibull);
+  interval-censored Weibull fit (the product's per-patient model is durability.measured.MeasuredDurability);
 - cohort: the cohort page's figures computed straight from the frames, slowly, which the
   page's per-patient summaries must equal.
 """
