@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(PY) -m analytics users demo-accounts --db $(DB)
 
 run: $(VENV)/.installed $(DB)
-	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT)
+	OUTCOMES_DB=$(DB) $(PY) -m analytics serve --address $(ADDRESS) --port $(PORT)
 
 # A clinic network on this machine (docs/deployment.md): a throwaway PostgreSQL cluster (tools/pgcluster.py),
 # the demo clinic and its demo accounts in it, and two dashboard servers on it (ports $(PORT) and $(PORT2): 8501 and 8502).
