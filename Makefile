@@ -8,7 +8,7 @@ PORT ?= 8501
 # The dashboard listens on this machine only; see docs/security.md to serve it to others over TLS.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: run test demo bench clean-venv
+.PHONY: run test demo bench validate-durability clean-venv
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
+
+# Durability engine against simulated clinics with known truth (docs/durability.md quotes the
+# table it prints); about 10 minutes, so not part of `make test`.
+validate-durability: $(VENV)/.installed
+	$(PY) tests/validation/durability.py --patients 2000 --seed 3
 
 clean-venv:
 	rm -rf $(VENV)
