@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 DB ?= data/outcomes.duckdb
 DEMO_PATIENTS ?= 300
 PORT ?= 8501
+# make run-network: the second dashboard server
+PORT2 ?= 8502
 # The dashboard listens on this machine only; see docs/security.md to serve it to others over TLS.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: run test demo bench validate-durability clean-venv
+.PHONY: run run-network test demo bench bench-network validate-durability clean-venv
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +28,30 @@ demo: $(VENV)/.installed
 	$(PY) -m analytics users demo-accounts --db $(DB)
 
 run: $(VENV)/.installed $(DB)
-	OUTCOMES_DB=$(DB) $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT)
+	OUTCOMES_DB=$(DB) $(PY) -m analytics serve --address $(ADDRESS) --port $(PORT)
+
+# A clinic network on this machine (docs/deployment.md): a throwaway PostgreSQL cluster (tools/pgcluster.py),
+# the demo clinic and its demo accounts in it, and two dashboard servers on it (ports $(PORT) and $(PORT2): 8501 and 8502).
+# Ctrl-C stops the servers, then the cluster, whose folder is removed. Needs `apt-get install -y postgresql`.
+run-network: $(VENV)/.installed
+	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
+	  $(PY) -m analytics demo --db "$$OUTCOMES_DB" --patients $(DEMO_PATIENTS) --seed 7 && \
+	  $(PY) -m analytics users demo-accounts --db "$$OUTCOMES_DB" && \
+	  { $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT) & one=$$!; \
+	    $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT2) & two=$$!; \
+	    trap "kill $$one $$two 2>/dev/null" INT TERM; wait; wait; }'
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed bench-network
 	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
+
+# The same figures at 10,000 patients on PostgreSQL (a throwaway cluster), beside the DuckDB file's in
+# bench/results.json: bench/results-postgres.json (docs/deployment.md).
+bench-network: $(VENV)/.installed
+	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
+	  $(PY) -m analytics bench --patients 10000 --db "$$OUTCOMES_DB" --out bench/results-postgres.json'
 
 # Durability engine against simulated clinics with known truth (docs/durability.md quotes the
 # table it prints); about 10 minutes, so not part of `make test`.

@@ -14,13 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import duckdb
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import audit, memory, scales, store, suppress
+from .arrowframes import pandas_like_df
 from .permissions import ROLES, SYSTEM_ROLE, may
 
 
@@ -107,7 +105,7 @@ def _granted_patients(db, username: str) -> list[str]:
     try:
         with store.connect(db) as con:
             rows = con.execute("SELECT patient_id FROM patient_grants WHERE username = ?", [username]).fetchall()
-    except duckdb.CatalogException:
+    except store.MissingTable:
         rows = []  # a database from before schema v2 has no grants
     granted = [r[0] for r in rows]
     if len(_GRANTS) > 10_000:
@@ -118,36 +116,7 @@ def _granted_patients(db, username: str) -> list[str]:
 
 _GRANTS: dict[tuple, tuple[tuple, list[str]]] = {}  # (database, user) -> (change stamp, grants) last read
 
-_STRINGS = pd.StringDtype("pyarrow", na_value=np.nan)
-_NULLABLE = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-             pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-
-
-def _pandas_like_df(names: list[str], columns: list, order: pa.Array | None = None) -> pd.DataFrame:
-    """The frame DuckDB's `.df()` gives for the same rows (same dtypes: nullable integers and booleans
-    only where a column has NULLs, dates as datetime64[us], Arrow-backed strings), converted one
-    column at a time so the Arrow copy is released as the frame grows: at 100,000 patients the
-    assessments frame peaks at about twice its size instead of five times (docs/performance.md).
-    `columns` (Arrow columns named `names`) is emptied as they are converted; `order`, if given,
-    the row positions to take, one column at a time (never a second copy of the whole table)."""
-    data = {}
-    for i, name in enumerate(names):
-        column, columns[i] = columns[i], None
-        if order is not None:
-            column = column.take(order)
-        kind = column.type
-        if pa.types.is_date32(kind) or pa.types.is_date64(kind):
-            column = column.cast(pa.timestamp("us"))
-            kind = column.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-            mapper = {kind: _STRINGS}.get
-        elif kind in _NULLABLE and column.null_count:
-            mapper = {kind: _NULLABLE[kind]}.get
-        else:
-            mapper = None
-        data[name] = column.to_pandas(types_mapper=mapper)
-        del column
-    return pd.DataFrame(data, columns=names)
+_pandas_like_df = pandas_like_df  # the frame DuckDB's `.df()` gives (analytics/arrowframes.py)
 
 
 def _read_at_current_schema(db, work):
@@ -156,7 +125,7 @@ def _read_at_current_schema(db, work):
     date, analytics/store.py) and read again."""
     try:
         return work()
-    except duckdb.BinderException as exc:
+    except store.MissingColumn as exc:
         if "voided_at" not in str(exc):
             raise
     store.initialise(db)
@@ -188,10 +157,10 @@ class DataAccess:
         if may(self.scope, "open_any_record"):
             return "TRUE", []
         if may(self.scope, "open_caseload_records"):
-            return f"({alias}.clinician = ? OR list_contains(?, {alias}.patient_id))", [self.scope.clinician, granted]
-        return f"list_contains(?, {alias}.patient_id)", [granted]
+            return f"({alias}.clinician = ? OR {alias}.patient_id = ANY(?))", [self.scope.clinician, granted]
+        return f"{alias}.patient_id = ANY(?)", [granted]
 
-    def _query(self, sql: str, params: Sequence = (), con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
+    def _query(self, sql: str, params: Sequence = (), con: store.Connection | None = None) -> pd.DataFrame:
         """Run on `con` when given (several reads sharing one opening), else on a read connection of its own."""
         if con is not None:
             return con.execute(sql, list(params)).df()
@@ -212,7 +181,7 @@ class DataAccess:
                 clause += " AND x.patient_id = ?"
                 params = params + ids
             else:
-                clause += " AND list_contains(?, x.patient_id)"
+                clause += " AND x.patient_id = ANY(?)"
                 params = params + [ids]
         return clause, params
 
@@ -224,7 +193,7 @@ class DataAccess:
         """
         def read():
             with store.connect(self.db) as con:
-                return con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+                return store.read_arrow(con, sql, params)
         table = _read_at_current_schema(self.db, read)
         positions = None
         if table.num_rows > 1:
@@ -283,7 +252,7 @@ class DataAccess:
         return self._frame(*self._assessments_sql(patient_ids, instrument, ordered=False),
                            ["patient_id", "administered_at", "instrument"])
 
-    def _can_see(self, con: duckdb.DuckDBPyConnection, patient_id: str) -> bool:
+    def _can_see(self, con: store.Connection, patient_id: str) -> bool:
         drill_sql, params = self._drill_sql("p")
         rows = con.execute(f"SELECT count(*) FROM patients p WHERE p.patient_id = ? AND {drill_sql}",
                            [str(patient_id), *params]).fetchall()
@@ -334,7 +303,7 @@ class DataAccess:
         with store.connect(self.db) as con:
             found = [row[0] for row in con.execute(
                 f"""SELECT p.patient_id FROM patients p
-                    WHERE {drill_sql} AND contains(lower(p.patient_id), lower(?))
+                    WHERE {drill_sql} AND strpos(lower(p.patient_id), lower(?)) > 0
                     ORDER BY p.patient_id LIMIT ?""",
                 [*params, text, int(limit)],
             ).fetchall()]
@@ -365,7 +334,7 @@ class DataAccess:
 
     def log(self, action: str, *, outcome: str = "ok", page: str | None = None,
             patients: Iterable[str] = (), detail: dict | None = None,
-            con: duckdb.DuckDBPyConnection | None = None) -> int:
+            con: store.Connection | None = None) -> int:
         """Append an audit entry as this scope's user (exports, downloads, imports from pages);
         on `con`, an open write transaction, when the entry belongs with what that transaction does."""
         return audit.append(self.db, self.scope.user, action, role=self.scope.role, outcome=outcome,
@@ -396,7 +365,7 @@ class DataAccess:
         """A read of a schema v3 table: a database from before v3 simply has none of its rows."""
         try:
             return self._query(sql, params)
-        except duckdb.CatalogException:
+        except store.MissingTable:
             return pd.DataFrame(columns=columns)
 
     def _drill_filter(self) -> tuple[str, list]:

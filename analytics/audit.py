@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
-import duckdb
 import pandas as pd
 
 from . import keys, store
@@ -118,7 +117,7 @@ def append(
     page: str | None = None,
     patients: Iterable[str] = (),
     detail: dict | None = None,
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: store.Connection | None = None,
 ) -> int:
     """Append one entry and return its sequence number (None when it was journaled).
 
@@ -145,6 +144,10 @@ def append(
 def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text,
             logged_at: datetime | None = None) -> int:
     key_id, key = keys.current(KEY_NAME)  # created (0600) on first use; no key, no entry, no action
+    # On PostgreSQL several servers append at once: the chain's head is read under a lock held until
+    # the transaction commits (on DuckDB the single writer already makes appends take turns). The
+    # `seq` key and the unique hash stay the backstop: a race would fail, never fork the chain.
+    store.lock(con, "audit")
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
     logged_at = logged_at or _now()
@@ -186,7 +189,10 @@ def _journal_signed(entry: dict) -> bool:
 
 def _append_journaled(con, entry: dict) -> int:
     # The anchor file goes beside the database being written (the connection's, whichever process flushes).
-    database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
+    if store.dialect(con) == "postgres":
+        database = con.target
+    else:
+        database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
     if not _journal_signed(entry):
         # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
         claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
@@ -248,17 +254,18 @@ def entries(
         clauses.append("action = ?")
         params.append(action)
     if patient:
-        clauses.append("list_contains(CAST(json(patients) AS VARCHAR[]), ?)")
-        params.append(patient)
+        # `patients` holds json.dumps of a sorted list: the quoted id is one element exactly
+        clauses.append("strpos(patients, ?) > 0")
+        params.append(json.dumps(str(patient)))
     sql = f"SELECT {', '.join(COLUMNS)} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq"
     if limit is not None:
-        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
+        sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) AS recent ORDER BY seq"
         params.append(int(limit))
     store.flush_journal(db, wait=1.0)  # entries queued while another process wrote, if the lock is free now
     try:
         with store.connect(db) as con:
             frame = con.execute(sql, params).df()
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return pd.DataFrame(columns=COLUMNS)  # a database from before schema v2: nothing audited yet
     frame["patients"] = frame["patients"].map(json.loads)
     frame["detail"] = frame["detail"].map(json.loads)
@@ -290,9 +297,9 @@ def _rows(db) -> list[tuple] | None:
         with store.connect(db) as con:
             try:
                 return con.execute(f"SELECT {columns}, key_id FROM audit_log ORDER BY seq").fetchall()
-            except duckdb.BinderException:  # a database from before the key (schema v2-v4), not yet migrated
+            except store.MissingColumn:  # a database from before the key (schema v2-v4), not yet migrated
                 return [(*row, None) for row in con.execute(f"SELECT {columns} FROM audit_log ORDER BY seq").fetchall()]
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return None
 
 

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
-import duckdb
 import pandas as pd
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -219,10 +218,13 @@ def authenticate(db, username: str, password: str, *, page: str | None = "login"
                              detail={"reason": "disabled", "client": client}, con=con)
                 refusal = SignInFailed("This account is disabled. Ask an administrator.")
             elif not good:
-                failures = user["failed_attempts"] + 1
+                # Counted in the database, not from the row read above: wrong passwords tried at once on
+                # two servers (PostgreSQL) each count, the second waiting for the first's row lock.
+                failures = con.execute(
+                    "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE username = ? RETURNING failed_attempts",
+                    [name]).fetchall()[0][0]
                 slow = account_slowdown(failures)
-                con.execute("UPDATE users SET failed_attempts = ?, locked_until = ? WHERE username = ?",
-                            [failures, now + slow if slow else None, name])
+                con.execute("UPDATE users SET locked_until = ? WHERE username = ?", [now + slow if slow else None, name])
                 lock = _throttle.failed(place, client, typed, now)
                 audit.append(db, name, "sign_in_failed", role=user["role"], outcome="failed", page=page,
                              detail={"reason": "wrong password", "failures": failures, "client": client,
@@ -278,7 +280,7 @@ def validate_session(db, session: Session | None, *, page: str | None = None, no
     with store.connect(db) as con:
         try:
             user = _user_row(con, session.username)
-        except duckdb.CatalogException:
+        except store.MissingTable:
             user = None
     if (user is None or user["disabled"] or user["session_epoch"] != session.epoch
             or user["role"] != session.role or user["clinician"] != session.clinician):
@@ -387,10 +389,13 @@ def create_user(db, username: str, role: str, password: str | None, *, clinician
     with store.transaction(db) as con:
         if _user_row(con, name) is not None:
             raise UserError(f"user {name!r} already exists")
-        con.execute(
-            "INSERT INTO users (username, role, clinician, password_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
-            [name, role, handle, hash_password(password) if password is not None else None, _now(), actor],
-        )
+        try:
+            con.execute(
+                "INSERT INTO users (username, role, clinician, password_hash, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                [name, role, handle, hash_password(password) if password is not None else None, _now(), actor],
+            )
+        except store.Conflict:  # another server added it since the check above (PostgreSQL)
+            raise UserError(f"user {name!r} already exists") from None
         audit.append(db, actor, "user_add", page=page, detail={"user": name, "role": role, "clinician": handle}, con=con)
     return name
 
@@ -482,7 +487,7 @@ def list_users(db) -> pd.DataFrame:
                           u.password_hash IS NOT NULL AS local_password
                    FROM users u ORDER BY u.username"""
             ).df()[columns]
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return pd.DataFrame(columns=columns)
 
 
@@ -509,7 +514,7 @@ def disable_demo_accounts(con, db, *, actor: str = "import", page: str | None = 
     try:
         names = [r[0] for r in con.execute(
             "SELECT username FROM users WHERE created_by = 'demo' AND NOT disabled ORDER BY username").fetchall()]
-    except duckdb.CatalogException:
+    except store.MissingTable:
         return []
     now = _now()
     for name in names:
@@ -607,7 +612,7 @@ def active_break_glass(db, username: str, *, now: datetime | None = None) -> Bre
                    JOIN users u ON u.username = g.username
                    WHERE g.username = ? AND g.ended_at IS NULL AND g.expires_at > ? AND NOT u.disabled
                    ORDER BY g.granted_at DESC LIMIT 1""", [str(username), now]).fetchall()
-    except (duckdb.CatalogException, FileNotFoundError):
+    except (*store.MissingTable, FileNotFoundError):
         return None
     if not rows or not may(rows[0][5], "break_glass"):
         return None

@@ -178,11 +178,34 @@ def _fresh(path: Path) -> Path:
     return path
 
 
+def _fresh_postgres(url: str):
+    """The PostgreSQL database `url` emptied for the next import repeat: only an empty database or one
+    a benchmark filled is emptied (every import batch from the benchmark's generated files)."""
+    from . import store
+
+    target = store.db_path(url)
+    if target.exists():
+        with store.connect(target) as con:
+            foreign = con.execute(
+                "SELECT count(*) FROM import_batches WHERE file_name NOT LIKE ? AND file_name NOT LIKE ?",
+                ["%/patients.csv", "%/treatments.csv"]).fetchall()[0][0]
+            foreign += con.execute("SELECT count(*) FROM import_batches WHERE kind = 'assessments' "
+                                   "AND file_name NOT LIKE ?", ["%/assessments.csv"]).fetchall()[0][0]
+        if foreign:
+            raise RuntimeError(f"{store.label(target)} holds imports other than a benchmark's: the benchmark empties "
+                               "its database before each import, so give it an empty database of its own")
+    with store.connect(target, write=True) as con:  # (creates the schema when there is none)
+        con.execute("DROP SCHEMA public CASCADE")
+        con.execute("CREATE SCHEMA public")
+    return target
+
+
 def time_import(paths: list[str], run_dir: Path, repeats: int, progress: Progress | None,
-                budget: float | None = None) -> tuple[float, Path]:
+                budget: float | None = None, db_url: str | None = None) -> tuple[float, Path]:
     """Median wall time of the full validated import into an empty database; the last database is kept.
 
-    Fewer repeats when the runs so far already used the figure's `budget`.
+    Fewer repeats when the runs so far already used the figure's `budget`. `db_url`: a PostgreSQL
+    database to import into instead of a file (emptied before each repeat).
     """
     from .ingest import import_files
 
@@ -194,7 +217,7 @@ def time_import(paths: list[str], run_dir: Path, repeats: int, progress: Progres
             break
         if progress:
             progress(f"import {i + 1}/{repeats}")
-        _fresh(db)
+        db = _fresh(db) if db_url is None else _fresh_postgres(db_url)
         started = time.perf_counter()
         report = import_files(paths, db=db)
         times.append(time.perf_counter() - started)
@@ -333,13 +356,14 @@ def all_suggestions(data, today: date):
 
 def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_samples: int = 25,
                   budget: float | None = 300, work: Path | None = None, progress: Progress | None = None,
-                  users: int | None = None, users_options: dict | None = None) -> dict:
+                  users: int | None = None, users_options: dict | None = None, db_url: str | None = None) -> dict:
     """Every figure for one cohort size; a figure that cannot be measured is None with a note in `missing`.
 
     `budget`: the most seconds one call of one figure may take before it is
     abandoned (reported null); None for no limit. `users`: also run that many simulated users
     against a dashboard server on a copy of the database (analytics/bench_users.py; `users_options`
-    are its keyword arguments: duration, think, idle, import_rows, processes).
+    are its keyword arguments: duration, think, idle, import_rows, processes). `db_url`: measure on
+    this PostgreSQL database instead of a DuckDB file (the same keys; `backend` says which).
     """
     from . import store
     from .access import SYSTEM, DataAccess
@@ -347,7 +371,8 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     work = Path(work or DEFAULT_WORK)
     reset_peak_rss()
     result: dict = {key: None for key in KEYS}
-    result.update({"patients": patients, "seed": seed, "repeats": repeats, "budget_s": budget})
+    result.update({"patients": patients, "seed": seed, "repeats": repeats, "budget_s": budget,
+                   "backend": "postgres" if db_url else "duckdb"})
     # Wall times on a shared machine: the load says how much else was running.
     result["load_average_start"] = round(os.getloadavg()[0], 2)
     missing: dict[str, str] = {}
@@ -377,7 +402,7 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     state: dict = {}
 
     def do_import():
-        seconds, db = time_import(paths, run_dir, repeats, progress, budget)
+        seconds, db = time_import(paths, run_dir, repeats, progress, budget, db_url=db_url)
         state["db"] = db
         result["import_s"] = seconds
         result["import_rows_per_s"] = csv_rows / seconds
@@ -478,7 +503,11 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
     if "import_peak_rss_mb" in result:
         result["pages_peak_rss_mb"] = round(peak_rss_mb(), 1)
     earlier_peak = max(state.get("import_peak", 0.0), peak_rss_mb())
-    if users:
+    if users and db_url:
+        for key in USERS_KEYS:
+            result[key] = None
+            missing[key] = "not measured: the simulated users run on a DuckDB file only (yet)"
+    elif users:
         del ws, frames, data  # the server has its own: this process's figures are measured
         state.pop("view", None)
         memory.release_freed()

@@ -42,7 +42,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--db", metavar="PATH", default=None, help="database file (default: $OUTCOMES_DB or data/outcomes.duckdb)")
+        p.add_argument("--db", metavar="PATH", default=None,
+                       help="database file, or a PostgreSQL URL postgresql://user@host:port/dbname "
+                            "(default: $OUTCOMES_DB or data/outcomes.duckdb)")
         if name == chosen:
             module = command_module(name)
             module.add_arguments(p)

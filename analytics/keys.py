@@ -116,9 +116,15 @@ def derive(name: str, purpose: str, value: str) -> str:
 
 # -- anchors ---------------------------------------------------------------------------------
 
+def _database_name(db) -> str:
+    """A database file's absolute path; a PostgreSQL database's URL without its password (its `label`)."""
+    label = getattr(db, "label", None)
+    return label if label is not None else str(Path(db).resolve())
+
+
 def anchor_path(db: str | os.PathLike) -> Path:
-    """The anchor file of one database file (by its absolute path)."""
-    resolved = str(Path(db).resolve())
+    """The anchor file of one database (by its absolute path, or a PostgreSQL database's URL)."""
+    resolved = _database_name(db)
     return key_dir() / "anchors" / f"{hashlib.sha256(resolved.encode('utf-8')).hexdigest()[:32]}.anchor"
 
 
@@ -130,7 +136,7 @@ def anchor_append(db: str | os.PathLike, seq: int, digest: str, key_id: str | No
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         if new:  # a header naming the file, for a person reading the directory
-            os.write(fd, f"# audit anchor of {Path(db).resolve()}\n".encode("utf-8", "replace"))
+            os.write(fd, f"# audit anchor of {_database_name(db)}\n".encode("utf-8", "replace"))
         os.write(fd, f"{int(seq)}\t{digest}\t{key_id or '-'}\n".encode("ascii"))
     finally:
         os.close(fd)
@@ -141,7 +147,7 @@ RESTORE = "restore"  # an anchor line setting the expected trail back to an entr
 
 def restore_mac(key: bytes, db: str | os.PathLike, seq: int, digest: str) -> str:
     """The signature of a restore mark: only the holder of the audit key can set a trail back."""
-    return mac(key, f"anchor-restore\x00{Path(db).resolve()}\x00{int(seq)}\x00{digest}".encode("utf-8"))
+    return mac(key, f"anchor-restore\x00{_database_name(db)}\x00{int(seq)}\x00{digest}".encode("utf-8"))
 
 
 def anchor_mark_restore(db: str | os.PathLike, seq: int, digest: str, key_id: str, key: bytes) -> None:

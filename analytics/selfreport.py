@@ -243,7 +243,8 @@ def open_link(db, token: str, *, now: datetime | None = None) -> OpenLink:
         reason = _refusal(row, now)
         patients = [row[1]] if row is not None else []
         detail = {"link": row[0]} if row is not None else {}
-        decision = _openings.decide(f"{hash_token(token)}:{reason or 'ok'}", time.monotonic())
+        # per database: one process may serve several (a test run on both backends, a server's two stores)
+        decision = _openings.decide(f"{store.label(db)}:{hash_token(token)}:{reason or 'ok'}", time.monotonic())
         if decision == "busy":
             reason = "busy"  # nothing is written
         elif decision == "repeat":
@@ -307,7 +308,11 @@ def submit(db, token: str, answers: dict[str, dict[int, int | None]], *, now: da
         if report.rejects or sum(f.rows_inserted for f in report.files) != len(rows):
             raise LinkRefused("invalid", "Your answers could not be saved. Please ask your clinic for a new link.")
         link_id, patient_id = row[0], row[1]
-        con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL", [now, link_id])
+        # Single use is the database's to enforce: two servers submitting one link at once (PostgreSQL)
+        # both pass the check above, and only the first UPDATE finds the link unused.
+        if not con.execute("UPDATE self_report_links SET used_at = ? WHERE link_id = ? AND used_at IS NULL "
+                           "RETURNING link_id", [now, link_id]).fetchall():
+            raise LinkRefused("used", REFUSALS["used"])
         audit.append(db, SELF_ACTOR, "self_report_submit", page=PAGE, patients=[patient_id],
                      detail={"link": link_id, "instruments": list(link.instruments)}, con=con)
         for code in link.instruments:  # a safety item above 0 raises a flag whatever the total

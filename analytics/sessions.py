@@ -19,9 +19,7 @@ import secrets
 import threading
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import duckdb
 
 from . import store, throttle
 
@@ -60,7 +58,7 @@ def digest(secret: str) -> str:
 
 
 def _key(db) -> str:
-    return str(Path(store.db_path(db)).resolve())
+    return str(store.db_path(db).resolve())
 
 
 def create(con, username: str, epoch: int, via: str, now: datetime) -> tuple[str, str]:
@@ -103,7 +101,7 @@ def _fetch(db, where: str, params: list) -> dict | None:
     try:
         with store.connect(db) as con:
             rows = con.execute(f"{_SELECT} {where}", params).fetchall()
-    except (duckdb.CatalogException, FileNotFoundError):
+    except (*store.MissingTable, FileNotFoundError):
         return None
     return dict(zip(_COLUMNS, rows[0])) if rows else None
 

@@ -56,11 +56,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 import duckdb
 
-from . import archive, scales, sidecars
+from . import archive, scales, sidecars, store_postgres
 from .vocabulary import PHASES, ROUTES, SEXES
 
 DEFAULT_DB = Path(__file__).resolve().parent.parent / "data" / "outcomes.duckdb"
@@ -91,8 +91,9 @@ class SchemaTooNew(Refused):
     """The database was written by a newer version of the software: this one neither reads nor writes it."""
 
     def __init__(self, path: Path, found: int):
-        self.path, self.found, self.known = Path(path), found, SCHEMA_VERSION
-        super().__init__(f"the database {path} has schema version {found}, newer than this software's {SCHEMA_VERSION}: "
+        self.path = path if isinstance(path, store_postgres.Target) else Path(path)
+        self.found, self.known = found, SCHEMA_VERSION
+        super().__init__(f"the database {getattr(path, 'label', path)} has schema version {found}, newer than this software's {SCHEMA_VERSION}: "
                          "upgrade the software to open it (nothing was changed)")
 
 
@@ -118,12 +119,61 @@ class CommittedButFailed(RuntimeError):
         super().__init__(f"committed; then {step} failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
 
 
-def db_path(explicit: str | os.PathLike | None = None) -> Path:
-    """--db beats OUTCOMES_DB beats data/outcomes.duckdb."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("OUTCOMES_DB")
-    return Path(env) if env else DEFAULT_DB
+# What a caller catches on either backend: a statement the database refused, a table not there.
+DatabaseError = (duckdb.Error, store_postgres.DatabaseError)
+MissingTable = (duckdb.CatalogException, store_postgres.MissingTable)
+MissingColumn = (duckdb.BinderException, store_postgres.MissingColumn)
+Conflict = (duckdb.ConstraintException, store_postgres.Conflict)
+PostgresTarget = store_postgres.Target
+Connection = Union[duckdb.DuckDBPyConnection, store_postgres.Connection]  # what connect and transaction yield
+
+
+def db_path(explicit: str | os.PathLike | None = None) -> Path | PostgresTarget:
+    """--db beats OUTCOMES_DB beats data/outcomes.duckdb. A `postgresql://` URL names a PostgreSQL
+    database (a network's shared store) and gives a `PostgresTarget` instead of a path."""
+    value = explicit if explicit else os.environ.get("OUTCOMES_DB")
+    if isinstance(value, PostgresTarget):
+        return value
+    if store_postgres.is_url(str(value) if value else None):
+        return PostgresTarget(str(value))
+    return Path(value) if value else DEFAULT_DB
+
+
+def is_postgres(path: str | os.PathLike | None = None) -> bool:
+    """Is the database (as `db_path` resolves it) a PostgreSQL one?"""
+    return isinstance(db_path(path), PostgresTarget)
+
+
+def label(path: str | os.PathLike | None = None) -> str:
+    """The database's name for messages and logs (a URL without its password)."""
+    target = db_path(path)
+    return target.label if isinstance(target, PostgresTarget) else str(target)
+
+
+def dialect(con) -> str:
+    """"postgres" or "duckdb": for the few statements written differently (see store_postgres)."""
+    return getattr(con, "dialect", "duckdb")
+
+
+def lock(con, name: str) -> None:
+    """Hold the named lock until `con`'s transaction ends. On DuckDB the single writer already
+    serialises every write, so there is nothing to take; on PostgreSQL an advisory lock."""
+    if dialect(con) == "postgres":
+        store_postgres.lock(con, name)
+
+
+def read_arrow(con, sql: str, params=()):
+    """A large read as an Arrow table (DuckDB's own reader; ADBC on PostgreSQL)."""
+    if dialect(con) == "postgres":
+        return con.arrow(sql, params)
+    return con.sql(sql, params=list(params)).to_arrow_reader(1 << 17).read_all()
+
+
+def stamp_text(con, column: str) -> str:
+    """SQL for a timestamp as 'YYYY-MM-DDTHH:MM:SS' (record keys in record_history)."""
+    if dialect(con) == "postgres":
+        return f"""to_char({column}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    return f"strftime({column}, '%Y-%m-%dT%H:%M:%S')"
 
 
 def _has_write_bits(path: Path) -> bool:
@@ -483,6 +533,10 @@ def connect(
     OUTCOMES_LOCK_WAIT, 120) before StoreBusy.
     """
     target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        with _connect_postgres(target, write, wait) as con:
+            yield con
+        return
     if not write and not target.exists():
         raise FileNotFoundError(f"no database at {target}: run `python -m analytics demo` or import data")
     if write:
@@ -564,6 +618,24 @@ def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> No
 
 
 @contextlib.contextmanager
+def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
+    """store_postgres.connect, with a lock wait that ran out as StoreBusy and a missing schema as
+    FileNotFoundError, the same as for a file."""
+    try:
+        with store_postgres.connect(target, write=write, wait=LOCK_WAIT_SECONDS if wait is None else wait,
+                                    is_current=_is_current, ensure_current=ensure_current) as con:
+            yield con
+    except store_postgres.LockTimeout as exc:
+        raise StoreBusy(f"database {target.label} is busy (another writer holds what this write needs); "
+                        "try again shortly") from exc
+    except store_postgres.MissingTable as exc:
+        if write or target.exists():
+            raise
+        raise FileNotFoundError(f"no database at {target.label}: run `python -m analytics demo --db <url>` "
+                                "or import data") from exc
+
+
+@contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
                 snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
@@ -606,13 +678,21 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
 
 def change_stamp(path: str | os.PathLike | None = None) -> tuple:
     """A value that changes whenever the database may have changed (no database read: a few stats);
-    for caches of what is read from it (analytics.access.DataAccess.data_version)."""
-    return sidecars.change_stamp(db_path(path))
+    for caches of what is read from it (analytics.access.DataAccess.data_version). On PostgreSQL one
+    cheap query (store_postgres.change_stamp)."""
+    target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return store_postgres.change_stamp(target)
+    return sidecars.change_stamp(target)
 
 
 def write_in_progress(path: str | os.PathLike | None = None) -> bool:
-    """Is another process writing to the database right now (its writes not yet visible to others)?"""
-    writer = sidecars.read_state(db_path(path)).get("writer")
+    """Is another process writing to the database right now (its writes not yet visible to others)?
+    Never on PostgreSQL: readers there never wait for writers, and there is no snapshot to fall back on."""
+    target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return False
+    writer = sidecars.read_state(target).get("writer")
     return writer is not None and writer != os.getpid() and sidecars.pid_alive(writer)
 
 
@@ -703,6 +783,10 @@ def journal(path: str | os.PathLike | None, kind: str, payload: dict) -> str:
     """Queue one write for the next writer: durable (fsynced) when this returns; its id."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
+    if is_postgres(path):  # no single writer to wait for: written at once
+        with transaction(path) as con:
+            _JOURNAL_KINDS[kind][0](con, payload)
+        return ""
     return sidecars.journal_append(db_path(path), kind, payload)
 
 
@@ -712,6 +796,9 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
     the kind's `apply` returned, or None when journaled. Either way it is durable when this returns."""
     if kind not in _JOURNAL_KINDS:
         raise ValueError(f"journal kind {kind!r} is not registered")
+    if is_postgres(path):  # PostgreSQL has no single writer: the write goes in at once, never queued
+        with transaction(path, wait=wait) as con:
+            return _JOURNAL_KINDS[kind][0](con, payload)
     if getattr(_in_passing, "journaled", False):
         journal(path, kind, payload)
         return None
@@ -725,13 +812,15 @@ def write_or_journal(path: str | os.PathLike | None, kind: str, payload: dict, *
 
 def journal_pending(path: str | os.PathLike | None = None, kind: str | None = None) -> list[dict]:
     """Entries waiting to be applied, oldest first ({"id", "kind", "queued_at", "payload"})."""
+    if is_postgres(path):
+        return []  # nothing is ever journaled there
     return sidecars.pending_entries(db_path(path), kind)
 
 
 def flush_journal(path: str | os.PathLike | None = None, wait: float = 0.0) -> bool:
     """Apply the journal now if the lock is free within `wait` seconds; True when nothing is left."""
     target = db_path(path)
-    if not sidecars.journal_pending(target):
+    if isinstance(target, PostgresTarget) or not sidecars.journal_pending(target):
         return True
     if not target.exists():
         return False
@@ -799,6 +888,8 @@ def keep_journal_flushed(path: str | os.PathLike | None = None, every: float = 1
     It tries without waiting (a wait would hold back this process's new readers until the current ones
     are done); after `FORCE_FLUSH_AFTER` tries that found the database in use it waits up to a second."""
     target = db_path(path)
+    if isinstance(target, PostgresTarget):
+        return  # nothing is journaled on PostgreSQL
     key = f"{os.getpid()}:{target.resolve()}"
     with _flushers_guard:
         if key in _flushers and _flushers[key].is_alive():
@@ -1127,14 +1218,18 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of the open database (0: not a store yet)."""
     try:
         rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
-    except duckdb.CatalogException:
+    except MissingTable:
         return 0
     return rows[0][0] or 0
 
 
+def _is_current(con) -> bool:
+    return current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con)
+
+
 def ensure_current(con: duckdb.DuckDBPyConnection) -> int:
     """`migrate` only when something is behind; two small reads when nothing is (every write open runs this)."""
-    if current_version(con) == SCHEMA_VERSION and _instruments_in_sync(con):
+    if _is_current(con):
         return SCHEMA_VERSION
     return migrate(con)
 
@@ -1146,7 +1241,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     database with a newer schema than this software's is refused (SchemaTooNew), never written."""
     version = current_version(con)
     if version > SCHEMA_VERSION:
-        raise SchemaTooNew(archive.attached_file(con) or Path(":memory:"), version)
+        database = con.target if dialect(con) == "postgres" else archive.attached_file(con)
+        raise SchemaTooNew(database or Path(":memory:"), version)
     if version < SCHEMA_VERSION:
         if version >= 1:
             backup_before_migration(con, version)
@@ -1183,7 +1279,11 @@ def backup_dir(path: str | os.PathLike | None = None) -> Path:
 def backup_before_migration(con: duckdb.DuckDBPyConnection, version: int) -> Path | None:
     """Back up the open database (write lock held) before migrating it from `version`; its path.
 
-    MigrationRefused when the backup cannot be written: then nothing is migrated."""
+    MigrationRefused when the backup cannot be written: then nothing is migrated. Not on PostgreSQL,
+    whose migrations are one transaction that rolls back whole, and whose backups are the operator's
+    (pg_dump, base backups: docs/deployment.md)."""
+    if dialect(con) == "postgres":
+        return None
     source = archive.attached_file(con)
     if source is None:
         return None  # an in-memory database: nothing to keep
@@ -1240,8 +1340,8 @@ def sync_instruments(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def initialise(path: str | os.PathLike | None = None) -> Path:
-    """Create (or migrate) the database file and return its path."""
+def initialise(path: str | os.PathLike | None = None) -> Path | PostgresTarget:
+    """Create (or migrate) the database (a file, or the schema in a PostgreSQL database) and return it."""
     target = db_path(path)
     with connect(target, write=True):
         pass

@@ -34,27 +34,133 @@ DEMO_SEED = 7
 DEMO_TODAY = "2026-11-21"
 
 
-def _build_demo(path: Path) -> None:
+def _build_demo(path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "analytics", "demo", "--db", str(path),
          "--patients", str(DEMO_PATIENTS), "--seed", str(DEMO_SEED)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    if result.returncode != 0 or not path.exists():
+    if result.returncode != 0 or (isinstance(path, Path) and not path.exists()):
         raise RuntimeError(f"demo database build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
+# --- the two backends -----------------------------------------------------------------------
+# Tests that take the `backend` fixture (directly, or through `pytestmark = pytest.mark.usefixtures
+# ("backend")`) run twice: on a DuckDB file and on a PostgreSQL database of a throwaway cluster
+# (tools/pgcluster.py, started once per session). Their databases come from `fixtures.make_db`,
+# `demo_db` and `writable_db`, which follow the test's backend.
+
+BACKENDS = ("duckdb", "postgres")
+POSTGRES_REQUIRED_ENV = "OUTCOMES_REQUIRE_POSTGRES"  # .ci/run sets it: there the PostgreSQL half must run
+_POSTGRES_OUTCOME = {"unavailable": None, "passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        # @pytest.mark.duckdb_only("why"): behaviour of the DuckDB file itself (locks, sidecar files,
+        # the shared instance), which a PostgreSQL database does not have: run on DuckDB alone.
+        only = metafunc.definition.get_closest_marker("duckdb_only")
+        metafunc.parametrize("backend", ("duckdb",) if only else BACKENDS, indirect=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "duckdb_only(reason): tests a DuckDB file's own behaviour; not run on PostgreSQL")
+
+
+def backend_of(request) -> str:
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("backend", "duckdb") if callspec is not None else "duckdb"
+
+
+@pytest.fixture(scope="session")
+def pg_databases():
+    """A throwaway PostgreSQL cluster for the session (tools/pgcluster.py), as a `fixtures.PostgresDatabases`
+    that makes and drops databases in it. When PostgreSQL cannot run here the PostgreSQL half of the
+    suite is skipped with the reason (and fails under OUTCOMES_REQUIRE_POSTGRES=1, as in CI)."""
+    from tools import pgcluster
+    from fixtures import PostgresDatabases
+
+    url = os.environ.get("OUTCOMES_TEST_PG")  # a server someone started for the tests
+    if url:
+        yield PostgresDatabases(url)
+        return
+    ok, why = pgcluster.available()
+    if not ok:
+        _POSTGRES_OUTCOME["unavailable"] = why
+        if os.environ.get(POSTGRES_REQUIRED_ENV):
+            pytest.fail(f"PostgreSQL half cannot run: {why}")
+        pytest.skip(f"PostgreSQL half not run: {why}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        why = f"psycopg is not installed ({exc}): pip install -r requirements.txt -c constraints.txt"
+        _POSTGRES_OUTCOME["unavailable"] = why
+        if os.environ.get(POSTGRES_REQUIRED_ENV):
+            pytest.fail(f"PostgreSQL half cannot run: {why}")
+        pytest.skip(f"PostgreSQL half not run: {why}")
+    with pgcluster.Cluster() as cluster:  # from the main thread: the server dies with this process
+        databases = PostgresDatabases(cluster.url)
+        try:
+            yield databases
+        finally:
+            databases.close()
+
+
+@pytest.fixture()
+def backend(request):
+    """"duckdb" or "postgres" (parametrised); on PostgreSQL the test's databases are made in the cluster."""
+    import fixtures
+
+    name = request.param
+    if name == "postgres":
+        databases = request.getfixturevalue("pg_databases")
+        fixtures.use_postgres(databases)
+        try:
+            yield name
+        finally:
+            fixtures.use_postgres(None)
+            databases.drop_made()
+    else:
+        yield name
+
+
+def pytest_runtest_logreport(report):
+    if ("[postgres" in report.nodeid or "test_postgres.py" in report.nodeid) and (report.when == "call" or report.outcome != "passed"):
+        if report.when == "call" or report.outcome in ("failed", "skipped"):
+            _POSTGRES_OUTCOME[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    outcome = _POSTGRES_OUTCOME
+    if outcome["unavailable"]:
+        terminalreporter.write_line(f"PostgreSQL half NOT RUN: {outcome['unavailable']}", red=True, bold=True)
+    elif outcome["passed"] or outcome["failed"] or outcome["skipped"]:
+        terminalreporter.write_line(f"PostgreSQL half: {outcome['passed']} passed, {outcome['failed']} failed, "
+                                    f"{outcome['skipped']} skipped", bold=True)
 
 
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory) -> Path:
-    """A 120-patient demo clinic (seed 7), built once and shared read-only."""
+    """A 120-patient demo clinic (seed 7) in a DuckDB file, built once and shared read-only."""
     path = tmp_path_factory.mktemp("demo") / "demo.duckdb"
     _build_demo(path)
     return path
 
 
+@pytest.fixture(scope="session")
+def _demo_postgres_template(request) -> str:
+    """The demo clinic built once in the cluster, as a template database copied per test (never opened itself)."""
+    databases = request.getfixturevalue("pg_databases")
+    return databases.demo_template(_build_demo)
+
+
 @pytest.fixture()
-def writable_db(demo_db, tmp_path) -> Path:
-    """A private copy of the demo database that a test may change."""
+def writable_db(request, tmp_path):
+    """A private copy of the demo database that a test may change (on the test's backend)."""
+    if backend_of(request) == "postgres":
+        import fixtures
+        return fixtures.postgres().copy_of(request.getfixturevalue("_demo_postgres_template"))
+    demo_db = request.getfixturevalue("demo_db")
     copy = tmp_path / "writable.duckdb"
     shutil.copy(demo_db, copy)
     wal = Path(str(demo_db) + ".wal")

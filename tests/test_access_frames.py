@@ -9,6 +9,8 @@ from analytics import store
 from analytics.access import DataAccess, Scope, SYSTEM
 from fixtures import assessment, make_db, patient, treatment
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 
 def ordered_read(db, sql: str, params) -> pd.DataFrame:
     """The reference: DuckDB's own ORDER BY and DataFrame conversion."""

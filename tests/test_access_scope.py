@@ -6,6 +6,8 @@ import pytest
 from analytics import access, audit, auth, store
 from analytics.access import AccessDenied, DataAccess, Scope
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 PASSWORD = "correct horse battery"
 INJECTIONS = [
     "' OR '1'='1",

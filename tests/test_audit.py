@@ -11,6 +11,8 @@ import pytest
 
 from analytics import audit, store
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +67,12 @@ def test_removing_an_entry_and_stitching_the_chain_is_still_detected(writable_db
         kept = con.execute("SELECT hash FROM audit_log WHERE seq = ?", [base + 2]).fetchall()[0][0]
         con.execute("DELETE FROM audit_log WHERE seq = ?", [base + 3])
         con.execute("UPDATE audit_log SET prev_hash = ? WHERE seq = ?", [kept, base + 4])
-        con.execute("UPDATE audit_log SET seq = seq - 1 WHERE seq > ?", [base + 3])
+        if store.dialect(con) == "duckdb":
+            con.execute("UPDATE audit_log SET seq = seq - 1 WHERE seq > ?", [base + 3])
+        else:  # PostgreSQL checks the key row by row: renumber upwards, one entry at a time
+            later = [r[0] for r in con.execute("SELECT seq FROM audit_log WHERE seq > ? ORDER BY seq", [base + 3]).fetchall()]
+            for seq in later:
+                con.execute("UPDATE audit_log SET seq = ? WHERE seq = ?", [seq - 1, seq])
     result = audit.verify(writable_db)
     assert not result.ok and result.first_bad_seq == base + 3
 
@@ -118,6 +125,7 @@ def test_audit_cli_prints_json_since_a_date_and_verifies(writable_db):
     assert bad.returncode == 2 and "since must be a date" in bad.stderr
 
 
+@pytest.mark.duckdb_only("a file written before schema v2; a PostgreSQL database is always created current")
 def test_a_database_from_before_the_audit_table_reads_as_empty(tmp_path):
     db = tmp_path / "v1.duckdb"
     import duckdb

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from analytics import audit, auth, store
+from fixtures import new_db
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -159,7 +162,7 @@ def test_demo_accounts_only_on_demo_data_and_only_once(writable_db, tmp_path):
     for user, _, password in made:
         assert auth.authenticate(writable_db, user, password).username == user
     assert auth.create_demo_accounts(writable_db) == []
-    real = tmp_path / "real.duckdb"
+    real = new_db(tmp_path, "real.duckdb")
     store.initialise(real)
     with store.transaction(real) as con:
         con.execute("INSERT INTO import_batches (source, file_name, sha256) VALUES ('csv', 'clinic.csv', 'x')")

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from analytics import access, ingest, store
-from fixtures import make_db, patient, snapshot
+from fixtures import make_db, new_db, patient, snapshot
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 PATIENTS_HEADER = "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,prior_failed_trials,enrolled_on"
@@ -195,7 +197,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_exit_codes_and_patients_first_whatever_the_order(tmp_path):
-    db = tmp_path / "cli.duckdb"
+    db = new_db(tmp_path, "cli.duckdb")
     patients = write(tmp_path / "people.csv", PATIENTS_HEADER, "P1,North,dr_a,1980,F,TRD,,1,2024-01-01")
     treatments = write(tmp_path / "doses.csv", TREATMENTS_HEADER, "P1,2024-01-02,iv,0.5,")
     all_good = run_cli("import", "--db", str(db), str(treatments), str(patients))

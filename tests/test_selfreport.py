@@ -13,6 +13,8 @@ import pytest
 from analytics import audit, selfreport, store
 from analytics.access import SYSTEM, AccessDenied, DataAccess, Scope
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 ROOT = Path(__file__).resolve().parent.parent
 PHQ9_ITEM9_POSITIVE = {n: 1 for n in range(1, 10)}  # item 9 = 1
 PHQ9_CALM = {**{n: 1 for n in range(1, 9)}, 9: 0}

@@ -10,6 +10,8 @@ from analytics import audit, store, visits
 from analytics.access import SYSTEM, DataAccess, Scope
 from tests.conftest import shown
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL
+
 WHEN = datetime(2026, 11, 19, 10, 30)
 
 

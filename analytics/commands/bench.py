@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .. import bench
+from .. import bench, store
 from ..progress import clear, terminal_progress
 
 
@@ -74,8 +74,16 @@ def run(args) -> int:
         print("bench: give --patients N (1 or more) or --sizes N1,N2,...", file=sys.stderr)
         return 2
     progress = terminal_progress(f"bench {args.patients:,}", not args.json)
+    # --db (every command's): a PostgreSQL database to measure on, emptied before each import, so give it
+    # one of its own; the figures keep the same keys. Without it the benchmark makes its own DuckDB files.
+    db_url = getattr(args, "db", None)
+    if db_url and not store.is_postgres(db_url):
+        print("bench: --db takes a PostgreSQL URL (postgresql://...); without it the benchmark makes its own DuckDB "
+              "files", file=sys.stderr)
+        return 2
     result = bench.run_benchmark(args.patients, args.seed, repeats=args.repeats, budget=args.budget or None, work=work,
-                                 progress=progress, users=args.users, users_options=users_options(args))
+                                 progress=progress, users=args.users, users_options=users_options(args),
+                                 db_url=db_url)
     clear(progress)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

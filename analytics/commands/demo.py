@@ -53,7 +53,7 @@ def run(args) -> int:
             print(f"demo: {line}", file=sys.stderr)
     print(
         f"demo: {len(t['patients']):,} patients, {len(t['treatments']):,} infusions, "
-        f"{len(t['assessments']):,} assessments -> {Path(db)} in {time.monotonic() - started:.1f}s"
+        f"{len(t['assessments']):,} assessments -> {store.label(db)} in {time.monotonic() - started:.1f}s"
         + ("" if code == 0 else f" (import exit code {code})")
     )
     return code

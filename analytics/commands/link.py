@@ -29,7 +29,7 @@ def run(args) -> int:
     db = store.db_path(args.db)
     try:
         if not db.exists():
-            raise FileNotFoundError(f"no database at {db}")
+            raise FileNotFoundError(f"no database at {store.label(db)}")
         scope = dataclasses.replace(SYSTEM, user=os.environ.get("USER") or SYSTEM.user)  # the operator owns the file
         link = selfreport.create_link(db, scope, args.patient, args.instruments, hours=args.hours, base=args.base_url, page="cli")
     except (ValueError, AccessDenied, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -98,6 +97,10 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
     jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
     try:
         with store.transaction(db, snapshot=snapshot) as con:
+            # Imports (visit entries and self-reports included) write one at a time: on a file the
+            # single writer sees to it; on PostgreSQL this lock, so two imports of overlapping rows
+            # never meet at a key (one would fail whole) and each sees the other's rows.
+            store.lock(con, "import")
             for job in jobs:
                 _write_job(con, job, user)
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
@@ -115,7 +118,7 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
             f"{_first_line(exc.error).rstrip('. ')}. The database is consistent: the committed rows are in its "
             f"write-ahead log ({store.db_path(db).name}.wal) and are moved into the file the next time it is "
             "opened with room to do so. Free disk space; the files need not be imported again")
-    except (duckdb.Error, store.Refused) as exc:  # busy, read-only, a newer schema: nothing was written
+    except (*store.DatabaseError, store.Refused) as exc:  # busy, read-only, a newer schema: nothing was written
         report.demo_accounts_disabled = []
         for job in jobs:
             job.result.batch_id = None
@@ -136,7 +139,7 @@ def _write_job(con, job: FileJob, user: str) -> None:
     batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
                                  kind=v.kind, user=user, rows_total=result.rows_total)
     if job.staged is not None:
-        written = write.write(con, v, batch_id, source=f"read_parquet('{sql_path(job.staged.path)}')")
+        written = write.write(con, v, batch_id, staged=job.staged.path)
     else:
         # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
         clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone

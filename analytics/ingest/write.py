@@ -9,12 +9,12 @@ operations rather than a Python loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .. import scales
+from .. import scales, store
 from .rules import Validated
 
 ITEMS = scales.item_columns()
@@ -36,11 +36,27 @@ _KEY = {
     "treatments": ["patient_id", "administered_at"],
     "assessments": ["patient_id", "instrument", "administered_at"],
 }
-_RECORD_KEY = {
-    "patients": "t.patient_id",
-    "treatments": "t.patient_id || '|' || strftime(t.administered_at, '%Y-%m-%dT%H:%M:%S')",
-    "assessments": "t.patient_id || '|' || t.instrument || '|' || strftime(t.administered_at, '%Y-%m-%dT%H:%M:%S')",
-}
+
+
+def _record_key(con, kind: str) -> str:
+    """The record_history key of a row of `kind` (alias t), e.g. "P1|2024-01-08T09:30:00"."""
+    if kind == "patients":
+        return "t.patient_id"
+    stamp = store.stamp_text(con, "t.administered_at")
+    return f"t.patient_id || '|' || {stamp}" if kind == "treatments" else f"t.patient_id || '|' || t.instrument || '|' || {stamp}"
+
+
+def _old_values(con, kind: str) -> str:
+    """SQL for a row's replaced values as JSON (alias t); a patient's with its attributes."""
+    if kind != "patients":
+        return "to_json(t)"
+    if store.dialect(con) == "postgres":
+        return """to_jsonb(t) || jsonb_build_object('attributes', coalesce(
+                   (SELECT jsonb_object_agg(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
+                   '{}'::jsonb))"""
+    return """json_merge_patch(to_json(t), json_object('attributes', coalesce(
+               (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
+               '{}'::JSON)))"""
 
 UNKNOWN_PATIENT = "unknown patient: no patient with this patient_id (import the patients file first, or in the same command)"
 
@@ -63,7 +79,7 @@ def _written_columns(v: Validated) -> list[str]:
     return [c for c in _VALUES[v.kind] if c in _ALWAYS[v.kind] or _SOURCE_COLUMN.get(c, c) in given]
 
 
-def start_batch(con: duckdb.DuckDBPyConnection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int) -> int:
+def start_batch(con: store.Connection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int) -> int:
     return con.execute(
         """INSERT INTO import_batches (source, file_name, sha256, kind, imported_by, rows_total)
            VALUES (?, ?, ?, ?, ?, ?) RETURNING batch_id""",
@@ -79,20 +95,25 @@ def finish_batch(con, batch_id: int, inserted: int, updated: int, unchanged: int
     )
 
 
-def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source: str | None = None) -> Written:
-    """Check against the store and write `v`'s rows: `v.clean`, or when `source` is given the table
-    of that (internal, trusted) name, with the same columns (a large file's staged rows)."""
+def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | None = None) -> Written:
+    """Check against the store and write `v`'s rows: `v.clean`, or when `staged` is given the rows of
+    that Parquet file, with the same columns (a large file's staged rows)."""
     kind = v.kind
     table = kind
     columns = _written_columns(v)
     keys = _KEY[kind]
     on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
     differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
-    if source is None:
+    # A view over the staged file on DuckDB; PostgreSQL cannot read it, so its rows are copied in.
+    as_view = staged is not None and store.dialect(con) == "duckdb"
+    if staged is None:
         # Registered as Arrow: DuckDB scans it natively, about twice as fast as scanning a DataFrame.
         con.register("ingest_incoming", _arrow(v.clean))
+    elif as_view:
+        quoted = str(staged).replace("'", "''")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW ingest_incoming AS SELECT * FROM read_parquet('{quoted}')")
     else:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW ingest_incoming AS SELECT * FROM {source}")
+        con.register("ingest_incoming", staged)
     try:
         if kind == "patients":
             con.register("ingest_attributes", _arrow(v.attributes))
@@ -101,7 +122,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source
                 f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
                     WITH current_attrs AS (
                         SELECT a.* FROM patient_attributes a
-                        WHERE list_contains(?, a.name) AND a.patient_id IN (SELECT patient_id FROM ingest_incoming)),
+                        WHERE a.name = ANY(?) AND a.patient_id IN (SELECT patient_id FROM ingest_incoming)),
                     attr_changed AS (
                         SELECT DISTINCT coalesce(c.patient_id, n.patient_id) AS patient_id
                         FROM current_attrs c FULL JOIN ingest_attributes n
@@ -154,14 +175,10 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source
         counts = dict(con.execute("SELECT status, count(*) FROM ingest_status GROUP BY status").fetchall())
         set_list = ", ".join(f"{c} = i.{c}" for c in columns)
         if counts.get("changed"):
-            old = "to_json(t)"
-            if kind == "patients":
-                old = """json_merge_patch(to_json(t), json_object('attributes', coalesce(
-                           (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
-                           '{}'::JSON)))"""
+            old = _old_values(con, kind)
             con.execute(
                 f"""INSERT INTO record_history (table_name, record_key, old_values, batch_id)
-                    SELECT '{table}', {_RECORD_KEY[kind]}, {old}, ?
+                    SELECT '{table}', {_record_key(con, kind)}, {old}, ?
                     FROM {table} t JOIN ingest_incoming i ON {on}
                     JOIN ingest_status s ON s._row = i._row WHERE s.status = 'changed'""",
                 [batch_id],
@@ -188,7 +205,7 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source
             )
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
             con.execute(
-                """DELETE FROM patient_attributes WHERE list_contains(?, name) AND patient_id IN
+                """DELETE FROM patient_attributes WHERE name = ANY(?) AND patient_id IN
                    (SELECT patient_id FROM ingest_status WHERE status = 'changed')""",
                 [list(v.attribute_names)],
             )
@@ -199,16 +216,16 @@ def write(con: duckdb.DuckDBPyConnection, v: Validated, batch_id: int, *, source
             )
         con.execute("DROP TABLE ingest_status")
     finally:
-        if source is None:
-            con.unregister("ingest_incoming")
-        else:
+        if as_view:
             con.execute("DROP VIEW IF EXISTS ingest_incoming")
+        else:
+            con.unregister("ingest_incoming")
         if kind == "patients":
             con.unregister("ingest_attributes")
     return Written(batch_id, counts.get("new", 0), counts.get("changed", 0), counts.get("same", 0), db_rejects)
 
 
-def quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, file_name: str, rejects: pd.DataFrame) -> None:
+def quarantine(con: store.Connection, batch_id: int, file_name: str, rejects: pd.DataFrame) -> None:
     """Store rejected rows (line, column, reason, raw).
 
     A row is not quarantined again when a file of the same content (sha256 of the batch) had the
