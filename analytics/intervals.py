@@ -280,7 +280,7 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
     out = states.merge(evidence, on="patient_id", how="left")
     for c in ("observed_cycles", "observed_losses"):
         out[c] = out[c].fillna(0).astype(int)
-    eligible = (out["status"] == "suggested").to_numpy()
+    eligible = (out["status"] == "suggested").to_numpy().copy()  # pandas may hand back a read-only view
     if model is None:
         # no model (too few patients or scores): nobody gets a number, and the reason is given
         out.loc[eligible, "status"] = "no_model"

@@ -262,3 +262,13 @@ def test_commands_refuse_bad_arguments_with_exit_2(demo_db):
     assert _run("intervals", "--db", str(demo_db), "--instrument", "HAM-D").returncode == 2
     assert _run("intervals", "--db", str(demo_db), "--target", "1.2").returncode == 2
     assert _run("intervals", "--db", str(demo_db), "--today", "21/11/2026").returncode == 2
+
+
+def test_without_a_model_nobody_gets_a_number_and_each_is_told_why(clinic):
+    # a new clinic with too few patients or scores has no model: the suggestions still come back, with a reason
+    _, _, cm, with_model = clinic
+    sug = intervals.suggest_intervals(None, cm.course, cm.cycles, today=TODAY, last_activity=cm.last_activity)
+    assert len(sug) == len(with_model)
+    would = set(with_model.loc[with_model["status"] == "suggested", "patient_id"])
+    assert would and set(sug.loc[sug["status"] == "no_model", "patient_id"]) == would
+    assert sug["suggested_interval_days"].isna().all()
