@@ -71,4 +71,4 @@ with page_run():
                 _signin.sign_out()
             _watch_idle()
         with _page.this_run(scope):  # the page does not work out the scope again
-            _notice.guarded(st.navigation(navigation_for(scope)).run)
+            _notice.guarded(st.navigation(navigation_for(scope)).run, scope=scope)

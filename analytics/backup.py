@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from . import archive, audit, keys, store
-from .failures import is_damage
+from .failures import first_line, is_damage
 
 
 class BackupRefused(store.Refused):
@@ -52,6 +52,7 @@ def backup(db: str | os.PathLike | None, dest: str | os.PathLike, *, wait: float
     file must not take the place of a good one."""
     source = store.db_path(db)
     dest = Path(dest)
+    _refuse_postgres(source)
     if not source.exists():
         raise FileNotFoundError(f"no database at {source}")
     if dest.resolve() == source.resolve() or dest.resolve() == Path(f"{source}.wal").resolve():
@@ -64,7 +65,7 @@ def backup(db: str | os.PathLike | None, dest: str | os.PathLike, *, wait: float
                                      companions=companions, check_copy=_verify_audit_of, after_copy=held.close)
     except duckdb.Error as exc:
         if is_damage(exc):
-            raise BackupRefused(f"the database {source} is damaged ({_first_line(exc)}); no backup was written, so "
+            raise BackupRefused(f"the database {source} is damaged ({first_line(exc)}); no backup was written, so "
                                 f"the last good one is kept: restore it (docs/operations.md)") from exc
         raise
     return BackupResult(dest, manifest, archive.record(source, dest, manifest))
@@ -86,6 +87,12 @@ class RestoreResult:
                 "audit_verified": self.audit_verified}
 
 
+def _refuse_postgres(target) -> None:
+    if isinstance(target, store.PostgresTarget):
+        raise BackupRefused(f"{target.label} is a PostgreSQL database: back it up with pg_dump and restore it with "
+                            "pg_restore (docs/operations.md); backup and restore here are for a database file")
+
+
 def _holds_database(target: Path) -> list[Path]:
     return [p for p in (target, Path(f"{target}.wal")) if p.exists()]
 
@@ -99,6 +106,7 @@ def restore(backup_file: str | os.PathLike, db: str | os.PathLike | None = None)
     check is moved aside as `<db>.failed-restore-<time>` and refused."""
     backup_file = Path(backup_file)
     target = store.db_path(db)
+    _refuse_postgres(target)
     if not backup_file.is_file():
         raise FileNotFoundError(f"no backup file at {backup_file}")
     present = _holds_database(target)
@@ -207,7 +215,7 @@ def _verify_restored(target: Path, manifest: dict) -> tuple[dict, list[str], boo
         with store.connect(target) as con:
             restored = archive.describe(con)
     except duckdb.Error as exc:
-        raise BackupRefused(f"the restored database cannot be read ({_first_line(exc)})") from exc
+        raise BackupRefused(f"the restored database cannot be read ({first_line(exc)})") from exc
     expected = manifest.get("tables") or {}
     if set(restored["tables"]) != set(expected):
         raise BackupRefused(f"the restored database holds tables {sorted(restored['tables'])}, the backup listed "
@@ -249,8 +257,3 @@ def _missing_audit_keys(db: Path) -> list[str]:
             return []
         ids = [r[0] for r in con.execute("SELECT DISTINCT key_id FROM audit_log WHERE key_id IS NOT NULL ORDER BY 1").fetchall()]
     return [key_id for key_id in ids if keys.find(audit.KEY_NAME, key_id) is None]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

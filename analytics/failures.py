@@ -55,7 +55,8 @@ def is_damage(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and bool(_DAMAGE.search(str(exc)))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (DuckDB's run on with context), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -111,17 +112,17 @@ def explain(exc: BaseException, db=None, *, context: str = "command") -> Failure
     if kind == "busy":
         return Failure(kind, EXIT_FAILED, f"{exc}; nothing was changed")
     if kind in ("schema_newer", "read_only", "refused", "missing"):
-        return Failure(kind, EXIT_FAILED, _first_line(exc))
+        return Failure(kind, EXIT_FAILED, first_line(exc))
     if kind == "disk":
         return Failure(kind, EXIT_FAILED, f"{_disk_reason(exc)}; nothing was changed")
     if kind == "damaged":
         log = write_log(context, exc, "damaged database")
         where = f"; details: {log}" if log else ""
-        return Failure(kind, EXIT_FAILED, f"the database {path} is damaged ({_first_line(exc)[:160]}); nothing was "
+        return Failure(kind, EXIT_FAILED, f"the database {path} is damaged ({first_line(exc)[:160]}); nothing was "
                                           f"changed. {restore_advice(path)}{where}", log)
     if kind == "committed":
         state = (f"its change was committed and is stored, but {exc.step} failed afterwards "
-                 f"({_first_line(exc.error)[:160]}): free disk space; the database is consistent")
+                 f"({first_line(exc.error)[:160]}): free disk space; the database is consistent")
         log = write_log(context, exc, state)
         return Failure(kind, EXIT_UNEXPECTED, f"{state}{'; details: ' + str(log) if log else ''}", log)
     log = write_log(context, exc, "nothing was changed")

@@ -12,6 +12,7 @@ import sys
 
 import streamlit as st
 
+from analytics.permissions import may
 from analytics.screens.health import Notice, notice_for
 from pages import _context
 
@@ -28,13 +29,15 @@ def draw(notice: Notice) -> None:
         st.rerun()
 
 
-def guarded(run, *args, **kwargs):
-    """`run(*args, **kwargs)`, or its failure drawn as a notice above whatever it drew, and the page stopped."""
+def guarded(run, *args, scope=None, **kwargs):
+    """`run(*args, **kwargs)`, or its failure drawn as a notice above whatever it drew, and the page stopped.
+
+    Server paths and the restore commands are shown only to a `scope` that may open the Health page."""
     slot = st.container()
     try:
         return run(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the dashboard's one place a failure becomes a notice
-        notice = notice_for(exc, _context.db_file())
+        notice = notice_for(exc, _context.db_file(), for_admin=scope is not None and may(scope, "open_page:health"))
         print(f"dashboard: {notice.kind}: {notice.title} ({type(exc).__name__})", file=sys.stderr)
         with slot:
             draw(notice)

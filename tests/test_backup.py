@@ -386,3 +386,11 @@ def test_writes_journaled_while_another_process_wrote_are_in_the_backup_and_appl
     trail = audit.entries(restored)
     assert len(trail) == before + 1 and trail.iloc[-1]["action"] == "view_patient"
     assert audit.verify(restored).ok
+
+
+def test_a_postgresql_store_is_sent_to_its_own_tools(tmp_path, capsys):
+    url = "postgresql://outcomes@127.0.0.1:1/outcomes"
+    code, out, err = cli_run(capsys, "backup", "--db", url, str(tmp_path / "b.tar.gz"))
+    assert code == 2 and "pg_dump" in err and not (tmp_path / "b.tar.gz").exists()
+    code, out, err = cli_run(capsys, "restore", str(tmp_path / "b.tar.gz"), "--db", url)
+    assert code == 2 and "pg_restore" in err

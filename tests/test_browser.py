@@ -23,10 +23,11 @@ PAGES = {
     "method": "Method",
     "users": "Users",
     "audit": "Audit trail",
+    "health": "Health",
 }
 # who signs in to see each page (a page a role may not use is not even registered for it)
 PAGE_ROLE = {"due": "clinician", "patient": "clinician", "cohort": "director", "durability": "director",
-             "data": "admin", "method": "director", "users": "admin", "audit": "admin"}
+             "data": "admin", "method": "director", "users": "admin", "audit": "admin", "health": "admin"}
 CHARTS_DRAWN = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
                 ".every(e => e.querySelector('.main-svg'))")
 CONTENT_HEIGHT = ("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
@@ -143,3 +144,26 @@ def test_search_a_patient_and_see_their_chart(page, streamlit_server, server_db,
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
     assert page.locator('[data-testid="stException"]').count() == 0
     _screenshot(page, "patient-search")
+
+
+def test_a_damaged_database_shows_what_to_do_in_the_browser(page, server_db, tmp_path):
+    """A database damaged in a data block: after sign-in the page says so and shows the restore command,
+    never a traceback or Streamlit's exception box."""
+    import shutil
+
+    from tests.conftest import DEMO_TODAY, serve_dashboard
+    from tests.test_exit_codes import damage
+
+    db = tmp_path / "damaged.duckdb"
+    shutil.copy(server_db, db)
+    damage(db, "middle")
+    with serve_dashboard(db, tmp_path / "streamlit.log", env={"OUTCOMES_TODAY": DEMO_TODAY,
+                                                                "OUTCOMES_LOG_DIR": str(tmp_path / "logs")}) as url:
+        page.goto(f"{url}/data")
+        _sign_in(page, "admin")
+        page.get_by_text("The database is damaged").wait_for(timeout=120_000)
+        page.wait_for_function(IDLE, timeout=120_000)
+        _screenshot(page, "damaged-database")
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert "python -m analytics restore BACKUP --db" in page.inner_text("body")
+        assert "Traceback" not in page.content()

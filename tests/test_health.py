@@ -102,7 +102,7 @@ def _texts(at) -> str:
 
 def test_a_damaged_database_shows_what_to_do_not_a_traceback(open_page, writable_db, monkeypatch, tmp_path):
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
-    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+    monkeypatch.setenv("OUTCOMES_ROLE", "admin")
     monkeypatch.setenv("OUTCOMES_LOG_DIR", str(tmp_path / "logs"))
     from test_exit_codes import damage
 
@@ -111,6 +111,12 @@ def test_a_damaged_database_shows_what_to_do_not_a_traceback(open_page, writable
     assert not at.exception
     assert "The database is damaged" in _texts(at)
     assert any("python -m analytics restore BACKUP --db" in c.value for c in at.code)
+    # anyone else is told to call an administrator, without the server's paths or commands
+    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+    at = open_page("dashboard")
+    assert not at.exception
+    assert "The database is damaged" in _texts(at) and "Tell an administrator" in _texts(at)
+    assert str(writable_db.parent) not in _texts(at) and not at.code
 
 
 def test_a_database_from_a_newer_version_shows_upgrade_not_a_traceback(open_page, writable_db, monkeypatch):

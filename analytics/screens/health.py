@@ -60,10 +60,20 @@ class Notice:
     retry: bool = False  # trying again may work (a busy store)
 
 
-def notice_for(exc: BaseException, db=None) -> Notice:
-    """What a page shows instead of a traceback for `exc` (unexpected failures are logged first)."""
+def notice_for(exc: BaseException, db=None, *, for_admin: bool = True) -> Notice:
+    """What a page shows instead of a traceback for `exc` (unexpected failures are logged first).
+
+    `for_admin` False (a visitor not signed in, a clinician, a director): the notice says what
+    happened and to tell an administrator, without the server's file paths or commands."""
     path = store.db_path(db)
     kind = failures.kind_of(exc)
+    if not for_admin and kind in ("damaged", "read_only", "refused", "disk", "missing"):
+        if kind == "damaged":
+            failures.explain(exc, path, context="dashboard")  # the log file, for the administrator
+        title = {"damaged": "The database is damaged", "missing": "No database yet"}.get(kind, "This could not be done")
+        return Notice(kind, "error" if kind != "missing" else "info", title,
+                      "The clinic's database cannot be used at the moment. Nothing you entered was lost unless the page "
+                      "said it was saved. Tell an administrator: what to do is on their Health page.")
     if kind == "busy":
         return Notice(kind, "warning", "The database is busy",
                       "Another process (an import, a backup or a migration) is writing to the database and has held it "
