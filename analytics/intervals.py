@@ -19,7 +19,7 @@ pattern, a long one is the patient's own):
   Measured coverage on the simulated clinic: docs/durability.md.
 * Never past what the observed losses support: if more of the patient's cycles
   were seen to lose response by the suggested day than the target allows (a
-  one-sided binomial test at 5%), the suggestion is held at the longest day the
+  one-sided binomial test at 10%), the suggestion is held at the longest day the
   observed losses do support, and `estimate_source` says "own losses".
 
 Who gets a suggestion (anyone else gets `status` and no date):
@@ -280,7 +280,7 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
     out = states.merge(evidence, on="patient_id", how="left")
     for c in ("observed_cycles", "observed_losses"):
         out[c] = out[c].fillna(0).astype(int)
-    eligible = (out["status"] == "suggested").to_numpy()
+    eligible = (out["status"] == "suggested").to_numpy().copy()  # pandas may hand back a read-only view
     if model is None:
         # no model (too few patients or scores): nobody gets a number, and the reason is given
         out.loc[eligible, "status"] = "no_model"

@@ -2,7 +2,8 @@
 
 One Streamlit process runs every session's page script on one core: Python's GIL lets one
 thread run at a time, whatever the number of sessions. Streamlit has no multi-process mode, so
-with `--processes N` (N > 1) this starts N ordinary `streamlit run dashboard.py` processes on
+with `--processes N` (N > 1) this starts N ordinary `streamlit run serve.py` processes (the dashboard
+with its session routes and security headers, docs/security.md) on
 private ports of 127.0.0.1 and a small TCP proxy on the public address that gives each browser
 to one of them:
 
@@ -24,7 +25,7 @@ processes read while one writes. Each keeps its own caches, so memory is about N
 process's; the CPU is what the processes add.
 
 With `--processes 1` (the default when the machine has one core) the dashboard is simply
-`streamlit run dashboard.py`, with no proxy in between.
+`streamlit run serve.py`, with no proxy in between.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def default_processes() -> int:
 
 
 def streamlit_command(port: int, address: str, extra: list[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard.py"), "--server.port", str(port),
+    # serve.py, not dashboard.py: its routes (the HttpOnly session cookie) and security headers in every process.
+    return [sys.executable, "-m", "streamlit", "run", str(REPO / "serve.py"), "--server.port", str(port),
             "--server.address", address, "--server.headless", "true", *extra]
 
 
@@ -192,7 +194,7 @@ def _wait_healthy(ports: list[int], procs: list[subprocess.Popen], timeout: floa
             time.sleep(0.3)
 
 
-def serve(port: int, address: str = "0.0.0.0", processes: int | None = None, extra: list[str] = ()) -> int:
+def serve(port: int, address: str = "127.0.0.1", processes: int | None = None, extra: list[str] = ()) -> int:
     """Run the dashboard on `address:port` until interrupted; returns the exit code."""
     processes = processes or default_processes()
     if processes == 1:  # Streamlit itself, in this process (signals reach it directly)

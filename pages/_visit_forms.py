@@ -110,15 +110,16 @@ def _infusion_summary(scope: Scope, patient_id: str, pending: dict, pending_key:
                                                                    if checked.has_time else " (time not known)")),
         ("Route", ROUTE_WORDS.get(checked.route, checked.route)),
         ("Dose", dose),
-        ("Weight", "-" if details.get("weight_kg") is None else f"{details['weight_kg']:g} kg"),
+        ("Weight", "not given" if details.get("weight_kg") is None else f"{details['weight_kg']:g} kg"),
         ("Phase", f"{entry['phase']} ({pending['phase_why']})"),
-        ("Notes", details.get("notes") or "-"),
+        ("Notes", details.get("notes") or "none"),
         ("Saved as", "a correction of the infusion recorded at this date and time" if entry["correct"]
          else "a new infusion"),
     ]
     with st.container(border=True, key=f"infusion_summary_{patient_id}"):
         st.markdown("**Check before saving: this is what will be saved**")
-        st.table(pd.DataFrame(rows, columns=["", "will be saved"]).set_index(""))
+        # st.table renders its cells as markdown: every value (the notes are free text) as literal text
+        st.table(pd.DataFrame([(k, plain(v, limit=None)) for k, v in rows], columns=["", "will be saved"]).set_index(""))
         slot = st.empty()
         save_col, back_col = st.columns([1, 3])
         if save_col.button("Save infusion", type="primary", key="inf_save"):
@@ -189,8 +190,11 @@ def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.Data
     if not choices:
         st.caption("No records yet.")
         return
-    pick = st.selectbox("Record", range(len(choices)), format_func=lambda i: choices[i][0], key="history_pick")
-    label, at, instrument, is_voided = choices[pick]
+    # Chosen by its label, not its position: after a save, void or re-date the list changes, and a record
+    # that is gone falls back to the newest one instead of showing one label over another record.
+    by_label = {c[0]: c for c in choices}
+    pick = st.selectbox("Record", list(by_label), key="history_pick")
+    label, at, instrument, is_voided = by_label[pick]
     history = visits.record_history(db_path(), scope, patient_id, at, instrument)
     versions = len(history)
     st.caption("Never corrected." if versions <= 1 else f"{versions} versions, newest first.")
@@ -203,12 +207,13 @@ def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.Data
         st.markdown(f"**Correct the date** of this {what}")
         slots = {}
         c1, c2 = st.columns(2)
-        day = c1.date_input("Right date", value=pd.Timestamp(at).date(), max_value=today, key="redate_day", format="DD/MM/YYYY")
+        day = c1.date_input("Right date", value=pd.Timestamp(at).date(), max_value=today, key=f"redate_day:{label}",
+                            format="DD/MM/YYYY")  # keyed by the record: another record starts from its own date
         stamp = pd.Timestamp(at)
-        time_at = c2.time_input("Right time", value=None if stamp == stamp.normalize() else stamp.time(), key="redate_time",
+        time_at = c2.time_input("Right time", value=None if stamp == stamp.normalize() else stamp.time(), key=f"redate_time:{label}",
                                 help="Leave empty if the time is not known.")
         slots["new_administered_on"] = st.empty()
-        reason = st.text_input("Why", key="redate_reason", placeholder="e.g. typed yesterday's date", max_chars=visits.MAX_REASON)
+        reason = st.text_input("Why", key=f"redate_reason:{label}", placeholder="e.g. typed yesterday's date", max_chars=visits.MAX_REASON)
         slots["correction_reason"] = st.empty()
         slots[visits.FORM] = st.empty()
         if st.form_submit_button("Move to this date"):
@@ -219,10 +224,10 @@ def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.Data
     with void_col, st.form(f"void:{patient_id}", clear_on_submit=False):
         st.markdown(f"**Void** this {what} (it did not happen, or belongs to another patient)")
         slots = {}
-        reason = st.text_input("Why", key="void_reason", placeholder="e.g. entered for the wrong patient",
+        reason = st.text_input("Why", key=f"void_reason:{label}", placeholder="e.g. entered for the wrong patient",
                                max_chars=visits.MAX_REASON)
         slots["void_reason"] = st.empty()
-        sure = st.checkbox("Leave it out of every analysis (it stays in the record's history)", key="void_sure")
+        sure = st.checkbox("Leave it out of every analysis (it stays in the record's history)", key=f"void_sure:{label}")
         slots[visits.FORM] = st.empty()
         if st.form_submit_button("Void this record"):
             if not sure:
@@ -309,6 +314,10 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
                     _saved(f"Safety flag acknowledged for {flag.patient_id}.")
 
 
+def _section(label: str, name: str, icon: str):
+    return st.expander(label, icon=icon, key=f"visit_section_{name}", on_change="rerun")
+
+
 def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame,
                 screen=None) -> None:
     """The patient page's entry section (clinician and system roles only)."""
@@ -318,13 +327,15 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
     if FLASH in st.session_state:
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
     safety_flags(scope, patient_id)
-    with st.expander("Infusion", icon=":material/vaccines:"):
+    # Keyed expanders keep their open state across reruns: a save, an error or a summary never folds the
+    # form away under the user (an unkeyed one closes when the elements above it change).
+    with _section("Infusion", "infusion", ":material/vaccines:"):
         infusion_form(scope, patient_id, today, treatments, assessments)
     for code in scales.clinician_rated():
-        with st.expander(f"{code} (clinician-rated)", icon=":material/assignment:"):
+        with _section(f"{code} (clinician-rated)", f"rating_{code}", ":material/assignment:"):
             rating_form(scope, patient_id, today, code)
-    with st.expander("Self-report link for the patient", icon=":material/qr_code:"):
+    with _section("Self-report link for the patient", "link", ":material/qr_code:"):
         self_report_link(scope, patient_id)
-    with st.expander("Correct, re-date or void a record (every version is kept)", icon=":material/history:"):
+    with _section("Correct, re-date or void a record (every version is kept)", "records", ":material/history:"):
         record_tools(scope, patient_id, today, treatments, assessments,
                      None if screen is None else screen.voided_table, None if screen is None else screen.voided)

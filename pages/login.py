@@ -39,5 +39,5 @@ if submitted:
     else:
         _signin.start_session(signed_in)  # reruns into the role's own pages
 
-st.caption("Accounts are managed by your administrator (`python -m analytics users ...`). "
+st.caption("No account, or forgotten your password? Ask your administrator to create or reset it. "
            f"You are signed out after {auth.idle_timeout().total_seconds() / 60:g} minutes without activity.")

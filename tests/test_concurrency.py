@@ -102,12 +102,23 @@ def test_a_dashboard_page_renders_while_an_import_holds_the_write_lock(tmp_path,
     csv = big_assessments_csv(tmp_path / "a.csv", ids, 4_000)
     marker = tmp_path / "holding"
     monkeypatch.setenv("OUTCOMES_DB", str(db))
-    monkeypatch.delenv("OUTCOMES_ROLE", raising=False)
+    # signed in as a director, as the page tests are (tests/conftest.py): the sign-in form would show nothing
+    import pages._signin as signin
+    from conftest import scope_for_test_role
 
-    proc = start_import(db, csv, OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT=str(marker), OUTCOMES_IMPORT_HOLD_SECONDS="2")
+    monkeypatch.setenv("OUTCOMES_ROLE", "director")
+    monkeypatch.setattr(signin, "signed_in_scope", scope_for_test_role)
+
+    # held long enough for the page to run inside the write (starting AppTest takes seconds on a busy machine)
+    proc = start_import(db, csv, OUTCOMES_IMPORT_HOLD_BEFORE_COMMIT=str(marker), OUTCOMES_IMPORT_HOLD_SECONDS="25")
     wait_for(marker, proc)
     page = AppTest.from_file(str(ROOT / "pages" / "cohort.py"), default_timeout=120).run()
     out, err = proc.communicate(timeout=120)
 
     assert not page.exception, [e.message for e in page.exception]
     assert proc.returncode == 0, err
+    # not a blank page: the page drew its title, and says its figures are the last complete data's
+    assert [t.value for t in page.title] == ["Cohort outcomes"]
+    running = [i.value for i in page.info if i.value.startswith("An import is running")]
+    assert running and "these figures are from the last complete data" in running[0], (
+        [i.value for i in page.info], [w.value for w in page.warning], [m.value for m in page.markdown][:5])

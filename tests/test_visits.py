@@ -206,7 +206,7 @@ def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_pag
 def _summary(at) -> dict[str, str]:
     """The infusion form's "what will be saved" table as {row: value}."""
     table = next(t for t in at.table)
-    return {str(k): str(v) for k, v in table.value.iloc[:, 0].items()}
+    return {str(k): shown(v) for k, v in table.value.iloc[:, 0].items()}
 
 
 def test_an_infusion_needs_a_dose_or_an_explicit_dose_not_recorded_on_the_page(open_page, writable_db, monkeypatch):
@@ -243,10 +243,14 @@ def test_an_infusion_without_a_phase_is_saved_with_the_phase_the_course_gives_it
     assert new["phase"].tolist() == [summary["Phase"].split(" ")[0]]
 
 
+def _why(at, form: str):
+    """The "Why" box of the void or re-date form (keyed by the record chosen)."""
+    return next(t for t in at.text_input if t.key.startswith(f"{form}_reason:"))
+
+
 def _pick_record(at, label_start: str):
     box = at.selectbox(key="history_pick")
-    index = next(i for i, o in enumerate(box.options) if o.startswith(label_start))
-    box.set_value(index).run()
+    box.set_value(next(o for o in box.options if o.startswith(label_start))).run()
 
 
 def test_voiding_an_infusion_on_the_page_needs_a_reason_and_a_tick_and_keeps_it_in_the_history(
@@ -258,10 +262,10 @@ def test_voiding_an_infusion_on_the_page_needs_a_reason_and_a_tick_and_keeps_it_
     _pick_record(at, "infusion of")
     _button(at, "Void this record").click().run()
     assert any("Tick the box" in shown(e.value) for e in at.error)
-    at.checkbox(key="void_sure").check()
+    next(c for c in at.checkbox if c.label.startswith("Leave it out")).check()
     _button(at, "Void this record").click().run()
     assert DataAccess(writable_db).treatments([pid])["administered_at"].max() == last  # no reason: not voided
-    at.text_input(key="void_reason").input("entered for the wrong patient")
+    _why(at, "void").input("entered for the wrong patient")
     _button(at, "Void this record").click().run()
     assert not at.exception and any("voided" in shown(s.value).lower() for s in at.success), [e.value for e in at.error]
     left = DataAccess(writable_db).treatments([pid])
@@ -279,8 +283,8 @@ def test_correcting_an_infusions_date_on_the_page_moves_it(open_page, writable_d
     at = open_page("patient", patient=pid)
     _pick_record(at, "infusion of")
     right = (last - pd.Timedelta(days=1)).date()
-    at.date_input(key="redate_day").set_value(right)
-    at.text_input(key="redate_reason").input("typed the next day's date")
+    next(d for d in at.date_input if d.label == "Right date").set_value(right)
+    _why(at, "redate").input("typed the next day's date")
     _button(at, "Move to this date").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]
     after = DataAccess(writable_db).treatments([pid])

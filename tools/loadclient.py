@@ -42,6 +42,7 @@ import asyncio
 import http.cookies
 import json
 import random
+import re
 import sys
 import time
 import urllib.parse
@@ -68,6 +69,12 @@ class SignInForm:
     submit_label: str = "Sign in"
 
 
+def _unescape(markdown: str) -> str:
+    """Markdown as the browser shows it: the pages escape user-supplied text (a backslash before any ASCII
+    punctuation, e.g. `Sign\\-in failed\\:`)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u200b", "")
+
+
 @dataclass(frozen=True)
 class Open:
     """Open a page as its menu entry or a link does: `path` is its URL path (dashboard.PAGES), `title` its
@@ -83,7 +90,7 @@ class Open:
 SIGN_IN = SignInForm()
 FLOWS: dict[str, tuple[Open, ...]] = {
     "clinician": (Open("due", "Due list"), Open("patient", "Patient trajectory", patient=True)),
-    "director": (Open("cohort", "Cohort outcomes", expect=("Response after induction",)),
+    "director": (Open("cohort", "Cohort outcomes", expect=("Active patients", "Response (")),
                  Open("durability", "Durability and maintenance")),
 }
 
@@ -114,13 +121,13 @@ class PageRun:
                 yield getattr(element, kind)
 
     def headings(self) -> list[str]:
-        return [h.body for h in self._each("heading")]
+        return [_unescape(h.body) for h in self._each("heading")]
 
     def exceptions(self) -> list[str]:
         return [f"{e.type}: {e.message}" for e in self._each("exception")]
 
     def alerts(self) -> list[str]:
-        return [a.body for a in self._each("alert")]
+        return [_unescape(a.body) for a in self._each("alert")]
 
     def text(self) -> str:
         """The page's visible text, one element a line: titles, markdown and captions, metrics, alerts."""
@@ -128,10 +135,12 @@ class PageRun:
         for path in sorted(self.elements):
             element = self.elements[path]
             kind = element.WhichOneof("type")
-            if kind in ("heading", "markdown", "alert", "text"):
-                lines.append(getattr(element, kind).body)
+            if kind in ("heading", "markdown", "alert"):
+                lines.append(_unescape(getattr(element, kind).body))
+            elif kind == "text":
+                lines.append(element.text.body)
             elif kind == "metric":
-                lines.append(f"{element.metric.label}: {element.metric.body}")
+                lines.append(f"{_unescape(element.metric.label)}: {element.metric.body}")
             elif kind == "exception":
                 lines.append(f"{element.exception.type}: {element.exception.message}")
         return "\n".join(lines)

@@ -12,7 +12,8 @@ from .. import serve
 
 def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8501")), help="default $PORT or 8501")
-    p.add_argument("--address", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on (default this machine only: put a TLS proxy in front for others, docs/security.md)")
     p.add_argument("--processes", type=int, default=None,
                    help=f"dashboard processes behind one port (default one per core, at most 4: {serve.default_processes()} here)")
 
