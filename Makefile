@@ -10,7 +10,7 @@ PORT2 ?= 8502
 # The dashboard listens on this machine only; see docs/security.md to serve it to others over TLS.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: run run-network test demo bench bench-network clean-venv
+.PHONY: run run-network test demo bench bench-network validate-durability clean-venv
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(VENV)/.installed bench-network
 bench-network: $(VENV)/.installed
 	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
 	  $(PY) -m analytics bench --patients 10000 --db "$$OUTCOMES_DB" --out bench/results-postgres.json'
+
+# Durability engine against simulated clinics with known truth (docs/durability.md quotes the
+# table it prints); about 10 minutes, so not part of `make test`.
+validate-durability: $(VENV)/.installed
+	$(PY) tests/validation/durability.py --patients 2000 --seed 3
 
 clean-venv:
 	rm -rf $(VENV)

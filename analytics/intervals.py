@@ -19,7 +19,7 @@ pattern, a long one is the patient's own):
   Measured coverage on the simulated clinic: docs/durability.md.
 * Never past what the observed losses support: if more of the patient's cycles
   were seen to lose response by the suggested day than the target allows (a
-  one-sided binomial test at 5%), the suggestion is held at the longest day the
+  one-sided binomial test at 10%), the suggestion is held at the longest day the
   observed losses do support, and `estimate_source` says "own losses".
 
 Who gets a suggestion (anyone else gets `status` and no date):

@@ -125,7 +125,7 @@ def backend(request):
 
 
 def pytest_runtest_logreport(report):
-    if ("[postgres" in report.nodeid or "test_postgres.py" in report.nodeid) and (report.when == "call" or report.outcome != "passed"):
+    if ("[postgres" in report.nodeid or "test_postgres.py" in report.nodeid or "test_two_servers.py" in report.nodeid) and (report.when == "call" or report.outcome != "passed"):
         if report.when == "call" or report.outcome in ("failed", "skipped"):
             _POSTGRES_OUTCOME[report.outcome] += 1
 
