@@ -24,6 +24,8 @@ def test_headline_figures_and_charts_render(open_page, text_of):
     text = text_of(at)
     assert "95% CI" in text
     assert "Median durability (PHQ-9)" in text
+    # the cohort figure is the literal definitions' estimate; the page says so beside it
+    assert "definitions read literally" in text
     assert len(at.get("plotly_chart")) == 5  # waterfall, trajectory, severity, funnel, completeness
 
 

@@ -151,3 +151,11 @@ def test_policy_labels_of_neighbouring_points_go_on_opposite_sides():
                           "share_days_out_of_response": [0.095, 0.090, 0.082], "rescue_share": [0.26, 0.25, 0.0]})
     sides = list(charts.policy_tradeoff(table).data[0].textposition)
     assert sides[0] != sides[1] and sides[2] == "top center"
+
+
+def test_a_median_without_an_interval_is_not_shown_as_one_that_never_closes():
+    curve = {"n_patients": 40, "n_cycles": 90, "n_events": 60, "median_days": 51.0, "quartiles_days": [30.0, 80.0]}
+    no_interval = durability.durability_table({**curve, "median_ci": None})
+    assert no_interval["median, days (95% CI)"].tolist() == ["51 (no interval)"]
+    open_ended = durability.durability_table({**curve, "median_ci": [40.0, None]})
+    assert open_ended["median, days (95% CI)"].tolist() == ["51 (40 to not reached)"]

@@ -389,10 +389,13 @@ def durability_table(result: dict, cycles: pd.DataFrame | None = None, by: str |
         ci = s.get("median_ci") or [None, None]
         q = s.get("quartiles_days") or [None, None]
         median = days(s.get("median_days"))
+        if median != "not reached":
+            # no interval at all (e.g. no resampling) is not an interval that never closes
+            median += " (no interval)" if ci[0] is None and ci[1] is None else f" ({days(ci[0])} to {days(ci[1])})"
         count = lambda n: suppress.count(n, min_cell)  # noqa: E731
         rows.append({"group": label, "cycles": count(s["n_cycles"]), "patients": count(s["n_patients"]),
                      "losses of response": count(s["n_events"]),
-                     "median, days (95% CI)": median + ("" if median == "not reached" else f" ({days(ci[0])} to {days(ci[1])})"),
+                     "median, days (95% CI)": median,
                      "25% lost by, days": days(q[0]), "75% lost by, days": days(q[1]),
                      "note": _plain_note(s.get("note", ""))})
     table = pd.DataFrame(rows)
