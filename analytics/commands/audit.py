@@ -26,24 +26,10 @@ def run(args) -> int:
     try:
         if getattr(args, "mark_restored", False):
             result = audit.mark_restored(db, detail={"via": "audit --mark-restored"})
-            if args.json:
-                print_json(result.as_dict())
-            else:
-                print(f"audit: restore recorded; {result.checked} entries verified" if result.ok
-                      else f"audit: TAMPERED: {result.reason}")
-                if result.note:
-                    print(f"audit: note: {result.note}")
-            return EXIT_OK if result.ok else EXIT_FAILED
+            return _verdict(args, result, f"audit: restore recorded; {result.checked} entries verified")
         if getattr(args, "verify", False):
             result = audit.verify(db)
-            if args.json:
-                print_json(result.as_dict())
-            else:
-                print(f"audit: {result.checked} entries verified; newest hash {result.head_hash}" if result.ok
-                      else f"audit: TAMPERED: {result.reason}")
-                if result.note:
-                    print(f"audit: note: {result.note}")
-            return EXIT_OK if result.ok else EXIT_FAILED
+            return _verdict(args, result, f"audit: {result.checked} entries verified; newest hash {result.head_hash}")
         frame = audit.entries(db, since=args.since, until=getattr(args, "until", None),
                               actor=getattr(args, "actor", None), action=getattr(args, "action", None))
     except (ValueError, FileNotFoundError) as exc:  # busy and the rest: the wrapper (commands.run_command)
@@ -57,3 +43,14 @@ def run(args) -> int:
             print(f"{item['seq']:>6} {item['logged_at']} {item['actor']:<16} {item['action']:<20} {item['outcome']:<6} "
                   f"{item['page'] or '-':<12} {patients or '-'} {json.dumps(item['detail'], sort_keys=True)}")
     return EXIT_OK
+
+
+def _verdict(args, result, ok_line: str) -> int:
+    """A chain check's answer: JSON, or one line (and its note); exit 0 if the chain holds."""
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        print(ok_line if result.ok else f"audit: TAMPERED: {result.reason}")
+        if result.note:
+            print(f"audit: note: {result.note}")
+    return EXIT_OK if result.ok else EXIT_FAILED
