@@ -164,18 +164,19 @@ def postgres() -> PostgresDatabases:
     return _POSTGRES
 
 
-_EMPTY_TEMPLATE: Path | None = None
+_EMPTY_TEMPLATES: dict[int, Path] = {}
 
 
 def _empty_template() -> Path:
-    """One freshly migrated empty database per test process, copied by make_db (migrating is the slow part)."""
-    global _EMPTY_TEMPLATE
-    if _EMPTY_TEMPLATE is None or not _EMPTY_TEMPLATE.exists():
-        from analytics import store
+    """One freshly migrated empty database per test process and schema version (a test may stand in an
+    older version of the software), copied by make_db (migrating is the slow part)."""
+    from analytics import store
+    template = _EMPTY_TEMPLATES.get(store.SCHEMA_VERSION)
+    if template is None or not template.exists():
         folder = tempfile.mkdtemp(prefix="outcomes-template-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _EMPTY_TEMPLATE = store.initialise(Path(folder) / "empty.duckdb")
-    return _EMPTY_TEMPLATE
+        template = _EMPTY_TEMPLATES[store.SCHEMA_VERSION] = store.initialise(Path(folder) / "empty.duckdb")
+    return template
 
 
 def make_db(tmp_path: Path, patients=(), treatments=(), assessments=(), *, name: str = "test.duckdb",
