@@ -41,11 +41,18 @@ def health_screen(db, *, full: bool = False, limits: health.Limits = health.Limi
                 health.WARNING: f"{len(problems)} check(s) need a look today.",
                 health.CRITICAL: "A person is needed now: "
                                  + "; ".join(c.name.replace("_", " ") for c in problems if c.status == health.CRITICAL) + "."}[report.status]
-    commands = {
-        "backup": f"python -m analytics backup --db {path} {store.backup_dir(path)}/outcomes-$(date +%a){archive.SUFFIX}",
-        "restore": f"python -m analytics restore BACKUP{archive.SUFFIX} --db NEW_PATH",
-        "health": f"python -m analytics health --db {path}",
-    }
+    if isinstance(path, store.PostgresTarget):  # PostgreSQL's own tools; the URL without its password (.pgpass)
+        commands = {
+            "backup": f"pg_dump -Fc --dbname='{path.label}' -f outcomes-$(date +%a).dump",
+            "restore": "createdb NEW_DATABASE && pg_restore --dbname=NEW_DATABASE outcomes-DAY.dump",
+            "health": f"python -m analytics health --db '{path.label}'",
+        }
+    else:
+        commands = {
+            "backup": f"python -m analytics backup --db {path} {store.backup_dir(path)}/outcomes-$(date +%a){archive.SUFFIX}",
+            "restore": f"python -m analytics restore BACKUP{archive.SUFFIX} --db NEW_PATH",
+            "health": f"python -m analytics health --db {path}",
+        }
     return HealthScreen(report.status, headline, pd.DataFrame(rows, columns=["check", "status", "finding"]),
                         report.as_dict(), full, commands)
 
