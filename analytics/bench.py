@@ -186,11 +186,11 @@ def _fresh_postgres(url: str):
     target = store.db_path(url)
     if target.exists():
         with store.connect(target) as con:
+            kinds = ("patients", "treatments", "assessments")  # each from the generated file of its name
             foreign = con.execute(
-                "SELECT count(*) FROM import_batches WHERE file_name NOT LIKE ? AND file_name NOT LIKE ?",
-                ["%/patients.csv", "%/treatments.csv"]).fetchall()[0][0]
-            foreign += con.execute("SELECT count(*) FROM import_batches WHERE kind = 'assessments' "
-                                   "AND file_name NOT LIKE ?", ["%/assessments.csv"]).fetchall()[0][0]
+                "SELECT count(*) FROM import_batches WHERE NOT ("
+                + " OR ".join("(kind = ? AND file_name LIKE ?)" for _ in kinds) + ")",
+                [value for kind in kinds for value in (kind, f"%/{kind}.csv")]).fetchall()[0][0]
         if foreign:
             raise RuntimeError(f"{store.label(target)} holds imports other than a benchmark's: the benchmark empties "
                                "its database before each import, so give it an empty database of its own")
