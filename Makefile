@@ -48,9 +48,9 @@ bench: $(VENV)/.installed bench-network
 	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
 
 # The same figures at 10,000 patients on PostgreSQL (a throwaway cluster), beside the DuckDB file's in
-# bench/results.json: bench/results-postgres.json (docs/deployment.md).
+# bench/results.json: bench/results-postgres.json (docs/deployment.md). --durable: fsync on, as a real server's.
 bench-network: $(VENV)/.installed
-	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
+	$(PY) tools/pgcluster.py run --durable --env OUTCOMES_DB -- sh -c '\
 	  $(PY) -m analytics bench --patients 10000 --db "$$OUTCOMES_DB" --out bench/results-postgres.json'
 
 # Durability engine against simulated clinics with known truth (docs/durability.md quotes the
