@@ -179,10 +179,10 @@ _UNAVAILABLE = (
 
 def _reason(text: str) -> str:
     """libpq's reason alone: 'connection to server at "h", port p failed: FATAL:  x' -> 'x'."""
-    text = text.strip().replace("\n", " ").replace("\t", " ")
-    text = re.sub(r"^(IO: )?(\[libpq\] )?(Failed to connect: |connection failed: )?", "", text)
+    text = (text.strip().splitlines() or [""])[0]
+    text = re.sub(r"^(IO: )?(\[libpq\] )?(Failed to connect: |Failed to prepare query: |connection failed: )?", "", text)
     text = re.sub(r"^connection to server (at|on) .*? failed: ", "", text)
-    text = re.sub(r"^FATAL:\s+", "", text)
+    text = re.sub(r"\bFATAL:\s+", "", text)
     return re.sub(r"\s+", " ", text).strip().rstrip(".")[:160] or "no reason given"
 
 
@@ -367,7 +367,10 @@ class Connection:
             return Result([d.name for d in cursor.description], [d.type_code for d in cursor.description],
                           cursor.fetchall())
         except psycopg.Error as exc:
-            raise _wrap_error(exc, self.target) from None
+            error = _wrap_error(exc, self.target)
+            if isinstance(error, Unavailable) and error.kind == "unreachable":
+                close_all(self.target)  # a restart or failover killed the idle ones too: the next use reconnects
+            raise error from None
 
     def _in_transaction(self) -> bool:
         return self.conn.info.transaction_status != _psycopg().pq.TransactionStatus.IDLE
@@ -468,7 +471,10 @@ def _adbc_read(target: Target, sql: str) -> pa.Table:
             _adbc.pop(key, None)
             with contextlib.suppress(Exception):
                 conn.close()
-            raise unavailable(exc, target) or DatabaseError((str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
+            refused = unavailable(exc, target)
+            if refused is not None and refused.kind == "unreachable":
+                _pool.close_all(target.url)  # the pooled ones went with it (a restart, a failover)
+            raise refused or DatabaseError((str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
     return table.replace_schema_metadata(None).cast(pa.schema([f.remove_metadata() for f in table.schema]))
 
 

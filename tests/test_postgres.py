@@ -253,3 +253,16 @@ def test_the_benchmark_empties_only_a_database_it_filled(pg, tmp_path):
     with pytest.raises(RuntimeError, match="holds imports other than a benchmark's"):
         bench._fresh_postgres(str(db))
     assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]
+
+
+def test_after_the_server_dropped_the_connections_one_read_fails_and_the_next_reconnects(pg, tmp_path):
+    from analytics.access import DataAccess
+
+    db = make_db(tmp_path, patients=[patient("P1")])
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]  # pooled and ADBC connections now open
+    name = str(db).rsplit("/", 1)[-1]
+    pg.admin().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+    with pytest.raises(store.PostgresUnavailable) as dropped:  # as after a restart or a failover
+        DataAccess(db).patients()
+    assert dropped.value.kind == "unreachable" and "terminating connection" in str(dropped.value)
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]
