@@ -422,7 +422,7 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     inf = course.infusions
     base = course.baselines.set_index("patient_id")["baseline_score"]
     pid = inf["patient_id"].astype(str).to_numpy()
-    keep = np.isin(pid, sug.index.to_numpy())
+    keep = pd.Series(pid).isin(sug.index).to_numpy()  # hashed: np.isin compares object arrays pairwise
     f = pd.DataFrame({"patient_id": pid[keep], "at": inf["at"].to_numpy()[keep],
                       "pre": inf["pre_dose_score"].to_numpy(float)[keep],
                       "pre_at": inf["pre_dose_at"].to_numpy()[keep],
