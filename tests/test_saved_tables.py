@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from analytics import ingest
+from analytics import ingest, intervals
 from analytics.access import DataAccess, Scope
-from analytics.screens import cohort, saved
+from analytics.screens import cohort, saved, workspace
 from analytics.screens.workspace import WorkspaceCache
 from analytics.store_postgres import Target
 
@@ -48,7 +48,9 @@ def saved_once(demo_db, tmp_path_factory):
     db = copy_db(demo_db, tmp_path_factory.mktemp("saved") / "clinic.duckdb")
     cache = WorkspaceCache()
     _, screen = cohort_visit(cache, db)
-    assert cache.save_due(quiet_s=0) == 1
+    cache.save_due(quiet_s=0)  # (or the server's saver thread did it already)
+    assert saved.view_file(db, DIRECTOR.view_key).exists()
+    assert saved.clinic_file(db, "PHQ-9").exists()  # the clinic's model, which the headline's median reads
     yield db, screen
     mp.undo()
 
@@ -81,21 +83,37 @@ def test_a_restarted_server_loads_the_saved_tables_and_shows_the_same_figures(db
     assert loaded.waterfall_bars.equals(built.waterfall_bars) and loaded.completeness.equals(built.completeness)
 
 
+def test_a_restarted_server_loads_the_clinic_model_instead_of_fitting_it(db, monkeypatch):
+    intervals.forget_fits()  # a new process: no model in memory
+    workspace._CLINIC_MODELS.clear()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the model was fitted again")
+    monkeypatch.setattr(intervals, "fit_clinic_model", no_fit)
+    ws = WorkspaceCache().workspace(db, DIRECTOR)
+    site = cohort.cohort_choices(ws, "PHQ-9").subsets[1]  # a filtered view: its median reads the model
+    screen = cohort.cohort_page(ws, cohort.chosen_filters("PHQ-9", site), TODAY)
+    assert screen.headline["patients"] and [entry[2] for entry in workspace._CLINIC_MODELS.values()] == [True]  # loaded
+    assert saved.load_clinic(db, "PHQ-9", (0, 0, "another version")) is None
+
+
 def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):
     old_version = DataAccess(db).data_version()
     one_more_score(db, tmp_path)  # an import while no server ran
     cache = WorkspaceCache()
     ws, _ = cohort_visit(cache, db)
     assert ws.updating and ws.tables.version == old_version and ws.as_of == old_version[2]
-    assert cache.save_due(quiet_s=0) == 0  # an older version's tables are never saved again
+    cache.save_due(quiet_s=0)  # an older version's tables are never saved again
+    assert saved.load(db, DIRECTOR.view_key).version == old_version
     deadline = time.monotonic() + 120
     while (current := cache.workspace(db, DIRECTOR)).updating and time.monotonic() < deadline:
         time.sleep(0.05)  # the background refresh builds the current version's tables
     assert not current.updating and current.tables.version == DataAccess(db).data_version() != old_version
-    cohort_visit(cache, db)
-    assert cache.save_due(quiet_s=0) == 1
-    again, _ = cohort_visit(WorkspaceCache(), db)
+    cache.save_due(quiet_s=0)
+    assert saved.load(db, DIRECTOR.view_key).version == DataAccess(db).data_version()
+    again = WorkspaceCache().workspace(db, DIRECTOR)
     assert not again.updating and again.tables.version == DataAccess(db).data_version()
+    assert ("cohort_summary", "PHQ-9") in again.tables.keys()
 
 
 def test_a_file_of_a_newer_version_than_the_database_is_not_used(db):

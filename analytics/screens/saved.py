@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import pickle
@@ -126,30 +127,84 @@ def _signature(key: bytes, header: bytes, payload: bytes) -> str:
     return mac.hexdigest()
 
 
-def _picklable(entries: dict) -> bytes:
+_LOCKS = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+class _Pickler(pickle.Pickler):
+    """A lock inside a table (a model fitted once under one) is saved as a new, free lock."""
+
+    def reducer_override(self, obj):
+        make = _LOCKS.get(type(obj))
+        return (make, ()) if make is not None else NotImplemented
+
+
+def _pickle(value) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5).dump(value)
+    return buffer.getvalue()
+
+
+def _dumps(content: dict) -> bytes:
+    """`content` pickled; an entry of its dicts that cannot be pickled is left out (the page builds it)."""
     try:
-        return pickle.dumps(entries, protocol=5)
+        return _pickle(content)
     except Exception:  # noqa: BLE001 - one table that cannot be pickled: keep the others
         kept = {}
-        for k, v in entries.items():
-            try:
-                pickle.dumps(v, protocol=5)
-            except Exception:  # noqa: BLE001
+        for part, entries in content.items():
+            if not isinstance(entries, dict):
+                kept[part] = entries
                 continue
-            kept[k] = v
-        return pickle.dumps(kept, protocol=5)
+            kept[part] = {}
+            for k, v in entries.items():
+                try:
+                    _pickle(v)
+                except Exception:  # noqa: BLE001
+                    continue
+                kept[part][k] = v
+        return _pickle(kept)
 
 
 def save(db, view_key: tuple, version: tuple, as_of: str | None, tables: dict, memos: dict) -> Path | None:
     """Write the view's file (replacing the one there); None when it could not be written (said on stderr)."""
+    return _write(view_file(db, view_key), _view_name(view_key), version, as_of, {"tables": tables, "memos": memos})
+
+
+def load(db, view_key: tuple) -> Saved | None:
+    """The view's saved tables, or None when there is no file, or it is not this code's, not this view's,
+    not signed with the current audit key, or cannot be read (never an exception: the page builds them)."""
+    found = _read(view_file(db, view_key), _view_name(view_key))
+    if found is None:
+        return None
+    meta, content = found
+    return Saved(tuple(meta["version"]), meta.get("as_of"), content["tables"], content["memos"])
+
+
+def clinic_file(db, instrument: str) -> Path:
+    return folder(db) / f"clinic-{_view_name(('clinic', instrument))}{SUFFIX}"
+
+
+def save_clinic(db, instrument: str, version: tuple, model) -> Path | None:
+    """The whole clinic's fitted model of `instrument` (intervals.ClinicModel) for this data version: the page
+    that needs it after a restart loads it instead of fitting again (a minute of CPU at 10,000 patients)."""
+    return _write(clinic_file(db, instrument), f"clinic:{instrument}", version, None, {"model": model})
+
+
+def load_clinic(db, instrument: str, version: tuple):
+    """The saved clinic model of exactly this data version, or None."""
+    found = _read(clinic_file(db, instrument), f"clinic:{instrument}")
+    if found is None or tuple(found[0]["version"]) != tuple(version):
+        return None
+    return found[1]["model"]
+
+
+def _write(target: Path, name: str, version: tuple, as_of: str | None, content: dict) -> Path | None:
     if not enabled():
         return None
     try:
         key_id, key = keys.current(KEY_NAME)
-        payload = _picklable({"tables": tables, "memos": memos})
-        header = json.dumps({"fingerprint": fingerprint(), "view": _view_name(view_key), "version": list(version),
+        payload = _dumps(content)
+        header = json.dumps({"fingerprint": fingerprint(), "view": name, "version": list(version),
                              "as_of": as_of, "key_id": key_id}).encode("utf-8")
-        target = view_file(db, view_key)
         where = _private_dir(target.parent)
         if shutil.disk_usage(where).free < 2 * len(payload) + 64 * 2**20:
             print("workspace: not enough disk space to save the dashboard's tables", file=sys.stderr, flush=True)
@@ -173,12 +228,9 @@ def save(db, view_key: tuple, version: tuple, as_of: str | None, tables: dict, m
         return None
 
 
-def load(db, view_key: tuple) -> Saved | None:
-    """The view's saved tables, or None when there is no file, or it is not this code's, not this view's,
-    not signed with the current audit key, or cannot be read (never an exception: the page builds them)."""
+def _read(path: Path, name: str) -> tuple[dict, dict] | None:
     if not enabled():
         return None
-    path = view_file(db, view_key)
     try:
         info = path.stat()
     except OSError:
@@ -191,13 +243,12 @@ def load(db, view_key: tuple) -> Saved | None:
             return None
         signature, header, payload = blob[len(FORMAT):].split(b"\n", 2)
         meta = json.loads(header)
-        if meta.get("fingerprint") != fingerprint() or meta.get("view") != _view_name(view_key):
+        if meta.get("fingerprint") != fingerprint() or meta.get("view") != name:
             return None
         key = keys.find(KEY_NAME, str(meta.get("key_id")))
         if key is None or not hmac.compare_digest(signature.decode("ascii"), _signature(key, header, payload)):
             return None
-        content = pickle.loads(payload)
-        return Saved(tuple(meta["version"]), meta.get("as_of"), content["tables"], content["memos"])
+        return meta, pickle.loads(payload)
     except Exception:  # noqa: BLE001 - a damaged or foreign file is as good as none
         return None
 

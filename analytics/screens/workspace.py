@@ -176,8 +176,9 @@ class Workspace:
 
     def clinic(self, instrument: str = scales.PRIMARY) -> intervals.ClinicModel:
         """The whole clinic's cycles and durability model of this data version (one fit per process
-        and data version, shared by every view; its aggregate parameters identify no one)."""
-        return intervals.clinic_model(self.clinic_data(), scales.get(instrument).code, DEFAULT_RULES)
+        and data version, shared by every view; its aggregate parameters identify no one). Loaded
+        from the saved tables when a server fitted it before; saved once fitted (saved.py)."""
+        return clinic_model(self.clinic_data(), scales.get(instrument).code)
 
     def clinic_data(self) -> DataAccess:
         """The whole clinic's rows, for the one model only: nothing of it is shown beyond this view's rows."""
@@ -186,9 +187,50 @@ class Workspace:
     def suggestions(self, instrument: str = scales.PRIMARY, today: date | None = None) -> pd.DataFrame:
         """This view's patients' rows of the clinic's suggestions as of `today` (default: today)."""
         today = today or date.today()
-        return self.once(("suggestions", scales.get(instrument).code, today),
-                         lambda: interval_suggestions(self.clinic_data(), self.frames()["patients"]["patient_id"],
-                                                      instrument, today=today))
+
+        def build() -> pd.DataFrame:
+            self.clinic(instrument)  # a saved fit of this version, loaded before the suggestions ask for one
+            return interval_suggestions(self.clinic_data(), self.frames()["patients"]["patient_id"], instrument,
+                                        today=today)
+        return self.once(("suggestions", scales.get(instrument).code, today), build)
+
+
+# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved]
+_CLINIC_MODELS: dict[tuple, list] = {}
+_CLINIC_GUARD = threading.Lock()
+
+
+def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
+    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted."""
+    version = tuple(clinic_data.data_version())
+    loaded = []
+
+    def kept():
+        found = saved.load_clinic(clinic_data.db, code, version)
+        loaded.append(found)
+        return found
+    model = intervals.clinic_model(clinic_data, code, DEFAULT_RULES, kept=kept)
+    with _CLINIC_GUARD:
+        key = (str(clinic_data.db), version, code)
+        if key not in _CLINIC_MODELS:
+            # a model loaded from its file is saved already; one fitted here is saved once its fit is done
+            _CLINIC_MODELS[key] = [clinic_data.db, model, any(m is model for m in loaded)]
+            while len(_CLINIC_MODELS) > 8:
+                del _CLINIC_MODELS[next(iter(_CLINIC_MODELS))]
+    return model
+
+
+def save_clinic_models() -> int:
+    """Save every clinic model fitted since the last call, if its data version is still the current one."""
+    with _CLINIC_GUARD:
+        due = [(key, entry) for key, entry in _CLINIC_MODELS.items()
+               if not entry[2] and getattr(entry[1], "_fitted", None) is not None]
+    done = 0
+    for (_, version, code), entry in due:
+        entry[2] = True
+        if DataAccess(entry[0], SYSTEM).data_version() == version and saved.save_clinic(entry[0], code, version, entry[1]):
+            done += 1
+    return done
 
 
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
@@ -330,7 +372,7 @@ class WorkspaceCache:
             contents, memos = tables.to_save()
             if contents and saved.save(db, view_key, tables.version, tables.as_of, contents, memos) is not None:
                 done += 1
-        return done
+        return done + save_clinic_models()
 
     def _start_janitor(self) -> None:
         if saved.enabled() and (self._saver is None or not self._saver.is_alive()):
