@@ -33,6 +33,9 @@ if os.environ.get(_KEY_DIR_OWNER) != str(os.getpid()) and (
     os.environ["OUTCOMES_KEY_DIR"] = tempfile.mkdtemp(prefix="outcomes-test-keys-")
     os.environ[_KEY_DIR_OWNER] = str(os.getpid())
     atexit.register(shutil.rmtree, os.environ["OUTCOMES_KEY_DIR"], ignore_errors=True)
+# The dashboard's saved tables (analytics/screens/saved.py) are off in tests unless a test turns them on:
+# a table one test saved beside the shared demo database must not stand in for what another test patched.
+os.environ.setdefault("OUTCOMES_SAVE_TABLES", "0")
 DEMO_PATIENTS = 120
 DEMO_SEED = 7
 # The demo clinic's data end on 2026-11-20 (simulate.DEFAULT_END); pages see "today" as the day after.
