@@ -43,8 +43,11 @@ run-network: $(VENV)/.installed
 	    $(PY) -m analytics serve --db "$$OUTCOMES_DB" --address $(ADDRESS) --port $(PORT2) & two=$$!; \
 	    trap "kill $$one $$two 2>/dev/null" INT TERM; wait; wait; }'
 
+# Two worker processes (pytest-xdist), each taking whole test files, the server and browser files first
+# (tests/conftest.py); TEST_WORKERS=0 runs the suite in one process. docs/architecture.md "Running the tests".
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: $(VENV)/.installed bench-network
 	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json

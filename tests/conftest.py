@@ -5,6 +5,7 @@ The demo database is built through the ordinary command line
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -74,6 +75,20 @@ def pytest_generate_tests(metafunc):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "duckdb_only(reason): tests a DuckDB file's own behaviour; not run on PostgreSQL")
+
+
+# Fixtures that start a dashboard server or a browser: the files using them take minutes each.
+SLOW_FIXTURES = {"browser", "streamlit_server", "two_processes", "network"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """With parallel workers (`make test`: pytest-xdist, whole files per worker in collection order), the files
+    that start servers and browsers go first, so that no worker is left alone with one of them at the end.
+    Each worker sorts the same way (xdist checks the collections are identical); a serial run keeps file order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = collections.Counter(item.path for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+    items.sort(key=lambda item: -slow[item.path])  # most such tests first; stable: file order otherwise kept
 
 
 def backend_of(request) -> str:
