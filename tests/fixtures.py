@@ -343,6 +343,7 @@ def open_signed_in(browser, url: str, user: str, *, width: int = 1400, height: i
     base = "{0.scheme}://{0.netloc}".format(urlsplit(url))
     state = _SIGNED_IN.get((base, user))
     context = browser.new_context(viewport={"width": width, "height": height}, storage_state=state, **context_options)
+    context.set_default_timeout(120_000)  # clicks and waits on a loaded 2-core machine take more than 30 s at times
     pg = context.new_page()
     pg.goto(url)
     if state is not None:

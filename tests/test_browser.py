@@ -79,7 +79,7 @@ def test_search_a_patient_and_see_their_chart(signed_in, server_db):
     box = page.get_by_role("textbox", name="Find a patient by id")
     box.fill("P0000")
     box.press("Enter")
-    page.get_by_text("matches").first.wait_for(timeout=60_000)
+    page.get_by_text("matches").first.wait_for(timeout=120_000)
     page.get_by_role("combobox").first.click()
     page.get_by_role("option", name="P00006").click()
     page.wait_for_function(IDLE, timeout=120_000)

@@ -46,7 +46,6 @@ def large_server(large_db, tmp_path_factory):
 def _open(browser, url: str, user: str, title: str, charts: int = 0, width: int = 1440):
     """(context, page): signed in at `url` (fixtures.open_signed_in), the page and, when given, that many charts drawn."""
     context, pg = open_signed_in(browser, url, user, width=width, accept_downloads=True)
-    context.set_default_timeout(120_000)  # clicks and waits on a loaded 2-core machine take more than 30 s at times
     _settle(pg, title)
     if charts:
         pg.wait_for_function(f"() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {charts}",
