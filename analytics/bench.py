@@ -186,11 +186,11 @@ def _fresh_postgres(url: str):
     target = store.db_path(url)
     if target.exists():
         with store.connect(target) as con:
+            kinds = ("patients", "treatments", "assessments")  # each from the generated file of its name
             foreign = con.execute(
-                "SELECT count(*) FROM import_batches WHERE file_name NOT LIKE ? AND file_name NOT LIKE ?",
-                ["%/patients.csv", "%/treatments.csv"]).fetchall()[0][0]
-            foreign += con.execute("SELECT count(*) FROM import_batches WHERE kind = 'assessments' "
-                                   "AND file_name NOT LIKE ?", ["%/assessments.csv"]).fetchall()[0][0]
+                "SELECT count(*) FROM import_batches WHERE NOT ("
+                + " OR ".join("(kind = ? AND file_name LIKE ?)" for _ in kinds) + ")",
+                [value for kind in kinds for value in (kind, f"%/{kind}.csv")]).fetchall()[0][0]
         if foreign:
             raise RuntimeError(f"{store.label(target)} holds imports other than a benchmark's: the benchmark empties "
                                "its database before each import, so give it an empty database of its own")
@@ -675,4 +675,26 @@ def markdown_table(results: dict) -> str:
         lines.append("")
         lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
                      + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
+    return "\n".join(lines)
+
+
+def side_by_side(file_results: dict, postgres: dict, patients: int = 10_000) -> str:
+    """`make bench`'s comparison: the DuckDB file's run at `patients` (from the --sizes results) beside
+    the PostgreSQL run (`bench --patients N --db postgresql://...`), one row per figure; a figure the
+    PostgreSQL run could not measure shows its reason from `missing`."""
+    runs = [r for r in file_results.get("runs", []) if r.get("patients") == patients]
+    if not runs:
+        raise ValueError(f"the DuckDB results hold no run at {patients:,} patients")
+    if postgres.get("patients") != patients:
+        raise ValueError(f"the PostgreSQL results are of {postgres.get('patients')} patients, not {patients:,}")
+    file_run, missing = runs[0], postgres.get("missing") or {}
+    lines = [f"| figure at {patients:,} patients | DuckDB file | PostgreSQL |", "|---|---|---|"]
+    context = ("import_peak_rss_mb", "pages_peak_rss_mb", "load_frames_s", "cohort_caches_s", "cohort_cold_s",
+               "patient_max_s")
+    for key in KEYS[1:] + context:
+        theirs = postgres.get(key)
+        shown = _fmt(theirs) if theirs is not None or key not in missing else f"n/a ({missing[key]})"
+        lines.append(f"| {key} | {_fmt(file_run.get(key))} | {shown} |")
+    lines.append(f"| load average (start-end) | {file_run.get('load_average_start')}-{file_run.get('load_average_end')} "
+                 f"| {postgres.get('load_average_start')}-{postgres.get('load_average_end')} |")
     return "\n".join(lines)

@@ -67,15 +67,10 @@ c3.caption(resp.text())
 c4.metric(f"Remission ({instrument})", "not shown" if remi.value is None else f"{100 * remi.value:.0f}%",
           help=f"{instrument} {'≤' if inclusive else '<'} {cut:g} at the first score after induction. 95% Wilson interval.")
 c4.caption(remi.text())
+modelled = head["median_source"] == "measurement model"
 c5.metric(f"Median durability ({screen.durability_instrument})", head["median_durability"],
-          help="Median time from an infusion given in response to loss of response, with the outcome "
-               "definitions read literally over this selection (Turnbull estimate; the loss lies between two "
-               "scores). Its error has no fixed direction: on simulated clinics it was 30-49% shorter than the "
-               "truth with weekly or fortnightly PHQ-9 and up to 3.5 times longer with MADRS only at visits. "
-               "The Durability page's headline reads the scores through the measurement model and is closer "
-               "to the truth (Method page).")
-c5.caption(head["median_note"] or f"{cycle_counts['n_cycles']} response cycles, {cycle_counts['n_losses']} ended in loss; "
-           "definitions read literally (the Durability page has the model estimate)")
+          help=cohort.MEDIAN_HELP if modelled else cohort.MEDIAN_HELP_LITERAL)
+c5.caption(head["median_note"] or cohort.median_caption(head, cycle_counts))
 
 left, right = st.columns(2)
 with left:

@@ -52,6 +52,7 @@ def _build_demo(path) -> None:
 
 BACKENDS = ("duckdb", "postgres")
 POSTGRES_REQUIRED_ENV = "OUTCOMES_REQUIRE_POSTGRES"  # .ci/run sets it: there the PostgreSQL half must run
+POSTGRES_ONLY_FILES = ("test_postgres.py", "test_two_servers.py", "test_pages_postgres.py")  # counted in the PostgreSQL half
 _POSTGRES_OUTCOME = {"unavailable": None, "passed": 0, "failed": 0, "skipped": 0}
 
 
@@ -125,7 +126,7 @@ def backend(request):
 
 
 def pytest_runtest_logreport(report):
-    if ("[postgres" in report.nodeid or "test_postgres.py" in report.nodeid or "test_two_servers.py" in report.nodeid) and (report.when == "call" or report.outcome != "passed"):
+    if ("[postgres" in report.nodeid or report.nodeid.split("::")[0].endswith(POSTGRES_ONLY_FILES)) and (report.when == "call" or report.outcome != "passed"):
         if report.when == "call" or report.outcome in ("failed", "skipped"):
             _POSTGRES_OUTCOME[report.outcome] += 1
 

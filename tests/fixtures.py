@@ -115,6 +115,19 @@ class PostgresDatabases:
     def copy_of(self, template: str):
         return self.new(template=template)
 
+    def lasting_copy_of(self, template: str):
+        """A copy of `template` that outlives the test (a module's or session's database): drop() it."""
+        from analytics import store
+
+        self.serial += 1
+        return store.PostgresTarget(self._create(f"l{os.getpid()}_{self.serial}", template))
+
+    def drop(self, db) -> None:
+        from analytics import store_postgres
+
+        store_postgres.close_all(db)
+        self.admin().execute(f'DROP DATABASE IF EXISTS "{db.url.rsplit("/", 1)[-1]}" WITH (FORCE)')
+
     def _template(self, name: str, build) -> str:
         if name not in self.templates:
             from analytics import store, store_postgres

@@ -193,3 +193,30 @@ def test_bcos_interval_censored_weibull_agrees_with_published_cox(bcos):
     assert abs(ph_coef - exp["coef"]) < exp["se"]
     tr = fit.time_ratios()["chemo"]
     assert tr["hi"] < 1.0   # chemotherapy shortens time to deterioration
+
+
+def test_a_bootstrap_replicate_whose_extrapolation_starves_an_observation_is_a_plain_em_step():
+    """Regression: on these eight cycles the accelerated EM of one bootstrap replicate extrapolated to a point with
+    no mass where a weighted observation's loss could lie (likelihood zero), and the EM map of that point divided
+    0 by 0 (a RuntimeWarning, NaN masses silently rejected). Such a jump is now replaced by the plain EM point."""
+    import warnings
+
+    from analytics.durability.bootstrap import cluster_bootstrap_turnbull
+    from analytics.durability.turnbull import em, make_design
+
+    left = np.array([27.0, 11, 6, 14, 5, 5, 21, 27])
+    right = np.array([33.0, 15, 23, 25, 18, 17, 35, 44])
+    patient = np.array([3, 0, 0, 0, 4, 3, 4, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = cluster_bootstrap_turnbull(left, right, patient, n_boot=30, seed=40)
+    assert np.all(np.isfinite(fit.s_lo)) and np.all(np.isfinite(fit.s_hi))
+    assert np.all(fit.s_lo <= fit.s + 1e-9) and np.all(fit.s <= fit.s_hi + 1e-9)
+    # many weight rows at once (as the bootstrap runs them): no warning, and every row's masses are a distribution
+    design = make_design(left, right)
+    rows = np.random.default_rng(1).integers(0, 3, size=(50, left.size)).astype(float)
+    rows[rows.sum(axis=1) == 0, 0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masses, _ = em(design, rows, tol=1e-10, max_iter=20000)
+    assert np.allclose(masses.sum(axis=1), 1.0) and np.all(masses >= 0)

@@ -24,8 +24,9 @@ def test_headline_figures_and_charts_render(open_page, text_of):
     text = text_of(at)
     assert "95% CI" in text
     assert "Median durability (PHQ-9)" in text
-    # the cohort figure is the literal definitions' estimate; the page says so beside it
-    assert "definitions read literally" in text
+    # the headline is the measurement model's estimate with its interval; the literal figure is beside it, labelled
+    assert re.search(r"95% CI \d+ to \d+ days", text)
+    assert "definitions read literally (sensitivity)" in text
     assert len(at.get("plotly_chart")) == 5  # waterfall, trajectory, severity, funnel, completeness
 
 
@@ -156,3 +157,34 @@ def test_trajectory_patient_counts_are_explained_in_the_caption_not_as_a_legend_
     counts = next(t for t in fig.data if t.mode == "text")
     assert list(counts.text) == ["120", "80", "60"] and counts.showlegend is False
     assert {t.name for t in fig.data if t.showlegend is not False} == {"median", "interquartile range"}
+
+
+def test_page_pdf_and_json_carry_the_same_median_durability(open_page, demo_db, capsys):
+    """One clinic, three places a user reads how long response lasts: the cohort page's headline, the printable
+    cohort report and `durability --json` give the measurement model's median and interval, and the literal
+    definitions' figure as the labelled sensitivity analysis."""
+    import json
+    from datetime import date
+
+    from analytics import cli, printable
+    from analytics.access import SYSTEM
+    from analytics.screens.workspace import Workspace
+
+    assert cli.main(["durability", "--db", str(demo_db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["estimate_source"] == "measurement model"
+    median, (low, high), literal = out["median_days"], out["median_ci"], out["definitions_median_days"]
+    assert abs(median - literal) >= 1  # the two figures differ on the demo clinic: the test tells them apart
+
+    at = open_page("cohort")
+    metric = next(m for m in at.metric if m.label == "Median durability (PHQ-9)")
+    assert metric.value == f"{median:.0f} days"
+    caption = next(c.value for c in at.caption if "response cycles" in c.value)
+    assert f"95% CI {low:.0f} to {high:.0f} days" in caption
+    assert f"definitions read literally (sensitivity): {literal:.0f} days" in caption
+    assert f"{out['n_cycles']} response cycles, {out['n_events']} ended in loss" in caption
+
+    screen = cohort.cohort_screen(Workspace(DataAccess(demo_db, SYSTEM)), cohort.Filters(), date.fromisoformat("2026-11-21"))
+    rows = {name: value for name, value, _ in printable.cohort_report_content(screen, date(2026, 11, 21), n_boot=0).headline}
+    assert rows["Median durability (PHQ-9)"] == f"{median:.0f} days (95% CI {low:.0f} to {high:.0f} days)"
+    assert rows["Median, definitions literal"] == f"{literal:.0f} days"

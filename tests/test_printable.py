@@ -67,6 +67,12 @@ def test_cohort_report_has_rates_with_cis_durability_funnel_completeness_and_def
                     "Definitions"):
         assert heading in text
     assert "cycles still at risk" in text and "Turnbull" in text
+    # the headline's median durability is the page's (the measurement model, its interval), the literal beside it
+    h = screen.headline
+    assert h["median_source"] == "measurement model"
+    flat = " ".join(text.split())
+    assert f"{h['median_durability']} ({h['median_interval']})" in flat
+    assert "definitions read literally" in flat and h["median_definitions"] in flat
     for site in screen.funnel("site")["groups"]["site"]:
         assert site in text  # each site's point is labelled
     assert "Overall" in text and "infusions had an assessment" in text

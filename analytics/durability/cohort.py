@@ -129,10 +129,21 @@ SURVIVAL_DAYS = np.r_[np.arange(0, 91), np.arange(98, 366, 7)].astype(float)  # 
 DEFINITIONS_KEYS = ("median_days", "median_ci", "quartiles_days", "quartiles_ci", "survival", "note")
 
 
+GROUP_BOOT = 200  # patient resamples behind a group's model intervals (cheap: posteriors are kept)
+FINE_DAYS = np.exp(np.linspace(0, np.log(2000.0), 600))  # where a group's curve is read for its quantiles
+
+
+def _crossing(curve: np.ndarray, level: float) -> float | None:
+    """The day a decreasing curve on FINE_DAYS falls to `level` (None: not within FINE_DAYS)."""
+    if not np.any(curve <= level):
+        return None
+    return float(np.interp(level, curve[::-1], FINE_DAYS[::-1]))
+
+
 def _model_summary(model, patients: np.ndarray, ci: bool) -> dict:
     """The measurement model's figures for these patients (the whole fitted clinic: its marginal
-    curve with confidence intervals; a subset, e.g. one subgroup or caseload: the mean of the
-    patients' own predictive curves, without intervals)."""
+    curve with delta-method intervals; a subset, e.g. one selection, subgroup or caseload: the mean
+    of the patients' own predictive curves, with intervals from resampling those patients)."""
     fitted = pd.Index(model.patient_ids_)
     mine = pd.Index(pd.unique(np.asarray(patients, dtype=object).astype(str)))
     whole = len(mine.intersection(fitted)) >= 0.99 * len(fitted)
@@ -145,17 +156,25 @@ def _model_summary(model, patients: np.ndarray, ci: bool) -> dict:
         med_ci = list(model.quantile_ci(0.5)) if ci else [None, None]
         q_ci = [list(model.quantile_ci(0.25)), list(model.quantile_ci(0.75))] if ci else [[None, None], [None, None]]
     else:
-        fine = np.exp(np.linspace(0, np.log(2000.0), 600))
-        curve = model.survival_of(mine, fine)
+        curve = model.survival_of(mine, FINE_DAYS)
         s = model.survival_of(mine, days)
+        med, q = _crossing(curve, 0.5), [_crossing(curve, 0.75), _crossing(curve, 0.25)]
         lo = hi = None
-
-        def crossing(level):
-            below = np.flatnonzero(curve <= level)
-            return None if not len(below) else float(np.interp(level, curve[::-1], fine[::-1]))
-
-        med, q = crossing(0.5), [crossing(0.75), crossing(0.25)]
         med_ci, q_ci = [None, None], [[None, None], [None, None]]
+        if ci:
+            draws = model.survival_of_draws(mine, np.r_[days, FINE_DAYS], n_boot=GROUP_BOOT)
+            at_days, fine = draws[:, :len(days)], draws[:, len(days):]
+            lo, hi = np.quantile(at_days, 0.025, axis=0), np.quantile(at_days, 0.975, axis=0)
+
+            def interval(level: float) -> list:
+                # a resample whose curve never falls that far counts as beyond the last day read
+                found = [_crossing(c, level) for c in fine]
+                values = np.array([np.inf if v is None else v for v in found])
+                low, high = np.quantile(values, [0.025, 0.975])
+                return [None if not np.isfinite(v) else float(v) for v in (low, high)]
+
+            med_ci = interval(0.5)
+            q_ci = [interval(0.75), interval(0.25)]
     survival = [{"day": float(d), "s": round(float(v), 4),
                  "lo": None if lo is None else round(float(lo[k]), 4),
                  "hi": None if hi is None else round(float(hi[k]), 4)} for k, (d, v) in enumerate(zip(days, s))]
@@ -164,6 +183,13 @@ def _model_summary(model, patients: np.ndarray, ci: bool) -> dict:
             "survival": survival,
             "survival_28d": round(float(np.interp(28.0, days, s)), 4),
             "survival_56d": round(float(np.interp(56.0, days, s)), 4)}
+
+
+def model_figures(model, patients, ci: bool = True) -> dict:
+    """The measurement model's headline for these patients' cycles (median_days, median_ci,
+    quartiles, survival, survival_28d/56d): what cohort_durability puts at the top of its result,
+    for a caller that already has the literal figures (e.g. the cohort page's selection)."""
+    return _model_summary(model, np.asarray(patients, dtype=object), ci)
 
 
 def _with_model(summary: dict, model, patients: np.ndarray, ci: bool) -> dict:
@@ -267,7 +293,8 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
                       "the response line (durability.measured); patients weighted equally; "
                       f"score noise SD {model.noise_sd_:.2f} points ({model.noise_source_})"),
             "ci": ("95% delta-method interval, patient-clustered (sandwich) variance of the cohort centre and "
-                   "spread; subgroup curves without intervals"),
+                   "spread (the whole clinic); for part of it (a caseload, a selection), a bootstrap over its "
+                   f"patients' own predictive curves ({GROUP_BOOT} resamples); subgroup curves without intervals"),
             "definitions_curve": result["method"]["curve"] + " (the definitions read literally: sensitivity analysis)",
             "definitions_ci": result["method"]["ci"],
         }

@@ -410,15 +410,35 @@ class MeasuredDurability:
         _, post = _posterior(P, self.log_median_, self.between_sd_, self.depth_weights_)
         return data.patient_ids, post.sum(axis=2)
 
+    def _group_posteriors(self, patient_ids) -> np.ndarray:
+        """Each listed patient's posterior over MU_GRID (the cohort's for a patient without
+        scores in a cycle): (n distinct patients, n_mu)."""
+        row = pd.Index(self.patient_ids_).get_indexer(pd.Index(pd.Series(patient_ids, dtype=object).astype(str).unique()))
+        return np.where((row >= 0)[:, None], self._post_mu[np.maximum(row, 0)], self.prior_mu()[None, :])
+
+    def _curve_matrix(self, days) -> np.ndarray:
+        """P(T > day | mu) for each day and grid mu: (n_days, n_mu)."""
+        t = np.log(np.maximum(np.asarray(days, dtype=float), 1e-9))
+        return stats.norm.sf((t[:, None] - MU_GRID[None, :]) / self.within_sd_)
+
     def survival_of(self, patient_ids, days) -> np.ndarray:
         """The curve of a group of patients (a caseload, a subgroup): the mean of their own
         predictive curves (patients without scores in a cycle count with the cohort's)."""
-        t = np.log(np.maximum(np.asarray(days, dtype=float), 1e-9))
-        row = pd.Index(self.patient_ids_).get_indexer(pd.Index(pd.Series(patient_ids, dtype=object).astype(str).unique()))
-        if len(row) == 0:
-            return np.full(t.shape, np.nan)
-        post = np.where((row >= 0)[:, None], self._post_mu[np.maximum(row, 0)], self.prior_mu()[None, :]).mean(axis=0)
-        return (post[None, :] * stats.norm.sf((t[:, None] - MU_GRID[None, :]) / self.within_sd_)).sum(axis=1)
+        post = self._group_posteriors(patient_ids)
+        if len(post) == 0:
+            return np.full(np.shape(days), np.nan)
+        return self._curve_matrix(days) @ post.mean(axis=0)
+
+    def survival_of_draws(self, patient_ids, days, n_boot: int = 200, seed: int = 0) -> np.ndarray:
+        """The group's curve with its patients resampled (n_boot, n_days): a bootstrap over the
+        group's patients, each keeping their own posterior (the cohort parameters held at their
+        estimates). For intervals of a group's figures; None-free, NaN for an empty group."""
+        post = self._group_posteriors(patient_ids)
+        if len(post) == 0 or n_boot <= 0:
+            return np.full((max(n_boot, 0), np.size(days)), np.nan)
+        n = len(post)
+        weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+        return (weights @ post) @ self._curve_matrix(days).T
 
     def prior_mu(self) -> np.ndarray:
         """The cohort's distribution of a patient's log median on MU_GRID (a patient with no scores)."""

@@ -132,6 +132,15 @@ def em(design: Design, weights: np.ndarray, p0: np.ndarray | None = None,
         nv = np.sqrt((v * v).sum(axis=1, keepdims=True))
         alpha = np.minimum(-np.divide(nr, nv, out=np.ones_like(nr), where=nv > 0), -1.0)
         jump = np.clip(pa - 2 * alpha * r + alpha * alpha * v, 0.0, None)
+        # A long extrapolation can clip away all the mass an observation that carries weight
+        # could have its event in: the likelihood there is zero, and the EM map of such a point is
+        # 0/0. Such a jump can never be accepted; take the EM point p2 in its place (one more EM
+        # step, which never lowers the likelihood).
+        cum = np.zeros((jump.shape[0], m + 1))
+        np.cumsum(jump, axis=1, out=cum[:, 1:])
+        starved = ((cum[:, design.stop] - cum[:, design.start]) <= 0) & (wa > 0)
+        usable = ~starved.any(axis=1)
+        jump = np.where(usable[:, None], jump, p2)
         jump /= jump.sum(axis=1, keepdims=True)
         p_acc, ll_jump, _ = _self_consistency(design, wa, jump)
         # EM never lowers the likelihood, so ll(p_acc) >= ll(jump); accept the
