@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import outcomes, scales, vocabulary
+from . import memory, outcomes, scales, vocabulary
 from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
 
 CYCLE_COLUMNS = [
@@ -203,6 +203,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
         part[1]["segment_row"] = part[1]["segment_row"] + t_offset  # rows of the whole course's infusions
         t_offset += len(t_rows)
         parts.append(part)
+        del t_rows, a_rows, part
+        memory.release_freed()  # the block's working arrays: heap-sized, glibc would keep them resident
     return _assemble(code, uniques, parts)
 
 
