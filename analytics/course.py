@@ -453,6 +453,8 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
     the cycle's infusion, total, and line: the score above which it no longer meets response
     (baseline x (1 - response_fall); for loss_rule "madrs_relapse_22" half a point below the
     relapse score, so that an integer score is out exactly when it is above the line).
+    start_kind: how the cycle started ("in_response": an infusion given in response;
+    "recaptured": counted only because its first score was back in response).
     """
     inf, sc = course.infusions, course.scores
     starts = inf["starts_cycle"].to_numpy(dtype=bool)
@@ -488,6 +490,7 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         "latent_line": latent,
         "baseline_scores": n_base,
         "settled": ~building[seg],
+        "start_kind": inf["start_kind"].to_numpy(dtype=object)[seg],
     })
 
 

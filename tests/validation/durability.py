@@ -17,8 +17,10 @@ so) is analysed exactly as the dashboard does (course -> cycles -> intervals.fit
 * calibration: the share of suggested patients whose true value (their 20th percentile of
   durability, the day the suggestion is about at the default target 0.8) lies in the 80% range.
 * taper: precision and recall of the over-treatment flag against the truth (on a fixed
-  schedule, and true 20th-percentile durability at least 1.5 x the scheduled interval), and the
-  lengthening flags (false by construction when no patient's durability changes).
+  schedule, and true 20th-percentile durability at least 1.5 x the scheduled interval), and of
+  the lengthening trend test (intervals.lengthening_tests) over every suggested patient against
+  the patients whose durability truly lengthens (none unless a row sets taper_share: then every
+  flag is a false one).
 
 Prints a Markdown table (docs/durability.md quotes it) and, with --json, every figure.
 """
@@ -99,6 +101,12 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
     over = fixed & (q20 >= 1.5 * scheduled)
     flagged = s["taper"].isin(["stretch", "consider_pause"])
     lengthening = s["taper_reason"].str.contains("later over time")
+    # the lengthening test itself, on every suggested patient (the taper signal shows it only where the
+    # over-treatment flag has not already said "stretch")
+    trend = intervals.lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(s.index)])
+    truly = p["taper_factor"] > 1
+    flagged_up = s.index.isin(trend.loc[trend["lengthening"], "patient_id"])
+    tested_up = s.index.isin(trend["patient_id"])
     return {
         "shape": shape, "cadence": CADENCES[cadence], "patients": n, "seed": seed,
         "calibration": {k: v for k, v in calibration.items()},
@@ -118,6 +126,12 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
         "taper_recall": round(float((flagged & over).sum() / over.sum()), 3) if over.sum() else None,
         "lengthening_flags": int(lengthening.sum()),
         "lengthening_true": int((lengthening & (p["taper_factor"] > 1)).sum()),
+        "trend_tested": int(tested_up.sum()), "trend_flagged": int(flagged_up.sum()),
+        "trend_truly_lengthening": int(truly.sum()),
+        "trend_precision": round(float((flagged_up & truly).sum() / flagged_up.sum()), 3) if flagged_up.sum() else None,
+        "trend_recall": round(float((flagged_up & truly).sum() / truly.sum()), 3) if truly.sum() else None,
+        "trend_recall_tested": round(float((flagged_up & truly).sum() / (truly & tested_up).sum()), 3)
+        if (truly & tested_up).sum() else None,
         "seconds": {"total": round(time.monotonic() - started, 1), "fit": round(fit_s, 1),
                     "suggest": round(suggest_s, 1)},
     }
@@ -139,8 +153,8 @@ def pct(v):
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| shape | cadence | truth median / S28 / S56 | model median / S28 / S56 (error) | definitions read literally (error) | 80% range coverage | taper precision / recall |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| shape | cadence | truth median / S28 / S56 | model median / S28 / S56 (error) | definitions read literally (error) | 80% range coverage | taper precision / recall | lengthening: flagged (truly lengthening), precision / recall |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, e, d = r["truth"], r["estimate"], r["definitions"]
         ee, de = r["estimate_error"], r["definitions_error"]
@@ -156,7 +170,10 @@ def table(results: list[dict]) -> str:
             f"{100 * r['true_value_above_range']:.0f}% above) | "
             f"{'n/a' if r['taper_precision'] is None else format(r['taper_precision'], '.2f')} / "
             f"{'n/a' if r['taper_recall'] is None else format(r['taper_recall'], '.2f')} "
-            f"({r['taper_flagged']} flagged, {r['over_treated']} over-treated) |")
+            f"({r['taper_flagged']} flagged, {r['over_treated']} over-treated) | "
+            f"{r['trend_flagged']} ({r['trend_truly_lengthening']} of {r['suggested_patients']}), "
+            f"{'n/a' if r['trend_precision'] is None else format(r['trend_precision'], '.2f')} / "
+            f"{'n/a' if r['trend_recall'] is None else format(r['trend_recall'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -174,7 +191,9 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"{shape} / {CADENCES[cadence]} {extra or ''}: model {r['estimate_error']}, definitions "
               f"{r['definitions_error']}, coverage {r['range_coverage']}, taper {r['taper_precision']}/"
-              f"{r['taper_recall']}, lengthening flags {r['lengthening_flags']}, {r['seconds']}", file=sys.stderr, flush=True)
+              f"{r['taper_recall']}, lengthening flags {r['lengthening_flags']}, trend test {r['trend_flagged']} flagged "
+              f"({r['trend_precision']}/{r['trend_recall']}, tested {r['trend_tested']}), {r['seconds']}",
+              file=sys.stderr, flush=True)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
