@@ -153,8 +153,8 @@ def pct(v):
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| shape | cadence | truth median / S28 / S56 | model median / S28 / S56 (error) | definitions read literally (error) | 80% range coverage | taper precision / recall | lengthening: flagged (truly lengthening), precision / recall |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | cadence | truth median / S28 / S56 | model median / S28 / S56 (error) | definitions read literally (error) | 80% range coverage | taper precision / recall |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         t, e, d = r["truth"], r["estimate"], r["definitions"]
         ee, de = r["estimate_error"], r["definitions_error"]
@@ -170,10 +170,7 @@ def table(results: list[dict]) -> str:
             f"{100 * r['true_value_above_range']:.0f}% above) | "
             f"{'n/a' if r['taper_precision'] is None else format(r['taper_precision'], '.2f')} / "
             f"{'n/a' if r['taper_recall'] is None else format(r['taper_recall'], '.2f')} "
-            f"({r['taper_flagged']} flagged, {r['over_treated']} over-treated) | "
-            f"{r['trend_flagged']} ({r['trend_truly_lengthening']} of {r['suggested_patients']}), "
-            f"{'n/a' if r['trend_precision'] is None else format(r['trend_precision'], '.2f')} / "
-            f"{'n/a' if r['trend_recall'] is None else format(r['trend_recall'], '.2f')} |")
+            f"({r['taper_flagged']} flagged, {r['over_treated']} over-treated) |")
     return "\n".join(lines)
 
 
