@@ -160,16 +160,18 @@ def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key
     return n_before, last_before
 
 
-def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
+def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = scales.PRIMARY,
                  rules: OutcomeRules = DEFAULT_RULES) -> Course:
     code = rules.check_instrument(instrument)
+    # the instrument's safety item (scales registry; PHQ-9 item 9), where it has one: kept with each score
+    safety = scales.get(code).safety_column
     _check_rows(treatments, "treatment")
     # Only the columns used below: a copy of whole rows was the largest single allocation.
     keep = assessments["total"].notna().to_numpy().copy()
     if "instrument" in assessments.columns:
         keep &= (assessments["instrument"] == code).to_numpy(dtype=bool, na_value=False)
-    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", "item_9")
-                               if c in assessments.columns]]
+    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", safety)
+                               if c is not None and c in assessments.columns]]
     _check_rows(a, "assessment")
 
     # Patients as integer codes: everything below is array work on them.
@@ -219,14 +221,15 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 
     # --- baselines and scores after the first infusion ---------------------------------------
     a_total_all = a["total"].to_numpy(dtype=float)
-    a_item9_all = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float) if "item_9" in a.columns else None
-    a_ties = [a_total_all] + ([np.nan_to_num(a_item9_all, nan=-1.0)] if a_item9_all is not None else [])
+    a_safety_all = pd.to_numeric(a[safety], errors="coerce").to_numpy(dtype=float) \
+        if safety is not None and safety in a.columns else None
+    a_ties = [a_total_all] + ([np.nan_to_num(a_safety_all, nan=-1.0)] if a_safety_all is not None else [])
     a_order = _sorted_order(ac, a_key_all, a_rank_all, a_ties)
     ac, a_key = ac[a_order], a_key_all[a_order]
     a_rank = None if a_rank_all is None else a_rank_all[a_order]
     a_at = outcomes._us(pd.to_datetime(a["administered_at"]))[a_order]
     a_total = a_total_all[a_order]
-    a_item9 = a_item9_all[a_order] if a_item9_all is not None else None
+    a_safety = a_safety_all[a_order] if a_safety_all is not None else None
     first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
     base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
     base_mean, base_n = outcomes.baseline_mean_arrays(first_key, first_day, ac, a_key, a_total, rules)
@@ -243,8 +246,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     ac, a_key, a_at, a_total = ac[keep], a_key[keep], a_at[keep], a_total[keep]
     if a_rank is not None:
         a_rank = a_rank[keep]
-    if a_item9 is not None:
-        a_item9 = a_item9[keep]
+    if a_safety is not None:
+        a_safety = a_safety[keep]
     a_base = base_score[ac]
     responding = outcomes.is_response(a_total, a_base, rules)
     out = outcomes.is_out(a_total, a_base, code, rules)
@@ -267,8 +270,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     if not own.all():  # cannot happen (scores before the first infusion were left out above); never cross patients
         ac, a_key, a_at, a_total, a_base = ac[own], a_key[own], a_at[own], a_total[own], a_base[own]
         responding, out, a_seg_row = responding[own], out[own], a_seg_row[own]
-        if a_item9 is not None:
-            a_item9 = a_item9[own]
+        if a_safety is not None:
+            a_safety = a_safety[own]
         n_a = len(ac)
 
     # --- loss of response within each segment ------------------------------------------------
@@ -354,8 +357,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
         "segment": infusion_no[a_seg_row] if n_a else np.zeros(0, dtype=np.int64), "segment_row": a_seg_row,
         "pos": pos, "loss": is_loss, "held_before_loss": held_before_loss,
     })
-    if a_item9 is not None:
-        sc["item_9"] = a_item9
+    if a_safety is not None:
+        sc[safety] = a_safety
     return Course(code, inf, sc, baselines, first_response)
 
 
@@ -495,7 +498,7 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,
-                 attributes: pd.DataFrame | None = None, *, instrument: str = "PHQ-9",
+                 attributes: pd.DataFrame | None = None, *, instrument: str = scales.PRIMARY,
                  rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
     """The durability cycle table (CYCLE_COLUMNS first, then covariates)."""
     course = build_course(treatments, assessments, instrument, rules)

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import scales
 from .durability.measured import MU_GRID, MeasuredDurability
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
@@ -375,72 +376,30 @@ def _bh(p: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
-def _pair_order(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """C[a, b] = +1 where cycle b certainly lasted longer than cycle a (b was still in response after
-    a had lost it), -1 where certainly shorter, 0 where the two cannot be told apart (censoring)."""
-    longer = low[None, :] >= high[:, None]
-    shorter = low[:, None] >= high[None, :]
-    return longer.astype(np.int8) - shorter.astype(np.int8)
-
-
-def _trend_statistic(order: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Sum over pairs of cycles, the earlier one first, of `order` (one value per row of positions)."""
-    earlier = positions[:, :, None] < positions[:, None, :]
-    return (earlier * order[None, :, :]).sum(axis=(1, 2))
-
-
-def lengthening_test(low: np.ndarray, high: np.ndarray, *, seed: int = 0, permutations: int = 999,
-                     max_permutations: int = 19_999) -> tuple[float, float]:
-    """One patient's successive cycles, in order: (statistic, one-sided p) of "later cycles lasted
-    longer". The statistic counts pairs of cycles (earlier, later) where the later one certainly lasted
-    longer (it was still seen in response after the earlier one had lost it) minus those where it
-    certainly lasted less: Gehan's comparison of censored times, so a cycle held through its whole
-    interval counts as well as a loss does. The p-value is a permutation p (the cycles' order shuffled:
-    with no trend every order is as likely), refined with more permutations when it is small."""
-    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
-    n = len(low)
-    order = _pair_order(low, high)
-    observed = _trend_statistic(order, np.arange(n)[None, :])[0]
-    if n < 3 or not order.any():
-        return float(observed), 1.0
-    rng = np.random.default_rng(seed)
-    done, at_least, batch = 0, 0, permutations
-    while True:
-        positions = np.argsort(rng.random((batch, n)), axis=1)
-        at_least += int((_trend_statistic(order, positions) >= observed).sum())
-        done += batch
-        p = (1 + at_least) / (1 + done)
-        # a p-value that could pass the false discovery rate over many patients needs more draws to be told
-        # apart from 1 / (1 + draws)
-        if p > 20.0 / (1 + done) or done >= max_permutations:
-            return float(observed), float(p)
-        batch = min(max_permutations - done, 4 * done)
-
-
-def lengthening_tests(cycles: pd.DataFrame, min_losses: int = TREND_MIN_LOSSES,
+def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int = TREND_MIN_LOSSES,
                       min_cycles: int = TREND_MIN_CYCLES) -> pd.DataFrame:
-    """Per patient with at least `min_cycles` settled cycles and `min_losses` losses among them: the
-    one-sided trend test of their durability over successive cycles (lengthening_test: censored and
-    lost cycles alike, permutation p), and the Benjamini-Hochberg decision at TREND_FDR over all tested
-    patients (a clinic whose patients' durability never changes should see about no flags; issue 12
-    found 9 from "each loss later than the one before", and the loss days alone cannot show lengthening
-    on a fixed schedule: a cycle that lasts beyond its interval is censored, not a later loss).
-    recent_loss_days: the median day response was last seen held in the last three cycles."""
-    rows = []
+    """Is a patient's durability lengthening? `trend`: per patient, the one-sided test of a durability
+    that grows from cycle to cycle (MeasuredDurability.trend_tests: patient_id, trend_cycles,
+    slope_per_cycle, trend_p), which reads every cycle's scores, censored cycles too. Tested: patients
+    with at least `min_cycles` such cycles and `min_losses` losses of response among their cycles after
+    induction; flagged: the Benjamini-Hochberg discoveries at TREND_FDR over the tested patients (a
+    clinic whose patients' durability never changes should see about no flags; issue 12 found 9 from
+    "each loss later than the one before", and the loss days alone cannot show lengthening: on a fixed
+    schedule a cycle that lasts beyond its interval ends censored, never as a later loss).
+    recent_loss_days: the median day of the patient's last three losses (None without)."""
     settled = cycles
     if "phase" in cycles.columns and "post_induction" in cycles.columns:
         settled = cycles[(cycles["phase"].astype(str) != "induction") | cycles["post_induction"].fillna(False).astype(bool)]
-    settled = settled.sort_values(["patient_id", "cycle_no"])
-    for pid, g in settled.groupby(settled["patient_id"].astype(str), sort=False):
-        event = g["event"].to_numpy(dtype=bool)
-        if len(g) < min_cycles or event.sum() < min_losses:
-            continue
-        low = g["left_days"].to_numpy(float)
-        high = np.where(event, g["right_days"].to_numpy(float), np.inf)
-        _, p = lengthening_test(low, high, seed=len(rows))
-        rows.append((pid, int(event.sum()), p, float(np.median(low[-3:]))))
-    out = pd.DataFrame(rows, columns=["patient_id", "trend_losses", "trend_p", "recent_loss_days"])
-    out["lengthening"] = _bh(out["trend_p"].to_numpy(), TREND_FDR) if len(out) else np.zeros(0, dtype=bool)
+    lost = settled[settled["event"].to_numpy(dtype=bool)].sort_values(["patient_id", "cycle_no"])
+    by_patient = lost.groupby(lost["patient_id"].astype(str))["right_days"]
+    losses = by_patient.size()
+    recent = by_patient.apply(lambda d: float(np.median(d.to_numpy(float)[-3:])))
+    out = trend.assign(patient_id=trend["patient_id"].astype(str))
+    out = out[out["trend_cycles"] >= min_cycles].copy()
+    out["trend_losses"] = losses.reindex(out["patient_id"]).fillna(0).astype(int).to_numpy()
+    out = out[out["trend_losses"] >= min_losses].reset_index(drop=True)
+    out["recent_loss_days"] = recent.reindex(out["patient_id"]).to_numpy()
+    out["lengthening"] = _bh(out["trend_p"].to_numpy(float), TREND_FDR) if len(out) else np.zeros(0, dtype=bool)
     return out
 
 
@@ -507,7 +466,12 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
         kind = "consider_pause" if remission and estimate >= 2 * current else "stretch"
         rows.append((p, kind, reason + f": try {try_days:.0f} days", try_days))
     over = pd.DataFrame(rows, columns=["patient_id", "taper", "taper_reason", "taper_interval_days"])
-    trend = lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(sug.index)]) if len(cycles) else None
+    trend = None
+    if len(cycles) and model is not None:
+        scores = model_scores(course, rules)
+        scores = scores[scores["patient_id"].astype(str).isin(sug.index)]
+        trend = lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(sug.index)],
+                                  model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
     if trend is not None and len(trend):
         t = trend[trend["lengthening"] & ~trend["patient_id"].isin(over["patient_id"])]
         extra = []
@@ -515,10 +479,10 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
             estimate = float(sug.loc[r.patient_id, "suggested_interval_days"])
             try_days = float(np.floor(min(max(r.recent_loss_days, estimate), 1.5 * estimate)))
             extra.append((r.patient_id, "stretch",
-                          f"response has lasted longer in later cycles than in earlier ones, later over time "
-                          f"({r.trend_losses} losses; trend test p = {r.trend_p:.3f}, unlikely to be noise at a "
-                          f"{100 * TREND_FDR:.0f}% false discovery rate); in the last three cycles response was still "
-                          f"seen at about day {r.recent_loss_days:.0f}: try {try_days:.0f} days",
+                          f"response has lasted longer in later cycles, its loss coming later over time "
+                          f"({r.trend_cycles} cycles, {r.trend_losses} losses; trend test p = {r.trend_p:.3f}, "
+                          f"unlikely to be noise at a {100 * TREND_FDR:.0f}% false discovery rate); the last losses "
+                          f"came after about {r.recent_loss_days:.0f} days: try {try_days:.0f} days",
                           try_days))
         over = pd.concat([over, pd.DataFrame(extra, columns=over.columns)], ignore_index=True)
     return over if len(over) else empty
@@ -615,19 +579,10 @@ def _once(cache: OrderedDict, key, build):
         return value
 
 
-def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (),
-                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250) -> ClinicModel:
-    """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
-    attributes), as analytics.access.DataAccess returns them."""
-    from . import course, scales
+def model_scores(crs, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+    """The scores the measurement model reads (course.cycle_scores of `crs`, a course.Course)."""
+    from . import course
 
-    code = scales.get(instrument).code
-    a = frames["assessments"]
-    mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-    crs = course.build_course(frames["treatments"], mine, code, rules)
-    cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
-    last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
-        if len(a) else pd.Series(dtype="datetime64[us]")
     scores = course.cycle_scores(crs, rules)
     # induction cycles before the last are left out: response is still building in them;
     # the model's line is the mean of the baseline-window scores (the best estimate of the start)
@@ -637,7 +592,23 @@ def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (
     # (with one score per cycle, MADRS only at visits, such a cycle can never be seen to lose response).
     # Read as a measurement it made the cohort median 24-31% too long with MADRS at visits and 11% too
     # short with fortnightly PHQ-9 on the simulator (docs/durability.md); the counts stay every cycle's.
-    scores = scores[scores["start_kind"].to_numpy() == "in_response"]
+    return scores[scores["start_kind"].to_numpy() == "in_response"]
+
+
+def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tuple = (),
+                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250) -> ClinicModel:
+    """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
+    attributes), as analytics.access.DataAccess returns them."""
+    from . import course
+
+    code = scales.get(instrument).code
+    a = frames["assessments"]
+    mine = a[a["instrument"] == code] if "instrument" in a.columns else a
+    crs = course.build_course(frames["treatments"], mine, code, rules)
+    cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
+    last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
+        if len(a) else pd.Series(dtype="datetime64[us]")
+    scores = model_scores(crs, rules)
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
         if scale.reference_sd is not None and scale.reliability is not None else None
@@ -645,7 +616,7 @@ def fit_clinic_model(frames: dict, instrument: str = "PHQ-9", version: tuple = (
                        fit_patients=fit_patients)
 
 
-def clinic_model(clinic_data, instrument: str = "PHQ-9", rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
+def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
     """The whole clinic's model, fitted once per data version. `clinic_data` reads every patient's
     rows: an analytics.access.DataAccess with the system scope (its db, data_version(), patients(),
     treatments(), assessments(), attributes()); the caller opens it, this module reads no database.
@@ -658,7 +629,7 @@ def clinic_model(clinic_data, instrument: str = "PHQ-9", rules: OutcomeRules = D
         instrument, version, rules))
 
 
-def clinic_suggestions(clinic_data, instrument: str = "PHQ-9", target: float = 0.8,
+def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: float = 0.8,
                        today: date | None = None, rules: OutcomeRules = DEFAULT_RULES) -> ClinicSuggestions:
     """Suggestions for every treated patient of the clinic, from the one model of this data
     version (clinic_model); `today` decides who is still in active care and what is due."""

@@ -103,7 +103,10 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
     lengthening = s["taper_reason"].str.contains("later over time")
     # the lengthening test itself, on every suggested patient (the taper signal shows it only where the
     # over-treatment flag has not already said "stretch")
-    trend = intervals.lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(s.index)])
+    scores = intervals.model_scores(cm.course)
+    trend = intervals.lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(s.index)],
+                                        model.trend_tests(scores[scores["patient_id"].astype(str).isin(s.index)],
+                                                          min_cycles=intervals.TREND_MIN_CYCLES))
     truly = p["taper_factor"] > 1
     flagged_up = s.index.isin(trend.loc[trend["lengthening"], "patient_id"])
     tested_up = s.index.isin(trend["patient_id"])
@@ -132,6 +135,9 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
         "trend_recall": round(float((flagged_up & truly).sum() / truly.sum()), 3) if truly.sum() else None,
         "trend_recall_tested": round(float((flagged_up & truly).sum() / (truly & tested_up).sum()), 3)
         if (truly & tested_up).sum() else None,
+        "trend_truly_tested": int((truly & tested_up).sum()),
+        # what a lengthening patient is told in the end: any "stretch" or "consider_pause" (over-treatment or trend)
+        "lengthening_any_taper_recall": round(float((flagged & truly).sum() / truly.sum()), 3) if truly.sum() else None,
         "seconds": {"total": round(time.monotonic() - started, 1), "fit": round(fit_s, 1),
                     "suggest": round(suggest_s, 1)},
     }
@@ -174,6 +180,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lengthening_table(results: list[dict]) -> str:
+    lines = ["| clinic | suggested patients (truly lengthening) | tested (truly lengthening) | flagged by the trend test | precision / recall (recall among tested) | any taper flag for a lengthening patient |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        extra = ", ".join(f"{k}={v}" for k, v in r["calibration"].items())
+        f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"| {r['shape']}{' (' + extra + ')' if extra else ''}, {r['cadence']} | {r['suggested_patients']} "
+                     f"({r['trend_truly_lengthening']}) | {r['trend_tested']} ({r['trend_truly_tested']}) | {r['trend_flagged']} | "
+                     f"{f(r['trend_precision'])} / {f(r['trend_recall'])} ({f(r['trend_recall_tested'])}) | "
+                     f"{f(r['lengthening_any_taper_recall'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=2000)
@@ -192,6 +211,8 @@ def main(argv=None) -> int:
               f"({r['trend_precision']}/{r['trend_recall']}, tested {r['trend_tested']}), {r['seconds']}",
               file=sys.stderr, flush=True)
     print(table(results))
+    print()
+    print(lengthening_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
     return 0
