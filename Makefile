@@ -31,14 +31,16 @@ run: $(VENV)/.installed $(DB)
 	OUTCOMES_DB=$(DB) $(PY) -m analytics serve --address $(ADDRESS) --port $(PORT)
 
 # A clinic network on this machine (docs/deployment.md): a throwaway PostgreSQL cluster (tools/pgcluster.py),
-# the demo clinic and its demo accounts in it, and two dashboard servers on it (ports $(PORT) and $(PORT2): 8501 and 8502).
+# the demo clinic and its demo accounts in it, and two dashboard servers on it (ports $(PORT) and $(PORT2): 8501 and 8502),
+# each `python -m analytics serve` as on a server of a network, sharing one cookie secret (docs/deployment.md).
 # Ctrl-C stops the servers, then the cluster, whose folder is removed. Needs `apt-get install -y postgresql`.
 run-network: $(VENV)/.installed
 	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
 	  $(PY) -m analytics demo --db "$$OUTCOMES_DB" --patients $(DEMO_PATIENTS) --seed 7 && \
 	  $(PY) -m analytics users demo-accounts --db "$$OUTCOMES_DB" && \
-	  { $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT) & one=$$!; \
-	    $(VENV)/bin/streamlit run serve.py --server.address $(ADDRESS) --server.port $(PORT2) & two=$$!; \
+	  export STREAMLIT_SERVER_COOKIE_SECRET=$$($(PY) -c "import secrets; print(secrets.token_hex(32))") && \
+	  { $(PY) -m analytics serve --db "$$OUTCOMES_DB" --address $(ADDRESS) --port $(PORT) & one=$$!; \
+	    $(PY) -m analytics serve --db "$$OUTCOMES_DB" --address $(ADDRESS) --port $(PORT2) & two=$$!; \
 	    trap "kill $$one $$two 2>/dev/null" INT TERM; wait; wait; }'
 
 test: $(VENV)/.installed
@@ -46,11 +48,12 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed bench-network
 	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
+	$(PY) -m analytics bench --table bench/results.json --beside bench/results-postgres.json
 
 # The same figures at 10,000 patients on PostgreSQL (a throwaway cluster), beside the DuckDB file's in
-# bench/results.json: bench/results-postgres.json (docs/deployment.md).
+# bench/results.json: bench/results-postgres.json (docs/deployment.md). --durable: fsync on, as a real server's.
 bench-network: $(VENV)/.installed
-	$(PY) tools/pgcluster.py run --env OUTCOMES_DB -- sh -c '\
+	$(PY) tools/pgcluster.py run --durable --env OUTCOMES_DB -- sh -c '\
 	  $(PY) -m analytics bench --patients 10000 --db "$$OUTCOMES_DB" --out bench/results-postgres.json'
 
 # Durability engine against simulated clinics with known truth (docs/durability.md quotes the

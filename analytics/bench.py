@@ -186,11 +186,11 @@ def _fresh_postgres(url: str):
     target = store.db_path(url)
     if target.exists():
         with store.connect(target) as con:
+            kinds = ("patients", "treatments", "assessments")  # each from the generated file of its name
             foreign = con.execute(
-                "SELECT count(*) FROM import_batches WHERE file_name NOT LIKE ? AND file_name NOT LIKE ?",
-                ["%/patients.csv", "%/treatments.csv"]).fetchall()[0][0]
-            foreign += con.execute("SELECT count(*) FROM import_batches WHERE kind = 'assessments' "
-                                   "AND file_name NOT LIKE ?", ["%/assessments.csv"]).fetchall()[0][0]
+                "SELECT count(*) FROM import_batches WHERE NOT ("
+                + " OR ".join("(kind = ? AND file_name LIKE ?)" for _ in kinds) + ")",
+                [value for kind in kinds for value in (kind, f"%/{kind}.csv")]).fetchall()[0][0]
         if foreign:
             raise RuntimeError(f"{store.label(target)} holds imports other than a benchmark's: the benchmark empties "
                                "its database before each import, so give it an empty database of its own")
@@ -516,7 +516,7 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
 
 
 USERS_KEYS = ("users_p50_s", "users_p95_s", "users_errors", "users_during_import_p95_s", "cold_cohort_s",
-              "after_write_cohort_s")
+              "after_write_cohort_s", "first_cohort_s")
 # Targets at 10,000 patients with 20 users (docs/performance.md); reported, never asserted.
 USERS_TARGETS = {"users_p95_s": 2, "users_errors": 0, "users_during_import_p95_s": 3, "cold_cohort_s": 5,
                  "after_write_cohort_s": 2}
@@ -675,4 +675,36 @@ def markdown_table(results: dict) -> str:
         lines.append("")
         lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
                      + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
+    return "\n".join(lines)
+
+
+def side_by_side(file_results: dict, *others: dict, patients: int = 10_000) -> str:
+    """`make bench`'s comparison: the DuckDB file's run at `patients` (from the --sizes results) beside
+    single runs at the same size (`bench --patients N [--db postgresql://...]`), one row per figure and
+    one column per run, headed by its backend and load average; a figure a run could not measure shows
+    its reason from `missing`."""
+    runs = [r for r in file_results.get("runs", []) if r.get("patients") == patients]
+    if not runs:
+        raise ValueError(f"the DuckDB results hold no run at {patients:,} patients")
+    for other in others:
+        if other.get("patients") != patients:
+            raise ValueError(f"a run beside it is of {other.get('patients')} patients, not {patients:,}")
+    columns = [runs[0], *others]
+
+    def head(run: dict) -> str:
+        name = "PostgreSQL" if run.get("backend") == "postgres" else "DuckDB file"
+        return f"{name} (load {run.get('load_average_start')}-{run.get('load_average_end')})"
+
+    def cell(run: dict, key: str) -> str:
+        missing = run.get("missing") or {}
+        if run.get(key) is None and key in missing:
+            return f"n/a ({missing[key]})"
+        return _fmt(run.get(key))
+
+    lines = [f"| figure at {patients:,} patients | " + " | ".join(head(r) for r in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    context = ("import_peak_rss_mb", "pages_peak_rss_mb", "load_frames_s", "cohort_caches_s", "cohort_cold_s",
+               "patient_max_s")
+    for key in KEYS[1:] + context:
+        lines.append(f"| {key} | " + " | ".join(cell(r, key) for r in columns) + " |")
     return "\n".join(lines)

@@ -10,9 +10,13 @@ Against a copy of the benchmark's database with one clinician account per clinic
 two directors, one server is started the way `make run` starts it (`python -m analytics serve`),
 and, in order:
 
-1. `cold_cohort_s`: the first director's sign-in after the server answers its health check; the
+1. `first_cohort_s`: the first director's sign-in after the server answers its health check; the
    sign-in run draws Cohort outcomes, the director's landing page, so it is the first cohort
-   visit after the server starts (`cold_durability_s`: the same director's first Durability);
+   visit ever to this data version: every table is built (`first_durability_s`: the same
+   director's first Durability). The server saves the tables it built beside the database
+   (analytics/screens/saved.py); once they are saved it is stopped and started again, and
+   `cold_cohort_s` (`cold_durability_s`) is the same visit after that restart: the first cohort
+   visit after a server start, as at a clinic whose server restarts on data it served before;
 2. a warm-up: every account runs its flow once;
 3. U users for `duration` seconds: `users_p50_s`, `users_p95_s` over every signed-in page run
    (the flows' pages; the sign-ins themselves are reported apart), `users_errors` over every run,
@@ -140,6 +144,7 @@ def prepare(source_db: Path, work: Path, today: str) -> tuple[Path, Path, dict]:
     db = work / "users.duckdb"
     for suffix in ("", ".wal"):
         Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.rmtree(saved_tables(db), ignore_errors=True)  # a previous run's: the first visit builds everything
     shutil.copyfile(source_db, db)
     if Path(str(source_db) + ".wal").exists():
         shutil.copyfile(str(source_db) + ".wal", str(db) + ".wal")
@@ -197,6 +202,27 @@ def large_assessments_csv(path: Path, patient_ids: list[str], rows: int, seed: i
         frame[f"item_{i}"] = rng.integers(0, 4, rows)
     frame.to_csv(path, index=False)
     return path
+
+
+def saved_tables(db: Path) -> Path:
+    from .screens import saved
+
+    return saved.folder(db)
+
+
+def wait_for_saved_tables(db: Path, since: float, timeout: float = 180, quiet: float = 4.0) -> bool:
+    """Wait until the server has saved tables after `since` (time.time()) and written nothing for `quiet` s."""
+    folder, deadline, last = saved_tables(db), time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        stamps = sorted((p.name, p.stat().st_mtime) for p in folder.glob("*.tables")) if folder.is_dir() else []
+        if any(mtime >= since for _name, mtime in stamps):
+            if stamps == last:
+                return True
+            last = stamps
+            time.sleep(quiet)
+        else:
+            time.sleep(0.5)
+    return False
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -324,16 +350,31 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
         tmp = Path(tmp)
         (tmp / "director.json").write_text(json.dumps([director]))
         say("users: starting the dashboard server")
-        proc, url = start_server(db, work / "server.log", today, processes)
+        proc, url = start_server(db, work / "server-first.log", today, processes)
         sampler = Sampler(proc.pid)
         sampler.start()
         try:
             result["users_server_rss_start_mb"] = round(tree_rss_mb(proc.pid))
-            say("users: first director visit (cold)")
-            load_start, cpu_start = load_average(), tree_cpu_s(proc.pid)
-            cold = load(url, tmp / "director.json", 1, rounds=1)
+            say("users: first director visit (nothing built yet)")
+            load_start, cpu_start, since = load_average(), tree_cpu_s(proc.pid), time.time()
+            first = load(url, tmp / "director.json", 1, rounds=1, timeout=900)  # the first Durability fits the model
             # CPU seconds the server spent on that first visit (sign-in landing on Cohort, then Durability):
             # less sensitive than wall clock to what else the machine is doing
+            result["first_server_cpu_s"] = round(tree_cpu_s(proc.pid) - cpu_start, 2)
+            result["first_cohort_s"] = _first(first, "sign-in")
+            result["first_durability_s"] = _first(first, "durability")
+            result["first_load_average"] = load_start
+            result["first_errors"] = first["errors"]
+
+            say("users: restart, then the first director visit again (cold)")
+            result["cold_tables_saved"] = wait_for_saved_tables(db, since)
+            sampler.stop()
+            stop_server(proc)
+            proc, url = start_server(db, work / "server.log", today, processes)
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            load_start, cpu_start = load_average(), tree_cpu_s(proc.pid)
+            cold = load(url, tmp / "director.json", 1, rounds=1, timeout=900)
             result["cold_server_cpu_s"] = round(tree_cpu_s(proc.pid) - cpu_start, 2)
             result["cold_cohort_s"] = _first(cold, "sign-in")
             result["cold_durability_s"] = _first(cold, "durability")

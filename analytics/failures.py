@@ -12,6 +12,12 @@ says what happened to the database and what to do:
 | `missing` | 2 | no database (or no input file) at the path |
 | `disk` | 2 | a file could not be written: disk full, read-only file system, permission denied |
 | `damaged` | 2 | DuckDB found the database file damaged (a checksum that does not match, a file cut short) |
+| `unreachable` | 2 | the PostgreSQL server did not answer at the URL's host and port (or is starting, stopping, out of connection slots) |
+| `auth` | 2 | the PostgreSQL server refused the URL's user or password |
+
+On PostgreSQL (store.PostgresUnavailable) a database name the server does not have is `missing`, a
+replica in recovery or a read-only database asked to write is `read_only`, and the server's full
+disk is `disk`; each message names the server, database and user, never the password.
 | `committed` | 3 | a change was committed, then writing the database file failed (store.CommittedButFailed) |
 | `unexpected` | 3 | anything else: a defect to report |
 
@@ -94,6 +100,8 @@ def restore_advice(db: Path) -> str:
 
 def kind_of(exc: BaseException) -> str:
     """The kind of failure (the table above), without writing anything."""
+    if isinstance(exc, store.PostgresUnavailable):
+        return exc.kind
     for cls, kind in ((store.StoreBusy, "busy"), (store.SchemaTooNew, "schema_newer"), (store.ReadOnlyDatabase, "read_only"),
                       (store.Refused, "refused"), (FileNotFoundError, "missing")):
         if isinstance(exc, cls):
@@ -110,6 +118,8 @@ def explain(exc: BaseException, db=None, *, context: str = "command") -> Failure
     path = store.db_path(db)
     kind = kind_of(exc)
     if kind == "busy":
+        return Failure(kind, EXIT_FAILED, f"{exc}; nothing was changed")
+    if isinstance(exc, store.PostgresUnavailable):
         return Failure(kind, EXIT_FAILED, f"{exc}; nothing was changed")
     if kind in ("schema_newer", "read_only", "refused", "missing"):
         return Failure(kind, EXIT_FAILED, first_line(exc))

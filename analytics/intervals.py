@@ -36,6 +36,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -428,7 +429,7 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     inf = course.infusions
     base = course.baselines.set_index("patient_id")["baseline_score"]
     pid = inf["patient_id"].astype(str).to_numpy()
-    keep = np.isin(pid, sug.index.to_numpy())
+    keep = pd.Series(pid).isin(sug.index).to_numpy()  # hashed: np.isin compares object arrays pairwise
     f = pd.DataFrame({"patient_id": pid[keep], "at": inf["at"].to_numpy()[keep],
                       "pre": inf["pre_dose_score"].to_numpy(float)[keep],
                       "pre_at": inf["pre_dose_at"].to_numpy()[keep],
@@ -616,17 +617,25 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
                        fit_patients=fit_patients)
 
 
-def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES) -> ClinicModel:
+def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES,
+                 kept: Callable[[], ClinicModel | None] | None = None) -> ClinicModel:
     """The whole clinic's model, fitted once per data version. `clinic_data` reads every patient's
     rows: an analytics.access.DataAccess with the system scope (its db, data_version(), patients(),
     treatments(), assessments(), attributes()); the caller opens it, this module reads no database.
-    Every viewer gets rows of this one fit; its aggregate parameters identify no one."""
+    Every viewer gets rows of this one fit; its aggregate parameters identify no one. `kept`: gives
+    the model of this version made before (the dashboard's saved tables) or None; asked before fitting."""
     version = tuple(clinic_data.data_version())
     key = (str(clinic_data.db), version, instrument, rules)
-    return _once(_MODELS, key, lambda: fit_clinic_model(
-        {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
-         "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()},
-        instrument, version, rules))
+
+    def build() -> ClinicModel:
+        earlier = kept() if kept is not None else None
+        if earlier is not None and tuple(earlier.version) == version and earlier.instrument == instrument:
+            return earlier
+        return fit_clinic_model(
+            {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
+             "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()},
+            instrument, version, rules)
+    return _once(_MODELS, key, build)
 
 
 def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: float = 0.8,

@@ -125,6 +125,7 @@ MissingTable = (duckdb.CatalogException, store_postgres.MissingTable)
 MissingColumn = (duckdb.BinderException, store_postgres.MissingColumn)
 Conflict = (duckdb.ConstraintException, store_postgres.Conflict)
 PostgresTarget = store_postgres.Target
+PostgresUnavailable = store_postgres.Unavailable  # the server cannot be used at all; `.kind` says why (failures.py)
 Connection = Union[duckdb.DuckDBPyConnection, store_postgres.Connection]  # what connect and transaction yield
 
 
@@ -619,11 +620,14 @@ def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> No
 
 @contextlib.contextmanager
 def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
-    """store_postgres.connect, with a lock wait that ran out as StoreBusy and a missing schema as
-    FileNotFoundError, the same as for a file."""
+    """store_postgres.connect, with a lock wait that ran out as StoreBusy, a missing schema as
+    FileNotFoundError and a newer schema refused on reads too (a write's migration refuses it), the
+    same as for a file."""
     try:
         with store_postgres.connect(target, write=write, wait=LOCK_WAIT_SECONDS if wait is None else wait,
                                     is_current=_is_current, ensure_current=ensure_current) as con:
+            if not write:
+                refuse_newer_schema(con, target)  # one indexed read: another server may have migrated meanwhile
             yield con
     except store_postgres.LockTimeout as exc:
         raise StoreBusy(f"database {target.label} is busy (another writer holds what this write needs); "

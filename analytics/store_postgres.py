@@ -57,6 +57,19 @@ class LockTimeout(DatabaseError):
     """A lock wait ran out (55P03); the store turns it into StoreBusy."""
 
 
+class Unavailable(DatabaseError):
+    """The server cannot be used for this at all, and nothing was changed: `kind` is `unreachable`
+    (no answer at the host and port, or the server is starting, stopping or out of connection
+    slots), `auth` (the user or password was refused), `missing` (no database of that name),
+    `read_only` (a replica in recovery or a read-only database) or `disk` (the server's disk is
+    full). analytics/failures.py gives each its exit code; the message names the server, the
+    database and the user, never the password."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
 def is_url(value) -> bool:
     return isinstance(value, str) and value.startswith(URL_PREFIXES)
 
@@ -105,8 +118,10 @@ class Target:
         try:
             with _pooled(self, read=True) as conn:
                 return conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
-        except DatabaseError:
-            return False
+        except Unavailable as exc:
+            if exc.kind == "missing":  # no database of that name: as a file that is not there
+                return False
+            raise  # a server that cannot be reached is not an empty one
 
 
 # --- SQL: one text for both backends ------------------------------------------------------
@@ -145,8 +160,64 @@ def _psycopg():
     return psycopg
 
 
-def _wrap_error(exc: Exception) -> DatabaseError:
+# What libpq and the server say when the database cannot be used at all (a failed connection has no
+# SQLSTATE in psycopg, so its text decides): (kind, pattern, SQLSTATE classes or codes).
+_UNAVAILABLE = (
+    ("auth", re.compile(r"password authentication failed|no password supplied|authentication failed|"
+                        r"role \S+ does not exist|no pg_hba\.conf entry", re.I), ("28",)),
+    ("missing", re.compile(r"database \S+ does not exist", re.I), ("3D000",)),
+    ("read_only", re.compile(r"read-only transaction|during recovery|hot standby", re.I), ("25006",)),
+    ("disk", re.compile(r"no space left on device|could not extend file|disk quota exceeded", re.I), ("53100",)),
+    ("unreachable", re.compile(r"connection refused|could not connect|failed to resolve host|could not translate host|"
+                               r"name or service not known|no route to host|timeout expired|timed out|"
+                               r"server closed the connection|connection to server .* failed|terminating connection|"
+                               r"the database system is (starting up|shutting down|in recovery mode)|too many clients|"
+                               r"connection slots are reserved|network is unreachable|ssl connection has been closed", re.I),
+     ("08", "57P", "53300")),
+)
+
+
+def _reason(text: str) -> str:
+    """libpq's reason alone: 'connection to server at "h", port p failed: FATAL:  x' -> 'x'."""
+    text = (text.strip().splitlines() or [""])[0]
+    text = re.sub(r"^(IO: )?(\[libpq\] )?(Failed to connect: |Failed to prepare query: |connection failed: )?", "", text)
+    text = re.sub(r"^connection to server (at|on) .*? failed: ", "", text)
+    text = re.sub(r"\bFATAL:\s+", "", text)
+    return re.sub(r"\s+", " ", text).strip().rstrip(".")[:160] or "no reason given"
+
+
+def unavailable(exc: BaseException, target: "Target") -> Unavailable | None:
+    """The Unavailable that `exc` (psycopg's or ADBC's) means for `target`, or None for any other error."""
+    text = str(exc)
+    state = getattr(exc, "sqlstate", None) or ""
+    for kind, pattern, states in _UNAVAILABLE:
+        if (state and state.startswith(states)) or pattern.search(text):
+            break
+    else:
+        return None
+    parts = urlsplit(target.url)
+    server = f"the PostgreSQL server at {parts.hostname or 'localhost'}:{parts.port or 5432}"
+    reason = _reason(text)
+    message = {
+        "unreachable": f"cannot use {server} ({reason}): check that it runs and accepts connections, and the host "
+                       "and port in --db / OUTCOMES_DB",
+        "auth": f"{server} refused the sign-in of user \"{parts.username or ''}\" ({reason}): check the user and "
+                "password (in the URL, $PGPASSWORD or ~/.pgpass)",
+        "missing": f"{server} has no database \"{target.name}\": create it (createdb {target.name}) or correct the name "
+                   "in --db / OUTCOMES_DB",
+        "read_only": f"{server} accepts only reads ({reason}): it is a replica in recovery or the database is read-only; "
+                     "point --db / OUTCOMES_DB at the primary",
+        "disk": f"{server} has no disk space left ({reason}): free space on the database server",
+    }[kind]
+    return Unavailable(kind, message)
+
+
+def _wrap_error(exc: Exception, target: "Target | None" = None) -> DatabaseError:
     psycopg = _psycopg()
+    if target is not None:
+        refused = unavailable(exc, target)
+        if refused is not None:
+            return refused
     message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return MissingTable(message)
@@ -187,7 +258,7 @@ class _Pool:
             if read:
                 conn.execute("SET default_transaction_read_only = on")
         except psycopg.Error as exc:
-            raise _wrap_error(exc) from None
+            raise _wrap_error(exc, Target(url)) from None
         return conn
 
     def give(self, url: str, read: bool, conn) -> None:
@@ -296,7 +367,10 @@ class Connection:
             return Result([d.name for d in cursor.description], [d.type_code for d in cursor.description],
                           cursor.fetchall())
         except psycopg.Error as exc:
-            raise _wrap_error(exc) from None
+            error = _wrap_error(exc, self.target)
+            if isinstance(error, Unavailable) and error.kind == "unreachable":
+                close_all(self.target)  # a restart or failover killed the idle ones too: the next use reconnects
+            raise error from None
 
     def _in_transaction(self) -> bool:
         return self.conn.info.transaction_status != _psycopg().pq.TransactionStatus.IDLE
@@ -397,7 +471,10 @@ def _adbc_read(target: Target, sql: str) -> pa.Table:
             _adbc.pop(key, None)
             with contextlib.suppress(Exception):
                 conn.close()
-            raise DatabaseError((str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
+            refused = unavailable(exc, target)
+            if refused is not None and refused.kind == "unreachable":
+                _pool.close_all(target.url)  # the pooled ones went with it (a restart, a failover)
+            raise refused or DatabaseError((str(exc).strip().splitlines() or [type(exc).__name__])[0]) from None
     return table.replace_schema_metadata(None).cast(pa.schema([f.remove_metadata() for f in table.schema]))
 
 
@@ -419,7 +496,7 @@ def connect(target: Target, *, write: bool, wait: float, is_current, ensure_curr
         con = Connection(target, conn, write)
         if not write and target.url not in _holds_store:
             # as a read of a missing file: once a database holds the schema it keeps it, so asked once
-            if not conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+            if not con.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
                 raise MissingTable("the database holds no outcomes store yet (no schema_version table)")
             _holds_store.add(target.url)
         if write:

@@ -36,5 +36,6 @@ def today() -> date:
 
 
 def no_database_message() -> None:
-    st.info(f"No database yet at `{db_file()}`. Import data on the **Data** page, or build a demo clinic with "
+    where = getattr(db_file(), "label", db_file())  # a PostgreSQL URL without its password
+    st.info(f"No database yet at `{where}`. Import data on the **Data** page, or build a demo clinic with "
             "`python -m analytics demo` (or `make demo`).", icon=":material/database:")

@@ -21,13 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # AppTest runs page scripts in this process; they import analytics and pages
     sys.path.insert(0, str(ROOT))
 # Audit keys and anchors (analytics/keys.py) of the test run live in a folder of their own, never in
-# the operator's ~/.config; subprocesses (the CLI, streamlit) inherit it.
-if "OUTCOMES_KEY_DIR" not in os.environ:
+# the operator's ~/.config; subprocesses (the CLI, streamlit) inherit it. Each parallel worker
+# (pytest-xdist, `make test`) has its own: a test that rotates or loses a key must not touch another's.
+# (This file is imported twice, as `conftest` and as `tests.conftest`: the folder is made once per process.)
+_KEY_DIR_OWNER = "OUTCOMES_TEST_KEY_DIR_PID"
+if os.environ.get(_KEY_DIR_OWNER) != str(os.getpid()) and (
+        "OUTCOMES_KEY_DIR" not in os.environ or os.environ.get("PYTEST_XDIST_WORKER")):
     import atexit
     import tempfile
 
     os.environ["OUTCOMES_KEY_DIR"] = tempfile.mkdtemp(prefix="outcomes-test-keys-")
+    os.environ[_KEY_DIR_OWNER] = str(os.getpid())
     atexit.register(shutil.rmtree, os.environ["OUTCOMES_KEY_DIR"], ignore_errors=True)
+# The dashboard's saved tables (analytics/screens/saved.py) are off in tests unless a test turns them on:
+# a table one test saved beside the shared demo database must not stand in for what another test patched.
+os.environ.setdefault("OUTCOMES_SAVE_TABLES", "0")
 DEMO_PATIENTS = 120
 DEMO_SEED = 7
 # The demo clinic's data end on 2026-11-20 (simulate.DEFAULT_END); pages see "today" as the day after.
@@ -52,6 +60,7 @@ def _build_demo(path) -> None:
 
 BACKENDS = ("duckdb", "postgres")
 POSTGRES_REQUIRED_ENV = "OUTCOMES_REQUIRE_POSTGRES"  # .ci/run sets it: there the PostgreSQL half must run
+POSTGRES_ONLY_FILES = ("test_postgres.py", "test_two_servers.py", "test_pages_postgres.py")  # counted in the PostgreSQL half
 _POSTGRES_OUTCOME = {"unavailable": None, "passed": 0, "failed": 0, "skipped": 0}
 
 
@@ -125,9 +134,13 @@ def backend(request):
 
 
 def pytest_runtest_logreport(report):
-    if ("[postgres" in report.nodeid or "test_postgres.py" in report.nodeid or "test_two_servers.py" in report.nodeid) and (report.when == "call" or report.outcome != "passed"):
+    if ("[postgres" in report.nodeid or report.nodeid.split("::")[0].endswith(POSTGRES_ONLY_FILES)) and (report.when == "call" or report.outcome != "passed"):
         if report.when == "call" or report.outcome in ("failed", "skipped"):
             _POSTGRES_OUTCOME[report.outcome] += 1
+        # (with parallel workers the fixture's reason reaches this process only in the reports)
+        why = report.longrepr[2] if report.skipped and isinstance(report.longrepr, (tuple, list)) else ""
+        if "PostgreSQL half not run: " in why and not _POSTGRES_OUTCOME["unavailable"]:
+            _POSTGRES_OUTCOME["unavailable"] = why.split("PostgreSQL half not run: ", 1)[1]
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -169,7 +182,7 @@ def writable_db(request, tmp_path):
     return copy
 
 
-BROWSER_PASSWORD = "browser test passphrase"
+from fixtures import BROWSER_PASSWORD  # noqa: E402 (after the key folder is set)
 
 
 @pytest.fixture(scope="session")
@@ -249,6 +262,22 @@ def open_page(outcomes_db, monkeypatch):
     return run
 
 
+def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, *, timeout_s: float) -> None:
+    """Return once the dashboard server at `url` answers its health check; raise with its log if the
+    process `proc` ends first or timeout_s passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the dashboard server did not start:\n{Path(log).read_text()}")
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,46 +287,71 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_dashboard(db, log: Path, *, port: int | None = None, env: dict | None = None, args=()):
     """`streamlit run serve.py` (the dashboard with its security routes and headers) against `db` on 127.0.0.1 (its output in `log`); yields the base URL
-    once the server answers its health check, and stops it afterwards."""
-    port = port or free_port()
+    once the server answers its health check, and stops it afterwards. Without a `port`, a free one (another
+    one if a parallel test took it meanwhile)."""
     environ = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                    **(env or {}))
     environ.pop("OUTCOMES_ROLE", None)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", *args],
-            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    for attempt in range(1 if port else 3):
+        chosen = port or free_port()
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(chosen),
+                 "--server.headless", "true", "--server.address", "127.0.0.1", *args],
+                cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{chosen}"
+        try:
+            wait_until_healthy(url, proc, log, timeout_s=60)
+            break
+        except RuntimeError:
+            _stop(proc)
+            if port or attempt == 2 or "is not available" not in Path(log).read_text():
+                raise
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{Path(log).read_text()}")
-            time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        import fixtures
+
+        fixtures.forget_sign_ins(url)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def streamlit_server(server_db, tmp_path_factory):
     """`streamlit run dashboard.py` on a free port against a copy of the demo database with accounts
-    (`server_db`); yields the base URL. Visitors must sign in (tests/test_browser.py `_sign_in`)."""
+    (`server_db`); yields the base URL. Visitors must sign in (fixtures.open_signed_in, fixtures.sign_in)."""
     with serve_dashboard(server_db, tmp_path_factory.mktemp("server") / "streamlit.log",
                          env={"OUTCOMES_TODAY": DEMO_TODAY}) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Playwright) for one test module; each test opens its own context (cookies, viewport)
+    in it, e.g. with fixtures.open_signed_in. A missing browser fails the run with the reason."""
+    import fixtures
+
+    reason = fixtures.browser_or_reason()
+    if reason:
+        pytest.fail(f"the browser tests need Chromium: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=fixtures.CHROMIUM, args=fixtures.CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def shown(markdown: str) -> str:

@@ -115,6 +115,19 @@ class PostgresDatabases:
     def copy_of(self, template: str):
         return self.new(template=template)
 
+    def lasting_copy_of(self, template: str):
+        """A copy of `template` that outlives the test (a module's or session's database): drop() it."""
+        from analytics import store
+
+        self.serial += 1
+        return store.PostgresTarget(self._create(f"l{os.getpid()}_{self.serial}", template))
+
+    def drop(self, db) -> None:
+        from analytics import store_postgres
+
+        store_postgres.close_all(db)
+        self.admin().execute(f'DROP DATABASE IF EXISTS "{db.url.rsplit("/", 1)[-1]}" WITH (FORCE)')
+
     def _template(self, name: str, build) -> str:
         if name not in self.templates:
             from analytics import store, store_postgres
@@ -226,3 +239,126 @@ def snapshot(db: Path) -> dict[str, list[tuple]]:
 
 
 ITEM_COLUMNS = scales.item_columns()
+
+
+# --- the browser (tests/test_browser*.py, test_security_browser.py, test_two_servers.py, test_auth_oidc.py) ---------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output"
+BROWSER_PASSWORD = "browser test passphrase"  # every account of the browser tests' clinics (conftest.server_db)
+IDLE = ("() => !document.querySelector('[data-testid=\"stSpinner\"]') && "
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+CHARTS_DRAWN = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+                ".every(e => e.querySelector('.main-svg'))")
+CONTENT_HEIGHT = ("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"
+                  " const items = [...document.querySelectorAll('[data-testid=\"stMainBlockContainer\"] [data-testid=\"stElementContainer\"]')];"
+                  " return Math.max(main.scrollHeight, ...items.map(e => e.getBoundingClientRect().bottom + main.scrollTop)); }")
+# Resolves once the page's layout (its height, and every chart's size) has not changed for `ms` milliseconds:
+# what a fixed pause before a screenshot waited for, without waiting longer than needed.
+LAYOUT_SETTLED = """(ms) => new Promise(resolve => {
+    const main = document.querySelector('[data-testid="stMain"]');
+    const shape = () => JSON.stringify([main ? main.scrollHeight : 0,
+        ...[...document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg')].map(
+            e => { const r = e.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; })]);
+    let last = shape(), since = performance.now();
+    const tick = () => {
+        const now = shape();
+        if (now !== last) { last = now; since = performance.now(); }
+        if (performance.now() - since >= ms) resolve(true); else setTimeout(tick, 100);
+    };
+    setTimeout(tick, 100);
+})"""
+
+
+def full_screenshot(pg, name: str, *, width: int = 1400, min_height: int = 1000) -> Path:
+    """test-output/<name>.png of the whole page. Streamlit scrolls inside its own container, so the window grows
+    to the content first (twice: charts drawn after the first resize can make the page longer), each time until
+    the layout holds still."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    for _ in range(2):
+        height = pg.evaluate(CONTENT_HEIGHT)
+        pg.set_viewport_size({"width": width, "height": max(min_height, int(height) + 150)})
+        pg.wait_for_function(IDLE, timeout=120_000)
+        pg.wait_for_function(CHARTS_DRAWN, timeout=60_000)
+        pg.evaluate(LAYOUT_SETTLED, 600)
+    path = SCREENSHOTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True, timeout=120_000)  # a tall page on a loaded machine takes a while
+    return path
+
+
+def browser_or_reason() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    import shutil as _shutil
+
+    if not (os.path.exists(CHROMIUM) or _shutil.which("chromium")):
+        return f"no Chromium at {CHROMIUM} (install Debian's chromium package)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    return None
+
+
+def sign_in(pg, user: str, password: str = BROWSER_PASSWORD) -> None:
+    """Fill the sign-in form the server shows to every new browser session (the URL is kept)."""
+    pg.get_by_role("heading", name="Sign in", level=1).wait_for(timeout=120_000)
+    pg.get_by_role("textbox", name="User name").fill(user)
+    box = pg.get_by_role("textbox", name="Password")
+    box.fill(password)
+    box.press("Enter")  # submits the form once both values are in
+    pg.get_by_role("heading", name="Sign in", level=1).wait_for(state="detached", timeout=120_000)
+
+
+SESSION_COOKIE = "outcomes_session"
+_SIGNED_IN: dict[tuple[str, str], dict] = {}  # (server URL, user) -> the browser's storage state after signing in
+
+
+def session_cookie(context, timeout_s: float = 20.0) -> dict | None:
+    """The sign-in cookie of a browser context once the page has fetched it (the page posts its one-time
+    claim just after signing in), or None after timeout_s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [c for c in context.cookies() if c["name"] == SESSION_COOKIE and c["value"]]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+def open_signed_in(browser, url: str, user: str, *, width: int = 1400, height: int = 1000, remember: bool = True,
+                   **context_options):
+    """(context, page) of a new browser context at `url` (a page of a dashboard server), signed in as `user`.
+
+    The first time for a server and user, through the sign-in form; after that (unless remember=False, for a
+    server of one test) the new context starts with the session cookie that sign-in left (as a new tab or a
+    reload does), so the page opens without the form. If that session has ended meanwhile (idle limit), the
+    form again."""
+    from urllib.parse import urlsplit
+
+    base = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    state = _SIGNED_IN.get((base, user))
+    context = browser.new_context(viewport={"width": width, "height": height}, storage_state=state, **context_options)
+    pg = context.new_page()
+    pg.goto(url)
+    if state is not None:
+        signed_out = pg.get_by_role("heading", name="Sign in", level=1)
+        pg.locator("h1").first.wait_for(timeout=120_000)
+        pg.wait_for_function(IDLE, timeout=120_000)
+        if signed_out.count() == 0:
+            return context, pg
+        _SIGNED_IN.pop((base, user), None)
+    sign_in(pg, user)
+    if remember and session_cookie(context, timeout_s=10):
+        _SIGNED_IN[(base, user)] = context.storage_state()
+    return context, pg
+
+
+def forget_sign_ins(url: str) -> None:
+    """A server at `url` stopped: its sessions are gone with it (conftest.serve_dashboard calls this)."""
+    for key in [k for k in _SIGNED_IN if k[0] == url]:
+        del _SIGNED_IN[key]

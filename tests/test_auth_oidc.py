@@ -152,16 +152,10 @@ class Provider:
         self.server.shutdown()
 
 
-def _provider_round_trip(db, tmp_path, claims: dict, until) -> tuple[str, str]:
+def _provider_round_trip(browser, db, tmp_path, claims: dict, until) -> tuple[str, str]:
     """Serve the dashboard on `db` with `claims` at a local provider, click the provider button in Chromium
     and wait for `until(page)`; returns (the page's text, the provider's URL)."""
     from tests.conftest import free_port, serve_dashboard
-    from tests.test_browser import ARGS, CHROMIUM, _browser_or_reason
-
-    reason = _browser_or_reason()
-    if reason:
-        pytest.fail(f"the OIDC round trip needs a browser: {reason}")
-    from playwright.sync_api import sync_playwright
 
     port = free_port()
     client_id, client_secret = "outcomes-dashboard", secrets.token_urlsafe(16)
@@ -177,22 +171,23 @@ def _provider_round_trip(db, tmp_path, claims: dict, until) -> tuple[str, str]:
         )
         with serve_dashboard(db, tmp_path / "streamlit.log", port=port, env={"OUTCOMES_TODAY": "2026-11-21"},
                              args=("--secrets.files", str(secrets_file))) as url:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = browser.new_page()
+            context = browser.new_context()
+            try:
+                page = context.new_page()
                 page.goto(f"{url}/")
                 page.get_by_role("button", name="Sign in with your organisation's account").click(timeout=120_000)
                 until(page)
                 text = page.inner_text("body")
-                browser.close()
+            finally:
+                context.close()
     return text, provider.url
 
 
-def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
+def test_st_login_round_trip_maps_the_role_claim(browser, writable_db, tmp_path):
     """The browser clicks the provider button, is sent to the provider and back, and lands on
     the director's pages; the account was created from the claims and the sign-in audited."""
     text, issuer = _provider_round_trip(
-        writable_db, tmp_path, {"preferred_username": "dr_director", "role": "director", "email": "d@clinic.test"},
+        browser, writable_db, tmp_path, {"preferred_username": "dr_director", "role": "director", "email": "d@clinic.test"},
         lambda page: page.get_by_role("heading", name="Cohort outcomes", level=1).wait_for(timeout=120_000))
     assert "Signed in as" in text
     users = auth.list_users(writable_db).set_index("username")
@@ -202,7 +197,7 @@ def test_st_login_round_trip_maps_the_role_claim(writable_db, tmp_path):
     assert signed["detail"] == {"via": "oidc", "issuer": issuer, "subject": "user-1"}
 
 
-def test_st_login_cannot_take_over_a_local_account(writable_db, tmp_path):
+def test_st_login_cannot_take_over_a_local_account(browser, writable_db, tmp_path):
     """The provider claims the local admin's name with a clinician role: the browser stays on the sign-in
     page, the admin keeps its role, and the refusal is audited."""
     auth.create_user(writable_db, "admin", "admin", "correct horse battery", actor="test")
@@ -211,7 +206,7 @@ def test_st_login_cannot_take_over_a_local_account(writable_db, tmp_path):
         page.get_by_role("heading", name="Sign in", level=1).wait_for(timeout=120_000)
         page.wait_for_timeout(3000)
 
-    text, _ = _provider_round_trip(writable_db, tmp_path, {"preferred_username": "admin", "role": "clinician"}, refused)
+    text, _ = _provider_round_trip(browser, writable_db, tmp_path, {"preferred_username": "admin", "role": "clinician"}, refused)
     assert "Signed in as" not in text
     assert auth.list_users(writable_db).set_index("username").loc["admin", "role"] == "admin"
     last = audit.entries(writable_db, action="sign_in_failed").iloc[-1]

@@ -56,3 +56,20 @@ def test_growth_and_table_read_the_results_file():
     table = bench.markdown_table(results)
     assert "| cohort_s | n/a | 0.1 | 1.5 | ≤ 1 |" in table
     assert "cohort_s 15.0x" in table
+
+
+def test_make_bench_puts_the_postgres_run_beside_the_files_at_10000_patients(tmp_path, capsys):
+    runs = [{"patients": n, "missing": {}, **{k: None for k in bench.KEYS if k != "patients"}} for n in (1_000, 10_000)]
+    runs[1].update(cohort_s=0.0336, load_average_start=0.23, load_average_end=0.55)
+    postgres = {"patients": 10_000, "backend": "postgres", "cohort_s": 0.25, "import_s": None,
+                "missing": {"import_s": "failed: the server went away"}, "load_average_start": 3.1, "load_average_end": 4.2}
+    (tmp_path / "file.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "pg.json").write_text(json.dumps(postgres))
+    assert cli.main(["bench", "--table", str(tmp_path / "file.json"), "--beside", str(tmp_path / "pg.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| figure at 10,000 patients | DuckDB file (load 0.23-0.55) | PostgreSQL (load 3.1-4.2) |" in table
+    assert "| cohort_s | 0.0336 | 0.25 |" in table
+    assert "| import_s | n/a | n/a (failed: the server went away) |" in table  # a reason, never a blank
+    postgres["patients"] = 1_000
+    (tmp_path / "pg.json").write_text(json.dumps(postgres))
+    assert cli.main(["bench", "--table", str(tmp_path / "file.json"), "--beside", str(tmp_path / "pg.json")]) == 2

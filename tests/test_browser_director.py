@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BROWSER_PASSWORD, DEMO_TODAY, ROOT, serve_dashboard
-from tests.test_browser import (CHARTS_DRAWN, CONTENT_HEIGHT, IDLE, OUT, _settle, _sign_in, browser,  # noqa: F401
-                                _user_for)
+from fixtures import BROWSER_PASSWORD, IDLE, LAYOUT_SETTLED, full_screenshot, open_signed_in
+from tests.conftest import DEMO_TODAY, ROOT, serve_dashboard
+from tests.test_browser import _settle, _user_for
 
 DEVELOPER_WORDS = ("baseline_score", "has_anxiety", "NPMLE", "left_days", "right_days", "below_10", "two_consecutive",
                    "analytics/", "docs/", ".py", "p = 0.000", "q0.2", "infusions_per_patient_year", "oracle q")
@@ -43,35 +43,20 @@ def large_server(large_db, tmp_path_factory):
         yield url, log
 
 
-def _page(browser, width: int = 1440):  # noqa: F811
-    context = browser.new_context(viewport={"width": width, "height": 1000}, accept_downloads=True)
+def _open(browser, url: str, user: str, title: str, charts: int = 0, width: int = 1440):
+    """(context, page): signed in at `url` (fixtures.open_signed_in), the page and, when given, that many charts drawn."""
+    context, pg = open_signed_in(browser, url, user, width=width, accept_downloads=True)
     context.set_default_timeout(120_000)  # clicks and waits on a loaded 2-core machine take more than 30 s at times
-    return context, context.new_page()
-
-
-def _open(pg, url: str, user: str, title: str, charts: int = 0) -> None:
-    """Sign in at `url` and wait for the page (and, when given, that many charts drawn)."""
-    pg.goto(url)
-    _sign_in(pg, user)
     _settle(pg, title)
     if charts:
         pg.wait_for_function(f"() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {charts}",
                              timeout=180_000)
         _settle(pg, title)
+    return context, pg
 
 
 def _shot(pg, name: str, width: int = 1440) -> Path:
-    OUT.mkdir(exist_ok=True)
-    for _ in range(2):
-        height = pg.evaluate(CONTENT_HEIGHT)
-        pg.set_viewport_size({"width": width, "height": max(900, int(height) + 150)})
-        pg.wait_for_timeout(1200)
-        pg.wait_for_function(IDLE, timeout=120_000)
-        pg.wait_for_function(CHARTS_DRAWN, timeout=60_000)
-    pg.wait_for_timeout(2000)
-    path = OUT / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=True)
-    return path
+    return full_screenshot(pg, name, width=width, min_height=900)
 
 
 def _choose(pg, label: str, option: str) -> None:
@@ -99,11 +84,9 @@ def _truncated_labels(pg) -> list:
         .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
 
 
-def test_a_directors_menu_holds_only_pages_they_can_use(browser, streamlit_server, server_db, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
-    context, pg = _page(browser)
+def test_a_directors_menu_holds_only_pages_they_can_use(browser, streamlit_server, server_db):
+    context, pg = _open(browser, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
     try:
-        _open(pg, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
         nav = pg.inner_text('[data-testid="stSidebarNav"]')
         assert "Cohort outcomes" in nav and "Durability and maintenance" in nav and "Method" in nav
         assert "Due list" not in nav and "Patient trajectory" not in nav  # dead ends for a director without grants
@@ -114,12 +97,10 @@ def test_a_directors_menu_holds_only_pages_they_can_use(browser, streamlit_serve
         context.close()
 
 
-def test_small_clinic_director_gets_words_not_empty_charts(browser, streamlit_server, server_db, monkeypatch):  # noqa: F811
+def test_small_clinic_director_gets_words_not_empty_charts(browser, streamlit_server, server_db):
     """On the 120-patient clinic most groups are small: a chart that would be empty says why instead."""
-    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
-    context, pg = _page(browser)
+    context, pg = _open(browser, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
     try:
-        _open(pg, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
         _choose(pg, "Patients", "site: lakeview")
         pg.get_by_text("Selection: PHQ-9; site: lakeview").wait_for(timeout=120_000)
         pg.get_by_text("Severity movement not shown").wait_for(timeout=120_000)
@@ -140,14 +121,11 @@ def test_small_clinic_director_gets_words_not_empty_charts(browser, streamlit_se
         context.close()
 
 
-def test_the_reviews_attack_in_the_browser_moves_in_whole_periods(browser, streamlit_server, server_db,
-                                                                  monkeypatch):  # noqa: F811
+def test_the_reviews_attack_in_the_browser_moves_in_whole_periods(browser, streamlit_server, server_db):
     """The period slider moves in whole months joined into blocks of 11+ first infusions; a group with a part of
     the period (two filters) shows nothing; no caption ever counts fewer than 11 treated patients."""
-    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
-    context, pg = _page(browser)
+    context, pg = _open(browser, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
     try:
-        _open(pg, f"{streamlit_server}/cohort", "director", "Cohort outcomes")
         thumbs = pg.get_by_role("slider")
         end = thumbs.nth(thumbs.count() - 1)
         seen = ["Selection: PHQ-9."]
@@ -172,17 +150,15 @@ def test_the_reviews_attack_in_the_browser_moves_in_whole_periods(browser, strea
 
 
 def test_cohort_page_as_director_reads_right_and_its_board_report_is_an_audited_aggregate_export(
-        browser, large_server, large_db, monkeypatch):  # noqa: F811
+        browser, large_server, large_db):
     """Every chart drawn, labels whole, no developer words, at 1440 px and at 390 px; the PDF downloads from the
     page and its audit entry lists no patient (an aggregate export)."""
     from analytics import audit
 
     url, _ = large_server
-    monkeypatch.setenv("OUTCOMES_DB", str(large_db))
     before = len(audit.entries(large_db, action="export", actor="director"))
-    context, pg = _page(browser)
+    context, pg = _open(browser, f"{url}/cohort", "director", "Cohort outcomes", charts=5)
     try:
-        _open(pg, f"{url}/cohort", "director", "Cohort outcomes", charts=5)
         assert pg.locator('[data-testid="stPlotlyChart"]').count() == 5
         assert not _truncated_labels(pg), _truncated_labels(pg)
         text = _main_text(pg)
@@ -205,7 +181,7 @@ def test_cohort_page_as_director_reads_right_and_its_board_report_is_an_audited_
         entry = exports.iloc[-1]
         assert len(exports) == before + 1 and entry["patients"] == [] and entry["detail"]["aggregate"] is True
         pg.set_viewport_size({"width": 390, "height": 900})  # a phone: the same page, re-laid out
-        pg.wait_for_timeout(1500)
+        pg.evaluate(LAYOUT_SETTLED, 600)
         assert pg.locator('[data-testid="stException"]').count() == 0
         _shot(pg, "director-cohort-390", width=390)
     finally:
@@ -230,12 +206,10 @@ def test_funnel_with_one_point_keeps_its_label_off_the_clinic_rate():
     assert point.textposition == "middle left" and point.x[0] > 0.5 * fig.layout.xaxis.range[1]
 
 
-def test_durability_page_as_director_reads_right(browser, large_server, large_db, monkeypatch):  # noqa: F811
+def test_durability_page_as_director_reads_right(browser, large_server, large_db):
     url, _ = large_server
-    monkeypatch.setenv("OUTCOMES_DB", str(large_db))
-    context, pg = _page(browser)
+    context, pg = _open(browser, f"{url}/durability", "director", "Durability and maintenance", charts=3)
     try:
-        _open(pg, f"{url}/durability", "director", "Durability and maintenance", charts=3)
         text = _main_text(pg)
         assert "not drawn down to 0%" in text
         assert "not shown: month in progress" in text  # the partial month, said on the chart
@@ -255,14 +229,11 @@ def test_durability_page_as_director_reads_right(browser, large_server, large_db
         context.close()
 
 
-def test_method_page_as_director_and_admin_has_a_glossary_and_no_traceback(browser, large_server, large_db,
-                                                                          monkeypatch):  # noqa: F811
+def test_method_page_as_director_and_admin_has_a_glossary_and_no_traceback(browser, large_server, large_db):
     url, log = large_server
-    monkeypatch.setenv("OUTCOMES_DB", str(large_db))
     for user in ("director", "admin"):
-        context, pg = _page(browser)
+        context, pg = _open(browser, f"{url}/method", user, "Method")
         try:
-            _open(pg, f"{url}/method", user, "Method")
             text = _main_text(pg)
             assert "Glossary" in text and "Durability curve (Turnbull estimate)" in text and "p-value" in text
             _no_developer_words(text)
@@ -276,16 +247,13 @@ def test_method_page_as_director_and_admin_has_a_glossary_and_no_traceback(brows
     assert "ArrowTypeError" not in server_log and "Traceback" not in server_log
 
 
-def test_the_patient_summary_downloads_with_that_patient_in_the_audit(browser, streamlit_server, server_db,
-                                                                      monkeypatch):  # noqa: F811
+def test_the_patient_summary_downloads_with_that_patient_in_the_audit(browser, streamlit_server, server_db):
     from analytics import audit
 
-    monkeypatch.setenv("OUTCOMES_DB", str(server_db))
-    user = _user_for("clinician", "P00003")
+    user = _user_for("clinician", "P00003", db=server_db)
     before = len(audit.entries(server_db, action="export", actor=user))
-    context, pg = _page(browser)
+    context, pg = _open(browser, f"{streamlit_server}/patient?patient=P00003", user, "Patient trajectory")
     try:
-        _open(pg, f"{streamlit_server}/patient?patient=P00003", user, "Patient trajectory")
         with pg.expect_download(timeout=120_000) as started:
             pg.get_by_role("button", name=re.compile("one-page summary")).click(timeout=180_000)  # a loaded machine
         download = started.value

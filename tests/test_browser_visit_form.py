@@ -12,24 +12,15 @@ from pathlib import Path
 import pytest
 
 from analytics.access import DataAccess
+from fixtures import IDLE, LAYOUT_SETTLED, SCREENSHOTS as OUT, open_signed_in
 from tests.conftest import DEMO_TODAY, serve_dashboard
-from tests.test_browser import ARGS, CHROMIUM, IDLE, OUT, _browser_or_reason, _sign_in
 
 PATIENT = "P00003"
 WIDTH = 1440
 
 
-@pytest.fixture(scope="module")
-def browser():
-    reason = _browser_or_reason()
-    if reason:
-        pytest.fail(f"the visit form browser tests need Chromium: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+def _clinician_of(db) -> str:
+    return DataAccess(db).patients().set_index("patient_id").loc[PATIENT, "clinician"]
 
 
 @pytest.fixture()
@@ -40,8 +31,7 @@ def clinic(server_db, tmp_path):
     wal = Path(f"{server_db}.wal")
     if wal.exists():
         shutil.copy(wal, Path(f"{path}.wal"))
-    clinician = DataAccess(path).patients().set_index("patient_id").loc[PATIENT, "clinician"]
-    return path, clinician
+    return path, _clinician_of(path)
 
 
 def _idle(pg) -> None:
@@ -68,18 +58,15 @@ def _form(pg, heading: str):
     return pg.locator('[data-testid="stForm"]').filter(has_text=heading).first
 
 
-def test_due_list_shows_every_column_at_1440_px(browser, clinic, tmp_path):
-    path, clinician = clinic
-    context = browser.new_context(viewport={"width": WIDTH, "height": 1000})
-    pg = context.new_page()
-    with serve_dashboard(path, tmp_path / "streamlit.log", env={"OUTCOMES_TODAY": DEMO_TODAY}) as url:
-        pg.goto(f"{url}/due")
-        _sign_in(pg, clinician)
+def test_due_list_shows_every_column_at_1440_px(browser, streamlit_server, server_db):
+    """Only reads: on the session's server (conftest.streamlit_server)."""
+    context, pg = open_signed_in(browser, f"{streamlit_server}/due", _clinician_of(server_db), width=WIDTH)
+    try:
         pg.get_by_role("heading", name="Due list", level=1).wait_for(timeout=120_000)
         grid = pg.locator('[data-testid="stDataFrame"]').first
         grid.wait_for(timeout=120_000)
         _idle(pg)
-        pg.wait_for_timeout(1500)
+        pg.evaluate(LAYOUT_SETTLED, 600)
         _shot(pg, "due-list")
         # the grid's scroller is as wide as what it shows: no column waits behind a sideways scroll
         overflow = grid.evaluate("""g => { const s = g.querySelector('.dvn-scroller');
@@ -89,7 +76,8 @@ def test_due_list_shows_every_column_at_1440_px(browser, clinic, tmp_path):
         widths = grid.evaluate("""g => { const s = g.querySelector('.dvn-scroller');
                                          return [s.clientWidth, s.firstElementChild.scrollWidth]; }""")
         assert widths[1] <= widths[0] + 1, widths
-    context.close()
+    finally:
+        context.close()
 
 
 def test_an_infusion_is_refused_without_a_dose_summarised_then_saved_re_dated_and_voided(browser, clinic, tmp_path):
@@ -97,11 +85,9 @@ def test_an_infusion_is_refused_without_a_dose_summarised_then_saved_re_dated_an
 
     path, clinician = clinic
     before = DataAccess(path).treatments([PATIENT])
-    context = browser.new_context(viewport={"width": WIDTH, "height": 1000})
-    pg = context.new_page()
     with serve_dashboard(path, tmp_path / "streamlit.log", env={"OUTCOMES_TODAY": DEMO_TODAY}) as url:
-        pg.goto(f"{url}/patient?patient={PATIENT}")
-        _sign_in(pg, clinician)
+        context, pg = open_signed_in(browser, f"{url}/patient?patient={PATIENT}", clinician, width=WIDTH,
+                                     remember=False)
         pg.get_by_text(f"Patient {PATIENT}: scores and infusions").wait_for(timeout=180_000)
         _idle(pg)
 
@@ -179,7 +165,7 @@ def test_an_infusion_is_refused_without_a_dose_summarised_then_saved_re_dated_an
         _see(pg, "Voided records of this patient")
         pg.get_by_text("Voided records of this patient").scroll_into_view_if_needed()
         _shot(pg, "voided")
-    context.close()
+        context.close()
 
     # what the server wrote, read once it has stopped
     data = DataAccess(path)

@@ -155,3 +155,114 @@ def test_a_demo_clinic_reads_the_same_on_both_backends(pg, demo_db, _demo_postgr
     for read in ("patients", "attributes", "treatments", "assessments"):
         pd.testing.assert_frame_equal(getattr(on_postgres, read)(), getattr(on_file, read)(), check_exact=True, obj=read)
 
+
+
+def test_a_database_with_a_newer_schema_is_refused_on_reads_as_on_writes(pg, tmp_path, capsys):
+    from analytics import cli
+    from analytics.access import DataAccess
+
+    db = make_db(tmp_path, patients=[patient("P1")])
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]  # a pooled read connection, reused below
+    with store.transaction(db) as con:  # as a newer version of the software would leave it (another server upgraded)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", [store.SCHEMA_VERSION + 1])
+    with pytest.raises(store.SchemaTooNew) as refused:
+        DataAccess(db).patients()
+    assert refused.value.found == store.SCHEMA_VERSION + 1 and _password(db) not in str(refused.value)
+    with pytest.raises(store.SchemaTooNew):
+        with store.transaction(db):
+            pass
+    code = cli.main(["export", str(tmp_path / "out"), "--db", str(db)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "newer than this software" in err and _password(db) not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _password(db) -> str:
+    from urllib.parse import urlsplit
+    return urlsplit(str(db)).password
+
+
+def test_a_server_that_cannot_be_used_is_one_line_and_exit_2_without_the_password(pg, tmp_path, capsys):
+    """Wrong port, wrong password, a database that is not there, a read-only database asked to write:
+    produced for real against the session's cluster, through the command line in this process."""
+    from urllib.parse import urlsplit
+
+    from analytics import cli
+    from tests.conftest import free_port
+
+    db = make_db(tmp_path, patients=[patient("P1")])
+    parts = urlsplit(str(db))
+    secret = parts.password
+
+    def with_(netloc=None, path=None) -> str:
+        return parts._replace(netloc=netloc or parts.netloc, path=path or parts.path).geturl()
+
+    read_only = pg.new()
+    pg.admin().execute(f'ALTER DATABASE "{str(read_only).rsplit("/", 1)[-1]}" SET default_transaction_read_only = on')
+    csv = tmp_path / "patients.csv"
+    pd.DataFrame([patient("P2")]).to_csv(csv, index=False)
+    cases = [
+        (["export", str(tmp_path / "a"), "--db", with_(netloc=f"{parts.username}:{secret}@127.0.0.1:{free_port()}")],
+         "cannot use the PostgreSQL server at 127.0.0.1:", "check that it runs"),
+        (["export", str(tmp_path / "b"), "--db", with_(netloc=f"{parts.username}:not-{secret}@{parts.hostname}:{parts.port}")],
+         f'refused the sign-in of user "{parts.username}" (password authentication failed', "~/.pgpass"),
+        (["export", str(tmp_path / "c"), "--db", with_(path="/no_such_clinic")],
+         'has no database "no_such_clinic": create it (createdb no_such_clinic)', "nothing was changed"),
+        (["import", "--db", str(read_only), str(csv)], "accepts only reads", "point --db / OUTCOMES_DB at the primary"),
+    ]
+    for argv, says, advice in cases:
+        code = cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv[0], code, err)
+        assert len(err.splitlines()) == 1 and says in err and advice in err, err
+        assert secret not in err and "Traceback" not in err, err
+
+
+def test_a_full_disk_on_the_server_is_named_as_such():
+    """The one failure the suite cannot cheaply produce for real: classified from the server's words."""
+    class ServerError(Exception):
+        sqlstate = "53100"
+
+    target = store.PostgresTarget("postgresql://clinic:s3cret@db.example:5433/outcomes")
+    refused = store_postgres.unavailable(ServerError('could not extend file "base/16384/2619": No space left on device'), target)
+    assert refused.kind == "disk" and "db.example:5433 has no disk space left" in str(refused)
+    assert "s3cret" not in str(refused)
+    from analytics import failures
+    failure = failures.explain(refused, target)
+    assert failure.exit_code == 2 and failure.kind == "disk" and "nothing was changed" in failure.message
+
+
+def test_the_benchmark_empties_only_a_database_it_filled(pg, tmp_path):
+    from analytics import bench
+    from analytics.access import DataAccess
+    from fixtures import assessment, tables, treatment
+
+    db = pg.new()
+    frames = tables([patient("P1")], [treatment("P1", "2024-01-08")],
+                    [assessment("P1", "PHQ-9", "2024-01-08", items=[1] * 9)])
+    paths = []
+    for kind, frame in frames.items():  # named as the benchmark's generated files
+        paths.append(tmp_path / f"{kind}.csv")
+        frame.to_csv(paths[-1], index=False)
+    bench._fresh_postgres(str(db))
+    assert ingest.import_files(paths, db=db).exit_code == 0
+    bench._fresh_postgres(str(db))  # a benchmark's own imports, all three kinds: emptied for the next repeat
+    assert not store.db_path(db).exists() or DataAccess(db).patients().empty
+    (tmp_path / "clinic.csv").write_text(paths[0].read_text())
+    assert ingest.import_files([tmp_path / "clinic.csv"], db=db).exit_code == 0
+    with pytest.raises(RuntimeError, match="holds imports other than a benchmark's"):
+        bench._fresh_postgres(str(db))
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]
+
+
+def test_after_the_server_dropped_the_connections_one_read_fails_and_the_next_reconnects(pg, tmp_path):
+    from analytics.access import DataAccess
+
+    db = make_db(tmp_path, patients=[patient("P1")])
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]  # pooled and ADBC connections now open
+    name = str(db).rsplit("/", 1)[-1]
+    pg.admin().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+    with pytest.raises(store.PostgresUnavailable) as dropped:  # as after a restart or a failover
+        DataAccess(db).patients()
+    assert dropped.value.kind == "unreachable" and "terminating connection" in str(dropped.value)
+    assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]

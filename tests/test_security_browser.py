@@ -17,10 +17,8 @@ import pytest
 
 from analytics import ingest
 from analytics.access import DataAccess
+from fixtures import IDLE, SCREENSHOTS as OUT, SESSION_COOKIE as COOKIE, session_cookie, sign_in as _sign_in
 from tests.conftest import DEMO_TODAY, serve_dashboard
-from tests.test_browser import ARGS, CHROMIUM, IDLE, OUT, _browser_or_reason, _sign_in
-
-COOKIE = "outcomes_session"
 
 
 class Tripwire:
@@ -77,19 +75,6 @@ def crafted_db(server_db, tmp_path_factory, tripwire):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    reason = _browser_or_reason()
-    if reason:
-        pytest.fail(f"the security browser tests need Chromium: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def server(crafted_db, tmp_path_factory):
     path, _, _ = crafted_db
     with serve_dashboard(path, tmp_path_factory.mktemp("secure-server") / "streamlit.log",
@@ -102,15 +87,10 @@ def _heading(pg, title: str, timeout: int = 120_000) -> None:
     pg.wait_for_function(IDLE, timeout=timeout)
 
 
-def _session_cookie(context, timeout: float = 20.0) -> dict:
-    """The sign-in cookie, once the page has fetched it (the claim is posted just after signing in)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [c for c in context.cookies() if c["name"] == COOKIE and c["value"]]
-        if found:
-            return found[0]
-        time.sleep(0.25)
-    raise AssertionError(f"no {COOKIE} cookie was set: {context.cookies()}")
+def _session_cookie(context) -> dict:
+    cookie = session_cookie(context)
+    assert cookie is not None, f"no {COOKIE} cookie was set: {context.cookies()}"
+    return cookie
 
 
 def _replay_signs_in_nobody(browser, url: str, cookie: dict) -> None:
@@ -125,7 +105,7 @@ def _replay_signs_in_nobody(browser, url: str, cookie: dict) -> None:
 
 def _shot(pg, name: str) -> None:
     OUT.mkdir(exist_ok=True)
-    pg.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+    pg.screenshot(path=str(OUT / f"{name}.png"), full_page=True, timeout=120_000)
 
 
 def test_a_session_survives_reload_and_new_tabs_until_sign_out(browser, server, crafted_db):

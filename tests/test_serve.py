@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from analytics import serve
 from analytics.bench_users import process_tree
-from conftest import BROWSER_PASSWORD, DEMO_TODAY, ROOT, free_port
+from conftest import BROWSER_PASSWORD, DEMO_TODAY, ROOT, free_port, wait_until_healthy
 from tools.loadclient import Account, run_load
 
 
@@ -58,17 +57,7 @@ def two_processes(server_db, tmp_path_factory):
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"analytics serve did not start:\n{Path(log).read_text()}")
-            time.sleep(0.5)
+        wait_until_healthy(url, proc, log, timeout_s=120)
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BROWSER_PASSWORD, DEMO_TODAY, ROOT, serve_dashboard
-from tests.test_browser import CHROMIUM, CONTENT_HEIGHT, IDLE, OUT, _browser_or_reason, _sign_in
+from fixtures import BROWSER_PASSWORD, CONTENT_HEIGHT, IDLE, SCREENSHOTS as OUT, browser_or_reason, sign_in
+from tests.conftest import DEMO_TODAY, ROOT, serve_dashboard
 
 PATIENT = "P00003"
 NOTE = "two-server check: recorded on server A"
@@ -44,9 +44,9 @@ def network(pg_databases, _demo_postgres_template, tmp_path):
     from analytics import auth, store_postgres
     from analytics.access import DataAccess
 
-    reason = _browser_or_reason()
+    reason = browser_or_reason()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(f"the two-server test needs Chromium: {reason}")
     db = pg_databases.copy_of(_demo_postgres_template)
     try:
         patients = DataAccess(db).patients()
@@ -61,60 +61,59 @@ def network(pg_databases, _demo_postgres_template, tmp_path):
         pg_databases.drop_made()
 
 
-def test_a_visit_recorded_on_one_server_shows_on_the_other_while_an_import_runs(network, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_a_visit_recorded_on_one_server_shows_on_the_other_while_an_import_runs(network, browser, tmp_path):
     from analytics import audit, store
 
     db = network["db"]
     big = _import_file(tmp_path / "phq9-day.csv", network["patients"])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            on_a = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
-            on_a.goto(f"{network['a']}/patient?patient={PATIENT}")
-            _sign_in(on_a, network["clinician"])
-            on_a.wait_for_function(IDLE, timeout=180_000)
-            before = on_a.locator('[data-testid="stMetric"]').filter(has_text="Last infusion").first.inner_text()
-            assert "21 Nov 2026" not in before
-            _open_expander(on_a, "Infusion")
-            on_a.get_by_label("Dose (mg/kg or mg, as chosen above)").fill("0.5")
-            on_a.get_by_label("Notes: side effects (blood pressure rise, dissociation, nausea...)").fill(NOTE)
-            on_a.get_by_role("button", name="Review before saving").click()
-            on_a.wait_for_function(IDLE, timeout=180_000)
-            _open_expander(on_a, "Infusion")
-            on_a.get_by_role("button", name="Save infusion").wait_for(timeout=120_000)
-            # the import starts, then the clinician saves while it runs
-            importing = subprocess.Popen([sys.executable, "-m", "analytics", "import", "--db", str(db), str(big)],
-                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            on_a.get_by_role("button", name="Save infusion").click()
-            on_a.get_by_text("saved (new record)").wait_for(timeout=180_000)
-            out, err = importing.communicate(timeout=300)
-            assert importing.returncode == 0, err
+    contexts = []
+    try:
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1400}))
+        on_a = contexts[-1].new_page()
+        on_a.goto(f"{network['a']}/patient?patient={PATIENT}")
+        sign_in(on_a, network["clinician"])
+        on_a.wait_for_function(IDLE, timeout=180_000)
+        before = on_a.locator('[data-testid="stMetric"]').filter(has_text="Last infusion").first.inner_text()
+        assert "21 Nov 2026" not in before
+        _open_expander(on_a, "Infusion")
+        on_a.get_by_label("Dose (mg/kg or mg, as chosen above)").fill("0.5")
+        on_a.get_by_label("Notes: side effects (blood pressure rise, dissociation, nausea...)").fill(NOTE)
+        on_a.get_by_role("button", name="Review before saving").click()
+        on_a.wait_for_function(IDLE, timeout=180_000)
+        _open_expander(on_a, "Infusion")
+        on_a.get_by_role("button", name="Save infusion").wait_for(timeout=120_000)
+        # the import starts, then the clinician saves while it runs
+        importing = subprocess.Popen([sys.executable, "-m", "analytics", "import", "--db", str(db), str(big)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        on_a.get_by_role("button", name="Save infusion").click()
+        on_a.get_by_text("saved (new record)").wait_for(timeout=180_000)
+        out, err = importing.communicate(timeout=300)
+        assert importing.returncode == 0, err
 
-            on_b = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
-            on_b.goto(f"{network['b']}/patient?patient={PATIENT}")
-            _sign_in(on_b, network["clinician"])
-            on_b.wait_for_function(IDLE, timeout=180_000)
-            # the demo clinic's last infusion of this patient was in September: B now shows A's
-            last = on_b.locator('[data-testid="stMetric"]').filter(has_text="Last infusion").first
-            last.wait_for(timeout=120_000)
-            assert "21 Nov 2026" in last.inner_text()
-            OUT.mkdir(exist_ok=True)
-            on_b.screenshot(path=str(OUT / "two-servers-b.png"), full_page=True)
-            for page in (on_a, on_b):
-                assert page.locator('[data-testid="stException"]').count() == 0
-        except Exception:
-            OUT.mkdir(exist_ok=True)
-            for name, page in (("a", locals().get("on_a")), ("b", locals().get("on_b"))):
-                if page is not None:
-                    page.set_viewport_size({"width": 1400, "height": max(1400, int(page.evaluate(CONTENT_HEIGHT)) + 150)})
-                    page.screenshot(path=str(OUT / f"two-servers-failed-{name}.png"), full_page=True)
-                    (OUT / f"two-servers-failed-{name}.txt").write_text(page.inner_text("body"))
-            raise
-        finally:
-            browser.close()
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1400}))
+        on_b = contexts[-1].new_page()
+        on_b.goto(f"{network['b']}/patient?patient={PATIENT}")
+        sign_in(on_b, network["clinician"])
+        on_b.wait_for_function(IDLE, timeout=180_000)
+        # the demo clinic's last infusion of this patient was in September: B now shows A's
+        last = on_b.locator('[data-testid="stMetric"]').filter(has_text="Last infusion").first
+        last.wait_for(timeout=120_000)
+        assert "21 Nov 2026" in last.inner_text()
+        OUT.mkdir(exist_ok=True)
+        on_b.screenshot(path=str(OUT / "two-servers-b.png"), full_page=True, timeout=120_000)
+        for page in (on_a, on_b):
+            assert page.locator('[data-testid="stException"]').count() == 0
+    except Exception:
+        OUT.mkdir(exist_ok=True)
+        for name, page in (("a", locals().get("on_a")), ("b", locals().get("on_b"))):
+            if page is not None:
+                page.set_viewport_size({"width": 1400, "height": max(1400, int(page.evaluate(CONTENT_HEIGHT)) + 150)})
+                page.screenshot(path=str(OUT / f"two-servers-failed-{name}.png"), full_page=True, timeout=120_000)
+                (OUT / f"two-servers-failed-{name}.txt").write_text(page.inner_text("body"))
+        raise
+    finally:
+        for context in contexts:
+            context.close()
     with store.connect(db) as con:
         infusion = con.execute(
             "SELECT count(*) FROM treatments t JOIN treatment_details d ON d.patient_id = t.patient_id "

@@ -5,7 +5,8 @@
 
 Runs `analytics.bench_users.run_users` (what `python -m analytics bench --patients N --users U` runs
 after its own figures) against a copy of DB: a server started as `make run` starts it, a director's
-first visit, every account once, U users for --duration seconds, one recorded assessment and the
+first visit, the server restarted once its tables are saved and the director's first visit again, every
+account once, U users for --duration seconds, one recorded assessment and the
 director's next visit, U users during an import of --import-rows assessments (0: none), --idle
 seconds with nobody connected. Writes every figure to OUT.json and prints the main ones.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from analytics import bench_users
 
-SHOWN = ("cold_cohort_s", "cold_server_cpu_s", "after_write_cohort_s", "after_write_server_cpu_s", "users_p50_s",
+SHOWN = ("first_cohort_s", "first_server_cpu_s", "cold_tables_saved", "cold_cohort_s", "cold_server_cpu_s", "after_write_cohort_s", "after_write_server_cpu_s", "users_p50_s",
          "users_p95_s", "users_errors", "users_runs_per_s", "users_server_cpu_per_run_s", "users_server_cores",
          "users_load_average", "users_during_import_p50_s", "users_during_import_p95_s", "users_during_import_runs",
          "users_during_import_errors", "users_import_s", "users_server_rss_peak_mb", "users_server_rss_idle_mb")

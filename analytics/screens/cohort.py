@@ -626,15 +626,18 @@ def cohort_tables(ws: Workspace, instrument: str) -> CohortSummary:
     instrument's cycles for the headline's durability, induction outcomes, then the summaries)."""
     code = scales.get(instrument).code
 
+    # the frames are read only when a table is built (tables loaded from a saved file need none of them)
     def base() -> CohortBase:
-        f = ws.frames()
-        return ws.once(("cohort_base",), lambda: cohort_base(f["patients"], f["treatments"], f["assessments"],
-                                                              ws.cycles(scales.PRIMARY)))
+        def build_base() -> CohortBase:
+            f = ws.frames()
+            return cohort_base(f["patients"], f["treatments"], f["assessments"], ws.cycles(scales.PRIMARY))
+        return ws.once(("cohort_base",), build_base)
 
     def induction() -> pd.DataFrame:
-        f = ws.frames()
-        return ws.once(("induction", code), lambda: induction_outcomes(f["treatments"], f["assessments"], code,
-                                                                      ends=ws.induction_ends(code)))
+        def build_induction() -> pd.DataFrame:
+            f = ws.frames()
+            return induction_outcomes(f["treatments"], f["assessments"], code, ends=ws.induction_ends(code))
+        return ws.once(("induction", code), build_induction)
 
     def build() -> CohortSummary:
         b = base()

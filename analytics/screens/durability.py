@@ -34,7 +34,7 @@ def instruments() -> tuple[str, ...]:
 
 
 def has_infusions(ws: Workspace) -> bool:
-    return not ws.frames()["treatments"].empty
+    return ws.once(("has_infusions",), lambda: not ws.frames()["treatments"].empty)
 
 
 def format_p(p: float | None) -> str:

@@ -41,11 +41,18 @@ def health_screen(db, *, full: bool = False, limits: health.Limits = health.Limi
                 health.WARNING: f"{len(problems)} check(s) need a look today.",
                 health.CRITICAL: "A person is needed now: "
                                  + "; ".join(c.name.replace("_", " ") for c in problems if c.status == health.CRITICAL) + "."}[report.status]
-    commands = {
-        "backup": f"python -m analytics backup --db {path} {store.backup_dir(path)}/outcomes-$(date +%a){archive.SUFFIX}",
-        "restore": f"python -m analytics restore BACKUP{archive.SUFFIX} --db NEW_PATH",
-        "health": f"python -m analytics health --db {path}",
-    }
+    if isinstance(path, store.PostgresTarget):  # PostgreSQL's own tools; the URL without its password (.pgpass)
+        commands = {
+            "backup": f"pg_dump -Fc --dbname='{path.label}' -f outcomes-$(date +%a).dump",
+            "restore": "createdb NEW_DATABASE && pg_restore --dbname=NEW_DATABASE outcomes-DAY.dump",
+            "health": f"python -m analytics health --db '{path.label}'",
+        }
+    else:
+        commands = {
+            "backup": f"python -m analytics backup --db {path} {store.backup_dir(path)}/outcomes-$(date +%a){archive.SUFFIX}",
+            "restore": f"python -m analytics restore BACKUP{archive.SUFFIX} --db NEW_PATH",
+            "health": f"python -m analytics health --db {path}",
+        }
     return HealthScreen(report.status, headline, pd.DataFrame(rows, columns=["check", "status", "finding"]),
                         report.as_dict(), full, commands)
 
@@ -67,7 +74,7 @@ def notice_for(exc: BaseException, db=None, *, for_admin: bool = True) -> Notice
     happened and to tell an administrator, without the server's file paths or commands."""
     path = store.db_path(db)
     kind = failures.kind_of(exc)
-    if not for_admin and kind in ("damaged", "read_only", "refused", "disk", "missing"):
+    if not for_admin and kind in ("damaged", "read_only", "refused", "disk", "missing", "unreachable", "auth"):
         if kind == "damaged":
             failures.explain(exc, path, context="dashboard")  # the log file, for the administrator
         title = {"damaged": "The database is damaged", "missing": "No database yet"}.get(kind, "This could not be done")
@@ -92,14 +99,16 @@ def notice_for(exc: BaseException, db=None, *, for_admin: bool = True) -> Notice
                       f"An administrator should keep the damaged file and restore {backup}:",
                       command=f"mv {path} {path}.damaged\npython -m analytics restore BACKUP --db {path}"
                               + (f"\n# details: {failure.log}" if failure.log else ""))
-    if kind == "missing":
+    if kind == "missing" and not isinstance(exc, store.PostgresUnavailable):
         return Notice(kind, "info", "No database yet",
-                      f"No database at `{path}`. Import data on the Data page, or build a demo clinic with "
+                      f"No database at `{store.label(path)}`. Import data on the Data page, or build a demo clinic with "
                       "`python -m analytics demo`.")
-    if kind in ("read_only", "refused", "disk"):
+    if kind in ("read_only", "refused", "disk", "missing", "unreachable", "auth"):
         failure = failures.explain(exc, path, context="dashboard")
         title = {"read_only": "The database can only be read", "disk": "The server could not write a file",
-                 "refused": "This could not be done"}[kind]
+                 "refused": "This could not be done", "missing": "No database yet",
+                 "unreachable": "The database server cannot be reached",
+                 "auth": "The database server refused this dashboard's sign-in"}[kind]
         return Notice(kind, "error", title, failure.message[:1].upper() + failure.message[1:])
     failure = failures.explain(exc, path, context="dashboard")
     if kind == "committed":

@@ -20,8 +20,15 @@ one copy) and per data version:
   builds the same tables for the new version (the screens register how: `register_warmer`), then
   replaces them: nobody's page run pays for the recomputation, and the page says the figures are
   those of the previous import;
-- with nothing to serve (the first visit after a start), the page builds what it needs itself;
-- a view unused for `idle_seconds` is forgotten and its memory handed back (analytics.memory).
+- a view's tables are saved beside the database a few seconds after the last one was built
+  (analytics/screens/saved.py: per view, signed, keyed by the data version and the code), and the
+  first visit after a start loads them instead of building: a restarted server answers at once. A
+  file of an older version (an import ran while no server did) is served like the previous
+  version's tables above, marked as being updated, while the current ones are built;
+- with nothing to serve (no file: the first visit ever to this version), the page builds what it
+  needs itself;
+- a view unused for `idle_seconds` is forgotten and its memory handed back (analytics.memory); its
+  next visit loads it from its file again.
 
 The benchmark and the tests make their own workspaces (`Workspace(DataAccess(...))`).
 """
@@ -42,10 +49,12 @@ import pandas as pd
 from .. import course, intervals, memory, scales, store
 from ..access import SYSTEM, DataAccess, Scope
 from ..outcomes import DEFAULT_RULES, OutcomeRules
+from . import saved
 
 T = TypeVar("T")
 MAX_TABLES = 64  # a workspace forgets its least recently used table beyond this (durability by many subgroups...)
 MAX_MEMOS = 256  # and its least recently used small result (charts, patient screens) beyond this
+SAVE_AFTER_QUIET_S = 2.0  # a view's tables are saved once nothing was added to them for this long
 
 
 class Tables:
@@ -64,6 +73,23 @@ class Tables:
         self._memos: OrderedDict = OrderedDict()
         self._building: dict = {}
         self._guard = threading.Lock()
+        self.changed = 0.0  # when a table worth saving was last added (time.monotonic)
+        self.saved_mark = 0.0  # `changed` as of the last save (or load): equal means nothing new to save
+        self.restored_older = False  # loaded from a file of an older data version: served while updating, never saved
+
+    @classmethod
+    def restored(cls, kept: saved.Saved, older: bool = False) -> "Tables":
+        tables = cls(kept.version, kept.as_of)
+        tables._tables.update(kept.tables)
+        tables._memos.update(kept.memos)
+        tables.restored_older = older
+        return tables
+
+    def to_save(self) -> tuple[dict, dict]:
+        """The tables and memos a file keeps (saved.py: not the frames; only the aggregate memos)."""
+        with self._guard:
+            return ({k: v for k, v in self._tables.items() if k[0] not in saved.NOT_SAVED},
+                    {k: v for k, v in self._memos.items() if saved.saved_memo(k)})
 
     def once(self, key: tuple, build: Callable[[], T]) -> T:
         """The table called `key`, built by `build()` the first time it is asked for (once, whoever asks)."""
@@ -89,6 +115,8 @@ class Tables:
                 self._building.pop(key, None)
                 while len(store) > limit:
                     store.popitem(last=False)
+                if (key[0] not in saved.NOT_SAVED) if store is self._tables else saved.saved_memo(key):
+                    self.changed = time.monotonic()
             return value
 
     def keys(self) -> list[tuple]:
@@ -148,8 +176,9 @@ class Workspace:
 
     def clinic(self, instrument: str = scales.PRIMARY) -> intervals.ClinicModel:
         """The whole clinic's cycles and durability model of this data version (one fit per process
-        and data version, shared by every view; its aggregate parameters identify no one)."""
-        return intervals.clinic_model(self.clinic_data(), scales.get(instrument).code, DEFAULT_RULES)
+        and data version, shared by every view; its aggregate parameters identify no one). Loaded
+        from the saved tables when a server fitted it before; saved once fitted (saved.py)."""
+        return clinic_model(self.clinic_data(), scales.get(instrument).code)
 
     def clinic_data(self) -> DataAccess:
         """The whole clinic's rows, for the one model only: nothing of it is shown beyond this view's rows."""
@@ -158,9 +187,50 @@ class Workspace:
     def suggestions(self, instrument: str = scales.PRIMARY, today: date | None = None) -> pd.DataFrame:
         """This view's patients' rows of the clinic's suggestions as of `today` (default: today)."""
         today = today or date.today()
-        return self.once(("suggestions", scales.get(instrument).code, today),
-                         lambda: interval_suggestions(self.clinic_data(), self.frames()["patients"]["patient_id"],
-                                                      instrument, today=today))
+
+        def build() -> pd.DataFrame:
+            self.clinic(instrument)  # a saved fit of this version, loaded before the suggestions ask for one
+            return interval_suggestions(self.clinic_data(), self.frames()["patients"]["patient_id"], instrument,
+                                        today=today)
+        return self.once(("suggestions", scales.get(instrument).code, today), build)
+
+
+# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved]
+_CLINIC_MODELS: dict[tuple, list] = {}
+_CLINIC_GUARD = threading.Lock()
+
+
+def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
+    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted."""
+    version = tuple(clinic_data.data_version())
+    loaded = []
+
+    def kept():
+        found = saved.load_clinic(clinic_data.db, code, version)
+        loaded.append(found)
+        return found
+    model = intervals.clinic_model(clinic_data, code, DEFAULT_RULES, kept=kept)
+    with _CLINIC_GUARD:
+        key = (str(clinic_data.db), version, code)
+        if key not in _CLINIC_MODELS:
+            # a model loaded from its file is saved already; one fitted here is saved once its fit is done
+            _CLINIC_MODELS[key] = [clinic_data.db, model, any(m is model for m in loaded)]
+            while len(_CLINIC_MODELS) > 8:
+                del _CLINIC_MODELS[next(iter(_CLINIC_MODELS))]
+    return model
+
+
+def save_clinic_models() -> int:
+    """Save every clinic model fitted since the last call, if its data version is still the current one."""
+    with _CLINIC_GUARD:
+        due = [(key, entry) for key, entry in _CLINIC_MODELS.items()
+               if not entry[2] and getattr(entry[1], "_fitted", None) is not None]
+    done = 0
+    for (_, version, code), entry in due:
+        entry[2] = True
+        if DataAccess(entry[0], SYSTEM).data_version() == version and saved.save_clinic(entry[0], code, version, entry[1]):
+            done += 1
+    return done
 
 
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
@@ -178,9 +248,11 @@ def register_warmer(name: str, warm: Callable[[Workspace, tuple], object]) -> No
 
 @dataclass
 class _View:
+    db: object = None  # the database (a path, or store_postgres.Target: its saved tables' folder)
     tables: Tables | None = None
     refreshing: tuple | None = None  # the version being built in the background
     last_used: float = 0.0
+    loading: threading.Event | None = None  # set once its saved file was looked for
 
 
 class WorkspaceCache:
@@ -193,6 +265,7 @@ class WorkspaceCache:
         self._views: dict[tuple, _View] = {}
         self._guard = threading.Lock()
         self._janitor: threading.Thread | None = None
+        self._saver: threading.Thread | None = None
 
     def workspace(self, db, scope: Scope) -> Workspace:
         data = DataAccess(db, scope)
@@ -202,8 +275,24 @@ class WorkspaceCache:
         now = time.monotonic()
         with self._guard:
             self._start_janitor()
-            view = self._views.setdefault(key, _View())
+            view = self._views.setdefault(key, _View(db=data.db))
             view.last_used = now
+            look = view.tables is None and view.loading is None
+            if look:
+                view.loading = threading.Event()
+            loading = view.loading
+        if look:  # the first visit to this view since the start (or since it was forgotten): its file, if any
+            found = None
+            try:
+                found = _restore(data.db, scope.view_key, version)
+            finally:
+                with self._guard:
+                    if found is not None and view.tables is None:
+                        view.tables = found
+                loading.set()
+        else:
+            loading.wait()
+        with self._guard:
             tables = view.tables
             if tables is not None and tables.version == version:
                 return Workspace(data, tables)
@@ -266,7 +355,34 @@ class WorkspaceCache:
         with self._guard:
             self._views.clear()
 
+    def save_due(self, quiet_s: float = SAVE_AFTER_QUIET_S) -> int:
+        """Save every view whose tables gained something `quiet_s` ago or more and nothing since, if they
+        are still the current data version's; how many were saved."""
+        now = time.monotonic()
+        with self._guard:
+            views = [(key[1], v.db, v.tables) for key, v in self._views.items() if v.tables is not None]
+        done = 0
+        for view_key, db, tables in views:
+            mark = tables.changed
+            if tables.restored_older or mark == tables.saved_mark or now - mark < quiet_s:
+                continue
+            tables.saved_mark = mark  # once per change, even when it fails (said on stderr)
+            if DataAccess(db, SYSTEM).data_version() != tables.version:
+                continue  # superseded: the current version's tables will be saved instead
+            contents, memos = tables.to_save()
+            if contents and saved.save(db, view_key, tables.version, tables.as_of, contents, memos) is not None:
+                done += 1
+        return done + save_clinic_models()
+
     def _start_janitor(self) -> None:
+        if saved.enabled() and (self._saver is None or not self._saver.is_alive()):
+            def keep_saving() -> None:
+                while True:
+                    time.sleep(SAVE_AFTER_QUIET_S / 2)
+                    _quietly(lambda _: self.save_due(), None)
+
+            self._saver = threading.Thread(target=keep_saving, daemon=True, name="workspace-saver")
+            self._saver.start()
         if self._janitor is not None and self._janitor.is_alive():
             return
 
@@ -277,6 +393,19 @@ class WorkspaceCache:
 
         self._janitor = threading.Thread(target=sweep, daemon=True, name="workspace-janitor")
         self._janitor.start()
+
+
+def _restore(db, view_key: tuple, version: tuple) -> Tables | None:
+    """The view's saved tables: as current when saved for `version`, as the previous version's (served while
+    the current ones are built) when saved for an older one; None otherwise."""
+    kept = saved.load(db, view_key)
+    if kept is None:
+        return None
+    if kept.version == version:
+        return Tables.restored(kept)
+    if saved.older(kept.version, version):
+        return Tables.restored(kept, older=True)
+    return None
 
 
 def _imported_at(version: tuple) -> str | None:

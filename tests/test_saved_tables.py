@@ -1,0 +1,162 @@
+"""A view's tables saved beside the database (analytics/screens/saved.py): a restarted server loads them
+instead of building, and never takes another data version's, another code's or a tampered file for current."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from analytics import ingest, intervals
+from analytics.access import DataAccess, Scope
+from analytics.screens import cohort, saved, workspace
+from analytics.screens.workspace import WorkspaceCache
+from analytics.store_postgres import Target
+
+DIRECTOR = Scope(user="director", role="director", patient_level=False, min_cell=11)
+TODAY = date(2026, 11, 21)
+
+
+def cohort_visit(cache: WorkspaceCache, db):
+    """What the Cohort outcomes page asks for by default; the workspace and the screen."""
+    ws = cache.workspace(db, DIRECTOR)
+    choices = cohort.cohort_choices(ws, "PHQ-9")
+    labels = list(choices.periods["label"])
+    filters = cohort.chosen_filters("PHQ-9", cohort.EVERY_PATIENT, choices.periods, labels[0], labels[-1])
+    return ws, cohort.cohort_page(ws, filters, TODAY)
+
+
+def copy_db(source: Path, target: Path) -> Path:
+    shutil.copy(source, target)
+    for suffix in (".wal",):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copy(f"{source}{suffix}", f"{target}{suffix}")
+    if Path(f"{source}.tables").exists():
+        shutil.copytree(f"{source}.tables", f"{target}.tables")
+    return target
+
+
+@pytest.fixture(scope="module")
+def saved_once(demo_db, tmp_path_factory):
+    """The demo clinic after one server built and saved the director's cohort tables; and what it showed."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(saved.SAVE_ENV, "1")
+    db = copy_db(demo_db, tmp_path_factory.mktemp("saved") / "clinic.duckdb")
+    cache = WorkspaceCache()
+    _, screen = cohort_visit(cache, db)
+    cache.save_due(quiet_s=0)  # (or the server's saver thread did it already)
+    assert saved.view_file(db, DIRECTOR.view_key).exists()
+    assert saved.clinic_file(db, "PHQ-9").exists()  # the clinic's model, which the headline's median reads
+    yield db, screen
+    mp.undo()
+
+
+@pytest.fixture()
+def db(saved_once, tmp_path, monkeypatch):
+    monkeypatch.setenv(saved.SAVE_ENV, "1")
+    return copy_db(saved_once[0], tmp_path / "clinic.duckdb")
+
+
+def one_more_score(db, tmp_path) -> None:
+    patient = DataAccess(db).patients()["patient_id"].iloc[0]
+    csv = tmp_path / "one.csv"
+    csv.write_text("patient_id,instrument,administered_on,rater,item_1,item_2,item_3,item_4,item_5,item_6,item_7,"
+                   f"item_8,item_9\n{patient},PHQ-9,2026-11-20,self,0,0,0,0,0,0,0,0,0\n")
+    assert ingest.import_files([csv], db=db).error is None
+
+
+def test_a_restarted_server_loads_the_saved_tables_and_shows_the_same_figures(db, saved_once):
+    built = saved_once[1]
+    path = saved.view_file(db, DIRECTOR.view_key)
+    assert path.parent == Path(f"{db}.tables")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    ws, loaded = cohort_visit(WorkspaceCache(), db)  # a new process: nothing in memory
+    assert not ws.updating and ws.tables.version == DataAccess(db).data_version()
+    assert ("frames",) not in ws.tables.keys()  # nothing was read or built: the rows are never in the file
+    assert loaded.headline["treated"] == built.headline["treated"] > 0
+    assert loaded.headline["response"].text() == built.headline["response"].text()
+    assert loaded.waterfall_bars.equals(built.waterfall_bars) and loaded.completeness.equals(built.completeness)
+
+
+def test_a_restarted_server_loads_the_clinic_model_instead_of_fitting_it(db, monkeypatch):
+    intervals.forget_fits()  # a new process: no model in memory
+    workspace._CLINIC_MODELS.clear()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the model was fitted again")
+    monkeypatch.setattr(intervals, "fit_clinic_model", no_fit)
+    ws = WorkspaceCache().workspace(db, DIRECTOR)
+    site = cohort.cohort_choices(ws, "PHQ-9").subsets[1]  # a filtered view: its median reads the model
+    screen = cohort.cohort_page(ws, cohort.chosen_filters("PHQ-9", site), TODAY)
+    assert screen.headline["patients"] and [entry[2] for entry in workspace._CLINIC_MODELS.values()] == [True]  # loaded
+    assert saved.load_clinic(db, "PHQ-9", (0, 0, "another version")) is None
+
+
+def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):
+    old_version = DataAccess(db).data_version()
+    one_more_score(db, tmp_path)  # an import while no server ran
+    cache = WorkspaceCache()
+    ws, _ = cohort_visit(cache, db)
+    assert ws.updating and ws.tables.version == old_version and ws.as_of == old_version[2]
+    cache.save_due(quiet_s=0)  # an older version's tables are never saved again
+    assert saved.load(db, DIRECTOR.view_key).version == old_version
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating and time.monotonic() < deadline:
+        time.sleep(0.05)  # the background refresh builds the current version's tables
+    assert not current.updating and current.tables.version == DataAccess(db).data_version() != old_version
+    cache.save_due(quiet_s=0)
+    assert saved.load(db, DIRECTOR.view_key).version == DataAccess(db).data_version()
+    again = WorkspaceCache().workspace(db, DIRECTOR)
+    assert not again.updating and again.tables.version == DataAccess(db).data_version()
+    assert ("cohort_summary", "PHQ-9") in again.tables.keys()
+
+
+def test_a_file_of_a_newer_version_than_the_database_is_not_used(db):
+    kept = saved.load(db, DIRECTOR.view_key)
+    version = DataAccess(db).data_version()
+    newer = (version[0] + 1, version[1] + 1, "2030-01-01 00:00:00")  # as after a restore from an older backup
+    saved.save(db, DIRECTOR.view_key, newer, newer[2], kept.tables, kept.memos)
+    assert saved.load(db, DIRECTOR.view_key).version == newer
+    ws, _ = cohort_visit(WorkspaceCache(), db)
+    assert not ws.updating and ws.tables.version == version and ("frames",) in ws.tables.keys()  # built anew
+
+
+@pytest.mark.parametrize("damage", ["payload", "signature", "other code", "readable by others", "another view"])
+def test_a_damaged_foreign_or_loose_file_is_never_loaded(db, damage, monkeypatch):
+    path = saved.view_file(db, DIRECTOR.view_key)
+    assert saved.load(db, DIRECTOR.view_key) is not None
+    blob = bytearray(path.read_bytes())
+    if damage == "payload":
+        blob[-10] ^= 0x01
+        path.write_bytes(bytes(blob))
+    elif damage == "signature":
+        start = len(saved.FORMAT)
+        blob[start] = ord("0") if blob[start] != ord("0") else ord("1")
+        path.write_bytes(bytes(blob))
+    elif damage == "other code":
+        monkeypatch.setattr(saved, "_FINGERPRINT", "f" * 64)
+    elif damage == "readable by others":
+        os.chmod(path, 0o644)
+    else:  # the director's file put where a clinician's goes: the clinician never gets the director's tables
+        clinician = Scope(user="dr_x", role="clinician", clinician="dr_x")
+        os.replace(path, saved.view_file(db, clinician.view_key))
+        assert saved.load(db, clinician.view_key) is None
+    assert saved.load(db, DIRECTOR.view_key) is None
+    if damage == "payload":
+        ws, _ = cohort_visit(WorkspaceCache(), db)
+        assert ("frames",) in ws.tables.keys()  # built again from the database
+
+
+def test_saving_can_be_turned_off_and_postgres_tables_stay_on_local_disk(db, monkeypatch, tmp_path):
+    monkeypatch.setenv(saved.SAVE_ENV, "0")
+    assert saved.load(db, DIRECTOR.view_key) is None
+    assert saved.save(tmp_path / "other.duckdb", DIRECTOR.view_key, (1, 1, "x"), None, {("t",): 1}, {}) is None
+    assert not (tmp_path / "other.duckdb.tables").exists()
+    monkeypatch.setenv(saved.DIR_ENV, str(tmp_path / "local"))
+    where = saved.folder(Target("postgresql://clinic:s3cret@db.example/outcomes"))
+    assert where.parent == tmp_path / "local" and "s3cret" not in str(where)
