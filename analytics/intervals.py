@@ -607,8 +607,11 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     mine = a[a["instrument"] == code] if "instrument" in a.columns else a
     crs = course.build_course(frames["treatments"], mine, code, rules)
     cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
-    last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
-        if len(a) else pd.Series(dtype="datetime64[us]")
+    if "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
+        last_activity = frames["last_activity"]
+    else:
+        last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
+            if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
@@ -621,7 +624,7 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
                  kept: Callable[[], ClinicModel | None] | None = None) -> ClinicModel:
     """The whole clinic's model, fitted once per data version. `clinic_data` reads every patient's
     rows: an analytics.access.DataAccess with the system scope (its db, data_version(), patients(),
-    treatments(), assessments(), attributes()); the caller opens it, this module reads no database.
+    treatments(), assessments(), attributes(), last_assessed()); the caller opens it, this module reads no database.
     Every viewer gets rows of this one fit; its aggregate parameters identify no one. `kept`: gives
     the model of this version made before (the dashboard's saved tables) or None; asked before fitting."""
     version = tuple(clinic_data.data_version())
@@ -631,9 +634,12 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
         earlier = kept() if kept is not None else None
         if earlier is not None and tuple(earlier.version) == version and earlier.instrument == instrument:
             return earlier
+        # Only this instrument's assessments, and every instrument's latest per patient: the model needs no
+        # more, and the whole assessments frame is the largest of all (100,000 patients: 0.5 GB of 0.6).
         return fit_clinic_model(
             {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
-             "assessments": clinic_data.assessments(), "attributes": clinic_data.attributes()},
+             "assessments": clinic_data.assessments(instrument=instrument), "attributes": clinic_data.attributes(),
+             "last_activity": clinic_data.last_assessed()},
             instrument, version, rules)
     return _once(_MODELS, key, build)
 
