@@ -183,3 +183,14 @@ def test_an_idle_server_hands_memory_back_then_forgets_the_clinic_models(monkeyp
     assert cache.release_when_idle(start + workspace.RELEASE_AFTER_S) == 1 and calls == ["trim"]
     assert cache.release_when_idle(start + 300) == 1 and calls == ["trim"]  # once per idle spell
     assert cache.release_when_idle(start + 600) == 2 and calls == ["trim", "models", "trim"]
+
+
+def test_a_forgotten_view_lets_go_of_its_tables_even_if_a_finished_page_still_holds_them(db):
+    cache = WorkspaceCache(idle_seconds=3600)
+    held, _ = cohort_visit(cache, db)  # as a finished page run's globals hold its workspace
+    for view in cache._views.values():
+        view.last_used -= 7200  # unused for two hours
+    assert len(held.tables) and cache.forget_idle() == 1
+    assert len(held.tables) == 0 and not held.tables._memos
+    again, _ = cohort_visit(cache, db)  # the next visit loads the view from its file
+    assert again.tables is not held.tables and len(again.tables)
