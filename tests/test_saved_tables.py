@@ -160,3 +160,15 @@ def test_saving_can_be_turned_off_and_postgres_tables_stay_on_local_disk(db, mon
     monkeypatch.setenv(saved.DIR_ENV, str(tmp_path / "local"))
     where = saved.folder(Target("postgresql://clinic:s3cret@db.example/outcomes"))
     assert where.parent == tmp_path / "local" and "s3cret" not in str(where)
+
+
+def test_an_idle_server_hands_memory_back_then_forgets_the_clinic_models(monkeypatch):
+    calls = []
+    monkeypatch.setattr(workspace.memory, "release_freed", lambda: calls.append("trim"))
+    monkeypatch.setattr(workspace.intervals, "forget_fits", lambda: calls.append("models"))
+    cache = WorkspaceCache(idle_seconds=600)
+    start = cache._active
+    assert cache.release_when_idle(start + 10) == 0 and calls == []  # busy: nothing
+    assert cache.release_when_idle(start + workspace.RELEASE_AFTER_S) == 1 and calls == ["trim"]
+    assert cache.release_when_idle(start + 300) == 1 and calls == ["trim"]  # once per idle spell
+    assert cache.release_when_idle(start + 600) == 2 and calls == ["trim", "models", "trim"]
