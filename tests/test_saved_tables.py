@@ -99,6 +99,8 @@ def test_a_restarted_server_loads_the_clinic_model_instead_of_fitting_it(db, mon
 
 def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):
     old_version = DataAccess(db).data_version()
+    kept = saved.load(db, DIRECTOR.view_key)  # saved again from this file (the fixture's is a copy of another)
+    saved.save(db, DIRECTOR.view_key, kept.version, kept.as_of, kept.tables, kept.memos)
     one_more_score(db, tmp_path)  # an import while no server ran
     cache = WorkspaceCache()
     ws, _ = cohort_visit(cache, db)
@@ -114,6 +116,15 @@ def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_c
     again = WorkspaceCache().workspace(db, DIRECTOR)
     assert not again.updating and again.tables.version == DataAccess(db).data_version()
     assert ("cohort_summary", "PHQ-9") in again.tables.keys()
+
+
+def test_an_older_file_of_a_database_made_again_at_the_same_path_is_not_served(db, tmp_path):
+    one_more_score(db, tmp_path)  # the version moves on, as in the older-version case above ...
+    replacement = tmp_path / "again.duckdb"
+    shutil.copy(db, replacement)
+    os.replace(replacement, db)  # ... but the file is another one (deleted and made again, or restored)
+    ws = WorkspaceCache().workspace(db, DIRECTOR)
+    assert not ws.updating and ws.tables.version == DataAccess(db).data_version() and not len(ws.tables)
 
 
 def test_a_file_of_a_newer_version_than_the_database_is_not_used(db):

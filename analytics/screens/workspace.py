@@ -427,7 +427,7 @@ def _restore(db, view_key: tuple, version: tuple) -> Tables | None:
         return None
     if kept.version == version:
         return Tables.restored(kept)
-    if saved.older(kept.version, version):
+    if kept.same_file and saved.older(kept.version, version):
         return Tables.restored(kept, older=True)
     return None
 
