@@ -167,16 +167,18 @@ def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key
 BLOCK_ROWS = 500_000
 
 
-def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
+def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = scales.PRIMARY,
                  rules: OutcomeRules = DEFAULT_RULES, *, block_rows: int = BLOCK_ROWS) -> Course:
     code = rules.check_instrument(instrument)
+    # the instrument's safety item (scales registry; PHQ-9 item 9), where it has one: kept with each score
+    safety = scales.get(code).safety_column
     _check_rows(treatments, "treatment")
     # Only the columns used below: a copy of whole rows was the largest single allocation.
     keep = assessments["total"].notna().to_numpy().copy()
     if "instrument" in assessments.columns:
         keep &= (assessments["instrument"] == code).to_numpy(dtype=bool, na_value=False)
-    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", "item_9")
-                               if c in assessments.columns]]
+    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", safety)
+                               if c is not None and c in assessments.columns]]
     del keep
     _check_rows(a, "assessment")
 
@@ -293,14 +295,16 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
 
     # --- baselines and scores after the first infusion ---------------------------------------
     a_total_all = a["total"].to_numpy(dtype=float)
-    a_item9_all = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float) if "item_9" in a.columns else None
-    a_ties = [a_total_all] + ([np.nan_to_num(a_item9_all, nan=-1.0)] if a_item9_all is not None else [])
+    safety = scales.get(code).safety_column
+    a_safety_all = pd.to_numeric(a[safety], errors="coerce").to_numpy(dtype=float) \
+        if safety is not None and safety in a.columns else None
+    a_ties = [a_total_all] + ([np.nan_to_num(a_safety_all, nan=-1.0)] if a_safety_all is not None else [])
     a_order = _sorted_order(ac, a_key_all, a_rank_all, a_ties)
     ac, a_key = ac[a_order], a_key_all[a_order]
     a_rank = None if a_rank_all is None else a_rank_all[a_order]
     a_at = outcomes._us(pd.to_datetime(a["administered_at"]))[a_order]
     a_total = a_total_all[a_order]
-    a_item9 = a_item9_all[a_order] if a_item9_all is not None else None
+    a_safety = a_safety_all[a_order] if a_safety_all is not None else None
     first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
     base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
     base_mean, base_n = outcomes.baseline_mean_arrays(first_key, first_day, ac, a_key, a_total, rules)
@@ -317,8 +321,8 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
     ac, a_key, a_at, a_total = ac[keep], a_key[keep], a_at[keep], a_total[keep]
     if a_rank is not None:
         a_rank = a_rank[keep]
-    if a_item9 is not None:
-        a_item9 = a_item9[keep]
+    if a_safety is not None:
+        a_safety = a_safety[keep]
     a_base = base_score[ac]
     responding = outcomes.is_response(a_total, a_base, rules)
     out = outcomes.is_out(a_total, a_base, code, rules)
@@ -341,8 +345,8 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
     if not own.all():  # cannot happen (scores before the first infusion were left out above); never cross patients
         ac, a_key, a_at, a_total, a_base = ac[own], a_key[own], a_at[own], a_total[own], a_base[own]
         responding, out, a_seg_row = responding[own], out[own], a_seg_row[own]
-        if a_item9 is not None:
-            a_item9 = a_item9[own]
+        if a_safety is not None:
+            a_safety = a_safety[own]
         n_a = len(ac)
 
     # --- loss of response within each segment ------------------------------------------------
@@ -427,8 +431,8 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
         "segment": infusion_no[a_seg_row] if n_a else np.zeros(0, dtype=np.int64), "segment_row": a_seg_row,
         "pos": pos, "loss": is_loss, "held_before_loss": held_before_loss,
     }
-    if a_item9 is not None:
-        sc["item_9"] = a_item9
+    if a_safety is not None:
+        sc[safety] = a_safety
     return inf, sc, baselines, first_response
 
 
@@ -526,6 +530,8 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
     the cycle's infusion, total, and line: the score above which it no longer meets response
     (baseline x (1 - response_fall); for loss_rule "madrs_relapse_22" half a point below the
     relapse score, so that an integer score is out exactly when it is above the line).
+    start_kind: how the cycle started ("in_response": an infusion given in response;
+    "recaptured": counted only because its first score was back in response).
     """
     inf, sc = course.infusions, course.scores
     starts = inf["starts_cycle"].to_numpy(dtype=bool)
@@ -561,11 +567,12 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         "latent_line": latent,
         "baseline_scores": n_base,
         "settled": ~building[seg],
+        "start_kind": inf["start_kind"].to_numpy(dtype=object)[seg],
     })
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,
-                 attributes: pd.DataFrame | None = None, *, instrument: str = "PHQ-9",
+                 attributes: pd.DataFrame | None = None, *, instrument: str = scales.PRIMARY,
                  rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
     """The durability cycle table (CYCLE_COLUMNS first, then covariates)."""
     course = build_course(treatments, assessments, instrument, rules)
