@@ -125,6 +125,13 @@ class Tables:
                     self.changed = time.monotonic()
             return value
 
+    def drop(self) -> None:
+        """Let go of every table and memo: whoever still holds these tables (a finished page run's globals,
+        which Streamlit keeps until that session's next run) no longer keeps their memory."""
+        with self._guard:
+            self._tables.clear()
+            self._memos.clear()
+
     def keys(self) -> list[tuple]:
         """The cohort-wide tables' keys, oldest first (what a refresh for a new version builds again)."""
         with self._guard:
@@ -355,9 +362,12 @@ class WorkspaceCache:
         cutoff = time.monotonic() - self.idle_seconds
         with self._guard:
             idle = [k for k, v in self._views.items() if v.last_used < cutoff and v.refreshing is None]
-            for k in idle:
-                del self._views[k]
+            forgotten = [self._views.pop(k) for k in idle]
+        for view in forgotten:
+            if view.tables is not None:
+                view.tables.drop()
         if idle:
+            gc.collect()
             memory.release_freed()
         return len(idle)
 
