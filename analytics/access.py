@@ -252,6 +252,15 @@ class DataAccess:
         return self._frame(*self._assessments_sql(patient_ids, instrument, ordered=False),
                            ["patient_id", "administered_at", "instrument"])
 
+    def last_assessed(self) -> pd.Series:
+        """Per patient (index patient_id, sorted), when their latest assessment of any instrument was
+        taken: what `assessments()` would give grouped by patient, without reading every row."""
+        clause, params = self._patient_filter(None)
+        frame = self._frame(
+            f"""SELECT x.patient_id, max(x.administered_at) AS administered_at FROM assessments x
+                WHERE {clause} AND x.voided_at IS NULL GROUP BY x.patient_id""", params, ["patient_id"])
+        return frame.set_index("patient_id")["administered_at"]
+
     def _can_see(self, con: store.Connection, patient_id: str) -> bool:
         drill_sql, params = self._drill_sql("p")
         rows = con.execute(f"SELECT count(*) FROM patients p WHERE p.patient_id = ? AND {drill_sql}",

@@ -678,23 +678,33 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def side_by_side(file_results: dict, postgres: dict, patients: int = 10_000) -> str:
+def side_by_side(file_results: dict, *others: dict, patients: int = 10_000) -> str:
     """`make bench`'s comparison: the DuckDB file's run at `patients` (from the --sizes results) beside
-    the PostgreSQL run (`bench --patients N --db postgresql://...`), one row per figure; a figure the
-    PostgreSQL run could not measure shows its reason from `missing`."""
+    single runs at the same size (`bench --patients N [--db postgresql://...]`), one row per figure and
+    one column per run, headed by its backend and load average; a figure a run could not measure shows
+    its reason from `missing`."""
     runs = [r for r in file_results.get("runs", []) if r.get("patients") == patients]
     if not runs:
         raise ValueError(f"the DuckDB results hold no run at {patients:,} patients")
-    if postgres.get("patients") != patients:
-        raise ValueError(f"the PostgreSQL results are of {postgres.get('patients')} patients, not {patients:,}")
-    file_run, missing = runs[0], postgres.get("missing") or {}
-    lines = [f"| figure at {patients:,} patients | DuckDB file | PostgreSQL |", "|---|---|---|"]
+    for other in others:
+        if other.get("patients") != patients:
+            raise ValueError(f"a run beside it is of {other.get('patients')} patients, not {patients:,}")
+    columns = [runs[0], *others]
+
+    def head(run: dict) -> str:
+        name = "PostgreSQL" if run.get("backend") == "postgres" else "DuckDB file"
+        return f"{name} (load {run.get('load_average_start')}-{run.get('load_average_end')})"
+
+    def cell(run: dict, key: str) -> str:
+        missing = run.get("missing") or {}
+        if run.get(key) is None and key in missing:
+            return f"n/a ({missing[key]})"
+        return _fmt(run.get(key))
+
+    lines = [f"| figure at {patients:,} patients | " + " | ".join(head(r) for r in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     context = ("import_peak_rss_mb", "pages_peak_rss_mb", "load_frames_s", "cohort_caches_s", "cohort_cold_s",
                "patient_max_s")
     for key in KEYS[1:] + context:
-        theirs = postgres.get(key)
-        shown = _fmt(theirs) if theirs is not None or key not in missing else f"n/a ({missing[key]})"
-        lines.append(f"| {key} | {_fmt(file_run.get(key))} | {shown} |")
-    lines.append(f"| load average (start-end) | {file_run.get('load_average_start')}-{file_run.get('load_average_end')} "
-                 f"| {postgres.get('load_average_start')}-{postgres.get('load_average_end')} |")
+        lines.append(f"| {key} | " + " | ".join(cell(r, key) for r in columns) + " |")
     return "\n".join(lines)

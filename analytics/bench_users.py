@@ -32,6 +32,11 @@ and, in order:
 The server's CPU seconds and resident memory are read from /proc for its whole process tree
 (the launcher, every dashboard process and the proxy). Every figure has the one-minute load average
 beside it: the machine may be shared.
+
+This is the one load module: the benchmark, `tools/benchusers.py` (the users part alone) and
+`tools/loadbaseline.py` (user levels, Streamlit options compared) start and measure the server
+with it, and `tools/loadclient.py` (the client, which needs Streamlit's protobuf classes and so
+cannot live in analytics/) takes its percentile and session pages from it.
 """
 from __future__ import annotations
 
@@ -53,7 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DIRECTORS = ("director", "director2")
-FLOW_PAGES_EXCLUDED = ("connect", "login", "sign-in")  # tools.loadclient.SESSION_PAGES
+SESSION_PAGES = ("connect", "login", "sign-in")  # what a user's session starts with, before any flow step
+FLOW_PAGES_EXCLUDED = SESSION_PAGES
 
 
 def free_port() -> int:
@@ -114,21 +120,34 @@ def tree_rss_mb(pid: int) -> float:
 
 
 class Sampler(threading.Thread):
-    """The server tree's RSS every `every` seconds (its peak is reported)."""
+    """The server tree every `every` seconds: `rows` of (seconds since start, CPU seconds, RSS MB, one-minute
+    load average), its peak RSS (`peak_mb`), and any window's figures (`window`)."""
 
     def __init__(self, pid: int, every: float = 1.0):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak_mb = pid, every, 0.0
+        self.pid, self.every, self.peak_mb, self.rows, self.t0 = pid, every, 0.0, [], time.perf_counter()
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.pid))
+            rss = tree_rss_mb(self.pid)
+            self.peak_mb = max(self.peak_mb, rss)
+            self.rows.append((time.perf_counter() - self.t0, tree_cpu_s(self.pid), rss, load_average()))
             self._halt.wait(self.every)
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+    def window(self, start: float, end: float) -> dict:
+        """The server's CPU, its share of a core, RSS and load average between two offsets (seconds since start)."""
+        rows = [r for r in self.rows if start <= r[0] <= end]
+        if len(rows) < 2:
+            return {}
+        cpu, wall = rows[-1][1] - rows[0][1], rows[-1][0] - rows[0][0]
+        return {"server_cpu_s": round(cpu, 2), "server_cpu_share": round(cpu / wall, 2),
+                "rss_start_mb": round(rows[0][2]), "rss_end_mb": round(rows[-1][2]),
+                "rss_peak_mb": round(max(r[2] for r in rows)), "loadavg_start": rows[0][3], "loadavg_end": rows[-1][3]}
 
 
 # --- preparing the database and the accounts ----------------------------------------------------
@@ -160,25 +179,33 @@ def prepare(source_db: Path, work: Path, today: str) -> tuple[Path, Path, dict]:
         else:
             auth.create_user(db, name, role, password, actor="bench")
 
-    clinicians = []
-    for handle, group in patients.groupby("clinician"):
-        account(str(handle), "clinician")
-        clinicians.append({"username": str(handle), "password": password, "role": "clinician",
-                           "patients": group["patient_id"].sort_values().head(50).tolist()})
-    directors = []
-    for name in DIRECTORS:
-        account(name, "director")
-        directors.append({"username": name, "password": password, "role": "director"})
-    # clinician, director, clinician, clinician, director, ...: any number of users mixes both roles
+    clinicians, directors = user_accounts(patients, password)
+    for who in clinicians + directors:
+        account(who["username"], who["role"])
+    accounts = interleaved(clinicians, directors)
+    path = work / "accounts.json"
+    path.write_text(json.dumps(accounts))
+    os.chmod(path, 0o600)
+    return db, path, {"accounts": accounts, "clinician": clinicians[0], "director": directors[0]}
+
+
+def user_accounts(patients, password: str, directors=DIRECTORS) -> tuple[list[dict], list[dict]]:
+    """The simulated users' accounts: one clinician per clinician handle of `patients` (named after it, with
+    the first 50 of their patients for the flow to open) and the `directors`, all with `password`."""
+    clinicians = [{"username": str(handle), "password": password, "role": "clinician",
+                   "patients": group["patient_id"].sort_values().head(50).tolist()}
+                  for handle, group in patients.groupby("clinician")]
+    return clinicians, [{"username": name, "password": password, "role": "director"} for name in directors]
+
+
+def interleaved(clinicians: list, directors: list) -> list:
+    """clinician, director, clinician, clinician, director, ...: any number of users mixes both roles."""
     accounts, queues = [], {"c": list(clinicians), "d": list(directors)}
     while queues["c"] or queues["d"]:
         for which in "cdc":
             if queues[which]:
                 accounts.append(queues[which].pop(0))
-    path = work / "accounts.json"
-    path.write_text(json.dumps(accounts))
-    os.chmod(path, 0o600)
-    return db, path, {"accounts": accounts, "clinician": clinicians[0], "director": directors[0]}
+    return accounts
 
 
 def one_assessment_csv(path: Path, patient_id: str, day: str) -> Path:
@@ -227,21 +254,29 @@ def wait_for_saved_tables(db: Path, since: float, timeout: float = 180, quiet: f
 
 # --- the server ---------------------------------------------------------------------------------
 
-def server_command(port: int, processes: int | None) -> list[str]:
-    """What `make run` runs (analytics/serve.py), on `port`."""
+def server_command(port: int, processes: int | None, streamlit_options: list[str] = ()) -> list[str]:
+    """What `make run` runs (analytics/serve.py), on `port`; with `streamlit_options` (`--section.key value`
+    arguments, to compare settings) one `streamlit run serve.py` process with those options instead."""
+    if streamlit_options:
+        return [sys.executable, "-m", "streamlit", "run", str(REPO / "serve.py"), "--server.port", str(port),
+                "--server.address", "127.0.0.1", "--server.headless", "true", *streamlit_options]
     command = [sys.executable, "-m", "analytics", "serve", "--port", str(port), "--address", "127.0.0.1"]
     if processes:
         command += ["--processes", str(processes)]
     return command
 
 
-def start_server(db: Path, log: Path, today: str, processes: int | None, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, log: Path, today: str | None, processes: int | None, timeout: float = 180, *,
+                 streamlit_options: list[str] = (), extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """The dashboard server on `db` (see `server_command`), answering its health check; (process, base URL)."""
     port = free_port()
-    env = dict(os.environ, OUTCOMES_DB=str(db), OUTCOMES_TODAY=today, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, OUTCOMES_DB=str(db), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(extra_env or {}))
+    if today:
+        env["OUTCOMES_TODAY"] = today
     out = open(log, "w")
-    proc = subprocess.Popen(server_command(port, processes), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(server_command(port, processes, list(streamlit_options)), cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
@@ -316,7 +351,8 @@ def flow_times(summary: dict, window: tuple[float, float] | None = None) -> list
     return out
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values, q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default), None for no values."""
     if not values:
         return None
     ordered = sorted(values)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import outcomes, scales, vocabulary
+from . import memory, outcomes, scales, vocabulary
 from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
 
 CYCLE_COLUMNS = [
@@ -160,25 +160,101 @@ def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key
     return n_before, last_before
 
 
-def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = "PHQ-9",
-                 rules: OutcomeRules = DEFAULT_RULES) -> Course:
+# Rows (infusions plus scores of the instrument) per block of patients: the course is built a block
+# of whole patients at a time, so its ~50 column-sized working arrays are a block's size, not the
+# cohort's (100,000 patients: 3.5 M rows, 1.4 GB of working arrays at once). Every rule is within one
+# patient, so the blocks' rows put together are exactly the course of the whole cohort.
+BLOCK_ROWS = 500_000
+
+
+def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str = scales.PRIMARY,
+                 rules: OutcomeRules = DEFAULT_RULES, *, block_rows: int = BLOCK_ROWS) -> Course:
     code = rules.check_instrument(instrument)
+    # the instrument's safety item (scales registry; PHQ-9 item 9), where it has one: kept with each score
+    safety = scales.get(code).safety_column
     _check_rows(treatments, "treatment")
     # Only the columns used below: a copy of whole rows was the largest single allocation.
     keep = assessments["total"].notna().to_numpy().copy()
     if "instrument" in assessments.columns:
         keep &= (assessments["instrument"] == code).to_numpy(dtype=bool, na_value=False)
-    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", "item_9")
-                               if c in assessments.columns]]
+    a = assessments.loc[keep, [c for c in ("patient_id", "administered_at", "has_time", "total", safety)
+                               if c is not None and c in assessments.columns]]
+    del keep
     _check_rows(a, "assessment")
 
-    # Patients as integer codes: everything below is array work on them.
+    # Patients as integer codes (sorted ids, the whole cohort's): everything below is array work on them.
     n_t_rows = len(treatments)
     all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True).astype("string")
     codes, uniques = pd.factorize(all_pid, sort=True)
+    del all_pid
     uniques = np.asarray(uniques, dtype=object)
-    n_pat = len(uniques)
     tc, ac = codes[:n_t_rows], codes[n_t_rows:]
+    edges = _block_edges(tc, ac, len(uniques), block_rows)
+    if len(edges) <= 2:
+        return _assemble(code, uniques, [_course_block(treatments, a, tc, ac, uniques, code, rules)])
+    # Whole patients per block, in code order; within a patient the rows keep their input order.
+    t_sort, a_sort = np.argsort(tc, kind="stable"), np.argsort(ac, kind="stable")
+    t_cut = np.searchsorted(tc[t_sort], edges)
+    a_cut = np.searchsorted(ac[a_sort], edges)
+    t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS]
+    parts, t_offset = [], 0
+    for i in range(len(edges) - 1):
+        t_rows, a_rows = t_sort[t_cut[i]:t_cut[i + 1]], a_sort[a_cut[i]:a_cut[i + 1]]
+        part = _course_block(treatments[t_cols].iloc[t_rows], a.iloc[a_rows], tc[t_rows], ac[a_rows],
+                             uniques, code, rules)
+        part[1]["segment_row"] = part[1]["segment_row"] + t_offset  # rows of the whole course's infusions
+        t_offset += len(t_rows)
+        parts.append(part)
+        del t_rows, a_rows, part
+        memory.release_freed()  # the block's working arrays: heap-sized, glibc would keep them resident
+    return _assemble(code, uniques, parts)
+
+
+# The treatments columns the course reads (a block copies only these).
+_TREATMENT_COLUMNS = ("treatment_id", "patient_id", "administered_at", "has_time", "route", "phase")
+
+
+def _block_edges(tc: np.ndarray, ac: np.ndarray, n_pat: int, block_rows: int) -> np.ndarray:
+    """Patient codes where blocks start (and the end): about `block_rows` rows each, whole patients."""
+    if n_pat == 0 or len(tc) + len(ac) <= block_rows:
+        return np.array([0, n_pat])
+    per_patient = np.bincount(tc, minlength=n_pat) + np.bincount(ac, minlength=n_pat)
+    upto = np.cumsum(per_patient)
+    cuts = np.searchsorted(upto, np.arange(block_rows, int(upto[-1]), block_rows), side="left") + 1
+    return np.unique(np.concatenate([[0], cuts[cuts < n_pat], [n_pat]]))
+
+
+def _assemble(code: str, uniques: np.ndarray, parts: list[tuple[dict, dict, dict, dict]]) -> Course:
+    """The Course from its blocks' columns, put together one column at a time (each block's copy
+    of a column is let go once the column is whole)."""
+    def frame(which: int, categorical: bool) -> pd.DataFrame:
+        columns = {}
+        for name in list(parts[0][which]):
+            pieces = [part[which].pop(name) for part in parts]
+            if pieces[0] is None or np.isscalar(pieces[0]):
+                columns[name] = pieces[0]
+                continue
+            whole = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            del pieces
+            if categorical and name == "patient_id":
+                whole = pd.Categorical.from_codes(whole, categories=uniques)
+            columns[name] = whole
+        return pd.DataFrame(copy=False, data=columns) if categorical else pd.DataFrame(columns)
+
+    inf = frame(0, True)
+    sc = frame(1, True)
+    baselines = frame(2, False)
+    first_response = frame(3, False)
+    first_response["days_to_response"] = (first_response["first_response_at"] - first_response["first_infusion_at"]) / DAY
+    return Course(code, inf, sc, baselines, first_response)
+
+
+def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac: np.ndarray, uniques: np.ndarray,
+                  code: str, rules: OutcomeRules) -> tuple[dict, dict, dict, dict]:
+    """The course of the patients whose rows these are (every row of each of them): the columns of the
+    infusions, scores, baselines and first responses (patient_id of infusions and scores as codes)."""
+    n_pat = len(uniques)
+    n_t_rows = len(treatments)
 
     # One ordering rule, per patient: by date, then by time where given. An assessment
     # without a time counts as taken at 00:00 and an infusion without one at the end of its
@@ -188,7 +264,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     t_key_all = outcomes._us(outcomes.infusion_clock(treatments))
     a_key_all = outcomes._us(outcomes.assessment_clock(a))
     kind_all = np.concatenate([np.ones(n_t_rows, dtype=np.int8), np.zeros(len(a), dtype=np.int8)])
-    ranks = _clock_ranks(codes.astype(np.int64), np.concatenate([t_key_all, a_key_all]), kind_all)
+    ranks = _clock_ranks(np.concatenate([tc, ac]).astype(np.int64), np.concatenate([t_key_all, a_key_all]), kind_all)
     t_rank_all = None if ranks is None else ranks[:n_t_rows]
     a_rank_all = None if ranks is None else ranks[n_t_rows:]
 
@@ -219,32 +295,34 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 
     # --- baselines and scores after the first infusion ---------------------------------------
     a_total_all = a["total"].to_numpy(dtype=float)
-    a_item9_all = pd.to_numeric(a["item_9"], errors="coerce").to_numpy(dtype=float) if "item_9" in a.columns else None
-    a_ties = [a_total_all] + ([np.nan_to_num(a_item9_all, nan=-1.0)] if a_item9_all is not None else [])
+    safety = scales.get(code).safety_column
+    a_safety_all = pd.to_numeric(a[safety], errors="coerce").to_numpy(dtype=float) \
+        if safety is not None and safety in a.columns else None
+    a_ties = [a_total_all] + ([np.nan_to_num(a_safety_all, nan=-1.0)] if a_safety_all is not None else [])
     a_order = _sorted_order(ac, a_key_all, a_rank_all, a_ties)
     ac, a_key = ac[a_order], a_key_all[a_order]
     a_rank = None if a_rank_all is None else a_rank_all[a_order]
     a_at = outcomes._us(pd.to_datetime(a["administered_at"]))[a_order]
     a_total = a_total_all[a_order]
-    a_item9 = a_item9_all[a_order] if a_item9_all is not None else None
+    a_safety = a_safety_all[a_order] if a_safety_all is not None else None
     first_day = first_key - np.mod(first_key, outcomes._US_PER_DAY)
     base_score, base_when = outcomes.baseline_arrays(first_key, first_day, ac, a_key, a_total, rules)
     base_mean, base_n = outcomes.baseline_mean_arrays(first_key, first_day, ac, a_key, a_total, rules)
     treated = n_inf > 0
-    baselines = pd.DataFrame({
+    baselines = {
         "patient_id": uniques[treated],
         "first_infusion_at": first_at[treated].astype("datetime64[us]"),
         "baseline_score": base_score[treated],
         "baseline_at": np.where(base_when[treated] >= 0, base_when[treated], NAT).astype("datetime64[us]"),
         "baseline_mean": base_mean[treated], "baseline_n": base_n[treated],
-    })
+    }
     usable = ~np.isnan(base_score) & (np.nan_to_num(base_score, nan=-1.0) >= rules.min_baseline)
     keep = (a_key > first_key[ac]) & usable[ac]
     ac, a_key, a_at, a_total = ac[keep], a_key[keep], a_at[keep], a_total[keep]
     if a_rank is not None:
         a_rank = a_rank[keep]
-    if a_item9 is not None:
-        a_item9 = a_item9[keep]
+    if a_safety is not None:
+        a_safety = a_safety[keep]
     a_base = base_score[ac]
     responding = outcomes.is_response(a_total, a_base, rules)
     out = outcomes.is_out(a_total, a_base, code, rules)
@@ -267,8 +345,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     if not own.all():  # cannot happen (scores before the first infusion were left out above); never cross patients
         ac, a_key, a_at, a_total, a_base = ac[own], a_key[own], a_at[own], a_total[own], a_base[own]
         responding, out, a_seg_row = responding[own], out[own], a_seg_row[own]
-        if a_item9 is not None:
-            a_item9 = a_item9[own]
+        if a_safety is not None:
+            a_safety = a_safety[own]
         n_a = len(ac)
 
     # --- loss of response within each segment ------------------------------------------------
@@ -298,13 +376,12 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     fr_rows = _first_of_groups(np.flatnonzero(responding), ac)
     first_response_key = np.full(n_pat, np.iinfo(np.int64).max)
     first_response_key[ac[fr_rows]] = a_key[fr_rows]
-    first_response = pd.DataFrame({
+    first_response = {
         "patient_id": uniques[ac[fr_rows]],
         "first_response_at": a_at[fr_rows].astype("datetime64[us]"),
         "infusions_to_response": infusion_no[a_seg_row[fr_rows]] if len(fr_rows) else np.zeros(0, dtype=np.int64),
         "first_infusion_at": first_at[ac[fr_rows]].astype("datetime64[us]"),
-    })
-    first_response["days_to_response"] = (first_response["first_response_at"] - first_response["first_infusion_at"]) / DAY
+    }
 
     responded_before = first_response_key[tc] < t_key
     # Phase labels as object arrays pointing at a few shared strings (not one string per infusion).
@@ -332,8 +409,8 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     starts_cycle &= (left_at != NAT) | (right_at != NAT)
     start_kind = np.where(pre_resp, "in_response", np.where(starts_cycle, "recaptured", "")).astype(object)
 
-    inf = pd.DataFrame(copy=False, data={
-        "patient_id": pd.Categorical.from_codes(tc, categories=uniques), "code": tc,
+    inf = {
+        "patient_id": tc, "code": tc,
         "at": t_at.astype("datetime64[us]"), "key": t_key.astype("datetime64[us]"),
         "infusion_no": infusion_no, "n_infusions": n_inf[tc], "gap_days": gap_days,
         "route": treatments["route"].to_numpy(dtype=object)[t_order] if "route" in treatments.columns else None,
@@ -344,19 +421,19 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
         "first_post_responding": first_post_resp, "starts_cycle": starts_cycle, "start_kind": start_kind,
         "left_at": left_at.astype("datetime64[us]"), "right_at": right_at.astype("datetime64[us]"),
         "n_assessments": n_scores,
-    })
+    }
     if "treatment_id" in treatments.columns:
         inf["treatment_id"] = treatments["treatment_id"].to_numpy()[t_order]
-    sc = pd.DataFrame(copy=False, data={
-        "patient_id": pd.Categorical.from_codes(ac, categories=uniques), "code": ac, "at": a_at.astype("datetime64[us]"), "key": a_key.astype("datetime64[us]"),
+    sc = {
+        "patient_id": ac, "code": ac, "at": a_at.astype("datetime64[us]"), "key": a_key.astype("datetime64[us]"),
         "total": a_total, "baseline_score": a_base, "responding": responding, "out": out,
         "percent_fall": outcomes.percent_fall(a_total, a_base),
         "segment": infusion_no[a_seg_row] if n_a else np.zeros(0, dtype=np.int64), "segment_row": a_seg_row,
         "pos": pos, "loss": is_loss, "held_before_loss": held_before_loss,
-    })
-    if a_item9 is not None:
-        sc["item_9"] = a_item9
-    return Course(code, inf, sc, baselines, first_response)
+    }
+    if a_safety is not None:
+        sc[safety] = a_safety
+    return inf, sc, baselines, first_response
 
 
 # --- cycles -----------------------------------------------------------------------------
@@ -453,6 +530,8 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
     the cycle's infusion, total, and line: the score above which it no longer meets response
     (baseline x (1 - response_fall); for loss_rule "madrs_relapse_22" half a point below the
     relapse score, so that an integer score is out exactly when it is above the line).
+    start_kind: how the cycle started ("in_response": an infusion given in response;
+    "recaptured": counted only because its first score was back in response).
     """
     inf, sc = course.infusions, course.scores
     starts = inf["starts_cycle"].to_numpy(dtype=bool)
@@ -488,11 +567,12 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         "latent_line": latent,
         "baseline_scores": n_base,
         "settled": ~building[seg],
+        "start_kind": inf["start_kind"].to_numpy(dtype=object)[seg],
     })
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,
-                 attributes: pd.DataFrame | None = None, *, instrument: str = "PHQ-9",
+                 attributes: pd.DataFrame | None = None, *, instrument: str = scales.PRIMARY,
                  rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
     """The durability cycle table (CYCLE_COLUMNS first, then covariates)."""
     course = build_course(treatments, assessments, instrument, rules)

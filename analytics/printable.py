@@ -86,9 +86,12 @@ class _Axes:
             pdf.cell(20, 3, _latin1(label), align="C")
         pdf.set_xy(self.x, self.y + self.h + 4)
         pdf.cell(self.w, 3, _latin1(xlabel), align="C")
-        with pdf.rotation(90, self.x - 13, self.y + self.h / 2):
-            pdf.set_xy(self.x - 13 - self.h / 2, self.y + self.h / 2 - 1.5)
-            pdf.cell(self.h, 3, _latin1(ylabel), align="C")
+        # text() at absolute coordinates: set_x reads a negative x (this label's left end, before the
+        # rotation, lies left of the page) as counted from the right edge, which drew it off the page
+        label = _latin1(ylabel)
+        cx, cy = self.x - 12, self.y + self.h / 2
+        with pdf.rotation(90, cx, cy):
+            pdf.text(cx - pdf.get_string_width(label) / 2, cy + 1, label)
 
     def line(self, xs, ys, rgb, width: float = 0.5, dash: float = 0) -> None:
         points = [(self.px(a), self.py(b)) for a, b in zip(xs, ys) if np.isfinite(a) and np.isfinite(b)]
@@ -256,6 +259,9 @@ def patient_summary_content(screen, today: date) -> dict:
     }
 
 
+FOOTNOTE_TOP = 297 - 22  # mm on A4: where the patient summary's footnote starts
+
+
 def patient_summary_pdf(screen, today: date) -> bytes:
     """One A4 page for the chart or a referring psychiatrist: trajectory, latest scores, infusions, the suggested
     next infusion and the response cycles it rests on."""
@@ -288,15 +294,17 @@ def patient_summary_pdf(screen, today: date) -> bytes:
         if len(c["cycles"]) > 6:
             doc.para(f"(the last 6 of {len(c['cycles'])} cycles)", 7, GREY)
     doc.heading(f"Infusions ({len(c['infusions'])})")
-    recent = c["infusions"][-8:][::-1]
+    # as many of the most recent as fit above the footnote (alerts and a long suggestion leave fewer rows)
+    fit = int((FOOTNOTE_TOP - doc.get_y() - 4.6 - 4) // 4.2)
+    recent = c["infusions"][-max(1, min(8, fit)):][::-1]
     if recent:
         doc.grid(["date", "phase", "route", "dose"], [[r["on"], r["phase"], r["route"], r["dose"]] for r in recent],
                  [30, 40, 30, 40], size=7)
-        if len(c["infusions"]) > 8:
-            doc.para(f"(the 8 most recent; the first on {c['infusions'][0]['on']})", 7, GREY)
+        if len(c["infusions"]) > len(recent):
+            doc.para(f"(the {len(recent)} most recent; the first on {c['infusions'][0]['on']})", 7, GREY)
     else:
         doc.para("No infusions recorded.")
-    doc.set_y(doc.h - 22)
+    doc.set_y(FOOTNOTE_TOP)
     doc.para("Response: at least 50% below baseline (the last score up to 30 days before the first infusion). "
              "Remission and severity bands as published for each scale. The suggested interval is when the chance "
              "of still being in response is expected to fall to the target, from this patient's cycles and the "
@@ -466,12 +474,15 @@ def _survival_chart(doc: _Document, curves: list) -> None:
         t = np.concatenate([[0.0], c["times"]])
         ax.band(t, np.concatenate([[1.0], c["lower"]]), np.concatenate([[1.0], c["upper"]]), colour)
         ax.line(t, np.concatenate([[1.0], c["survival"]]), colour, 0.7)
-        doc.set_xy(doc.l_margin + 16, legend_y + 4 * i)
+        doc.set_xy(doc.l_margin + 16, legend_y)
         doc.set_font("Helvetica", "", 7)
         doc.set_text_color(*colour)
         risk = ", ".join(f"day {d:g}: {n}" for d, n in (c.get("at_risk") or [])[:6])
-        doc.cell(0, 3.5, _latin1(f"{c['label']} ({c['n']}); cycles still at risk - {risk}"))
-    doc.set_y(legend_y + 4 * len(curves) + 1)
+        # a long label wraps inside the page instead of running past its edge
+        doc.multi_cell(0, 3.5, _latin1(f"{c['label']} ({c['n']}); cycles still at risk - {risk}"),
+                       new_x="LMARGIN", new_y="NEXT")
+        legend_y = doc.get_y() + 0.5
+    doc.set_y(legend_y + 0.5)
 
 
 def _funnel_chart(doc: _Document, f: dict) -> None:

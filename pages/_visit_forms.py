@@ -13,7 +13,7 @@ from analytics import scales, selfreport, visits
 from analytics.access import AccessDenied, Scope
 from analytics.permissions import may
 from analytics.screens import patient
-from pages import _routing
+from pages import _cache, _routing
 from pages._context import db_file as db_path
 from pages._text import plain
 
@@ -195,7 +195,7 @@ def record_tools(scope: Scope, patient_id: str, today: date, treatments: pd.Data
     by_label = {c[0]: c for c in choices}
     pick = st.selectbox("Record", list(by_label), key="history_pick")
     label, at, instrument, is_voided = by_label[pick]
-    history = visits.record_history(db_path(), scope, patient_id, at, instrument)
+    history = patient.record_history(_cache.workspace(scope), patient_id, at, instrument)
     versions = len(history)
     st.caption("Never corrected." if versions <= 1 else f"{versions} versions, newest first.")
     st.dataframe(patient.version_rows(history), hide_index=True, width="stretch")

@@ -73,3 +73,16 @@ def test_frames_of_an_empty_database_keep_their_columns_and_dtypes(tmp_path):
         assert got[name].empty and got[name].columns.tolist() == expected[name].columns.tolist()
         text = [c for c in ("patient_id", "name", "instrument", "route") if c in got[name].columns]
         assert all(got[name][c].dtype == "str" for c in text)
+
+
+@pytest.mark.parametrize("scope", [SYSTEM, Scope("b", "clinician", clinician="dr_b")], ids=["system", "clinician"])
+def test_last_assessed_is_each_patients_latest_assessment_of_any_instrument(db, scope):
+    # What the clinic model reads instead of every instrument's rows (intervals.clinic_model)
+    data = DataAccess(db, scope)
+    every = data.assessments()
+    expected = every.groupby(every["patient_id"].astype(str))["administered_at"].max()
+    got = data.last_assessed()
+    assert got.index.tolist() == expected.index.tolist()
+    assert got.tolist() == expected.tolist()
+    if scope is SYSTEM:
+        assert got["P1"] == pd.Timestamp("2024-01-10")  # the later of P1's PHQ-9/GAD-7 and MADRS

@@ -83,6 +83,23 @@ def test_the_model_estimates_the_noise_and_recovers_the_clinics_durability(clini
     assert float(m.survival(56)) == pytest.approx(true_s56, rel=0.15)
 
 
+def test_the_model_reads_only_cycles_started_in_response_and_the_counts_keep_every_cycle(clinic):
+    """A recaptured cycle (after a rescue or the last induction infusion) is in the table only because its first
+    score was back in response: that score is chosen by the cycle's outcome, and with one score per cycle (MADRS
+    at visits) such a cycle could never lose response. The model leaves them out (the MADRS-at-visits median was
+    24-27% too long with them, docs/durability.md); the cycle table and the counts keep them."""
+    from analytics.durability import cohort_durability
+
+    _, _, cm, _ = clinic
+    started = cm.cycles.set_index(["patient_id", "cycle_no"])["start_kind"]
+    read = cm.scores.set_index(["patient_id", "cycle_no"]).index.unique()
+    assert (started.reindex(read) == "in_response").all()
+    recaptured = started[started == "recaptured"]
+    assert len(recaptured) >= 20 and not recaptured.index.isin(read).any()
+    res = cohort_durability(cm.cycles, instrument="PHQ-9", n_boot=0, model=cm.model)
+    assert res["n_cycles"] == len(cm.cycles) and res["n_events"] == int(cm.cycles["event"].sum())
+
+
 def test_the_cohort_headline_is_the_measured_estimate_and_the_literal_figure_is_off_by_more(clinic):
     """Finding 7: the docs called the literal (definitions-based) median "conservative", yet its
     bias depends on the clinic. The headline is now the measurement model's; the literal figure is
@@ -104,7 +121,10 @@ def test_the_cohort_headline_is_the_measured_estimate_and_the_literal_figure_is_
     true_s28 = float(w[T > 28].sum() / w.sum())
     model_error = res["median_days"] / true_median - 1
     literal_error = res["definitions_median_days"] / true_median - 1
-    assert abs(model_error) <= 0.12, model_error
+    # 450 patients: about +-10% of sampling error around the bias the validation measures (docs/durability.md:
+    # within -2% to +7% with weekly PHQ-9 on 2,000 patients); the truth here counts every cycle of the table,
+    # the model reads those started in response
+    assert abs(model_error) <= 0.15, model_error
     assert literal_error < -0.2 and abs(literal_error) > 2 * abs(model_error), (literal_error, model_error)
     assert abs(res["survival_28d"] - true_s28) <= 0.08
     assert res["definitions_survival_28d"] < true_s28 - 0.1
@@ -209,19 +229,48 @@ def test_taper_finds_over_treated_patients_and_lengthening_needs_a_trend_test(cl
     assert (s.loc[flagged, "taper_interval_days"] > 0).all()
     assert s.loc[flagged, "taper_reason"].str.contains("try").all()
     # no patient's durability changes in this clinic: the trend test finds (almost) nobody
-    trend = intervals.lengthening_tests(cm.cycles)
-    assert trend["lengthening"].sum() <= 2
+    trend = intervals.lengthening_tests(cm.cycles, cm.model.trend_tests(cm.scores))
+    assert len(trend) >= 20 and trend["lengthening"].sum() <= 2
 
 
-def test_lengthening_is_flagged_only_for_a_clear_trend():
-    def cycles(pid, days):
-        return pd.DataFrame({"patient_id": pid, "cycle_no": range(1, len(days) + 1), "event": True,
-                             "left_days": np.array(days) - 7.0, "right_days": np.array(days, dtype=float)})
-    clear = cycles("up", [14, 18, 21, 25, 28, 32, 35, 40])
-    noisy = [cycles(f"n{i}", list(np.random.default_rng(i).permutation([14, 18, 21, 25, 28, 32]))) for i in range(30)]
-    t = intervals.lengthening_tests(pd.concat([clear, *noisy], ignore_index=True)).set_index("patient_id")
-    assert t.loc["up", "lengthening"]
+def _patient_cycles(model, pid: str, durations, interval: float = 28.0, seed: int = 0):
+    """Weekly scores of one patient's successive cycles (true durations `durations`, an infusion every
+    `interval` days unless two scores out of response come first), drawn from the model's own curve of
+    the return of symptoms and its noise; and the cycle table's rows for them."""
+    rng = np.random.default_rng(seed)
+    line, depth, kappa = 8.0, 0.4, model.shape_
+    scores, cycles = [], []
+    for k, T in enumerate(durations, start=1):
+        days = np.arange(7.0, interval + 1, 7.0)
+        v = 2 - (2 - depth) * np.exp(-np.log(2 - depth) * (days / T) ** kappa)
+        total = np.clip(np.rint(line * v + model.noise_sd_ * rng.standard_normal(len(days))), 0, 27)
+        out = np.flatnonzero(total > line)
+        lost = len(out) >= 2 and out[1] == out[0] + 1
+        if lost:
+            days, total = days[:out[0] + 2], total[:out[0] + 2]
+        scores.append(pd.DataFrame({"patient_id": pid, "cycle_no": k, "days": days, "total": total, "line": line}))
+        held = days[total <= line]
+        cycles.append({"patient_id": pid, "cycle_no": k, "event": lost, "phase": "maintenance", "post_induction": False,
+                       "left_days": float(held.max()) if len(held) else 0.0,
+                       "right_days": float(days[out[0]]) if lost else np.inf})
+    return pd.concat(scores, ignore_index=True), pd.DataFrame(cycles)
+
+
+def test_lengthening_is_flagged_only_for_a_clear_trend(clinic):
+    """The trend test reads every cycle's scores (a cycle held through its interval counts as well as a loss):
+    a patient whose response lasts longer with each cycle is flagged; thirty patients whose cycles are the same
+    durations in a random order are not (at most two, the false discovery rate)."""
+    model = clinic[2].model
+    rising = np.geomspace(12, 90, 10)
+    parts = [_patient_cycles(model, "up", rising, seed=1)]
+    parts += [_patient_cycles(model, f"n{i}", np.random.default_rng(i).permutation(rising), seed=10 + i) for i in range(30)]
+    scores = pd.concat([p[0] for p in parts], ignore_index=True)
+    cycles = pd.concat([p[1] for p in parts], ignore_index=True)
+    t = intervals.lengthening_tests(cycles, model.trend_tests(scores)).set_index("patient_id")
+    assert "up" in t.index and t.loc["up", "lengthening"], t.loc["up"] if "up" in t.index else "not tested"
     assert t["lengthening"].sum() <= 2
+    # the same cycles in a random order are noise: their p-values are spread out, not small
+    assert t.drop(index="up")["trend_p"].median() > 0.1
 
 
 def _run(*args, env=None):

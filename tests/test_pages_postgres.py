@@ -105,3 +105,15 @@ def test_a_self_report_raises_a_flag_and_a_clinician_acknowledges_it_on_the_pati
     assert [a for a in actions if a.startswith(("self_report", "safety"))] == [
         "self_report_link", "self_report_open", "self_report_submit", "safety_flag_raise", "safety_flag_ack"]
     assert audit.verify(db).ok
+
+
+def test_a_database_server_that_cannot_be_reached_is_a_notice_without_the_password(open_page, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("OUTCOMES_DB", f"postgresql://clinic:s3cret-pw@127.0.0.1:{free_port()}/outcomes")
+    for role, sees in (("admin", "Cannot use the PostgreSQL server at 127.0.0.1:"), ("director", "Tell an administrator")):
+        _as(monkeypatch, role)
+        at = open_page("dashboard")
+        shown = "\n".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(at, kind))
+        assert not at.exception and "The database server cannot be reached" in shown and sees in shown, shown
+        assert "s3cret-pw" not in shown + "\n".join(c.value for c in at.code)

@@ -266,3 +266,23 @@ def test_after_the_server_dropped_the_connections_one_read_fails_and_the_next_re
         DataAccess(db).patients()
     assert dropped.value.kind == "unreachable" and "terminating connection" in str(dropped.value)
     assert DataAccess(db).patients()["patient_id"].tolist() == ["P1"]
+
+
+def test_a_cluster_folder_left_by_a_killed_maker_is_removed_and_a_live_ones_kept(tmp_path):
+    import os
+
+    from tools import pgcluster
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folders = {}
+    for name, owner, server in (("killed", dead.stdout.strip(), None), ("running", str(os.getpid()), None),
+                                ("server_up", dead.stdout.strip(), str(os.getpid()))):
+        folder = folders[name] = tmp_path / f"outcomes-pg-{name}"
+        (folder / "data").mkdir(parents=True)
+        (folder / pgcluster.OWNER_FILE).write_text(owner + "\n")
+        if server:
+            (folder / "data" / "postmaster.pid").write_text(server + "\n/data\n")
+    young = tmp_path / "outcomes-pg-young"  # no owner file (an older helper's, or being made): kept for a while
+    young.mkdir()
+    assert pgcluster.remove_abandoned(tmp_path) == [folders["killed"]]
+    assert folders["running"].exists() and folders["server_up"].exists() and young.exists()

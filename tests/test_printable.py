@@ -3,6 +3,7 @@
 The PNGs are written to test-output/ to be looked at."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from datetime import date
@@ -38,7 +39,45 @@ def _read(pdf: bytes, name: str) -> tuple[str, int, list[Path]]:
                           check=True).stdout
     info = subprocess.run([_poppler("pdfinfo"), str(path)], capture_output=True, text=True, check=True).stdout
     pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
+    assert not _beyond_the_edge(path), f"text runs past the page edge in {name}: {_beyond_the_edge(path)}"
+    assert not _overlapping(path), f"text printed over other text in {name}: {_overlapping(path)}"
     return text, pages, sorted(OUT.glob(f"{name}-*.png"))
+
+
+def _overlapping(path: Path) -> list[tuple[str, str]]:
+    """Pairs of words whose boxes overlap by more than a third of the smaller one: unreadable when printed."""
+    boxes = subprocess.run([_poppler("pdftotext"), "-bbox", str(path), "-"], capture_output=True, text=True,
+                           check=True).stdout
+    number = r'"(-?[\d.]+)"'
+    out = []
+    for page in re.finditer(r"<page [^>]*>(.*?)</page>", boxes, re.S):
+        words = [(*(float(v) for v in m.groups()[:4]), m.group(5)) for m in
+                 re.finditer(rf"<word xMin={number} yMin={number} xMax={number} yMax={number}>([^<]*)</word>",
+                             page.group(1))]
+        for i, (ax0, ay0, ax1, ay1, a) in enumerate(words):
+            for bx0, by0, bx1, by1, b in words[i + 1:]:
+                w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+                smaller = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+                if w > 0 and h > 0 and w * h > smaller / 3:
+                    out.append((a, b))
+    return out
+
+
+def _beyond_the_edge(path: Path) -> list[str]:
+    """Words whose box comes within 5 mm of a page's edge or crosses it: cut off when printed."""
+    boxes = subprocess.run([_poppler("pdftotext"), "-bbox", str(path), "-"], capture_output=True, text=True,
+                           check=True).stdout
+    margin = 5 / 25.4 * 72  # points
+    out = []
+    number = r'"(-?[\d.]+)"'
+    for page in re.finditer(rf'<page width={number} height={number}>(.*?)</page>', boxes, re.S):
+        width, height = float(page.group(1)), float(page.group(2))
+        for word in re.finditer(rf'<word xMin={number} yMin={number} xMax={number} yMax={number}>([^<]*)</word>',
+                                page.group(3)):
+            x0, y0, x1, y1 = (float(v) for v in word.groups()[:4])
+            if x0 < margin or y0 < margin or x1 > width - margin or y1 > height - margin:
+                out.append(word.group(5))
+    return out
 
 
 def test_patient_summary_is_one_page_with_the_trajectory_scores_infusions_and_suggestion(demo_db):
@@ -67,6 +106,8 @@ def test_cohort_report_has_rates_with_cis_durability_funnel_completeness_and_def
                     "Definitions"):
         assert heading in text
     assert "cycles still at risk" in text and "Turnbull" in text
+    for axis in ("still in response", "response rate", "share"):  # the charts' y-axis labels, on the page
+        assert re.search(rf"^\s*{axis}\s*$", text, re.M), axis
     # the headline's median durability is the page's (the measurement model, its interval), the literal beside it
     h = screen.headline
     assert h["median_source"] == "measurement model"

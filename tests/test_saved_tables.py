@@ -48,9 +48,11 @@ def saved_once(demo_db, tmp_path_factory):
     db = copy_db(demo_db, tmp_path_factory.mktemp("saved") / "clinic.duckdb")
     cache = WorkspaceCache()
     _, screen = cohort_visit(cache, db)
-    cache.save_due(quiet_s=0)  # (or the server's saver thread did it already)
-    assert saved.view_file(db, DIRECTOR.view_key).exists()
-    assert saved.clinic_file(db, "PHQ-9").exists()  # the clinic's model, which the headline's median reads
+    cache.save_due(quiet_s=0)  # (or the server's saver thread does it: wait for its files)
+    deadline = time.monotonic() + 60
+    while not (saved.load(db, DIRECTOR.view_key) and saved.load_clinic(db, "PHQ-9", DataAccess(db).data_version())):
+        assert time.monotonic() < deadline, "the view's tables and the clinic's model were not saved"
+        time.sleep(0.1)
     yield db, screen
     mp.undo()
 
@@ -99,6 +101,8 @@ def test_a_restarted_server_loads_the_clinic_model_instead_of_fitting_it(db, mon
 
 def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):
     old_version = DataAccess(db).data_version()
+    kept = saved.load(db, DIRECTOR.view_key)  # saved again from this file (the fixture's is a copy of another)
+    saved.save(db, DIRECTOR.view_key, kept.version, kept.as_of, kept.tables, kept.memos)
     one_more_score(db, tmp_path)  # an import while no server ran
     cache = WorkspaceCache()
     ws, _ = cohort_visit(cache, db)
@@ -109,11 +113,23 @@ def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_c
     while (current := cache.workspace(db, DIRECTOR)).updating and time.monotonic() < deadline:
         time.sleep(0.05)  # the background refresh builds the current version's tables
     assert not current.updating and current.tables.version == DataAccess(db).data_version() != old_version
-    cache.save_due(quiet_s=0)
-    assert saved.load(db, DIRECTOR.view_key).version == DataAccess(db).data_version()
+    cache.save_due(quiet_s=0)  # (or the saver thread does: wait for the file)
+    deadline = time.monotonic() + 60
+    while saved.load(db, DIRECTOR.view_key).version != DataAccess(db).data_version():
+        assert time.monotonic() < deadline, "the current version's tables were not saved"
+        time.sleep(0.1)
     again = WorkspaceCache().workspace(db, DIRECTOR)
     assert not again.updating and again.tables.version == DataAccess(db).data_version()
     assert ("cohort_summary", "PHQ-9") in again.tables.keys()
+
+
+def test_an_older_file_of_a_database_made_again_at_the_same_path_is_not_served(db, tmp_path):
+    one_more_score(db, tmp_path)  # the version moves on, as in the older-version case above ...
+    replacement = tmp_path / "again.duckdb"
+    shutil.copy(db, replacement)
+    os.replace(replacement, db)  # ... but the file is another one (deleted and made again, or restored)
+    ws = WorkspaceCache().workspace(db, DIRECTOR)
+    assert not ws.updating and ws.tables.version == DataAccess(db).data_version() and not len(ws.tables)
 
 
 def test_a_file_of_a_newer_version_than_the_database_is_not_used(db):
@@ -160,3 +176,26 @@ def test_saving_can_be_turned_off_and_postgres_tables_stay_on_local_disk(db, mon
     monkeypatch.setenv(saved.DIR_ENV, str(tmp_path / "local"))
     where = saved.folder(Target("postgresql://clinic:s3cret@db.example/outcomes"))
     assert where.parent == tmp_path / "local" and "s3cret" not in str(where)
+
+
+def test_an_idle_server_hands_memory_back_then_forgets_the_clinic_models(monkeypatch):
+    calls = []
+    monkeypatch.setattr(workspace.memory, "release_freed", lambda: calls.append("trim"))
+    monkeypatch.setattr(workspace.intervals, "forget_fits", lambda: calls.append("models"))
+    cache = WorkspaceCache(idle_seconds=600)
+    start = cache._active
+    assert cache.release_when_idle(start + 10) == 0 and calls == []  # busy: nothing
+    assert cache.release_when_idle(start + workspace.RELEASE_AFTER_S) == 1 and calls == ["trim"]
+    assert cache.release_when_idle(start + 300) == 1 and calls == ["trim"]  # once per idle spell
+    assert cache.release_when_idle(start + 600) == 2 and calls == ["trim", "models", "trim"]
+
+
+def test_a_forgotten_view_lets_go_of_its_tables_even_if_a_finished_page_still_holds_them(db):
+    cache = WorkspaceCache(idle_seconds=3600)
+    held, _ = cohort_visit(cache, db)  # as a finished page run's globals hold its workspace
+    for view in cache._views.values():
+        view.last_used -= 7200  # unused for two hours
+    assert len(held.tables) and cache.forget_idle() == 1
+    assert len(held.tables) == 0 and not held.tables._memos
+    again, _ = cohort_visit(cache, db)  # the next visit loads the view from its file
+    assert again.tables is not held.tables and len(again.tables)

@@ -6,7 +6,8 @@ DB must hold accounts that all sign in with the one password read from stdin: ev
 handle of the data as a clinician account named after it, and the directors named with
 --directors (see /work/notes/load-findings.md for the commands). Steps, each reported in the JSON:
 
-1. start `streamlit run dashboard.py` on DB (headless, a free port, OUTCOMES_TODAY from --today);
+1. start one `streamlit run serve.py` on DB (headless, a free port, OUTCOMES_TODAY from --today, the
+   --option settings; analytics/bench_users.py, the one load module the benchmark uses too);
 2. cold: one director signs in (their landing page is Cohort outcomes) and runs the flow once, then one
    clinician: the first visits after the start;
 3. warm-up: every account runs its flow once, so each scope's caches are filled;
@@ -25,115 +26,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
+from analytics.bench_users import (Sampler, interleaved, load_average, start_server, stop_server, tree_rss_mb,
+                                   user_accounts)
 from tools.loadclient import SESSION_PAGES, Account, LoadResult, percentile, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(db: Path, log: Path, *, today: str | None, extra_env: dict | None = None,
-                 options: list[str] = ()) -> tuple[subprocess.Popen, str]:
-    """`streamlit run dashboard.py` on `db`; `options` are further `--section.key value` arguments."""
-    port = free_port()
-    env = dict(os.environ, OUTCOMES_DB=str(db), PYTHONPATH=str(ROOT), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-               **(extra_env or {}))
-    if today:
-        env["OUTCOMES_TODAY"] = today
-    out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.address", "127.0.0.1", *options],
-                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
-        time.sleep(0.3)
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def proc_rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
 
 
 def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-class Sampler(threading.Thread):
-    """(seconds since start, server CPU seconds, RSS MB, 1-minute load average) every `every` seconds."""
-
-    def __init__(self, pid: int, every: float = 0.5):
-        super().__init__(daemon=True)
-        self.pid, self.every, self.rows, self.t0 = pid, every, [], time.perf_counter()
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.rows.append((time.perf_counter() - self.t0, proc_cpu_s(self.pid), proc_rss_mb(self.pid), loadavg()))
-            except OSError:
-                return
-            self._halt.wait(self.every)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-    def window(self, start: float, end: float) -> dict:
-        rows = [r for r in self.rows if start <= r[0] <= end]
-        if len(rows) < 2:
-            return {}
-        cpu = rows[-1][1] - rows[0][1]
-        wall = rows[-1][0] - rows[0][0]
-        return {"server_cpu_s": round(cpu, 2), "server_cpu_share": round(cpu / wall, 2),
-                "rss_start_mb": round(rows[0][2]), "rss_end_mb": round(rows[-1][2]),
-                "rss_peak_mb": round(max(r[2] for r in rows)),
-                "loadavg_start": rows[0][3], "loadavg_end": rows[-1][3]}
+    return load_average()
 
 
 def accounts_for(db: Path, password: str, directors: list[str]) -> list[Account]:
     """Clinicians (one account per clinician handle, named after it, with up to 50 of their patients) and
-    directors, interleaved clinician, director, clinician, ... so any number of users mixes both roles."""
+    directors, interleaved clinician, director, clinician, ... (analytics.bench_users, as the benchmark)."""
     from analytics.access import DataAccess
 
-    patients = DataAccess(db).patients()
-    clinicians = [Account(h, password, "clinician", tuple(g["patient_id"].sort_values().head(50)))
-                  for h, g in patients.groupby("clinician")]
-    heads = [Account(d, password, "director") for d in directors]
-    mixed, c, d = [], 0, 0
-    while c < len(clinicians) or d < len(heads):
-        for role in ("clinician", "director", "clinician"):
-            if role == "clinician" and c < len(clinicians):
-                mixed.append(clinicians[c]); c += 1
-            elif role == "director" and d < len(heads):
-                mixed.append(heads[d]); d += 1
-    return mixed
+    clinicians, heads = user_accounts(DataAccess(db).patients(), password, directors)
+    return [Account.from_dict(a) for a in interleaved(clinicians, heads)]
 
 
 def level(url: str, users: int, accounts: list[Account], sampler: Sampler, **kwargs) -> tuple[dict, LoadResult]:
@@ -183,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
     options = [x for o in args.option for x in (f"--{o.split('=', 1)[0]}", o.split("=", 1)[1])]
     report["streamlit_options"] = args.option
-    proc, url = start_server(args.db, args.work / "server.log", today=args.today, options=options)
+    proc, url = start_server(args.db, args.work / "server.log", args.today, 1, streamlit_options=options)
     report["server_pid"] = proc.pid
-    sampler = Sampler(proc.pid)
+    sampler = Sampler(proc.pid, every=0.5)
     sampler.start()
     try:
-        report["rss_after_start_mb"] = round(proc_rss_mb(proc.pid))
+        report["rss_after_start_mb"] = round(tree_rss_mb(proc.pid))
         if not args.skip_cold:
             director = next(a for a in accounts if a.role == "director")
             clinician = next(a for a in accounts if a.role == "clinician")
@@ -265,11 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             say("during import", {k: v for k, v in report["during_import"].items() if k != "samples"})
             save()
     finally:
-        proc.terminate()  # first: nothing below may leave the server running
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)  # first: nothing below may leave the server running
         sampler.stop()
         report["timeline"] = [tuple(round(x, 2) for x in r) for r in sampler.rows[::4]]
         save()

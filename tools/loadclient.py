@@ -55,6 +55,8 @@ from websockets.asyncio.client import connect as ws_connect
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
+from analytics.bench_users import SESSION_PAGES, percentile  # the one load module's, so both count alike
+
 # --- what the client knows about the dashboard: the sign-in form and the flows ---------------
 
 
@@ -273,7 +275,6 @@ class Account:
         return cls(d["username"], d["password"], d["role"], tuple(d.get("patients") or ()))
 
 
-SESSION_PAGES = ("connect", "login", "sign-in")  # what a user's session starts with, before any flow step
 
 
 @dataclass
@@ -346,17 +347,6 @@ class LoadResult:
 
 def _round(x, digits=3):
     return round(x, digits) if isinstance(x, float) else x
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default), None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 class _User:

@@ -22,7 +22,8 @@ Why it is built this way
   started under `setpriv --pdeathsig SIGQUIT`, so when this process dies, even by SIGKILL,
   the server stops at once instead of living on, while a Ctrl-C reaches only the caller. The signal follows the *thread* that started the
   server: start it from a thread that outlives the cluster (the main thread, a pytest
-  session fixture).
+  session fixture). The folder of a cluster whose maker was killed stays behind: the next
+  start removes such folders (maker and server both dead; `owner.pid` names the maker).
 - Connections: TCP on 127.0.0.1 with a password (scram-sha-256), and a Unix socket inside
   the private folder (trust). Nothing listens on other addresses.
 - fsync, full_page_writes and synchronous_commit are off by default (`durable=False`): a
@@ -107,6 +108,52 @@ def _reachable(path: Path, uid: int, gid: int) -> bool:
     return True
 
 
+OWNER_FILE = "owner.pid"  # in each cluster's folder: the process that made it
+ABANDONED_AFTER = 600.0  # seconds: a folder without an owner file (an older helper's) is left alone until then
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def remove_abandoned(base: Path) -> list[Path]:
+    """Remove the folders of clusters whose maker died without stopping them (SIGKILL, a CI timeout: the
+    server went with it through pdeathsig, the folder stayed): no live maker, no live server. Folders
+    this user may not look into are left alone. Returns what was removed."""
+    removed = []
+    for folder in sorted(base.glob("outcomes-pg-*")):
+        try:
+            if not folder.is_dir():
+                continue
+            owner = _pid_in(folder / OWNER_FILE)
+            if owner is None and time.time() - folder.stat().st_mtime < ABANDONED_AFTER:
+                continue  # being made right now, or an older helper's that may still run
+            if owner is not None and _alive(owner):
+                continue
+            server = _pid_in(folder / "data" / "postmaster.pid")
+            if server is not None and _alive(server):
+                continue
+        except OSError:  # PermissionError: another user's folder
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (the start retries if one takes it meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -186,7 +233,9 @@ class Cluster:
         base = Path(self.base_dir or tempfile.gettempdir())
         if self._identity is not None and not _reachable(base, *self._identity):
             raise ClusterUnavailable(f"the {SERVER_USER} user cannot reach {base}: choose a base folder it can enter")
+        remove_abandoned(base)
         self.folder = Path(tempfile.mkdtemp(prefix="outcomes-pg-", dir=base))  # 0700
+        (self.folder / OWNER_FILE).write_text(f"{os.getpid()}\n")
         atexit.register(self.stop)
         try:
             if self._identity is not None:

@@ -23,8 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--work", metavar="DIR", default=None, help="scratch directory (default bench/work)")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON result here")
     p.add_argument("--table", metavar="RESULTS", default=None, help="print a results file as a markdown table")
-    p.add_argument("--beside", metavar="POSTGRES_RESULTS", default=None,
-                   help="with --table: the DuckDB file's 10,000-patient run beside this PostgreSQL run (bench --db ...)")
+    p.add_argument("--beside", metavar="RUN", nargs="+", default=None,
+                   help="with --table: the DuckDB file's 10,000-patient run beside these single 10,000-patient runs "
+                        "(bench --patients 10000 [--db postgresql://...] --out RUN), one column each")
     p.add_argument("--json", action="store_true", help="print only JSON (no progress)")
     p.add_argument("--users", type=int, default=None, metavar="U",
                    help="also run U simulated users against a dashboard server (users_* keys; docs/performance.md)")
@@ -51,7 +52,7 @@ def run(args) -> int:
         results = json.loads(Path(args.table).read_text())
         if args.beside:
             try:
-                print(bench.side_by_side(results, json.loads(Path(args.beside).read_text())))
+                print(bench.side_by_side(results, *(json.loads(Path(run).read_text()) for run in args.beside)))
             except (OSError, ValueError) as exc:
                 print(f"bench: {exc}", file=sys.stderr)
                 return 2

@@ -195,6 +195,10 @@ def model_figures(model, patients, ci: bool = True) -> dict:
 def _with_model(summary: dict, model, patients: np.ndarray, ci: bool) -> dict:
     """`summary` (the definitions read literally) with the model's figures in its place and the
     literal ones kept under definitions_*."""
+    return _with_figures(summary, _model_summary(model, patients, ci) if len(patients) else {})
+
+
+def _with_figures(summary: dict, figures: dict) -> dict:
     out = dict(summary)
     for k in DEFINITIONS_KEYS:
         if k in summary:
@@ -203,9 +207,19 @@ def _with_model(summary: dict, model, patients: np.ndarray, ci: bool) -> dict:
     surv = summary.get("survival") or []
     out["definitions_survival_28d"] = _survival_at(surv, 28.0)
     out["definitions_survival_56d"] = _survival_at(surv, 56.0)
-    if len(patients):
-        out.update(_model_summary(model, patients, ci))
+    out.update(figures)
     out["estimate_source"] = "measurement model"
+    return out
+
+
+def with_model_figures(result: dict, figures: dict) -> dict:
+    """A cohort_durability result computed without a model (the definitions read literally), with the
+    model's figures for the same patients (model_figures) at its top, as cohort_durability(model=...)
+    gives them: the literal figures move to definitions_*. For a caller that keeps the figures but not
+    the model (e.g. the cohort page's selection, whose screen is saved beside the database)."""
+    out = dict(result)
+    out.pop("note", None)
+    out.update(_with_figures({k: result[k] for k in result if k in DEFINITIONS_KEYS}, figures))
     return out
 
 
@@ -280,9 +294,7 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
         result["exclusions"] = examples
     if model is not None and len(good):
         pid = good["patient_id"].astype(str).to_numpy()
-        top = _with_model({k: result[k] for k in result if k in DEFINITIONS_KEYS}, model, pid, ci=True)
-        result.pop("note", None)
-        result.update(top)
+        result = with_model_figures(result, _model_summary(model, pid, ci=True))
         for key, g in list(result["groups"].items()):
             mine = good.loc[good[by].map(_group_key) == key, "patient_id"].astype(str).to_numpy() if by else pid
             result["groups"][key] = _with_model(g, model, mine, ci=False)

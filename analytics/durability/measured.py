@@ -149,11 +149,9 @@ def _prepare(scores: pd.DataFrame) -> _Data:
                  cycle_start, np.cumsum(new_patient) - 1, patient_start, c_pid[patient_start])
 
 
-def _cycle_loglik_chunks(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
-                         mode: str = "trend"):
+def _cycle_grid_chunks(data: _Data, sigma: float, kappa: float, scale_max: float, mode: str = "trend"):
     """Per chunk of whole patients: (first patient, last patient + 1, first cycle, log P(cycle's
-    scores | mu, depth) as (cycles, n_mu, n_depth)). T is integrated out on its grid."""
-    W = _within_weights(within_sd)
+    scores | T, depth) as (cycles, n_T, n_depth))."""
     s_end = np.r_[data.cycle_start[1:], len(data.days)]
     c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
     per_score = len(T_GRID) * len(DEPTHS)
@@ -167,11 +165,19 @@ def _cycle_loglik_chunks(data: _Data, sigma: float, kappa: float, within_sd: flo
         c0, c1 = data.patient_start[p], c_end[q - 1]
         s0, s1 = data.cycle_start[c0], s_end[c1 - 1]
         ll = _score_loglik(data.days[s0:s1], data.total[s0:s1], data.line[s0:s1], sigma, kappa, scale_max, mode)
-        cyc = np.add.reduceat(ll, data.cycle_start[c0:c1] - s0, axis=0)          # (cycles, T, depth)
+        yield p, q, c0, np.add.reduceat(ll, data.cycle_start[c0:c1] - s0, axis=0)
+        p = q
+
+
+def _cycle_loglik_chunks(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
+                         mode: str = "trend"):
+    """Per chunk of whole patients: (first patient, last patient + 1, first cycle, log P(cycle's
+    scores | mu, depth) as (cycles, n_mu, n_depth)). T is integrated out on its grid."""
+    W = _within_weights(within_sd)
+    for p, q, c0, cyc in _cycle_grid_chunks(data, sigma, kappa, scale_max, mode):
         top = cyc.max(axis=1, keepdims=True)
         L = np.einsum("ctd,mt->cmd", np.exp(cyc - top), W.astype(np.float32), optimize=True)
         yield p, q, c0, (np.log(np.maximum(L, 1e-30)) + top).astype(np.float64)
-        p = q
 
 
 def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
@@ -420,6 +426,59 @@ class MeasuredDurability:
         """P(T > day | mu) for each day and grid mu: (n_days, n_mu)."""
         t = np.log(np.maximum(np.asarray(days, dtype=float), 1e-9))
         return stats.norm.sf((t[:, None] - MU_GRID[None, :]) / self.within_sd_)
+
+    def trend_tests(self, scores: pd.DataFrame, min_cycles: int = 6, max_slope: float = 0.25) -> pd.DataFrame:
+        """Is each patient's durability changing from cycle to cycle? Per patient with at least
+        `min_cycles` cycles in `scores` (same columns as fit): log T of their k-th cycle is taken as
+        mu + slope x (k - mean k) with the within-patient spread of this fit around it, the patient's
+        mu from the cohort's distribution; the likelihood of their scores (every cycle, censored or
+        lost, read through this fit's noise, shape and depths) is maximised over slope in
+        [0, max_slope] and compared with slope 0: one-sided likelihood-ratio test, p from the
+        chi-bar-square (half chi-square 1) distribution. Returns patient_id, trend_cycles,
+        slope_per_cycle (log days), trend_p."""
+        s = scores[list(REQUIRED)]
+        s = s[s["line"].to_numpy(dtype=float) > 0].sort_values(["patient_id", "cycle_no", "days"], kind="stable")
+        columns = {"patient_id": pd.Series(dtype=object), "trend_cycles": pd.Series(dtype=int),
+                   "slope_per_cycle": pd.Series(dtype=float), "trend_p": pd.Series(dtype=float)}
+        if s.empty:
+            return pd.DataFrame(columns)
+        data = _prepare(s)
+        n_cycles = np.diff(np.r_[data.patient_start, len(data.cycle_start)])
+        tested = np.flatnonzero(n_cycles >= min_cycles)
+        if not len(tested):
+            return pd.DataFrame(columns)
+        data = data.subset(tested)
+        kappa = 1.0 if self.mode_ == "threshold" else self.shape_
+        log_depth = np.log(np.maximum(self.depth_weights_, 1e-300))
+        # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights
+        lc = np.concatenate([special.logsumexp(cyc + log_depth[None, None, :], axis=2)
+                             for _, _, _, cyc in _cycle_grid_chunks(data, self.noise_sd_, kappa, self.scale_max_, self.mode_)])
+        # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid
+        step = float(MU_GRID[1] - MU_GRID[0]) / 2
+        fine = np.arange(MU_GRID[0] - 1.5, MU_GRID[-1] + 1.5 + step, step)
+        w = np.exp(-0.5 * ((LOG_T[None, :] - fine[:, None]) / self.within_sd_) ** 2) * np.gradient(LOG_T)[None, :]
+        w /= w.sum(axis=1, keepdims=True)
+        top = lc.max(axis=1, keepdims=True)
+        G = np.log(np.maximum(np.exp(lc - top) @ w.T, 1e-300)) + top          # (cycles, n_fine)
+        slopes = np.linspace(0.0, max_slope, 26)
+        log_prior = np.log(self.prior_mu())
+        c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
+        rows = []
+        for i in range(data.n_patients):
+            g = G[data.patient_start[i]:c_end[i]]
+            k = np.arange(len(g), dtype=float)
+            k -= k.mean()
+            m = MU_GRID[:, None, None] + slopes[None, :, None] * k[None, None, :]   # (mu, slope, cycle)
+            x = np.clip((m - fine[0]) / step, 0, len(fine) - 1.000001)
+            lo = np.floor(x).astype(int)
+            frac = x - lo
+            vals = g[np.arange(len(g))[None, None, :], lo] * (1 - frac) + g[np.arange(len(g))[None, None, :], lo + 1] * frac
+            ll = special.logsumexp(vals.sum(axis=2) + log_prior[:, None], axis=0)   # (slope,)
+            best = int(np.argmax(ll))
+            stat = max(2.0 * (ll[best] - ll[0]), 0.0)
+            p = 0.5 * float(stats.chi2.sf(stat, 1)) if best > 0 and stat > 0 else 1.0
+            rows.append((data.patient_ids[i], len(g), float(slopes[best]), p))
+        return pd.DataFrame(rows, columns=list(columns))
 
     def survival_of(self, patient_ids, days) -> np.ndarray:
         """The curve of a group of patients (a caseload, a subgroup): the mean of their own

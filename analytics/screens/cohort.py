@@ -21,7 +21,7 @@ from statsmodels.stats.proportion import proportion_confint
 from .. import course, outcomes, scales, suppress
 from ..permissions import may
 from ..durability import cohort_durability
-from ..durability.cohort import model_figures
+from ..durability.cohort import model_figures, with_model_figures
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 from .durability import curve_note, observed_until, survival_curves
@@ -920,8 +920,7 @@ class CohortScreen:
     durability_instrument: str = scales.PRIMARY  # the headline's median durability is on this instrument's cycles
     _funnel: dict | None = None
     _cycles: pd.DataFrame | None = None  # the selection's primary-instrument cycles (patient codes, no ids)
-    _model: object | None = None  # the whole clinic's measurement model of the durability instrument (None: none)
-    _ids: np.ndarray | None = None  # patient id by code, only to find the selection's rows of that model
+    _model_figures: dict | None = None  # the measurement model's figures of the selection (None: no model)
 
     @property
     def shows_nothing(self) -> bool:
@@ -945,9 +944,9 @@ class CohortScreen:
         cycles = self._cycles
         if cycles is None or cycles.empty or self.refused or isinstance(self.cycle_counts["n_patients"], str):
             return {"curves": [], "note": "too few patients with response cycles to draw a durability curve"}
-        if self._model is not None:  # the model reads patients by id: the codes are this screen's own
-            cycles = cycles.assign(patient_id=self._ids[cycles["patient_id"].to_numpy()])
-        result = cohort_durability(cycles, instrument=self.durability_instrument, n_boot=n_boot, model=self._model)
+        result = cohort_durability(cycles, instrument=self.durability_instrument, n_boot=n_boot)
+        if self._model_figures:  # the headline's estimate carries the curve; the literal one stays beside it
+            result = with_model_figures(result, self._model_figures)
         curves = survival_curves(result, cycles, None, self.min_cell)
         return {"curves": curves, "note": curve_note(curves, self.min_cell), "result": result}
 
@@ -964,13 +963,13 @@ def _shown(value, reason: str | None, min_cell: int, *, minimum=None):
     return value
 
 
-def durability_headline(cycles: pd.DataFrame, ids: np.ndarray, literal_median: float | None, model, min_cell: int,
+def durability_headline(cycles: pd.DataFrame, literal_median: float | None, figures: dict | None, min_cell: int,
                         refused: str | None) -> dict:
-    """The headline's median durability of the selection's cycles (`cycles`: patient codes; `ids`: the patient id
-    of each code), as the durability page and `durability --json` give it: the measurement model's estimate of the
-    selection's patients with its 95% interval, and the definitions read literally (`literal_median`, Turnbull) as
-    a labelled sensitivity analysis. Without a model (too few patients to fit one) the literal figure is the
-    headline and says so. Under the small-number rules (`min_cell`) nothing is shown when the selection's cycles
+    """The headline's median durability of the selection's cycles, as the durability page and `durability --json`
+    give it: the measurement model's estimate of the selection's patients with its 95% interval (`figures`:
+    durability.cohort.model_figures of those patients), and the definitions read literally (`literal_median`,
+    Turnbull) as a labelled sensitivity analysis. Without a model (too few patients to fit one) the literal figure
+    is the headline and says so. Under the small-number rules (`min_cell`) nothing is shown when the selection's cycles
     may not be (`refused`), and a day beyond the last one `min_cell` patients were still seen in response reads
     "more than N days" (the curves stop there too).
 
@@ -996,8 +995,7 @@ def durability_headline(cycles: pd.DataFrame, ids: np.ndarray, literal_median: f
         return None if v is None or (min_cell and end is not None and v > end) else round(float(v), 2)
 
     median, ci = literal_median, [None, None]
-    if model is not None and len(cycles):
-        figures = model_figures(model, ids[cycles["patient_id"].to_numpy()], ci=True)
+    if figures:
         median, ci = figures["median_days"], figures["median_ci"]
         out["median_source"] = "measurement model"
         out["median_definitions"] = days(literal_median)
@@ -1159,8 +1157,11 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
     cycle_counts = {"n_cycles": _shown(counts["n_cycles"], r_cycles, min_cell, minimum=counts["n_patients"]),
                     "n_patients": _shown(counts["n_patients"], r_cycles, min_cell),
                     "n_losses": _shown(losses, loss_reason, min_cell) if min_cell else losses}
-    ids = base.patients["patient_id"].to_numpy()
-    headline.update(durability_headline(cycles, ids, h["median_durability_days"], model, min_cell,
+    # the measurement model's figures of the selection's patients (the model reads them by id; the screen keeps
+    # only the aggregate figures)
+    figures = model_figures(model, base.patients["patient_id"].to_numpy()[cycles["patient_id"].to_numpy()]) \
+        if model is not None and len(cycles) else None
+    headline.update(durability_headline(cycles, h["median_durability_days"], figures, min_cell,
                                         None if not min_cell else r_cycles))
     # waterfall: groups of at least min_cell patients for roles without patient-level access
     w = view["waterfall"]
@@ -1196,7 +1197,7 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
                  "clinic": {"responded": headline["response"], "remitted": headline["remission"]},
                  "outcomes": {"responded": (pops.responded, pops.evaluable & ~pops.responded),
                               "remitted": (pops.remitted, pops.evaluable & ~pops.remitted)}},
-        _cycles=cycles.reset_index(drop=True), _model=model, _ids=ids if model is not None else None)
+        _cycles=cycles.reset_index(drop=True), _model_figures=figures)
 
 
 def _severity(summary: CohortSummary, induction: pd.DataFrame, pops: _Cohortwide, selection, code: str,

@@ -77,7 +77,8 @@ def notice_for(exc: BaseException, db=None, *, for_admin: bool = True) -> Notice
     if not for_admin and kind in ("damaged", "read_only", "refused", "disk", "missing", "unreachable", "auth"):
         if kind == "damaged":
             failures.explain(exc, path, context="dashboard")  # the log file, for the administrator
-        title = {"damaged": "The database is damaged", "missing": "No database yet"}.get(kind, "This could not be done")
+        title = {"damaged": "The database is damaged", "missing": "No database yet",
+                 "unreachable": "The database server cannot be reached"}.get(kind, "This could not be done")
         return Notice(kind, "error" if kind != "missing" else "info", title,
                       "The clinic's database cannot be used at the moment. Nothing you entered was lost unless the page "
                       "said it was saved. Tell an administrator: what to do is on their Health page.")

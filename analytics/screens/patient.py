@@ -16,7 +16,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from .. import clinic_time, course, outcomes, scales, vocabulary
+from .. import clinic_time, course, outcomes, scales, visits, vocabulary
 from ..access import AccessDenied
 from ..ingest.rules import escape_formula
 from ..outcomes import DEFAULT_RULES, OutcomeRules
@@ -86,6 +86,14 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         return PatientScreen(patient_id, refused=str(refused))
     return ws.memo(("patient_screen", patient_id, today, record_fingerprint(record)),
                    lambda: _patient_screen(ws, patient_id, today, record))
+
+
+def record_history(ws: Workspace, patient_id: str, administered_at, instrument: str | None = None) -> pd.DataFrame:
+    """visits.record_history of one record, read once per data version (every correction or void is a new
+    version): a rerun of the page (a widget moved) does not read the six tables behind it again."""
+    return ws.memo(("record_history", str(patient_id), str(pd.Timestamp(administered_at)), instrument,
+                    ws.data.data_version()),
+                   lambda: visits.record_history(ws.data.db, ws.data.scope, patient_id, administered_at, instrument))
 
 
 def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:

@@ -18,7 +18,8 @@ in the background, and the first time a server process serves that view it loads
   *older* version (an import ran while no server did) is served the way the previous version's
   tables are after a write: marked as being updated, with its "as of" time, while the current
   version's are built in the background; it is never saved again. A file of a newer version than
-  the database (a restore from a backup) is not used.
+  the database (a restore from a backup), or an older one saved from another file at the same path (a
+  database deleted and made again), is not used.
 - signed: an HMAC under the audit key (analytics/keys.py, kept outside the database's folder) covers
   the whole file, and a file whose signature does not verify is never unpickled (unpickling runs
   code: whoever may write beside the database must not get that).
@@ -117,6 +118,20 @@ class Saved:
     as_of: str | None
     tables: dict
     memos: dict
+    same_file: bool = True  # saved from the database file now at this path (not one deleted and made again)
+
+
+def _identity(db) -> str:
+    """Which file the database is: a new file at the same path (a database made again, a restore) is another.
+    DuckDB writes its file in place, so this stays while the database lives; PostgreSQL: its URL."""
+    label = getattr(db, "label", None)
+    if label is not None:
+        return str(label)
+    try:
+        info = Path(db).stat()
+    except OSError:
+        return ""
+    return f"{info.st_dev}:{info.st_ino}"
 
 
 def _signature(key: bytes, header: bytes, payload: bytes) -> str:
@@ -166,7 +181,8 @@ def _dumps(content: dict) -> bytes:
 
 def save(db, view_key: tuple, version: tuple, as_of: str | None, tables: dict, memos: dict) -> Path | None:
     """Write the view's file (replacing the one there); None when it could not be written (said on stderr)."""
-    return _write(view_file(db, view_key), _view_name(view_key), version, as_of, {"tables": tables, "memos": memos})
+    return _write(view_file(db, view_key), _view_name(view_key), version, as_of, {"tables": tables, "memos": memos},
+                  _identity(db))
 
 
 def load(db, view_key: tuple) -> Saved | None:
@@ -176,7 +192,8 @@ def load(db, view_key: tuple) -> Saved | None:
     if found is None:
         return None
     meta, content = found
-    return Saved(tuple(meta["version"]), meta.get("as_of"), content["tables"], content["memos"])
+    return Saved(tuple(meta["version"]), meta.get("as_of"), content["tables"], content["memos"],
+                 same_file=meta.get("db") == _identity(db))
 
 
 def clinic_file(db, instrument: str) -> Path:
@@ -186,7 +203,7 @@ def clinic_file(db, instrument: str) -> Path:
 def save_clinic(db, instrument: str, version: tuple, model) -> Path | None:
     """The whole clinic's fitted model of `instrument` (intervals.ClinicModel) for this data version: the page
     that needs it after a restart loads it instead of fitting again (a minute of CPU at 10,000 patients)."""
-    return _write(clinic_file(db, instrument), f"clinic:{instrument}", version, None, {"model": model})
+    return _write(clinic_file(db, instrument), f"clinic:{instrument}", version, None, {"model": model}, _identity(db))
 
 
 def load_clinic(db, instrument: str, version: tuple):
@@ -197,14 +214,14 @@ def load_clinic(db, instrument: str, version: tuple):
     return found[1]["model"]
 
 
-def _write(target: Path, name: str, version: tuple, as_of: str | None, content: dict) -> Path | None:
+def _write(target: Path, name: str, version: tuple, as_of: str | None, content: dict, identity: str) -> Path | None:
     if not enabled():
         return None
     try:
         key_id, key = keys.current(KEY_NAME)
         payload = _dumps(content)
         header = json.dumps({"fingerprint": fingerprint(), "view": name, "version": list(version),
-                             "as_of": as_of, "key_id": key_id}).encode("utf-8")
+                             "as_of": as_of, "key_id": key_id, "db": identity}).encode("utf-8")
         where = _private_dir(target.parent)
         if shutil.disk_usage(where).free < 2 * len(payload) + 64 * 2**20:
             print("workspace: not enough disk space to save the dashboard's tables", file=sys.stderr, flush=True)

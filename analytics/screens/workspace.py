@@ -27,13 +27,18 @@ one copy) and per data version:
   version's tables above, marked as being updated, while the current ones are built;
 - with nothing to serve (no file: the first visit ever to this version), the page builds what it
   needs itself;
-- a view unused for `idle_seconds` is forgotten and its memory handed back (analytics.memory); its
-  next visit loads it from its file again.
+- a view unused for `idle_seconds` (OUTCOMES_CACHE_IDLE_MINUTES, default 2) is forgotten; its next
+  visit loads it from its file again (well under a second at 10,000 patients);
+- once no page has asked for a workspace for `RELEASE_AFTER_S`, the process collects its garbage and
+  hands freed memory back to the system (analytics.memory), and after `idle_seconds` it also forgets
+  the clinic models (loaded again from their files when needed): a server idle after a busy hour
+  does not keep that hour's peak.
 
 The benchmark and the tests make their own workspaces (`Workspace(DataAccess(...))`).
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -55,6 +60,7 @@ T = TypeVar("T")
 MAX_TABLES = 64  # a workspace forgets its least recently used table beyond this (durability by many subgroups...)
 MAX_MEMOS = 256  # and its least recently used small result (charts, patient screens) beyond this
 SAVE_AFTER_QUIET_S = 2.0  # a view's tables are saved once nothing was added to them for this long
+RELEASE_AFTER_S = 60.0  # with no page run for this long, garbage is collected and freed memory handed back
 
 
 class Tables:
@@ -118,6 +124,13 @@ class Tables:
                 if (key[0] not in saved.NOT_SAVED) if store is self._tables else saved.saved_memo(key):
                     self.changed = time.monotonic()
             return value
+
+    def drop(self) -> None:
+        """Let go of every table and memo: whoever still holds these tables (a finished page run's globals,
+        which Streamlit keeps until that session's next run) no longer keeps their memory."""
+        with self._guard:
+            self._tables.clear()
+            self._memos.clear()
 
     def keys(self) -> list[tuple]:
         """The cohort-wide tables' keys, oldest first (what a refresh for a new version builds again)."""
@@ -214,7 +227,8 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
         key = (str(clinic_data.db), version, code)
         if key not in _CLINIC_MODELS:
             # a model loaded from its file is saved already; one fitted here is saved once its fit is done
-            _CLINIC_MODELS[key] = [clinic_data.db, model, any(m is model for m in loaded)]
+            done = any(m is model for m in loaded)
+            _CLINIC_MODELS[key] = [clinic_data.db, None if done else model, done]
             while len(_CLINIC_MODELS) > 8:
                 del _CLINIC_MODELS[next(iter(_CLINIC_MODELS))]
     return model
@@ -224,11 +238,11 @@ def save_clinic_models() -> int:
     """Save every clinic model fitted since the last call, if its data version is still the current one."""
     with _CLINIC_GUARD:
         due = [(key, entry) for key, entry in _CLINIC_MODELS.items()
-               if not entry[2] and getattr(entry[1], "_fitted", None) is not None]
+               if not entry[2] and entry[1] is not None and getattr(entry[1], "_fitted", None) is not None]
     done = 0
     for (_, version, code), entry in due:
-        entry[2] = True
-        if DataAccess(entry[0], SYSTEM).data_version() == version and saved.save_clinic(entry[0], code, version, entry[1]):
+        model, entry[1], entry[2] = entry[1], None, True  # kept only until saved: the cache of intervals holds it
+        if DataAccess(entry[0], SYSTEM).data_version() == version and saved.save_clinic(entry[0], code, version, model):
             done += 1
     return done
 
@@ -260,12 +274,14 @@ class WorkspaceCache:
 
     def __init__(self, idle_seconds: float | None = None, max_views: int = 32):
         self.idle_seconds = idle_seconds if idle_seconds is not None else \
-            float(os.environ.get("OUTCOMES_CACHE_IDLE_MINUTES", "10")) * 60
+            float(os.environ.get("OUTCOMES_CACHE_IDLE_MINUTES", "2")) * 60
         self.max_views = max_views
         self._views: dict[tuple, _View] = {}
         self._guard = threading.Lock()
         self._janitor: threading.Thread | None = None
         self._saver: threading.Thread | None = None
+        self._active = time.monotonic()  # the last page run's ask for a workspace
+        self._released = 0  # how far memory was handed back since then: 0 nothing, 1 trimmed, 2 models forgotten too
 
     def workspace(self, db, scope: Scope) -> Workspace:
         data = DataAccess(db, scope)
@@ -275,6 +291,7 @@ class WorkspaceCache:
         now = time.monotonic()
         with self._guard:
             self._start_janitor()
+            self._active, self._released = now, 0
             view = self._views.setdefault(key, _View(db=data.db))
             view.last_used = now
             look = view.tables is None and view.loading is None
@@ -345,11 +362,27 @@ class WorkspaceCache:
         cutoff = time.monotonic() - self.idle_seconds
         with self._guard:
             idle = [k for k, v in self._views.items() if v.last_used < cutoff and v.refreshing is None]
-            for k in idle:
-                del self._views[k]
+            forgotten = [self._views.pop(k) for k in idle]
+        for view in forgotten:
+            if view.tables is not None:
+                view.tables.drop()
         if idle:
+            gc.collect()
             memory.release_freed()
         return len(idle)
+
+    def release_when_idle(self, now: float | None = None) -> int:
+        """Hand memory back once the process is idle (see the module docstring); the level reached (0-2)."""
+        idle = (time.monotonic() if now is None else now) - self._active
+        level = 2 if idle >= self.idle_seconds else 1 if idle >= RELEASE_AFTER_S else 0
+        if level <= self._released:
+            return self._released
+        if level == 2:
+            intervals.forget_fits()  # saved: a page that needs one loads it from its file
+        gc.collect()  # the page runs' cycles (Streamlit's runner.postScriptGC is off: it held every session)
+        memory.release_freed()
+        self._released = level
+        return level
 
     def clear(self) -> None:
         with self._guard:
@@ -388,8 +421,9 @@ class WorkspaceCache:
 
         def sweep() -> None:
             while True:
-                time.sleep(max(5.0, min(60.0, self.idle_seconds / 4)))
+                time.sleep(max(5.0, min(30.0, self.idle_seconds / 4)))
                 _quietly(lambda _: self.forget_idle(), None)
+                _quietly(lambda _: self.release_when_idle(), None)
 
         self._janitor = threading.Thread(target=sweep, daemon=True, name="workspace-janitor")
         self._janitor.start()
@@ -403,7 +437,7 @@ def _restore(db, view_key: tuple, version: tuple) -> Tables | None:
         return None
     if kept.version == version:
         return Tables.restored(kept)
-    if saved.older(kept.version, version):
+    if kept.same_file and saved.older(kept.version, version):
         return Tables.restored(kept, older=True)
     return None
 

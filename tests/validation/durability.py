@@ -17,8 +17,10 @@ so) is analysed exactly as the dashboard does (course -> cycles -> intervals.fit
 * calibration: the share of suggested patients whose true value (their 20th percentile of
   durability, the day the suggestion is about at the default target 0.8) lies in the 80% range.
 * taper: precision and recall of the over-treatment flag against the truth (on a fixed
-  schedule, and true 20th-percentile durability at least 1.5 x the scheduled interval), and the
-  lengthening flags (false by construction when no patient's durability changes).
+  schedule, and true 20th-percentile durability at least 1.5 x the scheduled interval), and of
+  the lengthening trend test (intervals.lengthening_tests) over every suggested patient against
+  the patients whose durability truly lengthens (none unless a row sets taper_share: then every
+  flag is a false one).
 
 Prints a Markdown table (docs/durability.md quotes it) and, with --json, every figure.
 """
@@ -99,6 +101,15 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
     over = fixed & (q20 >= 1.5 * scheduled)
     flagged = s["taper"].isin(["stretch", "consider_pause"])
     lengthening = s["taper_reason"].str.contains("later over time")
+    # the lengthening test itself, on every suggested patient (the taper signal shows it only where the
+    # over-treatment flag has not already said "stretch")
+    scores = intervals.model_scores(cm.course)
+    trend = intervals.lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(s.index)],
+                                        model.trend_tests(scores[scores["patient_id"].astype(str).isin(s.index)],
+                                                          min_cycles=intervals.TREND_MIN_CYCLES))
+    truly = p["taper_factor"] > 1
+    flagged_up = s.index.isin(trend.loc[trend["lengthening"], "patient_id"])
+    tested_up = s.index.isin(trend["patient_id"])
     return {
         "shape": shape, "cadence": CADENCES[cadence], "patients": n, "seed": seed,
         "calibration": {k: v for k, v in calibration.items()},
@@ -118,6 +129,15 @@ def run_scenario(shape: str, cadence, n: int, seed: int, **calibration) -> dict:
         "taper_recall": round(float((flagged & over).sum() / over.sum()), 3) if over.sum() else None,
         "lengthening_flags": int(lengthening.sum()),
         "lengthening_true": int((lengthening & (p["taper_factor"] > 1)).sum()),
+        "trend_tested": int(tested_up.sum()), "trend_flagged": int(flagged_up.sum()),
+        "trend_truly_lengthening": int(truly.sum()),
+        "trend_precision": round(float((flagged_up & truly).sum() / flagged_up.sum()), 3) if flagged_up.sum() else None,
+        "trend_recall": round(float((flagged_up & truly).sum() / truly.sum()), 3) if truly.sum() else None,
+        "trend_recall_tested": round(float((flagged_up & truly).sum() / (truly & tested_up).sum()), 3)
+        if (truly & tested_up).sum() else None,
+        "trend_truly_tested": int((truly & tested_up).sum()),
+        # what a lengthening patient is told in the end: any "stretch" or "consider_pause" (over-treatment or trend)
+        "lengthening_any_taper_recall": round(float((flagged & truly).sum() / truly.sum()), 3) if truly.sum() else None,
         "seconds": {"total": round(time.monotonic() - started, 1), "fit": round(fit_s, 1),
                     "suggest": round(suggest_s, 1)},
     }
@@ -160,6 +180,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def lengthening_table(results: list[dict]) -> str:
+    lines = ["| clinic | suggested patients (truly lengthening) | tested (truly lengthening) | flagged by the trend test | precision / recall (recall among tested) | any taper flag for a lengthening patient |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        extra = ", ".join(f"{k}={v}" for k, v in r["calibration"].items())
+        f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"| {r['shape']}{' (' + extra + ')' if extra else ''}, {r['cadence']} | {r['suggested_patients']} "
+                     f"({r['trend_truly_lengthening']}) | {r['trend_tested']} ({r['trend_truly_tested']}) | {r['trend_flagged']} | "
+                     f"{f(r['trend_precision'])} / {f(r['trend_recall'])} ({f(r['trend_recall_tested'])}) | "
+                     f"{f(r['lengthening_any_taper_recall'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=2000)
@@ -174,8 +207,12 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"{shape} / {CADENCES[cadence]} {extra or ''}: model {r['estimate_error']}, definitions "
               f"{r['definitions_error']}, coverage {r['range_coverage']}, taper {r['taper_precision']}/"
-              f"{r['taper_recall']}, lengthening flags {r['lengthening_flags']}, {r['seconds']}", file=sys.stderr, flush=True)
+              f"{r['taper_recall']}, lengthening flags {r['lengthening_flags']}, trend test {r['trend_flagged']} flagged "
+              f"({r['trend_precision']}/{r['trend_recall']}, tested {r['trend_tested']}), {r['seconds']}",
+              file=sys.stderr, flush=True)
     print(table(results))
+    print()
+    print(lengthening_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
     return 0

@@ -1,0 +1,59 @@
+"""The course built a block of patients at a time is exactly the course built at once (issue 16).
+
+`course.build_course` splits a large cohort into blocks of whole patients (`block_rows` rows each) to
+keep its working memory a block's size; every rule is within one patient, so the frames must not
+change: same rows, order, values and dtypes, and the cycles and cycle scores built from them too.
+"""
+import numpy as np
+import pandas as pd
+import pytest
+
+from analytics import course, simulate
+
+PARTS = ("infusions", "scores", "baselines", "patients_first_response")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    sim = simulate.simulate_clinic(120, 16, days=400)
+    return course.frames_from_csv_tables(sim.tables)
+
+
+@pytest.mark.parametrize("instrument, block_rows", [("PHQ-9", 300), ("MADRS", 700), ("GAD-7", 300)])
+def test_a_course_built_in_blocks_is_the_course_built_at_once(frames, instrument, block_rows):
+    t, a = frames["treatments"], frames["assessments"]
+    whole = course.build_course(t, a, instrument, block_rows=10**9)
+    blocks = course.build_course(t, a, instrument, block_rows=block_rows)
+    assert len(course._block_edges(*_codes(t, a, instrument), block_rows)) > 2  # really in blocks
+    for part in PARTS:
+        pd.testing.assert_frame_equal(getattr(whole, part), getattr(blocks, part), check_exact=True)
+    pd.testing.assert_frame_equal(course.cycles_from_course(whole, frames["patients"], frames["attributes"]),
+                                  course.cycles_from_course(blocks, frames["patients"], frames["attributes"]),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(course.cycle_scores(whole), course.cycle_scores(blocks), check_exact=True)
+
+
+def test_blocks_do_not_depend_on_the_order_rows_come_in(frames):
+    t, a = frames["treatments"], frames["assessments"]
+    rng = np.random.default_rng(3)
+    shuffled_t = t.iloc[rng.permutation(len(t))].reset_index(drop=True)
+    shuffled_a = a.iloc[rng.permutation(len(a))].reset_index(drop=True)
+    whole = course.build_course(t, a, block_rows=10**9)
+    blocks = course.build_course(shuffled_t, shuffled_a, block_rows=500)
+    for part in PARTS:
+        pd.testing.assert_frame_equal(getattr(whole, part), getattr(blocks, part), check_exact=True)
+
+
+def test_a_block_holds_whole_patients():
+    tc = np.array([0, 0, 0, 1, 2, 2])
+    ac = np.array([0, 0, 1, 1, 1, 2])
+    edges = course._block_edges(tc, ac, 3, block_rows=4)
+    assert edges[0] == 0 and edges[-1] == 3 and list(edges) == sorted(set(edges))
+    assert list(course._block_edges(tc, ac, 3, block_rows=100)) == [0, 3]  # small: one block
+
+
+def _codes(t, a, instrument):
+    mine = a[(a["instrument"] == instrument) & a["total"].notna()]
+    codes, uniques = pd.factorize(pd.concat([t["patient_id"], mine["patient_id"]], ignore_index=True).astype("string"),
+                                  sort=True)
+    return codes[:len(t)], codes[len(t):], len(uniques)
