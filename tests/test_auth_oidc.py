@@ -203,8 +203,12 @@ def test_st_login_cannot_take_over_a_local_account(browser, writable_db, tmp_pat
     auth.create_user(writable_db, "admin", "admin", "correct horse battery", actor="test")
 
     def refused(page):
+        # the refusal is audited when the provider's answer comes back (not a fixed pause: a loaded machine is slow)
+        for _ in range(240):
+            if not audit.entries(writable_db, action="sign_in_failed").empty:
+                break
+            page.wait_for_timeout(500)
         page.get_by_role("heading", name="Sign in", level=1).wait_for(timeout=120_000)
-        page.wait_for_timeout(3000)
 
     text, _ = _provider_round_trip(browser, writable_db, tmp_path, {"preferred_username": "admin", "role": "clinician"}, refused)
     assert "Signed in as" not in text
