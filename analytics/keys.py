@@ -42,7 +42,8 @@ def key_dir() -> Path:
     return Path(config) / "ketamine-outcomes"
 
 
-def _private_dir(path: Path) -> Path:
+def private_dir(path: Path) -> Path:
+    """`path` made if missing, readable by this account only (0700)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -67,7 +68,7 @@ def _read_key(path: Path) -> bytes:
 
 def current(name: str) -> tuple[str, bytes]:
     """(key id, key) of the key called `name` ("audit", "pseudonym"), created 0600 on first use."""
-    folder = _private_dir(key_dir())
+    folder = private_dir(key_dir())
     path = folder / f"{name}.key"
     if not path.exists():
         key = secrets.token_bytes(KEY_BYTES)
@@ -131,7 +132,7 @@ def anchor_path(db: str | os.PathLike) -> Path:
 def anchor_append(db: str | os.PathLike, seq: int, digest: str, key_id: str | None) -> None:
     """Record one committed entry. One write with O_APPEND: lines from several processes never mix."""
     path = anchor_path(db)
-    _private_dir(path.parent)
+    private_dir(path.parent)
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -154,7 +155,7 @@ def anchor_mark_restore(db: str | os.PathLike, seq: int, digest: str, key_id: st
     """Record, signed with the audit key, that the database was restored and its trail now ends at
     entry `seq` (hash `digest`): the entries anchored after it were lost with the restore, knowingly."""
     path = anchor_path(db)
-    _private_dir(path.parent)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, f"{RESTORE}\t{int(seq)}\t{digest}\t{key_id}\t{restore_mac(key, db, seq, digest)}\n".encode("ascii"))

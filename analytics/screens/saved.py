@@ -104,14 +104,6 @@ def fingerprint() -> str:
     return _FINGERPRINT
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, mode & 0o700)
-    return path
-
-
 @dataclass
 class Saved:
     version: tuple
@@ -222,7 +214,7 @@ def _write(target: Path, name: str, version: tuple, as_of: str | None, content: 
         payload = _dumps(content)
         header = json.dumps({"fingerprint": fingerprint(), "view": name, "version": list(version),
                              "as_of": as_of, "key_id": key_id, "db": identity}).encode("utf-8")
-        where = _private_dir(target.parent)
+        where = keys.private_dir(target.parent)
         if shutil.disk_usage(where).free < 2 * len(payload) + 64 * 2**20:
             print("workspace: not enough disk space to save the dashboard's tables", file=sys.stderr, flush=True)
             return None
