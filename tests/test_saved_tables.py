@@ -199,3 +199,20 @@ def test_a_forgotten_view_lets_go_of_its_tables_even_if_a_finished_page_still_ho
     assert len(held.tables) == 0 and not held.tables._memos
     again, _ = cohort_visit(cache, db)  # the next visit loads the view from its file
     assert again.tables is not held.tables and len(again.tables)
+
+
+
+def test_a_clinic_model_of_a_database_gone_since_does_not_stop_the_others_being_saved(db, monkeypatch, tmp_path):
+    """A server process keeps the clinic models of every database it served; one that can no longer be read
+    (deleted, a PostgreSQL database dropped) is skipped, and the next database's model is still saved."""
+    class Fitted:
+        _fitted = True
+    gone = copy_db(db, tmp_path / "gone.duckdb")
+    version = DataAccess(db).data_version()
+    for suffix in ("", ".wal"):
+        Path(f"{gone}{suffix}").unlink(missing_ok=True)
+    saves = []
+    monkeypatch.setattr(saved, "save_clinic", lambda where, code, v, model: saves.append(where) or True)
+    monkeypatch.setattr(workspace, "_CLINIC_MODELS", {(str(gone), version, "PHQ-9"): [gone, Fitted(), False],
+                                                      (str(db), version, "PHQ-9"): [db, Fitted(), False]})
+    assert workspace.save_clinic_models() == 1 and saves == [db]

@@ -242,7 +242,11 @@ def save_clinic_models() -> int:
     done = 0
     for (_, version, code), entry in due:
         model, entry[1], entry[2] = entry[1], None, True  # kept only until saved: the cache of intervals holds it
-        if DataAccess(entry[0], SYSTEM).data_version() == version and saved.save_clinic(entry[0], code, version, model):
+        try:
+            current = DataAccess(entry[0], SYSTEM).data_version() == version
+        except Exception:  # noqa: BLE001 - a database gone or unreachable now: its model is fitted again when needed
+            continue
+        if current and saved.save_clinic(entry[0], code, version, model):
             done += 1
     return done
 
