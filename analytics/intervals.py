@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import scales
+from . import memory, scales
 from .durability.measured import MU_GRID, MeasuredDurability
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
@@ -616,6 +616,7 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
     crs = kept_course(crs)
+    memory.release_freed()  # the whole course's other columns: heap pieces glibc would keep resident
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
         if scale.reference_sd is not None and scale.reliability is not None else None
@@ -681,5 +682,6 @@ def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: fl
         table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
                                   last_activity=cm.last_activity, instrument=cm.instrument, rules=rules,
                                   read_scores=cm.scores)
+        memory.release_freed()  # the fit's and the taper tests' working arrays
         return ClinicSuggestions(cm.instrument, float(target), today, cm, table)
     return _once(_SUGGESTIONS, key, build)

@@ -174,8 +174,11 @@ class Workspace:
             built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES)
             # The cohort page's induction outcomes start from the same course: keep what they need of it.
             self.once(("induction_ends", code), lambda: induction_ends(built))
-            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
-                                 built=built)
+            cycles = cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
+                                   built=built)
+            del built
+            memory.release_freed()  # the course, kept by nobody now: heap pieces glibc would keep resident
+            return cycles
         return self.once(("cycles", code), build)
 
     def induction_ends(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
