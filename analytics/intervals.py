@@ -607,7 +607,7 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     code = scales.get(instrument).code
     a = frames["assessments"]
     mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-    crs = course.build_course(frames["treatments"], mine, code, rules)
+    crs = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns())
     cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
     if "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
         last_activity = frames["last_activity"]
@@ -630,6 +630,19 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
 KEPT_INFUSION_COLUMNS = ("patient_id", "code", "at", "phase", "pre_dose_score", "pre_dose_at", "right_at",
                          "starts_cycle", "last_induction", "start_kind")
 KEPT_SCORE_COLUMNS = ("patient_id", "code", "at", "responding", "segment_row", "baseline_score", "total")
+
+
+# What course.cycle_scores reads of a course (model_scores).
+SCORED_COLUMNS = {"infusions": ("patient_id", "code", "at", "phase", "starts_cycle", "last_induction", "start_kind"),
+                  "scores": ("patient_id", "code", "at", "segment_row", "baseline_score", "total")}
+
+
+def _model_course_columns() -> dict:
+    """The course columns a clinic model is built from: its cycles, its scores and what it keeps."""
+    from . import course
+
+    return {part: tuple(dict.fromkeys(course.CYCLE_COLUMNS_READ[part] + SCORED_COLUMNS[part] + kept))
+            for part, kept in (("infusions", KEPT_INFUSION_COLUMNS), ("scores", KEPT_SCORE_COLUMNS))}
 
 
 def kept_course(crs):

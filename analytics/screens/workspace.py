@@ -171,7 +171,9 @@ class Workspace:
 
         def build():
             f = self.frames()
-            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES)
+            # only the columns the cycles and the induction ends read: the whole course is twice that
+            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES,
+                                        columns=course.CYCLE_COLUMNS_READ)
             # The cohort page's induction outcomes start from the same course: keep what they need of it.
             self.once(("induction_ends", code), lambda: induction_ends(built))
             cycles = cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
