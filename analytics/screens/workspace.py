@@ -471,7 +471,7 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
     """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in
     response. `built`: the course of these frames when already at hand."""
     if built is None:
-        built = course.build_course(treatments, assessments, instrument, rules)
+        built = course.build_course(treatments, assessments, instrument, rules, columns=course.CYCLE_COLUMNS_READ)
     cycles = course.cycles_from_course(built, patients, attributes, rules)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
