@@ -67,26 +67,30 @@ RATE = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(
 
 
 def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float) -> np.ndarray:
-    """-(log P(score | T, depth)) + the Gaussian constant, (n_scores, n_depth, n_T) float32, built in
+    """-(log P(score | T, depth)) + the Gaussian constant, (n_scores, n_depth * n_T) float32, built in
     place: for an inner score that is ((total - latent) / (sigma' sqrt 2))^2 with latent = line *
     (2 - (2 - depth) exp(-x rate)), x = (days / T)^kappa (rounding folded into the variance,
     Sheppard); a score at 0 or the scale's maximum is censored there. Summed over a cycle's scores
     and subtracted from the constant times their number, this is the cycle's log-likelihood."""
     s2 = sigma * sigma + 1.0 / 12.0
     a = math.sqrt(0.5 / s2)
-    x = np.exp(kappa * (np.log(np.maximum(days, 1e-3))[:, None] - LOG_T[None, :])).astype(np.float32)
-    cells = np.empty((len(days), len(DEPTHS), len(T_GRID)), dtype=np.float32)
-    np.multiply(x[:, None, :], -RATE[None, :, None], out=cells)
-    np.exp(cells, out=cells)
-    # total - latent = (total - 2 line) + line (2 - depth) exp(-x rate)
-    cells *= (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)[:, :, None]
-    cells += ((total - 2.0 * line) * a).astype(np.float32)[:, None, None]
-    np.square(cells, out=cells)
+    n, n_depth, n_t = len(days), len(DEPTHS), len(T_GRID)
+    # x rate = days^kappa * (rate / T^kappa): one product per cell, no power or exp per (score, T)
+    days_k = np.exp(kappa * np.log(np.maximum(days, 1e-3))).astype(np.float32)
+    per_cell = (RATE.astype(float)[:, None] * np.exp(-kappa * LOG_T)[None, :]).ravel().astype(np.float32)
+    cells = np.empty((n, n_depth * n_t), dtype=np.float32)
+    np.multiply(days_k[:, None], -per_cell[None, :], out=cells)
+    np.exp(cells, out=cells)                                        # exp(-x rate): the share not yet returned
     edge = np.flatnonzero((total <= 0) | (total >= scale_max))
+    returned = cells[edge].astype(float) if len(edge) else None
+    # total - latent = (total - 2 line) + line (2 - depth) exp(-x rate)
+    by_depth = cells.reshape(n, n_depth, n_t)
+    by_depth *= (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)[:, :, None]
+    cells += ((total - 2.0 * line) * a).astype(np.float32)[:, None]
+    np.square(cells, out=cells)
     if len(edge):
         s = math.sqrt(s2)
-        u = line[edge, None, None] * (2.0 - (2.0 - DEPTHS)[None, :, None]
-                                      * np.exp(-x[edge, None, :].astype(float) * RATE[None, :, None]))
+        u = line[edge, None] * (2.0 - np.repeat(2.0 - DEPTHS, n_t)[None, :] * returned)
         low = total[edge] <= 0
         ll = np.empty_like(u)
         ll[low] = special.log_ndtr((0.5 - u[low]) / s)
@@ -134,6 +138,10 @@ class _Chunk:
     scores_to_cycles: sparse.csr_matrix
     cycles_to_patients: sparse.csr_matrix
     scores_per_cycle: np.ndarray
+
+    @functools.cached_property
+    def cycles_to_patients32(self) -> sparse.csr_matrix:
+        return self.cycles_to_patients.astype(np.float32)
 
 
 @dataclass
@@ -209,7 +217,7 @@ def _chunk_cycle_terms(data: _Data, ch: _Chunk, sigma: float, kappa: float, scal
         neg = ch.scores_to_cycles.astype(np.float64) @ -_threshold_cells(data.days[sl], data.total[sl], data.line[sl], sigma)
         return np.zeros(len(neg)), neg[:, None, :]
     cells = _trend_cells(data.days[sl], data.total[sl], data.line[sl], sigma, kappa, scale_max)
-    neg = ch.scores_to_cycles @ cells.reshape(len(cells), -1)
+    neg = ch.scores_to_cycles @ cells
     const = -0.5 * math.log(2 * math.pi * (sigma * sigma + 1.0 / 12.0))
     return (ch.scores_per_cycle * np.float32(const)), neg.reshape(-1, len(DEPTHS), len(T_GRID))
 
@@ -242,7 +250,10 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
         np.maximum(L, 1e-30, out=L)
         np.log(L, out=L)
         top = base[:, None] - least[:, :, 0]                               # (cycles, n_depth)
-        P = ch.cycles_to_patients @ L.reshape(len(neg), -1)
+        # log L is within [-69, 0] here: summed in its own precision (float32 for the trend: a
+        # float64 copy of the whole array cost more than the rest); the large part, top, in float64
+        to_patients = ch.cycles_to_patients if L.dtype == np.float64 else ch.cycles_to_patients32
+        P = (to_patients @ L.reshape(len(neg), -1)).astype(np.float64)
         P = P.reshape(-1, n_depth, len(MU_GRID))
         P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
         out[ch.p:ch.q] = P
