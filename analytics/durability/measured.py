@@ -309,11 +309,13 @@ def _log_posterior(P: np.ndarray, prior_mu: np.ndarray, depth_w: np.ndarray):
     """Per patient: log marginal likelihood and the posterior over (mu, depth), in log space."""
     with np.errstate(divide="ignore"):
         prior = np.log(prior_mu)[:, None] + np.log(np.maximum(depth_w, 1e-300))[None, :]
-    tot = P + prior[None]
-    top = tot.max(axis=(1, 2), keepdims=True)
-    w = np.exp(tot - top)
+    w = P + prior[None]     # one array of P's size, worked on in place
+    top = w.max(axis=(1, 2), keepdims=True)
+    w -= top
+    np.exp(w, out=w)
     norm = w.sum(axis=(1, 2), keepdims=True)
-    return np.log(norm[:, 0, 0]) + top[:, 0, 0], w / norm
+    w /= norm
+    return np.log(norm[:, 0, 0]) + top[:, 0, 0], w
 
 
 def _em(P, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
@@ -333,6 +335,7 @@ def _em(P, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
         if fit_depth:
             depth_w = np.maximum(mean_depth, 1e-6)
             depth_w = depth_w / depth_w.sum()
+        del post  # not held while the next iteration makes its own
         total = float(ll.sum())
         if total - ll_old < tol * max(1.0, abs(total)):
             break
@@ -579,7 +582,14 @@ class MeasuredDurability:
         w = np.exp(-0.5 * ((LOG_T[None, :] - fine[:, None]) / self.within_sd_) ** 2) * np.gradient(LOG_T)[None, :]
         w /= w.sum(axis=1, keepdims=True)
         top = lc.max(axis=1, keepdims=True)
-        G = np.log(np.maximum(np.exp(lc - top) @ w.T, 1e-300)) + top          # (cycles, n_fine)
+        # in place (the same values as log(max(exp(lc - top) @ w.T, 1e-300)) + top): one array of G's size
+        lc -= top
+        np.exp(lc, out=lc)
+        G = lc @ w.T          # (cycles, n_fine)
+        del lc
+        np.maximum(G, 1e-300, out=G)
+        np.log(G, out=G)
+        G += top
         slopes = np.linspace(0.0, max_slope, 26)
         log_prior = np.log(self.prior_mu())
         c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
