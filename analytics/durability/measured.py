@@ -335,7 +335,7 @@ def _em(P, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
         if fit_depth:
             depth_w = np.maximum(mean_depth, 1e-6)
             depth_w = depth_w / depth_w.sum()
-        del post  # not held while the next iteration makes its own
+        del pm  # not held while the next iteration makes its own
         total = float(ll.sum())
         if total - ll_old < tol * max(1.0, abs(total)):
             break
