@@ -321,8 +321,7 @@ def _section(label: str, name: str, icon: str):
     return st.expander(label, icon=icon, key=SECTION_KEY.format(name), on_change="rerun")
 
 
-def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame,
-                screen=None) -> None:
+def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
     """The patient page's entry section (clinician and system roles only).
 
     Each section's form is built only while its section is open (`.open`): a closed section draws
@@ -348,5 +347,5 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
             self_report_link(scope, patient_id)
     with _section("Correct, re-date or void a record (every version is kept)", "records", ":material/history:") as section:
         if section.open:
-            record_tools(scope, patient_id, today, treatments, assessments,
-                         None if screen is None else screen.voided_table, None if screen is None else screen.voided)
+            voided = patient.voided_records(_cache.workspace(scope), patient_id)
+            record_tools(scope, patient_id, today, treatments, assessments, patient.voided_list(voided), voided)
