@@ -50,7 +50,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: $(VENV)/.installed bench-network
-	$(PY) -m analytics bench --sizes 1000,10000,100000 --out bench/results.json
+	$(PY) -m analytics bench --sizes 1000,10000,100000 --users 20 --out bench/results.json
+	$(PY) -m analytics bench --table bench/results.json --readme README.md
 	$(PY) -m analytics bench --table bench/results.json --beside bench/results-postgres.json
 
 # The same figures at 10,000 patients on PostgreSQL (a throwaway cluster), beside the DuckDB file's in

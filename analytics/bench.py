@@ -329,15 +329,17 @@ def patient_view(ws, patient_id: str, today: date):
 def durability_estimate(frames: dict) -> dict:
     """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
     durability page shows by default (the functions its workspace calls, computed afresh: the model
-    is fitted from scratch, as on a new data version)."""
-    from . import intervals
+    is fitted from scratch, as on a new data version). The course is built once: the cycles and the
+    model both start from it."""
+    from . import course, intervals
     from .durability import cohort_durability
     from .screens.durability import N_BOOT
     from .screens.workspace import cohort_cycles
 
+    built = course.build_course(frames["treatments"], frames["assessments"], INSTRUMENT)
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
-                           attributes=frames["attributes"])
-    model = intervals.fit_clinic_model(frames, INSTRUMENT).model
+                           attributes=frames["attributes"], built=built)
+    model = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles).model
     return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 
@@ -517,6 +519,8 @@ def run_benchmark(patients: int, seed: int = 1, *, repeats: int = 3, patient_sam
 
 USERS_KEYS = ("users_p50_s", "users_p95_s", "users_errors", "users_during_import_p95_s", "cold_cohort_s",
               "after_write_cohort_s", "first_cohort_s")
+# The users' figures drawn in the plot's second panel (render_plot), each against N.
+USERS_PLOTTED = ("users_p50_s", "users_p95_s", "users_during_import_p95_s", "cold_cohort_s", "after_write_cohort_s")
 # Targets at 10,000 patients with 20 users (docs/performance.md); reported, never asserted.
 USERS_TARGETS = {"users_p95_s": 2, "users_errors": 0, "users_during_import_p95_s": 3, "cold_cohort_s": 5,
                  "after_write_cohort_s": 2}
@@ -582,17 +586,32 @@ def machine() -> dict:
             "python": platform.python_version(), "duckdb": duckdb.__version__, "pandas": pandas.__version__}
 
 
+def users_arguments(users: int, options: dict | None) -> list[str]:
+    """The command-line arguments that give a child run `users` simulated users with these options
+    (run_benchmark's `users_options`: duration, think, processes, import_rows)."""
+    options = options or {}
+    args = ["--users", str(users)]
+    for key, flag in (("duration", "--users-duration"), ("think", "--think"), ("processes", "--processes"),
+                      ("import_rows", "--import-rows")):
+        if key in options and (options[key] is not None or key == "import_rows"):
+            args += [flag, str(options[key] or 0)]
+    return args
+
+
 def run_sizes(sizes: list[int], seed: int, repeats: int, budget: float | None, work: Path,
-              progress: Progress | None) -> dict:
-    """One child process per size (each with its own peak RSS); the results file's content."""
+              progress: Progress | None, users: int | None = None, users_sizes: tuple[int, ...] = (),
+              users_options: dict | None = None) -> dict:
+    """One child process per size (each with its own peak RSS); the results file's content.
+    `users`: also run that many simulated users at each size listed in `users_sizes`."""
     runs = []
     for n in sizes:
         if progress:
             progress(f"N = {n:,} (child process)")
         started = time.perf_counter()
+        extra = users_arguments(users, users_options) if users and n in users_sizes else []
         child = subprocess.run(
             [sys.executable, "-m", "analytics", "bench", "--patients", str(n), "--seed", str(seed),
-             "--repeats", str(repeats), "--budget", str(budget or 0), "--work", str(work), "--json"],
+             "--repeats", str(repeats), "--budget", str(budget or 0), "--work", str(work), "--json", *extra],
             cwd=REPO, capture_output=True, text=True)
         # exit 1 only says some figure is null (its reason is in the JSON); anything else is a crash
         if child.returncode not in (0, 1):
@@ -600,8 +619,11 @@ def run_sizes(sizes: list[int], seed: int, repeats: int, budget: float | None, w
         run = json.loads(child.stdout)
         run["wall_s"] = round(time.perf_counter() - started, 1)
         runs.append(run)
+    command = f"python -m analytics bench --sizes {','.join(map(str, sizes))} --seed {seed} --repeats {repeats} --budget {budget or 0:g}"
+    if users and users_sizes:
+        command += " " + " ".join(users_arguments(users, users_options)) + f" --users-sizes {','.join(map(str, users_sizes))}"
     return {
-        "command": f"python -m analytics bench --sizes {','.join(map(str, sizes))} --seed {seed} --repeats {repeats} --budget {budget or 0:g}",
+        "command": command,
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(), "targets_at_100k": TARGETS, "runs": runs,
     }
@@ -620,20 +642,35 @@ def render_plot(results: dict, out: Path) -> Path:
     """Log-log time against N for each timed figure: PNG through kaleido, else an HTML file saying why."""
     import plotly.graph_objects as go
 
+    from plotly.subplots import make_subplots
+
     runs = sorted(results["runs"], key=lambda r: r["patients"])
-    fig = go.Figure()
+    with_users = [r for r in runs if any(r.get(k) for k in USERS_PLOTTED)]
+    m = results.get("machine", {})
+    title = (f"Time against cohort size ({m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB; "
+             f"median of {runs[0].get('repeats', '?') if runs else '?'} runs)")
+    if with_users:
+        counts = sorted({r.get("users") for r in with_users if r.get("users")})
+        fig = make_subplots(rows=2, cols=1, vertical_spacing=0.12, subplot_titles=(
+            "one process, each figure alone",
+            f"{'/'.join(map(str, counts))} simulated users against a dashboard server: seconds per page"))
+    else:
+        fig = go.Figure()
+    place = dict(row=1, col=1) if with_users else {}
     for key in TIMED:
         points = [(r["patients"], r[key]) for r in runs if r.get(key)]
         if points:
             floor = key.endswith("floor_s")  # floors dashed: the least the work could cost
             fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=key,
-                                     line=dict(dash="dash" if floor else "solid")))
-    m = results.get("machine", {})
-    fig.update_layout(title=f"Time against cohort size ({m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB; "
-                            f"median of {runs[0].get('repeats', '?') if runs else '?'} runs)",
-                      xaxis_title="patients", yaxis_title="seconds", width=900, height=560, template="plotly_white")
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log")
+                                     line=dict(dash="dash" if floor else "solid")), **place)
+    for key in USERS_PLOTTED:
+        points = [(r["patients"], r[key]) for r in with_users if r.get(key)]
+        if points:
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                     name=key, line=dict(dash="dot")), row=2, col=1)
+    fig.update_layout(title=title, width=900, height=900 if with_users else 560, template="plotly_white")
+    fig.update_xaxes(type="log", title_text="patients")
+    fig.update_yaxes(type="log", title_text="seconds")
     try:
         fig.write_image(str(out))
         return out
@@ -664,6 +701,11 @@ def markdown_table(results: dict) -> str:
         target = TARGETS.get(key)
         lines.append(f"| {key} | " + " | ".join(_fmt(r.get(key)) for r in runs)
                      + f" | {'≤ ' + str(target) if target else ''} |")
+    if any(r.get("users") for r in runs):  # the simulated users' figures, where a size ran them
+        for key in ("users",) + USERS_KEYS + ("users_server_cpu_per_run_s",):
+            target = USERS_TARGETS.get(key)
+            lines.append(f"| {key} | " + " | ".join(_fmt(r.get(key)) if r.get("users") else "" for r in runs)
+                         + f" | {'≤ ' + str(target) + ' (10,000 patients, 20 users)' if target is not None else ''} |")
     m = results.get("machine")
     if m:
         lines.insert(0, f"Measured {results.get('measured_at', '')} on {m.get('cpu')} ({m.get('cores')} cores, "
@@ -676,6 +718,21 @@ def markdown_table(results: dict) -> str:
         lines.append(f"Growth from 10,000 to 100,000 patients (target ≤ {MAX_GROWTH_10K_TO_100K}x): "
                      + ", ".join(f"{k} {v}x" for k, v in g.items()) + ".")
     return "\n".join(lines)
+
+
+README_TABLE_START = "<!-- bench table: `make bench` writes from here -->"
+README_TABLE_END = "<!-- bench table: to here -->"
+
+
+def write_readme_table(readme: Path, results: dict) -> None:
+    """Put `markdown_table(results)` between the README's two bench-table markers (what `make bench`
+    does after a run), leaving every other line as it was."""
+    text = readme.read_text()
+    start, end = text.find(README_TABLE_START), text.find(README_TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no bench table markers ({README_TABLE_START} ... {README_TABLE_END})")
+    body = text[:start + len(README_TABLE_START)] + "\n" + markdown_table(results) + "\n" + text[end:]
+    readme.write_text(body)
 
 
 def side_by_side(file_results: dict, *others: dict, patients: int = 10_000) -> str:

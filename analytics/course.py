@@ -210,6 +210,12 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     return _assemble(code, uniques, parts)
 
 
+def assessment_columns(instrument: str = scales.PRIMARY) -> list[str]:
+    """The assessments columns `build_course` reads for `instrument` (a read may fetch only these)."""
+    safety = scales.get(instrument).safety_column
+    return ["patient_id", "instrument", "administered_at", "has_time", "total"] + ([safety] if safety else [])
+
+
 # The treatments columns the course reads (a block copies only these).
 _TREATMENT_COLUMNS = ("treatment_id", "patient_id", "administered_at", "has_time", "route", "phase")
 

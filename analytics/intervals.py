@@ -273,9 +273,11 @@ def _days_text(v: float) -> str:
 
 def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataFrame, *, today: date,
                       target: float = 0.8, last_activity: pd.Series | None = None,
-                      instrument: str | None = None, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+                      instrument: str | None = None, rules: OutcomeRules = DEFAULT_RULES,
+                      read_scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per treated patient. Patients with status "suggested" carry a suggestion; the
-    others carry their status (and why) and no date. See the module docstring for the rules."""
+    others carry their status (and why) and no date. See the module docstring for the rules.
+    `read_scores`: model_scores(course, rules) when already at hand (the clinic model's)."""
     if not 0 < target < 1:
         raise ValueError("target must be a probability between 0 and 1 (e.g. 0.8)")
     states = patient_states(course, today, last_activity, rules)
@@ -353,7 +355,7 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
     out["n_events"] = out["observed_losses"]
     out["next_due_on"] = out["last_infusion_on"] + pd.to_timedelta(out["suggested_interval_days"], unit="D")
     out["status_text"] = out["status"].map(STATUS_TEXT).fillna(out["status"])
-    taper = taper_signals(course, cycles, out, model, rules)
+    taper = taper_signals(course, cycles, out, model, rules, read_scores=read_scores)
     out = out.merge(taper, on="patient_id", how="left")
     out["taper"] = out["taper"].fillna("none")
     out["taper_reason"] = out["taper_reason"].fillna("")
@@ -405,7 +407,7 @@ def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int
 
 
 def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model: MeasuredDurability | None,
-                  rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+                  rules: OutcomeRules = DEFAULT_RULES, read_scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per suggested patient: taper ("none", "stretch", "consider_pause"), taper_reason (the
     evidence, in words) and taper_interval_days (the longer interval to try).
 
@@ -469,7 +471,7 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     over = pd.DataFrame(rows, columns=["patient_id", "taper", "taper_reason", "taper_interval_days"])
     trend = None
     if len(cycles) and model is not None:
-        scores = model_scores(course, rules)
+        scores = model_scores(course, rules) if read_scores is None else read_scores
         scores = scores[scores["patient_id"].astype(str).isin(sug.index)]
         trend = lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(sug.index)],
                                   model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
@@ -597,27 +599,54 @@ def model_scores(crs, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
 
 
 def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tuple = (),
-                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250) -> ClinicModel:
+                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250, *,
+                     built=None, cycles: pd.DataFrame | None = None) -> ClinicModel:
     """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
-    attributes), as analytics.access.DataAccess returns them."""
+    attributes), as analytics.access.DataAccess returns them. `built`: the course (course.build_course)
+    of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
+    (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
+    built again."""
     from . import course
 
     code = scales.get(instrument).code
     a = frames["assessments"]
-    mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-    crs = course.build_course(frames["treatments"], mine, code, rules)
-    cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
+    if built is None:
+        mine = a[a["instrument"] == code] if "instrument" in a.columns else a
+        built = course.build_course(frames["treatments"], mine, code, rules)
+    elif built.instrument != code:
+        raise ValueError(f"fit_clinic_model: the course given is of {built.instrument}, not {code}")
+    crs = built
+    if cycles is None:
+        cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
     if "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
         last_activity = frames["last_activity"]
     else:
         last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
+    crs = kept_course(crs)
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
         if scale.reference_sd is not None and scale.reliability is not None else None
     return ClinicModel(code, version, cycles, crs, last_activity, scores, float(scale.total_max), sem,
                        fit_patients=fit_patients)
+
+
+# The course's columns the suggestions read (patient_states, taper_signals, baseline_uncertainty and
+# model_scores): a clinic model keeps these only (10 of 27 infusion columns, 7 of 15 score columns;
+# the whole course of 100,000 patients is about 0.4 GB, held beside the workspace's tables).
+KEPT_INFUSION_COLUMNS = ("patient_id", "code", "at", "phase", "pre_dose_score", "pre_dose_at", "right_at",
+                         "starts_cycle", "last_induction", "start_kind")
+KEPT_SCORE_COLUMNS = ("patient_id", "code", "at", "responding", "segment_row", "baseline_score", "total")
+
+
+def kept_course(crs):
+    """The course with only the columns a clinic model's suggestions read (course.Course)."""
+    from . import course
+
+    inf = crs.infusions[[c for c in KEPT_INFUSION_COLUMNS if c in crs.infusions.columns]]
+    sc = crs.scores[[c for c in KEPT_SCORE_COLUMNS if c in crs.scores.columns]]
+    return course.Course(crs.instrument, inf, sc, crs.baselines, crs.patients_first_response)
 
 
 def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES,
@@ -631,6 +660,8 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
     key = (str(clinic_data.db), version, instrument, rules)
 
     def build() -> ClinicModel:
+        from . import course
+
         earlier = kept() if kept is not None else None
         if earlier is not None and tuple(earlier.version) == version and earlier.instrument == instrument:
             return earlier
@@ -638,7 +669,8 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
         # more, and the whole assessments frame is the largest of all (100,000 patients: 0.5 GB of 0.6).
         return fit_clinic_model(
             {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
-             "assessments": clinic_data.assessments(instrument=instrument), "attributes": clinic_data.attributes(),
+             "assessments": clinic_data.assessments(instrument=instrument, columns=course.assessment_columns(instrument)),
+             "attributes": clinic_data.attributes(),
              "last_activity": clinic_data.last_assessed()},
             instrument, version, rules)
     return _once(_MODELS, key, build)
@@ -656,6 +688,7 @@ def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: fl
     def build() -> ClinicSuggestions:
         cm = clinic_model(clinic_data, instrument, rules)
         table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
-                                  last_activity=cm.last_activity, instrument=cm.instrument, rules=rules)
+                                  last_activity=cm.last_activity, instrument=cm.instrument, rules=rules,
+                                  read_scores=cm.scores)
         return ClinicSuggestions(cm.instrument, float(target), today, cm, table)
     return _once(_SUGGESTIONS, key, build)

@@ -86,3 +86,18 @@ def test_last_assessed_is_each_patients_latest_assessment_of_any_instrument(db, 
     assert got.tolist() == expected.tolist()
     if scope is SYSTEM:
         assert got["P1"] == pd.Timestamp("2024-01-10")  # the later of P1's PHQ-9/GAD-7 and MADRS
+
+
+@pytest.mark.parametrize("instrument", [None, "PHQ-9"])
+def test_a_read_of_some_columns_is_those_columns_of_the_whole_read(db, instrument):
+    # What the clinic model reads for its course (intervals.clinic_model): same rows, order and dtypes
+    from analytics import course
+
+    data = DataAccess(db, SYSTEM)
+    wanted = course.assessment_columns("PHQ-9")
+    whole = data.assessments(instrument=instrument)
+    got = data.assessments(instrument=instrument, columns=wanted)
+    assert got.columns.tolist() == [c for c in whole.columns if c in wanted]
+    pd.testing.assert_frame_equal(got, whole[got.columns], check_exact=True)
+    with pytest.raises(ValueError):
+        data.assessments(columns=["total", "1; DROP TABLE assessments"])

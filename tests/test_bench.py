@@ -73,3 +73,62 @@ def test_make_bench_puts_the_postgres_run_beside_the_files_at_10000_patients(tmp
     postgres["patients"] = 1_000
     (tmp_path / "pg.json").write_text(json.dumps(postgres))
     assert cli.main(["bench", "--table", str(tmp_path / "file.json"), "--beside", str(tmp_path / "pg.json")]) == 2
+
+
+def test_sizes_run_users_where_asked_and_make_bench_writes_the_readme_table(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, args):
+            n = int(args[args.index("--patients") + 1])
+            run = {"patients": n, "missing": {}, "repeats": 1, **{k: None for k in bench.KEYS if k != "patients"},
+                   "cohort_s": 0.01 * n}
+            if "--users" in args:
+                run.update(users=int(args[args.index("--users") + 1]), users_p50_s=0.4, users_p95_s=1.5,
+                           users_errors=0, users_during_import_p95_s=2.5, cold_cohort_s=3.0, after_write_cohort_s=1.0)
+            self.stdout = json.dumps(run)
+            self.stderr = ""
+
+    real_run = bench.subprocess.run
+
+    def fake_run(args, **kwargs):
+        if "--patients" not in args:  # what the machine description asks the system
+            return real_run(args, **kwargs)
+        calls.append(args)
+        return Done(args)
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "render_plot", lambda results, out: out)
+    out = tmp_path / "results.json"
+    code = cli.main(["bench", "--sizes", "10,100", "--users", "3", "--users-sizes", "100", "--users-duration", "5",
+                     "--out", str(out), "--work", str(tmp_path)])
+    assert code == 0
+    assert "--users" not in calls[0]  # the size not listed in --users-sizes runs no users
+    assert calls[1][calls[1].index("--users"):calls[1].index("--users") + 4] == ["--users", "3", "--users-duration", "5.0"]
+    results = json.loads(out.read_text())
+    assert "--users 3" in results["command"] and "--users-sizes 100" in results["command"]
+    capsys.readouterr()
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Clinic\n\nbefore\n{bench.README_TABLE_START}\nold table\n{bench.README_TABLE_END}\nafter\n")
+    assert cli.main(["bench", "--table", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Clinic\n\nbefore\n") and text.endswith("\nafter\n")
+    assert "| users_p95_s |  | 1.5 | ≤ 2 (10,000 patients, 20 users) |" in text
+    assert "| cohort_s | 0.1 | 1 | ≤ 1 |" in text
+    readme.write_text("no markers here\n")
+    assert cli.main(["bench", "--table", str(out), "--readme", str(readme)]) == 2  # says so, writes nothing
+    assert readme.read_text() == "no markers here\n"
+
+
+def test_the_plot_has_a_users_panel_when_a_size_ran_users(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    drawn = {}
+    monkeypatch.setattr(go.Figure, "write_image", lambda fig, path: drawn.setdefault("fig", fig))
+    runs = [{"patients": n, "repeats": 1, "cohort_s": 0.1 * i + 0.1} for i, n in enumerate((1_000, 10_000))]
+    runs[1].update(users=20, users_p50_s=0.5, users_p95_s=1.9)
+    bench.render_plot({"runs": runs, "machine": {}}, tmp_path / "plot.png")
+    names = {(trace.name, trace.yaxis) for trace in drawn["fig"].data}
+    assert ("cohort_s", "y") in names and ("users_p95_s", "y2") in names and ("users_p50_s", "y2") in names

@@ -233,6 +233,23 @@ def test_taper_finds_over_treated_patients_and_lengthening_needs_a_trend_test(cl
     assert len(trend) >= 20 and trend["lengthening"].sum() <= 2
 
 
+def test_the_clinic_model_keeps_only_the_course_columns_its_suggestions_read(clinic):
+    # The model holds a narrower course (memory at 100,000 patients) and hands its fitted scores to the
+    # taper signals: the suggestions are exactly those of the whole course with the scores rebuilt.
+    sim, cal, cm, sug = clinic
+    frames = _crafted(course.frames_from_csv_tables(sim.tables))
+    whole = course.build_course(frames["treatments"], frames["assessments"], "PHQ-9")
+    assert set(cm.course.infusions.columns) < set(whole.infusions.columns)
+    assert set(cm.course.scores.columns) < set(whole.scores.columns)
+    expected = intervals.suggest_intervals(cm.model, whole, cm.cycles, today=TODAY, last_activity=cm.last_activity)
+    kept = intervals.suggest_intervals(cm.model, cm.course, cm.cycles, today=TODAY, last_activity=cm.last_activity,
+                                       read_scores=cm.scores)
+    assert (expected["taper"] != "none").any()
+    pd.testing.assert_frame_equal(kept, expected, check_exact=True)
+    pd.testing.assert_frame_equal(sug, expected, check_exact=True)
+    pd.testing.assert_frame_equal(cm.scores, intervals.model_scores(whole), check_exact=True)
+
+
 def _patient_cycles(model, pid: str, durations, interval: float = 28.0, seed: int = 0):
     """Weekly scores of one patient's successive cycles (true durations `durations`, an infusion every
     `interval` days unless two scores out of response come first), drawn from the model's own curve of

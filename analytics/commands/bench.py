@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
                    help="assessments imported while the users run (default 30 per patient; 0: no import)")
     p.add_argument("--users-sizes", metavar="N1,...", default="1000,10000",
                    help="with --sizes and --users: the sizes the users run at (default 1000,10000)")
+    p.add_argument("--readme", metavar="FILE", default=None,
+                   help="with --table: also write the table into FILE between its bench-table markers (make bench)")
 
 
 def users_options(args) -> dict:
@@ -57,6 +59,12 @@ def run(args) -> int:
                 print(f"bench: {exc}", file=sys.stderr)
                 return 2
             return 0
+        if args.readme:
+            try:
+                bench.write_readme_table(Path(args.readme), results)
+            except (OSError, ValueError) as exc:
+                print(f"bench: {exc}", file=sys.stderr)
+                return 2
         print(bench.markdown_table(results))
         return 0
     if args.sizes:
@@ -69,7 +77,13 @@ def run(args) -> int:
             print("bench: --sizes needs at least one size of 1 or more", file=sys.stderr)
             return 2
         progress = terminal_progress("bench", not args.json)
-        results = bench.run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress)
+        try:
+            users_sizes = tuple(int(s.replace("_", "")) for s in args.users_sizes.split(",") if s.strip())
+        except ValueError:
+            print(f"bench: --users-sizes must be comma-separated whole numbers, got {args.users_sizes!r}", file=sys.stderr)
+            return 2
+        results = bench.run_sizes(sizes, args.seed, args.repeats, args.budget or None, work, progress,
+                                  users=args.users, users_sizes=users_sizes, users_options=users_options(args))
         clear(progress)
         out = Path(args.out or bench.REPO / "bench" / "results.json")
         out.parent.mkdir(parents=True, exist_ok=True)
