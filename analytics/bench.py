@@ -329,15 +329,19 @@ def patient_view(ws, patient_id: str, today: date):
 def durability_estimate(frames: dict) -> dict:
     """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
     durability page shows by default (the functions its workspace calls, computed afresh: the model
-    is fitted from scratch, as on a new data version)."""
-    from . import intervals
+    is fitted from scratch, as on a new data version). The course is built once: the cycles and the
+    model both start from it."""
+    from . import course, intervals
     from .durability import cohort_durability
     from .screens.durability import N_BOOT
     from .screens.workspace import cohort_cycles
 
+    # only the columns the cycles and the model read (course.build_course(columns=): less memory)
+    built = course.build_course(frames["treatments"], frames["assessments"], INSTRUMENT,
+                                columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
-                           attributes=frames["attributes"])
-    model = intervals.fit_clinic_model(frames, INSTRUMENT).model
+                           attributes=frames["attributes"], built=built)
+    model = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles).model
     return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 

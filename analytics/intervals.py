@@ -599,16 +599,25 @@ def model_scores(crs, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
 
 
 def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tuple = (),
-                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250) -> ClinicModel:
+                     rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250, *,
+                     built=None, cycles: pd.DataFrame | None = None) -> ClinicModel:
     """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
-    attributes), as analytics.access.DataAccess returns them."""
+    attributes), as analytics.access.DataAccess returns them. `built`: the course (course.build_course)
+    of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
+    (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
+    built again."""
     from . import course
 
     code = scales.get(instrument).code
     a = frames["assessments"]
-    mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-    crs = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns())
-    cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
+    if built is None:
+        mine = a[a["instrument"] == code] if "instrument" in a.columns else a
+        built = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns())
+    elif built.instrument != code:
+        raise ValueError(f"fit_clinic_model: the course given is of {built.instrument}, not {code}")
+    crs = built
+    if cycles is None:
+        cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
     if "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
         last_activity = frames["last_activity"]
     else:

@@ -44,12 +44,13 @@ Confidence intervals: delta method with a patient-clustered (sandwich) variance 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
+from scipy import optimize, sparse, special, stats
 
 REQUIRED = ("patient_id", "cycle_no", "days", "total", "line")
 T_GRID = np.exp(np.linspace(math.log(1.0), math.log(730.0), 36))   # cycle durability, days
@@ -61,39 +62,49 @@ MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and i
 CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~64 MB of float64)
 
 
-def _template(days: np.ndarray, line: np.ndarray, kappa: float) -> np.ndarray:
-    """Latent score (n_scores, n_T, n_depth) at each score's day for every grid T and depth
-    (float32: these arrays are the bulk of the work, and a hundredth of a point is ample)."""
-    x = np.exp(kappa * (np.log(np.maximum(days, 1e-3))[:, None] - LOG_T[None, :])).astype(np.float32)
-    c = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(2.0)).astype(np.float32)
-    v = 2.0 - (2.0 - DEPTHS).astype(np.float32)[None, None, :] * np.exp(-x[:, :, None] * c[None, None, :])
-    return line.astype(np.float32)[:, None, None] * v
+# exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
+RATE = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(2.0)).astype(np.float32)
 
 
-def _score_loglik(days, total, line, sigma, kappa, scale_max, mode="trend") -> np.ndarray:
-    """log P(score | T, depth) on the grid (rounding folded into the variance, Sheppard).
-
-    mode "threshold": only the side of the line is modelled (a misclassification model: a score
-    d points above the line is "in response" with probability Phi(-d / sigma)); the depth and the
-    shape then play no part. For cycles with one score each (e.g. MADRS only at visits), where
-    the trend within a cycle cannot be seen."""
-    if mode == "threshold":
-        s = math.sqrt(sigma * sigma + 1.0 / 12.0)
-        before = days[:, None] < T_GRID[None, :]                         # still in response at the score
-        d = ((line - total) / s)[:, None]
-        ll = np.where(before, special.log_ndtr(d), special.log_ndtr(-d))
-        return np.repeat(ll[:, :, None], len(DEPTHS), axis=2)  # the same for every depth
-    u = _template(days, line, kappa)
+def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float) -> np.ndarray:
+    """-(log P(score | T, depth)) + the Gaussian constant, (n_scores, n_depth * n_T) float32, built in
+    place: for an inner score that is ((total - latent) / (sigma' sqrt 2))^2 with latent = line *
+    (2 - (2 - depth) exp(-x rate)), x = (days / T)^kappa (rounding folded into the variance,
+    Sheppard); a score at 0 or the scale's maximum is censored there. Summed over a cycle's scores
+    and subtracted from the constant times their number, this is the cycle's log-likelihood."""
     s2 = sigma * sigma + 1.0 / 12.0
-    r = total.astype(np.float32)[:, None, None] - u
-    ll = r * r * np.float32(-0.5 / s2) - np.float32(0.5 * math.log(2 * math.pi * s2))
-    edge = (total <= 0) | (total >= scale_max)
-    if edge.any():
+    a = math.sqrt(0.5 / s2)
+    n, n_depth, n_t = len(days), len(DEPTHS), len(T_GRID)
+    # x rate = days^kappa * (rate / T^kappa): one product per cell, no power or exp per (score, T)
+    days_k = np.exp(kappa * np.log(np.maximum(days, 1e-3))).astype(np.float32)
+    per_cell = (RATE.astype(float)[:, None] * np.exp(-kappa * LOG_T)[None, :]).ravel().astype(np.float32)
+    cells = np.empty((n, n_depth * n_t), dtype=np.float32)
+    np.multiply(days_k[:, None], -per_cell[None, :], out=cells)
+    np.exp(cells, out=cells)                                        # exp(-x rate): the share not yet returned
+    edge = np.flatnonzero((total <= 0) | (total >= scale_max))
+    returned = cells[edge].astype(float) if len(edge) else None
+    # total - latent = (total - 2 line) + line (2 - depth) exp(-x rate)
+    by_depth = cells.reshape(n, n_depth, n_t)
+    by_depth *= (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)[:, :, None]
+    cells += ((total - 2.0 * line) * a).astype(np.float32)[:, None]
+    np.square(cells, out=cells)
+    if len(edge):
         s = math.sqrt(s2)
-        ue = u[edge]
-        te = total[edge][:, None, None]
-        ll[edge] = np.where(te <= 0, special.log_ndtr((0.5 - ue) / s), special.log_ndtr((ue - scale_max + 0.5) / s))
-    return ll
+        u = line[edge, None] * (2.0 - np.repeat(2.0 - DEPTHS, n_t)[None, :] * returned)
+        low = total[edge] <= 0
+        ll = np.empty_like(u)
+        ll[low] = special.log_ndtr((0.5 - u[low]) / s)
+        ll[~low] = special.log_ndtr((u[~low] - scale_max + 0.5) / s)
+        cells[edge] = -0.5 * math.log(2 * math.pi * s2) - ll
+    return cells
+
+
+def _threshold_cells(days, total, line, sigma) -> np.ndarray:
+    """log P(score's side of the line | T): (n_scores, n_T), float64."""
+    s = math.sqrt(sigma * sigma + 1.0 / 12.0)
+    d = (line - total) / s
+    before = days[:, None] < T_GRID[None, :]                         # still in response at the score
+    return np.where(before, special.log_ndtr(d)[:, None], special.log_ndtr(-d)[:, None])
 
 
 def _within_weights(within_sd: float) -> np.ndarray:
@@ -106,6 +117,31 @@ def _within_weights(within_sd: float) -> np.ndarray:
 def _prior_mu(mu0: float, between_sd: float) -> np.ndarray:
     w = np.exp(-0.5 * ((MU_GRID - mu0) / max(between_sd, 1e-3)) ** 2)
     return w / w.sum()
+
+
+def _sums(group_start: np.ndarray, n_rows: int, dtype) -> sparse.csr_matrix:
+    """The (groups x rows) matrix that sums each group's consecutive rows (rows sorted by group)."""
+    return sparse.csr_matrix((np.ones(n_rows, dtype=dtype), np.arange(n_rows), np.r_[group_start, n_rows]),
+                             shape=(len(group_start), n_rows))
+
+
+@dataclass
+class _Chunk:
+    """Whole patients [p, q), their cycles [c0, c1) and scores [s0, s1), with the matrices that sum
+    scores into cycles and cycles into patients."""
+    p: int
+    q: int
+    c0: int
+    c1: int
+    s0: int
+    s1: int
+    scores_to_cycles: sparse.csr_matrix
+    cycles_to_patients: sparse.csr_matrix
+    scores_per_cycle: np.ndarray
+
+    @functools.cached_property
+    def cycles_to_patients32(self) -> sparse.csr_matrix:
+        return self.cycles_to_patients.astype(np.float32)
 
 
 @dataclass
@@ -121,6 +157,28 @@ class _Data:
     @property
     def n_patients(self) -> int:
         return len(self.patient_ids)
+
+    @functools.cached_property
+    def chunks(self) -> list:
+        """Whole patients per chunk, about CHUNK_CELLS score x grid cells each (what does not depend
+        on the model's parameters, made once per data)."""
+        s_end = np.r_[self.cycle_start[1:], len(self.days)]
+        c_end = np.r_[self.patient_start[1:], len(self.cycle_start)]
+        per_score = len(T_GRID) * len(DEPTHS)
+        out, p = [], 0
+        while p < self.n_patients:
+            first_score = self.cycle_start[self.patient_start[p]]
+            limit = first_score + max(CHUNK_CELLS // per_score, 1)
+            q = p + 1
+            while q < self.n_patients and s_end[c_end[q] - 1] <= limit:
+                q += 1
+            c0, c1 = self.patient_start[p], c_end[q - 1]
+            s0, s1 = self.cycle_start[c0], s_end[c1 - 1]
+            out.append(_Chunk(p, q, c0, c1, s0, s1, _sums(self.cycle_start[c0:c1] - s0, s1 - s0, np.float32),
+                              _sums(self.patient_start[p:q] - c0, c1 - c0, np.float64),
+                              np.diff(np.r_[self.cycle_start[c0:c1], s1]).astype(np.float32)))
+            p = q
+        return out
 
     def subset(self, patients: np.ndarray) -> "_Data":
         """The rows of these patient codes (sorted)."""
@@ -149,53 +207,109 @@ def _prepare(scores: pd.DataFrame) -> _Data:
                  cycle_start, np.cumsum(new_patient) - 1, patient_start, c_pid[patient_start])
 
 
-def _cycle_grid_chunks(data: _Data, sigma: float, kappa: float, scale_max: float, mode: str = "trend"):
-    """Per chunk of whole patients: (first patient, last patient + 1, first cycle, log P(cycle's
-    scores | T, depth) as (cycles, n_T, n_depth))."""
-    s_end = np.r_[data.cycle_start[1:], len(data.days)]
-    c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
-    per_score = len(T_GRID) * len(DEPTHS)
-    p = 0
-    while p < data.n_patients:
-        first_score = data.cycle_start[data.patient_start[p]]
-        limit = first_score + max(CHUNK_CELLS // per_score, 1)
-        q = p + 1
-        while q < data.n_patients and s_end[c_end[q] - 1] <= limit:
-            q += 1
-        c0, c1 = data.patient_start[p], c_end[q - 1]
-        s0, s1 = data.cycle_start[c0], s_end[c1 - 1]
-        ll = _score_loglik(data.days[s0:s1], data.total[s0:s1], data.line[s0:s1], sigma, kappa, scale_max, mode)
-        yield p, q, c0, np.add.reduceat(ll, data.cycle_start[c0:c1] - s0, axis=0)
-        p = q
+def _chunk_cycle_terms(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale_max: float,
+                       mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(base, neg) with log P(cycle's scores | T, depth) = base[:, None, None] - neg for the chunk's
+    cycles: neg (cycles, n_depth, n_T), float32 for the trend (float64, one depth, for the
+    threshold form: it does not depend on the depth)."""
+    sl = slice(ch.s0, ch.s1)
+    if mode == "threshold":
+        neg = ch.scores_to_cycles.astype(np.float64) @ -_threshold_cells(data.days[sl], data.total[sl], data.line[sl], sigma)
+        return np.zeros(len(neg)), neg[:, None, :]
+    cells = _trend_cells(data.days[sl], data.total[sl], data.line[sl], sigma, kappa, scale_max)
+    neg = ch.scores_to_cycles @ cells
+    const = -0.5 * math.log(2 * math.pi * (sigma * sigma + 1.0 / 12.0))
+    return (ch.scores_per_cycle * np.float32(const)), neg.reshape(-1, len(DEPTHS), len(T_GRID))
 
 
-def _cycle_loglik_chunks(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
-                         mode: str = "trend"):
-    """Per chunk of whole patients: (first patient, last patient + 1, first cycle, log P(cycle's
-    scores | mu, depth) as (cycles, n_mu, n_depth)). T is integrated out on its grid."""
-    W = _within_weights(within_sd)
-    for p, q, c0, cyc in _cycle_grid_chunks(data, sigma, kappa, scale_max, mode):
-        top = cyc.max(axis=1, keepdims=True)
-        L = np.einsum("ctd,mt->cmd", np.exp(cyc - top), W.astype(np.float32), optimize=True)
-        yield p, q, c0, (np.log(np.maximum(L, 1e-30)) + top).astype(np.float64)
+def _chunk_cycle_grid(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale_max: float,
+                      mode: str) -> np.ndarray:
+    """log P(cycle's scores | T, depth) for the chunk's cycles: (cycles, n_depth, n_T), float32 for
+    the trend (float64, one depth, for the threshold form)."""
+    base, neg = _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode)
+    return np.subtract(base[:, None, None].astype(neg.dtype), neg, out=neg)
 
 
 def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
-                    mode: str = "trend") -> np.ndarray:
-    """log P(patient's scores | mu, depth): (n_patients, n_mu, n_depth); the depth is the
-    patient's (their doses bring them to a similar level each time)."""
-    out = np.empty((data.n_patients, len(MU_GRID), len(DEPTHS)))
-    for p, q, c0, logL in _cycle_loglik_chunks(data, sigma, kappa, within_sd, scale_max, mode):
-        out[p:q] = np.add.reduceat(logL, data.patient_start[p:q] - c0, axis=0)
-    return out
+                    mode: str = "trend", terms: list | None = None) -> np.ndarray:
+    """log P(patient's scores | mu, depth): (n_patients, n_mu, n_depth), or (n_patients, n_mu, 1)
+    in the threshold form (the same for every depth); the depth is the patient's (their doses
+    bring them to a similar level each time). T is integrated out on its grid. `terms`: the
+    chunks' _chunk_cycle_terms when already at hand (the threshold form's do not change with
+    within_sd; they are not changed here)."""
+    W = _within_weights(within_sd).T
+    n_depth = 1 if mode == "threshold" else len(DEPTHS)
+    out = np.empty((data.n_patients, n_depth, len(MU_GRID)))
+    for i, ch in enumerate(data.chunks):
+        base, neg = terms[i] if terms is not None else _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode)
+        # the largest cell over T of each cycle and depth is taken out before the exp (and added back)
+        least = neg.min(axis=2, keepdims=True)
+        e = np.subtract(least, neg, out=neg if terms is None else None)
+        np.exp(e, out=e)
+        L = e.reshape(-1, len(T_GRID)) @ W.astype(e.dtype)
+        np.maximum(L, 1e-30, out=L)
+        np.log(L, out=L)
+        top = base[:, None] - least[:, :, 0]                               # (cycles, n_depth)
+        # log L is within [-69, 0] here: summed in its own precision (float32 for the trend: a
+        # float64 copy of the whole array cost more than the rest); the large part, top, in float64
+        to_patients = ch.cycles_to_patients if L.dtype == np.float64 else ch.cycles_to_patients32
+        P = (to_patients @ L.reshape(len(neg), -1)).astype(np.float64)
+        P = P.reshape(-1, n_depth, len(MU_GRID))
+        P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
+        out[ch.p:ch.q] = P
+    return np.ascontiguousarray(np.transpose(out, (0, 2, 1)))
 
 
-def _posterior(P: np.ndarray, mu0: float, between_sd: float, depth_w: np.ndarray):
-    """Per patient: log marginal likelihood and the posterior over (mu, depth)."""
-    prior = np.log(_prior_mu(mu0, between_sd))[:, None] + np.log(np.maximum(depth_w, 1e-300))[None, :]
-    # One array of P's size, worked on in place (the same values as tot - top, exp, / norm): at 100,000
-    # patients P is 0.3 GB and each new array of its size another 0.3 GB (docs/performance.md).
-    w = P + prior[None]
+class _Marginal:
+    """The per-patient likelihoods P (n, n_mu, n_depth) held as exp(P - max) per patient, so a
+    patient's marginal likelihood under a prior (over mu) x (over depth) is two products instead of
+    an exp over the whole array: EM, the covariance and the posteriors reuse it. A patient whose
+    marginal would underflow there (the prior's mass where their likelihood is negligible) is
+    computed in log space instead."""
+
+    def __init__(self, P: np.ndarray):
+        self.P = P
+        self.top = P.max(axis=(1, 2))
+        self.E = np.exp(P - self.top[:, None, None])
+        self.n, self.n_mu, self.n_depth = P.shape
+
+    def _depth(self, depth_w: np.ndarray) -> np.ndarray:
+        # the threshold form holds one depth for all: the weights sum to 1
+        return np.asarray(depth_w, dtype=float) if self.n_depth > 1 else np.ones(1)
+
+    def stats(self, prior: np.ndarray, depth_w: np.ndarray, depth: bool = False):
+        """Per patient: log marginal likelihood, posterior over mu (n, n_mu); with `depth` also the
+        mean over patients of the posterior over depth."""
+        q = self._depth(depth_w)
+        R = self.E.reshape(-1, self.n_depth) @ q                      # (n * n_mu,)
+        R = R.reshape(self.n, self.n_mu) * prior[None, :]
+        norm = R.sum(axis=1)
+        bad = ~(norm > 1e-200)
+        with np.errstate(divide="ignore"):
+            ll = np.log(norm) + self.top
+        post = R / np.where(bad, 1.0, norm)[:, None]
+        mean_depth = None
+        if depth:
+            inv = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, norm))
+            G = (inv @ self.E.reshape(self.n, -1)).reshape(self.n_mu, self.n_depth)
+            mean_depth = (prior @ G) * q
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            ll_b, post_b = _log_posterior(self.P[rows], prior, q)
+            ll[rows] = ll_b
+            post[rows] = post_b.sum(axis=2)
+            if depth:
+                mean_depth = mean_depth + post_b.sum(axis=1).sum(axis=0)
+        if depth:
+            mean_depth = mean_depth / self.n
+        return ll, post, mean_depth
+
+
+def _log_posterior(P: np.ndarray, prior_mu: np.ndarray, depth_w: np.ndarray):
+    """Per patient: log marginal likelihood and the posterior over (mu, depth), in log space."""
+    with np.errstate(divide="ignore"):
+        prior = np.log(prior_mu)[:, None] + np.log(np.maximum(depth_w, 1e-300))[None, :]
+    w = P + prior[None]     # one array of P's size, worked on in place
     top = w.max(axis=(1, 2), keepdims=True)
     w -= top
     np.exp(w, out=w)
@@ -204,29 +318,29 @@ def _posterior(P: np.ndarray, mu0: float, between_sd: float, depth_w: np.ndarray
     return np.log(norm[:, 0, 0]) + top[:, 0, 0], w
 
 
-def _em(P: np.ndarray, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
+def _em(P, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
         tol: float = 1e-8, fit_depth: bool = True):
     """EM for the cohort centre, the between-patient SD and (fit_depth) the depth distribution,
-    the per-patient likelihoods P held fixed. The SD is floored at the grid spacing: the
-    between-patient variance can never come out negative or zero."""
+    the per-patient likelihoods P (an array or its _Marginal) held fixed. The SD is floored at the
+    grid spacing: the between-patient variance can never come out negative or zero."""
+    M = P if isinstance(P, _Marginal) else _Marginal(P)
     ll_old = -np.inf
     floor = MU_GRID[1] - MU_GRID[0]
     for _ in range(iters):
-        ll, post = _posterior(P, mu0, between_sd, depth_w)
-        pm = post.sum(axis=2)
+        ll, pm, mean_depth = M.stats(_prior_mu(mu0, between_sd), depth_w, depth=fit_depth)
         m1 = pm @ MU_GRID
         m2 = pm @ (MU_GRID ** 2)
         mu0 = float(m1.mean())
         between_sd = float(math.sqrt(max(m2.mean() - mu0 ** 2, floor ** 2)))
         if fit_depth:
-            depth_w = np.maximum(post.sum(axis=1).mean(axis=0), 1e-6)
+            depth_w = np.maximum(mean_depth, 1e-6)
             depth_w = depth_w / depth_w.sum()
-        del post  # not held while the next iteration makes its own
+        del pm  # not held while the next iteration makes its own
         total = float(ll.sum())
         if total - ll_old < tol * max(1.0, abs(total)):
             break
         ll_old = total
-    return mu0, between_sd, depth_w, float(_posterior(P, mu0, between_sd, depth_w)[0].sum())
+    return mu0, between_sd, depth_w, float(M.stats(_prior_mu(mu0, between_sd), depth_w)[0].sum())
 
 
 class MeasuredDurability:
@@ -294,11 +408,15 @@ class MeasuredDurability:
             if data.n_patients > self.fit_patients else data
         state = {"inner": (math.log(40.0), 0.7, np.full(len(DEPTHS), 1.0 / len(DEPTHS)))}
         mode = self.mode_
+        # the threshold form's cycle grids depend on neither the shape nor the within-patient spread,
+        # and its noise is fixed: made once for the whole search
+        terms = [_chunk_cycle_terms(sub, ch, fixed_sigma, 1.0, self.scale_max_, mode) for ch in sub.chunks] \
+            if mode == "threshold" else None
 
         def objective(sigma, kappa, within_sd):
             if not (0.2 <= kappa <= 12 and 0.05 <= within_sd <= 2.0 and 0.2 <= sigma <= 20):
                 return 1e30
-            P = _patient_loglik(sub, sigma, kappa, within_sd, self.scale_max_, mode)
+            P = _patient_loglik(sub, sigma, kappa, within_sd, self.scale_max_, mode, terms)
             mu0, bsd, dw, ll = _em(P, *state["inner"], iters=200, tol=1e-7, fit_depth=mode == "trend")
             state["inner"] = (mu0, bsd, dw)
             return -ll
@@ -326,17 +444,16 @@ class MeasuredDurability:
             self.converged_ = bool(res.success)
         self.noise_sd_, self.shape_, self.within_sd_ = float(sigma), float(kappa), float(within_sd)
         # everyone, with the measurement parameters fixed
-        self._data = data
-        self._P = _patient_loglik(data, self.noise_sd_, 1.0 if mode == "threshold" else self.shape_,
-                                  self.within_sd_, self.scale_max_, mode)
-        mu0, bsd, dw, ll = _em(self._P, *state["inner"], fit_depth=mode == "trend")
+        self._lik = _Marginal(_patient_loglik(data, self.noise_sd_, 1.0 if mode == "threshold" else self.shape_,
+                                              self.within_sd_, self.scale_max_, mode))
+        mu0, bsd, dw, ll = _em(self._lik, *state["inner"], fit_depth=mode == "trend")
         self.log_median_, self.between_sd_, self.depth_weights_, self.loglik_ = mu0, bsd, dw, ll
         self.responder_share_ = float(1.0 - dw[NO_RESPONSE]) if mode == "trend" else 1.0
         self._covariance()
-        _, post = _posterior(self._P, self.log_median_, self.between_sd_, self.depth_weights_)
+        _, post_mu, _ = self._lik.stats(self.prior_mu(), self.depth_weights_)
         self.patient_ids_ = data.patient_ids
-        self._post_mu = post.sum(axis=2)
-        del self._P, self._data   # the per-patient posteriors are all that is needed from here on
+        self._post_mu = post_mu
+        del self._lik   # the per-patient posteriors are all that is needed from here on
         return self
 
     def _covariance(self) -> None:
@@ -345,7 +462,7 @@ class MeasuredDurability:
         theta = np.array([self.log_median_, math.log(self.between_sd_)])
 
         def per_patient(th):
-            return _posterior(self._P, th[0], math.exp(th[1]), self.depth_weights_)[0]
+            return self._lik.stats(_prior_mu(th[0], math.exp(th[1])), self.depth_weights_)[0]
 
         h = np.array([0.01, 0.02])
         G = np.column_stack([(per_patient(theta + np.eye(2)[j] * h[j]) - per_patient(theta - np.eye(2)[j] * h[j]))
@@ -418,8 +535,7 @@ class MeasuredDurability:
         data = _prepare(s)
         P = _patient_loglik(data, self.noise_sd_, 1.0 if self.mode_ == "threshold" else self.shape_,
                             self.within_sd_, self.scale_max_, self.mode_)
-        _, post = _posterior(P, self.log_median_, self.between_sd_, self.depth_weights_)
-        return data.patient_ids, post.sum(axis=2)
+        return data.patient_ids, _Marginal(P).stats(self.prior_mu(), self.depth_weights_)[1]
 
     def _group_posteriors(self, patient_ids) -> np.ndarray:
         """Each listed patient's posterior over MU_GRID (the cohort's for a patient without
@@ -456,8 +572,10 @@ class MeasuredDurability:
         kappa = 1.0 if self.mode_ == "threshold" else self.shape_
         log_depth = np.log(np.maximum(self.depth_weights_, 1e-300))
         # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights
-        lc = np.concatenate([special.logsumexp(cyc + log_depth[None, None, :], axis=2)
-                             for _, _, _, cyc in _cycle_grid_chunks(data, self.noise_sd_, kappa, self.scale_max_, self.mode_)])
+        lc = np.concatenate([special.logsumexp(g + (log_depth if g.shape[1] > 1 else np.atleast_1d(special.logsumexp(log_depth)))
+                                               [None, :, None], axis=1)
+                             for g in (_chunk_cycle_grid(data, ch, self.noise_sd_, kappa, self.scale_max_, self.mode_)
+                                       for ch in data.chunks)])
         # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid
         step = float(MU_GRID[1] - MU_GRID[0]) / 2
         fine = np.arange(MU_GRID[0] - 1.5, MU_GRID[-1] + 1.5 + step, step)

@@ -50,12 +50,7 @@ class PatientScreen:
     items: dict = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     record: dict = field(default_factory=dict, repr=False)
-    voided: dict = field(default_factory=dict)  # DataAccess.voided_rows: voided infusions and assessments, kept for the record
-
-    @property
-    def voided_table(self) -> pd.DataFrame:
-        return voided_list(self.voided) if self.voided else voided_list({"treatments": pd.DataFrame(),
-                                                                          "assessments": pd.DataFrame()})
+    fingerprint: tuple = ()  # record_fingerprint(record): keys what is drawn from the record (charts)
 
     @property
     def last_infusion_ago(self) -> str:
@@ -84,8 +79,16 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
-    return ws.memo(("patient_screen", patient_id, today, record_fingerprint(record)),
-                   lambda: _patient_screen(ws, patient_id, today, record))
+    fingerprint = record_fingerprint(record)
+    return ws.memo(("patient_screen", patient_id, today, fingerprint),
+                   lambda: _patient_screen(ws, patient_id, today, record, fingerprint))
+
+
+def voided_records(ws: Workspace, patient_id: str) -> dict[str, pd.DataFrame]:
+    """DataAccess.voided_rows of one patient (voided infusions and assessments, kept for the record), read
+    once per data version (every void is a new version), when the record tools that list them are open."""
+    return ws.memo(("voided_records", str(patient_id), ws.data.data_version()),
+                   lambda: ws.data.voided_rows([patient_id]))
 
 
 def record_history(ws: Workspace, patient_id: str, administered_at, instrument: str | None = None) -> pd.DataFrame:
@@ -102,12 +105,12 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
                  for name, frame in sorted(record.items()))
 
 
-def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame]) -> PatientScreen:
+def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame],
+                    fingerprint: tuple = ()) -> PatientScreen:
     t, a = record["treatments"], record["assessments"]
     info = record["patient"].iloc[0].to_dict()
-    voided = ws.data.voided_rows([patient_id])
     if t.empty and a.empty:
-        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, voided=voided)
+        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, fingerprint=fingerprint)
     thresholds = patient_thresholds(t, a)
     all_cycles = ws.cycles(scales.PRIMARY)
     cycles = all_cycles[all_cycles["patient_id"] == patient_id]
@@ -121,7 +124,7 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
         items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
-        history=patient_history(record), record=record, voided=voided)
+        history=patient_history(record), record=record, fingerprint=fingerprint)
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,77 @@
+"""The measurement model's fit, made several times cheaper (its per-step arrays built in place, summed
+by sparse sums, EM on exp(P) reused across steps), estimates what it did before: the reference is the
+fit written the direct way (tests/oracles/measured.py, the code before the change).
+
+Tolerances: both compute in float32 where the grids are large, in a different order, so the objective
+differs in about the 7th digit; the outer search then takes the same steps. The estimates (median, its
+95% interval, noise, shape, within- and between-patient spread) must agree within 0.5%, each patient's
+posterior within 1e-4, and every patient's suggestion to the day.
+"""
+from datetime import date
+
+import numpy as np
+import pytest
+
+from analytics import course, intervals, simulate
+from analytics.durability import measured
+from analytics.durability.measured import MU_GRID, MeasuredDurability
+from oracles.measured import reference_fit
+
+TODAY = date(2026, 11, 21)
+REL = 0.005
+
+
+@pytest.fixture(scope="module")
+def small_clinic():
+    sim = simulate.simulate_clinic(160, 5)
+    return course.frames_from_csv_tables(sim.tables)
+
+
+def _same_fit(new: MeasuredDurability, old: MeasuredDurability) -> None:
+    assert new.mode_ == old.mode_
+    for name in ("median_days_", "noise_sd_", "within_sd_", "between_sd_"):
+        assert getattr(new, name) == pytest.approx(getattr(old, name), rel=REL), name
+    if new.mode_ == "trend":
+        assert new.shape_ == pytest.approx(old.shape_, rel=REL)
+    assert np.allclose(new.quantile_ci(0.5), old.quantile_ci(0.5), rtol=REL)
+    assert np.allclose(new.survival([28, 56]), old.survival([28, 56]), atol=1e-3)
+    assert np.allclose(new.depth_weights_, old.depth_weights_, atol=1e-4)
+    assert np.array_equal(new.patient_ids_, old.patient_ids_)
+    assert np.abs(new._post_mu - old._post_mu).max() < 1e-4
+
+
+@pytest.mark.parametrize("instrument, mode", [("PHQ-9", "trend"), ("MADRS", "threshold")])
+def test_the_fit_estimates_what_the_direct_computation_did(small_clinic, instrument, mode):
+    cm = intervals.fit_clinic_model(small_clinic, instrument)
+    kwargs = dict(scale_max=cm.scale_max, fit_patients=40, registry_noise_sd=cm.registry_noise_sd)
+    new = MeasuredDurability(fit_patients=40, registry_noise_sd=cm.registry_noise_sd).fit(
+        cm.scores, scale_max=cm.scale_max)
+    old = reference_fit(cm.scores, **kwargs)
+    assert new.mode_ == mode
+    _same_fit(new, old)
+    # every patient's suggestion, range and taper signal, as the pages and `intervals --json` give them
+    a = intervals.suggest_intervals(new, cm.course, cm.cycles, today=TODAY, last_activity=cm.last_activity)
+    b = intervals.suggest_intervals(old, cm.course, cm.cycles, today=TODAY, last_activity=cm.last_activity)
+    assert (a["status"] == "suggested").sum() > 20
+    for column in ("status", "suggested_interval_days", "interval_low_days", "interval_high_days", "taper",
+                   "estimate_source"):
+        assert a[column].fillna(-1).tolist() == b[column].fillna(-1).tolist(), column
+
+
+def test_a_patient_far_from_the_prior_is_computed_in_log_space():
+    """The EM's shortcut (exp of each patient's likelihood once, then products) would underflow for a
+    patient whose likelihood is negligible wherever the prior has mass; such a patient is computed in
+    log space and gets the same answer as the direct computation."""
+    rng = np.random.default_rng(0)
+    P = rng.normal(-50, 5, size=(30, len(MU_GRID), 3))
+    P[0, :, :] = -5000.0
+    P[0, -1, :] = 0.0        # only the longest median fits this patient: the prior there is ~1e-300
+    depth_w = np.array([0.5, 0.3, 0.2])
+    prior = measured._prior_mu(np.log(10.0), 0.12)
+    ll, post, mean_depth = measured._Marginal(P).stats(prior, depth_w, depth=True)
+    ll_ref, post_ref = measured._log_posterior(P, prior, depth_w)
+    assert np.isfinite(ll).all()
+    assert np.allclose(ll, ll_ref, rtol=1e-12)
+    assert np.allclose(post, post_ref.sum(axis=2), atol=1e-12)
+    assert np.allclose(mean_depth, post_ref.sum(axis=1).mean(axis=0), atol=1e-12)
+    assert post[0].argmax() == len(MU_GRID) - 1
