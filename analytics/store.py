@@ -1280,6 +1280,21 @@ SCHEMA_VERSION = len(MIGRATIONS)
 DUCKDB_ONLY = (_schema_v7,)
 
 
+# Each large table's id column and the sequence that numbers it (v1).
+ID_SEQUENCES = {"treatments": ("treatment_id", "treatment_seq"), "assessments": ("assessment_id", "assessment_seq")}
+
+
+def reserve_ids(con, table: str, count: int) -> int:
+    """The first of `count` consecutive ids of `table` taken from its sequence at once (inside the
+    caller's transaction): a bulk insert numbers its rows itself, which lets DuckDB insert them on every
+    core instead of calling the sequence row by row. The next id the sequence gives is first + count."""
+    _, sequence = ID_SEQUENCES[table]
+    [(first,)] = con.execute(f"SELECT nextval('{sequence}')").fetchall()
+    if count > 1:
+        con.execute(f"SELECT setval('{sequence}', ?)", [first + count - 1]).fetchall()
+    return first
+
+
 @contextlib.contextmanager
 def keys_built_after(con, table: str) -> Iterator[str]:
     """For one large insert into `table` (treatments, assessments) inside `con`'s transaction: the name of

@@ -90,6 +90,11 @@ def test_a_bulk_insert_into_a_filled_table_keeps_its_rows_corrections_and_ids(ba
         history = con.execute("SELECT record_key FROM record_history WHERE table_name = 'treatments'").fetchall()
     assert rows[0] == (first_id, "P1", 0.8) and [r[1:] for r in rows[1:]] == [("P1", 0.5), ("P2", 0.5)]
     assert len({r[0] for r in rows}) == 3 and history == [("P1|2024-01-10T00:00:00",)]
+    monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 10**9)  # row by row again: the sequence goes on after the bulk ids
+    assert visits.record_infusion(db, SYSTEM, "P2", administered_at="2024-02-03", route="iv", dose_mg_per_kg=0.5).ok
+    with store.connect(db) as con:
+        ids = [i for (i,) in con.execute("SELECT treatment_id FROM treatments ORDER BY administered_at, patient_id").fetchall()]
+    assert len(set(ids)) == 4 and ids[-1] == max(ids)
 
 
 def test_a_repeated_key_that_reached_the_insert_fails_the_whole_bulk_import(backend, tmp_path, monkeypatch):

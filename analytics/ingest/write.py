@@ -216,8 +216,15 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                       "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'")
             bulk = kind != "patients" and _bulk(con, table, counts["new"])
             with store.keys_built_after(con, table) if bulk else contextlib.nullcontext(table) as target:
-                con.execute(f"INSERT INTO {target} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
-                            [batch_id])
+                if bulk and target != table:  # DuckDB: ids numbered here from _row (distinct), not row by row
+                    id_column, _ = store.ID_SEQUENCES[table]
+                    [(low, high)] = con.execute("SELECT min(_row), max(_row) FROM ingest_status WHERE status = 'new'").fetchall()
+                    first = store.reserve_ids(con, table, high - low + 1)
+                    con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
+                                    SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
+                else:
+                    con.execute(f"INSERT INTO {target} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
+                                [batch_id])
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
             con.execute(
                 """DELETE FROM patient_attributes WHERE name = ANY(?) AND patient_id IN
