@@ -290,11 +290,14 @@ def _request_address() -> str | None:
     return selfreport.request_base_url(url, headers, page_names=(*_routing.PAGES, "login"))
 
 
-def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:
-    """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
+def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient",
+                 flags: pd.DataFrame | None = None) -> None:
+    """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement;
+    `flags`: the open flags this page run has just read (the due list's), else they are read here."""
     if patient_id is None and FLASH in st.session_state:  # the due list has no visit section to show it
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
-    flags = selfreport.open_flags(db_path(), scope)
+    if flags is None:
+        flags = selfreport.open_flags(db_path(), scope)
     if patient_id is not None:
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():

@@ -89,3 +89,10 @@ def test_the_timeline_has_make_subplots_panels_with_each_trace_on_its_own_panel(
             assert trace.yaxis == strip
     assert fig.layout[f"yaxis{len(codes) + 1}"].title.text == "infusions"
     assert fig.layout.title.text == f"Patient {pid}: scores and infusions" and fig.layout.template.layout.font is not None
+    # made without plotly's property checks: the same figure as plotly's checked copy of it
+    import json
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    assert json.loads(pio.to_json(fig, validate=False)) == json.loads(pio.to_json(go.Figure(fig.to_dict())))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -47,7 +48,7 @@ class PatientScreen:
     suggestion_text: str = ""
     cycles: pd.DataFrame = field(default_factory=pd.DataFrame)  # this patient's durability cycles
     cycle_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the same, as the table shows them
-    items: dict = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
+    items: Mapping = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     record: dict = field(default_factory=dict, repr=False)
     fingerprint: tuple = ()  # record_fingerprint(record): keys what is drawn from the record (charts)
@@ -123,8 +124,29 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
         last_infusion=last, days_since_infusion=clinic_time.days_since(last, today),
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
-        items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
+        items=ItemAnswers(a, [c for c in scales.codes() if (a["instrument"] == c).any()]),
         history=patient_history(record), record=record, fingerprint=fingerprint)
+
+
+class ItemAnswers(Mapping):
+    """instrument -> (item_matrix, item_max) for the instruments present, each matrix built when first asked
+    for: the page shows one instrument's at a time."""
+
+    def __init__(self, assessments: pd.DataFrame, codes: list[str]):
+        self._assessments, self._codes, self._built = assessments, list(codes), {}
+
+    def __getitem__(self, code: str) -> tuple[pd.DataFrame, int]:
+        if code not in self._codes:
+            raise KeyError(code)
+        if code not in self._built:  # two sessions may build it at once: the same value either way
+            self._built[code] = (item_matrix(self._assessments, code), scales.get(code).item_max)
+        return self._built[code]
+
+    def __iter__(self):
+        return iter(self._codes)
+
+    def __len__(self) -> int:
+        return len(self._codes)
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:
