@@ -592,23 +592,31 @@ class MeasuredDurability:
         G += top
         slopes = np.linspace(0.0, max_slope, 26)
         log_prior = np.log(self.prior_mu())
-        c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
-        rows = []
-        for i in range(data.n_patients):
-            g = G[data.patient_start[i]:c_end[i]]
-            k = np.arange(len(g), dtype=float)
+        n_cyc = np.diff(np.r_[data.patient_start, len(data.cycle_start)])
+        best_slope = np.zeros(data.n_patients)
+        p_value = np.ones(data.n_patients)
+        # patients with the same number of cycles share the (mu, slope, cycle) grid of medians: a batch
+        # of them at a time (each patient's arithmetic as it would be alone)
+        for n in np.unique(n_cyc):
+            k = np.arange(n, dtype=float)
             k -= k.mean()
             m = MU_GRID[:, None, None] + slopes[None, :, None] * k[None, None, :]   # (mu, slope, cycle)
             x = np.clip((m - fine[0]) / step, 0, len(fine) - 1.000001)
             lo = np.floor(x).astype(int)
             frac = x - lo
-            vals = g[np.arange(len(g))[None, None, :], lo] * (1 - frac) + g[np.arange(len(g))[None, None, :], lo + 1] * frac
-            ll = special.logsumexp(vals.sum(axis=2) + log_prior[:, None], axis=0)   # (slope,)
-            best = int(np.argmax(ll))
-            stat = max(2.0 * (ll[best] - ll[0]), 0.0)
-            p = 0.5 * float(stats.chi2.sf(stat, 1)) if best > 0 and stat > 0 else 1.0
-            rows.append((data.patient_ids[i], len(g), float(slopes[best]), p))
-        return pd.DataFrame(rows, columns=list(columns))
+            cyc = np.arange(n)[None, None, :]
+            same = np.flatnonzero(n_cyc == n)
+            for batch in np.array_split(same, -(-len(same) * n // 4000)):
+                g = G[data.patient_start[batch][:, None] + np.arange(n)[None, :]]     # (patients, cycle, fine)
+                vals = g[:, cyc, lo] * (1 - frac) + g[:, cyc, lo + 1] * frac
+                ll = special.logsumexp(vals.sum(axis=3) + log_prior[None, :, None], axis=1)   # (patients, slope)
+                best = np.argmax(ll, axis=1)
+                stat = np.maximum(2.0 * (ll[np.arange(len(batch)), best] - ll[:, 0]), 0.0)
+                tested = (best > 0) & (stat > 0)
+                p_value[batch] = np.where(tested, 0.5 * stats.chi2.sf(stat, 1), 1.0)
+                best_slope[batch] = slopes[best]
+        return pd.DataFrame({"patient_id": data.patient_ids, "trend_cycles": n_cyc, "slope_per_cycle": best_slope,
+                             "trend_p": p_value})
 
     def survival_of(self, patient_ids, days) -> np.ndarray:
         """The curve of a group of patients (a caseload, a subgroup): the mean of their own
