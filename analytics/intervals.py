@@ -159,16 +159,45 @@ def _losses_by(left: np.ndarray, right: np.ndarray, event: np.ndarray, day: floa
     return int(lost.sum()), int((lost | held).sum())
 
 
-def _contradicted(left: np.ndarray, right: np.ndarray, event: np.ndarray, days: np.ndarray, target: float,
-                  alpha: float) -> np.ndarray:
-    """For each day: would the losses seen by then be that unlikely (below `alpha`) if only
-    (1 - target) of cycles lost response by then? (_losses_by at every day at once.)"""
+def _losses_at(left: np.ndarray, right: np.ndarray, event: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_losses_by at every one of `days` at once: (lost, known) arrays."""
     d = np.asarray(days, dtype=float)[:, None]
     lost = event[None, :] & (right[None, :] <= d)
     known = lost | (left[None, :] >= d)
-    k, n = lost.sum(axis=1), known.sum(axis=1)
+    return lost.sum(axis=1), known.sum(axis=1)
+
+
+def _unlikely(k: np.ndarray, n: np.ndarray, target: float, alpha: float) -> np.ndarray:
+    """Would k losses among n known cycles be that unlikely (below `alpha`) if only (1 - target) of
+    cycles lost response by then? (One call for any number of counts.)"""
+    k, n = np.asarray(k), np.asarray(n)
     out = (n > 0) & (k > 0)
     out[out] = stats.binom.sf(k[out] - 1, n[out], 1.0 - target) < alpha
+    return out
+
+
+def _supported_days(groups: list, days, target: float, alpha: float = LOSS_TEST_ALPHA) -> np.ndarray:
+    """loss_supported_day for patients whose suggested `days` the observed losses contradict: each
+    group (left, right, event) stepped down through its loss days, every step of every patient tested
+    with one call."""
+    steps, ks, ns = [], [], []
+    for (left, right, event), day in zip(groups, days):
+        # the loss days are where the count changes: step down through them
+        candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
+        candidates = np.sort(candidates[candidates < day])[::-1]
+        k, n = _losses_at(left, right, event, candidates - 1e-9)
+        steps.append(candidates)
+        ks.append(k)
+        ns.append(n)
+    supported = ~_unlikely(np.concatenate(ks or [np.zeros(0, int)]), np.concatenate(ns or [np.zeros(0, int)]),
+                           target, alpha)
+    out = np.zeros(len(steps))
+    at = 0
+    for i, candidates in enumerate(steps):
+        ok = supported[at:at + len(candidates)]
+        at += len(candidates)
+        if ok.any():
+            out[i] = float(max(candidates[np.argmax(ok)] - 1e-9, 0.0))
     return out
 
 
@@ -178,15 +207,9 @@ def loss_supported_day(left: np.ndarray, right: np.ndarray, event: np.ndarray, d
     contradicted day, seeing that many losses among the cycles known at that day would have
     probability below `alpha` if only (1 - target) of cycles lost response by then."""
     left, right, event = np.asarray(left, dtype=float), np.asarray(right, dtype=float), np.asarray(event, dtype=bool)
-    if not _contradicted(left, right, event, np.array([day]), target, alpha)[0]:
+    if not _unlikely(*_losses_at(left, right, event, np.array([day])), target, alpha)[0]:
         return day
-    # the loss days are where the count changes: step down through them
-    candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
-    candidates = np.sort(candidates[candidates < day])[::-1]
-    supported = ~_contradicted(left, right, event, candidates - 1e-9, target, alpha)
-    if supported.any():
-        return float(max(candidates[np.argmax(supported)] - 1e-9, 0.0))
-    return 0.0
+    return float(_supported_days([(left, right, event)], [day], target, alpha)[0])
 
 
 # --- the suggestion from the model ---------------------------------------------------------
@@ -349,9 +372,13 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
             known = lost | (c_left[cyc] >= d)
             k_lost = np.bincount(at, weights=lost, minlength=len(t_rows))
             n_known = np.bincount(at, weights=known, minlength=len(t_rows))
-            hit = (n_known > 0) & (k_lost > 0)
-            hit[hit] = stats.binom.sf(k_lost[hit] - 1, n_known[hit], 1.0 - target) < LOSS_TEST_ALPHA
-            needs_cap[t_rows[hit]] = True
+            needs_cap[t_rows[_unlikely(k_lost.astype(int), n_known.astype(int), target, LOSS_TEST_ALPHA)]] = True
+        capped_at = np.zeros(len(rows))
+        if needs_cap.any():
+            cap_rows = np.flatnonzero(needs_cap)
+            groups = [(c_left[c_start[where[k]]:c_start[where[k] + 1]], c_right[c_start[where[k]]:c_start[where[k] + 1]],
+                       c_event[c_start[where[k]]:c_start[where[k] + 1]]) for k in cap_rows]
+            capped_at[cap_rows] = _supported_days(groups, days[cap_rows], target)
         weights = est["weight_personal"].to_numpy()
         n_cycles = out["observed_cycles"].to_numpy()
         for k, r in enumerate(rows):
@@ -360,7 +387,7 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
             capped = day
             if needs_cap[k]:
                 sl = slice(c_start[j], c_start[j + 1])
-                capped = loss_supported_day(c_left[sl], c_right[sl], c_event[sl], day, target)
+                capped = float(capped_at[k])
                 capped = max(float(np.floor(capped)), MIN_SUGGESTION_DAYS) if capped < day else day
             w = float(weights[k])
             n_cyc = int(n_cycles[r])
