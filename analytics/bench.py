@@ -336,7 +336,9 @@ def durability_estimate(frames: dict) -> dict:
     from .screens.durability import N_BOOT
     from .screens.workspace import cohort_cycles
 
-    built = course.build_course(frames["treatments"], frames["assessments"], INSTRUMENT)
+    # only the columns the cycles and the model read (course.build_course(columns=): less memory)
+    built = course.build_course(frames["treatments"], frames["assessments"], INSTRUMENT,
+                                columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
     model = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles).model

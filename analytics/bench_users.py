@@ -373,6 +373,17 @@ def _errors(summary: dict) -> list[str]:
     return summary.get("error_samples") or []
 
 
+def _director_visit(name: str, url: str, director_file: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """One director's sign-in (landing on Cohort outcomes, the cohort visit) then Durability, as `<name>_cohort_s`,
+    `<name>_durability_s`, `<name>_errors`, the load average before it and the server's CPU seconds for it
+    (less sensitive than wall clock to what else the machine is doing)."""
+    load_start, cpu_start = load_average(), tree_cpu_s(proc.pid)
+    visit = load(url, director_file, 1, rounds=1, timeout=timeout)
+    return {f"{name}_server_cpu_s": round(tree_cpu_s(proc.pid) - cpu_start, 2),
+            f"{name}_cohort_s": _first(visit, "sign-in"), f"{name}_durability_s": _first(visit, "durability"),
+            f"{name}_load_average": load_start, f"{name}_errors": visit["errors"]}
+
+
 # --- the whole users part ----------------------------------------------------------------------------
 
 def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: float = 60, think: float = 0.0,
@@ -392,15 +403,8 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
         try:
             result["users_server_rss_start_mb"] = round(tree_rss_mb(proc.pid))
             say("users: first director visit (nothing built yet)")
-            load_start, cpu_start, since = load_average(), tree_cpu_s(proc.pid), time.time()
-            first = load(url, tmp / "director.json", 1, rounds=1, timeout=900)  # the first Durability fits the model
-            # CPU seconds the server spent on that first visit (sign-in landing on Cohort, then Durability):
-            # less sensitive than wall clock to what else the machine is doing
-            result["first_server_cpu_s"] = round(tree_cpu_s(proc.pid) - cpu_start, 2)
-            result["first_cohort_s"] = _first(first, "sign-in")
-            result["first_durability_s"] = _first(first, "durability")
-            result["first_load_average"] = load_start
-            result["first_errors"] = first["errors"]
+            since = time.time()
+            result.update(_director_visit("first", url, tmp / "director.json", proc, timeout=900))  # fits the model
 
             say("users: restart, then the first director visit again (cold)")
             result["cold_tables_saved"] = wait_for_saved_tables(db, since)
@@ -409,13 +413,7 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
             proc, url = start_server(db, work / "server.log", today, processes)
             sampler = Sampler(proc.pid)
             sampler.start()
-            load_start, cpu_start = load_average(), tree_cpu_s(proc.pid)
-            cold = load(url, tmp / "director.json", 1, rounds=1, timeout=900)
-            result["cold_server_cpu_s"] = round(tree_cpu_s(proc.pid) - cpu_start, 2)
-            result["cold_cohort_s"] = _first(cold, "sign-in")
-            result["cold_durability_s"] = _first(cold, "durability")
-            result["cold_load_average"] = load_start
-            result["cold_errors"] = cold["errors"]
+            result.update(_director_visit("cold", url, tmp / "director.json", proc, timeout=900))
             say("users: warm-up (every account once)")
             warm = load(url, accounts_file, len(accounts), rounds=1)
             result["users_warmup_errors"] = warm["errors"]
@@ -445,13 +443,7 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
             done = subprocess.run([sys.executable, "-m", "analytics", "import", "--db", str(db), str(small)],
                                   cwd=REPO, capture_output=True, text=True)
             result["after_write_import_exit"] = done.returncode
-            load_before, cpu_before = load_average(), tree_cpu_s(proc.pid)
-            after = load(url, tmp / "director.json", 1, rounds=1)
-            result["after_write_server_cpu_s"] = round(tree_cpu_s(proc.pid) - cpu_before, 2)
-            result["after_write_cohort_s"] = _first(after, "sign-in")
-            result["after_write_durability_s"] = _first(after, "durability")
-            result["after_write_errors"] = after["errors"]
-            result["after_write_load_average"] = load_before
+            result.update(_director_visit("after_write", url, tmp / "director.json", proc))
 
             if import_rows:
                 say(f"users: {users} users while {import_rows:,} assessments are imported")

@@ -6,6 +6,9 @@ dark themes (pages draw them with the Streamlit theme).
 """
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -43,19 +46,40 @@ def _band_colour(i: int, n: int) -> str:
     return BAND_COLOURS[round(i * (len(BAND_COLOURS) - 1) / max(n - 1, 1))]
 
 
+@functools.lru_cache(maxsize=8)
+def _panels_layout(panels: int) -> str:
+    """The layout `make_subplots` gives `panels` score panels above the infusion strip (shared x axis),
+    without its template, as JSON: built once per number of panels, copied for each chart."""
+    fig = make_subplots(rows=panels + 1, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        row_heights=[1.0] * panels + [0.45])
+    layout = fig.layout.to_plotly_json()
+    layout.pop("template", None)
+    return json.dumps(layout)
+
+
+def _axis(kind: str, row: int) -> str:
+    return f"{kind}axis{row if row > 1 else ''}"
+
+
 def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresholds: dict[str, dict],
                      cycles: pd.DataFrame | None = None, patient_id: str = "") -> go.Figure:
     """One timeline: a panel per instrument (own axis, severity bands shaded, baseline,
     response and remission lines) above an infusion strip (phase and dose), durability
     cycles drawn in the strip with their length and how they ended.
 
-    Bands, lines and their labels are collected and set on the layout once: plotly's
-    add_hrect/add_hline/add_annotation copy the whole layout on every call (~0.3 s a chart).
+    The traces and the layout are collected as plain values and the figure is made (and checked by
+    plotly) once: every add_trace, update_layout and add_hline copies and re-checks the figure
+    (~0.2 s a chart at 10,000 patients, docs/performance.md).
     """
     codes = [c for c in thresholds]
     rows = len(codes) + 1
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.04,
-                        row_heights=[1.0] * len(codes) + [0.45])
+    layout = json.loads(_panels_layout(len(codes)))
+    traces: list[dict] = []
+
+    def add(trace: dict, row: int) -> None:
+        traces.append({**trace, "type": trace.get("type", "scatter"), "xaxis": f"x{row if row > 1 else ''}",
+                       "yaxis": f"y{row if row > 1 else ''}"})
+
     shapes, notes = [], []
     for r, code in enumerate(codes, start=1):
         th = thresholds[code]
@@ -78,20 +102,19 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
         safety, n = scale.safety_column, scale.safety_item
         if safety and safety in a:
             hover = [h + (f"<br><b>item {n} = {int(v)}</b>" if pd.notna(v) and v > 0 else "") for h, v in zip(hover, a[safety])]
-        fig.add_trace(go.Scatter(x=a["administered_at"], y=a["total"], mode="lines+markers", name=code,
-                                 line=dict(color=scale.colour, width=2), marker=dict(size=7),
-                                 hovertext=hover, hoverinfo="text"), row=r, col=1)
+        add(dict(x=a["administered_at"], y=a["total"], mode="lines+markers", name=code,
+                 line=dict(color=scale.colour, width=2), marker=dict(size=7), hovertext=hover, hoverinfo="text"), r)
         if safety and safety in a:
             # A strip of small marks along the top of the panel, not a mark over each point: in some
             # patients most scores carry a positive item 9, and large marks hid the line.
             flagged = a[a[safety].fillna(0) > 0]
             if len(flagged):
-                fig.add_trace(go.Scatter(x=flagged["administered_at"], y=np.full(len(flagged), th["max"] * 0.96),
-                                         mode="markers", name=f"{code} item {n} above 0",
-                                         marker=dict(symbol="triangle-down", size=8, color="#d62728"),
-                                         hovertext=[f"{code} item {n} ({scale.safety_meaning or 'safety item'}) = {int(v)}"
-                                                    f"<br>{d:%a %d %b %Y}" for v, d in zip(flagged[safety], flagged["administered_at"])],
-                                         hoverinfo="text"), row=r, col=1)
+                add(dict(x=flagged["administered_at"], y=np.full(len(flagged), th["max"] * 0.96),
+                         mode="markers", name=f"{code} item {n} above 0",
+                         marker=dict(symbol="triangle-down", size=8, color="#d62728"),
+                         hovertext=[f"{code} item {n} ({scale.safety_meaning or 'safety item'}) = {int(v)}"
+                                    f"<br>{d:%a %d %b %Y}" for v, d in zip(flagged[safety], flagged["administered_at"])],
+                         hoverinfo="text"), r)
         if th["baseline"] is not None:
             hline(th["baseline"], dict(dash="dot", color="#888"), f"baseline {th['baseline']:g}")
             hline(th["response_at_or_below"], dict(dash="dash", color="#2ca02c"),
@@ -99,39 +122,39 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
         op = "≤" if th["remission_inclusive"] else "<"
         hline(th["remission_cut"], dict(dash="dash", color="#17becf"), f"remission {op} {th['remission_cut']:g}",
               label_below=True)
-        fig.update_yaxes(range=[0, th["max"]], title_text=f"{code} (points)", row=r, col=1)
+        layout[_axis("y", r)].update(range=[0, th["max"]], title=dict(text=f"{code} (points)"))
     strip = rows
     for phase, (colour, symbol) in PHASE_STYLE.items():
         t = treatments[treatments["phase"].isna()] if phase is None else treatments[treatments["phase"] == phase]
         if t.empty:
             continue
         dose = t["dose_mg_per_kg"]
-        fig.add_trace(go.Scatter(
+        add(dict(
             x=t["administered_at"], y=np.full(len(t), 1.0), mode="markers",
             name=f"{phase or 'phase not recorded'} infusion",
             marker=dict(symbol=symbol, color=colour, size=8 + 6 * dose.fillna(0.5).clip(0, 2).to_numpy()),
             hovertext=[f"{phase or 'infusion'}: {r.upper()} {d:g} mg/kg<br>{w:%a %d %b %Y}" if pd.notna(d) else f"{phase}: {r}"
-                       for r, d, w in zip(t["route"], dose, t["administered_at"])], hoverinfo="text"),
-            row=strip, col=1)
+                       for r, d, w in zip(t["route"], dose, t["administered_at"])], hoverinfo="text"), strip)
     if cycles is not None and len(cycles):
         starts, ends, labels = _cycle_spans(cycles)
         stamps = [pd.to_datetime(d) for d in (assessments["administered_at"], treatments["administered_at"]) if len(d)]
         first = min([s.min() for s in stamps] + [starts.min()])
         last = max([s.max() for s in stamps] + [ends.max()])
         shown = cycle_labels_that_fit(starts, ends, first, last)
-        spans = [go.Scatter(x=[s, e], y=[0.4, 0.4], mode="lines+text",
-                            line=dict(color="#d62728" if lost else "#2ca02c", width=5),
-                            text=[text.split(",")[0] if show else "", ""], textposition="top right", textfont=dict(size=10),
-                            showlegend=False, hovertext=[text, text], hoverinfo="text")
-                 for s, e, text, lost, show in zip(starts, ends, labels, cycles_lost(cycles), shown)]
-        fig.add_traces(spans, rows=[strip] * len(spans), cols=[1] * len(spans))
-    fig.update_layout(shapes=shapes, annotations=notes)
-    fig.update_yaxes(range=[0, 1.6], showticklabels=False, title_text="infusions", row=strip, col=1)
-    fig.update_xaxes(title_text="date", row=strip, col=1)
+        for s, e, text, lost, show in zip(starts, ends, labels, cycles_lost(cycles), shown):
+            add(dict(x=[s, e], y=[0.4, 0.4], mode="lines+text", line=dict(color="#d62728" if lost else "#2ca02c", width=5),
+                     text=[text.split(",")[0] if show else "", ""], textposition="top right", textfont=dict(size=10),
+                     showlegend=False, hovertext=[text, text], hoverinfo="text"), strip)
+    layout[_axis("y", strip)].update(range=[0, 1.6], showticklabels=False, title=dict(text="infusions"))
+    layout[_axis("x", strip)].update(title=dict(text="date"))
     title = f"Patient {_markup_free(patient_id)}: scores and infusions" if patient_id else "Scores and infusions"
-    fig = _layout(fig, title, height=260 * len(codes) + 200)
-    # full width: the legend fits on one line above the plot
-    return fig.update_layout(legend=dict(yanchor="bottom", y=1.0, xanchor="right", x=1), margin=dict(t=70))
+    # full width: the legend fits on one line above the plot (the other charts put it below: _layout)
+    layout.update(shapes=shapes, annotations=notes, title=dict(text=title, x=0, xanchor="left"),
+                  height=260 * len(codes) + 200, margin=dict(l=10, r=10, t=70, b=10), hovermode="closest",
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    # Plotly's per-property checks (a third of the chart's time) are skipped: every value above is of a
+    # kind plotly takes as is, and tests/test_patient_timeline.py checks the figure equals its checked copy.
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
 def _band_label(bands, value) -> str:
@@ -179,12 +202,16 @@ def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Fig
     wording (`matrix.attrs["wording"]`, screens.patient.item_matrix)."""
     wording = matrix.attrs.get("wording") or list(matrix.index)
     words = np.array([[w] * matrix.shape[1] for w in wording], dtype=object)
-    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0, zmax=item_max,
-                               colorscale="YlOrRd", colorbar=dict(title="score"), customdata=words, xgap=1, ygap=1,
-                               hovertemplate="%{customdata}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title_text="item")
-    fig.update_xaxes(title_text="assessment date", type="category")
-    return _layout(fig, f"{instrument} items over time (which symptoms move)", height=360)
+    # made in one go (as _layout would set it): each update_* call copies and re-checks the figure
+    heatmap = dict(type="heatmap", z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0,
+                   zmax=item_max, colorscale="YlOrRd", colorbar=dict(title=dict(text="score")), customdata=words, xgap=1,
+                   ygap=1, hovertemplate="%{customdata}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>")
+    return go.Figure(data=[heatmap], layout=dict(
+        yaxis=dict(autorange="reversed", title=dict(text="item")),
+        xaxis=dict(title=dict(text="assessment date"), type="category"),
+        title=dict(text=f"{instrument} items over time (which symptoms move)", x=0, xanchor="left"), height=360,
+        margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)))
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:

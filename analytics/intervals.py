@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import scales
+from . import memory, scales
 from .durability.measured import MU_GRID, MeasuredDurability
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
@@ -689,7 +689,7 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     a = frames["assessments"]
     if built is None:
         mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-        built = course.build_course(frames["treatments"], mine, code, rules)
+        built = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns())
     elif built.instrument != code:
         raise ValueError(f"fit_clinic_model: the course given is of {built.instrument}, not {code}")
     crs = built
@@ -702,6 +702,7 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
     crs = kept_course(crs)
+    memory.release_freed()  # the whole course's other columns: heap pieces glibc would keep resident
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
         if scale.reference_sd is not None and scale.reliability is not None else None
@@ -715,6 +716,19 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
 KEPT_INFUSION_COLUMNS = ("patient_id", "code", "at", "phase", "pre_dose_score", "pre_dose_at", "right_at",
                          "starts_cycle", "last_induction", "start_kind")
 KEPT_SCORE_COLUMNS = ("patient_id", "code", "at", "responding", "segment_row", "baseline_score", "total")
+
+
+# What course.cycle_scores reads of a course (model_scores).
+SCORED_COLUMNS = {"infusions": ("patient_id", "code", "at", "phase", "starts_cycle", "last_induction", "start_kind"),
+                  "scores": ("patient_id", "code", "at", "segment_row", "baseline_score", "total")}
+
+
+def _model_course_columns() -> dict:
+    """The course columns a clinic model is built from: its cycles, its scores and what it keeps."""
+    from . import course
+
+    return {part: tuple(dict.fromkeys(course.CYCLE_COLUMNS_READ[part] + SCORED_COLUMNS[part] + kept))
+            for part, kept in (("infusions", KEPT_INFUSION_COLUMNS), ("scores", KEPT_SCORE_COLUMNS))}
 
 
 def kept_course(crs):
@@ -767,5 +781,6 @@ def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: fl
         table = suggest_intervals(cm.model, cm.course, cm.cycles, today=today, target=target,
                                   last_activity=cm.last_activity, instrument=cm.instrument, rules=rules,
                                   read_scores=cm.scores)
+        memory.release_freed()  # the fit's and the taper tests' working arrays
         return ClinicSuggestions(cm.instrument, float(target), today, cm, table)
     return _once(_SUGGESTIONS, key, build)

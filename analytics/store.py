@@ -1212,10 +1212,117 @@ def _schema_v6() -> list[str]:
             for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR"))]
 
 
+# The indexes that hold the keys of the two large tables since v7 (DuckDB). `keys_built_after` builds them
+# anew after a large insert; on PostgreSQL the same keys stay constraints (v1, v4).
+KEY_INDEXES = {
+    "treatments": ("CREATE UNIQUE INDEX treatments_key ON treatments (patient_id, administered_at)",
+                   "CREATE UNIQUE INDEX treatments_id ON treatments (treatment_id)"),
+    "assessments": ("CREATE UNIQUE INDEX assessments_key ON assessments (patient_id, instrument, administered_at)",
+                    "CREATE UNIQUE INDEX assessments_id ON assessments (assessment_id)"),
+}
+
+
+def _schema_v7() -> list[str]:
+    """DuckDB only (PostgreSQL keeps its constraints): the keys of treatments and assessments become unique
+    indexes, and their references (a known patient, an instrument of the registry) are checked by the
+    tables' one writer, analytics/ingest/write.py, which every import, visit entry and self-report goes
+    through. DuckDB maintains a primary, unique or foreign key row by row on every insert (over half of
+    a 100,000-patient import) and cannot add one to a filled table, but it builds a unique index on a
+    filled table in one pass: so a large import inserts into a table without indexes and builds them
+    after (`keys_built_after`). The columns, their order, defaults and checks are those of v1/v4 and v6.
+    Rebuilt as v4 was: rows kept aside, tables dropped, created anew and filled back."""
+    item_cols = ",\n    ".join(f"item_{i} SMALLINT CHECK (item_{i} BETWEEN 0 AND {STORE_ITEM_MAX})"
+                                for i in range(1, STORE_ITEM_COLUMNS + 1))
+    voids = ",\n    ".join(f"{column} {kind}" for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR")))
+    return [
+        "CREATE TEMP TABLE v7_treatments AS SELECT * FROM treatments",
+        "CREATE TEMP TABLE v7_assessments AS SELECT * FROM assessments",
+        "DROP TABLE treatments",
+        "DROP TABLE assessments",
+        f"""CREATE TABLE treatments (
+    treatment_id BIGINT NOT NULL DEFAULT nextval('treatment_seq'),
+    patient_id VARCHAR NOT NULL,
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    route VARCHAR NOT NULL CHECK (route IN ({_in_list(ROUTES)})),
+    dose_mg_per_kg DOUBLE CHECK (dose_mg_per_kg > 0 AND dose_mg_per_kg <= 5),
+    phase VARCHAR CHECK (phase IN ({_in_list(PHASES)})),
+    batch_id BIGINT,
+    {voids}
+)""",
+        f"""CREATE TABLE assessments (
+    assessment_id BIGINT NOT NULL DEFAULT nextval('assessment_seq'),
+    patient_id VARCHAR NOT NULL,
+    instrument VARCHAR NOT NULL,
+    administered_at TIMESTAMP NOT NULL,
+    has_time BOOLEAN NOT NULL DEFAULT false,
+    rater VARCHAR,
+    {item_cols},
+    total DOUBLE CHECK (total >= 0),
+    total_method VARCHAR NOT NULL CHECK (total_method IN ('items', 'prorated', 'given')),
+    batch_id BIGINT,
+    {voids}
+)""",
+        "INSERT INTO treatments SELECT * FROM v7_treatments",
+        "INSERT INTO assessments SELECT * FROM v7_assessments",
+        "DROP TABLE v7_treatments",
+        "DROP TABLE v7_assessments",
+        *KEY_INDEXES["treatments"],
+        *KEY_INDEXES["assessments"],
+    ]
+
+
 # Each migration is a list of statements; never edit a released one, append.
 MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security,
-                                             _schema_v6]
+                                             _schema_v6, _schema_v7]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Migrations whose statements run on DuckDB only; on PostgreSQL only their version is recorded.
+DUCKDB_ONLY = (_schema_v7,)
+
+
+# Each large table's id column and the sequence that numbers it (v1).
+ID_SEQUENCES = {"treatments": ("treatment_id", "treatment_seq"), "assessments": ("assessment_id", "assessment_seq")}
+
+
+def reserve_ids(con, table: str, count: int) -> int:
+    """The first of `count` consecutive ids of `table` taken from its sequence at once (inside the
+    caller's transaction): a bulk insert numbers its rows itself, which lets DuckDB insert them on every
+    core instead of calling the sequence row by row. The next id the sequence gives is first + count."""
+    _, sequence = ID_SEQUENCES[table]
+    [(first,)] = con.execute(f"SELECT nextval('{sequence}')").fetchall()
+    if count > 1:
+        con.execute(f"SELECT setval('{sequence}', ?)", [first + count - 1]).fetchall()
+    return first
+
+
+@contextlib.contextmanager
+def keys_built_after(con, table: str) -> Iterator[str]:
+    """For one large insert into `table` (treatments, assessments) inside `con`'s transaction: the name of
+    the table to insert into, whose key indexes are built once after the insert instead of row by row.
+
+    On DuckDB that is a new table of the same definition (columns, defaults, checks, read from the
+    catalog) holding `table`'s rows, which replaces `table` when the block ends and gets the same
+    indexes; DuckDB checks them when the transaction commits, so a repeated key still fails the whole
+    transaction (a duplicate never lands). Costs a copy of the rows already there: worth it when the
+    insert is larger than the table. PostgreSQL: `table` itself (its constraints are checked as usual)."""
+    if dialect(con) != "duckdb":
+        yield table
+        return
+    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
+    [(definition,)] = con.execute(f"SELECT sql FROM duckdb_tables() WHERE {where}", [table]).fetchall()
+    indexes = [sql for (sql,) in con.execute(f"SELECT sql FROM duckdb_indexes() WHERE {where} ORDER BY index_name",
+                                             [table]).fetchall()]
+    bulk = f"{table}_bulk"
+    prefix = f"CREATE TABLE {table}("
+    if not definition.startswith(prefix):
+        raise RuntimeError(f"unexpected definition of {table}: {definition[:80]}")
+    con.execute(f"CREATE TABLE {bulk}(" + definition[len(prefix):])
+    con.execute(f"INSERT INTO {bulk} SELECT * FROM {table}")
+    yield bulk
+    con.execute(f"DROP TABLE {table}")
+    con.execute(f"ALTER TABLE {bulk} RENAME TO {table}")
+    for sql in indexes:
+        con.execute(sql)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -1255,7 +1362,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             # IF NOT EXISTS: a file can hold the table but no version row yet
             con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
             for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[number - 1]():
+                migration = MIGRATIONS[number - 1]
+                for statement in [] if migration in DUCKDB_ONLY and dialect(con) == "postgres" else migration():
                     con.execute(statement)
                 con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
             con.execute("COMMIT")

@@ -290,11 +290,14 @@ def _request_address() -> str | None:
     return selfreport.request_base_url(url, headers, page_names=(*_routing.PAGES, "login"))
 
 
-def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient") -> None:
-    """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement."""
+def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "patient",
+                 flags: pd.DataFrame | None = None) -> None:
+    """Open safety flags (positive PHQ-9 item 9 on a self-report), each with an audited acknowledgement;
+    `flags`: the open flags this page run has just read (the due list's), else they are read here."""
     if patient_id is None and FLASH in st.session_state:  # the due list has no visit section to show it
         st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
-    flags = selfreport.open_flags(db_path(), scope)
+    if flags is None:
+        flags = selfreport.open_flags(db_path(), scope)
     if patient_id is not None:
         flags = flags[flags["patient_id"] == patient_id]
     for flag in flags.itertuples():
@@ -314,13 +317,19 @@ def safety_flags(scope: Scope, patient_id: str | None = None, *, page: str = "pa
                     _saved(f"Safety flag acknowledged for {flag.patient_id}.")
 
 
+SECTION_KEY = "visit_section_{}"  # each section's open state in st.session_state (True: open)
+
+
 def _section(label: str, name: str, icon: str):
-    return st.expander(label, icon=icon, key=f"visit_section_{name}", on_change="rerun")
+    return st.expander(label, icon=icon, key=SECTION_KEY.format(name), on_change="rerun")
 
 
-def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame,
-                screen=None) -> None:
-    """The patient page's entry section (clinician and system roles only)."""
+def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataFrame, assessments: pd.DataFrame) -> None:
+    """The patient page's entry section (clinician and system roles only).
+
+    Each section's form is built only while its section is open (`.open`): a closed section draws
+    nothing inside it, so a page run does not build four forms nobody sees, nor read the newest
+    record's version history (most of the patient page's server time before, docs/performance.md)."""
     if not may(scope, "record_visit"):
         return
     st.subheader("Record a visit")
@@ -329,13 +338,17 @@ def visit_entry(scope: Scope, patient_id: str, today: date, treatments: pd.DataF
     safety_flags(scope, patient_id)
     # Keyed expanders keep their open state across reruns: a save, an error or a summary never folds the
     # form away under the user (an unkeyed one closes when the elements above it change).
-    with _section("Infusion", "infusion", ":material/vaccines:"):
-        infusion_form(scope, patient_id, today, treatments, assessments)
+    with _section("Infusion", "infusion", ":material/vaccines:") as section:
+        if section.open:
+            infusion_form(scope, patient_id, today, treatments, assessments)
     for code in scales.clinician_rated():
-        with _section(f"{code} (clinician-rated)", f"rating_{code}", ":material/assignment:"):
-            rating_form(scope, patient_id, today, code)
-    with _section("Self-report link for the patient", "link", ":material/qr_code:"):
-        self_report_link(scope, patient_id)
-    with _section("Correct, re-date or void a record (every version is kept)", "records", ":material/history:"):
-        record_tools(scope, patient_id, today, treatments, assessments,
-                     None if screen is None else screen.voided_table, None if screen is None else screen.voided)
+        with _section(f"{code} (clinician-rated)", f"rating_{code}", ":material/assignment:") as section:
+            if section.open:
+                rating_form(scope, patient_id, today, code)
+    with _section("Self-report link for the patient", "link", ":material/qr_code:") as section:
+        if section.open:
+            self_report_link(scope, patient_id)
+    with _section("Correct, re-date or void a record (every version is kept)", "records", ":material/history:") as section:
+        if section.open:
+            voided = patient.voided_records(_cache.workspace(scope), patient_id)
+            record_tools(scope, patient_id, today, treatments, assessments, patient.voided_list(voided), voided)

@@ -27,7 +27,7 @@ if not screen.has_patients:
 cols = st.columns(len(screen.counts))
 for col, (name, n) in zip(cols, screen.counts.items()):
     col.metric(name, n)
-_visit_forms.safety_flags(page.scope, page="due")
+_visit_forms.safety_flags(page.scope, page="due", flags=screen.flags)
 
 listed = screen.due
 if listed.empty:

@@ -46,7 +46,7 @@ st.caption(f"{plain(info['patient_id'])} · site {plain(info['site'] or '-')} ·
 
 if screen.empty:
     st.info("No assessments or infusions yet for this patient: record one below, or import them on the Data page.")
-    _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments, screen)
+    _visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)
     st.stop()
 
 for message in screen.alerts:
@@ -71,7 +71,7 @@ with cols[-1].container(border=True):
 st.info(screen.suggestion_text, icon=":material/event:")
 
 if screen.thresholds:
-    st.plotly_chart(page.figure(("timeline", patient_id, page.today, patient.record_fingerprint(screen.record)),
+    st.plotly_chart(page.figure(("timeline", patient_id, page.today, screen.fingerprint),
                                 lambda: charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds,
                                                                 screen.cycles, patient_id)), key="timeline")
     st.caption("Shaded: severity bands. Dotted: baseline (last score up to 30 days before the first infusion). "
@@ -93,7 +93,7 @@ with left:
         if matrix.empty or matrix.isna().all().all():
             st.info(f"No item-level answers recorded for {pick}.")
         else:
-            st.plotly_chart(page.figure(("items", patient_id, pick, patient.record_fingerprint(screen.record)),
+            st.plotly_chart(page.figure(("items", patient_id, pick, screen.fingerprint),
                                         lambda: charts.item_heatmap(matrix, pick, item_max)), key="items")
 with right:
     st.subheader("Response cycles")
@@ -125,4 +125,4 @@ pdf_col.download_button("Download a one-page summary (PDF)", _audited_summary_pd
                              "the chart or a referring psychiatrist.")
 
 # Infusion, MADRS, self-report link, correcting or voiding a record (clinicians; analytics.visits / selfreport).
-_visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments, screen)
+_visit_forms.visit_entry(page.scope, patient_id, page.today, screen.treatments, screen.assessments)

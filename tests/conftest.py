@@ -267,11 +267,13 @@ def open_page(outcomes_db, monkeypatch):
 
     WORKSPACES.clear()  # the process's cached tables and figures: a test may have patched what builds them
 
-    def run(name: str, **query) -> "AppTest":
+    def run(name: str, *, session_state: dict | None = None, **query) -> "AppTest":
         script = ROOT / ("dashboard.py" if name == "dashboard" else f"pages/{name}.py")
         at = AppTest.from_file(str(script), default_timeout=180)
         for key, value in query.items():
             at.query_params[key] = value
+        for key, value in (session_state or {}).items():  # e.g. a section already opened
+            at.session_state[key] = value
         return at.run()
 
     return run

@@ -57,3 +57,25 @@ def _codes(t, a, instrument):
     codes, uniques = pd.factorize(pd.concat([t["patient_id"], mine["patient_id"]], ignore_index=True).astype("string"),
                                   sort=True)
     return codes[:len(t)], codes[len(t):], len(uniques)
+
+
+@pytest.mark.parametrize("block_rows", [10**9, 300])
+def test_a_course_of_some_columns_is_those_columns_of_the_whole_course(frames, block_rows):
+    # What the workspace's cycles and the clinic model build (less memory at 100,000 patients)
+    from analytics import intervals
+    from analytics.screens.workspace import induction_ends
+
+    t, a, p, attrs = frames["treatments"], frames["assessments"], frames["patients"], frames["attributes"]
+    whole = course.build_course(t, a, block_rows=10**9)
+    for columns in (course.CYCLE_COLUMNS_READ, intervals._model_course_columns()):
+        some = course.build_course(t, a, block_rows=block_rows, columns=columns)
+        for part in ("infusions", "scores"):
+            got = getattr(some, part)
+            assert set(got.columns) == set(columns[part]) and len(got.columns) < len(getattr(whole, part).columns)
+            pd.testing.assert_frame_equal(got, getattr(whole, part)[got.columns], check_exact=True)
+        for part in ("baselines", "patients_first_response"):
+            pd.testing.assert_frame_equal(getattr(some, part), getattr(whole, part), check_exact=True)
+        pd.testing.assert_frame_equal(course.cycles_from_course(some, p, attrs), course.cycles_from_course(whole, p, attrs),
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(induction_ends(some), induction_ends(whole), check_exact=True)
+    pd.testing.assert_frame_equal(intervals.model_scores(some), intervals.model_scores(whole), check_exact=True)

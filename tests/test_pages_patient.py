@@ -215,3 +215,23 @@ def test_patient_page_shows_no_plus_zero_percent_and_no_column_names(open_page, 
     assert not any("+0%" in str(m.proto.body) for m in at.metric)
     headers = [c for d in at.dataframe for c in d.value.columns]
     assert headers and not [c for c in headers if "_" in str(c)], headers
+
+
+def test_a_visit_section_builds_its_form_only_once_opened(open_page, monkeypatch):
+    """The visit sections are drawn folded; a section's form (and, for the record tools, the newest record's
+    version history) is built only once it is opened, and stays while it is open."""
+    from analytics import visits
+
+    read = []
+    real = visits.record_history
+    monkeypatch.setattr(visits, "record_history", lambda *a, **k: read.append(a[2]) or real(*a, **k))
+    at = open_page("patient", patient="P00003")
+    assert not at.exception
+    assert [e.label for e in at.expander][:2] == ["Infusion", "MADRS (clinician-rated)"]
+    assert not {"Review before saving", "Save MADRS", "Create link", "Void this record"} & {b.label for b in at.button}
+    assert not [s for s in at.selectbox if s.key == "history_pick"] and read == []
+    at.session_state["visit_section_records"] = True  # what a click on its header does
+    at.run()
+    assert at.selectbox(key="history_pick").options and read == ["P00003"]
+    assert {"Void this record", "Move to this date"} <= {b.label for b in at.button}
+    assert "Review before saving" not in {b.label for b in at.button}

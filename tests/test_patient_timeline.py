@@ -57,3 +57,42 @@ def test_safety_item_marks_sit_along_the_top_not_over_the_scores(demo_db):
     top = scales.get("PHQ-9").total_max
     assert all(y > 0.9 * top for t in marks for y in t.y)
     assert all(t.marker.size <= 8 for t in marks)
+
+
+def test_the_timeline_has_make_subplots_panels_with_each_trace_on_its_own_panel(demo_db):
+    """The figure is made in one go (charts.patient_timeline): its axes are those make_subplots gives the same
+    panels (shared dates, the strip below), every score trace sits on its instrument's panel and every
+    infusion on the strip."""
+    from plotly.subplots import make_subplots
+
+    data = DataAccess(demo_db)
+    assessed = data.assessments()
+    both = assessed[assessed["patient_id"].isin(data.treatments()["patient_id"])].groupby("patient_id")["instrument"].nunique()
+    pid = both[both >= 2].index[0]
+    record = data.patient_record(pid)
+    thresholds = patient.patient_thresholds(record["treatments"], record["assessments"])
+    fig = charts.patient_timeline(record["assessments"], record["treatments"], thresholds, None, pid)
+    codes = list(thresholds)
+    grid = make_subplots(rows=len(codes) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                         row_heights=[1.0] * len(codes) + [0.45])
+    for row in range(1, len(codes) + 2):
+        for kind in "xy":
+            name = f"{kind}axis{row if row > 1 else ''}"
+            assert fig.layout[name].domain == grid.layout[name].domain and fig.layout[name].anchor == grid.layout[name].anchor
+            assert fig.layout[name].matches == grid.layout[name].matches
+    strip = f"y{len(codes) + 1}"
+    for trace in fig.data:
+        if trace.name in codes:
+            row = codes.index(trace.name) + 1
+            assert (trace.xaxis, trace.yaxis) == (f"x{row if row > 1 else ''}", f"y{row if row > 1 else ''}")
+        elif trace.name.endswith(" infusion"):
+            assert trace.yaxis == strip
+    assert fig.layout[f"yaxis{len(codes) + 1}"].title.text == "infusions"
+    assert fig.layout.title.text == f"Patient {pid}: scores and infusions" and fig.layout.template.layout.font is not None
+    # made without plotly's property checks: the same figure as plotly's checked copy of it
+    import json
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    assert json.loads(pio.to_json(fig, validate=False)) == json.loads(pio.to_json(go.Figure(fig.to_dict())))

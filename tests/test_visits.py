@@ -151,6 +151,11 @@ def _timeline_points(at) -> dict[str, int]:
     return {t.get("name", ""): len(t.get("x") or []) for t in spec["data"]}
 
 
+def _opened(*sections) -> dict:
+    """Visit sections open (a user clicks their headers; a closed section draws no form), for open_page."""
+    return {f"visit_section_{name}": True for name in sections}
+
+
 def _button(at, label):
     return next(b for b in at.button if b.label == label)
 
@@ -158,7 +163,7 @@ def _button(at, label):
 def test_entering_an_infusion_and_a_madrs_on_the_patient_page_updates_the_chart(open_page, writable_db, monkeypatch):
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))  # this test writes: a private copy, not the shared demo
     pid = "P00003"
-    at = open_page("patient", patient=pid)
+    at = open_page("patient", patient=pid, session_state=_opened("infusion", "rating_MADRS"))
     assert not at.exception
     before = _timeline_points(at)
     _counts_before = _counts(writable_db)["treatments"]
@@ -186,7 +191,7 @@ def test_entering_an_infusion_and_a_madrs_on_the_patient_page_updates_the_chart(
 
 def test_a_refused_entry_on_the_page_shows_the_reason_next_to_the_field(open_page, writable_db, monkeypatch):
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
-    at = open_page("patient", patient="P00003")
+    at = open_page("patient", patient="P00003", session_state=_opened("infusion", "rating_MADRS"))
     before = _counts(writable_db)
     at.number_input(key="inf_dose").set_value(9.0)
     _button(at, "Review before saving").click().run()
@@ -211,7 +216,7 @@ def _summary(at) -> dict[str, str]:
 
 def test_an_infusion_needs_a_dose_or_an_explicit_dose_not_recorded_on_the_page(open_page, writable_db, monkeypatch):
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
-    at = open_page("patient", patient="P00003")
+    at = open_page("patient", patient="P00003", session_state=_opened("infusion"))
     before = _counts(writable_db)
     _button(at, "Review before saving").click().run()  # one click, nothing filled in
     assert visits.DOSE_MISSING in [shown(e.value) for e in at.error]
@@ -228,7 +233,7 @@ def test_an_infusion_without_a_phase_is_saved_with_the_phase_the_course_gives_it
     pid = "P00003"
     given = DataAccess(writable_db).treatments([pid]).sort_values("administered_at")
     assert len(given) > 6  # past its induction series
-    at = open_page("patient", patient=pid)
+    at = open_page("patient", patient=pid, session_state=_opened("infusion"))
     at.date_input(key="inf_day").set_value(datetime(2026, 11, 20).date())
     at.number_input(key="inf_dose").set_value(0.5)
     _button(at, "Review before saving").click().run()
@@ -258,7 +263,7 @@ def test_voiding_an_infusion_on_the_page_needs_a_reason_and_a_tick_and_keeps_it_
     monkeypatch.setenv("OUTCOMES_DB", str(writable_db))
     pid = "P00003"
     last = DataAccess(writable_db).treatments([pid])["administered_at"].max()
-    at = open_page("patient", patient=pid)
+    at = open_page("patient", patient=pid, session_state=_opened("records"))
     _pick_record(at, "infusion of")
     _button(at, "Void this record").click().run()
     assert any("Tick the box" in shown(e.value) for e in at.error)
@@ -280,7 +285,7 @@ def test_correcting_an_infusions_date_on_the_page_moves_it(open_page, writable_d
     pid = "P00003"
     before = DataAccess(writable_db).treatments([pid])
     last = before["administered_at"].max()
-    at = open_page("patient", patient=pid)
+    at = open_page("patient", patient=pid, session_state=_opened("records"))
     _pick_record(at, "infusion of")
     right = (last - pd.Timedelta(days=1)).date()
     next(d for d in at.date_input if d.label == "Right date").set_value(right)
@@ -294,3 +299,4 @@ def test_correcting_an_infusions_date_on_the_page_moves_it(open_page, writable_d
     trail = audit.entries(writable_db, action="record_visit")
     assert [d["version"] for d in trail["detail"]] == ["date corrected"]
     assert trail["detail"].iloc[0]["reason"] == "typed the next day's date"
+

@@ -8,6 +8,7 @@ operations rather than a Python loop.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def _old_values(con, kind: str) -> str:
                (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
                '{}'::JSON)))"""
 
+# Inserts of at least this many rows build the key indexes after the insert (see `_bulk`).
+BULK_INSERT_ROWS = 100_000
+
 UNKNOWN_PATIENT = "unknown patient: no patient with this patient_id (import the patients file first, or in the same command)"
 
 
@@ -68,6 +72,16 @@ class Written:
     updated: int
     unchanged: int
     db_rejects: pd.DataFrame  # _row, _line, column, reason
+
+
+def _bulk(con, table: str, new_rows: int) -> bool:
+    """Insert with the key indexes built after (store.keys_built_after)? For an insert of at least
+    BULK_INSERT_ROWS rows and more than the table holds: building the indexes then costs less than
+    maintaining them row by row (the keys were checked above: unknown patients and repeated keys are
+    rejected rows, never inserted)."""
+    if new_rows < BULK_INSERT_ROWS:
+        return False
+    return new_rows >= con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
 def _arrow(frame: pd.DataFrame) -> pa.Table:
@@ -197,12 +211,20 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                 ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
                 for c in insert_columns
             )
-            con.execute(
-                f"""INSERT INTO {table} ({', '.join(insert_columns)}, batch_id)
-                    SELECT {select}, ? FROM ingest_incoming i JOIN ingest_status s ON s._row = i._row
-                    WHERE s.status = 'new'""",
-                [batch_id],
-            )
+            # Every row new (a first import): no join with the status of 4.7 M rows to pick them.
+            picked = ("ingest_incoming i" if counts["new"] == sum(counts.values()) else
+                      "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'")
+            bulk = kind != "patients" and _bulk(con, table, counts["new"])
+            with store.keys_built_after(con, table) if bulk else contextlib.nullcontext(table) as target:
+                if bulk and target != table:  # DuckDB: ids numbered here from _row (distinct), not row by row
+                    id_column, _ = store.ID_SEQUENCES[table]
+                    [(low, high)] = con.execute("SELECT min(_row), max(_row) FROM ingest_status WHERE status = 'new'").fetchall()
+                    first = store.reserve_ids(con, table, high - low + 1)
+                    con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
+                                    SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
+                else:
+                    con.execute(f"INSERT INTO {target} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
+                                [batch_id])
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
             con.execute(
                 """DELETE FROM patient_attributes WHERE name = ANY(?) AND patient_id IN

@@ -8,7 +8,7 @@ may see patient rows (permissions `see_patient_rows`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 import numpy as np
@@ -27,6 +27,7 @@ class DueScreen:
     has_patients: bool
     due: pd.DataFrame  # due_list: one row per patient needing attention, most urgent first
     counts: dict  # URGENCY name -> patients with that reason
+    flags: pd.DataFrame = field(default_factory=pd.DataFrame)  # the open safety flags, as read by this call
 
     @property
     def links_wanted(self) -> list[str]:
@@ -56,8 +57,9 @@ def due_screen(ws: Workspace, today: date, no_score_days: int = 28, include_inac
     tables, day, threshold and set of open flags: the caseload's status changes only with the data."""
     flags = ws.data.safety_flags()
     flag_key = tuple(sorted(zip(flags["patient_id"].astype(str), flags["raised_at"].astype(str)))) if len(flags) else ()
-    return ws.memo(("due_screen", today, no_score_days, include_inactive, flag_key),
-                   lambda: _due_screen(ws, today, no_score_days, flags, include_inactive))
+    screen = ws.memo(("due_screen", today, no_score_days, include_inactive, flag_key),
+                     lambda: _due_screen(ws, today, no_score_days, flags, include_inactive))
+    return replace(screen, flags=flags)  # the page lists these flags: no second read
 
 
 def _due_screen(ws: Workspace, today: date, no_score_days: int, flags: pd.DataFrame,

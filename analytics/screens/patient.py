@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -47,15 +48,10 @@ class PatientScreen:
     suggestion_text: str = ""
     cycles: pd.DataFrame = field(default_factory=pd.DataFrame)  # this patient's durability cycles
     cycle_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # the same, as the table shows them
-    items: dict = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
+    items: Mapping = field(default_factory=dict)  # instrument -> (item_matrix, item_max), instruments present
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     record: dict = field(default_factory=dict, repr=False)
-    voided: dict = field(default_factory=dict)  # DataAccess.voided_rows: voided infusions and assessments, kept for the record
-
-    @property
-    def voided_table(self) -> pd.DataFrame:
-        return voided_list(self.voided) if self.voided else voided_list({"treatments": pd.DataFrame(),
-                                                                          "assessments": pd.DataFrame()})
+    fingerprint: tuple = ()  # record_fingerprint(record): keys what is drawn from the record (charts)
 
     @property
     def last_infusion_ago(self) -> str:
@@ -84,8 +80,16 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
-    return ws.memo(("patient_screen", patient_id, today, record_fingerprint(record)),
-                   lambda: _patient_screen(ws, patient_id, today, record))
+    fingerprint = record_fingerprint(record)
+    return ws.memo(("patient_screen", patient_id, today, fingerprint),
+                   lambda: _patient_screen(ws, patient_id, today, record, fingerprint))
+
+
+def voided_records(ws: Workspace, patient_id: str) -> dict[str, pd.DataFrame]:
+    """DataAccess.voided_rows of one patient (voided infusions and assessments, kept for the record), read
+    once per data version (every void is a new version), when the record tools that list them are open."""
+    return ws.memo(("voided_records", str(patient_id), ws.data.data_version()),
+                   lambda: ws.data.voided_rows([patient_id]))
 
 
 def record_history(ws: Workspace, patient_id: str, administered_at, instrument: str | None = None) -> pd.DataFrame:
@@ -102,12 +106,12 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
                  for name, frame in sorted(record.items()))
 
 
-def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame]) -> PatientScreen:
+def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame],
+                    fingerprint: tuple = ()) -> PatientScreen:
     t, a = record["treatments"], record["assessments"]
     info = record["patient"].iloc[0].to_dict()
-    voided = ws.data.voided_rows([patient_id])
     if t.empty and a.empty:
-        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, voided=voided)
+        return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, fingerprint=fingerprint)
     thresholds = patient_thresholds(t, a)
     all_cycles = ws.cycles(scales.PRIMARY)
     cycles = all_cycles[all_cycles["patient_id"] == patient_id]
@@ -120,8 +124,29 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
         last_infusion=last, days_since_infusion=clinic_time.days_since(last, today),
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
-        items={c: (item_matrix(a, c), scales.get(c).item_max) for c in scales.codes() if (a["instrument"] == c).any()},
-        history=patient_history(record), record=record, voided=voided)
+        items=ItemAnswers(a, [c for c in scales.codes() if (a["instrument"] == c).any()]),
+        history=patient_history(record), record=record, fingerprint=fingerprint)
+
+
+class ItemAnswers(Mapping):
+    """instrument -> (item_matrix, item_max) for the instruments present, each matrix built when first asked
+    for: the page shows one instrument's at a time."""
+
+    def __init__(self, assessments: pd.DataFrame, codes: list[str]):
+        self._assessments, self._codes, self._built = assessments, list(codes), {}
+
+    def __getitem__(self, code: str) -> tuple[pd.DataFrame, int]:
+        if code not in self._codes:
+            raise KeyError(code)
+        if code not in self._built:  # two sessions may build it at once: the same value either way
+            self._built[code] = (item_matrix(self._assessments, code), scales.get(code).item_max)
+        return self._built[code]
+
+    def __iter__(self):
+        return iter(self._codes)
+
+    def __len__(self) -> int:
+        return len(self._codes)
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:

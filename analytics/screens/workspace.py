@@ -171,11 +171,16 @@ class Workspace:
 
         def build():
             f = self.frames()
-            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES)
+            # only the columns the cycles and the induction ends read: the whole course is twice that
+            built = course.build_course(f["treatments"], f["assessments"], code, DEFAULT_RULES,
+                                        columns=course.CYCLE_COLUMNS_READ)
             # The cohort page's induction outcomes start from the same course: keep what they need of it.
             self.once(("induction_ends", code), lambda: induction_ends(built))
-            return cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
-                                 built=built)
+            cycles = cohort_cycles(f["patients"], f["treatments"], f["assessments"], code, attributes=f["attributes"],
+                                   built=built)
+            del built
+            memory.release_freed()  # the course, kept by nobody now: heap pieces glibc would keep resident
+            return cycles
         return self.once(("cycles", code), build)
 
     def induction_ends(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
@@ -477,7 +482,7 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
     """Durability cycles (course.py), with `length_days`: to the loss if it happened, else to the last score in
     response. `built`: the course of these frames when already at hand."""
     if built is None:
-        built = course.build_course(treatments, assessments, instrument, rules)
+        built = course.build_course(treatments, assessments, instrument, rules, columns=course.CYCLE_COLUMNS_READ)
     cycles = course.cycles_from_course(built, patients, attributes, rules)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     return cycles
