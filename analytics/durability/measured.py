@@ -63,6 +63,7 @@ NO_RESPONSE = len(DEPTHS) - 1
 MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and its noise
 CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
 FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
+MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
 
 
 # exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
@@ -181,10 +182,12 @@ class _Data:
         s_end = np.r_[self.cycle_start[1:], len(self.days)]
         c_end = np.r_[self.patient_start[1:], len(self.cycle_start)]
         per_score = len(T_GRID) * len(DEPTHS)
+        # at least FIT_THREADS chunks once there is enough work to share (the search's subsample too)
+        scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // FIT_THREADS)), MIN_CHUNK_SCORES)
         out, p = [], 0
         while p < self.n_patients:
             first_score = self.cycle_start[self.patient_start[p]]
-            limit = first_score + max(CHUNK_CELLS // per_score, 1)
+            limit = first_score + scores_per_chunk
             q = p + 1
             while q < self.n_patients and s_end[c_end[q] - 1] <= limit:
                 q += 1
