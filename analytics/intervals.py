@@ -159,24 +159,57 @@ def _losses_by(left: np.ndarray, right: np.ndarray, event: np.ndarray, day: floa
     return int(lost.sum()), int((lost | held).sum())
 
 
+def _losses_at(left: np.ndarray, right: np.ndarray, event: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_losses_by at every one of `days` at once: (lost, known) arrays."""
+    d = np.asarray(days, dtype=float)[:, None]
+    lost = event[None, :] & (right[None, :] <= d)
+    known = lost | (left[None, :] >= d)
+    return lost.sum(axis=1), known.sum(axis=1)
+
+
+def _unlikely(k: np.ndarray, n: np.ndarray, target: float, alpha: float) -> np.ndarray:
+    """Would k losses among n known cycles be that unlikely (below `alpha`) if only (1 - target) of
+    cycles lost response by then? (One call for any number of counts.)"""
+    k, n = np.asarray(k), np.asarray(n)
+    out = (n > 0) & (k > 0)
+    out[out] = stats.binom.sf(k[out] - 1, n[out], 1.0 - target) < alpha
+    return out
+
+
+def _supported_days(groups: list, days, target: float, alpha: float = LOSS_TEST_ALPHA) -> np.ndarray:
+    """loss_supported_day for patients whose suggested `days` the observed losses contradict: each
+    group (left, right, event) stepped down through its loss days, every step of every patient tested
+    with one call."""
+    steps, ks, ns = [], [], []
+    for (left, right, event), day in zip(groups, days):
+        # the loss days are where the count changes: step down through them
+        candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
+        candidates = np.sort(candidates[candidates < day])[::-1]
+        k, n = _losses_at(left, right, event, candidates - 1e-9)
+        steps.append(candidates)
+        ks.append(k)
+        ns.append(n)
+    supported = ~_unlikely(np.concatenate(ks or [np.zeros(0, int)]), np.concatenate(ns or [np.zeros(0, int)]),
+                           target, alpha)
+    out = np.zeros(len(steps))
+    at = 0
+    for i, candidates in enumerate(steps):
+        ok = supported[at:at + len(candidates)]
+        at += len(candidates)
+        if ok.any():
+            out[i] = float(max(candidates[np.argmax(ok)] - 1e-9, 0.0))
+    return out
+
+
 def loss_supported_day(left: np.ndarray, right: np.ndarray, event: np.ndarray, day: float,
                        target: float, alpha: float = LOSS_TEST_ALPHA) -> float:
     """The longest day up to `day` that the patient's observed losses do not contradict: at a
     contradicted day, seeing that many losses among the cycles known at that day would have
     probability below `alpha` if only (1 - target) of cycles lost response by then."""
-    def contradicted(d):
-        k, n = _losses_by(left, right, event, d)
-        return n > 0 and k > 0 and stats.binom.sf(k - 1, n, 1.0 - target) < alpha
-
-    if not contradicted(day):
+    left, right, event = np.asarray(left, dtype=float), np.asarray(right, dtype=float), np.asarray(event, dtype=bool)
+    if not _unlikely(*_losses_at(left, right, event, np.array([day])), target, alpha)[0]:
         return day
-    # the loss days are where the count changes: step down through them
-    candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
-    candidates = np.sort(candidates[candidates < day])[::-1]
-    for c in candidates:
-        if not contradicted(c - 1e-9):
-            return float(max(c - 1e-9, 0.0))
-    return 0.0
+    return float(_supported_days([(left, right, event)], [day], target, alpha)[0])
 
 
 # --- the suggestion from the model ---------------------------------------------------------
@@ -311,21 +344,55 @@ def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataF
         cols["median_days"][rows] = np.round(est["median_days"].to_numpy(), 1)
         cols["weight_personal"][rows] = est["weight_personal"].to_numpy()
         has_scores[rows] = est["has_scores"].to_numpy()
-        by_patient = {p: g for p, g in cycles.groupby(cycles["patient_id"].astype(str), sort=False)} if len(cycles) else {}
+        # each patient's cycles as one slice of arrays sorted by patient (their table order kept)
+        if len(cycles):
+            codes, uniques = pd.factorize(cycles["patient_id"].astype(str), sort=False)
+            order = np.argsort(codes, kind="stable")
+            c_left = cycles["left_days"].to_numpy(float)[order]
+            c_right = cycles["right_days"].to_numpy(float)[order]
+            c_event = cycles["event"].to_numpy(bool)[order]
+            c_start = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(uniques)))]
+            c_events = np.add.reduceat(c_event.astype(int), c_start[:-1]) if len(c_event) else np.zeros(0, int)
+            where = pd.Index(uniques).get_indexer(out["patient_id"].to_numpy()[rows].astype(str))
+        else:
+            where = np.full(len(rows), -1)
+        # the cap by observed losses: tested at the suggested day for every patient with two losses or
+        # more at once; only where that day is contradicted are the earlier days stepped through
+        days = np.floor(point)
+        tested = (where >= 0) & (c_events[np.maximum(where, 0)] >= 2) if len(cycles) else np.zeros(len(rows), bool)
+        needs_cap = np.zeros(len(rows), dtype=bool)
+        if tested.any():
+            t_rows = np.flatnonzero(tested)
+            j = where[t_rows]
+            lengths = c_start[j + 1] - c_start[j]
+            at = np.repeat(np.arange(len(t_rows)), lengths)
+            cyc = np.concatenate([np.arange(c_start[i], c_start[i + 1]) for i in j])
+            d = days[t_rows][at]
+            lost = c_event[cyc] & (c_right[cyc] <= d)
+            known = lost | (c_left[cyc] >= d)
+            k_lost = np.bincount(at, weights=lost, minlength=len(t_rows))
+            n_known = np.bincount(at, weights=known, minlength=len(t_rows))
+            needs_cap[t_rows[_unlikely(k_lost.astype(int), n_known.astype(int), target, LOSS_TEST_ALPHA)]] = True
+        capped_at = np.zeros(len(rows))
+        if needs_cap.any():
+            cap_rows = np.flatnonzero(needs_cap)
+            groups = [(c_left[c_start[where[k]]:c_start[where[k] + 1]], c_right[c_start[where[k]]:c_start[where[k] + 1]],
+                       c_event[c_start[where[k]]:c_start[where[k] + 1]]) for k in cap_rows]
+            capped_at[cap_rows] = _supported_days(groups, days[cap_rows], target)
+        weights = est["weight_personal"].to_numpy()
+        n_cycles = out["observed_cycles"].to_numpy()
         for k, r in enumerate(rows):
-            pid = out.at[r, "patient_id"]
-            g = by_patient.get(pid)
+            j = where[k]
             day = float(np.floor(point[k]))
             capped = day
-            if g is not None and g["event"].sum() >= 2:
-                capped = loss_supported_day(g["left_days"].to_numpy(float), g["right_days"].to_numpy(float),
-                                            g["event"].to_numpy(bool), day, target)
+            if needs_cap[k]:
+                sl = slice(c_start[j], c_start[j + 1])
+                capped = float(capped_at[k])
                 capped = max(float(np.floor(capped)), MIN_SUGGESTION_DAYS) if capped < day else day
-            w = float(est["weight_personal"].iloc[k])
-            n_cyc = int(out.at[r, "observed_cycles"])
+            w = float(weights[k])
+            n_cyc = int(n_cycles[r])
             if capped < day:
-                k_lost, n_known = _losses_by(g["left_days"].to_numpy(float), g["right_days"].to_numpy(float),
-                                             g["event"].to_numpy(bool), day)
+                k_lost, n_known = _losses_by(c_left[sl], c_right[sl], c_event[sl], day)
                 source[r] = "own losses"
                 note[r] = (f"The score trend alone points to {_days_text(day)}, but {k_lost} of this patient's "
                            f"{n_known} cycles followed that long had already lost response by then, more than the "
@@ -394,9 +461,12 @@ def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int
     if "phase" in cycles.columns and "post_induction" in cycles.columns:
         settled = cycles[(cycles["phase"].astype(str) != "induction") | cycles["post_induction"].fillna(False).astype(bool)]
     lost = settled[settled["event"].to_numpy(dtype=bool)].sort_values(["patient_id", "cycle_no"])
-    by_patient = lost.groupby(lost["patient_id"].astype(str))["right_days"]
+    lost_pid = lost["patient_id"].astype(str)
+    by_patient = lost.groupby(lost_pid)["right_days"]
     losses = by_patient.size()
-    recent = by_patient.apply(lambda d: float(np.median(d.to_numpy(float)[-3:])))
+    # the median of each patient's last three losses
+    last3 = by_patient.cumcount(ascending=False).to_numpy() < 3
+    recent = lost["right_days"].astype(float)[last3].groupby(lost_pid[last3]).median()
     out = trend.assign(patient_id=trend["patient_id"].astype(str))
     out = out[out["trend_cycles"] >= min_cycles].copy()
     out["trend_losses"] = losses.reindex(out["patient_id"]).fillna(0).astype(int).to_numpy()
@@ -438,36 +508,43 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
                       "loss_in_segment": inf["right_at"].notna().to_numpy()[keep]})
     rows = []
     K = TAPER_CYCLES
-    for p, g in f.groupby("patient_id", sort=False):
-        if len(g) < K + 1:
-            continue
-        g = g.iloc[-(K + 1):]
-        starts, ends = g.iloc[:-1], g.iloc[1:]
-        interval = (ends["at"].to_numpy() - starts["at"].to_numpy()) / np.timedelta64(1, "D")
-        line = float(base.get(p, np.nan)) * (1 - rules.response_fall)
-        fresh = (ends["at"].to_numpy() - ends["pre_at"].to_numpy()) <= np.timedelta64(14, "D")
-        pre = ends["pre"].to_numpy()
-        # each pre-dose score in response, and on average well inside the line (one noisy score
-        # near the line neither makes nor breaks it)
-        margin_ok = fresh.all() and (pre <= line).all() and pre.mean() <= line - TAPER_MARGIN_POINTS
-        held = ~starts["loss_in_segment"].to_numpy()
-        if not (held.all() and margin_ok):
-            continue
-        current = float(np.median(interval))
-        s = sug.loc[p]
-        # the central estimate of the day the target is reached (the middle of the range), not the
-        # cautious predictive day: the question is whether durability is beyond the interval
-        estimate = float(s["estimated_durability_days"])
-        if not estimate >= TAPER_FACTOR * current:
-            continue
-        remission = outcomes.is_remission(ends["pre"].to_numpy(), course.instrument, rules).all()
-        try_days = float(np.floor(min(estimate, 1.5 * current)))
-        scores = ", ".join(f"{v:g}" for v in ends["pre"].to_numpy())
-        reason = (f"response held through each of the last {K} intervals of about {current:.0f} days "
-                  f"(pre-dose {course.instrument} {scores}; response line {line:.1f}), and this patient's "
-                  f"estimated durability is {estimate:.0f} days")
-        kind = "consider_pause" if remission and estimate >= 2 * current else "stretch"
-        rows.append((p, kind, reason + f": try {try_days:.0f} days", try_days))
+    # each patient's last K + 1 infusions as one row of (patients, K + 1) arrays (patients in order of
+    # their first infusion here, infusions in the course's order)
+    codes, uniques = pd.factorize(f["patient_id"], sort=False)
+    counts = np.bincount(codes, minlength=len(uniques))
+    order = np.argsort(codes, kind="stable")
+    ends_at = np.cumsum(counts)
+    enough = np.flatnonzero(counts >= K + 1)
+    take = order[ends_at[enough][:, None] - (K + 1) + np.arange(K + 1)[None, :]]
+    at = f["at"].to_numpy()[take]
+    pre_all = f["pre"].to_numpy(float)[take]
+    pre_at = f["pre_at"].to_numpy()[take]
+    loss = f["loss_in_segment"].to_numpy(bool)[take]
+    patients = np.asarray(uniques, dtype=object)[enough]
+    interval = (at[:, 1:] - at[:, :-1]) / np.timedelta64(1, "D")
+    line = base.reindex(patients).to_numpy(dtype=float) * (1 - rules.response_fall)
+    fresh = (at[:, 1:] - pre_at[:, 1:]) <= np.timedelta64(14, "D")
+    pre = pre_all[:, 1:]
+    # each pre-dose score in response, and on average well inside the line (one noisy score
+    # near the line neither makes nor breaks it)
+    with np.errstate(invalid="ignore"):
+        margin_ok = fresh.all(axis=1) & (pre <= line[:, None]).all(axis=1) & (pre.mean(axis=1) <= line - TAPER_MARGIN_POINTS)
+    held = ~loss[:, :-1]
+    current = np.median(interval, axis=1)
+    # the central estimate of the day the target is reached (the middle of the range), not the
+    # cautious predictive day: the question is whether durability is beyond the interval
+    estimate = sug["estimated_durability_days"].reindex(patients).to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        over_treated = held.all(axis=1) & margin_ok & (estimate >= TAPER_FACTOR * current)
+    remission = outcomes.is_remission(pre, course.instrument, rules).all(axis=1)
+    for i in np.flatnonzero(over_treated):
+        try_days = float(np.floor(min(estimate[i], 1.5 * current[i])))
+        scores = ", ".join(f"{v:g}" for v in pre[i])
+        reason = (f"response held through each of the last {K} intervals of about {current[i]:.0f} days "
+                  f"(pre-dose {course.instrument} {scores}; response line {line[i]:.1f}), and this patient's "
+                  f"estimated durability is {estimate[i]:.0f} days")
+        kind = "consider_pause" if remission[i] and estimate[i] >= 2 * current[i] else "stretch"
+        rows.append((patients[i], kind, reason + f": try {try_days:.0f} days", try_days))
     over = pd.DataFrame(rows, columns=["patient_id", "taper", "taper_reason", "taper_interval_days"])
     trend = None
     if len(cycles) and model is not None:

@@ -1,15 +1,19 @@
 """Peak memory and time of each step of the benchmark's page work, one step after another in one process.
 
-    python -m tools.pagesmemory DB [--steps frames,caches,intervals,durability]
+    python -m tools.pagesmemory DB [--steps frames,caches,intervals,durability] [--parts]
 
 What `python -m analytics bench` does after its import, on an existing database, with the peak
 resident memory (VmHWM, reset before each step) and what stays resident after it, so the step that
 sets `pages_peak_rss_mb` can be found (docs/performance.md, "The 100,000-patient memory and import
-targets"). One line per step on stdout.
+targets"). One line per step on stdout. `--parts`: also the peak inside each of the functions that
+build the tables (the reads, the course, the cycles, the model's scores, the fit, the suggestions,
+the taper signals and trend tests), sampled every 5 ms, one line per function and the steps it ran in.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import threading
 import time
 from pathlib import Path
 
@@ -23,19 +27,65 @@ def _resident_mb() -> float:
     return float("nan")
 
 
+class _Parts:
+    """The peak resident memory while each wrapped function runs (a sampling thread)."""
+
+    def __init__(self):
+        self.stack: list[str] = []
+        self.peaks: dict[str, float] = {}
+
+    def start(self) -> None:
+        def sample() -> None:
+            while True:
+                where = "/".join(self.stack)
+                self.peaks[where] = max(self.peaks.get(where, 0.0), _resident_mb())
+                time.sleep(0.005)
+        threading.Thread(target=sample, daemon=True).start()
+
+    def wrap(self, owner, name: str, label: str | None = None) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapped(*args, **kwargs):
+            self.stack.append(label or name)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.stack.pop()
+        setattr(owner, name, wrapped)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pagesmemory")
     parser.add_argument("db")
     parser.add_argument("--steps", default="frames,caches,intervals,durability")
+    parser.add_argument("--parts", action="store_true", help="the peak inside each table-building function")
     args = parser.parse_args(argv)
     memory.tune_allocator()
+    from analytics import course, intervals
     from analytics.access import SYSTEM, DataAccess
+    from analytics.durability.measured import MeasuredDurability
+
+    parts = _Parts() if args.parts else None
+    if parts is not None:
+        for name in ("build_course", "cycles_from_course", "cycle_scores"):
+            parts.wrap(course, name)
+        for name in ("fit_clinic_model", "suggest_intervals", "patient_states", "model_estimates", "taper_signals",
+                     "model_scores", "lengthening_tests"):
+            parts.wrap(intervals, name)
+        parts.wrap(MeasuredDurability, "fit")
+        parts.wrap(MeasuredDurability, "trend_tests")
+        for name in ("patients", "treatments", "assessments", "attributes", "last_assessed"):
+            parts.wrap(DataAccess, name, "read_" + name)
+        parts.start()
 
     steps = args.steps.split(",")
     data = DataAccess(Path(args.db), SYSTEM)
     ws = bench.workspace(data)
 
     def step(name, fn):
+        if parts is not None:
+            parts.stack[:] = [name]
         bench.reset_peak_rss()
         wall, cpu = time.perf_counter(), time.process_time()
         result = fn()
@@ -50,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         step("intervals", lambda: bench.all_suggestions(data, bench.BENCH_END))
     if "durability" in steps:
         step("durability", lambda: bench.durability_estimate(frames))
+    if parts is not None:
+        time.sleep(0.05)
+        for where, peak in parts.peaks.items():
+            if where:
+                print(f"  {peak:7.0f} MB  {where}")
     print("load average", " ".join(Path("/proc/loadavg").read_text().split()[:3]))
     return 0
 

@@ -17,6 +17,8 @@ from . import EXIT_UNEXPECTED, print_json, report_unexpected
 def add_arguments(p) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
+    p.add_argument("--no-model", action="store_true",
+                   help="do not fit and save the dashboard's clinic model of the new data after the import")
 
 
 def run(args) -> int:
@@ -33,6 +35,8 @@ def run(args) -> int:
             stream = sys.stdout if report.exit_code == 0 and not report.warnings else sys.stderr
             for line in report.messages():
                 print(line, file=stream)
+        if report.committed and not getattr(args, "no_model", False):
+            save_clinic_model(getattr(args, "db", None), progress)
         return report.exit_code
     except (KeyboardInterrupt, BrokenPipeError):
         raise
@@ -53,3 +57,20 @@ def run(args) -> int:
             print_json({"exit_code": EXIT_UNEXPECTED, "error": message, "files": [], "committed": committed,
                         "warnings": [], "log": str(log) if log else None})
         return EXIT_UNEXPECTED
+
+
+def save_clinic_model(db, progress) -> None:
+    """After a committed import: fit the clinic's durability model of the new data version and save it
+    beside the database (analytics/screens/saved.py), so the dashboard's first visit loads it instead of
+    fitting it in the visitor's page. Saving is an optimisation: nothing here changes the import's exit
+    code or messages, and a failure or an interruption leaves the dashboard to fit the model itself."""
+    from ..screens import workspace
+
+    try:
+        if progress:
+            progress("fitting the clinic's durability model for the dashboard")
+        workspace.fit_and_save_clinic_model(db)
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - see the docstring
+        pass
+    finally:
+        clear(progress)

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,8 @@ MU_GRID = np.linspace(math.log(3.0), math.log(500.0), 44)          # a patient's
 DEPTHS = np.r_[np.linspace(0.1, 0.95, 8), 1.15]             # v0; the last: no response after the dose
 NO_RESPONSE = len(DEPTHS) - 1
 MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and its noise
-CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~64 MB of float64)
+CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
+FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
 
 
 # exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
@@ -125,6 +128,19 @@ def _sums(group_start: np.ndarray, n_rows: int, dtype) -> sparse.csr_matrix:
                              shape=(len(group_start), n_rows))
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(start, start + length) for each pair."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.r_[0, np.cumsum(lengths)[:-1]]
+    step = np.ones(total, dtype=np.int64)
+    keep = lengths > 0
+    step[first[keep]] = np.asarray(starts, dtype=np.int64)[keep] - np.r_[0, (np.asarray(starts)[keep] + lengths[keep] - 1)[:-1]]
+    return np.cumsum(step)
+
+
 @dataclass
 class _Chunk:
     """Whole patients [p, q), their cycles [c0, c1) and scores [s0, s1), with the matrices that sum
@@ -184,11 +200,11 @@ class _Data:
         """The rows of these patient codes (sorted)."""
         patients = np.sort(patients)
         c_end = np.r_[self.patient_start[1:], len(self.cycle_start)]
-        cycles = np.concatenate([np.arange(self.patient_start[p], c_end[p]) for p in patients])
-        s_end = np.r_[self.cycle_start[1:], len(self.days)]
-        scores = np.concatenate([np.arange(self.cycle_start[c], s_end[c]) for c in cycles])
-        n_scores = s_end[cycles] - self.cycle_start[cycles]
         n_cycles = c_end[patients] - self.patient_start[patients]
+        cycles = _ranges(self.patient_start[patients], n_cycles)
+        s_end = np.r_[self.cycle_start[1:], len(self.days)]
+        n_scores = s_end[cycles] - self.cycle_start[cycles]
+        scores = _ranges(self.cycle_start[cycles], n_scores)
         return _Data(self.days[scores], self.total[scores], self.line[scores],
                      np.r_[0, np.cumsum(n_scores)[:-1]], np.repeat(np.arange(len(patients)), n_cycles),
                      np.r_[0, np.cumsum(n_cycles)[:-1]], self.patient_ids[patients])
@@ -230,6 +246,16 @@ def _chunk_cycle_grid(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale
     return np.subtract(base[:, None, None].astype(neg.dtype), neg, out=neg)
 
 
+def _each_chunk(work, n_chunks: int) -> list:
+    """[work(0), ..., work(n_chunks - 1)], FIT_THREADS chunks at a time when there are several: numpy and
+    scipy let go of the GIL in their array loops, and chunks are whole patients (each result its own)."""
+    workers = min(FIT_THREADS, n_chunks)
+    if workers <= 1:
+        return [work(i) for i in range(n_chunks)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, range(n_chunks)))
+
+
 def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
                     mode: str = "trend", terms: list | None = None) -> np.ndarray:
     """log P(patient's scores | mu, depth): (n_patients, n_mu, n_depth), or (n_patients, n_mu, 1)
@@ -240,7 +266,9 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
     W = _within_weights(within_sd).T
     n_depth = 1 if mode == "threshold" else len(DEPTHS)
     out = np.empty((data.n_patients, n_depth, len(MU_GRID)))
-    for i, ch in enumerate(data.chunks):
+
+    def one(i: int) -> None:
+        ch = data.chunks[i]
         base, neg = terms[i] if terms is not None else _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode)
         # the largest cell over T of each cycle and depth is taken out before the exp (and added back)
         least = neg.min(axis=2, keepdims=True)
@@ -257,6 +285,9 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
         P = P.reshape(-1, n_depth, len(MU_GRID))
         P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
         out[ch.p:ch.q] = P
+
+    # chunks write their own patients' rows: several at a time in the pass over a large clinic (same numbers)
+    _each_chunk(one, len(data.chunks))
     return np.ascontiguousarray(np.transpose(out, (0, 2, 1)))
 
 
@@ -341,6 +372,18 @@ def _em(P, mu0: float, between_sd: float, depth_w: np.ndarray, iters: int = 400,
             break
         ll_old = total
     return mu0, between_sd, depth_w, float(M.stats(_prior_mu(mu0, between_sd), depth_w)[0].sum())
+
+
+def _logsumexp_depth(g: np.ndarray, log_depth: np.ndarray) -> np.ndarray:
+    """log sum over depth of exp(g + log weight): (cycles, n_depth, n_T) -> (cycles, n_T), float64 (the
+    threshold form's single depth stands for all of them: its weights sum to one)."""
+    if g.shape[1] == 1:
+        return g[:, 0, :].astype(float) + special.logsumexp(log_depth)
+    a = g + log_depth[None, :, None]
+    top = a.max(axis=1, keepdims=True)
+    a -= top
+    np.exp(a, out=a)
+    return np.log(a.sum(axis=1)) + top[:, 0, :]
 
 
 class MeasuredDurability:
@@ -572,10 +615,8 @@ class MeasuredDurability:
         kappa = 1.0 if self.mode_ == "threshold" else self.shape_
         log_depth = np.log(np.maximum(self.depth_weights_, 1e-300))
         # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights
-        lc = np.concatenate([special.logsumexp(g + (log_depth if g.shape[1] > 1 else np.atleast_1d(special.logsumexp(log_depth)))
-                                               [None, :, None], axis=1)
-                             for g in (_chunk_cycle_grid(data, ch, self.noise_sd_, kappa, self.scale_max_, self.mode_)
-                                       for ch in data.chunks)])
+        lc = np.concatenate(_each_chunk(lambda i: _logsumexp_depth(_chunk_cycle_grid(
+            data, data.chunks[i], self.noise_sd_, kappa, self.scale_max_, self.mode_), log_depth), len(data.chunks)))
         # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid
         step = float(MU_GRID[1] - MU_GRID[0]) / 2
         fine = np.arange(MU_GRID[0] - 1.5, MU_GRID[-1] + 1.5 + step, step)
@@ -592,23 +633,39 @@ class MeasuredDurability:
         G += top
         slopes = np.linspace(0.0, max_slope, 26)
         log_prior = np.log(self.prior_mu())
-        c_end = np.r_[data.patient_start[1:], len(data.cycle_start)]
-        rows = []
-        for i in range(data.n_patients):
-            g = G[data.patient_start[i]:c_end[i]]
-            k = np.arange(len(g), dtype=float)
+        n_cyc = np.diff(np.r_[data.patient_start, len(data.cycle_start)])
+        best_slope = np.zeros(data.n_patients)
+        p_value = np.ones(data.n_patients)
+        # patients with the same number of cycles share the (mu, slope, cycle) grid of medians and so the
+        # interpolation on the fine grid: a sparse matrix summing, for each (mu, slope), the interpolated
+        # G of every cycle; a batch of patients at a time
+        n_fine = G.shape[1]
+        for n in np.unique(n_cyc):
+            k = np.arange(n, dtype=float)
             k -= k.mean()
             m = MU_GRID[:, None, None] + slopes[None, :, None] * k[None, None, :]   # (mu, slope, cycle)
             x = np.clip((m - fine[0]) / step, 0, len(fine) - 1.000001)
             lo = np.floor(x).astype(int)
             frac = x - lo
-            vals = g[np.arange(len(g))[None, None, :], lo] * (1 - frac) + g[np.arange(len(g))[None, None, :], lo + 1] * frac
-            ll = special.logsumexp(vals.sum(axis=2) + log_prior[:, None], axis=0)   # (slope,)
-            best = int(np.argmax(ll))
-            stat = max(2.0 * (ll[best] - ll[0]), 0.0)
-            p = 0.5 * float(stats.chi2.sf(stat, 1)) if best > 0 and stat > 0 else 1.0
-            rows.append((data.patient_ids[i], len(g), float(slopes[best]), p))
-        return pd.DataFrame(rows, columns=list(columns))
+            column = np.arange(n)[None, None, :] * n_fine + lo
+            rows = np.broadcast_to(np.arange(m.shape[0] * m.shape[1]).reshape(m.shape[:2])[:, :, None], m.shape)
+            interp = sparse.csr_matrix((np.r_[(1 - frac).ravel(), frac.ravel()],
+                                        (np.r_[rows.ravel(), rows.ravel()], np.r_[column.ravel(), column.ravel() + 1])),
+                                       shape=(m.shape[0] * m.shape[1], n * n_fine))
+            same = np.flatnonzero(n_cyc == n)
+            for batch in np.array_split(same, -(-len(same) * n // 4000)):
+                g = G[data.patient_start[batch][:, None] + np.arange(n)[None, :]].reshape(len(batch), -1)
+                summed = np.asarray(interp @ g.T).T.reshape(len(batch), m.shape[0], m.shape[1])  # (patients, mu, slope)
+                summed += log_prior[None, :, None]
+                top = summed.max(axis=1, keepdims=True)
+                ll = np.log(np.exp(summed - top).sum(axis=1)) + top[:, 0, :]      # (patients, slope)
+                best = np.argmax(ll, axis=1)
+                stat = np.maximum(2.0 * (ll[np.arange(len(batch)), best] - ll[:, 0]), 0.0)
+                tested = (best > 0) & (stat > 0)
+                p_value[batch] = np.where(tested, 0.5 * stats.chi2.sf(stat, 1), 1.0)
+                best_slope[batch] = slopes[best]
+        return pd.DataFrame({"patient_id": data.patient_ids, "trend_cycles": n_cyc, "slope_per_cycle": best_slope,
+                             "trend_p": p_value})
 
     def survival_of(self, patient_ids, days) -> np.ndarray:
         """The curve of a group of patients (a caseload, a subgroup): the mean of their own

@@ -256,6 +256,17 @@ def save_clinic_models() -> int:
     return done
 
 
+def fit_and_save_clinic_model(db, instrument: str = scales.PRIMARY) -> bool:
+    """Fit the whole clinic's model of the database's current data version and save it beside the
+    database, as a server does once it has fitted one (saved.py): `python -m analytics import` calls
+    this after its commit, so the first visit after an import loads the model instead of fitting it.
+    True when a file was written."""
+    if not saved.enabled():
+        return False
+    clinic_model(DataAccess(db, SYSTEM), scales.get(instrument).code).model  # noqa: B018 - the fit
+    return save_clinic_models() > 0
+
+
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
 _WARMERS: dict[str, Callable[[Workspace, tuple], object]] = {
     "frames": lambda ws, key: ws.frames(),
