@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,9 @@ MU_GRID = np.linspace(math.log(3.0), math.log(500.0), 44)          # a patient's
 DEPTHS = np.r_[np.linspace(0.1, 0.95, 8), 1.15]             # v0; the last: no response after the dose
 NO_RESPONSE = len(DEPTHS) - 1
 MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and its noise
-CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~64 MB of float64)
+CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
+FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
+MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
 
 
 # exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
@@ -178,10 +182,12 @@ class _Data:
         s_end = np.r_[self.cycle_start[1:], len(self.days)]
         c_end = np.r_[self.patient_start[1:], len(self.cycle_start)]
         per_score = len(T_GRID) * len(DEPTHS)
+        # at least FIT_THREADS chunks once there is enough work to share (the search's subsample too)
+        scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // FIT_THREADS)), MIN_CHUNK_SCORES)
         out, p = [], 0
         while p < self.n_patients:
             first_score = self.cycle_start[self.patient_start[p]]
-            limit = first_score + max(CHUNK_CELLS // per_score, 1)
+            limit = first_score + scores_per_chunk
             q = p + 1
             while q < self.n_patients and s_end[c_end[q] - 1] <= limit:
                 q += 1
@@ -243,6 +249,16 @@ def _chunk_cycle_grid(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale
     return np.subtract(base[:, None, None].astype(neg.dtype), neg, out=neg)
 
 
+def _each_chunk(work, n_chunks: int) -> list:
+    """[work(0), ..., work(n_chunks - 1)], FIT_THREADS chunks at a time when there are several: numpy and
+    scipy let go of the GIL in their array loops, and chunks are whole patients (each result its own)."""
+    workers = min(FIT_THREADS, n_chunks)
+    if workers <= 1:
+        return [work(i) for i in range(n_chunks)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, range(n_chunks)))
+
+
 def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
                     mode: str = "trend", terms: list | None = None) -> np.ndarray:
     """log P(patient's scores | mu, depth): (n_patients, n_mu, n_depth), or (n_patients, n_mu, 1)
@@ -253,7 +269,9 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
     W = _within_weights(within_sd).T
     n_depth = 1 if mode == "threshold" else len(DEPTHS)
     out = np.empty((data.n_patients, n_depth, len(MU_GRID)))
-    for i, ch in enumerate(data.chunks):
+
+    def one(i: int) -> None:
+        ch = data.chunks[i]
         base, neg = terms[i] if terms is not None else _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode)
         # the largest cell over T of each cycle and depth is taken out before the exp (and added back)
         least = neg.min(axis=2, keepdims=True)
@@ -270,6 +288,9 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
         P = P.reshape(-1, n_depth, len(MU_GRID))
         P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
         out[ch.p:ch.q] = P
+
+    # chunks write their own patients' rows: several at a time in the pass over a large clinic (same numbers)
+    _each_chunk(one, len(data.chunks))
     return np.ascontiguousarray(np.transpose(out, (0, 2, 1)))
 
 
@@ -597,8 +618,8 @@ class MeasuredDurability:
         kappa = 1.0 if self.mode_ == "threshold" else self.shape_
         log_depth = np.log(np.maximum(self.depth_weights_, 1e-300))
         # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights
-        lc = np.concatenate([_logsumexp_depth(_chunk_cycle_grid(data, ch, self.noise_sd_, kappa, self.scale_max_, self.mode_),
-                                              log_depth) for ch in data.chunks])
+        lc = np.concatenate(_each_chunk(lambda i: _logsumexp_depth(_chunk_cycle_grid(
+            data, data.chunks[i], self.noise_sd_, kappa, self.scale_max_, self.mode_), log_depth), len(data.chunks)))
         # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid
         step = float(MU_GRID[1] - MU_GRID[0]) / 2
         fine = np.arange(MU_GRID[0] - 1.5, MU_GRID[-1] + 1.5 + step, step)
