@@ -226,30 +226,6 @@ def _fit(self, scores: pd.DataFrame, *, scale_max: float) -> MeasuredDurability:
     del self._P, self._data   # the per-patient posteriors are all that is needed from here on
     return self
 
-def _covariance(self) -> None:
-    """Sandwich covariance of (mu0, log between_sd), patients as clusters (the measurement
-    parameters and within-patient SD held at their estimates)."""
-    theta = np.array([self.log_median_, math.log(self.between_sd_)])
-
-    def per_patient(th):
-        return _posterior(self._P, th[0], math.exp(th[1]), self.depth_weights_)[0]
-
-    h = np.array([0.01, 0.02])
-    G = np.column_stack([(per_patient(theta + np.eye(2)[j] * h[j]) - per_patient(theta - np.eye(2)[j] * h[j]))
-                         / (2 * h[j]) for j in range(2)])
-    H = np.zeros((2, 2))
-    for j in range(2):
-        for k in range(2):
-            ej, ek = np.eye(2)[j] * h[j], np.eye(2)[k] * h[k]
-            H[j, k] = (per_patient(theta + ej + ek).sum() - per_patient(theta + ej - ek).sum()
-                       - per_patient(theta - ej + ek).sum() + per_patient(theta - ej - ek).sum()) / (4 * h[j] * h[k])
-    try:
-        Hinv = np.linalg.inv(-(H + H.T) / 2)
-        n = G.shape[0]
-        self.covariance_ = Hinv @ (G.T @ G) @ Hinv * (n / max(n - 1, 1))
-    except np.linalg.LinAlgError:
-        self.covariance_ = np.full((2, 2), np.nan)
-
 
 def _covariance(self) -> None:
     """Sandwich covariance of (mu0, log between_sd), patients as clusters (the measurement
