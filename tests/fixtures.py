@@ -192,6 +192,22 @@ def _empty_template() -> Path:
     return template
 
 
+def schema_file(path: Path, version: int):
+    """A DuckDB file as schema `version` left it, written by the migrations up to it without the product
+    (for migration tests); an open connection, the caller adds rows and closes it."""
+    import duckdb
+
+    from analytics import store
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+    for number, migration in enumerate(store.MIGRATIONS[:version], start=1):
+        for statement in migration():
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+    return con
+
+
 def make_db(tmp_path: Path, patients=(), treatments=(), assessments=(), *, name: str = "test.duckdb",
             strict: bool = True) -> Path:
     """A database file in `tmp_path` holding exactly these rows (schema created even when empty); in a

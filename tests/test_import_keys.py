@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import duckdb
 import pytest
 
 from analytics import ingest, selfreport, store, visits
 from analytics.access import SYSTEM
 from analytics.ingest import write as ingest_write
-from fixtures import make_db, patient, snapshot
+from fixtures import make_db, patient, schema_file, snapshot
 from test_ingest import ASSESSMENTS_HEADER, TREATMENTS_HEADER, phq, write
 from test_ingest_blocks import outcome, stored
 
@@ -163,12 +162,7 @@ def test_a_new_store_has_the_current_schema_and_refuses_a_repeated_key_on_both_b
 
 def _schema_v6_file(path):
     """A database as schema version 6 left it (keys as constraints), written without the product."""
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-    for number, migration in enumerate(store.MIGRATIONS[:6], start=1):
-        for statement in migration():
-            con.execute(statement)
-        con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+    con = schema_file(path, 6)
     con.execute("INSERT INTO instruments VALUES ('PHQ-9', 'Patient Health Questionnaire-9', 'self', 9, 3, 27)")
     con.execute("INSERT INTO patients (patient_id, clinician) VALUES ('P1', 'dr_a'), ('P2', 'dr_b')")
     con.execute("INSERT INTO treatments (patient_id, administered_at, route, dose_mg_per_kg, batch_id, voided_at, void_reason) "

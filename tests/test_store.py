@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from analytics import scales, store
-from fixtures import new_db
+from fixtures import new_db, schema_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,12 +148,7 @@ def test_schema_v4_keeps_every_assessment_and_makes_room_for_longer_scales(backe
     """A v3 database's assessments survive the rebuild of v4 unchanged; afterwards a 21-item scale
     with a 0-63 total fits (the v1 schema allowed 10 items, each 0-6, and totals up to 60)."""
     path = tmp_path / "v3.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-    for number, migration in enumerate(store.MIGRATIONS[:3], start=1):
-        for statement in migration():
-            con.execute(statement)
-        con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+    con = schema_file(path, 3)
     con.execute("INSERT INTO instruments VALUES ('PHQ-9', 'Patient Health Questionnaire-9', 'self', 9, 3, 27)")
     con.execute("INSERT INTO patients (patient_id, clinician) VALUES ('P1', 'dr_a')")
     con.execute("""INSERT INTO assessments (patient_id, instrument, administered_at, has_time, rater, item_1, item_9, item_10,
