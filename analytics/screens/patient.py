@@ -8,8 +8,10 @@ pattern.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -102,7 +104,9 @@ def record_history(ws: Workspace, patient_id: str, administered_at, instrument: 
 
 def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
     """Changes whenever any value of the record does (a correction keeps the row count)."""
-    return tuple((name, len(frame), int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame) else 0)
+    # A digest of each frame's pickled bytes (every value, dtype and column name): the same record read again
+    # gives the same bytes; a tenth of the CPU of hashing each column with pandas.
+    return tuple((name, len(frame), hashlib.blake2b(pickle.dumps(frame, protocol=5), digest_size=16).hexdigest())
                  for name, frame in sorted(record.items()))
 
 
@@ -411,31 +415,37 @@ def item_matrix(assessments: pd.DataFrame, instrument: str, last_n: int = 12) ->
 
 
 def patient_history(record: dict[str, pd.DataFrame], limit: int = 20) -> pd.DataFrame:
-    """Infusions and scores interleaved, newest first."""
+    """Infusions and scores interleaved, newest first (at the same time: infusions first, each kind in its
+    record order). Built row by row from plain values: a record is a few dozen rows, where a frame
+    operation per column cost more than the rows."""
     t = record["treatments"]
     a = record["assessments"]
-    inf = pd.DataFrame({
-        "when": t["administered_at"], "event": "infusion, " + t["phase"].fillna("phase not recorded"),
-        "detail": t["route"].map(lambda r: vocabulary.ROUTE_NAMES.get(r, r)) + ", "
-        + t["dose_mg_per_kg"].map(lambda d: f"{d:g} mg/kg" if pd.notna(d) else "dose not recorded"),
-    })
-    safety = pd.Series(np.nan, index=a.index)  # each score's safety item (PHQ-9 item 9), where its scale has one
+    when, event, detail = [], [], []
+    for at, phase, route, dose in zip(t["administered_at"].tolist(), t["phase"].tolist(), t["route"].tolist(),
+                                      t["dose_mg_per_kg"].tolist()):
+        when.append(at)
+        event.append("infusion, " + ("phase not recorded" if pd.isna(phase) else phase))
+        route_name = np.nan if pd.isna(route) else vocabulary.ROUTE_NAMES.get(route, route)
+        detail.append(np.nan if pd.isna(route_name)
+                      else route_name + ", " + (f"{dose:g} mg/kg" if pd.notna(dose) else "dose not recorded"))
+    instruments = a["instrument"].tolist()
+    safety = [np.nan] * len(a)  # each score's safety item (PHQ-9 item 9), where its scale has one
     for scale in scales.SCALES.values():
         if scale.safety_column and scale.safety_column in a:
-            mine = (a["instrument"] == scale.code).to_numpy()
-            safety[mine] = a.loc[mine, scale.safety_column].astype(float)
-    scored = pd.DataFrame({
-        "when": a["administered_at"], "event": a["instrument"],
-        "detail": [
-            (f"{tot:g} ({scales.get(i).band(tot)})" if pd.notna(tot) else "no total")
-            + (f"; item {scales.get(i).safety_item} = {int(v)}" if pd.notna(v) and v > 0 else "")
-            + (" (prorated)" if m == "prorated" else "")
-            for i, tot, v, m in zip(a["instrument"], a["total"], safety, a["total_method"])
-        ],
-    })
-    h = pd.concat([inf, scored], ignore_index=True).sort_values("when", ascending=False, kind="stable").head(limit)
-    h["when"] = h["when"].map(_when_words)
-    return h.rename(columns={"when": "date", "event": "record"}).reset_index(drop=True)
+            for i, (code, value) in enumerate(zip(instruments, a[scale.safety_column].tolist())):
+                if code == scale.code:
+                    safety[i] = np.nan if pd.isna(value) else float(value)
+    for at, code, tot, v, m in zip(a["administered_at"].tolist(), instruments, a["total"].tolist(), safety,
+                                   a["total_method"].tolist()):
+        when.append(at)
+        event.append(code)
+        detail.append((f"{tot:g} ({scales.get(code).band(tot)})" if pd.notna(tot) else "no total")
+                      + (f"; item {scales.get(code).safety_item} = {int(v)}" if pd.notna(v) and v > 0 else "")
+                      + (" (prorated)" if m == "prorated" else ""))
+    keys = np.array([pd.Timestamp(w).value if pd.notna(w) else np.iinfo(np.int64).min for w in when], dtype=np.int64)
+    order = np.argsort(-keys, kind="stable")[:limit]  # newest first; ties in the order above
+    return pd.DataFrame({"date": [_when_words(when[i]) for i in order], "record": [event[i] for i in order],
+                         "detail": [detail[i] for i in order]}, columns=["date", "record", "detail"])
 
 
 VERSION_STATES = {"current": "current", "voided": "voided (left out of every analysis)", "replaced": "earlier version"}
