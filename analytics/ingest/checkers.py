@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -113,16 +114,18 @@ class _Worker:
         return value
 
     def close(self) -> None:
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
+        # Both pipes closed first: a worker waiting for a block ends at once, one writing an answer
+        # nobody reads ends on the broken pipe (quietly, see `serve`).
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.process.stdout.close()
 
 
 class Workers:
@@ -180,13 +183,14 @@ class Workers:
 
 def serve() -> None:
     """The worker's loop: requests (kind, frame, now, the parent's scale registry) on stdin, answers ("ok", result) or ("error", exc) on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never into the answers
     requests = sys.stdin.buffer
     while True:
         try:
             kind, frame, now, (registered, aliases) = pickle.load(requests)
-        except EOFError:
+        except (EOFError, OSError, pickle.UnpicklingError):  # the parent ended or gave up on the workers
             return
         try:
             scales.SCALES.clear()
@@ -201,6 +205,9 @@ def serve() -> None:
             data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
             data = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
-        answers.write(data)
-        answers.flush()
+        try:
+            answers.write(data)
+            answers.flush()
+        except OSError:  # the parent closed the pipe (it stopped early): nothing to say to anyone
+            return
 
