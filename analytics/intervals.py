@@ -183,8 +183,8 @@ def _supported_days(groups: list, days, target: float, alpha: float = LOSS_TEST_
     steps, ks, ns = [], [], []
     for (left, right, event), day in zip(groups, days):
         # the loss days are where the count changes: step down through them
-        candidates = np.unique(np.r_[right[event & np.isfinite(right)], left[left > 0]])
-        candidates = np.sort(candidates[candidates < day])[::-1]
+        candidates = np.unique(np.concatenate([right[event & np.isfinite(right)], left[left > 0]]))
+        candidates = candidates[candidates < day][::-1]   # np.unique sorts them
         k, n = _losses_at(left, right, event, candidates - 1e-9)
         steps.append(candidates)
         ks.append(k)
