@@ -448,6 +448,14 @@ def _bh(p: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
+def _settled_losses(cycles: pd.DataFrame) -> pd.DataFrame:
+    """The cycles after induction (or its last, post_induction) that ended in a loss of response."""
+    settled = cycles
+    if "phase" in cycles.columns and "post_induction" in cycles.columns:
+        settled = cycles[(cycles["phase"].astype(str) != "induction") | cycles["post_induction"].fillna(False).astype(bool)]
+    return settled[settled["event"].to_numpy(dtype=bool)]
+
+
 def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int = TREND_MIN_LOSSES,
                       min_cycles: int = TREND_MIN_CYCLES) -> pd.DataFrame:
     """Is a patient's durability lengthening? `trend`: per patient, the one-sided test of a durability
@@ -459,10 +467,7 @@ def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int
     "each loss later than the one before", and the loss days alone cannot show lengthening: on a fixed
     schedule a cycle that lasts beyond its interval ends censored, never as a later loss).
     recent_loss_days: the median day of the patient's last three losses (None without)."""
-    settled = cycles
-    if "phase" in cycles.columns and "post_induction" in cycles.columns:
-        settled = cycles[(cycles["phase"].astype(str) != "induction") | cycles["post_induction"].fillna(False).astype(bool)]
-    lost = settled[settled["event"].to_numpy(dtype=bool)].sort_values(["patient_id", "cycle_no"])
+    lost = _settled_losses(cycles).sort_values(["patient_id", "cycle_no"])
     lost_pid = lost["patient_id"].astype(str)
     by_patient = lost.groupby(lost_pid)["right_days"]
     losses = by_patient.size()
@@ -551,9 +556,14 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     trend = None
     if len(cycles) and model is not None:
         scores = model_scores(course, rules) if read_scores is None else read_scores
-        scores = scores[scores["patient_id"].astype(str).isin(sug.index)]
-        trend = lengthening_tests(cycles[cycles["patient_id"].astype(str).isin(sug.index)],
-                                  model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
+        mine = cycles[cycles["patient_id"].astype(str).isin(sug.index)]
+        # only patients lengthening_tests can test (TREND_MIN_LOSSES losses after induction) are read:
+        # each patient's test is their own, and the others' were computed only to be dropped there
+        # (about half the tested scores at 100,000 patients)
+        losses = _settled_losses(mine)["patient_id"].astype(str).value_counts()
+        testable = losses.index[losses.to_numpy() >= TREND_MIN_LOSSES]
+        scores = scores[scores["patient_id"].astype(str).isin(testable)]
+        trend = lengthening_tests(mine, model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
     if trend is not None and len(trend):
         t = trend[trend["lengthening"] & ~trend["patient_id"].isin(over["patient_id"])]
         extra = []
