@@ -43,6 +43,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
@@ -213,7 +214,10 @@ class Workspace:
         return self.once(("suggestions", scales.get(instrument).code, today), build)
 
 
-# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved]
+# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved].
+# The model is held weakly (a weakref.ref): intervals' cache of fits is what keeps a model; once that lets it
+# go (forget_fits, or four newer fits) this list must not keep it, nor its course and cycles (~0.7 GB at
+# 100,000 patients), alive in a process that never saves (the benchmark, saving turned off).
 _CLINIC_MODELS: dict[tuple, list] = {}
 _CLINIC_GUARD = threading.Lock()
 
@@ -233,7 +237,7 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
         if key not in _CLINIC_MODELS:
             # a model loaded from its file is saved already; one fitted here is saved once its fit is done
             done = any(m is model for m in loaded)
-            _CLINIC_MODELS[key] = [clinic_data.db, None if done else model, done]
+            _CLINIC_MODELS[key] = [clinic_data.db, None if done else weakref.ref(model), done]
             while len(_CLINIC_MODELS) > 8:
                 del _CLINIC_MODELS[next(iter(_CLINIC_MODELS))]
     return model
@@ -242,11 +246,11 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
 def save_clinic_models() -> int:
     """Save every clinic model fitted since the last call, if its data version is still the current one."""
     with _CLINIC_GUARD:
-        due = [(key, entry) for key, entry in _CLINIC_MODELS.items()
-               if not entry[2] and entry[1] is not None and getattr(entry[1], "_fitted", None) is not None]
+        due = [(key, entry, model) for key, entry in _CLINIC_MODELS.items()
+               if not entry[2] and (model := _held(entry[1])) is not None and getattr(model, "_fitted", None) is not None]
     done = 0
-    for (_, version, code), entry in due:
-        model, entry[1], entry[2] = entry[1], None, True  # kept only until saved: the cache of intervals holds it
+    for (_, version, code), entry, model in due:
+        entry[1], entry[2] = None, True  # kept only until saved: the cache of intervals holds it
         try:
             current = DataAccess(entry[0], SYSTEM).data_version() == version
         except Exception:  # noqa: BLE001 - a database gone or unreachable now: its model is fitted again when needed
@@ -254,6 +258,11 @@ def save_clinic_models() -> int:
         if current and saved.save_clinic(entry[0], code, version, model):
             done += 1
     return done
+
+
+def _held(model):
+    """The model an entry of _CLINIC_MODELS refers to (a weak reference, or the model itself), or None if gone."""
+    return model() if isinstance(model, weakref.ref) else model
 
 
 def fit_and_save_clinic_model(db, instrument: str = scales.PRIMARY) -> bool:
