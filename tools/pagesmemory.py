@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = random.Random(1).sample(ids, min(25, len(ids)))
         step("patients", lambda: [bench.patient_view(ws, pid, bench.BENCH_END).csv() for pid in chosen])
     if "durability" in steps:
+        intervals.forget_fits()  # as the benchmark does before its fresh fit
         step("durability", lambda: bench.durability_estimate(frames))
     if parts is not None:
         time.sleep(0.05)
