@@ -68,3 +68,56 @@ def test_the_cohort_wide_figures_from_the_held_frames_are_those_of_the_whole_rea
     assert mine["data_quality"]["count"].sum() > 0 and len(mine["self_report"]) and len(mine["induction_PHQ-9"])
     for name in reference:
         pd.testing.assert_frame_equal(mine[name], reference[name], check_exact=True, obj=name)
+
+
+def test_the_clinic_model_of_a_whole_clinic_view_reads_nothing_and_is_the_model_of_the_reads(demo_db, monkeypatch):
+    """A view that sees the whole clinic hands the clinic's model its frames and its cycle table (no second
+    read, no second cycle table): the course, the scores it is fitted to, the latest activity and the cycles
+    equal those of a model built from the system scope's reads."""
+    from analytics import intervals
+    from analytics.screens import workspace
+
+    intervals.forget_fits()
+    monkeypatch.setattr(workspace, "_WHOLE_CLINIC", {})
+    system = DataAccess(demo_db, SYSTEM)
+    read = intervals.clinic_model(system, "PHQ-9")  # (fitted only when its model is asked for)
+    intervals.forget_fits()
+
+    ws = Workspace(DataAccess(demo_db, SYSTEM))
+    ws.frames()
+    cycles = ws.cycles("PHQ-9")
+    held = workspace.whole_clinic_data(system)
+    assert isinstance(held, workspace.HeldClinicData)
+    pd.testing.assert_series_equal(held.last_assessed(), system.last_assessed(), check_exact=True)
+    columns = ["patient_id", "instrument", "administered_at", "total"]
+    mine, theirs = held.assessments(instrument="PHQ-9", columns=columns), system.assessments(instrument="PHQ-9", columns=columns)
+    pd.testing.assert_frame_equal(mine.astype({"instrument": theirs["instrument"].dtype}), theirs, check_exact=True)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the whole clinic was read again")
+    for name in ("patients", "treatments", "assessments", "attributes", "last_assessed"):
+        monkeypatch.setattr(DataAccess, name, no_read)
+    model = ws.clinic("PHQ-9")
+    assert model is intervals.clinic_model(system, "PHQ-9")  # the suggestions' model too (interval_suggestions)
+    assert model.cycles is cycles  # the view's own table, not a copy
+    pd.testing.assert_frame_equal(model.scores, read.scores, check_exact=True)
+    pd.testing.assert_series_equal(model.last_activity, read.last_activity, check_exact=True)
+    pd.testing.assert_frame_equal(model.course.infusions, read.course.infusions, check_exact=True)
+    pd.testing.assert_frame_equal(model.course.scores, read.course.scores, check_exact=True)
+    pd.testing.assert_frame_equal(model.cycles.drop(columns="length_days"), read.cycles, check_exact=True)
+    intervals.forget_fits()
+
+
+def test_a_caseload_view_never_stands_in_for_the_whole_clinic(demo_db, monkeypatch):
+    from analytics.access import Scope
+    from analytics.screens import workspace
+
+    monkeypatch.setattr(workspace, "_WHOLE_CLINIC", {})
+    patients = DataAccess(demo_db, SYSTEM).patients()
+    clinician = Scope("c", "clinician", clinician=str(patients["clinician"].iloc[0]))
+    Workspace(DataAccess(demo_db, clinician)).frames()
+    system = DataAccess(demo_db, SYSTEM)
+    assert workspace.whole_clinic_data(system) is system
+    director = Scope("d", "director", patient_level=False, identifiable=False)
+    Workspace(DataAccess(demo_db, director)).frames()  # every patient, but identifying attributes withheld
+    assert workspace.whole_clinic_data(system) is system
