@@ -348,3 +348,80 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
         lost_response=flags["no longer in response"], item9_positive=flags[safety], alert=alert,
         alert_reasons=pd.Series(reasons, index=base.index, dtype=str), rci_points=rci,
     )
+
+
+# --- one patient's record (the patient page) ----------------------------------------
+
+def record_clock_us(frame: pd.DataFrame, infusions: bool) -> np.ndarray:
+    """`infusion_clock` (infusions=True) or `assessment_clock` of a frame as int64 microseconds, on arrays: the
+    same clock without pandas' per-operation cost, for one patient's record of a few dozen rows."""
+    at = frame["administered_at"]
+    if not pd.api.types.is_datetime64_any_dtype(at.dtype):
+        at = pd.to_datetime(at)
+    at_us = _us(at.to_numpy())
+    midnight = at_us - np.mod(at_us, _US_PER_DAY)
+    if "has_time" not in frame.columns:
+        has_time = at_us != midnight
+    else:
+        has_time = frame["has_time"].to_numpy()
+        if has_time.dtype != bool:
+            has_time = _has_time(frame)
+    clock = np.where(has_time, at_us, midnight + (_US_PER_DAY - 1) if infusions else midnight)  # _END_OF_DAY
+    missing = at_us == np.iinfo(np.int64).min  # NaT stays NaT
+    clock[missing] = at_us[missing]
+    return clock
+
+
+@dataclass(frozen=True)
+class PatientOutcome:
+    """One patient's state on one instrument: what `baselines` and `patient_status` give that patient's row.
+    NaN where there is nothing (no baseline, no score after treatment began); the flags are False then."""
+    instrument: str
+    baseline_score: float
+    latest_score: float
+    previous_score: float
+    best_score: float
+    rci_points: float | None  # None for an instrument without a reliable change index
+    worse_than_best: bool
+    worse_than_last: bool
+
+
+def patient_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame,
+                     rules: OutcomeRules = DEFAULT_RULES) -> dict[str, PatientOutcome]:
+    """One patient's record (every row that patient's): per instrument with a scored total, the baseline and
+    the latest state, equal to `baselines(...)` and `patient_status(...)` for that patient (checked for every
+    patient of the demo clinic in tests/test_patient_outcomes.py). The patient page calls this once per
+    record instead of those cohort-wide functions once per instrument: on a few dozen rows their frame
+    operations, not the arithmetic, were the cost. The baseline rule is `baseline_arrays`, the one
+    implementation. An untreated patient has no baseline and no state: {}."""
+    if treatments.empty or assessments.empty:
+        return {}
+    t_key = record_clock_us(treatments, infusions=True)
+    first_key = t_key.min()
+    first_day = first_key - np.mod(first_key, _US_PER_DAY)
+    total_all = assessments["total"].to_numpy(dtype=float, na_value=np.nan)
+    a_key_all = record_clock_us(assessments, infusions=False)
+    instrument = assessments["instrument"].to_numpy(dtype=object)
+    out = {}
+    for code in scales.codes():
+        mine = (instrument == code) & ~np.isnan(total_all)
+        if not mine.any():
+            continue
+        order = np.flatnonzero(mine)
+        order = order[np.argsort(a_key_all[order], kind="stable")]
+        a_key, total = a_key_all[order], total_all[order]
+        score, when = baseline_arrays(np.array([first_key]), np.array([first_day]), np.zeros(len(order), dtype=np.intp),
+                                      a_key, total, rules)
+        baseline, baseline_at = float(score[0]), (when[0] if when[0] >= 0 else np.iinfo(np.int64).min)
+        after = (a_key > baseline_at) & (a_key >= first_day)  # only scores after treatment began are outcomes
+        scored = total[after]
+        latest = float(scored[-1]) if len(scored) else np.nan
+        previous = float(scored[-2]) if len(scored) > 1 else np.nan
+        best = float(scored.min()) if len(scored) else np.nan
+        scale = scales.get(code)
+        rci = reliable_change_index(code, rules) if scale.reliability is not None and scale.reference_sd is not None else None
+        out[code] = PatientOutcome(
+            code, baseline, latest, previous, best, rci,
+            worse_than_best=rci is not None and bool(latest - best >= rci),
+            worse_than_last=rci is not None and bool(latest - previous >= rci))
+    return out

@@ -8,9 +8,11 @@ pattern.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -102,7 +104,9 @@ def record_history(ws: Workspace, patient_id: str, administered_at, instrument: 
 
 def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
     """Changes whenever any value of the record does (a correction keeps the row count)."""
-    return tuple((name, len(frame), int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame) else 0)
+    # A digest of each frame's pickled bytes (every value, dtype and column name): the same record read again
+    # gives the same bytes; a tenth of the CPU of hashing each column with pandas.
+    return tuple((name, len(frame), hashlib.blake2b(pickle.dumps(frame, protocol=5), digest_size=16).hexdigest())
                  for name, frame in sorted(record.items()))
 
 
@@ -112,20 +116,44 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
     info = record["patient"].iloc[0].to_dict()
     if t.empty and a.empty:
         return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, fingerprint=fingerprint)
-    thresholds = patient_thresholds(t, a)
-    all_cycles = ws.cycles(scales.PRIMARY)
-    cycles = all_cycles[all_cycles["patient_id"] == patient_id]
-    suggestions = ws.suggestions(scales.PRIMARY, today)
-    rows = suggestions[suggestions["patient_id"] == patient_id]
+    found = outcomes.patient_outcomes(t, a)  # every instrument's baseline and state, once
+    thresholds = patient_thresholds(t, a, found=found)
+    cycles = patient_rows(ws, ("cycles", scales.PRIMARY), lambda: ws.cycles(scales.PRIMARY), patient_id)
+    rows = patient_rows(ws, ("suggestions", scales.PRIMARY, today), lambda: ws.suggestions(scales.PRIMARY, today),
+                        patient_id)
     last = t["administered_at"].max() if len(t) else None
     return PatientScreen(
-        patient_id, info=info, treatments=t, assessments=a, alerts=patient_alerts(record), thresholds=thresholds,
-        latest=latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
+        patient_id, info=info, treatments=t, assessments=a, alerts=patient_alerts(record, found=found),
+        thresholds=thresholds, latest=latest_scores(a, {c: th["baseline"] for c, th in thresholds.items()}),
         last_infusion=last, days_since_infusion=clinic_time.days_since(last, today),
         suggestion_text=describe_suggestion(rows.iloc[0].to_dict() if len(rows) else None, today),
         cycles=cycles, cycle_rows=cycle_rows(cycles),
-        items=ItemAnswers(a, [c for c in scales.codes() if (a["instrument"] == c).any()]),
+        items=ItemAnswers(a, [c for c in scales.codes() if c in _instruments(a)]),
         history=patient_history(record), record=record, fingerprint=fingerprint)
+
+
+def _instruments(assessments: pd.DataFrame) -> set:
+    """The instruments of these assessments (a patient's few dozen rows)."""
+    return set(assessments["instrument"].to_numpy(dtype=object)) if len(assessments) else set()
+
+
+def patient_rows(ws: Workspace, name: tuple, table: Callable[[], pd.DataFrame], patient_id: str) -> pd.DataFrame:
+    """One patient's rows of a clinic-wide table of the workspace (`table()`, e.g. its cycles), in the table's
+    order and with its index, as `table[table["patient_id"] == patient_id]` gives them: found through a
+    per-patient index built once per workspace tables (`name` names the table), not by comparing every
+    row's id on each view (4.7 M comparisons a view at 100,000 patients)."""
+    frame = table()
+
+    def build() -> tuple:
+        codes, ids = pd.factorize(frame["patient_id"].astype(str).to_numpy(dtype=object))
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(ids) + 1))
+        return pd.Index(ids, dtype=object), order, bounds
+    index, order, bounds = ws.memo(("patient_rows", *name), build)
+    at = index.get_indexer([str(patient_id)])[0]
+    if at < 0:
+        return frame.iloc[:0]
+    return frame.iloc[order[bounds[at]:bounds[at + 1]]]
 
 
 class ItemAnswers(Mapping):
@@ -252,52 +280,65 @@ def derived_phase(patient_id: str, treatments: pd.DataFrame, assessments: pd.Dat
     return phase, f"after the induction series; {last} was not in response, but there was no response before it to lose"
 
 
-def patient_alerts(record: dict[str, pd.DataFrame], rules: OutcomeRules = DEFAULT_RULES) -> list[str]:
+def patient_alerts(record: dict[str, pd.DataFrame], rules: OutcomeRules = DEFAULT_RULES,
+                   found: dict[str, outcomes.PatientOutcome] | None = None) -> list[str]:
     """Plain-language alerts for the patient banner: a safety item above 0 at the instrument's latest
-    score (PHQ-9 item 9), reliable worsening on a depression scale."""
+    score (PHQ-9 item 9), reliable worsening on a depression scale (outcomes.patient_status's flags, here
+    from `found`: outcomes.patient_outcomes of the record, worked out when not given)."""
     t, a = record["treatments"], record["assessments"]
     messages = []
+    instrument = a["instrument"].to_numpy(dtype=object) if len(a) else np.array([], dtype=object)
     for scale in scales.SCALES.values():
         column = scale.safety_column
         if column is None or column not in a:
             continue
-        mine = a[a["instrument"] == scale.code].sort_values("administered_at")
-        if len(mine) and pd.notna(mine[column].iloc[-1]) and float(mine[column].iloc[-1]) > 0:
-            when = mine["administered_at"].iloc[-1].date()
+        mine = np.flatnonzero(instrument == scale.code)
+        if not len(mine):
+            continue
+        at = a["administered_at"].to_numpy()[mine]
+        last = mine[np.argsort(at, kind="stable")[-1]]  # the latest score of this instrument
+        value = a[column].iloc[last]
+        if pd.notna(value) and float(value) > 0:
+            when = pd.Timestamp(a["administered_at"].iloc[last]).date()
             messages.append(f"Latest {scale.code} ({when:%d %b %Y}) item {scale.safety_item} ({scale.safety_meaning}) "
-                            f"scored {int(mine[column].iloc[-1])}: assess suicide risk today.")
+                            f"scored {int(value)}: assess suicide risk today.")
     if t.empty:
         return messages
+    found = outcomes.patient_outcomes(t, a, rules) if found is None else found
     for code in scales.measuring("depression"):
-        if not (a["instrument"] == code).any():
+        row = found.get(code)  # absent: no scored total of this scale, so no state and no flag
+        if row is None:
             continue
-        status = outcomes.patient_status(t, a, code, rules)
-        if status.empty:
-            continue
-        row = status.iloc[0]
-        rci = row["rci_points"]
-        if row["worse_than_last"]:
-            messages.append(f"{code} worsened reliably since the previous score ({row['previous_score']:.0f} to "
-                            f"{row['latest_score']:.0f}; reliable change is {rci:.1f} points or more).")
-        elif row["worse_than_best"]:
-            messages.append(f"{code} worsened reliably from the best score ({row['best_score']:.0f} to "
-                            f"{row['latest_score']:.0f}; reliable change is {rci:.1f} points or more).")
+        rci = row.rci_points
+        if row.worse_than_last:
+            messages.append(f"{code} worsened reliably since the previous score ({row.previous_score:.0f} to "
+                            f"{row.latest_score:.0f}; reliable change is {rci:.1f} points or more).")
+        elif row.worse_than_best:
+            messages.append(f"{code} worsened reliably from the best score ({row.best_score:.0f} to "
+                            f"{row.latest_score:.0f}; reliable change is {rci:.1f} points or more).")
     return messages
 
 
 def latest_scores(assessments: pd.DataFrame, baselines: dict[str, float | None]) -> pd.DataFrame:
     """Per instrument: latest score, when, severity band, baseline and percent change."""
     rows = []
+    if len(assessments):
+        instrument = assessments["instrument"].to_numpy(dtype=object)
+        total = assessments["total"].to_numpy(dtype=float, na_value=np.nan)
+        at = assessments["administered_at"].to_numpy()
     for code in scales.codes():
-        a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
-        if a.empty:
+        if not len(assessments):
+            break
+        mine = np.flatnonzero((instrument == code) & ~np.isnan(total))
+        if not len(mine):
             continue
         scale = scales.get(code)
-        latest = a.iloc[-1]
+        last = mine[np.argsort(at[mine], kind="stable")[-1]]
+        latest = total[last]
         base = baselines.get(code)
-        change = None if base is None or pd.isna(base) or base == 0 else 100 * (latest["total"] - base) / base
-        rows.append({"instrument": code, "latest": float(latest["total"]), "on": latest["administered_at"].date(),
-                     "band": scale.band(latest["total"]), "baseline": base, "change_percent": change,
+        change = None if base is None or pd.isna(base) or base == 0 else 100 * (latest - base) / base
+        rows.append({"instrument": code, "latest": float(latest), "on": pd.Timestamp(at[last]).date(),
+                     "band": scale.band(latest), "baseline": base, "change_percent": change,
                      "max": scale.total_max})
     return pd.DataFrame(rows)
 
@@ -334,18 +375,21 @@ def score_cards(latest: pd.DataFrame) -> list[ScoreCard]:
 
 
 def patient_thresholds(treatments: pd.DataFrame, assessments: pd.DataFrame,
-                       rules: OutcomeRules = DEFAULT_RULES) -> dict[str, dict]:
-    """Per instrument present: baseline, response threshold and remission cut-off for the chart."""
+                       rules: OutcomeRules = DEFAULT_RULES,
+                       found: dict[str, outcomes.PatientOutcome] | None = None) -> dict[str, dict]:
+    """Per instrument present: baseline (outcomes.baselines: here from `found`, outcomes.patient_outcomes
+    of the record, worked out when not given), response threshold and remission cut-off for the chart."""
     out = {}
+    present = _instruments(assessments)
+    if found is None:
+        found = outcomes.patient_outcomes(treatments, assessments, rules) if len(treatments) else {}
     for code in scales.codes():
-        if not (assessments["instrument"] == code).any():
+        if code not in present:
             continue
         cut, inclusive = outcomes.remission_threshold(code, rules)
         base = None
-        if len(treatments):
-            b = outcomes.baselines(treatments, assessments, code, rules)
-            if len(b) and pd.notna(b["baseline_score"].iloc[0]):
-                base = float(b["baseline_score"].iloc[0])
+        if code in found and pd.notna(found[code].baseline_score):
+            base = float(found[code].baseline_score)
         out[code] = {
             "baseline": base,
             "response_at_or_below": None if base is None else base * (1 - rules.response_fall),
@@ -371,31 +415,37 @@ def item_matrix(assessments: pd.DataFrame, instrument: str, last_n: int = 12) ->
 
 
 def patient_history(record: dict[str, pd.DataFrame], limit: int = 20) -> pd.DataFrame:
-    """Infusions and scores interleaved, newest first."""
+    """Infusions and scores interleaved, newest first (at the same time: infusions first, each kind in its
+    record order). Built row by row from plain values: a record is a few dozen rows, where a frame
+    operation per column cost more than the rows."""
     t = record["treatments"]
     a = record["assessments"]
-    inf = pd.DataFrame({
-        "when": t["administered_at"], "event": "infusion, " + t["phase"].fillna("phase not recorded"),
-        "detail": t["route"].map(lambda r: vocabulary.ROUTE_NAMES.get(r, r)) + ", "
-        + t["dose_mg_per_kg"].map(lambda d: f"{d:g} mg/kg" if pd.notna(d) else "dose not recorded"),
-    })
-    safety = pd.Series(np.nan, index=a.index)  # each score's safety item (PHQ-9 item 9), where its scale has one
+    when, event, detail = [], [], []
+    for at, phase, route, dose in zip(t["administered_at"].tolist(), t["phase"].tolist(), t["route"].tolist(),
+                                      t["dose_mg_per_kg"].tolist()):
+        when.append(at)
+        event.append("infusion, " + ("phase not recorded" if pd.isna(phase) else phase))
+        route_name = np.nan if pd.isna(route) else vocabulary.ROUTE_NAMES.get(route, route)
+        detail.append(np.nan if pd.isna(route_name)
+                      else route_name + ", " + (f"{dose:g} mg/kg" if pd.notna(dose) else "dose not recorded"))
+    instruments = a["instrument"].tolist()
+    safety = [np.nan] * len(a)  # each score's safety item (PHQ-9 item 9), where its scale has one
     for scale in scales.SCALES.values():
         if scale.safety_column and scale.safety_column in a:
-            mine = (a["instrument"] == scale.code).to_numpy()
-            safety[mine] = a.loc[mine, scale.safety_column].astype(float)
-    scored = pd.DataFrame({
-        "when": a["administered_at"], "event": a["instrument"],
-        "detail": [
-            (f"{tot:g} ({scales.get(i).band(tot)})" if pd.notna(tot) else "no total")
-            + (f"; item {scales.get(i).safety_item} = {int(v)}" if pd.notna(v) and v > 0 else "")
-            + (" (prorated)" if m == "prorated" else "")
-            for i, tot, v, m in zip(a["instrument"], a["total"], safety, a["total_method"])
-        ],
-    })
-    h = pd.concat([inf, scored], ignore_index=True).sort_values("when", ascending=False, kind="stable").head(limit)
-    h["when"] = h["when"].map(_when_words)
-    return h.rename(columns={"when": "date", "event": "record"}).reset_index(drop=True)
+            for i, (code, value) in enumerate(zip(instruments, a[scale.safety_column].tolist())):
+                if code == scale.code:
+                    safety[i] = np.nan if pd.isna(value) else float(value)
+    for at, code, tot, v, m in zip(a["administered_at"].tolist(), instruments, a["total"].tolist(), safety,
+                                   a["total_method"].tolist()):
+        when.append(at)
+        event.append(code)
+        detail.append((f"{tot:g} ({scales.get(code).band(tot)})" if pd.notna(tot) else "no total")
+                      + (f"; item {scales.get(code).safety_item} = {int(v)}" if pd.notna(v) and v > 0 else "")
+                      + (" (prorated)" if m == "prorated" else ""))
+    keys = np.array([pd.Timestamp(w).value if pd.notna(w) else np.iinfo(np.int64).min for w in when], dtype=np.int64)
+    order = np.argsort(-keys, kind="stable")[:limit]  # newest first; ties in the order above
+    return pd.DataFrame({"date": [_when_words(when[i]) for i in order], "record": [event[i] for i in order],
+                         "detail": [detail[i] for i in order]}, columns=["date", "record", "detail"])
 
 
 VERSION_STATES = {"current": "current", "voided": "voided (left out of every analysis)", "replaced": "earlier version"}
