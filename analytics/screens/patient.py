@@ -31,8 +31,13 @@ CYCLE_ENDS = {"loss": "loss of response", "next_infusion": "next infusion (no lo
 
 
 def patient_search(ws: Workspace, text: str) -> list[str]:
-    """Ids containing `text` that the scope may open, at most SEARCH_LIMIT; not cached: a refused exact id is audited."""
-    return ws.data.search_patient_ids(text, limit=SEARCH_LIMIT, page="patient")
+    """Ids containing `text` that the scope may open, at most SEARCH_LIMIT; not cached: a refused exact id is
+    audited. The scope's ids are read once per data version and searched in memory: the workspace's tables'
+    version, or while they are the previous version's (being updated), the database's now."""
+    data = ws.data
+    version = tuple(data.data_version()) if ws.updating else ws.tables.version
+    ids = ws.memo(("patient_ids", version), data.patient_ids)
+    return data.search_patient_ids(text, limit=SEARCH_LIMIT, page="patient", among=ids)
 
 
 @dataclass(frozen=True, eq=False)
