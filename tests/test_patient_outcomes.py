@@ -182,3 +182,31 @@ def test_the_record_fingerprint_changes_with_any_value_and_only_then(clinic):
     moved = {name: frame.copy() for name, frame in again.items()}
     moved["treatments"].loc[0, "administered_at"] += pd.Timedelta(minutes=1)
     assert patient.record_fingerprint(moved) != patient.record_fingerprint(first)
+
+
+def _item_matrix_as_before(assessments, instrument, last_n=12):
+    """The item answers as the page built them before wave 6 (frame operations), kept as the oracle."""
+    scale = scales.get(instrument)
+    a = assessments[assessments["instrument"] == scale.code].sort_values("administered_at").tail(last_n)
+    if a.empty:
+        return pd.DataFrame()
+    items = list(range(1, scale.scored_items + 1))
+    values = a[[f"item_{i}" for i in items]].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    m = pd.DataFrame(values.T, columns=[d.strftime("%d %b %y") for d in a["administered_at"]])
+    m.index = [f"{i}. {scale.short_label(i)}" for i in items]
+    m.attrs["wording"] = [scale.item_labels[i - 1] if i <= len(scale.item_labels) else f"item {i}" for i in items]
+    return m
+
+
+def test_the_item_answers_are_what_they_were_before_for_every_patient(clinic):
+    _data, _t, _a, records = clinic
+    compared = 0
+    for record in records.values():
+        for code in scales.codes():
+            for last_n in (12, 3):
+                got = patient.item_matrix(record["assessments"], code, last_n)
+                want = _item_matrix_as_before(record["assessments"], code, last_n)
+                pd.testing.assert_frame_equal(got, want)
+                assert got.attrs == want.attrs
+                compared += not got.empty
+    assert compared > 100
