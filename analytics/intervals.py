@@ -689,7 +689,8 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     a = frames["assessments"]
     if built is None:
         mine = a[a["instrument"] == code] if "instrument" in a.columns else a
-        built = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns())
+        # with the cycles given, the course columns only they read are not built
+        built = course.build_course(frames["treatments"], mine, code, rules, columns=_model_course_columns(cycles is None))
     elif built.instrument != code:
         raise ValueError(f"fit_clinic_model: the course given is of {built.instrument}, not {code}")
     crs = built
@@ -723,11 +724,13 @@ SCORED_COLUMNS = {"infusions": ("patient_id", "code", "at", "phase", "starts_cyc
                   "scores": ("patient_id", "code", "at", "segment_row", "baseline_score", "total")}
 
 
-def _model_course_columns() -> dict:
-    """The course columns a clinic model is built from: its cycles, its scores and what it keeps."""
+def _model_course_columns(for_cycles: bool = True) -> dict:
+    """The course columns a clinic model is built from: its cycles (unless `for_cycles` is False: the cycle
+    table is given), its scores and what it keeps."""
     from . import course
 
-    return {part: tuple(dict.fromkeys(course.CYCLE_COLUMNS_READ[part] + SCORED_COLUMNS[part] + kept))
+    cycled = course.CYCLE_COLUMNS_READ if for_cycles else {"infusions": (), "scores": ()}
+    return {part: tuple(dict.fromkeys(cycled[part] + SCORED_COLUMNS[part] + kept))
             for part, kept in (("infusions", KEPT_INFUSION_COLUMNS), ("scores", KEPT_SCORE_COLUMNS))}
 
 
@@ -758,12 +761,15 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
             return earlier
         # Only this instrument's assessments, and every instrument's latest per patient: the model needs no
         # more, and the whole assessments frame is the largest of all (100,000 patients: 0.5 GB of 0.6).
+        # `held_cycles` (a clinic_data that serves rows a workspace already holds, screens.workspace): the
+        # cycle table of these rows, instrument and rules when it is at hand, else None.
+        held = getattr(clinic_data, "held_cycles", None)
         return fit_clinic_model(
             {"patients": clinic_data.patients(), "treatments": clinic_data.treatments(),
              "assessments": clinic_data.assessments(instrument=instrument, columns=course.assessment_columns(instrument)),
              "attributes": clinic_data.attributes(),
              "last_activity": clinic_data.last_assessed()},
-            instrument, version, rules)
+            instrument, version, rules, cycles=held(instrument, rules) if held is not None else None)
     return _once(_MODELS, key, build)
 
 

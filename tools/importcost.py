@@ -5,7 +5,9 @@
 Calls `bench.time_import` and `bench.time_import_floor` once each (as `python -m analytics bench
 --repeats 1` does) on the benchmark's CSVs (`bench.cohort_csv`: generated into --work when missing), and
 prints one JSON line: import_s, import_floor_s and their ratio by wall time, the same by process CPU
-seconds (DuckDB's threads included), the import's CPU before and inside its write transaction, its peak
+seconds (DuckDB's threads and the import's check workers included: import_workers_cpu_s), the import's
+CPU and wall time before its write transaction (read_*), inside it up to the COMMIT (insert_*) and to the
+end (write_*: COMMIT and the checkpoint as the database is closed included), the import's peak
 resident memory (`import_peak_rss_mb`) and the load average at the start, between and at the end. On a
 shared machine the wall ratio follows the load; the CPU figures much less (docs/performance.md).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +26,12 @@ from analytics import bench, memory, store
 
 def _load() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the ended child processes (the import's check workers, ingest/checkers.py)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,18 +56,23 @@ def main(argv: list[str] | None = None) -> int:
             @contextlib.contextmanager
             def timed(*a, **k):  # the CPU spent before the write transaction opens is the reading and checking
                 phases["read_cpu_s"] = time.process_time() - started
+                phases["read_wall_s"] = time.perf_counter() - started_wall
                 with opened(*a, **k) as con:
                     yield con
+                    phases["insert_cpu_s"] = time.process_time() - started - phases["read_cpu_s"]
+                    phases["insert_wall_s"] = time.perf_counter() - started_wall - phases["read_wall_s"]
                 phases["write_cpu_s"] = time.process_time() - started - phases["read_cpu_s"]
+                phases["write_wall_s"] = time.perf_counter() - started_wall - phases["read_wall_s"]
 
             store.transaction = timed
             bench.reset_peak_rss()
-            started = time.process_time()
+            started, started_wall, children = time.process_time(), time.perf_counter(), _children_cpu()
             try:
                 out["import_s"], _ = bench.time_import(paths, run, 1, None)
             finally:
                 store.transaction = opened
-            out["import_cpu_s"] = round(time.process_time() - started, 2)
+            out["import_workers_cpu_s"] = round(_children_cpu() - children, 2)
+            out["import_cpu_s"] = round(time.process_time() - started + out["import_workers_cpu_s"], 2)
             out.update({k: round(v, 2) for k, v in phases.items()})
             out["import_peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
             out["load_after_import"] = _load()

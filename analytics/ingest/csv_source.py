@@ -18,12 +18,11 @@ from typing import Iterator
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import memory
+from .. import clinic_time, memory
 from ..progress import Progress
-from . import rules, write
+from . import checkers, rules
 from .csv import CsvIndex, FileRefused, parser_cursor, scan_csv
 from .jobs import FileJob, Staged, sql_path
 from .report import FileResult
@@ -39,6 +38,12 @@ class CsvSource:
     def read(self, paths, reading, *, db=None, block_rows: int, progress: Progress | None = None, scratch) -> None:
         """Check each file and add its result and job to `reading`; a file that cannot be used is refused
         whole. `scratch()` gives the directory large files are staged in (it outlives the write)."""
+        with checkers.Workers() as workers:
+            if checkers.wanted(checkers.PARALLEL_ROWS) and any(_size(p) >= checkers.PARALLEL_BYTES for p in paths):
+                workers.start()  # the workers start up while the first file is scanned
+            self._read(paths, reading, block_rows, progress, scratch, workers)
+
+    def _read(self, paths, reading, block_rows, progress, scratch, workers) -> None:
         for path in paths:
             name = str(path)
             staged = None
@@ -49,7 +54,7 @@ class CsvSource:
                 if progress:
                     progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
                 if index.rows_total > block_rows and index.kind in _KEYS:
-                    validated, staged = _stage(index, scratch(), block_rows, progress)
+                    validated, staged = _stage(index, scratch(), block_rows, progress, workers)
                     memory.release_freed()  # what the blocks freed, before the write's own peak
                 else:
                     validated = _read_small(index)
@@ -65,6 +70,13 @@ class CsvSource:
             reading.files.append(result)
             reading.jobs.append(FileJob(name, self.format, index.sha256, validated,
                                         lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
+
+
+def _size(path) -> int:
+    try:
+        return os.stat(path).st_size
+    except (OSError, TypeError, ValueError):
+        return 0
 
 
 def _with_malformed(rejects: pd.DataFrame, malformed: list[tuple[int, str | None, str]]) -> pd.DataFrame:
@@ -91,8 +103,8 @@ def _read_small(index: CsvIndex) -> rules.Validated:
 _KEYS = {"treatments": ("patient_id", "administered_at"), "assessments": ("patient_id", "instrument", "administered_at")}
 
 
-def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
-           progress: Progress | None = None) -> tuple[rules.Validated, Staged]:
+def _stage(index: CsvIndex, stage_dir: Path, block_rows: int, progress: Progress | None = None,
+           workers: checkers.Workers | None = None) -> tuple[rules.Validated, Staged]:
     """Check a large treatments or assessments file a block at a time and stage its good rows (Parquet).
 
     Keys repeated within a block are found by `rules.validate`; across blocks here, in SQL:
@@ -107,29 +119,28 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
     given: frozenset[str] = frozenset()
     writer: pq.ParquetWriter | None = None
     offset = blocks = 0
+    now = clinic_time.now()  # one clock for every block, wherever it is checked
+    if workers is None or not (checkers.wanted(index.rows_total) and workers.start()):
+        workers = checkers.Workers()  # none: checked here
+    checked = workers.checked(kind, _read_ahead(index.blocks(block_rows)), now)
     try:
-        for frame in _read_ahead(index.blocks(block_rows)):
-            v = rules.validate(kind, frame, trimmed=True)
-            del frame
+        for rejects, table, block_notes, block_given in checked:
             if not blocks:
-                notes, given = v.notes, v.given
-            found.append(v.rejects)
-            table = write._arrow(v.clean.assign(_row=np.arange(offset, offset + len(v.clean), dtype="int64")))
-            table = table.replace_schema_metadata(None)
-            # A column empty in a block comes out typed null: every block gets the same types.
-            table = pa.table([c.cast(pa.large_string()) if pa.types.is_null(c.type) else c for c in table.columns],
-                             names=table.column_names)
+                notes, given = block_notes, block_given
+            found.append(rejects)
+            table = checkers.numbered(table, offset)
             if writer is None:
                 # No dictionary pages: encoding them cost more time than the smaller file saves.
                 writer = pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False)
             writer.write_table(table.cast(writer.schema))
-            offset += len(v.clean)
+            offset += table.num_rows
             blocks += 1
             if progress:
-                checked = min(blocks * block_rows, index.rows_total)
-                progress(f"{Path(index.path).name}: checked {checked:,} of {index.rows_total:,} rows")
-            del v, table
+                done = min(blocks * block_rows, index.rows_total)
+                progress(f"{Path(index.path).name}: checked {done:,} of {index.rows_total:,} rows")
+            del table
     finally:
+        checked.close()  # on an error: the workers stop and the parsing thread ends
         if writer is not None:
             writer.close()
     if blocks > 1:
