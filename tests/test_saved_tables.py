@@ -2,10 +2,12 @@
 instead of building, and never takes another data version's, another code's or a tampered file for current."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import stat
 import time
+import weakref
 from datetime import date
 from pathlib import Path
 
@@ -221,3 +223,22 @@ def test_a_clinic_model_of_a_database_gone_since_does_not_stop_the_others_being_
     monkeypatch.setattr(workspace, "_CLINIC_MODELS", {(str(gone), version, "PHQ-9"): [gone, Fitted(), False],
                                                       (str(db), version, "PHQ-9"): [db, Fitted(), False]})
     assert workspace.save_clinic_models() == 1 and saves == [db]
+
+
+def test_a_model_waiting_to_be_saved_is_let_go_once_the_cache_of_fits_forgets_it(db, monkeypatch):
+    """The list of models to save refers to them weakly: after intervals.forget_fits (the benchmark; a server's
+    idle release) nothing keeps a forgotten fit's course and cycles in memory, and nothing is saved for it."""
+    class Model:
+        _fitted = None
+    cache_of_fits = []
+    monkeypatch.setattr(intervals, "clinic_model",
+                        lambda data, code, rules, kept=None: cache_of_fits.append(Model()) or cache_of_fits[-1])
+    monkeypatch.setattr(workspace, "_CLINIC_MODELS", {})
+    model = workspace.clinic_model(DataAccess(db), "PHQ-9")
+    model._fitted = ("fitted", "")
+    held = weakref.ref(model)
+    del model
+    assert held() is not None  # still in the cache of fits
+    cache_of_fits.clear()
+    gc.collect()
+    assert held() is None and workspace.save_clinic_models() == 0

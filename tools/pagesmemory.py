@@ -1,6 +1,6 @@
 """Peak memory and time of each step of the benchmark's page work, one step after another in one process.
 
-    python -m tools.pagesmemory DB [--steps frames,caches,intervals,durability] [--parts]
+    python -m tools.pagesmemory DB [--steps frames,caches,view,intervals,patients,durability] [--parts]
 
 What `python -m analytics bench` does after its import, on an existing database, with the peak
 resident memory (VmHWM, reset before each step) and what stays resident after it, so the step that
@@ -58,7 +58,9 @@ class _Parts:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pagesmemory")
     parser.add_argument("db")
-    parser.add_argument("--steps", default="frames,caches,intervals,durability")
+    parser.add_argument("--steps", default="frames,caches,view,intervals,patients,durability",
+                        help="in the benchmark's order: view = the cohort's default view and its charts, "
+                             "patients = 25 patients' screens (the suggestions are kept, as the benchmark does)")
     parser.add_argument("--parts", action="store_true", help="the peak inside each table-building function")
     args = parser.parse_args(argv)
     memory.tune_allocator()
@@ -96,9 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     frames = step("frames", ws.frames)
     if "caches" in steps:
         step("caches", lambda: bench.page_caches(ws))
+    if "view" in steps:
+        step("view", lambda: bench.cohort_charts(bench.cohort_default_view(ws, bench.BENCH_END)))
     if "intervals" in steps:
-        step("intervals", lambda: bench.all_suggestions(data, bench.BENCH_END))
+        suggestions = step("intervals", lambda: bench.all_suggestions(data, bench.BENCH_END))
+        ws.once(("suggestions", bench.INSTRUMENT, bench.BENCH_END), lambda: suggestions)
+    if "patients" in steps:
+        import random
+
+        ids = frames["patients"]["patient_id"].tolist()
+        chosen = random.Random(1).sample(ids, min(25, len(ids)))
+        step("patients", lambda: [bench.patient_view(ws, pid, bench.BENCH_END).csv() for pid in chosen])
     if "durability" in steps:
+        intervals.forget_fits()  # as the benchmark does before its fresh fit
         step("durability", lambda: bench.durability_estimate(frames))
     if parts is not None:
         time.sleep(0.05)

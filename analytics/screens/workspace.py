@@ -43,6 +43,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
@@ -52,7 +53,9 @@ import numpy as np
 import pandas as pd
 
 from .. import course, intervals, memory, scales, store
-from ..access import SYSTEM, DataAccess, Scope
+from ..permissions import may
+from ..access import ASSESSMENT_ORDER, SYSTEM, DataAccess, Scope
+from ..access import assessment_columns as access_columns
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 from . import saved
 
@@ -125,6 +128,11 @@ class Tables:
                     self.changed = time.monotonic()
             return value
 
+    def peek(self, key: tuple):
+        """The table called `key` if it is built, else None (nothing is built)."""
+        with self._guard:
+            return self._tables.get(key)
+
     def drop(self) -> None:
         """Let go of every table and memo: whoever still holds these tables (a finished page run's globals,
         which Streamlit keeps until that session's next run) no longer keeps their memory."""
@@ -139,6 +147,29 @@ class Tables:
 
     def __len__(self) -> int:
         return len(self._tables)
+
+
+# The workspace's assessments frame: what the cohort-wide screens read of it (the course and cycles, the cohort
+# summaries, the due list and self-reports, the data checks), without the row ids and the items other than
+# each scale's safety item (100,000 patients: 4.7 M rows; the ids and the other items were ~150 MB).
+def frame_assessment_columns() -> list[str]:
+    safety = {s.safety_column for s in scales.SCALES.values() if s.safety_column}
+    return [c for c in access_columns() if c in
+            ("patient_id", "instrument", "administered_at", "has_time", "rater", "total", "total_method") or c in safety]
+
+
+# Labels repeated on every assessment row, kept as categoricals (an int8 code a row instead of a string:
+# ~180 MB less at 100,000 patients). Every reader compares them with a value, `isin`s or lower-cases them.
+LABEL_COLUMNS = ("instrument", "rater", "total_method")
+
+
+def labels_as_categories(frame: pd.DataFrame, columns) -> None:
+    """`columns` of `frame` (those it has) as categoricals of their sorted values, in place; missing values stay missing."""
+    for name in columns:
+        if name in frame.columns and not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            values = frame[name]
+            frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
+            del values
 
 
 class Workspace:
@@ -161,10 +192,22 @@ class Workspace:
         return self.tables.memo(key, build)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """patients, treatments, assessments and attributes of every patient the scope may compute with."""
-        return self.once(("frames",), lambda: {
-            "patients": self.data.patients(), "treatments": self.data.treatments(),
-            "assessments": self.data.assessments(), "attributes": self.data.attributes()})
+        """patients, treatments, assessments and attributes of every patient the scope may compute with.
+        The assessments have the columns the cohort-wide screens read (`frame_assessment_columns`), their
+        repeated labels as categoricals (`LABEL_COLUMNS`); one patient's whole record is read apart
+        (DataAccess.patient_record)."""
+        def read() -> dict[str, pd.DataFrame]:
+            whole = sees_whole_clinic(self.data.scope)
+            version = (self.tables.version or tuple(self.data.data_version())) if whole else None
+            assessments = self.data.assessments(columns=frame_assessment_columns())
+            labels_as_categories(assessments, LABEL_COLUMNS)
+            memory.release_freed()  # each label column's text, let go
+            frames = {"patients": self.data.patients(), "treatments": self.data.treatments(),
+                      "assessments": assessments, "attributes": self.data.attributes()}
+            if whole:
+                _hold_whole_clinic(self.data.db, version, self.tables)
+            return frames
+        return self.once(("frames",), read)
 
     def cycles(self, instrument: str = scales.PRIMARY) -> pd.DataFrame:
         code = scales.get(instrument).code
@@ -213,7 +256,84 @@ class Workspace:
         return self.once(("suggestions", scales.get(instrument).code, today), build)
 
 
-# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved]
+def sees_whole_clinic(scope: Scope) -> bool:
+    """Does a view of this scope read exactly the system scope's rows (every patient, every attribute)?"""
+    return may(scope, "compute_over_all_patients") and scope.identifiable
+
+
+# Tables whose frames are the whole clinic's rows (a view that sees the whole clinic), per (database, data
+# version). The clinic's model (intervals.clinic_model) takes its rows from them, and the cycle table when it
+# is built, instead of reading and building the same again beside them (100,000 patients: the model's reads,
+# ~0.3 GB, and its own cycle table, ~0.3 GB). Weak references: nothing here keeps a view's tables alive.
+_WHOLE_CLINIC: dict[tuple, weakref.ref] = {}
+
+
+def _hold_whole_clinic(db, version: tuple, tables: "Tables") -> None:
+    with _CLINIC_GUARD:
+        for key in [k for k, ref in _WHOLE_CLINIC.items() if ref() is None]:
+            del _WHOLE_CLINIC[key]
+        _WHOLE_CLINIC[(str(db), tuple(version))] = weakref.ref(tables)
+
+
+class HeldClinicData:
+    """The system scope's reads of the whole clinic (what intervals.clinic_model asks a DataAccess for),
+    served from a view's frames of the same data version that hold exactly those rows; anything they do not
+    hold (one patient's rows, an item column) is read. `held_cycles`: that view's cycle table of an
+    instrument, if built with the default rules (the one the model would build: course.cycles_from_course of
+    the same rows, plus `length_days`)."""
+
+    def __init__(self, data: DataAccess, tables: Tables, frames: dict[str, pd.DataFrame]):
+        self.db, self.scope = data.db, data.scope
+        self._data, self._tables, self._frames = data, tables, frames
+
+    def data_version(self) -> tuple:
+        return self._data.data_version()
+
+    def patients(self) -> pd.DataFrame:
+        return self._frames["patients"]
+
+    def treatments(self, patient_ids=None) -> pd.DataFrame:
+        return self._frames["treatments"] if patient_ids is None else self._data.treatments(patient_ids)
+
+    def attributes(self) -> pd.DataFrame:
+        return self._frames["attributes"]
+
+    def assessments(self, patient_ids=None, instrument: str | None = None, columns=None) -> pd.DataFrame:
+        held = self._frames["assessments"]
+        names = [c for c in access_columns() if columns is None or c in columns or c in ASSESSMENT_ORDER]
+        if patient_ids is not None or not set(names) <= set(held.columns):
+            return self._data.assessments(patient_ids, instrument, columns)
+        if instrument is None:
+            return held[names]
+        rows = (held["instrument"] == scales.get(instrument).code).to_numpy(dtype=bool)
+        return held.loc[rows, names].reset_index(drop=True)
+
+    def last_assessed(self) -> pd.Series:
+        a = self._frames["assessments"]
+        return a.groupby("patient_id", sort=True)["administered_at"].max()
+
+    def held_cycles(self, instrument: str, rules: OutcomeRules) -> pd.DataFrame | None:
+        if rules != DEFAULT_RULES:
+            return None
+        return self._tables.peek(("cycles", scales.get(instrument).code))
+
+
+def whole_clinic_data(clinic_data):
+    """`clinic_data` (a system-scope DataAccess), or a HeldClinicData over a view's frames of its database and
+    current data version when a view that sees the whole clinic holds them."""
+    if not isinstance(clinic_data, DataAccess) or not sees_whole_clinic(clinic_data.scope):
+        return clinic_data
+    with _CLINIC_GUARD:
+        ref = _WHOLE_CLINIC.get((str(clinic_data.db), tuple(clinic_data.data_version())))
+    tables = ref() if ref is not None else None
+    frames = tables.peek(("frames",)) if tables is not None else None
+    return clinic_data if frames is None else HeldClinicData(clinic_data, tables, frames)
+
+
+# The clinic models this process fitted or loaded, until saved: (database, version, instrument) -> [db, model, saved].
+# The model is held weakly (a weakref.ref): intervals' cache of fits is what keeps a model; once that lets it
+# go (forget_fits, or four newer fits) this list must not keep it, nor its course and cycles (~0.7 GB at
+# 100,000 patients), alive in a process that never saves (the benchmark, saving turned off).
 _CLINIC_MODELS: dict[tuple, list] = {}
 _CLINIC_GUARD = threading.Lock()
 
@@ -227,13 +347,13 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
         found = saved.load_clinic(clinic_data.db, code, version)
         loaded.append(found)
         return found
-    model = intervals.clinic_model(clinic_data, code, DEFAULT_RULES, kept=kept)
+    model = intervals.clinic_model(whole_clinic_data(clinic_data), code, DEFAULT_RULES, kept=kept)
     with _CLINIC_GUARD:
         key = (str(clinic_data.db), version, code)
         if key not in _CLINIC_MODELS:
             # a model loaded from its file is saved already; one fitted here is saved once its fit is done
             done = any(m is model for m in loaded)
-            _CLINIC_MODELS[key] = [clinic_data.db, None if done else model, done]
+            _CLINIC_MODELS[key] = [clinic_data.db, None if done else weakref.ref(model), done]
             while len(_CLINIC_MODELS) > 8:
                 del _CLINIC_MODELS[next(iter(_CLINIC_MODELS))]
     return model
@@ -242,11 +362,11 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
 def save_clinic_models() -> int:
     """Save every clinic model fitted since the last call, if its data version is still the current one."""
     with _CLINIC_GUARD:
-        due = [(key, entry) for key, entry in _CLINIC_MODELS.items()
-               if not entry[2] and entry[1] is not None and getattr(entry[1], "_fitted", None) is not None]
+        due = [(key, entry, model) for key, entry in _CLINIC_MODELS.items()
+               if not entry[2] and (model := _held(entry[1])) is not None and getattr(model, "_fitted", None) is not None]
     done = 0
-    for (_, version, code), entry in due:
-        model, entry[1], entry[2] = entry[1], None, True  # kept only until saved: the cache of intervals holds it
+    for (_, version, code), entry, model in due:
+        entry[1], entry[2] = None, True  # kept only until saved: the cache of intervals holds it
         try:
             current = DataAccess(entry[0], SYSTEM).data_version() == version
         except Exception:  # noqa: BLE001 - a database gone or unreachable now: its model is fitted again when needed
@@ -254,6 +374,11 @@ def save_clinic_models() -> int:
         if current and saved.save_clinic(entry[0], code, version, model):
             done += 1
     return done
+
+
+def _held(model):
+    """The model an entry of _CLINIC_MODELS refers to (a weak reference, or the model itself), or None if gone."""
+    return model() if isinstance(model, weakref.ref) else model
 
 
 def fit_and_save_clinic_model(db, instrument: str = scales.PRIMARY) -> bool:
@@ -509,5 +634,6 @@ def interval_suggestions(clinic_data, patient_ids=None, instrument: str = scales
     `patient_ids` only (the viewer's own patients; None: everyone). One row per treated patient:
     `status` says whether they get a suggestion and, if not, why. `clinic_data`: a DataAccess
     with the system scope."""
-    result = intervals.clinic_suggestions(clinic_data, scales.get(instrument).code, target, today, DEFAULT_RULES)
+    result = intervals.clinic_suggestions(whole_clinic_data(clinic_data), scales.get(instrument).code, target, today,
+                                          DEFAULT_RULES)
     return result.table if patient_ids is None else result.for_patients(patient_ids)
