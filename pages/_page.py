@@ -66,8 +66,18 @@ class Page:
 
     def figure(self, key: tuple, build):
         """A chart built once per workspace tables and `key` (every input it is drawn from), then shared:
-        the same data give the same figure, so a rerun does not rebuild it."""
-        return self.workspace.memo(("figure", self.name, *key), build)
+        the same data give the same figure, so a rerun does not rebuild it (nor copy it: `drawn_once`)."""
+        return self.workspace.memo(("figure", self.name, *key), lambda: drawn_once(build()))
+
+
+def drawn_once(figure):
+    """`figure`, whose `to_dict()` hands out (a shallow copy of) the dict it made first. st.plotly_chart calls
+    `to_dict()` on every page run: a deep copy of the figure with every array re-encoded, the same each time
+    for a shared figure that nobody changes. Streamlit only reads the dict; the copy keeps what plotly's own
+    pickling adds to it out of the kept one."""
+    made = figure.to_dict()
+    object.__setattr__(figure, "to_dict", lambda: dict(made))  # past plotly's property checks: a plain attribute
+    return figure
 
 
 def _when(imported_at: str | None) -> str:

@@ -96,3 +96,32 @@ def test_the_timeline_has_make_subplots_panels_with_each_trace_on_its_own_panel(
     import plotly.io as pio
 
     assert json.loads(pio.to_json(fig, validate=False)) == json.loads(pio.to_json(go.Figure(fig.to_dict())))
+
+
+def test_a_shared_figure_gives_streamlit_the_same_spec_on_every_run(demo_db):
+    """pages/_page.drawn_once: the spec st.plotly_chart sends is the one a fresh figure gives, on every run,
+    and after the figure was pickled (saved tables) or deep-copied."""
+    import copy
+    import pickle
+
+    import plotly.io
+    import plotly.tools
+
+    from pages._page import drawn_once
+
+    def spec(fig) -> str:  # what st.plotly_chart sends
+        return plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True),
+                                 validate=False)
+    data = DataAccess(demo_db)
+    pid = data.treatments()["patient_id"].iloc[0]
+    record = data.patient_record(pid)
+    thresholds = patient.patient_thresholds(record["treatments"], record["assessments"])
+    def draw():
+        return charts.patient_timeline(record["assessments"], record["treatments"], thresholds, None, pid)
+    shared, fresh = drawn_once(draw()), draw()
+    want = spec(fresh)
+    assert spec(shared) == want and spec(shared) == want
+    # pickled (saved tables) or copied, it is what a fresh figure becomes so
+    assert spec(pickle.loads(pickle.dumps(shared))) == spec(pickle.loads(pickle.dumps(draw())))
+    assert spec(copy.deepcopy(shared)) == spec(copy.deepcopy(draw()))
+    assert spec(shared) == want  # pickling did not change what it hands out

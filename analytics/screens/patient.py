@@ -31,8 +31,13 @@ CYCLE_ENDS = {"loss": "loss of response", "next_infusion": "next infusion (no lo
 
 
 def patient_search(ws: Workspace, text: str) -> list[str]:
-    """Ids containing `text` that the scope may open, at most SEARCH_LIMIT; not cached: a refused exact id is audited."""
-    return ws.data.search_patient_ids(text, limit=SEARCH_LIMIT, page="patient")
+    """Ids containing `text` that the scope may open, at most SEARCH_LIMIT; not cached: a refused exact id is
+    audited. The scope's ids are read once per data version and searched in memory: the workspace's tables'
+    version, or while they are the previous version's (being updated), the database's now."""
+    data = ws.data
+    version = tuple(data.data_version()) if ws.updating else ws.tables.version
+    ids = ws.memo(("patient_ids", version), data.patient_ids)
+    return data.search_patient_ids(text, limit=SEARCH_LIMIT, page="patient", among=ids)
 
 
 @dataclass(frozen=True, eq=False)
@@ -403,12 +408,14 @@ def patient_thresholds(treatments: pd.DataFrame, assessments: pd.DataFrame,
 def item_matrix(assessments: pd.DataFrame, instrument: str, last_n: int = 12) -> pd.DataFrame:
     """Item answers (rows: items with their labels; columns: the last `last_n` dates)."""
     scale = scales.get(instrument)
-    a = assessments[assessments["instrument"] == scale.code].sort_values("administered_at").tail(last_n)
-    if a.empty:
+    mine = np.flatnonzero(assessments["instrument"].to_numpy(dtype=object) == scale.code) if len(assessments) else []
+    if not len(mine):
         return pd.DataFrame()
+    at = assessments["administered_at"].to_numpy()
+    rows = mine[np.argsort(at[mine], kind="stable")][-last_n:]  # the last `last_n` by date, oldest first
     items = list(range(1, scale.scored_items + 1))
-    values = a[[f"item_{i}" for i in items]].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    m = pd.DataFrame(values.T, columns=[d.strftime("%d %b %y") for d in a["administered_at"]])
+    values = np.array([assessments[f"item_{i}"].to_numpy(dtype=float, na_value=np.nan)[rows] for i in items])
+    m = pd.DataFrame(values, columns=[pd.Timestamp(d).strftime("%d %b %y") for d in at[rows]])
     m.index = [f"{i}. {scale.short_label(i)}" for i in items]  # short names label the rows; the wording shows on hover
     m.attrs["wording"] = [scale.item_labels[i - 1] if i <= len(scale.item_labels) else f"item {i}" for i in items]
     return m
