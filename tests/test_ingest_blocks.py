@@ -97,35 +97,6 @@ def rules_unknown_patient() -> str:
     return ingest_write.UNKNOWN_PATIENT
 
 
-def test_blocks_checked_in_worker_processes_give_the_same_rejects_lines_messages_and_rows(tmp_path, monkeypatch):
-    """A large file's blocks are checked in two worker processes (ingest/checkers.py); a broken file then
-    gives exactly what checking in the import's own process gives, on both files of a command."""
-    from analytics.ingest import checkers
-
-    people = [patient("P1", enrolled_on="2024-01-05"), patient("P2")]
-    assessments = assessments_file(tmp_path)
-    treatments = write(tmp_path / "t.csv", TREATMENTS_HEADER,
-                       "P1,2024-01-10,iv,0.5,induction", "P1,2024-01-10T10:00,pill,0.5,",  # line 3: unknown route
-                       "P1,2024-01-04,iv,0.5,", "P1,2024-01-10,iv,0.7,",  # 4: before enrolment; 5: repeats line 2
-                       "P2,2024-13-01,iv,0.5,", "P2,2024-02-01,iv,9,", "P2,2024-02-02,iv,0.5,maintenance")
-    sent = []
-    real_send = checkers._Worker.send
-    monkeypatch.setattr(checkers._Worker, "send", lambda self, request: (sent.append(request[0]), real_send(self, request)))
-    runs = {}
-    for mode in ("0", "1"):
-        monkeypatch.setenv(checkers.WORKERS_ENV, mode)
-        db = make_db(tmp_path, patients=people, name=f"workers{mode}.duckdb")
-        report = ingest.import_files([assessments, treatments], db=db, block_rows=3)
-        runs[mode] = (report.exit_code, outcome(report), stored(db, "assessments"), stored(db, "treatments"), quarantined(db))
-    assert sent == ["assessments"] * 3 + ["treatments"] * 3  # every block of the second run went to a worker
-    assert runs["1"] == runs["0"]
-    exit_code, files, *_ = runs["1"]
-    assert exit_code == 1
-    assert [[(line, column) for line, column, _ in f[-1]] for f in files] == [
-        [(3, "route"), (4, "administered_on"), (5, "patient_id"), (6, "administered_on"), (7, "dose_mg_per_kg")],
-        [(7, "patient_id"), (8, "item_1"), (9, "patient_id"), (10, None)]]
-
-
 def test_a_first_import_into_empty_tables_refuses_the_same_rows_as_one_into_filled_ones(tmp_path):
     """Into empty tables the write looks up only the unknown patients and early treatments (write.py); into
     tables that already hold rows it builds the status of every row: the same rows are refused, with the
@@ -168,9 +139,9 @@ def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_s
             raise RuntimeError("simulated crash in block 2")
         return real_validate(kind, frame, **kw)
 
-    def stage(index, stage_dir, block_rows, progress=None, workers=None):
+    def stage(index, stage_dir, block_rows, progress=None):
         staging.append(stage_dir)
-        return real_stage(index, stage_dir, block_rows, progress, workers)
+        return real_stage(index, stage_dir, block_rows, progress)
 
     monkeypatch.setattr(rules, "validate", validate)
     monkeypatch.setattr(csv_source, "_stage", stage)

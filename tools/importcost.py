@@ -5,7 +5,7 @@
 Calls `bench.time_import` and `bench.time_import_floor` once each (as `python -m analytics bench
 --repeats 1` does) on the benchmark's CSVs (`bench.cohort_csv`: generated into --work when missing), and
 prints one JSON line: import_s, import_floor_s and their ratio by wall time, the same by process CPU
-seconds (DuckDB's threads and the import's check workers included: import_workers_cpu_s), the import's
+seconds (DuckDB's threads included), the import's
 CPU and wall time before its write transaction (read_*), inside it up to the COMMIT (insert_*) and to the
 end (write_*: COMMIT and the checkpoint as the database is closed included), the import's peak
 resident memory (`import_peak_rss_mb`) and the load average at the start, between and at the end. On a
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -26,12 +25,6 @@ from analytics import bench, memory, store
 
 def _load() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def _children_cpu() -> float:
-    """CPU seconds of the ended child processes (the import's check workers, ingest/checkers.py)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
             store.transaction = timed
             bench.reset_peak_rss()
-            started, started_wall, children = time.process_time(), time.perf_counter(), _children_cpu()
+            started, started_wall = time.process_time(), time.perf_counter()
             try:
                 out["import_s"], _ = bench.time_import(paths, run, 1, None)
             finally:
                 store.transaction = opened
-            out["import_workers_cpu_s"] = round(_children_cpu() - children, 2)
-            out["import_cpu_s"] = round(time.process_time() - started + out["import_workers_cpu_s"], 2)
+            out["import_cpu_s"] = round(time.process_time() - started, 2)
             out.update({k: round(v, 2) for k, v in phases.items()})
             out["import_peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
             out["load_after_import"] = _load()

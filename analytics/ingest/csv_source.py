@@ -9,7 +9,6 @@ the file's size, and the write lock is held only for the set operations of the w
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import queue
 import threading
@@ -19,11 +18,12 @@ from typing import Iterator
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import clinic_time, memory
+from .. import memory
 from ..progress import Progress
-from . import checkers, rules
+from . import rules, write
 from .csv import CsvIndex, FileRefused, parser_cursor, scan_csv
 from .jobs import FileJob, Staged, sql_path
 from .report import FileResult
@@ -39,61 +39,32 @@ class CsvSource:
     def read(self, paths, reading, *, db=None, block_rows: int, progress: Progress | None = None, scratch) -> None:
         """Check each file and add its result and job to `reading`; a file that cannot be used is refused
         whole. `scratch()` gives the directory large files are staged in (it outlives the write)."""
-        with checkers.Workers() as workers:
-            if checkers.wanted(checkers.PARALLEL_ROWS) and any(_size(p) >= checkers.PARALLEL_BYTES for p in paths):
-                workers.start()  # the workers start up while the first file is scanned
-            self._read(paths, reading, block_rows, progress, scratch, workers)
-
-    def _read(self, paths, reading, block_rows, progress, scratch, workers) -> None:
-        # The next file is scanned in a thread while this one is checked (numpy and the disk mostly
-        # run without the GIL): on two cores the scan then costs the import little time of its own.
-        with cf.ThreadPoolExecutor(1, thread_name_prefix="ingest-scan") as scanner:
-            scans = [scanner.submit(scan_csv, paths[0])] if paths else []
+        for path in paths:
+            name = str(path)
+            staged = None
             try:
-                for i, path in enumerate(paths):
-                    if i + 1 < len(paths):
-                        scans.append(scanner.submit(scan_csv, paths[i + 1]))
-                    if not self._read_one(path, scans[i], reading, block_rows, progress, scratch, workers):
-                        return
-            finally:
-                for scan in scans:
-                    scan.cancel()
-
-    def _read_one(self, path, scan: cf.Future, reading, block_rows, progress, scratch, workers) -> bool:
-        """One file into `reading`; False when the command must stop (`reading.error`)."""
-        name = str(path)
-        staged = None
-        try:
-            if progress:
-                progress(f"{Path(name).name}: reading")
-            index = scan.result()
-            if progress:
-                progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
-            if index.rows_total > block_rows and index.kind in _KEYS:
-                validated, staged = _stage(index, scratch(), block_rows, progress, workers)
-                memory.release_freed()  # what the blocks freed, before the write's own peak
-            else:
-                validated = _read_small(index)
-        except FileRefused as exc:
-            reading.files.append(FileResult(file=name, kind=None, refused=str(exc)))
-            return True
-        except (duckdb.Error, OSError) as exc:  # staging failed (e.g. no space for it): nothing is written
-            text = str(exc).strip()
-            reading.error = f"{name}: {text.splitlines()[0] if text else type(exc).__name__}"
-            return False
-        result = FileResult(file=name, kind=index.kind, notes=validated.notes, lines_total=index.lines_total,
-                            lines_blank=index.lines_blank, lines_continued=index.lines_continued)
-        reading.files.append(result)
-        reading.jobs.append(FileJob(name, self.format, index.sha256, validated,
-                                    lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
-        return True
-
-
-def _size(path) -> int:
-    try:
-        return os.stat(path).st_size
-    except (OSError, TypeError, ValueError):
-        return 0
+                if progress:
+                    progress(f"{Path(name).name}: reading")
+                index = scan_csv(path)
+                if progress:
+                    progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
+                if index.rows_total > block_rows and index.kind in _KEYS:
+                    validated, staged = _stage(index, scratch(), block_rows, progress)
+                    memory.release_freed()  # what the blocks freed, before the write's own peak
+                else:
+                    validated = _read_small(index)
+            except FileRefused as exc:
+                reading.files.append(FileResult(file=name, kind=None, refused=str(exc)))
+                continue
+            except (duckdb.Error, OSError) as exc:  # staging failed (e.g. no space for it): nothing is written
+                text = str(exc).strip()
+                reading.error = f"{name}: {text.splitlines()[0] if text else type(exc).__name__}"
+                return
+            result = FileResult(file=name, kind=index.kind, notes=validated.notes, lines_total=index.lines_total,
+                                lines_blank=index.lines_blank, lines_continued=index.lines_continued)
+            reading.files.append(result)
+            reading.jobs.append(FileJob(name, self.format, index.sha256, validated,
+                                        lambda rows, lines, index=index: index.raw_lines(lines), result, staged))
 
 
 def _with_malformed(rejects: pd.DataFrame, malformed: list[tuple[int, str | None, str]]) -> pd.DataFrame:
@@ -120,8 +91,8 @@ def _read_small(index: CsvIndex) -> rules.Validated:
 _KEYS = {"treatments": ("patient_id", "administered_at"), "assessments": ("patient_id", "instrument", "administered_at")}
 
 
-def _stage(index: CsvIndex, stage_dir: Path, block_rows: int, progress: Progress | None = None,
-           workers: checkers.Workers | None = None) -> tuple[rules.Validated, Staged]:
+def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
+           progress: Progress | None = None) -> tuple[rules.Validated, Staged]:
     """Check a large treatments or assessments file a block at a time and stage its good rows (Parquet).
 
     Keys repeated within a block are found by `rules.validate`; across blocks here, in SQL:
@@ -136,28 +107,29 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int, progress: Progress
     given: frozenset[str] = frozenset()
     writer: pq.ParquetWriter | None = None
     offset = blocks = 0
-    now = clinic_time.now()  # one clock for every block, wherever it is checked
-    if workers is None or not (checkers.wanted(index.rows_total) and workers.start()):
-        workers = checkers.Workers()  # none: checked here
-    checked = workers.checked(kind, _read_ahead(index.blocks(block_rows)), now)
     try:
-        for rejects, table, block_notes, block_given in checked:
+        for frame in _read_ahead(index.blocks(block_rows)):
+            v = rules.validate(kind, frame, trimmed=True)
+            del frame
             if not blocks:
-                notes, given = block_notes, block_given
-            found.append(rejects)
-            table = checkers.numbered(table, offset)
+                notes, given = v.notes, v.given
+            found.append(v.rejects)
+            table = write._arrow(v.clean.assign(_row=np.arange(offset, offset + len(v.clean), dtype="int64")))
+            table = table.replace_schema_metadata(None)
+            # A column empty in a block comes out typed null: every block gets the same types.
+            table = pa.table([c.cast(pa.large_string()) if pa.types.is_null(c.type) else c for c in table.columns],
+                             names=table.column_names)
             if writer is None:
                 # No dictionary pages: encoding them cost more time than the smaller file saves.
                 writer = pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False)
             writer.write_table(table.cast(writer.schema))
-            offset += table.num_rows
+            offset += len(v.clean)
             blocks += 1
             if progress:
-                done = min(blocks * block_rows, index.rows_total)
-                progress(f"{Path(index.path).name}: checked {done:,} of {index.rows_total:,} rows")
-            del table
+                checked = min(blocks * block_rows, index.rows_total)
+                progress(f"{Path(index.path).name}: checked {checked:,} of {index.rows_total:,} rows")
+            del v, table
     finally:
-        checked.close()  # on an error: the workers stop and the parsing thread ends
         if writer is not None:
             writer.close()
     if blocks > 1:
