@@ -602,7 +602,7 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
     phase = inf["phase"].to_numpy(dtype=object)
     building = (phase == "induction") & ~inf["last_induction"].to_numpy(dtype=bool)
     return pd.DataFrame({
-        "patient_id": sc["patient_id"].to_numpy()[rows].astype(object) if len(rows) else np.zeros(0, dtype=object),
+        "patient_id": _object_ids(pid, rows),
         "cycle_no": cyc_no[seg],
         "days": days.astype(float),
         "total": sc["total"].to_numpy(dtype=float)[rows],
@@ -612,6 +612,19 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         "settled": ~building[seg],
         "start_kind": inf["start_kind"].to_numpy(dtype=object)[seg],
     })
+
+
+def _object_ids(pid: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """pid's values at `rows` as an object array. From a categorical, one Python string per patient shared by
+    all their rows (taking the categorical itself made a new string per row, ~0.1 GB for 2 M score rows at
+    100,000 patients, before the frame turned them into its text column)."""
+    if not len(rows):
+        return np.zeros(0, dtype=object)
+    if isinstance(pid.dtype, pd.CategoricalDtype):
+        codes = pid.cat.codes.to_numpy()[rows]
+        if not (codes < 0).any():
+            return np.asarray(pid.cat.categories.to_numpy(dtype=object), dtype=object)[codes]
+    return pid.to_numpy()[rows].astype(object)
 
 
 def build_cycles(patients: pd.DataFrame | None, treatments: pd.DataFrame, assessments: pd.DataFrame,

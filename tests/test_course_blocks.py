@@ -79,3 +79,15 @@ def test_a_course_of_some_columns_is_those_columns_of_the_whole_course(frames, b
                                       check_exact=True)
         pd.testing.assert_frame_equal(induction_ends(some), induction_ends(whole), check_exact=True)
     pd.testing.assert_frame_equal(intervals.model_scores(some), intervals.model_scores(whole), check_exact=True)
+
+
+def test_cycle_scores_of_a_course_with_patient_codes_are_those_with_text_ids(frames):
+    """course.cycle_scores takes each score's patient id from the course's patient codes (one string per patient,
+    not one made per score row): the same table as from the same course with plain text ids."""
+    built = course.build_course(frames["treatments"], frames["assessments"], "PHQ-9")
+    assert isinstance(built.scores["patient_id"].dtype, pd.CategoricalDtype)
+    scores = course.cycle_scores(built)
+    assert len(scores) > 100 and scores["patient_id"].notna().all()
+    plain = course.Course(built.instrument, built.infusions, built.scores.assign(
+        patient_id=built.scores["patient_id"].astype(str)), built.baselines, built.patients_first_response)
+    pd.testing.assert_frame_equal(scores, course.cycle_scores(plain), check_exact=True)

@@ -126,6 +126,33 @@ def test_blocks_checked_in_worker_processes_give_the_same_rejects_lines_messages
         [(7, "patient_id"), (8, "item_1"), (9, "patient_id"), (10, None)]]
 
 
+def test_a_first_import_into_empty_tables_refuses_the_same_rows_as_one_into_filled_ones(tmp_path):
+    """Into empty tables the write looks up only the unknown patients and early treatments (write.py); into
+    tables that already hold rows it builds the status of every row: the same rows are refused, with the
+    same lines and messages, and the same rows stored, staged in blocks or not."""
+    people = [patient("P1", enrolled_on="2024-01-05"), patient("P2")]
+    treatments = write(tmp_path / "t.csv", TREATMENTS_HEADER, "P1,2024-01-10,iv,0.5,", "P1,2024-01-04,iv,0.5,",
+                       "P404,2024-01-11,iv,0.5,", "P2,2024-02-02,iv,0.5,")
+    assessments = assessments_file(tmp_path)
+    earlier = [write(tmp_path / "t0.csv", TREATMENTS_HEADER, "P2,2024-03-01,iv,0.5,"),
+               write(tmp_path / "a0.csv", ASSESSMENTS_HEADER, phq("P2", "2024-03-01", [0] * 9))]
+    for block_rows in (3, 1000):
+        empty = make_db(tmp_path, patients=people, name=f"empty{block_rows}.duckdb")
+        filled = make_db(tmp_path, patients=people, name=f"filled{block_rows}.duckdb")
+        assert ingest.import_files(earlier, db=filled).exit_code == 0
+        before = {table: set(stored(filled, table)) for table in ("treatments", "assessments")}
+        first = ingest.import_files([treatments, assessments], db=empty, block_rows=block_rows)
+        later = ingest.import_files([treatments, assessments], db=filled, block_rows=block_rows)
+        assert outcome(first) == outcome(later)
+        assert [[(r.line, r.column) for r in f.rejects] for f in first.files] == [
+            [(3, "administered_on"), (4, "patient_id")],
+            [(7, "patient_id"), (8, "item_1"), (9, "patient_id"), (10, None)]]
+        assert first.files[0].rejects[1].reason == first.files[1].rejects[2].reason == ingest.write.UNKNOWN_PATIENT
+        assert first.files[0].rejects[0].reason == "administered_on is before the patient's enrolment on 2024-01-05"
+        for table in ("treatments", "assessments"):
+            assert set(stored(empty, table)) == set(stored(filled, table)) - before[table]
+
+
 def test_a_crash_while_checking_the_second_block_changes_nothing_and_leaves_no_staging(db, tmp_path, monkeypatch):
     patients = write(tmp_path / "p.csv", PATIENTS_HEADER, "P9,North,dr_a,1980,F,TRD,,1,2024-01-01")
     path = assessments_file(tmp_path)

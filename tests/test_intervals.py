@@ -194,6 +194,29 @@ def test_nine_losses_four_by_day_28_do_not_support_28_days():
     assert intervals.loss_supported_day(np.array([30.0] * 5), np.array([np.inf] * 5), np.zeros(5, bool), 28.0, 0.8) == 28.0
 
 
+def test_the_cap_for_many_patients_at_once_is_each_patients_own_stepping():
+    # _supported_days counts every candidate day of every patient by ranks; _supported_days_each steps
+    # down through one patient's loss days at a time (the definition): the same days, ties, censored
+    # cycles, zero days and a loss on its own last day in response included
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        groups, days = [], []
+        for _ in range(int(rng.integers(1, 25))):
+            m = int(rng.integers(0, 12))
+            left = np.round(rng.uniform(0, 80, m), int(rng.integers(0, 2)))
+            left[rng.random(m) < 0.1] = 0.0
+            right = left + np.round(rng.uniform(0.5, 40, m), int(rng.integers(0, 2)))
+            event = rng.random(m) < 0.6
+            right[~event & (rng.random(m) < 0.7)] = np.inf
+            if m and rng.random() < 0.05:
+                right[0], event[0] = left[0], True
+            groups.append((left, right, event))
+            days.append(float(rng.integers(1, 120)))
+        for target in (0.8, 0.5):
+            assert np.array_equal(intervals._supported_days(groups, days, target),
+                                  intervals._supported_days_each(groups, days, target))
+
+
 def test_the_between_patient_spread_cannot_collapse_on_a_tiny_clinic(clinic):
     _, _, cm, _ = clinic
     few = cm.scores[cm.scores["patient_id"].isin(cm.scores["patient_id"].unique()[:12])]

@@ -64,6 +64,7 @@ MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and i
 CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
 FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
 MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
+CELL_BLOCK_ROWS = 512      # scores per block of _trend_cells' steps (512 x 324 float32 cells: 0.66 MB)
 
 
 # exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
@@ -81,18 +82,25 @@ def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float
     n, n_depth, n_t = len(days), len(DEPTHS), len(T_GRID)
     # x rate = days^kappa * (rate / T^kappa): one product per cell, no power or exp per (score, T)
     days_k = np.exp(kappa * np.log(np.maximum(days, 1e-3))).astype(np.float32)
-    per_cell = (RATE.astype(float)[:, None] * np.exp(-kappa * LOG_T)[None, :]).ravel().astype(np.float32)
-    cells = np.empty((n, n_depth * n_t), dtype=np.float32)
-    np.multiply(days_k[:, None], -per_cell[None, :], out=cells)
-    np.exp(cells, out=cells)                                        # exp(-x rate): the share not yet returned
-    edge = np.flatnonzero((total <= 0) | (total >= scale_max))
-    returned = cells[edge].astype(float) if len(edge) else None
+    neg_per_cell = -(RATE.astype(float)[:, None] * np.exp(-kappa * LOG_T)[None, :]).ravel().astype(np.float32)
     # total - latent = (total - 2 line) + line (2 - depth) exp(-x rate)
-    by_depth = cells.reshape(n, n_depth, n_t)
-    by_depth *= (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)[:, :, None]
-    cells += ((total - 2.0 * line) * a).astype(np.float32)[:, None]
-    np.square(cells, out=cells)
+    scale = (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)
+    shift = ((total - 2.0 * line) * a).astype(np.float32)
+    cells = np.empty((n, n_depth * n_t), dtype=np.float32)
+    # a block of rows at a time through every step, so it stays in the core's cache (the same
+    # element-wise operations on each cell as on the whole array at once: the same values)
+    for b in range(0, n, CELL_BLOCK_ROWS):
+        e = min(n, b + CELL_BLOCK_ROWS)
+        block = cells[b:e]
+        np.multiply(days_k[b:e, None], neg_per_cell[None, :], out=block)
+        np.exp(block, out=block)                                      # exp(-x rate): the share not yet returned
+        by_depth = block.reshape(e - b, n_depth, n_t)
+        by_depth *= scale[b:e, :, None]
+        block += shift[b:e, None]
+        np.square(block, out=block)
+    edge = np.flatnonzero((total <= 0) | (total >= scale_max))
     if len(edge):
+        returned = np.exp(days_k[edge, None] * neg_per_cell[None, :]).astype(float)
         s = math.sqrt(s2)
         u = line[edge, None] * (2.0 - np.repeat(2.0 - DEPTHS, n_t)[None, :] * returned)
         low = total[edge] <= 0
@@ -214,16 +222,23 @@ class _Data:
 
 
 def _prepare(scores: pd.DataFrame) -> _Data:
-    s = scores.sort_values(["patient_id", "cycle_no", "days"], kind="stable")
-    pid = s["patient_id"].astype(str).to_numpy()
-    cyc = s["cycle_no"].to_numpy()
-    new_cycle = np.r_[True, (pid[1:] != pid[:-1]) | (cyc[1:] != cyc[:-1])] if len(s) else np.zeros(0, dtype=bool)
+    """The scores sorted by patient, cycle and day, ties in their given order. The distinct patient
+    ids are sorted once and the rows by their integer codes (the same order as sorting the rows by
+    the ids themselves, without comparing ids row by row)."""
+    codes, ids = pd.factorize(scores["patient_id"], sort=True, use_na_sentinel=False)
+    ids = pd.Series(ids).astype(str).to_numpy()
+    cyc = scores["cycle_no"].to_numpy()
+    days = scores["days"].to_numpy(dtype=float)
+    order = np.lexsort((days, cyc, codes))     # stable: rows equal in all three keep their order
+    codes, cyc, days = codes[order], cyc[order], days[order]
+    new_cycle = np.r_[True, (codes[1:] != codes[:-1]) | (cyc[1:] != cyc[:-1])] if len(order) else np.zeros(0, dtype=bool)
     cycle_start = np.flatnonzero(new_cycle)
-    c_pid = pid[cycle_start]
-    new_patient = np.r_[True, c_pid[1:] != c_pid[:-1]] if len(c_pid) else np.zeros(0, dtype=bool)
+    c_code = codes[cycle_start]
+    new_patient = np.r_[True, c_code[1:] != c_code[:-1]] if len(c_code) else np.zeros(0, dtype=bool)
     patient_start = np.flatnonzero(new_patient)
-    return _Data(s["days"].to_numpy(dtype=float), s["total"].to_numpy(dtype=float), s["line"].to_numpy(dtype=float),
-                 cycle_start, np.cumsum(new_patient) - 1, patient_start, c_pid[patient_start])
+    return _Data(days, scores["total"].to_numpy(dtype=float)[order], scores["line"].to_numpy(dtype=float)[order],
+                 cycle_start, np.cumsum(new_patient) - 1, patient_start,
+                 ids[c_code[patient_start]])
 
 
 def _chunk_cycle_terms(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale_max: float,
@@ -306,6 +321,14 @@ class _Marginal:
         self.top = P.max(axis=(1, 2))
         self.E = np.exp(P - self.top[:, None, None])
         self.n, self.n_mu, self.n_depth = P.shape
+        self._mixed_for = None   # (depth weights, E summed over depth with them): the covariance and the
+        # posteriors ask for the same weights many times, EM for new ones each step
+
+    def _mixed(self, q: np.ndarray) -> np.ndarray:
+        """E summed over depth with weights q: (n, n_mu)."""
+        if self._mixed_for is None or not np.array_equal(self._mixed_for[0], q):
+            self._mixed_for = (q.copy(), (self.E.reshape(-1, self.n_depth) @ q).reshape(self.n, self.n_mu))
+        return self._mixed_for[1]
 
     def _depth(self, depth_w: np.ndarray) -> np.ndarray:
         # the threshold form holds one depth for all: the weights sum to 1
@@ -315,8 +338,7 @@ class _Marginal:
         """Per patient: log marginal likelihood, posterior over mu (n, n_mu); with `depth` also the
         mean over patients of the posterior over depth."""
         q = self._depth(depth_w)
-        R = self.E.reshape(-1, self.n_depth) @ q                      # (n * n_mu,)
-        R = R.reshape(self.n, self.n_mu) * prior[None, :]
+        R = self._mixed(q) * prior[None, :]
         norm = R.sum(axis=1)
         bad = ~(norm > 1e-200)
         with np.errstate(divide="ignore"):
@@ -604,7 +626,7 @@ class MeasuredDurability:
         chi-bar-square (half chi-square 1) distribution. Returns patient_id, trend_cycles,
         slope_per_cycle (log days), trend_p."""
         s = scores[list(REQUIRED)]
-        s = s[s["line"].to_numpy(dtype=float) > 0].sort_values(["patient_id", "cycle_no", "days"], kind="stable")
+        s = s[s["line"].to_numpy(dtype=float) > 0]   # _prepare sorts them
         columns = {"patient_id": pd.Series(dtype=object), "trend_cycles": pd.Series(dtype=int),
                    "slope_per_cycle": pd.Series(dtype=float), "trend_p": pd.Series(dtype=float)}
         if s.empty:

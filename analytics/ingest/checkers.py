@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import rules
+from .. import scales
 
 # A staged file with at least this many rows has its blocks checked in worker processes...
 PARALLEL_ROWS = 1_000_000
@@ -61,6 +62,8 @@ def _clean_table(clean: pd.DataFrame) -> pa.Table:
 def check_block(kind: str, frame: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, pa.Table, list[str], frozenset]:
     """One block checked: (rejects, good rows as Arrow, notes, columns given); `_row` is numbered by
     `numbered` once the rows of the blocks before are known."""
+    from . import rules  # here: a worker sets the scale registry first, and rules reads it when it loads
+
     v = rules.validate(kind, frame, now=now, trimmed=True)
     del frame
     return v.rejects, _clean_table(v.clean), v.notes, v.given
@@ -76,7 +79,17 @@ class WorkerFailed(RuntimeError):
     """A worker process ended without an answer (killed, out of memory)."""
 
 
-_ENTRY = "from analytics.ingest.checkers import serve; serve()"
+# The worker imports this module and rules.py only, not the whole import package (its __init__ loads
+# DuckDB, the store and the sources): a bare package stands in for it. That halves a worker's start-up.
+_ENTRY = """
+import pathlib, sys, types
+import analytics
+package = types.ModuleType("analytics.ingest")
+package.__path__ = [str(pathlib.Path(analytics.__file__).parent / "ingest")]
+sys.modules["analytics.ingest"] = package
+from analytics.ingest.checkers import serve
+serve()
+"""
 
 
 class _Worker:
@@ -101,16 +114,18 @@ class _Worker:
         return value
 
     def close(self) -> None:
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
+        # Both pipes closed first: a worker waiting for a block ends at once, one writing an answer
+        # nobody reads ends on the broken pipe (quietly, see `serve`).
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.process.stdout.close()
 
 
 class Workers:
@@ -147,6 +162,7 @@ class Workers:
                 yield check_block(kind, frame, now)
             return
         waiting: deque[_Worker] = deque()
+        registry = (scales.SCALES, scales._ALIASES)  # instruments a plugin registered in this process too
         try:
             for i, frame in enumerate(blocks):
                 worker = self._workers[i % len(self._workers)]
@@ -155,7 +171,7 @@ class Workers:
                         yield waiting.popleft().receive()
                         if worker not in waiting:
                             break
-                worker.send((kind, frame, now))
+                worker.send((kind, frame, now, registry))
                 waiting.append(worker)
                 del frame
             while waiting:
@@ -166,16 +182,21 @@ class Workers:
 
 
 def serve() -> None:
-    """The worker's loop: requests (kind, frame, now) on stdin, answers ("ok", result) or ("error", exc) on stdout."""
+    """The worker's loop: requests (kind, frame, now, the parent's scale registry) on stdin, answers ("ok", result) or ("error", exc) on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes to stderr, never into the answers
     requests = sys.stdin.buffer
     while True:
         try:
-            kind, frame, now = pickle.load(requests)
-        except EOFError:
+            kind, frame, now, (registered, aliases) = pickle.load(requests)
+        except (EOFError, OSError, pickle.UnpicklingError):  # the parent ended or gave up on the workers
             return
         try:
+            scales.SCALES.clear()
+            scales.SCALES.update(registered)
+            scales._ALIASES.clear()
+            scales._ALIASES.update(aliases)
             answer = ("ok", check_block(kind, frame, now))
         except Exception as exc:  # noqa: BLE001 - raised again in the parent
             answer = ("error", exc)
@@ -184,6 +205,9 @@ def serve() -> None:
             data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
             data = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
-        answers.write(data)
-        answers.flush()
+        try:
+            answers.write(data)
+            answers.flush()
+        except OSError:  # the parent closed the pipe (it stopped early): nothing to say to anyone
+            return
 

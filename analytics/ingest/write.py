@@ -120,6 +120,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
     differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
     # A view over the staged file on DuckDB; PostgreSQL cannot read it, so its rows are copied in.
     as_view = staged is not None and store.dialect(con) == "duckdb"
+    first_import = refused = False  # an empty table: no status of every row (below)
     if staged is None:
         # Registered as Arrow: DuckDB scans it natively, about twice as fast as scanning a DataFrame.
         con.register("ingest_incoming", _arrow(v.clean))
@@ -158,22 +159,37 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
             if kind == "treatments":
                 early = "WHEN p.enrolled_on IS NOT NULL AND CAST(i.administered_at AS DATE) < p.enrolled_on THEN 'before_enrolment'"
             id_column = "treatment_id" if kind == "treatments" else "assessment_id"
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
-                    SELECT i._row, i._line, t.{id_column} AS existing_id, p.enrolled_on,
-                           CASE WHEN p.patient_id IS NULL THEN 'unknown_patient'
-                                {early}
-                                WHEN t.{id_column} IS NULL THEN 'new'
-                                WHEN {differs} THEN 'changed'
-                                ELSE 'same' END AS status
-                    FROM ingest_incoming i
-                    LEFT JOIN patients p ON p.patient_id = i.patient_id
-                    LEFT JOIN {table} t ON {on}"""
-            )
-            bad = con.execute(
-                """SELECT _row, _line, status, enrolled_on FROM ingest_status
-                   WHERE status IN ('unknown_patient', 'before_enrolment') ORDER BY _row"""
-            ).df()
+            # An empty table (a first import): every row is new unless its patient is unknown or it is
+            # dated before the enrolment, so only those few rows are looked up; no status of every row
+            # (4.7 M at 100,000 patients) is built, and the insert reads the incoming rows once.
+            first_import = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1) t").fetchall()[0][0] == 0
+            if first_import:
+                too_early = ("OR (p.enrolled_on IS NOT NULL AND CAST(i.administered_at AS DATE) < p.enrolled_on)"
+                             if kind == "treatments" else "")
+                bad = con.execute(
+                    f"""SELECT i._row, i._line,
+                               CASE WHEN p.patient_id IS NULL THEN 'unknown_patient' ELSE 'before_enrolment' END AS status,
+                               p.enrolled_on
+                        FROM ingest_incoming i LEFT JOIN patients p ON p.patient_id = i.patient_id
+                        WHERE p.patient_id IS NULL {too_early} ORDER BY i._row"""
+                ).df()
+            else:
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE ingest_status AS
+                        SELECT i._row, i._line, t.{id_column} AS existing_id, p.enrolled_on,
+                               CASE WHEN p.patient_id IS NULL THEN 'unknown_patient'
+                                    {early}
+                                    WHEN t.{id_column} IS NULL THEN 'new'
+                                    WHEN {differs} THEN 'changed'
+                                    ELSE 'same' END AS status
+                        FROM ingest_incoming i
+                        LEFT JOIN patients p ON p.patient_id = i.patient_id
+                        LEFT JOIN {table} t ON {on}"""
+                )
+                bad = con.execute(
+                    """SELECT _row, _line, status, enrolled_on FROM ingest_status
+                       WHERE status IN ('unknown_patient', 'before_enrolment') ORDER BY _row"""
+                ).df()
             reasons = [
                 UNKNOWN_PATIENT if status == "unknown_patient"
                 else f"administered_on is before the patient's enrolment on {pd.Timestamp(enrolled).date().isoformat()}"
@@ -186,7 +202,14 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                 "reason": reasons,
             })
 
-        counts = dict(con.execute("SELECT status, count(*) FROM ingest_status GROUP BY status").fetchall())
+        if first_import:
+            [(incoming,)] = con.execute("SELECT count(*) FROM ingest_incoming").fetchall()
+            counts = {"new": incoming - len(bad), **bad["status"].value_counts().to_dict()}
+            if len(bad):
+                con.register("ingest_refused", bad[["_row"]].astype("int64"))
+                refused = True
+        else:
+            counts = dict(con.execute("SELECT status, count(*) FROM ingest_status GROUP BY status").fetchall())
         set_list = ", ".join(f"{c} = i.{c}" for c in columns)
         if counts.get("changed"):
             old = _old_values(con, kind)
@@ -212,13 +235,17 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                 for c in insert_columns
             )
             # Every row new (a first import): no join with the status of 4.7 M rows to pick them.
-            picked = ("ingest_incoming i" if counts["new"] == sum(counts.values()) else
-                      "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'")
+            if counts["new"] == sum(counts.values()):
+                picked = "ingest_incoming i"
+            elif first_import:
+                picked = "ingest_incoming i WHERE i._row NOT IN (SELECT _row FROM ingest_refused)"
+            else:
+                picked = "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'"
             bulk = kind != "patients" and _bulk(con, table, counts["new"])
             with store.keys_built_after(con, table) if bulk else contextlib.nullcontext(table) as target:
                 if bulk and target != table:  # DuckDB: ids numbered here from _row (distinct), not row by row
                     id_column, _ = store.ID_SEQUENCES[table]
-                    [(low, high)] = con.execute("SELECT min(_row), max(_row) FROM ingest_status WHERE status = 'new'").fetchall()
+                    [(low, high)] = con.execute(f"SELECT min(i._row), max(i._row) FROM {picked}").fetchall()
                     first = store.reserve_ids(con, table, high - low + 1)
                     con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
                                     SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
@@ -236,8 +263,11 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                    SELECT n.patient_id, n.name, n.value FROM ingest_attributes n
                    JOIN ingest_status s ON s.patient_id = n.patient_id WHERE s.status IN ('new', 'changed')"""
             )
-        con.execute("DROP TABLE ingest_status")
+        if not first_import:
+            con.execute("DROP TABLE ingest_status")
     finally:
+        if refused:
+            con.unregister("ingest_refused")
         if as_view:
             con.execute("DROP VIEW IF EXISTS ingest_incoming")
         else:
