@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
@@ -45,7 +46,7 @@ import pyarrow.compute as pc
 from scipy import special, stats
 
 from . import memory, scales
-from .durability.measured import MU_GRID, MeasuredDurability
+from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
 MIN_SUGGESTION_DAYS = 7.0   # no maintenance schedule tighter than weekly is suggested
@@ -291,17 +292,26 @@ def _weighted_quantile_on_grid(post: np.ndarray, q: float) -> np.ndarray:
 
 def _predictive_day(post: np.ndarray, within_sd: float, p_lost: float) -> np.ndarray:
     """Per row, the day d with P(next cycle lost by d) = p_lost under the posterior predictive."""
-    lo = np.full(post.shape[0], math.log(0.5))
-    hi = np.full(post.shape[0], math.log(5000.0))
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        # special.ndtr is stats.norm.cdf without the argument checks (the same values): 40 steps
-        # over every patient's grid
-        F = (post * special.ndtr((mid[:, None] - MU_GRID[None, :]) / within_sd)).sum(axis=1)
-        below = F < p_lost
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-    return np.exp((lo + hi) / 2)
+    def rows(post: np.ndarray) -> np.ndarray:
+        lo = np.full(post.shape[0], math.log(0.5))
+        hi = np.full(post.shape[0], math.log(5000.0))
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            # special.ndtr is stats.norm.cdf without the argument checks (the same values): 40 steps
+            # over every patient's grid
+            F = (post * special.ndtr((mid[:, None] - MU_GRID[None, :]) / within_sd)).sum(axis=1)
+            below = F < p_lost
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        return np.exp((lo + hi) / 2)
+
+    # each row is its own search: halves of a large clinic on two threads (numpy and scipy let go of
+    # the GIL in their array loops; the same days)
+    if len(post) < 20_000 or FIT_THREADS < 2:
+        return rows(post)
+    half = len(post) // 2
+    with ThreadPoolExecutor(2) as pool:
+        return np.concatenate(list(pool.map(rows, (post[:half], post[half:]))))
 
 
 def baseline_uncertainty(model: MeasuredDurability, baselines: pd.DataFrame) -> pd.Series:
