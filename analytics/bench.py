@@ -148,7 +148,10 @@ def cohort_csv(n: int, seed: int, work: Path, progress: Progress | None = None) 
     directory = work / f"n{n}-s{seed}" / "csv"
     manifest = directory / "manifest.json"
     if manifest.exists():
-        return json.loads(manifest.read_text())
+        info = json.loads(manifest.read_text())
+        # the files beside the manifest, wherever the work directory has since been moved or copied
+        info["paths"] = {kind: str(directory / Path(path).name) for kind, path in info["paths"].items()}
+        return info
     if progress:
         progress(f"generating {n:,} patients")
     shutil.rmtree(directory, ignore_errors=True)

@@ -35,6 +35,16 @@ def test_json_has_every_issue_key_and_positive_numbers(tmp_path, capsys):
     assert (work / "n40-s3" / "csv" / "manifest.json").exists()
 
 
+def test_kept_csvs_are_found_beside_their_manifest_after_the_work_directory_moved(tmp_path):
+    first = bench.cohort_csv(12, 5, tmp_path / "old")
+    (tmp_path / "old").rename(tmp_path / "new")
+    again = bench.cohort_csv(12, 5, tmp_path / "new")
+    assert again["rows"] == first["rows"]
+    for kind, path in again["paths"].items():
+        assert path == str(tmp_path / "new" / "n12-s5" / "csv" / f"{kind}.csv")
+        assert (tmp_path / "new" / "n12-s5" / "csv" / f"{kind}.csv").exists()
+
+
 def test_a_figure_whose_piece_is_missing_is_null_with_a_note(tmp_path, monkeypatch):
     from analytics.screens import workspace
 

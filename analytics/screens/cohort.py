@@ -1159,7 +1159,8 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
                     "n_losses": _shown(losses, loss_reason, min_cell) if min_cell else losses}
     # the measurement model's figures of the selection's patients (the model reads them by id; the screen keeps
     # only the aggregate figures)
-    figures = model_figures(model, base.patients["patient_id"].to_numpy()[cycles["patient_id"].to_numpy()]) \
+    # each patient once, in order of first cycle (the cycles' patient codes are unique where the ids are)
+    figures = model_figures(model, base.patients["patient_id"].to_numpy()[pd.unique(cycles["patient_id"].to_numpy())]) \
         if model is not None and len(cycles) else None
     headline.update(durability_headline(cycles, h["median_durability_days"], figures, min_cell,
                                         None if not min_cell else r_cycles))
