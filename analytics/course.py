@@ -258,9 +258,12 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 
     # Patients as integer codes (sorted ids, the whole cohort's): everything below is array work on them.
     n_t_rows = len(treatments)
-    all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True).astype("string")
+    all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True)
+    if not _is_arrow_text(all_pid.dtype):  # Arrow text sorts and factorizes as "string" does, without the copy
+        all_pid = all_pid.astype("string")
     codes, uniques = pd.factorize(all_pid, sort=True)
     del all_pid
+    a = a.drop(columns="patient_id")  # the blocks work on the codes: no copy of the ids' text per block
     uniques = np.asarray(uniques, dtype=object)
     tc, ac = codes[:n_t_rows], codes[n_t_rows:]
     edges = _block_edges(tc, ac, len(uniques), block_rows)
@@ -270,7 +273,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     t_sort, a_sort = np.argsort(tc, kind="stable"), np.argsort(ac, kind="stable")
     t_cut = np.searchsorted(tc[t_sort], edges)
     a_cut = np.searchsorted(ac[a_sort], edges)
-    t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS]
+    t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS and c != "patient_id"]
     parts, t_offset = [], 0
     for i in range(len(edges) - 1):
         t_rows, a_rows = t_sort[t_cut[i]:t_cut[i + 1]], a_sort[a_cut[i]:a_cut[i + 1]]
