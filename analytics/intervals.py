@@ -778,12 +778,13 @@ def model_scores(crs, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
 
 def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tuple = (),
                      rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250, *,
-                     built=None, cycles: pd.DataFrame | None = None) -> ClinicModel:
+                     built=None, cycles: pd.DataFrame | None = None, keep_course: bool = True) -> ClinicModel:
     """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
     attributes), as analytics.access.DataAccess returns them. `built`: the course (course.build_course)
     of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
     (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
-    built again."""
+    built again. `keep_course`: False for a caller that reads only the model and the cycles (no suggestions):
+    the model keeps no course (course None), so nothing of it is held through the fit."""
     from . import course
 
     code = scales.get(instrument).code
@@ -803,7 +804,8 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
         last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
-    crs = kept_course(crs)
+    crs = kept_course(crs) if keep_course else None
+    del built
     memory.release_freed()  # the whole course's other columns: heap pieces glibc would keep resident
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \
