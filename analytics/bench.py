@@ -350,7 +350,9 @@ def durability_estimate(frames: dict) -> dict:
                                 columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
-    model = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles).model
+    clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles)
+    del built  # the model keeps what it reads of the course: the whole course is not held through the fit
+    model = clinic.model
     return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 
