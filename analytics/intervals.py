@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from scipy import special, stats
 
 from . import memory, scales
-from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability
+from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability, one_blas_thread
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
 MIN_SUGGESTION_DAYS = 7.0   # no maintenance schedule tighter than weekly is suggested
@@ -379,6 +379,7 @@ def _days_text(v: float) -> str:
     return f"{v:.0f} day{'s' if round(v) != 1 else ''}"
 
 
+@one_blas_thread()   # its products over every patient's grid: see one_blas_thread
 def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataFrame, *, today: date,
                       target: float = 0.8, last_activity: pd.Series | None = None,
                       instrument: str | None = None, rules: OutcomeRules = DEFAULT_RULES,

@@ -258,6 +258,35 @@ def baselines(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: s
 
 # --- the latest status and alerts ---------------------------------------------------
 
+def latest_scores(r: np.ndarray, total: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per patient row 0..n-1: (latest, previous, best) outcome score, NaN where there is none, and each
+    score's position of the latest (-1 where none). `r` and `total` are the outcome scores (after treatment
+    began), grouped by row and oldest first within it (stable on ties). The one implementation: the
+    clinic-wide `patient_status` and one record's `patient_outcomes` both read these."""
+    ends = np.r_[r[1:] != r[:-1], True] if len(r) else np.zeros(0, dtype=bool)
+    last = np.flatnonzero(ends)
+    before_last = last - 1
+    has_previous = before_last >= 0
+    has_previous[has_previous] = r[before_last[has_previous]] == r[before_last[has_previous] + 1]
+    previous = before_last[has_previous]
+    latest_score = np.full(n, np.nan)
+    latest_score[r[last]] = total[last]
+    latest_at = np.full(n, -1, dtype=np.int64)
+    latest_at[r[last]] = last
+    previous_score = np.full(n, np.nan)
+    previous_score[r[previous]] = total[previous]
+    best_score = np.full(n, np.inf)
+    np.minimum.at(best_score, r, total)
+    best_score[np.isinf(best_score)] = np.nan
+    return latest_score, previous_score, best_score, latest_at
+
+
+def worsening_flags(latest, previous, best, rci: float) -> tuple[np.ndarray, np.ndarray]:
+    """(worse than best, worse than last): reliable worsening, by at least the RCI; False where a score is missing."""
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(latest) - best) >= rci, (np.asarray(latest) - previous) >= rci
+
+
 def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument: str,
                    rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
     """Latest state of every treated patient on `instrument`, with alerts.
@@ -298,30 +327,20 @@ def patient_status(treatments: pd.DataFrame, assessments: pd.DataFrame, instrume
     idx = np.flatnonzero(ok)
     idx = idx[np.lexsort((at[idx], row[idx]))]  # per patient, oldest first (stable on ties)
     r = row[idx]
-    last = idx[np.r_[r[1:] != r[:-1], True]] if len(idx) else idx
-    before_last = np.flatnonzero(np.r_[r[1:] != r[:-1], True]) - 1
-    has_previous = before_last >= 0
-    has_previous[has_previous] = r[before_last[has_previous]] == r[before_last[has_previous] + 1]
-    previous = idx[before_last[has_previous]]
-
-    latest_score = np.full(n, np.nan)
-    latest_score[row[last]] = total[last]
+    latest_score, previous_score, best_score, latest_pos = latest_scores(r, total[idx], n)
     latest_at = np.full(n, np.datetime64("NaT"), dtype=clock.dtype if len(clock) else "datetime64[us]")
-    latest_at[row[last]] = clock[last]
-    previous_score = np.full(n, np.nan)
-    previous_score[row[previous]] = total[previous]
-    best_score = np.full(n, np.inf)
-    np.minimum.at(best_score, r, total[idx])
-    best_score[np.isinf(best_score)] = np.nan
+    has_latest = latest_pos >= 0
+    latest_at[has_latest] = clock[idx[latest_pos[has_latest]]]
     ever_responded = np.bincount(r, weights=is_response(total[idx], baseline[r], rules), minlength=n) > 0
 
     responding = is_response(latest_score, baseline, rules)
     scored = ~np.isnan(latest_score)
     safety = f"{code} item {scale.safety_item} above 0" if scale.safety_column else "safety item above 0"
+    worse_than_best, worse_than_last = worsening_flags(latest_score, previous_score, best_score, rci)
     with np.errstate(invalid="ignore"):
         flags = {
-            "reliable worsening from best": (latest_score - best_score) >= rci,
-            "reliable worsening since last": (latest_score - previous_score) >= rci,
+            "reliable worsening from best": worse_than_best,
+            "reliable worsening since last": worse_than_last,
             "no longer in response": is_response(previous_score, baseline, rules) & ~responding & scored,
             safety: np.zeros(n, dtype=bool),
         }
@@ -415,13 +434,10 @@ def patient_outcomes(treatments: pd.DataFrame, assessments: pd.DataFrame,
         baseline, baseline_at = float(score[0]), (when[0] if when[0] >= 0 else np.iinfo(np.int64).min)
         after = (a_key > baseline_at) & (a_key >= first_day)  # only scores after treatment began are outcomes
         scored = total[after]
-        latest = float(scored[-1]) if len(scored) else np.nan
-        previous = float(scored[-2]) if len(scored) > 1 else np.nan
-        best = float(scored.min()) if len(scored) else np.nan
+        latest, previous, best, _ = (float(v[0]) for v in latest_scores(np.zeros(len(scored), dtype=np.intp), scored, 1))
         scale = scales.get(code)
         rci = reliable_change_index(code, rules) if scale.reliability is not None and scale.reference_sd is not None else None
-        out[code] = PatientOutcome(
-            code, baseline, latest, previous, best, rci,
-            worse_than_best=rci is not None and bool(latest - best >= rci),
-            worse_than_last=rci is not None and bool(latest - previous >= rci))
+        worse_than_best, worse_than_last = worsening_flags(latest, previous, best, rci) if rci is not None else (False, False)
+        out[code] = PatientOutcome(code, baseline, latest, previous, best, rci,
+                                   worse_than_best=bool(worse_than_best), worse_than_last=bool(worse_than_last))
     return out

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from analytics import bench, cli
+from analytics import audit, bench, cli, store
 
 DOCUMENTED_KEYS = ("import_s", "import_rows_per_s", "import_floor_s", "import_floor_ratio", "cohort_s", "scan_floor_s",
               "cohort_floor_ratio", "patient_s", "durability_s", "intervals_s", "peak_rss_mb",
@@ -33,6 +33,13 @@ def test_json_has_every_issue_key_and_positive_numbers(tmp_path, capsys):
     assert code == (0 if not result["missing"] else 1)
     # the generated CSVs are kept for the next run of the same size and seed
     assert (work / "n40-s3" / "csv" / "manifest.json").exists()
+    # each patient view is audited as the dashboard audits it (journaled, then applied): none is lost
+    db = work / "n40-s3" / "bench.duckdb"
+    assert store.journal_pending(db) == []
+    views = audit.entries(db, action="view_patient")
+    assert len(views) >= result["patient_samples"] + 1  # the timed views and the warm-up
+    assert audit.verify(db).ok
+    assert result["patient_audit_apply_s"] > 0
 
 
 def test_kept_csvs_are_found_beside_their_manifest_after_the_work_directory_moved(tmp_path):
