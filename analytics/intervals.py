@@ -522,6 +522,10 @@ def _bh(p: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
+# what _settled_losses and lengthening_tests read of the cycle table
+LOSS_COLUMNS = ("patient_id", "cycle_no", "right_days", "event", "phase", "post_induction")
+
+
 def _settled_losses(cycles: pd.DataFrame) -> pd.DataFrame:
     """The cycles after induction (or its last, post_induction) that ended in a loss of response."""
     settled = cycles
@@ -541,7 +545,7 @@ def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int
     "each loss later than the one before", and the loss days alone cannot show lengthening: on a fixed
     schedule a cycle that lasts beyond its interval ends censored, never as a later loss).
     recent_loss_days: the median day of the patient's last three losses (None without)."""
-    lost = _settled_losses(cycles).sort_values(["patient_id", "cycle_no"])
+    lost = _settled_losses(cycles[[c for c in LOSS_COLUMNS if c in cycles.columns]]).sort_values(["patient_id", "cycle_no"])
     lost_pid = lost["patient_id"].astype(str)
     by_patient = lost.groupby(lost_pid)["right_days"]
     losses = by_patient.size()
@@ -644,7 +648,10 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     trend = None
     if len(cycles) and model is not None:
         scores = model_scores(course, rules) if read_scores is None else read_scores
-        mine = cycles[_text_isin(cycles["patient_id"], sug.index)]
+        # only the columns the loss counts and lengthening_tests read: the selection takes 6 of the cycle
+        # table's columns, not all of them (100,000 patients: 0.94 M cycles, Arrow text among them)
+        mine = cycles[[c for c in LOSS_COLUMNS if c in cycles.columns]]
+        mine = mine[_text_isin(mine["patient_id"], sug.index)]
         # only patients lengthening_tests can test (TREND_MIN_LOSSES losses after induction) are read:
         # each patient's test is their own, and the others' were computed only to be dropped there
         # (about half the tested scores at 100,000 patients)
