@@ -54,3 +54,17 @@ def test_each_patients_likelihood_is_the_same_with_or_without_the_table(data, mo
     assert measured._returned_table(data, 1.7) is None
     direct = measured._patient_loglik(data, 2.2, 1.7, 0.45, SCALE_MAX)
     assert np.array_equal(direct, fast)
+
+
+def test_the_model_holds_numpys_blas_at_one_thread_and_gives_it_back():
+    blas = measured._numpy_openblas()
+    if blas is None:
+        pytest.skip("numpy is not on its bundled OpenBLAS here")
+    get, _ = blas
+    before = get()
+    with measured.one_blas_thread():
+        assert get() == 1
+        with measured.one_blas_thread():   # nested (a fit inside the suggestions): still one, given back once
+            assert get() == 1
+        assert get() == 1
+    assert get() == before

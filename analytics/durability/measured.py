@@ -44,9 +44,13 @@ Confidence intervals: delta method with a patient-clustered (sandwich) variance 
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import glob
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -67,6 +71,55 @@ MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
 CELL_BLOCK_ROWS = 512      # scores per block of _trend_cells' steps (512 x 324 float32 cells: 0.66 MB)
 DISTINCT_DAYS_SHARE = 0.5  # the exp cells are made once per distinct day when there are at most this share of
 # distinct days among the scores (100,000 patients: 39,688 distinct days among 1.3 M scores), else per score
+
+
+@functools.cache
+def _numpy_openblas():
+    """(get, set) of the thread count of the OpenBLAS bundled with numpy's wheels, or None (another BLAS)."""
+    for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)   # already loaded by numpy: the same library
+        except OSError:
+            continue
+        for get_name, set_name in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                                   ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                                   ("openblas_get_num_threads", "openblas_set_num_threads")):
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, put
+    return None
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_HELD = {"users": 0, "before": None}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """numpy's OpenBLAS on one thread while the model works (also a decorator). Its matrix products here
+    are small (a chunk's cells times the 36 x 44 weights; EM's products over the patients' likelihoods):
+    OpenBLAS's second thread waits spinning for each, so under load it added CPU (100,000 patients: the
+    fit 20.3 -> 17.2 s of CPU) and no speed; and the fit's sums no longer depend on how many cores the
+    machine has. The fit's own chunk threads (FIT_THREADS) are unchanged. Held by a count: while any
+    fit or suggestion run holds it, every numpy matrix product of the process is on one thread."""
+    blas = _numpy_openblas()
+    if blas is None:
+        yield
+        return
+    get, put = blas
+    with _BLAS_LOCK:
+        if _BLAS_HELD["users"] == 0:
+            _BLAS_HELD["before"] = get()
+            put(1)
+        _BLAS_HELD["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_HELD["users"] -= 1
+            if _BLAS_HELD["users"] == 0:
+                put(_BLAS_HELD["before"])
 
 
 # exp(-x * RATE[d]) is the share of the depth d's distance to the baseline not yet returned
@@ -486,6 +539,7 @@ class MeasuredDurability:
         self.registry_noise_sd = registry_noise_sd
 
     # -- fitting --------------------------------------------------------------------------
+    @one_blas_thread()
     def fit(self, scores: pd.DataFrame, *, scale_max: float) -> "MeasuredDurability":
         missing = [c for c in REQUIRED if c not in scores.columns]
         if missing:
@@ -641,6 +695,7 @@ class MeasuredDurability:
         """(patient ids, posterior over MU_GRID (n, n_mu)) for every fitted patient."""
         return self.patient_ids_, self._post_mu
 
+    @one_blas_thread()
     def posteriors_for(self, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(patient ids, posterior over MU_GRID) for new scores (same columns as fit) under this
         fit's cohort parameters, e.g. patients deciding their next interval in a simulation."""
@@ -664,6 +719,7 @@ class MeasuredDurability:
         t = np.log(np.maximum(np.asarray(days, dtype=float), 1e-9))
         return stats.norm.sf((t[:, None] - MU_GRID[None, :]) / self.within_sd_)
 
+    @one_blas_thread()
     def trend_tests(self, scores: pd.DataFrame, min_cycles: int = 6, max_slope: float = 0.25) -> pd.DataFrame:
         """Is each patient's durability changing from cycle to cycle? Per patient with at least
         `min_cycles` cycles in `scores` (same columns as fit): log T of their k-th cycle is taken as
