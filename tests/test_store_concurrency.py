@@ -246,3 +246,99 @@ def test_many_threads_reading_and_writing_one_file_never_trip_over_each_other(tm
         t.join()
     assert failures == []
     assert _count(db) == 3 + 8 * 8  # every write landed once
+
+
+# Readers in another process that always have a read going on (two threads whose reads overlap), as a
+# busy dashboard process does, until `stop` exists; `ready` once both read.
+BUSY_READERS = """
+import sys, threading, time
+from pathlib import Path
+from analytics import store
+db, ready, stop = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+started = threading.Barrier(2)
+
+def reader(offset):
+    time.sleep(offset)
+    first = True
+    while not stop.exists():
+        with store.connect(db, wait=60) as con:
+            con.execute("SELECT count(*) FROM patients").fetchall()
+            if first:
+                started.wait()
+                ready.write_text("reading")
+                first = False
+            time.sleep(0.2)
+
+threads = [threading.Thread(target=reader, args=(o,)) for o in (0.0, 0.1)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_a_write_gets_the_file_while_another_process_always_has_a_read_going_on(tmp_path):
+    # The finding (20 users on two dashboard processes): a sign-in's write waited up to 8 s for the file,
+    # because the other process never had no read going on, and held this process's readers back meanwhile.
+    db = _with_patients(tmp_path)
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_READERS, str(db), str(ready), str(stop)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the readers never started"
+            time.sleep(0.02)
+        for i in range(3):  # each write gets in while the readers go on reading between them
+            with store.transaction(db, wait=20) as con:
+                con.execute("INSERT INTO patients (patient_id) VALUES (?)", [f"W{i}"])
+    finally:
+        stop.write_text("stop")
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert _count(db) == 6
+
+
+# Another process with one long read of the file (until `release` exists).
+LONG_READ = """
+import sys, time
+from pathlib import Path
+from analytics import store
+db, marker, release = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+with store.connect(db, wait=60) as con:
+    con.execute("SELECT count(*) FROM patients").fetchall()
+    marker.write_text("reading")
+    while not release.exists():
+        time.sleep(0.02)
+"""
+
+
+def test_a_write_waiting_for_the_file_holds_readers_back_only_briefly(tmp_path):
+    db = _with_patients(tmp_path)
+    marker, release = tmp_path / "reading", tmp_path / "release"
+    other = subprocess.Popen([sys.executable, "-c", LONG_READ, str(db), str(marker), str(release)], cwd=ROOT,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert other.poll() is None, other.stderr.read()
+            assert time.monotonic() < deadline, "the other process never read"
+            time.sleep(0.02)
+        outcome = []
+
+        def write():  # cannot get the file while the other process reads it: waits, then gives up
+            try:
+                with store.connect(db, write=True, wait=30):
+                    outcome.append("wrote")
+            except store.StoreBusy:
+                outcome.append("busy")
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.2)
+        # this process's reads pause for the waiting writer only briefly, then read alongside the other process
+        assert [_count(db, wait=30) for _ in range(3)] == [3, 3, 3]
+        assert writer.is_alive() and not outcome  # the reads did not wait for the writer to give up
+        release.write_text("go")  # the long read ends: the writer gets the file
+        writer.join(60)
+        assert outcome == ["wrote"]
+    finally:
+        release.write_text("go")
+        assert other.wait(timeout=120) == 0, other.stderr.read()
