@@ -373,3 +373,25 @@ def test_a_flush_applies_many_journaled_entries_at_once_exactly_as_one_at_a_time
     assert [r[2] for r in trail(db)[-230:]] == [f"user{i}" for i in range(230)]
     assert audit.verify(db).ok and audit.verify(twin).ok
     assert [seq for seq, _ in keys.anchor_read(db)][-230:] == [r[0] for r in trail(db)[-230:]]
+
+
+def test_the_flusher_gathers_journaled_entries_then_applies_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "JOURNAL_GATHER_SECONDS", 0.3)
+    monkeypatch.setattr(store, "JOURNAL_MAX_WAIT_SECONDS", 0.6)
+    # the policy: not before the gathering time; then only if the file is free at once; then waiting a second
+    assert store.flush_wait(0.1) is None and store.flush_wait(0.4) == 0.0 and store.flush_wait(0.7) == 1.0
+    db = _with_patients(tmp_path)
+    with store.writes_in_passing_journaled():
+        audit.append(db, "gathered", "view_patient", role="clinician", patients=["P1"])
+    assert store.journal_pending(db)
+    store.keep_journal_flushed(db, every=0.05)
+    deadline = time.monotonic() + 60
+    while store.journal_pending(db) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.journal_pending(db) == []
+    assert "gathered" in set(_entries_actors(db))
+
+
+def _entries_actors(db):
+    with store.connect(db) as con:
+        return [r[0] for r in con.execute("SELECT actor FROM audit_log").fetchall()]
