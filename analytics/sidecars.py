@@ -23,7 +23,8 @@ dashboard work around that (docs/architecture.md, "The store"):
   least once: a flush that died after its commit leaves the renamed file behind, and the next
   flush asks each entry's kind whether it is already in the database before applying it again.
 
-- `DB.intents/` (a folder of empty files, one per write waiting for the file, named by its pid): DuckDB
+- `DB.intents/` (a folder of empty files, one per write waiting for the file, named by its pid; there only
+  while a write waits): DuckDB
   gives the file to a writer only when no other process has it open, and a dashboard process under
   load always has some read going on. While an intent younger than `INTENT_YIELD_SECONDS` is there,
   other processes start no new read of the file (the snapshot excepted, when it is current), so their
@@ -109,18 +110,25 @@ def announce_write(db: Path) -> Path | None:
     (e.g. a read-only folder: the write then simply waits as before)."""
     folder = _intents_path(db)
     path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    try:
-        folder.mkdir(exist_ok=True)
-        path.touch()
-    except OSError:
-        return None
-    return path
+    for _ in range(3):  # the folder goes with its last intent: another writer may remove it just now
+        try:
+            folder.mkdir(exist_ok=True)
+            path.touch()
+            return path
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def withdraw_write(path: Path | None) -> None:
+    """The write got the file or gave up; the folder goes too when no other write waits."""
     if path is not None:
         with contextlib.suppress(OSError):
             path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # fails while another intent is in it
 
 
 def foreign_write_waiting(db: Path, now: float | None = None) -> bool:
@@ -140,8 +148,7 @@ def foreign_write_waiting(db: Path, now: float | None = None) -> bool:
         if pid == me:
             continue
         if not pid_alive(pid):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)  # left by a process that died waiting
+            withdraw_write(Path(entry.path))  # left by a process that died waiting
             continue
         if age < INTENT_YIELD_SECONDS:
             return True

@@ -295,6 +295,7 @@ def test_a_write_gets_the_file_while_another_process_always_has_a_read_going_on(
         stop.write_text("stop")
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert _count(db) == 6
+    assert not Path(str(db) + ".intents").exists()  # nothing left beside the database once no write waits
 
 
 # Another process with one long read of the file (until `release` exists).
