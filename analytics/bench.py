@@ -350,7 +350,10 @@ def durability_estimate(frames: dict) -> dict:
                                 columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
-    model = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles).model
+    # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
+    clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
+    del built
+    model = clinic.model
     return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import memory, outcomes, scales, vocabulary
 from .outcomes import DAY, DEFAULT_RULES, OutcomeRules
@@ -130,8 +132,67 @@ def _sorted_order(code: np.ndarray, key: np.ndarray, rank: np.ndarray | None, ti
 
 def _value_codes(values) -> np.ndarray:
     """Sortable codes of a column's values (missing first), independent of row order."""
+    if _is_arrow_text(getattr(values, "dtype", None)):
+        # the same codes without a Python string per row: Arrow text sorts as the "string" dtype does
+        codes, _ = pd.factorize(values, sort=True)
+        return codes
     codes, _ = pd.factorize(pd.Series(values, dtype=object).astype("string"), sort=True)
     return codes
+
+
+# --- text columns as Arrow arrays (pandas' "str" dtype), never a Python string per row ------------------
+
+_TEXT = pd.StringDtype("pyarrow", na_value=np.nan)  # what a frame makes of a column of Python strings
+
+
+def _is_arrow_text(dtype) -> bool:
+    return isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"
+
+
+def _text_of_codes(codes: np.ndarray, labels) -> pa.Array:
+    """labels[codes] as Arrow text (code -1: missing): the column a frame makes of the object array
+    labels[codes], without making it."""
+    codes = np.asarray(codes, dtype=np.int64)
+    missing = codes < 0
+    index = pa.array(codes, mask=missing) if missing.any() else pa.array(codes)
+    return pc.take(pa.array(list(labels), type=pa.large_string()), index)
+
+
+def _taken_text(values: pd.Series, rows: np.ndarray | None = None):
+    """values[rows] (all rows if None) for a frame column: Arrow text where `values` is Arrow text or a
+    categorical of Arrow text, else the object array the column was made from before (same frame column)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype) and _is_arrow_text(dtype.categories.dtype):
+        codes = values.cat.codes.to_numpy()
+        codes = codes if rows is None else codes[rows]
+        missing = codes < 0
+        index = pa.array(codes, mask=missing) if missing.any() else pa.array(codes)
+        return pc.take(dtype.categories.array.__arrow_array__(), index)
+    if _is_arrow_text(dtype):
+        return values.array if rows is None else values.array.take(rows)
+    return values.to_numpy() if rows is None else values.to_numpy()[rows]
+
+
+def _joined_arrow(pieces: list) -> pa.Array:
+    """Arrow (or Arrow-backed pandas) pieces of one column as one Arrow array, in order."""
+    chunks = []
+    for piece in pieces:
+        arrow = piece if isinstance(piece, (pa.Array, pa.ChunkedArray)) else piece.__arrow_array__()
+        chunks.extend(arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow])
+    kind = chunks[0].type if chunks else pa.large_string()
+    return pa.concat_arrays([c.cast(kind) for c in chunks]) if chunks else pa.array([], type=kind)
+
+
+def _as_text(values, *, empty_object: bool = True):
+    """A text column for a frame: Arrow as pandas' text array (what the frame inferred from the object array
+    made before), others as they are. Empty: an empty object array (a frame keeps it as object, as before)
+    unless `empty_object` is False (the column was a numpy string array, which a frame makes "str")."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray, pd.api.extensions.ExtensionArray)):
+        if len(values) == 0 and empty_object:
+            return np.zeros(0, dtype=object)
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            return pd.array(values, dtype=_TEXT)
+    return values
 
 
 def _check_rows(frame: pd.DataFrame, what: str) -> None:
@@ -197,9 +258,12 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
 
     # Patients as integer codes (sorted ids, the whole cohort's): everything below is array work on them.
     n_t_rows = len(treatments)
-    all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True).astype("string")
+    all_pid = pd.concat([treatments["patient_id"], a["patient_id"]], ignore_index=True)
+    if not _is_arrow_text(all_pid.dtype):  # Arrow text sorts and factorizes as "string" does, without the copy
+        all_pid = all_pid.astype("string")
     codes, uniques = pd.factorize(all_pid, sort=True)
     del all_pid
+    a = a.drop(columns="patient_id")  # the blocks work on the codes: no copy of the ids' text per block
     uniques = np.asarray(uniques, dtype=object)
     tc, ac = codes[:n_t_rows], codes[n_t_rows:]
     edges = _block_edges(tc, ac, len(uniques), block_rows)
@@ -209,7 +273,7 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     t_sort, a_sort = np.argsort(tc, kind="stable"), np.argsort(ac, kind="stable")
     t_cut = np.searchsorted(tc[t_sort], edges)
     a_cut = np.searchsorted(ac[a_sort], edges)
-    t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS]
+    t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS and c != "patient_id"]
     parts, t_offset = [], 0
     for i in range(len(edges) - 1):
         t_rows, a_rows = t_sort[t_cut[i]:t_cut[i + 1]], a_sort[a_cut[i]:a_cut[i + 1]]
@@ -240,6 +304,9 @@ def _only(part: tuple[dict, dict, dict, dict], columns: dict | None) -> tuple[di
             baselines, first_response)
 
 
+# How a cycle started (the infusions' start_kind): not a cycle's start, in response, recaptured.
+START_KINDS = ("", "in_response", "recaptured")
+
 # The treatments columns the course reads (a block copies only these).
 _TREATMENT_COLUMNS = ("treatment_id", "patient_id", "administered_at", "has_time", "route", "phase")
 
@@ -263,6 +330,11 @@ def _assemble(code: str, uniques: np.ndarray, parts: list[tuple[dict, dict, dict
             pieces = [part[which].pop(name) for part in parts]
             if pieces[0] is None or np.isscalar(pieces[0]):
                 columns[name] = pieces[0]
+                continue
+            if isinstance(pieces[0], (pa.Array, pa.ChunkedArray, pd.api.extensions.ExtensionArray)):
+                # phase_source was a numpy string array (a "str" column even when empty), the others object arrays
+                columns[name] = _as_text(_joined_arrow(pieces), empty_object=name != "phase_source")
+                del pieces
                 continue
             whole = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
             del pieces
@@ -414,20 +486,24 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
     }
 
     responded_before = first_response_key[tc] < t_key
-    # Phase labels as object arrays pointing at a few shared strings (not one string per infusion).
-    derived = np.full(n_t, "maintenance", dtype=object)
-    derived[responded_before & has_pre_t & ~pre_resp] = "rescue"
-    derived[derived_induction] = "induction"
+    # Phase labels as codes into a few labels (made Arrow text at the end; never a string per infusion):
+    # 0 maintenance, 1 rescue, 2 induction, then each recorded label (stripped, lower case).
+    phase_labels = ["maintenance", "rescue", "induction"]
+    phase = np.zeros(n_t, dtype=np.int64)
+    phase[responded_before & has_pre_t & ~pre_resp] = 1
+    phase[derived_induction] = 2
     if "phase" in treatments.columns:
-        codes_given, labels = pd.factorize(treatments["phase"].to_numpy(dtype=object)[t_order])
-        labels = np.array([str(v).strip().lower() for v in labels] + [""], dtype=object)
-        given = labels[codes_given]  # code -1 (missing) picks the trailing ""
-        has_given = given != ""
-        phase = np.where(has_given, given, derived)
+        codes_given, labels = pd.factorize(treatments["phase"])
+        codes_given = codes_given[t_order]
+        given_labels = [str(v).strip().lower() for v in labels]
+        given_code = np.where(codes_given >= 0, codes_given + len(phase_labels), -1)
+        has_label = np.array([v != "" for v in given_labels] + [False], dtype=bool)
+        has_given = has_label[codes_given]  # code -1 (missing) picks the trailing False
+        phase = np.where(has_given, given_code, phase)
+        phase_labels += given_labels
     else:
         has_given = np.zeros(n_t, dtype=bool)
-        phase = derived
-    is_induction = phase == "induction"
+    is_induction = np.array([v == "induction" for v in phase_labels], dtype=bool)[phase]
     last_ind_no = np.zeros(n_pat, dtype=np.int64)
     np.maximum.at(last_ind_no, tc[is_induction], infusion_no[is_induction])
     last_induction = is_induction & (infusion_no == last_ind_no[tc])
@@ -437,18 +513,20 @@ def _course_block(treatments: pd.DataFrame, a: pd.DataFrame, tc: np.ndarray, ac:
     # merged: the cycle runs from the last of them (the most recent dose); an infusion with
     # no assessment yet after it starts no cycle until one comes (no "0 days" cycles).
     starts_cycle &= (left_at != NAT) | (right_at != NAT)
-    start_kind = np.where(pre_resp, "in_response", np.where(starts_cycle, "recaptured", "")).astype(object)
+    start_kind = np.where(pre_resp, 1, np.where(starts_cycle, 2, 0))  # codes of START_KINDS
 
     inf = {
         "patient_id": tc, "code": tc,
         "at": t_at.astype("datetime64[us]"), "key": t_key.astype("datetime64[us]"),
         "infusion_no": infusion_no, "n_infusions": n_inf[tc], "gap_days": gap_days,
-        "route": treatments["route"].to_numpy(dtype=object)[t_order] if "route" in treatments.columns else None,
-        "phase": phase, "phase_source": np.where(has_given, "recorded", "derived"),
+        "route": _taken_text(treatments["route"], t_order) if "route" in treatments.columns else None,
+        "phase": _text_of_codes(phase, phase_labels),
+        "phase_source": _text_of_codes(has_given.astype(np.int64), ("derived", "recorded")),
         "derived_induction": derived_induction, "last_induction": last_induction,
         "next_at": next_at.astype("datetime64[us]"), "has_next": same_next_t,
         "pre_dose_score": pre_score, "pre_dose_responding": pre_resp, "pre_dose_at": pre_at.astype("datetime64[us]"),
-        "first_post_responding": first_post_resp, "starts_cycle": starts_cycle, "start_kind": start_kind,
+        "first_post_responding": first_post_resp, "starts_cycle": starts_cycle,
+        "start_kind": _text_of_codes(start_kind, START_KINDS),
         "left_at": left_at.astype("datetime64[us]"), "right_at": right_at.astype("datetime64[us]"),
         "n_assessments": n_scores,
     }
@@ -474,8 +552,11 @@ def _comorbidity_flags(patients: pd.DataFrame) -> pd.DataFrame:
     names = set(vocabulary.COMORBIDITIES)
     for entry in text.unique():
         names.update(n.strip().replace(" ", "_") for n in entry.split(",") if n.strip())
-    padded = "," + text.str.replace(r"\s*,\s*", ",", regex=True).str.strip().str.replace(" ", "_") + ","
-    return pd.DataFrame({f"has_{n}": padded.str.contains("," + n + ",", regex=False).to_numpy(dtype=bool)
+    # each distinct entry once (a clinic has a few hundred), then taken by patient: the same flags
+    codes, entries = pd.factorize(text)
+    entries = pd.Series(entries, dtype=text.dtype)
+    padded = "," + entries.str.replace(r"\s*,\s*", ",", regex=True).str.strip().str.replace(" ", "_") + ","
+    return pd.DataFrame({f"has_{n}": padded.str.contains("," + n + ",", regex=False).to_numpy(dtype=bool)[codes]
                          for n in sorted(names)}, index=patients.index)
 
 
@@ -505,20 +586,21 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
     new, start = _starts(code)
     has_next = st["has_next"].to_numpy(dtype=bool)
     cycles = pd.DataFrame({
-        "patient_id": st["patient_id"].to_numpy(),
+        "patient_id": _as_text(_taken_text(st["patient_id"])),
         "cycle_no": np.arange(len(st)) - start + 1,
         "started_on": at.dt.normalize().to_numpy(),
         "left_days": left,
         "right_days": right,
         "event": event,
-        "censor_reason": np.where(event, "loss", np.where(has_next, "next_infusion", "end_of_follow_up")),
+        "censor_reason": _as_text(_text_of_codes(np.where(event, 0, np.where(has_next, 1, 2)),
+                                                 ("loss", "next_infusion", "end_of_follow_up")), empty_object=False),
         "post_induction": st["last_induction"].to_numpy(dtype=bool),
         "instrument": course.instrument,
         "started_at": at.to_numpy(),
         "infusion_no": st["infusion_no"].to_numpy(),
-        "phase": st["phase"].to_numpy(),
-        "start_kind": st["start_kind"].to_numpy(),
-        "route": st["route"].to_numpy(),
+        "phase": _as_text(_taken_text(st["phase"])),
+        "start_kind": _as_text(_taken_text(st["start_kind"])),
+        "route": _as_text(_taken_text(st["route"])),
         "interval_days": np.where(has_next, ((st["next_at"] - at) / DAY).to_numpy(dtype=float), np.inf),
         "n_assessments": st["n_assessments"].to_numpy(dtype=int),
         "pre_dose_score": st["pre_dose_score"].to_numpy(dtype=float),
@@ -599,10 +681,12 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         line = sc["baseline_score"].to_numpy(dtype=float)[rows] * (1.0 - rules.response_fall)
         mean = per_score("baseline_mean") if "baseline_mean" in base else line
         latent = np.where(np.isfinite(mean), mean * (1.0 - rules.response_fall), line)
-    phase = inf["phase"].to_numpy(dtype=object)
-    building = (phase == "induction") & ~inf["last_induction"].to_numpy(dtype=bool)
+    building = (inf["phase"] == "induction").to_numpy(dtype=bool, na_value=False) \
+        & ~inf["last_induction"].to_numpy(dtype=bool)
+    ids = _taken_text(pid, rows)  # Arrow text from the course's codes: no Python string per score row
     return pd.DataFrame({
-        "patient_id": _object_ids(pid, rows),
+        "patient_id": _as_text(ids) if isinstance(ids, (pa.Array, pa.ChunkedArray, pd.api.extensions.ExtensionArray))
+        else _object_ids(pid, rows),
         "cycle_no": cyc_no[seg],
         "days": days.astype(float),
         "total": sc["total"].to_numpy(dtype=float)[rows],
@@ -610,7 +694,8 @@ def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES) -> pd.Data
         "latent_line": latent,
         "baseline_scores": n_base,
         "settled": ~building[seg],
-        "start_kind": inf["start_kind"].to_numpy(dtype=object)[seg],
+        "start_kind": _as_text(_taken_text(inf["start_kind"], seg)) if len(seg)
+        else inf["start_kind"].to_numpy(dtype=object)[seg],
     })
 
 

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from scipy import special, stats
 
 from . import memory, scales
-from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability
+from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability, one_blas_thread
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
 MIN_SUGGESTION_DAYS = 7.0   # no maintenance schedule tighter than weekly is suggested
@@ -379,6 +379,7 @@ def _days_text(v: float) -> str:
     return f"{v:.0f} day{'s' if round(v) != 1 else ''}"
 
 
+@one_blas_thread()   # its products over every patient's grid: see one_blas_thread
 def suggest_intervals(model: MeasuredDurability | None, course, cycles: pd.DataFrame, *, today: date,
                       target: float = 0.8, last_activity: pd.Series | None = None,
                       instrument: str | None = None, rules: OutcomeRules = DEFAULT_RULES,
@@ -521,6 +522,10 @@ def _bh(p: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
+# what _settled_losses and lengthening_tests read of the cycle table
+LOSS_COLUMNS = ("patient_id", "cycle_no", "right_days", "event", "phase", "post_induction")
+
+
 def _settled_losses(cycles: pd.DataFrame) -> pd.DataFrame:
     """The cycles after induction (or its last, post_induction) that ended in a loss of response."""
     settled = cycles
@@ -540,7 +545,7 @@ def lengthening_tests(cycles: pd.DataFrame, trend: pd.DataFrame, min_losses: int
     "each loss later than the one before", and the loss days alone cannot show lengthening: on a fixed
     schedule a cycle that lasts beyond its interval ends censored, never as a later loss).
     recent_loss_days: the median day of the patient's last three losses (None without)."""
-    lost = _settled_losses(cycles).sort_values(["patient_id", "cycle_no"])
+    lost = _settled_losses(cycles[[c for c in LOSS_COLUMNS if c in cycles.columns]]).sort_values(["patient_id", "cycle_no"])
     lost_pid = lost["patient_id"].astype(str)
     by_patient = lost.groupby(lost_pid)["right_days"]
     losses = by_patient.size()
@@ -643,7 +648,10 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
     trend = None
     if len(cycles) and model is not None:
         scores = model_scores(course, rules) if read_scores is None else read_scores
-        mine = cycles[_text_isin(cycles["patient_id"], sug.index)]
+        # only the columns the loss counts and lengthening_tests read: the selection takes 6 of the cycle
+        # table's columns, not all of them (100,000 patients: 0.94 M cycles, Arrow text among them)
+        mine = cycles[[c for c in LOSS_COLUMNS if c in cycles.columns]]
+        mine = mine[_text_isin(mine["patient_id"], sug.index)]
         # only patients lengthening_tests can test (TREND_MIN_LOSSES losses after induction) are read:
         # each patient's test is their own, and the others' were computed only to be dropped there
         # (about half the tested scores at 100,000 patients)
@@ -778,12 +786,13 @@ def model_scores(crs, rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
 
 def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tuple = (),
                      rules: OutcomeRules = DEFAULT_RULES, fit_patients: int = 250, *,
-                     built=None, cycles: pd.DataFrame | None = None) -> ClinicModel:
+                     built=None, cycles: pd.DataFrame | None = None, keep_course: bool = True) -> ClinicModel:
     """The model from whole-clinic frames (patients, treatments, assessments of every instrument,
     attributes), as analytics.access.DataAccess returns them. `built`: the course (course.build_course)
     of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
     (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
-    built again."""
+    built again. `keep_course`: False for a caller that reads only the model and the cycles (no suggestions):
+    the model keeps no course (course None), so nothing of it is held through the fit."""
     from . import course
 
     code = scales.get(instrument).code
@@ -803,7 +812,8 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
         last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
-    crs = kept_course(crs)
+    crs = kept_course(crs) if keep_course else None
+    del built
     memory.release_freed()  # the whole course's other columns: heap pieces glibc would keep resident
     scale = scales.get(code)
     sem = float(scale.reference_sd * math.sqrt(1.0 - scale.reliability)) \

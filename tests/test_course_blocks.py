@@ -91,3 +91,36 @@ def test_cycle_scores_of_a_course_with_patient_codes_are_those_with_text_ids(fra
     plain = course.Course(built.instrument, built.infusions, built.scores.assign(
         patient_id=built.scores["patient_id"].astype(str)), built.baselines, built.patients_first_response)
     pd.testing.assert_frame_equal(scores, course.cycle_scores(plain), check_exact=True)
+
+
+def _as_objects(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({c: object for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)})
+
+
+def test_a_course_of_arrow_text_is_the_course_of_python_strings(frames):
+    """course.py builds its text columns (patient ids, phase, route, start_kind, censor_reason) as Arrow text
+    from codes; from object columns it takes the Python strings as before: the same frames."""
+    t = frames["treatments"].copy()
+    t.loc[t.index[:9], "phase"] = [" Induction", "MAINTENANCE ", "", None, "rescue", "taper", "Taper", "", None]
+    t.loc[t.index[3:6], "route"] = None
+    p, attrs = frames["patients"], frames["attributes"]
+    for instrument in ("PHQ-9", "MADRS"):
+        arrow = course.build_course(t, frames["assessments"], instrument, block_rows=400)
+        python = course.build_course(_as_objects(t), _as_objects(frames["assessments"]), instrument, block_rows=400)
+        for part in PARTS:
+            pd.testing.assert_frame_equal(getattr(arrow, part), getattr(python, part), check_exact=True)
+        assert {"taper", "induction"} <= set(arrow.infusions["phase"])
+        pd.testing.assert_frame_equal(course.cycles_from_course(arrow, p, attrs),
+                                      course.cycles_from_course(python, p, attrs),
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(course.cycle_scores(arrow), course.cycle_scores(python), check_exact=True)
+
+
+def test_an_empty_course_keeps_the_column_types_it_had(frames):
+    t, a = frames["treatments"].iloc[:0], frames["assessments"].iloc[:0]
+    built = course.build_course(t, a)
+    assert built.infusions["phase"].dtype == object and built.infusions["start_kind"].dtype == object
+    assert isinstance(built.infusions["phase_source"].dtype, pd.StringDtype)
+    cycles = course.cycles_from_course(built, frames["patients"], frames["attributes"])
+    assert cycles["patient_id"].dtype == object and isinstance(cycles["censor_reason"].dtype, pd.StringDtype)
+    assert len(course.cycle_scores(built)) == 0

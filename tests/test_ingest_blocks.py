@@ -79,6 +79,36 @@ def test_a_key_repeated_in_a_later_block_is_rejected_naming_the_first_line(db, t
     assert kept == [(18.0,)]  # the first row (line 4, items of 2) is kept, not the repeat
 
 
+def test_keys_repeated_across_blocks_are_found_in_unsorted_files_whichever_patients_share_blocks(tmp_path):
+    """Only patients with good rows in two blocks are looked at for keys repeated across blocks (a file
+    sorted by patient has few): the same rejects as in one piece, with P1 repeated three blocks apart,
+    P2 in two blocks without a repeat, P3 in one block only, and a repeat whose first row was refused."""
+    people = [patient("P1", enrolled_on="2024-01-05"), patient("P2"), patient("P3")]
+    path = write(
+        tmp_path / "u.csv", ASSESSMENTS_HEADER,
+        phq("P1", "2024-01-10", [1] * 9),                  # line 2, block 1
+        phq("P2", "2024-01-10", [1] * 9),                  # line 3
+        phq("P3", "2024-01-10", [1] * 9),                  # line 4
+        phq("P2", "2024-01-11", [9] + [1] * 8),            # line 5, block 2: refused (item out of range)
+        phq("P3", "2024-01-11", [1] * 9),                  # line 6
+        "",                                               # line 7: blank
+        phq("P3", "2024-01-12", [1] * 9),                  # line 8
+        phq("P2", "2024-01-12", [1] * 9),                  # line 9, block 3
+        phq("P2", "2024-01-11", [2] * 9),                  # line 10: first good row of this key (line 5 was refused)
+        phq("P1", "2024-01-10", [2] * 9),                  # line 11: key of line 2, three blocks apart
+        phq("P1", "2024-01-10", [3] * 9),                  # line 12, block 4: the same key again
+    )
+    results = []
+    for block_rows in (3, 1000):
+        target = make_db(tmp_path, patients=people, name=f"u{block_rows}.duckdb")
+        results.append((outcome(ingest.import_files([path], db=target, block_rows=block_rows)),
+                        stored(target, "assessments"), quarantined(target)))
+    assert results[0] == results[1]
+    repeat = "duplicate key (patient_id, instrument, administered_on) in this file: line 2 has the same one"
+    assert results[0][0][0][6] == [(5, "item_1", "PHQ-9 item 1 must be a whole number 0-3, got 9"),
+                                   (11, "patient_id", repeat), (12, "patient_id", repeat)]
+
+
 def test_a_bad_row_in_the_second_block_is_quarantined_with_its_editor_line_and_text(db, tmp_path):
     path = assessments_file(tmp_path)
 

@@ -361,3 +361,16 @@ def test_without_a_model_nobody_gets_a_number_and_each_is_told_why(clinic):
     would = set(with_model.loc[with_model["status"] == "suggested", "patient_id"])
     assert would and set(sug.loc[sug["status"] == "no_model", "patient_id"]) == would
     assert sug["suggested_interval_days"].isna().all()
+
+
+def test_a_clinic_model_that_keeps_no_course_is_fitted_from_the_same_cycles_and_scores():
+    """bench.durability_estimate reads only the model: keep_course=False holds no course through the fit."""
+    frames = course.frames_from_csv_tables(simulate.simulate_clinic(120, 16, days=400).tables)
+    built = course.build_course(frames["treatments"], frames["assessments"], "PHQ-9",
+                                columns=intervals._model_course_columns())
+    kept = intervals.fit_clinic_model(frames, "PHQ-9", built=built)
+    bare = intervals.fit_clinic_model(frames, "PHQ-9", built=built, keep_course=False)
+    assert bare.course is None and kept.course is not None
+    pd.testing.assert_frame_equal(bare.scores, kept.scores, check_exact=True)
+    pd.testing.assert_frame_equal(bare.cycles, kept.cycles, check_exact=True)
+    pd.testing.assert_series_equal(bare.last_activity, kept.last_activity, check_exact=True)

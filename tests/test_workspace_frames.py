@@ -121,3 +121,14 @@ def test_a_caseload_view_never_stands_in_for_the_whole_clinic(demo_db, monkeypat
     director = Scope("d", "director", patient_level=False, identifiable=False)
     Workspace(DataAccess(demo_db, director)).frames()  # every patient, but identifying attributes withheld
     assert workspace.whole_clinic_data(system) is system
+
+
+def test_arrow_labels_become_the_categoricals_python_labels_do():
+    values = ["self", None, "clinician", "Self", "self", "ärzt", "clinician"]
+    arrow = pd.DataFrame({"rater": pd.Series(values, dtype="str")})
+    python = pd.DataFrame({"rater": pd.Series(values, dtype=object)})
+    labels_as_categories(arrow, ["rater"])
+    labels_as_categories(python, ["rater"])
+    pd.testing.assert_frame_equal(arrow, python, check_exact=True)
+    pd.testing.assert_index_equal(arrow["rater"].cat.categories, pd.Index(["Self", "clinician", "self", "ärzt"]),
+                                  exact=True)

@@ -107,6 +107,7 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
     given: frozenset[str] = frozenset()
     writer: pq.ParquetWriter | None = None
     offset = blocks = 0
+    patients: list[pd.Series] = []  # each block's patients: a key repeated across blocks has its patient in two
     try:
         for frame in _read_ahead(index.blocks(block_rows)):
             v = rules.validate(kind, frame, trimmed=True)
@@ -114,6 +115,7 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
             if not blocks:
                 notes, given = v.notes, v.given
             found.append(v.rejects)
+            patients.append(pd.Series(v.clean["patient_id"].unique()))
             table = write._arrow(v.clean.assign(_row=np.arange(offset, offset + len(v.clean), dtype="int64")))
             table = table.replace_schema_metadata(None)
             # A column empty in a block comes out typed null: every block gets the same types.
@@ -133,7 +135,8 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
         if writer is not None:
             writer.close()
     if blocks > 1:
-        found.append(_repeated_across_blocks(kind, path))
+        everyone = pd.concat(patients, ignore_index=True)
+        found.append(_repeated_across_blocks(kind, path, everyone[everyone.duplicated()].unique()))
     rejects = pd.concat(found, ignore_index=True)
     rejects["_row"] = -1  # not rows of a frame: raw text comes from the lines
     validated = rules.Validated(kind, None, rejects, None, [], notes, given)
@@ -184,16 +187,27 @@ def _read_ahead(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         thread.join()
 
 
-def _repeated_across_blocks(kind: str, path: Path) -> pd.DataFrame:
-    """Rows whose key an earlier line of the file already has: rejected, and removed from the staged rows."""
+def _repeated_across_blocks(kind: str, path: Path, shared) -> pd.DataFrame:
+    """Rows whose key an earlier line of the file already has: rejected, and removed from the staged rows.
+
+    `shared`: the patients with good rows in more than one block. Keys repeated within a block are
+    rejected already, so a key repeated across blocks is one of these patients': only their rows are
+    grouped (none: no SQL at all). A file sorted by patient shares a patient or so per block."""
     keys = ", ".join(_KEYS[kind])
+    if not len(shared):
+        repeated = pd.DataFrame({"_row": pd.Series([], dtype="int64"), "_line": pd.Series([], dtype="int64"),
+                                 "first_line": pd.Series([], dtype="int64")})
+        return _repeated_rejects(kind, repeated)
     con = parser_cursor()
     try:
+        con.register("ingest_shared", pd.DataFrame({"patient_id": pd.Series(shared, dtype="str")}))
+        mine = "WHERE patient_id IN (SELECT patient_id FROM ingest_shared)"
         repeated = con.execute(
-            f"""SELECT r._row, r._line, f.first_line FROM read_parquet($path) r
-                JOIN (SELECT {keys}, min(_line) AS first_line FROM read_parquet($path)
+            f"""SELECT r._row, r._line, f.first_line FROM (SELECT * FROM read_parquet($path) {mine}) r
+                JOIN (SELECT {keys}, min(_line) AS first_line FROM read_parquet($path) {mine}
                       GROUP BY {keys} HAVING count(*) > 1) f USING ({keys})
                 WHERE r._line > f.first_line ORDER BY r._line""", {"path": str(path)}).df()
+        con.unregister("ingest_shared")
         if len(repeated):
             kept = path.with_suffix(".kept.parquet")
             con.register("ingest_repeated", repeated[["_row"]])
@@ -203,6 +217,10 @@ def _repeated_across_blocks(kind: str, path: Path) -> pd.DataFrame:
             os.replace(kept, path)
     finally:
         con.close()
+    return _repeated_rejects(kind, repeated)
+
+
+def _repeated_rejects(kind: str, repeated: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "_row": np.full(len(repeated), -1, dtype="int64"),
         "_line": repeated["_line"].astype("int64").to_numpy(),

@@ -168,7 +168,13 @@ def labels_as_categories(frame: pd.DataFrame, columns) -> None:
     for name in columns:
         if name in frame.columns and not isinstance(frame[name].dtype, pd.CategoricalDtype):
             values = frame[name]
-            frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
+            if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+                # Arrow text: its sorted codes (Arrow's own, C++) instead of looking each row's string up (~1 s a
+                # column at 100,000 patients); the same categories and codes
+                codes, uniques = pd.factorize(values, sort=True)
+                frame[name] = pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
+            else:
+                frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
             del values
 
 
