@@ -275,19 +275,24 @@ for t in threads: t.join()
 """
 
 
+def _started(script: str, args: list, marker: Path) -> subprocess.Popen:
+    """`script` in another process, once it has written `marker`."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the other process never started"
+        time.sleep(0.02)
+    return proc
+
+
 def test_a_write_gets_the_file_while_another_process_always_has_a_read_going_on(tmp_path):
     # The finding (20 users on two dashboard processes): a sign-in's write waited up to 8 s for the file,
     # because the other process never had no read going on, and held this process's readers back meanwhile.
     db = _with_patients(tmp_path)
     ready, stop = tmp_path / "ready", tmp_path / "stop"
-    proc = subprocess.Popen([sys.executable, "-c", BUSY_READERS, str(db), str(ready), str(stop)], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _started(BUSY_READERS, [db, ready, stop], ready)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the readers never started"
-            time.sleep(0.02)
         for i in range(3):  # each write gets in while the readers go on reading between them
             with store.transaction(db, wait=20) as con:
                 con.execute("INSERT INTO patients (patient_id) VALUES (?)", [f"W{i}"])
@@ -315,14 +320,8 @@ with store.connect(db, wait=60) as con:
 def test_a_write_waiting_for_the_file_holds_readers_back_only_briefly(tmp_path):
     db = _with_patients(tmp_path)
     marker, release = tmp_path / "reading", tmp_path / "release"
-    other = subprocess.Popen([sys.executable, "-c", LONG_READ, str(db), str(marker), str(release)], cwd=ROOT,
-                             stderr=subprocess.PIPE, text=True)
+    other = _started(LONG_READ, [db, marker, release], marker)
     try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert other.poll() is None, other.stderr.read()
-            assert time.monotonic() < deadline, "the other process never read"
-            time.sleep(0.02)
         outcome = []
 
         def write():  # cannot get the file while the other process reads it: waits, then gives up
