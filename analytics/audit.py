@@ -143,25 +143,44 @@ def append(
 
 def _append(con, db, actor, role, action, outcome, page, patient_text, detail_text,
             logged_at: datetime | None = None) -> int:
+    return _append_many(con, db, [(actor, role, action, outcome, page, patient_text, detail_text, logged_at)])[0]
+
+
+_ROWS_PER_INSERT = 100
+
+
+def _append_many(con, db, rows: list[tuple]) -> list[int]:
+    """Chain and insert entries in order, each row (actor, role, action, outcome, page, patient_text, detail_text,
+    logged_at or None for now); their sequence numbers. One read of the chain's head and one INSERT per 100
+    entries, the same rows as appending them one at a time."""
     key_id, key = keys.current(KEY_NAME)  # created (0600) on first use; no key, no entry, no action
     # On PostgreSQL several servers append at once: the chain's head is read under a lock held until
     # the transaction commits (on DuckDB the single writer already makes appends take turns). The
     # `seq` key and the unique hash stay the backstop: a race would fail, never fork the chain.
     store.lock(con, "audit")
     last = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchall()
-    seq, prev = (last[0][0] + 1, last[0][1]) if last else (1, GENESIS)
-    logged_at = logged_at or _now()
-    digest = _keyed_hash(key, key_id, prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text,
-                         detail_text)
-    con.execute(
-        "INSERT INTO audit_log (seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash,"
-        " key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text, prev, digest, key_id],
-    )
+    seq, prev = (last[0][0], last[0][1]) if last else (0, GENESIS)
+    values = []
+    for actor, role, action, outcome, page, patient_text, detail_text, logged_at in rows:
+        seq += 1
+        logged_at = logged_at or _now()
+        digest = _keyed_hash(key, key_id, prev, seq, logged_at, str(actor), role, action, outcome, page, patient_text,
+                             detail_text)
+        values.append([seq, logged_at, str(actor), role, action, outcome, page, patient_text, detail_text, prev, digest,
+                       key_id])
+        prev = digest
+    for start in range(0, len(values), _ROWS_PER_INSERT):
+        chunk = values[start:start + _ROWS_PER_INSERT]
+        con.execute(
+            "INSERT INTO audit_log (seq, logged_at, actor, role, action, outcome, page, patients, detail, prev_hash, hash,"
+            " key_id) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [v for row in chunk for v in row],
+        )
     database = store.db_path(db)
+    anchored = [(row[0], row[10]) for row in values]
     # Anchored once committed: an entry rolled back with its action never reaches the anchor.
-    store.after_commit(con, lambda: keys.anchor_append(database, seq, digest, key_id))
-    return seq
+    store.after_commit(con, lambda: keys.anchor_append_many(database, anchored, key_id))
+    return [row[0] for row in values]
 
 
 JOURNAL_KIND = "audit"
@@ -182,25 +201,40 @@ def journal_payload(entry: dict) -> dict:
     return {**{f: entry.get(f) for f in _JOURNAL_FIELDS}, "key_id": key_id, "mac": _journal_mac(key, entry)}
 
 
-def _journal_signed(entry: dict) -> bool:
-    key = keys.find(KEY_NAME, str(entry.get("key_id")))
+def _journal_signed(entry: dict, found: dict | None = None) -> bool:
+    """Is the entry signed with an audit key? `found`: keys already looked up by id (a flush's entries share one)."""
+    key_id = str(entry.get("key_id"))
+    if found is None or key_id not in found:
+        key = keys.find(KEY_NAME, key_id)
+        if found is not None:
+            found[key_id] = key
+    else:
+        key = found[key_id]
     return key is not None and hmac.compare_digest(_journal_mac(key, entry), str(entry.get("mac", "")))
 
 
 def _append_journaled(con, entry: dict) -> int:
+    return _append_journaled_many(con, [entry])[0]
+
+
+def _append_journaled_many(con, entries: list[dict]) -> list[int]:
     # The anchor file goes beside the database being written (the connection's, whichever process flushes).
     if store.dialect(con) == "postgres":
         database = con.target
     else:
         database = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()[0][0]
-    if not _journal_signed(entry):
-        # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
-        claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
-        return _append(con, database, "journal", None, "journal_refused", "denied", None, "[]",
-                       json.dumps({"reason": "journaled entry not signed with the audit key", "claimed": claimed},
-                                  sort_keys=True))
-    return _append(con, database, entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
-                   entry["patients"], entry["detail"], logged_at=datetime.fromisoformat(entry["logged_at"]))
+    rows, found = [], {}
+    for entry in entries:
+        if not _journal_signed(entry, found):
+            # Not written by this product (or under a key that is lost): recorded as refused, never as the entry it claims.
+            claimed = {"actor": str(entry.get("actor"))[:64], "action": str(entry.get("action"))[:64]}
+            rows.append(("journal", None, "journal_refused", "denied", None, "[]",
+                         json.dumps({"reason": "journaled entry not signed with the audit key", "claimed": claimed},
+                                    sort_keys=True), None))
+        else:
+            rows.append((entry["actor"], entry["role"], entry["action"], entry["outcome"], entry["page"],
+                         entry["patients"], entry["detail"], datetime.fromisoformat(entry["logged_at"])))
+    return _append_many(con, database, rows)
 
 
 def _journaled_entry_written(con, entry: dict) -> bool:
@@ -210,7 +244,7 @@ def _journaled_entry_written(con, entry: dict) -> bool:
          entry["detail"]]).fetchall()[0][0])
 
 
-store.register_journal_kind(JOURNAL_KIND, _append_journaled, _journaled_entry_written)
+store.register_journal_kind(JOURNAL_KIND, _append_journaled, _journaled_entry_written, _append_journaled_many)
 
 
 def _parse_day(value: str | date | datetime | None, name: str) -> datetime | None:

@@ -335,6 +335,12 @@ def load(url: str, accounts_file: Path, users: int, *, duration: float | None = 
     return json.loads(done.stdout)
 
 
+def _keep_samples(path: Path, summary: dict, **extra) -> None:
+    """Every page run of one phase (user number, page, start and seconds from the phase's start, error) beside
+    the run, for looking into a tail afterwards: which pages, which users, when."""
+    path.write_text(json.dumps({"started_at": summary["started_at"], **extra, "samples": summary["samples"]}))
+
+
 def flow_times(summary: dict, window: tuple[float, float] | None = None) -> list[float]:
     """Seconds of the successful signed-in page runs (not connect, sign-in form or sign-in), optionally
     only those overlapping `window` (wall-clock seconds)."""
@@ -422,6 +428,7 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
             cpu0, load0 = tree_cpu_s(proc.pid), load_average()
             run = load(url, accounts_file, users, duration=duration, think=think)
             cpu = tree_cpu_s(proc.pid) - cpu0
+            _keep_samples(work / "samples-users.json", run)
             flow = flow_times(run)
             result.update({
                 "users_p50_s": percentile(flow, 50), "users_p95_s": percentile(flow, 95),
@@ -473,6 +480,8 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
                 thread.start()
                 during = load(url, accounts_file, users, think=think, stop_file=stop, ready_file=ready, duration=900)
                 thread.join()
+                _keep_samples(work / "samples-during-import.json", during,
+                              import_window=[window["start"] - during["started_at"], window["end"] - during["started_at"]])
                 overlapping = flow_times(during, (window["start"], window["end"]))
                 result.update({
                     "users_during_import_p95_s": percentile(overlapping, 95),

@@ -130,7 +130,15 @@ def anchor_path(db: str | os.PathLike) -> Path:
 
 
 def anchor_append(db: str | os.PathLike, seq: int, digest: str, key_id: str | None) -> None:
-    """Record one committed entry. One write with O_APPEND: lines from several processes never mix."""
+    """Record one committed entry."""
+    anchor_append_many(db, [(seq, digest)], key_id)
+
+
+def anchor_append_many(db: str | os.PathLike, entries: list[tuple[int, str]], key_id: str | None) -> None:
+    """Record committed entries ((seq, hash), in order). One write with O_APPEND: lines from several
+    processes never mix."""
+    if not entries:
+        return
     path = anchor_path(db)
     private_dir(path.parent)
     new = not path.exists()
@@ -138,7 +146,7 @@ def anchor_append(db: str | os.PathLike, seq: int, digest: str, key_id: str | No
     try:
         if new:  # a header naming the file, for a person reading the directory
             os.write(fd, f"# audit anchor of {_database_name(db)}\n".encode("utf-8", "replace"))
-        os.write(fd, f"{int(seq)}\t{digest}\t{key_id or '-'}\n".encode("ascii"))
+        os.write(fd, "".join(f"{int(seq)}\t{digest}\t{key_id or '-'}\n" for seq, digest in entries).encode("ascii"))
     finally:
         os.close(fd)
 

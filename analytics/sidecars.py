@@ -23,6 +23,14 @@ dashboard work around that (docs/architecture.md, "The store"):
   least once: a flush that died after its commit leaves the renamed file behind, and the next
   flush asks each entry's kind whether it is already in the database before applying it again.
 
+- `DB.intents/` (a folder of empty files, one per write waiting for the file, named by its pid; there only
+  while a write waits): DuckDB
+  gives the file to a writer only when no other process has it open, and a dashboard process under
+  load always has some read going on. While an intent younger than `INTENT_YIELD_SECONDS` is there,
+  other processes start no new read of the file (the snapshot excepted, when it is current), so their
+  attachments close as their current reads end and the writer gets in; after that a reader goes on
+  regardless, so a writer that cannot get in never holds the readers up for long.
+
 No DuckDB here: only files, so the layout can be read and tested on its own. Nothing here opens
 the database file itself (see `publish_snapshot`).
 """
@@ -86,6 +94,65 @@ def pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- writes waiting for the file ------------------------------------------------------------------
+
+INTENT_YIELD_SECONDS = float(os.environ.get("OUTCOMES_WRITE_YIELD", "1.0"))
+
+
+def _intents_path(db: Path) -> Path:
+    return Path(str(db) + ".intents")
+
+
+def announce_write(db: Path) -> Path | None:
+    """Say that this process waits to write `db` (until `withdraw_write`); None when it cannot be said
+    (e.g. a read-only folder: the write then simply waits as before)."""
+    folder = _intents_path(db)
+    path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    for _ in range(3):  # the folder goes with its last intent: another writer may remove it just now
+        try:
+            folder.mkdir(exist_ok=True)
+            path.touch()
+            return path
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def withdraw_write(path: Path | None) -> None:
+    """The write got the file or gave up; the folder goes too when no other write waits."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # fails while another intent is in it
+
+
+def foreign_write_waiting(db: Path, now: float | None = None) -> bool:
+    """Does another live process wait to write `db`, announced less than INTENT_YIELD_SECONDS ago?
+    (A scan of a folder that is empty or absent nearly always: a few microseconds.)"""
+    try:
+        entries = list(os.scandir(_intents_path(db)))
+    except OSError:
+        return False
+    me, now = os.getpid(), time.time() if now is None else now
+    for entry in entries:
+        try:
+            pid = int(entry.name.split("-", 1)[0])
+            age = now - entry.stat().st_mtime
+        except (ValueError, OSError):
+            continue
+        if pid == me:
+            continue
+        if not pid_alive(pid):
+            withdraw_write(Path(entry.path))  # left by a process that died waiting
+            continue
+        if age < INTENT_YIELD_SECONDS:
+            return True
+    return False
 
 
 def snapshot_current(db: Path) -> bool:
