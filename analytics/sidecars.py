@@ -185,15 +185,31 @@ def publish_snapshot(db: Path) -> float:
     process open it mid-write (tests/test_store.py shows it).
     """
     started = time.perf_counter()
-    target = snapshot_path(db)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp = copy_for_snapshot(db)
     try:
-        subprocess.run(["cp", "--", str(db), str(tmp)], check=True, capture_output=True)
-        os.chmod(tmp, 0o400 | (os.stat(db).st_mode & 0o040))  # read-only: nothing writes a snapshot in place
-        os.replace(tmp, target)
+        adopt_snapshot(db, tmp)
     finally:
         tmp.unlink(missing_ok=True)
     return time.perf_counter() - started
+
+
+def copy_for_snapshot(db: Path) -> Path:
+    """A read-only copy of `db` beside the snapshot (by a child process: see `publish_snapshot`), to be
+    adopted as the snapshot (`adopt_snapshot`) or removed."""
+    target = snapshot_path(db)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        subprocess.run(["cp", "--", str(db), str(tmp)], check=True, capture_output=True)
+        os.chmod(tmp, 0o400 | (os.stat(db).st_mode & 0o040))  # read-only: nothing writes a snapshot in place
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def adopt_snapshot(db: Path, copy: Path) -> None:
+    """`copy` (from `copy_for_snapshot`) becomes the snapshot, by rename: a reader of the old one reads on."""
+    os.replace(copy, snapshot_path(db))
 
 
 # --- journal --------------------------------------------------------------------------------------

@@ -623,10 +623,15 @@ def connect(
         writer = _attachments.writer_lock(key)
         if not writer.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StoreBusy(f"database {target} is busy (this process is writing to it); try again shortly")
+    precopy = None
     try:
         outermost = write and _attachments.write_depth.get(key, 0) == 0
         if write:
             _attachments.write_depth[key] = _attachments.write_depth.get(key, 0) + 1
+        # A long write copies the file for the snapshot before it takes the file, while the others read on
+        # (taking the file first left them waiting for the copy); the copy is used only if nothing was
+        # written meanwhile (_begin_write), else it is made again under the lock as before.
+        precopy = _precopy_snapshot(target) if (outermost and snapshot) else None
         try:
             used, con, alias, generation = _attach(target, key, write, deadline)
             reading = _attachments.held_for_reading()
@@ -640,12 +645,12 @@ def connect(
                     refuse_newer_schema(con, target)  # neither read nor written by older software
                     if outermost:
                         ensure_current(con)
-                        _begin_write(con, target, snapshot)
+                        _begin_write(con, target, snapshot, precopy)
                     try:
                         yield con
                     finally:
                         if outermost:
-                            _end_write(con, target)
+                            _end_write(con, target, snapshot)
                 finally:
                     con.close()
             except (duckdb.FatalException, duckdb.InternalException):
@@ -670,6 +675,8 @@ def connect(
                 else:
                     _attachments.release(used, write, generation)
         finally:
+            if precopy is not None:
+                precopy[0].unlink(missing_ok=True)  # not used (it was renamed into place if it was)
             if write:
                 _attachments.write_depth[key] -= 1
     finally:
@@ -775,12 +782,36 @@ def write_in_progress(path: str | os.PathLike | None = None) -> bool:
 
 # --- writes in progress: the state, the snapshot and the journal -------------------------------
 
-def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool) -> None:
-    """The first thing a write does (lock held, nothing written yet): mark the state as being written,
-    publish the snapshot when asked, apply the journal."""
+def _precopy_snapshot(target: Path) -> tuple[Path, int] | None:
+    """(a copy of `target`, the generation it holds), made before a long write takes the file, or None when
+    none can be made now (another write in progress, a write-ahead log, no room, the snapshot already current)."""
     state = sidecars.read_state(target)
-    if state.get("writer") is not None:
+    wal = Path(str(target) + ".wal")
+    if (state.get("writer") is not None or state.get("snapshot") == state["generation"] or not target.exists()
+            or (wal.exists() and wal.stat().st_size) or not _room_for_snapshot(target)):
+        return None
+    try:
+        return sidecars.copy_for_snapshot(target), state["generation"]
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool,
+                 precopy: tuple[Path, int] | None = None) -> None:
+    """The first thing a write does (lock held, nothing written yet): mark the state as being written,
+    publish the snapshot when asked (`precopy`, made before the lock, when nothing was written since), apply
+    the journal."""
+    state = sidecars.read_state(target)
+    crashed = state.get("writer") is not None
+    if crashed:
         state["generation"] += 1  # the last writer did not finish: it may have committed
+    if (snapshot and state.get("snapshot") != state["generation"] and precopy is not None and not crashed
+            and precopy[1] == state["generation"] and _checkpointed(con, target)):
+        try:
+            sidecars.adopt_snapshot(target, precopy[0])  # nothing was committed since the copy was made
+            state["snapshot"] = state["generation"]
+        except OSError:
+            pass  # made again below
     if (snapshot and state.get("snapshot") != state["generation"] and _room_for_snapshot(target)
             and _checkpointed(con, target)):
         try:
@@ -815,10 +846,16 @@ def _checkpointed(con: duckdb.DuckDBPyConnection, target: Path) -> bool:
     return not wal.exists() or wal.stat().st_size == 0
 
 
-def _end_write(con: duckdb.DuckDBPyConnection, target: Path) -> None:
-    """The last thing a write does (lock still held): apply what was journaled meanwhile, move the generation on."""
+def _end_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool = False) -> None:
+    """The last thing a write does (lock still held): apply what was journaled meanwhile, move the generation
+    on. A long write (`snapshot`) checkpoints first, while the others still read the snapshot: the checkpoint
+    of DETACH then has little left to write, and they wait only for that (a failing checkpoint is left to
+    DETACH, which reports it)."""
     try:
         _flush(con, target)
+        if snapshot:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("CHECKPOINT")
     except duckdb.Error:
         pass  # left in the journal for the next write; never in the way of the caller's own outcome
     finally:

@@ -395,3 +395,51 @@ def test_the_flusher_gathers_journaled_entries_then_applies_them(tmp_path, monke
 def _entries_actors(db):
     with store.connect(db) as con:
         return [r[0] for r in con.execute("SELECT actor FROM audit_log").fetchall()]
+
+
+COUNT_PATIENTS = """
+import sys
+from analytics import store
+with store.connect(sys.argv[1], wait=60) as con:
+    print(con.execute("SELECT count(*) FROM patients").fetchall()[0][0])
+"""
+INSERT_PATIENT = """
+import sys
+from analytics import store
+with store.transaction(sys.argv[1], wait=60) as con:
+    con.execute("INSERT INTO patients (patient_id) VALUES (?)", [sys.argv[2]])
+"""
+
+
+def _in_other_process(script: str, *args) -> str:
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("write_in_between", [False, True])
+def test_a_long_writes_snapshot_copied_before_it_takes_the_file_holds_every_commit(tmp_path, monkeypatch,
+                                                                                     write_in_between):
+    # The copy is made while the others read on; a commit of another process between the copy and the lock
+    # must not be missing from what they read while the long write runs.
+    db = _with_patients(tmp_path)
+    copies, made = [], store._precopy_snapshot
+
+    def precopy(target):
+        copied = made(target)
+        copies.append(copied is not None)
+        if write_in_between:
+            _in_other_process(INSERT_PATIENT, db, "between")
+        return copied
+    monkeypatch.setattr(store, "_precopy_snapshot", precopy)
+    published = []
+    monkeypatch.setattr(sidecars, "publish_snapshot", lambda target, real=sidecars.publish_snapshot: published.append(1) or real(target))
+    with store.transaction(db, snapshot=True) as con:
+        con.execute("INSERT INTO patients (patient_id) VALUES ('uncommitted')")
+        # another process reads the snapshot meanwhile: every commit, not this write's
+        assert _in_other_process(COUNT_PATIENTS, db) == ("4" if write_in_between else "3")
+    assert copies == [True]
+    assert published == ([1] if write_in_between else [])  # the early copy is used only when nothing came in between
+    assert _count(db) == (5 if write_in_between else 4)
+    assert not list(tmp_path.glob("*.tmp"))
