@@ -74,7 +74,7 @@ def test_a_record_view_that_cannot_be_audited_hands_out_nothing_and_records_noth
 
     def audit_store_full(*args, **kwargs):
         raise audit.AuditError("the audit trail could not be written")
-    monkeypatch.setattr(audit, "_append", audit_store_full)
+    monkeypatch.setattr(audit, "_append_many", audit_store_full)  # every entry is written through it
     with pytest.raises(audit.AuditError):
         mine.patient_record(first["dr_okafor"], page="patient")
     monkeypatch.undo()
