@@ -59,8 +59,20 @@ def test_an_admins_dashboard_export_identifies_nobody(clinic):
     blob = data_screen.export_zip(Workspace(DataAccess(clinic, ADMIN)))
     files = _unzip(blob)
     text = blob.decode("latin-1") + json.dumps(files)
-    for secret in ["P1", "P2", "1961", "1990", "2024-01-08", "2024-01-02", "Jane Smith", RAW_SCORE_LINE]:
+    for secret in ["P1", "P2", "1961", "1990", "Jane Smith", RAW_SCORE_LINE]:
         assert secret not in text, secret
+    # Every date of a patient is moved back by the same 1-364 days, so none is the real one. (A blanket search
+    # for the real date strings failed at random: another date moved by a random shift may land on one.)
+    real = {"P1": {"enrolled": "2024-01-02", "treatments": ["2024-01-08", "2024-01-11", "2024-02-20"], "assessments": ["2024-01-07"]},
+            "P2": {"enrolled": "2024-01-05", "treatments": ["2024-01-09"], "assessments": ["2024-01-08"]}}
+    for pid, dates in real.items():
+        code = deidentify.pseudonym(pid)
+        enrolled = next(p["enrolled_on"] for p in files["patients"] if p["patient_id"] == code)
+        shift = pd.Timestamp(dates["enrolled"]) - pd.Timestamp(enrolled)
+        assert timedelta(days=1) <= shift <= timedelta(days=364)
+        for table in ("treatments", "assessments"):
+            shown = sorted(pd.Timestamp(r["administered_on"]).normalize() for r in files[table] if r["patient_id"] == code)
+            assert [d + shift for d in shown] == [pd.Timestamp(d) for d in dates[table]], (pid, table)
     assert {p["birth_year"] for p in files["patients"]} == {""}
     assert "raw_line" not in files["rejected"][0]
     assert files["rejected"][0]["line"] == "2" and files["rejected"][0]["column"] == "item_1"
