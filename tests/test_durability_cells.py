@@ -183,3 +183,25 @@ def test_scores_already_in_order_are_not_sorted_again_and_give_the_same_data(shu
     assert np.array_equal(d.total, expected["total"].to_numpy()) and np.array_equal(d.line, expected["line"].to_numpy())
     ids = expected["patient_id"].to_numpy()
     assert list(d.patient_ids) == list(pd.unique(ids)) and len(d.cycle_start) == len(expected.groupby(["patient_id", "cycle_no"]))
+
+
+def test_the_chunks_are_cut_where_the_patient_by_patient_walk_cut_them(data, monkeypatch):
+    """_Data.chunks finds each chunk's end by one search: the same whole-patient chunks as the walk it replaced."""
+    for cells, least in ((60, 30), (200, 30), (10**6, 30), (60, 2_000)):
+        monkeypatch.setattr(measured, "CHUNK_CELLS", cells * len(measured.T_GRID) * len(measured.DEPTHS))
+        monkeypatch.setattr(measured, "MIN_CHUNK_SCORES", least)
+        d = measured._Data(data.days, data.total, data.line, data.cycle_start, data.cycle_patient, data.patient_start,
+                           data.patient_ids)
+        per_chunk = max(min(measured.CHUNK_CELLS // (len(measured.T_GRID) * len(measured.DEPTHS)),
+                            -(-len(d.days) // measured.SPLIT_CHUNKS)), measured.MIN_CHUNK_SCORES)
+        s_end = np.r_[d.cycle_start[1:], len(d.days)]
+        c_end = np.r_[d.patient_start[1:], len(d.cycle_start)]
+        walked, p = [], 0
+        while p < d.n_patients:
+            limit = d.cycle_start[d.patient_start[p]] + per_chunk
+            q = p + 1
+            while q < d.n_patients and s_end[c_end[q] - 1] <= limit:
+                q += 1
+            walked.append((p, q))
+            p = q
+        assert [(ch.p, ch.q) for ch in d.chunks] == walked

@@ -369,13 +369,13 @@ class _Data:
         per_score = len(T_GRID) * len(DEPTHS)
         # at least SPLIT_CHUNKS chunks once there is enough work to share (the search's subsample too)
         scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // SPLIT_CHUNKS)), MIN_CHUNK_SCORES)
+        patient_end = s_end[c_end - 1]   # one past each patient's last score (non-decreasing)
         out, p = [], 0
         while p < self.n_patients:
             first_score = self.cycle_start[self.patient_start[p]]
             limit = first_score + scores_per_chunk
-            q = p + 1
-            while q < self.n_patients and s_end[c_end[q] - 1] <= limit:
-                q += 1
+            # the patients after p that end within the limit join the chunk (one search, not a step per patient)
+            q = max(p + 1, int(np.searchsorted(patient_end, limit, side="right")))
             c0, c1 = self.patient_start[p], c_end[q - 1]
             s0, s1 = self.cycle_start[c0], s_end[c1 - 1]
             out.append(_Chunk(p, q, c0, c1, s0, s1, _sums(self.cycle_start[c0:c1] - s0, s1 - s0, np.float32),
