@@ -216,3 +216,21 @@ def test_the_measurement_model_carries_the_headline_and_the_definitions_stay_as_
     with pytest.raises(RuntimeError, match="the fit failed"):
         cohort_durability(few, instrument="PHQ-9", n_boot=5, model=failing)
     assert threading.active_count() == before
+
+
+def test_the_bootstrap_gives_the_same_figures_on_any_number_of_threads_and_batches(cycles):
+    """The replicates' weights are drawn once, in order, and each replicate's EM is its own: one, two or three
+    workers and batches of any size give the same curves, bands and quantile intervals, bit for bit."""
+    import threading
+
+    from analytics.durability.bootstrap import cluster_bootstrap_turnbull
+
+    args = (cycles["left_days"].to_numpy(), cycles["right_days"].to_numpy(), cycles["patient_id"].to_numpy())
+    before = threading.active_count()
+    runs = [cluster_bootstrap_turnbull(*args, n_boot=40, seed=3, workers=w, max_chunk_cells=cells)
+            for w, cells in ((1, 5_000_000), (2, 5_000_000), (3, 2_000))]
+    assert threading.active_count() == before
+    for other in runs[1:]:
+        for field in ("s_lo", "s_hi"):
+            assert np.array_equal(getattr(runs[0], field), getattr(other, field))
+        assert runs[0].quantile_ci == other.quantile_ci and runs[0].quantiles == other.quantiles
