@@ -234,3 +234,23 @@ def test_the_bootstrap_gives_the_same_figures_on_any_number_of_threads_and_batch
         for field in ("s_lo", "s_hi"):
             assert np.array_equal(getattr(runs[0], field), getattr(other, field))
         assert runs[0].quantile_ci == other.quantile_ci and runs[0].quantiles == other.quantiles
+
+
+def test_a_batch_of_replicates_reusing_its_arrays_gives_each_replicates_own_em(cycles):
+    """turnbull.em on a batch (its temporaries made in reused arrays) gives every row the masses that row gets
+    alone (the plain path), to the last bit, and the same number of cycles."""
+    from analytics.durability.bootstrap import aggregate_days, patient_bootstrap_weights
+    from analytics.durability.turnbull import em, make_design
+    from scipy import sparse
+
+    uL, uR, pair = aggregate_days(cycles["left_days"].to_numpy(), cycles["right_days"].to_numpy())
+    design = make_design(uL, uR)
+    clus = pd.factorize(cycles["patient_id"])[0]
+    M = sparse.csr_matrix((np.ones(pair.size), (pair, clus)), shape=(uL.size, clus.max() + 1))
+    weights = np.asarray((M @ patient_bootstrap_weights(clus.max() + 1, 12, seed=5).astype(float).T).T)
+    p0 = np.bincount(pair, minlength=uL.size).astype(float)
+    start = em(design, p0, tol=1e-7, max_iter=50000)[0][0]
+    batch, cycles_used = em(design, weights, p0=start, tol=1e-5, max_iter=100, ll_tol=1e-9)
+    alone = [em(design, w, p0=start, tol=1e-5, max_iter=100, ll_tol=1e-9) for w in weights]
+    assert np.array_equal(batch, np.vstack([p for p, _ in alone]))
+    assert cycles_used == max(it for _, it in alone)

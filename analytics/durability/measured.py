@@ -58,7 +58,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize, sparse, special, stats
-from scipy.sparse import _sparsetools
+
+from .arrays import Scratch as _Scratch
+from .arrays import sparse_product as _sparse_product
 
 REQUIRED = ("patient_id", "cycle_no", "days", "total", "line")
 T_GRID = np.exp(np.linspace(math.log(1.0), math.log(730.0), 36))   # cycle durability, days
@@ -131,24 +133,6 @@ def one_blas_thread():
 RATE = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(2.0)).astype(np.float32)
 
 
-class _Scratch:
-    """Arrays one worker reuses from chunk to chunk (and the search from pass to pass). A fresh array of a
-    chunk's size (tens of MB) is mapped by the allocator and faulted in page by page each time it is
-    made: at 100,000 patients that was about a third of the pass's CPU (system time). `get` gives the
-    first cells of the named array, grown when too small, shaped as asked; not zeroed."""
-
-    def __init__(self):
-        self._arrays: dict = {}
-
-    def get(self, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
-        n = math.prod(shape)
-        a = self._arrays.get(name)
-        if a is None or a.dtype != np.dtype(dtype) or a.size < n:
-            a = np.empty(n, dtype=dtype)
-            self._arrays[name] = a
-        return a[:n].reshape(shape)
-
-
 class _Workspaces:
     """The scratch arrays of one fit: one _Scratch lent to each chunk's work at a time (as many as run at
     once) and `shared`, the pass's own (the distinct days' table). Dropped with the fit: nothing is kept."""
@@ -167,18 +151,6 @@ class _Workspaces:
             yield scratch
         finally:
             self._free.put(scratch)
-
-
-def _sparse_product(A: sparse.csr_matrix, X: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """A @ X written into `out` (A's rows x X's columns, of A's and X's common dtype): scipy's own kernel
-    for a sparse matrix times a dense one (csr_matvecs: what `A @ X` calls), the same sums in the same
-    order, without a new result array each time."""
-    assert A.format == "csr" and A.dtype == X.dtype == out.dtype and X.ndim == out.ndim == 2
-    assert out.shape == (A.shape[0], X.shape[1]) and X.shape[0] == A.shape[1] and out.flags.c_contiguous
-    out[...] = 0
-    _sparsetools.csr_matvecs(A.shape[0], A.shape[1], X.shape[1], A.indptr, A.indices, A.data,
-                             np.ascontiguousarray(X).ravel(), out.ravel())
-    return out
 
 
 def _days_k(days, kappa: float) -> np.ndarray:
