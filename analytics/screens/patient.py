@@ -87,7 +87,7 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
-    fingerprint = record_fingerprint(record)
+    fingerprint = _kept_fingerprint(ws, record)
     return ws.memo(("patient_screen", patient_id, today, fingerprint),
                    lambda: _patient_screen(ws, patient_id, today, record, fingerprint))
 
@@ -113,6 +113,18 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
     # gives the same bytes; a tenth of the CPU of hashing each column with pandas.
     return tuple((name, len(frame), hashlib.blake2b(pickle.dumps(frame, protocol=5), digest_size=16).hexdigest())
                  for name, frame in sorted(record.items()))
+
+
+def _kept_fingerprint(ws: Workspace, record: dict[str, pd.DataFrame]) -> tuple:
+    """record_fingerprint(record), worked out once for these very frames: the data layer hands out the same
+    frames for a record it keeps (DataAccess.patient_record), and a frame's pickled bytes can change once pandas
+    has reorganised its blocks (a screen read it), though not its values. The memo holds the frames it was
+    worked out for and is used only for those same objects, so no other frames can take their identity."""
+    frames = tuple(record[name] for name in sorted(record))
+    kept = ws.memo(("record_fingerprint", *map(id, frames)), lambda: (frames, record_fingerprint(record)))
+    if len(kept[0]) == len(frames) and all(a is b for a, b in zip(kept[0], frames)):
+        return kept[1]
+    return record_fingerprint(record)
 
 
 def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame],
