@@ -170,7 +170,10 @@ def patient_rows(ws: Workspace, name: tuple, table: Callable[[], pd.DataFrame], 
     at = index.get_indexer([str(patient_id)])[0]
     if at < 0:
         return frame.iloc[:0]
-    return frame.iloc[order[bounds[at]:bounds[at + 1]]]
+    rows = order[bounds[at]:bounds[at + 1]]
+    if rows[-1] - rows[0] == len(rows) - 1:  # in order and together (the tables are built patient by patient):
+        return frame.iloc[rows[0]:rows[-1] + 1]  # a slice, not a take of every column (copy-on-write: no view leaks)
+    return frame.iloc[rows]
 
 
 class ItemAnswers(Mapping):
