@@ -154,6 +154,8 @@ def _granted_patients(db, username: str) -> list[str]:
 
 _GRANTS: dict[tuple, tuple[tuple, list[str]]] = {}  # (database, user) -> (change stamp, grants) last read
 
+_FLAGS: dict[tuple, tuple[tuple, pd.DataFrame]] = {}  # (database, scope, open only) -> (change stamp, flags) last read
+
 RECORDS_KEPT = 256  # patient records kept in the process (DataAccess.patient_record): a few dozen rows each
 _RECORDS: "OrderedDict[tuple, dict[str, pd.DataFrame]]" = OrderedDict()  # (db, scope, patient, version) -> record
 _RECORDS_GUARD = threading.Lock()
@@ -522,7 +524,22 @@ class DataAccess:
             [table, record_key])
 
     def safety_flags(self, open_only: bool = True) -> pd.DataFrame:
-        """Safety flags (positive PHQ-9 item 9 on a self-report) of patients whose record the scope may open."""
+        """Safety flags (positive PHQ-9 item 9 on a self-report) of patients whose record the scope may open.
+        Read again only when something was written since this scope's last read (`store.change_stamp`: raising
+        and acknowledging a flag are writes, in any process), so every page run may ask for them (the Patient
+        page and the Due list do); the frame handed out is shared: callers only read it."""
+        stamp = store.change_stamp(self.db)
+        key = (str(self.db), self.scope.cache_key, bool(open_only))
+        known = _FLAGS.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        flags = self._read_safety_flags(open_only)  # after the stamp: a write in between is read again next time
+        if len(_FLAGS) > 1_000:
+            _FLAGS.clear()
+        _FLAGS[key] = (stamp, flags)
+        return flags
+
+    def _read_safety_flags(self, open_only: bool) -> pd.DataFrame:
         clause, params = self._drill_filter()
         columns = ["flag_id", "patient_id", "raised_at", "reason", "acknowledged_at", "acknowledged_by", "acknowledgement_note"]
         where = clause + (" AND x.acknowledged_at IS NULL" if open_only else "")

@@ -102,3 +102,27 @@ def test_the_drawn_timeline_follows_a_write_and_stays_in_its_scope(clinic):
     assert any(x.startswith("2026-11-25T10:00") for x in drawn_scores(after))
     refused = patient.patient_screen(Workspace(DataAccess(db, clinician(other_handle, other_handle))), pid, TODAY)
     assert refused.refused and refused.assessments.empty
+
+
+def test_a_safety_flag_raised_in_another_process_after_a_read_shows_on_the_next_read(clinic):
+    """The open flags are read again only when something was written (store.change_stamp), in any process: a
+    flag raised by another process (a self-report handled by another server) shows at once, and an
+    acknowledged one is gone at once."""
+    import subprocess
+    import sys
+
+    from analytics import selfreport
+    from tests.conftest import ROOT
+
+    db, (handle, pid), _, _ = clinic
+    data = DataAccess(db, clinician(handle, handle))
+    assert pid not in set(data.safety_flags()["patient_id"])
+    raise_flag = ("import sys; from analytics import store\n"
+                  "with store.transaction(sys.argv[1]) as con:\n"
+                  "    con.execute(\"INSERT INTO safety_flags (patient_id, raised_at, reason) \"\n"
+                  "                \"VALUES (?, TIMESTAMP '2026-11-21 09:00', 'PHQ-9 item 9 = 2')\", [sys.argv[2]])\n")
+    subprocess.run([sys.executable, "-c", raise_flag, str(db), pid], cwd=ROOT, check=True)
+    flags = data.safety_flags()
+    assert flags[flags["patient_id"] == pid]["reason"].tolist() == ["PHQ-9 item 9 = 2"]
+    selfreport.acknowledge_flag(db, data.scope, int(flags[flags["patient_id"] == pid]["flag_id"].iloc[0]))
+    assert pid not in set(data.safety_flags()["patient_id"])
