@@ -23,7 +23,7 @@ from .. import clinic_time, course, outcomes, scales, visits, vocabulary
 from ..access import AccessDenied
 from ..ingest.rules import escape_formula
 from ..outcomes import DEFAULT_RULES, OutcomeRules
-from .workspace import Workspace
+from .workspace import Workspace, categories_as_text
 
 SEARCH_LIMIT = 20
 CYCLE_ENDS = {"loss": "loss of response", "next_infusion": "next infusion (no loss seen)",
@@ -135,7 +135,9 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
         return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, fingerprint=fingerprint)
     found = outcomes.patient_outcomes(t, a)  # every instrument's baseline and state, once
     thresholds = patient_thresholds(t, a, found=found)
-    cycles = patient_rows(ws, ("cycles", scales.PRIMARY), lambda: ws.cycles(scales.PRIMARY), patient_id)
+    # the cycle table's labels are categoricals (workspace.cycle_labels_as_categories): this patient's as text
+    cycles = categories_as_text(patient_rows(ws, ("cycles", scales.PRIMARY), lambda: ws.cycles(scales.PRIMARY),
+                                             patient_id))
     rows = patient_rows(ws, ("suggestions", scales.PRIMARY, today), lambda: ws.suggestions(scales.PRIMARY, today),
                         patient_id)
     last = t["administered_at"].max() if len(t) else None
