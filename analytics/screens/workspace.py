@@ -433,6 +433,12 @@ class WorkspaceCache:
         self._saver: threading.Thread | None = None
         self._active = time.monotonic()  # the last page run's ask for a workspace
         self._released = 0  # how far memory was handed back since then: 0 nothing, 1 trimmed, 2 models forgotten too
+        # Views whose tables wait to be built for a newer version: view key -> (scope, old tables, version). One
+        # thread builds them one view at a time, the most recently used first: after an import every view of
+        # every signed-in user is out of date at once, and a thread per view made them all compete with the
+        # page runs of the same process for the one interpreter lock (docs/performance.md, wave 8).
+        self._due: dict[tuple, tuple] = {}
+        self._refresher: threading.Thread | None = None
 
     def workspace(self, db, scope: Scope) -> Workspace:
         data = DataAccess(db, scope)
@@ -467,8 +473,8 @@ class WorkspaceCache:
             if tables is not None and len(tables):
                 if view.refreshing != version:
                     view.refreshing = version
-                    threading.Thread(target=self._refresh, args=(key, scope, tables, version), daemon=True,
-                                     name="workspace-refresh").start()
+                    self._due[key] = (scope, tables, version)
+                    self._start_refresher()
                 return Workspace(data, tables, updating=True)
             view.tables = Tables(version, _imported_at(version))
             self._forget_beyond_limit()
@@ -479,6 +485,26 @@ class WorkspaceCache:
         ws = self.workspace(db, scope)
         if not ws.updating:
             threading.Thread(target=_quietly, args=(warm, ws), daemon=True, name="workspace-prepare").start()
+
+    def _start_refresher(self) -> None:
+        """(Under the guard.) Start the thread that builds the due views' tables, unless it runs."""
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_due, daemon=True, name="workspace-refresh")
+            self._refresher.start()
+
+    def _refresh_due(self) -> None:
+        try:
+            while True:
+                with self._guard:
+                    if not self._due:
+                        return
+                    key = max(self._due, key=lambda k: self._views[k].last_used if k in self._views else 0.0)
+                    scope, old, version = self._due.pop(key)
+                self._refresh(key, scope, old, version)
+        finally:
+            with self._guard:
+                if self._refresher is threading.current_thread():
+                    self._refresher = None
 
     def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple) -> None:
         fresh = Tables(version, _imported_at(version))
@@ -496,7 +522,9 @@ class WorkspaceCache:
             view = self._views.get(key)
             if view is None:
                 return
-            if fresh is not None and view.tables is old:
+            # the view's tables as they were when it was found out of date, or (a newer version came meanwhile
+            # and this build is of it) whatever an earlier build put there since
+            if fresh is not None and (view.tables is old or view.refreshing == version):
                 view.tables = fresh
             if view.refreshing == version:
                 view.refreshing = None
@@ -538,6 +566,7 @@ class WorkspaceCache:
     def clear(self) -> None:
         with self._guard:
             self._views.clear()
+            self._due.clear()
 
     def save_due(self, quiet_s: float = SAVE_AFTER_QUIET_S) -> int:
         """Save every view whose tables gained something `quiet_s` ago or more and nothing since, if they
