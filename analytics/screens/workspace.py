@@ -351,6 +351,9 @@ def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
 
     def kept():
         found = saved.load_clinic(clinic_data.db, code, version)
+        if found is None:  # another process (an import) may be fitting it: its file, once it is done
+            saved.wait_for_clinic_fit(clinic_data.db, code)
+            found = saved.load_clinic(clinic_data.db, code, version)
         loaded.append(found)
         return found
     model = intervals.clinic_model(whole_clinic_data(clinic_data), code, DEFAULT_RULES, kept=kept)
@@ -394,8 +397,10 @@ def fit_and_save_clinic_model(db, instrument: str = scales.PRIMARY) -> bool:
     True when a file was written."""
     if not saved.enabled():
         return False
-    clinic_model(DataAccess(db, SYSTEM), scales.get(instrument).code).model  # noqa: B018 - the fit
-    return save_clinic_models() > 0
+    code = scales.get(instrument).code
+    with saved.fitting_clinic(db, code):  # the dashboard's processes wait for this file instead of fitting beside
+        clinic_model(DataAccess(db, SYSTEM), code).model  # noqa: B018 - the fit
+        return save_clinic_models() > 0
 
 
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
