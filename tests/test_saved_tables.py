@@ -128,7 +128,7 @@ def test_a_dashboard_process_waits_for_the_model_another_process_is_fitting_and_
     def no_fit(*args, **kwargs):
         raise AssertionError("the model was fitted beside the process fitting it")
     monkeypatch.setattr(intervals, "fit_clinic_model", no_fit)
-    model = workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9")
+    model = workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9", wait_for_others=True)  # (the background refresh)
     assert tuple(model.version) == tuple(DataAccess(db).data_version())
     assert [entry[2] for entry in workspace._CLINIC_MODELS.values()] == [True]  # loaded from the file
 
@@ -149,7 +149,7 @@ def test_a_dashboard_process_fits_the_model_itself_when_the_other_fit_takes_too_
         return Fitted()
     monkeypatch.setattr(intervals, "fit_clinic_model", fit)
     try:
-        assert isinstance(workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9"), Fitted)
+        assert isinstance(workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9", wait_for_others=True), Fitted)
     finally:
         os.close(fd)
     assert fitted == [tuple(DataAccess(db).data_version())]
@@ -176,6 +176,39 @@ def test_the_import_holds_the_fit_lock_while_it_fits_and_saves_the_model(db, tmp
     assert held == [True]
     assert saved.load_clinic(db, "PHQ-9", DataAccess(db).data_version()) is not None
     assert not saved.wait_for_clinic_fit(db, "PHQ-9", timeout=5)  # let go: nobody waits for it
+
+
+def test_a_page_shown_while_its_tables_are_updated_reads_their_own_versions_model_and_fits_nothing(db, tmp_path,
+                                                                                                  monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    cache = WorkspaceCache()
+    first, _ = cohort_visit(cache, db)
+    old = tuple(first.tables.version)
+    assert tuple(first.clinic("PHQ-9").version) == old
+    one_more_score(db, tmp_path)  # an import: the background refresh fits the new version's model
+    real_fit, gate, fits = intervals.fit_clinic_model, threading.Event(), []
+
+    def fit(*args, **kwargs):
+        fits.append(threading.current_thread().name)
+        gate.wait(10)  # a long fit: the pages run meanwhile
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(intervals, "fit_clinic_model", fit)
+    try:
+        ws, screen = cohort_visit(cache, db)  # (a filtered selection's median and the disclosure read the model)
+        site = cohort.cohort_choices(ws, "PHQ-9").subsets[1]
+        filtered = cohort.cohort_page(ws, cohort.chosen_filters("PHQ-9", site), TODAY)
+        assert ws.updating and tuple(ws.tables.version) == old and screen.headline["patients"]
+        assert filtered.headline["patients"] and tuple(ws.clinic("PHQ-9").version) == old
+        assert set(fits) <= {"workspace-refresh"}  # the page fitted nothing and waited for no fit
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating:
+        assert time.monotonic() < deadline, "the new version's tables were not built"
+        time.sleep(0.05)
+    assert fits == ["workspace-refresh"]
+    assert tuple(current.clinic("PHQ-9").version) == tuple(DataAccess(db).data_version()) != old
 
 
 def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):

@@ -179,10 +179,12 @@ def labels_as_categories(frame: pd.DataFrame, columns) -> None:
 
 
 class Workspace:
-    def __init__(self, data: DataAccess, tables: Tables | None = None, *, updating: bool = False):
+    def __init__(self, data: DataAccess, tables: Tables | None = None, *, updating: bool = False,
+                 background: bool = False):
         self.data = data
         self.tables = tables if tables is not None else Tables()
         self.updating = updating  # a newer data version exists; these tables are the previous one's
+        self.background = background  # built by the background refresh, not for a page run
 
     @property
     def as_of(self) -> str | None:
@@ -244,8 +246,21 @@ class Workspace:
     def clinic(self, instrument: str = scales.PRIMARY) -> intervals.ClinicModel:
         """The whole clinic's cycles and durability model of this data version (one fit per process
         and data version, shared by every view; its aggregate parameters identify no one). Loaded
-        from the saved tables when a server fitted it before; saved once fitted (saved.py)."""
-        return clinic_model(self.clinic_data(), scales.get(instrument).code)
+        from the saved tables when a server fitted it before; saved once fitted (saved.py).
+
+        Tables of the previous version (`updating`) are read with the model they were built with while this
+        process holds it (or its file is still that version's): a page is not held up fitting, or waiting for,
+        the new version's model that the background refresh is about to build, and its figures stay those of
+        one version. The background refresh waits for another process's fit of the same model (an import's)
+        instead of fitting it beside; a page run never waits for another process."""
+        code = scales.get(instrument).code
+        if self.updating:
+            db, version = self.data.db, tuple(self.tables.version)
+            held = intervals.held_clinic_model(db, version, code, DEFAULT_RULES,
+                                               kept=lambda: saved.load_clinic(db, code, version))
+            if held is not None:
+                return held
+        return clinic_model(self.clinic_data(), code, wait_for_others=self.background)
 
     def clinic_data(self) -> DataAccess:
         """The whole clinic's rows, for the one model only: nothing of it is shown beyond this view's rows."""
@@ -344,14 +359,16 @@ _CLINIC_MODELS: dict[tuple, list] = {}
 _CLINIC_GUARD = threading.Lock()
 
 
-def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
-    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted."""
+def clinic_model(clinic_data: DataAccess, code: str, wait_for_others: bool = False) -> intervals.ClinicModel:
+    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted.
+    `wait_for_others`: when another process is fitting it to save it (an import), wait for its file
+    (saved.wait_for_clinic_fit) before fitting it here; only the background refresh waits, never a page run."""
     version = tuple(clinic_data.data_version())
     loaded = []
 
     def kept():
         found = saved.load_clinic(clinic_data.db, code, version)
-        if found is None:  # another process (an import) may be fitting it: its file, once it is done
+        if found is None and wait_for_others:  # another process (an import) may be fitting it: its file once done
             saved.wait_for_clinic_fit(clinic_data.db, code)
             found = saved.load_clinic(clinic_data.db, code, version)
         loaded.append(found)
@@ -513,12 +530,16 @@ class WorkspaceCache:
 
     def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple) -> None:
         fresh = Tables(version, _imported_at(version))
-        ws = Workspace(DataAccess(key[0], scope), fresh)
+        ws = Workspace(DataAccess(key[0], scope), fresh, background=True)
         try:
             for table in old.keys():
                 warm = _WARMERS.get(table[0])
                 if warm is not None:
                     warm(ws, table)
+            # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
+            # page): the new tables are shown with theirs, so the first page run after the swap fits nothing
+            for code in intervals.held_instruments(key[0], old.version):
+                ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
         except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
             print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
                   file=sys.stderr, flush=True)
