@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc malloc.h
 MMAP_THRESHOLD_BYTES = 4 * 2**20
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    # once per process: find_library runs `ldconfig -p` in a child process (~2.6 ms a call), and the
+    # dashboard tunes the allocator on every page run
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 

@@ -124,3 +124,17 @@ def test_an_empty_course_keeps_the_column_types_it_had(frames):
     cycles = course.cycles_from_course(built, frames["patients"], frames["attributes"])
     assert cycles["patient_id"].dtype == object and isinstance(cycles["censor_reason"].dtype, pd.StringDtype)
     assert len(course.cycle_scores(built)) == 0
+
+
+@pytest.mark.parametrize("instrument", ["PHQ-9", "MADRS"])
+def test_the_settled_in_response_scores_are_those_rows_of_the_whole_table(frames, instrument):
+    """What the measurement model reads (intervals.model_scores), made without the whole table first."""
+    built = course.build_course(frames["treatments"], frames["assessments"], instrument)
+    whole = course.cycle_scores(built)
+    kept = whole["settled"].to_numpy(dtype=bool) & (whole["start_kind"].to_numpy() == "in_response")
+    assert 0 < kept.sum() < len(whole)
+    pd.testing.assert_frame_equal(course.cycle_scores(built, settled_in_response=True), whole[kept], check_exact=True)
+    none = built.infusions.assign(start_kind="recaptured")  # rows, but none kept: the same empty frame
+    gone = course.Course(built.instrument, none, built.scores, built.baselines, built.patients_first_response)
+    pd.testing.assert_frame_equal(course.cycle_scores(gone, settled_in_response=True),
+                                  course.cycle_scores(gone).iloc[:0], check_exact=True)

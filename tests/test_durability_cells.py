@@ -75,3 +75,86 @@ def test_without_a_bundled_openblas_the_model_runs_as_it_is(monkeypatch):
     monkeypatch.setattr(measured, "_numpy_openblas", lambda: None)   # another BLAS: nothing to set
     with measured.one_blas_thread():
         assert np.allclose(np.ones((3, 3)) @ np.ones(3), 3.0)
+
+
+# --- wave 8: the pass's arrays reused from chunk to chunk (measured._Scratch, _Workspaces, _sparse_product) ---
+
+def test_a_sparse_product_written_into_a_reused_array_is_scipys_product():
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        starts = np.r_[0, np.cumsum(rng.integers(1, 6, 300))[:-1]]
+        n_rows = int(starts[-1]) + 4
+        A = measured._sums(starts, n_rows, dtype)
+        X = rng.normal(size=(n_rows, 17)).astype(dtype)
+        out = np.full((len(starts) + 5) * 17, np.nan, dtype=dtype)[:len(starts) * 17].reshape(len(starts), 17)
+        assert np.array_equal(measured._sparse_product(A, X, out), A @ X)
+
+
+def test_cells_made_in_reused_arrays_are_the_fresh_cells(data):
+    """A scratch that made another chunk's cells before (larger, then smaller; censored rows of both sides)
+    gives the same cells as fresh arrays, by the table and directly."""
+    scratch = measured._Scratch()
+    table = measured._returned_table(data, 1.5)
+    half = len(data.days) // 2
+    for sl in (slice(0, len(data.days)), slice(half, len(data.days)), slice(0, half)):
+        part = None if table is None else (table[0], table[1][sl])
+        for returned in (part, None):
+            fresh = measured._trend_cells(data.days[sl], data.total[sl], data.line[sl], 2.0, 1.5, SCALE_MAX, returned)
+            reused = measured._trend_cells(data.days[sl], data.total[sl], data.line[sl], 2.0, 1.5, SCALE_MAX, returned,
+                                           scratch)
+            assert np.array_equal(fresh.view(np.int32), reused.view(np.int32))
+
+
+def _old_patient_loglik(data, sigma, kappa, within_sd, scale_max):
+    """The pass as it was before its arrays were reused (main at wave 7), one chunk after another."""
+    W = measured._within_weights(within_sd).T
+    n_depth = len(measured.DEPTHS)
+    out = np.empty((data.n_patients, n_depth, len(measured.MU_GRID)))
+    returned = measured._returned_table(data, kappa)
+    for ch in data.chunks:
+        base, neg = measured._chunk_cycle_terms(data, ch, sigma, kappa, scale_max, "trend", returned)
+        least = neg.min(axis=2, keepdims=True)
+        e = np.subtract(least, neg, out=neg)
+        np.exp(e, out=e)
+        L = e.reshape(-1, len(measured.T_GRID)) @ W.astype(e.dtype)
+        np.maximum(L, 1e-30, out=L)
+        np.log(L, out=L)
+        top = base[:, None] - least[:, :, 0]
+        P = (ch.cycles_to_patients32 @ L.reshape(len(neg), -1)).astype(np.float64)
+        P = P.reshape(-1, n_depth, len(measured.MU_GRID))
+        P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
+        out[ch.p:ch.q] = P
+    return np.ascontiguousarray(np.transpose(out, (0, 2, 1)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_likelihoods_with_reused_arrays_are_the_old_ones_on_any_number_of_threads(data, monkeypatch, threads):
+    """Several chunks (a small chunk size), one set of workspaces shared by passes with other parameters,
+    one or two chunk threads: every patient's likelihood bitwise the one of the old pass; no thread is left."""
+    import threading
+
+    monkeypatch.setattr(measured, "FIT_THREADS", threads)
+    monkeypatch.setattr(measured, "CHUNK_CELLS", 60 * len(measured.T_GRID) * len(measured.DEPTHS))
+    monkeypatch.setattr(measured, "MIN_CHUNK_SCORES", 30)
+    d = measured._Data(data.days, data.total, data.line, data.cycle_start, data.cycle_patient, data.patient_start,
+                       data.patient_ids)   # its own chunks at this chunk size
+    assert len(d.chunks) >= 4
+    before = threading.active_count()
+    spaces = measured._Workspaces()
+    for sigma, kappa, within in ((2.2, 1.7, 0.45), (0.8, 0.5, 1.2), (2.2, 1.7, 0.45)):
+        assert np.array_equal(measured._patient_loglik(d, sigma, kappa, within, SCALE_MAX, spaces=spaces),
+                              _old_patient_loglik(d, sigma, kappa, within, SCALE_MAX))
+    assert threading.active_count() == before
+
+
+def test_the_pass_gives_the_same_numbers_on_one_or_two_threads(data, monkeypatch):
+    """The chunks (and so their float32 sums, which differ in the last bits with the chunk sizes) do not
+    depend on how many threads work on them: a one-core machine fits the same model, to the last bit."""
+    monkeypatch.setattr(measured, "MIN_CHUNK_SCORES", 30)   # so that this small clinic's passes are split
+    passes = []
+    for threads in (1, 2):
+        monkeypatch.setattr(measured, "FIT_THREADS", threads)
+        d = measured._Data(data.days, data.total, data.line, data.cycle_start, data.cycle_patient,
+                           data.patient_start, data.patient_ids)
+        passes.append(measured._patient_loglik(d, 2.2, 1.7, 0.45, SCALE_MAX))
+    assert np.array_equal(passes[0], passes[1])

@@ -194,3 +194,25 @@ def test_the_measurement_model_carries_the_headline_and_the_definitions_stay_as_
     assert lo < res["median_days"] < hi
     for g in res["groups"].values():
         assert g["estimate_source"] == "measurement model" and "definitions_median_days" in g
+    # the model given as a function (a fit from scratch): called on a thread of its own while the definitions'
+    # figures are computed, the same result; its failure is the caller's; no thread left behind
+    import threading
+
+    callers = []
+
+    def fitted():
+        callers.append(threading.get_ident())
+        return cm.model
+
+    def failing():
+        raise RuntimeError("the fit failed")
+
+    before = threading.active_count()
+    few = cm.cycles.iloc[:300]
+    given = cohort_durability(few, instrument="PHQ-9", n_boot=5, model=fitted)
+    assert json.dumps(given, sort_keys=True) == json.dumps(
+        cohort_durability(few, instrument="PHQ-9", n_boot=5, model=cm.model), sort_keys=True)
+    assert len(callers) == 1 and callers[0] != threading.get_ident()
+    with pytest.raises(RuntimeError, match="the fit failed"):
+        cohort_durability(few, instrument="PHQ-9", n_boot=5, model=failing)
+    assert threading.active_count() == before

@@ -248,10 +248,25 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
     as noisy measurements (the best estimate); the definitions read literally stay as a
     sensitivity analysis under definitions_* (docs/durability.md: how far apart they are, and
     which way). The counts are always the cycles a clinician sees. post_induction and the
-    subgroup test stay on the definitions.
+    subgroup test stay on the definitions. `model` may also be a function giving the fitted model (or
+    None), e.g. a clinic model's fit from scratch: it then runs on a thread of its own while the
+    definitions' figures (Turnbull and its bootstrap) are computed, as the two share nothing (the same
+    figures; on two cores the fit's one-thread parts and the bootstrap overlap), and is waited for.
     """
     if by is not None and by not in cycles.columns:
         raise ValueError(f"cohort_durability: no column {by!r} to group by")
+    if callable(model):
+        with ThreadPoolExecutor(1) as pool:   # left only when the fit is over, even if the definitions fail
+            fitting = pool.submit(model)
+            result, good = _definitions(cycles, instrument, by, n_boot, seed)
+            model = fitting.result()
+    else:
+        result, good = _definitions(cycles, instrument, by, n_boot, seed)
+    return _with_the_model(result, good, by, model)
+
+
+def _definitions(cycles: pd.DataFrame, instrument: str, by: str | None, n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
+    """cohort_durability's figures from the definitions read literally, and the valid cycles."""
     keep = [c for c in ("patient_id", "left_days", "right_days", "event", "cycle_no", "post_induction", by)
             if c is not None and c in cycles.columns]
     good, examples, n_bad = _clean(cycles[list(dict.fromkeys(keep))])
@@ -305,6 +320,11 @@ def cohort_durability(cycles: pd.DataFrame, *, instrument: str, by: str | None =
     result["excluded_cycles"] = n_bad
     if n_bad:
         result["exclusions"] = examples
+    return result, good
+
+
+def _with_the_model(result: dict, good: pd.DataFrame, by: str | None, model) -> dict:
+    """The definitions' result with the model's figures at its top (cohort_durability), or as it is."""
     if model is not None and len(good):
         pid = good["patient_id"].astype(str).to_numpy()
         result = with_model_figures(result, _model_summary(model, pid, ci=True))

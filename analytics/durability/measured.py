@@ -50,6 +50,7 @@ import functools
 import glob
 import math
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize, sparse, special, stats
+from scipy.sparse import _sparsetools
 
 REQUIRED = ("patient_id", "cycle_no", "days", "total", "line")
 T_GRID = np.exp(np.linspace(math.log(1.0), math.log(730.0), 36))   # cycle durability, days
@@ -67,6 +69,9 @@ NO_RESPONSE = len(DEPTHS) - 1
 MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and its noise
 CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
 FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
+SPLIT_CHUNKS = 2   # a pass is cut into at least this many chunks once there is enough work to share: fixed, not
+# FIT_THREADS, because the chunks' float32 products differ in their last bits with the chunk sizes, and the
+# fit must give the same numbers on any number of cores
 MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
 CELL_BLOCK_ROWS = 512      # scores per block of _trend_cells' steps (512 x 324 float32 cells: 0.66 MB)
 DISTINCT_DAYS_SHARE = 0.5  # the exp cells are made once per distinct day when there are at most this share of
@@ -126,6 +131,56 @@ def one_blas_thread():
 RATE = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(2.0)).astype(np.float32)
 
 
+class _Scratch:
+    """Arrays one worker reuses from chunk to chunk (and the search from pass to pass). A fresh array of a
+    chunk's size (tens of MB) is mapped by the allocator and faulted in page by page each time it is
+    made: at 100,000 patients that was about a third of the pass's CPU (system time). `get` gives the
+    first cells of the named array, grown when too small, shaped as asked; not zeroed."""
+
+    def __init__(self):
+        self._arrays: dict = {}
+
+    def get(self, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
+        n = math.prod(shape)
+        a = self._arrays.get(name)
+        if a is None or a.dtype != np.dtype(dtype) or a.size < n:
+            a = np.empty(n, dtype=dtype)
+            self._arrays[name] = a
+        return a[:n].reshape(shape)
+
+
+class _Workspaces:
+    """The scratch arrays of one fit: one _Scratch lent to each chunk's work at a time (as many as run at
+    once) and `shared`, the pass's own (the distinct days' table). Dropped with the fit: nothing is kept."""
+
+    def __init__(self):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self.shared = _Scratch()
+
+    @contextlib.contextmanager
+    def lend(self):
+        try:
+            scratch = self._free.get_nowait()
+        except queue.Empty:
+            scratch = _Scratch()
+        try:
+            yield scratch
+        finally:
+            self._free.put(scratch)
+
+
+def _sparse_product(A: sparse.csr_matrix, X: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """A @ X written into `out` (A's rows x X's columns, of A's and X's common dtype): scipy's own kernel
+    for a sparse matrix times a dense one (csr_matvecs: what `A @ X` calls), the same sums in the same
+    order, without a new result array each time."""
+    assert A.format == "csr" and A.dtype == X.dtype == out.dtype and X.ndim == out.ndim == 2
+    assert out.shape == (A.shape[0], X.shape[1]) and X.shape[0] == A.shape[1] and out.flags.c_contiguous
+    out[...] = 0
+    _sparsetools.csr_matvecs(A.shape[0], A.shape[1], X.shape[1], A.indptr, A.indices, A.data,
+                             np.ascontiguousarray(X).ravel(), out.ravel())
+    return out
+
+
 def _days_k(days, kappa: float) -> np.ndarray:
     """days^kappa (float32), as every score's cells read it."""
     return np.exp(kappa * np.log(np.maximum(days, 1e-3))).astype(np.float32)
@@ -136,7 +191,7 @@ def _neg_per_cell(kappa: float) -> np.ndarray:
     return -(RATE.astype(float)[:, None] * np.exp(-kappa * LOG_T)[None, :]).ravel().astype(np.float32)
 
 
-def _returned_table(data: "_Data", kappa: float):
+def _returned_table(data: "_Data", kappa: float, scratch: _Scratch | None = None):
     """(table, codes): exp(days^kappa x _neg_per_cell) for each distinct day of `data` (float32, one row
     a distinct day) and each score's row of it; None when the days are not much fewer than the scores
     (e.g. times recorded to the minute). The same element-wise operations as _trend_cells' direct path
@@ -144,20 +199,23 @@ def _returned_table(data: "_Data", kappa: float):
     days, codes = data.distinct_days
     if len(days) > DISTINCT_DAYS_SHARE * len(data.days):
         return None
-    table = np.multiply(_days_k(days, kappa)[:, None], _neg_per_cell(kappa)[None, :])
+    out = None if scratch is None else scratch.get("returned", (len(days), len(DEPTHS) * len(T_GRID)))
+    table = np.multiply(_days_k(days, kappa)[:, None], _neg_per_cell(kappa)[None, :], out=out)
     np.exp(table, out=table)
     return table, codes
 
 
 def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float,
-                 returned: tuple | None = None) -> np.ndarray:
+                 returned: tuple | None = None, scratch: _Scratch | None = None) -> np.ndarray:
     """-(log P(score | T, depth)) + the Gaussian constant, (n_scores, n_depth * n_T) float32, built in
     place: for an inner score that is ((total - latent) / (sigma' sqrt 2))^2 with latent = line *
     (2 - (2 - depth) exp(-x rate)), x = (days / T)^kappa (rounding folded into the variance,
     Sheppard); a score at 0 or the scale's maximum is censored there. Summed over a cycle's scores
     and subtracted from the constant times their number, this is the cycle's log-likelihood.
     `returned`: (table, codes) of _returned_table for these scores (codes: each score's row): the
-    exp(-x rate) cells are then read from the table, made once per distinct day (the same values)."""
+    exp(-x rate) cells are then read from the table, made once per distinct day (the same values).
+    `scratch`: the arrays are then its (the result too: valid until its next use)."""
+    scratch = scratch or _Scratch()
     s2 = sigma * sigma + 1.0 / 12.0
     a = math.sqrt(0.5 / s2)
     n, n_depth, n_t = len(days), len(DEPTHS), len(T_GRID)
@@ -167,7 +225,7 @@ def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float
     # total - latent = (total - 2 line) + line (2 - depth) exp(-x rate)
     scale = (line[:, None] * (2.0 - DEPTHS)[None, :] * a).astype(np.float32)
     shift = ((total - 2.0 * line) * a).astype(np.float32)
-    cells = np.empty((n, n_depth * n_t), dtype=np.float32)
+    cells = scratch.get("cells", (n, n_depth * n_t))
     # a block of rows at a time through every step, so it stays in the core's cache (the same
     # element-wise operations on each cell as on the whole array at once: the same values)
     for b in range(0, n, CELL_BLOCK_ROWS):
@@ -185,21 +243,42 @@ def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float
     edge = np.flatnonzero((total <= 0) | (total >= scale_max))
     if len(edge):
         low = total[edge] <= 0
-        rows, take = edge, None
+        rows, take = edge, np.arange(len(edge))
         if returned is not None and len(edge) > 1:
             # a censored score's cells depend only on its day, line and side: each distinct one is worked
             # out once and copied to its scores (100,000 patients: 50,113 of 105,673 censored scores)
             key = np.column_stack([returned[1][edge].astype(float), line[edge], low])
             _, first, take = np.unique(key, axis=0, return_index=True, return_inverse=True)
             rows, low, take = edge[first], low[first], take.reshape(-1)
-        back = np.exp(days_k[rows, None] * neg_per_cell[None, :]) if returned is None else returned[0][returned[1][rows]]
+        # the rows censored at 0 first, then those at the maximum: each side's steps on one slice, in place
+        side = np.r_[np.flatnonzero(low), np.flatnonzero(~low)]
+        place = np.empty_like(side)
+        place[side] = np.arange(len(side))
+        rows, take, k = rows[side], place[take], int(low.sum())
+        back = scratch.get("edge32", (len(rows), n_depth * n_t))
+        if returned is None:
+            np.multiply(days_k[rows, None], neg_per_cell[None, :], out=back)
+            np.exp(back, out=back)
+        else:
+            np.take(returned[0], returned[1][rows], axis=0, out=back)
         s = math.sqrt(s2)
-        u = line[rows, None] * (2.0 - np.repeat(2.0 - DEPTHS, n_t)[None, :] * back.astype(float))
-        ll = np.empty_like(u)
-        ll[low] = special.log_ndtr((0.5 - u[low]) / s)
-        ll[~low] = special.log_ndtr((u[~low] - scale_max + 0.5) / s)
-        ll = -0.5 * math.log(2 * math.pi * s2) - ll
-        cells[edge] = ll if take is None else ll[take]
+        # u = line (2 - (2 - depth) exp(-x rate)) in float64, then log P(censored there)
+        u = scratch.get("edge64", back.shape, np.float64)
+        np.copyto(u, back)
+        np.multiply(np.repeat(2.0 - DEPTHS, n_t)[None, :], u, out=u)
+        np.subtract(2.0, u, out=u)
+        np.multiply(line[rows, None], u, out=u)
+        at_low, at_top = u[:k], u[k:]
+        np.subtract(0.5, at_low, out=at_low)
+        np.divide(at_low, s, out=at_low)
+        special.log_ndtr(at_low, out=at_low)
+        np.subtract(at_top, scale_max, out=at_top)
+        np.add(at_top, 0.5, out=at_top)
+        np.divide(at_top, s, out=at_top)
+        special.log_ndtr(at_top, out=at_top)
+        np.subtract(-0.5 * math.log(2 * math.pi * s2), u, out=u)
+        np.copyto(back, u)   # to float32 (as assigning into the cells would)
+        cells[edge] = np.take(back, take, axis=0, out=scratch.get("edge_rows", (len(edge), n_depth * n_t)))
     return cells
 
 
@@ -288,8 +367,8 @@ class _Data:
         s_end = np.r_[self.cycle_start[1:], len(self.days)]
         c_end = np.r_[self.patient_start[1:], len(self.cycle_start)]
         per_score = len(T_GRID) * len(DEPTHS)
-        # at least FIT_THREADS chunks once there is enough work to share (the search's subsample too)
-        scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // FIT_THREADS)), MIN_CHUNK_SCORES)
+        # at least SPLIT_CHUNKS chunks once there is enough work to share (the search's subsample too)
+        scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // SPLIT_CHUNKS)), MIN_CHUNK_SCORES)
         out, p = [], 0
         while p < self.n_patients:
             first_score = self.cycle_start[self.patient_start[p]]
@@ -340,17 +419,20 @@ def _prepare(scores: pd.DataFrame) -> _Data:
 
 
 def _chunk_cycle_terms(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale_max: float,
-                       mode: str, returned: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       mode: str, returned: tuple | None = None,
+                       scratch: _Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(base, neg) with log P(cycle's scores | T, depth) = base[:, None, None] - neg for the chunk's
     cycles: neg (cycles, n_depth, n_T), float32 for the trend (float64, one depth, for the
-    threshold form: it does not depend on the depth). `returned`: _returned_table of `data` (or None)."""
+    threshold form: it does not depend on the depth). `returned`: _returned_table of `data` (or None).
+    `scratch`: neg is then its array (valid until the scratch's next use)."""
     sl = slice(ch.s0, ch.s1)
     if mode == "threshold":
         neg = ch.scores_to_cycles.astype(np.float64) @ -_threshold_cells(data.days[sl], data.total[sl], data.line[sl], sigma)
         return np.zeros(len(neg)), neg[:, None, :]
     cells = _trend_cells(data.days[sl], data.total[sl], data.line[sl], sigma, kappa, scale_max,
-                         None if returned is None else (returned[0], returned[1][sl]))
-    neg = ch.scores_to_cycles @ cells
+                         None if returned is None else (returned[0], returned[1][sl]), scratch)
+    neg = ch.scores_to_cycles @ cells if scratch is None else \
+        _sparse_product(ch.scores_to_cycles, cells, scratch.get("neg", (ch.c1 - ch.c0, cells.shape[1])))
     const = -0.5 * math.log(2 * math.pi * (sigma * sigma + 1.0 / 12.0))
     return (ch.scores_per_cycle * np.float32(const)), neg.reshape(-1, len(DEPTHS), len(T_GRID))
 
@@ -374,40 +456,45 @@ def _each_chunk(work, n_chunks: int) -> list:
 
 
 def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, scale_max: float,
-                    mode: str = "trend", terms: list | None = None) -> np.ndarray:
+                    mode: str = "trend", terms: list | None = None, spaces: _Workspaces | None = None) -> np.ndarray:
     """log P(patient's scores | mu, depth): (n_patients, n_mu, n_depth), or (n_patients, n_mu, 1)
     in the threshold form (the same for every depth); the depth is the patient's (their doses
     bring them to a similar level each time). T is integrated out on its grid. `terms`: the
     chunks' _chunk_cycle_terms when already at hand (the threshold form's do not change with
-    within_sd; they are not changed here)."""
+    within_sd; they are not changed here). `spaces`: the scratch arrays to reuse (a fit's search passes
+    share them); by default the pass's own."""
+    spaces = spaces or _Workspaces()
     W = _within_weights(within_sd).T
     n_depth = 1 if mode == "threshold" else len(DEPTHS)
-    out = np.empty((data.n_patients, n_depth, len(MU_GRID)))
-    returned = _returned_table(data, kappa) if terms is None and mode == "trend" else None
+    out = np.empty((data.n_patients, len(MU_GRID), n_depth))   # each chunk writes its rows in this order: no copy
+    returned = _returned_table(data, kappa, spaces.shared) if terms is None and mode == "trend" else None
 
     def one(i: int) -> None:
-        ch = data.chunks[i]
-        base, neg = terms[i] if terms is not None else _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode,
-                                                                          returned)
-        # the largest cell over T of each cycle and depth is taken out before the exp (and added back)
-        least = neg.min(axis=2, keepdims=True)
-        e = np.subtract(least, neg, out=neg if terms is None else None)
-        np.exp(e, out=e)
-        L = e.reshape(-1, len(T_GRID)) @ W.astype(e.dtype)
-        np.maximum(L, 1e-30, out=L)
-        np.log(L, out=L)
-        top = base[:, None] - least[:, :, 0]                               # (cycles, n_depth)
-        # log L is within [-69, 0] here: summed in its own precision (float32 for the trend: a
-        # float64 copy of the whole array cost more than the rest); the large part, top, in float64
-        to_patients = ch.cycles_to_patients if L.dtype == np.float64 else ch.cycles_to_patients32
-        P = (to_patients @ L.reshape(len(neg), -1)).astype(np.float64)
-        P = P.reshape(-1, n_depth, len(MU_GRID))
-        P += (ch.cycles_to_patients @ top.astype(np.float64))[:, :, None]
-        out[ch.p:ch.q] = P
+        with spaces.lend() as scratch:
+            ch = data.chunks[i]
+            base, neg = terms[i] if terms is not None else _chunk_cycle_terms(data, ch, sigma, kappa, scale_max, mode,
+                                                                              returned, scratch)
+            # the largest cell over T of each cycle and depth is taken out before the exp (and added back)
+            least = np.min(neg, axis=2, keepdims=True, out=scratch.get("least", neg.shape[:2] + (1,), neg.dtype))
+            e = np.subtract(least, neg, out=neg if terms is None else scratch.get("e", neg.shape, neg.dtype))
+            np.exp(e, out=e)
+            L = np.matmul(e.reshape(-1, len(T_GRID)), W.astype(e.dtype),
+                          out=scratch.get("L", (e.shape[0] * e.shape[1], len(MU_GRID)), e.dtype))
+            np.maximum(L, 1e-30, out=L)
+            np.log(L, out=L)
+            top = base[:, None] - least[:, :, 0]                               # (cycles, n_depth)
+            # log L is within [-69, 0] here: summed in its own precision (float32 for the trend: a
+            # float64 copy of the whole array cost more than the rest); the large part, top, in float64
+            to_patients = ch.cycles_to_patients if L.dtype == np.float64 else ch.cycles_to_patients32
+            L = L.reshape(len(neg), -1)
+            P = out[ch.p:ch.q]
+            summed = _sparse_product(to_patients, L, scratch.get("P", (ch.q - ch.p, L.shape[1]), L.dtype))
+            np.copyto(P, summed.reshape(-1, n_depth, len(MU_GRID)).transpose(0, 2, 1))   # to float64, (mu, depth)
+            P += (ch.cycles_to_patients @ top.astype(np.float64))[:, None, :]
 
     # chunks write their own patients' rows: several at a time in the pass over a large clinic (same numbers)
     _each_chunk(one, len(data.chunks))
-    return np.ascontiguousarray(np.transpose(out, (0, 2, 1)))
+    return out
 
 
 class _Marginal:
@@ -420,7 +507,8 @@ class _Marginal:
     def __init__(self, P: np.ndarray):
         self.P = P
         self.top = P.max(axis=(1, 2))
-        self.E = np.exp(P - self.top[:, None, None])
+        self.E = np.subtract(P, self.top[:, None, None])
+        np.exp(self.E, out=self.E)   # in place: no second array of P's size (150 MB at 100,000 patients)
         self.n, self.n_mu, self.n_depth = P.shape
         self._mixed_for = None   # (depth weights, E summed over depth with them): the covariance and the
         # posteriors ask for the same weights many times, EM for new ones each step
@@ -577,6 +665,7 @@ class MeasuredDurability:
         sub = data.subset(rng.choice(data.n_patients, self.fit_patients, replace=False)) \
             if data.n_patients > self.fit_patients else data
         state = {"inner": (math.log(40.0), 0.7, np.full(len(DEPTHS), 1.0 / len(DEPTHS)))}
+        spaces = _Workspaces()   # the search's passes and the pass over everyone reuse one set of arrays
         mode = self.mode_
         # the threshold form's cycle grids depend on neither the shape nor the within-patient spread,
         # and its noise is fixed: made once for the whole search
@@ -586,7 +675,7 @@ class MeasuredDurability:
         def objective(sigma, kappa, within_sd):
             if not (0.2 <= kappa <= 12 and 0.05 <= within_sd <= 2.0 and 0.2 <= sigma <= 20):
                 return 1e30
-            P = _patient_loglik(sub, sigma, kappa, within_sd, self.scale_max_, mode, terms)
+            P = _patient_loglik(sub, sigma, kappa, within_sd, self.scale_max_, mode, terms, spaces)
             mu0, bsd, dw, ll = _em(P, *state["inner"], iters=200, tol=1e-7, fit_depth=mode == "trend")
             state["inner"] = (mu0, bsd, dw)
             return -ll
@@ -614,8 +703,11 @@ class MeasuredDurability:
             self.converged_ = bool(res.success)
         self.noise_sd_, self.shape_, self.within_sd_ = float(sigma), float(kappa), float(within_sd)
         # everyone, with the measurement parameters fixed
-        self._lik = _Marginal(_patient_loglik(data, self.noise_sd_, 1.0 if mode == "threshold" else self.shape_,
-                                              self.within_sd_, self.scale_max_, mode))
+        P = _patient_loglik(data, self.noise_sd_, 1.0 if mode == "threshold" else self.shape_, self.within_sd_,
+                            self.scale_max_, mode, spaces=spaces)
+        del spaces   # before _Marginal's arrays are made: the scratch is not held beside them
+        self._lik = _Marginal(P)
+        del P
         mu0, bsd, dw, ll = _em(self._lik, *state["inner"], fit_depth=mode == "trend")
         self.log_median_, self.between_sd_, self.depth_weights_, self.loglik_ = mu0, bsd, dw, ll
         self.responder_share_ = float(1.0 - dw[NO_RESPONSE]) if mode == "trend" else 1.0

@@ -84,9 +84,10 @@ def _durability_screen(ws: Workspace, instrument: str, by: str | None, n_boot: i
     cycles = ws.cycles(code)
     # the headline reads the scores through the whole clinic's measurement model (one fit per data
     # version, issue 12); the view's own cycles and patients decide what is summarised
+    # the model given as a function: a fit from scratch (a new data version) runs beside the definitions' figures
     result = ws.once(("durability", code, by, n_boot),
                      lambda: cohort_durability(cycles, instrument=code, by=by, n_boot=n_boot,
-                                               model=ws.clinic(code).model)) if len(cycles) else None
+                                               model=lambda: ws.clinic(code).model)) if len(cycles) else None
     curves, table, title, note, hidden, end_note = [], pd.DataFrame(), "", "", 0, ""
     if result is not None and result.get("n_cycles"):
         shown = shown_groups(result, cycles, by, min_cell)

@@ -23,7 +23,7 @@ from .. import clinic_time, course, outcomes, scales, visits, vocabulary
 from ..access import AccessDenied
 from ..ingest.rules import escape_formula
 from ..outcomes import DEFAULT_RULES, OutcomeRules
-from .workspace import Workspace
+from .workspace import Workspace, categories_as_text
 
 SEARCH_LIMIT = 20
 CYCLE_ENDS = {"loss": "loss of response", "next_infusion": "next infusion (no loss seen)",
@@ -87,7 +87,7 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
-    fingerprint = record_fingerprint(record)
+    fingerprint = _kept_fingerprint(ws, record)
     return ws.memo(("patient_screen", patient_id, today, fingerprint),
                    lambda: _patient_screen(ws, patient_id, today, record, fingerprint))
 
@@ -115,6 +115,18 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
                  for name, frame in sorted(record.items()))
 
 
+def _kept_fingerprint(ws: Workspace, record: dict[str, pd.DataFrame]) -> tuple:
+    """record_fingerprint(record), worked out once for these very frames: the data layer hands out the same
+    frames for a record it keeps (DataAccess.patient_record), and a frame's pickled bytes can change once pandas
+    has reorganised its blocks (a screen read it), though not its values. The memo holds the frames it was
+    worked out for and is used only for those same objects, so no other frames can take their identity."""
+    frames = tuple(record[name] for name in sorted(record))
+    kept = ws.memo(("record_fingerprint", *map(id, frames)), lambda: (frames, record_fingerprint(record)))
+    if len(kept[0]) == len(frames) and all(a is b for a, b in zip(kept[0], frames)):
+        return kept[1]
+    return record_fingerprint(record)
+
+
 def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame],
                     fingerprint: tuple = ()) -> PatientScreen:
     t, a = record["treatments"], record["assessments"]
@@ -123,7 +135,9 @@ def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[st
         return PatientScreen(patient_id, info=info, treatments=t, assessments=a, record=record, fingerprint=fingerprint)
     found = outcomes.patient_outcomes(t, a)  # every instrument's baseline and state, once
     thresholds = patient_thresholds(t, a, found=found)
-    cycles = patient_rows(ws, ("cycles", scales.PRIMARY), lambda: ws.cycles(scales.PRIMARY), patient_id)
+    # the cycle table's labels are categoricals (workspace.cycle_labels_as_categories): this patient's as text
+    cycles = categories_as_text(patient_rows(ws, ("cycles", scales.PRIMARY), lambda: ws.cycles(scales.PRIMARY),
+                                             patient_id))
     rows = patient_rows(ws, ("suggestions", scales.PRIMARY, today), lambda: ws.suggestions(scales.PRIMARY, today),
                         patient_id)
     last = t["administered_at"].max() if len(t) else None
@@ -158,7 +172,10 @@ def patient_rows(ws: Workspace, name: tuple, table: Callable[[], pd.DataFrame], 
     at = index.get_indexer([str(patient_id)])[0]
     if at < 0:
         return frame.iloc[:0]
-    return frame.iloc[order[bounds[at]:bounds[at + 1]]]
+    rows = order[bounds[at]:bounds[at + 1]]
+    if rows[-1] - rows[0] == len(rows) - 1:  # in order and together (the tables are built patient by patient):
+        return frame.iloc[rows[0]:rows[-1] + 1]  # a slice, not a take of every column (copy-on-write: no view leaks)
+    return frame.iloc[rows]
 
 
 class ItemAnswers(Mapping):
