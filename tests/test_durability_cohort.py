@@ -220,7 +220,8 @@ def test_the_measurement_model_carries_the_headline_and_the_definitions_stay_as_
 
 def test_the_bootstrap_gives_the_same_figures_on_any_number_of_threads_and_batches(cycles):
     """The replicates' weights are drawn once, in order, and each replicate's EM is its own: one, two or three
-    workers and batches of any size give the same curves, bands and quantile intervals, bit for bit."""
+    workers and batches of any size give the same curves, bands and quantile intervals, bit for bit; and so do
+    the replicates' pair weights summed in float32 (whole numbers, exact) or in float64."""
     import threading
 
     from analytics.durability.bootstrap import cluster_bootstrap_turnbull
@@ -229,6 +230,13 @@ def test_the_bootstrap_gives_the_same_figures_on_any_number_of_threads_and_batch
     before = threading.active_count()
     runs = [cluster_bootstrap_turnbull(*args, n_boot=40, seed=3, workers=w, max_chunk_cells=cells)
             for w, cells in ((1, 5_000_000), (2, 5_000_000), (3, 2_000))]
+    from analytics.durability import bootstrap
+
+    exact, bootstrap.EXACT_FLOAT32 = bootstrap.EXACT_FLOAT32, 0.0   # the replicates' pair weights in float64
+    try:
+        runs.append(cluster_bootstrap_turnbull(*args, n_boot=40, seed=3))
+    finally:
+        bootstrap.EXACT_FLOAT32 = exact
     assert threading.active_count() == before
     for other in runs[1:]:
         for field in ("s_lo", "s_hi"):

@@ -26,7 +26,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from .arrays import sparse_product
 from .turnbull import TurnbullFit, curve_points, em, make_design, quantiles_from_curves
+
+EXACT_FLOAT32 = 2.0 ** 24   # whole numbers below this are exact in float32
 
 
 @dataclass
@@ -118,6 +121,11 @@ def cluster_bootstrap_turnbull(left, right, cluster, *, n_boot: int = 200, seed:
     if weights is None:
         weights = patient_bootstrap_weights(C, n_boot, seed)
     M = sparse.csr_matrix((np.ones(pair.size), (pair, clus)), shape=(uL.size, C))
+    # a replicate's weight of each (left, right) pair is a whole number: in float32 it is exact while no pair's
+    # could pass 2^24, and the patients' weights then take half the memory, without a transposed float64 copy
+    # (100,000 patients: 20 instead of 80 MB a batch, held while the model's fit may run beside it)
+    exact32 = float(counts.max(initial=0)) * float(weights.max(initial=0)) < EXACT_FLOAT32
+    M32 = M.astype(np.float32) if exact32 else None
     # replicates per batch: a (replicates x patients) float block of ~40 MB at most
     chunk = max(1, min(n_boot, max_chunk_cells // max(C, uL.size)))
 
@@ -125,8 +133,13 @@ def cluster_bootstrap_turnbull(left, right, cluster, *, n_boot: int = 200, seed:
         """(curves, {p: quantiles}) of each batch of replicates first..stop-1."""
         done = []
         for a in range(first, stop, chunk):
-            cw = weights[a:min(a + chunk, stop)].astype(float)
-            pw = np.asarray((M @ cw.T).T)
+            if exact32:
+                by_patient = np.array(weights[a:min(a + chunk, stop)].T, dtype=np.float32, order="C")
+                summed = sparse_product(M32, by_patient, np.empty((M.shape[0], by_patient.shape[1]), np.float32))
+                pw = summed.astype(float).T   # (replicates, pairs), laid out as (M @ cw.T).T was
+            else:
+                cw = weights[a:min(a + chunk, stop)].astype(float)
+                pw = np.asarray((M @ cw.T).T)
             pw[pw.sum(axis=1) == 0] = counts   # a replicate that drew none of this subset's patients
             pb, _ = em(design, pw, p0=p_hat[0], tol=tol, max_iter=max_em_cycles, ll_tol=1e-9)
             _, sb = curve_points(design.l, design.r, pb)
