@@ -12,6 +12,8 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -152,6 +154,27 @@ def _granted_patients(db, username: str) -> list[str]:
 
 _GRANTS: dict[tuple, tuple[tuple, list[str]]] = {}  # (database, user) -> (change stamp, grants) last read
 
+_FLAGS: dict[tuple, tuple[tuple, pd.DataFrame]] = {}  # (database, scope, open only) -> (change stamp, flags) last read
+
+RECORDS_KEPT = 256  # patient records kept in the process (DataAccess.patient_record): a few dozen rows each
+_RECORDS: "OrderedDict[tuple, dict[str, pd.DataFrame]]" = OrderedDict()  # (db, scope, patient, version) -> record
+_RECORDS_GUARD = threading.Lock()
+
+
+def _kept_record(key: tuple) -> dict[str, pd.DataFrame] | None:
+    with _RECORDS_GUARD:
+        record = _RECORDS.get(key)
+        if record is not None:
+            _RECORDS.move_to_end(key)
+        return record
+
+
+def _keep_record(key: tuple, record: dict[str, pd.DataFrame]) -> None:
+    with _RECORDS_GUARD:
+        _RECORDS[key] = record
+        while len(_RECORDS) > RECORDS_KEPT:
+            _RECORDS.popitem(last=False)
+
 _pandas_like_df = pandas_like_df  # the frame DuckDB's `.df()` gives (analytics/arrowframes.py)
 
 
@@ -222,9 +245,11 @@ class DataAccess:
             if not self.scope.patient_level and not set(ids) <= self.scope.granted:
                 # cohort roles compute over everyone but may not pick individuals out
                 raise AccessDenied("you may not open individual patients' rows without a grant")
-            if len(ids) == 1:  # one patient (the patient page): an equality is answered from the patient_id index
-                clause += " AND x.patient_id = ?"
-                params = params + ids
+            if len(ids) == 1:  # one patient (the patient page): an equality is answered from the patient_id index,
+                # and the scope's subquery looks at that patient only (the same rows; no semi-join over every patient)
+                clause = (f"x.patient_id IN (SELECT p.patient_id FROM patients p WHERE p.patient_id = ? AND {scope_sql})"
+                          " AND x.patient_id = ?")
+                params = ids + params + ids
             else:
                 clause += " AND x.patient_id = ANY(?)"
                 params = params + [ids]
@@ -331,30 +356,43 @@ class DataAccess:
         and the view is recorded (committed, or journaled and fsynced while another process
         writes: store.write_or_journal) before any row is handed out (no audit, no data).
 
-        One read does the scope check and the reads, so the record is one consistent snapshot;
-        a read never waits for a writer (store.connect), so neither does opening a record.
+        One read does the scope check (the patient's row read under the scope's filter) and the reads, so
+        the record is one consistent snapshot; a read never waits for a writer (store.connect), so neither
+        does opening a record. The rows are kept per scope (`Scope.cache_key`: never another user's), patient
+        and data version (`RECORDS_KEPT` records in all): the same patient opened again (a rerun, another tab)
+        is audited again but not read again until patient rows may have changed (a new data version).
+        The frames handed out are shared: callers only read them.
         """
         patient_id = str(patient_id)
         ids = [patient_id]
-        record = None
-        with store.connect(self.db) as con:
-            if self._can_see(con, patient_id):
-                scope_sql, params = self._drill_sql("p")
-                record = {
-                    "patient": self._query(
-                        f"""SELECT p.patient_id, p.site, p.clinician, p.birth_year, p.sex, p.diagnosis,
-                                   p.comorbidities, p.prior_failed_trials, p.enrolled_on
-                            FROM patients p WHERE p.patient_id = ? AND {scope_sql}""",
-                        [patient_id, *params], con=con),
-                    "treatments": self._query(*self._treatments_sql(ids), con=con),
-                    "assessments": self._query(*self._assessments_sql(ids, None), con=con),
-                }
+        key = (str(self.db), self.scope.cache_key, patient_id, tuple(self.data_version()))  # the version first
+        record = _kept_record(key)
+        if record is None:
+            record = self._read_record(patient_id)
+            if record is not None:
+                _keep_record(key, record)
         if record is None:  # raised only once the refusal is recorded
             self.log("view_patient", outcome="denied", page=page, patients=[patient_id[:64]])
             raise AccessDenied(f"patient {patient_id[:64]!r} is not in your caseload, or does not exist: "
                                "ask an administrator for access if you need it")
         self.log("view_patient", page=page, patients=ids)
-        return record
+        return dict(record)
+
+    def _read_record(self, patient_id: str) -> dict[str, pd.DataFrame] | None:
+        """patient_record's rows, or None when the scope may not open the patient (or there is none)."""
+        ids = [patient_id]
+        scope_sql, params = self._drill_sql("p")
+        with store.connect(self.db) as con:
+            patient = self._query(
+                f"""SELECT p.patient_id, p.site, p.clinician, p.birth_year, p.sex, p.diagnosis,
+                           p.comorbidities, p.prior_failed_trials, p.enrolled_on
+                    FROM patients p WHERE p.patient_id = ? AND {scope_sql}""",
+                [patient_id, *params], con=con)
+            if patient.empty:  # outside the scope (what _can_see answers), or no such patient
+                return None
+            return {"patient": patient,
+                    "treatments": self._query(*self._treatments_sql(ids), con=con),
+                    "assessments": self._query(*self._assessments_sql(ids, None), con=con)}
 
     def search_patient_ids(self, text: str, limit: int = 20, *, page: str | None = None,
                            among: "PatientIds | None" = None) -> list[str]:
@@ -486,7 +524,22 @@ class DataAccess:
             [table, record_key])
 
     def safety_flags(self, open_only: bool = True) -> pd.DataFrame:
-        """Safety flags (positive PHQ-9 item 9 on a self-report) of patients whose record the scope may open."""
+        """Safety flags (positive PHQ-9 item 9 on a self-report) of patients whose record the scope may open.
+        Read again only when something was written since this scope's last read (`store.change_stamp`: raising
+        and acknowledging a flag are writes, in any process), so every page run may ask for them (the Patient
+        page and the Due list do); the frame handed out is shared: callers only read it."""
+        stamp = store.change_stamp(self.db)
+        key = (str(self.db), self.scope.cache_key, bool(open_only))
+        known = _FLAGS.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        flags = self._read_safety_flags(open_only)  # after the stamp: a write in between is read again next time
+        if len(_FLAGS) > 1_000:
+            _FLAGS.clear()
+        _FLAGS[key] = (stamp, flags)
+        return flags
+
+    def _read_safety_flags(self, open_only: bool) -> pd.DataFrame:
         clause, params = self._drill_filter()
         columns = ["flag_id", "patient_id", "raised_at", "reason", "acknowledged_at", "acknowledged_by", "acknowledgement_note"]
         where = clause + (" AND x.acknowledged_at IS NULL" if open_only else "")

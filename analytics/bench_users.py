@@ -476,10 +476,11 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
                     stop.write_text("done")
 
                 thread = threading.Thread(target=importer, daemon=True)
-                load0 = load_average()
+                load0, cpu0 = load_average(), tree_cpu_s(proc.pid)
                 thread.start()
                 during = load(url, accounts_file, users, think=think, stop_file=stop, ready_file=ready, duration=900)
                 thread.join()
+                cpu = tree_cpu_s(proc.pid) - cpu0
                 _keep_samples(work / "samples-during-import.json", during,
                               import_window=[window["start"] - during["started_at"], window["end"] - during["started_at"]])
                 overlapping = flow_times(during, (window["start"], window["end"]))
@@ -493,6 +494,9 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
                     "users_import_exit": window["exit"],
                     "users_import_rows": import_rows,
                     "users_during_import_load_average": [load0, load_average()],
+                    # the dashboard server's CPU over the whole phase (sign-ins, the import, 5 s after it), per page
+                    # run: what the server did beside the pages (rebuilding the views for the new data) shows here
+                    "users_during_import_server_cpu_per_run_s": round(cpu / during["runs"], 4) if during["runs"] else None,
                 })
                 if window["exit"] not in (0, 1):
                     result["users_import_stderr"] = window["stderr"]

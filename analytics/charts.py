@@ -6,6 +6,7 @@ dark themes (pages draw them with the Streamlit theme).
 """
 from __future__ import annotations
 
+import base64
 import functools
 import json
 
@@ -69,8 +70,71 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
 
     The traces and the layout are collected as plain values and the figure is made (and checked by
     plotly) once: every add_trace, update_layout and add_hline copies and re-checks the figure
-    (~0.2 s a chart at 10,000 patients, docs/performance.md).
+    (~0.2 s a chart at 10,000 patients, docs/performance.md). The page draws `patient_timeline_spec`,
+    the same figure as the dict this one's `to_dict()` gives, without making plotly's objects.
     """
+    traces, layout = _timeline_parts(assessments, treatments, thresholds, cycles, patient_id)
+    # Plotly's per-property checks (a third of the chart's time) are skipped: every value above is of a
+    # kind plotly takes as is, and tests/test_patient_timeline.py checks the figure equals its checked copy.
+    return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+def patient_timeline_spec(assessments: pd.DataFrame, treatments: pd.DataFrame, thresholds: dict[str, dict],
+                          cycles: pd.DataFrame | None = None, patient_id: str = "") -> dict:
+    """`patient_timeline(...).to_dict()`, what st.plotly_chart sends, made from the same traces and layout
+    without plotly's figure objects (building them and copying them out again was most of a new patient's
+    chart: 37 of 40 ms CPU at 10,000 patients). Draw it with `drawn(spec)`."""
+    return figure_spec(*_timeline_parts(assessments, treatments, thresholds, cycles, patient_id))
+
+
+def figure_spec(traces: list[dict], layout: dict) -> dict:
+    """What `go.Figure(data=traces, layout=layout).to_dict()` gives for traces and a layout of values plotly
+    keeps as they are (lists, strings, numbers; numpy arrays in the traces only): the traces' float arrays
+    as typed-array specs, as plotly's `to_dict` writes them, and the default template added to the layout.
+    Only the traces are walked: a layout of plain values has nothing to convert (plotly's own walk over
+    every shape and note cost as much as building the traces)."""
+    data = [_typed_arrays(trace) for trace in traces]
+    # the template is shared by every spec and never changed: Streamlit only reads and sends it
+    return {"data": data, "layout": {**layout, "template": _default_template()}}
+
+
+def _typed_arrays(value):
+    """`value` with every non-empty float64 numpy array in it as plotly's typed-array spec (what
+    `_plotly_utils.utils.to_typed_array_spec` makes of one); other values as they are."""
+    if isinstance(value, dict):
+        return {key: _typed_arrays(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_typed_arrays(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 1 and value.size:
+        return {"dtype": "f8", "bdata": base64.b64encode(np.ascontiguousarray(value)).decode("ascii")}
+    return value
+
+
+def _default_template() -> dict:
+    """The template plotly's `to_dict()` puts in a figure's layout (pio.templates.default's), as a dict."""
+    import plotly.io as pio
+
+    return _template_of(pio.templates.default)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_of(name) -> dict:
+    return go.Figure().to_dict()["layout"].get("template", {})
+
+
+def drawn(spec: dict) -> go.Figure:
+    """A figure for st.plotly_chart that hands out `spec` (a `to_dict()` result) as its `to_dict()`:
+    Streamlit only reads that dict, so plotly's objects for its traces are never made. Pickled or copied it
+    becomes the full figure of `spec`."""
+    figure = go.Figure()
+    object.__setattr__(figure, "to_dict", lambda: dict(spec))  # past plotly's property checks: a plain attribute
+    return figure
+
+
+def _timeline_parts(assessments: pd.DataFrame, treatments: pd.DataFrame, thresholds: dict[str, dict],
+                    cycles: pd.DataFrame | None, patient_id: str) -> tuple[list[dict], dict]:
+    """patient_timeline's traces and layout, from plain values and numpy arrays (a record is a few dozen rows,
+    where each pandas selection cost more than the rows)."""
     codes = [c for c in thresholds]
     rows = len(codes) + 1
     layout = json.loads(_panels_layout(len(codes)))
@@ -81,6 +145,9 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
                        "yaxis": f"y{row if row > 1 else ''}"})
 
     shapes, notes = [], []
+    instrument = assessments["instrument"].to_numpy(dtype=object)
+    total = assessments["total"].to_numpy(dtype=float, na_value=np.nan)
+    at = assessments["administered_at"].to_numpy()
     for r, code in enumerate(codes, start=1):
         th = thresholds[code]
         bands = th["bands"]
@@ -95,25 +162,29 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
             shapes.append(dict(type="line", xref=x_domain, x0=0, x1=1, yref=y_axis, y0=y, y1=y, line=line))
             notes.append(dict(text=text, showarrow=False, xref=x_domain, x=0, xanchor="left", yref=y_axis, y=y,
                               yanchor="top" if label_below else "bottom"))
-        a = assessments[(assessments["instrument"] == code) & assessments["total"].notna()].sort_values("administered_at")
-        hover = [f"{code} {t:g} ({b})<br>{d:%a %d %b %Y}" for t, b, d in
-                 zip(a["total"], [_band_label(bands, v) for v in a["total"]], a["administered_at"])]
+        mine = np.flatnonzero((instrument == code) & ~np.isnan(total))
+        mine = mine[np.argsort(at[mine], kind="stable")]  # by date (one score per instrument and time)
+        days, totals = at[mine], total[mine]
+        hover = [f"{code} {t:g} ({_band_label(bands, t)})<br>{d:%a %d %b %Y}"
+                 for t, d in zip(totals.tolist(), _datetimes(days))]
         scale = scales.get(code)
         safety, n = scale.safety_column, scale.safety_item
-        if safety and safety in a:
-            hover = [h + (f"<br><b>item {n} = {int(v)}</b>" if pd.notna(v) and v > 0 else "") for h, v in zip(hover, a[safety])]
-        add(dict(x=a["administered_at"], y=a["total"], mode="lines+markers", name=code,
+        item = None
+        if safety and safety in assessments:
+            item = assessments[safety].to_numpy(dtype=float, na_value=np.nan)[mine]
+            hover = [h + (f"<br><b>item {n} = {int(v)}</b>" if v > 0 else "") for h, v in zip(hover, item.tolist())]
+        add(dict(x=days, y=totals, mode="lines+markers", name=code,
                  line=dict(color=scale.colour, width=2), marker=dict(size=7), hovertext=hover, hoverinfo="text"), r)
-        if safety and safety in a:
+        if item is not None:
             # A strip of small marks along the top of the panel, not a mark over each point: in some
             # patients most scores carry a positive item 9, and large marks hid the line.
-            flagged = a[a[safety].fillna(0) > 0]
+            flagged = np.flatnonzero(item > 0)
             if len(flagged):
-                add(dict(x=flagged["administered_at"], y=np.full(len(flagged), th["max"] * 0.96),
+                add(dict(x=days[flagged], y=np.full(len(flagged), th["max"] * 0.96),
                          mode="markers", name=f"{code} item {n} above 0",
                          marker=dict(symbol="triangle-down", size=8, color="#d62728"),
                          hovertext=[f"{code} item {n} ({scale.safety_meaning or 'safety item'}) = {int(v)}"
-                                    f"<br>{d:%a %d %b %Y}" for v, d in zip(flagged[safety], flagged["administered_at"])],
+                                    f"<br>{d:%a %d %b %Y}" for v, d in zip(item[flagged].tolist(), _datetimes(days[flagged]))],
                          hoverinfo="text"), r)
         if th["baseline"] is not None:
             hline(th["baseline"], dict(dash="dot", color="#888"), f"baseline {th['baseline']:g}")
@@ -124,17 +195,22 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
               label_below=True)
         layout[_axis("y", r)].update(range=[0, th["max"]], title=dict(text=f"{code} (points)"))
     strip = rows
+    phases = treatments["phase"].to_numpy(dtype=object, na_value=None)
+    given = treatments["administered_at"].to_numpy()
+    doses = treatments["dose_mg_per_kg"].to_numpy(dtype=float, na_value=np.nan)
+    routes = treatments["route"].to_numpy(dtype=object, na_value=None)
     for phase, (colour, symbol) in PHASE_STYLE.items():
-        t = treatments[treatments["phase"].isna()] if phase is None else treatments[treatments["phase"] == phase]
-        if t.empty:
+        mine = np.flatnonzero(np.array([p is None for p in phases], dtype=bool) if phase is None else phases == phase)
+        if not len(mine):
             continue
-        dose = t["dose_mg_per_kg"]
+        dose = doses[mine]
         add(dict(
-            x=t["administered_at"], y=np.full(len(t), 1.0), mode="markers",
+            x=given[mine], y=np.full(len(mine), 1.0), mode="markers",
             name=f"{phase or 'phase not recorded'} infusion",
-            marker=dict(symbol=symbol, color=colour, size=8 + 6 * dose.fillna(0.5).clip(0, 2).to_numpy()),
-            hovertext=[f"{phase or 'infusion'}: {r.upper()} {d:g} mg/kg<br>{w:%a %d %b %Y}" if pd.notna(d) else f"{phase}: {r}"
-                       for r, d, w in zip(t["route"], dose, t["administered_at"])], hoverinfo="text"), strip)
+            marker=dict(symbol=symbol, color=colour, size=8 + 6 * np.clip(np.where(np.isnan(dose), 0.5, dose), 0, 2)),
+            hovertext=[f"{phase or 'infusion'}: {r.upper()} {d:g} mg/kg<br>{w:%a %d %b %Y}" if not np.isnan(d)
+                       else f"{phase}: {r}" for r, d, w in zip(routes[mine], dose.tolist(), _datetimes(given[mine]))],
+            hoverinfo="text"), strip)
     if cycles is not None and len(cycles):
         starts, ends, labels = _cycle_spans(cycles)
         stamps = [pd.to_datetime(d) for d in (assessments["administered_at"], treatments["administered_at"]) if len(d)]
@@ -152,9 +228,12 @@ def patient_timeline(assessments: pd.DataFrame, treatments: pd.DataFrame, thresh
     layout.update(shapes=shapes, annotations=notes, title=dict(text=title, x=0, xanchor="left"),
                   height=260 * len(codes) + 200, margin=dict(l=10, r=10, t=70, b=10), hovermode="closest",
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
-    # Plotly's per-property checks (a third of the chart's time) are skipped: every value above is of a
-    # kind plotly takes as is, and tests/test_patient_timeline.py checks the figure equals its checked copy.
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return traces, layout
+
+
+def _datetimes(values: np.ndarray) -> list:
+    """datetime64 values as Python datetimes (formatted as pandas Timestamps are, at a fraction of the cost)."""
+    return values.astype("datetime64[us]").tolist()
 
 
 def _band_label(bands, value) -> str:
@@ -199,19 +278,42 @@ def cycles_lost(cycles: pd.DataFrame) -> list[bool]:
 
 def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Figure:
     """Items (rows, labelled by their short names) by assessment date; hover shows each item's full
-    wording (`matrix.attrs["wording"]`, screens.patient.item_matrix)."""
+    wording (`matrix.attrs["wording"]`, screens.patient.item_matrix). The page draws `item_heatmap_spec`."""
+    heatmap, layout = _heatmap_parts(matrix, instrument, item_max)
+    return go.Figure(data=[heatmap], layout=layout)
+
+
+def item_heatmap_spec(matrix: pd.DataFrame, instrument: str, item_max: int) -> dict:
+    """`item_heatmap(...).to_dict()` made without plotly's figure objects (the named colour scale as plotly
+    spells it out, the arrays as `to_dict` writes them); draw it with `drawn(spec)`."""
+    from _plotly_utils.utils import convert_to_base64
+
+    heatmap, layout = _heatmap_parts(matrix, instrument, item_max)
+    data = [{**heatmap, "colorscale": _colour_scale(heatmap["colorscale"])}]
+    convert_to_base64(data)  # one trace: plotly's own conversion (z as a typed array with its shape)
+    return {"data": data, "layout": {**layout, "template": _default_template()}}
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_scale(name: str) -> list:
+    """A named colour scale as plotly's checks spell it out in a figure ([[position, colour], ...]); shared by
+    every spec and never changed."""
+    return go.Heatmap(colorscale=name).to_plotly_json()["colorscale"]
+
+
+def _heatmap_parts(matrix: pd.DataFrame, instrument: str, item_max: int) -> tuple[dict, dict]:
     wording = matrix.attrs.get("wording") or list(matrix.index)
     words = np.array([[w] * matrix.shape[1] for w in wording], dtype=object)
     # made in one go (as _layout would set it): each update_* call copies and re-checks the figure
     heatmap = dict(type="heatmap", z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0,
                    zmax=item_max, colorscale="YlOrRd", colorbar=dict(title=dict(text="score")), customdata=words, xgap=1,
                    ygap=1, hovertemplate="%{customdata}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>")
-    return go.Figure(data=[heatmap], layout=dict(
+    return heatmap, dict(
         yaxis=dict(autorange="reversed", title=dict(text="item")),
         xaxis=dict(title=dict(text="assessment date"), type="category"),
         title=dict(text=f"{instrument} items over time (which symptoms move)", x=0, xanchor="left"), height=360,
         margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
-        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)))
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:

@@ -888,6 +888,27 @@ def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRu
     return _once(_MODELS, key, build)
 
 
+def held_clinic_model(db, version: tuple, instrument: str, rules: OutcomeRules = DEFAULT_RULES,
+                      kept: Callable[[], ClinicModel | None] | None = None) -> ClinicModel | None:
+    """The model of exactly this data version if this process holds it (or `kept()` gives it: a saved file),
+    without fitting anything: None otherwise. For tables of an earlier version still being shown while the
+    current version's are built, which must be read with the model they were built with."""
+    key = (str(db), tuple(version), instrument, rules)
+    with _LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+    found = kept() if kept is not None else None
+    if found is None or tuple(found.version) != tuple(version) or found.instrument != instrument:
+        return None
+    return _once(_MODELS, key, lambda: found)
+
+
+def held_instruments(db, version: tuple) -> list[str]:
+    """The instruments whose model of this database and data version this process holds (default rules)."""
+    with _LOCK:
+        return [key[2] for key in _MODELS if key[0] == str(db) and key[1] == tuple(version) and key[3] == DEFAULT_RULES]
+
+
 def clinic_suggestions(clinic_data, instrument: str = scales.PRIMARY, target: float = 0.8,
                        today: date | None = None, rules: OutcomeRules = DEFAULT_RULES) -> ClinicSuggestions:
     """Suggestions for every treated patient of the clinic, from the one model of this data

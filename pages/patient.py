@@ -72,8 +72,9 @@ st.info(screen.suggestion_text, icon=":material/event:")
 
 if screen.thresholds:
     st.plotly_chart(page.figure(("timeline", patient_id, page.today, screen.fingerprint),
-                                lambda: charts.patient_timeline(screen.assessments, screen.treatments, screen.thresholds,
-                                                                screen.cycles, patient_id)), key="timeline")
+                                lambda: charts.drawn(charts.patient_timeline_spec(
+                                    screen.assessments, screen.treatments, screen.thresholds, screen.cycles,
+                                    patient_id))), key="timeline")
     st.caption("Shaded: severity bands. Dotted: baseline (last score up to 30 days before the first infusion). "
                "Dashed green: response (50% below baseline). Dashed blue: remission. Red marks along the top of a "
                "panel: its safety item (PHQ-9 item 9, thoughts of death or self-harm) above 0. Bottom strip: infusions "
@@ -94,7 +95,8 @@ with left:
             st.info(f"No item-level answers recorded for {pick}.")
         else:
             st.plotly_chart(page.figure(("items", patient_id, pick, screen.fingerprint),
-                                        lambda: charts.item_heatmap(matrix, pick, item_max)), key="items")
+                                        lambda: charts.drawn(charts.item_heatmap_spec(matrix, pick, item_max))),
+                            key="items")
 with right:
     st.subheader("Response cycles")
     if screen.cycles.empty:

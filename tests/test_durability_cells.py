@@ -158,3 +158,50 @@ def test_the_pass_gives_the_same_numbers_on_one_or_two_threads(data, monkeypatch
                            data.patient_start, data.patient_ids)
         passes.append(measured._patient_loglik(d, 2.2, 1.7, 0.45, SCALE_MAX))
     assert np.array_equal(passes[0], passes[1])
+
+
+def _old_prepare_order(scores: pd.DataFrame) -> np.ndarray:
+    """The rows' order as _prepare sorted them before wave 8 (always a stable lexsort)."""
+    codes = pd.factorize(scores["patient_id"], sort=True)[0]
+    return np.lexsort((scores["days"].to_numpy(dtype=float), scores["cycle_no"].to_numpy(), codes))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_scores_already_in_order_are_not_sorted_again_and_give_the_same_data(shuffle):
+    """_prepare skips the sort of rows already in (patient, cycle, day) order, as course.cycle_scores gives
+    them; in order or not (and with ties, a missing day), the prepared rows are the stable sort's."""
+    scores = _scores()
+    scores = scores.iloc[_old_prepare_order(scores)]
+    if shuffle:
+        scores = scores.sample(frac=1.0, random_state=4).reset_index(drop=True)
+        scores.loc[7, "days"] = np.nan
+    assert measured._in_order(pd.factorize(scores["patient_id"], sort=True)[0], scores["cycle_no"].to_numpy(),
+                              scores["days"].to_numpy()) is not shuffle
+    d = measured._prepare(scores)
+    expected = scores.iloc[_old_prepare_order(scores)]
+    assert np.array_equal(d.days, expected["days"].to_numpy(), equal_nan=True)
+    assert np.array_equal(d.total, expected["total"].to_numpy()) and np.array_equal(d.line, expected["line"].to_numpy())
+    ids = expected["patient_id"].to_numpy()
+    assert list(d.patient_ids) == list(pd.unique(ids)) and len(d.cycle_start) == len(expected.groupby(["patient_id", "cycle_no"]))
+
+
+def test_the_chunks_are_cut_where_the_patient_by_patient_walk_cut_them(data, monkeypatch):
+    """_Data.chunks finds each chunk's end by one search: the same whole-patient chunks as the walk it replaced."""
+    for cells, least in ((60, 30), (200, 30), (10**6, 30), (60, 2_000)):
+        monkeypatch.setattr(measured, "CHUNK_CELLS", cells * len(measured.T_GRID) * len(measured.DEPTHS))
+        monkeypatch.setattr(measured, "MIN_CHUNK_SCORES", least)
+        d = measured._Data(data.days, data.total, data.line, data.cycle_start, data.cycle_patient, data.patient_start,
+                           data.patient_ids)
+        per_chunk = max(min(measured.CHUNK_CELLS // (len(measured.T_GRID) * len(measured.DEPTHS)),
+                            -(-len(d.days) // measured.SPLIT_CHUNKS)), measured.MIN_CHUNK_SCORES)
+        s_end = np.r_[d.cycle_start[1:], len(d.days)]
+        c_end = np.r_[d.patient_start[1:], len(d.cycle_start)]
+        walked, p = [], 0
+        while p < d.n_patients:
+            limit = d.cycle_start[d.patient_start[p]] + per_chunk
+            q = p + 1
+            while q < d.n_patients and s_end[c_end[q] - 1] <= limit:
+                q += 1
+            walked.append((p, q))
+            p = q
+        assert [(ch.p, ch.q) for ch in d.chunks] == walked

@@ -216,3 +216,41 @@ def test_the_measurement_model_carries_the_headline_and_the_definitions_stay_as_
     with pytest.raises(RuntimeError, match="the fit failed"):
         cohort_durability(few, instrument="PHQ-9", n_boot=5, model=failing)
     assert threading.active_count() == before
+
+
+def test_the_bootstrap_gives_the_same_figures_on_any_number_of_threads_and_batches(cycles):
+    """The replicates' weights are drawn once, in order, and each replicate's EM is its own: one, two or three
+    workers and batches of any size give the same curves, bands and quantile intervals, bit for bit."""
+    import threading
+
+    from analytics.durability.bootstrap import cluster_bootstrap_turnbull
+
+    args = (cycles["left_days"].to_numpy(), cycles["right_days"].to_numpy(), cycles["patient_id"].to_numpy())
+    before = threading.active_count()
+    runs = [cluster_bootstrap_turnbull(*args, n_boot=40, seed=3, workers=w, max_chunk_cells=cells)
+            for w, cells in ((1, 5_000_000), (2, 5_000_000), (3, 2_000))]
+    assert threading.active_count() == before
+    for other in runs[1:]:
+        for field in ("s_lo", "s_hi"):
+            assert np.array_equal(getattr(runs[0], field), getattr(other, field))
+        assert runs[0].quantile_ci == other.quantile_ci and runs[0].quantiles == other.quantiles
+
+
+def test_a_batch_of_replicates_reusing_its_arrays_gives_each_replicates_own_em(cycles):
+    """turnbull.em on a batch (its temporaries made in reused arrays) gives every row the masses that row gets
+    alone (the plain path), to the last bit, and the same number of cycles."""
+    from analytics.durability.bootstrap import aggregate_days, patient_bootstrap_weights
+    from analytics.durability.turnbull import em, make_design
+    from scipy import sparse
+
+    uL, uR, pair = aggregate_days(cycles["left_days"].to_numpy(), cycles["right_days"].to_numpy())
+    design = make_design(uL, uR)
+    clus = pd.factorize(cycles["patient_id"])[0]
+    M = sparse.csr_matrix((np.ones(pair.size), (pair, clus)), shape=(uL.size, clus.max() + 1))
+    weights = np.asarray((M @ patient_bootstrap_weights(clus.max() + 1, 12, seed=5).astype(float).T).T)
+    p0 = np.bincount(pair, minlength=uL.size).astype(float)
+    start = em(design, p0, tol=1e-7, max_iter=50000)[0][0]
+    batch, cycles_used = em(design, weights, p0=start, tol=1e-5, max_iter=100, ll_tol=1e-9)
+    alone = [em(design, w, p0=start, tol=1e-5, max_iter=100, ll_tol=1e-9) for w in weights]
+    assert np.array_equal(batch, np.vstack([p for p, _ in alone]))
+    assert cycles_used == max(it for _, it in alone)

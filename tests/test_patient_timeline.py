@@ -125,3 +125,64 @@ def test_a_shared_figure_gives_streamlit_the_same_spec_on_every_run(demo_db):
     assert spec(pickle.loads(pickle.dumps(shared))) == spec(pickle.loads(pickle.dumps(draw())))
     assert spec(copy.deepcopy(shared)) == spec(copy.deepcopy(draw()))
     assert spec(shared) == want  # pickling did not change what it hands out
+
+
+def test_the_page_draws_the_timeline_the_previous_builder_drew_for_demo_patients(demo_db):
+    """The page hands Streamlit `charts.drawn(charts.patient_timeline_spec(...))`, made from plain values without
+    plotly's objects: what st.plotly_chart sends is what it sent for the previous builder's figure
+    (tests/oracles/timeline.py: pandas selections, plotly's figure and its to_dict), and `patient_timeline`'s
+    figure is the same too, on a spread of demo patients (cycles, safety marks, one or more panels)."""
+    import json
+
+    import plotly.io
+    import plotly.tools
+
+    from analytics import access
+    from analytics.screens.workspace import Workspace
+    from tests.oracles import timeline as previous
+
+    def sent(fig) -> dict:  # what st.plotly_chart sends for a figure, as JSON
+        return json.loads(plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True),
+                                            validate=False))
+    ws = Workspace(DataAccess(demo_db))
+    cycles = ws.cycles()  # the clinic's cycles (no model fit needed: the chart draws cycles, not suggestions)
+    kinds = set()
+    with access.page_run():
+        for pid in list(ws.data.patients()["patient_id"])[::5]:
+            record = ws.data.patient_record(pid)
+            thresholds = patient.patient_thresholds(record["treatments"], record["assessments"])
+            if not thresholds:
+                continue
+            mine = patient.patient_rows(ws, ("cycles", scales.PRIMARY), lambda: cycles, pid)
+            args = (record["assessments"], record["treatments"], thresholds, mine, pid)
+            want = sent(previous.patient_timeline(*args))
+            assert sent(charts.drawn(charts.patient_timeline_spec(*args))) == want, pid
+            assert sent(charts.patient_timeline(*args)) == want, pid
+            kinds |= {t.get("name", "cycle") for t in want["data"]}
+    assert {"cycle", "PHQ-9 item 9 above 0", "induction infusion", "maintenance infusion"} <= kinds
+
+
+def test_the_page_draws_the_item_heatmap_plotly_would(demo_db):
+    """The item heatmap the page hands Streamlit (`charts.drawn(charts.item_heatmap_spec(...))`, no figure objects
+    made) sends what plotly's checked figure of the same matrix sends, for every instrument of some demo patients."""
+    import json
+
+    import plotly.io
+    import plotly.tools
+
+    def sent(fig) -> dict:
+        return json.loads(plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True),
+                                            validate=False))
+    data = DataAccess(demo_db)
+    drawn = 0
+    for pid in list(data.patients()["patient_id"])[::10]:
+        assessments = data.patient_record(pid)["assessments"]
+        for code in sorted(set(assessments["instrument"])):
+            matrix = patient.item_matrix(assessments, code)
+            if matrix.empty:
+                continue
+            item_max = scales.get(code).item_max
+            assert sent(charts.drawn(charts.item_heatmap_spec(matrix, code, item_max))) == \
+                sent(charts.item_heatmap(matrix, code, item_max)), (pid, code)
+            drawn += 1
+    assert drawn >= 10

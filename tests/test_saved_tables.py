@@ -2,10 +2,12 @@
 instead of building, and never takes another data version's, another code's or a tampered file for current."""
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import shutil
 import stat
+import threading
 import time
 import weakref
 from datetime import date
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from analytics import ingest, intervals
-from analytics.access import DataAccess, Scope
+from analytics.access import SYSTEM, DataAccess, Scope
 from analytics.screens import cohort, saved, workspace
 from analytics.screens.workspace import WorkspaceCache
 from analytics.store_postgres import Target
@@ -99,6 +101,114 @@ def test_a_restarted_server_loads_the_clinic_model_instead_of_fitting_it(db, mon
     screen = cohort.cohort_page(ws, cohort.chosen_filters("PHQ-9", site), TODAY)
     assert screen.headline["patients"] and [entry[2] for entry in workspace._CLINIC_MODELS.values()] == [True]  # loaded
     assert saved.load_clinic(db, "PHQ-9", (0, 0, "another version")) is None
+
+
+def hold_fit_lock(db, code: str = "PHQ-9") -> int:
+    """What another process fitting the clinic model to save it (the import command) holds; closed to let go."""
+    lock = saved._fit_lock(db, code)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_dashboard_process_waits_for_the_model_another_process_is_fitting_and_loads_it(db, monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    model_file = saved.clinic_file(db, "PHQ-9")
+    aside = model_file.with_name("elsewhere")
+    os.replace(model_file, aside)  # the import has committed and is fitting the model: not saved yet
+    fd = hold_fit_lock(db)
+
+    def import_saves_and_ends():
+        time.sleep(0.5)
+        os.replace(aside, model_file)
+        os.close(fd)
+    threading.Thread(target=import_saves_and_ends).start()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the model was fitted beside the process fitting it")
+    monkeypatch.setattr(intervals, "fit_clinic_model", no_fit)
+    model = workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9", wait_for_others=True)  # (the background refresh)
+    assert tuple(model.version) == tuple(DataAccess(db).data_version())
+    assert [entry[2] for entry in workspace._CLINIC_MODELS.values()] == [True]  # loaded from the file
+
+
+def test_a_dashboard_process_fits_the_model_itself_when_the_other_fit_takes_too_long(db, monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    saved.clinic_file(db, "PHQ-9").unlink()
+    fd = hold_fit_lock(db)  # a fit that never ends (a process stopped, not killed)
+    monkeypatch.setenv(saved.FIT_WAIT_ENV, "0.3")
+    fitted = []
+
+    class Fitted:
+        version = ()
+
+    def fit(*args, **kwargs):
+        fitted.append(args[2] if len(args) > 2 else kwargs.get("version"))
+        return Fitted()
+    monkeypatch.setattr(intervals, "fit_clinic_model", fit)
+    try:
+        assert isinstance(workspace.clinic_model(DataAccess(db, SYSTEM), "PHQ-9", wait_for_others=True), Fitted)
+    finally:
+        os.close(fd)
+    assert fitted == [tuple(DataAccess(db).data_version())]
+
+
+def test_the_import_holds_the_fit_lock_while_it_fits_and_saves_the_model(db, tmp_path, monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    one_more_score(db, tmp_path)  # a new data version: its model is fitted
+    real_fit, held = intervals.fit_clinic_model, []
+
+    def fit(*args, **kwargs):
+        fd = os.open(saved._fit_lock(db, "PHQ-9"), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(intervals, "fit_clinic_model", fit)
+    assert workspace.fit_and_save_clinic_model(db)
+    assert held == [True]
+    assert saved.load_clinic(db, "PHQ-9", DataAccess(db).data_version()) is not None
+    assert not saved.wait_for_clinic_fit(db, "PHQ-9", timeout=5)  # let go: nobody waits for it
+
+
+def test_a_page_shown_while_its_tables_are_updated_reads_their_own_versions_model_and_fits_nothing(db, tmp_path,
+                                                                                                  monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    cache = WorkspaceCache()
+    first, _ = cohort_visit(cache, db)
+    old = tuple(first.tables.version)
+    assert tuple(first.clinic("PHQ-9").version) == old
+    one_more_score(db, tmp_path)  # an import: the background refresh fits the new version's model
+    real_fit, gate, fits = intervals.fit_clinic_model, threading.Event(), []
+
+    def fit(*args, **kwargs):
+        fits.append(threading.current_thread().name)
+        gate.wait(10)  # a long fit: the pages run meanwhile
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(intervals, "fit_clinic_model", fit)
+    try:
+        ws, screen = cohort_visit(cache, db)  # (a filtered selection's median and the disclosure read the model)
+        site = cohort.cohort_choices(ws, "PHQ-9").subsets[1]
+        filtered = cohort.cohort_page(ws, cohort.chosen_filters("PHQ-9", site), TODAY)
+        assert ws.updating and tuple(ws.tables.version) == old and screen.headline["patients"]
+        assert filtered.headline["patients"] and tuple(ws.clinic("PHQ-9").version) == old
+        assert set(fits) <= {"workspace-refresh"}  # the page fitted nothing and waited for no fit
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating:
+        assert time.monotonic() < deadline, "the new version's tables were not built"
+        time.sleep(0.05)
+    assert fits == ["workspace-refresh"]
+    assert tuple(current.clinic("PHQ-9").version) == tuple(DataAccess(db).data_version()) != old
 
 
 def test_an_older_versions_file_is_served_as_being_updated_and_replaced_by_the_current_one(db, tmp_path):

@@ -19,6 +19,7 @@ replicates never reach has no upper bound (None).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,13 +86,17 @@ def cluster_bootstrap_turnbull(left, right, cluster, *, n_boot: int = 200, seed:
                                probs=(0.25, 0.5, 0.75), level: float = 0.95,
                                weights: np.ndarray | None = None, ci: str = "percentile",
                                max_chunk_cells: int = 5_000_000, tol: float = 1e-5,
-                               max_em_cycles: int = 100) -> BootstrapTurnbull:
+                               max_em_cycles: int = 100, workers: int = 1) -> BootstrapTurnbull:
     """NPMLE with cluster-bootstrap CIs.
 
     cluster: patient labels, or (with `weights`) integer codes indexing the columns
     of `weights` = patient_bootstrap_weights(...). ci: "percentile", or "normal"
     (estimate +/- z * bootstrap SD; used for very large cohorts, where few
     replicates suffice and the sampling distribution is close to normal).
+    workers: the replicates are split into that many runs of consecutive replicates, on as many threads (numpy
+    lets go of the GIL in its array loops). Each replicate's weights are drawn before (one generator, in
+    replicate order) and its EM is its own row of the batch, so the result is the same for any number of
+    workers and any batch size.
     """
     uL, uR, pair = aggregate_days(left, right)
     if weights is None:
@@ -113,19 +118,30 @@ def cluster_bootstrap_turnbull(left, right, cluster, *, n_boot: int = 200, seed:
     if weights is None:
         weights = patient_bootstrap_weights(C, n_boot, seed)
     M = sparse.csr_matrix((np.ones(pair.size), (pair, clus)), shape=(uL.size, C))
-    curves, qs = [], {p: [] for p in probs}
     # replicates per batch: a (replicates x patients) float block of ~40 MB at most
     chunk = max(1, min(n_boot, max_chunk_cells // max(C, uL.size)))
-    for a in range(0, n_boot, chunk):
-        cw = weights[a:a + chunk].astype(float)
-        pw = np.asarray((M @ cw.T).T)
-        pw[pw.sum(axis=1) == 0] = counts   # a replicate that drew none of this subset's patients
-        pb, _ = em(design, pw, p0=p_hat[0], tol=tol, max_iter=max_em_cycles, ll_tol=1e-9)
-        _, sb = curve_points(design.l, design.r, pb)
-        curves.append(sb)
-        for p in probs:
-            qs[p].append(quantiles_from_curves(x, sb, 1.0 - p))
-    curves = np.concatenate(curves)
+
+    def replicates(first: int, stop: int) -> list:
+        """(curves, {p: quantiles}) of each batch of replicates first..stop-1."""
+        done = []
+        for a in range(first, stop, chunk):
+            cw = weights[a:min(a + chunk, stop)].astype(float)
+            pw = np.asarray((M @ cw.T).T)
+            pw[pw.sum(axis=1) == 0] = counts   # a replicate that drew none of this subset's patients
+            pb, _ = em(design, pw, p0=p_hat[0], tol=tol, max_iter=max_em_cycles, ll_tol=1e-9)
+            _, sb = curve_points(design.l, design.r, pb)
+            done.append((sb, {p: quantiles_from_curves(x, sb, 1.0 - p) for p in probs}))
+        return done
+
+    parts = max(1, min(int(workers), n_boot))
+    bounds = [n_boot * k // parts for k in range(parts + 1)]
+    if parts == 1:
+        batches = replicates(0, n_boot)
+    else:
+        with ThreadPoolExecutor(parts) as pool:
+            batches = [b for run in pool.map(replicates, bounds[:-1], bounds[1:]) for b in run]
+    curves = np.concatenate([sb for sb, _ in batches])
+    qs = {p: [q[p] for _, q in batches] for p in probs}
     a = (1.0 - level) / 2
     q_ci = {}
     if ci == "normal":

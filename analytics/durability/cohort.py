@@ -34,6 +34,7 @@ QUARTILE_PROBS = (0.25, 0.5, 0.75)
 LARGE_COHORT_PATIENTS = 20_000
 LARGE_COHORT_BOOT = 50
 PARALLEL_CYCLES = 50_000   # from this many cycles, the whole and post-induction summaries run side by side
+BOOT_WORKERS = 2   # below it, each summary's bootstrap replicates run on this many threads
 
 
 def _clean(cycles: pd.DataFrame) -> tuple[pd.DataFrame, list[dict], int]:
@@ -85,7 +86,7 @@ def _r(v, nd=2):
     return None if v is None else round(float(v), nd)
 
 
-def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str) -> dict:
+def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str, workers: int = 1) -> dict:
     n_cycles = int(len(df))
     n_events = int(np.isfinite(df["right_days"].to_numpy()).sum())
     base = {"n_patients": int(df["patient_id"].nunique()), "n_cycles": n_cycles,
@@ -97,7 +98,7 @@ def _summary(df: pd.DataFrame, weights: np.ndarray | None, ci: str) -> dict:
     bt = cluster_bootstrap_turnbull(df["left_days"].to_numpy(), df["right_days"].to_numpy(),
                                     df["_patient"].to_numpy(), weights=weights, ci=ci,
                                     n_boot=0 if weights is None else weights.shape[0],
-                                    probs=QUARTILE_PROBS)
+                                    probs=QUARTILE_PROBS, workers=workers)
     q, q_ci = bt.quantiles, bt.quantile_ci
     survival = []
     for k, (day, s) in enumerate(zip(bt.x, bt.s)):
@@ -292,11 +293,12 @@ def _definitions(cycles: pd.DataFrame, instrument: str, by: str | None, n_boot: 
             with ThreadPoolExecutor(2) as pool:
                 whole, after = pool.map(lambda part: _summary(part, weights, ci), (good, post))
         else:
-            whole, after = _summary(good, weights, ci), _summary(post, weights, ci)
+            # one after the other, each with its replicates on two threads (the same figures for any number)
+            whole, after = _summary(good, weights, ci, BOOT_WORKERS), _summary(post, weights, ci, BOOT_WORKERS)
         result.update(whole)
         result["post_induction"] = after
     else:
-        result.update(_summary(good, weights, ci))
+        result.update(_summary(good, weights, ci, BOOT_WORKERS))
         result["post_induction"] = {**_summary(good.iloc[0:0], None, ci),
                                     "note": "no post_induction column in the cycles table"}
     result["groups"] = {}
@@ -305,7 +307,7 @@ def _definitions(cycles: pd.DataFrame, instrument: str, by: str | None, n_boot: 
         has = good[by].notna()
         sub = good[has]
         for value, part in sub.groupby(by, sort=True):
-            result["groups"][_group_key(value)] = _summary(part, weights, ci)
+            result["groups"][_group_key(value)] = _summary(part, weights, ci, BOOT_WORKERS)
         n_missing = int((~has).sum())
         if n_missing:
             result["groups_note"] = f"{n_missing} cycles without a value of {by!r} are left out of the groups"

@@ -58,7 +58,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize, sparse, special, stats
-from scipy.sparse import _sparsetools
+
+from .arrays import Scratch as _Scratch
+from .arrays import sparse_product as _sparse_product
 
 REQUIRED = ("patient_id", "cycle_no", "days", "total", "line")
 T_GRID = np.exp(np.linspace(math.log(1.0), math.log(730.0), 36))   # cycle durability, days
@@ -131,24 +133,6 @@ def one_blas_thread():
 RATE = np.where(DEPTHS < 1.0, np.log(2.0 - np.minimum(DEPTHS, 0.999)), math.log(2.0)).astype(np.float32)
 
 
-class _Scratch:
-    """Arrays one worker reuses from chunk to chunk (and the search from pass to pass). A fresh array of a
-    chunk's size (tens of MB) is mapped by the allocator and faulted in page by page each time it is
-    made: at 100,000 patients that was about a third of the pass's CPU (system time). `get` gives the
-    first cells of the named array, grown when too small, shaped as asked; not zeroed."""
-
-    def __init__(self):
-        self._arrays: dict = {}
-
-    def get(self, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
-        n = math.prod(shape)
-        a = self._arrays.get(name)
-        if a is None or a.dtype != np.dtype(dtype) or a.size < n:
-            a = np.empty(n, dtype=dtype)
-            self._arrays[name] = a
-        return a[:n].reshape(shape)
-
-
 class _Workspaces:
     """The scratch arrays of one fit: one _Scratch lent to each chunk's work at a time (as many as run at
     once) and `shared`, the pass's own (the distinct days' table). Dropped with the fit: nothing is kept."""
@@ -167,18 +151,6 @@ class _Workspaces:
             yield scratch
         finally:
             self._free.put(scratch)
-
-
-def _sparse_product(A: sparse.csr_matrix, X: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """A @ X written into `out` (A's rows x X's columns, of A's and X's common dtype): scipy's own kernel
-    for a sparse matrix times a dense one (csr_matvecs: what `A @ X` calls), the same sums in the same
-    order, without a new result array each time."""
-    assert A.format == "csr" and A.dtype == X.dtype == out.dtype and X.ndim == out.ndim == 2
-    assert out.shape == (A.shape[0], X.shape[1]) and X.shape[0] == A.shape[1] and out.flags.c_contiguous
-    out[...] = 0
-    _sparsetools.csr_matvecs(A.shape[0], A.shape[1], X.shape[1], A.indptr, A.indices, A.data,
-                             np.ascontiguousarray(X).ravel(), out.ravel())
-    return out
 
 
 def _days_k(days, kappa: float) -> np.ndarray:
@@ -369,13 +341,13 @@ class _Data:
         per_score = len(T_GRID) * len(DEPTHS)
         # at least SPLIT_CHUNKS chunks once there is enough work to share (the search's subsample too)
         scores_per_chunk = max(min(CHUNK_CELLS // per_score, -(-len(self.days) // SPLIT_CHUNKS)), MIN_CHUNK_SCORES)
+        patient_end = s_end[c_end - 1]   # one past each patient's last score (non-decreasing)
         out, p = [], 0
         while p < self.n_patients:
             first_score = self.cycle_start[self.patient_start[p]]
             limit = first_score + scores_per_chunk
-            q = p + 1
-            while q < self.n_patients and s_end[c_end[q] - 1] <= limit:
-                q += 1
+            # the patients after p that end within the limit join the chunk (one search, not a step per patient)
+            q = max(p + 1, int(np.searchsorted(patient_end, limit, side="right")))
             c0, c1 = self.patient_start[p], c_end[q - 1]
             s0, s1 = self.cycle_start[c0], s_end[c1 - 1]
             out.append(_Chunk(p, q, c0, c1, s0, s1, _sums(self.cycle_start[c0:c1] - s0, s1 - s0, np.float32),
@@ -406,16 +378,32 @@ def _prepare(scores: pd.DataFrame) -> _Data:
     ids = pd.Series(ids).astype(str).to_numpy()
     cyc = scores["cycle_no"].to_numpy()
     days = scores["days"].to_numpy(dtype=float)
-    order = np.lexsort((days, cyc, codes))     # stable: rows equal in all three keep their order
-    codes, cyc, days = codes[order], cyc[order], days[order]
-    new_cycle = np.r_[True, (codes[1:] != codes[:-1]) | (cyc[1:] != cyc[:-1])] if len(order) else np.zeros(0, dtype=bool)
+    if _in_order(codes, cyc, days):
+        # already sorted (course.cycle_scores gives them so): the stable sort would keep every row where it
+        # is; checking costs a few passes, sorting 1.3 M rows half a second
+        order = slice(None)
+        days = days.copy()
+    else:
+        order = np.lexsort((days, cyc, codes))     # stable: rows equal in all three keep their order
+        codes, cyc, days = codes[order], cyc[order], days[order]
+    new_cycle = np.r_[True, (codes[1:] != codes[:-1]) | (cyc[1:] != cyc[:-1])] if len(codes) else np.zeros(0, dtype=bool)
     cycle_start = np.flatnonzero(new_cycle)
     c_code = codes[cycle_start]
     new_patient = np.r_[True, c_code[1:] != c_code[:-1]] if len(c_code) else np.zeros(0, dtype=bool)
     patient_start = np.flatnonzero(new_patient)
-    return _Data(days, scores["total"].to_numpy(dtype=float)[order], scores["line"].to_numpy(dtype=float)[order],
+    return _Data(days, np.array(scores["total"].to_numpy(dtype=float)[order]),
+                 np.array(scores["line"].to_numpy(dtype=float)[order]),
                  cycle_start, np.cumsum(new_patient) - 1, patient_start,
                  ids[c_code[patient_start]])
+
+
+def _in_order(codes: np.ndarray, cycles: np.ndarray, days: np.ndarray) -> bool:
+    """Are the rows sorted by patient code, cycle and day (ties allowed; a missing day never is)?"""
+    if len(codes) < 2:
+        return True
+    patient = np.diff(codes)
+    cycle = np.diff(cycles)
+    return bool(np.all((patient > 0) | ((patient == 0) & ((cycle > 0) | ((cycle == 0) & (days[1:] >= days[:-1]))))))
 
 
 def _chunk_cycle_terms(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale_max: float,

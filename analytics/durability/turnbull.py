@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .arrays import Scratch, sparse_product
+
 
 def _as_intervals(left, right) -> tuple[np.ndarray, np.ndarray]:
     left = np.asarray(left, dtype=float)
@@ -83,16 +85,35 @@ def make_design(left, right) -> Design:
     return Design(l=l, r=r, start=start, stop=stop, adder=adder)
 
 
-def _self_consistency(design: Design, wt: np.ndarray, p: np.ndarray, want_loglik: bool = True):
+def _self_consistency(design: Design, wt: np.ndarray, p: np.ndarray, want_loglik: bool = True,
+                      arrays: Scratch | None = None):
     """One EM map p -> F(p), plus the log-likelihood at p (per unit weight) and the
     KKT gradient d_j = sum_i w_i [i covers j] / P_i (p is an NPMLE iff d_j <= 1
-    everywhere, with equality on its support)."""
+    everywhere, with equality on its support). `arrays`: the (rows x observations) temporaries are
+    made in these (the same values; none of them is returned)."""
     m = design.m
     c = np.zeros((p.shape[0], m + 1))
     np.cumsum(p, axis=1, out=c[:, 1:])
-    denom = np.maximum(c[:, design.stop] - c[:, design.start], 1e-300)
-    loglik = (wt * np.log(denom)).sum(axis=1) if want_loglik else None
-    grad = np.cumsum(np.asarray(design.adder @ (wt / denom).T).T, axis=1)[:, :m]
+    if arrays is None:
+        denom = np.maximum(c[:, design.stop] - c[:, design.start], 1e-300)
+        loglik = (wt * np.log(denom)).sum(axis=1) if want_loglik else None
+        covered = design.adder @ (wt / denom).T
+    else:
+        shape = (p.shape[0], design.start.size)
+        denom = np.take(c, design.stop, axis=1, out=arrays.get("denom", shape, float))
+        np.subtract(denom, np.take(c, design.start, axis=1, out=arrays.get("start", shape, float)), out=denom)
+        np.maximum(denom, 1e-300, out=denom)
+        work = arrays.get("work", shape, float)
+        loglik = None
+        if want_loglik:
+            np.log(denom, out=work)
+            np.multiply(wt, work, out=work)
+            loglik = work.sum(axis=1)
+        np.divide(wt, denom, out=work)
+        by_observation = arrays.get("by_observation", shape[::-1], float)
+        np.copyto(by_observation, work.T)   # what `adder @ (wt / denom).T` hands scipy's kernel
+        covered = sparse_product(design.adder, by_observation, arrays.get("covered", (m + 1, shape[0]), float))
+    grad = np.cumsum(np.asarray(covered).T, axis=1)[:, :m]
     new = p * grad
     new /= new.sum(axis=1, keepdims=True)
     return new, loglik, grad
@@ -119,13 +140,17 @@ def em(design: Design, weights: np.ndarray, p0: np.ndarray | None = None,
         # keep every interval alive: a mass of exactly 0 can never grow under EM
         p = 0.99 * np.array(np.broadcast_to(p0, (B, m)), dtype=float) + 0.01 / m
     wt = w / total
+    # a batch of bootstrap replicates: its (replicates x observations) temporaries, ~2 MB at 100,000
+    # patients, are reused from step to step (made afresh, each was faulted in again: arrays.py)
+    arrays = Scratch() if B > 1 else None
     active = np.arange(B)
     ll_prev = np.full(B, -np.inf)
     it = 0
     for it in range(1, max_iter + 1):
-        pa, wa = p[active], wt[active]
-        p1, _, _ = _self_consistency(design, wa, pa, want_loglik=False)
-        p2, ll1, _ = _self_consistency(design, wa, p1)
+        pa = p[active]
+        wa = wt[active] if arrays is None else np.take(wt, active, axis=0, out=arrays.get("wa", (active.size, wt.shape[1]), float))
+        p1, _, _ = _self_consistency(design, wa, pa, want_loglik=False, arrays=arrays)
+        p2, ll1, _ = _self_consistency(design, wa, p1, arrays=arrays)
         r = p1 - pa
         v = p2 - p1 - r
         nr = np.sqrt((r * r).sum(axis=1, keepdims=True))
@@ -138,11 +163,18 @@ def em(design: Design, weights: np.ndarray, p0: np.ndarray | None = None,
         # step, which never lowers the likelihood).
         cum = np.zeros((jump.shape[0], m + 1))
         np.cumsum(jump, axis=1, out=cum[:, 1:])
-        starved = ((cum[:, design.stop] - cum[:, design.start]) <= 0) & (wa > 0)
+        if arrays is None:
+            starved = ((cum[:, design.stop] - cum[:, design.start]) <= 0) & (wa > 0)
+        else:
+            shape = wa.shape
+            ends = np.take(cum, design.stop, axis=1, out=arrays.get("denom", shape, float))
+            np.subtract(ends, np.take(cum, design.start, axis=1, out=arrays.get("start", shape, float)), out=ends)
+            starved = np.less_equal(ends, 0, out=arrays.get("starved", shape, bool))
+            starved &= np.greater(wa, 0, out=arrays.get("weighted", shape, bool))
         usable = ~starved.any(axis=1)
         jump = np.where(usable[:, None], jump, p2)
         jump /= jump.sum(axis=1, keepdims=True)
-        p_acc, ll_jump, _ = _self_consistency(design, wa, jump)
+        p_acc, ll_jump, _ = _self_consistency(design, wa, jump, arrays=arrays)
         # EM never lowers the likelihood, so ll(p_acc) >= ll(jump); accept the
         # extrapolation when it already beats the plain EM point p1.
         accept = ll_jump >= ll1

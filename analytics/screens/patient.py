@@ -87,7 +87,7 @@ def patient_screen(ws: Workspace, patient_id: str, today: date) -> PatientScreen
         record = ws.data.patient_record(patient_id, page="patient")
     except AccessDenied as refused:
         return PatientScreen(patient_id, refused=str(refused))
-    fingerprint = record_fingerprint(record)
+    fingerprint = _kept_fingerprint(ws, record)
     return ws.memo(("patient_screen", patient_id, today, fingerprint),
                    lambda: _patient_screen(ws, patient_id, today, record, fingerprint))
 
@@ -113,6 +113,18 @@ def record_fingerprint(record: dict[str, pd.DataFrame]) -> tuple:
     # gives the same bytes; a tenth of the CPU of hashing each column with pandas.
     return tuple((name, len(frame), hashlib.blake2b(pickle.dumps(frame, protocol=5), digest_size=16).hexdigest())
                  for name, frame in sorted(record.items()))
+
+
+def _kept_fingerprint(ws: Workspace, record: dict[str, pd.DataFrame]) -> tuple:
+    """record_fingerprint(record), worked out once for these very frames: the data layer hands out the same
+    frames for a record it keeps (DataAccess.patient_record), and a frame's pickled bytes can change once pandas
+    has reorganised its blocks (a screen read it), though not its values. The memo holds the frames it was
+    worked out for and is used only for those same objects, so no other frames can take their identity."""
+    frames = tuple(record[name] for name in sorted(record))
+    kept = ws.memo(("record_fingerprint", *map(id, frames)), lambda: (frames, record_fingerprint(record)))
+    if len(kept[0]) == len(frames) and all(a is b for a, b in zip(kept[0], frames)):
+        return kept[1]
+    return record_fingerprint(record)
 
 
 def _patient_screen(ws: Workspace, patient_id: str, today: date, record: dict[str, pd.DataFrame],
@@ -155,12 +167,15 @@ def patient_rows(ws: Workspace, name: tuple, table: Callable[[], pd.DataFrame], 
         codes, ids = pd.factorize(frame["patient_id"].astype(str).to_numpy(dtype=object))
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(ids) + 1))
-        return pd.Index(ids, dtype=object), order, bounds
+        return {pid: at for at, pid in enumerate(ids.tolist())}, order, bounds
     index, order, bounds = ws.memo(("patient_rows", *name), build)
-    at = index.get_indexer([str(patient_id)])[0]
+    at = index.get(str(patient_id), -1)
     if at < 0:
         return frame.iloc[:0]
-    return frame.iloc[order[bounds[at]:bounds[at + 1]]]
+    rows = order[bounds[at]:bounds[at + 1]]
+    if rows[-1] - rows[0] == len(rows) - 1:  # in order and together (the tables are built patient by patient):
+        return frame.iloc[rows[0]:rows[-1] + 1]  # a slice, not a take of every column (copy-on-write: no view leaks)
+    return frame.iloc[rows]
 
 
 class ItemAnswers(Mapping):
@@ -185,14 +200,20 @@ class ItemAnswers(Mapping):
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:
-    """One patient's cycles as the page lists them: number, start, length, how it ended."""
-    days = cycles["length_days"].round(0).astype(int)
+    """One patient's cycles as the page lists them: number, start, length, how it ended. Built from plain
+    values (a patient's few cycles: a frame operation per column cost more than the rows), with the column
+    types the frame operations gave (text as pandas' str)."""
+    days = np.round(cycles["length_days"].to_numpy(dtype=float)).astype(int)
+    started = cycles["started_at"].to_numpy().astype("datetime64[us]").tolist()
     return pd.DataFrame({
-        "cycle": cycles["cycle_no"].astype(int),
-        "started": cycles["started_at"].dt.strftime("%d %b %Y"),
-        "length": [f"{d} day" if d == 1 else f"{d} days" for d in days],
-        "ended": cycles["censor_reason"].map(CYCLE_ENDS).fillna(cycles["censor_reason"]),
-    })
+        "cycle": cycles["cycle_no"].to_numpy().astype(int),
+        "started": pd.array([f"{d:%d %b %Y}" for d in started], dtype=_TEXT),
+        "length": [f"{d} day" if d == 1 else f"{d} days" for d in days.tolist()],  # typed as before (none: float)
+        "ended": pd.array([CYCLE_ENDS.get(r, r) for r in cycles["censor_reason"].tolist()], dtype=_TEXT),
+    }, index=cycles.index)
+
+
+_TEXT = pd.StringDtype(na_value=np.nan)  # pandas' default text type (str)
 
 
 _BASIS = {

@@ -26,6 +26,8 @@ in the background, and the first time a server process serves that view it loads
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import io
@@ -36,6 +38,7 @@ import shutil
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +199,78 @@ def save_clinic(db, instrument: str, version: tuple, model) -> Path | None:
     """The whole clinic's fitted model of `instrument` (intervals.ClinicModel) for this data version: the page
     that needs it after a restart loads it instead of fitting again (a minute of CPU at 10,000 patients)."""
     return _write(clinic_file(db, instrument), f"clinic:{instrument}", version, None, {"model": model}, _identity(db))
+
+
+# How long a process that needs the clinic model waits for another process that is fitting it to save it (the
+# import command, after its commit) before it fits the model itself (seconds).
+FIT_WAIT_ENV = "OUTCOMES_CLINIC_FIT_WAIT"
+_FITTING: set[str] = set()  # the fit locks this process holds
+_FITTING_GUARD = threading.Lock()
+
+
+def _fit_lock(db, instrument: str) -> Path:
+    return clinic_file(db, instrument).with_suffix(".fitting")
+
+
+@contextlib.contextmanager
+def fitting_clinic(db, instrument: str):
+    """Held while this process fits the clinic model of `instrument` to save it: another process that needs the
+    same model meanwhile waits for the file (`wait_for_clinic_fit`) instead of fitting it beside this one (after
+    an import, every dashboard process found the new data version and fitted the model the import was fitting).
+    Best effort: yields False, and the fit runs as it is, when no lock can be had (held by another process, a
+    folder that cannot be written). The lock goes with the process if it dies."""
+    path, fd = _fit_lock(db, instrument), None
+    if enabled():
+        try:
+            keys.private_dir(path.parent)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    if fd is not None:
+        with _FITTING_GUARD:
+            _FITTING.add(str(path))
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            with _FITTING_GUARD:
+                _FITTING.discard(str(path))
+            os.close(fd)  # lets the lock go
+
+
+def wait_for_clinic_fit(db, instrument: str, timeout: float | None = None) -> bool:
+    """If another process is fitting the clinic model of `instrument` to save it (`fitting_clinic`), wait until
+    it is done, at most `timeout` seconds (default: OUTCOMES_CLINIC_FIT_WAIT, 120); True if it was waited for
+    and is done, False at once when nobody else is fitting it (or done just now: read the file again either way)."""
+    path = _fit_lock(db, instrument)
+    with _FITTING_GUARD:
+        if str(path) in _FITTING:
+            return False  # this process's own fit
+    if timeout is None:
+        timeout = float(os.environ.get(FIT_WAIT_ENV, "120"))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        deadline, waited = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return waited
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                waited = True
+                time.sleep(0.25)
+            except OSError:
+                return False
+    finally:
+        os.close(fd)
 
 
 def load_clinic(db, instrument: str, version: tuple):

@@ -206,10 +206,12 @@ def categories_as_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 class Workspace:
-    def __init__(self, data: DataAccess, tables: Tables | None = None, *, updating: bool = False):
+    def __init__(self, data: DataAccess, tables: Tables | None = None, *, updating: bool = False,
+                 background: bool = False):
         self.data = data
         self.tables = tables if tables is not None else Tables()
         self.updating = updating  # a newer data version exists; these tables are the previous one's
+        self.background = background  # built by the background refresh, not for a page run
 
     @property
     def as_of(self) -> str | None:
@@ -271,8 +273,21 @@ class Workspace:
     def clinic(self, instrument: str = scales.PRIMARY) -> intervals.ClinicModel:
         """The whole clinic's cycles and durability model of this data version (one fit per process
         and data version, shared by every view; its aggregate parameters identify no one). Loaded
-        from the saved tables when a server fitted it before; saved once fitted (saved.py)."""
-        return clinic_model(self.clinic_data(), scales.get(instrument).code)
+        from the saved tables when a server fitted it before; saved once fitted (saved.py).
+
+        Tables of the previous version (`updating`) are read with the model they were built with while this
+        process holds it (or its file is still that version's): a page is not held up fitting, or waiting for,
+        the new version's model that the background refresh is about to build, and its figures stay those of
+        one version. The background refresh waits for another process's fit of the same model (an import's)
+        instead of fitting it beside; a page run never waits for another process."""
+        code = scales.get(instrument).code
+        if self.updating:
+            db, version = self.data.db, tuple(self.tables.version)
+            held = intervals.held_clinic_model(db, version, code, DEFAULT_RULES,
+                                               kept=lambda: saved.load_clinic(db, code, version))
+            if held is not None:
+                return held
+        return clinic_model(self.clinic_data(), code, wait_for_others=self.background)
 
     def clinic_data(self) -> DataAccess:
         """The whole clinic's rows, for the one model only: nothing of it is shown beyond this view's rows."""
@@ -371,13 +386,18 @@ _CLINIC_MODELS: dict[tuple, list] = {}
 _CLINIC_GUARD = threading.Lock()
 
 
-def clinic_model(clinic_data: DataAccess, code: str) -> intervals.ClinicModel:
-    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted."""
+def clinic_model(clinic_data: DataAccess, code: str, wait_for_others: bool = False) -> intervals.ClinicModel:
+    """intervals.clinic_model, from this version's saved fit when there is one; remembered to be saved once fitted.
+    `wait_for_others`: when another process is fitting it to save it (an import), wait for its file
+    (saved.wait_for_clinic_fit) before fitting it here; only the background refresh waits, never a page run."""
     version = tuple(clinic_data.data_version())
     loaded = []
 
     def kept():
         found = saved.load_clinic(clinic_data.db, code, version)
+        if found is None and wait_for_others:  # another process (an import) may be fitting it: its file once done
+            saved.wait_for_clinic_fit(clinic_data.db, code)
+            found = saved.load_clinic(clinic_data.db, code, version)
         loaded.append(found)
         return found
     model = intervals.clinic_model(whole_clinic_data(clinic_data), code, DEFAULT_RULES, kept=kept)
@@ -421,8 +441,10 @@ def fit_and_save_clinic_model(db, instrument: str = scales.PRIMARY) -> bool:
     True when a file was written."""
     if not saved.enabled():
         return False
-    clinic_model(DataAccess(db, SYSTEM), scales.get(instrument).code).model  # noqa: B018 - the fit
-    return save_clinic_models() > 0
+    code = scales.get(instrument).code
+    with saved.fitting_clinic(db, code):  # the dashboard's processes wait for this file instead of fitting beside
+        clinic_model(DataAccess(db, SYSTEM), code).model  # noqa: B018 - the fit
+        return save_clinic_models() > 0
 
 
 # How to build a table again for a new data version: the first element of its key -> warmer(ws, key).
@@ -460,6 +482,12 @@ class WorkspaceCache:
         self._saver: threading.Thread | None = None
         self._active = time.monotonic()  # the last page run's ask for a workspace
         self._released = 0  # how far memory was handed back since then: 0 nothing, 1 trimmed, 2 models forgotten too
+        # Views whose tables wait to be built for a newer version: view key -> (scope, old tables, version). One
+        # thread builds them one view at a time, the most recently used first: after an import every view of
+        # every signed-in user is out of date at once, and a thread per view made them all compete with the
+        # page runs of the same process for the one interpreter lock (docs/performance.md, wave 8).
+        self._due: dict[tuple, tuple] = {}
+        self._refresher: threading.Thread | None = None
 
     def workspace(self, db, scope: Scope) -> Workspace:
         data = DataAccess(db, scope)
@@ -494,8 +522,8 @@ class WorkspaceCache:
             if tables is not None and len(tables):
                 if view.refreshing != version:
                     view.refreshing = version
-                    threading.Thread(target=self._refresh, args=(key, scope, tables, version), daemon=True,
-                                     name="workspace-refresh").start()
+                    self._due[key] = (scope, tables, version)
+                    self._start_refresher()
                 return Workspace(data, tables, updating=True)
             view.tables = Tables(version, _imported_at(version))
             self._forget_beyond_limit()
@@ -507,14 +535,38 @@ class WorkspaceCache:
         if not ws.updating:
             threading.Thread(target=_quietly, args=(warm, ws), daemon=True, name="workspace-prepare").start()
 
+    def _start_refresher(self) -> None:
+        """(Under the guard.) Start the thread that builds the due views' tables, unless it runs."""
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_due, daemon=True, name="workspace-refresh")
+            self._refresher.start()
+
+    def _refresh_due(self) -> None:
+        try:
+            while True:
+                with self._guard:
+                    if not self._due:
+                        return
+                    key = max(self._due, key=lambda k: self._views[k].last_used if k in self._views else 0.0)
+                    scope, old, version = self._due.pop(key)
+                self._refresh(key, scope, old, version)
+        finally:
+            with self._guard:
+                if self._refresher is threading.current_thread():
+                    self._refresher = None
+
     def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple) -> None:
         fresh = Tables(version, _imported_at(version))
-        ws = Workspace(DataAccess(key[0], scope), fresh)
+        ws = Workspace(DataAccess(key[0], scope), fresh, background=True)
         try:
             for table in old.keys():
                 warm = _WARMERS.get(table[0])
                 if warm is not None:
                     warm(ws, table)
+            # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
+            # page): the new tables are shown with theirs, so the first page run after the swap fits nothing
+            for code in intervals.held_instruments(key[0], old.version):
+                ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
         except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
             print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
                   file=sys.stderr, flush=True)
@@ -523,7 +575,9 @@ class WorkspaceCache:
             view = self._views.get(key)
             if view is None:
                 return
-            if fresh is not None and view.tables is old:
+            # the view's tables as they were when it was found out of date, or (a newer version came meanwhile
+            # and this build is of it) whatever an earlier build put there since
+            if fresh is not None and (view.tables is old or view.refreshing == version):
                 view.tables = fresh
             if view.refreshing == version:
                 view.refreshing = None
@@ -565,6 +619,7 @@ class WorkspaceCache:
     def clear(self) -> None:
         with self._guard:
             self._views.clear()
+            self._due.clear()
 
     def save_due(self, quiet_s: float = SAVE_AFTER_QUIET_S) -> int:
         """Save every view whose tables gained something `quiet_s` ago or more and nothing since, if they

@@ -7,4 +7,6 @@
   interval-censored Weibull fit (the product's per-patient model is durability.measured.MeasuredDurability);
 - cohort: the cohort page's figures computed straight from the frames, slowly, which the
   page's per-patient summaries must equal.
+- timeline: the patient timeline as plotly's figure of pandas selections (the builder before wave 8),
+  which the spec the Patient page draws must equal (test_patient_timeline.py).
 """
