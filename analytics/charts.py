@@ -278,19 +278,42 @@ def cycles_lost(cycles: pd.DataFrame) -> list[bool]:
 
 def item_heatmap(matrix: pd.DataFrame, instrument: str, item_max: int) -> go.Figure:
     """Items (rows, labelled by their short names) by assessment date; hover shows each item's full
-    wording (`matrix.attrs["wording"]`, screens.patient.item_matrix)."""
+    wording (`matrix.attrs["wording"]`, screens.patient.item_matrix). The page draws `item_heatmap_spec`."""
+    heatmap, layout = _heatmap_parts(matrix, instrument, item_max)
+    return go.Figure(data=[heatmap], layout=layout)
+
+
+def item_heatmap_spec(matrix: pd.DataFrame, instrument: str, item_max: int) -> dict:
+    """`item_heatmap(...).to_dict()` made without plotly's figure objects (the named colour scale as plotly
+    spells it out, the arrays as `to_dict` writes them); draw it with `drawn(spec)`."""
+    from _plotly_utils.utils import convert_to_base64
+
+    heatmap, layout = _heatmap_parts(matrix, instrument, item_max)
+    data = [{**heatmap, "colorscale": _colour_scale(heatmap["colorscale"])}]
+    convert_to_base64(data)  # one trace: plotly's own conversion (z as a typed array with its shape)
+    return {"data": data, "layout": {**layout, "template": _default_template()}}
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_scale(name: str) -> list:
+    """A named colour scale as plotly's checks spell it out in a figure ([[position, colour], ...]); shared by
+    every spec and never changed."""
+    return go.Heatmap(colorscale=name).to_plotly_json()["colorscale"]
+
+
+def _heatmap_parts(matrix: pd.DataFrame, instrument: str, item_max: int) -> tuple[dict, dict]:
     wording = matrix.attrs.get("wording") or list(matrix.index)
     words = np.array([[w] * matrix.shape[1] for w in wording], dtype=object)
     # made in one go (as _layout would set it): each update_* call copies and re-checks the figure
     heatmap = dict(type="heatmap", z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index), zmin=0,
                    zmax=item_max, colorscale="YlOrRd", colorbar=dict(title=dict(text="score")), customdata=words, xgap=1,
                    ygap=1, hovertemplate="%{customdata}<br>%{x}: %{z} of " + str(item_max) + "<extra></extra>")
-    return go.Figure(data=[heatmap], layout=dict(
+    return heatmap, dict(
         yaxis=dict(autorange="reversed", title=dict(text="item")),
         xaxis=dict(title=dict(text="assessment date"), type="category"),
         title=dict(text=f"{instrument} items over time (which symptoms move)", x=0, xanchor="left"), height=360,
         margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
-        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)))
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
 
 
 def waterfall(w: pd.DataFrame, instrument: str, show_ids: bool = True) -> go.Figure:

@@ -95,7 +95,8 @@ with left:
             st.info(f"No item-level answers recorded for {pick}.")
         else:
             st.plotly_chart(page.figure(("items", patient_id, pick, screen.fingerprint),
-                                        lambda: charts.item_heatmap(matrix, pick, item_max)), key="items")
+                                        lambda: charts.drawn(charts.item_heatmap_spec(matrix, pick, item_max))),
+                            key="items")
 with right:
     st.subheader("Response cycles")
     if screen.cycles.empty:

@@ -126,3 +126,26 @@ def test_a_safety_flag_raised_in_another_process_after_a_read_shows_on_the_next_
     assert flags[flags["patient_id"] == pid]["reason"].tolist() == ["PHQ-9 item 9 = 2"]
     selfreport.acknowledge_flag(db, data.scope, int(flags[flags["patient_id"] == pid]["flag_id"].iloc[0]))
     assert pid not in set(data.safety_flags()["patient_id"])
+
+
+def test_the_cycle_table_is_the_one_the_frame_operations_made(demo_db):
+    """screens.patient.cycle_rows is built from plain values: the same frame (values, types, index) as the
+    frame operations it replaced gave, for every demo patient's cycles (none included)."""
+    from analytics.screens.workspace import categories_as_text
+
+    def previous(cycles: pd.DataFrame) -> pd.DataFrame:
+        days = cycles["length_days"].round(0).astype(int)
+        return pd.DataFrame({
+            "cycle": cycles["cycle_no"].astype(int),
+            "started": cycles["started_at"].dt.strftime("%d %b %Y"),
+            "length": [f"{d} day" if d == 1 else f"{d} days" for d in days],
+            "ended": cycles["censor_reason"].map(patient.CYCLE_ENDS).fillna(cycles["censor_reason"]),
+        })
+    ws = Workspace(DataAccess(demo_db))
+    cycles = ws.cycles()
+    shown = 0
+    for pid in ws.data.patients()["patient_id"]:
+        mine = categories_as_text(patient.patient_rows(ws, ("cycles", scales.PRIMARY), lambda: cycles, pid))
+        pd.testing.assert_frame_equal(patient.cycle_rows(mine), previous(mine))
+        shown += len(mine)
+    assert shown == len(cycles)

@@ -160,3 +160,29 @@ def test_the_page_draws_the_timeline_the_previous_builder_drew_for_demo_patients
             assert sent(charts.patient_timeline(*args)) == want, pid
             kinds |= {t.get("name", "cycle") for t in want["data"]}
     assert {"cycle", "PHQ-9 item 9 above 0", "induction infusion", "maintenance infusion"} <= kinds
+
+
+def test_the_page_draws_the_item_heatmap_plotly_would(demo_db):
+    """The item heatmap the page hands Streamlit (`charts.drawn(charts.item_heatmap_spec(...))`, no figure objects
+    made) sends what plotly's checked figure of the same matrix sends, for every instrument of some demo patients."""
+    import json
+
+    import plotly.io
+    import plotly.tools
+
+    def sent(fig) -> dict:
+        return json.loads(plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True),
+                                            validate=False))
+    data = DataAccess(demo_db)
+    drawn = 0
+    for pid in list(data.patients()["patient_id"])[::10]:
+        assessments = data.patient_record(pid)["assessments"]
+        for code in sorted(set(assessments["instrument"])):
+            matrix = patient.item_matrix(assessments, code)
+            if matrix.empty:
+                continue
+            item_max = scales.get(code).item_max
+            assert sent(charts.drawn(charts.item_heatmap_spec(matrix, code, item_max))) == \
+                sent(charts.item_heatmap(matrix, code, item_max)), (pid, code)
+            drawn += 1
+    assert drawn >= 10

@@ -167,9 +167,9 @@ def patient_rows(ws: Workspace, name: tuple, table: Callable[[], pd.DataFrame], 
         codes, ids = pd.factorize(frame["patient_id"].astype(str).to_numpy(dtype=object))
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(ids) + 1))
-        return pd.Index(ids, dtype=object), order, bounds
+        return {pid: at for at, pid in enumerate(ids.tolist())}, order, bounds
     index, order, bounds = ws.memo(("patient_rows", *name), build)
-    at = index.get_indexer([str(patient_id)])[0]
+    at = index.get(str(patient_id), -1)
     if at < 0:
         return frame.iloc[:0]
     rows = order[bounds[at]:bounds[at + 1]]
@@ -200,14 +200,20 @@ class ItemAnswers(Mapping):
 
 
 def cycle_rows(cycles: pd.DataFrame) -> pd.DataFrame:
-    """One patient's cycles as the page lists them: number, start, length, how it ended."""
-    days = cycles["length_days"].round(0).astype(int)
+    """One patient's cycles as the page lists them: number, start, length, how it ended. Built from plain
+    values (a patient's few cycles: a frame operation per column cost more than the rows), with the column
+    types the frame operations gave (text as pandas' str)."""
+    days = np.round(cycles["length_days"].to_numpy(dtype=float)).astype(int)
+    started = cycles["started_at"].to_numpy().astype("datetime64[us]").tolist()
     return pd.DataFrame({
-        "cycle": cycles["cycle_no"].astype(int),
-        "started": cycles["started_at"].dt.strftime("%d %b %Y"),
-        "length": [f"{d} day" if d == 1 else f"{d} days" for d in days],
-        "ended": cycles["censor_reason"].map(CYCLE_ENDS).fillna(cycles["censor_reason"]),
-    })
+        "cycle": cycles["cycle_no"].to_numpy().astype(int),
+        "started": pd.array([f"{d:%d %b %Y}" for d in started], dtype=_TEXT),
+        "length": [f"{d} day" if d == 1 else f"{d} days" for d in days.tolist()],  # typed as before (none: float)
+        "ended": pd.array([CYCLE_ENDS.get(r, r) for r in cycles["censor_reason"].tolist()], dtype=_TEXT),
+    }, index=cycles.index)
+
+
+_TEXT = pd.StringDtype(na_value=np.nan)  # pandas' default text type (str)
 
 
 _BASIS = {
