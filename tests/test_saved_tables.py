@@ -352,3 +352,25 @@ def test_a_model_waiting_to_be_saved_is_let_go_once_the_cache_of_fits_forgets_it
     cache_of_fits.clear()
     gc.collect()
     assert held() is None and workspace.save_clinic_models() == 0
+
+
+def test_a_model_that_cannot_be_built_in_the_background_does_not_hold_the_new_tables_back(db, tmp_path, monkeypatch,
+                                                                                         capsys):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    cache = WorkspaceCache()
+    first, _ = cohort_visit(cache, db)
+    old = tuple(first.tables.version)
+    first.clinic("PHQ-9")  # held: the background refresh builds the new version's model too
+    one_more_score(db, tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a fit that fails")
+    monkeypatch.setattr(intervals, "fit_clinic_model", broken)
+    cohort_visit(cache, db)
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating:
+        assert time.monotonic() < deadline, "the new version's tables were held back by the model"
+        time.sleep(0.05)
+    assert tuple(current.tables.version) == tuple(DataAccess(db).data_version()) != old
+    assert "background fit of the clinic model failed (RuntimeError)" in capsys.readouterr().err

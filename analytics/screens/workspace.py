@@ -566,7 +566,12 @@ class WorkspaceCache:
             # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
             # page): the new tables are shown with theirs, so the first page run after the swap fits nothing
             for code in intervals.held_instruments(key[0], old.version):
-                ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
+                try:
+                    ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
+                except Exception as exc:  # noqa: BLE001 - the new tables are swapped in all the same: a page
+                    # that asks for the model fits it itself and shows any error
+                    print(f"workspace: the background fit of the clinic model failed ({type(exc).__name__}); "
+                          "pages will fit it", file=sys.stderr, flush=True)
         except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
             print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
                   file=sys.stderr, flush=True)
