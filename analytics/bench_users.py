@@ -266,6 +266,17 @@ def server_command(port: int, processes: int | None, streamlit_options: list[str
     return command
 
 
+def import_command_env(today: str | None) -> dict:
+    """The environment of the benchmark's `python -m analytics import`: the server's settings (its clinic day),
+    as a clinic runs both from one configuration. The saved clinic model is keyed by the OUTCOMES_ settings
+    (saved.fingerprint): an import with other settings saves a model the dashboard may not use, so the
+    dashboard fitted its own beside it."""
+    env = dict(os.environ)
+    if today:
+        env["OUTCOMES_TODAY"] = today
+    return env
+
+
 def start_server(db: Path, log: Path, today: str | None, processes: int | None, timeout: float = 180, *,
                  streamlit_options: list[str] = (), extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """The dashboard server on `db` (see `server_command`), answering its health check; (process, base URL)."""
@@ -448,7 +459,7 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
             patient = clinician["patients"][0]
             small = one_assessment_csv(tmp / "one.csv", patient, today)
             done = subprocess.run([sys.executable, "-m", "analytics", "import", "--db", str(db), str(small)],
-                                  cwd=REPO, capture_output=True, text=True)
+                                  cwd=REPO, capture_output=True, text=True, env=import_command_env(today))
             result["after_write_import_exit"] = done.returncode
             result.update(_director_visit("after_write", url, tmp / "director.json", proc))
 
@@ -468,7 +479,7 @@ def run_users(source_db: Path, work: Path, users: int, *, today: str, duration: 
                     time.sleep(5)  # every user is signed in: the import overlaps their pages, not their sign-ins
                     window["start"] = time.time()
                     done = subprocess.run([sys.executable, "-m", "analytics", "import", "--db", str(db), str(big)],
-                                          cwd=REPO, capture_output=True, text=True)
+                                          cwd=REPO, capture_output=True, text=True, env=import_command_env(today))
                     window["end"] = time.time()
                     window["exit"] = done.returncode
                     window["stderr"] = done.stderr[-500:]
