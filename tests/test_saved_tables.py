@@ -374,3 +374,28 @@ def test_a_model_that_cannot_be_built_in_the_background_does_not_hold_the_new_ta
         time.sleep(0.05)
     assert tuple(current.tables.version) == tuple(DataAccess(db).data_version()) != old
     assert "background fit of the clinic model failed (RuntimeError)" in capsys.readouterr().err
+
+
+def test_the_new_versions_model_is_built_before_the_swap_even_if_no_page_asked_this_process_for_the_old_one(
+        db, tmp_path, monkeypatch):
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+    cache = WorkspaceCache()
+    cohort_visit(cache, db)
+    intervals.forget_fits()  # as after a restart whose pages were served from their file: no model held here
+    one_more_score(db, tmp_path)
+    real_fit, fits = intervals.fit_clinic_model, []
+
+    def fit(*args, **kwargs):
+        fits.append(threading.current_thread().name)
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(intervals, "fit_clinic_model", fit)
+    assert cache.workspace(db, DIRECTOR).updating  # a page run starts the refresh (and asks for no model)
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating:
+        assert time.monotonic() < deadline, "the new version's tables were not built"
+        time.sleep(0.05)
+    assert fits == ["workspace-refresh"]
+    screen = cohort.cohort_page(current, cohort.chosen_filters("PHQ-9", cohort.cohort_choices(current, "PHQ-9").subsets[1]),
+                                TODAY)  # the first page run on the new tables: the model is there
+    assert screen.headline["patients"] and fits == ["workspace-refresh"]

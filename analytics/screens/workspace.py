@@ -564,8 +564,11 @@ class WorkspaceCache:
                 if warm is not None:
                     warm(ws, table)
             # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
-            # page): the new tables are shown with theirs, so the first page run after the swap fits nothing
-            for code in intervals.held_instruments(key[0], old.version):
+            # page), and the primary instrument's whatever they were (tables restored from their file with their
+            # pages' memos never asked for it; every view's suggestions need it): the new tables are shown with
+            # theirs, so the first page run after the swap fits nothing
+            codes = dict.fromkeys([scales.get(scales.PRIMARY).code, *intervals.held_instruments(key[0], old.version)])
+            for code in codes:
                 try:
                     ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
                 except Exception as exc:  # noqa: BLE001 - the new tables are swapped in all the same: a page
