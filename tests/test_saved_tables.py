@@ -75,6 +75,21 @@ def one_more_score(db, tmp_path) -> None:
     assert ingest.import_files([csv], db=db).error is None
 
 
+def new_process() -> None:
+    """What a process that has fitted and loaded no clinic model holds: nothing."""
+    intervals.forget_fits()
+    workspace._CLINIC_MODELS.clear()
+
+
+def updated_view(cache: WorkspaceCache, db) -> workspace.Workspace:
+    """The director's workspace once the background refresh has built the current version's tables."""
+    deadline = time.monotonic() + 120
+    while (current := cache.workspace(db, DIRECTOR)).updating:
+        assert time.monotonic() < deadline, "the new version's tables were not built"
+        time.sleep(0.05)
+    return current
+
+
 def test_a_restarted_server_loads_the_saved_tables_and_shows_the_same_figures(db, saved_once):
     built = saved_once[1]
     path = saved.view_file(db, DIRECTOR.view_key)
@@ -112,8 +127,7 @@ def hold_fit_lock(db, code: str = "PHQ-9") -> int:
 
 
 def test_a_dashboard_process_waits_for_the_model_another_process_is_fitting_and_loads_it(db, monkeypatch):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     model_file = saved.clinic_file(db, "PHQ-9")
     aside = model_file.with_name("elsewhere")
     os.replace(model_file, aside)  # the import has committed and is fitting the model: not saved yet
@@ -134,8 +148,7 @@ def test_a_dashboard_process_waits_for_the_model_another_process_is_fitting_and_
 
 
 def test_a_dashboard_process_fits_the_model_itself_when_the_other_fit_takes_too_long(db, monkeypatch):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     saved.clinic_file(db, "PHQ-9").unlink()
     fd = hold_fit_lock(db)  # a fit that never ends (a process stopped, not killed)
     monkeypatch.setenv(saved.FIT_WAIT_ENV, "0.3")
@@ -156,8 +169,7 @@ def test_a_dashboard_process_fits_the_model_itself_when_the_other_fit_takes_too_
 
 
 def test_the_import_holds_the_fit_lock_while_it_fits_and_saves_the_model(db, tmp_path, monkeypatch):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     one_more_score(db, tmp_path)  # a new data version: its model is fitted
     real_fit, held = intervals.fit_clinic_model, []
 
@@ -180,8 +192,7 @@ def test_the_import_holds_the_fit_lock_while_it_fits_and_saves_the_model(db, tmp
 
 def test_a_page_shown_while_its_tables_are_updated_reads_their_own_versions_model_and_fits_nothing(db, tmp_path,
                                                                                                   monkeypatch):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     cache = WorkspaceCache()
     first, _ = cohort_visit(cache, db)
     old = tuple(first.tables.version)
@@ -203,10 +214,7 @@ def test_a_page_shown_while_its_tables_are_updated_reads_their_own_versions_mode
         assert set(fits) <= {"workspace-refresh"}  # the page fitted nothing and waited for no fit
     finally:
         gate.set()
-    deadline = time.monotonic() + 120
-    while (current := cache.workspace(db, DIRECTOR)).updating:
-        assert time.monotonic() < deadline, "the new version's tables were not built"
-        time.sleep(0.05)
+    current = updated_view(cache, db)
     assert fits == ["workspace-refresh"]
     assert tuple(current.clinic("PHQ-9").version) == tuple(DataAccess(db).data_version()) != old
 
@@ -356,8 +364,7 @@ def test_a_model_waiting_to_be_saved_is_let_go_once_the_cache_of_fits_forgets_it
 
 def test_a_model_that_cannot_be_built_in_the_background_does_not_hold_the_new_tables_back(db, tmp_path, monkeypatch,
                                                                                          capsys):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     cache = WorkspaceCache()
     first, _ = cohort_visit(cache, db)
     old = tuple(first.tables.version)
@@ -368,18 +375,14 @@ def test_a_model_that_cannot_be_built_in_the_background_does_not_hold_the_new_ta
         raise RuntimeError("a fit that fails")
     monkeypatch.setattr(intervals, "fit_clinic_model", broken)
     cohort_visit(cache, db)
-    deadline = time.monotonic() + 120
-    while (current := cache.workspace(db, DIRECTOR)).updating:
-        assert time.monotonic() < deadline, "the new version's tables were held back by the model"
-        time.sleep(0.05)
+    current = updated_view(cache, db)
     assert tuple(current.tables.version) == tuple(DataAccess(db).data_version()) != old
     assert "background fit of the clinic model failed (RuntimeError)" in capsys.readouterr().err
 
 
 def test_the_new_versions_model_is_built_before_the_swap_even_if_no_page_asked_this_process_for_the_old_one(
         db, tmp_path, monkeypatch):
-    intervals.forget_fits()
-    workspace._CLINIC_MODELS.clear()
+    new_process()
     cache = WorkspaceCache()
     cohort_visit(cache, db)
     intervals.forget_fits()  # as after a restart whose pages were served from their file: no model held here
@@ -391,10 +394,7 @@ def test_the_new_versions_model_is_built_before_the_swap_even_if_no_page_asked_t
         return real_fit(*args, **kwargs)
     monkeypatch.setattr(intervals, "fit_clinic_model", fit)
     assert cache.workspace(db, DIRECTOR).updating  # a page run starts the refresh (and asks for no model)
-    deadline = time.monotonic() + 120
-    while (current := cache.workspace(db, DIRECTOR)).updating:
-        assert time.monotonic() < deadline, "the new version's tables were not built"
-        time.sleep(0.05)
+    current = updated_view(cache, db)
     assert fits == ["workspace-refresh"]
     screen = cohort.cohort_page(current, cohort.chosen_filters("PHQ-9", cohort.cohort_choices(current, "PHQ-9").subsets[1]),
                                 TODAY)  # the first page run on the new tables: the model is there
