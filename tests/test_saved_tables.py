@@ -399,3 +399,13 @@ def test_the_new_versions_model_is_built_before_the_swap_even_if_no_page_asked_t
     screen = cohort.cohort_page(current, cohort.chosen_filters("PHQ-9", cohort.cohort_choices(current, "PHQ-9").subsets[1]),
                                 TODAY)  # the first page run on the new tables: the model is there
     assert screen.headline["patients"] and fits == ["workspace-refresh"]
+
+
+def test_a_clinic_file_of_another_version_is_turned_away_from_its_header_without_reading_it_all(db, monkeypatch):
+    version = tuple(DataAccess(db).data_version())
+    assert saved.load_clinic(db, "PHQ-9", version) is not None  # this version's file: read and verified whole
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("the whole file was read for another version")
+    monkeypatch.setattr(saved, "_read", whole_read)
+    assert saved.load_clinic(db, "PHQ-9", (0, 0, "another version")) is None

@@ -274,7 +274,10 @@ def wait_for_clinic_fit(db, instrument: str, timeout: float | None = None) -> bo
 
 
 def load_clinic(db, instrument: str, version: tuple):
-    """The saved clinic model of exactly this data version, or None."""
+    """The saved clinic model of exactly this data version, or None. A file of another version is turned
+    away from its header alone (a page shown while its tables are updated asks on every run)."""
+    if not _header_says_version(clinic_file(db, instrument), version):
+        return None
     found = _read(clinic_file(db, instrument), f"clinic:{instrument}")
     if found is None or tuple(found[0]["version"]) != tuple(version):
         return None
@@ -310,6 +313,19 @@ def _write(target: Path, name: str, version: tuple, as_of: str | None, content: 
     except Exception as exc:  # noqa: BLE001 - saving is an optimisation: the server goes on without it
         print(f"workspace: the dashboard's tables were not saved ({type(exc).__name__})", file=sys.stderr, flush=True)
         return None
+
+
+def _header_says_version(path: Path, version: tuple) -> bool:
+    """Does the file's (unverified) header name this data version? Only ever used to turn a file away
+    without reading it all: a file it lets through is read and verified whole (`_read`)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(FORMAT)) != FORMAT:
+                return False
+            f.readline()  # the signature
+            return tuple(json.loads(f.readline(1 << 20)).get("version") or ()) == tuple(version)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read(path: Path, name: str) -> tuple[dict, dict] | None:
