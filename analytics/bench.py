@@ -350,6 +350,8 @@ def durability_estimate(frames: dict) -> dict:
                                 columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
+    # the cycles are made: of the course, only what the model's scores read is held through them
+    built = intervals.scored_course(built)
     # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
     clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
     del built
