@@ -340,10 +340,6 @@ def durability_estimate(frames: dict) -> dict:
     durability page shows by default (the functions its workspace calls, computed afresh: the model
     is fitted from scratch, as on a new data version). The course is built once: the cycles and the
     model both start from it."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pandas as pd
-
     from . import course, intervals
     from .durability import cohort_durability
     from .screens.durability import N_BOOT
@@ -352,20 +348,14 @@ def durability_estimate(frames: dict) -> dict:
     # only the columns the cycles and the model read (course.build_course(columns=): less memory)
     built = course.build_course(frames["treatments"], frames["assessments"], INSTRUMENT,
                                 columns=intervals._model_course_columns())
-    # The model's scores first; its fit then starts on a thread of its own while this thread makes the cycles
-    # and cohort_durability the definitions' figures (numpy lets go of the GIL in the fit's array loops; the
-    # same figures). The fit needs the scores only, not the cycle table; the estimate reads the model and the
-    # cycles: no course is kept beside the fit (keep_course=False), and the clinic model is given no cycle
-    # table (the cycles are made beside it). The scores come first, not beside the cycles: their working
-    # arrays and the cycles' would be resident together with the course.
-    clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=pd.DataFrame(), keep_course=False)
-    with ThreadPoolExecutor(1) as pool:   # left only when the fit is over, even if the cycles fail
-        fitting = pool.submit(lambda: clinic.model)
-        cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
-                               attributes=frames["attributes"], built=built)
-        del built
-        # the model is waited for by cohort_durability, after the definitions' figures
-        return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=fitting.result)
+    cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
+                           attributes=frames["attributes"], built=built)
+    # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
+    clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
+    del built
+    # as the durability page asks for it: the model's fit on a thread of its own while cohort_durability
+    # works out the definitions' figures (they share nothing)
+    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=lambda: clinic.model)
 
 
 def all_suggestions(data, today: date):
