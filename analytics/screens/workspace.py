@@ -604,13 +604,13 @@ class WorkspaceCache:
     @staticmethod
     def _build(key: tuple, scope: Scope, old: Tables, version: tuple, loaded: Tables | None) -> Tables:
         """The tables `old` had, for `version`: built here, or what another process saved (`loaded`) and
-        the rest built here. The rows themselves (frames) are not read again for loaded tables: a page
-        that needs them reads them, as after a restart."""
+        the rest built here. The rows themselves (frames, never in a file) are read here either way: the
+        pages that read them (the due list, the data page) would otherwise read them in a page run."""
         fresh = loaded if loaded is not None else Tables(version, _imported_at(version))
         ws = Workspace(DataAccess(key[0], scope), fresh, background=True)
         for table in old.keys():
             warm = _WARMERS.get(table[0])
-            if warm is not None and not (loaded is not None and table[0] in saved.NOT_SAVED):
+            if warm is not None:
                 warm(ws, table)
         # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
         # page), and the primary instrument's whatever they were (tables restored from their file with their
