@@ -35,6 +35,8 @@ Rules (all thresholds come from `OutcomeRules`, see outcomes.py):
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,6 +228,7 @@ def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key
 # cohort's (100,000 patients: 3.5 M rows, 1.4 GB of working arrays at once). Every rule is within one
 # patient, so the blocks' rows put together are exactly the course of the whole cohort.
 BLOCK_ROWS = 500_000
+BLOCK_THREADS = max(1, min(2, os.cpu_count() or 1))   # blocks of the course worked on at once (build_course)
 
 
 # The course columns `cycles_from_course` (and `screens.workspace.induction_ends`) read: a caller that
@@ -274,18 +277,28 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     t_cut = np.searchsorted(tc[t_sort], edges)
     a_cut = np.searchsorted(ac[a_sort], edges)
     t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS and c != "patient_id"]
-    parts, t_offset = [], 0
-    for i in range(len(edges) - 1):
+
+    def block(i: int) -> tuple[dict, dict, dict, dict]:
         t_rows, a_rows = t_sort[t_cut[i]:t_cut[i + 1]], a_sort[a_cut[i]:a_cut[i + 1]]
         part = _course_block(treatments[t_cols].iloc[t_rows], a.iloc[a_rows], tc[t_rows], ac[a_rows],
                              uniques, code, rules)
-        part[1]["segment_row"] = part[1]["segment_row"] + t_offset  # rows of the whole course's infusions
-        t_offset += len(t_rows)
-        parts.append(_only(part, columns))
-        del t_rows, a_rows, part
+        part[1]["segment_row"] = part[1]["segment_row"] + (t_cut[i] - t_cut[0])  # rows of the whole course's infusions
+        part = _only(part, columns)
+        del t_rows, a_rows
         memory.release_freed()  # the block's working arrays: heap-sized, glibc would keep them resident
+        return part
+
+    # Blocks are whole patients and each is its own: BLOCK_THREADS at a time (numpy, pandas' takes and Arrow
+    # let go of the GIL in their loops), put together in block order: the same course on any number of threads.
+    n_blocks = len(edges) - 1
+    workers = min(BLOCK_THREADS, n_blocks)
+    if workers <= 1:
+        parts = [block(i) for i in range(n_blocks)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(block, range(n_blocks)))
     crs = _assemble(code, uniques, parts)
-    # the blocks' pieces of each column (500,000 rows: just under the mmap threshold, so on glibc's heap),
+    # the blocks' pieces of each column (500,000 rows: just under the mmap threshold, so on glibc's heaps),
     # let go as the columns were put together: ~0.4 GB resident at 100,000 patients until handed back
     memory.release_freed()
     return crs

@@ -622,12 +622,16 @@ class MeasuredDurability:
             raise ValueError(f"MeasuredDurability.fit: the scores lack column(s) {missing}")
         if not scale_max > 0:
             raise ValueError("MeasuredDurability.fit: scale_max must be positive")
-        s = scores[list(REQUIRED)].copy()
+        # no copy of the scores where they are already numbers and all usable (the fit starts beside other
+        # work on the same clinic: 1.3 M scores at 100,000 patients, ~60 MB a copy)
+        s = scores[list(REQUIRED)]
         for c in ("days", "total", "line"):
-            s[c] = pd.to_numeric(s[c], errors="coerce")
-        bad = (s[["days", "total", "line"]].isna().any(axis=1) | (s["days"] < 0) | (s["line"] <= 0)
+            if not pd.api.types.is_float_dtype(s[c].dtype):
+                s = s.assign(**{c: pd.to_numeric(s[c], errors="coerce")})
+        bad = (s["days"].isna() | s["total"].isna() | s["line"].isna() | (s["days"] < 0) | (s["line"] <= 0)
                | s["patient_id"].isna()).to_numpy()
-        s = s[~bad]
+        if bad.any():
+            s = s[~bad]
         self.n_excluded_scores_ = int(bad.sum())
         self.scale_max_ = float(scale_max)
         data = _prepare(s)
