@@ -205,3 +205,40 @@ def test_the_chunks_are_cut_where_the_patient_by_patient_walk_cut_them(data, mon
             walked.append((p, q))
             p = q
         assert [(ch.p, ch.q) for ch in d.chunks] == walked
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_marginal_made_in_blocks_of_patients_is_the_one_pass_marginal(monkeypatch, threads):
+    """_Marginal makes exp(P - max) a block of patients at a time on FIT_THREADS threads: the same bits as
+    the whole array at once, for any block size and number of threads."""
+    rng = np.random.default_rng(4)
+    P = rng.normal(-40.0, 15.0, size=(257, len(measured.MU_GRID), len(measured.DEPTHS)))
+    top = P.max(axis=(1, 2))
+    E = np.exp(P - top[:, None, None])
+    monkeypatch.setattr(measured, "FIT_THREADS", threads)
+    monkeypatch.setattr(measured, "MARGINAL_BLOCK_PATIENTS", 50)   # 6 blocks, the last one short
+    M = measured._Marginal(P)
+    assert np.array_equal(M.top, top) and np.array_equal(M.E, E) and M.P is P
+    prior, q = measured._prior_mu(4.0, 0.7), np.full(len(measured.DEPTHS), 1 / len(measured.DEPTHS))
+    whole = measured._Marginal.__new__(measured._Marginal)
+    whole.P, whole.top, whole.E, whole._mixed_for = P, top, E, None
+    whole.n, whole.n_mu, whole.n_depth = P.shape
+    for a, b in zip(M.stats(prior, q, depth=True), whole.stats(prior, q, depth=True)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_the_distinct_days_are_numpys_unique_days(with_nan):
+    """The distinct days and each score's index among them, by hashing: what np.unique gives (a missing day,
+    which the fit leaves out but other callers may pass, takes np.unique's own path)."""
+    rng = np.random.default_rng(5)
+    days = np.round(rng.uniform(0, 90, 5000), 1)
+    days[::7] = rng.uniform(0, 90, len(days[::7]))   # times of day: many single days
+    if with_nan:
+        days[3] = np.nan
+    n = len(days)
+    data = measured._Data(days, np.zeros(n), np.ones(n), np.arange(n), np.arange(n), np.arange(n), np.arange(n).astype(str))
+    got_days, got_codes = data.distinct_days
+    want_days, want_codes = np.unique(days, return_inverse=True)
+    assert np.array_equal(got_days, want_days, equal_nan=True) and np.array_equal(got_codes, want_codes.reshape(-1))
+    assert got_days.dtype == want_days.dtype and len(got_codes) == n

@@ -76,6 +76,7 @@ SPLIT_CHUNKS = 2   # a pass is cut into at least this many chunks once there is 
 # fit must give the same numbers on any number of cores
 MIN_CHUNK_SCORES = 2_000   # fewer scores than this are not worth a thread
 CELL_BLOCK_ROWS = 512      # scores per block of _trend_cells' steps (512 x 324 float32 cells: 0.66 MB)
+MARGINAL_BLOCK_PATIENTS = 8192   # patients per block of _Marginal's exp (8192 x 44 x 9 float64 cells: 26 MB)
 DISTINCT_DAYS_SHARE = 0.5  # the exp cells are made once per distinct day when there are at most this share of
 # distinct days among the scores (100,000 patients: 39,688 distinct days among 1.3 M scores), else per score
 
@@ -329,8 +330,13 @@ class _Data:
     @functools.cached_property
     def distinct_days(self) -> tuple[np.ndarray, np.ndarray]:
         """(the distinct days, each score's index among them)."""
-        days, codes = np.unique(self.days, return_inverse=True)
-        return days, codes.reshape(-1)
+        if np.isnan(self.days).any():
+            days, codes = np.unique(self.days, return_inverse=True)
+            return days, codes.reshape(-1)
+        # what np.unique gives (the sorted distinct days and each score's index among them), by hashing
+        # instead of sorting every score: 1.3 M scores at 100,000 patients, 0.12 s of CPU against 0.26
+        codes, days = pd.factorize(self.days, sort=True)
+        return np.asarray(days, dtype=self.days.dtype), codes
 
     @functools.cached_property
     def chunks(self) -> list:
@@ -494,10 +500,20 @@ class _Marginal:
 
     def __init__(self, P: np.ndarray):
         self.P = P
-        self.top = P.max(axis=(1, 2))
-        self.E = np.subtract(P, self.top[:, None, None])
-        np.exp(self.E, out=self.E)   # in place: no second array of P's size (150 MB at 100,000 patients)
         self.n, self.n_mu, self.n_depth = P.shape
+        self.top = np.empty(self.n)
+        self.E = np.empty_like(P)
+        starts = np.arange(0, self.n, MARGINAL_BLOCK_PATIENTS)
+
+        def one(i: int) -> None:
+            # patient by patient, element by element: the same values whatever the blocks and threads
+            rows = slice(starts[i], starts[i] + MARGINAL_BLOCK_PATIENTS)
+            P[rows].max(axis=(1, 2), out=self.top[rows])
+            E = np.subtract(P[rows], self.top[rows, None, None], out=self.E[rows])
+            np.exp(E, out=E)   # in place: no second array of P's size (150 MB at 100,000 patients)
+
+        # the exp of every cell (19 M at 100,000 patients), blocks of patients on FIT_THREADS threads
+        _each_chunk(one, len(starts))
         self._mixed_for = None   # (depth weights, E summed over depth with them): the covariance and the
         # posteriors ask for the same weights many times, EM for new ones each step
 
