@@ -163,19 +163,7 @@ def frame_assessment_columns() -> list[str]:
 LABEL_COLUMNS = ("instrument", "rater", "total_method")
 
 
-def labels_as_categories(frame: pd.DataFrame, columns) -> None:
-    """`columns` of `frame` (those it has) as categoricals of their sorted values, in place; missing values stay missing."""
-    for name in columns:
-        if name in frame.columns and not isinstance(frame[name].dtype, pd.CategoricalDtype):
-            values = frame[name]
-            if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-                # Arrow text: its sorted codes (Arrow's own, C++) instead of looking each row's string up (~1 s a
-                # column at 100,000 patients); the same categories and codes
-                codes, uniques = pd.factorize(values, sort=True)
-                frame[name] = pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
-            else:
-                frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
-            del values
+labels_as_categories = course.labels_as_categories  # `columns` of a frame as categoricals of their sorted values
 
 
 # The cycle table's text, repeated on every cycle (how it ended, its phase, route and start, the instrument, each
@@ -752,9 +740,11 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
     the course of these frames when already at hand."""
     if built is None:
         built = course.build_course(treatments, assessments, instrument, rules, columns=course.CYCLE_COLUMNS_READ)
-    cycles = course.cycles_from_course(built, patients, attributes, rules)
+    # its labels made categoricals as the table is made (the same table as cycle_labels_as_categories of the text one)
+    cycles = course.cycles_from_course(built, patients, attributes, rules, labels_as_categoricals=True)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     cycle_labels_as_categories(cycles)
+    memory.release_freed()  # the rows taken for the table and its text before codes: heap and Arrow's pool
     return cycles
 
 
