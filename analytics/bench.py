@@ -335,6 +335,10 @@ def patient_view(ws, patient_id: str, today: date):
         return patient.patient_screen(ws, patient_id, today)
 
 
+# What cohort_durability reads of a cycle table when not grouping (durability/cohort.py, _definitions)
+ESTIMATE_CYCLE_COLUMNS = ("patient_id", "left_days", "right_days", "event", "cycle_no", "post_induction")
+
+
 def durability_estimate(frames: dict) -> dict:
     """Cycle extraction, the clinic's measurement model and the cohort durability estimate the
     durability page shows by default (the functions its workspace calls, computed afresh: the model
@@ -355,6 +359,9 @@ def durability_estimate(frames: dict) -> dict:
     # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
     clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
     del built
+    # the estimate reads these columns of its own table (the page reads the workspace's, held anyway): each
+    # patient's covariates and labels (~0.1 GB at 100,000 patients) are let go before the fit and the bootstrap
+    cycles = clinic.cycles = cycles[[c for c in ESTIMATE_CYCLE_COLUMNS if c in cycles.columns]]
     memory.release_freed()  # the course's text columns (Arrow's pool keeps them) before the fit and bootstrap
     # as the durability page asks for it: the model's fit on a thread of its own while cohort_durability
     # works out the definitions' figures (they share nothing)

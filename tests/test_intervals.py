@@ -387,3 +387,25 @@ def test_a_clinic_model_that_keeps_no_course_is_fitted_from_the_same_cycles_and_
     scored = intervals.scored_course(built)
     assert set(scored.infusions.columns) < set(built.infusions.columns)
     pd.testing.assert_frame_equal(intervals.model_scores(scored), kept.scores, check_exact=True)
+
+
+def test_the_benchmarks_estimate_is_that_of_the_whole_cycle_table():
+    """bench.durability_estimate holds only the cycle columns the estimate reads through the fit: the same figures
+    as the durability page's estimate from the whole table (its model fitted from the same course)."""
+    import json
+
+    from analytics import bench
+    from analytics.durability import cohort_durability
+    from analytics.screens.durability import N_BOOT
+    from analytics.screens.workspace import cohort_cycles
+
+    frames = course.frames_from_csv_tables(simulate.simulate_clinic(120, 16, days=400).tables)
+    built = course.build_course(frames["treatments"], frames["assessments"], "PHQ-9",
+                                columns=intervals._model_course_columns())
+    cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], "PHQ-9",
+                           attributes=frames["attributes"], built=built)
+    assert set(bench.ESTIMATE_CYCLE_COLUMNS) < set(cycles.columns)
+    clinic = intervals.fit_clinic_model(frames, "PHQ-9", built=built, cycles=cycles, keep_course=False)
+    expected = cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=N_BOOT, model=clinic.model)
+    assert json.dumps(bench.durability_estimate(frames), sort_keys=True, default=repr) == \
+        json.dumps(expected, sort_keys=True, default=repr)
