@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 from scipy import special, stats
 
 from . import memory, scales
-from .durability.measured import FIT_THREADS, MU_GRID, MeasuredDurability, one_blas_thread
+from .durability.measured import FIT_THREADS, MU_GRID, REQUIRED, MeasuredDurability, one_blas_thread
 from .outcomes import DEFAULT_RULES, OutcomeRules
 
 MIN_SUGGESTION_DAYS = 7.0   # no maintenance schedule tighter than weekly is suggested
@@ -660,6 +660,8 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
         # (about half the tested scores at 100,000 patients)
         losses = _settled_losses(mine)["patient_id"].astype(str).value_counts()
         testable = losses.index[losses.to_numpy() >= TREND_MIN_LOSSES]
+        # of the tested patients' scores, only the columns the trend tests read (measured.REQUIRED) are copied
+        scores = scores[[c for c in REQUIRED if c in scores.columns]]
         scores = scores[_text_isin(scores["patient_id"], testable)]
         trend = lengthening_tests(mine, model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
     if trend is not None and len(trend):
