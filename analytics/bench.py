@@ -350,9 +350,12 @@ def durability_estimate(frames: dict) -> dict:
                                 columns=intervals._model_course_columns())
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
+    # the cycles are made: of the course, only what the model's scores read is held through them
+    built = intervals.scored_course(built)
     # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
     clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
     del built
+    memory.release_freed()  # the course's text columns (Arrow's pool keeps them) before the fit and bootstrap
     # as the durability page asks for it: the model's fit on a thread of its own while cohort_durability
     # works out the definitions' figures (they share nothing)
     return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=lambda: clinic.model)

@@ -35,6 +35,8 @@ Rules (all thresholds come from `OutcomeRules`, see outcomes.py):
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,6 +228,7 @@ def _searchsorted_pairs(tc: np.ndarray, t_key: np.ndarray, ac: np.ndarray, a_key
 # cohort's (100,000 patients: 3.5 M rows, 1.4 GB of working arrays at once). Every rule is within one
 # patient, so the blocks' rows put together are exactly the course of the whole cohort.
 BLOCK_ROWS = 500_000
+BLOCK_THREADS = max(1, min(2, os.cpu_count() or 1))   # blocks of the course worked on at once (build_course)
 
 
 # The course columns `cycles_from_course` (and `screens.workspace.induction_ends`) read: a caller that
@@ -274,17 +277,31 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     t_cut = np.searchsorted(tc[t_sort], edges)
     a_cut = np.searchsorted(ac[a_sort], edges)
     t_cols = [c for c in treatments.columns if c in _TREATMENT_COLUMNS and c != "patient_id"]
-    parts, t_offset = [], 0
-    for i in range(len(edges) - 1):
+
+    def block(i: int) -> tuple[dict, dict, dict, dict]:
         t_rows, a_rows = t_sort[t_cut[i]:t_cut[i + 1]], a_sort[a_cut[i]:a_cut[i + 1]]
         part = _course_block(treatments[t_cols].iloc[t_rows], a.iloc[a_rows], tc[t_rows], ac[a_rows],
                              uniques, code, rules)
-        part[1]["segment_row"] = part[1]["segment_row"] + t_offset  # rows of the whole course's infusions
-        t_offset += len(t_rows)
-        parts.append(_only(part, columns))
-        del t_rows, a_rows, part
+        part[1]["segment_row"] = part[1]["segment_row"] + (t_cut[i] - t_cut[0])  # rows of the whole course's infusions
+        part = _only(part, columns)
+        del t_rows, a_rows
         memory.release_freed()  # the block's working arrays: heap-sized, glibc would keep them resident
-    return _assemble(code, uniques, parts)
+        return part
+
+    # Blocks are whole patients and each is its own: BLOCK_THREADS at a time (numpy, pandas' takes and Arrow
+    # let go of the GIL in their loops), put together in block order: the same course on any number of threads.
+    n_blocks = len(edges) - 1
+    workers = min(BLOCK_THREADS, n_blocks)
+    if workers <= 1:
+        parts = [block(i) for i in range(n_blocks)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(block, range(n_blocks)))
+    crs = _assemble(code, uniques, parts)
+    # the blocks' pieces of each column (500,000 rows: just under the mmap threshold, so on glibc's heaps),
+    # let go as the columns were put together: ~0.4 GB resident at 100,000 patients until handed back
+    memory.release_freed()
+    return crs
 
 
 def assessment_columns(instrument: str = scales.PRIMARY) -> list[str]:
@@ -573,9 +590,32 @@ def pivot_attributes(attributes: pd.DataFrame | None) -> pd.DataFrame:
     return wide
 
 
+def labels_as_categories(frame: pd.DataFrame, columns) -> None:
+    """`columns` of `frame` (those it has) as categoricals of their sorted values, in place; missing values stay missing."""
+    for name in columns:
+        if name in frame.columns and not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            values = frame[name]
+            if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+                # Arrow text: its sorted codes (Arrow's own, C++) instead of looking each row's string up (~1 s a
+                # column at 100,000 patients); the same categories and codes
+                codes, uniques = pd.factorize(values, sort=True)
+                frame[name] = pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
+            else:
+                frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
+            del values
+
+
+def _text_columns(frame: pd.DataFrame) -> list[str]:
+    return [name for name in frame.columns if isinstance(frame[name].dtype, pd.StringDtype)]
+
+
 def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
                        attributes: pd.DataFrame | None = None,
-                       rules: OutcomeRules = DEFAULT_RULES) -> pd.DataFrame:
+                       rules: OutcomeRules = DEFAULT_RULES, *, labels_as_categoricals: bool = False) -> pd.DataFrame:
+    """One row per durability cycle. `labels_as_categoricals`: the text columns but the patient id as
+    categoricals of their sorted values (`labels_as_categories` of the text table: the same frame), each
+    patient's text covariates made so before they are taken for every cycle (100,000 patients: no ~1.1 M-row
+    text column of each made first)."""
     inf, sc = course.infusions, course.scores
     st = inf[inf["starts_cycle"].to_numpy()]
     at = st["at"]
@@ -629,9 +669,17 @@ def cycles_from_course(course: Course, patients: pd.DataFrame | None = None,
         wide = wide.rename(columns={c: (f"attr_{c}" if c in per.columns or c in cycles.columns else c) for c in wide.columns})
         per = per.join(wide, how="left")
     take = per.index.get_indexer(cycles["patient_id"])
+    # (an empty table keeps the column types it had, as `labels_as_categories` of the text table leaves them)
+    per_text = _text_columns(per) if labels_as_categoricals and len(cycles) else []
+    labels_as_categories(per, per_text)  # one code per patient's label, sorted over every patient's values
     covariates = per.iloc[np.maximum(take, 0)].reset_index(drop=True)
     covariates[take < 0] = np.nan
-    return pd.concat([cycles.reset_index(drop=True), covariates], axis=1)
+    for name in per_text:  # the categories the cycles' own values give (sorted: the order is kept)
+        covariates[name] = covariates[name].cat.remove_unused_categories()
+    table = pd.concat([cycles.reset_index(drop=True), covariates], axis=1)
+    if labels_as_categoricals and len(table):
+        labels_as_categories(table, [name for name in _text_columns(table) if name != "patient_id"])
+    return table
 
 
 def cycle_scores(course: Course, rules: OutcomeRules = DEFAULT_RULES, *, settled_in_response: bool = False) -> pd.DataFrame:

@@ -688,7 +688,7 @@ class ClinicModel:
     version: tuple
     cycles: pd.DataFrame           # the cycle table clinicians see (course.cycles_from_course)
     course: object
-    last_activity: pd.Series       # per patient: latest assessment of any instrument
+    last_activity: pd.Series | None  # per patient: latest assessment of any instrument (None: kept no course)
     scores: pd.DataFrame           # course.cycle_scores of the settled cycles, line = latent_line
     scale_max: float
     registry_noise_sd: float | None
@@ -796,7 +796,8 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
     (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
     built again. `keep_course`: False for a caller that reads only the model and the cycles (no suggestions):
-    the model keeps no course (course None), so nothing of it is held through the fit."""
+    the model keeps no course (course None) and no last activity (None), so nothing of them is held through
+    the fit."""
     from . import course
 
     code = scales.get(instrument).code
@@ -810,7 +811,11 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     crs = built
     if cycles is None:
         cycles = course.cycles_from_course(crs, frames.get("patients"), frames.get("attributes"), rules)
-    if "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
+    if not keep_course:
+        # read only by the suggestions, which a model without its course never makes (100,000 patients: the
+        # grouping of 4.7 M assessment rows by their text ids, ~0.1 GB, under the estimate's peak)
+        last_activity = None
+    elif "last_activity" in frames:  # read apart (every instrument's latest), when `assessments` holds one instrument
         last_activity = frames["last_activity"]
     else:
         last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
@@ -849,13 +854,34 @@ def _model_course_columns(for_cycles: bool = True) -> dict:
             for part, kept in (("infusions", KEPT_INFUSION_COLUMNS), ("scores", KEPT_SCORE_COLUMNS))}
 
 
+def scored_course(crs):
+    """The course with only the columns `model_scores` reads (course.Course): for a caller that has made its
+    cycle table and holds the course only for the model's scores (bench.durability_estimate)."""
+    from . import course
+
+    inf = crs.infusions[[c for c in SCORED_COLUMNS["infusions"] if c in crs.infusions.columns]]
+    sc = crs.scores[[c for c in SCORED_COLUMNS["scores"] if c in crs.scores.columns]]
+    return course.Course(crs.instrument, inf, sc, crs.baselines, crs.patients_first_response)
+
+
 def kept_course(crs):
     """The course with only the columns a clinic model's suggestions read (course.Course)."""
     from . import course
 
     inf = crs.infusions[[c for c in KEPT_INFUSION_COLUMNS if c in crs.infusions.columns]]
+    # its labels repeated on every infusion as categoricals of their sorted values (100,000 patients: 1.5 M rows,
+    # ~50 MB of Arrow text held through the fit and the trend tests); their readers (patient_states, cycle_scores)
+    # compare them with a value or take their values, which give the same as the text's
+    course.labels_as_categories(inf, [c for c in KEPT_LABEL_COLUMNS if c in inf.columns and _is_arrow_text(inf[c])])
     sc = crs.scores[[c for c in KEPT_SCORE_COLUMNS if c in crs.scores.columns]]
     return course.Course(crs.instrument, inf, sc, crs.baselines, crs.patients_first_response)
+
+
+KEPT_LABEL_COLUMNS = ("phase", "start_kind")
+
+
+def _is_arrow_text(values: pd.Series) -> bool:
+    return isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"
 
 
 def clinic_model(clinic_data, instrument: str = scales.PRIMARY, rules: OutcomeRules = DEFAULT_RULES,

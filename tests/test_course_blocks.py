@@ -138,3 +138,28 @@ def test_the_settled_in_response_scores_are_those_rows_of_the_whole_table(frames
     gone = course.Course(built.instrument, none, built.scores, built.baselines, built.patients_first_response)
     pd.testing.assert_frame_equal(course.cycle_scores(gone, settled_in_response=True),
                                   course.cycle_scores(gone).iloc[:0], check_exact=True)
+
+
+@pytest.mark.parametrize("instrument", ["PHQ-9", "MADRS"])
+def test_blocks_worked_on_two_threads_give_the_course_of_one(frames, instrument, monkeypatch):
+    """build_course works on BLOCK_THREADS blocks at once (speed at 100,000 patients): the blocks are put
+    together in their order, so the course is the same on one thread or two, and no thread is left."""
+    import threading
+
+    t, a = frames["treatments"], frames["assessments"]
+    monkeypatch.setattr(course, "BLOCK_THREADS", 1)
+    one = course.build_course(t, a, instrument, block_rows=300)
+    seen, real = set(), course._course_block
+
+    def spy(*args, **kwargs):
+        seen.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(course, "BLOCK_THREADS", 2)
+    monkeypatch.setattr(course, "_course_block", spy)
+    before = threading.active_count()
+    two = course.build_course(t, a, instrument, block_rows=300)
+    assert seen and threading.get_ident() not in seen   # on worker threads (one or both of them)
+    assert threading.active_count() == before
+    for part in PARTS:
+        pd.testing.assert_frame_equal(getattr(one, part), getattr(two, part), check_exact=True)

@@ -68,6 +68,29 @@ def test_the_cycle_table_holds_its_labels_as_categories_of_the_same_values(table
     pd.testing.assert_frame_equal(empty, text.iloc[:0])  # an empty table keeps its column types
 
 
+def test_a_table_made_with_its_labels_as_categoricals_is_the_text_table_made_so(tables):
+    """course.cycles_from_course(labels_as_categoricals=True) makes each patient's text covariates categoricals
+    before taking them for every cycle: the same frame as the text table's labels made categoricals after."""
+    ws, _, _ = tables
+    f = ws.frames()
+    built = course.build_course(f["treatments"], f["assessments"], "PHQ-9", columns=course.CYCLE_COLUMNS_READ)
+    patients = f["patients"].copy()
+    # a site only patients without a cycle have (never in response): not a category of the cycles
+    cycled = set(course.cycles_from_course(built)["patient_id"])
+    uncycled = [p for p in built.baselines["patient_id"].astype(str) if p not in cycled]
+    assert uncycled
+    patients["site"] = patients["site"].where(~patients["patient_id"].astype(str).isin(uncycled[:3]), "Only uncycled")
+    for attributes in (f["attributes"], None):
+        text = course.cycles_from_course(built, patients, attributes)
+        cycle_labels_as_categories(text)
+        made = course.cycles_from_course(built, patients, attributes, labels_as_categoricals=True)
+        pd.testing.assert_frame_equal(made, text, check_exact=True)
+        assert "Only uncycled" not in list(made["site"].cat.categories)
+    none = course.build_course(f["treatments"].iloc[:0], f["assessments"].iloc[:0], "PHQ-9")
+    pd.testing.assert_frame_equal(course.cycles_from_course(none, patients, f["attributes"], labels_as_categoricals=True),
+                                  course.cycles_from_course(none, patients, f["attributes"]), check_exact=True)
+
+
 @pytest.mark.parametrize("part", ["whole", "one site"])
 def test_durability_by_text_subgroups_and_its_small_cells_are_those_of_the_text_table(tables, part):
     _, held, text = tables

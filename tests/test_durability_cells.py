@@ -2,6 +2,8 @@
 wave 7) are the cells made score by score: bitwise, on crafted scores with fractional days, scores
 censored at 0 and at the scale's maximum, a line that changes within a cycle and single-score cycles;
 and so is every patient's likelihood over the grids."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -205,3 +207,81 @@ def test_the_chunks_are_cut_where_the_patient_by_patient_walk_cut_them(data, mon
             walked.append((p, q))
             p = q
         assert [(ch.p, ch.q) for ch in d.chunks] == walked
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_marginal_made_in_blocks_of_patients_is_the_one_pass_marginal(monkeypatch, threads):
+    """_Marginal makes exp(P - max) a block of patients at a time on FIT_THREADS threads: the same bits as
+    the whole array at once, for any block size and number of threads."""
+    rng = np.random.default_rng(4)
+    P = rng.normal(-40.0, 15.0, size=(257, len(measured.MU_GRID), len(measured.DEPTHS)))
+    top = P.max(axis=(1, 2))
+    E = np.exp(P - top[:, None, None])
+    monkeypatch.setattr(measured, "FIT_THREADS", threads)
+    monkeypatch.setattr(measured, "MARGINAL_BLOCK_PATIENTS", 50)   # 6 blocks, the last one short
+    M = measured._Marginal(P)
+    assert np.array_equal(M.top, top) and np.array_equal(M.E, E) and M.P is P
+    prior, q = measured._prior_mu(4.0, 0.7), np.full(len(measured.DEPTHS), 1 / len(measured.DEPTHS))
+    whole = measured._Marginal.__new__(measured._Marginal)
+    whole.P, whole.top, whole.E, whole._mixed_for = P, top, E, None
+    whole.n, whole.n_mu, whole.n_depth = P.shape
+    for a, b in zip(M.stats(prior, q, depth=True), whole.stats(prior, q, depth=True)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_the_distinct_days_are_numpys_unique_days(with_nan):
+    """The distinct days and each score's index among them, by hashing: what np.unique gives (a missing day,
+    which the fit leaves out but other callers may pass, takes np.unique's own path)."""
+    rng = np.random.default_rng(5)
+    days = np.round(rng.uniform(0, 90, 5000), 1)
+    days[::7] = rng.uniform(0, 90, len(days[::7]))   # times of day: many single days
+    if with_nan:
+        days[3] = np.nan
+    n = len(days)
+    data = measured._Data(days, np.zeros(n), np.ones(n), np.arange(n), np.arange(n), np.arange(n), np.arange(n).astype(str))
+    got_days, got_codes = data.distinct_days
+    want_days, want_codes = np.unique(days, return_inverse=True)
+    assert np.array_equal(got_days, want_days, equal_nan=True) and np.array_equal(got_codes, want_codes.reshape(-1))
+    assert got_days.dtype == want_days.dtype and len(got_codes) == n
+
+
+def _random_likelihoods(n: int, seed: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    P = rng.normal(-40.0, 15.0, size=(n, len(measured.MU_GRID), len(measured.DEPTHS)))
+    P[5, :40] -= 1000.0   # likely only at the longest medians, where a narrow prior has no mass
+    return P
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_em_step_in_blocks_of_patients_gives_the_one_pass_figures(monkeypatch, threads):
+    """An EM step over a large clinic works a block of patients at a time (the block's cells read twice while
+    in the cache): every patient's log-likelihood and posterior are the one-pass ones bit for bit, the mean
+    depth posterior the same to 1e-13 (its sum is added up block by block), on one or two threads alike."""
+    P = _random_likelihoods(700)
+    prior = measured._prior_mu(4.0, 0.05)
+    q = np.random.default_rng(7).dirichlet(np.ones(len(measured.DEPTHS)))
+    # patient 5's marginal underflows under this prior: computed in log space by both
+    assert (measured._Marginal(P)._mixed(q) * prior).sum(axis=1)[5] <= 1e-200
+    monkeypatch.setattr(measured, "EM_BLOCK_PATIENTS", 10**9)
+    ll0, post0, depth0 = measured._Marginal(P).stats(prior, q, depth=True)
+    monkeypatch.setattr(measured, "EM_BLOCK_PATIENTS", 64)   # 11 blocks, the last one short
+    monkeypatch.setattr(measured, "EM_THREADS", threads)
+    ll, post, depth = measured._Marginal(P).stats(prior, q, depth=True)
+    assert np.array_equal(ll, ll0) and np.array_equal(post, post0)
+    np.testing.assert_allclose(depth, depth0, rtol=1e-13, atol=0)
+    monkeypatch.setattr(measured, "EM_THREADS", 3 - threads)
+    assert np.array_equal(measured._Marginal(P).stats(prior, q, depth=True)[2], depth)   # any number of threads
+
+
+def test_the_em_over_blocks_ends_where_the_one_pass_em_ended(monkeypatch):
+    """EM with its steps in blocks reaches the same estimates (to 1e-12) in the same steps as the one-pass EM."""
+    P = _random_likelihoods(600)
+    start = (math.log(40.0), 0.7, np.full(len(measured.DEPTHS), 1.0 / len(measured.DEPTHS)))
+    monkeypatch.setattr(measured, "EM_BLOCK_PATIENTS", 10**9)
+    mu0, sd0, w0, ll0 = measured._em(P, *start)
+    monkeypatch.setattr(measured, "EM_BLOCK_PATIENTS", 50)
+    mu, sd, w, ll = measured._em(P, *start)
+    assert mu == pytest.approx(mu0, rel=1e-12) and sd == pytest.approx(sd0, rel=1e-12)
+    np.testing.assert_allclose(w, w0, rtol=1e-11)
+    assert ll == pytest.approx(ll0, rel=1e-12)

@@ -10,6 +10,7 @@ posterior within 1e-4, and every patient's suggestion to the day.
 from datetime import date
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analytics import course, intervals, simulate
@@ -75,3 +76,25 @@ def test_a_patient_far_from_the_prior_is_computed_in_log_space():
     assert np.allclose(post, post_ref.sum(axis=2), atol=1e-12)
     assert np.allclose(mean_depth, post_ref.sum(axis=1).mean(axis=0), atol=1e-12)
     assert post[0].argmax() == len(MU_GRID) - 1
+
+
+def test_unusable_or_text_scores_are_left_out_as_before_and_the_callers_frame_is_untouched(small_clinic):
+    """The fit reads the scores without copying them when they are numbers and all usable; text numbers,
+    missing values, negative days and lines at 0 are still converted or left out, the same fit results, and
+    the caller's frame is not changed."""
+    cm = intervals.fit_clinic_model(small_clinic, "PHQ-9")
+    clean = cm.scores
+    fitted = MeasuredDurability(fit_patients=40).fit(clean, scale_max=cm.scale_max)
+    extra = clean.iloc[:4].copy()
+    extra["days"] = [float("nan"), -1.0, 3.0, 5.0]
+    extra.loc[extra.index[2], "line"] = 0.0
+    extra.loc[extra.index[3], "total"] = float("nan")
+    messy = pd.concat([clean, extra], ignore_index=True)
+    messy["days"] = messy["days"].astype(str)   # numbers as text, as a CSV may give them
+    before = messy.copy()
+    again = MeasuredDurability(fit_patients=40).fit(messy, scale_max=cm.scale_max)
+    pd.testing.assert_frame_equal(messy, before)
+    assert again.n_excluded_scores_ == 4 and fitted.n_excluded_scores_ == 0
+    for name in ("median_days_", "noise_sd_", "shape_", "within_sd_", "between_sd_", "loglik_"):
+        assert getattr(again, name) == getattr(fitted, name), name
+    assert np.array_equal(again._post_mu, fitted._post_mu)

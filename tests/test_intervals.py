@@ -271,6 +271,14 @@ def test_the_clinic_model_keeps_only_the_course_columns_its_suggestions_read(cli
     pd.testing.assert_frame_equal(kept, expected, check_exact=True)
     pd.testing.assert_frame_equal(sug, expected, check_exact=True)
     pd.testing.assert_frame_equal(cm.scores, intervals.model_scores(whole), check_exact=True)
+    # its labels as categoricals of the same values: the scores and patient states made from it are the same
+    for name in intervals.KEPT_LABEL_COLUMNS:
+        assert isinstance(cm.course.infusions[name].dtype, pd.CategoricalDtype), name
+        assert cm.course.infusions[name].astype(str).tolist() == whole.infusions[name].tolist(), name
+    pd.testing.assert_frame_equal(intervals.model_scores(cm.course), intervals.model_scores(whole), check_exact=True)
+    pd.testing.assert_frame_equal(course.cycle_scores(cm.course), course.cycle_scores(whole)[list(course.cycle_scores(cm.course).columns)], check_exact=True)
+    pd.testing.assert_frame_equal(intervals.patient_states(cm.course, TODAY, cm.last_activity),
+                                  intervals.patient_states(whole, TODAY, cm.last_activity), check_exact=True)
 
 
 def _patient_cycles(model, pid: str, durations, interval: float = 28.0, seed: int = 0):
@@ -373,4 +381,9 @@ def test_a_clinic_model_that_keeps_no_course_is_fitted_from_the_same_cycles_and_
     assert bare.course is None and kept.course is not None
     pd.testing.assert_frame_equal(bare.scores, kept.scores, check_exact=True)
     pd.testing.assert_frame_equal(bare.cycles, kept.cycles, check_exact=True)
-    pd.testing.assert_series_equal(bare.last_activity, kept.last_activity, check_exact=True)
+    # the latest assessments are read by the suggestions only, which a model without its course never makes
+    assert bare.last_activity is None and kept.last_activity is not None
+    # the course with only the columns the model's scores read gives the same scores
+    scored = intervals.scored_course(built)
+    assert set(scored.infusions.columns) < set(built.infusions.columns)
+    pd.testing.assert_frame_equal(intervals.model_scores(scored), kept.scores, check_exact=True)

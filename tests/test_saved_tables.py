@@ -409,3 +409,83 @@ def test_a_clinic_file_of_another_version_is_turned_away_from_its_header_without
         raise AssertionError("the whole file was read for another version")
     monkeypatch.setattr(saved, "_read", whole_read)
     assert saved.load_clinic(db, "PHQ-9", (0, 0, "another version")) is None
+
+
+def no_building(monkeypatch) -> list[str]:
+    """The cohort-wide tables' builders, made to record any call; the list of what was built."""
+    built: list[str] = []
+    for module, name in [(workspace, "cohort_cycles"), (cohort, "cohort_base"), (cohort, "induction_outcomes")]:
+        real = getattr(module, name)
+
+        def recording(*args, _real=real, _name=name, **kwargs):
+            built.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, name, recording)
+    return built
+
+
+def test_a_process_updating_a_view_another_process_updated_loads_its_tables_and_builds_nothing(db, tmp_path,
+                                                                                                 monkeypatch):
+    new_process()
+    first, second = WorkspaceCache(), WorkspaceCache()  # two dashboard processes, a director signed in on each
+    cohort_visit(first, db)
+    cohort_visit(second, db)
+    one_more_score(db, tmp_path)  # an import: both find the director's view out of date
+    built = no_building(monkeypatch)
+    cohort_visit(second, db)
+    by_second = updated_view(second, db)
+    assert built and tuple(by_second.tables.version) == tuple(DataAccess(db).data_version())
+    assert saved.saved_for(db, DIRECTOR.view_key, by_second.tables.version)  # saved at once, not after a quiet spell
+    built.clear()
+    cohort_visit(first, db)
+    by_first = updated_view(first, db)
+    assert built == [] and tuple(by_first.tables.version) == tuple(by_second.tables.version)
+    _, shown_first = cohort_visit(first, db)
+    _, shown_second = cohort_visit(second, db)
+    assert shown_first.headline["response"].text() == shown_second.headline["response"].text()
+    assert shown_first.waterfall_bars.equals(shown_second.waterfall_bars) and built == []
+
+
+def test_a_process_waits_for_the_view_another_process_is_building_and_puts_it_after_its_other_views(db, tmp_path,
+                                                                                                     monkeypatch):
+    new_process()
+    other, cache = WorkspaceCache(), WorkspaceCache()  # two dashboard processes
+    cohort_visit(other, db)
+    cohort_visit(cache, db)
+    clinician = Scope(user="dr_x", role="clinician", clinician=DataAccess(db).patients()["clinician"].iloc[0])
+    cache.workspace(db, clinician).frames()
+    one_more_score(db, tmp_path)
+    cohort_visit(other, db)
+    other_view = updated_view(other, db)  # built and saved by the other process...
+    view_file = saved.view_file(db, DIRECTOR.view_key)
+    aside = view_file.with_name("not yet")
+    os.replace(view_file, aside)
+    lock = os.open(saved._view_lock(db, DIRECTOR.view_key), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # ...which, for this process, is still building it
+    order: list[str] = []
+    real_refresh = WorkspaceCache._refresh
+
+    def refresh(self, key, scope, *args, **kwargs):
+        done = real_refresh(self, key, scope, *args, **kwargs)
+        order.append(f"{scope.role}:{'done' if done else 'put off'}")
+        return done
+    monkeypatch.setattr(WorkspaceCache, "_refresh", refresh)
+    start = cache._start_refresher
+    monkeypatch.setattr(cache, "_start_refresher", lambda: None)
+    assert cache.workspace(db, clinician).updating
+    assert cache.workspace(db, DIRECTOR).updating  # the most recently used: due first
+    with cache._guard:
+        start()
+    deadline = time.monotonic() + 60
+    while len(order) < 2:
+        assert time.monotonic() < deadline, order
+        time.sleep(0.05)
+    assert order == ["director:put off", "clinician:done"]  # waiting for it held no other view back
+    built = no_building(monkeypatch)
+    time.sleep(0.5)
+    assert cache.workspace(db, DIRECTOR).updating  # still waiting for the other process
+    os.replace(aside, view_file)
+    os.close(lock)  # the other process has saved its file and lets go
+    current = updated_view(cache, db)
+    assert built == [] and order[-1] == "director:done"
+    assert tuple(current.tables.version) == tuple(other_view.tables.version) == tuple(DataAccess(db).data_version())

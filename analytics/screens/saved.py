@@ -191,6 +191,11 @@ def load(db, view_key: tuple) -> Saved | None:
                  same_file=meta.get("db") == _identity(db))
 
 
+def saved_for(db, view_key: tuple, version: tuple) -> bool:
+    """Does the view's file name `version`? From its header alone (it is verified whole when loaded)."""
+    return enabled() and _header_says_version(view_file(db, view_key), version)
+
+
 def clinic_file(db, instrument: str) -> Path:
     return folder(db) / f"clinic-{_view_name(('clinic', instrument))}{SUFFIX}"
 
@@ -201,25 +206,59 @@ def save_clinic(db, instrument: str, version: tuple, model) -> Path | None:
     return _write(clinic_file(db, instrument), f"clinic:{instrument}", version, None, {"model": model}, _identity(db))
 
 
-# How long a process that needs the clinic model waits for another process that is fitting it to save it (the
-# import command, after its commit) before it fits the model itself (seconds).
+# How long a process that needs the clinic model, or a view's tables, waits for another process that is building
+# them to save them (the import command fitting the model after its commit; another dashboard process updating the
+# same view after an import) before it builds them itself (seconds).
 FIT_WAIT_ENV = "OUTCOMES_CLINIC_FIT_WAIT"
-_FITTING: set[str] = set()  # the fit locks this process holds
-_FITTING_GUARD = threading.Lock()
+_BUILDING: set[str] = set()  # the build locks this process holds
+_BUILDING_GUARD = threading.Lock()
 
 
 def _fit_lock(db, instrument: str) -> Path:
     return clinic_file(db, instrument).with_suffix(".fitting")
 
 
-@contextlib.contextmanager
+def _view_lock(db, view_key: tuple) -> Path:
+    return view_file(db, view_key).with_suffix(".building")
+
+
 def fitting_clinic(db, instrument: str):
     """Held while this process fits the clinic model of `instrument` to save it: another process that needs the
     same model meanwhile waits for the file (`wait_for_clinic_fit`) instead of fitting it beside this one (after
     an import, every dashboard process found the new data version and fitted the model the import was fitting).
-    Best effort: yields False, and the fit runs as it is, when no lock can be had (held by another process, a
-    folder that cannot be written). The lock goes with the process if it dies."""
-    path, fd = _fit_lock(db, instrument), None
+    Yields whether the lock is held (see `_building`)."""
+    return _building(_fit_lock(db, instrument))
+
+
+def wait_for_clinic_fit(db, instrument: str, timeout: float | None = None) -> bool:
+    """If another process is fitting the clinic model of `instrument` to save it (`fitting_clinic`), wait until
+    it is done, at most `timeout` seconds (default: OUTCOMES_CLINIC_FIT_WAIT, 120); True if it was waited for
+    and is done, False at once when nobody else is fitting it (or done just now: read the file again either way)."""
+    return _wait_until_built(_fit_lock(db, instrument), timeout)
+
+
+def building_view(db, view_key: tuple):
+    """Held while this process builds a view's tables for a new data version and saves them: another dashboard
+    process updating the same view (two directors' sessions served by two processes see the same rows) waits for
+    the file (`wait_for_view`) and loads it instead of building the same tables beside this one."""
+    return _building(_view_lock(db, view_key))
+
+
+def wait_for_view(db, view_key: tuple, timeout: float | None = None) -> bool:
+    """Like `wait_for_clinic_fit`, for a view's tables (`building_view`)."""
+    return _wait_until_built(_view_lock(db, view_key), timeout)
+
+
+def view_built_elsewhere(db, view_key: tuple) -> bool:
+    """Is another process building this view's tables now (`building_view`)? Nothing is waited for."""
+    return _wait_until_built(_view_lock(db, view_key), 0.0, report_busy=True)
+
+
+@contextlib.contextmanager
+def _building(path: Path):
+    """Best effort: yields False, and the build runs as it is, when no lock can be had (held by another
+    process, a folder that cannot be written). The lock goes with the process if it dies."""
+    fd = None
     if enabled():
         try:
             keys.private_dir(path.parent)
@@ -230,25 +269,23 @@ def fitting_clinic(db, instrument: str):
                 os.close(fd)
             fd = None
     if fd is not None:
-        with _FITTING_GUARD:
-            _FITTING.add(str(path))
+        with _BUILDING_GUARD:
+            _BUILDING.add(str(path))
     try:
         yield fd is not None
     finally:
         if fd is not None:
-            with _FITTING_GUARD:
-                _FITTING.discard(str(path))
+            with _BUILDING_GUARD:
+                _BUILDING.discard(str(path))
             os.close(fd)  # lets the lock go
 
 
-def wait_for_clinic_fit(db, instrument: str, timeout: float | None = None) -> bool:
-    """If another process is fitting the clinic model of `instrument` to save it (`fitting_clinic`), wait until
-    it is done, at most `timeout` seconds (default: OUTCOMES_CLINIC_FIT_WAIT, 120); True if it was waited for
-    and is done, False at once when nobody else is fitting it (or done just now: read the file again either way)."""
-    path = _fit_lock(db, instrument)
-    with _FITTING_GUARD:
-        if str(path) in _FITTING:
-            return False  # this process's own fit
+def _wait_until_built(path: Path, timeout: float | None, report_busy: bool = False) -> bool:
+    if not enabled():
+        return False  # nothing is saved: nothing to wait for
+    with _BUILDING_GUARD:
+        if str(path) in _BUILDING:
+            return False  # this process's own build
     if timeout is None:
         timeout = float(os.environ.get(FIT_WAIT_ENV, "120"))
     try:
@@ -261,8 +298,10 @@ def wait_for_clinic_fit(db, instrument: str, timeout: float | None = None) -> bo
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 fcntl.flock(fd, fcntl.LOCK_UN)
-                return waited
+                return waited and not report_busy
             except BlockingIOError:
+                if report_busy:
+                    return True
                 if time.monotonic() >= deadline:
                     return False
                 waited = True

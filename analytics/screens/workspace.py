@@ -163,19 +163,7 @@ def frame_assessment_columns() -> list[str]:
 LABEL_COLUMNS = ("instrument", "rater", "total_method")
 
 
-def labels_as_categories(frame: pd.DataFrame, columns) -> None:
-    """`columns` of `frame` (those it has) as categoricals of their sorted values, in place; missing values stay missing."""
-    for name in columns:
-        if name in frame.columns and not isinstance(frame[name].dtype, pd.CategoricalDtype):
-            values = frame[name]
-            if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-                # Arrow text: its sorted codes (Arrow's own, C++) instead of looking each row's string up (~1 s a
-                # column at 100,000 patients); the same categories and codes
-                codes, uniques = pd.factorize(values, sort=True)
-                frame[name] = pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
-            else:
-                frame[name] = pd.Categorical(values, categories=sorted(values.dropna().unique()))
-            del values
+labels_as_categories = course.labels_as_categories  # `columns` of a frame as categoricals of their sorted values
 
 
 # The cycle table's text, repeated on every cycle (how it ended, its phase, route and start, the instrument, each
@@ -542,39 +530,47 @@ class WorkspaceCache:
             self._refresher.start()
 
     def _refresh_due(self) -> None:
+        put_off: set[tuple] = set()  # views another process was building: the others first, then these
         try:
             while True:
                 with self._guard:
                     if not self._due:
                         return
-                    key = max(self._due, key=lambda k: self._views[k].last_used if k in self._views else 0.0)
+                    ready = [k for k in self._due if k not in put_off]
+                    key = max(ready or self._due, key=lambda k: self._views[k].last_used if k in self._views else 0.0)
                     scope, old, version = self._due.pop(key)
-                self._refresh(key, scope, old, version)
+                    others = len(ready) > 1
+                if not self._refresh(key, scope, old, version, may_put_off=others):
+                    put_off.add(key)
+                    with self._guard:
+                        self._due.setdefault(key, (scope, old, version))  # (unless a newer version came meanwhile)
         finally:
             with self._guard:
                 if self._refresher is threading.current_thread():
                     self._refresher = None
 
-    def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple) -> None:
-        fresh = Tables(version, _imported_at(version))
-        ws = Workspace(DataAccess(key[0], scope), fresh, background=True)
+    def _refresh(self, key: tuple, scope: Scope, old: Tables, version: tuple, may_put_off: bool = False) -> bool:
+        """Build the view's tables for `version` and swap them in; False (nothing done) when `may_put_off` and
+        another process is building the same view's tables now: this process loads them later instead.
+
+        After an import every dashboard process finds the same views out of date (two directors' sessions
+        served by two processes see the same rows): one process builds a view and saves it at once, the
+        others wait for its file and load it (`saved.building_view`), and build only what their own pages
+        had beyond it."""
+        with self._guard:
+            view = self._views.get(key)
+            db = view.db if view is not None else key[0]
+        fresh = None
         try:
-            for table in old.keys():
-                warm = _WARMERS.get(table[0])
-                if warm is not None:
-                    warm(ws, table)
-            # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
-            # page), and the primary instrument's whatever they were (tables restored from their file with their
-            # pages' memos never asked for it; every view's suggestions need it): the new tables are shown with
-            # theirs, so the first page run after the swap fits nothing
-            codes = dict.fromkeys([scales.get(scales.PRIMARY).code, *intervals.held_instruments(key[0], old.version)])
-            for code in codes:
-                try:
-                    ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
-                except Exception as exc:  # noqa: BLE001 - the new tables are swapped in all the same: a page
-                    # that asks for the model fits it itself and shows any error
-                    print(f"workspace: the background fit of the clinic model failed ({type(exc).__name__}); "
-                          "pages will fit it", file=sys.stderr, flush=True)
+            with saved.building_view(db, scope.view_key) as building_here:
+                if not building_here:
+                    if may_put_off and saved.view_built_elsewhere(db, scope.view_key):
+                        return False
+                    saved.wait_for_view(db, scope.view_key)
+                loaded = _restore_current(db, scope.view_key, version)  # whoever built them, before or meanwhile
+                fresh = self._build(key, scope, old, version, loaded)
+                if building_here and loaded is None:
+                    _save_view(db, scope.view_key, fresh)
         except Exception as exc:  # noqa: BLE001 - a page asking for this version builds it itself and shows any error
             print(f"workspace: the background update failed ({type(exc).__name__}); pages will build it",
                   file=sys.stderr, flush=True)
@@ -582,7 +578,7 @@ class WorkspaceCache:
         with self._guard:
             view = self._views.get(key)
             if view is None:
-                return
+                return True
             # the view's tables as they were when it was found out of date, or (a newer version came meanwhile
             # and this build is of it) whatever an earlier build put there since
             if fresh is not None and (view.tables is old or view.refreshing == version):
@@ -591,6 +587,32 @@ class WorkspaceCache:
                 view.refreshing = None
         del old
         memory.release_freed()  # the previous version's tables, once no page holds them
+        return True
+
+    @staticmethod
+    def _build(key: tuple, scope: Scope, old: Tables, version: tuple, loaded: Tables | None) -> Tables:
+        """The tables `old` had, for `version`: built here, or what another process saved (`loaded`) and
+        the rest built here. The rows themselves (frames, never in a file) are read here either way: the
+        pages that read them (the due list, the data page) would otherwise read them in a page run."""
+        fresh = loaded if loaded is not None else Tables(version, _imported_at(version))
+        ws = Workspace(DataAccess(key[0], scope), fresh, background=True)
+        for table in old.keys():
+            warm = _WARMERS.get(table[0])
+            if warm is not None:
+                warm(ws, table)
+        # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
+        # page), and the primary instrument's whatever they were (tables restored from their file with their
+        # pages' memos never asked for it; every view's suggestions need it): the new tables are shown with
+        # theirs, so the first page run after the swap fits nothing
+        codes = dict.fromkeys([scales.get(scales.PRIMARY).code, *intervals.held_instruments(key[0], old.version)])
+        for code in codes:
+            try:
+                ws.clinic(code).model  # noqa: B018 - the fit, or the file of another process's fit
+            except Exception as exc:  # noqa: BLE001 - the new tables are swapped in all the same: a page
+                # that asks for the model fits it itself and shows any error
+                print(f"workspace: the background fit of the clinic model failed ({type(exc).__name__}); "
+                      "pages will fit it", file=sys.stderr, flush=True)
+        return fresh
 
     def _forget_beyond_limit(self) -> None:
         while len(self._views) > self.max_views:
@@ -640,11 +662,7 @@ class WorkspaceCache:
             mark = tables.changed
             if tables.restored_older or mark == tables.saved_mark or now - mark < quiet_s:
                 continue
-            tables.saved_mark = mark  # once per change, even when it fails (said on stderr)
-            if DataAccess(db, SYSTEM).data_version() != tables.version:
-                continue  # superseded: the current version's tables will be saved instead
-            contents, memos = tables.to_save()
-            if contents and saved.save(db, view_key, tables.version, tables.as_of, contents, memos) is not None:
+            if _save_view(db, view_key, tables):
                 done += 1
         return done + save_clinic_models()
 
@@ -683,6 +701,23 @@ def _restore(db, view_key: tuple, version: tuple) -> Tables | None:
     return None
 
 
+def _restore_current(db, view_key: tuple, version: tuple) -> Tables | None:
+    """The view's tables saved for exactly `version` (by another process), or None."""
+    if not saved.saved_for(db, view_key, version):
+        return None
+    found = _restore(db, view_key, version)
+    return found if found is not None and not found.restored_older and found.version == version else None
+
+
+def _save_view(db, view_key: tuple, tables: Tables) -> bool:
+    """Save the view's tables if they are still the current data version's; whether a file was written."""
+    tables.saved_mark = tables.changed  # once per change, even when it fails (said on stderr)
+    if DataAccess(db, SYSTEM).data_version() != tables.version:
+        return False  # superseded: the current version's tables will be saved instead
+    contents, memos = tables.to_save()
+    return bool(contents) and saved.save(db, view_key, tables.version, tables.as_of, contents, memos) is not None
+
+
 def _imported_at(version: tuple) -> str | None:
     return version[2] if len(version) > 2 and version[2] not in ("", "None") else None
 
@@ -705,9 +740,11 @@ def cohort_cycles(patients: pd.DataFrame, treatments: pd.DataFrame, assessments:
     the course of these frames when already at hand."""
     if built is None:
         built = course.build_course(treatments, assessments, instrument, rules, columns=course.CYCLE_COLUMNS_READ)
-    cycles = course.cycles_from_course(built, patients, attributes, rules)
+    # its labels made categoricals as the table is made (the same table as cycle_labels_as_categories of the text one)
+    cycles = course.cycles_from_course(built, patients, attributes, rules, labels_as_categoricals=True)
     cycles["length_days"] = np.where(cycles["event"], cycles["right_days"], cycles["left_days"])
     cycle_labels_as_categories(cycles)
+    memory.release_freed()  # the rows taken for the table and its text before codes: heap and Arrow's pool
     return cycles
 
 
