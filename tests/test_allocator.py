@@ -36,6 +36,44 @@ def test_freed_cohort_arrays_do_not_stay_resident():
     assert float(out.stdout) < 50  # without the setting glibc keeps all 800 MB
 
 
+THREADS_PROBE = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+from analytics import memory
+import numpy as np
+if sys.argv[2] == "tuned":
+    memory.tune_allocator()
+
+def resident_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+small = []
+def work():                                  # a worker thread's 1 MB pieces (under the mmap threshold), freed
+    arrays = []
+    for _ in range(300):
+        arrays.append(np.ones(2**17))
+        small.append(np.ones(1024))          # small live arrays between them: the freed pieces stay resident
+    del arrays
+worker = threading.Thread(target=work)
+worker.start(); worker.join()
+before = resident_mb()
+mine = [np.ones(2**17) for _ in range(300)]  # the same again in the main thread
+print(resident_mb() - before)
+"""
+
+
+def test_memory_a_thread_frees_is_reused_by_the_others():
+    """One arena for every thread: what the course's block threads or the bootstrap's free is used again by
+    the next step instead of staying resident beside it (glibc's default gives each thread its own)."""
+    tuned = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(ROOT), "tuned"], capture_output=True, text=True,
+                           check=True)
+    default = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(ROOT), "default"], capture_output=True,
+                             text=True, check=True)
+    assert float(tuned.stdout) < 100 < float(default.stdout)  # 300 MB asked for again
+
+
 def test_every_entry_point_tunes_the_allocator():
     """The command line and the dashboard call memory.tune_allocator() themselves: importing analytics does not."""
     for path in (ROOT / "analytics" / "__main__.py", ROOT / "dashboard.py"):

@@ -271,6 +271,14 @@ def test_the_clinic_model_keeps_only_the_course_columns_its_suggestions_read(cli
     pd.testing.assert_frame_equal(kept, expected, check_exact=True)
     pd.testing.assert_frame_equal(sug, expected, check_exact=True)
     pd.testing.assert_frame_equal(cm.scores, intervals.model_scores(whole), check_exact=True)
+    # its labels as categoricals of the same values: the scores and patient states made from it are the same
+    for name in intervals.KEPT_LABEL_COLUMNS:
+        assert isinstance(cm.course.infusions[name].dtype, pd.CategoricalDtype), name
+        assert cm.course.infusions[name].astype(str).tolist() == whole.infusions[name].tolist(), name
+    pd.testing.assert_frame_equal(intervals.model_scores(cm.course), intervals.model_scores(whole), check_exact=True)
+    pd.testing.assert_frame_equal(course.cycle_scores(cm.course), course.cycle_scores(whole)[list(course.cycle_scores(cm.course).columns)], check_exact=True)
+    pd.testing.assert_frame_equal(intervals.patient_states(cm.course, TODAY, cm.last_activity),
+                                  intervals.patient_states(whole, TODAY, cm.last_activity), check_exact=True)
 
 
 def _patient_cycles(model, pid: str, durations, interval: float = 28.0, seed: int = 0):
