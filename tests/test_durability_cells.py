@@ -221,6 +221,8 @@ def test_the_marginal_made_in_blocks_of_patients_is_the_one_pass_marginal(monkey
     monkeypatch.setattr(measured, "MARGINAL_BLOCK_PATIENTS", 50)   # 6 blocks, the last one short
     M = measured._Marginal(P)
     assert np.array_equal(M.top, top) and np.array_equal(M.E, E) and M.P is P
+    owned = measured._Marginal(P.copy(), own=True)   # the fit's: exp(P - max) made in P's own array
+    assert np.array_equal(owned.top, top) and np.array_equal(owned.E, E) and owned.P is None
     prior, q = measured._prior_mu(4.0, 0.7), np.full(len(measured.DEPTHS), 1 / len(measured.DEPTHS))
     whole = measured._Marginal.__new__(measured._Marginal)
     whole.P, whole.top, whole.E, whole._mixed_for = P, top, E, None
@@ -285,3 +287,29 @@ def test_the_em_over_blocks_ends_where_the_one_pass_em_ended(monkeypatch):
     assert mu == pytest.approx(mu0, rel=1e-12) and sd == pytest.approx(sd0, rel=1e-12)
     np.testing.assert_allclose(w, w0, rtol=1e-11)
     assert ll == pytest.approx(ll0, rel=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_marginal_made_in_the_likelihoods_own_array_gives_the_same_figures(monkeypatch, threads):
+    """_Marginal(P, own=True) (the fit's pass over everyone) overwrites P with exp(P - max) and keeps only the
+    rows log space can need: every statistic is the same bits as from a marginal that kept P, for patients
+    computed in log space too (there the kept rows are P's own values), on one or two threads."""
+    P = _random_likelihoods(700)
+    P[9, :20] -= 2000.0   # a second patient deep below their maximum, in another block
+    monkeypatch.setattr(measured, "MARGINAL_BLOCK_PATIENTS", 64)
+    monkeypatch.setattr(measured, "FIT_THREADS", threads)
+    kept = measured._Marginal(P)
+    owned = measured._Marginal(P.copy(), own=True)
+    where, values = owned._log_rows
+    deep = np.flatnonzero((P.min(axis=(1, 2)) - P.max(axis=(1, 2))) < -measured.LOG_SPACE_DEPTH)
+    assert 5 in where and 9 in where and np.array_equal(where, deep) and np.array_equal(values, P[deep])
+    assert len(where) < len(P)   # the others are not kept
+    q = np.random.default_rng(7).dirichlet(np.ones(len(measured.DEPTHS)))
+    for prior in (measured._prior_mu(4.0, 0.05), measured._prior_mu(3.0, 0.7)):
+        for depth in (False, True):
+            a, b = kept.stats(prior, q, depth=depth), owned.stats(prior, q, depth=depth)
+            for x, y in zip(a, b):
+                assert (x is None and y is None) or np.array_equal(x, y)
+    rows = np.array([0, 5, 9, 11])
+    np.testing.assert_allclose(owned._P(rows), P[rows], rtol=1e-12)   # not-kept rows: within rounding
+    assert np.array_equal(owned._P(rows[1:3]), P[rows[1:3]])

@@ -80,6 +80,8 @@ MARGINAL_BLOCK_PATIENTS = 8192   # patients per block of _Marginal's exp (8192 x
 EM_BLOCK_PATIENTS = 1024  # patients per block of an EM step over a large clinic (_Marginal._blocked: 1024 x 44 x 9
 # float64 cells, 3.2 MB, stay in the cache between the step's two reads of them)
 EM_THREADS = 1   # the blocks on one thread: two measured no faster on this shared machine (more CPU; same numbers)
+LOG_SPACE_DEPTH = 450.0   # a patient with a cell this far (natural log) below their maximum may need log space:
+# their exact log-likelihoods are kept (_Marginal(own=True)); exp(-450) = 1e-196, above the 1e-200 where it starts
 DISTINCT_DAYS_SHARE = 0.5  # the exp cells are made once per distinct day when there are at most this share of
 # distinct days among the scores (100,000 patients: 39,688 distinct days among 1.3 M scores), else per score
 
@@ -501,24 +503,50 @@ class _Marginal:
     marginal would underflow there (the prior's mass where their likelihood is negligible) is
     computed in log space instead."""
 
-    def __init__(self, P: np.ndarray):
-        self.P = P
+    def __init__(self, P: np.ndarray, own: bool = False):
+        """`own`: P is the caller's to give up (the fit's pass over everyone): exp(P - max) is made in P's own
+        array, and only the rows log space can ever need are kept as they were (`_log_rows`): a patient whose
+        cells all lie within LOG_SPACE_DEPTH of their maximum cannot underflow in stats (their marginal is at
+        least their smallest cell's exp, the priors and depth weights summing to one). 100,000 patients: no
+        second array of P's size (150 MB) at the fit's peak."""
         self.n, self.n_mu, self.n_depth = P.shape
         self.top = np.empty(self.n)
-        self.E = np.empty_like(P)
+        self.E = P if own else np.empty_like(P)
+        self.P = None if own else P
         starts = np.arange(0, self.n, MARGINAL_BLOCK_PATIENTS)
+        kept: list = [None] * len(starts)
 
         def one(i: int) -> None:
             # patient by patient, element by element: the same values whatever the blocks and threads
             rows = slice(starts[i], starts[i] + MARGINAL_BLOCK_PATIENTS)
-            P[rows].max(axis=(1, 2), out=self.top[rows])
-            E = np.subtract(P[rows], self.top[rows, None, None], out=self.E[rows])
-            np.exp(E, out=E)   # in place: no second array of P's size (150 MB at 100,000 patients)
+            block = P[rows]
+            block.max(axis=(1, 2), out=self.top[rows])
+            if own:
+                deep = np.flatnonzero(block.min(axis=(1, 2)) - self.top[rows] < -LOG_SPACE_DEPTH)
+                kept[i] = (starts[i] + deep, block[deep].copy())   # before their cells are overwritten
+            E = np.subtract(block, self.top[rows, None, None], out=self.E[rows])
+            np.exp(E, out=E)   # in place: no second array of E's size
 
         # the exp of every cell (19 M at 100,000 patients), blocks of patients on FIT_THREADS threads
         _each_chunk(one, len(starts))
+        if own:
+            self._log_rows = (np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, dtype=np.int64),
+                              np.concatenate([k[1] for k in kept]) if kept else np.zeros((0,) + P.shape[1:]))
         self._mixed_for = None   # (depth weights, E summed over depth with them): the covariance and the
         # posteriors ask for the same weights many times, EM for new ones each step
+
+    def _P(self, rows: np.ndarray) -> np.ndarray:
+        """The log-likelihoods of these patients (sorted rows) as they were given."""
+        if self.P is not None:
+            return self.P[rows]
+        where, values = self._log_rows
+        at = np.minimum(np.searchsorted(where, rows), max(len(where) - 1, 0))
+        found = where[at] == rows if len(where) else np.zeros(len(rows), dtype=bool)
+        with np.errstate(divide="ignore"):
+            # a row not kept cannot be asked for (see __init__); were it, its cells are within rounding of P
+            out = np.log(self.E[rows]) + self.top[rows, None, None]
+        out[found] = values[at[found]]
+        return out
 
     def _mixed(self, q: np.ndarray) -> np.ndarray:
         """E summed over depth with weights q: (n, n_mu)."""
@@ -551,7 +579,7 @@ class _Marginal:
                 mean_depth = (prior @ G) * q
         if bad.any():
             rows = np.flatnonzero(bad)
-            ll_b, post_b = _log_posterior(self.P[rows], prior, q)
+            ll_b, post_b = _log_posterior(self._P(rows), prior, q)
             ll[rows] = ll_b
             post[rows] = post_b.sum(axis=2)
             if depth:
@@ -756,7 +784,7 @@ class MeasuredDurability:
         P = _patient_loglik(data, self.noise_sd_, 1.0 if mode == "threshold" else self.shape_, self.within_sd_,
                             self.scale_max_, mode, spaces=spaces)
         del spaces   # before _Marginal's arrays are made: the scratch is not held beside them
-        self._lik = _Marginal(P)
+        self._lik = _Marginal(P, own=True)   # P's array becomes the marginal's
         del P
         mu0, bsd, dw, ll = _em(self._lik, *state["inner"], fit_depth=mode == "trend")
         self.log_median_, self.between_sd_, self.depth_weights_, self.loglik_ = mu0, bsd, dw, ll
