@@ -658,7 +658,10 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
         # only patients lengthening_tests can test (TREND_MIN_LOSSES losses after induction) are read:
         # each patient's test is their own, and the others' were computed only to be dropped there
         # (about half the tested scores at 100,000 patients)
-        losses = _settled_losses(mine)["patient_id"].astype(str).value_counts()
+        # of the cycles only their settled losses are read from here on (lengthening_tests keeps those of `mine`
+        # too): the other cycles are let go before the trend tests make their grid
+        mine = _settled_losses(mine)
+        losses = mine["patient_id"].astype(str).value_counts()
         testable = losses.index[losses.to_numpy() >= TREND_MIN_LOSSES]
         # of the tested patients' scores, only the columns the trend tests read (measured.REQUIRED) are copied
         scores = scores[[c for c in REQUIRED if c in scores.columns]]

@@ -252,8 +252,12 @@ def test_taper_finds_over_treated_patients_and_lengthening_needs_a_trend_test(cl
     assert (s.loc[flagged, "taper_interval_days"] > 0).all()
     assert s.loc[flagged, "taper_reason"].str.contains("try").all()
     # no patient's durability changes in this clinic: the trend test finds (almost) nobody
-    trend = intervals.lengthening_tests(cm.cycles, cm.model.trend_tests(cm.scores))
+    tested = cm.model.trend_tests(cm.scores)
+    trend = intervals.lengthening_tests(cm.cycles, tested)
     assert len(trend) >= 20 and trend["lengthening"].sum() <= 2
+    # the taper signals hand it only the settled losses of the cycles (the rest let go before the trend tests)
+    pd.testing.assert_frame_equal(intervals.lengthening_tests(intervals._settled_losses(cm.cycles), tested), trend,
+                                  check_exact=True)
 
 
 def test_the_clinic_model_keeps_only_the_course_columns_its_suggestions_read(clinic):
