@@ -666,6 +666,9 @@ def taper_signals(course, cycles: pd.DataFrame, suggestions: pd.DataFrame, model
         # of the tested patients' scores, only the columns the trend tests read (measured.REQUIRED) are copied
         scores = scores[[c for c in REQUIRED if c in scores.columns]]
         scores = scores[_text_isin(scores["patient_id"], testable)]
+        # what the selections above freed (Arrow's pool keeps its text; glibc its heap pieces), handed back before
+        # the trend tests' grid is mapped beside it
+        memory.release_freed()
         trend = lengthening_tests(mine, model.trend_tests(scores, min_cycles=TREND_MIN_CYCLES))
     if trend is not None and len(trend):
         t = trend[trend["lengthening"] & ~trend["patient_id"].isin(over["patient_id"])]

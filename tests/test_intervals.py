@@ -413,3 +413,19 @@ def test_the_benchmarks_estimate_is_that_of_the_whole_cycle_table():
     expected = cohort_durability(cycles, instrument="PHQ-9", by=None, n_boot=N_BOOT, model=clinic.model)
     assert json.dumps(bench.durability_estimate(frames), sort_keys=True, default=repr) == \
         json.dumps(expected, sort_keys=True, default=repr)
+
+
+def test_the_taper_signals_hand_back_what_they_freed_before_the_trend_tests(clinic, monkeypatch):
+    """The trend tests' grid is the suggestions' peak at 100,000 patients: what the selections before it freed
+    (Arrow's pool, glibc's heap) is handed back first, not left resident under it."""
+    sim, cal, cm, sug = clinic
+    events = []
+    monkeypatch.setattr(intervals.memory, "release_freed", lambda: events.append("release"))
+    original = type(cm.model).trend_tests
+
+    def trend_tests(self, *args, **kwargs):
+        events.append("trend")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(type(cm.model), "trend_tests", trend_tests)
+    intervals.taper_signals(cm.course, cm.cycles, sug, cm.model, read_scores=cm.scores)
+    assert "trend" in events and events[events.index("trend") - 1] == "release"
