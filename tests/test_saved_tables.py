@@ -489,3 +489,27 @@ def test_a_process_waits_for_the_view_another_process_is_building_and_puts_it_af
     current = updated_view(cache, db)
     assert built == [] and order[-1] == "director:done"
     assert tuple(current.tables.version) == tuple(other_view.tables.version) == tuple(DataAccess(db).data_version())
+
+
+def test_the_cohort_screen_a_director_saw_is_built_again_in_the_background_before_the_swap(db, tmp_path, monkeypatch):
+    new_process()
+    cache = WorkspaceCache()
+    ws, _ = cohort_visit(cache, db)
+    filters = [key[1] for key in ws.tables.memo_keys() if key[0] == "cohort_screen"]
+    assert filters
+    ws.memo(("funnel", filters[0], TODAY, "site", "responded"),
+            lambda: cohort.cohort_page(ws, filters[0], TODAY).funnel("site", "responded"))
+    one_more_score(db, tmp_path)
+    built: list[str] = []
+    real_screen = cohort.cohort_screen
+
+    def screen(*args, **kwargs):
+        built.append(threading.current_thread().name)
+        return real_screen(*args, **kwargs)
+    monkeypatch.setattr(cohort, "cohort_screen", screen)
+    cache.workspace(db, DIRECTOR)  # a page run finds the view out of date: the refresh starts
+    current = updated_view(cache, db)
+    assert built == ["workspace-refresh"]  # built before the swap, in the background
+    assert ("funnel", filters[0], TODAY, "site", "responded") in current.tables.memo_keys()
+    _, shown = cohort_visit(cache, db)  # the first page run on the new tables builds nothing
+    assert built == ["workspace-refresh"] and shown.headline["patients"]

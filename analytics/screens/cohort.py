@@ -25,7 +25,7 @@ from ..durability.cohort import model_figures, with_model_figures
 from ..durability.bootstrap import cluster_bootstrap_turnbull
 from ..outcomes import DEFAULT_RULES, OutcomeRules
 from .durability import curve_note, observed_until, survival_curves
-from .workspace import Workspace, induction_ends, register_warmer
+from .workspace import Workspace, induction_ends, register_memo_warmer, register_warmer
 
 DAY = pd.Timedelta(days=1)
 ACTIVE_DAYS = 90  # a patient with an infusion or assessment in the last 90 days counts as active
@@ -1380,3 +1380,6 @@ def funnel_limits(p0: float, sizes) -> pd.DataFrame:
 
 
 register_warmer("cohort_summary", lambda ws, key: cohort_tables(ws, key[1]))
+register_memo_warmer("cohort_screen", lambda ws, key: cohort_page(ws, key[1], key[2]))
+# the page's funnel memo: ("funnel", filters, today, by, outcome) of that selection's screen (pages/cohort.py)
+register_memo_warmer("funnel", lambda ws, key: ws.memo(key, lambda: cohort_page(ws, key[1], key[2]).funnel(key[3], key[4])))

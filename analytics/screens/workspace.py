@@ -145,6 +145,11 @@ class Tables:
         with self._guard:
             return list(self._tables)
 
+    def memo_keys(self) -> list[tuple]:
+        """The memos' keys as `memo` was asked for them (without its "memo" mark), least recently used first."""
+        with self._guard:
+            return [key[1:] for key in self._memos]
+
     def __len__(self) -> int:
         return len(self._tables)
 
@@ -448,6 +453,18 @@ def register_warmer(name: str, warm: Callable[[Workspace, tuple], object]) -> No
     _WARMERS[name] = warm
 
 
+# Memos the background refresh builds again for the new tables (the most recently used MEMOS_WARMED of each kind
+# the old tables had): what every director's first page run after an import would otherwise build, while the
+# others' runs of the same page waited for it (docs/performance.md, wave 9). kind -> warmer(ws, memo key).
+_MEMO_WARMERS: dict[str, Callable[[Workspace, tuple], object]] = {}
+MEMOS_WARMED = 2
+
+
+def register_memo_warmer(kind: str, warm: Callable[[Workspace, tuple], object]) -> None:
+    """Let the background refresh build again memos whose key starts with `kind` (`warm(ws, key)` asks for it)."""
+    _MEMO_WARMERS[kind] = warm
+
+
 @dataclass
 class _View:
     db: object = None  # the database (a path, or store_postgres.Target: its saved tables' folder)
@@ -600,6 +617,16 @@ class WorkspaceCache:
             warm = _WARMERS.get(table[0])
             if warm is not None:
                 warm(ws, table)
+        recent: dict[str, list[tuple]] = {}
+        for memo in reversed(old.memo_keys()):
+            if memo[0] in _MEMO_WARMERS and len(recent.setdefault(memo[0], [])) < MEMOS_WARMED:
+                recent[memo[0]].append(memo)
+        for memos in recent.values():
+            for memo in memos:
+                try:
+                    _MEMO_WARMERS[memo[0]](ws, memo)
+                except Exception:  # noqa: BLE001 - a page that asks for it builds it and shows any error
+                    pass
         # the clinic models the previous tables were read with (the cohort page's disclosure, the durability
         # page), and the primary instrument's whatever they were (tables restored from their file with their
         # pages' memos never asked for it; every view's suggestions need it): the new tables are shown with
