@@ -355,17 +355,23 @@ def durability_estimate(frames: dict) -> dict:
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
     # the cycles are made: of the course, only what the model's scores read is held through them
-    built = intervals.scored_course(built)
-    # the estimate reads the model and the cycles only: no course is kept beside the fit (keep_course=False)
-    clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=built, cycles=cycles, keep_course=False)
+    held = [intervals.scored_course(built)]
     del built
     # the estimate reads these columns of its own table (the page reads the workspace's, held anyway): each
     # patient's covariates and labels (~0.1 GB at 100,000 patients) are let go before the fit and the bootstrap
-    cycles = clinic.cycles = cycles[[c for c in ESTIMATE_CYCLE_COLUMNS if c in cycles.columns]]
-    memory.release_freed()  # the course's text columns (Arrow's pool keeps them) before the fit and bootstrap
-    # as the durability page asks for it: the model's fit on a thread of its own while cohort_durability
-    # works out the definitions' figures (they share nothing)
-    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=lambda: clinic.model)
+    cycles = cycles[[c for c in ESTIMATE_CYCLE_COLUMNS if c in cycles.columns]]
+    memory.release_freed()
+
+    def model():
+        # the clinic model from the course: its scores, then its fit (the estimate reads the model and the cycles
+        # only: no course is kept beside the fit, keep_course=False)
+        clinic = intervals.fit_clinic_model(frames, INSTRUMENT, built=held.pop(), cycles=cycles, keep_course=False)
+        return clinic.model   # (fit_clinic_model let the course go once the scores were made)
+
+    # as the durability page asks for it (its function gives the workspace's clinic model, made and fitted if
+    # need be): the model's scores and fit on a thread of their own while cohort_durability works out the
+    # definitions' figures from the cycles (they share nothing)
+    return cohort_durability(cycles, instrument=INSTRUMENT, by=None, n_boot=N_BOOT, model=model)
 
 
 def all_suggestions(data, today: date):

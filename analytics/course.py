@@ -285,7 +285,6 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
         part[1]["segment_row"] = part[1]["segment_row"] + (t_cut[i] - t_cut[0])  # rows of the whole course's infusions
         part = _only(part, columns)
         del t_rows, a_rows
-        memory.release_freed()  # the block's working arrays: heap-sized, glibc would keep them resident
         return part
 
     # Blocks are whole patients and each is its own: BLOCK_THREADS at a time (numpy, pandas' takes and Arrow
@@ -297,6 +296,12 @@ def build_course(treatments: pd.DataFrame, assessments: pd.DataFrame, instrument
     else:
         with ThreadPoolExecutor(workers) as pool:
             parts = list(pool.map(block, range(n_blocks)))
+    # The blocks' working arrays (heap-sized: glibc keeps them resident) are handed back once, after the last
+    # block, before the columns are put together: handed back after each block, the next block's arrays were
+    # fresh pages again, and this machine pays for a fresh page (the kernel zeroes it): 100,000 patients,
+    # 365,000 page faults and 1.1-1.6 s of system time in the course, 150,000-165,000 and 0.5-0.7 s so
+    # (docs/performance.md, wave 10), the course's peak the same within noise (+10-25 MB).
+    memory.release_freed()
     crs = _assemble(code, uniques, parts)
     # the blocks' pieces of each column (500,000 rows: just under the mmap threshold, so on glibc's heaps),
     # let go as the columns were put together: ~0.4 GB resident at 100,000 patients until handed back

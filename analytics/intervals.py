@@ -804,8 +804,8 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
     of these frames, instrument and rules when the caller has it already, and `cycles` its cycle table
     (course.cycles_from_course with these patients and attributes; extra columns are kept): neither is
     built again. `keep_course`: False for a caller that reads only the model and the cycles (no suggestions):
-    the model keeps no course (course None) and no last activity (None), so nothing of them is held through
-    the fit."""
+    the model keeps no course (course None) and no last activity (None), and of its scores only the columns its
+    fit reads (measured.REQUIRED, numbered afresh), so nothing else of them is held through the fit."""
     from . import course
 
     code = scales.get(instrument).code
@@ -829,6 +829,12 @@ def fit_clinic_model(frames: dict, instrument: str = scales.PRIMARY, version: tu
         last_activity = pd.to_datetime(a["administered_at"]).groupby(a["patient_id"].astype(str)).max() \
             if len(a) else pd.Series(dtype="datetime64[us]")
     scores = model_scores(crs, rules)
+    if not keep_course:
+        # a model without its course makes no suggestions: its scores are read by the fit only, and only the fit's
+        # columns are held through it (a copy: a selection would share the table's blocks; 100,000 patients: the
+        # other four columns and the row index, ~40 MB, let go before the fit's peak)
+        scores = scores[list(REQUIRED)].copy()
+        scores.index = pd.RangeIndex(len(scores))   # (the fit reads the columns' values only)
     crs = kept_course(crs) if keep_course else None
     del built
     memory.release_freed()  # the whole course's other columns: heap pieces glibc would keep resident

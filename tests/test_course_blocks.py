@@ -163,3 +163,30 @@ def test_blocks_worked_on_two_threads_give_the_course_of_one(frames, instrument,
     assert threading.active_count() == before
     for part in PARTS:
         pd.testing.assert_frame_equal(getattr(one, part), getattr(two, part), check_exact=True)
+
+
+def test_the_blocks_working_memory_is_handed_back_once_before_the_columns_are_put_together(frames, monkeypatch):
+    """Handed back after every block, the next block's arrays were fresh pages again (100,000 patients: 365,000
+    page faults in the course against 150,000-165,000): the freed memory goes back once, after the last block and
+    before the columns are put together (and again after), whatever the number of blocks; the same course."""
+    t, a = frames["treatments"], frames["assessments"]
+    events = []
+    monkeypatch.setattr(course.memory, "release_freed", lambda: events.append("release"))
+    real_block, real_assemble = course._course_block, course._assemble
+
+    def block(*args, **kwargs):
+        events.append("block")
+        return real_block(*args, **kwargs)
+
+    def assemble(*args, **kwargs):
+        events.append("assemble")
+        return real_assemble(*args, **kwargs)
+
+    monkeypatch.setattr(course, "_course_block", block)
+    monkeypatch.setattr(course, "_assemble", assemble)
+    blocks = course.build_course(t, a, "PHQ-9", block_rows=300)
+    assert events.count("block") > 2
+    assert events[events.count("block"):] == ["release", "assemble", "release"]
+    whole = course.build_course(t, a, "PHQ-9", block_rows=10**9)
+    for part in PARTS:
+        pd.testing.assert_frame_equal(getattr(whole, part), getattr(blocks, part), check_exact=True)

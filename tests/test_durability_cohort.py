@@ -262,3 +262,18 @@ def test_a_batch_of_replicates_reusing_its_arrays_gives_each_replicates_own_em(c
     alone = [em(design, w, p0=start, tol=1e-5, max_iter=100, ll_tol=1e-9) for w in weights]
     assert np.array_equal(batch, np.vstack([p for p, _ in alone]))
     assert cycles_used == max(it for _, it in alone)
+
+
+@pytest.mark.parametrize("kind", ["text", "categorical", "integer"])
+def test_the_patients_the_models_figures_read_are_every_cycles_ids_in_order(kind):
+    """cohort_durability makes the distinct patient ids the model's figures read from the column's distinct values
+    (while the fit runs): the same ids, as text, in the same order as from every cycle's id."""
+    from analytics.durability import cohort
+
+    ids = ["p10", "p2", "p10", "p7", "p2", "p1", "p7", "p10"]
+    column = {"text": pd.Series(ids, dtype="str"), "categorical": pd.Series(ids, dtype="category"),
+              "integer": pd.Series([int(p[1:]) for p in ids])}[kind]
+    good = pd.DataFrame({"patient_id": column})
+    expected = cohort._distinct_ids(good["patient_id"].astype(str).to_numpy())
+    found = cohort._cycle_patients(good)
+    assert list(found) == list(expected) and all(type(k) is str for k in found)

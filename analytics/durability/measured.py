@@ -79,6 +79,7 @@ CELL_BLOCK_ROWS = 512      # scores per block of _trend_cells' steps (512 x 324 
 MARGINAL_BLOCK_PATIENTS = 8192   # patients per block of _Marginal's exp (8192 x 44 x 9 float64 cells: 26 MB)
 EM_BLOCK_PATIENTS = 1024  # patients per block of an EM step over a large clinic (_Marginal._blocked: 1024 x 44 x 9
 # float64 cells, 3.2 MB, stay in the cache between the step's two reads of them)
+TREND_BLOCK_CYCLES = 4096  # cycles per block of trend_tests' depth sums (4096 x 9 x 36 float64: 10.6 MB)
 EM_THREADS = 1   # the blocks on one thread: two measured no faster on this shared machine (more CPU; same numbers)
 LOG_SPACE_DEPTH = 450.0   # a patient with a cell this far (natural log) below their maximum may need log space:
 # their exact log-likelihoods are kept (_Marginal(own=True)); exp(-450) = 1e-196, above the 1e-200 where it starts
@@ -914,24 +915,34 @@ class MeasuredDurability:
         kappa = 1.0 if self.mode_ == "threshold" else self.shape_
         log_depth = np.log(np.maximum(self.depth_weights_, 1e-300))
         returned = _returned_table(data, kappa) if self.mode_ == "trend" else None
-        # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights
-        lc = np.concatenate(_each_chunk(lambda i: _logsumexp_depth(_chunk_cycle_grid(
-            data, data.chunks[i], self.noise_sd_, kappa, self.scale_max_, self.mode_, returned), log_depth),
-            len(data.chunks)))
-        # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid
+        # each cycle's log-likelihood over the T grid, depth summed out with the cohort's weights; each chunk
+        # writes its own cycles' rows (no list of pieces and their concatenation beside each other)
+        lc = np.empty((len(data.cycle_start), len(T_GRID)))
+
+        def cycle_grid(i: int) -> None:
+            ch = data.chunks[i]
+            g = _chunk_cycle_grid(data, ch, self.noise_sd_, kappa, self.scale_max_, self.mode_, returned)
+            for a in range(0, len(g), TREND_BLOCK_CYCLES):   # its float64 working copies a block of cycles at a time
+                b = min(a + TREND_BLOCK_CYCLES, len(g))
+                lc[ch.c0 + a:ch.c0 + b] = _logsumexp_depth(g[a:b], log_depth)
+        _each_chunk(cycle_grid, len(data.chunks))
+        # G[c, j]: log P(cycle c's scores | its median is FINE[j]), T integrated on its grid, made for a batch
+        # of cycles at a time from exp(lc - top) (the whole G, cycles x 138 float64, was 243 MB at 100,000
+        # patients and set the suggestions' peak; the rows are the same values made whole or in batches)
         step = float(MU_GRID[1] - MU_GRID[0]) / 2
         fine = np.arange(MU_GRID[0] - 1.5, MU_GRID[-1] + 1.5 + step, step)
         w = np.exp(-0.5 * ((LOG_T[None, :] - fine[:, None]) / self.within_sd_) ** 2) * np.gradient(LOG_T)[None, :]
         w /= w.sum(axis=1, keepdims=True)
-        top = lc.max(axis=1, keepdims=True)
-        # in place (the same values as log(max(exp(lc - top) @ w.T, 1e-300)) + top): one array of G's size
-        lc -= top
+        cycle_top = lc.max(axis=1, keepdims=True)
+        lc -= cycle_top
         np.exp(lc, out=lc)
-        G = lc @ w.T          # (cycles, n_fine)
-        del lc
-        np.maximum(G, 1e-300, out=G)
-        np.log(G, out=G)
-        G += top
+
+        def g_rows(rows: np.ndarray) -> np.ndarray:
+            g = lc[rows] @ w.T          # (rows, n_fine)
+            np.maximum(g, 1e-300, out=g)
+            np.log(g, out=g)
+            g += cycle_top[rows]
+            return g
         slopes = np.linspace(0.0, max_slope, 26)
         log_prior = np.log(self.prior_mu())
         n_cyc = np.diff(np.r_[data.patient_start, len(data.cycle_start)])
@@ -940,7 +951,7 @@ class MeasuredDurability:
         # patients with the same number of cycles share the (mu, slope, cycle) grid of medians and so the
         # interpolation on the fine grid: a sparse matrix summing, for each (mu, slope), the interpolated
         # G of every cycle; a batch of patients at a time
-        n_fine = G.shape[1]
+        n_fine = len(fine)
         for n in np.unique(n_cyc):
             k = np.arange(n, dtype=float)
             k -= k.mean()
@@ -955,7 +966,7 @@ class MeasuredDurability:
                                        shape=(m.shape[0] * m.shape[1], n * n_fine))
             same = np.flatnonzero(n_cyc == n)
             for batch in np.array_split(same, -(-len(same) * n // 4000)):
-                g = G[data.patient_start[batch][:, None] + np.arange(n)[None, :]].reshape(len(batch), -1)
+                g = g_rows((data.patient_start[batch][:, None] + np.arange(n)[None, :]).ravel()).reshape(len(batch), -1)
                 summed = np.asarray(interp @ g.T).T.reshape(len(batch), m.shape[0], m.shape[1])  # (patients, mu, slope)
                 summed += log_prior[None, :, None]
                 top = summed.max(axis=1, keepdims=True)
