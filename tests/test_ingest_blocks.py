@@ -261,3 +261,54 @@ def test_the_import_command_adds_nothing_to_piped_output(tmp_path, db):
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert run.returncode == 0
     assert run.stderr == "" and "\r" not in run.stdout
+
+
+def _ingest_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("ingest-scan-ahead", "ingest-stage-writer"))]
+
+
+def test_a_file_refused_while_the_one_before_it_is_checked_is_reported_the_same_and_its_scan_ends(db, tmp_path):
+    """The next file is scanned in a thread while this one is checked: what its scan finds (here: not UTF-8)
+    is still reported for that file, and refuses the whole command as before (nothing written)."""
+    patients = write(tmp_path / "p.csv", PATIENTS_HEADER, "P9,North,dr_a,1980,F,TRD,,1,2024-01-01")
+    good = assessments_file(tmp_path)
+    bad = write(tmp_path / "t.csv", TREATMENTS_HEADER, "P1,2024-01-10,iv,0.5,induction")
+    bad.write_bytes(bad.read_bytes().replace(b"P1,2024", b"P\xff,2024"))
+    before = snapshot(db)
+
+    report = ingest.import_files([patients, good, bad], db=db, block_rows=3)
+
+    assert [(f.kind, f.refused is not None) for f in report.files] == [
+        (None, True), ("patients", False), ("assessments", False)]
+    assert "t.csv: line 2: the file is not UTF-8" in report.files[0].refused
+    assert report.exit_code == 2 and not report.committed
+    assert snapshot(db) == before
+    assert _ingest_threads() == []
+
+
+def test_a_failed_write_of_the_staged_rows_stops_the_import_before_anything_is_written(db, tmp_path, monkeypatch):
+    """The staged rows are written in a thread while the next block is checked; a write that fails there
+    (a full disk) is reported as before: the command's error, nothing written, no thread left."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    patients = write(tmp_path / "p.csv", PATIENTS_HEADER, "P9,North,dr_a,1980,F,TRD,,1,2024-01-01")
+    path = assessments_file(tmp_path)
+    before = snapshot(db)
+    real = pq.ParquetWriter.write_table
+    calls = []
+
+    def full_disk(self, table, *args, **kwargs):
+        calls.append(len(table))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
+    report = ingest.import_files([patients, path], db=db, block_rows=3)
+
+    assert report.exit_code == 2 and len(calls) >= 2
+    assert report.error and "a.csv" in report.error and "No space left on device" in report.error
+    assert snapshot(db) == before
+    assert _ingest_threads() == []

@@ -9,6 +9,7 @@ the file's size, and the write lock is held only for the set operations of the w
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import queue
 import threading
@@ -38,14 +39,22 @@ class CsvSource:
 
     def read(self, paths, reading, *, db=None, block_rows: int, progress: Progress | None = None, scratch) -> None:
         """Check each file and add its result and job to `reading`; a file that cannot be used is refused
-        whole. `scratch()` gives the directory large files are staged in (it outlives the write)."""
-        for path in paths:
+        whole. `scratch()` gives the directory large files are staged in (it outlives the write).
+
+        The next file's bytes are scanned (`scan_csv`) in a thread while this one is checked: the scan is
+        numpy and hashing, which mostly run without the GIL, beside the checks, which hold it."""
+        paths = list(paths)
+        with _ScanAhead(paths) as scans:
+            self._read(paths, scans, reading, block_rows, progress, scratch)
+
+    def _read(self, paths, scans, reading, block_rows, progress, scratch) -> None:
+        for at, path in enumerate(paths):
             name = str(path)
             staged = None
             try:
                 if progress:
                     progress(f"{Path(name).name}: reading")
-                index = scan_csv(path)
+                index = scans.result(at)
                 if progress:
                     progress(f"{Path(name).name}: checking {index.rows_total:,} rows")
                 if index.rows_total > block_rows and index.kind in _KEYS:
@@ -105,7 +114,7 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
                                                               "column": [], "reason": []}), index.malformed)]
     notes: list[str] = []
     given: frozenset[str] = frozenset()
-    writer: pq.ParquetWriter | None = None
+    writer: _BlockWriter | None = None
     offset = blocks = 0
     patients: list[pd.Series] = []  # each block's patients: a key repeated across blocks has its patient in two
     try:
@@ -123,17 +132,20 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
                              names=table.column_names)
             if writer is None:
                 # No dictionary pages: encoding them cost more time than the smaller file saves.
-                writer = pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False)
-            writer.write_table(table.cast(writer.schema))
+                writer = _BlockWriter(pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False))
+            writer.write(table)
             offset += len(v.clean)
             blocks += 1
             if progress:
                 checked = min(blocks * block_rows, index.rows_total)
                 progress(f"{Path(index.path).name}: checked {checked:,} of {index.rows_total:,} rows")
             del v, table
-    finally:
+    except BaseException:
         if writer is not None:
-            writer.close()
+            writer.close(quiet=True)  # the error being raised is the one to report
+        raise
+    if writer is not None:
+        writer.close()
     if blocks > 1:
         everyone = pd.concat(patients, ignore_index=True)
         found.append(_repeated_across_blocks(kind, path, everyone[everyone.duplicated()].unique()))
@@ -141,6 +153,71 @@ def _stage(index: CsvIndex, stage_dir: Path, block_rows: int,
     rejects["_row"] = -1  # not rows of a frame: raw text comes from the lines
     validated = rules.Validated(kind, None, rejects, None, [], notes, given)
     return validated, Staged(path, index.rows_total)
+
+
+class _ScanAhead:
+    """`scan_csv` of each path, the next one scanned in a thread while the caller works on this one.
+    `result(i)` gives path i's index or raises what its scan raised, in the caller's thread. At most one
+    scan runs ahead; on leaving, a scan still running is waited for (no thread outlives the reading)."""
+
+    def __init__(self, paths: list):
+        self.paths = paths
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-scan-ahead")
+        self.futures: dict[int, concurrent.futures.Future] = {}
+
+    def __enter__(self) -> "_ScanAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, at: int) -> None:
+        if at < len(self.paths) and at not in self.futures:
+            self.futures[at] = self.pool.submit(scan_csv, self.paths[at])
+
+    def result(self, at: int) -> CsvIndex:
+        self._submit(at)
+        future = self.futures.pop(at)
+        try:
+            return future.result()
+        finally:
+            del future
+            self._submit(at + 1)  # the next file's scan starts once this one's is done
+
+
+class _BlockWriter:
+    """A ParquetWriter whose blocks are written in a thread while the caller checks the next block
+    (pyarrow writes without the GIL). One block is written at a time, in order; a failed write raises
+    in the caller's thread at the next `write` or at `close`."""
+
+    def __init__(self, writer: pq.ParquetWriter):
+        self.writer = writer
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-stage-writer")
+        self.pending: concurrent.futures.Future | None = None
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self.pending = self.pool.submit(lambda: self.writer.write_table(table.cast(self.writer.schema)))
+
+    def close(self, quiet: bool = False) -> None:
+        """Wait for the last block's write and close the file (`quiet`: a failed write is not raised)."""
+        try:
+            self._wait()
+        except BaseException:
+            if not quiet:
+                raise
+        finally:
+            self.pool.shutdown(wait=True)
+            try:
+                self.writer.close()
+            except BaseException:
+                if not quiet:
+                    raise
 
 
 def _read_ahead(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
