@@ -648,9 +648,15 @@ def connect(
                         _begin_write(con, target, snapshot, precopy)
                     try:
                         yield con
-                    finally:
+                    except BaseException:
                         if outermost:
-                            _end_write(con, target, snapshot)
+                            # The error being raised is the one to report: the state's write on a full disk
+                            # must not replace it (the next write finds the state of a writer that stopped).
+                            with contextlib.suppress(Exception):
+                                _end_write(con, target, snapshot)
+                        raise
+                    if outermost:
+                        _end_write(con, target, snapshot)
                 finally:
                     con.close()
             except (duckdb.FatalException, duckdb.InternalException):
@@ -687,6 +693,21 @@ def connect(
 # Work to do once a transaction has committed (the audit anchor, analytics/keys.py), by id of its
 # connection; dropped on rollback. A connection outside `transaction` runs such work at once.
 _after_commit: dict[int, list[Callable[[], None]]] = {}
+
+
+def _commit(con: duckdb.DuckDBPyConnection) -> None:
+    """COMMIT; when DuckDB checkpointed at the COMMIT (a large transaction) and that failed (a full disk), the
+    COMMIT fails, the file keeps its last committed version, and DuckDB gives up its instance ("Failed to commit:
+    Checkpoint failed ... The database has been invalidated. Original error: Could not write file ...: No space
+    left on device"): the instance is dropped (the next use starts afresh) and the write's own error is raised."""
+    try:
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "invalidated" not in text or "Original error: " not in text:
+            raise
+        _attachments.discard()
+        raise duckdb.IOException(text.split("Original error: ", 1)[1]) from exc
 
 
 def after_commit(con: duckdb.DuckDBPyConnection, work: Callable[[], None]) -> None:
@@ -743,7 +764,7 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
                 con.execute("ROLLBACK")
                 raise
             try:
-                con.execute("COMMIT")
+                _commit(con)
             finally:
                 _after_commit.pop(id(con), None)
             committed = True

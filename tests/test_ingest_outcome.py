@@ -231,3 +231,43 @@ def test_temporary_files_are_removed_after_an_import_and_after_a_kill(tmp_path):
     later = run(env=env, code="from analytics import workdir; print(workdir.work_dir())")
     assert later.returncode == 0 and not work.exists()  # ... the next process removes it
     assert list(temp.iterdir()) == []  # and its own folder went at its exit
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_and_the_process_goes_on(tmp_path):
+    """A large import's COMMIT is also DuckDB's checkpoint; on a full disk that fails, the file keeps its last
+    version and DuckDB gives up its instance. The import returns its report (it raised OSError from the
+    state sidecar's write before), tells the write error (not "the database has been invalidated"), and the
+    next import in the same process (a dashboard's) works."""
+    import datetime
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        people = [f"Q{i:05d}" for i in range(300)]
+        patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
+                         "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
+        start = datetime.date(2021, 1, 1)
+        n = ingest.write.BULK_INSERT_ROWS + 5_000
+        assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
+                            *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
+                              for i in range(n)])
+        template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
+        target = mount / "o.duckdb"
+        shutil.copy(template, target)
+        filler = mount / "fill"
+        with open(filler, "wb") as handle:  # 8 MB left: the file needs about 12 MB more
+            handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - 8 * 2**20))
+
+        report = ingest.import_files([patients, assessments], db=target)
+
+        filler.unlink()
+        assert not report.committed and report.exit_code == 2
+        assert "No space left on device" in report.error and "invalidated" not in report.error
+        assert count(target, "assessments") == 0 and count(target, "patients") == 1
+        again = ingest.import_files([patients], db=target)  # the same process, room again
+        assert again.committed and count(target, "patients") == 301
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
