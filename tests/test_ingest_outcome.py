@@ -86,48 +86,56 @@ def test_a_failure_before_the_commit_says_nothing_was_changed_and_is_true(db):
     assert snapshot(db) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
-def test_a_really_full_disk_either_stores_everything_or_nothing_and_says_which(tmp_path):
-    """The review's case on a real 40 MB filesystem: 0.25 MB free fails the commit, 1-2 MB the checkpoint."""
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 40 MB filesystem (a tmpfs; root only), unmounted after the test."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
-        rows = [f"Q{i:05d},North,dr_a,1980,F,TRD,,1,2022-01-01" for i in range(300)]
-        patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
-                         "prior_failed_trials,enrolled_on", *rows)
-        assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
-                            *[phq(f"Q{i % 300:05d}", f"2023-{1 + i // 3000:02d}-{1 + (i // 300) % 10:02d}", [1] * 9)
-                              for i in range(9000)])
-        template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
-        seen = {}
-        for free_mb in (0.25, 1, 2):
-            target = mount / "o.duckdb"
-            for leftover in mount.iterdir():
-                leftover.unlink()
-            shutil.copy(template, target)
-            filler = mount / "fill"
-            free = shutil.disk_usage(mount).free
-            with open(filler, "wb") as handle:
-                handle.truncate(0)
-                handle.write(b"\0" * max(0, free - int(free_mb * 2**20)))
-            result = run("import", "--db", str(target), "--json", str(patients), str(assessments))
-            filler.unlink()
-            report = json.loads(result.stdout)
-            stored = duckdb.connect(str(target), read_only=True).execute(
-                "SELECT count(*) FROM patients WHERE patient_id LIKE 'Q%'").fetchall()[0][0]
-            seen[free_mb] = (result.returncode, report["committed"], stored, bool(report["warnings"]))
-            assert "Traceback" not in result.stderr
-            if report["committed"]:
-                assert result.returncode == 0 and stored == 300 and report["error"] is None
-            else:
-                assert result.returncode == 2 and stored == 0 and "No space left on device" in report["error"]
-        # Both of the review's cases happened: the commit itself failing (nothing stored, exit 2) and
-        # the checkpoint after it failing (all stored, exit 0, a warning instead of "nothing was changed").
-        assert {(code, committed, warned) for code, committed, _, warned in seen.values()} == {(2, False, False), (0, True, True)}, seen
+        yield mount
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_either_stores_everything_or_nothing_and_says_which(tmp_path, small_disk):
+    """The review's case on a real 40 MB filesystem: 0.25 MB free fails the commit, 1-2 MB the checkpoint."""
+    mount = small_disk
+    rows = [f"Q{i:05d},North,dr_a,1980,F,TRD,,1,2022-01-01" for i in range(300)]
+    patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
+                     "prior_failed_trials,enrolled_on", *rows)
+    assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
+                        *[phq(f"Q{i % 300:05d}", f"2023-{1 + i // 3000:02d}-{1 + (i // 300) % 10:02d}", [1] * 9)
+                          for i in range(9000)])
+    template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
+    seen = {}
+    for free_mb in (0.25, 1, 2):
+        target = mount / "o.duckdb"
+        for leftover in mount.iterdir():
+            leftover.unlink()
+        shutil.copy(template, target)
+        filler = mount / "fill"
+        free = shutil.disk_usage(mount).free
+        with open(filler, "wb") as handle:
+            handle.truncate(0)
+            handle.write(b"\0" * max(0, free - int(free_mb * 2**20)))
+        result = run("import", "--db", str(target), "--json", str(patients), str(assessments))
+        filler.unlink()
+        report = json.loads(result.stdout)
+        stored = duckdb.connect(str(target), read_only=True).execute(
+            "SELECT count(*) FROM patients WHERE patient_id LIKE 'Q%'").fetchall()[0][0]
+        seen[free_mb] = (result.returncode, report["committed"], stored, bool(report["warnings"]))
+        assert "Traceback" not in result.stderr
+        if report["committed"]:
+            assert result.returncode == 0 and stored == 300 and report["error"] is None
+        else:
+            assert result.returncode == 2 and stored == 0 and "No space left on device" in report["error"]
+    # Both of the review's cases happened: the commit itself failing (nothing stored, exit 2) and
+    # the checkpoint after it failing (all stored, exit 0, a warning instead of "nothing was changed").
+    assert {(code, committed, warned) for code, committed, _, warned in seen.values()} == {(2, False, False), (0, True, True)}, seen
 
 
 # --- exit 3: an unexpected failure is one line and a log file ----------------------------------
@@ -233,41 +241,34 @@ def test_temporary_files_are_removed_after_an_import_and_after_a_kill(tmp_path):
     assert list(temp.iterdir()) == []  # and its own folder went at its exit
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
-def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_and_the_process_goes_on(tmp_path):
+def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_and_the_process_goes_on(tmp_path, small_disk):
     """A large import's COMMIT is also DuckDB's checkpoint; on a full disk that fails, the file keeps its last
     version and DuckDB gives up its instance. The import returns its report (it raised OSError from the
     state sidecar's write before), tells the write error (not "the database has been invalidated"), and the
     next import in the same process (a dashboard's) works."""
     import datetime
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
-        people = [f"Q{i:05d}" for i in range(300)]
-        patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
-                         "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
-        start = datetime.date(2021, 1, 1)
-        n = ingest.write.BULK_INSERT_ROWS + 5_000
-        assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
-                            *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
-                              for i in range(n)])
-        template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
-        target = mount / "o.duckdb"
-        shutil.copy(template, target)
-        filler = mount / "fill"
-        with open(filler, "wb") as handle:  # 8 MB left: the file needs about 12 MB more
-            handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - 8 * 2**20))
+    mount = small_disk
+    people = [f"Q{i:05d}" for i in range(300)]
+    patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
+                     "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
+    start = datetime.date(2021, 1, 1)
+    n = ingest.write.BULK_INSERT_ROWS + 5_000
+    assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
+                        *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
+                          for i in range(n)])
+    template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
+    target = mount / "o.duckdb"
+    shutil.copy(template, target)
+    filler = mount / "fill"
+    with open(filler, "wb") as handle:  # 8 MB left: the file needs about 12 MB more
+        handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - 8 * 2**20))
 
-        report = ingest.import_files([patients, assessments], db=target)
+    report = ingest.import_files([patients, assessments], db=target)
 
-        filler.unlink()
-        assert not report.committed and report.exit_code == 2
-        assert "No space left on device" in report.error and "invalidated" not in report.error
-        assert count(target, "assessments") == 0 and count(target, "patients") == 1
-        again = ingest.import_files([patients], db=target)  # the same process, room again
-        assert again.committed and count(target, "patients") == 301
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+    filler.unlink()
+    assert not report.committed and report.exit_code == 2
+    assert "No space left on device" in report.error and "invalidated" not in report.error
+    assert count(target, "assessments") == 0 and count(target, "patients") == 1
+    again = ingest.import_files([patients], db=target)  # the same process, room again
+    assert again.committed and count(target, "patients") == 301
