@@ -355,7 +355,7 @@ def durability_estimate(frames: dict) -> dict:
     cycles = cohort_cycles(frames["patients"], frames["treatments"], frames["assessments"], INSTRUMENT,
                            attributes=frames["attributes"], built=built)
     # the cycles are made: of the course, only what the model's scores read is held through them
-    held = [intervals.scored_course(built)]
+    held = [intervals.scored_course(built)]   # in a list the model function pops: the course is not kept after it
     del built
     # the estimate reads these columns of its own table (the page reads the workspace's, held anyway): each
     # patient's covariates and labels (~0.1 GB at 100,000 patients) are let go before the fit and the bootstrap

@@ -349,13 +349,12 @@ def _definitions(cycles: pd.DataFrame, instrument: str, by: str | None, n_boot: 
 def _with_the_model(result: dict, good: pd.DataFrame | None, by: str | None, model, ids: dict | None = None) -> dict:
     """The definitions' result with the model's figures at its top (cohort_durability), or as it is. `ids`:
     _cycle_patients(good) when already made (`good` may then be None when `by` is: it is not read)."""
-    whole = None if model is None else ids if ids is not None else _cycle_patients(good)   # empty: no valid cycles
-    if model is not None and len(whole):
+    whole = {} if model is None else ids if ids is not None else _cycle_patients(good)   # empty: no valid cycles
+    if whole:
         result = with_model_figures(result, _model_summary(model, np.asarray(list(whole), dtype=object), ci=True,
                                                            mine=whole))
-        for key, g in list(result["groups"].items()):
-            mine = good.loc[good[by].map(_group_key) == key, "patient_id"].astype(str).to_numpy() if by else \
-                good["patient_id"].astype(str).to_numpy()
+        for key, g in list(result["groups"].items()):   # groups only with `by` (_definitions): `good` is at hand
+            mine = good.loc[good[by].map(_group_key) == key, "patient_id"].astype(str).to_numpy()
             result["groups"][key] = _with_model(g, model, mine, ci=False)
         result["post_induction"]["estimate_source"] = "definitions"
         result["method"] = {
