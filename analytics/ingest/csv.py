@@ -228,6 +228,76 @@ class _Lines:
     tail: np.ndarray  # int32: commas after its last quote (all its commas when it has none)
 
 
+_LINE_DTYPES = (np.int64, np.int64, np.uint8, np.int32, np.int32, np.int32)  # the fields of `_Lines`, in order
+# _EXACT_ONLY: every chunk takes the quote-aware path (tests compare it with the path for chunks without quotes).
+_EXACT_ONLY = False
+# The bytes 0..r-1 of a machine word set, as a word (native byte order), for r = 0..7: counts a word's first r bytes.
+_WORD_HEADS = np.frombuffer(b"".join(bytes([0xFF] * r + [0] * (8 - r)) for r in range(8)), dtype=np.uint64)
+
+
+class _LineArrays:
+    """`_Lines` filled chunk by chunk in arrays allocated once for the file's estimated number of lines
+    (grown when it has more): no list of pieces joined and copied at the end (that was a fifth of the scan)."""
+
+    def __init__(self):
+        self.arrays: list[np.ndarray] | None = None
+        self.n = 0
+
+    def take(self, m: int, estimate) -> list[np.ndarray]:
+        """The next `m` lines' slots; `estimate()`: how many lines the file may have in all."""
+        if self.arrays is None or self.n + m > len(self.arrays[0]):
+            capacity = max(self.n + m, estimate())
+            grown = [np.empty(capacity, dtype=dtype) for dtype in _LINE_DTYPES]
+            if self.arrays is not None:
+                for new, old in zip(grown, self.arrays):
+                    new[:self.n] = old[:self.n]
+            self.arrays = grown
+        at = slice(self.n, self.n + m)
+        self.n += m
+        return [a[at] for a in self.arrays]
+
+    def lines(self) -> _Lines:
+        if self.arrays is None:
+            return _Lines(*(np.empty(0, dtype=dtype) for dtype in _LINE_DTYPES))
+        return _Lines(*(a[:self.n] for a in self.arrays))
+
+
+class _Scratch:
+    """Arrays reused chunk after chunk: a new array of a chunk's size costs its page faults each time (the
+    import's allocator gives blocks of 4 MiB and more back to the system when freed)."""
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, size: int, dtype) -> np.ndarray:
+        have = self.arrays.get(name)
+        if have is None or len(have) < size:
+            have = self.arrays[name] = np.empty(max(size, 2 * len(have) if have is not None else 0), dtype=dtype)
+        return have[:size]
+
+
+def _counts_before(mask: np.ndarray, n: int, at: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, int]:
+    """How many of the first `n` bytes of a 0/1 byte `mask` (at least n + 8 long) are 1 before each position
+    of `at` (< n), and in all `n`. Counted 8 bytes at a time (popcount of a machine word: its number of 1
+    bytes) instead of listing every 1 (a comma list was 8 times the size of the newline list, then searched).
+    The counts returned are scratch: used before the next call."""
+    words_n = n // 8 + 1
+    mask[n:words_n * 8] = False
+    words = mask[:words_n * 8].view(np.uint64)
+    before = scratch("before", words_n + 1, np.int64)  # before[w]: ones in the words before word w
+    before[0] = 0
+    np.bitwise_count(words, out=before[1:], casting="unsafe")
+    np.cumsum(before[1:], out=before[1:])
+    m = len(at)
+    index = np.right_shift(at, 3, out=scratch("index", m, np.int64))
+    counts = np.take(before, index, out=scratch("counts", m, np.int64), mode="clip")  # (in range: "clip" is 10x faster)
+    word = np.take(words, index, out=scratch("word", m, np.uint64), mode="clip")
+    np.bitwise_and(at, 7, out=index)
+    word &= np.take(_WORD_HEADS, index, out=scratch("head", m, np.uint64), mode="clip")  # its bytes before `at`
+    counts += np.bitwise_count(word, out=scratch("ones", m, np.uint8))
+    return counts, int(before[-1])
+
+
 def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
     """One pass over the bytes in chunks: sha256, UTF-8 check, and every physical line described.
 
@@ -237,16 +307,19 @@ def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
     also described as if it began inside a quoted value (as a line continuing a record does):
     MISPLACED_IF_INSIDE.
 
+    A chunk without quotes (most chunks of most files) takes a shorter path: every comma of its lines is
+    outside quotes or, after an odd quote before it, inside, and only each line's comma count is needed.
+
     Also whether a value may begin or end with a space that trim() removes (`CsvIndex.needs_trim`).
     """
     digest = hashlib.sha256()
     needs_trim = False
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb", buffering=0)  # read straight into `window`
     except OSError as exc:
         raise FileRefused(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-    out_starts, out_stops, out_flags, out_fields, out_commas, out_tail = [], [], [], [], [], []
+    out = _LineArrays()
     # Running totals before this chunk, and the partial line carried into it.
     quotes_before = commas_before = outside_before = newlines_before = 0
     offset = 0
@@ -259,108 +332,67 @@ def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
     carry_flags = 0
     has_text = False
     none = np.empty(0, dtype=np.int64)
+    scratch = _Scratch()
+    wanted = CHUNK_BYTES + 2  # a chunk and two bytes of look-ahead: a quote's next bytes
     with handle:
+        try:
+            size = os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            raise FileRefused(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+
+        def estimate() -> int:  # lines in the file, from those so far (at most one per byte)
+            seen = offset + len(chunk)
+            rate = (newlines_before + len(newlines)) / max(seen, 1)
+            return min(int(rate * max(size, seen) * 1.05) + 64, max(size, seen) + 1)
+
+        # The bytes read, then two newlines (past the end of the file reads as a line end). A small file
+        # gets a window of its size; one that grows while read gets the whole chunk's.
+        window = bytearray(min(wanted, size + 2) + 2)
+        held = 0  # look-ahead bytes of the previous chunk, moved to the window's start
         while True:
+            got = held
             try:
-                data = handle.read(CHUNK_BYTES + 2)  # two bytes of look-ahead: a quote's next bytes
+                while got < wanted:
+                    if got == len(window) - 2:
+                        window = window[:got] + bytearray(wanted + 2 - got)
+                    read = handle.readinto(memoryview(window)[got:min(wanted, len(window) - 2)])
+                    if not read:
+                        break
+                    got += read
             except OSError as exc:
                 raise FileRefused(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
-            if not data:
+            if not got:
                 break
-            chunk = data[:CHUNK_BYTES]
-            if len(data) > len(chunk):
-                handle.seek(len(chunk) - len(data), os.SEEK_CUR)
+            n = min(got, CHUNK_BYTES)
+            window[got:got + 2] = b"\n\n"
+            padded = np.frombuffer(window, dtype=np.uint8, count=got + 2)
+            buf = padded[:n]
+            chunk = memoryview(window)[:n]
             if offset == 0:
-                if chunk.startswith((b"\xff\xfe", b"\xfe\xff")):
+                if window.startswith((b"\xff\xfe", b"\xfe\xff"), 0, n):
                     raise FileRefused(f"{path.name}: the file is UTF-16 text (Excel's \"Unicode Text\"); "
                                       "save it as \"CSV UTF-8 (comma delimited)\" and import that")
-                if chunk.startswith(_BOM):
+                if window.startswith(_BOM, 0, n):
                     bom = carry_start = 3
             digest.update(chunk)
-            buffered = len(decoder.getstate()[0])
-            # The chunk, its two look-ahead bytes, and two newlines: past the end of the file reads as a line end.
-            padded = np.frombuffer(data + b"\n\n", dtype=np.uint8)
-            buf = padded[:len(chunk)]
+            mask = scratch("mask", n + 8, bool)  # for byte tests: n + 8 for `_counts_before`
+            top = int(buf.max())
             if not needs_trim:
-                needs_trim = _edge_space(buf, padded, bom if offset == 0 else 0)
-            newlines = np.flatnonzero(buf == NEWLINE)
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                at = exc.start - buffered  # position in this chunk (negative: in the previous one)
-                line = newlines_before + int(np.searchsorted(newlines, max(at, 0))) + 1
-                raise FileRefused(f"{path.name}: line {line}: the file is not UTF-8 text (save it as CSV UTF-8)") from None
+                needs_trim = _edge_space(buf, padded, bom if offset == 0 else 0, top, mask)
+            newlines = np.flatnonzero(np.equal(buf, NEWLINE, out=mask[:n]))
+            buffered = len(decoder.getstate()[0])
+            if top >= 0x80 or buffered:  # ASCII bytes after a whole character are UTF-8 as they are
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    at = exc.start - buffered  # position in this chunk (negative: in the previous one)
+                    line = newlines_before + int(np.searchsorted(newlines, max(at, 0))) + 1
+                    raise FileRefused(f"{path.name}: line {line}: the file is not UTF-8 text (save it as CSV UTF-8)") from None
             if not has_text:
-                has_text = bool(chunk[bom if offset == 0 else 0:].strip())
-            quotes = np.flatnonzero(buf == QUOTE)
-            commas = np.flatnonzero(buf == COMMA)
-            n_lines = len(newlines) + 1  # local lines: 0 continues the carried line, the last is carried on
-            # Totals at each newline of the chunk: the end of one line and the start of the next.
-            q_at = quotes_before + np.searchsorted(quotes, newlines)
-            c_at = commas_before + np.searchsorted(commas, newlines)
-            q_start = np.empty(n_lines, dtype=np.int64)
-            q_start[0] = carry_quotes
-            q_start[1:] = q_at
-            c_start = np.empty(n_lines, dtype=np.int64)
-            c_start[0] = carry_commas
-            c_start[1:] = c_at
-            # Commas outside quotes by the quote count from the file's start; a line whose start
-            # follows an odd count is read the other way round (it is described on its own).
-            if len(quotes):
-                outside = commas[(quotes_before + np.searchsorted(quotes, commas)) % 2 == 0]
-            else:
-                outside = commas if quotes_before % 2 == 0 else commas[:0]
-            if len(quotes) or quotes_before % 2:
-                o_at = outside_before + np.searchsorted(outside, newlines)
-            else:  # every comma of the chunk is outside quotes: the same search as c_at
-                o_at = outside_before + (c_at - commas_before)
-            o_start = np.empty(n_lines, dtype=np.int64)
-            o_start[0] = carry_outside
-            o_start[1:] = o_at
-            flags = np.zeros(n_lines, dtype=np.uint8)
-            flags[0] = carry_flags
-            if len(quotes):
-                def starts_value(at: np.ndarray) -> np.ndarray:  # follows a line start, a comma or a quote
-                    before = padded[at - 1]
-                    if len(at) and at[0] == 0:
-                        before[0] = prev_byte
-                    ok = (before == NEWLINE) | (before == COMMA) | (before == QUOTE)
-                    return ok | (at == bom) if offset == 0 and bom else ok
-
-                def ends_value(at: np.ndarray) -> np.ndarray:  # followed by a comma, a quote or the line's end
-                    after1, after2 = padded[at + 1], padded[at + 2]
-                    return ((after1 == COMMA) | (after1 == QUOTE) | (after1 == NEWLINE)
-                            | ((after1 == CR) & (after2 == NEWLINE)))
-
-                parity = q_start & 1
-                if parity.min() == parity.max():
-                    # No line of the chunk has an odd number of quotes: on every line, every other quote opens.
-                    first = (quotes_before + int(parity[0])) % 2  # index of the first opening quote
-                    openers, closers = quotes[first::2], quotes[1 - first::2]
-                    misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
-                    flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_QUOTE
-                    # Read as continuing a value, a line matters only within a record's reach of an odd line.
-                    near = quotes[:np.searchsorted(quotes, last_odd_stop + MAX_RECORD_BYTES - offset)]
-                    if len(near):
-                        openers, closers = near[1 - first::2], near[first::2]
-                        misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
-                        flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_IF_INSIDE
-                else:
-                    # Each quote checked in both roles; which it has on its line depends on the parity of
-                    # the quotes before the line ("global" roles, even index opens, when it is even).
-                    opens = (quotes_before + np.arange(len(quotes))) % 2 == 0
-                    can_start, can_end = starts_value(quotes), ends_value(quotes)
-                    bad_global = np.zeros(n_lines, dtype=bool)
-                    bad_global[np.searchsorted(newlines, quotes[np.where(opens, ~can_start, ~can_end)])] = True
-                    bad_other = np.zeros(n_lines, dtype=bool)
-                    bad_other[np.searchsorted(newlines, quotes[np.where(opens, ~can_end, ~can_start)])] = True
-                    odd_start = parity.astype(bool)
-                    flags |= np.where(np.where(odd_start, bad_other, bad_global), MISPLACED_QUOTE, 0).astype(np.uint8)
-                    flags |= np.where(np.where(odd_start, bad_global, bad_other), MISPLACED_IF_INSIDE, 0).astype(np.uint8)
-            controls = none
+                has_text = bool(window[bom if offset == 0 else 0:n].strip())
             # Cheap tests first: most files hold no byte below 0x20 but newlines, and none above 0x7E.
-            low = np.count_nonzero(buf < 0x20) > len(newlines)
-            high = len(buf) and int(buf.max()) >= 0x7F
+            low = np.count_nonzero(np.less(buf, 0x20, out=mask[:n])) > len(newlines)
+            high = top >= 0x7F
             lows = np.flatnonzero(buf < 0x20) if low else none  # newlines, CRs of CRLF files, tabs, controls
             controls = lows[_CONTROL_BYTES[buf[lows]]]
             if high:
@@ -374,47 +406,163 @@ def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
             if len(c2):
                 second = padded[c2 + 1]
                 controls = np.concatenate((controls, c2[(second >= 0x80) & (second <= 0x9F)]))
-            if len(controls):
-                flags[np.searchsorted(newlines, controls)] |= CONTROL
-            # Commas after each line's last quote: from the comma total at that quote.
-            at_last = np.full(n_lines, -1, dtype=np.int64)
-            at_last[0] = carry_last_quote
-            if len(quotes):
-                q_end = np.append(q_at, quotes_before + len(quotes))  # quotes before each local line's end
-                local = q_end > np.maximum(q_start, quotes_before)  # the line has a quote in this chunk
-                last = quotes[q_end[local] - 1 - quotes_before]
-                at_last[local] = commas_before + np.searchsorted(commas, last)
-            if len(newlines):
-                # Lines completed in this chunk: local 0 .. n_lines - 2.
-                done_q = q_at - q_start[:-1]
-                done_c = c_at - c_start[:-1]
-                done_o = o_at - o_start[:-1]
-                own_outside = np.where(q_start[:-1] % 2 == 0, done_o, done_c - done_o)
-                done_flags = flags[:-1]
-                done_flags |= np.where(done_q % 2 == 1, ODD_QUOTES, 0).astype(np.uint8)
-                last_byte = np.where(newlines > 0, buf[np.maximum(newlines - 1, 0)], prev_byte)
-                line_starts = np.concatenate(([carry_start], offset + newlines[:-1] + 1))
-                has_cr = (last_byte == CR) & (offset + newlines > line_starts)
-                done_flags |= np.where(has_cr, ENDS_WITH_CR, 0).astype(np.uint8)
-                out_starts.append(line_starts)
-                out_stops.append(offset + newlines)
-                out_flags.append(done_flags)
-                out_fields.append((own_outside + 1).astype(np.int32))
-                out_commas.append(done_c.astype(np.int32))
-                out_tail.append(np.where(at_last[:-1] >= 0, c_at - at_last[:-1], done_c).astype(np.int32))
-                odd_here = np.flatnonzero(done_q % 2 == 1)
-                if len(odd_here):
-                    last_odd_stop = offset + int(newlines[odd_here[-1]])
-                carry_start = offset + int(newlines[-1]) + 1
-            carry_quotes, carry_commas, carry_outside = int(q_start[-1]), int(c_start[-1]), int(o_start[-1])
-            carry_flags = int(flags[-1])
-            carry_last_quote = int(at_last[-1])
-            quotes_before += len(quotes)
-            commas_before += len(commas)
-            outside_before += len(outside)
-            newlines_before += len(newlines)
-            offset += len(chunk)
+            m = len(newlines)  # lines completed in this chunk (local 0 continues the carried line)
+            if _EXACT_ONLY or window.find(b'"', 0, n) >= 0:
+                quotes = np.flatnonzero(buf == QUOTE)
+                commas = np.flatnonzero(buf == COMMA)
+                n_lines = m + 1  # local lines: 0 continues the carried line, the last is carried on
+                # Totals at each newline of the chunk: the end of one line and the start of the next.
+                q_at = quotes_before + np.searchsorted(quotes, newlines)
+                c_at = commas_before + np.searchsorted(commas, newlines)
+                q_start = np.empty(n_lines, dtype=np.int64)
+                q_start[0] = carry_quotes
+                q_start[1:] = q_at
+                c_start = np.empty(n_lines, dtype=np.int64)
+                c_start[0] = carry_commas
+                c_start[1:] = c_at
+                # Commas outside quotes by the quote count from the file's start; a line whose start
+                # follows an odd count is read the other way round (it is described on its own).
+                if len(quotes):
+                    outside = commas[(quotes_before + np.searchsorted(quotes, commas)) % 2 == 0]
+                else:
+                    outside = commas if quotes_before % 2 == 0 else commas[:0]
+                if len(quotes) or quotes_before % 2:
+                    o_at = outside_before + np.searchsorted(outside, newlines)
+                else:  # every comma of the chunk is outside quotes: the same search as c_at
+                    o_at = outside_before + (c_at - commas_before)
+                o_start = np.empty(n_lines, dtype=np.int64)
+                o_start[0] = carry_outside
+                o_start[1:] = o_at
+                flags = np.zeros(n_lines, dtype=np.uint8)
+                flags[0] = carry_flags
+                if len(quotes):
+                    def starts_value(at: np.ndarray) -> np.ndarray:  # follows a line start, a comma or a quote
+                        before = padded[at - 1]
+                        if len(at) and at[0] == 0:
+                            before[0] = prev_byte
+                        ok = (before == NEWLINE) | (before == COMMA) | (before == QUOTE)
+                        return ok | (at == bom) if offset == 0 and bom else ok
+
+                    def ends_value(at: np.ndarray) -> np.ndarray:  # followed by a comma, a quote or the line's end
+                        after1, after2 = padded[at + 1], padded[at + 2]
+                        return ((after1 == COMMA) | (after1 == QUOTE) | (after1 == NEWLINE)
+                                | ((after1 == CR) & (after2 == NEWLINE)))
+
+                    parity = q_start & 1
+                    if parity.min() == parity.max():
+                        # No line of the chunk has an odd number of quotes: on every line, every other quote opens.
+                        first = (quotes_before + int(parity[0])) % 2  # index of the first opening quote
+                        openers, closers = quotes[first::2], quotes[1 - first::2]
+                        misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
+                        flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_QUOTE
+                        # Read as continuing a value, a line matters only within a record's reach of an odd line.
+                        near = quotes[:np.searchsorted(quotes, last_odd_stop + MAX_RECORD_BYTES - offset)]
+                        if len(near):
+                            openers, closers = near[1 - first::2], near[first::2]
+                            misplaced = np.concatenate((openers[~starts_value(openers)], closers[~ends_value(closers)]))
+                            flags[np.searchsorted(newlines, misplaced)] |= MISPLACED_IF_INSIDE
+                    else:
+                        # Each quote checked in both roles; which it has on its line depends on the parity of
+                        # the quotes before the line ("global" roles, even index opens, when it is even).
+                        opens = (quotes_before + np.arange(len(quotes))) % 2 == 0
+                        can_start, can_end = starts_value(quotes), ends_value(quotes)
+                        bad_global = np.zeros(n_lines, dtype=bool)
+                        bad_global[np.searchsorted(newlines, quotes[np.where(opens, ~can_start, ~can_end)])] = True
+                        bad_other = np.zeros(n_lines, dtype=bool)
+                        bad_other[np.searchsorted(newlines, quotes[np.where(opens, ~can_end, ~can_start)])] = True
+                        odd_start = parity.astype(bool)
+                        flags |= np.where(np.where(odd_start, bad_other, bad_global), MISPLACED_QUOTE, 0).astype(np.uint8)
+                        flags |= np.where(np.where(odd_start, bad_global, bad_other), MISPLACED_IF_INSIDE, 0).astype(np.uint8)
+                if len(controls):
+                    flags[np.searchsorted(newlines, controls)] |= CONTROL
+                # Commas after each line's last quote: from the comma total at that quote.
+                at_last = np.full(n_lines, -1, dtype=np.int64)
+                at_last[0] = carry_last_quote
+                if len(quotes):
+                    q_end = np.append(q_at, quotes_before + len(quotes))  # quotes before each local line's end
+                    local = q_end > np.maximum(q_start, quotes_before)  # the line has a quote in this chunk
+                    last = quotes[q_end[local] - 1 - quotes_before]
+                    at_last[local] = commas_before + np.searchsorted(commas, last)
+                if m:
+                    # Lines completed in this chunk: local 0 .. n_lines - 2.
+                    done_q = q_at - q_start[:-1]
+                    done_c = c_at - c_start[:-1]
+                    done_o = o_at - o_start[:-1]
+                    own_outside = np.where(q_start[:-1] % 2 == 0, done_o, done_c - done_o)
+                    done_flags = flags[:-1]
+                    done_flags |= np.where(done_q % 2 == 1, ODD_QUOTES, 0).astype(np.uint8)
+                    last_byte = np.where(newlines > 0, buf[np.maximum(newlines - 1, 0)], prev_byte)
+                    line_starts = np.concatenate(([carry_start], offset + newlines[:-1] + 1))
+                    has_cr = (last_byte == CR) & (offset + newlines > line_starts)
+                    done_flags |= np.where(has_cr, ENDS_WITH_CR, 0).astype(np.uint8)
+                    starts, stops, l_flags, l_fields, l_commas, l_tail = out.take(m, estimate)
+                    starts[:] = line_starts
+                    stops[:] = offset + newlines
+                    l_flags[:] = done_flags
+                    l_fields[:] = own_outside + 1
+                    l_commas[:] = done_c
+                    l_tail[:] = np.where(at_last[:-1] >= 0, c_at - at_last[:-1], done_c)
+                    odd_here = np.flatnonzero(done_q % 2 == 1)
+                    if len(odd_here):
+                        last_odd_stop = offset + int(newlines[odd_here[-1]])
+                    carry_start = offset + int(newlines[-1]) + 1
+                carry_quotes, carry_commas, carry_outside = int(q_start[-1]), int(c_start[-1]), int(o_start[-1])
+                carry_flags = int(flags[-1])
+                carry_last_quote = int(at_last[-1])
+                quotes_before += len(quotes)
+                commas_before += len(commas)
+                outside_before += len(outside)
+            else:
+                # No quote in the chunk: its lines' commas are all outside quotes when the quotes before it
+                # are even, all inside when odd; either way a line read on its own has commas + 1 fields,
+                # except the carried line (local 0), which may hold quotes from the previous chunk.
+                np.equal(buf, COMMA, out=mask[:n])
+                at_nl, chunk_commas = _counts_before(mask, n, newlines, scratch)
+                even = quotes_before % 2 == 0
+                chunk_outside = chunk_commas if even else 0
+                control_line = np.searchsorted(newlines, controls) if len(controls) else none
+                if m:
+                    starts, stops, l_flags, l_fields, l_commas, l_tail = out.take(m, estimate)
+                    starts[0] = carry_start
+                    np.add(newlines[:-1], offset + 1, out=starts[1:])
+                    np.add(newlines, offset, out=stops)
+                    l_commas[0] = commas_before + int(at_nl[0]) - carry_commas
+                    np.subtract(at_nl[1:], at_nl[:-1], out=l_commas[1:], casting="same_kind")
+                    np.add(l_commas, 1, out=l_fields)
+                    l_tail[:] = l_commas
+                    l_flags[:] = 0
+                    # The carried line: quotes and outside commas from where it began.
+                    first_outside = (int(at_nl[0]) if even else 0) + outside_before - carry_outside
+                    l_fields[0] = (first_outside if carry_quotes % 2 == 0 else int(l_commas[0]) - first_outside) + 1
+                    if carry_last_quote >= 0:
+                        l_tail[0] = commas_before + int(at_nl[0]) - carry_last_quote
+                    first_flags = carry_flags
+                    if (quotes_before - carry_quotes) % 2:
+                        first_flags |= ODD_QUOTES
+                        last_odd_stop = offset + int(newlines[0])
+                    l_flags[0] = first_flags
+                    if len(crs):
+                        last_byte = np.where(newlines > 0, buf[np.maximum(newlines - 1, 0)], prev_byte)
+                        l_flags[(last_byte == CR) & (stops > starts)] |= ENDS_WITH_CR
+                    elif newlines[0] == 0 and prev_byte == CR and offset > carry_start:
+                        l_flags[0] |= ENDS_WITH_CR  # the CR ended the previous chunk
+                    if len(control_line):
+                        l_flags[control_line[control_line < m]] |= CONTROL
+                    carry_start = offset + int(newlines[-1]) + 1
+                    carry_quotes = quotes_before
+                    carry_commas = commas_before + int(at_nl[-1])
+                    carry_outside = outside_before + (int(at_nl[-1]) if even else 0)
+                    carry_last_quote = -1
+                    carry_flags = 0
+                if len(control_line) and (control_line == m).any():  # (not sorted: controls of several kinds)
+                    carry_flags |= CONTROL
+                commas_before += chunk_commas
+                outside_before += chunk_outside
+            newlines_before += m
+            offset += n
             prev_byte = int(buf[-1])
+            held = got - n
+            window[:held] = window[n:got]
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
@@ -427,25 +575,20 @@ def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
         o = outside_before - carry_outside
         own_outside = o if carry_quotes % 2 == 0 else c - o
         flags = carry_flags | (ODD_QUOTES if q % 2 else 0) | (ENDS_WITH_CR if prev_byte == CR else 0)
-        out_starts.append(np.array([carry_start], dtype=np.int64))
-        out_stops.append(np.array([offset], dtype=np.int64))
-        out_flags.append(np.array([flags], dtype=np.uint8))
-        out_fields.append(np.array([own_outside + 1], dtype=np.int32))
-        out_commas.append(np.array([c], dtype=np.int32))
-        out_tail.append(np.array([commas_before - carry_last_quote if carry_last_quote >= 0 else c], dtype=np.int32))
-    joined = [np.concatenate(parts) for parts in (out_starts, out_stops, out_flags, out_fields, out_commas, out_tail)]
-    lines = _Lines(joined[0].astype(np.int64), joined[1].astype(np.int64), joined[2].astype(np.uint8),
-                   *(a.astype(np.int32) for a in joined[3:]))
-    return digest.hexdigest(), bom, lines, needs_trim
+        starts, stops, l_flags, l_fields, l_commas, l_tail = out.take(1, lambda: 1)
+        starts[0], stops[0], l_flags[0], l_fields[0], l_commas[0] = carry_start, offset, flags, own_outside + 1, c
+        l_tail[0] = commas_before - carry_last_quote if carry_last_quote >= 0 else c
+    return digest.hexdigest(), bom, out.lines(), needs_trim
 
 
-def _edge_space(buf: np.ndarray, padded: np.ndarray, skip: int) -> bool:
+def _edge_space(buf: np.ndarray, padded: np.ndarray, skip: int, top: int, mask: np.ndarray) -> bool:
     """Could a value in this chunk begin or end with a space trim() removes? Any non-ASCII byte (Unicode has
     other spaces; a BOM of `skip` bytes aside), or a space byte next to a comma, a quote, a line end or the
-    chunk's edge (the neighbour there is not looked up: counted as an edge)."""
-    if (buf[skip:] >= 0x80).any():
+    chunk's edge (the neighbour there is not looked up: counted as an edge). `top`: the chunk's largest byte;
+    `mask`: scratch of the chunk's size."""
+    if top >= 0x80 and (buf[skip:] >= 0x80).any():
         return True
-    spaces = np.flatnonzero(buf == 0x20)
+    spaces = np.flatnonzero(np.equal(buf, 0x20, out=mask[:len(buf)]))
     if not len(spaces):
         return False
     if spaces[0] <= skip:  # the first byte of the chunk (or the one after a BOM)
@@ -528,7 +671,11 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
     length = lines.stops - lines.starts
     flags = lines.flags
     blank = (length == 0) | ((length == 1) & ((flags & ENDS_WITH_CR) != 0))
-    header_at = int(np.flatnonzero(~blank)[0])
+    nonblank = ~blank
+    header_at = int(nonblank.argmax())  # the first line that is not blank (the file has text: one is)
+    if not nonblank[header_at]:
+        header_at = int(np.flatnonzero(nonblank)[0])
+    del nonblank
     header = _header_names(path, lines, header_at)
     kind = rules.detect_kind(header)
     if kind is None:
@@ -544,7 +691,7 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
             f"{', '.join(rules.REQUIRED[kind])}); nothing was imported"
         )
     with open(path, "rb") as handle:
-        records = _Records(handle, lines, header, header_at)
+        records = _Records(handle, lines, header, header_at, blank=blank, length=length)
     index = _index(path, sha256, kind, header, header_at, lines, blank, records)
     index.needs_trim = needs_trim
     return index
@@ -560,13 +707,17 @@ class _Records:
     for all of them at once, and only from a record that does not check out on one by one.
     """
 
-    def __init__(self, handle, lines: _Lines, header: list[str], header_at: int):
+    def __init__(self, handle, lines: _Lines, header: list[str], header_at: int, blank: np.ndarray | None = None,
+                 length: np.ndarray | None = None):
         self.handle, self.lines, self.header, self.width = handle, lines, header, len(header)
         n = len(lines.starts)
         flags = lines.flags
-        length = lines.stops - lines.starts
-        blank = (length == 0) | ((length == 1) & ((flags & ENDS_WITH_CR) != 0))
-        after = np.arange(n) > header_at
+        if length is None:
+            length = lines.stops - lines.starts
+        if blank is None:
+            blank = (length == 0) | ((length == 1) & ((flags & ENDS_WITH_CR) != 0))
+        after = np.ones(n, dtype=bool)
+        after[:header_at + 1] = False
         self.too_long = length > MAX_RECORD_BYTES
         self.looked: list[tuple[int, int, str | None, str | None]] = []
         odd = np.flatnonzero(after & ((flags & ODD_QUOTES) != 0))
@@ -705,18 +856,24 @@ def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int
     looked = records.looked
     first = np.concatenate(([r[0] for r in looked], records.paired_first)).astype(np.int64)
     last = np.concatenate(([r[1] for r in looked], records.paired_last)).astype(np.int64)
-    continued = np.zeros(n + 1, dtype=np.int64)  # +1 at a record's second line, -1 after its last
     several = last > first
-    np.add.at(continued, first[several] + 1, 1)
-    np.add.at(continued, last[several] + 1, -1)
-    continued = np.cumsum(continued[:n]) > 0
-    is_looked = np.zeros(n, dtype=bool)
-    is_looked[first] = True
-    blank = blank & ~continued  # a blank line inside a quoted value is part of its record
-    after = np.arange(n) > header_at
-    plain = after & ~blank & ~continued & ~is_looked  # records of one line, checked by their field count
+    if several.any():
+        continued = np.zeros(n + 1, dtype=np.int64)  # +1 at a record's second line, -1 after its last
+        np.add.at(continued, first[several] + 1, 1)
+        np.add.at(continued, last[several] + 1, -1)
+        continued = np.cumsum(continued[:n]) > 0
+        blank = blank & ~continued  # a blank line inside a quoted value is part of its record
+    else:
+        continued = None
+    # Records of one line (not blank, not continuing a record, not looked at), checked by their field count.
+    plain = ~blank
+    plain[:header_at + 1] = False
+    if continued is not None:
+        plain &= ~continued
+    plain[first] = False
     ragged = plain & (lines.fields != width)
     good_single = plain & ~ragged
+    del plain
 
     malformed: list[tuple[int, str | None, str]] = []
     spans: dict[int, tuple[int, int]] = {}
@@ -737,15 +894,17 @@ def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int
             malformed.append((a + 1, column, reason))
             spans[a + 1] = (int(lines.starts[a]), int(lines.stops[b]))
     malformed.sort(key=lambda m: m[0])
-    g_first = np.concatenate((np.flatnonzero(good_single), first[good])).astype(np.int64)
-    g_last = np.concatenate((np.flatnonzero(good_single), last[good])).astype(np.int64)
+    g_first = g_last = np.flatnonzero(good_single).astype(np.int64, copy=False)
+    del good_single
     if good.any():
+        g_first = np.concatenate((g_first, first[good]))
+        g_last = np.concatenate((g_last, last[good]))
         order = np.argsort(g_first, kind="stable")
         g_first, g_last = g_first[order], g_last[order]
 
     # Every physical line is counted once: header, blank, or a line of a (good or rejected) record.
-    lines_blank = int(np.count_nonzero(blank & (np.arange(n) != header_at)))
-    lines_continued = int(np.count_nonzero(continued))
+    lines_blank = int(np.count_nonzero(blank)) - int(blank[header_at])
+    lines_continued = int(np.count_nonzero(continued)) if continued is not None else 0
     accounted = 1 + lines_blank + len(g_first) + len(malformed) + lines_continued
     if accounted != n:
         raise FileRefused(f"{path.name}: {n:,} lines read but {accounted:,} accounted for (header, blank lines, rows); "
@@ -760,9 +919,14 @@ def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int
             run_first = np.concatenate(([g_first[0]], g_first[breaks + 1]))
             run_last = np.concatenate((g_last[breaks], [g_last[-1]]))
             runs += list(zip(lines.starts[run_first].tolist(), lines.stops[run_last].tolist()))
-    return CsvIndex(path, sha256, kind, header, malformed, g_first + 1, lines.starts[g_first].copy(),
-                    lines.stops[g_last].copy(), spans, runs, lines_total=n, lines_blank=lines_blank,
-                    lines_continued=lines_continued)
+    if len(g_first) == n - header_at - 1 and len(g_first) and g_first[0] == header_at + 1 and g_last[-1] == n - 1:
+        # Every line after the header is a good row of its own (the usual file): its spans are the lines'.
+        good_starts, good_stops = lines.starts[header_at + 1:], lines.stops[header_at + 1:]
+    else:
+        good_starts, good_stops = lines.starts[g_first], lines.stops[g_last]
+    g_first += 1  # editor lines (a new array, not needed as indexes any more)
+    return CsvIndex(path, sha256, kind, header, malformed, g_first, good_starts, good_stops, spans, runs,
+                    lines_total=n, lines_blank=lines_blank, lines_continued=lines_continued)
 
 
 def read_csv(path: str | os.PathLike) -> CsvFile:
