@@ -11,6 +11,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from analytics.ingest import rules
@@ -84,6 +85,14 @@ def test_every_cell_plain_digits_takes_the_cast_and_a_digit_column_with_one_odd_
     for odd in ("0x10", "+1", " 1", "١", "1.0", "", "99999999999999999999"):
         assert rules._plain_digits(pd.Series(["1", odd, "2"], dtype="str")) is None, odd
     assert rules._plain_digits(pd.Series(["1", "2"], dtype=object)) is None  # not Arrow strings
+    # Arrow's own layouts: a slice (offsets not from 0), an NA slot that holds bytes, several chunks
+    sliced = pa.array(["9", "12", None, "3", "4"], type=pa.large_string()).slice(1, 4)
+    holding = pa.Array.from_buffers(pa.large_string(), 3, [pa.py_buffer(np.packbits([1, 0, 1], bitorder="little").tobytes()),
+                                                           pa.py_buffer(np.array([0, 1, 2, 3], dtype=np.int64).tobytes()),
+                                                           pa.py_buffer(b"152")], null_count=1)
+    column = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([sliced, holding]), dtype=pd.StringDtype("pyarrow", np.nan)))
+    np.testing.assert_array_equal(rules._plain_digits(column), [12, np.nan, 3, 4, 1, np.nan, 2])
+    np.testing.assert_array_equal(rules._plain_digits(column), pd.to_numeric(column).to_numpy(dtype="float64", na_value=np.nan))
 
 
 def test_every_day_and_odd_time_of_some_years_gives_what_pandas_gives(monkeypatch):

@@ -195,26 +195,68 @@ def _bytes_of(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return off, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, dtype=np.uint8))
 
 
-def _plain_digits(values: pd.Series) -> np.ndarray | None:
-    """Float64 of a column whose cells are all NA or plain ASCII digits (NaN for NA); None for any other column.
+_MAX_PLAIN_DIGITS = 15  # a whole number of up to 15 digits is exact in float64 however it is summed
 
-    Such a cell is the integer it spells for `pd.to_numeric` as for Arrow's cast, and none is refused, so the
-    column needs no distinct values: a cast instead of a hash of every row (item columns are nearly always this).
-    Anything else (a sign, a point, a space, "0x10", which the cast would read, non-ASCII digits, an empty
-    string) is left to the per-distinct-value path and its reasons."""
+
+def _plain_digits(values: pd.Series) -> np.ndarray | None:
+    """Float64 of a column whose cells are all NA or 1-15 plain ASCII digits (NaN for NA); None for any other.
+
+    Such a cell is the integer it spells for `pd.to_numeric` and none is refused, so the column needs no
+    distinct values: its numbers are read from the string bytes (item columns are nearly always this, and
+    hashing every row cost more than the rest of the check). Anything else (a sign, a point, a space, "0x10",
+    non-ASCII digits, an empty string) is left to the per-distinct-value path and its reasons."""
     chunked = _arrow_strings(values)
     if chunked is None:
         return None
+    out = np.empty(len(values))
+    at = 0
     for chunk in chunked.chunks:
-        if len(chunk):
-            off, data = _bytes_of(chunk)
-            if ((data[off[0]:off[-1]] - np.uint8(48)) > 9).any():
+        n = len(chunk)
+        if not n:
+            continue
+        number = out[at:at + n]
+        at += n
+        off, data = _bytes_of(chunk)
+        lengths = np.diff(off)
+        valid = None
+        if chunk.null_count:
+            bitmap = np.frombuffer(chunk.buffers()[0], dtype=np.uint8)
+            valid = np.unpackbits(bitmap, bitorder="little")[chunk.offset:chunk.offset + n].astype(bool)
+        if valid is None or np.array_equal(lengths > 0, valid):  # no NA, or the NAs hold no bytes
+            if valid is None and lengths.min() == 0:
+                return None  # an empty string
+            width = int(lengths.max())
+        else:
+            given = lengths[valid]
+            if given.min() == 0:
                 return None
-    try:
-        ints = pc.cast(chunked, pa.int64())  # refuses "" and what overflows int64
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    return np.asarray(ints.to_numpy(), dtype="float64")  # NA -> NaN
+            width = int(given.max())
+        if width > _MAX_PLAIN_DIGITS:
+            return None
+        text = data[off[0]:off[-1]]
+        if ((text - np.uint8(48)) > 9).any():
+            return None
+        if valid is not None:
+            number[:] = np.nan
+        if width == 0:
+            continue
+        if width == 1 and len(text) == n - chunk.null_count:  # a digit a cell and none under an NA: in order
+            if valid is None:
+                number[:] = text
+            else:
+                number[valid] = text
+            number -= 48
+            continue
+        text = np.concatenate([text, np.zeros(width, dtype=np.uint8)])  # reads past a short value land here
+        starts = off[:-1] - off[0]
+        parsed = text[starts].astype(np.float64) - 48
+        for j in range(1, width):
+            parsed = np.where(lengths > j, parsed * 10 + (text[starts + j].astype(np.float64) - 48), parsed)
+        if valid is None:
+            number[:] = parsed
+        else:
+            number[valid] = parsed[valid]
+    return out
 
 
 def _map_distinct(values: pd.Series, convert: Callable[[pd.Series], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +361,7 @@ def _plain_stamps(u: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _when(values: pd.Series, column: str, problems: Problems, now: datetime, required: bool, date_only: bool = False):
-    """ISO date or date-time -> (timestamp, has_time); future and malformed dates flagged."""
+    """ISO date or date-time -> (timestamp, has_time, codes of equal timestamps); future and malformed dates flagged."""
     present = _present(values)
     if required:
         problems.flag(~present, column, f"{column} is empty")
@@ -358,6 +400,8 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
     stamps_u, has_time_u, status_u = convert(pd.Series(uniques, dtype="str"))
     stamps = np.append(stamps_u, np.datetime64("NaT", "us"))[codes]
     has_time = np.append(has_time_u, False)[codes]
+    # Equal instants, equal codes (two spellings of one time too): a key column for `_duplicates`.
+    same = np.append(pd.factorize(stamps_u)[0], -1)[codes]
     if status_u.any():
         status = np.append(status_u, 0)[codes]
         raw = values.array  # indexed only for the few flagged rows
@@ -367,7 +411,7 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
         problems.flag(status == 5, column, lambda pos: [f"{column} {_shown(raw[p])} is before 1900" for p in pos])
         problems.flag(status == 3, column, lambda pos: [f"{column} {_shown(raw[p])} is in the future" for p in pos])
         problems.flag(status == 4, column, lambda pos: [f"{column} {_shown(raw[p])} must be a date without a time" for p in pos])
-    return stamps, has_time
+    return stamps, has_time, same
 
 
 def _labels(codes: np.ndarray, labels) -> pd.api.extensions.ExtensionArray | np.ndarray:
@@ -472,7 +516,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         clean["diagnosis"] = text["diagnosis"]
         clean["comorbidities"] = _comorbidities(text["comorbidities"], problems)
         clean["prior_failed_trials"] = _whole(text["prior_failed_trials"], "prior_failed_trials", 0, 50, problems)
-        stamps, _ = _when(text["enrolled_on"], "enrolled_on", problems, now, required=False, date_only=True)
+        stamps, _, _ = _when(text["enrolled_on"], "enrolled_on", problems, now, required=False, date_only=True)
         clean["enrolled_on"] = pd.Series(stamps).dt.date
         _duplicates([pd.factorize(text["patient_id"])[0]], "patient_id", lines, problems, KEY_SHOWN[kind])
         attribute_names = attribute_columns(kind, frame.columns)
@@ -487,7 +531,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         attributes = attributes.astype({"patient_id": "str", "name": "str", "value": "str"})
 
     elif kind == "treatments":
-        stamps, has_time = _when(text["administered_on"], "administered_on", problems, now, required=True)
+        stamps, has_time, same = _when(text["administered_on"], "administered_on", problems, now, required=True)
         clean["administered_at"] = stamps
         clean["has_time"] = has_time
         clean["route"] = _code(text["route"], "route", {r: r for r in vocabulary.ROUTES}, problems, "route", required=True)
@@ -496,7 +540,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         problems.flag(bad, "dose_mg_per_kg", lambda pos: [f"dose_mg_per_kg must be above 0 and at most {MAX_DOSE_MG_PER_KG:g}, got {dose[p]:g}" for p in pos])
         clean["dose_mg_per_kg"] = dose
         clean["phase"] = _code(text["phase"], "phase", {p: p for p in vocabulary.PHASES}, problems, "phase", required=False)
-        _duplicates([pd.factorize(text["patient_id"])[0], pd.factorize(stamps)[0]], "patient_id", lines, problems, KEY_SHOWN[kind])
+        _duplicates([pd.factorize(text["patient_id"])[0], same], "patient_id", lines, problems, KEY_SHOWN[kind])
 
     else:  # assessments
         codes, uniques = pd.factorize(text["instrument"])
@@ -508,7 +552,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         problems.flag((codes >= 0) & (which < 0), "instrument",
                       lambda pos: [f"unknown instrument {_shown(raw[p])}; known: {', '.join(scales.codes())}" for p in pos])
         clean["instrument"] = _labels(which, known)
-        stamps, has_time = _when(text["administered_on"], "administered_on", problems, now, required=True)
+        stamps, has_time, same = _when(text["administered_on"], "administered_on", problems, now, required=True)
         clean["administered_at"] = stamps
         clean["has_time"] = has_time
         clean["rater"] = text["rater"]
@@ -534,8 +578,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         clean.update(items)
         clean["total"] = total
         clean["total_method"] = _labels(method, scales.METHODS)
-        _duplicates([pd.factorize(text["patient_id"])[0], which, pd.factorize(stamps)[0]], "patient_id", lines, problems,
-                    KEY_SHOWN[kind])
+        _duplicates([pd.factorize(text["patient_id"])[0], which, same], "patient_id", lines, problems, KEY_SHOWN[kind])
 
     clean["_row"] = np.arange(n, dtype="int64")
     clean["_line"] = lines
