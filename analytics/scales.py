@@ -399,13 +399,38 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
     "prorated", "given" or "none"), and the first problem found as
     problem_column / problem_reason (None when the row is fine). A row with a
     problem has no total and must not be stored.
+    """
+    index = items.index
+    scored = score_columns(scale, {column: items[column].to_numpy(dtype="float64", na_value=np.nan) for column in items.columns},
+                           np.asarray(given_total, dtype="float64"))
+    return pd.DataFrame(
+        {"total": pd.Series(scored.total, index=index),
+         "method": pd.Series(METHODS[scored.method], index=index, dtype=object),
+         "problem_column": pd.Series(scored.problem_column, index=index, dtype=object),
+         "problem_reason": pd.Series(scored.problem_reason, index=index, dtype=object)},
+        index=index,
+    )
+
+
+@dataclass(frozen=True)
+class ScoredColumns:
+    """`score_columns`' answer, one entry per row."""
+    total: np.ndarray  # float64, NaN when none
+    method: np.ndarray  # index into METHODS
+    problem_column: np.ndarray  # object: the first problem's column, None when the row is fine
+    problem_reason: np.ndarray  # object
+    ok: np.ndarray  # bool: no problem
+
+
+def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.ndarray) -> ScoredColumns:
+    """`score_frame` on float64 arrays (`item_N` -> answers, NaN = not answered; `given` the rater's totals):
+    the import calls it for each instrument's rows without making frames of them.
 
     Whole numpy columns; a reason's text is built only for the rows it names (an import checks
     millions of rows, nearly all fine).
     """
-    index = items.index
-    n_rows = len(index)
-    given = np.asarray(given_total, dtype="float64")
+    given = np.asarray(given, dtype="float64")
+    n_rows = len(given)
     problem_column = np.full(n_rows, None, dtype=object)
     problem_reason = np.full(n_rows, None, dtype=object)
     ok = np.ones(n_rows, dtype=bool)
@@ -429,9 +454,8 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
     def item_number(column: str) -> int:
         return int(column.split("_", 1)[1])
 
-    columns = {column: items[column].to_numpy(dtype="float64", na_value=np.nan) for column in items.columns}
     with np.errstate(invalid="ignore"):
-        for column in sorted(items.columns, key=item_number):
+        for column in sorted(columns, key=item_number):
             number = item_number(column)
             values = columns[column]
             present = ~np.isnan(values)
@@ -450,14 +474,18 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
             flag(bad_total, "total", lambda rows: [text + f"{given[r]:g}" for r in rows])
 
     k = scale.scored_items
-    scored = np.full((n_rows, k), np.nan)
-    for number in range(1, k + 1):
-        column = f"item_{number}"
-        if column in columns:
-            scored[:, number - 1] = columns[column]
-    answered = (~np.isnan(scored)).sum(axis=1)
+    # Counted and summed a column at a time (no rows x items matrix and nansum over it): a row whose sum is
+    # used has whole answers within range, which add up exactly in any order.
+    answered = np.zeros(n_rows, dtype=np.int64)
+    answered_sum = np.zeros(n_rows)
+    with np.errstate(invalid="ignore"):  # inf + -inf: such a row was refused above
+        for number in range(1, k + 1):
+            values = columns.get(f"item_{number}")
+            if values is not None:
+                present = ~np.isnan(values)
+                answered += present
+                answered_sum += np.where(present, values, 0.0)
     missing = k - answered
-    answered_sum = np.nansum(scored, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         prorated = np.floor(answered_sum / answered * k + 0.5)
     full = missing == 0
@@ -491,18 +519,12 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
                                               f"{scale.missing_rule}" for r in rows])
 
     failed = ~ok
-    total = np.where(failed, np.nan, total)
+    total = np.where(failed, np.nan, total).astype("float64")
     method = np.where(failed, 3, method)
-    return pd.DataFrame(
-        {"total": pd.Series(total.astype("float64"), index=index),
-         "method": pd.Series(_METHODS[method], index=index, dtype=object),
-         "problem_column": pd.Series(problem_column, index=index, dtype=object),
-         "problem_reason": pd.Series(problem_reason, index=index, dtype=object)},
-        index=index,
-    )
+    return ScoredColumns(total, method, problem_column, problem_reason, ok)
 
 
-_METHODS = np.array(["items", "prorated", "given", "none"], dtype=object)
+METHODS = np.array(["items", "prorated", "given", "none"], dtype=object)
 
 
 def max_items() -> int:

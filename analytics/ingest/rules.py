@@ -1,9 +1,11 @@
 """What a valid patients, treatments or assessments row is: checked column-wise.
 
 Everything here works on whole columns of raw strings (no per-row Python;
-parsing of dates, numbers and codes is done once per distinct value) and
-needs no database: the checks that do (unknown patient, treatment before
-enrolment) run in SQL inside the import transaction, see `write.py`.
+parsing of dates, numbers and codes is done once per distinct value, except
+two fast paths with the same answers: a column of plain ASCII digits is cast,
+plain ISO dates are computed from their bytes) and needs no database: the
+checks that do (unknown patient, treatment before enrolment) run in SQL
+inside the import transaction, see `write.py`.
 
 Each row gets at most one problem, the first found in column order, so the
 message a clinic sees points at one cell it can fix.
@@ -17,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import clinic_time, scales, vocabulary
 
@@ -172,6 +176,89 @@ def _present(values: pd.Series) -> np.ndarray:
     return values.notna().to_numpy()
 
 
+def _arrow_strings(values: pd.Series) -> pa.ChunkedArray | None:
+    """The Arrow strings behind a str column; None when it is not held in Arrow."""
+    if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+        return None
+    chunked = values.array.__arrow_array__()
+    if not isinstance(chunked, pa.ChunkedArray):
+        chunked = pa.chunked_array([chunked])
+    return chunked if pa.types.is_large_string(chunked.type) or pa.types.is_string(chunked.type) else None
+
+
+def _bytes_of(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string chunk's offsets (length + 1) and its whole data buffer, as numpy views."""
+    _, offsets, data = chunk.buffers()
+    width = 8 if pa.types.is_large_string(chunk.type) else 4
+    off = np.frombuffer(offsets, dtype=np.int64 if width == 8 else np.int32, count=len(chunk) + 1,
+                        offset=chunk.offset * width)
+    return off, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, dtype=np.uint8))
+
+
+_MAX_PLAIN_DIGITS = 15  # a whole number of up to 15 digits is exact in float64 however it is summed
+
+
+def _plain_digits(values: pd.Series) -> np.ndarray | None:
+    """Float64 of a column whose cells are all NA or 1-15 plain ASCII digits (NaN for NA); None for any other.
+
+    Such a cell is the integer it spells for `pd.to_numeric` and none is refused, so the column needs no
+    distinct values: its numbers are read from the string bytes (item columns are nearly always this, and
+    hashing every row cost more than the rest of the check). Anything else (a sign, a point, a space, "0x10",
+    non-ASCII digits, an empty string) is left to the per-distinct-value path and its reasons."""
+    chunked = _arrow_strings(values)
+    if chunked is None:
+        return None
+    out = np.empty(len(values))
+    at = 0
+    for chunk in chunked.chunks:
+        n = len(chunk)
+        if not n:
+            continue
+        number = out[at:at + n]
+        at += n
+        off, data = _bytes_of(chunk)
+        lengths = np.diff(off)
+        valid = None
+        if chunk.null_count:
+            bitmap = np.frombuffer(chunk.buffers()[0], dtype=np.uint8)
+            valid = np.unpackbits(bitmap, bitorder="little")[chunk.offset:chunk.offset + n].astype(bool)
+        if valid is None or np.array_equal(lengths > 0, valid):  # no NA, or the NAs hold no bytes
+            if valid is None and lengths.min() == 0:
+                return None  # an empty string
+            width = int(lengths.max())
+        else:
+            given = lengths[valid]
+            if given.min() == 0:
+                return None
+            width = int(given.max())
+        if width > _MAX_PLAIN_DIGITS:
+            return None
+        text = data[off[0]:off[-1]]
+        if ((text - np.uint8(48)) > 9).any():
+            return None
+        if valid is not None:
+            number[:] = np.nan
+        if width == 0:
+            continue
+        if width == 1 and len(text) == n - chunk.null_count:  # a digit a cell and none under an NA: in order
+            if valid is None:
+                number[:] = text
+            else:
+                number[valid] = text
+            number -= 48
+            continue
+        text = np.concatenate([text, np.zeros(width, dtype=np.uint8)])  # reads past a short value land here
+        starts = off[:-1] - off[0]
+        parsed = text[starts].astype(np.float64) - 48
+        for j in range(1, width):
+            parsed = np.where(lengths > j, parsed * 10 + (text[starts + j].astype(np.float64) - 48), parsed)
+        if valid is None:
+            number[:] = parsed
+        else:
+            number[valid] = parsed[valid]
+    return out
+
+
 def _map_distinct(values: pd.Series, convert: Callable[[pd.Series], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """`convert` applied once per distinct value, spread back to every row; also the mask of NA rows."""
     codes, uniques = pd.factorize(values)
@@ -183,11 +270,15 @@ def _map_distinct(values: pd.Series, convert: Callable[[pd.Series], np.ndarray])
 def _number(values: pd.Series, column: str, problems: Problems) -> np.ndarray:
     def convert(u: pd.Series) -> np.ndarray:
         return pd.to_numeric(u, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    if not _present(values).any():
+    plain = _plain_digits(values)
+    if plain is not None:
+        return plain
+    present = _present(values)
+    if not present.any():
         return np.full(len(values), np.nan)
     numbers, missing = _map_distinct(values, convert)
     numbers = np.where(missing, np.nan, numbers).astype("float64")
-    bad = _present(values) & np.isnan(numbers)
+    bad = present & np.isnan(numbers)
     raw = values.array  # indexed only for the few flagged rows
     problems.flag(bad, column, lambda pos: [f"{column} {_shown(raw[p])} is not a number" for p in pos])
     return numbers
@@ -201,15 +292,83 @@ def _whole(values: pd.Series, column: str, lo: int, hi: int, problems: Problems)
     return pd.Series(np.where(finite & ~bad, numbers, np.nan), index=values.index).astype("Int64")
 
 
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_DIGIT_AT = {10: (0, 1, 2, 3, 5, 6, 8, 9), 16: (11, 12, 14, 15), 19: (17, 18)}
+
+
+def _plain_stamps(u: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which distinct values are a plain YYYY-MM-DD, YYYY-MM-DDTHH:MM or YYYY-MM-DDTHH:MM:SS (T or space)
+    naming a real day and time of 1900-2199, and their timestamps (int64 microseconds; 0 elsewhere).
+
+    These are nearly all of a file's dates, and any ISO parser reads them the same way, so they are
+    computed from their bytes; every other value (fractions, offsets, odd fields, errors) goes through
+    `pd.to_datetime` as before. A date-time column has about a quarter as many distinct values as rows."""
+    n = len(u)
+    plain = np.zeros(n, dtype=bool)
+    micros = np.zeros(n, dtype=np.int64)
+    chunked = _arrow_strings(u)
+    if chunked is None or n == 0:
+        return plain, micros
+    strings = chunked.combine_chunks()
+    if strings.null_count:
+        return plain, micros
+    off, data = _bytes_of(strings)
+    lengths = np.diff(off)
+    rows = np.flatnonzero((lengths == 10) | (lengths == 16) | (lengths == 19))
+    if not len(rows):
+        return plain, micros
+    starts = off[rows].astype(np.int64)
+    data = np.concatenate([data, np.zeros(19, dtype=np.uint8)])  # reads past a short value land in the padding
+    length = lengths[rows]
+
+    def byte(at: int) -> np.ndarray:
+        return data[starts + at]
+
+    def digit(at: int) -> np.ndarray:
+        return byte(at).astype(np.int64) - 48
+
+    good = (byte(4) == 45) & (byte(7) == 45)  # '-'
+    for at in _DIGIT_AT[10]:
+        good &= (byte(at) - np.uint8(48)) <= 9
+    timed = length >= 16
+    seconds = length == 19
+    sep = byte(10)
+    good &= ~timed | (((sep == 84) | (sep == 32)) & (byte(13) == 58))  # 'T' or ' ', ':'
+    for at in _DIGIT_AT[16]:
+        good &= ~timed | ((byte(at) - np.uint8(48)) <= 9)
+    good &= ~seconds | (byte(16) == 58)
+    for at in _DIGIT_AT[19]:
+        good &= ~seconds | ((byte(at) - np.uint8(48)) <= 9)
+    year = digit(0) * 1000 + digit(1) * 100 + digit(2) * 10 + digit(3)
+    month = digit(5) * 10 + digit(6)
+    day = digit(8) * 10 + digit(9)
+    hour = np.where(timed, digit(11) * 10 + digit(12), 0)
+    minute = np.where(timed, digit(14) * 10 + digit(15), 0)
+    second = np.where(seconds, digit(17) * 10 + digit(18), 0)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    good &= (year >= 1900) & (year <= 2199) & (month >= 1) & (month <= 12)
+    last_day = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
+    good &= (day >= 1) & (day <= last_day) & (hour <= 23) & (minute <= 59) & (second <= 59)
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    plain[rows] = good
+    micros[rows] = np.where(good, ((days * 24 + hour) * 60 + minute) * 60 + second, 0) * 1_000_000
+    return plain, micros
+
+
 def _when(values: pd.Series, column: str, problems: Problems, now: datetime, required: bool, date_only: bool = False):
-    """ISO date or date-time -> (timestamp, has_time); future and malformed dates flagged."""
+    """ISO date or date-time -> (timestamp, has_time, codes of equal timestamps); future and malformed dates flagged."""
     present = _present(values)
     if required:
         problems.flag(~present, column, f"{column} is empty")
     today = pd.Timestamp(now.date())
     now_ts = pd.Timestamp(now)
 
-    def convert(u: pd.Series) -> pd.DataFrame:
+    def parse(u: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         shaped = u.str.fullmatch(_WHEN).fillna(False).astype(bool)
         has_time = (u.str.len() > 10).fillna(False).astype(bool).to_numpy()
         offset = (shaped & has_time & u.str.contains(_OFFSET).fillna(False).astype(bool)).to_numpy()
@@ -219,6 +378,16 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
             instants = pd.to_datetime(u[offset], format="ISO8601", errors="coerce", utc=True)
             local = instants.dt.tz_convert(clinic_time.zone()).dt.tz_localize(None)
             stamps[offset] = local.astype("datetime64[us]").to_numpy()
+        return stamps, has_time, shaped.to_numpy()
+
+    def convert(u: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        plain, micros = _plain_stamps(u)
+        stamps = micros.view("datetime64[us]").copy()
+        has_time = (u.str.len() > 10).fillna(False).astype(bool).to_numpy().copy()
+        shaped = np.ones(len(u), dtype=bool)
+        if not plain.all():
+            other = np.flatnonzero(~plain)
+            stamps[other], has_time[other], shaped[other] = parse(u.iloc[other].reset_index(drop=True))
         limit = np.where(has_time, now_ts.to_datetime64(), today.to_datetime64())
         status = np.where(~shaped, 1, np.where(pd.isna(stamps), 2, np.where(stamps > limit.astype("datetime64[us]"), 3, 0)))
         status = np.where((status == 0) & (stamps < EARLIEST_DATE), 5, status)
@@ -227,60 +396,86 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
         return stamps, has_time, status
 
     codes, uniques = pd.factorize(values)
-    if len(uniques):
-        stamps_u, has_time_u, status_u = convert(pd.Series(uniques, dtype="str"))
-        take = np.where(codes < 0, 0, codes)
-        stamps = np.where(codes < 0, np.datetime64("NaT"), stamps_u[take]).astype("datetime64[us]")
-        has_time = np.where(codes < 0, False, has_time_u[take])
-        status = np.where(codes < 0, 0, status_u[take])
-    else:
-        stamps = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[us]")
-        has_time = np.zeros(len(values), dtype=bool)
-        status = np.zeros(len(values), dtype=int)
-    raw = values.array  # indexed only for the few flagged rows
-    shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS][+HH:MM]"
-    problems.flag(status == 1, column, lambda pos: [f"{column} {_shown(raw[p])} is not {shape}" for p in pos])
-    problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date or time" for p in pos])
-    problems.flag(status == 5, column, lambda pos: [f"{column} {_shown(raw[p])} is before 1900" for p in pos])
-    problems.flag(status == 3, column, lambda pos: [f"{column} {_shown(raw[p])} is in the future" for p in pos])
-    problems.flag(status == 4, column, lambda pos: [f"{column} {_shown(raw[p])} must be a date without a time" for p in pos])
-    return stamps, has_time
+    # One value more at the end for NA rows: code -1 reads it.
+    stamps_u, has_time_u, status_u = convert(pd.Series(uniques, dtype="str"))
+    stamps = np.append(stamps_u, np.datetime64("NaT", "us"))[codes]
+    has_time = np.append(has_time_u, False)[codes]
+    # Equal instants, equal codes (two spellings of one time too): a key column for `_duplicates`.
+    same = np.append(pd.factorize(stamps_u)[0], -1)[codes]
+    if status_u.any():
+        status = np.append(status_u, 0)[codes]
+        raw = values.array  # indexed only for the few flagged rows
+        shape = "a date YYYY-MM-DD" if date_only else "an ISO date YYYY-MM-DD or date-time YYYY-MM-DDTHH:MM[:SS][+HH:MM]"
+        problems.flag(status == 1, column, lambda pos: [f"{column} {_shown(raw[p])} is not {shape}" for p in pos])
+        problems.flag(status == 2, column, lambda pos: [f"{column} {_shown(raw[p])} is not a valid calendar date or time" for p in pos])
+        problems.flag(status == 5, column, lambda pos: [f"{column} {_shown(raw[p])} is before 1900" for p in pos])
+        problems.flag(status == 3, column, lambda pos: [f"{column} {_shown(raw[p])} is in the future" for p in pos])
+        problems.flag(status == 4, column, lambda pos: [f"{column} {_shown(raw[p])} must be a date without a time" for p in pos])
+    return stamps, has_time, same
+
+
+def _labels(codes: np.ndarray, labels) -> pd.api.extensions.ExtensionArray | np.ndarray:
+    """`labels[codes]` (None where a code is -1) as the column pandas makes of that object array: str when a
+    row holds a string, else the object array of None. Built by an Arrow take from the few labels: letting
+    pandas infer it from half a million Python strings cost more than the check that made them."""
+    labels = list(labels)
+    codes = np.asarray(codes)
+    used = np.flatnonzero(np.bincount(codes + 1, minlength=len(labels) + 1)[1:]) if len(codes) else []
+    if not any(labels[i] is not None for i in used):
+        return np.full(len(codes), None, dtype=object)
+    dictionary = pa.array(labels + [None], type=pa.large_string())
+    return pd.array(pc.take(dictionary, pa.array(np.where(codes < 0, len(labels), codes))), dtype="str")
 
 
 def _code(values: pd.Series, column: str, allowed: dict[str, str], problems: Problems, what: str, required: bool):
-    present = _present(values)
-    if required:
-        problems.flag(~present, column, f"{column} is empty")
     codes, uniques = pd.factorize(values)
-    mapped_u = np.array([allowed.get(str(u).lower()) for u in uniques] + [None], dtype=object)
-    mapped = mapped_u[np.where(codes < 0, len(uniques), codes)]
-    bad = present & pd.isna(mapped)
+    if required:
+        problems.flag(codes < 0, column, f"{column} is empty")
+    mapped_u = [allowed.get(str(u).lower()) for u in uniques]
+    known = np.array([m is not None for m in mapped_u] + [True])  # the last one: NA rows (code -1)
     raw = values.array  # indexed only for the few flagged rows
-    problems.flag(bad, column, lambda pos: [f"unknown {what} {_shown(raw[p])}; expected one of {', '.join(sorted(set(allowed.values())))}" for p in pos])
-    return mapped
+    problems.flag(~known[codes], column, lambda pos: [f"unknown {what} {_shown(raw[p])}; expected one of {', '.join(sorted(set(allowed.values())))}" for p in pos])
+    return _labels(codes, mapped_u)
 
 
 def _id(values: pd.Series, problems: Problems) -> None:
     problems.flag(~_present(values), "patient_id", "patient_id is empty")
+    chunked = _arrow_strings(values)
+    if chunked is not None and (not len(chunked) or (pc.max(pc.binary_length(chunked)).as_py() or 0) <= MAX_ID_LENGTH):
+        return  # no more bytes than the limit: no more characters either
     too_long = (values.str.len() > MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool)
     problems.flag(too_long, "patient_id", f"patient_id is longer than {MAX_ID_LENGTH} characters")
 
 
-def _duplicates(frame: pd.DataFrame, keys: list[str], lines: np.ndarray, problems: Problems, shown: str) -> None:
-    """Later rows repeating an earlier good row's key are rejected, naming the first."""
+def _duplicates(keys: list[np.ndarray], column: str, lines: np.ndarray, problems: Problems, shown: str) -> None:
+    """Later rows repeating an earlier good row's key are rejected, naming the first.
+
+    `keys` are the key columns' codes (equal values, equal codes; any value for rows already refused): one
+    int64 per row from them, hashed once, instead of DataFrame.duplicated on the columns."""
     ok = problems.ok
-    candidates = frame.loc[ok, keys]
-    repeated = candidates.duplicated(keep="first")
-    if not repeated.any():
+    at = np.flatnonzero(ok)
+    if len(at) < 2:
         return
-    firsts = candidates[~candidates.duplicated(keep="first")].copy()
-    firsts["_first_line"] = lines[ok][~repeated.to_numpy()]
-    dup_rows = candidates[repeated].reset_index().merge(firsts, on=keys, how="left")
-    mask = np.zeros(len(frame), dtype=bool)
-    positions = frame.index.get_indexer(dup_rows["index"])
-    mask[positions] = True
-    first_line = dict(zip(positions, dup_rows["_first_line"]))
-    problems.flag(mask, keys[0], lambda pos: [f"duplicate key ({shown}) in this file: line {first_line[p]} has the same one" for p in pos])
+    key = np.zeros(len(at), dtype=np.int64)
+    for codes in keys:
+        part = np.asarray(codes)[at].astype(np.int64)
+        part -= part.min()
+        if (int(key.max()) + 1) * (int(part.max()) + 1) >= 2 ** 62:  # keep the combined code within int64
+            key = pd.factorize(key)[0].astype(np.int64)
+        key = key * (int(part.max()) + 1) + part
+    if not pd.Series(key, copy=False).duplicated().any():  # the usual answer, and cheaper than numbering the keys
+        return
+    codes, _ = pd.factorize(key)  # numbered in order of first appearance
+    first = np.empty(len(at), dtype=bool)
+    first[0] = True
+    first[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
+    first_line = lines[at[first]]  # code c's first row is the c-th first one
+    repeated = np.flatnonzero(~first)
+    line_of = np.zeros(len(ok), dtype=lines.dtype)
+    line_of[at[repeated]] = first_line[codes[repeated]]
+    mask = np.zeros(len(ok), dtype=bool)
+    mask[at[repeated]] = True
+    problems.flag(mask, column, lambda pos: [f"duplicate key ({shown}) in this file: line {line_of[p]} has the same one" for p in pos])
 
 
 # --- the three kinds ------------------------------------------------------------
@@ -306,9 +501,8 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
     if not trimmed:  # the CSV reader refuses control characters itself, before parsing (csv.py)
         _control_characters(frame, kind, problems)
     text = {c: _text(frame, c, trimmed) for c in COLUMNS[kind]}
-    clean = pd.DataFrame(index=frame.index)
     _id(text["patient_id"], problems)
-    clean["patient_id"] = text["patient_id"]
+    clean = {"patient_id": text["patient_id"]}  # the clean frame's columns, made one DataFrame at the end
     notes = [f"column {_shown(c)} is not part of the {kind} format and was ignored" for c in ignored_columns(kind, frame.columns)]
     attributes = None
     attribute_names: list[str] = []
@@ -322,9 +516,9 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         clean["diagnosis"] = text["diagnosis"]
         clean["comorbidities"] = _comorbidities(text["comorbidities"], problems)
         clean["prior_failed_trials"] = _whole(text["prior_failed_trials"], "prior_failed_trials", 0, 50, problems)
-        stamps, _ = _when(text["enrolled_on"], "enrolled_on", problems, now, required=False, date_only=True)
+        stamps, _, _ = _when(text["enrolled_on"], "enrolled_on", problems, now, required=False, date_only=True)
         clean["enrolled_on"] = pd.Series(stamps).dt.date
-        _duplicates(clean, ["patient_id"], lines, problems, KEY_SHOWN[kind])
+        _duplicates([pd.factorize(text["patient_id"])[0]], "patient_id", lines, problems, KEY_SHOWN[kind])
         attribute_names = attribute_columns(kind, frame.columns)
         long = []
         ok = problems.ok
@@ -337,7 +531,7 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         attributes = attributes.astype({"patient_id": "str", "name": "str", "value": "str"})
 
     elif kind == "treatments":
-        stamps, has_time = _when(text["administered_on"], "administered_on", problems, now, required=True)
+        stamps, has_time, same = _when(text["administered_on"], "administered_on", problems, now, required=True)
         clean["administered_at"] = stamps
         clean["has_time"] = has_time
         clean["route"] = _code(text["route"], "route", {r: r for r in vocabulary.ROUTES}, problems, "route", required=True)
@@ -346,49 +540,45 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         problems.flag(bad, "dose_mg_per_kg", lambda pos: [f"dose_mg_per_kg must be above 0 and at most {MAX_DOSE_MG_PER_KG:g}, got {dose[p]:g}" for p in pos])
         clean["dose_mg_per_kg"] = dose
         clean["phase"] = _code(text["phase"], "phase", {p: p for p in vocabulary.PHASES}, problems, "phase", required=False)
-        _duplicates(clean, ["patient_id", "administered_at"], lines, problems, KEY_SHOWN[kind])
+        _duplicates([pd.factorize(text["patient_id"])[0], same], "patient_id", lines, problems, KEY_SHOWN[kind])
 
     else:  # assessments
-        problems.flag(~_present(text["instrument"]), "instrument", "instrument is empty")
         codes, uniques = pd.factorize(text["instrument"])
-        resolved_u = np.array([(s.code if (s := scales.resolve(u)) else None) for u in uniques] + [None], dtype=object)
-        instrument = resolved_u[np.where(codes < 0, len(uniques), codes)]
+        problems.flag(codes < 0, "instrument", "instrument is empty")
+        known = list(scales.codes())
+        # Each row's instrument as its place in `known` (-1: empty or unknown); the last entry is read by code -1.
+        which = np.array([known.index(s.code) if (s := scales.resolve(u)) else -1 for u in uniques] + [-1])[codes]
         raw = text["instrument"].array
-        problems.flag(_present(text["instrument"]) & pd.isna(instrument), "instrument",
+        problems.flag((codes >= 0) & (which < 0), "instrument",
                       lambda pos: [f"unknown instrument {_shown(raw[p])}; known: {', '.join(scales.codes())}" for p in pos])
-        clean["instrument"] = instrument
-        stamps, has_time = _when(text["administered_on"], "administered_on", problems, now, required=True)
+        clean["instrument"] = _labels(which, known)
+        stamps, has_time, same = _when(text["administered_on"], "administered_on", problems, now, required=True)
         clean["administered_at"] = stamps
         clean["has_time"] = has_time
         clean["rater"] = text["rater"]
-        item_cols = scales.item_columns()
-        items = pd.DataFrame({c: _number(text[c], c, problems) for c in item_cols}, index=frame.index)
+        items = {c: _number(text[c], c, problems) for c in scales.item_columns()}
         given = _number(text["total"], "total", problems)
         total = np.full(n, np.nan)
-        method = np.full(n, None, dtype=object)
-        for code in scales.codes():
-            rows = np.flatnonzero(instrument == code)
+        method = np.full(n, -1)
+        for j, code in enumerate(known):
+            rows = np.flatnonzero(which == j)
             if not len(rows):
                 continue
-            scored = scales.score_frame(scales.get(code), items.iloc[rows], pd.Series(given[rows]))
-            bad_rows = rows[scored["problem_column"].notna().to_numpy()]
-            if len(bad_rows):
-                bad_mask = np.zeros(n, dtype=bool)
-                bad_mask[bad_rows] = True
-                columns_u = scored["problem_column"].to_numpy()
-                reasons_u = scored["problem_reason"].to_numpy()
-                lookup = {r: (c, why) for r, c, why in zip(rows, columns_u, reasons_u) if c is not None}
-                for column in set(c for c, _ in lookup.values()):
-                    col_mask = np.zeros(n, dtype=bool)
-                    col_mask[[r for r, (c, _) in lookup.items() if c == column]] = True
-                    problems.flag(col_mask, column, lambda pos: [lookup[p][1] for p in pos])
-            total[rows] = scored["total"].to_numpy()
-            method[rows] = scored["method"].to_numpy()
-        for c in item_cols:
-            clean[c] = items[c]
+            scored = scales.score_columns(scales.get(code), {c: v[rows] for c, v in items.items()}, given[rows])
+            bad = np.flatnonzero(~scored.ok)
+            if len(bad):
+                reason_at = np.empty(n, dtype=object)
+                reason_at[rows[bad]] = scored.problem_reason[bad]
+                for column in dict.fromkeys(scored.problem_column[bad]):  # one scored problem per row: any order
+                    mask = np.zeros(n, dtype=bool)
+                    mask[rows[bad[scored.problem_column[bad] == column]]] = True
+                    problems.flag(mask, column, lambda pos: list(reason_at[pos]))
+            total[rows] = scored.total
+            method[rows] = scored.method
+        clean.update(items)
         clean["total"] = total
-        clean["total_method"] = method
-        _duplicates(clean, ["patient_id", "instrument", "administered_at"], lines, problems, KEY_SHOWN[kind])
+        clean["total_method"] = _labels(method, scales.METHODS)
+        _duplicates([pd.factorize(text["patient_id"])[0], which, same], "patient_id", lines, problems, KEY_SHOWN[kind])
 
     clean["_row"] = np.arange(n, dtype="int64")
     clean["_line"] = lines
@@ -399,7 +589,31 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
         "column": problems.column[~ok],
         "reason": problems.reason[~ok],
     })
-    return Validated(kind, clean[ok].reset_index(drop=True), rejects, attributes, attribute_names, notes, frozenset(frame.columns))
+    return Validated(kind, _kept(clean, ok), rejects, attributes, attribute_names, notes, frozenset(frame.columns))
+
+
+def _kept(columns: dict, ok: np.ndarray) -> pd.DataFrame:
+    """The good rows of `columns` as one frame (0..m-1), made once rather than grown a column at a time.
+
+    Nearly always every row is good: the columns are then used as they are, each Arrow string column
+    as a new array over the same (immutable) Arrow data and any numpy array that is not its own (the
+    caller's _line) copied, so the frame shares nothing the caller could change."""
+    if ok.all():
+        taken = {}
+        for name, values in columns.items():
+            values = values.array if isinstance(values, pd.Series) else values
+            if isinstance(values, pd.api.extensions.ExtensionArray):
+                taken[name] = values.copy()  # Arrow strings: O(1)
+            else:
+                values = np.asarray(values)
+                taken[name] = values if values.flags.owndata and values.flags.writeable else values.copy()
+        return pd.DataFrame(taken, index=pd.RangeIndex(len(ok)), copy=False)
+    at = np.flatnonzero(ok)
+    taken = {}
+    for name, values in columns.items():
+        values = values.array if isinstance(values, pd.Series) else values
+        taken[name] = values.take(at) if isinstance(values, pd.api.extensions.ExtensionArray) else np.asarray(values)[at]
+    return pd.DataFrame(taken, index=pd.RangeIndex(len(at)), copy=False)
 
 
 def _control_characters(frame: pd.DataFrame, kind: str, problems: Problems) -> None:
@@ -415,7 +629,7 @@ def _control_characters(frame: pd.DataFrame, kind: str, problems: Problems) -> N
             problems.flag(bad, column, lambda pos: [control_character_reason(raw[p]) for p in pos])
 
 
-def _comorbidities(values: pd.Series, problems: Problems) -> np.ndarray:
+def _comorbidities(values: pd.Series, problems: Problems):
     allowed = vocabulary.COMORBIDITIES
 
     def normalise(cell: str) -> tuple[str, str | None]:
@@ -427,7 +641,6 @@ def _comorbidities(values: pd.Series, problems: Problems) -> np.ndarray:
 
     codes, uniques = pd.factorize(values)
     pairs = [normalise(str(u)) for u in uniques] + [("", None)]
-    canonical = np.array([p[0] for p in pairs], dtype=object)[np.where(codes < 0, len(uniques), codes)]
     reasons = np.array([p[1] for p in pairs], dtype=object)[np.where(codes < 0, len(uniques), codes)]
     problems.flag(pd.notna(reasons), "comorbidities", lambda pos: [reasons[p] for p in pos])
-    return canonical
+    return _labels(np.where(codes < 0, len(uniques), codes), [p[0] for p in pairs])
