@@ -389,7 +389,9 @@ def _lines(path: Path) -> tuple[str, int, _Lines, bool]:
                     line = newlines_before + int(np.searchsorted(newlines, max(at, 0))) + 1
                     raise FileRefused(f"{path.name}: line {line}: the file is not UTF-8 text (save it as CSV UTF-8)") from None
             if not has_text:
-                has_text = bool(window[bom if offset == 0 else 0:n].strip())
+                skip = bom if offset == 0 else 0
+                # Whitespace is at most 0x20: a larger byte is text (strip() would copy the chunk to say so).
+                has_text = (int(buf[skip:].max(initial=0)) if skip else top) > 0x20 or bool(window[skip:n].strip())
             # Cheap tests first: most files hold no byte below 0x20 but newlines, and none above 0x7E.
             low = np.count_nonzero(np.less(buf, 0x20, out=mask[:n])) > len(newlines)
             high = top >= 0x7F
@@ -670,7 +672,9 @@ def scan_csv(path: str | os.PathLike) -> CsvIndex:
     n = len(lines.starts)
     length = lines.stops - lines.starts
     flags = lines.flags
-    blank = (length == 0) | ((length == 1) & ((flags & ENDS_WITH_CR) != 0))
+    blank = length <= 1  # empty, or a CR alone (the test of flags only where it can matter)
+    short = np.flatnonzero(blank)
+    blank[short] = (length[short] == 0) | ((flags[short] & ENDS_WITH_CR) != 0)
     nonblank = ~blank
     header_at = int(nonblank.argmax())  # the first line that is not blank (the file has text: one is)
     if not nonblank[header_at]:
@@ -894,7 +898,10 @@ def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int
             malformed.append((a + 1, column, reason))
             spans[a + 1] = (int(lines.starts[a]), int(lines.stops[b]))
     malformed.sort(key=lambda m: m[0])
-    g_first = g_last = np.flatnonzero(good_single).astype(np.int64, copy=False)
+    if np.count_nonzero(good_single) == n - header_at - 1:  # every line after the header (no search for them)
+        g_first = g_last = np.arange(header_at + 1, n, dtype=np.int64)
+    else:
+        g_first = g_last = np.flatnonzero(good_single).astype(np.int64, copy=False)
     del good_single
     if good.any():
         g_first = np.concatenate((g_first, first[good]))
