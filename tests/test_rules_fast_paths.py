@@ -87,6 +87,10 @@ def test_every_cell_plain_digits_takes_the_cast_and_a_digit_column_with_one_odd_
     assert rules._plain_digits(pd.Series(["1", "2"], dtype=object)) is None  # not Arrow strings
     # Arrow's own layouts: a slice (offsets not from 0), an NA slot that holds bytes, several chunks
     sliced = pa.array(["9", "12", None, "3", "4"], type=pa.large_string()).slice(1, 4)
+    long = pa.array([None, "1"] * 20, type=pa.large_string())
+    for start in range(0, 20):  # a validity bitmap read from a byte boundary or not
+        part = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([long.slice(start, 13)]), dtype=pd.StringDtype("pyarrow", np.nan)))
+        np.testing.assert_array_equal(rules._plain_digits(part), pd.to_numeric(part).to_numpy(dtype="float64", na_value=np.nan))
     holding = pa.Array.from_buffers(pa.large_string(), 3, [pa.py_buffer(np.packbits([1, 0, 1], bitorder="little").tobytes()),
                                                            pa.py_buffer(np.array([0, 1, 2, 3], dtype=np.int64).tobytes()),
                                                            pa.py_buffer(b"152")], null_count=1)

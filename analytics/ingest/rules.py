@@ -231,9 +231,10 @@ def _plain_digits(values: pd.Series) -> np.ndarray | None:
         off, data = _bytes_of(chunk)
         lengths = np.diff(off)
         valid = None
-        if chunk.null_count:
-            bitmap = np.frombuffer(chunk.buffers()[0], dtype=np.uint8)
-            valid = np.unpackbits(bitmap, bitorder="little")[chunk.offset:chunk.offset + n].astype(bool)
+        if chunk.null_count:  # the chunk's bytes of the validity bitmap (a slice's may be a larger array's)
+            first = chunk.offset % 8
+            bitmap = np.frombuffer(chunk.buffers()[0], dtype=np.uint8)[chunk.offset // 8:(chunk.offset + n + 7) // 8]
+            valid = np.unpackbits(bitmap, bitorder="little")[first:first + n].astype(bool)
         if valid is None or np.array_equal(lengths > 0, valid):  # no NA, or the NAs hold no bytes
             if valid is None and lengths.min() == 0:
                 return None  # an empty string
