@@ -170,3 +170,16 @@ def test_every_row_refused_keeps_the_columns_types_and_a_clean_frame_shares_noth
     v.clean.loc[0, "_line"] = 99
     v.clean.loc[0, "patient_id"] = "P9"
     assert good["_line"].tolist() == [2] and good["patient_id"].tolist() == ["P1"]
+
+
+@pytest.mark.parametrize("rater", [["dr_a", None, "O'Brien", "dr_b"], ["'=cmd", "O'Brien", "''x", "'plain"], [None, None, None, None]])
+def test_unescaping_skips_a_column_without_an_apostrophe_and_undoes_only_the_export_prefix(rater):
+    chunks = pa.chunked_array([pa.array(rater[:2], type=pa.large_string()), pa.array(rater[2:], type=pa.large_string())])
+    frame = pd.DataFrame({"patient_id": pd.Series(["P1", "P2", "P3", "P4"], dtype="str"),
+                          "rater": pd.Series(pd.arrays.ArrowStringArray(chunks, dtype=pd.StringDtype("pyarrow", np.nan)))})
+    as_objects = frame.astype({"rater": object})  # not Arrow strings: every value's start is tested
+    rules.unescape_text("assessments", frame)
+    rules.unescape_text("assessments", as_objects)
+    expected = [None if v is None else v[1:] if v[:2] in ("'=", "''") else v for v in rater]
+    assert [None if pd.isna(v) else v for v in frame["rater"]] == expected
+    assert [None if pd.isna(v) else v for v in as_objects["rater"]] == expected
