@@ -458,16 +458,22 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
         return int(column.split("_", 1)[1])
 
     answers: dict[str, np.ndarray] = {}  # column -> where answered
+    # The item test's temporaries, reused column after column (fresh ones were page-faulted each time).
+    floor, bad, beyond = np.empty(n_rows), np.empty(n_rows, dtype=bool), np.empty(n_rows, dtype=bool)
     with np.errstate(invalid="ignore"):
         for column in sorted(columns, key=item_number):
             number = item_number(column)
             values = columns[column]
-            present = answers[column] = ~np.isnan(values)
+            present = answers[column] = np.isnan(values)
+            np.logical_not(present, out=present)
             if number not in allowed:
                 flag(present, column, f"{scale.code} has no item {number}; leave it empty")
                 continue
             lo, hi = scale.item_range(number)
-            bad = present & ((values != np.floor(values)) | (values < lo) | (values > hi))
+            np.not_equal(values, np.floor(values, out=floor), out=bad)  # present & (not whole | < lo | > hi)
+            bad |= np.less(values, lo, out=beyond)
+            bad |= np.greater(values, hi, out=beyond)
+            bad &= present
             if bad.any():
                 text = f"{scale.code} item {number} must be a whole number {lo}-{hi}, got "
                 flag(bad, column, lambda rows, text=text, values=values: [text + f"{values[r]:g}" for r in rows])
@@ -491,7 +497,10 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
                 np.add(answered_sum, values, out=answered_sum, where=present)
     missing = k - answered
     with np.errstate(invalid="ignore", divide="ignore"):
-        prorated = np.floor(answered_sum / answered * k + 0.5)
+        prorated = answered_sum / answered
+        prorated *= k
+        prorated += 0.5
+        np.floor(prorated, out=prorated)
     full = missing == 0
     can_prorate = (answered > 0) & (missing > 0) & (missing <= scale.max_missing_prorated)
     total = np.where(full, answered_sum, np.where(can_prorate, prorated, np.nan))
@@ -513,8 +522,11 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
             flag(unreachable, "total", lambda rows: [f"total {given[r]:g} cannot come from the answered items (possible "
                                                      f"{low[r]:g}-{high[r]:g})" for r in rows])
     total = np.where(only_given, given, total)
-    # 0 items, 1 prorated, 2 given, 3 none
-    method = np.where(full, 0, np.where(can_prorate, 1, np.where(only_given, 2, 3)))
+    # 0 items, 1 prorated, 2 given, 3 none (full, can_prorate and only_given exclude each other)
+    method = np.full(n_rows, 3, dtype=np.int8)
+    method[only_given] = 2
+    method[can_prorate] = 1
+    method[full] = 0
 
     no_total = np.isnan(total)
     if no_total.any():
@@ -523,8 +535,8 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
                                               f"{scale.missing_rule}" for r in rows])
 
     failed = ~ok
-    total = np.where(failed, np.nan, total).astype("float64")
-    method = np.where(failed, 3, method)
+    total[failed] = np.nan  # total is this function's own array (np.where above)
+    method[failed] = 3
     return ScoredColumns(total, method, *(found or (None, None)), ok)
 
 

@@ -317,7 +317,7 @@ def _whole(values: pd.Series, column: str, lo: int, hi: int, problems: Problems)
 
 
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
-_DIGIT_AT = {10: (0, 1, 2, 3, 5, 6, 8, 9), 16: (11, 12, 14, 15), 19: (17, 18)}
+_DIGIT_AT = {10: [0, 1, 2, 3, 5, 6, 8, 9], 16: [11, 12, 14, 15], 19: [17, 18]}  # digit positions by length
 
 
 def _plain_stamps(u: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -341,34 +341,30 @@ def _plain_stamps(u: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     rows = np.flatnonzero((lengths == 10) | (lengths == 16) | (lengths == 19))
     if not len(rows):
         return plain, micros
-    starts = off[rows].astype(np.int64)
     data = np.concatenate([data, np.zeros(19, dtype=np.uint8)])  # reads past a short value land in the padding
+    # Each value's first 19 bytes as one row (one gather through a strided view, not one per position).
+    b = np.lib.stride_tricks.sliding_window_view(data, 19)[off[rows]]
+    d = b - np.uint8(48)  # a digit is 0-9, any other byte more (uint8 wraps)
     length = lengths[rows]
-
-    def byte(at: int) -> np.ndarray:
-        return data[starts + at]
-
-    def digit(at: int) -> np.ndarray:
-        return byte(at).astype(np.int64) - 48
-
-    good = (byte(4) == 45) & (byte(7) == 45)  # '-'
-    for at in _DIGIT_AT[10]:
-        good &= (byte(at) - np.uint8(48)) <= 9
     timed = length >= 16
     seconds = length == 19
-    sep = byte(10)
-    good &= ~timed | (((sep == 84) | (sep == 32)) & (byte(13) == 58))  # 'T' or ' ', ':'
-    for at in _DIGIT_AT[16]:
-        good &= ~timed | ((byte(at) - np.uint8(48)) <= 9)
-    good &= ~seconds | (byte(16) == 58)
-    for at in _DIGIT_AT[19]:
-        good &= ~seconds | ((byte(at) - np.uint8(48)) <= 9)
-    year = digit(0) * 1000 + digit(1) * 100 + digit(2) * 10 + digit(3)
-    month = digit(5) * 10 + digit(6)
-    day = digit(8) * 10 + digit(9)
-    hour = np.where(timed, digit(11) * 10 + digit(12), 0)
-    minute = np.where(timed, digit(14) * 10 + digit(15), 0)
-    second = np.where(seconds, digit(17) * 10 + digit(18), 0)
+    good = (b[:, 4] == 45) & (b[:, 7] == 45) & (d[:, _DIGIT_AT[10]] <= 9).all(axis=1)  # '-'
+    good &= ~timed | (((b[:, 10] == 84) | (b[:, 10] == 32)) & (b[:, 13] == 58)  # 'T' or ' ', ':'
+                      & (d[:, _DIGIT_AT[16]] <= 9).all(axis=1))
+    good &= ~seconds | ((b[:, 16] == 58) & (d[:, _DIGIT_AT[19]] <= 9).all(axis=1))
+
+    def number(*at: int) -> np.ndarray:
+        value = d[:, at[0]].astype(np.int32)
+        for a in at[1:]:
+            value = value * 10 + d[:, a]
+        return value
+
+    year = number(0, 1, 2, 3)
+    month = number(5, 6)
+    day = number(8, 9)
+    hour = np.where(timed, number(11, 12), 0)
+    minute = np.where(timed, number(14, 15), 0)
+    second = np.where(seconds, number(17, 18), 0)
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     good &= (year >= 1900) & (year <= 2199) & (month >= 1) & (month <= 12)
     last_day = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
@@ -378,7 +374,7 @@ def _plain_stamps(u: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     era = y // 400
     yoe = y - era * 400
     doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
-    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    days = (era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468).astype(np.int64)
     plain[rows] = good
     micros[rows] = np.where(good, ((days * 24 + hour) * 60 + minute) * 60 + second, 0) * 1_000_000
     return plain, micros
@@ -486,11 +482,12 @@ def _duplicates(keys: list[np.ndarray], column: str, lines: np.ndarray, problems
         return
     key = np.zeros(len(at), dtype=np.int64)
     for codes in keys:
-        part = np.asarray(codes)[at].astype(np.int64)
+        part = np.asarray(codes)[at].astype(np.int64, copy=False)  # a new array (taken): changed in place
         part -= part.min()
         if (int(key.max()) + 1) * (int(part.max()) + 1) >= 2 ** 62:  # keep the combined code within int64
             key = pd.factorize(key)[0].astype(np.int64)
-        key = key * (int(part.max()) + 1) + part
+        key *= int(part.max()) + 1
+        key += part
     if not pd.Series(key, copy=False).duplicated().any():  # the usual answer, and cheaper than numbering the keys
         return
     codes, _ = pd.factorize(key)  # numbered in order of first appearance
