@@ -403,11 +403,12 @@ def score_frame(scale: Scale, items: pd.DataFrame, given_total: pd.Series) -> pd
     index = items.index
     scored = score_columns(scale, {column: items[column].to_numpy(dtype="float64", na_value=np.nan) for column in items.columns},
                            np.asarray(given_total, dtype="float64"))
+    fine = np.full(len(index), None, dtype=object)
     return pd.DataFrame(
         {"total": pd.Series(scored.total, index=index),
          "method": pd.Series(METHODS[scored.method], index=index, dtype=object),
-         "problem_column": pd.Series(scored.problem_column, index=index, dtype=object),
-         "problem_reason": pd.Series(scored.problem_reason, index=index, dtype=object)},
+         "problem_column": pd.Series(fine if scored.problem_column is None else scored.problem_column, index=index, dtype=object),
+         "problem_reason": pd.Series(fine if scored.problem_reason is None else scored.problem_reason, index=index, dtype=object)},
         index=index,
     )
 
@@ -417,8 +418,8 @@ class ScoredColumns:
     """`score_columns`' answer, one entry per row."""
     total: np.ndarray  # float64, NaN when none
     method: np.ndarray  # index into METHODS
-    problem_column: np.ndarray  # object: the first problem's column, None when the row is fine
-    problem_reason: np.ndarray  # object
+    problem_column: np.ndarray | None  # object: the first problem's column, None when the row is fine
+    problem_reason: np.ndarray | None  # object (both None when every row is fine)
     ok: np.ndarray  # bool: no problem
 
 
@@ -431,14 +432,16 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
     """
     given = np.asarray(given, dtype="float64")
     n_rows = len(given)
-    problem_column = np.full(n_rows, None, dtype=object)
-    problem_reason = np.full(n_rows, None, dtype=object)
+    found: list[np.ndarray] = []  # problem_column and problem_reason, made at the first problem
     ok = np.ones(n_rows, dtype=bool)
 
     def flag(mask: np.ndarray, column: str, reasons: str | Callable[[np.ndarray], list[str]]) -> None:
         mask = mask & ok
         if not mask.any():
             return
+        if not found:
+            found.extend((np.full(n_rows, None, dtype=object), np.full(n_rows, None, dtype=object)))
+        problem_column, problem_reason = found
         rows = np.flatnonzero(mask)
         ok[rows] = False
         problem_column[rows] = column
@@ -454,11 +457,12 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
     def item_number(column: str) -> int:
         return int(column.split("_", 1)[1])
 
+    answers: dict[str, np.ndarray] = {}  # column -> where answered
     with np.errstate(invalid="ignore"):
         for column in sorted(columns, key=item_number):
             number = item_number(column)
             values = columns[column]
-            present = ~np.isnan(values)
+            present = answers[column] = ~np.isnan(values)
             if number not in allowed:
                 flag(present, column, f"{scale.code} has no item {number}; leave it empty")
                 continue
@@ -482,9 +486,9 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
         for number in range(1, k + 1):
             values = columns.get(f"item_{number}")
             if values is not None:
-                present = ~np.isnan(values)
+                present = answers[f"item_{number}"]
                 answered += present
-                answered_sum += np.where(present, values, 0.0)
+                np.add(answered_sum, values, out=answered_sum, where=present)
     missing = k - answered
     with np.errstate(invalid="ignore", divide="ignore"):
         prorated = np.floor(answered_sum / answered * k + 0.5)
@@ -521,10 +525,11 @@ def score_columns(scale: Scale, columns: Mapping[str, np.ndarray], given: np.nda
     failed = ~ok
     total = np.where(failed, np.nan, total).astype("float64")
     method = np.where(failed, 3, method)
-    return ScoredColumns(total, method, problem_column, problem_reason, ok)
+    return ScoredColumns(total, method, *(found or (None, None)), ok)
 
 
 METHODS = np.array(["items", "prorated", "given", "none"], dtype=object)
+
 
 
 def max_items() -> int:

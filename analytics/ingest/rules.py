@@ -133,13 +133,25 @@ class Problems:
     """The first problem of each row: (column, reason), in column order."""
 
     def __init__(self, n: int):
-        self.column = np.full(n, None, dtype=object)
-        self.reason = np.full(n, None, dtype=object)
         self._ok = np.ones(n, dtype=bool)  # kept beside `column`: pd.isna of an object column per check was ~9% of validate
+        self._column: np.ndarray | None = None  # made at the first problem: most blocks have none
+        self._reason: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
         return self._ok.copy()
+
+    @property
+    def column(self) -> np.ndarray:
+        if self._column is None:
+            self._column = np.full(len(self._ok), None, dtype=object)
+        return self._column
+
+    @property
+    def reason(self) -> np.ndarray:
+        if self._reason is None:
+            self._reason = np.full(len(self._ok), None, dtype=object)
+        return self._reason
 
     def flag(self, mask, column: str, reason: str | Callable[[np.ndarray], list[str]]) -> None:
         mask = np.asarray(mask, dtype=bool) & self._ok
@@ -401,7 +413,7 @@ def _when(values: pd.Series, column: str, problems: Problems, now: datetime, req
     stamps = np.append(stamps_u, np.datetime64("NaT", "us"))[codes]
     has_time = np.append(has_time_u, False)[codes]
     # Equal instants, equal codes (two spellings of one time too): a key column for `_duplicates`.
-    same = np.append(pd.factorize(stamps_u)[0], -1)[codes]
+    same = codes if not pd.Series(stamps_u).duplicated().any() else np.append(pd.factorize(stamps_u)[0], -1)[codes]
     if status_u.any():
         status = np.append(status_u, 0)[codes]
         raw = values.array  # indexed only for the few flagged rows
@@ -420,8 +432,12 @@ def _labels(codes: np.ndarray, labels) -> pd.api.extensions.ExtensionArray | np.
     pandas infer it from half a million Python strings cost more than the check that made them."""
     labels = list(labels)
     codes = np.asarray(codes)
-    used = np.flatnonzero(np.bincount(codes + 1, minlength=len(labels) + 1)[1:]) if len(codes) else []
-    if not any(labels[i] is not None for i in used):
+    if all(label is not None for label in labels):
+        strings = bool(len(codes)) and bool((codes >= 0).any())
+    else:
+        used = np.flatnonzero(np.bincount(codes + 1, minlength=len(labels) + 1)[1:]) if len(codes) else []
+        strings = any(labels[i] is not None for i in used)
+    if not strings:
         return np.full(len(codes), None, dtype=object)
     dictionary = pa.array(labels + [None], type=pa.large_string())
     return pd.array(pc.take(dictionary, pa.array(np.where(codes < 0, len(labels), codes))), dtype="str")
@@ -441,8 +457,8 @@ def _code(values: pd.Series, column: str, allowed: dict[str, str], problems: Pro
 def _id(values: pd.Series, problems: Problems) -> None:
     problems.flag(~_present(values), "patient_id", "patient_id is empty")
     chunked = _arrow_strings(values)
-    if chunked is not None and (not len(chunked) or (pc.max(pc.binary_length(chunked)).as_py() or 0) <= MAX_ID_LENGTH):
-        return  # no more bytes than the limit: no more characters either
+    if chunked is not None and all(np.diff(_bytes_of(c)[0]).max() <= MAX_ID_LENGTH for c in chunked.chunks if len(c)):
+        return  # no value (nor NA slot) holds more bytes than the limit: no value has more characters
     too_long = (values.str.len() > MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool)
     problems.flag(too_long, "patient_id", f"patient_id is longer than {MAX_ID_LENGTH} characters")
 
@@ -583,11 +599,12 @@ def validate(kind: str, frame: pd.DataFrame, *, now: datetime | None = None, tri
     clean["_row"] = np.arange(n, dtype="int64")
     clean["_line"] = lines
     ok = problems.ok
+    rejected = np.flatnonzero(~ok)
     rejects = pd.DataFrame({
-        "_row": np.flatnonzero(~ok).astype("int64"),
-        "_line": lines[~ok],
-        "column": problems.column[~ok],
-        "reason": problems.reason[~ok],
+        "_row": rejected.astype("int64"),
+        "_line": lines[rejected],
+        "column": problems.column[rejected] if len(rejected) else np.empty(0, dtype=object),
+        "reason": problems.reason[rejected] if len(rejected) else np.empty(0, dtype=object),
     })
     return Validated(kind, _kept(clean, ok), rejects, attributes, attribute_names, notes, frozenset(frame.columns))
 
