@@ -400,6 +400,10 @@ class Connection:
             raise _wrap_error(exc) from None
 
     def unregister(self, name: str) -> None:
+        if self.conn.info.transaction_status == _psycopg().pq.TransactionStatus.INERROR:
+            # A statement failed: the rollback on its way drops the table, and a DROP now would fail with
+            # "current transaction is aborted" in place of the error being raised (a repeated key, say).
+            return
         self.execute(f"DROP TABLE IF EXISTS {name}")
 
     # -- the bulk read -------------------------------------------------------------------
