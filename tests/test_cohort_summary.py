@@ -187,3 +187,22 @@ def test_the_page_draws_a_large_waterfall_by_percentile_and_says_so(open_page, m
     assert "percentile" in figure
     ids = DataAccess(demo_db).patients()["patient_id"]
     assert not any(pid in figure for pid in ids)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_selections_weekly_band_is_read_at_positions_with_pandas_own_figures(seed):
+    """cohort_view reads each week's median and quartiles at positions of the rows sorted once (the summary's
+    weekly table); the same floats as band_by_week's pandas groupby, bit for bit: tied scores, weeks of one or
+    two patients, odd and even sizes, weeks under the minimum dropped, no rows at all."""
+    rng = np.random.default_rng(seed)
+    rows = 0 if seed == 0 else int(rng.integers(1, 400))
+    frame = pd.DataFrame({"week": rng.integers(0, 27, rows).astype(np.int64),
+                          "patient_id": rng.integers(0, 60, rows).astype(np.int32),
+                          # a patient's weekly mean: whole scores, and thirds and halves of them
+                          "total": rng.integers(0, 28, rows) / rng.choice([1.0, 2.0, 3.0], rows)})
+    ordered = frame.iloc[np.lexsort((frame["total"].to_numpy(), frame["week"].to_numpy()))]
+    for min_n in (1, 2, 5, 11):
+        expected = cohort.band_by_week(frame, min_n)
+        got = cohort._band(ordered["week"].to_numpy(), ordered["total"].to_numpy(), min_n)
+        pd.testing.assert_frame_equal(got, expected, check_exact=True, check_index_type=False,
+                                      obj=f"seed {seed}, {rows} rows, min_n {min_n}")

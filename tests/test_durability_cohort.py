@@ -277,3 +277,26 @@ def test_the_patients_the_models_figures_read_are_every_cycles_ids_in_order(kind
     expected = cohort._distinct_ids(good["patient_id"].astype(str).to_numpy())
     found = cohort._cycle_patients(good)
     assert list(found) == list(expected) and all(type(k) is str for k in found)
+
+
+def test_the_whole_clinics_model_figures_are_worked_out_once_and_each_caller_gets_its_own():
+    """The cohort page asks for the whole clinic's model figures on every run: worked out once per fitted
+    model, the same as from scratch, and a caller changing its copy changes nobody else's. A selection of
+    fewer than 99% of the fitted patients still reads its own patients' curves."""
+    from analytics import course, intervals, simulate
+    from analytics.durability import cohort
+
+    sim = simulate.simulate_clinic(150, 3)
+    frames = course.frames_from_csv_tables(sim.tables)
+    model = intervals.fit_clinic_model(frames, "PHQ-9", fit_patients=60).model
+    ids = np.asarray(model.patient_ids_, dtype=object)
+    fresh = cohort._whole_summary(model, True)
+    first = cohort.model_figures(model, ids)
+    assert first == fresh
+    first["survival"][0]["s"], first["median_ci"][0], first["median_days"] = -1.0, -1.0, -1.0
+    assert cohort.model_figures(model, ids[::-1]) == fresh  # the same patients in any order: the whole clinic
+    assert cohort.model_figures(model, ids, ci=False) == cohort._whole_summary(model, False)
+    few = ids[: int(0.98 * len(ids))]
+    subset = cohort.model_figures(model, few)
+    assert subset == cohort._subset_summary(model, cohort._distinct_ids(few), True)
+    assert subset["survival"] != fresh["survival"]

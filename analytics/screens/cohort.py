@@ -199,7 +199,9 @@ def waterfall(induction: pd.DataFrame) -> pd.DataFrame:
     """Best percent change from baseline per patient, most worsened first (the waterfall's order)."""
     w = induction.dropna(subset=["best_percent_change"])
     w = w[w["baseline_score"] >= DEFAULT_RULES.min_baseline]
-    w = w.sort_values("best_percent_change", ascending=False).reset_index(drop=True)
+    # stable: tied patients keep their induction order, so a selection's waterfall is the whole cohort's rows
+    # of its patients, in the same order (cohort_view reads it so)
+    w = w.sort_values("best_percent_change", ascending=False, kind="stable").reset_index(drop=True)
     w["rank"] = np.arange(1, len(w) + 1)
     w["outcome"] = np.select(
         [w["best_percent_change"] <= -100 * DEFAULT_RULES.response_fall, w["best_percent_change"] < 0],
@@ -366,7 +368,11 @@ class CohortSummary:
     instrument: str
     induction: pd.DataFrame             # induction_outcomes(...) for `instrument`
     induction_code: np.ndarray
-    weekly: pd.DataFrame                # weekly_means up to TRAJECTORY_WEEKS: week, patient_id (the code), total
+    weekly: pd.DataFrame                # weekly_means up to TRAJECTORY_WEEKS: week, patient_id (the code), total;
+    #                                     sorted by week, then total (a selection's quartiles are positions: _band)
+    waterfall: pd.DataFrame             # waterfall(induction): every patient's bar, in the waterfall's order
+    waterfall_code: np.ndarray          # the patient code of each of its rows
+    severity_cell: np.ndarray           # per patient code: baseline band x latest band cell (-1: none)
 
 
 def cohort_base(patients: pd.DataFrame, treatments: pd.DataFrame, assessments: pd.DataFrame,
@@ -439,10 +445,58 @@ def cohort_summary(base: CohortBase, assessments: pd.DataFrame, induction: pd.Da
     else:
         weekly = pd.DataFrame({"week": np.zeros(0, dtype=np.int64), "patient_id": np.zeros(0, dtype=np.int32),
                                "total": np.zeros(0)})
+    order = np.lexsort((weekly["total"].to_numpy(), weekly["week"].to_numpy()))
+    weekly = weekly.iloc[order].reset_index(drop=True)
     codes = base.codes(induction["patient_id"])
     listed = codes >= 0  # only listed patients' rows count
-    return CohortSummary(base=base, instrument=scales.get(instrument).code, induction=induction[listed].copy(),
-                         induction_code=_readonly(codes[listed]), weekly=weekly)
+    induction, codes = induction[listed].copy(), codes[listed]
+    w = waterfall(induction)
+    return CohortSummary(base=base, instrument=scales.get(instrument).code, induction=induction,
+                         induction_code=_readonly(codes), weekly=weekly, waterfall=w,
+                         waterfall_code=base.codes(w["patient_id"]),
+                         severity_cell=_readonly(_severity_cells(induction, codes, len(base.patients), instrument)))
+
+
+def _severity_cells(induction: pd.DataFrame, codes: np.ndarray, n: int, instrument: str) -> np.ndarray:
+    """Per patient code, the cell of severity_movement's table the patient counts in (row * bands + column; -1: none)."""
+    labels = [b.label for b in scales.get(instrument).bands]
+    cell = np.full(n, -1, dtype=np.int64)
+    known = induction["baseline_band"].notna().to_numpy() & induction["latest_band"].notna().to_numpy()
+    rows = pd.Categorical(induction["baseline_band"], labels).codes
+    cols = pd.Categorical(induction["latest_band"], labels).codes
+    ok = known & (rows >= 0) & (cols >= 0) & (codes >= 0)
+    cell[codes[ok]] = rows[ok] * len(labels) + cols[ok]
+    return cell
+
+
+def _severity_counts(cell: np.ndarray, instrument: str) -> pd.DataFrame:
+    """severity_movement(..., min_cell=0) of the patients whose cells these are (-1: not counted)."""
+    labels = [b.label for b in scales.get(instrument).bands]
+    size = len(labels)
+    counts = np.bincount(cell[cell >= 0], minlength=size * size).astype(np.int64).reshape(size, size)
+    return pd.DataFrame(counts, index=pd.Index(labels, name="baseline"), columns=pd.Index(labels, name="latest"))
+
+
+def _band(week: np.ndarray, total: np.ndarray, min_n: int) -> pd.DataFrame:
+    """band_by_week of rows sorted by week, then total: each week's median and quartiles read at their
+    positions, with pandas' own formulas (the same floats: tests/test_cohort_summary.py)."""
+    n = np.bincount(week) if week.size else np.zeros(0, dtype=np.int64)
+    weeks = np.flatnonzero(n >= max(min_n, 1))
+    count = n[weeks]
+    start = (np.cumsum(n) - n)[weeks]
+
+    def quantile(p: float) -> np.ndarray:
+        position = p * (count - 1).astype(float)
+        below = position.astype(np.int64)
+        frac = position % 1
+        value = total[start + below]
+        above = total[start + np.minimum(below + 1, count - 1)]
+        return np.where(frac == 0.0, value, value + (above - value) * frac)
+
+    low, high = total[start + (count - 1) // 2], total[start + count // 2]
+    median = np.where(count % 2 == 1, low, (low + high) / 2)
+    return pd.DataFrame({"week": weeks.astype(np.int64), "median": median, "q1": quantile(0.25),
+                         "q3": quantile(0.75), "n": count.astype(np.int64)})
 
 
 def select_patients(base: CohortBase, filters: Filters) -> np.ndarray | None:
@@ -517,17 +571,26 @@ def cohort_view(summary: CohortSummary, filters: Filters, today: date, min_cell:
                       "n_losses": int(cycles["event"].sum())}}
     out["headline"] = _headline(base, keep, patients, induction, cycles, filters, today, min_cell)
     lap("headline")
-    out["waterfall"] = waterfall(induction)
+    if keep is None:
+        out["waterfall"] = summary.waterfall
+    else:
+        w = summary.waterfall[_rows(keep, summary.waterfall_code)].reset_index(drop=True)
+        out["waterfall"] = w.assign(rank=np.arange(1, len(w) + 1))
     lap("waterfall")
     if not base.infusion_code[_rows(keep, base.infusion_code)].size:  # the selection has no infusion
         out["trajectory"] = pd.DataFrame(columns=["week", "median", "q1", "q3", "n"])
     else:
-        weekly = summary.weekly
+        week, total = summary.weekly["week"].to_numpy(), summary.weekly["total"].to_numpy()
         if keep is not None:
-            weekly = weekly[_rows(keep, weekly["patient_id"].to_numpy())]
-        out["trajectory"] = band_by_week(weekly, max(5, min_cell))
+            rows = _rows(keep, summary.weekly["patient_id"].to_numpy())
+            week, total = week[rows], total[rows]
+        out["trajectory"] = _band(week, total, max(5, min_cell))
     lap("trajectory_band")
-    out["severity"] = severity_movement(induction, instrument, min_cell)
+    cell = summary.severity_cell if keep is None else np.where(keep, summary.severity_cell, -1)
+    counts = _severity_counts(cell, instrument)
+    out["severity_counts"] = counts
+    out["severity"] = suppress.blank(counts, list(counts.columns), min_cell=min_cell, row_totals=True) \
+        if min_cell > 0 else counts
     lap("severity_movement")
     out["completeness"] = _completeness(base, keep)
     lap("completeness")
@@ -867,14 +930,6 @@ def _cohortwide(summary: CohortSummary) -> _Cohortwide:
     evaluable = ind["evaluable"].to_numpy(dtype=bool)
     responded = ind["responded"].to_numpy(dtype=bool) & evaluable
     remitted = ind["remitted"].to_numpy(dtype=bool) & evaluable
-    w = waterfall(ind)
-    labels = [b.label for b in scales.get(summary.instrument).bands]
-    cell = np.full(n, -1, dtype=np.int64)
-    known = ind["baseline_band"].notna().to_numpy() & ind["latest_band"].notna().to_numpy()
-    rows = pd.Categorical(ind["baseline_band"], labels).codes
-    cols = pd.Categorical(ind["latest_band"], labels).codes
-    ok = known & (rows >= 0) & (cols >= 0) & (codes >= 0)
-    cell[codes[ok]] = rows[ok] * len(labels) + cols[ok]
     cyc = base.cycles
     cyc_codes = cyc["patient_id"].to_numpy(dtype=np.int64) if len(cyc) else np.zeros(0, np.int64)
     event = cyc["event"].to_numpy(dtype=bool) if len(cyc) else np.zeros(0, bool)
@@ -883,7 +938,7 @@ def _cohortwide(summary: CohortSummary) -> _Cohortwide:
     month, inf_code, assessed = base.infusion_month, base.infusion_code.astype(np.int64), base.infusion_assessed
     return _Cohortwide(
         treated=_mask(n, codes), evaluable=_mask(n, codes[evaluable]), responded=_mask(n, codes[responded]),
-        remitted=_mask(n, codes[remitted]), waterfall=_mask(n, base.codes(w["patient_id"])), severity_cell=cell,
+        remitted=_mask(n, codes[remitted]), waterfall=_mask(n, summary.waterfall_code), severity_cell=summary.severity_cell,
         cycles=_mask(n, cyc_codes), lost=_mask(n, cyc_codes[event]), censored=_mask(n, cyc_codes[~event]),
         weekly=_pairs(weekly["week"].to_numpy(dtype=np.int64), weekly["patient_id"].to_numpy(dtype=np.int64),
                       TRAJECTORY_WEEKS + 1),
@@ -1189,7 +1244,7 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
         weekly = selection.refusals(pops.weekly)
         band = band[[weekly[int(week)] is None for week in band["week"]]].reset_index(drop=True)
     # severity movement: each cell's patients pass the guard, then small cells and their complements blank
-    severity, severity_note = _severity(summary, view["induction"], pops, selection, code, min_cell)
+    severity, severity_note = _severity(view["severity_counts"], pops, selection, min_cell)
     comp, comp_hidden, overall = _completeness_shown(view["completeness"], base, pops, selection, today, min_cell)
     funnel_rows = _funnel_rows(summary, choices, selection)
     return CohortScreen(
@@ -1205,9 +1260,8 @@ def _disclose(view: dict, summary: CohortSummary, pops: _Cohortwide, selection: 
         _cycles=cycles.reset_index(drop=True), _model_figures=figures)
 
 
-def _severity(summary: CohortSummary, induction: pd.DataFrame, pops: _Cohortwide, selection, code: str,
-              min_cell: int) -> tuple[pd.DataFrame, str | None]:
-    table = severity_movement(induction, code, 0)
+def _severity(table: pd.DataFrame, pops: _Cohortwide, selection, min_cell: int) -> tuple[pd.DataFrame, str | None]:
+    """The selection's severity_movement counts (`table`) as shown."""
     if not min_cell:
         return table, None
     size = table.shape[1]
@@ -1313,11 +1367,12 @@ def _funnel_rows(summary: CohortSummary, choices: FilterChoices, selection: _Sel
     patients = summary.base.patients
     out = {"code": c}
     for name in ("site", "clinician"):
-        raw = patients[name].astype(object).where(patients[name].notna(), "not recorded").astype(str).to_numpy()
-        # each distinct value is looked up once (100,000 patients hold a few dozen sites and clinicians)
-        which, values = pd.factorize(raw[c])
-        labels = np.array([choices.of_value[name].get(v, v) for v in values] + [None], dtype=object)
-        out[name] = labels[which].tolist()
+        # each distinct value is looked up once (100,000 patients hold a few dozen sites and clinicians); -1,
+        # no value, reads the last label
+        which, values = pd.factorize(patients[name])
+        values = [str(v) for v in values] + ["not recorded"]
+        labels = np.array([choices.of_value[name].get(v, v) for v in values], dtype=object)
+        out[name] = labels[which[c]].tolist()
     out["responded"] = ind["responded"].to_numpy(dtype=bool)[ok]
     out["remitted"] = ind["remitted"].to_numpy(dtype=bool)[ok]
     return pd.DataFrame(out)
