@@ -695,7 +695,7 @@ def connect(
 _after_commit: dict[int, list[Callable[[], None]]] = {}
 
 
-def _commit(con: duckdb.DuckDBPyConnection) -> None:
+def commit(con: duckdb.DuckDBPyConnection) -> None:
     """COMMIT; when DuckDB checkpointed at the COMMIT (a large transaction) and that failed (a full disk), the
     COMMIT fails, the file keeps its last committed version, and DuckDB gives up its instance ("Failed to commit:
     Checkpoint failed ... The database has been invalidated. Original error: Could not write file ...: No space
@@ -742,19 +742,27 @@ def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
 
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
-                snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+                snapshot: bool = False,
+                before: Callable[[duckdb.DuckDBPyConnection], Callable[[duckdb.DuckDBPyConnection], None] | None] | None = None,
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
 
     Any error raised out of it means nothing was committed, except `CommittedButFailed`:
     the COMMIT succeeded and a step after it (applying the journal, closing the connection,
     DETACH and its checkpoint) failed, so callers can say truthfully what happened to the database.
     Work registered with `after_commit` (the audit anchor) runs once the COMMIT succeeded.
+
+    `before(con)`: work committed on its own once the file is held, ahead of the transaction, that
+    nothing reads until the transaction puts it to use (a large import's rows, ingest/write.py's
+    `prebuild`); it returns the work that removes it should the transaction not commit (or None). Were
+    that removal to fail too, the next write removes it (`drop_bulk_leftovers`).
     """
     committed = False
     step = "writing the database file after the commit (checkpoint on detach)"
     pending: list[Callable[[], None]] = []
     try:
         with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
+            undo = before(con) if before is not None else None
             con.execute("BEGIN TRANSACTION")
             _after_commit[id(con)] = pending
             try:
@@ -762,9 +770,13 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
             except BaseException:
                 _after_commit.pop(id(con), None)
                 con.execute("ROLLBACK")
+                undo_quietly(con, undo)
                 raise
             try:
-                _commit(con)
+                commit(con)
+            except BaseException:
+                undo_quietly(con, undo)
+                raise
             finally:
                 _after_commit.pop(id(con), None)
             committed = True
@@ -779,6 +791,14 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
         if committed:
             raise CommittedButFailed(step, exc) from exc
         raise
+
+
+def undo_quietly(con, undo: Callable[[duckdb.DuckDBPyConnection], None] | None) -> None:
+    """`transaction`'s `before` work removed after the transaction failed; the transaction's own error is the
+    one to report (the instance may be gone after a failed COMMIT: the next write removes it then)."""
+    if undo is not None:
+        with contextlib.suppress(Exception):
+            undo(con)
 
 
 def change_stamp(path: str | os.PathLike | None = None) -> tuple:
@@ -846,6 +866,7 @@ def _begin_write(con: duckdb.DuckDBPyConnection, target: Path, snapshot: bool,
     state["writer"] = os.getpid()
     sidecars.write_state(target, state)
     _flush(con, target)
+    drop_bulk_leftovers(con)
 
 
 def _room_for_snapshot(target: Path) -> bool:
@@ -1383,14 +1404,20 @@ def _schema_v6() -> list[str]:
             for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR"))]
 
 
-# The indexes that hold the keys of the two large tables since v7 (DuckDB). `keys_built_after` builds them
-# anew after a large insert; on PostgreSQL the same keys stay constraints (v1, v4).
+# The indexes that hold the keys of the two large tables (DuckDB: since v7, and since v8 on their keys
+# only). `replace_with_bulk` builds them anew after a large insert; on PostgreSQL the same keys stay
+# constraints (v1, v4).
 KEY_INDEXES = {
-    "treatments": ("CREATE UNIQUE INDEX treatments_key ON treatments (patient_id, administered_at)",
-                   "CREATE UNIQUE INDEX treatments_id ON treatments (treatment_id)"),
-    "assessments": ("CREATE UNIQUE INDEX assessments_key ON assessments (patient_id, instrument, administered_at)",
-                    "CREATE UNIQUE INDEX assessments_id ON assessments (assessment_id)"),
+    "treatments": ("CREATE UNIQUE INDEX treatments_key ON treatments (patient_id, administered_at)",),
+    "assessments": ("CREATE UNIQUE INDEX assessments_key ON assessments (patient_id, instrument, administered_at)",),
 }
+# What v7 built (a released migration: its statements never change).
+_V7_INDEXES = (
+    "CREATE UNIQUE INDEX treatments_key ON treatments (patient_id, administered_at)",
+    "CREATE UNIQUE INDEX treatments_id ON treatments (treatment_id)",
+    "CREATE UNIQUE INDEX assessments_key ON assessments (patient_id, instrument, administered_at)",
+    "CREATE UNIQUE INDEX assessments_id ON assessments (assessment_id)",
+)
 
 
 def _schema_v7() -> list[str]:
@@ -1438,17 +1465,24 @@ def _schema_v7() -> list[str]:
         "INSERT INTO assessments SELECT * FROM v7_assessments",
         "DROP TABLE v7_treatments",
         "DROP TABLE v7_assessments",
-        *KEY_INDEXES["treatments"],
-        *KEY_INDEXES["assessments"],
+        *_V7_INDEXES,
     ]
+
+
+def _schema_v8() -> list[str]:
+    """DuckDB only: the unique indexes on the id columns go. The store numbers every id itself (the
+    sequences of v1, `reserve_ids` for a bulk insert), nothing finds a row by its id (every read, change
+    and void finds it by its key, which keeps its unique index), and building the two indexes took
+    0.7 s of a 100,000-patient import (docs/performance.md, wave 12). PostgreSQL keeps its primary keys."""
+    return ["DROP INDEX IF EXISTS treatments_id", "DROP INDEX IF EXISTS assessments_id"]
 
 
 # Each migration is a list of statements; never edit a released one, append.
 MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security,
-                                             _schema_v6, _schema_v7]
+                                             _schema_v6, _schema_v7, _schema_v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Migrations whose statements run on DuckDB only; on PostgreSQL only their version is recorded.
-DUCKDB_ONLY = (_schema_v7,)
+DUCKDB_ONLY = (_schema_v7, _schema_v8)
 
 
 # Each large table's id column and the sequence that numbers it (v1).
@@ -1466,34 +1500,65 @@ def reserve_ids(con, table: str, count: int) -> int:
     return first
 
 
+def bulk_name(table: str) -> str:
+    """The table a large insert into `table` fills before it takes `table`'s place (`keys_built_after`,
+    analytics/ingest/write.py's `prebuild`)."""
+    return f"{table}_bulk"
+
+
+def create_bulk(con, table: str) -> str:
+    """An empty table of `table`'s definition (columns, defaults, checks, read from the catalog) and no
+    indexes, under `bulk_name(table)`; DuckDB only."""
+    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
+    [(definition,)] = con.execute(f"SELECT sql FROM duckdb_tables() WHERE {where}", [table]).fetchall()
+    prefix = f"CREATE TABLE {table}("
+    if not definition.startswith(prefix):
+        raise RuntimeError(f"unexpected definition of {table}: {definition[:80]}")
+    bulk = bulk_name(table)
+    con.execute(f"CREATE TABLE {bulk}(" + definition[len(prefix):])
+    return bulk
+
+
+def replace_with_bulk(con, table: str) -> None:
+    """`bulk_name(table)` takes `table`'s place, with `table`'s indexes built anew over its rows, in one
+    pass each (DuckDB cannot rename a table that has indexes, so they are built after the rename)."""
+    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
+    indexes = [sql for (sql,) in con.execute(f"SELECT sql FROM duckdb_indexes() WHERE {where} ORDER BY index_name",
+                                             [table]).fetchall()]
+    con.execute(f"DROP TABLE {table}")
+    con.execute(f"ALTER TABLE {bulk_name(table)} RENAME TO {table}")
+    for sql in indexes:
+        con.execute(sql)
+
+
+def drop_bulk_leftovers(con) -> None:
+    """Drop what a large insert that did not finish left behind (a `bulk_name` table committed before a
+    transaction that then failed, or a process stopped in between): its rows never took their table's place."""
+    names = [bulk_name(table) for table in KEY_INDEXES]
+    leftovers = [name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT temporary "
+        "AND table_name = ANY(?)", [names]).fetchall()]
+    for name in leftovers:
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+
+
 @contextlib.contextmanager
 def keys_built_after(con, table: str) -> Iterator[str]:
     """For one large insert into `table` (treatments, assessments) inside `con`'s transaction: the name of
     the table to insert into, whose key indexes are built once after the insert instead of row by row.
 
-    On DuckDB that is a new table of the same definition (columns, defaults, checks, read from the
-    catalog) holding `table`'s rows, which replaces `table` when the block ends and gets the same
-    indexes; DuckDB checks them when the transaction commits, so a repeated key still fails the whole
-    transaction (a duplicate never lands). Costs a copy of the rows already there: worth it when the
-    insert is larger than the table. PostgreSQL: `table` itself (its constraints are checked as usual)."""
+    On DuckDB that is a new table of the same definition holding `table`'s rows (`create_bulk`), which
+    replaces `table` when the block ends and gets the same indexes (`replace_with_bulk`); DuckDB checks
+    them when the transaction commits, so a repeated key still fails the whole transaction (a duplicate
+    never lands). Costs a copy of the rows already there: worth it when the insert is larger than the
+    table. PostgreSQL: `table` itself (its constraints are checked as usual)."""
     if dialect(con) != "duckdb":
         yield table
         return
-    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
-    [(definition,)] = con.execute(f"SELECT sql FROM duckdb_tables() WHERE {where}", [table]).fetchall()
-    indexes = [sql for (sql,) in con.execute(f"SELECT sql FROM duckdb_indexes() WHERE {where} ORDER BY index_name",
-                                             [table]).fetchall()]
-    bulk = f"{table}_bulk"
-    prefix = f"CREATE TABLE {table}("
-    if not definition.startswith(prefix):
-        raise RuntimeError(f"unexpected definition of {table}: {definition[:80]}")
-    con.execute(f"CREATE TABLE {bulk}(" + definition[len(prefix):])
+    bulk = create_bulk(con, table)
     con.execute(f"INSERT INTO {bulk} SELECT * FROM {table}")
     yield bulk
-    con.execute(f"DROP TABLE {table}")
-    con.execute(f"ALTER TABLE {bulk} RENAME TO {table}")
-    for sql in indexes:
-        con.execute(sql)
+    replace_with_bulk(con, table)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:

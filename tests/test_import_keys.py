@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import duckdb
 import pytest
 
 from analytics import ingest, selfreport, store, visits
@@ -16,7 +17,7 @@ from test_ingest_blocks import outcome, stored
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on a DuckDB file and on PostgreSQL, unless marked
 
-KEY_INDEXES = {"treatments_key", "treatments_id", "assessments_key", "assessments_id"}
+KEY_INDEXES = {"treatments_key", "assessments_key"}  # and no index on the ids since v8
 
 
 def _indexes(db) -> set[str]:
@@ -189,7 +190,7 @@ def test_a_v6_database_is_migrated_keeping_its_rows_ids_and_keys(backend, tmp_pa
                               "AND table_name = 'treatments' ORDER BY column_index").fetchall()
     assert after == before
     assert [c for (c,) in columns][-3:] == list(store.VOID_COLUMNS)
-    assert KEY_INDEXES <= _indexes(db)
+    assert KEY_INDEXES <= _indexes(db) and not {"treatments_id", "assessments_id"} & _indexes(db)  # v7 built them, v8 dropped them
     report = ingest.import_files([write(tmp_path / "t.csv", TREATMENTS_HEADER, "P1,2024-01-08,iv,0.5,",
                                         "P2,2024-01-10,iv,0.5,")], db=db)
     assert (report.files[0].rows_inserted, report.files[0].rows_unchanged) == (1, 1)  # the voided row keeps its key
@@ -200,3 +201,135 @@ def test_a_v6_database_is_migrated_keeping_its_rows_ids_and_keys(backend, tmp_pa
         with store.transaction(db) as con:
             con.execute("INSERT INTO assessments (patient_id, instrument, administered_at, total, total_method) "
                         "VALUES ('P1', 'PHQ-9', '2024-01-08 09:30', 4, 'given')")
+
+
+# --- a first import's large tables inserted ahead of its transaction (write.prebuild; docs/performance.md, wave 12) ---
+
+def _bulk_tables(db) -> list[str]:
+    with store.connect(db) as con:
+        return [n for (n,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                                           "AND table_name LIKE '%\\_bulk' ESCAPE '\\'").fetchall()]
+
+
+def _large_files(tmp_path):
+    """Two patients' rows in files staged in blocks of 2 rows, with a repeated key, an unknown patient and an
+    infusion before the enrolment among them."""
+    treatments = write(tmp_path / "t.csv", TREATMENTS_HEADER,
+                       "P1,2024-01-10,iv,0.5,induction",   # line 2
+                       "P1,2024-01-12,im,0.6,",            # line 3
+                       "P1,2024-01-10,iv,0.7,",            # line 4: key of line 2
+                       "P404,2024-02-01,iv,0.5,",          # line 5: unknown patient
+                       "P1,2024-01-01,iv,0.5,",            # line 6: before P1's enrolment
+                       "P2,2024-02-01,iv,0.5,",            # line 7
+                       "P2,2024-02-03,iv,0.5,")            # line 8
+    assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
+                        *[phq("P1" if i % 3 else "P2", f"2024-01-{i + 1:02d}", [i % 4] * 9) for i in range(20)],
+                        phq("P404", "2024-01-11", [1] * 9),  # line 22: unknown patient
+                        phq("P1", "2024-01-02", [3] * 9))    # line 23: key of line 3
+    return [treatments, assessments]
+
+
+def _ids_by_key(db) -> dict:
+    with store.connect(db) as con:
+        return {"treatments": con.execute("SELECT patient_id, administered_at, treatment_id, batch_id FROM treatments "
+                                          "ORDER BY 1, 2").fetchall(),
+                "assessments": con.execute("SELECT patient_id, administered_at, assessment_id, batch_id FROM assessments "
+                                           "ORDER BY 1, 2").fetchall(),
+                "batches": con.execute("SELECT batch_id, kind, rows_total, rows_inserted, rows_rejected FROM import_batches "
+                                       "ORDER BY 1").fetchall()}
+
+
+@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's (PostgreSQL keeps its constraints)")
+def test_a_first_large_import_inserted_ahead_of_its_transaction_stores_what_a_row_by_row_import_stores(
+        backend, tmp_path, monkeypatch):
+    row_by_row = _two_patients(tmp_path, "rows.duckdb")
+    expected = ingest.import_files(_large_files(tmp_path), db=row_by_row)
+    built = []
+    real = ingest_write.prebuild
+    monkeypatch.setattr(ingest_write, "prebuild", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 1)
+    prebuilt = _two_patients(tmp_path, "prebuilt.duckdb")
+
+    report = ingest.import_files(_large_files(tmp_path), db=prebuilt, block_rows=2)
+
+    assert [type(b).__name__ for b in built] == ["Prebuilt", "Prebuilt"]  # both files took the new path
+    assert outcome(report) == outcome(expected)
+    assert [r.line for r in report.rejects] == [4, 5, 6, 22, 23]
+    for table in ("treatments", "assessments", "rejected_rows"):
+        assert stored(prebuilt, table) == stored(row_by_row, table)
+    ids = _ids_by_key(prebuilt)
+    assert [b[1:] for b in ids["batches"]] == [b[1:] for b in _ids_by_key(row_by_row)["batches"]]
+    treatments_batch, assessments_batch = [b[0] for b in ids["batches"]][-2:]
+    assert {r[3] for r in ids["treatments"]} == {treatments_batch} and {r[3] for r in ids["assessments"]} == {assessments_batch}
+    assert len({r[2] for r in ids["assessments"]}) == 20
+    assert KEY_INDEXES <= _indexes(prebuilt) and _bulk_tables(prebuilt) == []
+    with pytest.raises(store.Conflict):  # the keys are the store's own guarantee afterwards
+        with store.transaction(prebuilt) as con:
+            con.execute("INSERT INTO assessments (patient_id, instrument, administered_at, total, total_method) "
+                        "VALUES ('P1', 'PHQ-9', '2024-01-02', 4, 'given')")
+    # the sequences go on after the prebuilt ids and batches
+    monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 10**9)
+    assert visits.record_infusion(prebuilt, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
+    again = ingest.import_files([write(tmp_path / "t2.csv", TREATMENTS_HEADER, "P2,2024-03-05,iv,0.5,")], db=prebuilt)
+    after = _ids_by_key(prebuilt)
+    assert len({r[2] for r in after["treatments"]}) == len(after["treatments"]) == 6
+    assert again.batch_ids[0] > assessments_batch
+
+
+@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
+def test_a_large_import_that_fails_after_its_prebuilt_insert_stores_nothing_and_leaves_no_table(
+        backend, tmp_path, monkeypatch):
+    db = _two_patients(tmp_path, "failed.duckdb")
+    monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 1)
+    before = snapshot(db)
+    real = ingest_write.finish_batch
+
+    def failing(con, batch_id, *a):  # the last file's batch: after both prebuilt tables were put in place
+        real(con, batch_id, *a)
+        if con.execute("SELECT kind FROM import_batches WHERE batch_id = ?", [batch_id]).fetchall() == [("assessments",)]:
+            raise duckdb.IOException("could not write: the disk went away")
+    monkeypatch.setattr(ingest_write, "finish_batch", failing)
+
+    report = ingest.import_files(_large_files(tmp_path), db=db, block_rows=2)
+
+    assert not report.committed and report.exit_code == 2 and "the disk went away" in report.error
+    assert snapshot(db) == before and _bulk_tables(db) == []
+    monkeypatch.setattr(ingest_write, "finish_batch", real)
+    assert ingest.import_files(_large_files(tmp_path), db=db, block_rows=2).committed  # and the next one works
+
+
+@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
+def test_a_large_import_killed_after_its_prebuilt_insert_leaves_nothing_the_next_write_keeps(backend, tmp_path):
+    """kill -9 while the import's transaction is open: its prebuilt tables are committed but were never put in
+    place; the next write of any kind drops them, and no row of the killed import is ever read."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from analytics.ingest import jobs
+
+    db = _two_patients(tmp_path, "killed.duckdb")
+    before = snapshot(db)
+    marker = tmp_path / "holding"
+    code = ("import sys; from analytics import ingest; from analytics.ingest import write; write.BULK_INSERT_ROWS = 1; "
+            "ingest.import_files(sys.argv[1:3], db=sys.argv[3], block_rows=2)")
+    held = subprocess.Popen([sys.executable, "-c", code, *map(str, _large_files(tmp_path)), str(db)],
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, jobs.HOLD_BEFORE_COMMIT_ENV: str(marker)})
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+    finally:
+        held.send_signal(signal.SIGKILL)
+        held.wait()
+    assert sorted(_bulk_tables(db)) == ["assessments_bulk", "treatments_bulk"]  # committed, never put in place
+    assert {t: rows for t, rows in snapshot(db).items() if not t.endswith("_bulk")} == before
+
+    assert visits.record_infusion(db, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
+    assert _bulk_tables(db) == []
+    with store.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM treatments").fetchall() == [(1,)]

@@ -272,3 +272,46 @@ def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_
     assert count(target, "assessments") == 0 and count(target, "patients") == 1
     again = ingest.import_files([patients], db=target)  # the same process, room again
     assert again.committed and count(target, "patients") == 301
+
+
+def test_a_first_large_import_prebuilt_ahead_of_its_transaction_on_a_full_disk_stores_all_or_nothing(tmp_path, small_disk):
+    """The same with the file staged in blocks, so its rows are inserted and committed into a table of their
+    own before the import's transaction (ingest/write.py's `prebuild`): with little room, either that
+    commit fails (nothing stored, exit 2, no table left over) or everything is, and the process goes on."""
+    import datetime
+
+    mount = small_disk
+    people = [f"Q{i:05d}" for i in range(300)]
+    patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
+                     "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
+    start = datetime.date(2021, 1, 1)
+    n = ingest.write.BULK_INSERT_ROWS + 5_000
+    assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
+                        *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
+                          for i in range(n)])
+    template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
+    seen = {}
+    for free_mb in (1, 4, 8, 30):
+        target = mount / "o.duckdb"
+        for leftover in mount.iterdir():
+            leftover.unlink()
+        shutil.copy(template, target)
+        filler = mount / "fill"
+        with open(filler, "wb") as handle:
+            handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - free_mb * 2**20))
+
+        report = ingest.import_files([patients, assessments], db=target, block_rows=40_000)
+
+        filler.unlink()
+        stored = count(target, "assessments")
+        seen[free_mb] = (report.exit_code, report.committed, stored)
+        if report.committed:
+            assert stored == n and count(target, "patients") == 301
+        else:
+            assert report.exit_code == 2 and stored == 0 and count(target, "patients") == 1
+            assert "No space left on device" in report.error and "invalidated" not in report.error
+            again = ingest.import_files([patients], db=target)  # the same process, room again
+            assert again.committed and count(target, "patients") == 301
+        with store.connect(target) as con:
+            assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '%bulk'").fetchall() == [(0,)]
+    assert {committed for _, committed, _ in seen.values()} == {False, True}, seen

@@ -95,14 +95,34 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
     if not report.written:
         return report
     jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
+    prebuilt: dict[int, write.Prebuilt] = {}
+    batch_ids: list[int | None] = [None] * len(jobs)
+
+    def before(con):
+        """A first import's large tables inserted and committed ahead of the transaction (write.prebuild)."""
+        if not any(job.staged is not None and write.prebuildable(con, job.validated, job.staged.path) for job in jobs):
+            return None
+        first = write.reserve_batch_ids(con, len(jobs))  # in file order, as the transaction would number them
+        batch_ids[:] = range(first, first + len(jobs))
+        try:
+            for i, job in enumerate(jobs):
+                if job.staged is not None:
+                    built = write.prebuild(con, job.validated, job.staged.path, batch_ids[i])
+                    if built is not None:
+                        prebuilt[i] = built
+        except BaseException:
+            store.undo_quietly(con, lambda c: write.discard(c, list(prebuilt.values())))
+            raise
+        return (lambda c: write.discard(c, list(prebuilt.values()))) if prebuilt else None
+
     try:
-        with store.transaction(db, snapshot=snapshot) as con:
+        with store.transaction(db, snapshot=snapshot, before=before) as con:
             # Imports (visit entries and self-reports included) write one at a time: on a file the
             # single writer sees to it; on PostgreSQL this lock, so two imports of overlapping rows
             # never meet at a key (one would fail whole) and each sees the other's rows.
             store.lock(con, "import")
-            for job in jobs:
-                _write_job(con, job, user)
+            for i, job in enumerate(jobs):
+                _write_job(con, job, user, batch_ids[i], prebuilt.get(i))
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
                 after_write(con, report)
             if any(job.source not in DEMO_LIKE_SOURCES for job in jobs):
@@ -132,14 +152,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _write_job(con, job: FileJob, user: str) -> None:
+def _write_job(con, job: FileJob, user: str, batch_id: int | None = None,
+               prebuilt: write.Prebuilt | None = None) -> None:
     v = job.validated
     result = job.result
     result.rows_total = job.rows_total
     batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
-                                 kind=v.kind, user=user, rows_total=result.rows_total)
+                                 kind=v.kind, user=user, rows_total=result.rows_total, batch_id=batch_id)
     if job.staged is not None:
-        written = write.write(con, v, batch_id, staged=job.staged.path)
+        written = write.write(con, v, batch_id, staged=job.staged.path, prebuilt=prebuilt)
     else:
         # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
         clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone

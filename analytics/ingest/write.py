@@ -84,6 +84,83 @@ def _bulk(con, table: str, new_rows: int) -> bool:
     return new_rows >= con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
+@dataclass
+class Prebuilt:
+    """A first import's staged rows of treatments or assessments, numbered and committed into a table of
+    their own before the import's transaction (`prebuild`); `write` removes the rows it refuses and puts
+    the table in its place. Its row with `_row` r has id `first_id + r - low`."""
+    bulk: str
+    first_id: int
+    low: int
+
+
+def prebuild(con, v: Validated, staged: Path, batch_id: int) -> Prebuilt | None:
+    """Before the import's transaction (`con` outside any, the file held), on DuckDB, for a first import
+    (an empty table) of at least BULK_INSERT_ROWS staged rows of treatments or assessments: insert them,
+    numbered, into `store.bulk_name(table)` and commit that. Why: DuckDB builds the key indexes of rows
+    inserted in the same transaction one row at a time as it commits (5.8 s for 4.69 M assessments), but
+    those of committed rows in one sorted pass on every core (2.3 s; docs/performance.md, wave 12). The
+    import stays all or nothing: nothing reads that table until the import's transaction puts it in the
+    empty table's place, and one left by a failed or stopped import is dropped (store.transaction's undo,
+    else the next write: store.drop_bulk_leftovers). None: nothing done (the import inserts as before)."""
+    span = prebuildable(con, v, staged)
+    if span is None:
+        return None
+    table, path = v.kind, str(staged)
+    low, high = span
+    insert_columns, select = _insert_select(v)
+    id_column, _ = store.ID_SEQUENCES[table]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        bulk = store.create_bulk(con, table)
+        first = store.reserve_ids(con, table, high - low + 1)
+        quoted = path.replace("'", "''")
+        con.execute(f"""INSERT INTO {bulk} ({id_column}, {', '.join(insert_columns)}, batch_id)
+                        SELECT ? + (i._row - ?), {select}, ? FROM read_parquet('{quoted}') i""", [first, low, batch_id])
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    store.commit(con)
+    return Prebuilt(bulk, first, low)
+
+
+def prebuildable(con, v: Validated, staged: Path) -> tuple[int, int] | None:
+    """Would `prebuild` insert these staged rows ahead of the transaction? Then the least and greatest `_row`."""
+    table = v.kind
+    if table == "patients" or store.dialect(con) != "duckdb":
+        return None
+    [(rows, low, high)] = con.execute("SELECT count(*), min(_row), max(_row) FROM read_parquet(?)", [str(staged)]).fetchall()
+    if rows < BULK_INSERT_ROWS or con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1) t").fetchall()[0][0]:
+        return None
+    return low, high
+
+
+def discard(con, built: list[Prebuilt]) -> None:
+    """Drop prebuilt tables whose import did not commit (outside any transaction)."""
+    for prebuilt in built:
+        con.execute(f"DROP TABLE IF EXISTS {prebuilt.bulk}")
+
+
+def reserve_batch_ids(con, count: int) -> int:
+    """The first of `count` consecutive import batch ids, taken at once (for `prebuild`, whose rows carry
+    their batch's id before the batch row is written)."""
+    [(first,)] = con.execute("SELECT nextval('batch_seq')").fetchall()
+    if count > 1:
+        con.execute("SELECT setval('batch_seq', ?)", [first + count - 1]).fetchall()
+    return first
+
+
+def _insert_select(v: Validated) -> tuple[list[str], str]:
+    """The columns an insert of `v`'s new rows writes, and the SELECT list over the incoming rows (alias i)."""
+    insert_columns = [*_KEY[v.kind], *_written_columns(v)]
+    select = ", ".join(
+        f"CAST(round(i.{c}) AS SMALLINT)" if c in ITEMS else
+        ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
+        for c in insert_columns
+    )
+    return insert_columns, select
+
+
 def _arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
@@ -93,7 +170,16 @@ def _written_columns(v: Validated) -> list[str]:
     return [c for c in _VALUES[v.kind] if c in _ALWAYS[v.kind] or _SOURCE_COLUMN.get(c, c) in given]
 
 
-def start_batch(con: store.Connection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int) -> int:
+def start_batch(con: store.Connection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int,
+                batch_id: int | None = None) -> int:
+    """The batch row of one file's import; `batch_id`: one reserved before (`reserve_batch_ids`)."""
+    if batch_id is not None:
+        con.execute(
+            """INSERT INTO import_batches (batch_id, source, file_name, sha256, kind, imported_by, rows_total)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            [batch_id, source, file_name, sha256, kind, user, rows_total],
+        )
+        return batch_id
     return con.execute(
         """INSERT INTO import_batches (source, file_name, sha256, kind, imported_by, rows_total)
            VALUES (?, ?, ?, ?, ?, ?) RETURNING batch_id""",
@@ -109,9 +195,11 @@ def finish_batch(con, batch_id: int, inserted: int, updated: int, unchanged: int
     )
 
 
-def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | None = None) -> Written:
+def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | None = None,
+          prebuilt: Prebuilt | None = None) -> Written:
     """Check against the store and write `v`'s rows: `v.clean`, or when `staged` is given the rows of
-    that Parquet file, with the same columns (a large file's staged rows)."""
+    that Parquet file, with the same columns (a large file's staged rows), which `prebuilt` may already
+    hold (`prebuild`)."""
     kind = v.kind
     table = kind
     columns = _written_columns(v)
@@ -227,13 +315,16 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                     WHERE s.status = 'changed' AND {key_match}""",
                 [batch_id],
             )
-        if counts.get("new"):
-            insert_columns = [*keys, *columns]
-            select = ", ".join(
-                f"CAST(round(i.{c}) AS SMALLINT)" if c in ITEMS else
-                ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
-                for c in insert_columns
-            )
+        if prebuilt is not None:
+            if not first_import:  # cannot happen: the file was held from `prebuild` on
+                raise RuntimeError(f"{table} was written between its prebuilt insert and the import's transaction")
+            if refused:
+                id_column, _ = store.ID_SEQUENCES[table]
+                con.execute(f"DELETE FROM {prebuilt.bulk} WHERE {id_column} IN "
+                            "(SELECT ? + (_row - ?) FROM ingest_refused)", [prebuilt.first_id, prebuilt.low])
+            store.replace_with_bulk(con, table)
+        elif counts.get("new"):
+            insert_columns, select = _insert_select(v)
             # Every row new (a first import): no join with the status of 4.7 M rows to pick them.
             if counts["new"] == sum(counts.values()):
                 picked = "ingest_incoming i"
