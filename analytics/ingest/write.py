@@ -108,15 +108,11 @@ def prebuild(con, v: Validated, staged: Path, batch_id: int) -> Prebuilt | None:
         return None
     table, path = v.kind, str(staged)
     low, high = span
-    insert_columns, select = _insert_select(v)
-    id_column, _ = store.ID_SEQUENCES[table]
     con.execute("BEGIN TRANSACTION")
     try:
         bulk = store.create_bulk(con, table)
-        first = store.reserve_ids(con, table, high - low + 1)
         quoted = path.replace("'", "''")
-        con.execute(f"""INSERT INTO {bulk} ({id_column}, {', '.join(insert_columns)}, batch_id)
-                        SELECT ? + (i._row - ?), {select}, ? FROM read_parquet('{quoted}') i""", [first, low, batch_id])
+        first = _insert_numbered(con, v, bulk, f"read_parquet('{quoted}') i", low, high, batch_id)
     except BaseException:
         con.execute("ROLLBACK")
         raise
@@ -144,9 +140,17 @@ def discard(con, built: list[Prebuilt]) -> None:
 def reserve_batch_ids(con, count: int) -> int:
     """The first of `count` consecutive import batch ids, taken at once (for `prebuild`, whose rows carry
     their batch's id before the batch row is written)."""
-    [(first,)] = con.execute("SELECT nextval('batch_seq')").fetchall()
-    if count > 1:
-        con.execute("SELECT setval('batch_seq', ?)", [first + count - 1]).fetchall()
+    return store.reserve_sequence(con, "batch_seq", count)
+
+
+def _insert_numbered(con, v: Validated, target: str, picked: str, low: int, high: int, batch_id: int) -> int:
+    """Insert the rows `picked` (SQL after FROM, alias i) into `target`, numbered from their `_row` (distinct,
+    between `low` and `high`) with ids reserved at once, not row by row; the id of the row `low`."""
+    insert_columns, select = _insert_select(v)
+    id_column, _ = store.ID_SEQUENCES[v.kind]
+    first = store.reserve_ids(con, v.kind, high - low + 1)
+    con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
+                    SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
     return first
 
 
@@ -335,11 +339,8 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
             bulk = kind != "patients" and _bulk(con, table, counts["new"])
             with store.keys_built_after(con, table) if bulk else contextlib.nullcontext(table) as target:
                 if bulk and target != table:  # DuckDB: ids numbered here from _row (distinct), not row by row
-                    id_column, _ = store.ID_SEQUENCES[table]
                     [(low, high)] = con.execute(f"SELECT min(i._row), max(i._row) FROM {picked}").fetchall()
-                    first = store.reserve_ids(con, table, high - low + 1)
-                    con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
-                                    SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
+                    _insert_numbered(con, v, target, picked, low, high, batch_id)
                 else:
                     con.execute(f"INSERT INTO {target} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
                                 [batch_id])
