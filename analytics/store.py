@@ -1539,12 +1539,8 @@ def replace_with_bulk(con, table: str) -> None:
 def drop_bulk_leftovers(con) -> None:
     """Drop what a large insert that did not finish left behind (a `bulk_name` table committed before a
     transaction that then failed, or a process stopped in between): its rows never took their table's place."""
-    names = [bulk_name(table) for table in KEY_INDEXES]
-    leftovers = [name for (name,) in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT temporary "
-        "AND table_name = ANY(?)", [names]).fetchall()]
-    for name in leftovers:
-        con.execute(f"DROP TABLE IF EXISTS {name}")
+    for table in KEY_INDEXES:  # 0.15 ms each when there is none (a catalog query cost 1.6 ms), and nothing written
+        con.execute(f"DROP TABLE IF EXISTS {bulk_name(table)}")
 
 
 @contextlib.contextmanager
