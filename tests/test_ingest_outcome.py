@@ -241,14 +241,10 @@ def test_temporary_files_are_removed_after_an_import_and_after_a_kill(tmp_path):
     assert list(temp.iterdir()) == []  # and its own folder went at its exit
 
 
-def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_and_the_process_goes_on(tmp_path, small_disk):
-    """A large import's COMMIT is also DuckDB's checkpoint; on a full disk that fails, the file keeps its last
-    version and DuckDB gives up its instance. The import returns its report (it raised OSError from the
-    state sidecar's write before), tells the write error (not "the database has been invalidated"), and the
-    next import in the same process (a dashboard's) works."""
+def _large_import_files(tmp_path) -> tuple[Path, Path, int]:
+    """300 patients and n assessments of them, n a little over write.BULK_INSERT_ROWS: an insert of the bulk kind."""
     import datetime
 
-    mount = small_disk
     people = [f"Q{i:05d}" for i in range(300)]
     patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
                      "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
@@ -257,6 +253,16 @@ def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_
     assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
                         *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
                           for i in range(n)])
+    return patients, assessments, n
+
+
+def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_and_the_process_goes_on(tmp_path, small_disk):
+    """A large import's COMMIT is also DuckDB's checkpoint; on a full disk that fails, the file keeps its last
+    version and DuckDB gives up its instance. The import returns its report (it raised OSError from the
+    state sidecar's write before), tells the write error (not "the database has been invalidated"), and the
+    next import in the same process (a dashboard's) works."""
+    mount = small_disk
+    patients, assessments, n = _large_import_files(tmp_path)
     template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
     target = mount / "o.duckdb"
     shutil.copy(template, target)
@@ -278,17 +284,8 @@ def test_a_first_large_import_prebuilt_ahead_of_its_transaction_on_a_full_disk_s
     """The same with the file staged in blocks, so its rows are inserted and committed into a table of their
     own before the import's transaction (ingest/write.py's `prebuild`): with little room, either that
     commit fails (nothing stored, exit 2, no table left over) or everything is, and the process goes on."""
-    import datetime
-
     mount = small_disk
-    people = [f"Q{i:05d}" for i in range(300)]
-    patients = write(tmp_path / "p.csv", "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,"
-                     "prior_failed_trials,enrolled_on", *[f"{p},North,dr_a,1980,F,TRD,,1,2020-01-01" for p in people])
-    start = datetime.date(2021, 1, 1)
-    n = ingest.write.BULK_INSERT_ROWS + 5_000
-    assessments = write(tmp_path / "a.csv", ASSESSMENTS_HEADER,
-                        *[phq(people[i % 300], (start + datetime.timedelta(days=i // 300)).isoformat(), [1] * 9)
-                          for i in range(n)])
+    patients, assessments, n = _large_import_files(tmp_path)
     template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
     seen = {}
     for free_mb in (1, 4, 8, 30):
