@@ -333,3 +333,29 @@ def test_a_large_import_killed_after_its_prebuilt_insert_leaves_nothing_the_next
     assert _bulk_tables(db) == []
     with store.connect(db) as con:
         assert con.execute("SELECT count(*) FROM treatments").fetchall() == [(1,)]
+
+
+@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
+@pytest.mark.parametrize("sizes", [("large", "large"), ("small", "large"), ("large", "small")])
+def test_a_first_import_of_two_files_of_one_kind_stores_both_whatever_their_order_and_size(
+        backend, tmp_path, monkeypatch, sizes):
+    """Only the first file of a kind can be a first import (the review's case: two staged treatments files in one
+    command both found the table empty ahead of the transaction; the second failed the whole import)."""
+    def files():
+        first = write(tmp_path / "t1.csv", TREATMENTS_HEADER, "P1,2024-01-10,iv,0.5,", "P1,2024-01-12,iv,0.5,",
+                      *(["P2,2024-02-01,iv,0.5,"] if sizes[0] == "large" else []))
+        second = write(tmp_path / "t2.csv", TREATMENTS_HEADER, "P2,2024-02-03,iv,0.5,", "P2,2024-02-05,iv,0.5,",
+                       *(["P1,2024-01-20,iv,0.5,", "P1,2024-01-10,iv,0.9,"] if sizes[1] == "large" else []))
+        return [first, second]
+
+    row_by_row = _two_patients(tmp_path, "rows.duckdb")
+    expected = ingest.import_files(files(), db=row_by_row)
+    monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 1)
+    db = _two_patients(tmp_path, "two.duckdb")
+
+    report = ingest.import_files(files(), db=db, block_rows=2)  # a file of 3 or more rows is staged
+
+    assert report.committed and report.error is None and report.exit_code == expected.exit_code
+    assert outcome(report) == outcome(expected)
+    assert stored(db, "treatments") == stored(row_by_row, "treatments") and _bulk_tables(db) == []
+    assert len({r[2] for r in _ids_by_key(db)["treatments"]}) == len(stored(db, "treatments"))

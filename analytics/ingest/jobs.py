@@ -98,18 +98,25 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
     prebuilt: dict[int, write.Prebuilt] = {}
     batch_ids: list[int | None] = [None] * len(jobs)
 
+    # Only the first file of a kind can be a first import: the table is no longer empty for the next one, which
+    # is written as before (so is every file of a kind whose first file is not prebuilt).
+    firsts = {}
+    for i, job in enumerate(jobs):
+        firsts.setdefault(job.validated.kind, i)
+    candidates = [i for i in firsts.values() if jobs[i].staged is not None]
+
     def before(con):
         """A first import's large tables inserted and committed ahead of the transaction (write.prebuild)."""
-        if not any(job.staged is not None and write.prebuildable(con, job.validated, job.staged.path) for job in jobs):
+        chosen = [i for i in candidates if write.prebuildable(con, jobs[i].validated, jobs[i].staged.path)]
+        if not chosen:
             return None
         first = write.reserve_batch_ids(con, len(jobs))  # in file order, as the transaction would number them
         batch_ids[:] = range(first, first + len(jobs))
         try:
-            for i, job in enumerate(jobs):
-                if job.staged is not None:
-                    built = write.prebuild(con, job.validated, job.staged.path, batch_ids[i])
-                    if built is not None:
-                        prebuilt[i] = built
+            for i in chosen:
+                built = write.prebuild(con, jobs[i].validated, jobs[i].staged.path, batch_ids[i])
+                if built is not None:
+                    prebuilt[i] = built
         except BaseException:
             store.undo_quietly(con, lambda c: write.discard(c, list(prebuilt.values())))
             raise
