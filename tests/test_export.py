@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from analytics import access, export, ingest, scales
 from fixtures import assessment, make_db, patient, treatment
@@ -136,6 +136,7 @@ def export_texts(db: Path, directory: Path) -> dict[str, str]:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clinics())
+@example(([patient("0", site="0\n0", clinician=",", sex="F", comorbidities="", enrolled_on="2026-12-01")], [], []))
 def test_importing_an_export_into_an_empty_database_reproduces_it(clinic):
     patients, treatments, assessments = clinic
     with tempfile.TemporaryDirectory() as tmp:

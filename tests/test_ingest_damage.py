@@ -162,6 +162,21 @@ def test_quoted_values_with_line_breaks_quotes_and_commas_still_work(db, tmp_pat
     assert (f.lines_total, f.lines_blank, f.lines_continued, f.rows_total) == (9, 0, 3, 5)
 
 
+def test_a_value_with_a_line_break_followed_by_a_quoted_comma_still_works(tmp_path):
+    """The export's own output (found by tests/test_export.py's round trip): a site "0<newline>0" then the
+    clinician ",". The closing line holds a whole row's commas only when the quoted comma is counted, so it
+    was taken for a row with a stray quote and both lines were rejected."""
+    db = make_db(tmp_path, patients=[patient("P1", enrolled_on="2022-01-01")])
+    header = "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,prior_failed_trials,enrolled_on"
+    path = write_bytes(tmp_path / "p.csv", f'{header}\nP7,"0\n0",",",1980,F,TRD,,2,2022-01-01\n'
+                                           'P8,"North\nside","dr, a",1980,F,TRD,,2,2022-01-01\n'
+                                           'P9,North,dr_"a,1980,F,TRD,,2,2022-01-01\n')  # a stray quote, rejected alone
+    report = ingest.import_files([path], db=db)
+    assert [(r.line, r.column) for r in report.rejects] == [(6, "clinician")], report.messages()
+    assert stored(db, "SELECT patient_id, site, clinician FROM patients WHERE patient_id <> 'P1' ORDER BY 1") == [
+        ("P7", "0\n0", ","), ("P8", "North\nside", "dr, a")]
+
+
 def test_a_value_with_a_line_break_in_the_last_column_still_works(tmp_path):
     """Its first line holds every field, so it must not be taken for a whole row with a stray quote."""
     db = make_db(tmp_path, patients=[patient("P1", enrolled_on="2022-01-01")])
