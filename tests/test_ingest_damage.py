@@ -162,19 +162,21 @@ def test_quoted_values_with_line_breaks_quotes_and_commas_still_work(db, tmp_pat
     assert (f.lines_total, f.lines_blank, f.lines_continued, f.rows_total) == (9, 0, 3, 5)
 
 
-def test_a_value_with_a_line_break_followed_by_a_quoted_comma_still_works(tmp_path):
+def test_a_value_with_a_line_break_and_commas_on_its_last_line_still_works(tmp_path):
     """The export's own output (found by tests/test_export.py's round trip): a site "0<newline>0" then the
-    clinician ",". The closing line holds a whole row's commas only when the quoted comma is counted, so it
-    was taken for a row with a stray quote and both lines were rejected."""
+    clinician ","; a site "North<newline>side, east". Each closing line holds as many commas as a whole row,
+    so it was taken for a row with a stray quote and both lines were rejected. Only a quote opening the last
+    column (its line holding every field) is judged so now."""
     db = make_db(tmp_path, patients=[patient("P1", enrolled_on="2022-01-01")])
     header = "patient_id,site,clinician,birth_year,sex,diagnosis,comorbidities,prior_failed_trials,enrolled_on"
     path = write_bytes(tmp_path / "p.csv", f'{header}\nP7,"0\n0",",",1980,F,TRD,,2,2022-01-01\n'
                                            'P8,"North\nside","dr, a",1980,F,TRD,,2,2022-01-01\n'
-                                           'P9,North,dr_"a,1980,F,TRD,,2,2022-01-01\n')  # a stray quote, rejected alone
+                                           'P9,North,dr_"a,1980,F,TRD,,2,2022-01-01\n'  # a stray quote, rejected alone
+                                           'P6,"North\nside, east",dr_a,1980,F,TRD,,2,2022-01-01\n')
     report = ingest.import_files([path], db=db)
     assert [(r.line, r.column) for r in report.rejects] == [(6, "clinician")], report.messages()
     assert stored(db, "SELECT patient_id, site, clinician FROM patients WHERE patient_id <> 'P1' ORDER BY 1") == [
-        ("P7", "0\n0", ","), ("P8", "North\nside", "dr, a")]
+        ("P6", "North\nside, east", "dr_a"), ("P7", "0\n0", ","), ("P8", "North\nside", "dr, a")]
 
 
 def test_a_value_with_a_line_break_in_the_last_column_still_works(tmp_path):
@@ -206,7 +208,7 @@ def test_blank_lines_and_a_trailing_comma_are_counted_and_named(db, tmp_path):
 # --- every line accounted for, whatever the damage (property) ---------------------------------
 
 TEXT = st.text(alphabet=string.ascii_letters + " .'-", min_size=0, max_size=12)
-DAMAGE = st.sampled_from(["none", "none", "none", "quoted", "comma", "multiline", "doubled", "formula",
+DAMAGE = st.sampled_from(["none", "none", "none", "quoted", "comma", "multiline", "multiline_comma", "doubled", "formula",
                           "stray", "open", "long_row", "nul", "ragged", "blank"])
 
 
@@ -217,6 +219,7 @@ def _row(i: int, text: str, damage: str, column: int) -> tuple[str, str, str | N
     # (A value starting with its line break is left out: after a row ending in `,"` the bytes `"` + line break
     # read equally well as that quote closing there, so no reader can tell which was meant.)
     good = {"none": text, "quoted": text, "comma": f"{text}, MD", "multiline": f"{text or 'x'}\nnext",
+            "multiline_comma": f"{text or 'x'}\n" + ", ".join(["next"] * (1 + len(text) % 4)),
             "doubled": f'say "{text}"', "formula": f"=SUM({text})"}
     if damage == "blank":
         return "", "blank", None

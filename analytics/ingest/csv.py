@@ -834,7 +834,7 @@ class _Records:
             self.looked.append((at, at, column, UNCLOSED_QUOTE))
             return None
         record = self._read(int(lines.starts[at]), int(lines.stops[end]))
-        if opened and _commas_but_later_quoted(record[record.rfind(b"\n") + 1:]) == width - 1:
+        if opened == width - 1 and _commas_but_later_quoted(record[record.rfind(b"\n") + 1:]) == width - 1:
             # The closing line holds a whole row's commas: a row with a stray quote, not the end of a value.
             self.looked.append((at, at, column, UNCLOSED_QUOTE))
             return None
