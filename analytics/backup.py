@@ -58,6 +58,7 @@ def backup(db: str | os.PathLike | None, dest: str | os.PathLike, *, wait: float
     if dest.resolve() == source.resolve() or dest.resolve() == Path(f"{source}.wal").resolve():
         raise BackupRefused(f"the backup file {dest} would replace the database itself: choose another name")
     companions = [(c.name, f) for c, f in store.companion_files(source, secrets=include_secrets)]
+    _drop_bulk_leftovers(source, wait)
     try:
         with contextlib.ExitStack() as held:  # the lock is held only while the files are copied
             con = held.enter_context(store.connect(source, wait=wait))
@@ -85,6 +86,19 @@ class RestoreResult:
                 "schema_version": self.manifest.get("schema_version"), "tables": self.tables,
                 "companions": [str(p) for p in self.companions], "warnings": self.warnings,
                 "audit_verified": self.audit_verified}
+
+
+def _drop_bulk_leftovers(source: Path, wait: float | None) -> None:
+    """The unread rows a killed import left (store.drop_bulk_leftovers) are not copied into a backup: when there
+    are any, a write connection, which drops them as it opens, is opened and closed first. Should that not be
+    possible now (another process writing, a read-only file), the backup is taken as the file is."""
+    bulk = {store.bulk_name(table) for table in store.KEY_INDEXES}
+    with store.connect(source, wait=wait) as con:
+        if not bulk & set(archive.table_names(con)):
+            return
+    with contextlib.suppress(*store.DatabaseError, store.StoreBusy, store.Refused, OSError):
+        with store.connect(source, write=True, wait=wait):
+            pass
 
 
 def _refuse_postgres(target) -> None:

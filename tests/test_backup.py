@@ -394,3 +394,22 @@ def test_a_postgresql_store_is_sent_to_its_own_tools(tmp_path, capsys):
     assert code == 2 and "pg_dump" in err and not (tmp_path / "b.tar.gz").exists()
     code, out, err = cli_run(capsys, "restore", str(tmp_path / "b.tar.gz"), "--db", url)
     assert code == 2 and "pg_restore" in err
+
+
+def test_a_backup_leaves_out_the_unread_rows_a_killed_import_left(lived_in_db, tmp_path):
+    """A first import killed inside its transaction leaves its rows committed in `assessments_bulk`, never read
+    (ingest/write.py's `prebuild`); a backup taken before the next write must not carry them."""
+    db, _ = lived_in_db
+    before = snapshot(db)
+    with store.connect(db, write=True) as con:  # what the killed import left, written as it did
+        bulk = store.create_bulk(con, "assessments")
+        con.execute(f"INSERT INTO {bulk} (assessment_id, patient_id, instrument, administered_at, total, total_method) "
+                    "VALUES (999999, 'P-KILLED', 'PHQ-9', '2026-01-01', 3, 'given')")
+    with store.connect(db) as con:
+        assert "assessments_bulk" in archive.table_names(con)
+
+    result = backup.backup(db, tmp_path / "b.tar.gz", wait=5)
+
+    assert "assessments_bulk" not in result.manifest["tables"]
+    restored = backup.restore(result.file, tmp_path / "r.duckdb")
+    assert snapshot(restored.database) == before == snapshot(db)
