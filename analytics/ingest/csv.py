@@ -834,8 +834,10 @@ class _Records:
             self.looked.append((at, at, column, UNCLOSED_QUOTE))
             return None
         record = self._read(int(lines.starts[at]), int(lines.stops[end]))
-        if opened == width - 1 and _commas_but_later_quoted(record[record.rfind(b"\n") + 1:]) == width - 1:
-            # The closing line holds a whole row's commas: a row with a stray quote, not the end of a value.
+        if opened == width - 1 and record[record.rfind(b"\n") + 1:].count(b",") == width - 1:
+            # The quote opened the last column and the closing line holds a whole row's commas: a row with a
+            # stray quote, not the end of a value. (Where the quote opens an earlier column, a value's last
+            # line holding that many commas is as likely: "North<line break>side, east" then the next columns.)
             self.looked.append((at, at, column, UNCLOSED_QUOTE))
             return None
         fields, broken = _split(record)
@@ -850,15 +852,6 @@ class _Records:
         else:
             self.looked.append((at, end, None, None))
         return end
-
-
-def _commas_but_later_quoted(line: bytes) -> int:
-    """The commas of a line that closes a quoted value, but for those inside quoted values after that
-    closing quote: a comma there (`0",",",1980`: the value "," of the next column) separates nothing,
-    whichever way the line is read."""
-    close = line.find(b'"')
-    head, tail = line[:close], line[close + 1:]
-    return head.count(b",") + sum(part.count(b",") for part in tail.split(b'"')[0::2])
 
 
 def _index(path: Path, sha256: str, kind: str, header: list[str], header_at: int, lines: _Lines,

@@ -107,20 +107,19 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
 
     def before(con):
         """A first import's large tables inserted and committed ahead of the transaction (write.prebuild)."""
-        chosen = [i for i in candidates if write.prebuildable(con, jobs[i].validated, jobs[i].staged.path)]
+        spans = {i: write.prebuildable(con, jobs[i].validated, jobs[i].staged.path) for i in candidates}
+        chosen = {i: span for i, span in spans.items() if span is not None}
         if not chosen:
             return None
         first = write.reserve_batch_ids(con, len(jobs))  # in file order, as the transaction would number them
         batch_ids[:] = range(first, first + len(jobs))
         try:
-            for i in chosen:
-                built = write.prebuild(con, jobs[i].validated, jobs[i].staged.path, batch_ids[i])
-                if built is not None:
-                    prebuilt[i] = built
+            for i, span in chosen.items():
+                prebuilt[i] = write.prebuild(con, jobs[i].validated, jobs[i].staged.path, batch_ids[i], span)
         except BaseException:
-            store.undo_quietly(con, lambda c: write.discard(c, list(prebuilt.values())))
+            store.undo_quietly(con, store.drop_bulk_leftovers)
             raise
-        return (lambda c: write.discard(c, list(prebuilt.values()))) if prebuilt else None
+        return store.drop_bulk_leftovers  # should the transaction not commit
 
     try:
         with store.transaction(db, snapshot=snapshot, before=before) as con:

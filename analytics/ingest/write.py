@@ -94,7 +94,7 @@ class Prebuilt:
     low: int
 
 
-def prebuild(con, v: Validated, staged: Path, batch_id: int) -> Prebuilt | None:
+def prebuild(con, v: Validated, staged: Path, batch_id: int, span: tuple[int, int]) -> Prebuilt:
     """Before the import's transaction (`con` outside any, the file held), on DuckDB, for a first import
     (an empty table) of at least BULK_INSERT_ROWS staged rows of treatments or assessments: insert them,
     numbered, into `store.bulk_name(table)` and commit that. Why: DuckDB builds the key indexes of rows
@@ -102,10 +102,7 @@ def prebuild(con, v: Validated, staged: Path, batch_id: int) -> Prebuilt | None:
     those of committed rows in one sorted pass on every core (2.3 s; docs/performance.md, wave 12). The
     import stays all or nothing: nothing reads that table until the import's transaction puts it in the
     empty table's place, and one left by a failed or stopped import is dropped (store.transaction's undo,
-    else the next write: store.drop_bulk_leftovers). None: nothing done (the import inserts as before)."""
-    span = prebuildable(con, v, staged)
-    if span is None:
-        return None
+    else the next write: store.drop_bulk_leftovers). `span`: what `prebuildable` gave."""
     table, path = v.kind, str(staged)
     low, high = span
     con.execute("BEGIN TRANSACTION")
@@ -129,12 +126,6 @@ def prebuildable(con, v: Validated, staged: Path) -> tuple[int, int] | None:
     if rows < BULK_INSERT_ROWS or con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1) t").fetchall()[0][0]:
         return None
     return low, high
-
-
-def discard(con, built: list[Prebuilt]) -> None:
-    """Drop prebuilt tables whose import did not commit (outside any transaction)."""
-    for prebuilt in built:
-        con.execute(f"DROP TABLE IF EXISTS {prebuilt.bulk}")
 
 
 def reserve_batch_ids(con, count: int) -> int:
