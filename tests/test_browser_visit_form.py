@@ -94,7 +94,11 @@ def test_an_infusion_is_refused_without_a_dose_summarised_then_saved_re_dated_an
         # one click with nothing filled in: refused, nothing to save
         pg.get_by_text("Infusion", exact=True).first.click()
         infusion = _form(pg, "Record an infusion")
-        infusion.get_by_role("button", name="Review before saving").click()
+        # the expander opens with an animation: a click on its button before it settles was lost once in CI
+        review = infusion.get_by_role("button", name="Review before saving")
+        review.wait_for(state="visible", timeout=60_000)
+        _idle(pg)
+        review.click()
         _idle(pg)
         _see(pg, "choose 'dose not recorded' if it is not known")
         assert pg.get_by_role("button", name="Save infusion").count() == 0
