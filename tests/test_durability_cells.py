@@ -313,3 +313,52 @@ def test_a_marginal_made_in_the_likelihoods_own_array_gives_the_same_figures(mon
     rows = np.array([0, 5, 9, 11])
     np.testing.assert_allclose(owned._P(rows), P[rows], rtol=1e-12)   # not-kept rows: within rounding
     assert np.array_equal(owned._P(rows[1:3]), P[rows[1:3]])
+
+
+def _supported() -> bool:
+    import platform
+    import sys
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64")
+
+
+def test_subnormal_results_are_flushed_inside_the_block_only_and_on_its_own_thread():
+    import threading
+
+    from analytics.durability import arrays
+
+    tiny = np.array([1e-20], dtype=np.float32)
+    assert np.multiply(tiny, tiny)[0] > 0            # a subnormal float32 (1e-40) as the machine gives it
+    if _supported():
+        assert arrays._libm() is not None             # where it can be set, it is (this machine's kind)
+    seen = {}
+    inside = threading.Event()
+    done = threading.Event()
+
+    def other():
+        inside.wait(5)
+        seen["other"] = float(np.multiply(tiny, tiny)[0])
+        done.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with arrays.subnormals_flushed():
+        inside.set()
+        done.wait(5)
+        flushed = float(np.multiply(tiny, tiny)[0])
+    worker.join()
+    assert seen["other"] > 0                          # a thread already running is not touched
+    assert np.multiply(tiny, tiny)[0] > 0             # the thread's setting is given back
+    if arrays._libm() is not None:
+        assert flushed == 0.0
+
+
+def test_each_patients_likelihood_is_the_same_with_subnormals_flushed(data, monkeypatch):
+    """The weights' far tails are subnormal in float32 (what makes the product slow), and flushing them in the
+    product changes no patient's figures: a term below 1.2e-38 is lost against the 1e-30 floor."""
+    import contextlib
+
+    w = measured._within_weights(0.45).astype(np.float32)
+    assert ((w > 0) & (w < np.finfo(np.float32).tiny)).any()
+    flushed = measured._patient_loglik(data, 2.2, 1.7, 0.45, SCALE_MAX)
+    monkeypatch.setattr(measured, "subnormals_flushed", contextlib.nullcontext)
+    assert np.array_equal(measured._patient_loglik(data, 2.2, 1.7, 0.45, SCALE_MAX), flushed)

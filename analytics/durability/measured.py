@@ -61,6 +61,7 @@ from scipy import optimize, sparse, special, stats
 
 from .arrays import Scratch as _Scratch
 from .arrays import sparse_product as _sparse_product
+from .arrays import subnormals_flushed
 
 REQUIRED = ("patient_id", "cycle_no", "days", "total", "line")
 T_GRID = np.exp(np.linspace(math.log(1.0), math.log(730.0), 36))   # cycle durability, days
@@ -478,8 +479,9 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
             least = np.min(neg, axis=2, keepdims=True, out=scratch.get("least", neg.shape[:2] + (1,), neg.dtype))
             e = np.subtract(least, neg, out=neg if terms is None else scratch.get("e", neg.shape, neg.dtype))
             np.exp(e, out=e)
-            L = np.matmul(e.reshape(-1, len(T_GRID)), W.astype(e.dtype),
-                          out=scratch.get("L", (e.shape[0] * e.shape[1], len(MU_GRID)), e.dtype))
+            with subnormals_flushed():   # the weights' far tails: ~8 times faster, the same sums (arrays.py)
+                L = np.matmul(e.reshape(-1, len(T_GRID)), W.astype(e.dtype),
+                              out=scratch.get("L", (e.shape[0] * e.shape[1], len(MU_GRID)), e.dtype))
             np.maximum(L, 1e-30, out=L)
             np.log(L, out=L)
             top = base[:, None] - least[:, :, 0]                               # (cycles, n_depth)
