@@ -215,7 +215,7 @@ def _trend_cells(days, total, line, sigma: float, kappa: float, scale_max: float
             np.multiply(days_k[b:e, None], neg_per_cell[None, :], out=block)
             np.exp(block, out=block)                                  # exp(-x rate): the share not yet returned
         else:
-            np.take(returned[0], returned[1][b:e], axis=0, out=block)
+            np.take(returned[0], returned[1][b:e], axis=0, out=block, mode="clip")   # (valid rows: unbuffered)
         by_depth = block.reshape(e - b, n_depth, n_t)
         by_depth *= scale[b:e, :, None]
         block += shift[b:e, None]
