@@ -1404,9 +1404,10 @@ def _schema_v6() -> list[str]:
             for column, kind in zip(VOID_COLUMNS, ("TIMESTAMP", "VARCHAR", "VARCHAR"))]
 
 
-# The two large tables: on DuckDB their keys are unique indexes (v7: treatments_key, assessments_key; v8 dropped
-# the indexes on their ids), which `replace_with_bulk` builds anew after a large insert, reading them from the
-# catalog; on PostgreSQL the same keys stay constraints (v1, v4).
+# The two large tables: on DuckDB their keys were unique indexes (v7: treatments_key, assessments_key), v8 dropped
+# the indexes on their ids and v9 those on their keys, which their one writer holds (ingest/write.py,
+# `check_keys_unique`); `replace_with_bulk` builds whatever indexes the catalog gives anew after a large insert.
+# On PostgreSQL the same keys stay constraints (v1, v4).
 BULK_TABLES = ("treatments", "assessments")
 # What v7 built (a released migration: its statements never change).
 _V7_INDEXES = (
@@ -1474,12 +1475,23 @@ def _schema_v8() -> list[str]:
     return ["DROP INDEX IF EXISTS treatments_id", "DROP INDEX IF EXISTS assessments_id"]
 
 
+def _schema_v9() -> list[str]:
+    """DuckDB only: the unique indexes on the keys go too. No read uses them (DuckDB scans a table for a
+    filter on a composite key, with or without its index: the same plan and time), and the keys stay unique
+    because the tables' one writer, analytics/ingest/write.py (every import, visit entry and self-report),
+    refuses a repeated key within a file and sorts each incoming row against the stored one of its key
+    (insert, update or unchanged) inside its write transaction, while the file's single writer keeps any
+    other write out, as v7 already did for the references. Building them cost 2.4-3.9 s of a
+    100,000-patient import of 15.5 s (docs/performance.md, wave 13). PostgreSQL keeps its constraints."""
+    return ["DROP INDEX IF EXISTS treatments_key", "DROP INDEX IF EXISTS assessments_key"]
+
+
 # Each migration is a list of statements; never edit a released one, append.
 MIGRATIONS: list[Callable[[], list[str]]] = [_schema_v1, _schema_v2, _schema_v3, _schema_v4, _schema_security,
-                                             _schema_v6, _schema_v7, _schema_v8]
+                                             _schema_v6, _schema_v7, _schema_v8, _schema_v9]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Migrations whose statements run on DuckDB only; on PostgreSQL only their version is recorded.
-DUCKDB_ONLY = (_schema_v7, _schema_v8)
+DUCKDB_ONLY = (_schema_v7, _schema_v8, _schema_v9)
 
 
 # Each large table's id column and the sequence that numbers it (v1).
@@ -1503,8 +1515,8 @@ def reserve_sequence(con, sequence: str, count: int) -> int:
 
 
 def bulk_name(table: str) -> str:
-    """The table a large insert into `table` fills before it takes `table`'s place (`keys_built_after`,
-    analytics/ingest/write.py's `prebuild`)."""
+    """The table a first large import fills before it takes `table`'s place (analytics/ingest/write.py's
+    `prebuild`)."""
     return f"{table}_bulk"
 
 
@@ -1538,25 +1550,6 @@ def drop_bulk_leftovers(con) -> None:
     transaction that then failed, or a process stopped in between): its rows never took their table's place."""
     for table in BULK_TABLES:  # 0.15 ms each when there is none (a catalog query cost 1.6 ms), and nothing written
         con.execute(f"DROP TABLE IF EXISTS {bulk_name(table)}")
-
-
-@contextlib.contextmanager
-def keys_built_after(con, table: str) -> Iterator[str]:
-    """For one large insert into `table` (treatments, assessments) inside `con`'s transaction: the name of
-    the table to insert into, whose key indexes are built once after the insert instead of row by row.
-
-    On DuckDB that is a new table of the same definition holding `table`'s rows (`create_bulk`), which
-    replaces `table` when the block ends and gets the same indexes (`replace_with_bulk`); DuckDB checks
-    them when the transaction commits, so a repeated key still fails the whole transaction (a duplicate
-    never lands). Costs a copy of the rows already there: worth it when the insert is larger than the
-    table. PostgreSQL: `table` itself (its constraints are checked as usual)."""
-    if dialect(con) != "duckdb":
-        yield table
-        return
-    bulk = create_bulk(con, table)
-    con.execute(f"INSERT INTO {bulk} SELECT * FROM {table}")
-    yield bulk
-    replace_with_bulk(con, table)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:

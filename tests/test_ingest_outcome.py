@@ -267,8 +267,8 @@ def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_
     target = mount / "o.duckdb"
     shutil.copy(template, target)
     filler = mount / "fill"
-    with open(filler, "wb") as handle:  # 8 MB left: the file needs about 12 MB more
-        handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - 8 * 2**20))
+    with open(filler, "wb") as handle:  # 0.25 MB left: the file needs about 2 MB more
+        handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - 2**18))
 
     report = ingest.import_files([patients, assessments], db=target)
 
@@ -288,14 +288,14 @@ def test_a_first_large_import_prebuilt_ahead_of_its_transaction_on_a_full_disk_s
     patients, assessments, n = _large_import_files(tmp_path)
     template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")
     seen = {}
-    for free_mb in (1, 4, 8, 30):
+    for free_mb in (0.25, 1, 4, 30):
         target = mount / "o.duckdb"
         for leftover in mount.iterdir():
             leftover.unlink()
         shutil.copy(template, target)
         filler = mount / "fill"
         with open(filler, "wb") as handle:
-            handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - free_mb * 2**20))
+            handle.write(b"\0" * max(0, shutil.disk_usage(mount).free - int(free_mb * 2**20)))
 
         report = ingest.import_files([patients, assessments], db=target, block_rows=40_000)
 
