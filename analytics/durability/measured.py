@@ -70,7 +70,7 @@ MU_GRID = np.linspace(math.log(3.0), math.log(500.0), 44)          # a patient's
 DEPTHS = np.r_[np.linspace(0.1, 0.95, 8), 1.15]             # v0; the last: no response after the dose
 NO_RESPONSE = len(DEPTHS) - 1
 MIN_REPEATED_CYCLES = 50   # cycles with 2+ scores needed to see the trend and its noise
-CHUNK_CELLS = 8_000_000   # scores x T x depth cells per chunk (~32 MB of float32)
+CHUNK_CELLS = 1_000_000   # scores x T x depth cells per chunk (~4 MB of float32: a chunk's steps stay in the cache)
 FIT_THREADS = max(1, min(2, os.cpu_count() or 1))   # chunks worked on at once (see _patient_loglik)
 SPLIT_CHUNKS = 2   # a pass is cut into at least this many chunks once there is enough work to share: fixed, not
 # FIT_THREADS, because the chunks' float32 products differ in their last bits with the chunk sizes, and the
