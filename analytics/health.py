@@ -11,6 +11,7 @@ lists every condition:
 | `database` | | no database at the path |
 | `schema_version` | older than this software (migrated, after a backup, at the next write) | newer than this software |
 | `integrity` | | a table cannot be read whole (DuckDB's block checksums) |
+| `keys` | | a key of treatments or assessments is held by more than one row (full check only) |
 | `audit_chain` | | the hash chain does not verify (`audit --verify`) |
 | `write_ahead_log` | committed changes not yet in the database file (a checkpoint failed) | |
 | `last_import` | none yet, or older than `import_age_hours` | |
@@ -149,8 +150,10 @@ def _inside(path: Path, full: bool, limits: Limits, wait: float | None) -> list[
                 rows = sum(t["rows"] for t in tables.values())
                 out.append(Check("integrity", OK, f"read every value of {len(tables)} tables ({rows:,} rows): every block "
                                                   "checksum matched", {"tables": {k: v["rows"] for k, v in tables.items()}}))
+                out.append(_keys(con))
             else:
                 out.append(Check("integrity", SKIPPED, "not checked (quick check); run the full check to read every table", {}))
+                out.append(Check("keys", SKIPPED, "not checked (quick check); run the full check to read every key", {}))
             out += _imports(con, limits)
     except store.SchemaTooNew as exc:
         return [Check("schema_version", CRITICAL, str(exc), {"version": exc.found, "software": store.SCHEMA_VERSION})]
@@ -162,6 +165,25 @@ def _inside(path: Path, full: bool, limits: Limits, wait: float | None) -> list[
                             {"error": first})]
     out.append(_audit(path))
     return out
+
+
+def _keys(con) -> Check:
+    """Is every key of treatments and assessments held by one row? Their one writer keeps them so (DuckDB holds no
+    index on them since schema v9: ingest/write.py's checks and `check_keys_unique`); a row written past it (by
+    hand, with another program) would be counted twice in every figure. Counts only: no patient is named."""
+    have = set(archive.table_names(con))
+    repeated = {}
+    for table in ("treatments", "assessments"):
+        if table in have:
+            keys = ", ".join(store.KEYS[table])
+            repeated[table] = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {keys} "
+                                          "HAVING count(*) > 1) t").fetchall()[0][0]
+    bad = {t: n for t, n in repeated.items() if n}
+    if bad:
+        return Check("keys", CRITICAL, "; ".join(f"{n:,} key(s) of {t} held by more than one row" for t, n in bad.items())
+                     + ": the figures count those records twice; restore the last good backup or remove the copies",
+                     {"repeated": repeated})
+    return Check("keys", OK, "every infusion and assessment key is held by one row", {"repeated": repeated})
 
 
 def _audit(path: Path) -> Check:

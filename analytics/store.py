@@ -1409,6 +1409,10 @@ def _schema_v6() -> list[str]:
 # `check_keys_unique`); `replace_with_bulk` builds whatever indexes the catalog gives anew after a large insert.
 # On PostgreSQL the same keys stay constraints (v1, v4).
 BULK_TABLES = ("treatments", "assessments")
+# Each table's key: one row per key (PostgreSQL's constraints; on DuckDB, for the two large tables, their one writer
+# and its `check_keys_unique`, and the full health check's `keys`).
+KEYS = {"patients": ("patient_id",), "treatments": ("patient_id", "administered_at"),
+        "assessments": ("patient_id", "instrument", "administered_at")}
 # What v7 built (a released migration: its statements never change).
 _V7_INDEXES = (
     "CREATE UNIQUE INDEX treatments_key ON treatments (patient_id, administered_at)",

@@ -17,8 +17,8 @@ import duckdb
 from analytics import backup, cli, store
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = {"database", "schema_version", "write_ahead_log", "integrity", "last_import", "quarantined", "audit_chain",
-          "free_disk", "last_backup"}
+CHECKS = {"database", "schema_version", "write_ahead_log", "integrity", "keys", "last_import", "quarantined",
+          "audit_chain", "free_disk", "last_backup"}
 
 
 def health(capsys, db: Path, *args: str) -> tuple[int, dict]:
@@ -42,6 +42,7 @@ def test_a_healthy_store_with_a_fresh_backup_is_exit_0_and_reports_every_figure(
     assert checks["free_disk"]["free_bytes"] > 0
     assert checks["last_import"]["source"] == "demo" and checks["last_import"]["age_hours"] >= 0
     assert checks["integrity"]["tables"]["assessments"] > 0
+    assert checks["keys"]["repeated"] == {"treatments": 0, "assessments": 0}
     assert checks["audit_chain"]["ok"] is True
     assert checks["last_backup"]["file"] == str((tmp_path / "nightly.tar.gz").resolve())
 
@@ -52,6 +53,22 @@ def test_a_tampered_audit_trail_is_critical(writable_db, capsys):
     con.close()
     code, report = health(capsys, writable_db)
     assert code == 2 and report["checks"]["audit_chain"]["status"] == "critical"
+
+
+def test_a_key_held_by_two_rows_is_critical_with_counts_and_no_patient_named(writable_db, capsys):
+    """DuckDB holds no index on the keys (schema v9): a row written past the store's one writer (by hand, by another
+    program) would be counted twice in every figure, and the full check says so."""
+    con = duckdb.connect(str(writable_db))
+    [(patient_id,)] = con.execute("SELECT patient_id FROM assessments LIMIT 1").fetchall()
+    con.execute("INSERT INTO assessments SELECT * REPLACE (assessment_id + 10000000 AS assessment_id) FROM assessments "
+                "WHERE patient_id = ? LIMIT 2", [patient_id])
+    con.close()
+    code, report = health(capsys, writable_db)
+    keys = report["checks"]["keys"]
+    assert code == 2 and keys["status"] == "critical" and keys["repeated"] == {"treatments": 0, "assessments": 2}
+    assert "2 key(s) of assessments" in keys["summary"] and patient_id not in json.dumps(report)
+    code, report = health(capsys, writable_db, "--quick")   # the quick check reads no whole table
+    assert report["checks"]["keys"]["status"] == "skipped"
 
 
 def test_rows_quarantined_recently_are_a_warning_with_their_count(writable_db, tmp_path, capsys):

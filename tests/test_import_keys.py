@@ -127,6 +127,21 @@ def test_a_repeated_key_that_reached_the_insert_fails_the_whole_bulk_import(back
     assert snapshot(db) == before
 
 
+def test_a_repeated_key_that_reached_the_insert_into_a_filled_table_fails_the_whole_import(backend, tmp_path, monkeypatch):
+    """The same guard for a later import, row by row into a table that holds rows (the batch's keys checked)."""
+    db = _two_patients(tmp_path, "filled-guard.duckdb")
+    assert ingest.import_files([write(tmp_path / "t1.csv", TREATMENTS_HEADER, "P1,2024-01-10,iv,0.5,")], db=db).committed
+    monkeypatch.setattr(ingest.rules, "_duplicates", lambda *a, **k: None)  # the file's own duplicate check, off
+    before = snapshot(db)
+
+    report = ingest.import_files([write(tmp_path / "t2.csv", TREATMENTS_HEADER, "P2,2024-02-01,iv,0.5,",
+                                        "P2,2024-02-01,iv,0.6,")], db=db)
+
+    assert report.error and not report.committed and "duplicate key" in report.error
+    assert "P2" not in report.error
+    assert snapshot(db) == before
+
+
 def test_visit_entry_refuses_a_duplicate_and_an_unknown_patient_and_saves_nothing(backend, tmp_path):
     db = make_db(tmp_path, patients=[patient("P1", enrolled_on="2024-01-05")])
     when = datetime(2026, 11, 19, 10, 30)

@@ -446,6 +446,13 @@ def _chunk_cycle_grid(data: _Data, ch: _Chunk, sigma: float, kappa: float, scale
     return np.subtract(base[:, None, None].astype(neg.dtype), neg, out=neg)
 
 
+def _flushed_product():
+    """subnormals_flushed() for a matrix product on the calling thread: only where the model can hold numpy's BLAS
+    at one thread (one_blas_thread), so the product runs where the setting is (with another BLAS its own threads
+    would work without it, and the sums would differ with how the rows were shared among them)."""
+    return subnormals_flushed() if _numpy_openblas() is not None else contextlib.nullcontext()
+
+
 def _each_chunk(work, n_chunks: int) -> list:
     """[work(0), ..., work(n_chunks - 1)], FIT_THREADS chunks at a time when there are several: numpy and
     scipy let go of the GIL in their array loops, and chunks are whole patients (each result its own)."""
@@ -479,7 +486,7 @@ def _patient_loglik(data: _Data, sigma: float, kappa: float, within_sd: float, s
             least = np.min(neg, axis=2, keepdims=True, out=scratch.get("least", neg.shape[:2] + (1,), neg.dtype))
             e = np.subtract(least, neg, out=neg if terms is None else scratch.get("e", neg.shape, neg.dtype))
             np.exp(e, out=e)
-            with subnormals_flushed():   # the weights' far tails: ~8 times faster, the same sums (arrays.py)
+            with _flushed_product():   # the weights' far tails: ~8 times faster, the same sums (arrays.py)
                 L = np.matmul(e.reshape(-1, len(T_GRID)), W.astype(e.dtype),
                               out=scratch.get("L", (e.shape[0] * e.shape[1], len(MU_GRID)), e.dtype))
             np.maximum(L, 1e-30, out=L)

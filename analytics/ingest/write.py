@@ -32,11 +32,7 @@ _ALWAYS = {
     "assessments": {"has_time", *ITEMS, "total", "total_method"},
 }
 _SOURCE_COLUMN = {"birth_year": "birth_year", "has_time": "administered_on", "total_method": "total"}
-_KEY = {
-    "patients": ["patient_id"],
-    "treatments": ["patient_id", "administered_at"],
-    "assessments": ["patient_id", "instrument", "administered_at"],
-}
+KEYS = store.KEYS
 
 
 def _record_key(con, kind: str) -> str:
@@ -59,7 +55,8 @@ def _old_values(con, kind: str) -> str:
                (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
                '{}'::JSON)))"""
 
-# Inserts of at least this many rows build the key indexes after the insert (see `_bulk`).
+# Inserts of at least this many rows are numbered from their rows, ids reserved at once (see `_bulk`), and a
+# first import of a staged file this large is committed ahead of its transaction (`prebuild`).
 BULK_INSERT_ROWS = 100_000
 
 UNKNOWN_PATIENT = "unknown patient: no patient with this patient_id (import the patients file first, or in the same command)"
@@ -89,10 +86,11 @@ def check_keys_unique(con, table: str, batch_id: int, whole_table: bool = False)
     The writer's own checks come first (a repeated key within a file is a rejected row, a stored key is an
     update); were they to miss one, this raises and the whole transaction is rolled back. `whole_table`: the
     batch wrote every row (a first import): one pass over the keys (0.4 s at 4.9 M assessments, where building
-    the unique index cost 2.4-3.9 s). The error names the table and how many keys, never a patient."""
+    the unique index cost 2.4-3.9 s); a batch of a few rows is found by its keys, and DuckDB reads only the row groups that
+    can hold them (2.4 ms for a visit's one row at 4.9 M). The error names the table and how many keys, never a patient."""
     if store.dialect(con) != "duckdb":
         return
-    keys = ", ".join(_KEY[table])
+    keys = ", ".join(KEYS[table])
     mine = "" if whole_table else f"WHERE ({keys}) IN (SELECT {keys} FROM {table} WHERE batch_id = ?)"
     [(repeated,)] = con.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM {table} {mine} GROUP BY {keys} HAVING count(*) > 1) t",
@@ -115,9 +113,10 @@ class Prebuilt:
 def prebuild(con, v: Validated, staged: Path, batch_id: int, span: tuple[int, int]) -> Prebuilt:
     """Before the import's transaction (`con` outside any, the file held), on DuckDB, for a first import
     (an empty table) of at least BULK_INSERT_ROWS staged rows of treatments or assessments: insert them,
-    numbered, into `store.bulk_name(table)` and commit that. Why: DuckDB builds the key indexes of rows
-    inserted in the same transaction one row at a time as it commits (5.8 s for 4.69 M assessments), but
-    those of committed rows in one sorted pass on every core (2.3 s; docs/performance.md, wave 12). The
+    numbered, into `store.bulk_name(table)` and commit that. Why (wave 12): DuckDB built the key indexes of
+    rows inserted in the same transaction one row at a time as it committed, those of committed rows in one
+    pass. Since schema v9 there is no index on the keys and this costs what an insert inside the transaction
+    does (100,000 patients: 11.9-12.1 s for the import either way; docs/performance.md, wave 13). The
     import stays all or nothing: nothing reads that table until the import's transaction puts it in the
     empty table's place, and one left by a failed or stopped import is dropped (store.transaction's undo,
     else the next write: store.drop_bulk_leftovers). `span`: what `prebuildable` gave."""
@@ -165,7 +164,7 @@ def _insert_numbered(con, v: Validated, target: str, picked: str, low: int, high
 
 def _insert_select(v: Validated) -> tuple[list[str], str]:
     """The columns an insert of `v`'s new rows writes, and the SELECT list over the incoming rows (alias i)."""
-    insert_columns = [*_KEY[v.kind], *_written_columns(v)]
+    insert_columns = [*KEYS[v.kind], *_written_columns(v)]
     select = ", ".join(
         f"CAST(round(i.{c}) AS SMALLINT)" if c in ITEMS else
         ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
@@ -216,7 +215,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
     kind = v.kind
     table = kind
     columns = _written_columns(v)
-    keys = _KEY[kind]
+    keys = KEYS[kind]
     on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
     differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
     # A view over the staged file on DuckDB; PostgreSQL cannot read it, so its rows are copied in.
