@@ -175,9 +175,7 @@ def _keys(con) -> Check:
     repeated = {}
     for table in ("treatments", "assessments"):
         if table in have:
-            keys = ", ".join(store.KEYS[table])
-            repeated[table] = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {keys} "
-                                          "HAVING count(*) > 1) t").fetchall()[0][0]
+            repeated[table] = store.repeated_keys(con, table)
     bad = {t: n for t, n in repeated.items() if n}
     if bad:
         return Check("keys", CRITICAL, "; ".join(f"{n:,} key(s) of {t} held by more than one row" for t, n in bad.items())

@@ -32,7 +32,6 @@ _ALWAYS = {
     "assessments": {"has_time", *ITEMS, "total", "total_method"},
 }
 _SOURCE_COLUMN = {"birth_year": "birth_year", "has_time": "administered_on", "total_method": "total"}
-KEYS = store.KEYS
 
 
 def _record_key(con, kind: str) -> str:
@@ -71,33 +70,27 @@ class Written:
     db_rejects: pd.DataFrame  # _row, _line, column, reason
 
 
-def _bulk(con, table: str, new_rows: int) -> bool:
+def _bulk(con, new_rows: int) -> bool:
     """Number a large insert's ids from its rows (`_insert_numbered`: ids reserved at once) instead of one
-    sequence call per row? On DuckDB, for an insert of at least BULK_INSERT_ROWS rows and more than the table
-    holds (the keys were checked above: unknown patients and repeated keys are rejected rows, never inserted)."""
-    if new_rows < BULK_INSERT_ROWS or store.dialect(con) != "duckdb":
-        return False
-    return new_rows >= con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    sequence call per row? On DuckDB, for an insert of at least BULK_INSERT_ROWS rows (the keys were checked
+    above: unknown patients and repeated keys are rejected rows, never inserted)."""
+    return new_rows >= BULK_INSERT_ROWS and store.dialect(con) == "duckdb"
 
 
 def check_keys_unique(con, table: str, batch_id: int, whole_table: bool = False) -> None:
     """The second guard of the keys on DuckDB, which holds them without an index since schema v9 (PostgreSQL's
-    constraints are the guard there): no row this batch wrote into `table` shares its key with another row.
-    The writer's own checks come first (a repeated key within a file is a rejected row, a stored key is an
-    update); were they to miss one, this raises and the whole transaction is rolled back. `whole_table`: the
-    batch wrote every row (a first import): one pass over the keys (0.4 s at 4.9 M assessments, where building
-    the unique index cost 2.4-3.9 s); a batch of a few rows is found by its keys, and DuckDB reads only the row groups that
-    can hold them (2.4 ms for a visit's one row at 4.9 M). The error names the table and how many keys, never a patient."""
+    constraints are the guard there): no row this batch inserted into `table` shares its key with another row
+    (an update changes no key). The writer's own checks come first (a repeated key within a file is a rejected
+    row, a stored key is an update); were they to miss one, this raises and the whole transaction is rolled
+    back. `whole_table`: the batch wrote every row (a first import): one pass over the keys (0.4 s at 4.9 M
+    assessments, where building the unique index cost 2.4-3.9 s). The error names the table and how many keys,
+    never a patient."""
     if store.dialect(con) != "duckdb":
         return
-    keys = ", ".join(KEYS[table])
-    mine = "" if whole_table else f"WHERE ({keys}) IN (SELECT {keys} FROM {table} WHERE batch_id = ?)"
-    [(repeated,)] = con.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {table} {mine} GROUP BY {keys} HAVING count(*) > 1) t",
-        [] if whole_table else [batch_id]).fetchall()
+    repeated = store.repeated_keys(con, table, None if whole_table else batch_id)
     if repeated:
-        raise duckdb.ConstraintException(
-            f"duplicate key: {repeated} key(s) ({keys}) of {table} would be held by more than one row; nothing was written")
+        raise duckdb.ConstraintException(f"duplicate key: {repeated} key(s) ({', '.join(store.KEYS[table])}) of "
+                                         f"{table} would be held by more than one row; nothing was written")
 
 
 @dataclass
@@ -164,7 +157,7 @@ def _insert_numbered(con, v: Validated, target: str, picked: str, low: int, high
 
 def _insert_select(v: Validated) -> tuple[list[str], str]:
     """The columns an insert of `v`'s new rows writes, and the SELECT list over the incoming rows (alias i)."""
-    insert_columns = [*KEYS[v.kind], *_written_columns(v)]
+    insert_columns = [*store.KEYS[v.kind], *_written_columns(v)]
     select = ", ".join(
         f"CAST(round(i.{c}) AS SMALLINT)" if c in ITEMS else
         ("coalesce(i.comorbidities, '')" if c == "comorbidities" else f"i.{c}")
@@ -215,7 +208,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
     kind = v.kind
     table = kind
     columns = _written_columns(v)
-    keys = KEYS[kind]
+    keys = store.KEYS[kind]
     on = " AND ".join(f"t.{k} = i.{k}" for k in keys)
     differs = " OR ".join(f"t.{c} IS DISTINCT FROM i.{c}" for c in columns) or "FALSE"
     # A view over the staged file on DuckDB; PostgreSQL cannot read it, so its rows are copied in.
@@ -344,13 +337,13 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                 picked = "ingest_incoming i WHERE i._row NOT IN (SELECT _row FROM ingest_refused)"
             else:
                 picked = "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'"
-            if kind != "patients" and _bulk(con, table, counts["new"]):  # ids numbered from _row (distinct)
+            if kind != "patients" and _bulk(con, counts["new"]):  # ids numbered from _row (distinct)
                 [(low, high)] = con.execute(f"SELECT min(i._row), max(i._row) FROM {picked}").fetchall()
                 _insert_numbered(con, v, table, picked, low, high, batch_id)
             else:
                 con.execute(f"INSERT INTO {table} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
                             [batch_id])
-        if kind != "patients" and (prebuilt is not None or counts.get("new") or counts.get("changed")):
+        if kind != "patients" and (prebuilt is not None or counts.get("new")):
             check_keys_unique(con, table, batch_id, whole_table=first_import)
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
             con.execute(
