@@ -264,8 +264,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output"
 BROWSER_PASSWORD = "browser test passphrase"  # every account of the browser tests' clinics (conftest.server_db)
-IDLE = ("() => !document.querySelector('[data-testid=\"stSpinner\"]') && "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+# A script run has ended when no spinner or status widget shows and no element of the previous run is left
+# stale: the status widget is not drawn for a short run, and an interrupted run's charts stay on the page
+# (marked stale) until the next run ends.
+IDLE = ("() => document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') === 'notRunning' && "
+        "!document.querySelector('[data-testid=\"stSpinner\"]') && "
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]') && "
+        "!document.querySelector('[data-stale=\"true\"]')")
 CHARTS_DRAWN = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
                 ".every(e => e.querySelector('.main-svg'))")
 CONTENT_HEIGHT = ("() => { const main = document.querySelector('[data-testid=\"stMain\"]');"

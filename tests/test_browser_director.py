@@ -109,7 +109,7 @@ def test_small_clinic_director_gets_words_not_empty_charts(browser, streamlit_se
         # one group of patients is not a waterfall, one week is not a trajectory: the page says so in words
         assert "make a single group (at least 11), so no waterfall is drawn" in text
         assert "Too few PHQ-9 scores after the first infusion to draw a cohort trajectory" in text
-        # the page reruns itself once fresh tables are ready (stale-while-building): read the figures once drawn
+        # the metrics may be drawn after the words: read the figures once drawn
         pg.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMetricValue"]')]
                                    .some(e => e.innerText.trim() === 'not shown')""", timeout=120_000)
         values = [v.strip() for v in pg.locator('[data-testid="stMetricValue"]').all_inner_texts()]
