@@ -85,7 +85,8 @@ def test_search_a_patient_and_see_their_chart(signed_in, server_db):
     page.wait_for_function(IDLE, timeout=120_000)
     page.get_by_text("Patient P00006: scores and infusions").wait_for(timeout=120_000)
     assert "patient=P00006" in page.url
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+    # the chart is drawn once plotly's code has loaded in the browser, which can be after the run has ended
+    page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=120_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     _screenshot(page, "patient-search")
 
