@@ -742,27 +742,19 @@ def _connect_postgres(target: PostgresTarget, write: bool, wait: float | None):
 
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike | None = None, wait: float | None = None,
-                snapshot: bool = False,
-                before: Callable[[duckdb.DuckDBPyConnection], Callable[[duckdb.DuckDBPyConnection], None] | None] | None = None,
-                ) -> Iterator[duckdb.DuckDBPyConnection]:
+                snapshot: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection inside one transaction: all or nothing (`snapshot`: as for `connect`).
 
     Any error raised out of it means nothing was committed, except `CommittedButFailed`:
     the COMMIT succeeded and a step after it (applying the journal, closing the connection,
     DETACH and its checkpoint) failed, so callers can say truthfully what happened to the database.
     Work registered with `after_commit` (the audit anchor) runs once the COMMIT succeeded.
-
-    `before(con)`: work committed on its own once the file is held, ahead of the transaction, that
-    nothing reads until the transaction puts it to use (a large import's rows, ingest/write.py's
-    `prebuild`); it returns the work that removes it should the transaction not commit (or None). Were
-    that removal to fail too, the next write removes it (`drop_bulk_leftovers`).
     """
     committed = False
     step = "writing the database file after the commit (checkpoint on detach)"
     pending: list[Callable[[], None]] = []
     try:
         with connect(path, write=True, wait=wait, snapshot=snapshot) as con:
-            undo = before(con) if before is not None else None
             con.execute("BEGIN TRANSACTION")
             _after_commit[id(con)] = pending
             try:
@@ -770,13 +762,9 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
             except BaseException:
                 _after_commit.pop(id(con), None)
                 con.execute("ROLLBACK")
-                undo_quietly(con, undo)
                 raise
             try:
                 commit(con)
-            except BaseException:
-                undo_quietly(con, undo)
-                raise
             finally:
                 _after_commit.pop(id(con), None)
             committed = True
@@ -791,14 +779,6 @@ def transaction(path: str | os.PathLike | None = None, wait: float | None = None
         if committed:
             raise CommittedButFailed(step, exc) from exc
         raise
-
-
-def undo_quietly(con, undo: Callable[[duckdb.DuckDBPyConnection], None] | None) -> None:
-    """`transaction`'s `before` work removed after the transaction failed; the transaction's own error is the
-    one to report (the instance may be gone after a failed COMMIT: the next write removes it then)."""
-    if undo is not None:
-        with contextlib.suppress(Exception):
-            undo(con)
 
 
 def change_stamp(path: str | os.PathLike | None = None) -> tuple:
@@ -1406,7 +1386,7 @@ def _schema_v6() -> list[str]:
 
 # The two large tables: on DuckDB their keys were unique indexes (v7: treatments_key, assessments_key), v8 dropped
 # the indexes on their ids and v9 those on their keys, which their one writer holds (ingest/write.py,
-# `check_keys_unique`); `replace_with_bulk` builds whatever indexes the catalog gives anew after a large insert.
+# `check_keys_unique`).
 # On PostgreSQL the same keys stay constraints (v1, v4).
 BULK_TABLES = ("treatments", "assessments")
 # Each table's key: one row per key (PostgreSQL's constraints; on DuckDB, for the two large tables, their one writer
@@ -1529,39 +1509,15 @@ def repeated_keys(con, table: str, batch_id: int | None = None) -> int:
 
 
 def bulk_name(table: str) -> str:
-    """The table a first large import fills before it takes `table`'s place (analytics/ingest/write.py's
-    `prebuild`)."""
+    """The table a first large import of versions before 2026-12-02 filled and committed ahead of its
+    transaction, to take `table`'s place in it (wave 12's `prebuild`, removed once schema v9 left it
+    nothing to save); a killed import left it behind, never read (`drop_bulk_leftovers`)."""
     return f"{table}_bulk"
 
 
-def create_bulk(con, table: str) -> str:
-    """An empty table of `table`'s definition (columns, defaults, checks, read from the catalog) and no
-    indexes, under `bulk_name(table)`; DuckDB only."""
-    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
-    [(definition,)] = con.execute(f"SELECT sql FROM duckdb_tables() WHERE {where}", [table]).fetchall()
-    prefix = f"CREATE TABLE {table}("
-    if not definition.startswith(prefix):
-        raise RuntimeError(f"unexpected definition of {table}: {definition[:80]}")
-    bulk = bulk_name(table)
-    con.execute(f"CREATE TABLE {bulk}(" + definition[len(prefix):])
-    return bulk
-
-
-def replace_with_bulk(con, table: str) -> None:
-    """`bulk_name(table)` takes `table`'s place, with `table`'s indexes built anew over its rows, in one
-    pass each (DuckDB cannot rename a table that has indexes, so they are built after the rename)."""
-    where = "database_name = current_database() AND schema_name = current_schema() AND table_name = ?"
-    indexes = [sql for (sql,) in con.execute(f"SELECT sql FROM duckdb_indexes() WHERE {where} ORDER BY index_name",
-                                             [table]).fetchall()]
-    con.execute(f"DROP TABLE {table}")
-    con.execute(f"ALTER TABLE {bulk_name(table)} RENAME TO {table}")
-    for sql in indexes:
-        con.execute(sql)
-
-
 def drop_bulk_leftovers(con) -> None:
-    """Drop what a large insert that did not finish left behind (a `bulk_name` table committed before a
-    transaction that then failed, or a process stopped in between): its rows never took their table's place."""
+    """Drop what a large first import of an earlier version left behind when it was stopped (a `bulk_name`
+    table committed before its transaction): its rows never took their table's place. Every write does it."""
     for table in BULK_TABLES:  # 0.15 ms each when there is none (a catalog query cost 1.6 ms), and nothing written
         con.execute(f"DROP TABLE IF EXISTS {bulk_name(table)}")
 

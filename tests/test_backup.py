@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -397,12 +396,13 @@ def test_a_postgresql_store_is_sent_to_its_own_tools(tmp_path, capsys):
 
 
 def test_a_backup_leaves_out_the_unread_rows_a_killed_import_left(lived_in_db, tmp_path):
-    """A first import killed inside its transaction leaves its rows committed in `assessments_bulk`, never read
-    (ingest/write.py's `prebuild`); a backup taken before the next write must not carry them."""
+    """A first import of an earlier version killed inside its transaction left its rows committed in
+    `assessments_bulk`, never read (store.bulk_name); a backup taken before the next write must not carry them."""
     db, _ = lived_in_db
     before = snapshot(db)
     with store.connect(db, write=True) as con:  # what the killed import left, written as it did
-        bulk = store.create_bulk(con, "assessments")
+        bulk = store.bulk_name("assessments")
+        con.execute(f"CREATE TABLE {bulk} AS SELECT * FROM assessments WHERE false")
         con.execute(f"INSERT INTO {bulk} (assessment_id, patient_id, instrument, administered_at, total, total_method) "
                     "VALUES (999999, 'P-KILLED', 'PHQ-9', '2026-01-01', 3, 'given')")
     with store.connect(db) as con:

@@ -228,7 +228,7 @@ def test_a_v6_database_is_migrated_keeping_its_rows_ids_and_keys(backend, tmp_pa
                                "'P1', 'PHQ-9', '2024-01-08 09:30', 4, 'given'")
 
 
-# --- a first import's large tables inserted ahead of its transaction (write.prebuild; docs/performance.md, wave 12) ---
+# --- a first large import: staged in blocks, inserted numbered from its rows, all or nothing ---
 
 def _bulk_tables(db) -> list[str]:
     with store.connect(db) as con:
@@ -264,50 +264,49 @@ def _ids_by_key(db) -> dict:
                                        "ORDER BY 1").fetchall()}
 
 
-@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's (PostgreSQL keeps its constraints)")
-def test_a_first_large_import_inserted_ahead_of_its_transaction_stores_what_a_row_by_row_import_stores(
-        backend, tmp_path, monkeypatch):
+@pytest.mark.duckdb_only("the numbered insert is DuckDB's (PostgreSQL keeps its constraints)")
+def test_a_first_large_import_stores_what_a_row_by_row_import_stores(backend, tmp_path, monkeypatch):
     row_by_row = _two_patients(tmp_path, "rows.duckdb")
     expected = ingest.import_files(_large_files(tmp_path), db=row_by_row)
-    built = []
-    real = ingest_write.prebuild
-    monkeypatch.setattr(ingest_write, "prebuild", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    numbered = []
+    real = ingest_write._insert_numbered
+    monkeypatch.setattr(ingest_write, "_insert_numbered", lambda con, v, *a: numbered.append(v.kind) or real(con, v, *a))
     monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 1)
-    prebuilt = _two_patients(tmp_path, "prebuilt.duckdb")
+    large = _two_patients(tmp_path, "large.duckdb")
 
-    report = ingest.import_files(_large_files(tmp_path), db=prebuilt, block_rows=2)
+    report = ingest.import_files(_large_files(tmp_path), db=large, block_rows=2)
 
-    assert [type(b).__name__ for b in built] == ["Prebuilt", "Prebuilt"]  # both files took the new path
+    assert numbered == ["treatments", "assessments"]  # both files took the numbered insert
     assert outcome(report) == outcome(expected)
     assert [r.line for r in report.rejects] == [4, 5, 6, 22, 23]
     for table in ("treatments", "assessments", "rejected_rows"):
-        assert stored(prebuilt, table) == stored(row_by_row, table)
-    ids = _ids_by_key(prebuilt)
+        assert stored(large, table) == stored(row_by_row, table)
+    ids = _ids_by_key(large)
     assert [b[1:] for b in ids["batches"]] == [b[1:] for b in _ids_by_key(row_by_row)["batches"]]
     treatments_batch, assessments_batch = [b[0] for b in ids["batches"]][-2:]
     assert {r[3] for r in ids["treatments"]} == {treatments_batch} and {r[3] for r in ids["assessments"]} == {assessments_batch}
     assert len({r[2] for r in ids["assessments"]}) == 20
-    assert not (KEY_INDEXES | ID_INDEXES) & _indexes(prebuilt) and _bulk_tables(prebuilt) == []
-    _a_repeated_key_is_refused(backend, prebuilt, "assessments", "patient_id, instrument, administered_at, total, total_method",
+    assert not (KEY_INDEXES | ID_INDEXES) & _indexes(large) and _bulk_tables(large) == []
+    _a_repeated_key_is_refused(backend, large, "assessments", "patient_id, instrument, administered_at, total, total_method",
                                "'P1', 'PHQ-9', '2024-01-02', 4, 'given'")   # the keys are guarded afterwards
-    # the sequences go on after the prebuilt ids and batches
+    # the sequences go on after the numbered ids and the batches
     monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 10**9)
-    assert visits.record_infusion(prebuilt, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
-    again = ingest.import_files([write(tmp_path / "t2.csv", TREATMENTS_HEADER, "P2,2024-03-05,iv,0.5,")], db=prebuilt)
-    after = _ids_by_key(prebuilt)
+    assert visits.record_infusion(large, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
+    again = ingest.import_files([write(tmp_path / "t2.csv", TREATMENTS_HEADER, "P2,2024-03-05,iv,0.5,")], db=large)
+    after = _ids_by_key(large)
     assert len({r[2] for r in after["treatments"]}) == len(after["treatments"]) == 6
     assert again.batch_ids[0] > assessments_batch
 
 
-@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
-def test_a_large_import_that_fails_after_its_prebuilt_insert_stores_nothing_and_leaves_no_table(
+@pytest.mark.duckdb_only("the numbered insert is DuckDB's")
+def test_a_large_import_that_fails_after_its_inserts_stores_nothing_and_leaves_no_table(
         backend, tmp_path, monkeypatch):
     db = _two_patients(tmp_path, "failed.duckdb")
     monkeypatch.setattr(ingest_write, "BULK_INSERT_ROWS", 1)
     before = snapshot(db)
     real = ingest_write.finish_batch
 
-    def failing(con, batch_id, *a):  # the last file's batch: after both prebuilt tables were put in place
+    def failing(con, batch_id, *a):  # the last file's batch: after both files' rows were inserted
         real(con, batch_id, *a)
         if con.execute("SELECT kind FROM import_batches WHERE batch_id = ?", [batch_id]).fetchall() == [("assessments",)]:
             raise duckdb.IOException("could not write: the disk went away")
@@ -321,10 +320,10 @@ def test_a_large_import_that_fails_after_its_prebuilt_insert_stores_nothing_and_
     assert ingest.import_files(_large_files(tmp_path), db=db, block_rows=2).committed  # and the next one works
 
 
-@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
-def test_a_large_import_killed_after_its_prebuilt_insert_leaves_nothing_the_next_write_keeps(backend, tmp_path):
-    """kill -9 while the import's transaction is open: its prebuilt tables are committed but were never put in
-    place; the next write of any kind drops them, and no row of the killed import is ever read."""
+@pytest.mark.duckdb_only("the numbered insert is DuckDB's; on PostgreSQL the server rolls a killed client back")
+def test_a_large_import_killed_after_its_inserts_leaves_nothing(backend, tmp_path):
+    """kill -9 while the import's transaction is open, its rows inserted: nothing of it is stored, no table is
+    left over, and the next write works."""
     import os
     import signal
     import subprocess
@@ -349,8 +348,7 @@ def test_a_large_import_killed_after_its_prebuilt_insert_leaves_nothing_the_next
     finally:
         held.send_signal(signal.SIGKILL)
         held.wait()
-    assert sorted(_bulk_tables(db)) == ["assessments_bulk", "treatments_bulk"]  # committed, never put in place
-    assert {t: rows for t, rows in snapshot(db).items() if not t.endswith("_bulk")} == before
+    assert snapshot(db) == before and _bulk_tables(db) == []
 
     assert visits.record_infusion(db, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
     assert _bulk_tables(db) == []
@@ -358,7 +356,25 @@ def test_a_large_import_killed_after_its_prebuilt_insert_leaves_nothing_the_next
         assert con.execute("SELECT count(*) FROM treatments").fetchall() == [(1,)]
 
 
-@pytest.mark.duckdb_only("the prebuilt insert is DuckDB's")
+@pytest.mark.duckdb_only("only DuckDB files of an earlier version can hold such a table")
+def test_the_unread_tables_an_earlier_versions_killed_import_left_are_dropped_by_the_next_write(backend, tmp_path):
+    """Versions before 2026-12-02 committed a first large import's rows into `<table>_bulk` ahead of its
+    transaction; one killed in between left them there, never read. The next write of any kind drops them."""
+    db = _two_patients(tmp_path, "left.duckdb")
+    with store.connect(db, write=True) as con:
+        for table in ("treatments", "assessments"):
+            con.execute(f"CREATE TABLE {store.bulk_name(table)} AS SELECT * FROM {table} WHERE false")
+        con.execute(f"INSERT INTO {store.bulk_name('treatments')} (treatment_id, patient_id, administered_at, route) "
+                    "VALUES (999, 'P1', '2024-02-02', 'iv')")
+    assert sorted(_bulk_tables(db)) == ["assessments_bulk", "treatments_bulk"]
+
+    assert visits.record_infusion(db, SYSTEM, "P2", administered_at="2024-03-01", route="iv", dose_mg_per_kg=0.5).ok
+
+    assert _bulk_tables(db) == []
+    assert [r[:2] for r in _ids_by_key(db)["treatments"]] == [("P2", datetime(2024, 3, 1))]
+
+
+@pytest.mark.duckdb_only("the numbered insert is DuckDB's")
 @pytest.mark.parametrize("sizes", [("large", "large"), ("small", "large"), ("large", "small")])
 def test_a_first_import_of_two_files_of_one_kind_stores_both_whatever_their_order_and_size(
         backend, tmp_path, monkeypatch, sizes):

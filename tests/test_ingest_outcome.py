@@ -280,10 +280,10 @@ def test_a_large_import_whose_commit_finds_the_disk_full_stores_nothing_says_so_
     assert again.committed and count(target, "patients") == 301
 
 
-def test_a_first_large_import_prebuilt_ahead_of_its_transaction_on_a_full_disk_stores_all_or_nothing(tmp_path, small_disk):
-    """The same with the file staged in blocks, so its rows are inserted and committed into a table of their
-    own before the import's transaction (ingest/write.py's `prebuild`): with little room, either that
-    commit fails (nothing stored, exit 2, no table left over) or everything is, and the process goes on."""
+def test_a_first_large_staged_import_on_a_full_disk_stores_all_or_nothing(tmp_path, small_disk):
+    """The same with the file staged in blocks and inserted numbered from its rows (ingest/write.py's `_bulk`):
+    with little room, either the commit fails (nothing stored, exit 2, no table left over) or everything is,
+    and the process goes on."""
     mount = small_disk
     patients, assessments, n = _large_import_files(tmp_path)
     template = make_db(tmp_path, patients=[patient("P1")], name="template.duckdb")

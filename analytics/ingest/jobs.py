@@ -95,40 +95,14 @@ def run(jobs: list[FileJob], report: ImportReport, db, user: str, after_write=No
     if not report.written:
         return report
     jobs = sorted(jobs, key=lambda j: rules.KINDS.index(j.validated.kind))
-    prebuilt: dict[int, write.Prebuilt] = {}
-    batch_ids: list[int | None] = [None] * len(jobs)
-
-    # Only the first file of a kind can be a first import: the table is no longer empty for the next one, which
-    # is written as before (so is every file of a kind whose first file is not prebuilt).
-    firsts = {}
-    for i, job in enumerate(jobs):
-        firsts.setdefault(job.validated.kind, i)
-    candidates = [i for i in firsts.values() if jobs[i].staged is not None]
-
-    def before(con):
-        """A first import's large tables inserted and committed ahead of the transaction (write.prebuild)."""
-        spans = {i: write.prebuildable(con, jobs[i].validated, jobs[i].staged.path) for i in candidates}
-        chosen = {i: span for i, span in spans.items() if span is not None}
-        if not chosen:
-            return None
-        first = write.reserve_batch_ids(con, len(jobs))  # in file order, as the transaction would number them
-        batch_ids[:] = range(first, first + len(jobs))
-        try:
-            for i, span in chosen.items():
-                prebuilt[i] = write.prebuild(con, jobs[i].validated, jobs[i].staged.path, batch_ids[i], span)
-        except BaseException:
-            store.undo_quietly(con, store.drop_bulk_leftovers)
-            raise
-        return store.drop_bulk_leftovers  # should the transaction not commit
-
     try:
-        with store.transaction(db, snapshot=snapshot, before=before) as con:
+        with store.transaction(db, snapshot=snapshot) as con:
             # Imports (visit entries and self-reports included) write one at a time: on a file the
             # single writer sees to it; on PostgreSQL this lock, so two imports of overlapping rows
             # never meet at a key (one would fail whole) and each sees the other's rows.
             store.lock(con, "import")
-            for i, job in enumerate(jobs):
-                _write_job(con, job, user, batch_ids[i], prebuilt.get(i))
+            for job in jobs:
+                _write_job(con, job, user)
             if after_write is not None:  # the caller's own rows (visit entry, self-report), same transaction
                 after_write(con, report)
             if any(job.source not in DEMO_LIKE_SOURCES for job in jobs):
@@ -158,15 +132,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _write_job(con, job: FileJob, user: str, batch_id: int | None = None,
-               prebuilt: write.Prebuilt | None = None) -> None:
+def _write_job(con, job: FileJob, user: str) -> None:
     v = job.validated
     result = job.result
     result.rows_total = job.rows_total
     batch_id = write.start_batch(con, source=job.source, file_name=job.file_name, sha256=job.sha256,
-                                 kind=v.kind, user=user, rows_total=result.rows_total, batch_id=batch_id)
+                                 kind=v.kind, user=user, rows_total=result.rows_total)
     if job.staged is not None:
-        written = write.write(con, v, batch_id, staged=job.staged.path, prebuilt=prebuilt)
+        written = write.write(con, v, batch_id, staged=job.staged.path)
     else:
         # In SQL `_row` is the position in the clean frame; _all_rejects maps it back to the source row.
         clean = v.clean.copy(deep=False)  # copy-on-write: the new _row column leaves v.clean alone

@@ -54,8 +54,7 @@ def _old_values(con, kind: str) -> str:
                (SELECT json_group_object(a.name, a.value) FROM patient_attributes a WHERE a.patient_id = t.patient_id),
                '{}'::JSON)))"""
 
-# Inserts of at least this many rows are numbered from their rows, ids reserved at once (see `_bulk`), and a
-# first import of a staged file this large is committed ahead of its transaction (`prebuild`).
+# Inserts of at least this many rows are numbered from their rows, ids reserved at once (see `_bulk`).
 BULK_INSERT_ROWS = 100_000
 
 UNKNOWN_PATIENT = "unknown patient: no patient with this patient_id (import the patients file first, or in the same command)"
@@ -93,57 +92,6 @@ def check_keys_unique(con, table: str, batch_id: int, whole_table: bool = False)
                                          f"{table} would be held by more than one row; nothing was written")
 
 
-@dataclass
-class Prebuilt:
-    """A first import's staged rows of treatments or assessments, numbered and committed into a table of
-    their own before the import's transaction (`prebuild`); `write` removes the rows it refuses and puts
-    the table in its place. Its row with `_row` r has id `first_id + r - low`."""
-    bulk: str
-    first_id: int
-    low: int
-
-
-def prebuild(con, v: Validated, staged: Path, batch_id: int, span: tuple[int, int]) -> Prebuilt:
-    """Before the import's transaction (`con` outside any, the file held), on DuckDB, for a first import
-    (an empty table) of at least BULK_INSERT_ROWS staged rows of treatments or assessments: insert them,
-    numbered, into `store.bulk_name(table)` and commit that. Why (wave 12): DuckDB built the key indexes of
-    rows inserted in the same transaction one row at a time as it committed, those of committed rows in one
-    pass. Since schema v9 there is no index on the keys and this costs what an insert inside the transaction
-    does (100,000 patients: 11.9-12.1 s for the import either way; docs/performance.md, wave 13). The
-    import stays all or nothing: nothing reads that table until the import's transaction puts it in the
-    empty table's place, and one left by a failed or stopped import is dropped (store.transaction's undo,
-    else the next write: store.drop_bulk_leftovers). `span`: what `prebuildable` gave."""
-    table, path = v.kind, str(staged)
-    low, high = span
-    con.execute("BEGIN TRANSACTION")
-    try:
-        bulk = store.create_bulk(con, table)
-        quoted = path.replace("'", "''")
-        first = _insert_numbered(con, v, bulk, f"read_parquet('{quoted}') i", low, high, batch_id)
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    store.commit(con)
-    return Prebuilt(bulk, first, low)
-
-
-def prebuildable(con, v: Validated, staged: Path) -> tuple[int, int] | None:
-    """Would `prebuild` insert these staged rows ahead of the transaction? Then the least and greatest `_row`."""
-    table = v.kind
-    if table == "patients" or store.dialect(con) != "duckdb":
-        return None
-    [(rows, low, high)] = con.execute("SELECT count(*), min(_row), max(_row) FROM read_parquet(?)", [str(staged)]).fetchall()
-    if rows < BULK_INSERT_ROWS or con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1) t").fetchall()[0][0]:
-        return None
-    return low, high
-
-
-def reserve_batch_ids(con, count: int) -> int:
-    """The first of `count` consecutive import batch ids, taken at once (for `prebuild`, whose rows carry
-    their batch's id before the batch row is written)."""
-    return store.reserve_sequence(con, "batch_seq", count)
-
-
 def _insert_numbered(con, v: Validated, target: str, picked: str, low: int, high: int, batch_id: int) -> int:
     """Insert the rows `picked` (SQL after FROM, alias i) into `target`, numbered from their `_row` (distinct,
     between `low` and `high`) with ids reserved at once, not row by row; the id of the row `low`."""
@@ -175,16 +123,8 @@ def _written_columns(v: Validated) -> list[str]:
     return [c for c in _VALUES[v.kind] if c in _ALWAYS[v.kind] or _SOURCE_COLUMN.get(c, c) in given]
 
 
-def start_batch(con: store.Connection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int,
-                batch_id: int | None = None) -> int:
-    """The batch row of one file's import; `batch_id`: one reserved before (`reserve_batch_ids`)."""
-    if batch_id is not None:
-        con.execute(
-            """INSERT INTO import_batches (batch_id, source, file_name, sha256, kind, imported_by, rows_total)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            [batch_id, source, file_name, sha256, kind, user, rows_total],
-        )
-        return batch_id
+def start_batch(con: store.Connection, *, source: str, file_name: str, sha256: str, kind: str, user: str, rows_total: int) -> int:
+    """The batch row of one file's import."""
     return con.execute(
         """INSERT INTO import_batches (source, file_name, sha256, kind, imported_by, rows_total)
            VALUES (?, ?, ?, ?, ?, ?) RETURNING batch_id""",
@@ -200,11 +140,9 @@ def finish_batch(con, batch_id: int, inserted: int, updated: int, unchanged: int
     )
 
 
-def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | None = None,
-          prebuilt: Prebuilt | None = None) -> Written:
+def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | None = None) -> Written:
     """Check against the store and write `v`'s rows: `v.clean`, or when `staged` is given the rows of
-    that Parquet file, with the same columns (a large file's staged rows), which `prebuilt` may already
-    hold (`prebuild`)."""
+    that Parquet file, with the same columns (a large file's staged rows)."""
     kind = v.kind
     table = kind
     columns = _written_columns(v)
@@ -320,15 +258,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                     WHERE s.status = 'changed' AND {key_match}""",
                 [batch_id],
             )
-        if prebuilt is not None:
-            if not first_import:  # cannot happen: the file was held from `prebuild` on
-                raise RuntimeError(f"{table} was written between its prebuilt insert and the import's transaction")
-            if refused:
-                id_column, _ = store.ID_SEQUENCES[table]
-                con.execute(f"DELETE FROM {prebuilt.bulk} WHERE {id_column} IN "
-                            "(SELECT ? + (_row - ?) FROM ingest_refused)", [prebuilt.first_id, prebuilt.low])
-            store.replace_with_bulk(con, table)
-        elif counts.get("new"):
+        if counts.get("new"):
             insert_columns, select = _insert_select(v)
             # Every row new (a first import): no join with the status of 4.7 M rows to pick them.
             if counts["new"] == sum(counts.values()):
@@ -343,7 +273,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
             else:
                 con.execute(f"INSERT INTO {table} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
                             [batch_id])
-        if kind != "patients" and (prebuilt is not None or counts.get("new")):
+        if kind != "patients" and counts.get("new"):
             check_keys_unique(con, table, batch_id, whole_table=first_import)
         if kind == "patients" and v.attribute_names and (counts.get("new") or counts.get("changed")):
             con.execute(
