@@ -89,9 +89,10 @@ class RestoreResult:
 
 
 def _drop_bulk_leftovers(source: Path, wait: float | None) -> None:
-    """The unread rows a killed import left (store.drop_bulk_leftovers) are not copied into a backup: when there
-    are any, a write connection, which drops them as it opens, is opened and closed first. Should that not be
-    possible now (another process writing, a read-only file), the backup is taken as the file is."""
+    """The unread rows a killed import of an earlier version left (store.drop_bulk_leftovers) are not copied
+    into a backup: when there are any, a write connection, which drops them as it opens, is opened and closed
+    first. Should that not be possible now (another process writing, a read-only file), the backup is taken
+    as the file is."""
     bulk = {store.bulk_name(table) for table in store.BULK_TABLES}
     with store.connect(source, wait=wait) as con:
         if not bulk & set(archive.table_names(con)):
