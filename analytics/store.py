@@ -1487,11 +1487,6 @@ def reserve_ids(con, table: str, count: int) -> int:
     caller's transaction): a bulk insert numbers its rows itself, which lets DuckDB insert them on every
     core instead of calling the sequence row by row. The next id the sequence gives is first + count."""
     _, sequence = ID_SEQUENCES[table]
-    return reserve_sequence(con, sequence, count)
-
-
-def reserve_sequence(con, sequence: str, count: int) -> int:
-    """The first of `count` consecutive values of the sequence `sequence` (a name of this schema), taken at once."""
     [(first,)] = con.execute(f"SELECT nextval('{sequence}')").fetchall()
     if count > 1:
         con.execute(f"SELECT setval('{sequence}', ?)", [first + count - 1]).fetchall()

@@ -264,9 +264,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output"
 BROWSER_PASSWORD = "browser test passphrase"  # every account of the browser tests' clinics (conftest.server_db)
-# A script run has ended when no spinner or status widget shows and no element of the previous run is left
-# stale: the status widget is not drawn for a short run, and an interrupted run's charts stay on the page
-# (marked stale) until the next run ends.
+# A script run has ended when Streamlit's app root says so (data-test-script-state), no spinner or status widget
+# shows and no element of the previous run is left stale: the status widget is not drawn for a short run, and
+# the previous run's charts stay on the page (marked stale) until the new run ends.
 IDLE = ("() => document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') === 'notRunning' && "
         "!document.querySelector('[data-testid=\"stSpinner\"]') && "
         "!document.querySelector('[data-testid=\"stStatusWidget\"]') && "

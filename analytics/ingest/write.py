@@ -92,15 +92,14 @@ def check_keys_unique(con, table: str, batch_id: int, whole_table: bool = False)
                                          f"{table} would be held by more than one row; nothing was written")
 
 
-def _insert_numbered(con, v: Validated, target: str, picked: str, low: int, high: int, batch_id: int) -> int:
-    """Insert the rows `picked` (SQL after FROM, alias i) into `target`, numbered from their `_row` (distinct,
-    between `low` and `high`) with ids reserved at once, not row by row; the id of the row `low`."""
+def _insert_numbered(con, v: Validated, picked: str, low: int, high: int, batch_id: int) -> None:
+    """Insert the rows `picked` (SQL after FROM, alias i) into `v`'s table, numbered from their `_row` (distinct,
+    between `low` and `high`) with ids reserved at once, not row by row."""
     insert_columns, select = _insert_select(v)
     id_column, _ = store.ID_SEQUENCES[v.kind]
     first = store.reserve_ids(con, v.kind, high - low + 1)
-    con.execute(f"""INSERT INTO {target} ({id_column}, {', '.join(insert_columns)}, batch_id)
+    con.execute(f"""INSERT INTO {v.kind} ({id_column}, {', '.join(insert_columns)}, batch_id)
                     SELECT ? + (i._row - ?), {select}, ? FROM {picked}""", [first, low, batch_id])
-    return first
 
 
 def _insert_select(v: Validated) -> tuple[list[str], str]:
@@ -269,7 +268,7 @@ def write(con: store.Connection, v: Validated, batch_id: int, *, staged: Path | 
                 picked = "ingest_incoming i JOIN ingest_status s ON s._row = i._row WHERE s.status = 'new'"
             if kind != "patients" and _bulk(con, counts["new"]):  # ids numbered from _row (distinct)
                 [(low, high)] = con.execute(f"SELECT min(i._row), max(i._row) FROM {picked}").fetchall()
-                _insert_numbered(con, v, table, picked, low, high, batch_id)
+                _insert_numbered(con, v, picked, low, high, batch_id)
             else:
                 con.execute(f"INSERT INTO {table} ({', '.join(insert_columns)}, batch_id) SELECT {select}, ? FROM {picked}",
                             [batch_id])
